@@ -1,0 +1,9 @@
+{
+  "targets": [
+    {
+      "target_name": "upci_shm",
+      "sources": ["shm/native/shared_mapping.cc"],
+      "cflags_cc": ["-std=c++20", "-Wall", "-Wextra", "-Werror", "-Wno-cast-function-type"]
+    }
+  ]
+}

@@ -1,0 +1,378 @@
+/**
+ * The kernel port on Linux: VFIO's container/group API with the type1v2
+ * IOMMU (Debian's kernels have no iommufd).
+ */
+import { join } from 'node:path';
+import { SyscallError, UpciError } from '../errors.js';
+import * as libc from '../libc.js';
+import type { PciAddress } from '../pci-address.js';
+import type {
+  DeviceFile, DmaAccess, DmaDomain, IovaRange, IrqInfo, IrqKind, KernelPort, MmapArea, MmapSource, RegionInfo, RegionKind,
+} from '../port.js';
+import * as abi from './vfio-abi.js';
+import { describeBlockers, groupBlockers, requireUsable, type SysfsRoots, defaultRoots } from './sysfs.js';
+
+const IRQ_INDEX: Record<IrqKind, number> = {
+  intx: abi.VFIO_PCI_INTX_IRQ_INDEX,
+  msi: abi.VFIO_PCI_MSI_IRQ_INDEX,
+  msix: abi.VFIO_PCI_MSIX_IRQ_INDEX,
+};
+
+function regionKind(index: number): RegionKind {
+  if (index < abi.VFIO_PCI_ROM_REGION_INDEX) return 'bar';
+  if (index === abi.VFIO_PCI_ROM_REGION_INDEX) return 'rom';
+  if (index === abi.VFIO_PCI_CONFIG_REGION_INDEX) return 'config';
+  return 'vga';
+}
+
+/** Walks a VFIO capability chain in an info buffer, yielding (id, offset). */
+function* capabilities(buf: Buffer, first: number): Generator<{ id: number; offset: number }> {
+  const seen = new Set<number>();
+  for (let at = first; at !== 0 && !seen.has(at) && at + abi.vfioInfoCapHeader.size <= buf.length; ) {
+    seen.add(at);
+    yield { id: abi.vfioInfoCapHeader.get(buf, 'id', at), offset: at };
+    at = abi.vfioInfoCapHeader.get(buf, 'next', at);
+  }
+}
+
+/**
+ * Runs an INFO ioctl whose answer may carry a capability chain: VFIO reports
+ * the size it needs in argsz, so ask again with that much room.
+ */
+function infoWithCaps(fd: number, request: number, first: Buffer, what: string): Buffer {
+  libc.ioctlBuffer(fd, request, first, what);
+  const needed = first.readUInt32LE(0);
+  if (needed <= first.length) return first;
+  const again = Buffer.alloc(needed);
+  first.copy(again);
+  again.writeUInt32LE(needed, 0);
+  libc.ioctlBuffer(fd, request, again, what);
+  return again;
+}
+
+/** One VFIO container holding one group: the IOMMU domain of every device in that group. */
+class VfioGroup implements DmaDomain {
+  readonly iovaRanges: readonly IovaRange[];
+  readonly pageSizes: bigint;
+  private users = 0;
+
+  constructor(
+    readonly number: number,
+    readonly groupFd: number,
+    readonly containerFd: number,
+    private readonly onLastClose: () => void,
+  ) {
+    const info = infoWithCaps(containerFd, abi.ioctls.VFIO_IOMMU_GET_INFO, abi.vfioIommuType1Info.alloc(), 'VFIO_IOMMU_GET_INFO');
+    const t = abi.vfioIommuType1Info;
+    this.pageSizes = t.get(info, 'iova_pgsizes');
+    const ranges: IovaRange[] = [];
+    if (t.get(info, 'flags') & abi.VFIO_IOMMU_INFO_CAPS) {
+      for (const cap of capabilities(info, t.get(info, 'cap_offset'))) {
+        if (cap.id !== abi.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE) continue;
+        const c = abi.vfioIommuType1InfoCapIovaRange;
+        const n = c.get(info, 'nr_iovas', cap.offset);
+        for (let i = 0; i < n; i++) {
+          const at = cap.offset + c.size + i * abi.vfioIovaRange.size;
+          ranges.push({ start: abi.vfioIovaRange.get(info, 'start', at), end: abi.vfioIovaRange.get(info, 'end', at) });
+        }
+      }
+    }
+    // A kernel without the capability accepts any IOVA the IOMMU's width allows.
+    this.iovaRanges = ranges.length > 0 ? ranges : [{ start: 0n, end: (1n << 39n) - 1n }];
+  }
+
+  availableMappings(): number | undefined {
+    const info = infoWithCaps(this.containerFd, abi.ioctls.VFIO_IOMMU_GET_INFO, abi.vfioIommuType1Info.alloc(), 'VFIO_IOMMU_GET_INFO');
+    const t = abi.vfioIommuType1Info;
+    if (!(t.get(info, 'flags') & abi.VFIO_IOMMU_INFO_CAPS)) return undefined;
+    for (const cap of capabilities(info, t.get(info, 'cap_offset'))) {
+      if (cap.id === abi.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL) return abi.vfioIommuType1InfoDmaAvail.get(info, 'avail', cap.offset);
+    }
+    return undefined;
+  }
+
+  map(vaddr: bigint, iova: bigint, size: number, access: DmaAccess): void {
+    const flags = (access === 'write' ? 0 : abi.VFIO_DMA_MAP_FLAG_READ) | (access === 'read' ? 0 : abi.VFIO_DMA_MAP_FLAG_WRITE);
+    const arg = abi.vfioIommuType1DmaMap.encode({ flags, vaddr, iova, size: BigInt(size) });
+    libc.ioctlBuffer(this.containerFd, abi.ioctls.VFIO_IOMMU_MAP_DMA, arg, `VFIO_IOMMU_MAP_DMA iova 0x${iova.toString(16)} size ${size}`);
+  }
+
+  unmap(iova: bigint, size: number): void {
+    const arg = abi.vfioIommuType1DmaUnmap.encode({ iova, size: BigInt(size) });
+    libc.ioctlBuffer(this.containerFd, abi.ioctls.VFIO_IOMMU_UNMAP_DMA, arg, `VFIO_IOMMU_UNMAP_DMA iova 0x${iova.toString(16)}`);
+    const unmapped = abi.vfioIommuType1DmaUnmap.get(arg, 'size');
+    if (unmapped !== BigInt(size)) {
+      throw new UpciError('KERNEL', `VFIO_IOMMU_UNMAP_DMA at 0x${iova.toString(16)} removed ${unmapped} bytes, expected ${size}`);
+    }
+  }
+
+  retain(): void {
+    this.users++;
+  }
+
+  release(): void {
+    if (--this.users > 0) return;
+    // Closing the group fd detaches it from the container, which drops every DMA mapping.
+    libc.close(this.groupFd);
+    libc.close(this.containerFd);
+    this.onLastClose();
+  }
+}
+
+class VfioDevice implements DeviceFile {
+  readonly regions: readonly RegionInfo[];
+  readonly irqs: Readonly<Record<IrqKind, IrqInfo>>;
+  readonly canReset: boolean;
+  private readonly regionOffsets: readonly number[];
+  private closed = false;
+
+  constructor(
+    readonly address: PciAddress,
+    private readonly fd: number,
+    private readonly group: VfioGroup,
+  ) {
+    const info = abi.vfioDeviceInfo.alloc();
+    libc.ioctlBuffer(fd, abi.ioctls.VFIO_DEVICE_GET_INFO, info, 'VFIO_DEVICE_GET_INFO');
+    const flags = abi.vfioDeviceInfo.get(info, 'flags');
+    if (!(flags & abi.VFIO_DEVICE_FLAGS_PCI)) throw new UpciError('KERNEL', `${address} is not a VFIO PCI device`);
+    this.canReset = (flags & abi.VFIO_DEVICE_FLAGS_RESET) !== 0;
+    const regions: RegionInfo[] = [];
+    const offsets: number[] = [];
+    const numRegions = Math.min(abi.vfioDeviceInfo.get(info, 'num_regions'), abi.VFIO_PCI_VGA_REGION_INDEX + 1);
+    for (let index = 0; index < numRegions; index++) {
+      const { region, fileOffset } = this.queryRegion(index);
+      regions.push(region);
+      offsets.push(fileOffset);
+    }
+    this.regions = regions;
+    this.regionOffsets = offsets;
+    this.irqs = {
+      intx: this.queryIrq('intx'),
+      msi: this.queryIrq('msi'),
+      msix: this.queryIrq('msix'),
+    };
+  }
+
+  get dma(): DmaDomain {
+    return this.group;
+  }
+
+  private queryRegion(index: number): { region: RegionInfo; fileOffset: number } {
+    const t = abi.vfioRegionInfo;
+    const first = t.encode({ index });
+    let buf: Buffer;
+    try {
+      buf = infoWithCaps(this.fd, abi.ioctls.VFIO_DEVICE_GET_REGION_INFO, first, `VFIO_DEVICE_GET_REGION_INFO ${index}`);
+    } catch (e) {
+      // VGA is absent on most devices; vfio-pci answers EINVAL for it.
+      if (e instanceof SyscallError && e.errno === 22) {
+        return { region: { index, kind: regionKind(index), size: 0, readable: false, writable: false, mmapAreas: [] }, fileOffset: 0 };
+      }
+      throw e;
+    }
+    const flags = t.get(buf, 'flags');
+    const size = Number(t.get(buf, 'size'));
+    let mmapAreas: MmapArea[] = [];
+    if (flags & abi.VFIO_REGION_INFO_FLAG_MMAP && size > 0) {
+      mmapAreas = [{ offset: 0, size }];
+      if (flags & abi.VFIO_REGION_INFO_FLAG_CAPS) {
+        for (const cap of capabilities(buf, t.get(buf, 'cap_offset'))) {
+          if (cap.id !== abi.VFIO_REGION_INFO_CAP_SPARSE_MMAP) continue;
+          const s = abi.vfioRegionInfoCapSparseMmap;
+          const n = s.get(buf, 'nr_areas', cap.offset);
+          mmapAreas = [];
+          for (let i = 0; i < n; i++) {
+            const at = cap.offset + s.size + i * abi.vfioRegionSparseMmapArea.size;
+            const area = {
+              offset: Number(abi.vfioRegionSparseMmapArea.get(buf, 'offset', at)),
+              size: Number(abi.vfioRegionSparseMmapArea.get(buf, 'size', at)),
+            };
+            if (area.size > 0) mmapAreas.push(area);
+          }
+        }
+      }
+    }
+    return {
+      region: {
+        index,
+        kind: regionKind(index),
+        size,
+        readable: (flags & abi.VFIO_REGION_INFO_FLAG_READ) !== 0,
+        writable: (flags & abi.VFIO_REGION_INFO_FLAG_WRITE) !== 0,
+        mmapAreas,
+      },
+      fileOffset: Number(t.get(buf, 'offset')),
+    };
+  }
+
+  private queryIrq(kind: IrqKind): IrqInfo {
+    const buf = abi.vfioIrqInfo.encode({ index: IRQ_INDEX[kind] });
+    libc.ioctlBuffer(this.fd, abi.ioctls.VFIO_DEVICE_GET_IRQ_INFO, buf, `VFIO_DEVICE_GET_IRQ_INFO ${kind}`);
+    const flags = abi.vfioIrqInfo.get(buf, 'flags');
+    return {
+      kind,
+      count: abi.vfioIrqInfo.get(buf, 'count'),
+      automasked: (flags & abi.VFIO_IRQ_INFO_AUTOMASKED) !== 0,
+      maskable: (flags & abi.VFIO_IRQ_INFO_MASKABLE) !== 0,
+    };
+  }
+
+  private live(): void {
+    if (this.closed) throw new UpciError('RELEASED', `${this.address} has been released`, 'open the device again');
+  }
+
+  region(index: number): RegionInfo {
+    const region = this.regions[index];
+    if (region === undefined || region.size === 0) {
+      throw new UpciError('NO_SUCH_REGION', `${this.address} has no region ${index}`, 'see `upci info` for the regions it has');
+    }
+    return region;
+  }
+
+  mmapSource(index: number, area: MmapArea): MmapSource {
+    this.live();
+    const region = this.region(index);
+    if (!region.mmapAreas.some((a) => a.offset === area.offset && a.size === area.size)) {
+      throw new UpciError('NOT_MAPPABLE', `${this.address} region ${index} has no mmappable area at +0x${area.offset.toString(16)} of ${area.size} bytes`);
+    }
+    return { fd: this.fd, fileOffset: this.regionOffsets[index]! + area.offset, size: area.size, writable: region.writable };
+  }
+
+  private checkAccess(index: number, offset: number, length: number): number {
+    this.live();
+    const region = this.region(index);
+    if (!Number.isInteger(offset) || offset < 0 || offset + length > region.size) {
+      throw new UpciError('OUT_OF_RANGE', `${this.address} region ${index}: ${length} bytes at 0x${offset.toString(16)} fall outside its ${region.size} bytes`);
+    }
+    return this.regionOffsets[index]! + offset;
+  }
+
+  readRegion(index: number, offset: number, buf: Buffer): void {
+    libc.preadExact(this.fd, buf, this.checkAccess(index, offset, buf.length), `read of ${this.address} region ${index} at 0x${offset.toString(16)}`);
+  }
+
+  writeRegion(index: number, offset: number, buf: Buffer): void {
+    libc.pwriteExact(this.fd, buf, this.checkAccess(index, offset, buf.length), `write of ${this.address} region ${index} at 0x${offset.toString(16)}`);
+  }
+
+  reset(): void {
+    this.live();
+    if (!this.canReset) throw new UpciError('KERNEL', `${this.address} offers no reset method to VFIO`);
+    libc.ioctlValue(this.fd, abi.ioctls.VFIO_DEVICE_RESET, 0, `VFIO_DEVICE_RESET ${this.address}`);
+  }
+
+  private setIrqs(kind: IrqKind, flags: number, start: number, count: number, payload: Buffer): void {
+    const t = abi.vfioIrqSet;
+    const buf = t.alloc(payload.length);
+    t.set(buf, 'flags', flags);
+    t.set(buf, 'index', IRQ_INDEX[kind]);
+    t.set(buf, 'start', start);
+    t.set(buf, 'count', count);
+    payload.copy(buf, t.size);
+    libc.ioctlBuffer(this.fd, abi.ioctls.VFIO_DEVICE_SET_IRQS, buf, `VFIO_DEVICE_SET_IRQS ${kind} ${this.address}`);
+  }
+
+  enableIrqs(kind: IrqKind, eventfds: readonly number[]): void {
+    this.live();
+    const offered = this.irqs[kind].count;
+    if (eventfds.length === 0 || eventfds.length > offered) {
+      throw new UpciError('OUT_OF_RANGE', `${this.address} offers ${offered} ${kind} vector(s); ${eventfds.length} requested`);
+    }
+    const payload = Buffer.alloc(4 * eventfds.length);
+    eventfds.forEach((fd, i) => payload.writeInt32LE(fd, 4 * i));
+    this.setIrqs(kind, abi.VFIO_IRQ_SET_DATA_EVENTFD | abi.VFIO_IRQ_SET_ACTION_TRIGGER, 0, eventfds.length, payload);
+  }
+
+  disableIrqs(kind: IrqKind): void {
+    this.live();
+    this.setIrqs(kind, abi.VFIO_IRQ_SET_DATA_NONE | abi.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, Buffer.alloc(0));
+  }
+
+  unmaskIntx(): void {
+    this.live();
+    this.setIrqs('intx', abi.VFIO_IRQ_SET_DATA_NONE | abi.VFIO_IRQ_SET_ACTION_UNMASK, 0, 1, Buffer.alloc(0));
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    libc.close(this.fd);
+    this.group.release();
+  }
+}
+
+export class VfioPort implements KernelPort {
+  readonly name = 'vfio';
+  private readonly groups = new Map<number, VfioGroup>();
+
+  constructor(private readonly roots: SysfsRoots = defaultRoots) {}
+
+  private openGroup(number: number): VfioGroup {
+    const existing = this.groups.get(number);
+    if (existing !== undefined) return existing;
+    const path = join(this.roots.dev, 'vfio', String(number));
+    let groupFd: number;
+    try {
+      groupFd = libc.open(path, libc.O_RDWR);
+    } catch (e) {
+      const errno = e instanceof SyscallError ? e.errno : 0;
+      if (errno === 13 || errno === 1) throw new UpciError('PERMISSION', `no permission to open ${path}`, `run as root or give your user access to ${path} (a udev rule, or chown)`);
+      if (errno === 16) throw new UpciError('BUSY', `IOMMU group ${number} (${path}) is in use by another process`, 'stop the other user of the device (`fuser` shows it) and try again');
+      if (errno === 2) throw new UpciError('NO_VFIO', `${path} is missing`, 'load vfio-pci (`modprobe vfio-pci`) and bind the device with `upci bind`');
+      throw e;
+    }
+    let containerFd = -1;
+    try {
+      const status = abi.vfioGroupStatus.alloc();
+      libc.ioctlBuffer(groupFd, abi.ioctls.VFIO_GROUP_GET_STATUS, status, 'VFIO_GROUP_GET_STATUS');
+      if (!(abi.vfioGroupStatus.get(status, 'flags') & abi.VFIO_GROUP_FLAGS_VIABLE)) {
+        const blockers = groupBlockers(this.roots, number);
+        throw new UpciError(
+          'GROUP_NOT_VIABLE',
+          `IOMMU group ${number} is not viable: ${blockers.length > 0 ? `it also holds ${describeBlockers(blockers)}` : 'another device in it is bound to a kernel driver'}`,
+          blockers.length > 0
+            ? `bind every device of the group to vfio-pci: ${blockers.map((b) => `upci bind ${b.address}`).join('; ')}`
+            : `list the group with \`ls /sys/kernel/iommu_groups/${number}/devices\` and bind each device to vfio-pci`,
+        );
+      }
+      containerFd = libc.open(join(this.roots.dev, 'vfio/vfio'), libc.O_RDWR);
+      const version = libc.ioctlValue(containerFd, abi.ioctls.VFIO_GET_API_VERSION, 0, 'VFIO_GET_API_VERSION');
+      if (version !== abi.VFIO_API_VERSION) throw new UpciError('NO_VFIO', `VFIO API version ${version} is not the ${abi.VFIO_API_VERSION} upci speaks`);
+      if (libc.ioctlValue(containerFd, abi.ioctls.VFIO_CHECK_EXTENSION, abi.VFIO_TYPE1v2_IOMMU, 'VFIO_CHECK_EXTENSION') !== 1) {
+        throw new UpciError('NO_VFIO', 'the kernel lacks the VFIO type1v2 IOMMU driver', 'load it with `modprobe vfio_iommu_type1`');
+      }
+      const containerArg = Buffer.alloc(4);
+      containerArg.writeInt32LE(containerFd);
+      libc.ioctlBuffer(groupFd, abi.ioctls.VFIO_GROUP_SET_CONTAINER, containerArg, 'VFIO_GROUP_SET_CONTAINER');
+      libc.ioctlValue(containerFd, abi.ioctls.VFIO_SET_IOMMU, abi.VFIO_TYPE1v2_IOMMU, 'VFIO_SET_IOMMU type1v2');
+      const group = new VfioGroup(number, groupFd, containerFd, () => this.groups.delete(number));
+      this.groups.set(number, group);
+      return group;
+    } catch (e) {
+      if (containerFd >= 0) libc.close(containerFd);
+      libc.close(groupFd);
+      throw e;
+    }
+  }
+
+  open(address: PciAddress): DeviceFile {
+    const { group: number } = requireUsable(this.roots, address);
+    const group = this.openGroup(number);
+    group.retain();
+    try {
+      const fd = libc.ioctlBuffer(group.groupFd, abi.ioctls.VFIO_GROUP_GET_DEVICE_FD, Buffer.from(`${address}\0`), `VFIO_GROUP_GET_DEVICE_FD ${address}`);
+      try {
+        return new VfioDevice(address, fd, group);
+      } catch (e) {
+        libc.close(fd);
+        throw e;
+      }
+    } catch (e) {
+      group.release();
+      if (e instanceof SyscallError && e.errno === 16) {
+        throw new UpciError('BUSY', `${address} is already open (in this or another process)`, 'close the other handle first', { cause: e });
+      }
+      throw e;
+    }
+  }
+}

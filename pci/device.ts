@@ -1,0 +1,174 @@
+/**
+ * A PCI function opened for a userland driver: config space, BARs as
+ * bus_space handles (pci_mapreg_map), reset and release. Drivers use this and
+ * never the kernel port underneath.
+ */
+import { UpciError } from '../kernel/errors.js';
+import { parsePciAddress, type PciAddress } from '../kernel/pci-address.js';
+import type { DeviceFile, KernelPort, RegionInfo } from '../kernel/port.js';
+import { mapShared } from '../shm/mapping.js';
+import { MappedSpace, TrappedSpace, type BusSpace } from './bus-space.js';
+import {
+  CONFIG_SPACE_SIZE, PCI_COMMAND, PCI_COMMAND_MASTER, decodeBars, decodeMsi, decodeMsix, readBarRegisters, readHeader, walkCapabilities,
+  type BarDecoding, type Capability, type ConfigHeader, type ConfigReader, type MsiCapability, type MsixCapability, type Width,
+} from './config.js';
+import { defaultKernelPort } from './kernel-port.js';
+
+const CONFIG_REGION = 7;
+
+export interface Bar extends BarDecoding {
+  /** Size the kernel reports for the region. */
+  readonly size: number;
+  /** Whether mapBar gives a SharedArrayBuffer mapping (else accesses go through the kernel). */
+  readonly mappable: boolean;
+}
+
+export class ConfigSpace implements ConfigReader {
+  constructor(
+    private readonly file: DeviceFile,
+    readonly size: number,
+  ) {}
+
+  private check(width: Width, offset: number): void {
+    if (!(offset >= 0 && offset + width <= this.size) || offset % width !== 0) {
+      throw new UpciError('OUT_OF_RANGE', `config space: a ${width}-byte access at 0x${Number(offset).toString(16)} is misaligned or beyond its ${this.size} bytes`);
+    }
+  }
+
+  read(width: Width, offset: number): number {
+    this.check(width, offset);
+    const buf = Buffer.alloc(width);
+    this.file.readRegion(CONFIG_REGION, offset, buf);
+    return width === 1 ? buf.readUInt8(0) : width === 2 ? buf.readUInt16LE(0) : buf.readUInt32LE(0);
+  }
+
+  write(width: Width, offset: number, value: number): void {
+    this.check(width, offset);
+    const buf = Buffer.alloc(width);
+    if (width === 1) buf.writeUInt8(value & 0xff);
+    else if (width === 2) buf.writeUInt16LE(value & 0xffff);
+    else buf.writeUInt32LE(value >>> 0);
+    this.file.writeRegion(CONFIG_REGION, offset, buf);
+  }
+
+  /** Read-modify-write of a register: clears `clear`, then sets `set`. */
+  update(width: Width, offset: number, clear: number, set: number): void {
+    this.write(width, offset, (this.read(width, offset) & ~clear) | set);
+  }
+}
+
+export interface OpenOptions {
+  readonly port?: KernelPort;
+}
+
+export class PciDevice {
+  readonly config: ConfigSpace;
+  private readonly spaces = new Set<BusSpace>();
+  private closed = false;
+
+  private constructor(private readonly file: DeviceFile) {
+    this.config = new ConfigSpace(file, file.region(CONFIG_REGION).size);
+  }
+
+  /** Claims the function at `address` through the kernel (VFIO on Linux). */
+  static open(address: string, options: OpenOptions = {}): PciDevice {
+    const port = options.port ?? defaultKernelPort();
+    return new PciDevice(port.open(parsePciAddress(address)));
+  }
+
+  get address(): PciAddress {
+    return this.file.address;
+  }
+
+  /** The kernel-side handle, for the pci_intr and bus_dma layers built on this device. */
+  get kernel(): DeviceFile {
+    this.live();
+    return this.file;
+  }
+
+  header(): ConfigHeader {
+    return readHeader(this.config);
+  }
+
+  bars(): Bar[] {
+    return decodeBars(readBarRegisters(this.config)).map((bar) => {
+      const region: RegionInfo = this.file.region(bar.index);
+      return { ...bar, size: region.size, mappable: isWhollyMappable(region) };
+    });
+  }
+
+  capabilities(): Capability[] {
+    return walkCapabilities(this.config, Math.max(this.config.size, CONFIG_SPACE_SIZE));
+  }
+
+  msi(): MsiCapability | undefined {
+    const cap = this.capabilities().find((c) => !c.extended && c.name === 'msi');
+    return cap && decodeMsi(this.config, cap.offset);
+  }
+
+  msix(): MsixCapability | undefined {
+    const cap = this.capabilities().find((c) => !c.extended && c.name === 'msi-x');
+    return cap && decodeMsix(this.config, cap.offset);
+  }
+
+  /**
+   * pci_mapreg_map: a bus_space handle for BAR `index`. Memory BARs the
+   * kernel lets us mmap become SharedArrayBuffer mappings; I/O BARs and the
+   * rest are reached through the kernel, with the same API.
+   */
+  mapBar(index: number): BusSpace {
+    this.live();
+    const bar = this.bars().find((b) => b.index === index);
+    if (bar === undefined) {
+      throw new UpciError('NO_SUCH_REGION', `${this.address} has no BAR ${index}`, `its BARs are ${this.bars().map((b) => b.index).join(', ') || 'none'}`);
+    }
+    const region = this.file.region(index);
+    const label = `${this.address} BAR${index}`;
+    const space: BusSpace = bar.type !== 'io' && isWhollyMappable(region)
+      ? new MappedSpace(mapShared(this.file.mmapSource(index, region.mmapAreas[0]!)), region.size, label)
+      : new TrappedSpace(this.file, index, region.size, label);
+    this.spaces.add(space);
+    return space;
+  }
+
+  /** Releases a handle from mapBar early; close() releases the rest. */
+  unmapBar(space: BusSpace): void {
+    space.release();
+    this.spaces.delete(space);
+  }
+
+  reset(): void {
+    this.live();
+    this.file.reset();
+  }
+
+  get isOpen(): boolean {
+    return !this.closed;
+  }
+
+  private live(): void {
+    if (this.closed) throw new UpciError('RELEASED', `${this.address} has been closed`, 'open it again with PciDevice.open');
+  }
+
+  /**
+   * Gives the device back: bus mastering off first, so nothing it still has
+   * queued can reach memory, then every register mapping revoked, then the
+   * kernel handle closed. Idempotent.
+   */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      this.config.update(2, PCI_COMMAND, PCI_COMMAND_MASTER, 0);
+    } finally {
+      for (const space of this.spaces) space.release();
+      this.spaces.clear();
+      this.file.close();
+    }
+  }
+}
+
+function isWhollyMappable(region: RegionInfo): boolean {
+  const area = region.mmapAreas[0];
+  return region.mmapAreas.length === 1 && area !== undefined && area.offset === 0 && area.size === region.size;
+}
