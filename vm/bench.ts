@@ -1,0 +1,312 @@
+// QEMU test bench: boots a q35 guest with an emulated VT-d IOMMU and a fixed set of
+// PCI devices, binds some of them to vfio-pci, and runs one command inside a chroot
+// of the host's root file system (shared read-only over 9p). See vm/README.md.
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export interface VmDevice {
+  model: string;
+  /** slot.function on its bus, e.g. '04.0' */
+  slot: string;
+  /** Left alone when absent (the initramfs has no drivers that would claim it). */
+  bind?: 'vfio-pci' | 'none' | 'pci-stub' | 'uio_pci_generic';
+  /** id of a bridge from VmOptions.bridges to put the device behind */
+  bus?: string;
+  /** extra QEMU device properties, starting with a comma: ',k=v' */
+  props?: string;
+}
+
+export interface VmOptions {
+  devices: VmDevice[];
+  /** Conventional PCI-PCI bridges on the root bus, slot as in VmDevice. Defaults to the
+   *  entries of defaultBridges that the devices refer to. */
+  bridges?: { id: string; slot: string }[];
+  command: string[];
+  env?: Record<string, string>;
+  timeoutMs: number;
+  memoryMiB?: number;
+  cpus?: number;
+  /** QEMU -trace event patterns; the log goes to qemu-trace.log in outDir. */
+  qemuTrace?: string[];
+  /** Receives the serial console as it arrives (the job's output is tee'd there). */
+  onConsole?: (text: string) => void;
+  /** Aborting kills QEMU; runInVm then resolves like a timeout. */
+  signal?: AbortSignal;
+}
+
+export interface VmResult {
+  /** null: timed out, aborted, or the guest never reported a status */
+  exitCode: number | null;
+  timedOut: boolean;
+  /** The job's stdout and stderr (interleaved), without kernel or init messages. */
+  output: string;
+  dmesg: string;
+  console: string;
+  /** Host directory shared with the guest as /tmp/upci-out; the caller removes it. */
+  outDir: string;
+  /** Path of the QEMU trace log when qemuTrace was given. */
+  qemuTraceLog?: string;
+  /** Why the guest's init gave up before running the job (e.g. a bind failed). */
+  guestError?: string;
+}
+
+/**
+ * Guest PCI addresses: 0000:00:SS.F on the root bus; behind the Nth bridge (in slot
+ * order) 0000:0N:SS.F, because SeaBIOS numbers secondary buses depth-first in slot
+ * order and Linux keeps the firmware's numbering.
+ */
+export const defaultBridges: { id: string; slot: string }[] = [{ id: 'br0', slot: '10.0' }];
+
+export const defaultDevices: VmDevice[] = [
+  { model: 'edu', slot: '04.0', bind: 'vfio-pci' },
+  { model: 'edu', slot: '05.0', bind: 'vfio-pci' },
+  { model: 'pci-testdev', slot: '06.0', bind: 'vfio-pci' },
+  { model: 'nvme', slot: '07.0', bind: 'vfio-pci', props: ',serial=upci-nvme0' },
+  // romfile=: nothing boots from the NICs, and skipping iPXE saves boot time.
+  { model: 'e1000e', slot: '08.0', bind: 'vfio-pci', props: ',romfile=' },
+  // Behind the conventional bridge both devices share the bridge's IOMMU group. The
+  // e1000 is held by uio_pci_generic, a kernel driver that claims DMA ownership, so the
+  // group is not viable for VFIO (pci-stub would not do: it leaves DMA ownership free).
+  { model: 'edu', slot: '01.0', bus: 'br0', bind: 'vfio-pci' },
+  { model: 'e1000', slot: '02.0', bus: 'br0', bind: 'uio_pci_generic', props: ',romfile=' },
+];
+
+const QEMU = 'qemu-system-x86_64';
+const GUEST_OUT = '/tmp/upci-out';
+const KILL_GRACE_MS = 2000;
+// The 9p transports sit in fixed slots so that they never push a bench device around.
+const HOSTROOT_SLOT = '1e.0';
+const RESULTS_SLOT = '1d.0';
+
+function findProjectRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, 'vm', 'setup.sh'))) return dir;
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error('vm/bench: cannot find the project root (no vm/setup.sh above this module)');
+    dir = parent;
+  }
+}
+
+function parseSlot(slot: string): { dev: number; fn: number } {
+  const m = /^([0-9a-f]{1,2})\.([0-7])$/i.exec(slot);
+  if (!m) throw new Error(`vm/bench: bad slot '${slot}' (expected e.g. '04.0')`);
+  const dev = parseInt(m[1]!, 16);
+  if (dev > 0x1f) throw new Error(`vm/bench: slot '${slot}' is beyond device 1f`);
+  return { dev, fn: parseInt(m[2]!, 10) };
+}
+
+const hex2 = (n: number) => n.toString(16).padStart(2, '0');
+
+/** The device's PCI address as the guest sees it, e.g. '0000:01:01.0'. */
+export function guestAddress(device: VmDevice, bridges: { id: string; slot: string }[] = defaultBridges): string {
+  const { dev, fn } = parseSlot(device.slot);
+  let bus = 0;
+  if (device.bus !== undefined) {
+    const ordered = [...bridges].sort((a, b) => parseSlot(a.slot).dev - parseSlot(b.slot).dev);
+    const index = ordered.findIndex((b) => b.id === device.bus);
+    if (index < 0) throw new Error(`vm/bench: device ${device.model}@${device.slot} is on unknown bridge '${device.bus}'`);
+    bus = index + 1;
+  }
+  return `0000:${hex2(bus)}:${hex2(dev)}.${fn}`;
+}
+
+// Root-bus slots the machine or the bench itself occupies.
+const RESERVED_ROOT_SLOTS = new Map<number, string>([
+  [0x00, 'the host bridge'],
+  [parseSlot(HOSTROOT_SLOT).dev, 'the 9p hostroot share'],
+  [parseSlot(RESULTS_SLOT).dev, 'the 9p results share'],
+  [0x1f, 'the ICH9 LPC/SATA/SMBus functions'],
+]);
+
+function checkSlots(devices: VmDevice[], bridges: { id: string; slot: string }[]): void {
+  const used = new Map<string, string>();
+  const claim = (bus: string, slot: string, what: string) => {
+    const { dev, fn } = parseSlot(slot);
+    const reserved = bus === 'pcie.0' ? RESERVED_ROOT_SLOTS.get(dev) : undefined;
+    const key = `${bus}:${hex2(dev)}.${fn}`;
+    const holder = reserved ?? used.get(key);
+    if (holder) throw new Error(`vm/bench: ${what} at ${bus} ${slot} collides with ${holder}`);
+    used.set(key, what);
+  };
+  for (const b of bridges) claim('pcie.0', b.slot, `bridge ${b.id}`);
+  for (const d of devices) claim(d.bus ?? 'pcie.0', d.slot, d.model);
+}
+
+function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+function jobScript(command: string[], cwd: string, env: Record<string, string>): string {
+  if (command.length === 0) throw new Error('vm/bench: empty command');
+  const lines = ['# written by vm/bench.ts, run by the guest init inside the host-root chroot'];
+  for (const [k, v] of Object.entries(env)) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new Error(`vm/bench: bad environment variable name '${k}'`);
+    lines.push(`export ${k}=${shellQuote(v)}`);
+  }
+  lines.push(`cd ${shellQuote(cwd)} || exit 125`, `exec ${command.map(shellQuote).join(' ')}`, '');
+  return lines.join('\n');
+}
+
+async function readIfExists(path: string): Promise<string | undefined> {
+  try {
+    return await readFile(path, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
+}
+
+const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
+
+/** Throws with the fix when the kernel or initramfs is missing or older than vm/init.sh / vm/setup.sh. */
+function bootFiles(root: string): { kernel: string; initrd: string } {
+  const cache = join(root, '.cache', 'vm');
+  const kernel = join(cache, 'vmlinuz');
+  const initrd = join(cache, 'initramfs.gz');
+  const keyFile = join(cache, 'initramfs.key');
+  for (const f of [kernel, initrd, keyFile]) {
+    if (!existsSync(f)) throw new Error(`vm/bench: ${f} is missing: run \`bash vm/setup.sh\``);
+  }
+  const key = new Map(
+    readFileSync(keyFile, 'utf8')
+      .split('\n')
+      .map((l) => l.split(' ') as [string, string]),
+  );
+  for (const name of ['init.sh', 'setup.sh']) {
+    if (key.get(name) !== sha256(join(root, 'vm', name))) {
+      throw new Error(`vm/bench: the initramfs is older than vm/${name}: run \`bash vm/setup.sh\``);
+    }
+  }
+  return { kernel, initrd };
+}
+
+// ESC c (reset) and CSI sequences come from nowhere useful; \r from the guest tty.
+const cleanConsole = (s: string) => s.replace(/\x1bc|\x1b\[[0-9;?]*[A-Za-z]|\r/g, '');
+
+export async function runInVm(opts: VmOptions): Promise<VmResult> {
+  const root = findProjectRoot();
+  const { kernel, initrd } = bootFiles(root);
+  const bridges = opts.bridges ?? defaultBridges.filter((b) => opts.devices.some((d) => d.bus === b.id));
+  checkSlots(opts.devices, bridges);
+
+  const outDir = await mkdtemp(join(tmpdir(), 'upci-vm-'));
+  const env: Record<string, string> = {
+    PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin',
+    HOME: '/tmp',
+    UPCI_VM: '1',
+    UPCI_VM_OUT: GUEST_OUT,
+    ...opts.env,
+  };
+  await writeFile(join(outDir, 'job.sh'), jobScript(opts.command, root, env));
+  const plan = opts.devices
+    .filter((d) => d.bind !== undefined)
+    .map((d) => `${guestAddress(d, bridges)} ${d.bind}\n`)
+    .join('');
+  await writeFile(join(outDir, 'bind.plan'), plan);
+  // Lets guest code find its devices without repeating the address rules.
+  await writeFile(
+    join(outDir, 'devices.json'),
+    JSON.stringify(opts.devices.map((d) => ({ ...d, address: guestAddress(d, bridges) })), null, 2),
+  );
+
+  const args = [
+    '-M', 'q35,kernel-irqchip=split',
+    '-accel', 'tcg',
+    '-m', String(opts.memoryMiB ?? 1024),
+    '-smp', String(opts.cpus ?? 2),
+    // Must precede the PCI devices so that they are created behind it.
+    '-device', 'intel-iommu,intremap=on,caching-mode=on',
+    // -nodefaults: no default NIC/VGA taking slots. -display none rather than
+    // -nographic: with no display SeaBIOS would also draw its screen on the serial port.
+    '-nodefaults', '-display', 'none', '-serial', 'stdio', '-no-reboot',
+    '-kernel', kernel,
+    '-initrd', initrd,
+    '-append', 'console=ttyS0 intel_iommu=on panic=-1 quiet',
+    '-fsdev', 'local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap',
+    '-device', `virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot,addr=${HOSTROOT_SLOT}`,
+    '-fsdev', `local,id=results,path=${outDir},security_model=none`,
+    '-device', `virtio-9p-pci,fsdev=results,mount_tag=results,addr=${RESULTS_SLOT}`,
+  ];
+  bridges.forEach((b, i) => {
+    // shpc=off: the guest's shpchp would otherwise fail on it and log errors.
+    args.push('-device', `pci-bridge,id=${b.id},chassis_nr=${i + 1},addr=${b.slot},shpc=off`);
+  });
+  for (const d of opts.devices) {
+    args.push('-device', `${d.model}${d.bus ? `,bus=${d.bus}` : ''},addr=${d.slot}${d.props ?? ''}`);
+  }
+  let qemuTraceLog: string | undefined;
+  if (opts.qemuTrace?.length) {
+    qemuTraceLog = join(outDir, 'qemu-trace.log');
+    for (const pattern of opts.qemuTrace) args.push('-trace', `enable=${pattern}`);
+    args.push('-trace', `file=${qemuTraceLog}`);
+  }
+
+  const child = spawn(QEMU, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let consoleText = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+    const text = cleanConsole(chunk);
+    consoleText += text;
+    opts.onConsole?.(text);
+  });
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+    stderr += chunk;
+  });
+
+  // A dying host process must not leave a QEMU spinning a CPU.
+  const killOnExit = () => child.kill('SIGKILL');
+  process.once('exit', killOnExit);
+  let timedOut = false;
+  let graceTimer: NodeJS.Timeout | undefined;
+  const stop = () => {
+    timedOut = true;
+    child.kill('SIGTERM');
+    graceTimer = setTimeout(() => child.kill('SIGKILL'), KILL_GRACE_MS);
+  };
+  const timer = setTimeout(stop, opts.timeoutMs);
+  opts.signal?.addEventListener('abort', stop, { once: true });
+
+  let exit: { code: number | null; signal: NodeJS.Signals | null };
+  try {
+    exit = await new Promise((resolve, reject) => {
+      child.once('error', (e: NodeJS.ErrnoException) =>
+        reject(
+          e.code === 'ENOENT'
+            ? new Error(`vm/bench: ${QEMU} not found: run \`bash vm/setup.sh\``)
+            : e,
+        ),
+      );
+      child.once('close', (code, signal) => resolve({ code, signal }));
+    });
+  } finally {
+    clearTimeout(timer);
+    clearTimeout(graceTimer);
+    opts.signal?.removeEventListener('abort', stop);
+    process.removeListener('exit', killOnExit);
+  }
+
+  // QEMU exits 0 on guest power-off and on panic (-no-reboot); anything else is QEMU itself failing.
+  if (!timedOut && exit.code !== 0) {
+    throw new Error(`vm/bench: ${QEMU} failed (exit ${exit.code ?? exit.signal}):\n${stderr.trim()}\nqemu ${args.join(' ')}`);
+  }
+
+  const status = await readIfExists(join(outDir, 'status'));
+  const guestError = (await readIfExists(join(outDir, 'init-error')))?.trim();
+  const result: VmResult = {
+    exitCode: timedOut || status === undefined ? null : Number.parseInt(status, 10),
+    timedOut,
+    output: (await readIfExists(join(outDir, 'output.log'))) ?? '',
+    dmesg: (await readIfExists(join(outDir, 'dmesg.log'))) ?? '',
+    console: consoleText,
+    outDir,
+  };
+  if (qemuTraceLog) result.qemuTraceLog = qemuTraceLog;
+  if (guestError) result.guestError = guestError;
+  return result;
+}
