@@ -51,15 +51,16 @@ abstract class BaseSpace implements BusSpace {
     protected readonly label: string,
   ) {}
 
-  protected check(offset: number, width: number): void {
+  /** Throws unless `length` bytes at `offset` are in range and `offset` is aligned to the access width. */
+  protected check(offset: number, width: number, length = width): void {
     if (this.released) {
       throw new UpciError('RELEASED', `${this.label} was released; its registers are no longer reachable`, 'map the BAR again from an open device');
     }
-    if (!(offset >= 0 && offset + width <= this.size) || offset % width !== 0) {
+    if (!(offset >= 0 && offset + length <= this.size) || offset % width !== 0) {
       throw new UpciError(
         'OUT_OF_RANGE',
-        `${this.label}: a ${width}-byte access at 0x${Number(offset).toString(16)} is ${offset % width !== 0 ? 'not aligned to its width' : `outside the ${this.size}-byte region`}`,
-        `use a ${width}-aligned offset below 0x${(this.size - width + 1).toString(16)}`,
+        `${this.label}: ${length === width ? `a ${width}-byte access` : `${length} bytes`} at 0x${Number(offset).toString(16)} is ${offset % width !== 0 ? 'not aligned to its width' : `outside the ${this.size}-byte region`}`,
+        `use a ${width}-aligned offset below 0x${(this.size - length + 1).toString(16)}`,
       );
     }
   }
@@ -88,7 +89,7 @@ abstract class BaseSpace implements BusSpace {
   }
 
   readRegion(width: NarrowWidth, offset: number, count: number): number[] {
-    this.check(offset, width * count);
+    this.check(offset, width, width * count);
     return Array.from({ length: count }, (_, i) => this.readNarrow(width, offset + i * width));
   }
 
@@ -97,7 +98,7 @@ abstract class BaseSpace implements BusSpace {
   }
 
   writeRegion(width: NarrowWidth, offset: number, values: ArrayLike<number>): void {
-    this.check(offset, width * values.length);
+    this.check(offset, width, width * values.length);
     for (let i = 0; i < values.length; i++) this.writeNarrow(width, offset + i * width, values[i]!);
   }
 

@@ -1,0 +1,86 @@
+import test from 'ava';
+import { mkdirSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parsePciAddress } from '../../kernel/pci-address.js';
+import { groupBlockers, listFunctions, requireUsable, type SysfsRoots } from '../../kernel/linux/sysfs.js';
+import { VfioPort } from '../../kernel/linux/vfio.js';
+
+interface FakeFunction { address: string; driver?: string; group?: number }
+
+/** A fabricated /sys and /dev with the files the checks read. */
+function fakeRoots(functions: FakeFunction[], vfio = true): SysfsRoots {
+  const root = mkdtempSync(join(tmpdir(), 'upci-sysfs-'));
+  const sys = join(root, 'sys');
+  const dev = join(root, 'dev');
+  mkdirSync(join(sys, 'bus/pci/devices'), { recursive: true });
+  mkdirSync(join(dev, 'vfio'), { recursive: true });
+  if (vfio) writeFileSync(join(dev, 'vfio/vfio'), '');
+  for (const f of functions) {
+    const dir = join(sys, 'devices/pci0000:00', f.address);
+    mkdirSync(dir, { recursive: true });
+    for (const [name, value] of [['vendor', '0x1234'], ['device', '0x11e8'], ['class', '0x00ff00'], ['subsystem_vendor', '0x1af4'], ['subsystem_device', '0x1100']]) {
+      writeFileSync(join(dir, name!), `${value}\n`);
+    }
+    symlinkSync(dir, join(sys, 'bus/pci/devices', f.address));
+    if (f.driver !== undefined) {
+      mkdirSync(join(sys, 'bus/pci/drivers', f.driver), { recursive: true });
+      symlinkSync(join(sys, 'bus/pci/drivers', f.driver), join(dir, 'driver'));
+    }
+    if (f.group !== undefined) {
+      const groupDir = join(sys, 'kernel/iommu_groups', String(f.group));
+      mkdirSync(join(groupDir, 'devices'), { recursive: true });
+      symlinkSync(groupDir, join(dir, 'iommu_group'));
+      symlinkSync(dir, join(groupDir, 'devices', f.address));
+    }
+  }
+  return { sys, dev };
+}
+
+const edu = parsePciAddress('0000:00:04.0');
+
+test('a usable function: bound to vfio-pci with an IOMMU group', (t) => {
+  const roots = fakeRoots([{ address: edu, driver: 'vfio-pci', group: 3 }]);
+  t.is(requireUsable(roots, edu).group, 3);
+  t.like(listFunctions(roots)[0], { address: edu, vendor: 0x1234, device: 0x11e8, classCode: 0xff00, driver: 'vfio-pci', iommuGroup: 3 });
+});
+
+test('no device at the address', (t) => {
+  const roots = fakeRoots([]);
+  t.throws(() => requireUsable(roots, edu), { code: 'NO_DEVICE', message: /no PCI device at 0000:00:04\.0[\s\S]*upci list/ } as never);
+});
+
+test('no IOMMU group: refused with the kernel options to fix it', (t) => {
+  const roots = fakeRoots([{ address: edu, driver: 'vfio-pci' }]);
+  t.throws(() => requireUsable(roots, edu), { code: 'NO_IOMMU_GROUP', message: /intel_iommu=on/ } as never);
+});
+
+test('not bound to vfio-pci: names the current driver and the bind command', (t) => {
+  t.throws(() => requireUsable(fakeRoots([{ address: edu, driver: 'e1000e', group: 1 }]), edu), {
+    code: 'NOT_BOUND', message: /bound to e1000e, not to vfio-pci[\s\S]*upci bind 0000:00:04\.0/,
+  } as never);
+  t.throws(() => requireUsable(fakeRoots([{ address: edu, group: 1 }]), edu), { code: 'NOT_BOUND', message: /not bound to any driver/ } as never);
+});
+
+test('/dev/vfio missing: says to load vfio-pci', (t) => {
+  const roots = fakeRoots([{ address: edu, driver: 'vfio-pci', group: 3 }], false);
+  t.throws(() => requireUsable(roots, edu), { code: 'NO_VFIO', message: /modprobe vfio-pci/ } as never);
+});
+
+test('group blockers: kernel drivers block a group, vfio-pci, pcieport and no driver do not', (t) => {
+  const roots = fakeRoots([
+    { address: '0000:01:00.0', driver: 'vfio-pci', group: 7 },
+    { address: '0000:01:00.1', driver: 'snd_hda_intel', group: 7 },
+    { address: '0000:00:1c.0', driver: 'pcieport', group: 7 },
+    { address: '0000:01:00.2', group: 7 },
+  ]);
+  t.deepEqual(groupBlockers(roots, 7).map((b) => b.address), ['0000:01:00.1']);
+});
+
+test('the VFIO port reports these checks before any ioctl', (t) => {
+  const port = new VfioPort(fakeRoots([{ address: edu, driver: 'nvme', group: 2 }]));
+  t.throws(() => port.open(edu), { code: 'NOT_BOUND' } as never);
+  const missing = new VfioPort(fakeRoots([{ address: edu, driver: 'vfio-pci', group: 2 }]));
+  // /dev/vfio/vfio exists in the fake tree, /dev/vfio/2 does not.
+  t.throws(() => missing.open(edu), { code: 'NO_VFIO', message: /\/vfio\/2 is missing/ } as never);
+});
