@@ -29,7 +29,9 @@ export interface VmOptions {
   command: string[];
   env?: Record<string, string>;
   timeoutMs: number;
+  /** default 1024 */
   memoryMiB?: number;
+  /** default 1: under TCG on a 2-core host a second vCPU made boot + node startup ~40% slower */
   cpus?: number;
   /** QEMU -trace event patterns; the log goes to qemu-trace.log in outDir. */
   qemuTrace?: string[];
@@ -219,7 +221,7 @@ export async function runInVm(opts: VmOptions): Promise<VmResult> {
     '-M', 'q35,kernel-irqchip=split',
     '-accel', 'tcg',
     '-m', String(opts.memoryMiB ?? 1024),
-    '-smp', String(opts.cpus ?? 2),
+    '-smp', String(opts.cpus ?? 1),
     // Must precede the PCI devices so that they are created behind it.
     '-device', 'intel-iommu,intremap=on,caching-mode=on',
     // -nodefaults: no default NIC/VGA taking slots. -display none rather than

@@ -125,6 +125,9 @@ ensure_initramfs() {
 }
 
 mkdir -p "$CACHE"
+# Parallel test runs may all call setup; one builds, the others wait and find it done.
+exec 9>"$CACHE/.setup.lock"
+flock 9
 ensure_host_tools
 ensure_kernel
 ensure_initramfs
