@@ -1,0 +1,132 @@
+#!/bin/sh
+#
+# compile-check.sh <netbsd-src>
+#
+# Compile-check the pci(4) user driver files of this directory against a
+# NetBSD source tree given by path (the directory that holds sys/, or
+# sys/ itself).  Nothing is fetched or built from NetBSD here: the tree
+# must already exist, and only our own files are compiled, to /dev/null.
+#
+# Checks:
+#  1. sys/dev/pci/pci_user.c as an amd64 kernel file (clang,
+#     --target=x86_64-unknown-netbsd, -Wall -Werror), with stub opt_*.h
+#     headers and machine/x86 include links made in a temp dir.
+#  2. sys/dev/pci/pciuserio.h alone, kernel side and user side.
+#  3. abi-probe.c against the tree's real <sys/ioccom.h>, compared with
+#     the same probe built against abi-shim/ (what tests use), if a host
+#     C compiler is available.
+#
+# Environment: CLANG (default clang), HOSTCC (default cc).
+#
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+CLANG=${CLANG:-clang}
+HOSTCC=${HOSTCC:-cc}
+
+die() {
+	echo "compile-check: $*" >&2
+	exit 1
+}
+
+[ $# -eq 1 ] || die "usage: $0 <path-to-netbsd-src (containing sys/)>"
+src=$1
+[ -d "$src" ] || die "'$src' is not a directory"
+src=$(cd "$src" && pwd)
+if [ -f "$src/sys/sys/param.h" ]; then
+	sys=$src/sys
+elif [ -f "$src/sys/param.h" ] && [ -d "$src/kern" ]; then
+	sys=$src
+	src=$(dirname "$src")
+else
+	die "'$1' does not look like a NetBSD tree: no sys/sys/param.h"
+fi
+for f in sys/ioccom.h dev/pci/pcivar.h dev/pci/pci_usrreq.c \
+    arch/amd64/include/param.h arch/x86/include/pci_machdep_common.h; do
+	[ -f "$sys/$f" ] || die "'$sys' lacks $f (need sys/ with arch/amd64 and arch/x86)"
+done
+command -v "$CLANG" >/dev/null 2>&1 || die "no '$CLANG' in PATH"
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/pciuser-cc.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT INT TERM
+
+# machine/ and x86/ links, as config(1)'s build directory has them.
+mkdir -p "$tmp/inc"
+ln -s "$sys/arch/amd64/include" "$tmp/inc/machine"
+ln -s "$sys/arch/x86/include" "$tmp/inc/x86"
+ln -s "$sys/arch/amd64/include" "$tmp/inc/amd64"
+
+# Empty option headers (config(1) would generate them from the kernel
+# configuration): a fixed list plus every opt_*.h that the headers we
+# may include ask for, so that the check follows the tree's version.
+opts="opt_pci opt_param opt_syslimits opt_multiprocessor opt_lockdebug
+    opt_diagnostic opt_ddb opt_uvmhist opt_modular opt_kernhist"
+opts="$opts $(grep -rhoE '^#[[:space:]]*include[[:space:]]+"opt_[A-Za-z0-9_]+\.h"' \
+    "$sys/sys" "$sys/uvm" "$sys/dev/pci" "$sys/arch/x86/include" \
+    "$sys/arch/amd64/include" "$here/sys" 2>/dev/null |
+    sed -E 's/.*"(opt_[A-Za-z0-9_]+)\.h".*/\1/' | sort -u)"
+for o in $opts; do
+	: > "$tmp/inc/$o.h"
+done
+
+cflags="--target=x86_64-unknown-netbsd -std=gnu99 -ffreestanding -nostdinc
+    -D_KERNEL -D_KERNEL_OPT -mcmodel=kernel -mno-red-zone -mno-sse -mno-mmx
+    -fno-builtin -Wall -Werror -Wno-unknown-warning-option
+    -I$here/sys -I$tmp/inc -I$sys -I$sys/arch -I$src/common/include"
+
+fail=0
+check() {
+	name=$1
+	shift
+	if "$@" > "$tmp/out" 2>&1; then
+		echo "ok   $name"
+	else
+		echo "FAIL $name"
+		sed 's/^/     /' "$tmp/out"
+		fail=1
+	fi
+}
+
+# 1. The kernel file.
+# shellcheck disable=SC2086
+check "sys/dev/pci/pci_user.c (kernel, amd64)" \
+    "$CLANG" $cflags -c "$here/sys/dev/pci/pci_user.c" -o /dev/null
+
+# 2. The ABI header alone, kernel side and user side (-nostdlibinc keeps
+#    clang's own freestanding <stdint.h>; sys/ioccom.h is the tree's).
+printf '#include <dev/pci/pciuserio.h>\nint pciuser_hdr_ok;\n' > "$tmp/hdr.c"
+# shellcheck disable=SC2086
+check "sys/dev/pci/pciuserio.h (kernel)" \
+    "$CLANG" $cflags -c "$tmp/hdr.c" -o /dev/null
+check "sys/dev/pci/pciuserio.h (user)" \
+    "$CLANG" --target=x86_64-unknown-netbsd -ffreestanding -nostdlibinc \
+    -Wall -Werror -I"$here/sys" -I"$sys" -c "$tmp/hdr.c" -o /dev/null
+
+# 3. ABI values: real <sys/ioccom.h> versus abi-shim/sys/ioccom.h.
+check "abi-probe.c (static, real sys/ioccom.h)" \
+    "$CLANG" --target=x86_64-unknown-netbsd -ffreestanding -nostdlibinc \
+    -DABI_PROBE_STATIC -Wall -Werror -I"$here/sys" -I"$sys" \
+    -S "$here/abi-probe.c" -o "$tmp/real.s"
+check "abi-probe.c (static, abi-shim)" \
+    "$CLANG" --target=x86_64-unknown-netbsd -ffreestanding -nostdlibinc \
+    -DABI_PROBE_STATIC -Wall -Werror -I"$here/sys" -I"$here/abi-shim" \
+    -S "$here/abi-probe.c" -o "$tmp/shim.s"
+if [ -f "$tmp/real.s" ] && [ -f "$tmp/shim.s" ]; then
+	grep -E '^abi_|\.quad' "$tmp/real.s" > "$tmp/real.v"
+	grep -E '^abi_|\.quad' "$tmp/shim.s" > "$tmp/shim.v"
+	n=$(grep -c '\.quad' "$tmp/real.v" || true)
+	check "abi-shim encodes like the tree's sys/ioccom.h ($n values)" \
+	    cmp "$tmp/real.v" "$tmp/shim.v"
+fi
+if command -v "$HOSTCC" >/dev/null 2>&1; then
+	check "abi-probe.c (host $HOSTCC, abi-shim)" \
+	    "$HOSTCC" -Wall -Werror -I"$here/sys" -I"$here/abi-shim" \
+	    "$here/abi-probe.c" -o "$tmp/abi-probe"
+	[ -x "$tmp/abi-probe" ] && check "abi-probe runs" "$tmp/abi-probe"
+fi
+
+if [ $fail -ne 0 ]; then
+	echo "compile-check: FAILED against $sys" >&2
+	exit 1
+fi
+echo "compile-check: all passed against $sys"
