@@ -72,7 +72,7 @@ export const VFIO_DMA_MAP_FLAG_WRITE = 1 << 1;
 export const vfioGroupStatus = new Struct('vfio_group_status', { argsz: 'u32', flags: 'u32' });
 
 export const vfioDeviceInfo = new Struct('vfio_device_info', {
-  argsz: 'u32', flags: 'u32', num_regions: 'u32', num_irqs: 'u32', cap_offset: 'u32', pad: 'u32',
+  argsz: 'u32', flags: 'u32', num_regions: 'u32', num_irqs: 'u32', cap_offset: 'u32',
 });
 
 export const vfioRegionInfo = new Struct('vfio_region_info', {
@@ -94,7 +94,7 @@ export const vfioIrqSet = new Struct('vfio_irq_set', {
 });
 
 export const vfioIommuType1Info = new Struct('vfio_iommu_type1_info', {
-  argsz: 'u32', flags: 'u32', iova_pgsizes: 'u64', cap_offset: 'u32', pad: 'u32',
+  argsz: 'u32', flags: 'u32', iova_pgsizes: 'u64', cap_offset: 'u32',
 });
 
 export const vfioIommuType1InfoCapIovaRange = new Struct('vfio_iommu_type1_info_cap_iova_range', {

@@ -130,6 +130,7 @@ class VfioDevice implements DeviceFile {
     readonly address: PciAddress,
     private readonly fd: number,
     private readonly group: VfioGroup,
+    private readonly onClose: () => void,
   ) {
     const info = abi.vfioDeviceInfo.alloc();
     libc.ioctlBuffer(fd, abi.ioctls.VFIO_DEVICE_GET_INFO, info, 'VFIO_DEVICE_GET_INFO');
@@ -298,12 +299,15 @@ class VfioDevice implements DeviceFile {
     this.closed = true;
     libc.close(this.fd);
     this.group.release();
+    this.onClose();
   }
 }
 
 export class VfioPort implements KernelPort {
   readonly name = 'vfio';
   private readonly groups = new Map<number, VfioGroup>();
+  /** VFIO would hand out a second fd; two owners of one function in a process is a bug, refused here. */
+  private readonly openDevices = new Set<PciAddress>();
 
   constructor(private readonly roots: SysfsRoots = defaultRoots) {}
 
@@ -356,13 +360,18 @@ export class VfioPort implements KernelPort {
   }
 
   open(address: PciAddress): DeviceFile {
+    if (this.openDevices.has(address)) {
+      throw new UpciError('BUSY', `${address} is already open in this process`, 'close the other PciDevice first, or share it');
+    }
     const { group: number } = requireUsable(this.roots, address);
     const group = this.openGroup(number);
     group.retain();
     try {
       const fd = libc.ioctlBuffer(group.groupFd, abi.ioctls.VFIO_GROUP_GET_DEVICE_FD, Buffer.from(`${address}\0`), `VFIO_GROUP_GET_DEVICE_FD ${address}`);
       try {
-        return new VfioDevice(address, fd, group);
+        const device = new VfioDevice(address, fd, group, () => this.openDevices.delete(address));
+        this.openDevices.add(address);
+        return device;
       } catch (e) {
         libc.close(fd);
         throw e;

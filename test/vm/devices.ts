@@ -1,0 +1,31 @@
+/** The bench's devices by role, with the guest addresses vm/bench.ts gives them. */
+import { readFileSync } from 'node:fs';
+import { defaultDevices, guestAddress, type VmDevice } from '../../vm/bench.js';
+
+function find(model: string, nth = 0, where: (d: VmDevice) => boolean = (d) => d.bus === undefined): string {
+  const device = defaultDevices.filter((d) => d.model === model && where(d))[nth];
+  if (device === undefined) throw new Error(`the bench has no ${model} #${nth}`);
+  return guestAddress(device);
+}
+
+export const bench = {
+  edu: find('edu', 0),
+  edu2: find('edu', 1),
+  testdev: find('pci-testdev'),
+  nvme: find('nvme'),
+  e1000e: find('e1000e'),
+  /** Behind a conventional bridge, sharing an IOMMU group with a device held by a kernel driver. */
+  eduInSharedGroup: find('edu', 0, (d) => d.bus !== undefined),
+};
+
+/** What sysfs says, the reference config space reads are compared with. */
+export function sysfsConfig(address: string): Buffer {
+  return readFileSync(`/sys/bus/pci/devices/${address}/config`);
+}
+
+export function sysfsResources(address: string): { start: bigint; end: bigint; flags: bigint }[] {
+  return readFileSync(`/sys/bus/pci/devices/${address}/resource`, 'utf8').trim().split('\n').map((line) => {
+    const [start, end, flags] = line.trim().split(/\s+/).map((v) => BigInt(v));
+    return { start: start!, end: end!, flags: flags! };
+  });
+}

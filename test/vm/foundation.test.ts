@@ -1,0 +1,220 @@
+/**
+ * The foundation in the VM: BARs as SharedArrayBuffers, bus_space over MMIO
+ * and I/O ports, config space against sysfs, release and error paths.
+ */
+import test from 'ava';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { VfioPort } from '../../kernel/linux/vfio.js';
+import { parsePciAddress } from '../../kernel/pci-address.js';
+import { walkCapabilities, readHeader, decodeBars, readBarRegisters, type ConfigReader, type Width } from '../../pci/config.js';
+import { PciDevice } from '../../pci/device.js';
+import { bench, sysfsConfig, sysfsResources } from './devices.js';
+
+const EDU_ID = 0x00;
+const EDU_LIVENESS = 0x04;
+const EDU_FACTORIAL = 0x08;
+const EDU_STATUS = 0x20;
+const EDU_STATUS_COMPUTING = 0x01;
+
+function withDevice<T>(address: string, use: (d: PciDevice) => T): T {
+  const device = PciDevice.open(address);
+  try {
+    return use(device);
+  } finally {
+    device.close();
+  }
+}
+
+test('edu: identification, liveness and factorial through the SharedArrayBuffer-mapped BAR0', (t) => {
+  withDevice(bench.edu, (edu) => {
+    const bar = edu.mapBar(0);
+    t.is(bar.kind, 'mapped');
+    t.is(bar.size, 1 << 20);
+    t.is(bar.read4(EDU_ID), 0x010000ed);
+    for (const value of [0x12345678, 0, 0xffffffff, 0xa5a5a5a5]) {
+      bar.write4(EDU_LIVENESS, value);
+      t.is(bar.read4(EDU_LIVENESS), ~value >>> 0);
+    }
+    bar.write4(EDU_FACTORIAL, 10);
+    let polls = 0;
+    while (bar.read4(EDU_STATUS) & EDU_STATUS_COMPUTING) {
+      if (++polls > 1_000_000) t.fail('factorial never finished');
+    }
+    t.is(bar.read4(EDU_FACTORIAL), 3628800);
+  });
+});
+
+test('a worker thread given the BAR by postMessage reads the same registers (shared, not copied)', async (t) => {
+  const edu = PciDevice.open(bench.edu);
+  try {
+    const bar = edu.mapBar(0);
+    if (bar.kind !== 'mapped') return t.fail('BAR0 is not mapped');
+    bar.write4(EDU_LIVENESS, 0x0badf00d);
+    const seen = await new Promise<{ id: number; liveness: number }>((resolve, reject) => {
+      const worker = new Worker(
+        `const { parentPort, workerData } = require('node:worker_threads');
+         const regs = new Uint32Array(workerData);
+         const id = Atomics.load(regs, 0);
+         Atomics.store(regs, 1, 0x600dcafe);
+         parentPort.postMessage({ id, liveness: Atomics.load(regs, 1) });`,
+        { eval: true, workerData: (bar as unknown as { buffer: SharedArrayBuffer }).buffer },
+      );
+      worker.once('message', resolve);
+      worker.once('error', reject);
+    });
+    t.is(seen.id >>> 0, 0x010000ed);
+    t.is(seen.liveness >>> 0, ~0x600dcafe >>> 0);
+    // The worker's write reached the device the main thread maps.
+    t.is(bar.read4(EDU_LIVENESS), ~0x600dcafe >>> 0);
+  } finally {
+    edu.close();
+  }
+});
+
+test('pci-testdev: its I/O-port BAR is read and written through the same bus_space API', (t) => {
+  withDevice(bench.testdev, (dev) => {
+    const io = dev.bars().find((b) => b.type === 'io');
+    if (io === undefined) return t.fail('pci-testdev has no I/O BAR');
+    const ports = dev.mapBar(io.index);
+    t.is(ports.kind, 'trapped');
+    // Select test 0, "portio-no-eventfd": each 1-byte write of the header's data byte to the
+    // header's offset counts one (QEMU hw/misc/pci-testdev.c).
+    ports.write1(0, 0);
+    const header = Buffer.from(ports.readRegion(1, 0, 40));
+    t.is(header.subarray(16, header.indexOf(0, 16)).toString('latin1'), 'portio-no-eventfd');
+    const target = ports.read4(4);
+    t.is(ports.read1(1), 1);
+    const data = ports.read1(8);
+    const before = ports.read4(12);
+    for (let i = 0; i < 5; i++) ports.write1(target, data);
+    ports.write1(target, data ^ 0xff); // wrong data: not counted
+    t.is(ports.read4(12), before + 5);
+  });
+});
+
+/** Config space as the kernel itself sees it, through sysfs. */
+function sysfsReader(address: string): ConfigReader {
+  const raw = sysfsConfig(address);
+  return { read: (width: Width, offset: number) => (width === 1 ? raw.readUInt8(offset) : width === 2 ? raw.readUInt16LE(offset) : raw.readUInt32LE(offset)) };
+}
+
+for (const [role, address] of [['edu', bench.edu], ['pci-testdev', bench.testdev], ['nvme', bench.nvme], ['e1000e', bench.e1000e]] as const) {
+  test(`config space of ${role} matches what sysfs shows (ids, class, BARs, capabilities)`, (t) => {
+    withDevice(address, (dev) => {
+      const reference = sysfsReader(address);
+      const expected = readHeader(reference);
+      t.like(dev.header(), {
+        vendor: expected.vendor, device: expected.device, classCode: expected.classCode, revision: expected.revision,
+        subsystemVendor: expected.subsystemVendor, subsystemDevice: expected.subsystemDevice, interruptPin: expected.interruptPin,
+      });
+      const resources = sysfsResources(address);
+      const bars = dev.bars();
+      t.deepEqual(
+        bars.map((b) => ({ index: b.index, type: b.type, prefetchable: b.prefetchable, size: b.size })),
+        decodeBars(readBarRegisters(reference)).map((b) => ({
+          index: b.index, type: b.type, prefetchable: b.prefetchable, size: Number(resources[b.index]!.end - resources[b.index]!.start + 1n),
+        })),
+      );
+      t.deepEqual(dev.capabilities().filter((c) => !c.extended).map((c) => c.name), walkCapabilities(reference).map((c) => c.name));
+    });
+  });
+}
+
+test('the edu and pci-testdev capability lists are what QEMU gives them', (t) => {
+  t.deepEqual(withDevice(bench.edu, (d) => d.capabilities().map((c) => c.name)), ['msi']);
+  t.deepEqual(withDevice(bench.nvme, (d) => d.msix()?.vectors !== undefined), true);
+});
+
+test('out-of-bounds and misaligned register accesses throw; the device is untouched', (t) => {
+  withDevice(bench.edu, (edu) => {
+    const bar = edu.mapBar(0);
+    bar.write4(EDU_LIVENESS, 1);
+    t.throws(() => bar.read4(bar.size), { code: 'OUT_OF_RANGE' } as never);
+    t.throws(() => bar.write4(bar.size - 2, 0), { code: 'OUT_OF_RANGE' } as never);
+    t.throws(() => bar.write4(EDU_LIVENESS + 1, 7), { message: /not aligned/ });
+    t.throws(() => edu.config.read(4, 4096), { code: 'OUT_OF_RANGE' } as never);
+    t.throws(() => edu.mapBar(5), { code: 'NO_SUCH_REGION' } as never);
+    t.is(bar.read4(EDU_LIVENESS), ~1 >>> 0);
+  });
+});
+
+test('a released BAR handle neither crashes node nor reaches the device, in any thread', async (t) => {
+  const edu = PciDevice.open(bench.edu);
+  const bar = edu.mapBar(0);
+  const stale = (bar as unknown as { buffer: SharedArrayBuffer }).buffer;
+  bar.write4(EDU_LIVENESS, 0x11111111);
+  edu.close();
+  t.throws(() => bar.read4(EDU_ID), { code: 'RELEASED' } as never);
+  t.throws(() => bar.write4(EDU_LIVENESS, 0x22222222), { code: 'RELEASED' } as never);
+  // A view created before release, used from a worker after it: all-ones, no SIGBUS, no device access.
+  const seen = await new Promise<number>((resolve, reject) => {
+    const worker = new Worker(
+      `const { parentPort, workerData } = require('node:worker_threads');
+       const regs = new Uint32Array(workerData);
+       Atomics.store(regs, 1, 0x33333333);
+       parentPort.postMessage(Atomics.load(regs, 0));`,
+      { eval: true, workerData: stale },
+    );
+    worker.once('message', resolve);
+    worker.once('error', reject);
+  });
+  t.is(seen >>> 0, 0xffffffff);
+  const direct = new Uint32Array(stale);
+  direct[1] = 0x44444444;
+  withDevice(bench.edu, (again) => {
+    const liveness = again.mapBar(0).read4(EDU_LIVENESS);
+    t.not(liveness, ~0x33333333 >>> 0);
+    t.not(liveness, ~0x44444444 >>> 0);
+  });
+});
+
+test('after close, the device is left with bus mastering off', (t) => {
+  const edu = PciDevice.open(bench.edu);
+  edu.config.update(2, 0x04, 0, 0x4);
+  t.truthy(edu.config.read(2, 0x04) & 0x4);
+  edu.close();
+  t.is(sysfsConfig(bench.edu).readUInt16LE(4) & 0x4, 0);
+});
+
+test('error: a bad PCI address', (t) => {
+  t.throws(() => PciDevice.open('00:04'), { code: 'BAD_ADDRESS', message: /DDDD:BB:SS\.F/ } as never);
+});
+
+test('error: no device at a well-formed address', (t) => {
+  t.throws(() => PciDevice.open('0000:05:00.0'), { code: 'NO_DEVICE' } as never);
+});
+
+test('error: a device not bound to vfio-pci, then usable after `upci bind`', (t) => {
+  const upci = (...args: string[]) => execFileSync(process.execPath, ['dist/bin/upci.js', ...args], { encoding: 'utf8' });
+  upci('unbind', bench.edu2);
+  try {
+    t.throws(() => PciDevice.open(bench.edu2), { code: 'NOT_BOUND', message: new RegExp(`upci bind ${bench.edu2.replace(/\./g, '\\.')}`) } as never);
+    t.regex(upci('list'), new RegExp(`${bench.edu2.replace(/\./g, '\\.')}\\s+1234:11e8.*not bound`));
+  } finally {
+    upci('bind', bench.edu2);
+  }
+  t.is(withDevice(bench.edu2, (d) => d.mapBar(0).read4(EDU_ID)), 0x010000ed);
+});
+
+test('error: an IOMMU group that also holds a device owned by a kernel driver is not viable', (t) => {
+  const error = t.throws(() => PciDevice.open(bench.eduInSharedGroup), { code: 'GROUP_NOT_VIABLE' } as never);
+  t.regex(error?.message ?? '', /uio_pci_generic/);
+  t.regex(error?.message ?? '', /upci bind/);
+});
+
+test('error: /dev/vfio missing', (t) => {
+  const dev = mkdtempSync(join(tmpdir(), 'upci-nodev-'));
+  mkdirSync(join(dev, 'vfio'));
+  const port = new VfioPort({ sys: '/sys', dev });
+  t.throws(() => port.open(parsePciAddress(bench.edu)), { code: 'NO_VFIO', message: /modprobe vfio-pci/ } as never);
+});
+
+test('error: the same device opened twice', (t) => {
+  withDevice(bench.edu, () => {
+    t.throws(() => PciDevice.open(bench.edu), { code: 'BUSY' } as never);
+  });
+});
