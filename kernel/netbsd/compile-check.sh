@@ -11,6 +11,8 @@
 #  1. sys/dev/pci/pci_user.c as an amd64 kernel file (clang,
 #     --target=x86_64-unknown-netbsd, -Wall -Werror), with stub opt_*.h
 #     headers and machine/x86 include links made in a temp dir.
+#     The hooks of apply.sh, applied to temp copies of pci.c and
+#     pci_usrreq.c, which are then compiled the same way.
 #  2. sys/dev/pci/pciuserio.h alone, kernel side and user side.
 #  3. abi-probe.c against the tree's real <sys/ioccom.h>, compared with
 #     the same probe built against abi-shim/ (what tests use), if a host
@@ -63,11 +65,25 @@ opts="opt_pci opt_param opt_syslimits opt_multiprocessor opt_lockdebug
     opt_diagnostic opt_ddb opt_uvmhist opt_modular opt_kernhist"
 opts="$opts $(grep -rhoE '^#[[:space:]]*include[[:space:]]+"opt_[A-Za-z0-9_]+\.h"' \
     "$sys/sys" "$sys/uvm" "$sys/dev/pci" "$sys/arch/x86/include" \
-    "$sys/arch/amd64/include" "$here/sys" 2>/dev/null |
+    "$sys/arch/amd64/include" "$sys/net" "$sys/netinet" "$sys/kern" \
+    "$here/sys" 2>/dev/null |
     sed -E 's/.*"(opt_[A-Za-z0-9_]+)\.h".*/\1/' | sort -u)"
 for o in $opts; do
 	: > "$tmp/inc/$o.h"
 done
+
+# locators.h, as config(1) generates it, for the pci attribute only
+# (needed by the hooked pci.c).
+cat > "$tmp/inc/locators.h" <<'LOC'
+#define	PCICF_DEV		0
+#define	PCICF_DEV_DEFAULT	-1
+#define	PCICF_FUNCTION		1
+#define	PCICF_FUNCTION_DEFAULT	-1
+#define	PCICF_NLOCS		2
+#define	PCIBUSCF_BUS		0
+#define	PCIBUSCF_BUS_DEFAULT	-1
+#define	PCIBUSCF_NLOCS		1
+LOC
 
 cflags="--target=x86_64-unknown-netbsd -std=gnu99 -ffreestanding -nostdinc
     -D_KERNEL -D_KERNEL_OPT -mcmodel=kernel -mno-red-zone -mno-sse -mno-mmx
@@ -91,6 +107,20 @@ check() {
 # shellcheck disable=SC2086
 check "sys/dev/pci/pci_user.c (kernel, amd64)" \
     "$CLANG" $cflags -c "$here/sys/dev/pci/pci_user.c" -o /dev/null
+
+# 1b. The hooks: apply.sh on copies of the three files it edits, then
+#     compile the hooked pci.c and pci_usrreq.c.
+mkdir -p "$tmp/hook/sys/dev/pci"
+cp "$sys/dev/pci/files.pci" "$sys/dev/pci/pci.c" "$sys/dev/pci/pci_usrreq.c" \
+    "$tmp/hook/sys/dev/pci/"
+check "apply.sh hooks apply" sh "$here/apply.sh" "$tmp/hook"
+for f in pci.c pci_usrreq.c; do
+	# shellcheck disable=SC2086
+	# NetBSD's own files: -Wno-pointer-sign as NetBSD's clang builds
+	# use; our own file above gets no such allowance.
+	check "hooked sys/dev/pci/$f (kernel, amd64)" \
+	    "$CLANG" $cflags -Wno-pointer-sign -c "$tmp/hook/sys/dev/pci/$f" -o /dev/null
+done
 
 # 2. The ABI header alone, kernel side and user side (-nostdlibinc keeps
 #    clang's own freestanding <stdint.h>; sys/ioccom.h is the tree's).

@@ -1,0 +1,42 @@
+#!/bin/sh
+#
+# apply.sh <netbsd-src>
+#
+# Copy the pci(4) user driver files into a NetBSD source tree and add
+# the three hooks to existing files (see README.md, "Hooks").  Only
+# edits files; builds nothing.  Refuses to run twice on one tree.
+#
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+die() { echo "apply: $*" >&2; exit 1; }
+[ $# -eq 1 ] || die "usage: $0 <path-to-netbsd-src (containing sys/)>"
+src=$(cd "$1" 2>/dev/null && pwd) || die "'$1' is not a directory"
+sys=$src/sys
+for f in dev/pci/files.pci dev/pci/pci.c dev/pci/pci_usrreq.c; do
+	[ -f "$sys/$f" ] || die "'$sys' lacks $f"
+done
+grep -q pciuser "$sys/dev/pci/pci_usrreq.c" && die "already applied"
+
+cp "$here/sys/dev/pci/pci_user.c" "$here/sys/dev/pci/pciuserio.h" \
+    "$sys/dev/pci/"
+mkdir -p "$src/share/man/man4"
+cp "$here/share/man/man4/pciuser.4" "$src/share/man/man4/"
+
+# 1. files.pci: build pci_user.c with pci(4).
+printf 'file\tdev/pci/pci_user.c\t\tpci\n' >> "$sys/dev/pci/files.pci"
+
+# 2. pci_usrreq.c: every open of /dev/pciN is cloned by pciuser_open().
+sed -i.orig \
+    -e 's|^#include <dev/pci/pciio.h>$|&\n#include <dev/pci/pciuserio.h>|' \
+    -e '/^pciopen(/,/^}/s|^\treturn 0;$|\treturn pciuser_open(dev, flags, mode, l);|' \
+    "$sys/dev/pci/pci_usrreq.c"
+
+# 3. pci.c: no kernel driver attaches to a claimed function.
+sed -i.orig \
+    -e 's|^#include <dev/pci/pcivar.h>$|&\n#include <dev/pci/pciuserio.h>|' \
+    -e '/a driver already attached?/,/return 0;/{/return 0;/s|$|\n\tif (!match \&\& pciuser_claimed(sc, device, function))\n\t\treturn 0;|}' \
+    "$sys/dev/pci/pci.c"
+
+grep -q 'pciuser_open' "$sys/dev/pci/pci_usrreq.c" || die "hook 2 did not apply"
+grep -q 'pciuser_claimed' "$sys/dev/pci/pci.c" || die "hook 3 did not apply"
+echo "apply: done; originals kept as *.orig; add pciuser.4 to share/man/man4/Makefile by hand"
