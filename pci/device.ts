@@ -64,6 +64,7 @@ export interface OpenOptions {
 export class PciDevice {
   readonly config: ConfigSpace;
   private readonly spaces = new Set<BusSpace>();
+  private readonly releaseHooks: (() => void)[] = [];
   private closed = false;
 
   private constructor(private readonly file: DeviceFile) {
@@ -142,6 +143,17 @@ export class PciDevice {
     this.file.reset();
   }
 
+  /**
+   * Registers teardown for a resource built on this device (interrupt
+   * vectors, DMA mappings). Hooks run at close, newest first, after bus
+   * mastering is off and before the kernel handle closes, so the device can
+   * no longer touch what they free.
+   */
+  onRelease(hook: () => void): void {
+    this.live();
+    this.releaseHooks.push(hook);
+  }
+
   get isOpen(): boolean {
     return !this.closed;
   }
@@ -152,19 +164,31 @@ export class PciDevice {
 
   /**
    * Gives the device back: bus mastering off first, so nothing it still has
-   * queued can reach memory, then every register mapping revoked, then the
-   * kernel handle closed. Idempotent.
+   * queued can reach memory; then the release hooks (interrupts, DMA) newest
+   * first; then every register mapping revoked and the kernel handle closed.
+   * Idempotent; a failing step does not skip the later ones.
    */
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    try {
-      this.config.update(2, PCI_COMMAND, PCI_COMMAND_MASTER, 0);
-    } finally {
+    const errors: unknown[] = [];
+    const step = (fn: () => void) => {
+      try {
+        fn();
+      } catch (e) {
+        errors.push(e);
+      }
+    };
+    step(() => this.config.update(2, PCI_COMMAND, PCI_COMMAND_MASTER, 0));
+    for (const hook of this.releaseHooks.reverse()) step(hook);
+    this.releaseHooks.length = 0;
+    step(() => {
       for (const space of this.spaces) space.release();
       this.spaces.clear();
-      this.file.close();
-    }
+    });
+    step(() => this.file.close());
+    if (errors.length === 1) throw errors[0];
+    if (errors.length > 1) throw new AggregateError(errors, `${this.address}: ${errors.length} steps of close failed`);
   }
 }
 

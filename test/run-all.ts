@@ -1,0 +1,71 @@
+/**
+ * The project's test command: the unit suite on this machine, then the VM
+ * suite inside the QEMU bench, each through ava's TAP reporter, and one
+ * closing line with the real counts of both.
+ */
+import { spawn } from 'node:child_process';
+import { rm } from 'node:fs/promises';
+import { defaultDevices, runInVm } from '../vm/bench.js';
+
+interface Counts { passed: number; failed: number; skipped: number; complete: boolean }
+
+const AVA = 'node_modules/ava/entrypoints/cli.mjs';
+const VM_TIMEOUT_MS = 45 * 60_000;
+
+/** Reads ava's TAP summary; a run that never printed one counts as one failure. */
+function countTap(tap: string): Counts {
+  const get = (name: string) => Number(new RegExp(`^# ${name} (\\d+)$`, 'm').exec(tap)?.[1] ?? 0);
+  const complete = /^# tests \d+$/m.test(tap);
+  return {
+    passed: get('pass'),
+    failed: get('fail') + (complete ? 0 : 1),
+    skipped: get('skip') + get('todo'),
+    complete,
+  };
+}
+
+function runUnit(): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [AVA, '--tap'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let tap = '';
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+      tap += chunk;
+      process.stdout.write(chunk);
+    });
+    child.once('error', reject);
+    child.once('close', () => resolve(tap));
+  });
+}
+
+async function runVm(): Promise<string> {
+  const result = await runInVm({
+    devices: defaultDevices,
+    command: [process.execPath, AVA, '--tap'],
+    timeoutMs: VM_TIMEOUT_MS,
+    memoryMiB: 2048,
+    cpus: 2,
+    onConsole: (text) => process.stdout.write(text),
+  });
+  await rm(result.outDir, { recursive: true, force: true });
+  if (result.guestError) console.error(`VM suite: the guest could not start the tests: ${result.guestError}`);
+  if (result.timedOut) console.error(`VM suite: timed out after ${VM_TIMEOUT_MS / 60_000} minutes`);
+  return result.output;
+}
+
+const suites: [string, Counts][] = [];
+console.log('# unit suite (this machine)');
+suites.push(['unit', countTap(await runUnit())]);
+console.log('# VM suite (QEMU q35 + intel-iommu, devices bound to vfio-pci)');
+try {
+  suites.push(['vm', countTap(await runVm())]);
+} catch (e) {
+  console.error(`VM suite could not run: ${(e as Error).message}`);
+  suites.push(['vm', { passed: 0, failed: 1, skipped: 0, complete: false }]);
+}
+
+for (const [name, c] of suites) {
+  console.log(`# ${name}: ${c.passed} passed, ${c.failed} failed, ${c.skipped} skipped${c.complete ? '' : ' (suite did not complete)'}`);
+}
+const total = suites.reduce((a, [, c]) => ({ passed: a.passed + c.passed, failed: a.failed + c.failed, skipped: a.skipped + c.skipped }), { passed: 0, failed: 0, skipped: 0 });
+console.log(`${total.passed} passed, ${total.failed} failed, ${total.skipped} skipped`);
+process.exitCode = total.failed > 0 ? 1 : 0;
