@@ -169,7 +169,7 @@ const sha256 = (path: string) => createHash('sha256').update(readFileSync(path))
 /** Throws with the fix when the kernel or initramfs is missing or older than vm/init.sh / vm/setup.sh. */
 function bootFiles(root: string): { kernel: string; initrd: string } {
   const cache = join(root, '.cache', 'vm');
-  const kernel = join(cache, 'vmlinuz');
+  const kernel = join(cache, 'kernel');
   const initrd = join(cache, 'initramfs.gz');
   const keyFile = join(cache, 'initramfs.key');
   for (const f of [kernel, initrd, keyFile]) {
