@@ -272,7 +272,8 @@ export async function runInVm(opts: VmOptions): Promise<VmResult> {
     graceTimer = setTimeout(() => child.kill('SIGKILL'), KILL_GRACE_MS);
   };
   const timer = setTimeout(stop, opts.timeoutMs);
-  opts.signal?.addEventListener('abort', stop, { once: true });
+  if (opts.signal?.aborted) stop();
+  else opts.signal?.addEventListener('abort', stop, { once: true });
 
   let exit: { code: number | null; signal: NodeJS.Signals | null };
   try {
