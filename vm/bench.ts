@@ -4,7 +4,7 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,7 +13,8 @@ export interface VmDevice {
   model: string;
   /** slot.function on its bus, e.g. '04.0' */
   slot: string;
-  /** Left alone when absent (the initramfs has no drivers that would claim it). */
+  /** Absent: left as the guest kernel probed it; of the initramfs' drivers only virtio_pci claims
+   *  devices by itself (virtio ones), the others bind only through driver_override. */
   bind?: 'vfio-pci' | 'none' | 'pci-stub' | 'uio_pci_generic';
   /** id of a bridge from VmOptions.bridges to put the device behind */
   bus?: string;
@@ -69,7 +70,7 @@ export const defaultDevices: VmDevice[] = [
   { model: 'edu', slot: '05.0', bind: 'vfio-pci' },
   { model: 'pci-testdev', slot: '06.0', bind: 'vfio-pci' },
   { model: 'nvme', slot: '07.0', bind: 'vfio-pci', props: ',serial=upci-nvme0' },
-  // romfile=: nothing boots from the NICs, and skipping iPXE saves boot time.
+  // romfile=: nothing boots from the NICs, so SeaBIOS need not load and run iPXE.
   { model: 'e1000e', slot: '08.0', bind: 'vfio-pci', props: ',romfile=' },
   // Behind the conventional bridge both devices share the bridge's IOMMU group. The
   // e1000 is held by uio_pci_generic, a kernel driver that claims DMA ownership, so the
@@ -188,16 +189,34 @@ function bootFiles(root: string): { kernel: string; initrd: string } {
   return { kernel, initrd };
 }
 
-// ESC c (reset) and CSI sequences come from nowhere useful; \r from the guest tty.
-const cleanConsole = (s: string) => s.replace(/\x1bc|\x1b\[[0-9;?]*[A-Za-z]|\r/g, '');
+// The guest tty turns \n into \r\n.
+const cleanConsole = (s: string) => s.replace(/\r/g, '');
 
 export async function runInVm(opts: VmOptions): Promise<VmResult> {
   const root = findProjectRoot();
-  const { kernel, initrd } = bootFiles(root);
+  const files = bootFiles(root);
   const bridges = opts.bridges ?? defaultBridges.filter((b) => opts.devices.some((d) => d.bus === b.id));
   checkSlots(opts.devices, bridges);
 
   const outDir = await mkdtemp(join(tmpdir(), 'upci-vm-'));
+  try {
+    return await boot(opts, { root, bridges, outDir, ...files });
+  } catch (e) {
+    // No result carries outDir to the caller, so nobody else would remove it.
+    await rm(outDir, { recursive: true, force: true });
+    throw e;
+  }
+}
+
+interface BootContext {
+  root: string;
+  bridges: { id: string; slot: string }[];
+  outDir: string;
+  kernel: string;
+  initrd: string;
+}
+
+async function boot(opts: VmOptions, { root, bridges, outDir, kernel, initrd }: BootContext): Promise<VmResult> {
   const env: Record<string, string> = {
     PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin',
     HOME: '/tmp',

@@ -63,7 +63,6 @@ ensure_kernel() {
     pkg="$(resolve_kernel_package)"
   fi
   [[ -n $pkg ]] || die "apt-cache does not know linux-image-amd64 (run apt-get update as root)"
-  KPKG="$pkg"
   KDIR="$CACHE/$pkg"
   if [[ ! -f "$KDIR/.extracted" ]]; then
     # A new kernel ABI replaces the old one: each extracted tree is ~400 MB.
