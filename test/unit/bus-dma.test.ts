@@ -1,0 +1,284 @@
+import test from 'ava';
+import type { DeviceFile, DmaAccess, DmaDomain, IovaRange, KernelPort, RegionInfo } from '../../kernel/port.js';
+import { BusDma, DmaConstraintError, DmaSync, type DmaSegment } from '../../pci/bus-dma.js';
+import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
+import { PciDevice } from '../../pci/device.js';
+import { IovaAllocator } from '../../pci/iova-allocator.js';
+import { addressOf, allocShared } from '../../shm/mapping.js';
+
+/** An IOMMU domain that records mappings and refuses what VFIO would refuse. */
+class FakeDomain implements DmaDomain {
+  readonly pageSizes = 0x40201000n; // 4K | 2M | 1G
+  readonly mappings = new Map<bigint, { vaddr: bigint; size: number; access: DmaAccess }>();
+  calls = 0;
+  constructor(readonly iovaRanges: readonly IovaRange[] = [{ start: 0n, end: (1n << 39n) - 1n }]) {}
+  availableMappings(): number {
+    return 65535 - this.mappings.size;
+  }
+  map(vaddr: bigint, iova: bigint, size: number, access: DmaAccess): void {
+    this.calls++;
+    if (vaddr % 4096n !== 0n || iova % 4096n !== 0n || size % 4096 !== 0) throw new Error(`unaligned map ${vaddr} ${iova} ${size}`);
+    for (const [at, m] of this.mappings) {
+      if (iova < at + BigInt(m.size) && at < iova + BigInt(size)) throw new Error(`overlapping map at 0x${iova.toString(16)}`);
+    }
+    if (!this.iovaRanges.some((r) => iova >= r.start && iova + BigInt(size) - 1n <= r.end)) throw new Error('outside iova ranges');
+    this.mappings.set(iova, { vaddr, size, access });
+  }
+  unmap(iova: bigint, size: number): void {
+    this.calls++;
+    const m = this.mappings.get(iova);
+    if (m === undefined || m.size !== size) throw new Error(`unmap of unmapped 0x${iova.toString(16)}`);
+    this.mappings.delete(iova);
+  }
+}
+
+function fakeDevice(domain = new FakeDomain()): { device: PciDevice; domain: FakeDomain; config: Buffer } {
+  const config = Buffer.alloc(256);
+  const regions: RegionInfo[] = [];
+  for (let index = 0; index < 9; index++) {
+    regions.push({ index, kind: index < 6 ? 'bar' : index === 6 ? 'rom' : index === 7 ? 'config' : 'vga', size: index === 7 ? 256 : 0, readable: true, writable: true, mmapAreas: [] });
+  }
+  const file: DeviceFile = {
+    address: { domain: 0, bus: 0, device: 4, function: 0 } as never,
+    regions,
+    irqs: { intx: { kind: 'intx', count: 0, automasked: false, maskable: false }, msi: { kind: 'msi', count: 0, automasked: false, maskable: false }, msix: { kind: 'msix', count: 0, automasked: false, maskable: false } },
+    canReset: false,
+    dma: domain,
+    region: (i) => regions[i]!,
+    mmapSource: () => {
+      throw new Error('no mmap');
+    },
+    readRegion: (_i, offset, buf) => void config.copy(buf, 0, offset, offset + buf.length),
+    writeRegion: (_i, offset, buf) => void buf.copy(config, offset),
+    reset: () => {},
+    enableIrqs: () => {},
+    disableIrqs: () => {},
+    unmaskIntx: () => {},
+    close: () => {},
+  };
+  const port: KernelPort = { name: 'fake', open: () => file };
+  return { device: PciDevice.open('0000:00:04.0', { port }), domain, config };
+}
+
+const constraint = (name: string) => (e: unknown) => e instanceof DmaConstraintError && e.constraint === name;
+
+function throwsConstraint(t: { true: (v: boolean, m?: string) => void; fail: (m: string) => void }, name: string, fn: () => unknown): void {
+  try {
+    fn();
+  } catch (e) {
+    t.true(constraint(name)(e), `expected a '${name}' DmaConstraintError, got ${(e as Error).message}`);
+    t.true((e as DmaConstraintError).code === 'OUT_OF_RANGE');
+    return;
+  }
+  t.fail(`expected a '${name}' DmaConstraintError, nothing thrown`);
+}
+
+const within = (s: DmaSegment, boundary: bigint) => s.busAddress / boundary === (s.busAddress + BigInt(s.length) - 1n) / boundary;
+
+test('iova allocator: first fit, alignment, limit, boundary, guard page, never IOVA 0, honours the ranges', (t) => {
+  const a = new IovaAllocator([{ start: 0n, end: 0xfedfffffn }, { start: 0xfef00000n, end: (1n << 39n) - 1n }], 4096n);
+  const x = a.allocate({ size: 4096n, alignment: 1n, limit: 1n << 64n, boundary: 0n });
+  t.is(x, 4096n);
+  const y = a.allocate({ size: 8192n, alignment: 1n, limit: 1n << 64n, boundary: 0n });
+  t.is(y, 3n * 4096n); // one guard page after x
+  const z = a.allocate({ size: 4096n, alignment: 0x10000n, limit: 1n << 64n, boundary: 0n });
+  t.is(z, 0x10000n);
+  const w = a.allocate({ size: 0x3000n, alignment: 1n, limit: 1n << 64n, boundary: 0x4000n });
+  t.is(w / 0x4000n, (w + 0x2fffn) / 0x4000n);
+  t.throws(() => a.allocate({ size: 0x100000n, alignment: 1n, limit: 0xfffffn, boundary: 0n }), { code: 'OUT_OF_RANGE' } as never);
+  a.release(x);
+  t.is(a.allocate({ size: 4096n, alignment: 1n, limit: 1n << 64n, boundary: 0n }), 4096n);
+  // A range that skips the hole: a 2 MiB request below 0xff000000 cannot straddle 0xfee00000-0xfeefffff.
+  const b = new IovaAllocator([{ start: 0xfed00000n, end: 0xfedfffffn }, { start: 0xfef00000n, end: 0xffffffffn }], 4096n);
+  t.is(b.allocate({ size: 0x200000n, alignment: 1n, limit: 1n << 64n, boundary: 0n }), 0xfef00000n);
+  t.throws(() => b.release(0x1234000n), { code: 'KERNEL' } as never);
+});
+
+test('DMA memory is a page-aligned SharedArrayBuffer mapped in the IOMMU under the tag, unmapped and revoked by free()', (t) => {
+  const { device, domain } = fakeDevice();
+  const dma = BusDma.forDevice(device);
+  t.is(BusDma.forDevice(device), dma);
+  const tag = dma.createTag({ alignment: 0x10000, addressLimit: (1n << 28n) - 1n });
+  const mem = tag.allocMemory(5000);
+  t.true(mem.buffer instanceof SharedArrayBuffer);
+  t.is(mem.size, 8192);
+  t.is(addressOf(mem.buffer) % 4096n, 0n);
+  t.is(domain.mappings.size, 1);
+  const [iova, m] = [...domain.mappings][0]!;
+  t.is(m.vaddr, addressOf(mem.buffer));
+  t.is(iova % 0x10000n, 0n);
+  t.true(iova + 8192n - 1n < 1n << 28n);
+  const view = new Uint8Array(mem.buffer);
+  view[0] = 42;
+  mem.free();
+  t.is(domain.mappings.size, 0);
+  t.is(view[0], 0xff, 'a stale view sees revoked memory, not the freed pages');
+  t.throws(() => mem.buffer, { code: 'RELEASED' } as never);
+  t.throws(() => mem.free(), { code: 'RELEASED' } as never);
+  device.close();
+});
+
+test('tag constraints: alignment, boundary splits, max segment size, max segments, address window', (t) => {
+  const { device } = fakeDevice();
+  const dma = BusDma.forDevice(device);
+
+  // Boundary: a 12 KiB load crossing 8 KiB multiples is cut at each one.
+  const b = dma.createTag({ boundary: 0x2000 });
+  const buf = allocShared(0x10000);
+  const l1 = b.createMap(0x10000).load(buf, 0x1000, 0x3000);
+  t.true(l1.segments.length >= 2);
+  t.true(l1.segments.every((s) => within(s, 0x2000n)));
+  t.is(l1.segments.reduce((n, s) => n + s.length, 0), 0x3000);
+  for (let i = 1; i < l1.segments.length; i++) t.is(l1.segments[i]!.busAddress, l1.segments[i - 1]!.busAddress + BigInt(l1.segments[i - 1]!.length));
+  l1.unload();
+
+  // Max segment size: 10000 bytes in segments of at most 4096, each 512-aligned.
+  const s = dma.createTag({ maxSegmentSize: 4096, alignment: 512 });
+  const mem = s.allocMemory(10000);
+  const l2 = s.createMap().load(mem, 0, 10000);
+  t.deepEqual(l2.segments.map((x) => x.length), [4096, 4096, 1808]);
+  t.true(l2.segments.every((x) => x.busAddress % 512n === 0n));
+  // Alignment: an offset that cannot give an aligned bus address is refused.
+  l2.unload();
+  throwsConstraint(t, 'alignment', () => s.createMap().load(mem, 100, 512));
+  throwsConstraint(t, 'alignment', () => s.createMap().load(buf, 100, 512));
+  t.is(s.createMap().load(mem, 1024, 512).segments[0]!.busAddress % 512n, 0n);
+
+  // Max segments: 3 pages with 4 KiB segments do not fit in 2.
+  const two = dma.createTag({ maxSegmentSize: 4096, maxSegments: 2 });
+  throwsConstraint(t, 'maxSegments', () => two.allocMemory(3 * 4096));
+  throwsConstraint(t, 'maxSegments', () => two.createMap().load(buf, 0, 3 * 4096));
+  t.is(two.createMap().load(buf, 0, 2 * 4096).segments.length, 2);
+
+  // Address window: memory from a wide tag loaded through a 28-bit map is refused, not truncated.
+  const narrow = dma.createTag({ addressLimit: (1n << 28n) - 1n });
+  const wide = dma.createTag({ alignment: 1 << 28 }); // forces an IOVA >= 2^28
+  const high = wide.allocMemory(4096);
+  throwsConstraint(t, 'addressLimit', () => narrow.createMap().load(high));
+  const low = narrow.allocMemory(4096);
+  t.true(narrow.createMap().load(low).segments.every((x) => x.busAddress + BigInt(x.length) <= 1n << 28n));
+
+  // Bad tags and sizes.
+  throwsConstraint(t, 'alignment', () => dma.createTag({ alignment: 3 }));
+  throwsConstraint(t, 'boundary', () => dma.createTag({ alignment: 4096, boundary: 2048 }));
+  throwsConstraint(t, 'maxSegmentSize', () => dma.createTag({ alignment: 4096, maxSegmentSize: 100 }));
+  throwsConstraint(t, 'maxSize', () => dma.createTag({ maxSize: 4096 }).allocMemory(8192));
+  throwsConstraint(t, 'range', () => narrow.createMap().load(low, 4000, 200));
+  device.close();
+});
+
+test('a tag whose window holds no valid IOVA is refused; an exhausted window is refused, not truncated', (t) => {
+  const { device } = fakeDevice(new FakeDomain([{ start: 0x100000n, end: 0x10ffffn }]));
+  const dma = BusDma.forDevice(device);
+  throwsConstraint(t, 'addressLimit', () => dma.createTag({ addressLimit: 0xfffffn }));
+  const tag = dma.createTag({ addressLimit: 0x10ffffn });
+  const mems = [];
+  for (let i = 0; i < 8; i++) mems.push(tag.allocMemory(4096)); // 8 pages + 8 guards = 64 KiB
+  t.throws(() => tag.allocMemory(4096), { code: 'OUT_OF_RANGE', message: /no free IOVA range/ } as never);
+  for (const m of mems) m.free();
+  t.truthy(tag.allocMemory(4096));
+  device.close();
+});
+
+test('a SharedArrayBuffer is pinned at load and unpinned at unload; unaligned buffers are refused', (t) => {
+  const { device, domain } = fakeDevice();
+  const dma = BusDma.forDevice(device);
+  const tag = dma.createTag();
+  const buf = allocShared(3 * 4096);
+  const map = tag.createMap();
+  const loaded = map.load(buf, 4096 + 16, 100);
+  t.is(domain.mappings.size, 1);
+  const [iova, m] = [...domain.mappings][0]!;
+  t.is(m.vaddr, addressOf(buf) + 4096n);
+  t.is(m.size, 4096);
+  t.deepEqual(loaded.segments, [{ busAddress: iova + 16n, length: 100 }]);
+  t.throws(() => map.load(buf), { code: 'BUSY' } as never);
+  t.is(map.loaded, loaded);
+  loaded.sync(DmaSync.PREWRITE | DmaSync.PREREAD);
+  t.throws(() => loaded.sync(0x10), { code: 'OUT_OF_RANGE' } as never);
+  t.is(loaded.unload(), map);
+  t.is(map.loaded, undefined);
+  t.is(domain.mappings.size, 0);
+  t.throws(() => loaded.segments, { code: 'RELEASED' } as never);
+  t.throws(() => loaded.sync(DmaSync.POSTREAD), { code: 'RELEASED' } as never);
+  // A partial last page would map memory beyond the buffer.
+  throwsConstraint(t, 'pageAlignment', () => map.load(new SharedArrayBuffer(100)));
+  t.is(domain.mappings.size, 0);
+  device.close();
+});
+
+test('use after free is impossible: unload/free refuse while bus mastering is on, quiesce clears it, memory with loaded maps cannot be freed', (t) => {
+  const { device, domain, config } = fakeDevice();
+  const dma = BusDma.forDevice(device);
+  const tag = dma.createTag();
+  const mem = tag.allocMemory(4096);
+  const loaded = tag.createMap().load(mem);
+  t.throws(() => mem.free(), { code: 'BUSY', message: /1 map\(s\) still have loaded/ } as never);
+  dma.enableBusMaster();
+  t.true(dma.busMasterEnabled);
+  t.throws(() => loaded.unload(), { code: 'BUSY', message: /bus mastering is enabled/ } as never);
+  t.true(loaded.isLoaded);
+  // Bus mastering set behind bus_dma's back is seen too.
+  dma.disableBusMaster();
+  config.writeUInt16LE(config.readUInt16LE(PCI_COMMAND) | PCI_COMMAND_MASTER, PCI_COMMAND);
+  t.throws(() => loaded.unload(), { code: 'BUSY' } as never);
+  loaded.unload({ quiesce: true });
+  t.false(dma.busMasterEnabled);
+  dma.enableBusMaster();
+  t.throws(() => mem.free(), { code: 'BUSY' } as never);
+  t.is(domain.mappings.size, 1);
+  mem.free({ quiesce: true });
+  t.is(domain.mappings.size, 0);
+  device.close();
+});
+
+test('close: bus mastering off, then every map unloaded and all memory freed; the API is dead afterwards', (t) => {
+  const { device, domain, config } = fakeDevice();
+  const dma = BusDma.forDevice(device);
+  const tag = dma.createTag();
+  const mems = [tag.allocMemory(4096), tag.allocMemory(8192)];
+  const loads = [tag.createMap().load(mems[0]!), tag.createMap().load(allocShared(4096))];
+  dma.enableBusMaster();
+  t.is(domain.mappings.size, 3);
+  t.is(dma.mappingCount, 3);
+  device.close();
+  t.is(config.readUInt16LE(PCI_COMMAND) & PCI_COMMAND_MASTER, 0);
+  t.is(domain.mappings.size, 0);
+  t.true(mems.every((m) => m.freed));
+  t.true(loads.every((l) => !l.isLoaded));
+  t.throws(() => tag.allocMemory(4096), { code: 'RELEASED' } as never);
+  t.throws(() => tag.createMap(), { code: 'RELEASED' } as never);
+});
+
+test('one IOVA allocator per DmaDomain: two devices of one group never get the same IOVA', (t) => {
+  const domain = new FakeDomain();
+  const a = fakeDevice(domain);
+  const b = fakeDevice(domain);
+  const ma = BusDma.forDevice(a.device).createTag().allocMemory(4096);
+  const mb = BusDma.forDevice(b.device).createTag().allocMemory(4096);
+  t.is(domain.mappings.size, 2); // FakeDomain.map throws on overlap
+  t.throws(() => BusDma.forDevice(b.device).createTag().createMap().load(ma), { message: /another device/ });
+  a.device.close();
+  t.false(mb.freed);
+  b.device.close();
+  t.is(domain.mappings.size, 0);
+});
+
+test('1,000 alloc/load/unload/free cycles leave no mapping and no IOVA behind', (t) => {
+  const { device, domain } = fakeDevice();
+  const dma = BusDma.forDevice(device);
+  const tag = dma.createTag({ addressLimit: (1n << 28n) - 1n, boundary: 0x10000 });
+  const buf = allocShared(4096);
+  for (let i = 0; i < 1000; i++) {
+    const mem = tag.allocMemory(4096 * (1 + (i % 3)));
+    const map = tag.createMap();
+    map.load(mem).unload();
+    map.load(buf).unload();
+    map.destroy();
+    mem.free();
+  }
+  t.is(domain.mappings.size, 0);
+  t.is(dma.iova.allocations, 0);
+  t.is(domain.availableMappings(), 65535);
+  device.close();
+});
