@@ -18,7 +18,8 @@ export interface VmDevice {
   bind?: 'vfio-pci' | 'none' | 'pci-stub' | 'uio_pci_generic';
   /** id of a bridge from VmOptions.bridges to put the device behind */
   bus?: string;
-  /** extra QEMU device properties, starting with a comma: ',k=v' */
+  /** extra QEMU device properties, starting with a comma: ',k=v'. A ',netdev=ID' gets a
+   *  user-mode backend with restrict=on (a link partner with no route to the host). */
   props?: string;
 }
 
@@ -56,6 +57,8 @@ export interface VmResult {
   qemuTraceLog?: string;
   /** Why the guest's init gave up before running the job (e.g. a bind failed). */
   guestError?: string;
+  /** QEMU's own stderr: warnings, and who signalled it if something else killed it. */
+  qemuStderr: string;
 }
 
 /**
@@ -71,12 +74,12 @@ export const defaultDevices: VmDevice[] = [
   { model: 'pci-testdev', slot: '06.0', bind: 'vfio-pci' },
   { model: 'nvme', slot: '07.0', bind: 'vfio-pci', props: ',serial=upci-nvme0' },
   // romfile=: nothing boots from the NICs, so SeaBIOS need not load and run iPXE.
-  { model: 'e1000e', slot: '08.0', bind: 'vfio-pci', props: ',romfile=' },
+  { model: 'e1000e', slot: '08.0', bind: 'vfio-pci', props: ',romfile=,netdev=net0' },
   // Behind the conventional bridge both devices share the bridge's IOMMU group. The
   // e1000 is held by uio_pci_generic, a kernel driver that claims DMA ownership, so the
   // group is not viable for VFIO (pci-stub would not do: it leaves DMA ownership free).
   { model: 'edu', slot: '01.0', bus: 'br0', bind: 'vfio-pci' },
-  { model: 'e1000', slot: '02.0', bus: 'br0', bind: 'uio_pci_generic', props: ',romfile=' },
+  { model: 'e1000', slot: '02.0', bus: 'br0', bind: 'uio_pci_generic', props: ',romfile=,netdev=net1' },
 ];
 
 const QEMU = 'qemu-system-x86_64';
@@ -258,7 +261,13 @@ async function boot(opts: VmOptions, { root, bridges, outDir, kernel, initrd }: 
     // shpc=off: the guest's shpchp would otherwise fail on it and log errors.
     args.push('-device', `pci-bridge,id=${b.id},chassis_nr=${i + 1},addr=${b.slot},shpc=off`);
   });
+  const netdevs = new Set<string>();
   for (const d of opts.devices) {
+    const netdev = /(?:^|,)netdev=([^,]+)/.exec(d.props ?? '')?.[1];
+    if (netdev !== undefined && !netdevs.has(netdev)) {
+      netdevs.add(netdev);
+      args.push('-netdev', `user,id=${netdev},restrict=on`);
+    }
     args.push('-device', `${d.model}${d.bus ? `,bus=${d.bus}` : ''},addr=${d.slot}${d.props ?? ''}`);
   }
   let qemuTraceLog: string | undefined;
@@ -327,6 +336,7 @@ async function boot(opts: VmOptions, { root, bridges, outDir, kernel, initrd }: 
     dmesg: (await readIfExists(join(outDir, 'dmesg.log'))) ?? '',
     console: consoleText,
     outDir,
+    qemuStderr: stderr,
   };
   if (qemuTraceLog) result.qemuTraceLog = qemuTraceLog;
   if (guestError) result.guestError = guestError;

@@ -64,7 +64,9 @@ try {
     );
     process.exitCode = 124;
   } else if (result.exitCode === null) {
-    process.stderr.write(`vm/run: the guest powered off without reporting a status (${seconds}s)\n`);
+    process.stderr.write(
+      `vm/run: QEMU ended without a status from the guest (${seconds}s); QEMU said:\n${result.qemuStderr}`,
+    );
     process.exitCode = 125;
   } else {
     process.stderr.write(`vm/run: exit ${result.exitCode} after ${seconds}s\n`);
