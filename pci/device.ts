@@ -138,6 +138,12 @@ export class PciDevice {
     this.spaces.delete(space);
   }
 
+  /** Lets the device master the bus: DMA, and MSI/MSI-X messages, which are DMA writes. */
+  enableBusMaster(): void {
+    this.live();
+    this.config.update(2, PCI_COMMAND, 0, PCI_COMMAND_MASTER);
+  }
+
   reset(): void {
     this.live();
     this.file.reset();

@@ -1,0 +1,191 @@
+/**
+ * pci_intr(9) for userland: allocate interrupts of a type (INTx, MSI, MSI-X,
+ * or the best the device offers, like pci_intr_alloc), and get one RxJS
+ * stream per vector, fed by the process's interrupt worker.
+ *
+ * INTx is level-triggered: the kernel masks the line when it fires, and it
+ * stays masked until the driver has quieted the device and calls ack() on
+ * the event, so a line that stays asserted cannot storm the host.
+ */
+import { Observable, Subject } from 'rxjs';
+import { UpciError } from '../kernel/errors.js';
+import * as libc from '../kernel/libc.js';
+import type { DeviceFile, IrqKind } from '../kernel/port.js';
+import { interruptHub, type InterruptSession } from '../workers/interrupt-hub.js';
+import type { PciDevice } from './device.js';
+
+export type InterruptType = IrqKind;
+
+export interface InterruptOptions {
+  /** 'best' (default) picks MSI-X, then MSI, then INTx, as pci_intr_alloc does. */
+  readonly type?: InterruptType | 'best';
+  /** Vectors wanted (MSI/MSI-X); default 1. INTx always has one. */
+  readonly vectors?: number;
+}
+
+export interface InterruptEvent {
+  readonly vector: number;
+  /** Interrupts the kernel counted since the last event (more than 1: coalesced). */
+  readonly count: number;
+  /**
+   * The driver's answer, like an interrupt handler's return value: call it
+   * once the device is quiet. For INTx it unmasks the line; `claimed: false`
+   * records a spurious interrupt.
+   */
+  ack(claimed?: boolean): void;
+}
+
+export interface VectorStats {
+  readonly delivered: number;
+  readonly coalesced: number;
+  readonly spurious: number;
+  /** INTx: an event is waiting for ack() (the line is masked). */
+  readonly awaitingAck: boolean;
+}
+
+const PREFERENCE: readonly InterruptType[] = ['msix', 'msi', 'intx'];
+
+export class InterruptVector {
+  private readonly subject = new Subject<InterruptEvent>();
+  private delivered = 0;
+  private coalesced = 0;
+  private spurious = 0;
+  private pendingAck = false;
+  /** Emits each interrupt; see InterruptEvent.ack. */
+  readonly events: Observable<InterruptEvent>;
+
+  constructor(
+    readonly index: number,
+    private readonly owner: Interrupts,
+  ) {
+    this.events = new Observable<InterruptEvent>((subscriber) => {
+      const inner = this.subject.subscribe(subscriber);
+      owner.subscribed(1);
+      return () => {
+        inner.unsubscribe();
+        owner.subscribed(-1);
+      };
+    });
+  }
+
+  stats(): VectorStats {
+    return { delivered: this.delivered, coalesced: this.coalesced, spurious: this.spurious, awaitingAck: this.pendingAck };
+  }
+
+  /** Called by the hub with the count the worker folded in. */
+  fire(count: number): void {
+    this.delivered++;
+    this.coalesced += count - 1;
+    const automasked = this.owner.type === 'intx';
+    this.pendingAck = automasked;
+    let acked = false;
+    this.subject.next({
+      vector: this.index,
+      count,
+      ack: (claimed = true) => {
+        if (acked) return;
+        acked = true;
+        if (!claimed) this.spurious++;
+        if (automasked) {
+          this.pendingAck = false;
+          this.owner.unmask();
+        }
+      },
+    });
+  }
+
+  complete(): void {
+    this.subject.complete();
+  }
+}
+
+/** An established set of vectors; release() (or closing the device, or the last unsubscribe) disestablishes it. */
+export class Interrupts {
+  readonly vectors: readonly InterruptVector[];
+  private readonly slots: { session: InterruptSession; slot: number }[] = [];
+  private subscribers = 0;
+  private released = false;
+
+  private constructor(
+    private readonly file: DeviceFile,
+    readonly type: InterruptType,
+    count: number,
+  ) {
+    this.vectors = Array.from({ length: count }, (_, i) => new InterruptVector(i, this));
+    const fds: number[] = [];
+    try {
+      for (const vector of this.vectors) {
+        const fd = libc.eventfd(libc.EFD_NONBLOCK);
+        fds.push(fd);
+        this.slots.push(interruptHub.register(fd, (n) => vector.fire(n)));
+      }
+      file.enableIrqs(type, fds);
+    } catch (e) {
+      this.unregister();
+      fds.slice(this.slots.length).forEach((fd) => libc.close(fd));
+      throw e;
+    }
+  }
+
+  /** pci_intr_alloc + pci_intr_establish. */
+  static establish(device: PciDevice, options: InterruptOptions = {}): Interrupts {
+    const file = device.kernel;
+    const wanted = options.vectors ?? 1;
+    const type = options.type === undefined || options.type === 'best'
+      ? PREFERENCE.find((t) => file.irqs[t].count >= (t === 'intx' ? 1 : wanted))
+      : options.type;
+    if (type === undefined) {
+      throw new UpciError('NO_SUCH_REGION', `${device.address} has no interrupt type with ${wanted} vector(s): INTx ${file.irqs.intx.count}, MSI ${file.irqs.msi.count}, MSI-X ${file.irqs.msix.count}`);
+    }
+    const offered = file.irqs[type].count;
+    const count = type === 'intx' ? 1 : wanted;
+    if (offered === 0 || count > offered || !Number.isInteger(count) || count < 1) {
+      throw new UpciError(
+        'OUT_OF_RANGE',
+        `${device.address} offers ${offered} ${type} vector(s); ${count} requested`,
+        offered > 0 ? `ask for 1 to ${offered}` : `use another type (${PREFERENCE.filter((t) => file.irqs[t].count > 0).join(', ') || 'none available'})`,
+      );
+    }
+    // An MSI is a memory write by the device: without bus mastering it never leaves.
+    if (type !== 'intx') device.enableBusMaster();
+    const interrupts = new Interrupts(file, type, count);
+    device.onRelease(() => interrupts.release());
+    return interrupts;
+  }
+
+  vector(index: number): InterruptVector {
+    const vector = this.vectors[index];
+    if (vector === undefined) throw new UpciError('OUT_OF_RANGE', `vector ${index} is not established (there are ${this.vectors.length})`);
+    return vector;
+  }
+
+  get isReleased(): boolean {
+    return this.released;
+  }
+
+  unmask(): void {
+    if (!this.released) this.file.unmaskIntx();
+  }
+
+  /** Tracks subscribers across all vectors: the last one leaving disestablishes the set. */
+  subscribed(delta: 1 | -1): void {
+    this.subscribers += delta;
+    if (this.subscribers === 0) this.release();
+  }
+
+  private unregister(): void {
+    for (const { session, slot } of this.slots.splice(0)) interruptHub.unregister(session, slot);
+  }
+
+  /** Disables the vectors in the kernel, then stops watching and closes their eventfds. Idempotent. */
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    try {
+      this.file.disableIrqs(this.type);
+    } finally {
+      this.unregister();
+      for (const vector of this.vectors) vector.complete();
+    }
+  }
+}
