@@ -1,0 +1,600 @@
+/**
+ * The kernel port on NetBSD: pci(4)'s user driver extension, pciuser(4)
+ * (kernel/netbsd/sys/dev/pci/pci_user.c, ABI in pciuser-abi.ts).
+ *
+ * NOT RUN: neither this file nor the kernel side has run on NetBSD. Only the
+ * ABI it speaks is tested (test/unit/netbsd-abi.test.ts).
+ *
+ * Where pciuser(4) and the KernelPort contract differ, the NetBSD side is
+ * offered as extra methods on NetbsdDevice and the contract's method throws
+ * an UpciError naming the mismatch:
+ *  - interrupts come as records read from the device file, not eventfds
+ *    (enableIrqs; see establishIrqs);
+ *  - DMA memory is allocated by the kernel, which also picks the bus
+ *    addresses (DmaDomain.map; see NetbsdDma);
+ *  - there is no reset ioctl.
+ */
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { SyscallError, UpciError } from '../errors.js';
+import { pciAddressParts, type PciAddress } from '../pci-address.js';
+import type {
+  DeviceFile, DmaAccess, DmaDomain, IovaRange, IrqInfo, IrqKind, KernelPort, MmapArea, MmapSource, RegionInfo, RegionKind,
+} from '../port.js';
+import * as abi from './pciuser-abi.js';
+import * as nb from './libc.js';
+
+/** Region indexes as VFIO numbers them, so pci/device.ts is the same on both. */
+const ROM_INDEX = 6;
+const CONFIG_INDEX = 7;
+const VGA_INDEX = 8;
+
+const PCI_CONF_SIZE = 256;
+const PCI_EXTCONF_SIZE = 4096;
+const PCI_COMMAND_STATUS = 0x04;
+const PCI_STATUS_CAPLIST = 1 << (16 + 4);
+const PCI_CAPLIST_PTR = 0x34;
+const PCI_CAP_PCIEXPRESS = 0x10;
+
+/** bus_dma's page: dmamem sizes are rounded up to it. NetBSD/amd64, the only layout pciuser-abi.ts is checked for. */
+const PAGE_SIZE = 4096;
+
+const INTR_TYPE: Record<IrqKind, number> = {
+  intx: abi.PCIUSER_INTR_INTX,
+  msi: abi.PCIUSER_INTR_MSI,
+  msix: abi.PCIUSER_INTR_MSIX,
+};
+
+function errnoOf(e: unknown): number | undefined {
+  return e instanceof SyscallError ? e.errno : undefined;
+}
+
+function regionKind(index: number): RegionKind {
+  if (index < ROM_INDEX) return 'bar';
+  if (index === ROM_INDEX) return 'rom';
+  if (index === CONFIG_INDEX) return 'config';
+  return 'vga';
+}
+
+const absent = (index: number): RegionInfo => ({ index, kind: regionKind(index), size: 0, readable: false, writable: false, mmapAreas: [] });
+
+/** One interrupt record read from the device file: `count` interrupts on `vector` since the last read. */
+export interface IrqEvent {
+  readonly vector: number;
+  readonly count: number;
+}
+
+export interface DmaMemoryOptions {
+  /** Power of 2; default a page. */
+  readonly align?: number;
+  /** Power of 2 the memory must not cross; default none. */
+  readonly boundary?: number;
+  /** Highest bus address the device can reach; default 32-bit (or 64-bit with `dma64`). */
+  readonly maxAddress?: bigint;
+  /** 1 (the default) asks for physically contiguous memory. */
+  readonly maxSegments?: number;
+  readonly coherent?: boolean;
+  /** Allow the 64-bit DMA tag when the kernel offers it (PCIUSER_CAP_DMA64). */
+  readonly dma64?: boolean;
+}
+
+/** Kernel-allocated DMA memory: mmap `mmap` to reach it, load it to learn its bus addresses. */
+export interface DmaMemory {
+  readonly id: number;
+  readonly size: number;
+  readonly segments: number;
+  readonly mmap: MmapSource;
+  readonly options: DmaMemoryOptions;
+}
+
+export interface DmaSegment {
+  readonly address: bigint;
+  readonly length: number;
+}
+
+/** A loaded bus_dmamap: what the device sees of [offset, offset+length) of one DmaMemory. */
+export interface DmaLoad {
+  readonly map: number;
+  readonly segments: readonly DmaSegment[];
+}
+
+/**
+ * DMA through pciuser(4)'s bus_dma objects. NetBSD's model is the reverse of
+ * VFIO's: the kernel allocates the memory (DMAMEM_ALLOC, which the process
+ * then mmaps by cookie) and bus_dmamap_load chooses the device-visible
+ * addresses, with or without an IOMMU. DmaDomain.map(vaddr, iova) — "make my
+ * memory visible at this IOVA" — has neither half: memory the process
+ * allocated cannot be loaded, and IOVAs cannot be chosen. The interface
+ * change that would let pci/ serve both kernels: DmaDomain gains
+ * `allocate(size, options): { mmap: MmapSource; segments: DmaSegment[] }`
+ * and `free()`, VFIO implementing it as allocShared + IOVA allocator + map,
+ * NetBSD as allocate + load below; map/unmap then become VFIO-internal.
+ */
+export class NetbsdDma implements DmaDomain {
+  /** Empty: bus addresses are chosen by the kernel at load time, none are the caller's to pick. */
+  readonly iovaRanges: readonly IovaRange[] = [];
+  /** The allocation granularity; pciuser(4) does not expose IOMMU page sizes. */
+  readonly pageSizes = BigInt(PAGE_SIZE);
+
+  constructor(
+    private readonly fd: number,
+    private readonly live: () => void,
+  ) {}
+
+  availableMappings(): number | undefined {
+    return undefined;
+  }
+
+  private mismatch(what: string): UpciError {
+    return new UpciError(
+      'KERNEL',
+      `DmaDomain.${what} cannot be implemented on NetBSD: pciuser(4) allocates DMA memory itself and chooses its bus addresses, so it cannot make process memory visible at a chosen IOVA`,
+      'allocate DMA memory with NetbsdDma.allocate() and load() it (see kernel/netbsd/pciuser.ts for the DmaDomain change that would hide the difference)',
+    );
+  }
+
+  map(_vaddr: bigint, _iova: bigint, _size: number, _access: DmaAccess): void {
+    throw this.mismatch('map');
+  }
+
+  unmap(_iova: bigint, _size: number): void {
+    throw this.mismatch('unmap');
+  }
+
+  private static flags(options: DmaMemoryOptions): number {
+    return (options.coherent ? abi.PCIUSER_DMA_COHERENT : 0) | (options.dma64 ? abi.PCIUSER_DMA_64BIT : 0);
+  }
+
+  /** Wired, zeroed memory on the device's DMA tag; mmap it with shm/mapShared(memory.mmap). */
+  allocate(size: number, options: DmaMemoryOptions = {}): DmaMemory {
+    this.live();
+    const t = abi.pciuserDmamemAlloc;
+    const arg = t.encode({
+      pdm_size: BigInt(size),
+      pdm_align: BigInt(options.align ?? 0),
+      pdm_boundary: BigInt(options.boundary ?? 0),
+      pdm_maxaddr: options.maxAddress ?? 0n,
+      pdm_maxsegs: options.maxSegments ?? 1,
+      pdm_flags: NetbsdDma.flags(options),
+    });
+    nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_DMAMEM_ALLOC, arg, `PCIUSER_IOC_DMAMEM_ALLOC ${size} bytes`);
+    const rounded = Math.ceil(size / PAGE_SIZE) * PAGE_SIZE;
+    return {
+      id: t.get(arg, 'pdm_id'),
+      size: rounded,
+      segments: t.get(arg, 'pdm_nsegs'),
+      mmap: { fd: this.fd, fileOffset: Number(t.get(arg, 'pdm_cookie')), size: rounded, writable: true },
+      options,
+    };
+  }
+
+  /** Drops the file's reference; the pages live on until the last mapping of them goes. Refused (EBUSY) while loaded. */
+  free(memory: DmaMemory): void {
+    this.live();
+    nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_DMAMEM_FREE, abi.pciuserDmaId.encode({ pdi_id: memory.id }), `PCIUSER_IOC_DMAMEM_FREE ${memory.id}`);
+  }
+
+  /**
+   * Creates a bus_dmamap for [offset, offset+length) of `memory` and loads
+   * it: the returned segments are what to program into the device.
+   * `access` is the device's, as in DmaDomain.map: 'read' means the device
+   * only reads the memory, which bus_dma calls a write (BUS_DMA_WRITE).
+   */
+  load(memory: DmaMemory, offset: number, length: number, access: DmaAccess): DmaLoad {
+    this.live();
+    const maxSegments = Math.max(1, memory.segments);
+    const create = abi.pciuserDmamapCreate.encode({
+      pdc_maxsize: BigInt(length),
+      pdc_maxsegsz: BigInt(length),
+      pdc_boundary: BigInt(memory.options.boundary ?? 0),
+      pdc_maxaddr: memory.options.maxAddress ?? 0n,
+      pdc_nsegments: maxSegments,
+      pdc_flags: memory.options.dma64 ? abi.PCIUSER_DMA_64BIT : 0,
+    });
+    nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_DMAMAP_CREATE, create, `PCIUSER_IOC_DMAMAP_CREATE ${length} bytes`);
+    const map = abi.pciuserDmamapCreate.get(create, 'pdc_id');
+    try {
+      // The kernel copies the segments out to this buffer's address.
+      const segs = Buffer.alloc(maxSegments * abi.pciuserDmaSeg.size);
+      const t = abi.pciuserDmamapLoad;
+      const arg = t.encode({
+        pdl_map: map,
+        pdl_mem: memory.id,
+        pdl_offset: BigInt(offset),
+        pdl_len: BigInt(length),
+        pdl_segs: nb.address(segs),
+        pdl_maxsegs: maxSegments,
+        pdl_flags: access === 'read' ? abi.PCIUSER_LOAD_WRITE : access === 'write' ? abi.PCIUSER_LOAD_READ : 0,
+      });
+      nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_DMAMAP_LOAD, arg, `PCIUSER_IOC_DMAMAP_LOAD mem ${memory.id} +0x${offset.toString(16)} ${length} bytes`);
+      const segments: DmaSegment[] = [];
+      for (let i = 0; i < t.get(arg, 'pdl_nsegs'); i++) {
+        const at = i * abi.pciuserDmaSeg.size;
+        segments.push({ address: abi.pciuserDmaSeg.get(segs, 'ds_addr', at), length: Number(abi.pciuserDmaSeg.get(segs, 'ds_len', at)) });
+      }
+      return { map, segments };
+    } catch (e) {
+      this.destroy(map);
+      throw e;
+    }
+  }
+
+  /** bus_dmamap_sync over [offset, offset+length) of the loaded range; `ops` are PCIUSER_SYNC_* bits. */
+  sync(load: DmaLoad, ops: number, offset: number, length: number): void {
+    this.live();
+    const arg = abi.pciuserDmamapSync.encode({ pds_map: load.map, pds_ops: ops, pds_offset: BigInt(offset), pds_len: BigInt(length) });
+    nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_DMAMAP_SYNC, arg, `PCIUSER_IOC_DMAMAP_SYNC map ${load.map}`);
+  }
+
+  /** Unloads and destroys the map: the device can no longer reach the range through it. */
+  unload(load: DmaLoad): void {
+    this.live();
+    nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_DMAMAP_UNLOAD, abi.pciuserDmaId.encode({ pdi_id: load.map }), `PCIUSER_IOC_DMAMAP_UNLOAD ${load.map}`);
+    this.destroy(load.map);
+  }
+
+  private destroy(map: number): void {
+    nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_DMAMAP_DESTROY, abi.pciuserDmaId.encode({ pdi_id: map }), `PCIUSER_IOC_DMAMAP_DESTROY ${map}`);
+  }
+}
+
+/**
+ * A claimed function. Its /dev/pciN file (a per-open clone) is the claim,
+ * the mmap source of its BARs and DMA memory, and its interrupt event source.
+ */
+export class NetbsdDevice implements DeviceFile {
+  readonly regions: readonly RegionInfo[];
+  readonly irqs: Readonly<Record<IrqKind, IrqInfo>>;
+  readonly canReset = false;
+  readonly dma: NetbsdDma;
+  private readonly cookies: readonly number[];
+  private readonly ioBars: readonly boolean[];
+  private established: IrqKind | undefined;
+  private closed = false;
+
+  constructor(
+    readonly address: PciAddress,
+    private readonly fd: number,
+    claim: Buffer,
+    private readonly onClose: () => void,
+  ) {
+    const t = abi.pciuserClaim;
+    const regions: RegionInfo[] = [];
+    const cookies: number[] = [];
+    const ioBars: boolean[] = [];
+    for (let bar = 0 as abi.BarIndex; bar < abi.PCIUSER_MAXBARS; bar = (bar + 1) as abi.BarIndex) {
+      const flags = t.get(claim, abi.claimBarField(bar, 'pub_flags'));
+      // The upper half of a 64-bit BAR and unusable BARs come back without VALID, as VFIO reports them with size 0.
+      const size = flags & abi.PCIUSER_BAR_VALID ? Number(t.get(claim, abi.claimBarField(bar, 'pub_size'))) : 0;
+      const mappable = size > 0 && (flags & abi.PCIUSER_BAR_MMAP) !== 0;
+      regions.push({ index: bar, kind: 'bar', size, readable: size > 0, writable: size > 0, mmapAreas: mappable ? [{ offset: 0, size }] : [] });
+      cookies.push(Number(t.get(claim, abi.claimBarField(bar, 'pub_cookie'))));
+      ioBars.push((flags & abi.PCIUSER_BAR_IO) !== 0);
+    }
+    this.cookies = cookies;
+    this.ioBars = ioBars;
+    // pciuser(4) offers no expansion ROM access and no VGA ranges.
+    regions.push(absent(ROM_INDEX));
+    const configSize = this.hasPciExpress() ? PCI_EXTCONF_SIZE : PCI_CONF_SIZE;
+    regions.push({ index: CONFIG_INDEX, kind: 'config', size: configSize, readable: true, writable: true, mmapAreas: [] });
+    regions.push(absent(VGA_INDEX));
+    this.regions = regions;
+
+    const caps = t.get(claim, 'puc_caps');
+    this.irqs = {
+      // INTx needs a way to mask the line: the PCI 2.3 disable bit, or a declarative ack
+      // (PCIUSER_IOC_INTR_SETACK) that the port interface cannot express; without the bit it is not offered.
+      intx: { kind: 'intx', count: t.get(claim, 'puc_intrpin') !== 0 && caps & abi.PCIUSER_CAP_INTX_DISABLE ? 1 : 0, automasked: true, maskable: false },
+      msi: { kind: 'msi', count: t.get(claim, 'puc_msi_count'), automasked: false, maskable: false },
+      msix: { kind: 'msix', count: t.get(claim, 'puc_msix_count'), automasked: false, maskable: false },
+    };
+    this.dma = new NetbsdDma(fd, () => this.live());
+  }
+
+  /** Config space is 4 KiB for PCI Express functions, as VFIO sizes it; found by walking the capability list. */
+  private hasPciExpress(): boolean {
+    if (!(this.cfgRead(PCI_COMMAND_STATUS) & PCI_STATUS_CAPLIST)) return false;
+    const seen = new Set<number>();
+    for (let at = this.cfgRead(PCI_CAPLIST_PTR) & 0xfc; at >= 0x40 && !seen.has(at); ) {
+      seen.add(at);
+      const header = this.cfgRead(at);
+      if ((header & 0xff) === PCI_CAP_PCIEXPRESS) return true;
+      at = (header >>> 8) & 0xfc;
+    }
+    return false;
+  }
+
+  private live(): void {
+    if (this.closed) throw new UpciError('RELEASED', `${this.address} has been released`, 'open the device again');
+  }
+
+  region(index: number): RegionInfo {
+    const region = this.regions[index];
+    if (region === undefined || region.size === 0) {
+      throw new UpciError('NO_SUCH_REGION', `${this.address} has no region ${index}`, 'see `upci info` for the regions it has');
+    }
+    return region;
+  }
+
+  mmapSource(index: number, area: MmapArea): MmapSource {
+    this.live();
+    const region = this.region(index);
+    if (!region.mmapAreas.some((a) => a.offset === area.offset && a.size === area.size)) {
+      throw new UpciError('NOT_MAPPABLE', `${this.address} region ${index} has no mmappable area at +0x${area.offset.toString(16)} of ${area.size} bytes`);
+    }
+    return { fd: this.fd, fileOffset: this.cookies[index]! + area.offset, size: area.size, writable: region.writable };
+  }
+
+  private checkAccess(index: number, offset: number, length: number): RegionInfo {
+    this.live();
+    const region = this.region(index);
+    if (!Number.isInteger(offset) || offset < 0 || offset + length > region.size) {
+      throw new UpciError('OUT_OF_RANGE', `${this.address} region ${index}: ${length} bytes at 0x${offset.toString(16)} fall outside its ${region.size} bytes`);
+    }
+    return region;
+  }
+
+  private cfgRead(reg: number): number {
+    const arg = abi.pciuserCfgreg.encode({ pcr_reg: reg });
+    nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_CFGREAD, arg, `PCIUSER_IOC_CFGREAD 0x${reg.toString(16)} of ${this.address}`);
+    return abi.pciuserCfgreg.get(arg, 'pcr_val');
+  }
+
+  private cfgWrite(reg: number, value: number): void {
+    const arg = abi.pciuserCfgreg.encode({ pcr_reg: reg, pcr_val: value >>> 0 });
+    try {
+      nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_CFGWRITE, arg, `PCIUSER_IOC_CFGWRITE 0x${reg.toString(16)} of ${this.address}`);
+    } catch (e) {
+      if (errnoOf(e) !== nb.EPERM) throw e;
+      throw new UpciError('PERMISSION', `${this.address}: config register 0x${reg.toString(16)} belongs to the kernel (BARs, ROM BAR, interrupt line, MSI/MSI-X)`, undefined, { cause: e });
+    }
+  }
+
+  /** Config space through 32-bit CFGREAD: every dword the range touches. */
+  private readConfig(offset: number, buf: Buffer): void {
+    const dword = Buffer.alloc(4);
+    for (let at = offset & ~3; at < offset + buf.length; at += 4) {
+      dword.writeUInt32LE(this.cfgRead(at));
+      const from = Math.max(offset, at);
+      dword.copy(buf, from - offset, from - at, Math.min(offset + buf.length, at + 4) - at);
+    }
+  }
+
+  /**
+   * Config writes through 32-bit CFGWRITE (NetBSD's pci_conf_write has no
+   * narrower access). A partial dword is read-modify-written, as NetBSD's own
+   * drivers do; for the command/status dword the status half is written back
+   * as zeros, since its bits are read-only or write-1-to-clear and echoing
+   * them would clear pending status. Other registers with write-1-to-clear
+   * bits sharing a dword with what is written (e.g. PCIe device status) can
+   * be cleared the same way: write them as whole dwords.
+   */
+  private writeConfig(offset: number, buf: Buffer): void {
+    const dword = Buffer.alloc(4);
+    const end = offset + buf.length;
+    for (let at = offset & ~3; at < end; at += 4) {
+      const from = Math.max(offset, at);
+      const to = Math.min(end, at + 4);
+      if (to - from < 4) dword.writeUInt32LE((this.cfgRead(at) & (at === PCI_COMMAND_STATUS ? 0xffff : 0xffffffff)) >>> 0);
+      buf.copy(dword, from - at, from - offset, to - offset);
+      this.cfgWrite(at, dword.readUInt32LE(0));
+    }
+  }
+
+  /** BAR access through PIO ioctls, split into naturally aligned accesses of at most 8 bytes (4 on I/O BARs). */
+  private pio(bar: number, offset: number, buf: Buffer, write: boolean): void {
+    const t = abi.pciuserPio;
+    for (let done = 0; done < buf.length; ) {
+      const at = offset + done;
+      const width = [8, 4, 2, 1].find((w) => w <= buf.length - done && at % w === 0 && !(w === 8 && this.ioBars[bar]))!;
+      const value = write ? (width === 8 ? buf.readBigUInt64LE(done) : BigInt(buf.readUIntLE(done, width))) : 0n;
+      const arg = t.encode({ pio_bar: bar, pio_width: width, pio_offset: BigInt(at), pio_value: value });
+      const what = `PCIUSER_IOC_PIO_${write ? 'WRITE' : 'READ'} BAR${bar} +0x${at.toString(16)} width ${width} of ${this.address}`;
+      nb.ioctlBuffer(this.fd, write ? abi.ioctls.PCIUSER_IOC_PIO_WRITE : abi.ioctls.PCIUSER_IOC_PIO_READ, arg, what);
+      if (!write) {
+        const read = t.get(arg, 'pio_value');
+        if (width === 8) buf.writeBigUInt64LE(read, done);
+        else buf.writeUIntLE(Number(read), done, width);
+      }
+      done += width;
+    }
+  }
+
+  readRegion(index: number, offset: number, buf: Buffer): void {
+    if (this.checkAccess(index, offset, buf.length).kind === 'config') this.readConfig(offset, buf);
+    else this.pio(index, offset, buf, false);
+  }
+
+  writeRegion(index: number, offset: number, buf: Buffer): void {
+    if (this.checkAccess(index, offset, buf.length).kind === 'config') this.writeConfig(offset, buf);
+    else this.pio(index, offset, buf, true);
+  }
+
+  reset(): void {
+    this.live();
+    throw new UpciError(
+      'KERNEL',
+      `${this.address}: pciuser(4) has no reset ioctl, so upci cannot reset a function on NetBSD`,
+      'reinitialize the device through its own registers; a PCIUSER_IOC_RESET (FLR or D3hot->D0) in kernel/netbsd/sys/dev/pci/pci_user.c would be needed',
+    );
+  }
+
+  /**
+   * Not wired: port.ts routes vectors to eventfds, which NetBSD does not
+   * have. pciuser(4) instead makes the device file itself readable: after
+   * establishIrqs(), read(2) returns one pciuser_intr_event {vector, count}
+   * per vector that fired since the last read (the counts reset), and
+   * kqueue EVFILT_READ / poll report when there is something to read.
+   *
+   * How the interrupt worker is to use it: add `irqEventFd` to its kqueue
+   * (workers/kqueue.ts) under one token for the whole device, not one per
+   * vector; on readiness call readIrqEvents() (the fd is non-blocking, so a
+   * lost race returns []) and add each record's count to the slot of
+   * (device, vector). The board then needs, per watched fd, a first slot and
+   * whether it carries 8-byte eventfd counters or pciuser_intr_event records.
+   */
+  enableIrqs(kind: IrqKind, _eventfds: readonly number[]): void {
+    this.live();
+    throw new UpciError(
+      'KERNEL',
+      `${this.address}: NetBSD has no eventfds; pciuser(4) reports ${kind} interrupts as records read from the /dev/pciN file, which the interrupt worker does not read yet`,
+      'use NetbsdDevice.establishIrqs() with irqEventFd/readIrqEvents() until the worker is wired (see kernel/netbsd/pciuser.ts)',
+    );
+  }
+
+  /** The fd to watch for interrupt records (EVFILT_READ): the device file itself. */
+  get irqEventFd(): number {
+    this.live();
+    return this.fd;
+  }
+
+  /**
+   * PCIUSER_IOC_INTR_ESTABLISH for `count` vectors of `kind`, replacing any
+   * previous setup as enableIrqs does; returns how many the kernel granted
+   * (MSI/MSI-X may grant fewer). INTx starts masked by the kernel on each
+   * interrupt until unmaskIntx().
+   */
+  establishIrqs(kind: IrqKind, count: number): number {
+    this.live();
+    const offered = this.irqs[kind].count;
+    if (!Number.isInteger(count) || count < 1 || count > Math.min(offered, abi.PCIUSER_MAXVECS)) {
+      throw new UpciError('OUT_OF_RANGE', `${this.address} offers ${offered} ${kind} vector(s) (pciuser(4) at most ${abi.PCIUSER_MAXVECS}); ${count} requested`);
+    }
+    if (this.established !== undefined) this.disableIrqs(this.established);
+    const arg = abi.pciuserIntrSetup.encode({ pis_type: INTR_TYPE[kind], pis_count: count });
+    try {
+      nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_INTR_ESTABLISH, arg, `PCIUSER_IOC_INTR_ESTABLISH ${kind} x${count} on ${this.address}`);
+    } catch (e) {
+      if (errnoOf(e) === nb.EOPNOTSUPP) {
+        throw new UpciError('KERNEL', `${this.address} cannot mask INTx (no PCI 2.3 interrupt disable bit), so the kernel will not establish it`, 'use MSI or MSI-X if the device has them', { cause: e });
+      }
+      throw e;
+    }
+    this.established = kind;
+    return abi.pciuserIntrSetup.get(arg, 'pis_count');
+  }
+
+  /** Pending interrupt records, [] when none (or when no interrupts are established: read(2) gives end of file). */
+  readIrqEvents(): IrqEvent[] {
+    this.live();
+    const buf = Buffer.alloc(abi.PCIUSER_MAXVECS * abi.pciuserIntrEvent.size);
+    const n = nb.readSome(this.fd, buf, `read of interrupt events from ${this.address}`);
+    const events: IrqEvent[] = [];
+    for (let at = 0; at + abi.pciuserIntrEvent.size <= n; at += abi.pciuserIntrEvent.size) {
+      events.push({ vector: abi.pciuserIntrEvent.get(buf, 'pie_vector', at), count: abi.pciuserIntrEvent.get(buf, 'pie_count', at) });
+    }
+    return events;
+  }
+
+  /** pciuser(4) holds one interrupt type at a time; disabling another kind than the established one is a no-op, as under VFIO. */
+  disableIrqs(kind: IrqKind): void {
+    this.live();
+    if (this.established !== kind) return;
+    nb.ioctlVoid(this.fd, abi.ioctls.PCIUSER_IOC_INTR_DISESTABLISH, `PCIUSER_IOC_INTR_DISESTABLISH ${this.address}`);
+    this.established = undefined;
+  }
+
+  unmaskIntx(): void {
+    this.live();
+    nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_INTR_UNMASK, abi.pciuserIntrUnmask.encode({ piu_vector: 0 }), `PCIUSER_IOC_INTR_UNMASK ${this.address}`);
+  }
+
+  /** The last close tears down in the kernel: bus mastering off, interrupts, DMA maps, then the claim (DESIGN.md). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    nb.close(this.fd);
+    this.onClose();
+  }
+}
+
+/**
+ * Finds /dev/pciN for a bus. N is the pci(4) unit number, which equals the
+ * bus number only when buses attached in order (usual with one host bridge,
+ * not guaranteed), so /dev/pci<bus> is tried first and then every other
+ * /dev/pci*; the one whose PCI_IOC_BUSINFO reports the bus is kept, open.
+ * NetBSD's /dev/pciN have no PCI domain (segment): only domain 0 is reachable.
+ */
+function openBus(devDir: string, bus: number): number {
+  const others = readdirSync(devDir)
+    .filter((name) => /^pci\d+$/.test(name) && name !== `pci${bus}`)
+    .sort((a, b) => Number(a.slice(3)) - Number(b.slice(3)));
+  for (const name of [`pci${bus}`, ...others]) {
+    const path = join(devDir, name);
+    let fd: number;
+    try {
+      // Non-blocking: the interrupt worker reads records only after kqueue says there are some.
+      fd = nb.open(path, nb.O_RDWR | nb.O_NONBLOCK);
+    } catch (e) {
+      const errno = errnoOf(e);
+      if (errno === nb.ENOENT || errno === nb.ENXIO) continue;
+      if (errno === nb.EACCES || errno === nb.EPERM) throw new UpciError('PERMISSION', `no permission to open ${path} read-write`, 'run as root', { cause: e });
+      throw e;
+    }
+    try {
+      const info = abi.pciioBusinfo.alloc();
+      nb.ioctlBuffer(fd, abi.PCI_IOC_BUSINFO, info, `PCI_IOC_BUSINFO ${path}`);
+      if (abi.pciioBusinfo.get(info, 'busno') === bus) return fd;
+    } catch (e) {
+      nb.close(fd);
+      throw e;
+    }
+    nb.close(fd);
+  }
+  throw new UpciError('NO_DEVICE', `no /dev/pciN in ${devDir} is PCI bus ${bus}`, '`pcictl pciN list` for each /dev/pciN shows which buses exist');
+}
+
+function claimError(address: PciAddress, e: unknown): unknown {
+  switch (errnoOf(e)) {
+    case nb.EBUSY:
+      return new UpciError('BUSY', `${address} is attached to a kernel driver or claimed by another open file`, 'detach its driver (`drvctl -l` names it, `drvctl -d <driver>` detaches it) or stop the other user', { cause: e });
+    case nb.ENXIO:
+      return new UpciError('NO_DEVICE', `there is no PCI function at ${address}`, '`pcictl pciN list` shows the functions of a bus', { cause: e });
+    case nb.ENODEV:
+      return new UpciError('NO_DEVICE', `${address} is a bridge; pciuser(4) hands out only type 0 functions`, undefined, { cause: e });
+    case nb.EPERM:
+    case nb.EACCES:
+      return new UpciError('PERMISSION', `claiming ${address} needs the right to unmanaged memory`, 'run as root with securelevel 0 or lower (a claimed device can DMA anywhere without an IOMMU)', { cause: e });
+    case nb.ENOTTY: // pci(4) without the pciuser(4) hooks
+      return new UpciError('KERNEL', 'this kernel\'s pci(4) has no user driver support (PCIUSER_IOC_CLAIM is unknown)', 'build a kernel with kernel/netbsd/apply.sh applied', { cause: e });
+    default:
+      return e;
+  }
+}
+
+export class NetbsdPciPort implements KernelPort {
+  readonly name = 'pciuser';
+  /** A second claim would fail in the kernel (EBUSY) anyway; refused here with a clearer message, as VfioPort does. */
+  private readonly openDevices = new Set<PciAddress>();
+
+  constructor(private readonly devDir = '/dev') {}
+
+  open(address: PciAddress): DeviceFile {
+    if (this.openDevices.has(address)) {
+      throw new UpciError('BUSY', `${address} is already open in this process`, 'close the other PciDevice first, or share it');
+    }
+    const { domain, bus, slot, func } = pciAddressParts(address);
+    if (domain !== 0) {
+      throw new UpciError('NO_DEVICE', `${address} is in PCI domain ${domain}; NetBSD's /dev/pciN reach domain 0 only`);
+    }
+    const fd = openBus(this.devDir, bus);
+    try {
+      const claim = abi.pciuserClaim.encode({ puc_bus: bus, puc_device: slot, puc_function: func });
+      try {
+        nb.ioctlBuffer(fd, abi.ioctls.PCIUSER_IOC_CLAIM, claim, `PCIUSER_IOC_CLAIM ${address}`);
+      } catch (e) {
+        throw claimError(address, e);
+      }
+      const version = abi.pciuserClaim.get(claim, 'puc_version');
+      if (version !== abi.PCIUSER_ABI_VERSION) {
+        throw new UpciError('KERNEL', `the kernel speaks pciuser ABI version ${version}, upci speaks ${abi.PCIUSER_ABI_VERSION}`, 'use a upci and kernel built from the same kernel/netbsd sources');
+      }
+      const device = new NetbsdDevice(address, fd, claim, () => this.openDevices.delete(address));
+      this.openDevices.add(address);
+      return device;
+    } catch (e) {
+      nb.close(fd);
+      throw e;
+    }
+  }
+}
