@@ -10,7 +10,9 @@ const libc = koffi.load('libc.so.6');
 const c = {
   open: libc.func('int open(const char *path, int flags, int mode)'),
   close: libc.func('int close(int fd)'),
-  ioctl: libc.func('int ioctl(int fd, unsigned long request, ...)'),
+  // Two fixed prototypes rather than koffi's variadic call, which parses its argument types on every call.
+  ioctlPointer: libc.func('int ioctl(int fd, unsigned long request, uint8_t *arg)'),
+  ioctlInteger: libc.func('int ioctl(int fd, unsigned long request, unsigned long arg)'),
   pread: libc.func('intptr_t pread(int fd, _Out_ uint8_t *buf, size_t count, int64_t offset)'),
   pwrite: libc.func('intptr_t pwrite(int fd, const uint8_t *buf, size_t count, int64_t offset)'),
   read: libc.func('intptr_t read(int fd, _Out_ uint8_t *buf, size_t count)'),
@@ -48,14 +50,14 @@ export function close(fd: number): void {
 
 /** ioctl(2) with an argument struct in `arg` (read and written in place). */
 export function ioctlBuffer(fd: number, request: number, arg: Buffer, what: string): number {
-  const rc = c.ioctl(fd, request, 'uint8_t *', arg) as number;
+  const rc = c.ioctlPointer(fd, request, arg) as number;
   if (rc < 0) throw new SyscallError(what, errno());
   return rc;
 }
 
 /** ioctl(2) whose argument is an integer (or none). */
 export function ioctlValue(fd: number, request: number, value: number, what: string): number {
-  const rc = c.ioctl(fd, request, 'unsigned long', value) as number;
+  const rc = c.ioctlInteger(fd, request, value) as number;
   if (rc < 0) throw new SyscallError(what, errno());
   return rc;
 }

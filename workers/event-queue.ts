@@ -5,6 +5,7 @@
  */
 import { platform } from 'node:os';
 import * as libc from '../kernel/libc.js';
+import { kqueueEventQueue } from './kqueue.js';
 
 export interface EventQueue {
   readonly fd: number;
@@ -46,5 +47,6 @@ class Epoll implements EventQueue {
 /** A new queue, or (with `fd`) a handle on one another thread created. */
 export function eventQueue(fd?: number): EventQueue {
   if (platform() === 'linux') return new Epoll(fd ?? libc.epollCreate());
-  throw new Error(`no event queue for ${platform()} yet (kqueue lands with the NetBSD port)`);
+  if (platform() === 'netbsd') return kqueueEventQueue(fd);
+  throw new Error(`upci has no event queue for ${platform()}: it knows epoll (Linux) and kqueue (NetBSD)`);
 }
