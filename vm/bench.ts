@@ -88,6 +88,7 @@ const KILL_GRACE_MS = 2000;
 // The 9p transports sit in fixed slots so that they never push a bench device around.
 const HOSTROOT_SLOT = '1e.0';
 const RESULTS_SLOT = '1d.0';
+const PROJECT_SLOT = '1c.0';
 
 function findProjectRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
@@ -127,6 +128,7 @@ const RESERVED_ROOT_SLOTS = new Map<number, string>([
   [0x00, 'the host bridge'],
   [parseSlot(HOSTROOT_SLOT).dev, 'the 9p hostroot share'],
   [parseSlot(RESULTS_SLOT).dev, 'the 9p results share'],
+  [parseSlot(PROJECT_SLOT).dev, 'the 9p project share'],
   [0x1f, 'the ICH9 LPC/SATA/SMBus functions'],
 ]);
 
@@ -228,6 +230,7 @@ async function boot(opts: VmOptions, { root, bridges, outDir, kernel, initrd }: 
     ...opts.env,
   };
   await writeFile(join(outDir, 'job.sh'), jobScript(opts.command, root, env));
+  await writeFile(join(outDir, 'project.path'), `${root}\n`);
   const plan = opts.devices
     .filter((d) => d.bind !== undefined)
     .map((d) => `${guestAddress(d, bridges)} ${d.bind}\n`)
@@ -256,6 +259,8 @@ async function boot(opts: VmOptions, { root, bridges, outDir, kernel, initrd }: 
     '-device', `virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot,addr=${HOSTROOT_SLOT}`,
     '-fsdev', `local,id=results,path=${outDir},security_model=none`,
     '-device', `virtio-9p-pci,fsdev=results,mount_tag=results,addr=${RESULTS_SLOT}`,
+    '-fsdev', `local,id=project,path=${root},security_model=none,readonly=on,multidevs=remap`,
+    '-device', `virtio-9p-pci,fsdev=project,mount_tag=project,addr=${PROJECT_SLOT}`,
   ];
   bridges.forEach((b, i) => {
     // shpc=off: the guest's shpchp would otherwise fail on it and log errors.

@@ -44,6 +44,12 @@ for d in proc sys dev; do
 done
 # rbind, not bind: the results share is a submount of /tmp.
 mount -o rbind /tmp /mnt/tmp || fatal "bind-mounting /tmp failed"
+# The project has a share of its own, mounted at its host path: a checkout under
+# the host's /tmp would otherwise be hidden by the guest's /tmp.
+project=$(cat "$OUT/project.path") || fatal "no project.path in the results share"
+mkdir -p "/mnt$project" 2>/dev/null
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose,ro project "/mnt$project" \
+  || fatal "mounting the project share at $project failed"
 
 summary=
 if [ -f "$OUT/bind.plan" ]; then

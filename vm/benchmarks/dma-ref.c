@@ -8,17 +8,7 @@
  * Prints one JSON line: map+unmap and alloc+free operations per second, and
  * edu DMA copy time per transfer in each direction.
  */
-#include <errno.h>
-#include <fcntl.h>
-#include <linux/vfio.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
-#include <time.h>
-#include <unistd.h>
+#include "vfio-ref.h"
 
 #define EDU_DMA_SRC 0x80
 #define EDU_DMA_DST 0x88
@@ -27,29 +17,18 @@
 #define EDU_BUF 0x40000ULL
 #define PAGE 4096
 
-static void die(const char *what) {
-  fprintf(stderr, "dma-ref: %s: %s\n", what, strerror(errno));
-  exit(1);
-}
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static int container;
+static struct vfio_ref ref;
 
 static void map_dma(void *vaddr, uint64_t iova, uint64_t size) {
   struct vfio_iommu_type1_dma_map m = {
       .argsz = sizeof m, .flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
       .vaddr = (uintptr_t)vaddr, .iova = iova, .size = size};
-  if (ioctl(container, VFIO_IOMMU_MAP_DMA, &m)) die("VFIO_IOMMU_MAP_DMA");
+  if (ioctl(ref.container, VFIO_IOMMU_MAP_DMA, &m)) die("VFIO_IOMMU_MAP_DMA");
 }
 
 static void unmap_dma(uint64_t iova, uint64_t size) {
   struct vfio_iommu_type1_dma_unmap u = {.argsz = sizeof u, .iova = iova, .size = size};
-  if (ioctl(container, VFIO_IOMMU_UNMAP_DMA, &u) || u.size != size) die("VFIO_IOMMU_UNMAP_DMA");
+  if (ioctl(ref.container, VFIO_IOMMU_UNMAP_DMA, &u) || u.size != size) die("VFIO_IOMMU_UNMAP_DMA");
 }
 
 static void *alloc_page(void) {
@@ -58,19 +37,13 @@ static void *alloc_page(void) {
   return p;
 }
 
-static volatile uint8_t *bar;
-
-static void w32(unsigned off, uint32_t v) { *(volatile uint32_t *)(bar + off) = v; }
-static void w64(unsigned off, uint64_t v) { *(volatile uint64_t *)(bar + off) = v; }
-static uint32_t r32(unsigned off) { return *(volatile uint32_t *)(bar + off); }
-
 static void edu_dma(uint64_t src, uint64_t dst, uint32_t count, int to_ram) {
-  w64(EDU_DMA_SRC, src);
-  w64(EDU_DMA_DST, dst);
-  w32(EDU_DMA_COUNT, count);
+  w64(&ref, EDU_DMA_SRC, src);
+  w64(&ref, EDU_DMA_DST, dst);
+  w32(&ref, EDU_DMA_COUNT, count);
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
-  w32(EDU_DMA_CMD, 1 | (to_ram ? 2 : 0));
-  while (r32(EDU_DMA_CMD) & 1) {
+  w32(&ref, EDU_DMA_CMD, 1 | (to_ram ? 2 : 0));
+  while (r32(&ref, EDU_DMA_CMD) & 1) {
   }
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
@@ -84,29 +57,7 @@ int main(int argc, char **argv) {
   int map_iters = atoi(argv[2]), alloc_iters = atoi(argv[3]), transfers = atoi(argv[4]);
   uint32_t xfer = (uint32_t)atoi(argv[5]);
 
-  char path[320], link[256];
-  snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/iommu_group", addr);
-  ssize_t n = readlink(path, link, sizeof link - 1);
-  if (n < 0) die(path);
-  link[n] = 0;
-  const char *slash = strrchr(link, '/');
-  snprintf(path, sizeof path, "/dev/vfio/%s", slash ? slash + 1 : link);
-
-  container = open("/dev/vfio/vfio", O_RDWR);
-  if (container < 0) die("/dev/vfio/vfio");
-  int group = open(path, O_RDWR);
-  if (group < 0) die(path);
-  if (ioctl(group, VFIO_GROUP_SET_CONTAINER, &container)) die("VFIO_GROUP_SET_CONTAINER");
-  if (ioctl(container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU)) die("VFIO_SET_IOMMU");
-  int dev = ioctl(group, VFIO_GROUP_GET_DEVICE_FD, addr);
-  if (dev < 0) die("VFIO_GROUP_GET_DEVICE_FD");
-
-  struct vfio_region_info reg = {.argsz = sizeof reg, .index = VFIO_PCI_BAR0_REGION_INDEX};
-  if (ioctl(dev, VFIO_DEVICE_GET_REGION_INFO, &reg)) die("VFIO_DEVICE_GET_REGION_INFO");
-  bar = mmap(NULL, reg.size, PROT_READ | PROT_WRITE, MAP_SHARED, dev, reg.offset);
-  if (bar == MAP_FAILED) die("mmap BAR0");
-  struct vfio_region_info cfg = {.argsz = sizeof cfg, .index = VFIO_PCI_CONFIG_REGION_INDEX};
-  if (ioctl(dev, VFIO_DEVICE_GET_REGION_INFO, &cfg)) die("VFIO_DEVICE_GET_REGION_INFO config");
+  vfio_ref_open(&ref, addr);
 
   /* map + unmap of one 4 KiB page at a fixed IOVA. */
   void *page = alloc_page();
@@ -132,10 +83,7 @@ int main(int argc, char **argv) {
   map_dma(src, 0x1000, PAGE);
   map_dma(dst, 0x3000, PAGE);
   for (int i = 0; i < PAGE; i++) src[i] = (uint8_t)(i * 7 + 3);
-  uint16_t cmd;
-  if (pread(dev, &cmd, 2, cfg.offset + 4) != 2) die("pread command");
-  cmd |= 4; /* bus master */
-  if (pwrite(dev, &cmd, 2, cfg.offset + 4) != 2) die("pwrite command");
+  vfio_ref_bus_master(&ref, 1);
   double to_dev = 0, to_ram = 0;
   for (int i = 0; i < transfers; i++) {
     t0 = now();
@@ -145,17 +93,13 @@ int main(int argc, char **argv) {
     to_dev += t1 - t0;
     to_ram += now() - t1;
   }
-  cmd &= ~4;
-  if (pwrite(dev, &cmd, 2, cfg.offset + 4) != 2) die("pwrite command");
+  vfio_ref_bus_master(&ref, 0);
   int ok = memcmp(src, dst, xfer) == 0;
   unmap_dma(0x1000, PAGE);
   unmap_dma(0x3000, PAGE);
 
   printf("{\"impl\":\"c\",\"mapOpsPerSec\":%.1f,\"allocOpsPerSec\":%.1f,\"toDeviceUs\":%.1f,\"toRamUs\":%.1f,\"copyOk\":%s}\n",
          map_iters / map_s, alloc_iters / alloc_s, to_dev / transfers * 1e6, to_ram / transfers * 1e6, ok ? "true" : "false");
-  munmap((void *)bar, reg.size);
-  close(dev);
-  close(group);
-  close(container);
+  vfio_ref_close(&ref);
   return ok ? 0 : 1;
 }
