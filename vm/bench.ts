@@ -90,7 +90,7 @@ const HOSTROOT_SLOT = '1e.0';
 const RESULTS_SLOT = '1d.0';
 const PROJECT_SLOT = '1c.0';
 
-function findProjectRoot(): string {
+export function findProjectRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (;;) {
     if (existsSync(join(dir, 'vm', 'setup.sh'))) return dir;

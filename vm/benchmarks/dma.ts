@@ -3,20 +3,16 @@
 //
 //   npm run build && node dist/vm/benchmarks/dma.js [--quick]
 //
-// On the host it compiles the C reference with `cc -O2 -static` into a temp dir
-// under /var/tmp (the guest sees the host root over 9p, but has its own /tmp),
-// boots the bench VM and runs itself there with --guest, which runs the C
-// binary, then the upci side, and prints a markdown table.
+// The harness (harness.ts) builds the C reference and runs this script in the
+// bench VM with --guest, which runs the C binary, then the upci side, and
+// prints a markdown table.
 //
 // edu starts every DMA on a timer 100 ms (virtual time) after the command
 // write, so the copy rows measure edu, not the driver stack; and QEMU 7.2's edu
 // refuses (aborts QEMU on) a transfer that ends at the end of its 4 KiB buffer,
 // so the "4 KiB" transfers move 4095 bytes.
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { eduAddress, runBenchmarkInVm } from './harness.js';
 
 const XFER = 4095;
 
@@ -29,22 +25,11 @@ interface Result {
   copyOk: boolean;
 }
 
-function projectRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'vm', 'setup.sh'))) {
-    const parent = dirname(dir);
-    if (parent === dir) throw new Error('dma bench: cannot find the project root');
-    dir = parent;
-  }
-  return dir;
-}
-
 async function guest(refBinary: string, quick: boolean): Promise<number> {
   const { PciDevice } = await import('../../pci/device.js');
   const { BusDma, DmaSync } = await import('../../pci/bus-dma.js');
   const { allocShared } = await import('../../shm/mapping.js');
-  const { defaultDevices, guestAddress } = await import('../bench.js');
-  const address = guestAddress(defaultDevices.find((d) => d.model === 'edu' && d.bus === undefined)!);
+  const address = eduAddress;
   const mapIters = quick ? 200 : 2000;
   const allocIters = quick ? 100 : 1000;
   const transfers = quick ? 5 : 20;
@@ -126,30 +111,9 @@ async function guest(refBinary: string, quick: boolean): Promise<number> {
   return c.copyOk && upci.copyOk ? 0 : 1;
 }
 
-async function host(quick: boolean): Promise<number> {
-  const { runInVm, defaultDevices } = await import('../bench.js');
-  const root = projectRoot();
-  const dir = await mkdtemp('/var/tmp/upci-dma-bench-');
-  try {
-    const binary = join(dir, 'dma-ref');
-    execFileSync('cc', ['-O2', '-static', '-o', binary, join(root, 'vm', 'benchmarks', 'dma-ref.c')], { stdio: 'inherit' });
-    const result = await runInVm({
-      devices: defaultDevices,
-      command: ['node', join(root, 'dist', 'vm', 'benchmarks', 'dma.js'), '--guest', binary, ...(quick ? ['--quick'] : [])],
-      timeoutMs: 600_000,
-      memoryMiB: 2048,
-    });
-    await rm(result.outDir, { recursive: true, force: true });
-    process.stdout.write(result.output);
-    if (result.guestError) process.stderr.write(`dma bench: guest setup failed: ${result.guestError}\n`);
-    if (result.timedOut) process.stderr.write('dma bench: timed out\n');
-    return result.exitCode ?? 1;
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
-
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const g = args.indexOf('--guest');
-process.exitCode = g >= 0 ? await guest(args[g + 1]!, quick) : await host(quick);
+process.exitCode = g >= 0
+  ? await guest(args[g + 1]!, quick)
+  : await runBenchmarkInVm({ name: 'dma', reference: 'dma-ref.c', script: 'dma.js', args: quick ? ['--quick'] : [] });

@@ -1,0 +1,52 @@
+/**
+ * How every benchmark runs: compile its C reference on the host, boot the
+ * bench VM, run the benchmark's own script there with `--guest <binary>`
+ * (both sides measured in one run on one machine), print what it printed.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { defaultDevices, findProjectRoot, guestAddress, runInVm } from '../bench.js';
+
+/** The bench's first edu, the device the benchmarks drive. */
+export const eduAddress = guestAddress(defaultDevices.find((d) => d.model === 'edu' && d.bus === undefined)!);
+
+export interface BenchmarkOptions {
+  readonly name: string;
+  /** C source under vm/benchmarks/, built with `cc -O2 -static`. */
+  readonly reference: string;
+  /** This benchmark's compiled script, under dist/vm/benchmarks/. */
+  readonly script: string;
+  readonly args: readonly string[];
+  readonly cpus?: number;
+}
+
+export async function runBenchmarkInVm(options: BenchmarkOptions): Promise<number> {
+  const root = findProjectRoot();
+  // Not /tmp: the guest has a /tmp of its own; /var/tmp is on the host root it shares.
+  const dir = await mkdtemp(`/var/tmp/upci-${options.name}-bench-`);
+  try {
+    const binary = join(dir, options.name);
+    execFileSync('cc', ['-O2', '-Wall', '-Werror', '-static', '-o', binary, join(root, 'vm', 'benchmarks', options.reference)], { stdio: 'inherit' });
+    const result = await runInVm({
+      devices: defaultDevices,
+      command: ['node', join(root, 'dist', 'vm', 'benchmarks', options.script), '--guest', binary, ...options.args],
+      timeoutMs: 900_000,
+      memoryMiB: 2048,
+      cpus: options.cpus ?? 1,
+    });
+    await rm(result.outDir, { recursive: true, force: true });
+    process.stdout.write(result.output);
+    if (result.guestError) process.stderr.write(`${options.name} bench: guest setup failed: ${result.guestError}\n`);
+    if (result.timedOut) process.stderr.write(`${options.name} bench: timed out\n`);
+    return result.exitCode ?? 1;
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** Median and 99th percentile of samples, in their unit. */
+export function percentiles(samples: number[]): { median: number; p99: number } {
+  const sorted = [...samples].sort((a, b) => a - b);
+  return { median: sorted[Math.floor(sorted.length / 2)]!, p99: sorted[Math.floor((sorted.length * 99) / 100)]! };
+}

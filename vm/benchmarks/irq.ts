@@ -1,0 +1,128 @@
+// Interrupt round-trip benchmark: edu's MSI (write the raise register, the
+// event reaches the handler in the main thread, ack), for a C program doing it
+// with raw VFIO and an eventfd read (vm/benchmarks/irq-ref.c) and for upci's
+// path (epoll worker -> SharedArrayBuffer board -> Atomics.waitAsync -> RxJS).
+// A second table compares the two ways a worker can wake the main thread.
+//
+//   npm run bench:irq            (npm run build && node dist/vm/benchmarks/irq.js [--quick])
+import { execFileSync } from 'node:child_process';
+import { Worker } from 'node:worker_threads';
+import { eduAddress, percentiles, runBenchmarkInVm } from './harness.js';
+import type { DeliveryWorkerData } from './delivery-worker.js';
+
+const EDU_IRQ_STATUS = 0x24;
+const EDU_IRQ_RAISE = 0x60;
+const EDU_IRQ_ACK = 0x64;
+
+const micros = (from: bigint) => Number(process.hrtime.bigint() - from) / 1000;
+
+async function upciRoundTrips(iterations: number): Promise<number[]> {
+  const { PciDevice } = await import('../../pci/device.js');
+  const { Interrupts } = await import('../../pci/intr.js');
+  const edu = PciDevice.open(eduAddress);
+  try {
+    const bar = edu.mapBar(0);
+    const irq = Interrupts.establish(edu, { type: 'msi' });
+    let wake: (() => void) | undefined;
+    const sub = irq.vector(0).events.subscribe((event) => {
+      bar.write4(EDU_IRQ_ACK, bar.read4(EDU_IRQ_STATUS));
+      event.ack();
+      wake?.();
+    });
+    const samples: number[] = [];
+    for (let i = 0; i < iterations; i++) {
+      const t0 = process.hrtime.bigint();
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        bar.write4(EDU_IRQ_RAISE, 1);
+      });
+      samples.push(micros(t0));
+    }
+    sub.unsubscribe();
+    return samples;
+  } finally {
+    edu.close();
+  }
+}
+
+/** Main writes an eventfd, a worker blocked in epoll wakes and tells main: the delivery alone. */
+async function deliveryRoundTrips(mode: DeliveryWorkerData['mode'], rounds: number): Promise<number[]> {
+  const libc = await import('../../kernel/libc.js');
+  const fd = libc.eventfd(libc.EFD_NONBLOCK);
+  const sequence = new SharedArrayBuffer(4);
+  const word = new Int32Array(sequence);
+  const worker = new Worker(new URL('./delivery-worker.js', import.meta.url), { workerData: { fd, mode, sequence, rounds } satisfies DeliveryWorkerData });
+  const one = Buffer.alloc(8);
+  one.writeBigUInt64LE(1n);
+  const samples: number[] = [];
+  try {
+    await new Promise((r) => setTimeout(r, 200)); // let the worker reach its first wait
+    for (let i = 0; i < rounds; i++) {
+      const t0 = process.hrtime.bigint();
+      const seen = Atomics.load(word, 0);
+      const delivered = mode === 'postMessage'
+        ? new Promise((resolve) => worker.once('message', resolve))
+        : (() => { const w = Atomics.waitAsync(word, 0, seen); return w.async ? w.value : Promise.resolve(); })();
+      libc.writeAll(fd, one, 'write of the benchmark eventfd');
+      await delivered;
+      samples.push(micros(t0));
+    }
+  } finally {
+    await worker.terminate();
+    libc.close(fd);
+  }
+  return samples;
+}
+
+/** The fixed cost of one system call through koffi: read(2) on an empty non-blocking eventfd. */
+async function syscallCost(rounds: number): Promise<number[]> {
+  const libc = await import('../../kernel/libc.js');
+  const fd = libc.eventfd(libc.EFD_NONBLOCK);
+  const value = Buffer.alloc(8);
+  const samples: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    const t0 = process.hrtime.bigint();
+    libc.readSome(fd, value, 'read of an empty eventfd');
+    samples.push(micros(t0));
+  }
+  libc.close(fd);
+  return samples;
+}
+
+async function guest(refBinary: string, quick: boolean): Promise<number> {
+  const iterations = quick ? 500 : 5000;
+  const c = JSON.parse(execFileSync(refBinary, [eduAddress, String(iterations)], { encoding: 'utf8' }).trim()) as { median: number; p99: number };
+  await upciRoundTrips(100); // warm-up: JIT and worker start
+  const upci = percentiles(await upciRoundTrips(iterations));
+  const viaMessage = percentiles(await deliveryRoundTrips('postMessage', iterations));
+  const viaAtomics = percentiles(await deliveryRoundTrips('atomics', iterations));
+  const syscall = percentiles(await syscallCost(iterations));
+  const f = (n: number) => n.toFixed(1);
+  process.stdout.write([
+    `Interrupt round trip on edu ${eduAddress}, MSI, ${iterations} iterations each (TCG guest, µs)`,
+    '',
+    '| path | median | p99 |',
+    '|---|---:|---:|',
+    `| C, raw VFIO: eventfd read(2) in the same thread | ${f(c.median)} | ${f(c.p99)} |`,
+    `| upci: epoll worker → board → Atomics.waitAsync → RxJS handler | ${f(upci.median)} | ${f(upci.p99)} |`,
+    `| ratio upci / C | ${(upci.median / c.median).toFixed(2)} | ${(upci.p99 / c.p99).toFixed(2)} |`,
+    '',
+    'Worker → main thread wake-up alone (eventfd written by main, worker in epoll_wait)',
+    '',
+    '| delivery | median | p99 |',
+    '|---|---:|---:|',
+    `| postMessage | ${f(viaMessage.median)} | ${f(viaMessage.p99)} |`,
+    `| SharedArrayBuffer + Atomics.notify / Atomics.waitAsync | ${f(viaAtomics.median)} | ${f(viaAtomics.p99)} |`,
+    '',
+    `One system call through koffi (read(2) of an empty eventfd): median ${f(syscall.median)} µs, p99 ${f(syscall.p99)} µs.`,
+    '',
+  ].join('\n'));
+  return 0;
+}
+
+const args = process.argv.slice(2);
+const quick = args.includes('--quick');
+const g = args.indexOf('--guest');
+process.exitCode = g >= 0
+  ? await guest(args[g + 1]!, quick)
+  : await runBenchmarkInVm({ name: 'irq', reference: 'irq-ref.c', script: 'irq.js', args: quick ? ['--quick'] : [], cpus: 2 });
