@@ -3,9 +3,14 @@
  * SharedArrayBuffers and for regions the kernel mediates (I/O-port BARs,
  * MMIO that may not be mmapped).
  *
- * Every access is exactly one access of its width, in program order: mapped
- * accesses go through Atomics on typed arrays, which the JIT neither splits,
- * merges nor elides (a DataView or plain element access may be).
+ * Every access is exactly one access of its width, in program order. Mapped
+ * reads are Atomics.load on typed arrays: one plain load that the JIT may not
+ * elide, merge or move. Mapped writes are plain typed-array element stores,
+ * not Atomics.store: a sequentially consistent store compiles to a locked
+ * xchg on x86, which reads the register before writing it (QEMU's MMIO trace
+ * shows the extra read), and a register with read side effects would see it.
+ * V8 keeps every typed-array element store, and test/vm-trace holds it to
+ * that against the device's own trace.
  */
 import { UpciError } from '../kernel/errors.js';
 import type { DeviceFile } from '../kernel/port.js';
@@ -152,22 +157,22 @@ export class MappedSpace extends BaseSpace {
 
   write1(offset: number, value: number): void {
     this.check(offset, 1);
-    Atomics.store(this.u8, offset, value);
+    this.u8[offset] = value;
   }
 
   write2(offset: number, value: number): void {
     this.check(offset, 2);
-    Atomics.store(this.u16, offset >>> 1, value);
+    this.u16[offset >>> 1] = value;
   }
 
   write4(offset: number, value: number): void {
     this.check(offset, 4);
-    Atomics.store(this.u32, offset >>> 2, value);
+    this.u32[offset >>> 2] = value;
   }
 
   write8(offset: number, value: bigint): void {
     this.check(offset, 8);
-    Atomics.store(this.u64, offset >>> 3, value);
+    this.u64[offset >>> 3] = value;
   }
 
   release(): void {

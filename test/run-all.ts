@@ -37,7 +37,10 @@ function runUnit(): Promise<string> {
   });
 }
 
-async function runVm(): Promise<string> {
+/** The guest's view of the trace log: the results share is its /tmp/upci-out. */
+const GUEST_TRACE_LOG = '/tmp/upci-out/qemu-trace.log';
+
+async function runVm(suite: 'vm' | 'trace'): Promise<string> {
   const result = await runInVm({
     devices: defaultDevices,
     command: [process.execPath, AVA, '--tap'],
@@ -45,6 +48,9 @@ async function runVm(): Promise<string> {
     memoryMiB: 2048,
     cpus: 2,
     onConsole: (text) => process.stdout.write(text),
+    ...(suite === 'trace'
+      ? { env: { UPCI_SUITE: 'trace', UPCI_QEMU_TRACE: GUEST_TRACE_LOG }, qemuTrace: ['memory_region_ops_read', 'memory_region_ops_write'] }
+      : {}),
   });
   await rm(result.outDir, { recursive: true, force: true });
   if (result.guestError) console.error(`VM suite: the guest could not start the tests: ${result.guestError}`);
@@ -55,12 +61,17 @@ async function runVm(): Promise<string> {
 const suites: [string, Counts][] = [];
 console.log('# unit suite (this machine)');
 suites.push(['unit', countTap(await runUnit())]);
-console.log('# VM suite (QEMU q35 + intel-iommu, devices bound to vfio-pci)');
-try {
-  suites.push(['vm', countTap(await runVm())]);
-} catch (e) {
-  console.error(`VM suite could not run: ${(e as Error).message}`);
-  suites.push(['vm', { passed: 0, failed: 1, skipped: 0, complete: false }]);
+for (const [suite, title] of [
+  ['vm', 'VM suite (QEMU q35 + intel-iommu, devices bound to vfio-pci)'],
+  ['trace', 'VM trace suite (the same, with QEMU tracing every MMIO access)'],
+] as const) {
+  console.log(`# ${title}`);
+  try {
+    suites.push([suite, countTap(await runVm(suite))]);
+  } catch (e) {
+    console.error(`${title} could not run: ${(e as Error).message}`);
+    suites.push([suite, { passed: 0, failed: 1, skipped: 0, complete: false }]);
+  }
 }
 
 for (const [name, c] of suites) {
