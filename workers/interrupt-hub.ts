@@ -15,6 +15,8 @@ export type SlotListener = (count: number) => void;
 
 /** How long the worker outlives its last slot, so establish/disestablish loops do not restart it each time. */
 const LINGER_MS = 200;
+/** Removed fds allowed to wait for the worker's epoch before register() waits for it. */
+const MAX_PENDING_CLOSES = 32;
 
 class Session {
   readonly buffer = createBoardBuffer();
@@ -52,7 +54,8 @@ class Session {
   }
 
   register(fd: number, listener: SlotListener): number {
-    if (this.freeSlots.length === 0 && this.nextSlot >= SLOT_COUNT) this.reclaim(true);
+    // A caller that never yields (an establish/release loop) would otherwise pile up fds until EMFILE.
+    this.reclaim(this.closing.length >= MAX_PENDING_CLOSES || (this.freeSlots.length === 0 && this.nextSlot >= SLOT_COUNT));
     const slot = this.freeSlots.pop() ?? this.nextSlot++;
     if (slot >= SLOT_COUNT) throw new UpciError('BUSY', `more than ${SLOT_COUNT - 1} interrupt vectors in one process`);
     this.seen[slot] = Atomics.load(this.board.counts, slot);
