@@ -3,7 +3,7 @@
  * and I/O ports, config space against sysfs, release and error paths.
  */
 import test from 'ava';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -204,6 +204,14 @@ test('error: an IOMMU group that also holds a device owned by a kernel driver is
   const error = t.throws(() => PciDevice.open(bench.eduInSharedGroup), { code: 'GROUP_NOT_VIABLE' } as never);
   t.regex(error?.message ?? '', /uio_pci_generic/);
   t.regex(error?.message ?? '', /upci bind/);
+});
+
+test('`upci bind` on a device whose group is not viable explains which device blocks it', (t) => {
+  const run = spawnSync(process.execPath, ['dist/bin/upci.js', 'bind', bench.eduInSharedGroup], { encoding: 'utf8' });
+  t.is(run.status, 1);
+  t.regex(run.stderr, /IOMMU group \d+ also holds 0000:01:02\.0 \(bound to uio_pci_generic\)/);
+  t.regex(run.stderr, /fix: bind every device of the group: upci bind 0000:01:02\.0/);
+  t.notRegex(run.stderr, /\n\s+at /, 'a clear error, not a stack trace');
 });
 
 test('error: /dev/vfio missing', (t) => {
