@@ -9,6 +9,7 @@ import type { PciAddress } from '../pci-address.js';
 import type {
   DeviceFile, DmaAccess, DmaDomain, IovaRange, IrqInfo, IrqKind, KernelPort, MmapArea, MmapSource, RegionInfo, RegionKind,
 } from '../port.js';
+import { RegionTable } from '../region-table.js';
 import * as abi from './vfio-abi.js';
 import { describeBlockers, groupBlockers, requireUsable, type SysfsRoots, defaultRoots } from './sysfs.js';
 
@@ -120,10 +121,9 @@ class VfioGroup implements DmaDomain {
 }
 
 class VfioDevice implements DeviceFile {
-  readonly regions: readonly RegionInfo[];
+  private readonly table: RegionTable;
   readonly irqs: Readonly<Record<IrqKind, IrqInfo>>;
   readonly canReset: boolean;
-  private readonly regionOffsets: readonly number[];
   private closed = false;
 
   constructor(
@@ -145,8 +145,7 @@ class VfioDevice implements DeviceFile {
       regions.push(region);
       offsets.push(fileOffset);
     }
-    this.regions = regions;
-    this.regionOffsets = offsets;
+    this.table = new RegionTable(address, regions, offsets);
     this.irqs = {
       intx: this.queryIrq('intx'),
       msi: this.queryIrq('msi'),
@@ -222,30 +221,22 @@ class VfioDevice implements DeviceFile {
     if (this.closed) throw new UpciError('RELEASED', `${this.address} has been released`, 'open the device again');
   }
 
+  get regions(): readonly RegionInfo[] {
+    return this.table.regions;
+  }
+
   region(index: number): RegionInfo {
-    const region = this.regions[index];
-    if (region === undefined || region.size === 0) {
-      throw new UpciError('NO_SUCH_REGION', `${this.address} has no region ${index}`, 'see `upci info` for the regions it has');
-    }
-    return region;
+    return this.table.region(index);
   }
 
   mmapSource(index: number, area: MmapArea): MmapSource {
     this.live();
-    const region = this.region(index);
-    if (!region.mmapAreas.some((a) => a.offset === area.offset && a.size === area.size)) {
-      throw new UpciError('NOT_MAPPABLE', `${this.address} region ${index} has no mmappable area at +0x${area.offset.toString(16)} of ${area.size} bytes`);
-    }
-    return { fd: this.fd, fileOffset: this.regionOffsets[index]! + area.offset, size: area.size, writable: region.writable };
+    return this.table.mmapSource(this.fd, index, area);
   }
 
   private checkAccess(index: number, offset: number, length: number): number {
     this.live();
-    const region = this.region(index);
-    if (!Number.isInteger(offset) || offset < 0 || offset + length > region.size) {
-      throw new UpciError('OUT_OF_RANGE', `${this.address} region ${index}: ${length} bytes at 0x${offset.toString(16)} fall outside its ${region.size} bytes`);
-    }
-    return this.regionOffsets[index]! + offset;
+    return this.table.locate(index, offset, length).fileOffset;
   }
 
   readRegion(index: number, offset: number, buf: Buffer): void {

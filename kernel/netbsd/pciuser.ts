@@ -22,6 +22,7 @@ import type {
   DeviceFile, DmaAccess, DmaDomain, IovaRange, IrqInfo, IrqKind, KernelPort, MmapArea, MmapSource, RegionInfo, RegionKind,
 } from '../port.js';
 import * as abi from './pciuser-abi.js';
+import { RegionTable } from '../region-table.js';
 import * as nb from './libc.js';
 
 /** Region indexes as VFIO numbers them, so pci/device.ts is the same on both. */
@@ -243,11 +244,10 @@ export class NetbsdDma implements DmaDomain {
  * the mmap source of its BARs and DMA memory, and its interrupt event source.
  */
 export class NetbsdDevice implements DeviceFile {
-  readonly regions: readonly RegionInfo[];
+  private readonly table: RegionTable;
   readonly irqs: Readonly<Record<IrqKind, IrqInfo>>;
   readonly canReset = false;
   readonly dma: NetbsdDma;
-  private readonly cookies: readonly number[];
   private readonly ioBars: readonly boolean[];
   private established: IrqKind | undefined;
   private closed = false;
@@ -271,14 +271,14 @@ export class NetbsdDevice implements DeviceFile {
       cookies.push(Number(t.get(claim, abi.claimBarField(bar, 'pub_cookie'))));
       ioBars.push((flags & abi.PCIUSER_BAR_IO) !== 0);
     }
-    this.cookies = cookies;
     this.ioBars = ioBars;
     // pciuser(4) offers no expansion ROM access and no VGA ranges.
     regions.push(absent(ROM_INDEX));
     const configSize = this.hasPciExpress() ? PCI_EXTCONF_SIZE : PCI_CONF_SIZE;
     regions.push({ index: CONFIG_INDEX, kind: 'config', size: configSize, readable: true, writable: true, mmapAreas: [] });
     regions.push(absent(VGA_INDEX));
-    this.regions = regions;
+    // Config space is reached through ioctls, never at a file offset: its cookie is unused.
+    this.table = new RegionTable(address, regions, [...cookies, 0, 0, 0]);
 
     const caps = t.get(claim, 'puc_caps');
     this.irqs = {
@@ -308,30 +308,22 @@ export class NetbsdDevice implements DeviceFile {
     if (this.closed) throw new UpciError('RELEASED', `${this.address} has been released`, 'open the device again');
   }
 
+  get regions(): readonly RegionInfo[] {
+    return this.table.regions;
+  }
+
   region(index: number): RegionInfo {
-    const region = this.regions[index];
-    if (region === undefined || region.size === 0) {
-      throw new UpciError('NO_SUCH_REGION', `${this.address} has no region ${index}`, 'see `upci info` for the regions it has');
-    }
-    return region;
+    return this.table.region(index);
   }
 
   mmapSource(index: number, area: MmapArea): MmapSource {
     this.live();
-    const region = this.region(index);
-    if (!region.mmapAreas.some((a) => a.offset === area.offset && a.size === area.size)) {
-      throw new UpciError('NOT_MAPPABLE', `${this.address} region ${index} has no mmappable area at +0x${area.offset.toString(16)} of ${area.size} bytes`);
-    }
-    return { fd: this.fd, fileOffset: this.cookies[index]! + area.offset, size: area.size, writable: region.writable };
+    return this.table.mmapSource(this.fd, index, area);
   }
 
   private checkAccess(index: number, offset: number, length: number): RegionInfo {
     this.live();
-    const region = this.region(index);
-    if (!Number.isInteger(offset) || offset < 0 || offset + length > region.size) {
-      throw new UpciError('OUT_OF_RANGE', `${this.address} region ${index}: ${length} bytes at 0x${offset.toString(16)} fall outside its ${region.size} bytes`);
-    }
-    return region;
+    return this.table.locate(index, offset, length).region;
   }
 
   private cfgRead(reg: number): number {
@@ -490,7 +482,7 @@ export class NetbsdDevice implements DeviceFile {
   disableIrqs(kind: IrqKind): void {
     this.live();
     if (this.established !== kind) return;
-    nb.ioctlVoid(this.fd, abi.ioctls.PCIUSER_IOC_INTR_DISESTABLISH, `PCIUSER_IOC_INTR_DISESTABLISH ${this.address}`);
+    nb.ioctlValue(this.fd, abi.ioctls.PCIUSER_IOC_INTR_DISESTABLISH, 0, `PCIUSER_IOC_INTR_DISESTABLISH ${this.address}`);
     this.established = undefined;
   }
 

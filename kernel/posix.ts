@@ -1,0 +1,91 @@
+/**
+ * The POSIX calls every kernel port makes, bound through koffi to the OS's
+ * libc on first use (so importing a port for another OS costs nothing). Only
+ * the library name and the OS's constant values differ between ports.
+ */
+import koffi, { type LibraryHandle } from 'koffi';
+import { SyscallError } from './errors.js';
+
+export interface PosixConstants {
+  readonly O_CLOEXEC: number;
+  readonly EAGAIN: number;
+  readonly EINTR: number;
+}
+
+export function posix(libraryName: string, k: PosixConstants) {
+  let library: LibraryHandle | undefined;
+  let bound: ReturnType<typeof bind> | undefined;
+
+  function bind(lib: LibraryHandle) {
+    return {
+      open: lib.func('int open(const char *path, int flags, int mode)'),
+      close: lib.func('int close(int fd)'),
+      // Two fixed prototypes rather than koffi's variadic call, which parses its argument types on every call.
+      ioctlPointer: lib.func('int ioctl(int fd, unsigned long request, uint8_t *arg)'),
+      ioctlInteger: lib.func('int ioctl(int fd, unsigned long request, unsigned long arg)'),
+      pread: lib.func('intptr_t pread(int fd, _Out_ uint8_t *buf, size_t count, int64_t offset)'),
+      pwrite: lib.func('intptr_t pwrite(int fd, const uint8_t *buf, size_t count, int64_t offset)'),
+      read: lib.func('intptr_t read(int fd, _Out_ uint8_t *buf, size_t count)'),
+      write: lib.func('intptr_t write(int fd, const uint8_t *buf, size_t count)'),
+    };
+  }
+
+  const lib = (): LibraryHandle => (library ??= koffi.load(libraryName));
+  const c = () => (bound ??= bind(lib()));
+  const errno = (): number => koffi.errno();
+
+  return {
+    /** The loaded libc, for the calls only one OS has (eventfd, epoll, kqueue). */
+    library: lib,
+    errno,
+
+    /** open(2), always close-on-exec; throws SyscallError with errno (callers map it to advice). */
+    open(path: string, flags: number): number {
+      const fd = c().open(path, flags | k.O_CLOEXEC, 0) as number;
+      if (fd < 0) throw new SyscallError(`open ${path}`, errno());
+      return fd;
+    },
+
+    close(fd: number): void {
+      c().close(fd);
+    },
+
+    /** ioctl(2) with an argument struct in `arg` (read and written in place). */
+    ioctlBuffer(fd: number, request: number, arg: Buffer, what: string): number {
+      const rc = c().ioctlPointer(fd, request, arg) as number;
+      if (rc < 0) throw new SyscallError(what, errno());
+      return rc;
+    },
+
+    /** ioctl(2) whose argument is an integer (0 for none). */
+    ioctlValue(fd: number, request: number, value: number, what: string): number {
+      const rc = c().ioctlInteger(fd, request, value) as number;
+      if (rc < 0) throw new SyscallError(what, errno());
+      return rc;
+    },
+
+    preadExact(fd: number, buf: Buffer, offset: number, what: string): void {
+      const n = c().pread(fd, buf, buf.length, offset) as number;
+      if (n !== buf.length) throw new SyscallError(`${what} (read ${n} of ${buf.length} bytes)`, n < 0 ? errno() : 5);
+    },
+
+    pwriteExact(fd: number, buf: Buffer, offset: number, what: string): void {
+      const n = c().pwrite(fd, buf, buf.length, offset) as number;
+      if (n !== buf.length) throw new SyscallError(`${what} (wrote ${n} of ${buf.length} bytes)`, n < 0 ? errno() : 5);
+    },
+
+    /** read(2): bytes read, or -1 when a non-blocking fd has nothing to read (EAGAIN). */
+    readSome(fd: number, buf: Buffer, what: string): number {
+      const n = c().read(fd, buf, buf.length) as number;
+      if (n >= 0) return n;
+      const e = errno();
+      if (e === k.EAGAIN) return -1;
+      throw new SyscallError(what, e);
+    },
+
+    writeAll(fd: number, buf: Buffer, what: string): void {
+      const n = c().write(fd, buf, buf.length) as number;
+      if (n !== buf.length) throw new SyscallError(what, n < 0 ? errno() : 5);
+    },
+  };
+}
