@@ -27,7 +27,7 @@ export async function runBenchmarkInVm(options: BenchmarkOptions): Promise<numbe
   const dir = await mkdtemp(`/var/tmp/upci-${options.name}-bench-`);
   try {
     const binary = join(dir, options.name);
-    execFileSync('cc', ['-O2', '-Wall', '-Werror', '-static', '-o', binary, join(root, 'vm', 'benchmarks', options.reference)], { stdio: 'inherit' });
+    execFileSync('cc', ['-O2', '-Wall', '-Werror', '-static', '-pthread', '-o', binary, join(root, 'vm', 'benchmarks', options.reference)], { stdio: 'inherit' });
     const result = await runInVm({
       devices: defaultDevices,
       command: ['node', join(root, 'dist', 'vm', 'benchmarks', options.script), '--guest', binary, ...options.args],
