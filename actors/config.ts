@@ -1,0 +1,159 @@
+/**
+ * The host config file (JSON) and its validation. Every problem is one
+ * ConfigError naming the offending key; nothing is claimed until the whole
+ * file is valid.
+ *
+ *   {
+ *     "watchdogMs": 1000,                       // INTx event not acked within this: the driver is hung
+ *     "restart": { "initialDelayMs": 100, "maxDelayMs": 5000, "maxRestarts": 5 },
+ *     "statsIntervalMs": 1000,                  // interrupt-rate / DMA sampling
+ *     "shutdownTimeoutMs": 5000,                // graceful release bound, then devices are force-closed
+ *     "devices": [
+ *       { "address": "0000:00:04.0", "driver": "edu", "options": { "interrupt": "intx" } },
+ *       { "address": "0000:00:06.0" }           // no driver: the first whose match table fits
+ *     ]
+ *   }
+ */
+import { readFileSync } from 'node:fs';
+import type { AnyDriver, DriverRegistry, OptionsOf, OptionsSchema } from '../drivers/contract.js';
+import { parsePciAddress, type PciAddress } from '../kernel/pci-address.js';
+import { ConfigError, describe } from './config-error.js';
+import { validateOptions } from './options.js';
+
+export interface RestartPolicy {
+  /** Delay before the first restart; each further one doubles it. */
+  readonly initialDelayMs: number;
+  readonly maxDelayMs: number;
+  /** Restarts allowed before the device is given up (released). */
+  readonly maxRestarts: number;
+}
+
+export interface Supervision {
+  readonly watchdogMs: number;
+  readonly restart: RestartPolicy;
+}
+
+/** Which driver a device entry gets: named in the config (options checked now), or found by match once the device is open. */
+export type DriverChoice =
+  | { readonly kind: 'named'; readonly driver: AnyDriver; readonly options: OptionsOf<OptionsSchema> }
+  | { readonly kind: 'match'; readonly options: unknown };
+
+export interface DeviceEntry {
+  /** Where the entry is in the file, e.g. `devices[1]`, for later errors. */
+  readonly path: string;
+  readonly address: PciAddress;
+  readonly choice: DriverChoice;
+  readonly supervision: Supervision;
+}
+
+export interface HostConfig {
+  readonly devices: readonly DeviceEntry[];
+  readonly statsIntervalMs: number;
+  readonly shutdownTimeoutMs: number;
+}
+
+export const DEFAULT_SUPERVISION: Supervision = {
+  watchdogMs: 1000,
+  restart: { initialDelayMs: 100, maxDelayMs: 5000, maxRestarts: 5 },
+};
+
+type Json = Record<string, unknown>;
+
+function object(value: unknown, path: string): Json {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ConfigError(path, `expected an object, got ${describe(value)}`);
+  return value as Json;
+}
+
+/** The path of `key` inside `path` ('' is the root). */
+const at = (path: string, key: string) => (path === '' ? key : `${path}.${key}`);
+
+function onlyKeys(value: Json, path: string, allowed: readonly string[]): void {
+  for (const key of Object.keys(value)) {
+    if (!allowed.includes(key)) throw new ConfigError(at(path, key), 'unknown key', { fix: `allowed here: ${allowed.join(', ')}` });
+  }
+}
+
+function integer(value: unknown, path: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value)) throw new ConfigError(path, `expected integer, got ${describe(value)}`);
+  if (value < min || value > max) throw new ConfigError(path, `${value} is outside ${min}..${max}`);
+  return value;
+}
+
+function restartPolicy(value: unknown, path: string, base: RestartPolicy): RestartPolicy {
+  if (value === undefined) return base;
+  const r = object(value, path);
+  onlyKeys(r, path, ['initialDelayMs', 'maxDelayMs', 'maxRestarts']);
+  const initialDelayMs = integer(r.initialDelayMs, `${path}.initialDelayMs`, base.initialDelayMs, 0, 3_600_000);
+  const maxDelayMs = integer(r.maxDelayMs, `${path}.maxDelayMs`, Math.max(base.maxDelayMs, initialDelayMs), 0, 3_600_000);
+  if (maxDelayMs < initialDelayMs) throw new ConfigError(`${path}.maxDelayMs`, `${maxDelayMs} is below initialDelayMs ${initialDelayMs}`);
+  return { initialDelayMs, maxDelayMs, maxRestarts: integer(r.maxRestarts, `${path}.maxRestarts`, base.maxRestarts, 0, 1000) };
+}
+
+function supervision(value: Json, path: string, base: Supervision): Supervision {
+  return {
+    watchdogMs: integer(value.watchdogMs, at(path, 'watchdogMs'), base.watchdogMs, 1, 3_600_000),
+    restart: restartPolicy(value.restart, at(path, 'restart'), base.restart),
+  };
+}
+
+function driverChoice(entry: Json, path: string, registry: DriverRegistry): DriverChoice {
+  if (entry.driver === undefined) {
+    if (entry.options !== undefined) object(entry.options, `${path}.options`);
+    return { kind: 'match', options: entry.options };
+  }
+  if (typeof entry.driver !== 'string') throw new ConfigError(`${path}.driver`, `expected a driver name, got ${describe(entry.driver)}`);
+  const driver = registry.get(entry.driver);
+  if (driver === undefined) {
+    throw new ConfigError(`${path}.driver`, `unknown driver ${JSON.stringify(entry.driver)}`, { fix: `known drivers: ${[...registry.keys()].join(', ')}` });
+  }
+  return { kind: 'named', driver, options: validateOptions(driver.options, entry.options, `${path}.options`) };
+}
+
+/** Validates a parsed config file against the drivers in `registry`. */
+export function parseHostConfig(value: unknown, registry: DriverRegistry): HostConfig {
+  const root = object(value, '(config)');
+  onlyKeys(root, '', ['devices', 'watchdogMs', 'restart', 'statsIntervalMs', 'shutdownTimeoutMs']);
+  const defaults = supervision(root, '', DEFAULT_SUPERVISION);
+  if (!Array.isArray(root.devices)) throw new ConfigError('devices', `expected an array of devices, got ${describe(root.devices)}`);
+  if (root.devices.length === 0) throw new ConfigError('devices', 'is empty', { fix: 'list at least one { "address": ..., "driver": ... }' });
+  const seen = new Map<PciAddress, string>();
+  const devices = root.devices.map((raw, i): DeviceEntry => {
+    const path = `devices[${i}]`;
+    const entry = object(raw, path);
+    onlyKeys(entry, path, ['address', 'driver', 'options', 'watchdogMs', 'restart']);
+    if (typeof entry.address !== 'string') throw new ConfigError(`${path}.address`, `expected a PCI address string, got ${describe(entry.address)}`);
+    let address: PciAddress;
+    try {
+      address = parsePciAddress(entry.address);
+    } catch (e) {
+      throw new ConfigError(`${path}.address`, `${JSON.stringify(entry.address)} is not a PCI address`, { fix: 'write it as DDDD:BB:SS.F, e.g. 0000:00:04.0', cause: e });
+    }
+    const earlier = seen.get(address);
+    if (earlier !== undefined) throw new ConfigError(`${path}.address`, `${address} is already bound by ${earlier}`, { fix: 'list each device once' });
+    seen.set(address, path);
+    return { path, address, choice: driverChoice(entry, path, registry), supervision: supervision(entry, path, defaults) };
+  });
+  return {
+    devices,
+    statsIntervalMs: integer(root.statsIntervalMs, 'statsIntervalMs', 1000, 50, 3_600_000),
+    shutdownTimeoutMs: integer(root.shutdownTimeoutMs, 'shutdownTimeoutMs', 5000, 100, 600_000),
+  };
+}
+
+/** Reads and validates a config file. */
+export function loadHostConfig(file: string, registry: DriverRegistry): HostConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ConfigError(file, `cannot be read (${(e as NodeJS.ErrnoException).code ?? String(e)})`, { cause: e });
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(file, `is not JSON: ${(e as Error).message}`, { cause: e });
+  }
+  return parseHostConfig(value, registry);
+}

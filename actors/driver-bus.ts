@@ -1,0 +1,150 @@
+/**
+ * The DriverBus a driver gets at attach: hands out the device's public
+ * bus_space, pci_intr and bus_dma objects, records each one, and puts a
+ * watchdog on INTx events, so the device actor can take everything back
+ * (quiesce) whether the driver stopped cleanly, crashed or hung.
+ */
+import { Observable } from 'rxjs';
+import type { DriverBus, DriverInterrupts, DriverVector } from '../drivers/contract.js';
+import { BusDma } from '../pci/bus-dma.js';
+import type { BusSpace } from '../pci/bus-space.js';
+import { PCI_COMMAND, PCI_COMMAND_MASTER, type ConfigHeader } from '../pci/config.js';
+import type { Bar, PciDevice } from '../pci/device.js';
+import { Interrupts, type InterruptEvent, type InterruptOptions, type InterruptType, type InterruptVector } from '../pci/intr.js';
+import type { DeviceMeter } from './meter.js';
+
+export interface BusHooks {
+  readonly watchdogMs: number;
+  readonly meter: DeviceMeter;
+  /** An INTx event was not acked within watchdogMs: the driver is hung with the line masked. */
+  onStall(vector: number, waitedMs: number): void;
+  onNote(message: string): void;
+}
+
+/**
+ * The events of one vector, counted, with each INTx event's ack watched:
+ * the watchdog starts when the event is delivered and stops at ack().
+ */
+function watched(vector: InterruptVector, type: InterruptType, hooks: BusHooks): Observable<InterruptEvent> {
+  return new Observable<InterruptEvent>((subscriber) => {
+    const timers = new Set<NodeJS.Timeout>();
+    const inner = vector.events.subscribe({
+      next: (event) => {
+        hooks.meter.interrupts += event.count;
+        // MSI and MSI-X need no ack to keep flowing: only a masked INTx line can hang.
+        if (type !== 'intx') return subscriber.next(event);
+        const timer = setTimeout(() => {
+          timers.delete(timer);
+          hooks.onStall(vector.index, hooks.watchdogMs);
+        }, hooks.watchdogMs);
+        timers.add(timer);
+        subscriber.next({
+          vector: event.vector,
+          count: event.count,
+          ack: (claimed?: boolean) => {
+            clearTimeout(timer);
+            timers.delete(timer);
+            event.ack(claimed);
+          },
+        });
+      },
+      error: (e: unknown) => subscriber.error(e),
+      complete: () => subscriber.complete(),
+    });
+    return () => {
+      inner.unsubscribe();
+      for (const t of timers) clearTimeout(t);
+    };
+  });
+}
+
+export class AttachedBus implements DriverBus {
+  private readonly spaces: BusSpace[] = [];
+  private readonly interrupts: Interrupts[] = [];
+  private busDma: BusDma | undefined;
+  private released = false;
+
+  constructor(
+    private readonly device: PciDevice,
+    readonly incarnation: number,
+    private readonly hooks: BusHooks,
+  ) {}
+
+  get address() {
+    return this.device.address;
+  }
+
+  header(): ConfigHeader {
+    return this.device.header();
+  }
+
+  bars(): Bar[] {
+    return this.device.bars();
+  }
+
+  mapBar(index: number): BusSpace {
+    this.live();
+    const space = this.device.mapBar(index);
+    this.spaces.push(space);
+    return space;
+  }
+
+  establishInterrupts(options?: InterruptOptions): DriverInterrupts {
+    this.live();
+    const irq = Interrupts.establish(this.device, options);
+    this.interrupts.push(irq);
+    const vectors: DriverVector[] = irq.vectors.map((v) => ({ index: v.index, events: watched(v, irq.type, this.hooks) }));
+    return { type: irq.type, vectors };
+  }
+
+  dma(): BusDma {
+    this.live();
+    this.busDma ??= BusDma.forDevice(this.device);
+    this.hooks.meter.dma = this.busDma;
+    return this.busDma;
+  }
+
+  note(message: string): void {
+    if (!this.released) this.hooks.onNote(message);
+  }
+
+  private live(): void {
+    if (this.released) throw new Error(`${this.address}: this DriverBus was reclaimed by the host (the driver was stopped)`);
+  }
+
+  /**
+   * Quiesce: bus mastering off first (no DMA, no MSI can leave the device),
+   * then interrupts disabled in the kernel (their streams complete, which
+   * also clears pending watchdogs), DMA maps unloaded and memory freed (the
+   * IOMMU mappings go), BAR mappings revoked. Idempotent; every step runs
+   * even if one fails, and the failures are thrown together.
+   */
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    const errors: unknown[] = [];
+    const step = (fn: () => void) => {
+      try {
+        fn();
+      } catch (e) {
+        errors.push(e);
+      }
+    };
+    if (this.device.isOpen) step(() => this.device.config.update(2, PCI_COMMAND, PCI_COMMAND_MASTER, 0));
+    for (const irq of this.interrupts) step(() => irq.release());
+    const dma = this.busDma;
+    if (dma !== undefined && this.device.isOpen) {
+      for (const load of [...dma.loads]) step(() => load.unload({ quiesce: true }));
+      for (const memory of [...dma.memories]) step(() => memory.free({ quiesce: true }));
+    }
+    if (this.hooks.meter.dma === dma) this.hooks.meter.dma = undefined;
+    if (this.device.isOpen) for (const space of this.spaces) step(() => this.device.unmapBar(space));
+    if (errors.length === 1) throw errors[0];
+    if (errors.length > 1) throw new AggregateError(errors, `${this.address}: ${errors.length} quiesce steps failed`);
+  }
+}
+
+/** Bus mastering off on a device that may have no DriverBus (a failed attach, a forced stop). */
+export function stopBusMaster(device: PciDevice): void {
+  if (device.isOpen) device.config.update(2, PCI_COMMAND, PCI_COMMAND_MASTER, 0);
+}

@@ -1,0 +1,18 @@
+import type { PciAddress } from '../kernel/pci-address.js';
+import type { DeviceStateName, Fault, Outcome, Release, ResetKind } from './device-machine.js';
+
+/** What the host reports, as one RxJS stream; `at` is Date.now(). */
+export type HostEvent =
+  | { readonly type: 'state'; readonly at: number; readonly address: PciAddress; readonly driver: string; readonly state: DeviceStateName; readonly incarnation: number }
+  | { readonly type: 'fault'; readonly at: number; readonly address: PciAddress; readonly fault: Fault }
+  | { readonly type: 'restart'; readonly at: number; readonly address: PciAddress; readonly attempt: number; readonly delayMs: number; readonly reset: ResetKind }
+  | { readonly type: 'released'; readonly at: number; readonly address: PciAddress; readonly outcome: Outcome; readonly release: Release }
+  | {
+    readonly type: 'stats'; readonly at: number; readonly address: PciAddress;
+    /** Delivered since start, all incarnations. */
+    readonly interrupts: number;
+    readonly interruptsPerSecond: number;
+    readonly dmaBytesMapped: number;
+  }
+  | { readonly type: 'note'; readonly at: number; readonly address: PciAddress; readonly message: string }
+  | { readonly type: 'host'; readonly at: number; readonly phase: 'running' | 'stopping' | 'stopped' | 'forced'; readonly detail?: string };

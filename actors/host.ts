@@ -1,0 +1,265 @@
+/**
+ * The driver host: claims the configured devices (all or nothing), spawns
+ * one device actor per device under a root host actor, and reports
+ * everything as one RxJS stream. Each device actor supervises its own
+ * driver (see device-machine.ts), so a crash or hang on one device is
+ * handled there while the others keep running.
+ *
+ *   const host = DriverHost.claim(loadHostConfig(file, builtinDrivers));
+ *   host.events.subscribe(console.log);
+ *   host.start();
+ *   ...
+ *   await host.shutdown();     // graceful, bounded by shutdownTimeoutMs
+ */
+import { Subject, type Observable } from 'rxjs';
+import { createActor, enqueueActions, setup, toPromise, type Actor, type InspectionEvent, type Observer } from 'xstate';
+import type { DriverRegistry } from '../drivers/contract.js';
+import { builtinDrivers } from '../drivers/index.js';
+import type { PciAddress } from '../kernel/pci-address.js';
+import { PciDevice } from '../pci/device.js';
+import { restartDelay } from './backoff.js';
+import { claimAll, type Claim } from './claim.js';
+import type { HostConfig } from './config.js';
+import { deviceMachineFor, stateName, type DeviceActorInput, type DeviceStateName, type DeviceActorRef, type DeviceOutput } from './device-machine.js';
+import type { HostEvent } from './events.js';
+import { DeviceMeter } from './meter.js';
+
+export interface HostOptions {
+  readonly registry?: DriverRegistry;
+  /** How devices are opened; PciDevice.open by default (unit tests pass one over a fake kernel port). */
+  readonly open?: (address: PciAddress) => PciDevice;
+  /** An XState inspection observer for the root actor: it sees the host, every device actor and every driver machine. */
+  readonly inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
+}
+
+export interface ShutdownReport {
+  readonly elapsedMs: number;
+  /** The graceful release overran shutdownTimeoutMs (or forceRelease was called) and devices were closed directly. */
+  readonly forced: boolean;
+  readonly devices: readonly DeviceOutput[];
+}
+
+interface Spawn {
+  readonly claim: Claim;
+  readonly input: DeviceActorInput;
+}
+
+const hostMachine = setup({
+  types: {
+    input: {} as { spawns: readonly Spawn[] },
+    context: {} as { devices: readonly DeviceActorRef[] },
+    events: {} as { type: 'START' } | { type: 'SHUTDOWN' },
+  },
+  actions: {
+    broadcast: enqueueActions(({ context, enqueue }, params: { type: 'START' | 'STOP' }) => {
+      for (const device of context.devices) enqueue.sendTo(device, { type: params.type });
+    }),
+  },
+}).createMachine({
+  id: 'host',
+  context: ({ input, spawn }) => ({
+    devices: input.spawns.map(({ claim, input: deviceInput }) =>
+      spawn(deviceMachineFor(claim.driver), { systemId: claim.entry.address, input: deviceInput })),
+  }),
+  initial: 'claimed',
+  states: {
+    claimed: {
+      on: {
+        START: { target: 'running', actions: { type: 'broadcast', params: { type: 'START' } } },
+        SHUTDOWN: 'stopping',
+      },
+    },
+    running: { on: { SHUTDOWN: 'stopping' } },
+    stopping: { entry: { type: 'broadcast', params: { type: 'STOP' } } },
+  },
+});
+
+export class DriverHost {
+  private readonly subject = new Subject<HostEvent>();
+  /** Everything the host reports; subscribe before start() to see every transition. */
+  readonly events: Observable<HostEvent> = this.subject.asObservable();
+  private readonly actor: Actor<typeof hostMachine>;
+  private readonly meters = new Map<PciAddress, DeviceMeter>();
+  private statsTimer: NodeJS.Timeout | undefined;
+  private stopping: Promise<ShutdownReport> | undefined;
+  private forced = false;
+  private readonly claims: readonly { ref: DeviceActorRef; claim: Claim }[];
+  private watching = false;
+  /** Resolves when every device actor has ended (released), however it ended. */
+  readonly settled: Promise<DeviceOutput[]>;
+
+  private constructor(
+    private readonly config: HostConfig,
+    claims: readonly Claim[],
+    options: HostOptions,
+  ) {
+    const open = options.open ?? ((address: PciAddress) => PciDevice.open(address));
+    const spawns = claims.map((claim): Spawn => {
+      const meter = new DeviceMeter();
+      this.meters.set(claim.entry.address, meter);
+      const address = claim.entry.address;
+      return {
+        claim,
+        input: {
+          address,
+          device: claim.device,
+          driver: claim.driver,
+          options: claim.options,
+          supervision: claim.entry.supervision,
+          meter,
+          reopen: open,
+          onNote: (message) => this.emit({ type: 'note', at: Date.now(), address, message }),
+        },
+      };
+    });
+    this.actor = createActor(hostMachine, { input: { spawns }, ...(options.inspect === undefined ? {} : { inspect: options.inspect }) });
+    this.actor.start();
+    const refs = this.actor.getSnapshot().context.devices;
+    this.claims = refs.map((ref, i) => ({ ref, claim: spawns[i]!.claim }));
+    this.settled = Promise.all(refs.map((ref, i) => this.outcomeOf(ref, spawns[i]!.claim)));
+  }
+
+  /** Claims every device of the config (all or nothing: a ConfigError leaves none open); start() runs them. */
+  static claim(config: HostConfig, options: HostOptions = {}): DriverHost {
+    const open = options.open ?? ((address: PciAddress) => PciDevice.open(address));
+    return new DriverHost(config, claimAll(config, options.registry ?? builtinDrivers, open), options);
+  }
+
+  private emit(event: HostEvent): void {
+    this.subject.next(event);
+  }
+
+  get addresses(): PciAddress[] {
+    return [...this.meters.keys()];
+  }
+
+  /** Starts reporting device transitions (at start, so subscribers of `events` see each device's 'claimed'). */
+  private watchAll(): void {
+    if (this.watching) return;
+    this.watching = true;
+    for (const { ref, claim } of this.claims) this.watch(ref, claim);
+  }
+
+  /** Reports every transition of a device actor, and the fault, restart and release details that go with them. */
+  private watch(ref: DeviceActorRef, claim: Claim): void {
+    const address = claim.entry.address;
+    let last: { state: DeviceStateName; backoff: boolean } | undefined;
+    const report = (snapshot: ReturnType<DeviceActorRef['getSnapshot']>) => {
+      const state = stateName(snapshot.value);
+      const backoff = snapshot.matches({ resetting: 'backoff' });
+      if (last !== undefined && last.state === state && last.backoff === backoff) return;
+      const entered = last?.state !== state;
+      last = { state, backoff };
+      const { context } = snapshot;
+      const at = Date.now();
+      if (entered) this.emit({ type: 'state', at, address, driver: claim.driver.name, state, incarnation: context.incarnation });
+      if (entered && state === 'failed' && context.fault !== undefined) this.emit({ type: 'fault', at, address, fault: context.fault });
+      if (backoff) {
+        this.emit({
+          type: 'restart', at, address, attempt: context.restarts,
+          delayMs: restartDelay(context.supervision.restart, context.restarts), reset: context.lastReset ?? 'reopen',
+        });
+      }
+      if (snapshot.status === 'done') this.emit({ type: 'released', at, address, outcome: snapshot.output.outcome, release: snapshot.output.released });
+    };
+    // An actor's subscribers get its next snapshots, not the current one.
+    report(ref.getSnapshot());
+    ref.subscribe(report);
+  }
+
+  /**
+   * A device actor's end. One that errors itself (a bug in the host, not in
+   * a driver) still gives its device back: closed directly.
+   */
+  private async outcomeOf(ref: DeviceActorRef, claim: Claim): Promise<DeviceOutput> {
+    try {
+      return await toPromise(ref);
+    } catch (e) {
+      const device = ref.getSnapshot().context.device;
+      let error = e instanceof Error ? e.message : String(e);
+      try {
+        device.close();
+      } catch (closeError) {
+        error += `; close: ${String(closeError)}`;
+      }
+      return { address: claim.entry.address, outcome: { kind: 'lost', error }, restarts: ref.getSnapshot().context.restarts, released: { how: 'close', error } };
+    }
+  }
+
+  start(): void {
+    this.emit({ type: 'host', at: Date.now(), phase: 'running' });
+    this.watchAll();
+    this.actor.send({ type: 'START' });
+    let previous = new Map([...this.meters].map(([a, m]) => [a, m.interrupts]));
+    let then = performance.now();
+    this.statsTimer = setInterval(() => {
+      const now = performance.now();
+      for (const [address, meter] of this.meters) {
+        const count = meter.interrupts;
+        const rate = Math.round(((count - (previous.get(address) ?? 0)) * 1000) / (now - then));
+        this.emit({ type: 'stats', at: Date.now(), address, interrupts: count, interruptsPerSecond: rate, dmaBytesMapped: meter.dmaBytesMapped() });
+      }
+      previous = new Map([...this.meters].map(([a, m]) => [a, m.interrupts]));
+      then = now;
+    }, this.config.statsIntervalMs);
+  }
+
+  /** Interrupts delivered to a device's driver so far (all incarnations). */
+  interruptCount(address: PciAddress): number {
+    return this.meters.get(address)?.interrupts ?? 0;
+  }
+
+  /**
+   * Graceful stop: every device actor detaches (driver stopped, device
+   * quiesced and closed). If that takes longer than shutdownTimeoutMs, the
+   * remaining devices are closed directly (forceRelease). Idempotent.
+   */
+  shutdown(): Promise<ShutdownReport> {
+    this.stopping ??= (async () => {
+      const started = performance.now();
+      this.watchAll();
+      this.emit({ type: 'host', at: Date.now(), phase: 'stopping' });
+      this.actor.send({ type: 'SHUTDOWN' });
+      let timer: NodeJS.Timeout | undefined;
+      const overran = await Promise.race([
+        this.settled.then(() => false),
+        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), this.config.shutdownTimeoutMs))),
+      ]);
+      clearTimeout(timer);
+      if (overran) this.forceRelease(`graceful release took longer than ${this.config.shutdownTimeoutMs} ms`);
+      const devices = await this.settled;
+      return this.finish(started, devices);
+    })();
+    return this.stopping;
+  }
+
+  /**
+   * Stops every actor and closes every device at once (PciDevice.close:
+   * bus mastering off first, then interrupts, DMA, BARs, the kernel
+   * handle), without waiting for drivers. For a second signal or an
+   * overrun shutdown.
+   */
+  forceRelease(reason: string): void {
+    if (this.forced) return;
+    this.forced = true;
+    this.emit({ type: 'host', at: Date.now(), phase: 'forced', detail: reason });
+    const devices = this.actor.getSnapshot().context.devices.map((ref) => ref.getSnapshot().context.device);
+    this.actor.stop();
+    for (const device of devices) {
+      try {
+        device.close();
+      } catch {
+        // Closing continues with the next device: a forced stop must not leave any open.
+      }
+    }
+  }
+
+  private finish(started: number, devices: DeviceOutput[]): ShutdownReport {
+    clearInterval(this.statsTimer);
+    const elapsedMs = Math.round(performance.now() - started);
+    this.emit({ type: 'host', at: Date.now(), phase: 'stopped', detail: `${devices.length} device(s) released in ${elapsedMs} ms${this.forced ? ' (forced)' : ''}` });
+    this.actor.stop();
+    this.subject.complete();
+    return { elapsedMs, forced: this.forced, devices };
+  }
+}

@@ -1,0 +1,117 @@
+/**
+ * The driver contract: what a driver module declares (the devices it
+ * matches, its options, how it attaches) and what it is given. A driver's
+ * behaviour is an XState v5 machine; it reaches its device only through
+ * DriverBus, which hands out the public bus_space, bus_dma and pci_intr
+ * objects and records them, so the host can quiesce and reclaim everything
+ * a driver holds when it fails or is stopped.
+ */
+import type { Observable } from 'rxjs';
+import type { AnyActorLogic } from 'xstate';
+import type { PciAddress } from '../kernel/pci-address.js';
+import type { BusDma } from '../pci/bus-dma.js';
+import type { BusSpace } from '../pci/bus-space.js';
+import type { ConfigHeader } from '../pci/config.js';
+import type { Bar } from '../pci/device.js';
+import type { InterruptEvent, InterruptOptions, InterruptType } from '../pci/intr.js';
+
+/** One line of a driver's match table; every field given must equal the device's. */
+export interface DeviceMatch {
+  readonly vendor?: number;
+  readonly device?: number;
+  /** 24-bit class code (base class, subclass, programming interface). */
+  readonly classCode?: number;
+  readonly subsystemVendor?: number;
+  readonly subsystemDevice?: number;
+}
+
+export function matches(table: readonly DeviceMatch[], header: ConfigHeader): boolean {
+  return table.some((m) =>
+    (m.vendor === undefined || m.vendor === header.vendor)
+    && (m.device === undefined || m.device === header.device)
+    && (m.classCode === undefined || m.classCode === header.classCode)
+    && (m.subsystemVendor === undefined || m.subsystemVendor === header.subsystemVendor)
+    && (m.subsystemDevice === undefined || m.subsystemDevice === header.subsystemDevice));
+}
+
+/** One option a driver accepts; `doc` is shown to users, `default` makes it optional. */
+export type OptionSpec =
+  | { readonly type: 'integer'; readonly min?: number; readonly max?: number; readonly default?: number; readonly doc: string }
+  | { readonly type: 'boolean'; readonly default?: boolean; readonly doc: string }
+  | { readonly type: 'enum'; readonly values: readonly string[]; readonly default?: string; readonly doc: string };
+
+export type OptionsSchema = Readonly<Record<string, OptionSpec>>;
+
+type ValueOf<S extends OptionSpec> =
+  S extends { type: 'integer' } ? number
+    : S extends { type: 'boolean' } ? boolean
+      : S extends { type: 'enum'; values: readonly (infer V)[] } ? V
+        : never;
+
+/** The options object a schema validates to: options with a default are always present. */
+export type OptionsOf<S extends OptionsSchema> =
+  { readonly [K in keyof S as S[K] extends { default: unknown } ? K : never]: ValueOf<S[K]> }
+  & { readonly [K in keyof S as S[K] extends { default: unknown } ? never : K]?: ValueOf<S[K]> };
+
+/** A vector's interrupts as the driver sees them; INTx events are watched until ack(). */
+export interface DriverVector {
+  readonly index: number;
+  readonly events: Observable<InterruptEvent>;
+}
+
+export interface DriverInterrupts {
+  readonly type: InterruptType;
+  readonly vectors: readonly DriverVector[];
+}
+
+/** Everything a driver may touch. Resources obtained here are reclaimed by the host at detach or failure. */
+export interface DriverBus {
+  readonly address: PciAddress;
+  /** 0 on the first attach, then one more after each supervised restart. */
+  readonly incarnation: number;
+  header(): ConfigHeader;
+  bars(): Bar[];
+  /** pci_mapreg_map. */
+  mapBar(index: number): BusSpace;
+  /** pci_intr_alloc + pci_intr_establish. */
+  establishInterrupts(options?: InterruptOptions): DriverInterrupts;
+  /** The device's bus_dma (tags, memory, maps, bus mastering). */
+  dma(): BusDma;
+  /** A short human-readable progress line for the host's event stream and status view. */
+  note(message: string): void;
+}
+
+/** What the driver machine is started with. */
+export interface DriverInput<O, R> {
+  readonly bus: DriverBus;
+  readonly options: O;
+  readonly resources: R;
+}
+
+/**
+ * A driver module. `attach` maps what the driver needs (it runs in the
+ * device actor's attaching state and may throw); `machine` is the driver's
+ * behaviour while running, started with a DriverInput. The machine failing
+ * (an action that throws, an invoked promise that rejects) is a driver
+ * crash; reaching a final state means the driver is done with the device.
+ */
+export interface DriverModule<S extends OptionsSchema = OptionsSchema, R = unknown> {
+  readonly name: string;
+  readonly description: string;
+  readonly match: readonly DeviceMatch[];
+  readonly options: S;
+  attach(bus: DriverBus, options: OptionsOf<S>): R;
+  readonly machine: AnyActorLogic;
+}
+
+/** Declares a driver with its types checked against each other. */
+export function defineDriver<S extends OptionsSchema, R>(module: DriverModule<S, R>): DriverModule<S, R> {
+  return module;
+}
+
+/** A driver of any options and resources, as registries hold them. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type AnyDriver = DriverModule<OptionsSchema, any>;
+
+/** Drivers by name. */
+export type DriverRegistry = ReadonlyMap<string, AnyDriver>;

@@ -1,0 +1,6 @@
+/** The drivers upci ships, by name. */
+import type { DriverRegistry } from './contract.js';
+import { eduDriver } from './edu.js';
+import { pciTestdevDriver } from './pci-testdev.js';
+
+export const builtinDrivers: DriverRegistry = new Map([eduDriver, pciTestdevDriver].map((d) => [d.name, d]));

@@ -1,0 +1,370 @@
+/**
+ * The driver host without hardware: devices on a fake kernel port (config
+ * space in a Buffer, INTx through real eventfds the test signals), drivers
+ * written for the test. Covers the device actor's lifecycle, supervision
+ * (crash, watchdog, back-off, give-up), all-or-nothing claiming, the event
+ * stream, inspection and shutdown.
+ */
+import test from 'ava';
+import { firstValueFrom, filter, map, take, toArray } from 'rxjs';
+import { assign, fromEventObservable, fromPromise, setup, type InspectionEvent } from 'xstate';
+import { ConfigError } from '../../actors/config-error.js';
+import { parseHostConfig } from '../../actors/config.js';
+import type { HostEvent } from '../../actors/events.js';
+import { DriverHost } from '../../actors/host.js';
+import { defineDriver, type DriverInput, type DriverVector } from '../../drivers/contract.js';
+import { UpciError } from '../../kernel/errors.js';
+import * as libc from '../../kernel/libc.js';
+import type { PciAddress } from '../../kernel/pci-address.js';
+import { parsePciAddress } from '../../kernel/pci-address.js';
+import type { DeviceFile, KernelPort, RegionInfo } from '../../kernel/port.js';
+import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
+import { PciDevice } from '../../pci/device.js';
+import type { InterruptEvent } from '../../pci/intr.js';
+
+/** A fake function: vendor 0x1234, device as given; counts opens, closes and resets; INTx fires when the test says. */
+class FakeBench {
+  readonly opens = new Map<string, number>();
+  readonly closes = new Map<string, number>();
+  readonly resets = new Map<string, number>();
+  readonly configs = new Map<string, Buffer>();
+  readonly intxFds = new Map<string, number>();
+
+  constructor(
+    private readonly devices: Record<string, number>,
+    private readonly canReset = false,
+  ) {}
+
+  port(): KernelPort {
+    return { name: 'fake', open: (address) => this.file(address) };
+  }
+
+  open = (address: PciAddress): PciDevice => PciDevice.open(address, { port: this.port() });
+
+  private file(address: PciAddress): DeviceFile {
+    const deviceId = this.devices[address];
+    if (deviceId === undefined) throw new UpciError('NO_DEVICE', `no PCI device at ${address}`);
+    this.opens.set(address, (this.opens.get(address) ?? 0) + 1);
+    const config = this.configs.get(address) ?? Buffer.alloc(256);
+    config.writeUInt16LE(0x1234, 0);
+    config.writeUInt16LE(deviceId, 2);
+    this.configs.set(address, config);
+    const regions: RegionInfo[] = Array.from({ length: 9 }, (_, index) => ({
+      index, kind: index < 6 ? 'bar' : index === 6 ? 'rom' : index === 7 ? 'config' : 'vga', size: index === 7 ? 256 : 0, readable: true, writable: true, mmapAreas: [],
+    }));
+    const none = { count: 0, automasked: false, maskable: false };
+    return {
+      address,
+      regions,
+      irqs: { intx: { kind: 'intx', count: 1, automasked: true, maskable: true }, msi: { kind: 'msi', ...none }, msix: { kind: 'msix', ...none } },
+      canReset: this.canReset,
+      dma: { iovaRanges: [{ start: 0n, end: (1n << 39n) - 1n }], pageSizes: 0x1000n, availableMappings: () => 65535, map: () => {}, unmap: () => {} },
+      region: (i) => regions[i]!,
+      mmapSource: () => {
+        throw new Error('no mmap');
+      },
+      readRegion: (_i, offset, buf) => void config.copy(buf, 0, offset, offset + buf.length),
+      writeRegion: (_i, offset, buf) => void buf.copy(config, offset),
+      reset: () => void this.resets.set(address, (this.resets.get(address) ?? 0) + 1),
+      enableIrqs: (_kind, fds) => void this.intxFds.set(address, fds[0]!),
+      disableIrqs: () => void this.intxFds.delete(address),
+      unmaskIntx: () => {},
+      close: () => void this.closes.set(address, (this.closes.get(address) ?? 0) + 1),
+    };
+  }
+
+  /** Signals the device's INTx eventfd, as the kernel would on an interrupt. */
+  fire(address: string): void {
+    const fd = this.intxFds.get(address);
+    if (fd === undefined) throw new Error(`${address} has no INTx established`);
+    const one = Buffer.alloc(8);
+    one.writeBigUInt64LE(1n);
+    libc.writeAll(fd, one, 'fake interrupt');
+  }
+
+  busMaster(address: string): boolean {
+    return (this.configs.get(address)!.readUInt16LE(PCI_COMMAND) & PCI_COMMAND_MASTER) !== 0;
+  }
+}
+
+/**
+ * The test driver: at attach turns bus mastering on and establishes INTx;
+ * while running acks every interrupt, except as told: `crashAt` (throw on
+ * the Nth interrupt), `hangAt` (stop acking from the Nth), `rejectAt`
+ * (an invoked promise rejects on the Nth); only in incarnations below
+ * `faultyIncarnations`.
+ */
+const options = {
+  crashAt: { type: 'integer', min: 1, doc: 'throw at the Nth interrupt' },
+  hangAt: { type: 'integer', min: 1, doc: 'stop acking at the Nth interrupt' },
+  rejectAt: { type: 'integer', min: 1, doc: 'reject a promise at the Nth interrupt' },
+  faultyIncarnations: { type: 'integer', min: 0, default: 1, doc: 'incarnations that misbehave' },
+  finishAt: { type: 'integer', min: 1, doc: 'reach a final state at the Nth interrupt' },
+} as const;
+
+interface TestResources { readonly vector: DriverVector }
+type In = DriverInput<{ crashAt?: number; hangAt?: number; rejectAt?: number; faultyIncarnations: number; finishAt?: number }, TestResources>;
+
+const testMachine = setup({
+  types: { input: {} as In, context: {} as In & { n: number }, events: {} as { type: 'irq'; event: InterruptEvent } },
+  actors: {
+    irqs: fromEventObservable(({ input }: { input: DriverVector }) => input.events.pipe(map((event) => ({ type: 'irq' as const, event })))),
+    failing: fromPromise(async () => {
+      throw new Error('rejected on purpose');
+    }),
+  },
+  guards: {
+    rejectNow: ({ context }) => context.bus.incarnation < context.options.faultyIncarnations && context.n + 1 === context.options.rejectAt,
+    finishNow: ({ context }) => context.n + 1 === context.options.finishAt,
+  },
+}).createMachine({
+  id: 'test',
+  context: ({ input }) => ({ ...input, n: 0 }),
+  invoke: { src: 'irqs', input: ({ context }) => context.resources.vector },
+  initial: 'serving',
+  states: {
+    serving: {
+      on: {
+        irq: [
+          { guard: 'rejectNow', target: 'rejecting' },
+          { guard: 'finishNow', target: 'done' },
+          {
+            actions: [
+              ({ context, event }) => {
+                const n = context.n + 1;
+                const faulty = context.bus.incarnation < context.options.faultyIncarnations;
+                if (faulty && context.options.hangAt !== undefined && n >= context.options.hangAt) return;
+                event.event.ack();
+                if (faulty && n === context.options.crashAt) throw new Error(`crash at interrupt ${n}`);
+              },
+              assign({ n: ({ context }) => context.n + 1 }),
+              ({ context }) => context.bus.note(`interrupt ${context.n}`),
+            ],
+          },
+        ],
+      },
+    },
+    rejecting: { invoke: { src: 'failing' } },
+    done: { type: 'final' },
+  },
+});
+
+const testDriver = defineDriver({
+  name: 'test',
+  description: 'unit-test driver',
+  match: [{ vendor: 0x1234, device: 0x0001 }],
+  options,
+  attach: (bus) => {
+    bus.dma().enableBusMaster();
+    return { vector: bus.establishInterrupts({ type: 'intx' }).vectors[0]! };
+  },
+  machine: testMachine,
+});
+
+const registry = new Map([[testDriver.name, testDriver]]);
+const A = '0000:00:04.0';
+const B = '0000:00:05.0';
+
+function config(devices: unknown[], extra: Record<string, unknown> = {}) {
+  return parseHostConfig({ restart: { initialDelayMs: 10, maxDelayMs: 40, maxRestarts: 2 }, watchdogMs: 100, statsIntervalMs: 50, ...extra, devices }, registry);
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Records the host's events; a failing test still shuts the host down, so the process can exit. */
+function record(t: { teardown(fn: () => unknown): void }, host: DriverHost): HostEvent[] {
+  const events: HostEvent[] = [];
+  host.events.subscribe((e) => events.push(e));
+  t.teardown(() => host.shutdown());
+  return events;
+}
+
+const states = (events: HostEvent[], address: string) => events.flatMap((e) => (e.type === 'state' && e.address === address ? [e.state] : []));
+
+async function until(what: string, predicate: () => boolean, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
+test('a device actor goes claimed → attaching → running → detaching → released, and the device is closed with bus mastering off', async (t) => {
+  const bench = new FakeBench({ [A]: 1 });
+  const host = DriverHost.claim(config([{ address: A, driver: 'test' }]), { registry, open: bench.open });
+  const events = record(t, host);
+  host.start();
+  await until('running', () => states(events, A).includes('running'));
+  t.true(bench.busMaster(A));
+  const report = await host.shutdown();
+  t.deepEqual(states(events, A), ['claimed', 'attaching', 'running', 'detaching', 'released']);
+  t.false(bench.busMaster(A));
+  t.is(bench.closes.get(A), 1);
+  t.false(report.forced);
+  t.like(report.devices[0], { outcome: { kind: 'stopped' }, released: { how: 'close' } });
+});
+
+test('interrupts reach only their own device\'s driver', async (t) => {
+  const bench = new FakeBench({ [A]: 1, [B]: 1 });
+  const host = DriverHost.claim(config([{ address: A, driver: 'test' }, { address: B, driver: 'test' }]), { registry, open: bench.open });
+  const events = record(t, host);
+  host.start();
+  await until('both running', () => states(events, A).includes('running') && states(events, B).includes('running'));
+  for (let i = 0; i < 5; i++) {
+    bench.fire(A);
+    await until(`A interrupt ${i + 1}`, () => host.interruptCount(A as PciAddress) === i + 1);
+  }
+  bench.fire(B);
+  await until('B interrupt', () => host.interruptCount(B as PciAddress) === 1);
+  t.is(host.interruptCount(A as PciAddress), 5);
+  t.is(events.filter((e) => e.type === 'note' && e.address === B).length, 1);
+  await host.shutdown();
+});
+
+test('a driver that throws is quiesced, reset by reopening (no kernel reset), restarted after the back-off, and works again; the other device is untouched', async (t) => {
+  const bench = new FakeBench({ [A]: 1, [B]: 1 });
+  const host = DriverHost.claim(config([{ address: A, driver: 'test', options: { crashAt: 2 } }, { address: B, driver: 'test' }]), { registry, open: bench.open });
+  const events = record(t, host);
+  host.start();
+  await until('running', () => states(events, A).includes('running') && states(events, B).includes('running'));
+  bench.fire(A);
+  await until('1', () => host.interruptCount(A as PciAddress) === 1);
+  bench.fire(A);
+  await until('restart', () => events.some((e) => e.type === 'restart'));
+  const fault = events.find((e) => e.type === 'fault');
+  t.like(fault, { address: A, fault: { kind: 'crash', message: 'crash at interrupt 2', incarnation: 0 } });
+  t.like(events.find((e) => e.type === 'restart'), { address: A, attempt: 1, delayMs: 10, reset: 'reopen' });
+  await until('running again', () => states(events, A).filter((s) => s === 'running').length === 2);
+  t.deepEqual(states(events, A), ['claimed', 'attaching', 'running', 'failed', 'resetting', 'attaching', 'running']);
+  t.is(bench.opens.get(A), 2, 'the reset was a close and reopen');
+  t.true(bench.busMaster(A), 'the new incarnation attached again');
+  bench.fire(A);
+  await until('after restart', () => host.interruptCount(A as PciAddress) === 3);
+  t.deepEqual(states(events, B), ['claimed', 'attaching', 'running']);
+  await host.shutdown();
+});
+
+test('with a kernel reset available, the restart resets instead of reopening; detach resets before closing', async (t) => {
+  const bench = new FakeBench({ [A]: 1 }, true);
+  const host = DriverHost.claim(config([{ address: A, driver: 'test', options: { crashAt: 1 } }]), { registry, open: bench.open });
+  const events = record(t, host);
+  host.start();
+  await until('running', () => states(events, A).includes('running'));
+  bench.fire(A);
+  await until('running again', () => states(events, A).filter((s) => s === 'running').length === 2);
+  t.like(events.find((e) => e.type === 'restart'), { reset: 'kernel-reset' });
+  t.is(bench.opens.get(A), 1);
+  const report = await host.shutdown();
+  t.is(bench.resets.get(A), 2);
+  t.like(report.devices[0], { released: { how: 'kernel-reset' } });
+});
+
+test('a rejected promise inside the driver is a crash too', async (t) => {
+  const bench = new FakeBench({ [A]: 1 });
+  const host = DriverHost.claim(config([{ address: A, driver: 'test', options: { rejectAt: 1 } }]), { registry, open: bench.open });
+  const events = record(t, host);
+  host.start();
+  await until('running', () => states(events, A).includes('running'));
+  bench.fire(A);
+  await until('fault', () => events.some((e) => e.type === 'fault'));
+  t.like(events.find((e) => e.type === 'fault'), { fault: { kind: 'crash', message: 'rejected on purpose' } });
+  await host.shutdown();
+});
+
+test('an INTx event not acked within watchdogMs fails the device: quiesced (bus master off, INTx disabled) and reported', async (t) => {
+  const bench = new FakeBench({ [A]: 1 });
+  const host = DriverHost.claim(config([{ address: A, driver: 'test', options: { hangAt: 1 } }], { restart: { maxRestarts: 0 } }), { registry, open: bench.open });
+  const events = record(t, host);
+  host.start();
+  await until('running', () => states(events, A).includes('running'));
+  const firedAt = Date.now();
+  bench.fire(A);
+  await until('released', () => states(events, A).includes('released'));
+  const fault = events.find((e) => e.type === 'fault');
+  t.like(fault, { fault: { kind: 'watchdog' } });
+  t.true(fault!.at - firedAt >= 90, `detected after ${fault!.at - firedAt} ms`);
+  t.false(bench.busMaster(A));
+  t.false(bench.intxFds.has(A));
+  t.like(events.find((e) => e.type === 'released'), { outcome: { kind: 'gave-up', fault: { kind: 'watchdog' } } });
+  await host.shutdown();
+});
+
+test('restarts back off (doubling, capped) and stop at maxRestarts: the device is then released', async (t) => {
+  const bench = new FakeBench({ [A]: 1 });
+  const host = DriverHost.claim(config([{ address: A, driver: 'test', options: { crashAt: 1, faultyIncarnations: 99 } }]), { registry, open: bench.open });
+  const events = record(t, host);
+  host.start();
+  for (let i = 0; i < 3; i++) {
+    await until(`running #${i}`, () => states(events, A).filter((s) => s === 'running').length === i + 1);
+    bench.fire(A);
+  }
+  await until('released', () => states(events, A).includes('released'));
+  t.deepEqual(events.flatMap((e) => (e.type === 'restart' ? [e.delayMs] : [])), [10, 20]);
+  t.like(events.find((e) => e.type === 'released'), { outcome: { kind: 'gave-up' } });
+  t.is(bench.closes.get(A), 3);
+  await host.shutdown();
+});
+
+test('a driver reaching its final state detaches the device (outcome finished)', async (t) => {
+  const bench = new FakeBench({ [A]: 1 });
+  const host = DriverHost.claim(config([{ address: A, driver: 'test', options: { finishAt: 1 } }]), { registry, open: bench.open });
+  const events = record(t, host);
+  host.start();
+  await until('running', () => states(events, A).includes('running'));
+  bench.fire(A);
+  const [out] = await host.settled;
+  t.like(out, { outcome: { kind: 'finished' } });
+  await host.shutdown();
+});
+
+test('claiming is all or nothing: a device that cannot be opened fails the config naming its entry, and the others are closed again', (t) => {
+  const bench = new FakeBench({ [A]: 1 });
+  const err = t.throws(() => DriverHost.claim(config([{ address: A, driver: 'test' }, { address: B, driver: 'test' }]), { registry, open: bench.open }));
+  t.regex(err!.message, /^devices\[1\]\.address: cannot claim 0000:00:05\.0/);
+  t.is(bench.opens.get(A), 1);
+  t.is(bench.closes.get(A), 1);
+});
+
+test('a driver that does not match the device is refused at claim, naming devices[i].driver', (t) => {
+  const bench = new FakeBench({ [A]: 7 });
+  const err = t.throws(() => DriverHost.claim(config([{ address: A, driver: 'test' }]), { registry, open: bench.open }), { instanceOf: ConfigError });
+  t.regex(err!.message, /^devices\[0\]\.driver: "test" does not drive 0000:00:04\.0 \(1234:0007\)/);
+  t.is(bench.closes.get(A), 1);
+});
+
+test('a device without a driver gets the first whose match table fits; its options are checked then', (t) => {
+  const bench = new FakeBench({ [A]: 1 });
+  const err = t.throws(() => DriverHost.claim(config([{ address: A, options: { crashAt: 'x' } }]), { registry, open: bench.open }));
+  t.regex(err!.message, /^devices\[0\]\.options\.crashAt: expected integer, got "x"/);
+  const host = DriverHost.claim(config([{ address: A }]), { registry, open: bench.open });
+  t.deepEqual(host.addresses, [parsePciAddress(A)]);
+  return host.shutdown().then(() => t.pass());
+});
+
+test('the inspect option sees the host, device and driver actors', async (t) => {
+  const bench = new FakeBench({ [A]: 1 });
+  const seen: InspectionEvent[] = [];
+  const host = DriverHost.claim(config([{ address: A, driver: 'test' }]), { registry, open: bench.open, inspect: (e) => seen.push(e) });
+  const events = record(t, host);
+  host.start();
+  await until('running', () => states(events, A).includes('running'));
+  await host.shutdown();
+  const machines = new Set(seen.flatMap((e) => (e.type === '@xstate.snapshot' ? [(e.snapshot as { machine?: { id: string } }).machine?.id] : [])));
+  for (const id of ['host', 'device', 'test']) t.true(machines.has(id), `snapshots of the ${id} machine are inspected`);
+});
+
+test('stats report interrupts, their rate and DMA bytes per device', async (t) => {
+  const bench = new FakeBench({ [A]: 1 });
+  const host = DriverHost.claim(config([{ address: A, driver: 'test' }]), { registry, open: bench.open });
+  const stats = firstValueFrom(host.events.pipe(filter((e) => e.type === 'stats' && e.interrupts >= 3), take(1), toArray()));
+  const events = record(t, host);
+  host.start();
+  await until('running', () => states(events, A).includes('running'));
+  for (let i = 1; i <= 3; i++) {
+    bench.fire(A);
+    await until(`${i}`, () => host.interruptCount(A as PciAddress) === i);
+  }
+  const [s] = await stats;
+  t.like(s, { type: 'stats', address: A, interrupts: 3, dmaBytesMapped: 0 });
+  await host.shutdown();
+});
