@@ -37,12 +37,11 @@
 import { UpciError } from '../kernel/errors.js';
 import type { DmaAccess, DmaDomain } from '../kernel/port.js';
 import { addressOf, allocShared, revoke } from '../shm/mapping.js';
-import { PCI_COMMAND, PCI_COMMAND_MASTER } from './config.js';
 import type { PciDevice } from './device.js';
 import { allocatorFor, type IovaAllocator } from './iova-allocator.js';
 
 /** What bus_dma needs of a device (PciDevice provides it). */
-export type DmaDevice = Pick<PciDevice, 'address' | 'kernel' | 'config' | 'onRelease' | 'isOpen'>;
+export type DmaDevice = Pick<PciDevice, 'address' | 'kernel' | 'config' | 'onRelease' | 'isOpen' | 'busMasterEnabled' | 'enableBusMaster' | 'disableBusMaster'>;
 
 export type DmaConstraint = 'alignment' | 'boundary' | 'maxSegmentSize' | 'maxSegments' | 'addressLimit' | 'maxSize' | 'pageAlignment' | 'range';
 
@@ -159,21 +158,21 @@ export class BusDma {
     return new DmaTag(this, options);
   }
 
-  /** Whether the device may master the bus (PCI_COMMAND bit 2), read from config space. */
+  /** Whether the device may master the bus (PCI_COMMAND bit 2). */
   get busMasterEnabled(): boolean {
-    return (this.device.config.read(2, PCI_COMMAND) & PCI_COMMAND_MASTER) !== 0;
+    return this.device.busMasterEnabled;
   }
 
   /** Lets the device start DMA. Load its maps first: it can only reach what is mapped. */
   enableBusMaster(): void {
     this.live();
-    this.device.config.update(2, PCI_COMMAND, 0, PCI_COMMAND_MASTER);
+    this.device.enableBusMaster();
   }
 
   /** Stops all of the device's DMA (PCI_COMMAND bit 2 off). */
   disableBusMaster(): void {
     this.live();
-    this.device.config.update(2, PCI_COMMAND, PCI_COMMAND_MASTER, 0);
+    this.device.disableBusMaster();
   }
 
   /** Kernel DMA mappings this device's bus_dma holds now. */

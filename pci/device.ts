@@ -24,6 +24,13 @@ export interface Bar extends BarDecoding {
 }
 
 export class ConfigSpace implements ConfigReader {
+  /**
+   * The command register as last read. Only writes through this object can
+   * change it (a device does not write its own command register), so it is
+   * re-read after such a write or a reset, not on every bus-master check.
+   */
+  private command: number | undefined;
+
   constructor(
     private readonly file: DeviceFile,
     readonly size: number,
@@ -49,6 +56,17 @@ export class ConfigSpace implements ConfigReader {
     else if (width === 2) buf.writeUInt16LE(value & 0xffff);
     else buf.writeUInt32LE(value >>> 0);
     this.file.writeRegion(CONFIG_REGION, offset, buf);
+    if (offset <= PCI_COMMAND + 1 && offset + width > PCI_COMMAND) this.command = undefined;
+  }
+
+  /** PCI_COMMAND, from the shadow when nothing can have changed it. */
+  commandRegister(): number {
+    return (this.command ??= this.read(2, PCI_COMMAND));
+  }
+
+  /** @internal After a reset the device's registers are its defaults again. */
+  forgetShadow(): void {
+    this.command = undefined;
   }
 
   /** Read-modify-write of a register: clears `clear`, then sets `set`. */
@@ -144,9 +162,23 @@ export class PciDevice {
     this.config.update(2, PCI_COMMAND, 0, PCI_COMMAND_MASTER);
   }
 
+  /** Stops every DMA and MSI of the device. */
+  disableBusMaster(): void {
+    this.live();
+    this.config.update(2, PCI_COMMAND, PCI_COMMAND_MASTER, 0);
+  }
+
+  get busMasterEnabled(): boolean {
+    return (this.config.commandRegister() & PCI_COMMAND_MASTER) !== 0;
+  }
+
   reset(): void {
     this.live();
-    this.file.reset();
+    try {
+      this.file.reset();
+    } finally {
+      this.config.forgetShadow();
+    }
   }
 
   /**

@@ -4,7 +4,7 @@
 // path (epoll worker -> SharedArrayBuffer board -> Atomics.waitAsync -> RxJS).
 // A second table compares the two ways a worker can wake the main thread.
 //
-//   npm run bench:irq            (npm run build && node dist/vm/benchmarks/irq.js [--quick])
+//   npm run bench:irq            (npm run build && node dist/vm/benchmarks/irq.js [--quick] [--cpus N])
 import { execFileSync } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
 import { eduAddress, percentiles, runBenchmarkInVm } from './harness.js';
@@ -130,4 +130,10 @@ const quick = args.includes('--quick');
 const g = args.indexOf('--guest');
 process.exitCode = g >= 0
   ? await guest(args[g + 1]!, quick)
-  : await runBenchmarkInVm({ name: 'irq', reference: 'irq-ref.c', script: 'irq.js', args: quick ? ['--quick'] : [], cpus: 2 });
+  : await runBenchmarkInVm({ name: 'irq', reference: 'irq-ref.c', script: 'irq.js', args: quick ? ['--quick'] : [], cpus: cpusArgument() });
+
+/** Guest vCPUs: 2 by default, so the worker and the main thread can run at once, as on real machines. */
+function cpusArgument(): number {
+  const i = args.indexOf('--cpus');
+  return i >= 0 ? Number(args[i + 1]) : 2;
+}
