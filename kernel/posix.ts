@@ -12,6 +12,11 @@ export interface PosixConstants {
   readonly EINTR: number;
 }
 
+/** What a failed call was doing, for its error; a function when building the text would cost a hot path. */
+export type Operation = string | (() => string);
+
+const describe = (what: Operation): string => (typeof what === 'string' ? what : what());
+
 export function posix(libraryName: string, k: PosixConstants) {
   let library: LibraryHandle | undefined;
   let bound: ReturnType<typeof bind> | undefined;
@@ -51,41 +56,41 @@ export function posix(libraryName: string, k: PosixConstants) {
     },
 
     /** ioctl(2) with an argument struct in `arg` (read and written in place). */
-    ioctlBuffer(fd: number, request: number, arg: Buffer, what: string): number {
+    ioctlBuffer(fd: number, request: number, arg: Buffer, what: Operation): number {
       const rc = c().ioctlPointer(fd, request, arg) as number;
-      if (rc < 0) throw new SyscallError(what, errno());
+      if (rc < 0) throw new SyscallError(describe(what), errno());
       return rc;
     },
 
     /** ioctl(2) whose argument is an integer (0 for none). */
-    ioctlValue(fd: number, request: number, value: number, what: string): number {
+    ioctlValue(fd: number, request: number, value: number, what: Operation): number {
       const rc = c().ioctlInteger(fd, request, value) as number;
-      if (rc < 0) throw new SyscallError(what, errno());
+      if (rc < 0) throw new SyscallError(describe(what), errno());
       return rc;
     },
 
-    preadExact(fd: number, buf: Buffer, offset: number, what: string): void {
+    preadExact(fd: number, buf: Buffer, offset: number, what: Operation): void {
       const n = c().pread(fd, buf, buf.length, offset) as number;
-      if (n !== buf.length) throw new SyscallError(`${what} (read ${n} of ${buf.length} bytes)`, n < 0 ? errno() : 5);
+      if (n !== buf.length) throw new SyscallError(`${describe(what)} (read ${n} of ${buf.length} bytes)`, n < 0 ? errno() : 5);
     },
 
-    pwriteExact(fd: number, buf: Buffer, offset: number, what: string): void {
+    pwriteExact(fd: number, buf: Buffer, offset: number, what: Operation): void {
       const n = c().pwrite(fd, buf, buf.length, offset) as number;
-      if (n !== buf.length) throw new SyscallError(`${what} (wrote ${n} of ${buf.length} bytes)`, n < 0 ? errno() : 5);
+      if (n !== buf.length) throw new SyscallError(`${describe(what)} (wrote ${n} of ${buf.length} bytes)`, n < 0 ? errno() : 5);
     },
 
     /** read(2): bytes read, or -1 when a non-blocking fd has nothing to read (EAGAIN). */
-    readSome(fd: number, buf: Buffer, what: string): number {
+    readSome(fd: number, buf: Buffer, what: Operation): number {
       const n = c().read(fd, buf, buf.length) as number;
       if (n >= 0) return n;
       const e = errno();
       if (e === k.EAGAIN) return -1;
-      throw new SyscallError(what, e);
+      throw new SyscallError(describe(what), e);
     },
 
-    writeAll(fd: number, buf: Buffer, what: string): void {
+    writeAll(fd: number, buf: Buffer, what: Operation): void {
       const n = c().write(fd, buf, buf.length) as number;
-      if (n !== buf.length) throw new SyscallError(what, n < 0 ? errno() : 5);
+      if (n !== buf.length) throw new SyscallError(describe(what), n < 0 ? errno() : 5);
     },
   };
 }

@@ -23,7 +23,7 @@ export default function runInterruptWorker(task: WorkerTask): number {
       const fd = Atomics.load(fds, slot);
       if (fd < 0) continue;
       // Non-blocking eventfds: a read that loses a race with another reader returns -1 (EAGAIN).
-      if (libc.readSome(fd, value, `read of interrupt eventfd (slot ${slot})`) !== 8) continue;
+      if (libc.readSome(fd, value, () => `read of interrupt eventfd (slot ${slot})`) !== 8) continue;
       if (slot === WAKE_SLOT) continue;
       Atomics.add(counts, slot, Number(value.readBigUInt64LE(0) & 0xffffffffn));
     }

@@ -56,6 +56,9 @@ class VfioGroup implements DmaDomain {
   readonly iovaRanges: readonly IovaRange[];
   readonly pageSizes: bigint;
   private users = 0;
+  /** Argument structs reused by every map/unmap: these are a driver's hot path. */
+  private readonly mapArg = abi.vfioIommuType1DmaMap.alloc();
+  private readonly unmapArg = abi.vfioIommuType1DmaUnmap.alloc();
 
   constructor(
     readonly number: number,
@@ -93,15 +96,22 @@ class VfioGroup implements DmaDomain {
   }
 
   map(vaddr: bigint, iova: bigint, size: number, access: DmaAccess): void {
-    const flags = (access === 'write' ? 0 : abi.VFIO_DMA_MAP_FLAG_READ) | (access === 'read' ? 0 : abi.VFIO_DMA_MAP_FLAG_WRITE);
-    const arg = abi.vfioIommuType1DmaMap.encode({ flags, vaddr, iova, size: BigInt(size) });
-    libc.ioctlBuffer(this.containerFd, abi.ioctls.VFIO_IOMMU_MAP_DMA, arg, `VFIO_IOMMU_MAP_DMA iova 0x${iova.toString(16)} size ${size}`);
+    const t = abi.vfioIommuType1DmaMap;
+    const arg = this.mapArg;
+    t.set(arg, 'flags', (access === 'write' ? 0 : abi.VFIO_DMA_MAP_FLAG_READ) | (access === 'read' ? 0 : abi.VFIO_DMA_MAP_FLAG_WRITE));
+    t.set(arg, 'vaddr', vaddr);
+    t.set(arg, 'iova', iova);
+    t.set(arg, 'size', BigInt(size));
+    libc.ioctlBuffer(this.containerFd, abi.ioctls.VFIO_IOMMU_MAP_DMA, arg, () => `VFIO_IOMMU_MAP_DMA iova 0x${iova.toString(16)} size ${size}`);
   }
 
   unmap(iova: bigint, size: number): void {
-    const arg = abi.vfioIommuType1DmaUnmap.encode({ iova, size: BigInt(size) });
-    libc.ioctlBuffer(this.containerFd, abi.ioctls.VFIO_IOMMU_UNMAP_DMA, arg, `VFIO_IOMMU_UNMAP_DMA iova 0x${iova.toString(16)}`);
-    const unmapped = abi.vfioIommuType1DmaUnmap.get(arg, 'size');
+    const t = abi.vfioIommuType1DmaUnmap;
+    const arg = this.unmapArg;
+    t.set(arg, 'iova', iova);
+    t.set(arg, 'size', BigInt(size));
+    libc.ioctlBuffer(this.containerFd, abi.ioctls.VFIO_IOMMU_UNMAP_DMA, arg, () => `VFIO_IOMMU_UNMAP_DMA iova 0x${iova.toString(16)}`);
+    const unmapped = t.get(arg, 'size');
     if (unmapped !== BigInt(size)) {
       throw new UpciError('KERNEL', `VFIO_IOMMU_UNMAP_DMA at 0x${iova.toString(16)} removed ${unmapped} bytes, expected ${size}`);
     }
@@ -240,11 +250,11 @@ class VfioDevice implements DeviceFile {
   }
 
   readRegion(index: number, offset: number, buf: Buffer): void {
-    libc.preadExact(this.fd, buf, this.checkAccess(index, offset, buf.length), `read of ${this.address} region ${index} at 0x${offset.toString(16)}`);
+    libc.preadExact(this.fd, buf, this.checkAccess(index, offset, buf.length), () => `read of ${this.address} region ${index} at 0x${offset.toString(16)}`);
   }
 
   writeRegion(index: number, offset: number, buf: Buffer): void {
-    libc.pwriteExact(this.fd, buf, this.checkAccess(index, offset, buf.length), `write of ${this.address} region ${index} at 0x${offset.toString(16)}`);
+    libc.pwriteExact(this.fd, buf, this.checkAccess(index, offset, buf.length), () => `write of ${this.address} region ${index} at 0x${offset.toString(16)}`);
   }
 
   reset(): void {
@@ -261,7 +271,7 @@ class VfioDevice implements DeviceFile {
     t.set(buf, 'start', start);
     t.set(buf, 'count', count);
     payload.copy(buf, t.size);
-    libc.ioctlBuffer(this.fd, abi.ioctls.VFIO_DEVICE_SET_IRQS, buf, `VFIO_DEVICE_SET_IRQS ${kind} ${this.address}`);
+    libc.ioctlBuffer(this.fd, abi.ioctls.VFIO_DEVICE_SET_IRQS, buf, () => `VFIO_DEVICE_SET_IRQS ${kind} ${this.address}`);
   }
 
   enableIrqs(kind: IrqKind, eventfds: readonly number[]): void {
