@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Prepares everything the QEMU bench needs: host tools, a Debian guest kernel
+# Prepares everything the test command needs: host tools (QEMU and busybox for
+# the bench, clang for the NetBSD ABI checks), a Debian guest kernel
 # (extracted, never installed on the host) and the initramfs.
 # Idempotent; a second run only re-checks versions and hashes.
 set -euo pipefail
@@ -16,7 +17,7 @@ MODULES=(
   pci-stub uio uio_pci_generic
 )
 
-APT_PACKAGES=(qemu-system-x86 busybox-static cpio gzip xz-utils)
+APT_PACKAGES=(qemu-system-x86 busybox-static cpio gzip xz-utils clang)
 
 say() { echo "vm/setup: $*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -38,6 +39,8 @@ ensure_host_tools() {
   command -v cpio >/dev/null || missing+=(cpio)
   command -v gzip >/dev/null || missing+=(gzip)
   command -v xz >/dev/null || missing+=(xz-utils)
+  # The unit suite compiles NetBSD's ABI for x86_64-unknown-netbsd.
+  command -v clang >/dev/null || missing+=(clang)
   [[ ${#missing[@]} -eq 0 ]] && return
   local cmd="apt-get update && apt-get install -y --no-install-recommends ${APT_PACKAGES[*]}"
   if [[ $EUID -ne 0 ]]; then
