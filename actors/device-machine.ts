@@ -41,7 +41,9 @@ export type Outcome =
   | { readonly kind: 'finished' }
   | { readonly kind: 'gave-up'; readonly fault: Fault }
   /** The reopen after a fault failed: the device is closed and not coming back. */
-  | { readonly kind: 'lost'; readonly error: string };
+  | { readonly kind: 'lost'; readonly error: string }
+  /** The host closed the device directly, not waiting for the actor (a second signal, an overrun shutdown). */
+  | { readonly kind: 'forced' };
 
 export interface DeviceActorInput {
   readonly address: PciAddress;

@@ -85,6 +85,7 @@ export class DriverHost {
   private forced = false;
   private readonly claims: readonly { ref: DeviceActorRef; claim: Claim }[];
   private watching = false;
+  private settleForced!: (outputs: DeviceOutput[]) => void;
   /** Resolves when every device actor has ended (released), however it ended. */
   readonly settled: Promise<DeviceOutput[]>;
 
@@ -116,7 +117,11 @@ export class DriverHost {
     this.actor.start();
     const refs = this.actor.getSnapshot().context.devices;
     this.claims = refs.map((ref, i) => ({ ref, claim: spawns[i]!.claim }));
-    this.settled = Promise.all(refs.map((ref, i) => this.outcomeOf(ref, spawns[i]!.claim)));
+    // A forced release stops the actors, which then never finish: it settles the host itself.
+    this.settled = Promise.race([
+      Promise.all(refs.map((ref, i) => this.outcomeOf(ref, spawns[i]!.claim))),
+      new Promise<DeviceOutput[]>((resolve) => (this.settleForced = resolve)),
+    ]);
   }
 
   /** Claims every device of the config (all or nothing: a ConfigError leaves none open); start() runs them. */
@@ -243,15 +248,20 @@ export class DriverHost {
     if (this.forced) return;
     this.forced = true;
     this.emit({ type: 'host', at: Date.now(), phase: 'forced', detail: reason });
-    const devices = this.actor.getSnapshot().context.devices.map((ref) => ref.getSnapshot().context.device);
+    const snapshots = this.claims.map(({ ref }) => ref.getSnapshot());
     this.actor.stop();
-    for (const device of devices) {
+    this.settleForced(snapshots.map((snapshot, i): DeviceOutput => {
+      if (snapshot.status === 'done') return snapshot.output;
+      const { device, restarts } = snapshot.context;
+      let error: string | undefined;
       try {
         device.close();
-      } catch {
+      } catch (e) {
         // Closing continues with the next device: a forced stop must not leave any open.
+        error = e instanceof Error ? e.message : String(e);
       }
-    }
+      return { address: this.claims[i]!.claim.entry.address, outcome: { kind: 'forced' }, restarts, released: { how: 'close', error } };
+    }));
   }
 
   private finish(started: number, devices: DeviceOutput[]): ShutdownReport {

@@ -7,14 +7,18 @@ import { parsePciAddress } from '../kernel/pci-address.js';
 import { bindVfio, defaultRoots, groupBlockers, listFunctions, unbindVfio, type PciFunctionInfo } from '../kernel/linux/sysfs.js';
 import { formatId } from '../pci/config.js';
 import { PciDevice } from '../pci/device.js';
+import { RUN_USAGE, runCommand } from '../actors/run-command.js';
 
 const USAGE = `usage: upci <command>
   list               PCI functions: ids, class, driver, IOMMU group, whether upci can use them
   bind <address>     hand a function to vfio-pci (root)
   unbind <address>   give it back to its kernel driver (root)
-  info <address>     BARs, capabilities and interrupts of a function bound to vfio-pci`;
+  info <address>     BARs, capabilities and interrupts of a function bound to vfio-pci
+${RUN_USAGE}`;
 
 function usability(f: PciFunctionInfo): string {
+  // vfio-pci refuses bridges, and handing a host or ISA bridge to userland would take the machine with it.
+  if (f.classCode >>> 16 === 0x06) return 'bridge';
   if (f.iommuGroup === undefined) return 'no IOMMU group';
   if (f.driver !== 'vfio-pci') return 'not bound (upci bind)';
   const blockers = groupBlockers(defaultRoots, f.iommuGroup);
@@ -80,10 +84,23 @@ function main(argv: string[]): number {
   }
 }
 
-try {
-  process.exitCode = main(process.argv.slice(2));
-} catch (e) {
+function fail(e: unknown): void {
   if (!(e instanceof UpciError)) throw e;
   console.error(`upci: ${e.message}`);
   process.exitCode = 1;
+}
+
+const argv = process.argv.slice(2);
+if (argv[0] === 'run') {
+  // Exit explicitly: the run is over once every device is released, whatever timers or workers linger.
+  runCommand(argv.slice(1)).then((status) => process.exit(status), (e: unknown) => {
+    fail(e);
+    process.exit();
+  });
+} else {
+  try {
+    process.exitCode = main(argv);
+  } catch (e) {
+    fail(e);
+  }
 }
