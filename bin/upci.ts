@@ -92,11 +92,8 @@ function fail(e: unknown): void {
 
 const argv = process.argv.slice(2);
 if (argv[0] === 'run') {
-  // Exit explicitly: the run is over once every device is released, whatever timers or workers linger.
-  runCommand(argv.slice(1)).then((status) => process.exit(status), (e: unknown) => {
-    fail(e);
-    process.exit();
-  });
+  // No process.exit(): it would wait on the interrupt worker's thread; once every device is released nothing keeps the process.
+  runCommand(argv.slice(1)).then((status) => (process.exitCode = status), fail);
 } else {
   try {
     process.exitCode = main(argv);
