@@ -12,8 +12,7 @@ export class ConfigError extends UpciError {
     problem: string,
     options: { fix?: string; code?: UpciErrorCode; cause?: unknown } = {},
   ) {
-    // BAD_CONFIG is not yet in kernel/errors.ts's UpciErrorCode union (owned elsewhere); the cast goes once it is.
-    super(options.code ?? ('BAD_CONFIG' as UpciErrorCode), `${path}: ${problem}`, options.fix, { cause: options.cause });
+    super(options.code ?? 'BAD_CONFIG', `${path}: ${problem}`, options.fix, { cause: options.cause });
   }
 }
 

@@ -4,6 +4,7 @@
  */
 export type UpciErrorCode =
   | 'BAD_ADDRESS'
+  | 'BAD_CONFIG'
   | 'NO_DEVICE'
   | 'NOT_BOUND'
   | 'NO_VFIO'
