@@ -18,26 +18,8 @@ import { DmaSync } from '../pci/bus-dma.js';
 import type { BusSpace } from '../pci/bus-space.js';
 import type { InterruptEvent } from '../pci/intr.js';
 import { defineDriver, type DriverBus, type DriverInput, type DriverVector, type OptionsOf } from './contract.js';
+import { EDU } from './edu-registers.js';
 
-const ID = 0x00;
-const LIVENESS = 0x04;
-const FACTORIAL = 0x08;
-const STATUS = 0x20;
-const STATUS_COMPUTING = 0x01;
-const IRQ_STATUS = 0x24;
-const IRQ_RAISE = 0x60;
-const IRQ_ACK = 0x64;
-const DMA_SRC = 0x80;
-const DMA_DST = 0x88;
-const DMA_COUNT = 0x90;
-const DMA_CMD = 0x98;
-const DMA_RUN = 0x1;
-const DMA_TO_RAM = 0x2;
-const EDU_ID = 0x010000ed;
-/** edu's internal buffer in its DMA address space. */
-const EDU_BUF = 0x40000n;
-/** edu masks DMA addresses to 28 bits. */
-const EDU_DMA_LIMIT = (1n << 28n) - 1n;
 /** Well inside edu's 4 KiB buffer: QEMU 7.2 aborts on a transfer ending exactly at its end. */
 const DMA_CHECK_BYTES = 1024;
 /** edu starts a DMA ~100 ms (virtual) after the command; TCG guests are slow. */
@@ -73,12 +55,12 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function attach(bus: DriverBus, opts: EduOptions): EduResources {
   const bar = bus.mapBar(0);
-  const id = bar.read4(ID);
-  if (id !== EDU_ID) throw new Error(`edu: id register reads 0x${id.toString(16)}, expected 0x${EDU_ID.toString(16)}`);
+  const id = bar.read4(EDU.ID);
+  if (id !== EDU.ID_VALUE) throw new Error(`edu: id register reads 0x${id.toString(16)}, expected 0x${EDU.ID_VALUE.toString(16)}`);
   // A reopen is no reset for edu: clear whatever interrupt the last incarnation left raised.
-  bar.write4(IRQ_ACK, bar.read4(IRQ_STATUS));
+  bar.write4(EDU.IRQ_ACK, bar.read4(EDU.IRQ_STATUS));
   const dma = bus.dma();
-  const tag = dma.createTag({ alignment: 4096, addressLimit: EDU_DMA_LIMIT, maxSegments: 1 });
+  const tag = dma.createTag({ alignment: 4096, addressLimit: EDU.DMA_LIMIT, maxSegments: 1 });
   const src = tag.allocMemory(4096);
   const dst = tag.allocMemory(4096);
   const srcMap = tag.createMap().load(src);
@@ -88,12 +70,12 @@ function attach(bus: DriverBus, opts: EduOptions): EduResources {
 }
 
 async function transfer(bar: BusSpace, from: bigint, to: bigint, toRam: boolean): Promise<void> {
-  bar.write8(DMA_SRC, from);
-  bar.write8(DMA_DST, to);
-  bar.write4(DMA_COUNT, DMA_CHECK_BYTES);
-  bar.write4(DMA_CMD, DMA_RUN | (toRam ? DMA_TO_RAM : 0));
+  bar.write8(EDU.DMA_SRC, from);
+  bar.write8(EDU.DMA_DST, to);
+  bar.write4(EDU.DMA_COUNT, DMA_CHECK_BYTES);
+  bar.write4(EDU.DMA_CMD, EDU.DMA_RUN | (toRam ? EDU.DMA_TO_RAM : 0));
   const deadline = Date.now() + DMA_TIMEOUT_MS;
-  while (bar.read4(DMA_CMD) & DMA_RUN) {
+  while (bar.read4(EDU.DMA_CMD) & EDU.DMA_RUN) {
     if (Date.now() > deadline) throw new Error(`edu: DMA ${toRam ? 'to' : 'from'} RAM did not complete within ${DMA_TIMEOUT_MS} ms`);
     await sleep(2);
   }
@@ -101,13 +83,13 @@ async function transfer(bar: BusSpace, from: bigint, to: bigint, toRam: boolean)
 
 async function selfTest({ bus, options: opts, resources: r }: DriverInput<EduOptions, EduResources>): Promise<void> {
   for (const value of [0x12345678, 0xa5a5a5a5]) {
-    r.bar.write4(LIVENESS, value);
-    const back = r.bar.read4(LIVENESS);
+    r.bar.write4(EDU.LIVENESS, value);
+    const back = r.bar.read4(EDU.LIVENESS);
     if (back !== (~value >>> 0)) throw new Error(`edu: liveness wrote 0x${value.toString(16)}, read 0x${back.toString(16)}`);
   }
-  r.bar.write4(FACTORIAL, 10);
-  while (r.bar.read4(STATUS) & STATUS_COMPUTING) await sleep(1);
-  const factorial = r.bar.read4(FACTORIAL);
+  r.bar.write4(EDU.FACTORIAL, 10);
+  while (r.bar.read4(EDU.STATUS) & EDU.STATUS_COMPUTING) await sleep(1);
+  const factorial = r.bar.read4(EDU.FACTORIAL);
   if (factorial !== 3628800) throw new Error(`edu: 10! computed as ${factorial}`);
   if (opts.dmaCheck) {
     const data = randomFillSync(new Uint8Array(DMA_CHECK_BYTES));
@@ -117,10 +99,10 @@ async function selfTest({ bus, options: opts, resources: r }: DriverInput<EduOpt
     r.dma.enableBusMaster();
     try {
       r.srcMap.sync(DmaSync.PREWRITE, 0, DMA_CHECK_BYTES);
-      await transfer(r.bar, r.srcMap.segments[0]!.busAddress, EDU_BUF, false);
+      await transfer(r.bar, r.srcMap.segments[0]!.busAddress, EDU.BUFFER, false);
       r.srcMap.sync(DmaSync.POSTWRITE, 0, DMA_CHECK_BYTES);
       r.dstMap.sync(DmaSync.PREREAD, 0, DMA_CHECK_BYTES);
-      await transfer(r.bar, EDU_BUF, r.dstMap.segments[0]!.busAddress, true);
+      await transfer(r.bar, EDU.BUFFER, r.dstMap.segments[0]!.busAddress, true);
       r.dstMap.sync(DmaSync.POSTREAD, 0, DMA_CHECK_BYTES);
     } finally {
       if (!wasMaster) r.dma.disableBusMaster();
@@ -152,7 +134,7 @@ const machine = setup({
   actors: {
     selfTest: fromPromise<void, DriverInput<EduOptions, EduResources>>(({ input }) => selfTest(input)),
     interrupts: fromEventObservable(({ input }: { input: EduResources }) =>
-      input.vector.events.pipe(map((event): EduEvent => ({ type: 'irq', event, status: input.bar.read4(IRQ_STATUS) })))),
+      input.vector.events.pipe(map((event): EduEvent => ({ type: 'irq', event, status: input.bar.read4(EDU.IRQ_STATUS) })))),
   },
   delays: {
     raiseInterval: ({ context }) => context.options.raiseIntervalMs,
@@ -161,14 +143,14 @@ const machine = setup({
     notOurs: ({ event }) => event.status === 0,
   },
   actions: {
-    raise: ({ context }) => context.resources.bar.write4(IRQ_RAISE, 1),
+    raise: ({ context }) => context.resources.bar.write4(EDU.IRQ_RAISE, 1),
     refuse: ({ event }) => event.event.ack(false),
     count: assign({ serviced: ({ context }) => context.serviced + 1 }),
     /** The interrupt handler proper: quiet the device, then ack the event (which unmasks INTx). */
     service: ({ context, event }) => {
       const { stopAckingAfter, failAfterInterrupts } = context.options;
       if (stopAckingAfter !== undefined && reached(context, stopAckingAfter + 1)) return;
-      context.resources.bar.write4(IRQ_ACK, event.status);
+      context.resources.bar.write4(EDU.IRQ_ACK, event.status);
       event.event.ack();
       if (reached(context, failAfterInterrupts)) throw new Error(`fault injection: failAfterInterrupts=${failAfterInterrupts} reached`);
     },

@@ -1,24 +1,25 @@
 /** The demo's driver moment: edu's registers through a mapped BAR, then MSI round trips. */
 import { PciDevice } from '../pci/device.js';
 import { Interrupts } from '../pci/intr.js';
+import { EDU } from '../drivers/edu-registers.js';
 
 const ROUND_TRIPS = 200;
 
 const edu = PciDevice.open('0000:00:04.0');
 try {
   const bar = edu.mapBar(0);
-  bar.write4(0x04, 0x12345678);
-  console.log(`edu id 0x${bar.read4(0x00).toString(16)}; liveness(0x12345678) = 0x${bar.read4(0x04).toString(16)}`);
+  bar.write4(EDU.LIVENESS, 0x12345678);
+  console.log(`edu id 0x${bar.read4(EDU.ID).toString(16)}; liveness(0x12345678) = 0x${bar.read4(EDU.LIVENESS).toString(16)}`);
   const irq = Interrupts.establish(edu);
   let delivered: (() => void) | undefined;
   irq.vector(0).events.subscribe((event) => {
-    bar.write4(0x64, bar.read4(0x24));
+    bar.write4(EDU.IRQ_ACK, bar.read4(EDU.IRQ_STATUS));
     event.ack();
     delivered?.();
   });
   const roundTrip = () => new Promise<void>((resolve) => {
     delivered = resolve;
-    bar.write4(0x60, 1);
+    bar.write4(EDU.IRQ_RAISE, 1);
   });
   await roundTrip(); // the first one also starts the interrupt worker
   const micros: number[] = [];

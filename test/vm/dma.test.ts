@@ -12,17 +12,8 @@ import { BusDma, DmaConstraintError, DmaSync } from '../../pci/bus-dma.js';
 import { PciDevice } from '../../pci/device.js';
 import { allocShared } from '../../shm/mapping.js';
 import { bench } from './devices.js';
+import { EDU } from '../../drivers/edu-registers.js';
 
-const EDU_ID = 0x00;
-const EDU_DMA_SRC = 0x80;
-const EDU_DMA_DST = 0x88;
-const EDU_DMA_COUNT = 0x90;
-const EDU_DMA_CMD = 0x98;
-const EDU_DMA_RUN = 0x1;
-const EDU_DMA_TO_RAM = 0x2;
-/** edu's own buffer, in its DMA address space. */
-const EDU_BUF = 0x40000n;
-const EDU_LIMIT = (1n << 28n) - 1n;
 /**
  * QEMU 7.2's edu refuses a transfer that ends at the end of its buffer (an
  * off-by-one in edu_check_range, fixed in QEMU 8.0) with hw_error, which
@@ -34,12 +25,12 @@ const sleepCell = new Int32Array(new SharedArrayBuffer(4));
 
 /** One edu DMA transfer, polled to completion (edu starts it ~100 ms of virtual time later). */
 function eduDma(bar: BusSpace, src: bigint, dst: bigint, count: number, toRam: boolean): void {
-  bar.write8(EDU_DMA_SRC, src);
-  bar.write8(EDU_DMA_DST, dst);
-  bar.write4(EDU_DMA_COUNT, count);
-  bar.write4(EDU_DMA_CMD, EDU_DMA_RUN | (toRam ? EDU_DMA_TO_RAM : 0));
+  bar.write8(EDU.DMA_SRC, src);
+  bar.write8(EDU.DMA_DST, dst);
+  bar.write4(EDU.DMA_COUNT, count);
+  bar.write4(EDU.DMA_CMD, EDU.DMA_RUN | (toRam ? EDU.DMA_TO_RAM : 0));
   const deadline = Date.now() + 20_000;
-  while (bar.read4(EDU_DMA_CMD) & EDU_DMA_RUN) {
+  while (bar.read4(EDU.DMA_CMD) & EDU.DMA_RUN) {
     if (Date.now() > deadline) throw new Error('edu DMA never completed');
     Atomics.wait(sleepCell, 0, 0, 2);
   }
@@ -69,24 +60,24 @@ function withEdu<T>(use: (edu: PciDevice, bar: BusSpace, dma: BusDma) => T): T {
 
 test('edu: 4096 random bytes RAM → device → RAM round-trip exactly, at IOVAs below edu\'s 28-bit mask', (t) => {
   withEdu((_edu, bar, dma) => {
-    const tag = dma.createTag({ alignment: 4096, addressLimit: EDU_LIMIT, maxSegments: 1 });
+    const tag = dma.createTag({ alignment: 4096, addressLimit: EDU.DMA_LIMIT, maxSegments: 1 });
     const src = tag.allocMemory(4096);
     const dst = tag.allocMemory(4096);
     const data = randomFillSync(new Uint8Array(4096));
     new Uint8Array(src.buffer).set(data);
     const out = tag.createMap().load(src);
     const back = tag.createMap().load(dst);
-    for (const s of [...out.segments, ...back.segments]) t.true(s.busAddress + BigInt(s.length) - 1n <= EDU_LIMIT, `0x${s.busAddress.toString(16)} is within 28 bits`);
+    for (const s of [...out.segments, ...back.segments]) t.true(s.busAddress + BigInt(s.length) - 1n <= EDU.DMA_LIMIT, `0x${s.busAddress.toString(16)} is within 28 bits`);
     t.log(`IOVAs: src 0x${out.segments[0]!.busAddress.toString(16)}, dst 0x${back.segments[0]!.busAddress.toString(16)}`);
 
     dma.enableBusMaster();
     for (let at = 0; at < 4096; at += EDU_CHUNK) {
       const chunk = BigInt(at);
       out.sync(DmaSync.PREWRITE, at, EDU_CHUNK);
-      eduDma(bar, out.segments[0]!.busAddress + chunk, EDU_BUF, EDU_CHUNK, false);
+      eduDma(bar, out.segments[0]!.busAddress + chunk, EDU.BUFFER, EDU_CHUNK, false);
       out.sync(DmaSync.POSTWRITE, at, EDU_CHUNK);
       back.sync(DmaSync.PREREAD, at, EDU_CHUNK);
-      eduDma(bar, EDU_BUF, back.segments[0]!.busAddress + chunk, EDU_CHUNK, true);
+      eduDma(bar, EDU.BUFFER, back.segments[0]!.busAddress + chunk, EDU_CHUNK, true);
       back.sync(DmaSync.POSTREAD, at, EDU_CHUNK);
     }
     dma.disableBusMaster();
@@ -109,7 +100,7 @@ test('edu: 4096 random bytes RAM → device → RAM round-trip exactly, at IOVAs
 
 test('edu: a boundary-constrained load is split into segments that the device fills one by one', (t) => {
   withEdu((_edu, bar, dma) => {
-    const tag = dma.createTag({ alignment: 512, boundary: 0x1000, addressLimit: EDU_LIMIT });
+    const tag = dma.createTag({ alignment: 512, boundary: 0x1000, addressLimit: EDU.DMA_LIMIT });
     const mem = tag.allocMemory(8192);
     const pattern = randomFillSync(new Uint8Array(EDU_CHUNK));
     const staging = tag.allocMemory(4096);
@@ -122,10 +113,10 @@ test('edu: a boundary-constrained load is split into segments that the device fi
 
     dma.enableBusMaster();
     s.sync(DmaSync.PREWRITE);
-    eduDma(bar, s.segments[0]!.busAddress, EDU_BUF, EDU_CHUNK, false);
+    eduDma(bar, s.segments[0]!.busAddress, EDU.BUFFER, EDU_CHUNK, false);
     loaded.sync(DmaSync.PREREAD);
     // Each segment gets the same 2 KiB from edu's buffer.
-    for (const seg of loaded.segments) eduDma(bar, EDU_BUF, seg.busAddress, seg.length, true);
+    for (const seg of loaded.segments) eduDma(bar, EDU.BUFFER, seg.busAddress, seg.length, true);
     loaded.sync(DmaSync.POSTREAD);
     dma.disableBusMaster();
 
@@ -138,7 +129,7 @@ test('edu: a boundary-constrained load is split into segments that the device fi
 
 test('fault containment: edu told to DMA to unmapped IOVAs is blocked by the IOMMU (DMAR fault), canary intact, process alive', (t) => {
   withEdu((_edu, bar, dma) => {
-    const tag = dma.createTag({ alignment: 4096, addressLimit: EDU_LIMIT });
+    const tag = dma.createTag({ alignment: 4096, addressLimit: EDU.DMA_LIMIT });
     const canary = tag.allocMemory(3 * 4096);
     const canaryView = new Uint8Array(canary.buffer);
     canaryView.fill(0x5a);
@@ -149,10 +140,10 @@ test('fault containment: edu told to DMA to unmapped IOVAs is blocked by the IOM
     const before = kernelLog().split('\n').filter((l) => /DMAR.*fault/i.test(l)).length;
 
     dma.enableBusMaster();
-    eduDma(bar, loadedFill.segments[0]!.busAddress, EDU_BUF, EDU_CHUNK, false); // edu's buffer now 0xee
+    eduDma(bar, loadedFill.segments[0]!.busAddress, EDU.BUFFER, EDU_CHUNK, false); // edu's buffer now 0xee
     // The guard page right after the canary (an off-by-one-buffer bug) and a wild address.
     const guard = loadedCanary.segments[0]!.busAddress + BigInt(canary.size);
-    for (const wild of [guard, 0x0ff00000n]) eduDma(bar, EDU_BUF, wild, EDU_CHUNK, true);
+    for (const wild of [guard, 0x0ff00000n]) eduDma(bar, EDU.BUFFER, wild, EDU_CHUNK, true);
     dma.disableBusMaster();
     loadedCanary.sync(DmaSync.POSTREAD);
 
@@ -165,13 +156,13 @@ test('fault containment: edu told to DMA to unmapped IOVAs is blocked by the IOM
     t.true(faults.length > before, 'the guest kernel logged a DMAR fault');
     t.true(faults.slice(before).some((l) => l.includes(`fault addr 0x${guard.toString(16)}`) || l.includes(`fault addr ${guard.toString(16)}`) || l.includes('ff00000')), 'a fault names one of the wild addresses');
     t.true(canaryView.every((b) => b === 0x5a), 'no byte of the canary changed');
-    t.is(bar.read4(EDU_ID), 0x010000ed, 'the device and the process are still alive');
+    t.is(bar.read4(EDU.ID), 0x010000ed, 'the device and the process are still alive');
   });
 });
 
 test('use after free is impossible: unload/free refuse while edu may DMA; quiesce clears bus mastering first', (t) => {
   withEdu((edu, _bar, dma) => {
-    const tag = dma.createTag({ addressLimit: EDU_LIMIT });
+    const tag = dma.createTag({ addressLimit: EDU.DMA_LIMIT });
     const mem = tag.allocMemory(4096);
     const loaded = tag.createMap().load(mem);
     const sab = tag.createMap().load(allocShared(4096));
@@ -198,7 +189,7 @@ test('use after free is impossible: unload/free refuse while edu may DMA; quiesc
 test('1,000 alloc/load/unload/free cycles leave no kernel DMA mapping and no locked memory behind', (t) => {
   withEdu((edu, _bar, dma) => {
     const domain = edu.kernel.dma;
-    const tag = dma.createTag({ addressLimit: EDU_LIMIT });
+    const tag = dma.createTag({ addressLimit: EDU.DMA_LIMIT });
     const availBefore = domain.availableMappings();
     const lockedBefore = vmLckKiB();
     const held = tag.allocMemory(64 * 1024);

@@ -13,12 +13,8 @@ import { parsePciAddress } from '../../kernel/pci-address.js';
 import { walkCapabilities, readHeader, decodeBars, readBarRegisters, type ConfigReader, type Width } from '../../pci/config.js';
 import { PciDevice } from '../../pci/device.js';
 import { bench, sysfsConfig, sysfsResources } from './devices.js';
+import { EDU } from '../../drivers/edu-registers.js';
 
-const EDU_ID = 0x00;
-const EDU_LIVENESS = 0x04;
-const EDU_FACTORIAL = 0x08;
-const EDU_STATUS = 0x20;
-const EDU_STATUS_COMPUTING = 0x01;
 
 function withDevice<T>(address: string, use: (d: PciDevice) => T): T {
   const device = PciDevice.open(address);
@@ -34,17 +30,17 @@ test('edu: identification, liveness and factorial through the SharedArrayBuffer-
     const bar = edu.mapBar(0);
     t.is(bar.kind, 'mapped');
     t.is(bar.size, 1 << 20);
-    t.is(bar.read4(EDU_ID), 0x010000ed);
+    t.is(bar.read4(EDU.ID), 0x010000ed);
     for (const value of [0x12345678, 0, 0xffffffff, 0xa5a5a5a5]) {
-      bar.write4(EDU_LIVENESS, value);
-      t.is(bar.read4(EDU_LIVENESS), ~value >>> 0);
+      bar.write4(EDU.LIVENESS, value);
+      t.is(bar.read4(EDU.LIVENESS), ~value >>> 0);
     }
-    bar.write4(EDU_FACTORIAL, 10);
+    bar.write4(EDU.FACTORIAL, 10);
     let polls = 0;
-    while (bar.read4(EDU_STATUS) & EDU_STATUS_COMPUTING) {
+    while (bar.read4(EDU.STATUS) & EDU.STATUS_COMPUTING) {
       if (++polls > 1_000_000) t.fail('factorial never finished');
     }
-    t.is(bar.read4(EDU_FACTORIAL), 3628800);
+    t.is(bar.read4(EDU.FACTORIAL), 3628800);
   });
 });
 
@@ -53,7 +49,7 @@ test('a worker thread given the BAR by postMessage reads the same registers (sha
   try {
     const bar = edu.mapBar(0);
     if (bar.kind !== 'mapped') return t.fail('BAR0 is not mapped');
-    bar.write4(EDU_LIVENESS, 0x0badf00d);
+    bar.write4(EDU.LIVENESS, 0x0badf00d);
     const seen = await new Promise<{ id: number; liveness: number }>((resolve, reject) => {
       const worker = new Worker(
         `const { parentPort, workerData } = require('node:worker_threads');
@@ -69,7 +65,7 @@ test('a worker thread given the BAR by postMessage reads the same registers (sha
     t.is(seen.id >>> 0, 0x010000ed);
     t.is(seen.liveness >>> 0, ~0x600dcafe >>> 0);
     // The worker's write reached the device the main thread maps.
-    t.is(bar.read4(EDU_LIVENESS), ~0x600dcafe >>> 0);
+    t.is(bar.read4(EDU.LIVENESS), ~0x600dcafe >>> 0);
   } finally {
     edu.close();
   }
@@ -132,13 +128,13 @@ test('the edu and pci-testdev capability lists are what QEMU gives them', (t) =>
 test('out-of-bounds and misaligned register accesses throw; the device is untouched', (t) => {
   withDevice(bench.edu, (edu) => {
     const bar = edu.mapBar(0);
-    bar.write4(EDU_LIVENESS, 1);
+    bar.write4(EDU.LIVENESS, 1);
     t.throws(() => bar.read4(bar.size), { code: 'OUT_OF_RANGE' } as never);
     t.throws(() => bar.write4(bar.size - 2, 0), { code: 'OUT_OF_RANGE' } as never);
-    t.throws(() => bar.write4(EDU_LIVENESS + 1, 7), { message: /not aligned/ });
+    t.throws(() => bar.write4(EDU.LIVENESS + 1, 7), { message: /not aligned/ });
     t.throws(() => edu.config.read(4, 4096), { code: 'OUT_OF_RANGE' } as never);
     t.throws(() => edu.mapBar(5), { code: 'NO_SUCH_REGION' } as never);
-    t.is(bar.read4(EDU_LIVENESS), ~1 >>> 0);
+    t.is(bar.read4(EDU.LIVENESS), ~1 >>> 0);
   });
 });
 
@@ -146,10 +142,10 @@ test('a released BAR handle neither crashes node nor reaches the device, in any 
   const edu = PciDevice.open(bench.edu);
   const bar = edu.mapBar(0);
   const stale = (bar as unknown as { buffer: SharedArrayBuffer }).buffer;
-  bar.write4(EDU_LIVENESS, 0x11111111);
+  bar.write4(EDU.LIVENESS, 0x11111111);
   edu.close();
-  t.throws(() => bar.read4(EDU_ID), { code: 'RELEASED' } as never);
-  t.throws(() => bar.write4(EDU_LIVENESS, 0x22222222), { code: 'RELEASED' } as never);
+  t.throws(() => bar.read4(EDU.ID), { code: 'RELEASED' } as never);
+  t.throws(() => bar.write4(EDU.LIVENESS, 0x22222222), { code: 'RELEASED' } as never);
   // A view created before release, used from a worker after it: all-ones, no SIGBUS, no device access.
   const seen = await new Promise<number>((resolve, reject) => {
     const worker = new Worker(
@@ -166,7 +162,7 @@ test('a released BAR handle neither crashes node nor reaches the device, in any 
   const direct = new Uint32Array(stale);
   direct[1] = 0x44444444;
   withDevice(bench.edu, (again) => {
-    const liveness = again.mapBar(0).read4(EDU_LIVENESS);
+    const liveness = again.mapBar(0).read4(EDU.LIVENESS);
     t.not(liveness, ~0x33333333 >>> 0);
     t.not(liveness, ~0x44444444 >>> 0);
   });
@@ -197,7 +193,7 @@ test('error: a device not bound to vfio-pci, then usable after `upci bind`', (t)
   } finally {
     upci('bind', bench.edu2);
   }
-  t.is(withDevice(bench.edu2, (d) => d.mapBar(0).read4(EDU_ID)), 0x010000ed);
+  t.is(withDevice(bench.edu2, (d) => d.mapBar(0).read4(EDU.ID)), 0x010000ed);
 });
 
 test('error: an IOMMU group that also holds a device owned by a kernel driver is not viable', (t) => {

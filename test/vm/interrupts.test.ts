@@ -8,13 +8,8 @@ import type { BusSpace } from '../../pci/bus-space.js';
 import { PciDevice } from '../../pci/device.js';
 import { Interrupts, type InterruptEvent, type InterruptVector } from '../../pci/intr.js';
 import { bench } from './devices.js';
+import { EDU } from '../../drivers/edu-registers.js';
 
-const EDU_STATUS = 0x20;
-const EDU_STATUS_IRQ_ON_FACTORIAL = 0x80;
-const EDU_FACTORIAL = 0x08;
-const EDU_IRQ_STATUS = 0x24;
-const EDU_IRQ_RAISE = 0x60;
-const EDU_IRQ_ACK = 0x64;
 
 /** Resolves with each next event of a vector, in order, without losing any that arrive early. */
 function eventQueue(vector: InterruptVector): { next(): Promise<InterruptEvent>; all: InterruptEvent[]; stop(): void } {
@@ -46,10 +41,10 @@ function within<T>(ms: number, promise: Promise<T>, what: string): Promise<T> {
 
 /** One edu interrupt round trip: raise, wait for the event, clear the device, ack. */
 async function eduRoundTrip(bar: BusSpace, events: { next(): Promise<InterruptEvent> }, value: number): Promise<InterruptEvent> {
-  bar.write4(EDU_IRQ_RAISE, value);
+  bar.write4(EDU.IRQ_RAISE, value);
   const event = await events.next();
-  const status = bar.read4(EDU_IRQ_STATUS);
-  bar.write4(EDU_IRQ_ACK, status);
+  const status = bar.read4(EDU.IRQ_STATUS);
+  bar.write4(EDU.IRQ_ACK, status);
   event.ack(status !== 0);
   return event;
 }
@@ -86,12 +81,12 @@ test('edu: the factorial-done interrupt arrives (best available type = MSI)', as
     const irq = Interrupts.establish(edu);
     t.is(irq.type, 'msi');
     const events = eventQueue(irq.vector(0));
-    bar.write4(EDU_STATUS, EDU_STATUS_IRQ_ON_FACTORIAL);
-    bar.write4(EDU_FACTORIAL, 10);
+    bar.write4(EDU.STATUS, EDU.STATUS_IRQ_ON_FACTORIAL);
+    bar.write4(EDU.FACTORIAL, 10);
     const event = await events.next();
-    t.is(bar.read4(EDU_IRQ_STATUS), 0x1);
-    t.is(bar.read4(EDU_FACTORIAL), 3628800);
-    bar.write4(EDU_IRQ_ACK, 0x1);
+    t.is(bar.read4(EDU.IRQ_STATUS), 0x1);
+    t.is(bar.read4(EDU.FACTORIAL), 3628800);
+    bar.write4(EDU.IRQ_ACK, 0x1);
     event.ack();
     events.stop();
   } finally {
@@ -144,7 +139,7 @@ test('an INTx storm (never acked) neither hangs the process nor starves another 
     const stormEvents = eventQueue(storm.vector(0));
     const calmIrq = Interrupts.establish(calm, { type: 'msi' });
     const calmEvents = eventQueue(calmIrq.vector(0));
-    stormBar.write4(EDU_IRQ_RAISE, 1); // the line stays asserted: nobody acks
+    stormBar.write4(EDU.IRQ_RAISE, 1); // the line stays asserted: nobody acks
     for (let i = 0; i < 1000; i++) await eduRoundTrip(calmBar, calmEvents, 1);
     let ticks = 0;
     const timer = setInterval(() => ticks++, 5);
@@ -154,7 +149,7 @@ test('an INTx storm (never acked) neither hangs the process nor starves another 
     t.is(calmEvents.all.length, 1000);
     t.is(stormEvents.all.length, 1, 'the kernel keeps the unacked line masked');
     t.true(storm.vector(0).stats().awaitingAck);
-    stormBar.write4(EDU_IRQ_ACK, 1);
+    stormBar.write4(EDU.IRQ_ACK, 1);
   } finally {
     stormy.close();
     calm.close();

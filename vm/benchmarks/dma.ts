@@ -12,6 +12,7 @@
 // refuses (aborts QEMU on) a transfer that ends at the end of its 4 KiB buffer,
 // so the "4 KiB" transfers move 4095 bytes.
 import { execFileSync } from 'node:child_process';
+import { EDU } from '../../drivers/edu-registers.js';
 import { eduAddress, runBenchmarkInVm } from './harness.js';
 
 const XFER = 4095;
@@ -42,7 +43,7 @@ async function guest(refBinary: string, quick: boolean): Promise<number> {
   try {
     const bar = edu.mapBar(0);
     const dma = BusDma.forDevice(edu);
-    const tag = dma.createTag({ alignment: 4096, addressLimit: (1n << 28n) - 1n, maxSegments: 1 });
+    const tag = dma.createTag({ alignment: 4096, addressLimit: EDU.DMA_LIMIT, maxSegments: 1 });
     const map = tag.createMap(4096);
     const page = allocShared(4096);
     for (let i = 0; i < 50; i++) map.load(page).unload(); // warm-up
@@ -62,11 +63,11 @@ async function guest(refBinary: string, quick: boolean): Promise<number> {
     const out = tag.createMap().load(src);
     const back = tag.createMap().load(dst);
     const run = (from: bigint, to: bigint, toRam: boolean) => {
-      bar.write8(0x80, from);
-      bar.write8(0x88, to);
-      bar.write4(0x90, XFER);
-      bar.write4(0x98, 1 | (toRam ? 2 : 0));
-      while (bar.read4(0x98) & 1) { /* poll, as the C reference does */ }
+      bar.write8(EDU.DMA_SRC, from);
+      bar.write8(EDU.DMA_DST, to);
+      bar.write4(EDU.DMA_COUNT, XFER);
+      bar.write4(EDU.DMA_CMD, EDU.DMA_RUN | (toRam ? EDU.DMA_TO_RAM : 0));
+      while (bar.read4(EDU.DMA_CMD) & EDU.DMA_RUN) { /* poll, as the C reference does */ }
     };
     dma.enableBusMaster();
     let toDev = 0;
@@ -74,11 +75,11 @@ async function guest(refBinary: string, quick: boolean): Promise<number> {
     for (let i = 0; i < transfers; i++) {
       t0 = performance.now();
       out.sync(DmaSync.PREWRITE);
-      run(out.segments[0]!.busAddress, 0x40000n, false);
+      run(out.segments[0]!.busAddress, EDU.BUFFER, false);
       out.sync(DmaSync.POSTWRITE);
       const t1 = performance.now();
       back.sync(DmaSync.PREREAD);
-      run(0x40000n, back.segments[0]!.busAddress, true);
+      run(EDU.BUFFER, back.segments[0]!.busAddress, true);
       back.sync(DmaSync.POSTREAD);
       toDev += t1 - t0;
       toRam += performance.now() - t1;

@@ -9,10 +9,8 @@ import { execFileSync } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
 import { eduAddress, percentiles, runBenchmarkInVm } from './harness.js';
 import type { DeliveryWorkerData } from './delivery-worker.js';
+import { EDU } from '../../drivers/edu-registers.js';
 
-const EDU_IRQ_STATUS = 0x24;
-const EDU_IRQ_RAISE = 0x60;
-const EDU_IRQ_ACK = 0x64;
 
 const micros = (from: bigint) => Number(process.hrtime.bigint() - from) / 1000;
 
@@ -25,7 +23,7 @@ async function upciRoundTrips(iterations: number): Promise<number[]> {
     const irq = Interrupts.establish(edu, { type: 'msi' });
     let wake: (() => void) | undefined;
     const sub = irq.vector(0).events.subscribe((event) => {
-      bar.write4(EDU_IRQ_ACK, bar.read4(EDU_IRQ_STATUS));
+      bar.write4(EDU.IRQ_ACK, bar.read4(EDU.IRQ_STATUS));
       event.ack();
       wake?.();
     });
@@ -34,7 +32,7 @@ async function upciRoundTrips(iterations: number): Promise<number[]> {
       const t0 = process.hrtime.bigint();
       await new Promise<void>((resolve) => {
         wake = resolve;
-        bar.write4(EDU_IRQ_RAISE, 1);
+        bar.write4(EDU.IRQ_RAISE, 1);
       });
       samples.push(micros(t0));
     }
