@@ -16,7 +16,7 @@ export const EAGAIN = 11;
 export const EINTR = 4;
 
 const sys = posix('libc.so.6', { O_CLOEXEC, EAGAIN, EINTR });
-export const { errno, open, close, ioctlBuffer, ioctlValue, preadExact, pwriteExact, readSome, writeAll } = sys;
+export const { errno, open, close, ioctlBuffer, ioctlValue, preadExact, pwriteExact, readSome, writeSome, writeAll, pipe } = sys;
 
 let bound: ReturnType<typeof bind> | undefined;
 

@@ -54,11 +54,15 @@ export interface IovaRange {
 export type DmaAccess = 'read' | 'write' | 'both';
 
 /**
- * The IOMMU context a device's DMA goes through. Devices that share an IOMMU
- * group share one; every mapping made here is the kernel-side mirror of a
- * userland DMA allocation.
+ * DMA model 'iommu' (VFIO): the process allocates the memory and chooses the
+ * IOVA; the kernel pins it and programs the IOMMU. Devices that share an
+ * IOMMU group share one domain; every mapping made here is the kernel-side
+ * mirror of a userland DMA allocation. pci/bus-dma.ts keeps the IOVA space
+ * (pci/iova-allocator.ts) and can also load memory it did not allocate.
+ * `model` may be left out: an object without it is this model.
  */
-export interface DmaDomain {
+export interface IommuDmaDomain {
+  readonly model?: 'iommu';
   readonly iovaRanges: readonly IovaRange[];
   /** Bitmap of supported IOMMU page sizes. */
   readonly pageSizes: bigint;
@@ -67,6 +71,79 @@ export interface DmaDomain {
   /** Pins [vaddr, vaddr+size) and makes it visible to the device at iova. */
   map(vaddr: bigint, iova: bigint, size: number, access: DmaAccess): void;
   unmap(iova: bigint, size: number): void;
+}
+
+/** What a device's DMA engine can reach, as a bus_dma tag states it (pci/bus-dma.ts DmaTag). */
+export interface DmaConstraints {
+  /** Power of two; the memory's first bus address is a multiple of it. */
+  readonly alignment: bigint;
+  /** 0 or a power of two no segment may cross. */
+  readonly boundary: bigint;
+  /** Highest bus address the device can reach, inclusive. */
+  readonly addressLimit: bigint;
+  /** Most segments the memory may be in. */
+  readonly maxSegments: number;
+}
+
+export interface DmaBusSegment {
+  readonly busAddress: bigint;
+  readonly length: number;
+}
+
+/** Memory the kernel allocated for DMA: mmap `mmap` to reach it; the device reaches it at `segments`. */
+export interface DmaAllocation {
+  /** Bytes, a multiple of the page. */
+  readonly size: number;
+  readonly mmap: MmapSource;
+  /** Bus addresses of the whole allocation, in order, covering `size` bytes. */
+  readonly segments: readonly DmaBusSegment[];
+}
+
+/**
+ * DMA model 'kernel' (NetBSD pciuser(4), bus_dma(9) in the kernel): the
+ * kernel allocates the memory on the device's DMA tag and chooses its bus
+ * addresses (through an IOMMU or not); the process can neither choose
+ * addresses nor make its own memory visible to the device.
+ */
+export interface KernelDmaAllocator {
+  readonly model: 'kernel';
+  /** Allocation granularity. */
+  readonly pageSize: number;
+  /** Allocations the kernel still allows, when it says. */
+  availableMappings(): number | undefined;
+  /** Zeroed memory of `size` bytes (a multiple of pageSize) the device may access as `access` says, loaded for DMA. */
+  allocate(size: number, constraints: DmaConstraints, access: DmaAccess): DmaAllocation;
+  /** bus_dmamap_sync (BUS_DMASYNC_* values) over [offset, offset+length) of an allocation. */
+  sync(allocation: DmaAllocation, ops: number, offset: number, length: number): void;
+  /** The device can no longer reach it; the pages go once the last mapping of them goes. */
+  free(allocation: DmaAllocation): void;
+}
+
+/** How a device does DMA: pci/bus-dma.ts serves both models behind one API, choosing by `model`. */
+export type DmaDomain = IommuDmaDomain | KernelDmaAllocator;
+
+/**
+ * Where a device's interrupts can be read: data the interrupt worker thread
+ * acts on (it cannot call objects of the main thread).
+ *  - 'counter': read(2) gives an 8-byte count (an eventfd): interrupts on
+ *    vector `firstVector` since the last read; `vectors` is 1.
+ *  - 'records': read(2) gives 8-byte records {u32 vector, u32 count}
+ *    (little-endian), `vector` in [firstVector, firstVector + vectors);
+ *    read until the fd has nothing (EAGAIN) or is at end of file.
+ */
+export interface IrqSource {
+  /** Non-blocking, pollable. */
+  readonly fd: number;
+  readonly format: 'counter' | 'records';
+  readonly firstVector: number;
+  readonly vectors: number;
+  /**
+   * Who closes `fd`. 'hub': handed over with the source: the receiver (the
+   * interrupt hub) closes it once its worker can no longer be reading it.
+   * 'device': the DeviceFile's own fd, closed by DeviceFile.close() only;
+   * the hub must have let go of it first.
+   */
+  readonly owner: 'hub' | 'device';
 }
 
 export interface DeviceFile {
@@ -86,8 +163,12 @@ export interface DeviceFile {
   /** Function-level (or the best available) reset. */
   reset(): void;
 
-  /** Routes `count` vectors of `kind` to eventfds (one per vector, starting at 0); replaces any previous setup. */
-  enableIrqs(kind: IrqKind, eventfds: readonly number[]): void;
+  /**
+   * Enables vectors 0..count-1 of `kind`, replacing any previous setup, and
+   * says where their interrupts can be read: sources that together cover
+   * each vector once. All or nothing: fewer vectors than asked is an error.
+   */
+  enableIrqs(kind: IrqKind, count: number): IrqSource[];
   disableIrqs(kind: IrqKind): void;
   unmaskIntx(): void;
 

@@ -32,6 +32,7 @@ export function posix(libraryName: string, k: PosixConstants) {
       pwrite: lib.func('intptr_t pwrite(int fd, const uint8_t *buf, size_t count, int64_t offset)'),
       read: lib.func('intptr_t read(int fd, _Out_ uint8_t *buf, size_t count)'),
       write: lib.func('intptr_t write(int fd, const uint8_t *buf, size_t count)'),
+      pipe2: lib.func('int pipe2(_Out_ uint8_t *fds, int flags)'),
     };
   }
 
@@ -86,6 +87,22 @@ export function posix(libraryName: string, k: PosixConstants) {
       const e = errno();
       if (e === k.EAGAIN) return -1;
       throw new SyscallError(describe(what), e);
+    },
+
+    /** write(2): bytes written, or -1 when a non-blocking fd is full (EAGAIN). */
+    writeSome(fd: number, buf: Buffer, what: Operation): number {
+      const n = c().write(fd, buf, buf.length) as number;
+      if (n >= 0) return n;
+      const e = errno();
+      if (e === k.EAGAIN) return -1;
+      throw new SyscallError(describe(what), e);
+    },
+
+    /** pipe2(2), always close-on-exec: [read end, write end]. `flags` adds the OS's O_NONBLOCK, say. */
+    pipe(flags: number): [number, number] {
+      const fds = Buffer.alloc(8);
+      if ((c().pipe2(fds, flags | k.O_CLOEXEC) as number) < 0) throw new SyscallError('pipe2', errno());
+      return [fds.readInt32LE(0), fds.readInt32LE(4)];
     },
 
     writeAll(fd: number, buf: Buffer, what: Operation): void {

@@ -28,6 +28,17 @@
  * views a driver kept read all-ones and write into private memory, never into
  * pages a device can reach.
  *
+ * Two kernel models (kernel/port.ts DmaDomain, chosen by its `model`):
+ *  - 'iommu' (VFIO): memory is allocShared() here, its IOVA comes from this
+ *    domain's IovaAllocator and the kernel maps it (domain.map); any
+ *    page-aligned SharedArrayBuffer can be loaded the same way.
+ *  - 'kernel' (NetBSD pciuser(4)): the kernel allocates the memory under the
+ *    tag's constraints and returns its bus addresses (domain.allocate); it is
+ *    mmapped here. Only such memory can be loaded: a SharedArrayBuffer the
+ *    process allocated cannot be made visible to the device (refused, KERNEL).
+ * Above allocation the two are one code path: memory is one bus-contiguous
+ * range, and loads cut their segments out of it under the tag.
+ *
  * No IOMMU: there is deliberately no "physical address" mode (handing real
  * physical addresses to a device without an IOMMU, as VFIO's no-IOMMU mode
  * or uio would allow). It is not implemented: a userland driver bug would be
@@ -35,8 +46,8 @@
  * IOMMU group (NO_IOMMU_GROUP).
  */
 import { UpciError } from '../kernel/errors.js';
-import type { DmaAccess, DmaDomain } from '../kernel/port.js';
-import { addressOf, allocShared, revoke } from '../shm/mapping.js';
+import type { DmaAccess, DmaAllocation, DmaDomain, IommuDmaDomain, KernelDmaAllocator } from '../kernel/port.js';
+import { addressOf, allocShared, mapShared, revoke } from '../shm/mapping.js';
 import type { PciDevice } from './device.js';
 import { allocatorFor, type IovaAllocator } from './iova-allocator.js';
 
@@ -125,7 +136,7 @@ export class BusDma {
   private static readonly instances = new WeakMap<object, BusDma>();
 
   readonly domain: DmaDomain;
-  readonly iova: IovaAllocator;
+  private readonly iovaSpace: IovaAllocator | undefined;
   /** @internal */
   readonly memories = new Set<DmaMemory>();
   /** @internal */
@@ -134,7 +145,7 @@ export class BusDma {
 
   private constructor(readonly device: DmaDevice) {
     this.domain = device.kernel.dma;
-    this.iova = allocatorFor(this.domain);
+    this.iovaSpace = this.domain.model === 'kernel' ? undefined : allocatorFor(this.domain);
     device.onRelease(() => this.releaseAll());
   }
 
@@ -148,9 +159,27 @@ export class BusDma {
     return dma;
   }
 
-  /** IOMMU page size: the granule of every mapping. */
+  /** The IOVA space ('iommu' model); the 'kernel' model has none the process could allocate from. */
+  get iova(): IovaAllocator {
+    if (this.iovaSpace === undefined) {
+      throw new UpciError('KERNEL', `bus_dma: ${this.device.address}'s kernel port allocates DMA memory and picks its bus addresses itself; there is no IOVA space in this process`);
+    }
+    return this.iovaSpace;
+  }
+
+  /** @internal The 'iommu' domain, or undefined under the 'kernel' model. */
+  get iommu(): IommuDmaDomain | undefined {
+    return this.domain.model === 'kernel' ? undefined : this.domain;
+  }
+
+  /** @internal The 'kernel' allocator, or undefined under the 'iommu' model. */
+  get allocator(): KernelDmaAllocator | undefined {
+    return this.domain.model === 'kernel' ? this.domain : undefined;
+  }
+
+  /** IOMMU (or kernel allocation) page size: the granule of every mapping. */
   get granule(): number {
-    return Number(this.iova.granule);
+    return this.domain.model === 'kernel' ? this.domain.pageSize : Number(this.iova.granule);
   }
 
   createTag(options: DmaTagOptions = {}): DmaTag {
@@ -260,13 +289,17 @@ export class DmaTag {
     }
     if (!(Number.isSafeInteger(maxSize) && maxSize > 0)) throw new DmaConstraintError('maxSize', `maxSize ${maxSize} is not a positive integer`);
     if (addressLimit < 0n || addressLimit > MAX_U64) throw new DmaConstraintError('addressLimit', `addressLimit ${hex(addressLimit)} is not a 64-bit address`);
-    const granule = dma.iova.granule;
-    const reachable = dma.domain.iovaRanges.some((r) => (r.start > granule ? r.start : granule) + granule - 1n <= (r.end < addressLimit ? r.end : addressLimit));
-    if (!reachable) {
-      throw new DmaConstraintError(
-        'addressLimit',
-        `a device limited to addresses <= ${hex(addressLimit)} can reach none of the IOMMU's valid IOVA ranges ${dma.domain.iovaRanges.map((r) => `[${hex(r.start)}-${hex(r.end)}]`).join(' ')}`,
-      );
+    // Under the 'kernel' model the kernel checks the window at allocation time.
+    const iommu = dma.iommu;
+    if (iommu !== undefined) {
+      const granule = dma.iova.granule;
+      const reachable = iommu.iovaRanges.some((r) => (r.start > granule ? r.start : granule) + granule - 1n <= (r.end < addressLimit ? r.end : addressLimit));
+      if (!reachable) {
+        throw new DmaConstraintError(
+          'addressLimit',
+          `a device limited to addresses <= ${hex(addressLimit)} can reach none of the IOMMU's valid IOVA ranges ${iommu.iovaRanges.map((r) => `[${hex(r.start)}-${hex(r.end)}]`).join(' ')}`,
+        );
+      }
     }
     this.alignment = alignment;
     this.boundary = boundary;
@@ -296,29 +329,54 @@ export class DmaTag {
 
   /**
    * bus_dmamem_alloc + bus_dmamem_map: `size` bytes (rounded up to the IOMMU
-   * page) of zeroed, page-aligned shared memory, pinned and mapped in the
-   * IOMMU at an IOVA that satisfies this tag.
+   * page) of zeroed, page-aligned shared memory, reachable by the device at
+   * one bus-contiguous range that satisfies this tag: pinned and mapped in
+   * the IOMMU at an IOVA chosen here ('iommu'), or allocated so by the
+   * kernel ('kernel').
    */
   allocMemory(size: number, options: AllocOptions = {}): DmaMemory {
     this.dma.live();
     this.checkSize(size);
-    const granule = this.dma.iova.granule;
+    const granule = BigInt(this.dma.granule);
     const span = ((BigInt(size) + granule - 1n) / granule) * granule;
     // The whole memory must be loadable in one go under this tag.
     this.countSegments(0n, span);
-    const iova = this.dma.iova.allocate({ size: span, alignment: this.alignment, limit: this.addressLimit, boundary: this.boundary });
-    let buffer: SharedArrayBuffer | undefined;
-    try {
-      buffer = allocShared(Number(span));
-      this.dma.domain.map(addressOf(buffer), iova, Number(span), options.access ?? 'both');
-    } catch (e) {
-      this.dma.iova.release(iova);
-      if (buffer !== undefined) revoke(buffer);
-      throw e;
+    const access = options.access ?? 'both';
+    // As the IOVA allocator does: a range no longer than the boundary must not cross one; a longer one is split at loads.
+    const boundary = this.boundary > 0n && span <= this.boundary ? this.boundary : 0n;
+    const allocator = this.dma.allocator;
+    let mem: DmaMemory;
+    if (allocator !== undefined) {
+      const allocation = allocator.allocate(Number(span), { alignment: this.alignment, boundary, addressLimit: this.addressLimit, maxSegments: 1 }, access);
+      let buffer: SharedArrayBuffer | undefined;
+      try {
+        const [segment, ...more] = allocation.segments;
+        if (segment === undefined || more.length > 0 || segment.length < Number(span) || allocation.size < Number(span)) {
+          throw new UpciError('KERNEL', `bus_dma: the kernel returned ${allocation.segments.length} segment(s) for ${span} bytes asked for as one`);
+        }
+        // Checks the kernel's addresses against the tag, as for any load.
+        this.segments(segment.busAddress, Number(span));
+        buffer = mapShared(allocation.mmap);
+      } catch (e) {
+        allocator.free(allocation);
+        throw e;
+      }
+      mem = new DmaMemory(this, buffer, Number(span), allocation.segments[0]!.busAddress, allocation);
+    } else {
+      const iova = this.dma.iova.allocate({ size: span, alignment: this.alignment, limit: this.addressLimit, boundary: this.boundary });
+      let buffer: SharedArrayBuffer | undefined;
+      try {
+        buffer = allocShared(Number(span));
+        this.dma.iommu!.map(addressOf(buffer), iova, Number(span), access);
+      } catch (e) {
+        this.dma.iova.release(iova);
+        if (buffer !== undefined) revoke(buffer);
+        throw e;
+      }
+      mem = new DmaMemory(this, buffer, Number(span), iova, undefined);
     }
-    const mem = new DmaMemory(this, buffer, Number(span), iova);
     this.dma.memories.add(mem);
-    memoryOfBuffer.set(buffer, mem);
+    memoryOfBuffer.set(mem.buffer, mem);
     return mem;
   }
 
@@ -389,7 +447,7 @@ export class DmaTag {
 
 const memoryOfBuffer = new WeakMap<SharedArrayBuffer, DmaMemory>();
 
-/** bus_dmamem: DMA memory, mapped in the IOMMU until free(). */
+/** bus_dmamem: DMA memory, reachable by the device until free(). */
 export class DmaMemory {
   private buf: SharedArrayBuffer | undefined;
   /** @internal loads of this memory that are still loaded */
@@ -400,7 +458,8 @@ export class DmaMemory {
     readonly tag: DmaTag,
     buffer: SharedArrayBuffer,
     readonly size: number,
-    /** @internal */ readonly iova: bigint,
+    /** @internal Bus address of the first byte (an IOVA under an IOMMU). */ readonly iova: bigint,
+    /** @internal The kernel's allocation ('kernel' model), undefined for 'iommu'. */ readonly allocation: DmaAllocation | undefined,
   ) {
     this.buf = buffer;
   }
@@ -434,11 +493,16 @@ export class DmaMemory {
     const buf = this.buf;
     if (buf === undefined) return;
     this.buf = undefined;
-    this.tag.dma.memories.delete(this);
+    const dma = this.tag.dma;
+    dma.memories.delete(this);
     try {
-      this.tag.dma.domain.unmap(this.iova, this.size);
-      // Only once the kernel dropped the mapping may the IOVA be handed out again.
-      this.tag.dma.iova.release(this.iova);
+      if (this.allocation !== undefined) {
+        dma.allocator!.free(this.allocation);
+      } else {
+        dma.iommu!.unmap(this.iova, this.size);
+        // Only once the kernel dropped the mapping may the IOVA be handed out again.
+        dma.iova.release(this.iova);
+      }
     } finally {
       revoke(buf);
     }
@@ -486,7 +550,16 @@ export class DmaMap {
       if (source.tag.dma !== dma) throw new UpciError('OUT_OF_RANGE', 'bus_dma: this DMA memory belongs to another device', 'allocate it with a tag of this device');
       const segments = this.tag.segments(source.iova + BigInt(offset), len);
       source.loads++;
-      return this.track(new LoadedDmaMap(this, source, segments, len, undefined));
+      return this.track(new LoadedDmaMap(this, source, offset, segments, len, undefined));
+    }
+
+    const iommu = dma.iommu;
+    if (iommu === undefined) {
+      throw new UpciError(
+        'KERNEL',
+        `bus_dma: ${dma.device.address}'s kernel port allocates DMA memory itself and cannot make memory this process allocated visible to the device`,
+        'allocate the buffer with tag.allocMemory() and use its .buffer',
+      );
     }
 
     const granule = dma.iova.granule;
@@ -509,12 +582,12 @@ export class DmaMap {
     let segments: DmaSegment[];
     try {
       segments = this.tag.segments(iova + within, len);
-      dma.domain.map(base + first, iova, Number(span), options.access ?? 'both');
+      iommu.map(base + first, iova, Number(span), options.access ?? 'both');
     } catch (e) {
       dma.iova.release(iova);
       throw e;
     }
-    return this.track(new LoadedDmaMap(this, source, segments, len, { iova, size: Number(span) }));
+    return this.track(new LoadedDmaMap(this, source, offset, segments, len, { iova, size: Number(span) }));
   }
 
   private track(l: LoadedDmaMap): LoadedDmaMap {
@@ -538,6 +611,8 @@ export class LoadedDmaMap {
   constructor(
     readonly map: DmaMap,
     private readonly source: DmaMemory | SharedArrayBuffer,
+    /** Where the loaded range starts in `source`. */
+    private readonly offset: number,
     segments: DmaSegment[],
     /** Bytes loaded. */
     readonly length: number,
@@ -583,6 +658,10 @@ export class LoadedDmaMap {
       throw new DmaConstraintError('range', `sync range [${offset}, ${offset} + ${length}) is outside the ${this.length} loaded bytes`);
     }
     Atomics.add(fenceCell, 0, 0);
+    // The 'kernel' model's bus_dmamap_sync (bounce buffers, non-coherent caches are the kernel's business there).
+    if (this.source instanceof DmaMemory && this.source.allocation !== undefined) {
+      this.map.tag.dma.allocator!.sync(this.source.allocation, ops, this.offset + offset, length);
+    }
   }
 
   /**
@@ -608,7 +687,7 @@ export class LoadedDmaMap {
       return;
     }
     if (this.own !== undefined) {
-      dma.domain.unmap(this.own.iova, this.own.size);
+      dma.iommu!.unmap(this.own.iova, this.own.size);
       // Only once the kernel dropped the mapping may the IOVA be handed out again.
       dma.iova.release(this.own.iova);
     }

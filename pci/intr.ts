@@ -9,9 +9,8 @@
  */
 import { Observable, Subject } from 'rxjs';
 import { UpciError } from '../kernel/errors.js';
-import * as libc from '../kernel/libc.js';
-import type { DeviceFile, IrqKind } from '../kernel/port.js';
-import { interruptHub, type InterruptSession } from '../workers/interrupt-hub.js';
+import type { DeviceFile, IrqKind, IrqSource } from '../kernel/port.js';
+import { interruptHub, type HubRegistration } from '../workers/interrupt-hub.js';
 import type { PciDevice } from './device.js';
 
 export type InterruptType = IrqKind;
@@ -102,7 +101,7 @@ export class InterruptVector {
 /** An established set of vectors; release() (or closing the device, or the last unsubscribe) disestablishes it. */
 export class Interrupts {
   readonly vectors: readonly InterruptVector[];
-  private readonly slots: { session: InterruptSession; slot: number }[] = [];
+  private readonly slots: HubRegistration[] = [];
   private subscribers = 0;
   private released = false;
 
@@ -112,19 +111,37 @@ export class Interrupts {
     count: number,
   ) {
     this.vectors = Array.from({ length: count }, (_, i) => new InterruptVector(i, this));
-    const fds: number[] = [];
+    const sources = file.enableIrqs(type, count);
+    let next = 0;
     try {
-      for (const vector of this.vectors) {
-        const fd = libc.eventfd(libc.EFD_NONBLOCK);
-        fds.push(fd);
-        this.slots.push(interruptHub.register(fd, (n) => vector.fire(n)));
+      Interrupts.checkCoverage(file, type, count, sources);
+      for (; next < sources.length; next++) {
+        this.slots.push(interruptHub.register(sources[next]!, (vector, n) => this.vectors[vector]?.fire(n)));
       }
-      file.enableIrqs(type, fds);
     } catch (e) {
       this.unregister();
-      fds.slice(this.slots.length).forEach((fd) => libc.close(fd));
+      try {
+        file.disableIrqs(type);
+      } finally {
+        sources.slice(next).forEach((source) => interruptHub.discard(source));
+      }
       throw e;
     }
+  }
+
+  /** The port's sources must cover vectors 0..count-1 once each, or some vector would never fire (or fire twice). */
+  private static checkCoverage(file: DeviceFile, type: InterruptType, count: number, sources: readonly IrqSource[]): void {
+    const covered = new Uint8Array(count);
+    for (const s of sources) {
+      for (let v = s.firstVector; v < s.firstVector + s.vectors; v++) {
+        if (!(v >= 0 && v < count) || covered[v] !== 0) {
+          throw new UpciError('KERNEL', `${file.address}: the kernel port's ${type} interrupt sources do not cover vectors 0-${count - 1} once each (vector ${v})`);
+        }
+        covered[v] = 1;
+      }
+    }
+    const missing = covered.indexOf(0);
+    if (missing >= 0) throw new UpciError('KERNEL', `${file.address}: the kernel port gave no interrupt source for ${type} vector ${missing}`);
   }
 
   /** pci_intr_alloc + pci_intr_establish. */
@@ -177,7 +194,11 @@ export class Interrupts {
     for (const { session, slot } of this.slots.splice(0)) interruptHub.unregister(session, slot);
   }
 
-  /** Disables the vectors in the kernel, then stops watching and closes their eventfds. Idempotent. */
+  /**
+   * Disables the vectors in the kernel, then stops watching their sources
+   * (the hub closes the fds it was handed; a device's own fd stays open
+   * until the device closes). Idempotent.
+   */
   release(): void {
     if (this.released) return;
     this.released = true;

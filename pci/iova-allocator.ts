@@ -11,7 +11,7 @@
  *    that overruns its buffer faults instead of landing in the neighbour.
  */
 import { UpciError } from '../kernel/errors.js';
-import type { DmaDomain, IovaRange } from '../kernel/port.js';
+import type { IommuDmaDomain, IovaRange } from '../kernel/port.js';
 
 export interface IovaRequest {
   /** Bytes, a multiple of the granule. */
@@ -87,10 +87,10 @@ export class IovaAllocator {
   }
 }
 
-const allocators = new WeakMap<DmaDomain, IovaAllocator>();
+const allocators = new WeakMap<IommuDmaDomain, IovaAllocator>();
 
 /** The smallest page size in the IOMMU's bitmap, at least 4 KiB. */
-export function iommuGranule(domain: DmaDomain): bigint {
+export function iommuGranule(domain: IommuDmaDomain): bigint {
   const bits = domain.pageSizes;
   if (bits === 0n) return 4096n;
   const lowest = bits & -bits;
@@ -98,7 +98,7 @@ export function iommuGranule(domain: DmaDomain): bigint {
 }
 
 /** The one allocator of a DmaDomain (devices of one IOMMU group share it). */
-export function allocatorFor(domain: DmaDomain): IovaAllocator {
+export function allocatorFor(domain: IommuDmaDomain): IovaAllocator {
   let a = allocators.get(domain);
   if (a === undefined) {
     a = new IovaAllocator(domain.iovaRanges, iommuGranule(domain));

@@ -5,16 +5,31 @@
  */
 import { platform } from 'node:os';
 import * as libc from '../kernel/libc.js';
+import type { Operation } from '../kernel/posix.js';
 import { kqueueEventQueue } from './kqueue.js';
+import { eventfdWakeable, type Wakeable } from './wakeable.js';
 
+export type { Wakeable } from './wakeable.js';
+
+/**
+ * The queue and the few calls on the fds it watches, so that the interrupt
+ * hub and worker contain no OS-specific code: everything here is the OS's
+ * (its libc, its errno values).
+ */
 export interface EventQueue {
   readonly fd: number;
-  /** Watches `fd` for readability; `token` comes back from wait(). */
+  /** Watches `fd` for readability (level-triggered); `token` comes back from wait(). */
   add(fd: number, token: number): void;
   remove(fd: number): void;
   /** Blocks until at least one watched fd is readable; returns their tokens. */
   wait(): number[];
   close(): void;
+  /** A new wake-up fd for this OS (eventfd on Linux, a pipe on NetBSD); the caller watches, wakes and closes it. */
+  wakeable(): Wakeable;
+  /** read(2) of a watched non-blocking fd: bytes read, 0 at end of file, -1 when there is nothing (EAGAIN). */
+  read(fd: number, buf: Buffer, what: Operation): number;
+  /** close(2) of an fd the caller owns. */
+  closeFd(fd: number): void;
 }
 
 const MAX_EVENTS = 64;
@@ -42,6 +57,18 @@ class Epoll implements EventQueue {
   close(): void {
     libc.close(this.fd);
   }
+
+  wakeable(): Wakeable {
+    return eventfdWakeable();
+  }
+
+  read(fd: number, buf: Buffer, what: Operation): number {
+    return libc.readSome(fd, buf, what);
+  }
+
+  closeFd(fd: number): void {
+    libc.close(fd);
+  }
 }
 
 /** A new queue, or (with `fd`) a handle on one another thread created. */
@@ -49,4 +76,9 @@ export function eventQueue(fd?: number): EventQueue {
   if (platform() === 'linux') return new Epoll(fd ?? libc.epollCreate());
   if (platform() === 'netbsd') return kqueueEventQueue(fd);
   throw new Error(`upci has no event queue for ${platform()}: it knows epoll (Linux) and kqueue (NetBSD)`);
+}
+
+/** close(2) of an fd the caller owns, without a queue. */
+export function closeFd(fd: number): void {
+  eventQueue(-1).closeFd(fd);
 }

@@ -1,45 +1,65 @@
 /**
- * The main-thread side of the interrupt worker: hands eventfds to it, waits
- * for its notifications with Atomics.waitAsync (no message copies, no
- * polling), and calls each slot's listener with the interrupts it counted.
- * The worker runs while any slot is registered, so an idle process can exit.
+ * The main-thread side of the interrupt worker: hands interrupt sources
+ * (kernel/port.ts IrqSource) to it, waits for its notifications with
+ * Atomics.waitAsync (no message copies, no polling), and calls each source's
+ * listener with the interrupts it counted per vector. The worker runs while
+ * any source is registered, so an idle process can exit. Nothing here is
+ * OS-specific: the event queue (workers/event-queue.ts) is.
+ *
+ * fd ownership: a source with owner 'hub' is handed over at register() and
+ * closed here once the worker can no longer be reading it; a source with
+ * owner 'device' is never closed here, and unregister() returns only once the
+ * worker has let go of it, so its owner may close it right after.
  */
 import { Piscina } from 'piscina';
-import * as libc from '../kernel/libc.js';
 import { UpciError } from '../kernel/errors.js';
-import { board, createBoardBuffer, EPOCH, SEQUENCE, SHUTDOWN, SLOT_COUNT, WAKE_SLOT, type Board } from './interrupt-board.js';
-import { eventQueue, type EventQueue } from './event-queue.js';
+import type { IrqSource } from '../kernel/port.js';
+import {
+  board, createBoardBuffer, EPOCH, EXITED, FORMAT_COUNTER, FORMAT_DRAIN, FORMAT_RECORDS, SEQUENCE, SHUTDOWN, SLOT_COUNT, WAKE_SLOT, type Board,
+} from './interrupt-board.js';
+import { closeFd, eventQueue, type EventQueue, type Wakeable } from './event-queue.js';
 import type { WorkerTask } from './interrupt-worker.js';
 
-export type SlotListener = (count: number) => void;
+/** Called with the source's vector (firstVector-based, as the device numbers it) and the interrupts counted since the last call. */
+export type SourceListener = (vector: number, count: number) => void;
 
-/** How long the worker outlives its last slot, so establish/disestablish loops do not restart it each time. */
+/** How long the worker outlives its last source, so establish/disestablish loops do not restart it each time. */
 const LINGER_MS = 200;
-/** Removed fds allowed to wait for the worker's epoch before register() waits for it. */
+/** Removed sources allowed to wait for the worker's epoch before register() waits for it. */
 const MAX_PENDING_CLOSES = 32;
+/** How long unregister() of a device-owned fd waits for the worker to finish its batch before giving up. */
+const LET_GO_TIMEOUT_MS = 5000;
+
+interface Registration {
+  readonly source: IrqSource;
+  readonly listener: SourceListener;
+}
 
 class Session {
   readonly buffer = createBoardBuffer();
   readonly board: Board = board(this.buffer);
   readonly queue: EventQueue = eventQueue();
-  private readonly wakeFd = libc.eventfd(libc.EFD_NONBLOCK);
+  private readonly wakeup: Wakeable = this.queue.wakeable();
   private readonly pool = new Piscina({
     filename: new URL('./interrupt-worker.js', import.meta.url).href,
     minThreads: 1,
     maxThreads: 1,
   });
-  private readonly listeners = new Map<number, SlotListener>();
+  /** By base slot. */
+  private readonly registrations = new Map<number, Registration>();
   private readonly seen = new Uint32Array(SLOT_COUNT);
-  /** Removed slots and their fds, reusable once the worker's epoch has passed the removal. */
-  private readonly closing: { fd: number; slot: number; epoch: number }[] = [];
-  private nextSlot = 1;
-  private readonly freeSlots: number[] = [];
+  /** Slots in use, including removed ones whose epoch has not passed yet. */
+  private readonly taken = new Uint8Array(SLOT_COUNT);
+  /** Removed sources: their slots are reusable (and a hub-owned fd closable, fd >= 0) once the worker's epoch has passed the removal. */
+  private readonly closing: { fd: number; base: number; span: number; epoch: number }[] = [];
   private stopping = false;
   readonly done: Promise<void>;
 
   constructor() {
-    Atomics.store(this.board.fds, WAKE_SLOT, this.wakeFd);
-    this.queue.add(this.wakeFd, WAKE_SLOT);
+    this.taken[WAKE_SLOT] = 1;
+    Atomics.store(this.board.formats, WAKE_SLOT, FORMAT_DRAIN);
+    Atomics.store(this.board.fds, WAKE_SLOT, this.wakeup.fd);
+    this.queue.add(this.wakeup.fd, WAKE_SLOT);
     const task: WorkerTask = { queueFd: this.queue.fd, board: this.buffer };
     this.done = this.pool.run(task).then(() => this.teardown(), (e: unknown) => {
       this.teardown();
@@ -50,35 +70,86 @@ class Session {
   }
 
   get size(): number {
-    return this.listeners.size;
+    return this.registrations.size;
   }
 
-  register(fd: number, listener: SlotListener): number {
+  /** First fit of `span` consecutive free slots, or -1. */
+  private findSlots(span: number): number {
+    for (let base = 1, run = 0; base + run < SLOT_COUNT; ) {
+      if (this.taken[base + run]) {
+        base += run + 1;
+        run = 0;
+      } else if (++run === span) {
+        return base;
+      }
+    }
+    return -1;
+  }
+
+  register(source: IrqSource, listener: SourceListener): number {
+    const span = source.vectors;
+    if (!Number.isInteger(span) || span < 1 || span >= SLOT_COUNT) throw new UpciError('OUT_OF_RANGE', `an interrupt source of ${span} vectors`);
     // A caller that never yields (an establish/release loop) would otherwise pile up fds until EMFILE.
-    this.reclaim(this.closing.length >= MAX_PENDING_CLOSES || (this.freeSlots.length === 0 && this.nextSlot >= SLOT_COUNT));
-    const slot = this.freeSlots.pop() ?? this.nextSlot++;
-    if (slot >= SLOT_COUNT) throw new UpciError('BUSY', `more than ${SLOT_COUNT - 1} interrupt vectors in one process`);
-    this.seen[slot] = Atomics.load(this.board.counts, slot);
-    this.listeners.set(slot, listener);
-    Atomics.store(this.board.fds, slot, fd);
-    this.queue.add(fd, slot);
-    return slot;
+    let base = this.closing.length >= MAX_PENDING_CLOSES ? -1 : this.findSlots(span);
+    if (base < 0) {
+      this.reclaim(this.closing.length > 0);
+      base = this.findSlots(span);
+    }
+    if (base < 0) throw new UpciError('BUSY', `no ${span} free interrupt slot(s): more than ${SLOT_COUNT - 1} interrupt vectors in one process`);
+    const b = this.board;
+    for (let v = 0; v < span; v++) {
+      this.taken[base + v] = 1;
+      this.seen[base + v] = Atomics.load(b.counts, base + v);
+    }
+    this.registrations.set(base, { source, listener });
+    Atomics.store(b.formats, base, source.format === 'records' ? FORMAT_RECORDS : FORMAT_COUNTER);
+    Atomics.store(b.firsts, base, source.firstVector);
+    Atomics.store(b.spans, base, span);
+    // The fd last: the worker reads the decoding words only after seeing it.
+    Atomics.store(b.fds, base, source.fd);
+    try {
+      this.queue.add(source.fd, base);
+    } catch (e) {
+      Atomics.store(b.fds, base, -1);
+      this.registrations.delete(base);
+      for (let v = 0; v < span; v++) this.taken[base + v] = 0;
+      throw e;
+    }
+    return base;
   }
 
-  /** Stops watching the slot; its fd is closed, and the slot reused, once the worker can no longer be reading it. */
-  unregister(slot: number): void {
-    const fd = Atomics.exchange(this.board.fds, slot, -1);
-    this.listeners.delete(slot);
+  /**
+   * Stops watching the source at `base`. A hub-owned fd is closed, and the
+   * slots reused, once the worker can no longer be reading it; for a
+   * device-owned fd this waits (synchronously, one worker batch) until then.
+   */
+  unregister(base: number, letGo = true): void {
+    const registration = this.registrations.get(base);
+    if (registration === undefined) return;
+    this.registrations.delete(base);
+    const fd = Atomics.exchange(this.board.fds, base, -1);
     if (fd < 0) return;
     this.queue.remove(fd);
-    this.closing.push({ fd, slot, epoch: Atomics.load(this.board.header, EPOCH) });
-    this.wake();
+    const owned = registration.source.owner === 'hub';
+    const epoch = Atomics.load(this.board.header, EPOCH);
+    this.closing.push({ fd: owned ? fd : -1, base, span: registration.source.vectors, epoch });
+    this.wakeup.wake();
+    if (!owned && letGo) this.awaitEpochAfter(epoch);
   }
 
-  private wake(): void {
-    const one = Buffer.alloc(8);
-    one.writeBigUInt64LE(1n);
-    libc.writeAll(this.wakeFd, one, 'write of the interrupt worker wake-up eventfd');
+  /** Blocks until the worker has finished a batch begun after `epoch` was read (or has exited). */
+  private awaitEpochAfter(epoch: number): void {
+    const header = this.board.header;
+    const deadline = Date.now() + LET_GO_TIMEOUT_MS;
+    for (;;) {
+      const now = Atomics.load(header, EPOCH);
+      if (now > epoch || Atomics.load(header, EXITED) !== 0) return;
+      if (Date.now() >= deadline) {
+        throw new UpciError('KERNEL', `the interrupt worker did not finish its batch within ${LET_GO_TIMEOUT_MS} ms; a device fd it watched may still be in its hands`);
+      }
+      this.wakeup.wake();
+      Atomics.wait(header, EPOCH, now, 100);
+    }
   }
 
   private async listen(sequence: number): Promise<void> {
@@ -91,36 +162,38 @@ class Session {
   }
 
   /**
-   * Closes removed fds and frees their slots once the worker's epoch has
-   * passed their removal; with `block`, first waits (briefly) for the worker
-   * to finish the batch it is in, for callers that cannot return to the
-   * event loop.
+   * Closes removed hub-owned fds and frees their slots once the worker's
+   * epoch has passed their removal; with `block`, first waits (briefly) for
+   * the worker to finish the batch it is in, for callers that cannot return
+   * to the event loop.
    */
   private reclaim(block: boolean): void {
     const header = this.board.header;
     if (block && this.closing.length > 0) {
       const epoch = Atomics.load(header, EPOCH);
       if (this.closing[this.closing.length - 1]!.epoch >= epoch) {
-        this.wake();
+        this.wakeup.wake();
         Atomics.wait(header, EPOCH, epoch, 1000);
       }
     }
     const epoch = Atomics.load(header, EPOCH);
     while (this.closing.length > 0 && this.closing[0]!.epoch < epoch) {
-      const { fd, slot } = this.closing.shift()!;
-      libc.close(fd);
-      this.freeSlots.push(slot);
+      const { fd, base, span } = this.closing.shift()!;
+      if (fd >= 0) this.queue.closeFd(fd);
+      for (let v = 0; v < span; v++) this.taken[base + v] = 0;
     }
   }
 
   private drain(): void {
     this.reclaim(false);
-    for (const [slot, listener] of this.listeners) {
-      const count = Atomics.load(this.board.counts, slot);
-      const delta = (count - this.seen[slot]!) >>> 0;
-      if (delta === 0) continue;
-      this.seen[slot] = count;
-      listener(delta);
+    for (const [base, { source, listener }] of this.registrations) {
+      for (let v = 0; v < source.vectors; v++) {
+        const count = Atomics.load(this.board.counts, base + v);
+        const delta = (count - this.seen[base + v]!) >>> 0;
+        if (delta === 0) continue;
+        this.seen[base + v] = count;
+        listener(source.firstVector + v, delta);
+      }
     }
   }
 
@@ -128,19 +201,25 @@ class Session {
     if (this.stopping) return;
     this.stopping = true;
     Atomics.store(this.board.header, SHUTDOWN, 1);
-    this.wake();
+    this.wakeup.wake();
     // Unblocks listen() so it sees `stopping`.
     Atomics.add(this.board.header, SEQUENCE, 1);
     Atomics.notify(this.board.header, SEQUENCE);
   }
 
+  /** The worker has returned: nothing reads the fds any more. */
   private teardown(): void {
-    for (const slot of [...this.listeners.keys()]) this.unregister(slot);
-    for (const { fd } of this.closing.splice(0)) libc.close(fd);
+    for (const base of [...this.registrations.keys()]) this.unregister(base, false);
+    for (const { fd } of this.closing.splice(0)) if (fd >= 0) this.queue.closeFd(fd);
     this.queue.close();
-    libc.close(this.wakeFd);
+    this.wakeup.close();
     void this.pool.destroy();
   }
+}
+
+export interface HubRegistration {
+  readonly session: Session;
+  readonly slot: number;
 }
 
 /** One interrupt worker per process, shared by every device. */
@@ -148,10 +227,11 @@ class InterruptHub {
   private session: Session | undefined;
   private lingering: NodeJS.Timeout | undefined;
 
-  register(fd: number, listener: SlotListener): { session: Session; slot: number } {
+  /** Watches `source`; `listener` gets each vector's count. Register a source once; unregister it before its device closes. */
+  register(source: IrqSource, listener: SourceListener): HubRegistration {
     clearTimeout(this.lingering);
     this.session ??= new Session();
-    return { session: this.session, slot: this.session.register(fd, listener) };
+    return { session: this.session, slot: this.session.register(source, listener) };
   }
 
   unregister(session: Session, slot: number): void {
@@ -163,6 +243,11 @@ class InterruptHub {
         session.stop();
       }
     }, LINGER_MS);
+  }
+
+  /** Closes a hub-owned source that will not be registered after all (no worker has seen it); a device-owned one is left alone. */
+  discard(source: IrqSource): void {
+    if (source.owner === 'hub') closeFd(source.fd);
   }
 }
 

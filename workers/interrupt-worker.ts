@@ -1,38 +1,70 @@
 /**
  * The interrupt worker (a piscina task that runs until shutdown): blocks in
- * the OS event queue over every interrupt eventfd of every device in the
- * process, folds each eventfd's count into the shared board, and wakes the
- * main thread with Atomics.notify. One worker serves all devices.
+ * the OS event queue over every interrupt source of every device in the
+ * process, folds what each source reports into the shared board's per-vector
+ * counts, and wakes the main thread with Atomics.notify. One worker serves
+ * all devices. It only reads fds; it never closes one.
  */
-import * as libc from '../kernel/libc.js';
-import { board, EPOCH, SEQUENCE, SHUTDOWN, WAKE_SLOT } from './interrupt-board.js';
-import { eventQueue } from './event-queue.js';
+import { board, EPOCH, EXITED, FORMAT_COUNTER, FORMAT_RECORDS, RECORD_SIZE, SEQUENCE, SHUTDOWN, type Board } from './interrupt-board.js';
+import { eventQueue, type EventQueue } from './event-queue.js';
 
 export interface WorkerTask {
   readonly queueFd: number;
   readonly board: SharedArrayBuffer;
 }
 
+/** Records read per read(2): pciuser(4) has at most 64 vectors, one record each. */
+const RECORDS_PER_READ = 64;
+
+/** Reads one source: an 8-byte counter, records until the fd has none, or (the wake-up fd) anything until a short read. */
+export function readSource(queue: EventQueue, b: Board, slot: number, fd: number, buf: Buffer): void {
+  const format = Atomics.load(b.formats, slot);
+  if (format === FORMAT_COUNTER) {
+    const counter = buf.subarray(0, 8);
+    // Non-blocking eventfds: a read that loses a race with another reader returns -1 (EAGAIN).
+    if (queue.read(fd, counter, () => `read of interrupt counter (slot ${slot})`) !== 8) return;
+    Atomics.add(b.counts, slot, Number(counter.readBigUInt64LE(0) & 0xffffffffn));
+    return;
+  }
+  if (format === FORMAT_RECORDS) {
+    const first = Atomics.load(b.firsts, slot);
+    const span = Atomics.load(b.spans, slot);
+    for (;;) {
+      const n = queue.read(fd, buf, () => `read of interrupt records (slot ${slot})`);
+      if (n <= 0) return; // nothing left (EAGAIN), or end of file (no interrupts established)
+      for (let at = 0; at + RECORD_SIZE <= n; at += RECORD_SIZE) {
+        const v = buf.readUInt32LE(at) - first;
+        // A vector outside the source's range is dropped, never counted in a neighbour's slot.
+        if (v >= 0 && v < span) Atomics.add(b.counts, slot + v, buf.readUInt32LE(at + 4));
+      }
+    }
+  }
+  // FORMAT_DRAIN: the wake-up fd; its content means nothing.
+  while (queue.read(fd, buf, 'read of the interrupt worker wake-up fd') === buf.length);
+}
+
 export default function runInterruptWorker(task: WorkerTask): number {
   const queue = eventQueue(task.queueFd);
-  const { header, fds, counts } = board(task.board);
-  const value = Buffer.alloc(8);
+  const b = board(task.board);
+  const { header, fds } = b;
+  const buf = Buffer.alloc(RECORDS_PER_READ * RECORD_SIZE);
   let batches = 0;
-  while (Atomics.load(header, SHUTDOWN) === 0) {
-    for (const slot of queue.wait()) {
-      const fd = Atomics.load(fds, slot);
-      if (fd < 0) continue;
-      // Non-blocking eventfds: a read that loses a race with another reader returns -1 (EAGAIN).
-      if (libc.readSome(fd, value, () => `read of interrupt eventfd (slot ${slot})`) !== 8) continue;
-      if (slot === WAKE_SLOT) continue;
-      Atomics.add(counts, slot, Number(value.readBigUInt64LE(0) & 0xffffffffn));
+  try {
+    while (Atomics.load(header, SHUTDOWN) === 0) {
+      for (const slot of queue.wait()) {
+        const fd = Atomics.load(fds, slot);
+        if (fd >= 0) readSource(queue, b, slot, fd, buf);
+      }
+      // Every batch is announced, even a wake-up alone: the main thread lets go of removed fds on the epoch change.
+      Atomics.add(header, EPOCH, 1);
+      Atomics.notify(header, EPOCH);
+      Atomics.add(header, SEQUENCE, 1);
+      Atomics.notify(header, SEQUENCE);
+      batches++;
     }
-    // Every batch is announced, even a wake-up alone: the main thread closes removed fds on the epoch change.
-    Atomics.add(header, EPOCH, 1);
+  } finally {
+    Atomics.store(header, EXITED, 1);
     Atomics.notify(header, EPOCH);
-    Atomics.add(header, SEQUENCE, 1);
-    Atomics.notify(header, SEQUENCE);
-    batches++;
   }
   return batches;
 }

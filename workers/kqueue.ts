@@ -8,7 +8,9 @@ import type { KoffiFunc } from 'koffi';
 import { SyscallError } from '../kernel/errors.js';
 import { Struct } from '../kernel/abi.js';
 import * as nb from '../kernel/netbsd/libc.js';
+import type { Operation } from '../kernel/posix.js';
 import type { EventQueue } from './event-queue.js';
+import { pipeWakeable, type Wakeable } from './wakeable.js';
 
 /**
  * struct kevent as NetBSD 5-10 define it (sys/event.h; amd64: 40 bytes),
@@ -73,6 +75,19 @@ class Kqueue implements EventQueue {
 
   close(): void {
     nb.close(this.fd);
+  }
+
+  /** NetBSD has no eventfd: a non-blocking pipe. */
+  wakeable(): Wakeable {
+    return pipeWakeable(nb);
+  }
+
+  read(fd: number, buf: Buffer, what: Operation): number {
+    return nb.readSome(fd, buf, what);
+  }
+
+  closeFd(fd: number): void {
+    nb.close(fd);
   }
 }
 

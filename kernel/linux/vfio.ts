@@ -7,7 +7,7 @@ import { SyscallError, UpciError } from '../errors.js';
 import * as libc from '../libc.js';
 import type { PciAddress } from '../pci-address.js';
 import type {
-  DeviceFile, DmaAccess, DmaDomain, IovaRange, IrqInfo, IrqKind, KernelPort, MmapArea, MmapSource, RegionInfo, RegionKind,
+  DeviceFile, DmaAccess, IommuDmaDomain, IovaRange, IrqInfo, IrqKind, IrqSource, KernelPort, MmapArea, MmapSource, RegionInfo, RegionKind,
 } from '../port.js';
 import { RegionTable } from '../region-table.js';
 import * as abi from './vfio-abi.js';
@@ -52,7 +52,8 @@ function infoWithCaps(fd: number, request: number, first: Buffer, what: string):
 }
 
 /** One VFIO container holding one group: the IOMMU domain of every device in that group. */
-class VfioGroup implements DmaDomain {
+class VfioGroup implements IommuDmaDomain {
+  readonly model = 'iommu';
   readonly iovaRanges: readonly IovaRange[];
   readonly pageSizes: bigint;
   private users = 0;
@@ -163,7 +164,7 @@ class VfioDevice implements DeviceFile {
     };
   }
 
-  get dma(): DmaDomain {
+  get dma(): IommuDmaDomain {
     return this.group;
   }
 
@@ -274,15 +275,27 @@ class VfioDevice implements DeviceFile {
     libc.ioctlBuffer(this.fd, abi.ioctls.VFIO_DEVICE_SET_IRQS, buf, () => `VFIO_DEVICE_SET_IRQS ${kind} ${this.address}`);
   }
 
-  enableIrqs(kind: IrqKind, eventfds: readonly number[]): void {
+  /** One eventfd per vector, created here and handed to the caller (owner 'hub') once VFIO signals them. */
+  enableIrqs(kind: IrqKind, count: number): IrqSource[] {
     this.live();
     const offered = this.irqs[kind].count;
-    if (eventfds.length === 0 || eventfds.length > offered) {
-      throw new UpciError('OUT_OF_RANGE', `${this.address} offers ${offered} ${kind} vector(s); ${eventfds.length} requested`);
+    if (!Number.isInteger(count) || count < 1 || count > offered) {
+      throw new UpciError('OUT_OF_RANGE', `${this.address} offers ${offered} ${kind} vector(s); ${count} requested`);
     }
-    const payload = Buffer.alloc(4 * eventfds.length);
-    eventfds.forEach((fd, i) => payload.writeInt32LE(fd, 4 * i));
-    this.setIrqs(kind, abi.VFIO_IRQ_SET_DATA_EVENTFD | abi.VFIO_IRQ_SET_ACTION_TRIGGER, 0, eventfds.length, payload);
+    const eventfds: number[] = [];
+    try {
+      const payload = Buffer.alloc(4 * count);
+      for (let i = 0; i < count; i++) {
+        const fd = libc.eventfd(libc.EFD_NONBLOCK);
+        eventfds.push(fd);
+        payload.writeInt32LE(fd, 4 * i);
+      }
+      this.setIrqs(kind, abi.VFIO_IRQ_SET_DATA_EVENTFD | abi.VFIO_IRQ_SET_ACTION_TRIGGER, 0, count, payload);
+    } catch (e) {
+      for (const fd of eventfds) libc.close(fd);
+      throw e;
+    }
+    return eventfds.map((fd, i) => ({ fd, format: 'counter', firstVector: i, vectors: 1, owner: 'hub' }));
   }
 
   disableIrqs(kind: IrqKind): void {

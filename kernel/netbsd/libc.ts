@@ -25,7 +25,7 @@ export const EAGAIN = 35;
 export const EOPNOTSUPP = 45;
 
 const sys = posix('libc.so', { O_CLOEXEC, EAGAIN, EINTR });
-export const { errno, open, close, ioctlBuffer, ioctlValue, readSome } = sys;
+export const { errno, open, close, ioctlBuffer, ioctlValue, readSome, writeSome, pipe } = sys;
 
 /** NetBSD's libc, loaded on the first call (also used by workers/kqueue.ts). */
 export const libc = sys.library;

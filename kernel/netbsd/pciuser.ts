@@ -5,21 +5,19 @@
  * NOT RUN: neither this file nor the kernel side has run on NetBSD. Only the
  * ABI it speaks is tested (test/unit/netbsd-abi.test.ts).
  *
- * Where pciuser(4) and the KernelPort contract differ, the NetBSD side is
- * offered as extra methods on NetbsdDevice and the contract's method throws
- * an UpciError naming the mismatch:
- *  - interrupts come as records read from the device file, not eventfds
- *    (enableIrqs; see establishIrqs);
- *  - DMA memory is allocated by the kernel, which also picks the bus
- *    addresses (DmaDomain.map; see NetbsdDma);
- *  - there is no reset ioctl.
+ * pciuser(4) fits the KernelPort contract through its two non-VFIO shapes:
+ *  - interrupts: the device file itself is the one IrqSource ('records',
+ *    owned by the device) for all vectors (enableIrqs);
+ *  - DMA: the 'kernel' DMA model: the kernel allocates the memory and picks
+ *    its bus addresses (NetbsdDma).
+ * What it really lacks is a reset ioctl: reset() throws, canReset is false.
  */
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { SyscallError, UpciError } from '../errors.js';
 import { pciAddressParts, type PciAddress } from '../pci-address.js';
 import type {
-  DeviceFile, DmaAccess, DmaDomain, IovaRange, IrqInfo, IrqKind, KernelPort, MmapArea, MmapSource, RegionInfo, RegionKind,
+  DeviceFile, DmaAccess, DmaAllocation, DmaBusSegment, DmaConstraints, IrqInfo, IrqKind, IrqSource, KernelDmaAllocator, KernelPort, MmapArea, MmapSource, RegionInfo, RegionKind,
 } from '../port.js';
 import * as abi from './pciuser-abi.js';
 import { RegionTable } from '../region-table.js';
@@ -59,138 +57,89 @@ function regionKind(index: number): RegionKind {
 
 const absent = (index: number): RegionInfo => ({ index, kind: regionKind(index), size: 0, readable: false, writable: false, mmapAreas: [] });
 
-/** One interrupt record read from the device file: `count` interrupts on `vector` since the last read. */
-export interface IrqEvent {
-  readonly vector: number;
-  readonly count: number;
-}
-
-export interface DmaMemoryOptions {
-  /** Power of 2; default a page. */
-  readonly align?: number;
-  /** Power of 2 the memory must not cross; default none. */
-  readonly boundary?: number;
-  /** Highest bus address the device can reach; default 32-bit (or 64-bit with `dma64`). */
-  readonly maxAddress?: bigint;
-  /** 1 (the default) asks for physically contiguous memory. */
-  readonly maxSegments?: number;
-  readonly coherent?: boolean;
-  /** Allow the 64-bit DMA tag when the kernel offers it (PCIUSER_CAP_DMA64). */
-  readonly dma64?: boolean;
-}
-
-/** Kernel-allocated DMA memory: mmap `mmap` to reach it, load it to learn its bus addresses. */
-export interface DmaMemory {
-  readonly id: number;
-  readonly size: number;
-  readonly segments: number;
-  readonly mmap: MmapSource;
-  readonly options: DmaMemoryOptions;
-}
-
-export interface DmaSegment {
-  readonly address: bigint;
-  readonly length: number;
-}
-
-/** A loaded bus_dmamap: what the device sees of [offset, offset+length) of one DmaMemory. */
-export interface DmaLoad {
+/** A pciuser(4) dmamem (DMAMEM_ALLOC) kept loaded in one dmamap for its whole life: its bus addresses do not change. */
+interface NetbsdAllocation extends DmaAllocation {
+  readonly mem: number;
   readonly map: number;
-  readonly segments: readonly DmaSegment[];
 }
+
+const U64_MAX = (1n << 64n) - 1n;
 
 /**
- * DMA through pciuser(4)'s bus_dma objects. NetBSD's model is the reverse of
- * VFIO's: the kernel allocates the memory (DMAMEM_ALLOC, which the process
- * then mmaps by cookie) and bus_dmamap_load chooses the device-visible
- * addresses, with or without an IOMMU. DmaDomain.map(vaddr, iova) — "make my
- * memory visible at this IOVA" — has neither half: memory the process
- * allocated cannot be loaded, and IOVAs cannot be chosen. The interface
- * change that would let pci/ serve both kernels: DmaDomain gains
- * `allocate(size, options): { mmap: MmapSource; segments: DmaSegment[] }`
- * and `free()`, VFIO implementing it as allocShared + IOVA allocator + map,
- * NetBSD as allocate + load below; map/unmap then become VFIO-internal.
+ * DMA through pciuser(4)'s bus_dma objects: the 'kernel' model of
+ * kernel/port.ts. allocate() is bus_dmamem_alloc on the device's tag
+ * (DMAMEM_ALLOC, mmapped by the process through its cookie) plus a dmamap
+ * created and loaded over the whole memory (DMAMAP_CREATE + LOAD), whose
+ * segments are the bus addresses; free() undoes the three. pci/bus-dma.ts
+ * cuts loads of sub-ranges out of those segments itself, as it does for
+ * VFIO memory.
  */
-export class NetbsdDma implements DmaDomain {
-  /** Empty: bus addresses are chosen by the kernel at load time, none are the caller's to pick. */
-  readonly iovaRanges: readonly IovaRange[] = [];
-  /** The allocation granularity; pciuser(4) does not expose IOMMU page sizes. */
-  readonly pageSizes = BigInt(PAGE_SIZE);
+export class NetbsdDma implements KernelDmaAllocator {
+  readonly model = 'kernel';
+  /** bus_dma's page: dmamem sizes are rounded up to it. */
+  readonly pageSize = PAGE_SIZE;
 
   constructor(
     private readonly fd: number,
     private readonly live: () => void,
   ) {}
 
+  /** pciuser(4) does not say. */
   availableMappings(): number | undefined {
     return undefined;
   }
 
-  private mismatch(what: string): UpciError {
-    return new UpciError(
-      'KERNEL',
-      `DmaDomain.${what} cannot be implemented on NetBSD: pciuser(4) allocates DMA memory itself and chooses its bus addresses, so it cannot make process memory visible at a chosen IOVA`,
-      'allocate DMA memory with NetbsdDma.allocate() and load() it (see kernel/netbsd/pciuser.ts for the DmaDomain change that would hide the difference)',
-    );
+  /** The 64-bit tag when the device can address beyond 4 GiB (the kernel falls back to the 32-bit one without it). */
+  private static flags(constraints: DmaConstraints): number {
+    return constraints.addressLimit > 0xffffffffn ? abi.PCIUSER_DMA_64BIT : 0;
   }
 
-  map(_vaddr: bigint, _iova: bigint, _size: number, _access: DmaAccess): void {
-    throw this.mismatch('map');
-  }
-
-  unmap(_iova: bigint, _size: number): void {
-    throw this.mismatch('unmap');
-  }
-
-  private static flags(options: DmaMemoryOptions): number {
-    return (options.coherent ? abi.PCIUSER_DMA_COHERENT : 0) | (options.dma64 ? abi.PCIUSER_DMA_64BIT : 0);
-  }
-
-  /** Wired, zeroed memory on the device's DMA tag; mmap it with shm/mapShared(memory.mmap). */
-  allocate(size: number, options: DmaMemoryOptions = {}): DmaMemory {
+  allocate(size: number, constraints: DmaConstraints, access: DmaAccess): DmaAllocation {
     this.live();
+    const maxaddr = constraints.addressLimit >= U64_MAX ? 0n : constraints.addressLimit;
+    const rounded = Math.ceil(size / PAGE_SIZE) * PAGE_SIZE;
+    // The kernel caps segments at one per page, and a dmamap at 4096 of them.
+    const maxSegments = Math.min(constraints.maxSegments, rounded / PAGE_SIZE, 4096);
     const t = abi.pciuserDmamemAlloc;
     const arg = t.encode({
       pdm_size: BigInt(size),
-      pdm_align: BigInt(options.align ?? 0),
-      pdm_boundary: BigInt(options.boundary ?? 0),
-      pdm_maxaddr: options.maxAddress ?? 0n,
-      pdm_maxsegs: options.maxSegments ?? 1,
-      pdm_flags: NetbsdDma.flags(options),
+      pdm_align: constraints.alignment,
+      pdm_boundary: constraints.boundary,
+      pdm_maxaddr: maxaddr,
+      pdm_maxsegs: maxSegments,
+      pdm_flags: abi.PCIUSER_DMA_COHERENT | NetbsdDma.flags(constraints),
     });
     nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_DMAMEM_ALLOC, arg, `PCIUSER_IOC_DMAMEM_ALLOC ${size} bytes`);
-    const rounded = Math.ceil(size / PAGE_SIZE) * PAGE_SIZE;
-    return {
-      id: t.get(arg, 'pdm_id'),
-      size: rounded,
-      segments: t.get(arg, 'pdm_nsegs'),
-      mmap: { fd: this.fd, fileOffset: Number(t.get(arg, 'pdm_cookie')), size: rounded, writable: true },
-      options,
-    };
-  }
-
-  /** Drops the file's reference; the pages live on until the last mapping of them goes. Refused (EBUSY) while loaded. */
-  free(memory: DmaMemory): void {
-    this.live();
-    nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_DMAMEM_FREE, abi.pciuserDmaId.encode({ pdi_id: memory.id }), `PCIUSER_IOC_DMAMEM_FREE ${memory.id}`);
+    const mem = t.get(arg, 'pdm_id');
+    try {
+      const { map, segments } = this.load(mem, rounded, constraints, maxaddr, maxSegments, access);
+      const allocation: NetbsdAllocation = {
+        size: rounded,
+        mmap: { fd: this.fd, fileOffset: Number(t.get(arg, 'pdm_cookie')), size: rounded, writable: true },
+        segments,
+        mem,
+        map,
+      };
+      return allocation;
+    } catch (e) {
+      this.freeMem(mem);
+      throw e;
+    }
   }
 
   /**
-   * Creates a bus_dmamap for [offset, offset+length) of `memory` and loads
-   * it: the returned segments are what to program into the device.
-   * `access` is the device's, as in DmaDomain.map: 'read' means the device
-   * only reads the memory, which bus_dma calls a write (BUS_DMA_WRITE).
+   * A dmamap over all of `mem`, loaded: the segments are what the device is
+   * told. `access` is the device's: 'read' means the device only reads the
+   * memory, which bus_dma calls a write (BUS_DMA_WRITE).
    */
-  load(memory: DmaMemory, offset: number, length: number, access: DmaAccess): DmaLoad {
-    this.live();
-    const maxSegments = Math.max(1, memory.segments);
+  private load(mem: number, length: number, constraints: DmaConstraints, maxaddr: bigint, maxSegments: number, access: DmaAccess): { map: number; segments: DmaBusSegment[] } {
     const create = abi.pciuserDmamapCreate.encode({
       pdc_maxsize: BigInt(length),
       pdc_maxsegsz: BigInt(length),
-      pdc_boundary: BigInt(memory.options.boundary ?? 0),
-      pdc_maxaddr: memory.options.maxAddress ?? 0n,
+      pdc_boundary: constraints.boundary,
+      pdc_maxaddr: maxaddr,
       pdc_nsegments: maxSegments,
-      pdc_flags: memory.options.dma64 ? abi.PCIUSER_DMA_64BIT : 0,
+      pdc_flags: NetbsdDma.flags(constraints),
     });
     nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_DMAMAP_CREATE, create, `PCIUSER_IOC_DMAMAP_CREATE ${length} bytes`);
     const map = abi.pciuserDmamapCreate.get(create, 'pdc_id');
@@ -200,18 +149,18 @@ export class NetbsdDma implements DmaDomain {
       const t = abi.pciuserDmamapLoad;
       const arg = t.encode({
         pdl_map: map,
-        pdl_mem: memory.id,
-        pdl_offset: BigInt(offset),
+        pdl_mem: mem,
+        pdl_offset: 0n,
         pdl_len: BigInt(length),
         pdl_segs: nb.address(segs),
         pdl_maxsegs: maxSegments,
         pdl_flags: access === 'read' ? abi.PCIUSER_LOAD_WRITE : access === 'write' ? abi.PCIUSER_LOAD_READ : 0,
       });
-      nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_DMAMAP_LOAD, arg, `PCIUSER_IOC_DMAMAP_LOAD mem ${memory.id} +0x${offset.toString(16)} ${length} bytes`);
-      const segments: DmaSegment[] = [];
+      nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_DMAMAP_LOAD, arg, `PCIUSER_IOC_DMAMAP_LOAD mem ${mem} ${length} bytes`);
+      const segments: DmaBusSegment[] = [];
       for (let i = 0; i < t.get(arg, 'pdl_nsegs'); i++) {
         const at = i * abi.pciuserDmaSeg.size;
-        segments.push({ address: abi.pciuserDmaSeg.get(segs, 'ds_addr', at), length: Number(abi.pciuserDmaSeg.get(segs, 'ds_len', at)) });
+        segments.push({ busAddress: abi.pciuserDmaSeg.get(segs, 'ds_addr', at), length: Number(abi.pciuserDmaSeg.get(segs, 'ds_len', at)) });
       }
       return { map, segments };
     } catch (e) {
@@ -220,18 +169,29 @@ export class NetbsdDma implements DmaDomain {
     }
   }
 
-  /** bus_dmamap_sync over [offset, offset+length) of the loaded range; `ops` are PCIUSER_SYNC_* bits. */
-  sync(load: DmaLoad, ops: number, offset: number, length: number): void {
+  /** bus_dmamap_sync; DmaSync's values are BUS_DMASYNC_*'s, which PCIUSER_SYNC_* repeat. */
+  sync(allocation: DmaAllocation, ops: number, offset: number, length: number): void {
     this.live();
-    const arg = abi.pciuserDmamapSync.encode({ pds_map: load.map, pds_ops: ops, pds_offset: BigInt(offset), pds_len: BigInt(length) });
-    nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_DMAMAP_SYNC, arg, `PCIUSER_IOC_DMAMAP_SYNC map ${load.map}`);
+    const { map } = allocation as NetbsdAllocation;
+    const arg = abi.pciuserDmamapSync.encode({ pds_map: map, pds_ops: ops, pds_offset: BigInt(offset), pds_len: BigInt(length) });
+    nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_DMAMAP_SYNC, arg, `PCIUSER_IOC_DMAMAP_SYNC map ${map}`);
   }
 
-  /** Unloads and destroys the map: the device can no longer reach the range through it. */
-  unload(load: DmaLoad): void {
+  /** Unloads and destroys the map (the device can no longer reach the memory), then drops the file's reference on the memory. */
+  free(allocation: DmaAllocation): void {
     this.live();
-    nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_DMAMAP_UNLOAD, abi.pciuserDmaId.encode({ pdi_id: load.map }), `PCIUSER_IOC_DMAMAP_UNLOAD ${load.map}`);
-    this.destroy(load.map);
+    const { map, mem } = allocation as NetbsdAllocation;
+    try {
+      nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_DMAMAP_UNLOAD, abi.pciuserDmaId.encode({ pdi_id: map }), `PCIUSER_IOC_DMAMAP_UNLOAD ${map}`);
+      this.destroy(map);
+    } finally {
+      this.freeMem(mem);
+    }
+  }
+
+  /** The pages live on until the last mapping of them goes. Refused (EBUSY) while loaded. */
+  private freeMem(mem: number): void {
+    nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_DMAMEM_FREE, abi.pciuserDmaId.encode({ pdi_id: mem }), `PCIUSER_IOC_DMAMEM_FREE ${mem}`);
   }
 
   private destroy(map: number): void {
@@ -412,41 +372,15 @@ export class NetbsdDevice implements DeviceFile {
   }
 
   /**
-   * Not wired: port.ts routes vectors to eventfds, which NetBSD does not
-   * have. pciuser(4) instead makes the device file itself readable: after
-   * establishIrqs(), read(2) returns one pciuser_intr_event {vector, count}
-   * per vector that fired since the last read (the counts reset), and
-   * kqueue EVFILT_READ / poll report when there is something to read.
-   *
-   * How the interrupt worker is to use it: add `irqEventFd` to its kqueue
-   * (workers/kqueue.ts) under one token for the whole device, not one per
-   * vector; on readiness call readIrqEvents() (the fd is non-blocking, so a
-   * lost race returns []) and add each record's count to the slot of
-   * (device, vector). The board then needs, per watched fd, a first slot and
-   * whether it carries 8-byte eventfd counters or pciuser_intr_event records.
-   */
-  enableIrqs(kind: IrqKind, _eventfds: readonly number[]): void {
-    this.live();
-    throw new UpciError(
-      'KERNEL',
-      `${this.address}: NetBSD has no eventfds; pciuser(4) reports ${kind} interrupts as records read from the /dev/pciN file, which the interrupt worker does not read yet`,
-      'use NetbsdDevice.establishIrqs() with irqEventFd/readIrqEvents() until the worker is wired (see kernel/netbsd/pciuser.ts)',
-    );
-  }
-
-  /** The fd to watch for interrupt records (EVFILT_READ): the device file itself. */
-  get irqEventFd(): number {
-    this.live();
-    return this.fd;
-  }
-
-  /**
    * PCIUSER_IOC_INTR_ESTABLISH for `count` vectors of `kind`, replacing any
-   * previous setup as enableIrqs does; returns how many the kernel granted
-   * (MSI/MSI-X may grant fewer). INTx starts masked by the kernel on each
-   * interrupt until unmaskIntx().
+   * previous setup. The device file itself is the interrupt source: read(2)
+   * returns one pciuser_intr_event {vector, count} per vector that fired
+   * since the last read, and kqueue EVFILT_READ reports when there is one;
+   * the fd was opened O_NONBLOCK, so an empty read is EAGAIN. The source is
+   * owned by this device: close() closes it. INTx starts masked by the
+   * kernel on each interrupt until unmaskIntx().
    */
-  establishIrqs(kind: IrqKind, count: number): number {
+  enableIrqs(kind: IrqKind, count: number): IrqSource[] {
     this.live();
     const offered = this.irqs[kind].count;
     if (!Number.isInteger(count) || count < 1 || count > Math.min(offered, abi.PCIUSER_MAXVECS)) {
@@ -463,19 +397,13 @@ export class NetbsdDevice implements DeviceFile {
       throw e;
     }
     this.established = kind;
-    return abi.pciuserIntrSetup.get(arg, 'pis_count');
-  }
-
-  /** Pending interrupt records, [] when none (or when no interrupts are established: read(2) gives end of file). */
-  readIrqEvents(): IrqEvent[] {
-    this.live();
-    const buf = Buffer.alloc(abi.PCIUSER_MAXVECS * abi.pciuserIntrEvent.size);
-    const n = nb.readSome(this.fd, buf, `read of interrupt events from ${this.address}`);
-    const events: IrqEvent[] = [];
-    for (let at = 0; at + abi.pciuserIntrEvent.size <= n; at += abi.pciuserIntrEvent.size) {
-      events.push({ vector: abi.pciuserIntrEvent.get(buf, 'pie_vector', at), count: abi.pciuserIntrEvent.get(buf, 'pie_count', at) });
+    // MSI/MSI-X may be granted fewer vectors than asked; the contract is all or nothing.
+    const granted = abi.pciuserIntrSetup.get(arg, 'pis_count');
+    if (granted < count) {
+      this.disableIrqs(kind);
+      throw new UpciError('OUT_OF_RANGE', `${this.address}: the kernel granted ${granted} of the ${count} ${kind} vectors asked for`, `ask for at most ${granted}`);
     }
-    return events;
+    return [{ fd: this.fd, format: 'records', firstVector: 0, vectors: count, owner: 'device' }];
   }
 
   /** pciuser(4) holds one interrupt type at a time; disabling another kind than the established one is a no-op, as under VFIO. */

@@ -1,5 +1,8 @@
 import test from 'ava';
-import type { DeviceFile, DmaAccess, DmaDomain, IovaRange, KernelPort, RegionInfo } from '../../kernel/port.js';
+import { closeSync, ftruncateSync, mkdtempSync, openSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { DeviceFile, DmaAccess, DmaAllocation, DmaConstraints, DmaDomain, IommuDmaDomain, IovaRange, KernelDmaAllocator, KernelPort, RegionInfo } from '../../kernel/port.js';
 import { BusDma, DmaConstraintError, DmaSync, type DmaSegment } from '../../pci/bus-dma.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
 import { PciDevice } from '../../pci/device.js';
@@ -7,7 +10,7 @@ import { IovaAllocator } from '../../pci/iova-allocator.js';
 import { addressOf, allocShared } from '../../shm/mapping.js';
 
 /** An IOMMU domain that records mappings and refuses what VFIO would refuse. */
-class FakeDomain implements DmaDomain {
+class FakeDomain implements IommuDmaDomain {
   readonly pageSizes = 0x40201000n; // 4K | 2M | 1G
   readonly mappings = new Map<bigint, { vaddr: bigint; size: number; access: DmaAccess }>();
   calls = 0;
@@ -32,7 +35,7 @@ class FakeDomain implements DmaDomain {
   }
 }
 
-function fakeDevice(domain = new FakeDomain()): { device: PciDevice; domain: FakeDomain; config: Buffer } {
+function fakeDevice(domain: FakeDomain = new FakeDomain()): { device: PciDevice; domain: FakeDomain; config: Buffer } {
   const config = Buffer.alloc(256);
   const regions: RegionInfo[] = [];
   for (let index = 0; index < 9; index++) {
@@ -43,7 +46,7 @@ function fakeDevice(domain = new FakeDomain()): { device: PciDevice; domain: Fak
     regions,
     irqs: { intx: { kind: 'intx', count: 0, automasked: false, maskable: false }, msi: { kind: 'msi', count: 0, automasked: false, maskable: false }, msix: { kind: 'msix', count: 0, automasked: false, maskable: false } },
     canReset: false,
-    dma: domain,
+    dma: domain as DmaDomain,
     region: (i) => regions[i]!,
     mmapSource: () => {
       throw new Error('no mmap');
@@ -51,7 +54,7 @@ function fakeDevice(domain = new FakeDomain()): { device: PciDevice; domain: Fak
     readRegion: (_i, offset, buf) => void config.copy(buf, 0, offset, offset + buf.length),
     writeRegion: (_i, offset, buf) => void buf.copy(config, offset),
     reset: () => {},
-    enableIrqs: () => {},
+    enableIrqs: () => [],
     disableIrqs: () => {},
     unmaskIntx: () => {},
     close: () => {},
@@ -282,4 +285,69 @@ test('1,000 alloc/load/unload/free cycles leave no mapping and no IOVA behind', 
   t.is(dma.iova.allocations, 0);
   t.is(domain.availableMappings(), 65535);
   device.close();
+});
+
+/** The 'kernel' DMA model (pciuser(4)): the kernel allocates, mmap by cookie (a temp file here), returns bus segments. */
+class FakeKernelDma implements KernelDmaAllocator {
+  readonly model = 'kernel';
+  readonly pageSize = 4096;
+  readonly live = new Map<DmaAllocation, number>();
+  readonly syncs: [number, number, number][] = [];
+  readonly asked: DmaConstraints[] = [];
+  private next = 0x100000n;
+  segmentsPerAllocation = 1;
+  availableMappings(): undefined {
+    return undefined;
+  }
+  allocate(size: number, constraints: DmaConstraints): DmaAllocation {
+    this.asked.push(constraints);
+    const path = join(mkdtempSync(join(tmpdir(), 'upci-dma-')), 'mem');
+    const fd = openSync(path, 'w+');
+    ftruncateSync(fd, size);
+    const a = constraints.alignment > 4096n ? constraints.alignment : 4096n;
+    const bus = ((this.next + a - 1n) / a) * a;
+    this.next = bus + BigInt(size) + 4096n;
+    const half = size / 2;
+    const segments = this.segmentsPerAllocation === 1 ? [{ busAddress: bus, length: size }] : [{ busAddress: bus, length: half }, { busAddress: bus + 0x1000000n, length: half }];
+    const allocation = { size, mmap: { fd, fileOffset: 0, size, writable: true }, segments };
+    this.live.set(allocation, fd);
+    return allocation;
+  }
+  sync(_allocation: DmaAllocation, ops: number, offset: number, length: number): void {
+    this.syncs.push([ops, offset, length]);
+  }
+  free(allocation: DmaAllocation): void {
+    closeSync(this.live.get(allocation)!);
+    this.live.delete(allocation);
+  }
+}
+
+test('the kernel DMA model: memory the kernel allocated is mmapped and loaded under the tag; process memory is refused', (t) => {
+  const kernel = new FakeKernelDma();
+  const { device } = fakeDevice(kernel as never);
+  const dma = BusDma.forDevice(device);
+  t.is(dma.granule, 4096);
+  t.throws(() => dma.iova, { code: 'KERNEL' } as never);
+  const tag = dma.createTag({ alignment: 0x1000, boundary: 0x10000, addressLimit: (1n << 32n) - 1n });
+  const mem = tag.allocMemory(5000);
+  t.is(mem.size, 8192);
+  t.deepEqual(kernel.asked[0], { alignment: 0x1000n, boundary: 0x10000n, addressLimit: (1n << 32n) - 1n, maxSegments: 1 });
+  new Uint8Array(mem.buffer)[4096] = 7; // the kernel's pages, through the mmap
+  const loaded = tag.createMap().load(mem, 4096, 4096);
+  const base = [...kernel.live.keys()][0]!.segments[0]!.busAddress;
+  t.deepEqual(loaded.segments, [{ busAddress: base + 4096n, length: 4096 }]);
+  loaded.sync(DmaSync.POSTREAD, 16, 32);
+  t.deepEqual(kernel.syncs, [[DmaSync.POSTREAD, 4096 + 16, 32]]);
+  t.throws(() => tag.createMap().load(allocShared(4096)), { code: 'KERNEL', message: /cannot make memory this process allocated visible/ } as never);
+  // A kernel answer that is not one bus-contiguous range is refused, and the allocation given back.
+  kernel.segmentsPerAllocation = 2;
+  t.throws(() => tag.allocMemory(8192), { code: 'KERNEL', message: /2 segment/ } as never);
+  t.is(kernel.live.size, 1);
+  kernel.segmentsPerAllocation = 1;
+  const view = new Uint8Array(tag.allocMemory(4096).buffer);
+  t.is(dma.mappingCount, 2);
+  device.close();
+  t.is(kernel.live.size, 0, 'close freed every kernel allocation');
+  t.is(view[0], 0xff, 'and revoked its mapping');
+  t.true(mem.freed);
 });
