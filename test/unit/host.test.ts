@@ -66,7 +66,11 @@ class FakeBench {
       readRegion: (_i, offset, buf) => void config.copy(buf, 0, offset, offset + buf.length),
       writeRegion: (_i, offset, buf) => void buf.copy(config, offset),
       reset: () => void this.resets.set(address, (this.resets.get(address) ?? 0) + 1),
-      enableIrqs: (_kind, fds) => void this.intxFds.set(address, fds[0]!),
+      enableIrqs: () => {
+        const fd = libc.eventfd(libc.EFD_NONBLOCK);
+        this.intxFds.set(address, fd);
+        return [{ fd, format: 'counter', firstVector: 0, vectors: 1, owner: 'hub' }];
+      },
       disableIrqs: () => void this.intxFds.delete(address),
       unmaskIntx: () => {},
       close: () => void this.closes.set(address, (this.closes.get(address) ?? 0) + 1),
