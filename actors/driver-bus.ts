@@ -8,7 +8,7 @@ import { Observable } from 'rxjs';
 import type { DriverBus, DriverInterrupts, DriverVector } from '../drivers/contract.js';
 import { BusDma } from '../pci/bus-dma.js';
 import type { BusSpace } from '../pci/bus-space.js';
-import { PCI_COMMAND, PCI_COMMAND_MASTER, type ConfigHeader } from '../pci/config.js';
+import type { ConfigHeader } from '../pci/config.js';
 import type { Bar, PciDevice } from '../pci/device.js';
 import { Interrupts, type InterruptEvent, type InterruptOptions, type InterruptType, type InterruptVector } from '../pci/intr.js';
 import type { DeviceMeter } from './meter.js';
@@ -130,12 +130,11 @@ export class AttachedBus implements DriverBus {
         errors.push(e);
       }
     };
-    if (this.device.isOpen) step(() => this.device.config.update(2, PCI_COMMAND, PCI_COMMAND_MASTER, 0));
+    if (this.device.isOpen) step(() => this.device.disableBusMaster());
     for (const irq of this.interrupts) step(() => irq.release());
     const dma = this.busDma;
     if (dma !== undefined && this.device.isOpen) {
-      for (const load of [...dma.loads]) step(() => load.unload({ quiesce: true }));
-      for (const memory of [...dma.memories]) step(() => memory.free({ quiesce: true }));
+      step(() => dma.releaseMappings({ quiesce: true }));
     }
     if (this.hooks.meter.dma === dma) this.hooks.meter.dma = undefined;
     if (this.device.isOpen) for (const space of this.spaces) step(() => this.device.unmapBar(space));
@@ -146,5 +145,5 @@ export class AttachedBus implements DriverBus {
 
 /** Bus mastering off on a device that may have no DriverBus (a failed attach, a forced stop). */
 export function stopBusMaster(device: PciDevice): void {
-  if (device.isOpen) device.config.update(2, PCI_COMMAND, PCI_COMMAND_MASTER, 0);
+  if (device.isOpen) device.disableBusMaster();
 }

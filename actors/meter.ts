@@ -12,11 +12,6 @@ export class DeviceMeter {
 
   /** Bytes the device can reach through the IOMMU right now. */
   dmaBytesMapped(): number {
-    const dma = this.dma;
-    if (dma === undefined) return 0;
-    let bytes = 0;
-    for (const m of dma.memories) bytes += m.size;
-    for (const l of dma.loads) if (l.ownsMapping) bytes += l.length;
-    return bytes;
+    return this.dma?.bytesMapped ?? 0;
   }
 }

@@ -237,6 +237,28 @@ export class BusDma {
    */
   private releaseAll(): void {
     this.closed = true;
+    this.teardownAll();
+  }
+
+  /**
+   * Unloads every map and frees all memory of the device, as a driver's
+   * detach does; refused while the device may DMA unless `quiesce` clears
+   * bus mastering first.
+   */
+  releaseMappings(options?: QuiesceOptions): void {
+    this.assertQuiet('release the DMA mappings', options);
+    this.teardownAll();
+  }
+
+  /** Bytes the device can reach now: all DMA memory, and SharedArrayBuffers loaded into maps. */
+  get bytesMapped(): number {
+    let bytes = 0;
+    for (const m of this.memories) bytes += m.size;
+    for (const l of this.loads) if (l.ownsMapping) bytes += l.length;
+    return bytes;
+  }
+
+  private teardownAll(): void {
     const errors: unknown[] = [];
     for (const l of [...this.loads]) {
       try {
