@@ -227,6 +227,12 @@ class InterruptHub {
   private session: Session | undefined;
   private lingering: NodeJS.Timeout | undefined;
 
+  constructor() {
+    // process.exit() waits for worker threads, and a worker blocked in epoll_wait/kevent
+    // cannot be terminated: wake it so that it returns and exit completes.
+    process.on('exit', () => this.session?.stop());
+  }
+
   /** Watches `source`; `listener` gets each vector's count. Register a source once; unregister it before its device closes. */
   register(source: IrqSource, listener: SourceListener): HubRegistration {
     clearTimeout(this.lingering);

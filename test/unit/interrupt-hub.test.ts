@@ -1,4 +1,5 @@
 import test from 'ava';
+import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import * as libc from '../../kernel/libc.js';
 import type { DeviceFile, IrqSource, KernelPort, RegionInfo } from '../../kernel/port.js';
@@ -230,4 +231,16 @@ test.serial('pci/intr refuses sources that do not cover the vectors, and disable
   t.deepEqual(calls, ['enable msi 2', 'disable msi']);
   t.false(isOpen(fd), 'a hub-owned source that was never registered is closed');
   device.close();
+});
+
+test.serial('process.exit() returns promptly while the interrupt worker is waiting', (t) => {
+  const script = `
+    import * as libc from '${new URL('../../kernel/libc.js', import.meta.url).pathname}';
+    import { interruptHub } from '${new URL('../../workers/interrupt-hub.js', import.meta.url).pathname}';
+    const fd = libc.eventfd(libc.EFD_NONBLOCK);
+    interruptHub.register({ fd, format: 'counter', firstVector: 0, vectors: 1, owner: 'hub' }, () => {});
+    setTimeout(() => process.exit(7), 300);`;
+  const run = spawnSync(process.execPath, ['--input-type=module', '-e', script], { timeout: 20_000 });
+  t.is(run.signal, null, 'not killed by the timeout');
+  t.is(run.status, 7);
 });
