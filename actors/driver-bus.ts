@@ -12,6 +12,7 @@ import type { ConfigHeader } from '../pci/config.js';
 import type { Bar, PciDevice } from '../pci/device.js';
 import { Interrupts, type InterruptEvent, type InterruptOptions, type InterruptType, type InterruptVector } from '../pci/intr.js';
 import type { DeviceMeter } from './meter.js';
+import { runEvery } from '../pci/teardown.js';
 
 export interface BusHooks {
   readonly watchdogMs: number;
@@ -122,24 +123,15 @@ export class AttachedBus implements DriverBus {
   release(): void {
     if (this.released) return;
     this.released = true;
-    const errors: unknown[] = [];
-    const step = (fn: () => void) => {
-      try {
-        fn();
-      } catch (e) {
-        errors.push(e);
-      }
-    };
-    if (this.device.isOpen) step(() => this.device.disableBusMaster());
-    for (const irq of this.interrupts) step(() => irq.release());
     const dma = this.busDma;
-    if (dma !== undefined && this.device.isOpen) {
-      step(() => dma.releaseMappings({ quiesce: true }));
-    }
     if (this.hooks.meter.dma === dma) this.hooks.meter.dma = undefined;
-    if (this.device.isOpen) for (const space of this.spaces) step(() => this.device.unmapBar(space));
-    if (errors.length === 1) throw errors[0];
-    if (errors.length > 1) throw new AggregateError(errors, `${this.address}: ${errors.length} quiesce steps failed`);
+    const open = this.device.isOpen;
+    runEvery(`quiescing ${this.address}`, [
+      ...(open ? [() => this.device.disableBusMaster()] : []),
+      ...this.interrupts.map((irq) => () => irq.release()),
+      ...(open && dma !== undefined ? [() => dma.releaseMappings({ quiesce: true })] : []),
+      ...(open ? [...this.spaces].map((space) => () => this.device.unmapBar(space)) : []),
+    ]);
   }
 }
 

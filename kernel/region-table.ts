@@ -7,6 +7,40 @@ import { UpciError } from './errors.js';
 import type { PciAddress } from './pci-address.js';
 import type { MmapArea, MmapSource, RegionInfo } from './port.js';
 
+/** What every port's device file shares: its claim's fd, its region table, and refusing use after close. */
+export abstract class RegionDevice {
+  protected closed = false;
+  protected abstract readonly table: RegionTable;
+
+  constructor(
+    readonly address: PciAddress,
+    protected readonly fd: number,
+  ) {}
+
+  protected live(): void {
+    if (this.closed) throw new UpciError('RELEASED', `${this.address} has been released`, 'open the device again');
+  }
+
+  get regions(): readonly RegionInfo[] {
+    return this.table.regions;
+  }
+
+  region(index: number): RegionInfo {
+    return this.table.region(index);
+  }
+
+  mmapSource(index: number, area: MmapArea): MmapSource {
+    this.live();
+    return this.table.mmapSource(this.fd, index, area);
+  }
+
+  /** Where `length` bytes at `offset` of a region are, once checked (and the device is still open). */
+  protected locate(index: number, offset: number, length: number): { region: RegionInfo; fileOffset: number } {
+    this.live();
+    return this.table.locate(index, offset, length);
+  }
+}
+
 export class RegionTable {
   constructor(
     private readonly address: PciAddress,

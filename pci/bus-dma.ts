@@ -50,6 +50,7 @@ import type { DmaAccess, DmaAllocation, DmaDomain, IommuDmaDomain, KernelDmaAllo
 import { addressOf, allocShared, mapShared, revoke } from '../shm/mapping.js';
 import type { PciDevice } from './device.js';
 import { allocatorFor, type IovaAllocator } from './iova-allocator.js';
+import { runEvery } from './teardown.js';
 
 /** What bus_dma needs of a device (PciDevice provides it). */
 export type DmaDevice = Pick<PciDevice, 'address' | 'kernel' | 'config' | 'onRelease' | 'isOpen' | 'busMasterEnabled' | 'enableBusMaster' | 'disableBusMaster'>;
@@ -259,23 +260,10 @@ export class BusDma {
   }
 
   private teardownAll(): void {
-    const errors: unknown[] = [];
-    for (const l of [...this.loads]) {
-      try {
-        l.teardown();
-      } catch (e) {
-        errors.push(e);
-      }
-    }
-    for (const m of [...this.memories]) {
-      try {
-        m.teardown();
-      } catch (e) {
-        errors.push(e);
-      }
-    }
-    if (errors.length === 1) throw errors[0];
-    if (errors.length > 1) throw new AggregateError(errors, `bus_dma teardown of ${this.device.address}: ${errors.length} failures`);
+    runEvery(`bus_dma teardown of ${this.device.address}`, [
+      ...[...this.loads].map((l) => () => l.teardown()),
+      ...[...this.memories].map((m) => () => m.teardown()),
+    ]);
   }
 }
 

@@ -13,6 +13,7 @@ import {
   type BarDecoding, type Capability, type ConfigHeader, type ConfigReader, type MsiCapability, type MsixCapability, type Width,
 } from './config.js';
 import { defaultKernelPort } from './kernel-port.js';
+import { runEvery } from './teardown.js';
 
 const CONFIG_REGION = 7;
 
@@ -82,7 +83,7 @@ export interface OpenOptions {
 export class PciDevice {
   readonly config: ConfigSpace;
   private readonly spaces = new Set<BusSpace>();
-  private readonly releaseHooks: (() => void)[] = [];
+  private releaseHooks: (() => void)[] = [];
   private closed = false;
 
   private constructor(private readonly file: DeviceFile) {
@@ -209,24 +210,17 @@ export class PciDevice {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    const errors: unknown[] = [];
-    const step = (fn: () => void) => {
-      try {
-        fn();
-      } catch (e) {
-        errors.push(e);
-      }
-    };
-    step(() => this.config.update(2, PCI_COMMAND, PCI_COMMAND_MASTER, 0));
-    for (const hook of this.releaseHooks.reverse()) step(hook);
-    this.releaseHooks.length = 0;
-    step(() => {
-      for (const space of this.spaces) space.release();
-      this.spaces.clear();
-    });
-    step(() => this.file.close());
-    if (errors.length === 1) throw errors[0];
-    if (errors.length > 1) throw new AggregateError(errors, `${this.address}: ${errors.length} steps of close failed`);
+    const hooks = this.releaseHooks.reverse();
+    this.releaseHooks = [];
+    runEvery(`closing ${this.address}`, [
+      () => this.config.update(2, PCI_COMMAND, PCI_COMMAND_MASTER, 0),
+      ...hooks,
+      () => {
+        for (const space of this.spaces) space.release();
+        this.spaces.clear();
+      },
+      () => this.file.close(),
+    ]);
   }
 }
 

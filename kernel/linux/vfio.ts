@@ -7,9 +7,9 @@ import { SyscallError, UpciError } from '../errors.js';
 import * as libc from '../libc.js';
 import type { PciAddress } from '../pci-address.js';
 import type {
-  DeviceFile, DmaAccess, IommuDmaDomain, IovaRange, IrqInfo, IrqKind, IrqSource, KernelPort, MmapArea, MmapSource, RegionInfo, RegionKind,
+  DeviceFile, DmaAccess, IommuDmaDomain, IovaRange, IrqInfo, IrqKind, IrqSource, KernelPort, MmapArea, RegionInfo, RegionKind,
 } from '../port.js';
-import { RegionTable } from '../region-table.js';
+import { RegionDevice, RegionTable } from '../region-table.js';
 import * as abi from './vfio-abi.js';
 import { describeBlockers, groupBlockers, requireUsable, type SysfsRoots, defaultRoots } from './sysfs.js';
 
@@ -131,18 +131,18 @@ class VfioGroup implements IommuDmaDomain {
   }
 }
 
-class VfioDevice implements DeviceFile {
-  private readonly table: RegionTable;
+class VfioDevice extends RegionDevice implements DeviceFile {
+  protected readonly table: RegionTable;
   readonly irqs: Readonly<Record<IrqKind, IrqInfo>>;
   readonly canReset: boolean;
-  private closed = false;
 
   constructor(
-    readonly address: PciAddress,
-    private readonly fd: number,
+    address: PciAddress,
+    fd: number,
     private readonly group: VfioGroup,
     private readonly onClose: () => void,
   ) {
+    super(address, fd);
     const info = abi.vfioDeviceInfo.alloc();
     libc.ioctlBuffer(fd, abi.ioctls.VFIO_DEVICE_GET_INFO, info, 'VFIO_DEVICE_GET_INFO');
     const flags = abi.vfioDeviceInfo.get(info, 'flags');
@@ -228,34 +228,12 @@ class VfioDevice implements DeviceFile {
     };
   }
 
-  private live(): void {
-    if (this.closed) throw new UpciError('RELEASED', `${this.address} has been released`, 'open the device again');
-  }
-
-  get regions(): readonly RegionInfo[] {
-    return this.table.regions;
-  }
-
-  region(index: number): RegionInfo {
-    return this.table.region(index);
-  }
-
-  mmapSource(index: number, area: MmapArea): MmapSource {
-    this.live();
-    return this.table.mmapSource(this.fd, index, area);
-  }
-
-  private checkAccess(index: number, offset: number, length: number): number {
-    this.live();
-    return this.table.locate(index, offset, length).fileOffset;
-  }
-
   readRegion(index: number, offset: number, buf: Buffer): void {
-    libc.preadExact(this.fd, buf, this.checkAccess(index, offset, buf.length), () => `read of ${this.address} region ${index} at 0x${offset.toString(16)}`);
+    libc.preadExact(this.fd, buf, this.locate(index, offset, buf.length).fileOffset, () => `read of ${this.address} region ${index} at 0x${offset.toString(16)}`);
   }
 
   writeRegion(index: number, offset: number, buf: Buffer): void {
-    libc.pwriteExact(this.fd, buf, this.checkAccess(index, offset, buf.length), () => `write of ${this.address} region ${index} at 0x${offset.toString(16)}`);
+    libc.pwriteExact(this.fd, buf, this.locate(index, offset, buf.length).fileOffset, () => `write of ${this.address} region ${index} at 0x${offset.toString(16)}`);
   }
 
   reset(): void {

@@ -17,10 +17,10 @@ import { join } from 'node:path';
 import { SyscallError, UpciError } from '../errors.js';
 import { pciAddressParts, type PciAddress } from '../pci-address.js';
 import type {
-  DeviceFile, DmaAccess, DmaAllocation, DmaBusSegment, DmaConstraints, IrqInfo, IrqKind, IrqSource, KernelDmaAllocator, KernelPort, MmapArea, MmapSource, RegionInfo, RegionKind,
+  DeviceFile, DmaAccess, DmaAllocation, DmaBusSegment, DmaConstraints, IrqInfo, IrqKind, IrqSource, KernelDmaAllocator, KernelPort, RegionInfo, RegionKind,
 } from '../port.js';
 import * as abi from './pciuser-abi.js';
-import { RegionTable } from '../region-table.js';
+import { RegionDevice, RegionTable } from '../region-table.js';
 import * as nb from './libc.js';
 
 /** Region indexes as VFIO numbers them, so pci/device.ts is the same on both. */
@@ -203,21 +203,21 @@ export class NetbsdDma implements KernelDmaAllocator {
  * A claimed function. Its /dev/pciN file (a per-open clone) is the claim,
  * the mmap source of its BARs and DMA memory, and its interrupt event source.
  */
-export class NetbsdDevice implements DeviceFile {
-  private readonly table: RegionTable;
+export class NetbsdDevice extends RegionDevice implements DeviceFile {
+  protected readonly table: RegionTable;
   readonly irqs: Readonly<Record<IrqKind, IrqInfo>>;
   readonly canReset = false;
   readonly dma: NetbsdDma;
   private readonly ioBars: readonly boolean[];
   private established: IrqKind | undefined;
-  private closed = false;
 
   constructor(
-    readonly address: PciAddress,
-    private readonly fd: number,
+    address: PciAddress,
+    fd: number,
     claim: Buffer,
     private readonly onClose: () => void,
   ) {
+    super(address, fd);
     const t = abi.pciuserClaim;
     const regions: RegionInfo[] = [];
     const cookies: number[] = [];
@@ -262,28 +262,6 @@ export class NetbsdDevice implements DeviceFile {
       at = (header >>> 8) & 0xfc;
     }
     return false;
-  }
-
-  private live(): void {
-    if (this.closed) throw new UpciError('RELEASED', `${this.address} has been released`, 'open the device again');
-  }
-
-  get regions(): readonly RegionInfo[] {
-    return this.table.regions;
-  }
-
-  region(index: number): RegionInfo {
-    return this.table.region(index);
-  }
-
-  mmapSource(index: number, area: MmapArea): MmapSource {
-    this.live();
-    return this.table.mmapSource(this.fd, index, area);
-  }
-
-  private checkAccess(index: number, offset: number, length: number): RegionInfo {
-    this.live();
-    return this.table.locate(index, offset, length).region;
   }
 
   private cfgRead(reg: number): number {
@@ -353,12 +331,12 @@ export class NetbsdDevice implements DeviceFile {
   }
 
   readRegion(index: number, offset: number, buf: Buffer): void {
-    if (this.checkAccess(index, offset, buf.length).kind === 'config') this.readConfig(offset, buf);
+    if (this.locate(index, offset, buf.length).region.kind === 'config') this.readConfig(offset, buf);
     else this.pio(index, offset, buf, false);
   }
 
   writeRegion(index: number, offset: number, buf: Buffer): void {
-    if (this.checkAccess(index, offset, buf.length).kind === 'config') this.writeConfig(offset, buf);
+    if (this.locate(index, offset, buf.length).region.kind === 'config') this.writeConfig(offset, buf);
     else this.pio(index, offset, buf, true);
   }
 
