@@ -349,18 +349,24 @@ pciuser_claim_free(struct pciuser_claimrec *c)
 	kmem_free(c, sizeof(*c));
 }
 
-static void
-pciuser_bar_detach(struct uvm_object *uobj)
+/* Drops one reference to a claim's or a DMA memory's uvm object; true when it was the last. */
+static bool
+pciuser_uobj_unref(struct uvm_object *uobj)
 {
-	struct pciuser_claimrec *c = (struct pciuser_claimrec *)uobj;
 	int refs;
 
 	mutex_enter(uobj->vmobjlock);
 	refs = --uobj->uo_refs;
 	mutex_exit(uobj->vmobjlock);
-	if (refs > 0)
-		return;
-	pciuser_claim_free(c);
+	return refs == 0;
+}
+
+static void
+pciuser_bar_detach(struct uvm_object *uobj)
+{
+
+	if (pciuser_uobj_unref(uobj))
+		pciuser_claim_free((struct pciuser_claimrec *)uobj);
 }
 
 static void
@@ -387,15 +393,9 @@ pciuser_mem_free(struct pciuser_dmamem *m)
 static void
 pciuser_mem_detach(struct uvm_object *uobj)
 {
-	struct pciuser_dmamem *m = (struct pciuser_dmamem *)uobj;
-	int refs;
 
-	mutex_enter(uobj->vmobjlock);
-	refs = --uobj->uo_refs;
-	mutex_exit(uobj->vmobjlock);
-	if (refs > 0)
-		return;
-	pciuser_mem_free(m);
+	if (pciuser_uobj_unref(uobj))
+		pciuser_mem_free((struct pciuser_dmamem *)uobj);
 }
 
 /* mmap cookie of one page of a memory BAR, or -1. */
