@@ -1,8 +1,9 @@
 import test from 'ava';
+import { fakeDevice, openFake } from '../support/fake-device.js';
 import { closeSync, ftruncateSync, mkdtempSync, openSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { DeviceFile, DmaAccess, DmaAllocation, DmaConstraints, DmaDomain, IommuDmaDomain, IovaRange, KernelDmaAllocator, KernelPort, RegionInfo } from '../../kernel/port.js';
+import type { DmaAccess, DmaAllocation, DmaConstraints, DmaDomain, IommuDmaDomain, IovaRange, KernelDmaAllocator } from '../../kernel/port.js';
 import { BusDma, DmaConstraintError, DmaSync, type DmaSegment } from '../../pci/bus-dma.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
 import { PciDevice } from '../../pci/device.js';
@@ -35,32 +36,9 @@ class FakeDomain implements IommuDmaDomain {
   }
 }
 
-function fakeDevice(domain: FakeDomain = new FakeDomain()): { device: PciDevice; domain: FakeDomain; config: Buffer } {
-  const config = Buffer.alloc(256);
-  const regions: RegionInfo[] = [];
-  for (let index = 0; index < 9; index++) {
-    regions.push({ index, kind: index < 6 ? 'bar' : index === 6 ? 'rom' : index === 7 ? 'config' : 'vga', size: index === 7 ? 256 : 0, readable: true, writable: true, mmapAreas: [] });
-  }
-  const file: DeviceFile = {
-    address: { domain: 0, bus: 0, device: 4, function: 0 } as never,
-    regions,
-    irqs: { intx: { kind: 'intx', count: 0, automasked: false, maskable: false }, msi: { kind: 'msi', count: 0, automasked: false, maskable: false }, msix: { kind: 'msix', count: 0, automasked: false, maskable: false } },
-    canReset: false,
-    dma: domain as DmaDomain,
-    region: (i) => regions[i]!,
-    mmapSource: () => {
-      throw new Error('no mmap');
-    },
-    readRegion: (_i, offset, buf) => void config.copy(buf, 0, offset, offset + buf.length),
-    writeRegion: (_i, offset, buf) => void buf.copy(config, offset),
-    reset: () => {},
-    enableIrqs: () => [],
-    disableIrqs: () => {},
-    unmaskIntx: () => {},
-    close: () => {},
-  };
-  const port: KernelPort = { name: 'fake', open: () => file };
-  return { device: PciDevice.open('0000:00:04.0', { port }), domain, config };
+function fakeDmaDevice(domain: FakeDomain = new FakeDomain()): { device: PciDevice; domain: FakeDomain; config: Buffer } {
+  const fake = fakeDevice('0000:00:04.0', {}, { dma: domain as DmaDomain });
+  return { device: openFake(fake), domain, config: fake.config };
 }
 
 const constraint = (name: string) => (e: unknown) => e instanceof DmaConstraintError && e.constraint === name;
@@ -98,7 +76,7 @@ test('iova allocator: first fit, alignment, limit, boundary, guard page, never I
 });
 
 test('DMA memory is a page-aligned SharedArrayBuffer mapped in the IOMMU under the tag, unmapped and revoked by free()', (t) => {
-  const { device, domain } = fakeDevice();
+  const { device, domain } = fakeDmaDevice();
   const dma = BusDma.forDevice(device);
   t.is(BusDma.forDevice(device), dma);
   const tag = dma.createTag({ alignment: 0x10000, addressLimit: (1n << 28n) - 1n });
@@ -122,7 +100,7 @@ test('DMA memory is a page-aligned SharedArrayBuffer mapped in the IOMMU under t
 });
 
 test('tag constraints: alignment, boundary splits, max segment size, max segments, address window', (t) => {
-  const { device } = fakeDevice();
+  const { device } = fakeDmaDevice();
   const dma = BusDma.forDevice(device);
 
   // Boundary: a 12 KiB load crossing 8 KiB multiples is cut at each one.
@@ -171,7 +149,7 @@ test('tag constraints: alignment, boundary splits, max segment size, max segment
 });
 
 test('a tag whose window holds no valid IOVA is refused; an exhausted window is refused, not truncated', (t) => {
-  const { device } = fakeDevice(new FakeDomain([{ start: 0x100000n, end: 0x10ffffn }]));
+  const { device } = fakeDmaDevice(new FakeDomain([{ start: 0x100000n, end: 0x10ffffn }]));
   const dma = BusDma.forDevice(device);
   throwsConstraint(t, 'addressLimit', () => dma.createTag({ addressLimit: 0xfffffn }));
   const tag = dma.createTag({ addressLimit: 0x10ffffn });
@@ -184,7 +162,7 @@ test('a tag whose window holds no valid IOVA is refused; an exhausted window is 
 });
 
 test('a SharedArrayBuffer is pinned at load and unpinned at unload; unaligned buffers are refused', (t) => {
-  const { device, domain } = fakeDevice();
+  const { device, domain } = fakeDmaDevice();
   const dma = BusDma.forDevice(device);
   const tag = dma.createTag();
   const buf = allocShared(3 * 4096);
@@ -211,7 +189,7 @@ test('a SharedArrayBuffer is pinned at load and unpinned at unload; unaligned bu
 });
 
 test('use after free is impossible: unload/free refuse while bus mastering is on, quiesce clears it, memory with loaded maps cannot be freed', (t) => {
-  const { device, domain, config } = fakeDevice();
+  const { device, domain, config } = fakeDmaDevice();
   const dma = BusDma.forDevice(device);
   const tag = dma.createTag();
   const mem = tag.allocMemory(4096);
@@ -237,7 +215,7 @@ test('use after free is impossible: unload/free refuse while bus mastering is on
 });
 
 test('close: bus mastering off, then every map unloaded and all memory freed; the API is dead afterwards', (t) => {
-  const { device, domain, config } = fakeDevice();
+  const { device, domain, config } = fakeDmaDevice();
   const dma = BusDma.forDevice(device);
   const tag = dma.createTag();
   const mems = [tag.allocMemory(4096), tag.allocMemory(8192)];
@@ -256,8 +234,8 @@ test('close: bus mastering off, then every map unloaded and all memory freed; th
 
 test('one IOVA allocator per DmaDomain: two devices of one group never get the same IOVA', (t) => {
   const domain = new FakeDomain();
-  const a = fakeDevice(domain);
-  const b = fakeDevice(domain);
+  const a = fakeDmaDevice(domain);
+  const b = fakeDmaDevice(domain);
   const ma = BusDma.forDevice(a.device).createTag().allocMemory(4096);
   const mb = BusDma.forDevice(b.device).createTag().allocMemory(4096);
   t.is(domain.mappings.size, 2); // FakeDomain.map throws on overlap
@@ -269,7 +247,7 @@ test('one IOVA allocator per DmaDomain: two devices of one group never get the s
 });
 
 test('1,000 alloc/load/unload/free cycles leave no mapping and no IOVA behind', (t) => {
-  const { device, domain } = fakeDevice();
+  const { device, domain } = fakeDmaDevice();
   const dma = BusDma.forDevice(device);
   const tag = dma.createTag({ addressLimit: (1n << 28n) - 1n, boundary: 0x10000 });
   const buf = allocShared(4096);
@@ -324,7 +302,7 @@ class FakeKernelDma implements KernelDmaAllocator {
 
 test('the kernel DMA model: memory the kernel allocated is mmapped and loaded under the tag; process memory is refused', (t) => {
   const kernel = new FakeKernelDma();
-  const { device } = fakeDevice(kernel as never);
+  const { device } = fakeDmaDevice(kernel as never);
   const dma = BusDma.forDevice(device);
   t.is(dma.granule, 4096);
   t.throws(() => dma.iova, { code: 'KERNEL' } as never);

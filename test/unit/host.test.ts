@@ -6,6 +6,7 @@
  * stream, inspection and shutdown.
  */
 import test from 'ava';
+import { fakeDevice } from '../support/fake-device.js';
 import { firstValueFrom, filter, map, take, toArray } from 'rxjs';
 import { assign, fromEventObservable, fromPromise, setup, type InspectionEvent } from 'xstate';
 import { ConfigError } from '../../actors/config-error.js';
@@ -17,7 +18,7 @@ import { UpciError } from '../../kernel/errors.js';
 import * as libc from '../../kernel/libc.js';
 import type { PciAddress } from '../../kernel/pci-address.js';
 import { parsePciAddress } from '../../kernel/pci-address.js';
-import type { DeviceFile, KernelPort, RegionInfo } from '../../kernel/port.js';
+import type { DeviceFile, KernelPort } from '../../kernel/port.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
 import { PciDevice } from '../../pci/device.js';
 import type { InterruptEvent } from '../../pci/intr.js';
@@ -49,22 +50,9 @@ class FakeBench {
     config.writeUInt16LE(0x1234, 0);
     config.writeUInt16LE(deviceId, 2);
     this.configs.set(address, config);
-    const regions: RegionInfo[] = Array.from({ length: 9 }, (_, index) => ({
-      index, kind: index < 6 ? 'bar' : index === 6 ? 'rom' : index === 7 ? 'config' : 'vga', size: index === 7 ? 256 : 0, readable: true, writable: true, mmapAreas: [],
-    }));
-    const none = { count: 0, automasked: false, maskable: false };
-    return {
-      address,
-      regions,
-      irqs: { intx: { kind: 'intx', count: 1, automasked: true, maskable: true }, msi: { kind: 'msi', ...none }, msix: { kind: 'msix', ...none } },
+    return fakeDevice(address, { intx: 1 }, {
       canReset: this.canReset,
       dma: { iovaRanges: [{ start: 0n, end: (1n << 39n) - 1n }], pageSizes: 0x1000n, availableMappings: () => 65535, map: () => {}, unmap: () => {} },
-      region: (i) => regions[i]!,
-      mmapSource: () => {
-        throw new Error('no mmap');
-      },
-      readRegion: (_i, offset, buf) => void config.copy(buf, 0, offset, offset + buf.length),
-      writeRegion: (_i, offset, buf) => void buf.copy(config, offset),
       reset: () => void this.resets.set(address, (this.resets.get(address) ?? 0) + 1),
       enableIrqs: () => {
         const fd = libc.eventfd(libc.EFD_NONBLOCK);
@@ -72,9 +60,8 @@ class FakeBench {
         return [{ fd, format: 'counter', firstVector: 0, vectors: 1, owner: 'hub' }];
       },
       disableIrqs: () => void this.intxFds.delete(address),
-      unmaskIntx: () => {},
       close: () => void this.closes.set(address, (this.closes.get(address) ?? 0) + 1),
-    };
+    }, config).file;
   }
 
   /** Signals the device's INTx eventfd, as the kernel would on an interrupt. */

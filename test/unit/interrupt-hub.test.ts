@@ -1,8 +1,9 @@
 import test from 'ava';
+import { fakeDevice, openFake } from '../support/fake-device.js';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import * as libc from '../../kernel/libc.js';
-import type { DeviceFile, IrqSource, KernelPort, RegionInfo } from '../../kernel/port.js';
+import type { DeviceFile, IrqSource } from '../../kernel/port.js';
 import { PciDevice } from '../../pci/device.js';
 import { Interrupts, type InterruptEvent } from '../../pci/intr.js';
 import { board, createBoardBuffer, FORMAT_DRAIN, FORMAT_RECORDS } from '../../workers/interrupt-board.js';
@@ -155,37 +156,20 @@ test.serial('10,000 register/unregister cycles leak no file descriptors, and del
 function recordsDevice(): { device: PciDevice; writeEnd: number; readEnd: number; calls: string[] } {
   const [readEnd, writeEnd] = libc.pipe(libc.O_NONBLOCK);
   const calls: string[] = [];
-  const config = Buffer.alloc(256);
-  const regions: RegionInfo[] = Array.from({ length: 9 }, (_, index) => ({
-    index, kind: index < 6 ? 'bar' : index === 6 ? 'rom' : index === 7 ? 'config' : 'vga', size: index === 7 ? 256 : 0, readable: true, writable: true, mmapAreas: [],
-  }));
-  const file: DeviceFile = {
-    address: '0000:00:05.0' as never,
-    regions,
-    irqs: { intx: { kind: 'intx', count: 0, automasked: true, maskable: false }, msi: { kind: 'msi', count: 4, automasked: false, maskable: false }, msix: { kind: 'msix', count: 0, automasked: false, maskable: false } },
-    canReset: false,
+  const fake = fakeDevice('0000:00:05.0', { intx: 0, msi: 4 }, {
     dma: { model: 'kernel', pageSize: 4096, availableMappings: () => undefined, allocate: () => { throw new Error('no DMA'); }, sync: () => {}, free: () => {} },
-    region: (i) => regions[i]!,
-    mmapSource: () => {
-      throw new Error('no mmap');
-    },
-    readRegion: (_i, offset, buf) => void config.copy(buf, 0, offset, offset + buf.length),
-    writeRegion: (_i, offset, buf) => void buf.copy(config, offset),
-    reset: () => {},
     enableIrqs: (kind, count) => {
       calls.push(`enable ${kind} ${count}`);
       return [{ fd: readEnd, format: 'records', firstVector: 0, vectors: count, owner: 'device' }];
     },
     disableIrqs: (kind) => void calls.push(`disable ${kind}`),
-    unmaskIntx: () => {},
     close: () => {
       calls.push('close');
       libc.close(writeEnd);
       libc.close(readEnd);
     },
-  };
-  const port: KernelPort = { name: 'fake-records', open: () => file };
-  return { device: PciDevice.open('0000:00:05.0', { port }), writeEnd, readEnd, calls };
+  });
+  return { device: openFake(fake), writeEnd, readEnd, calls };
 }
 
 test.serial('pci/intr over a records port: one fd feeds every vector\'s stream; release leaves the fd to the device, close closes it', async (t) => {
