@@ -13,6 +13,9 @@ export const EDU = {
   /** Raise an interrupt when a factorial is done. */
   STATUS_IRQ_ON_FACTORIAL: 0x80,
   IRQ_STATUS: 0x24,
+  /** IRQ_STATUS bits: a factorial finished; a DMA finished. */
+  IRQ_STATUS_FACTORIAL_DONE: 0x1,
+  IRQ_STATUS_DMA_DONE: 0x100,
   IRQ_RAISE: 0x60,
   IRQ_ACK: 0x64,
   DMA_SRC: 0x80,

@@ -58,6 +58,15 @@ export class InterruptVector {
     private readonly owner: Interrupts,
   ) {
     this.events = new Observable<InterruptEvent>((subscriber) => {
+      // A stream that just completed would hide the mistake (often a firstValueFrom per event).
+      if (owner.isReleased) {
+        subscriber.error(new UpciError(
+          'RELEASED',
+          `interrupt vector ${index} was disestablished (its last subscriber left, or release() or the device's close ran)`,
+          'keep one subscription for as long as the interrupts are wanted, or establish them again',
+        ));
+        return undefined;
+      }
       const inner = this.subject.subscribe(subscriber);
       owner.subscribed(1);
       return () => {

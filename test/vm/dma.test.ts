@@ -12,6 +12,8 @@ import { BusDma, DmaConstraintError, DmaSync } from '../../pci/bus-dma.js';
 import { PciDevice } from '../../pci/device.js';
 import { allocShared } from '../../shm/mapping.js';
 import { bench } from './devices.js';
+import { Interrupts } from '../../pci/intr.js';
+import { eventQueue } from '../support/event-queue.js';
 import { EDU } from '../../drivers/edu-registers.js';
 
 /**
@@ -96,6 +98,46 @@ test('edu: 4096 random bytes RAM → device → RAM round-trip exactly, at IOVAs
     t.is(err?.code, 'OUT_OF_RANGE');
     high.free();
   });
+});
+
+test('edu: a DMA started with its interrupt flag ends with the DMA-done interrupt, after the data landed', async (t) => {
+  const edu = PciDevice.open(bench.edu);
+  try {
+    const bar = edu.mapBar(0);
+    const dma = BusDma.forDevice(edu);
+    const irq = Interrupts.establish(edu, { type: 'msi' });
+    const tag = dma.createTag({ alignment: 4096, addressLimit: EDU.DMA_LIMIT, maxSegments: 1 });
+    const src = tag.allocMemory(4096);
+    const dst = tag.allocMemory(4096);
+    const data = randomFillSync(new Uint8Array(EDU_CHUNK));
+    new Uint8Array(src.buffer).set(data);
+    const out = tag.createMap().load(src);
+    const back = tag.createMap().load(dst);
+    const events = eventQueue(irq.vector(0));
+    dma.enableBusMaster();
+    const transfer = async (from: bigint, to: bigint, toRam: boolean): Promise<number> => {
+      const done = events.next();
+      bar.write8(EDU.DMA_SRC, from);
+      bar.write8(EDU.DMA_DST, to);
+      bar.write4(EDU.DMA_COUNT, EDU_CHUNK);
+      bar.write4(EDU.DMA_CMD, EDU.DMA_RUN | EDU.DMA_IRQ | (toRam ? EDU.DMA_TO_RAM : 0));
+      const event = await done;
+      const status = bar.read4(EDU.IRQ_STATUS);
+      bar.write4(EDU.IRQ_ACK, status);
+      event.ack();
+      return status;
+    };
+    out.sync(DmaSync.PREWRITE);
+    t.is(await transfer(out.segments[0]!.busAddress, EDU.BUFFER, false), EDU.IRQ_STATUS_DMA_DONE);
+    back.sync(DmaSync.PREREAD);
+    t.is(await transfer(EDU.BUFFER, back.segments[0]!.busAddress, true), EDU.IRQ_STATUS_DMA_DONE);
+    back.sync(DmaSync.POSTREAD);
+    t.deepEqual(new Uint8Array(dst.buffer, 0, EDU_CHUNK), data);
+    t.is(irq.vector(0).stats().delivered, 2);
+    events.stop();
+  } finally {
+    edu.close();
+  }
 });
 
 test('edu: a boundary-constrained load is split into segments that the device fills one by one', (t) => {

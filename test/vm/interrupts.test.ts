@@ -6,31 +6,12 @@ import test from 'ava';
 import { readdirSync } from 'node:fs';
 import type { BusSpace } from '../../pci/bus-space.js';
 import { PciDevice } from '../../pci/device.js';
-import { Interrupts, type InterruptEvent, type InterruptVector } from '../../pci/intr.js';
+import { Interrupts, type InterruptEvent } from '../../pci/intr.js';
 import { bench } from './devices.js';
+import { eventQueue } from '../support/event-queue.js';
 import { EDU } from '../../drivers/edu-registers.js';
 
 
-/** Resolves with each next event of a vector, in order, without losing any that arrive early. */
-function eventQueue(vector: InterruptVector): { next(): Promise<InterruptEvent>; all: InterruptEvent[]; stop(): void } {
-  const all: InterruptEvent[] = [];
-  const waiting: ((e: InterruptEvent) => void)[] = [];
-  const early: InterruptEvent[] = [];
-  const sub = vector.events.subscribe((e) => {
-    all.push(e);
-    const w = waiting.shift();
-    if (w) w(e);
-    else early.push(e);
-  });
-  return {
-    next: () => {
-      const e = early.shift();
-      return e ? Promise.resolve(e) : new Promise((resolve) => waiting.push(resolve));
-    },
-    all,
-    stop: () => sub.unsubscribe(),
-  };
-}
 
 /** The promise, or a clear failure once `ms` have passed (a misrouted interrupt would otherwise hang the test). */
 function within<T>(ms: number, promise: Promise<T>, what: string): Promise<T> {
@@ -84,9 +65,9 @@ test('edu: the factorial-done interrupt arrives (best available type = MSI)', as
     bar.write4(EDU.STATUS, EDU.STATUS_IRQ_ON_FACTORIAL);
     bar.write4(EDU.FACTORIAL, 10);
     const event = await events.next();
-    t.is(bar.read4(EDU.IRQ_STATUS), 0x1);
+    t.is(bar.read4(EDU.IRQ_STATUS), EDU.IRQ_STATUS_FACTORIAL_DONE);
     t.is(bar.read4(EDU.FACTORIAL), 3628800);
-    bar.write4(EDU.IRQ_ACK, 0x1);
+    bar.write4(EDU.IRQ_ACK, EDU.IRQ_STATUS_FACTORIAL_DONE);
     event.ack();
     events.stop();
   } finally {
@@ -204,6 +185,9 @@ test('closing the device disestablishes its vectors and completes their streams'
   edu.close();
   t.true(irq.isReleased);
   t.true(completed);
+  // Subscribing again is a loud mistake, not a silently completed stream.
+  const late = await new Promise<unknown>((resolve) => irq.vector(0).events.subscribe({ error: resolve, complete: () => resolve('completed') }));
+  t.like(late, { code: 'RELEASED' });
 });
 
 test('asking for more vectors than the device has is a clear error', (t) => {

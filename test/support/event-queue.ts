@@ -1,0 +1,23 @@
+/** A vector's events as a queue a test awaits one by one: one subscription for the whole test. */
+import type { InterruptEvent, InterruptVector } from '../../pci/intr.js';
+
+/** Resolves with each next event of a vector, in order, without losing any that arrive early. */
+export function eventQueue(vector: InterruptVector): { next(): Promise<InterruptEvent>; all: InterruptEvent[]; stop(): void } {
+  const all: InterruptEvent[] = [];
+  const waiting: ((e: InterruptEvent) => void)[] = [];
+  const early: InterruptEvent[] = [];
+  const sub = vector.events.subscribe((e) => {
+    all.push(e);
+    const w = waiting.shift();
+    if (w) w(e);
+    else early.push(e);
+  });
+  return {
+    next: () => {
+      const e = early.shift();
+      return e ? Promise.resolve(e) : new Promise((resolve) => waiting.push(resolve));
+    },
+    all,
+    stop: () => sub.unsubscribe(),
+  };
+}
