@@ -9,12 +9,14 @@ import { eventQueue } from '../../workers/event-queue.js';
 
 export interface DeliveryWorkerData {
   readonly fd: number;
-  readonly mode: 'postMessage' | 'atomics';
+  readonly mode: 'postMessage' | 'atomics' | 'pipe';
+  /** mode 'pipe': the write end the worker signals through; the main thread reads the other end in its event loop. */
+  readonly pipeFd?: number;
   readonly sequence: SharedArrayBuffer;
   readonly rounds: number;
 }
 
-const { fd, mode, sequence, rounds } = workerData as DeliveryWorkerData;
+const { fd, mode, sequence, rounds, pipeFd } = workerData as DeliveryWorkerData;
 const queue = eventQueue();
 queue.add(fd, 1);
 const value = Buffer.alloc(8);
@@ -24,6 +26,8 @@ for (let i = 0; i < rounds; i++) {
   libc.readSome(fd, value, 'read of the benchmark eventfd');
   if (mode === 'postMessage') {
     parentPort!.postMessage(i);
+  } else if (mode === 'pipe') {
+    libc.writeAll(pipeFd!, value.subarray(0, 1), 'write of the benchmark pipe');
   } else {
     Atomics.add(word, 0, 1);
     Atomics.notify(word, 0);
