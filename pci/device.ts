@@ -86,14 +86,35 @@ export class PciDevice {
   private releaseHooks: (() => void)[] = [];
   private closed = false;
 
-  private constructor(private readonly file: DeviceFile) {
+  /** Functions open in this process, per kernel port: two owners of one function in a process is a bug, refused. */
+  private static readonly claimed = new WeakMap<KernelPort, Set<PciAddress>>();
+
+  private constructor(
+    private readonly file: DeviceFile,
+    private readonly unclaim: () => void,
+  ) {
     this.config = new ConfigSpace(file, file.region(CONFIG_REGION).size);
   }
 
   /** Claims the function at `address` through the kernel (VFIO on Linux). */
   static open(address: string, options: OpenOptions = {}): PciDevice {
     const port = options.port ?? defaultKernelPort();
-    return new PciDevice(port.open(parsePciAddress(address)));
+    const parsed = parsePciAddress(address);
+    let claimed = PciDevice.claimed.get(port);
+    if (claimed === undefined) PciDevice.claimed.set(port, (claimed = new Set()));
+    if (claimed.has(parsed)) {
+      throw new UpciError('BUSY', `${parsed} is already open in this process`, 'close the other PciDevice first, or share it');
+    }
+    const file = port.open(parsed);
+    let device: PciDevice;
+    try {
+      device = new PciDevice(file, () => claimed.delete(parsed));
+    } catch (e) {
+      file.close();
+      throw e;
+    }
+    claimed.add(parsed);
+    return device;
   }
 
   get address(): PciAddress {
@@ -220,6 +241,7 @@ export class PciDevice {
         this.spaces.clear();
       },
       () => this.file.close(),
+      this.unclaim,
     ]);
   }
 }

@@ -140,7 +140,6 @@ class VfioDevice extends RegionDevice implements DeviceFile {
     address: PciAddress,
     fd: number,
     private readonly group: VfioGroup,
-    private readonly onClose: () => void,
   ) {
     super(address, fd);
     const info = abi.vfioDeviceInfo.alloc();
@@ -291,15 +290,12 @@ class VfioDevice extends RegionDevice implements DeviceFile {
     this.closed = true;
     libc.close(this.fd);
     this.group.release();
-    this.onClose();
   }
 }
 
 export class VfioPort implements KernelPort {
   readonly name = 'vfio';
   private readonly groups = new Map<number, VfioGroup>();
-  /** VFIO would hand out a second fd; two owners of one function in a process is a bug, refused here. */
-  private readonly openDevices = new Set<PciAddress>();
 
   constructor(private readonly roots: SysfsRoots = defaultRoots) {}
 
@@ -352,18 +348,13 @@ export class VfioPort implements KernelPort {
   }
 
   open(address: PciAddress): DeviceFile {
-    if (this.openDevices.has(address)) {
-      throw new UpciError('BUSY', `${address} is already open in this process`, 'close the other PciDevice first, or share it');
-    }
     const { group: number } = requireUsable(this.roots, address);
     const group = this.openGroup(number);
     group.retain();
     try {
       const fd = libc.ioctlBuffer(group.groupFd, abi.ioctls.VFIO_GROUP_GET_DEVICE_FD, Buffer.from(`${address}\0`), `VFIO_GROUP_GET_DEVICE_FD ${address}`);
       try {
-        const device = new VfioDevice(address, fd, group, () => this.openDevices.delete(address));
-        this.openDevices.add(address);
-        return device;
+        return new VfioDevice(address, fd, group);
       } catch (e) {
         libc.close(fd);
         throw e;

@@ -215,7 +215,6 @@ export class NetbsdDevice extends RegionDevice implements DeviceFile {
     address: PciAddress,
     fd: number,
     claim: Buffer,
-    private readonly onClose: () => void,
   ) {
     super(address, fd);
     const t = abi.pciuserClaim;
@@ -402,7 +401,6 @@ export class NetbsdDevice extends RegionDevice implements DeviceFile {
     if (this.closed) return;
     this.closed = true;
     nb.close(this.fd);
-    this.onClose();
   }
 }
 
@@ -462,15 +460,10 @@ function claimError(address: PciAddress, e: unknown): unknown {
 
 export class NetbsdPciPort implements KernelPort {
   readonly name = 'pciuser';
-  /** A second claim would fail in the kernel (EBUSY) anyway; refused here with a clearer message, as VfioPort does. */
-  private readonly openDevices = new Set<PciAddress>();
 
   constructor(private readonly devDir = '/dev') {}
 
   open(address: PciAddress): DeviceFile {
-    if (this.openDevices.has(address)) {
-      throw new UpciError('BUSY', `${address} is already open in this process`, 'close the other PciDevice first, or share it');
-    }
     const { domain, bus, slot, func } = pciAddressParts(address);
     if (domain !== 0) {
       throw new UpciError('NO_DEVICE', `${address} is in PCI domain ${domain}; NetBSD's /dev/pciN reach domain 0 only`);
@@ -487,9 +480,7 @@ export class NetbsdPciPort implements KernelPort {
       if (version !== abi.PCIUSER_ABI_VERSION) {
         throw new UpciError('KERNEL', `the kernel speaks pciuser ABI version ${version}, upci speaks ${abi.PCIUSER_ABI_VERSION}`, 'use a upci and kernel built from the same kernel/netbsd sources');
       }
-      const device = new NetbsdDevice(address, fd, claim, () => this.openDevices.delete(address));
-      this.openDevices.add(address);
-      return device;
+      return new NetbsdDevice(address, fd, claim);
     } catch (e) {
       nb.close(fd);
       throw e;
