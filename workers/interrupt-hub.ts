@@ -27,6 +27,8 @@ export type SourceListener = (vector: number, count: number) => void;
 const LINGER_MS = 200;
 /** Removed sources allowed to wait for the worker's epoch before register() waits for it. */
 const MAX_PENDING_CLOSES = 32;
+/** How long register() waits for the worker to let go of removed sources before looking for free slots anyway. */
+const RECLAIM_WAIT_MS = 1000;
 /** How long unregister() of a device-owned fd waits for the worker to finish its batch before giving up. */
 const LET_GO_TIMEOUT_MS = 5000;
 
@@ -137,18 +139,22 @@ class Session {
     if (!owned && letGo) this.awaitEpochAfter(epoch);
   }
 
-  /** Blocks until the worker has finished a batch begun after `epoch` was read (or has exited). */
-  private awaitEpochAfter(epoch: number): void {
+  /** Blocks until the worker has finished a batch begun after `epoch` was read (or has exited), or `timeoutMs` passes; says which. */
+  private waitEpochAfter(epoch: number, timeoutMs: number): boolean {
     const header = this.board.header;
-    const deadline = Date.now() + LET_GO_TIMEOUT_MS;
+    const deadline = Date.now() + timeoutMs;
     for (;;) {
       const now = Atomics.load(header, EPOCH);
-      if (now > epoch || Atomics.load(header, EXITED) !== 0) return;
-      if (Date.now() >= deadline) {
-        throw new UpciError('KERNEL', `the interrupt worker did not finish its batch within ${LET_GO_TIMEOUT_MS} ms; a device fd it watched may still be in its hands`);
-      }
+      if (now > epoch || Atomics.load(header, EXITED) !== 0) return true;
+      if (Date.now() >= deadline) return false;
       this.wakeup.wake();
       Atomics.wait(header, EPOCH, now, 100);
+    }
+  }
+
+  private awaitEpochAfter(epoch: number): void {
+    if (!this.waitEpochAfter(epoch, LET_GO_TIMEOUT_MS)) {
+      throw new UpciError('KERNEL', `the interrupt worker did not finish its batch within ${LET_GO_TIMEOUT_MS} ms; a device fd it watched may still be in its hands`);
     }
   }
 
@@ -168,15 +174,9 @@ class Session {
    * to the event loop.
    */
   private reclaim(block: boolean): void {
-    const header = this.board.header;
-    if (block && this.closing.length > 0) {
-      const epoch = Atomics.load(header, EPOCH);
-      if (this.closing[this.closing.length - 1]!.epoch >= epoch) {
-        this.wakeup.wake();
-        Atomics.wait(header, EPOCH, epoch, 1000);
-      }
-    }
-    const epoch = Atomics.load(header, EPOCH);
+    const newest = this.closing[this.closing.length - 1];
+    if (block && newest !== undefined) this.waitEpochAfter(newest.epoch, RECLAIM_WAIT_MS);
+    const epoch = Atomics.load(this.board.header, EPOCH);
     while (this.closing.length > 0 && this.closing[0]!.epoch < epoch) {
       const { fd, base, span } = this.closing.shift()!;
       if (fd >= 0) this.queue.closeFd(fd);
