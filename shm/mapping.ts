@@ -3,8 +3,7 @@
  * DMA memory. A SharedArrayBuffer posted to a worker is the same memory, not a
  * copy, which is what lets interrupt workers and drivers see one BAR.
  */
-import { createRequire } from 'node:module';
-import { UpciError } from '../kernel/errors.js';
+import { loadNativeAddon } from '../kernel/native-addon.js';
 import type { MmapSource } from '../kernel/port.js';
 
 interface SharedMappingAddon {
@@ -14,14 +13,7 @@ interface SharedMappingAddon {
   address(buffer: SharedArrayBuffer): bigint;
 }
 
-const addon = ((): SharedMappingAddon => {
-  const require = createRequire(import.meta.url);
-  try {
-    return require('../../build/Release/upci_shm.node') as SharedMappingAddon;
-  } catch (cause) {
-    throw new UpciError('KERNEL', 'the native shared-memory addon is not built', 'run `npm install` (it builds build/Release/upci_shm.node with node-gyp)', { cause });
-  }
-})();
+const addon = loadNativeAddon<SharedMappingAddon>('upci_shm', 'shared-memory');
 
 export const PAGE_SIZE = 4096;
 

@@ -50,7 +50,8 @@ class Epoll implements EventQueue {
   wait(): number[] {
     const n = libc.epollWait(this.fd, this.events, -1);
     const tokens: number[] = [];
-    for (let i = 0; i < n; i++) tokens.push(Number(this.events.readBigUInt64LE(i * libc.EPOLL_EVENT_SIZE + 4)));
+    // Tokens are slot numbers: the low word of epoll_data holds all of one.
+    for (let i = 0; i < n; i++) tokens.push(this.events.readUInt32LE(i * libc.EPOLL_EVENT_SIZE + 4));
     return tokens;
   }
 

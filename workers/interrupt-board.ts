@@ -2,19 +2,18 @@
  * The SharedArrayBuffer the interrupt worker and the main thread share: per
  * slot (one slot per interrupt vector) a running count of interrupts; per
  * registered source, at its base slot, the fd to read and how to decode it;
- * a sequence word the main thread waits on.
+ * the words by which the worker announces its batches and its exit.
  */
 export const SLOT_COUNT = 4096;
 /** Slot 0 is the worker's own wake-up fd (eventfd or pipe). */
 export const WAKE_SLOT = 0;
 
-const HEADER = 4;
-export const SEQUENCE = 0;
-export const SHUTDOWN = 1;
+const HEADER = 3;
+export const SHUTDOWN = 0;
 /** Batches the worker has finished: an fd removed before a batch began is no longer in its hands after it. */
-export const EPOCH = 2;
+export const EPOCH = 1;
 /** Set (and EPOCH notified) when the worker has returned: no epoch will come any more. */
-export const EXITED = 3;
+export const EXITED = 2;
 
 /** How the worker reads a source's fd (the `formats` word of its base slot). */
 export const FORMAT_COUNTER = 0;

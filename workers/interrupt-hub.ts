@@ -1,8 +1,9 @@
 /**
  * The main-thread side of the interrupt worker: hands interrupt sources
- * (kernel/port.ts IrqSource) to it, waits for its notifications with
- * Atomics.waitAsync (no message copies, no polling), and calls each source's
- * listener with the interrupts it counted per vector. The worker runs while
+ * (kernel/port.ts IrqSource) to it and, each time it wakes the main thread
+ * (through the event loop's own async handle: no message copies, no
+ * polling), calls each source's listener with the interrupts it counted per
+ * vector. The worker runs while
  * any source is registered, so an idle process can exit. Nothing here is
  * OS-specific: the event queue (workers/event-queue.ts) is.
  *
@@ -15,10 +16,11 @@ import { Piscina } from 'piscina';
 import { UpciError } from '../kernel/errors.js';
 import type { IrqSource } from '../kernel/port.js';
 import {
-  board, createBoardBuffer, EPOCH, EXITED, FORMAT_COUNTER, FORMAT_DRAIN, FORMAT_RECORDS, SEQUENCE, SHUTDOWN, SLOT_COUNT, WAKE_SLOT, type Board,
+  board, createBoardBuffer, EPOCH, EXITED, FORMAT_COUNTER, FORMAT_DRAIN, FORMAT_RECORDS, SHUTDOWN, SLOT_COUNT, WAKE_SLOT, type Board,
 } from './interrupt-board.js';
 import { closeFd, eventQueue, type EventQueue, type Wakeable } from './event-queue.js';
 import type { WorkerTask } from './interrupt-worker.js';
+import { createMainThreadWaker } from './main-thread-waker.js';
 
 /** Called with the source's vector (firstVector-based, as the device numbers it) and the interrupts counted since the last call. */
 export type SourceListener = (vector: number, count: number) => void;
@@ -42,6 +44,7 @@ class Session {
   readonly board: Board = board(this.buffer);
   readonly queue: EventQueue = eventQueue();
   private readonly wakeup: Wakeable = this.queue.wakeable();
+  private readonly waker = createMainThreadWaker(() => this.drain());
   private readonly pool = new Piscina({
     filename: new URL('./interrupt-worker.js', import.meta.url).href,
     minThreads: 1,
@@ -62,13 +65,12 @@ class Session {
     Atomics.store(this.board.formats, WAKE_SLOT, FORMAT_DRAIN);
     Atomics.store(this.board.fds, WAKE_SLOT, this.wakeup.fd);
     this.queue.add(this.wakeup.fd, WAKE_SLOT);
-    const task: WorkerTask = { queueFd: this.queue.fd, board: this.buffer };
+    const task: WorkerTask = { queueFd: this.queue.fd, board: this.buffer, wakerId: this.waker.id };
     this.done = this.pool.run(task).then(() => this.teardown(), (e: unknown) => {
       this.teardown();
       throw e;
     });
     this.done.catch((e: unknown) => process.emitWarning(`upci interrupt worker failed: ${String(e)}`));
-    void this.listen(Atomics.load(this.board.header, SEQUENCE));
   }
 
   get size(): number {
@@ -158,15 +160,6 @@ class Session {
     }
   }
 
-  private async listen(sequence: number): Promise<void> {
-    while (!this.stopping) {
-      const waited = Atomics.waitAsync(this.board.header, SEQUENCE, sequence);
-      if (waited.async) await waited.value;
-      sequence = Atomics.load(this.board.header, SEQUENCE);
-      this.drain();
-    }
-  }
-
   /**
    * Closes removed hub-owned fds and frees their slots once the worker's
    * epoch has passed their removal; with `block`, first waits (briefly) for
@@ -202,9 +195,6 @@ class Session {
     this.stopping = true;
     Atomics.store(this.board.header, SHUTDOWN, 1);
     this.wakeup.wake();
-    // Unblocks listen() so it sees `stopping`.
-    Atomics.add(this.board.header, SEQUENCE, 1);
-    Atomics.notify(this.board.header, SEQUENCE);
   }
 
   /** The worker has returned: nothing reads the fds any more. */
@@ -213,6 +203,7 @@ class Session {
     for (const { fd } of this.closing.splice(0)) if (fd >= 0) this.queue.closeFd(fd);
     this.queue.close();
     this.wakeup.close();
+    this.waker.close();
     void this.pool.destroy();
   }
 }

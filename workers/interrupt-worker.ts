@@ -2,28 +2,36 @@
  * The interrupt worker (a piscina task that runs until shutdown): blocks in
  * the OS event queue over every interrupt source of every device in the
  * process, folds what each source reports into the shared board's per-vector
- * counts, and wakes the main thread with Atomics.notify. One worker serves
- * all devices. It only reads fds; it never closes one.
+ * counts, and wakes the main thread through its waker
+ * (workers/main-thread-waker.ts). One worker serves all devices. It only
+ * reads fds; it never closes one.
  */
-import { board, EPOCH, EXITED, FORMAT_COUNTER, FORMAT_RECORDS, RECORD_SIZE, SEQUENCE, SHUTDOWN, type Board } from './interrupt-board.js';
+import { board, EPOCH, EXITED, FORMAT_COUNTER, FORMAT_RECORDS, RECORD_SIZE, SHUTDOWN, type Board } from './interrupt-board.js';
 import { eventQueue, type EventQueue } from './event-queue.js';
+import { wakeMainThread } from './main-thread-waker.js';
 
 export interface WorkerTask {
   readonly queueFd: number;
   readonly board: SharedArrayBuffer;
+  /** The main thread's waker, woken after every batch. */
+  readonly wakerId: number;
 }
+
+/** An eventfd's 8-byte count, allocated once: a wake-up's path allocates nothing it can avoid. */
+let counter: Buffer | undefined;
 
 /** Records read per read(2): pciuser(4) has at most 64 vectors, one record each. */
 const RECORDS_PER_READ = 64;
 
 /** Reads one source: an 8-byte counter, records until the fd has none, or (the wake-up fd) anything until a short read. */
 export function readSource(queue: EventQueue, b: Board, slot: number, fd: number, buf: Buffer): void {
+  counter ??= Buffer.alloc(8);
   const format = Atomics.load(b.formats, slot);
   if (format === FORMAT_COUNTER) {
-    const counter = buf.subarray(0, 8);
     // Non-blocking eventfds: a read that loses a race with another reader returns -1 (EAGAIN).
     if (queue.read(fd, counter, () => `read of interrupt counter (slot ${slot})`) !== 8) return;
-    Atomics.add(b.counts, slot, Number(counter.readBigUInt64LE(0) & 0xffffffffn));
+    // The counts wrap at 32 bits anyway: the low word is all that is added.
+    Atomics.add(b.counts, slot, counter.readUInt32LE(0));
     return;
   }
   if (format === FORMAT_RECORDS) {
@@ -55,11 +63,11 @@ export default function runInterruptWorker(task: WorkerTask): number {
         const fd = Atomics.load(fds, slot);
         if (fd >= 0) readSource(queue, b, slot, fd, buf);
       }
+      // The interrupts first; the epoch after them is bookkeeping the main thread needs no sooner.
+      wakeMainThread(task.wakerId);
       // Every batch is announced, even a wake-up alone: the main thread lets go of removed fds on the epoch change.
       Atomics.add(header, EPOCH, 1);
       Atomics.notify(header, EPOCH);
-      Atomics.add(header, SEQUENCE, 1);
-      Atomics.notify(header, SEQUENCE);
       batches++;
     }
   } finally {

@@ -6,17 +6,20 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import * as libc from '../../kernel/libc.js';
 import { eventQueue } from '../../workers/event-queue.js';
+import { wakeMainThread } from '../../workers/main-thread-waker.js';
 
 export interface DeliveryWorkerData {
   readonly fd: number;
-  readonly mode: 'postMessage' | 'atomics' | 'pipe';
+  readonly mode: 'postMessage' | 'atomics' | 'pipe' | 'waker';
+  /** mode 'waker': the main thread's waker (workers/main-thread-waker.ts). */
+  readonly wakerId?: number;
   /** mode 'pipe': the write end the worker signals through; the main thread reads the other end in its event loop. */
   readonly pipeFd?: number;
   readonly sequence: SharedArrayBuffer;
   readonly rounds: number;
 }
 
-const { fd, mode, sequence, rounds, pipeFd } = workerData as DeliveryWorkerData;
+const { fd, mode, sequence, rounds, pipeFd, wakerId } = workerData as DeliveryWorkerData;
 const queue = eventQueue();
 queue.add(fd, 1);
 const value = Buffer.alloc(8);
@@ -28,6 +31,8 @@ for (let i = 0; i < rounds; i++) {
     parentPort!.postMessage(i);
   } else if (mode === 'pipe') {
     libc.writeAll(pipeFd!, value.subarray(0, 1), 'write of the benchmark pipe');
+  } else if (mode === 'waker') {
+    wakeMainThread(wakerId!);
   } else {
     Atomics.add(word, 0, 1);
     Atomics.notify(word, 0);

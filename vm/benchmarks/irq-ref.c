@@ -9,7 +9,8 @@
  *
  *   irq-ref <pci-address> <iterations> direct|threaded
  *
- * Prints one JSON line: median and p99 round trip in microseconds.
+ * Prints one JSON line: each round trip in microseconds, in order, so that
+ * the caller can pool runs interleaved with the other paths it measures.
  */
 #include <linux/futex.h>
 #include <pthread.h>
@@ -22,11 +23,6 @@
 #define EDU_IRQ_STATUS 0x24
 #define EDU_IRQ_RAISE 0x60
 #define EDU_IRQ_ACK 0x64
-
-static int by_value(const void *a, const void *b) {
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
 
 static int efd;
 static _Atomic uint32_t delivered;
@@ -93,8 +89,10 @@ int main(int argc, char **argv) {
 		us[i] = (now() - t0) * 1e6;
 	}
 	if (threaded) pthread_join(thread, NULL);
-	qsort(us, iterations, sizeof *us, by_value);
-	printf("{\"median\":%.1f,\"p99\":%.1f}\n", us[iterations / 2], us[iterations * 99 / 100]);
+	printf("[");
+	for (int i = 0; i < iterations; i++)
+		printf("%s%.1f", i ? "," : "", us[i]);
+	printf("]\n");
 
 	*set = (struct vfio_irq_set){.argsz = sizeof *set, .flags = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
 	    .index = VFIO_PCI_MSI_IRQ_INDEX};

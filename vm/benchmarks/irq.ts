@@ -1,8 +1,8 @@
 // Interrupt round-trip benchmark: edu's MSI (write the raise register, the
 // event reaches the handler in the main thread, ack), for a C program doing it
 // with raw VFIO and an eventfd read (vm/benchmarks/irq-ref.c) and for upci's
-// path (epoll worker -> SharedArrayBuffer board -> Atomics.waitAsync -> RxJS).
-// A second table compares the two ways a worker can wake the main thread.
+// path (epoll worker -> SharedArrayBuffer board -> main-thread waker -> RxJS).
+// A second table compares the ways a worker can wake the main thread.
 //
 //   npm run bench:irq            (npm run build && node dist/vm/benchmarks/irq.js [--quick] [--cpus N])
 import { execFileSync } from 'node:child_process';
@@ -11,6 +11,7 @@ import { Worker } from 'node:worker_threads';
 import { eduAddress, percentiles, runBenchmarkInVm } from './harness.js';
 import type { DeliveryWorkerData } from './delivery-worker.js';
 import { EDU } from '../../drivers/edu-registers.js';
+import { createMainThreadWaker } from '../../workers/main-thread-waker.js';
 
 
 const micros = (from: bigint) => Number(process.hrtime.bigint() - from) / 1000;
@@ -53,7 +54,9 @@ async function deliveryRoundTrips(mode: DeliveryWorkerData['mode'], rounds: numb
   const [pipeRead, pipeWrite] = libc.pipe(libc.O_NONBLOCK);
   // The main thread's own event loop watches the pipe: no V8 task posting on the way.
   const pipe = new net.Socket({ fd: pipeRead!, readable: true, writable: false });
-  const worker = new Worker(new URL('./delivery-worker.js', import.meta.url), { workerData: { fd, mode, sequence, rounds, pipeFd: pipeWrite! } satisfies DeliveryWorkerData });
+  let woken: (() => void) | undefined;
+  const waker = createMainThreadWaker(() => woken?.());
+  const worker = new Worker(new URL('./delivery-worker.js', import.meta.url), { workerData: { fd, mode, sequence, rounds, pipeFd: pipeWrite!, wakerId: waker.id } satisfies DeliveryWorkerData });
   const one = Buffer.alloc(8);
   one.writeBigUInt64LE(1n);
   const samples: number[] = [];
@@ -66,13 +69,16 @@ async function deliveryRoundTrips(mode: DeliveryWorkerData['mode'], rounds: numb
         ? new Promise((resolve) => worker.once('message', resolve))
         : mode === 'pipe'
           ? new Promise((resolve) => pipe.once('data', resolve))
-          : (() => { const w = Atomics.waitAsync(word, 0, seen); return w.async ? w.value : Promise.resolve(); })();
+          : mode === 'waker'
+            ? new Promise<void>((resolve) => { woken = resolve; })
+            : (() => { const w = Atomics.waitAsync(word, 0, seen); return w.async ? w.value : Promise.resolve(); })();
       libc.writeAll(fd, one, 'write of the benchmark eventfd');
       await delivered;
       samples.push(micros(t0));
     }
   } finally {
     await worker.terminate();
+    waker.close();
     pipe.destroy();
     libc.close(pipeWrite!);
     libc.close(fd);
@@ -95,27 +101,45 @@ async function syscallCost(rounds: number): Promise<number[]> {
   return samples;
 }
 
+/**
+ * Every path runs in `rounds` short bursts, interleaved, and each path's
+ * samples are pooled: the load of this shared machine drifts by a factor of
+ * two within a minute, and a path measured only while it was high would be
+ * compared with one measured while it was low.
+ */
 async function guest(refBinary: string, quick: boolean): Promise<number> {
-  const iterations = quick ? 500 : 5000;
-  const reference = (shape: 'direct' | 'threaded') =>
-    JSON.parse(execFileSync(refBinary, [eduAddress, String(iterations), shape], { encoding: 'utf8' }).trim()) as { median: number; p99: number };
-  const c = reference('direct');
-  const cThreaded = reference('threaded');
+  const rounds = quick ? 2 : 10;
+  const perRound = 500;
+  const iterations = rounds * perRound;
+  const reference = (shape: 'direct' | 'threaded') => async () =>
+    JSON.parse(execFileSync(refBinary, [eduAddress, String(perRound), shape], { encoding: 'utf8' })) as number[];
+  const paths = {
+    c: reference('direct'),
+    cThreaded: reference('threaded'),
+    upci: () => upciRoundTrips(perRound),
+    viaMessage: () => deliveryRoundTrips('postMessage', perRound),
+    viaAtomics: () => deliveryRoundTrips('atomics', perRound),
+    viaPipe: () => deliveryRoundTrips('pipe', perRound),
+    viaWaker: () => deliveryRoundTrips('waker', perRound),
+    syscall: () => syscallCost(perRound),
+  };
+  type Path = keyof typeof paths;
   await upciRoundTrips(100); // warm-up: JIT and worker start
-  const upci = percentiles(await upciRoundTrips(iterations));
-  const viaMessage = percentiles(await deliveryRoundTrips('postMessage', iterations));
-  const viaAtomics = percentiles(await deliveryRoundTrips('atomics', iterations));
-  const viaPipe = percentiles(await deliveryRoundTrips('pipe', iterations));
-  const syscall = percentiles(await syscallCost(iterations));
+  const pooled = Object.fromEntries(Object.keys(paths).map((k) => [k, [] as number[]])) as Record<Path, number[]>;
+  for (let r = 0; r < rounds; r++) {
+    for (const [name, run] of Object.entries(paths) as [Path, () => Promise<number[]>][]) pooled[name].push(...await run());
+  }
+  const { c, cThreaded, upci, viaMessage, viaAtomics, viaPipe, viaWaker, syscall } =
+    Object.fromEntries(Object.entries(pooled).map(([k, v]) => [k, percentiles(v)])) as Record<Path, { median: number; p99: number }>;
   const f = (n: number) => n.toFixed(1);
   process.stdout.write([
-    `Interrupt round trip on edu ${eduAddress}, MSI, ${iterations} iterations each (TCG guest, µs)`,
+    `Interrupt round trip on edu ${eduAddress}, MSI, ${iterations} iterations each, in ${rounds} interleaved rounds (TCG guest, µs)`,
     '',
     '| path | median | p99 |',
     '|---|---:|---:|',
     `| (a) C, raw VFIO: eventfd read(2) in the handler's thread | ${f(c.median)} | ${f(c.p99)} |`,
     `| (a') C, raw VFIO, upci's shape: epoll waiter thread → futex → handler thread | ${f(cThreaded.median)} | ${f(cThreaded.p99)} |`,
-    `| (b) upci: epoll worker → board → Atomics.waitAsync → RxJS handler | ${f(upci.median)} | ${f(upci.p99)} |`,
+    `| (b) upci: epoll worker → board → main-thread waker → RxJS handler | ${f(upci.median)} | ${f(upci.p99)} |`,
     `| ratio (b) / (a) | ${(upci.median / c.median).toFixed(2)} | ${(upci.p99 / c.p99).toFixed(2)} |`,
     `| ratio (b) / (a') | ${(upci.median / cThreaded.median).toFixed(2)} | ${(upci.p99 / cThreaded.p99).toFixed(2)} |`,
     '',
@@ -126,6 +150,7 @@ async function guest(refBinary: string, quick: boolean): Promise<number> {
     `| postMessage | ${f(viaMessage.median)} | ${f(viaMessage.p99)} |`,
     `| SharedArrayBuffer + Atomics.notify / Atomics.waitAsync | ${f(viaAtomics.median)} | ${f(viaAtomics.p99)} |`,
     `| pipe read by the main thread's event loop (net.Socket) | ${f(viaPipe.median)} | ${f(viaPipe.p99)} |`,
+    `| main-thread waker: uv_async_send → the loop's async handle → callback (upci) | ${f(viaWaker.median)} | ${f(viaWaker.p99)} |`,
     '',
     `One system call through koffi (read(2) of an empty eventfd): median ${f(syscall.median)} µs, p99 ${f(syscall.p99)} µs.`,
     '',
