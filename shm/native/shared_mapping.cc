@@ -1,4 +1,5 @@
-// SharedArrayBuffers over mmap(2): the only native code in upci.
+// SharedArrayBuffers over mmap(2), one of upci's two addons (the other is
+// workers/native/main_thread_waker.cc).
 //
 // koffi can map memory but only hands out plain ArrayBuffers, which
 // postMessage copies; a BAR or a DMA buffer must be the same memory in every
