@@ -18,14 +18,13 @@ export interface WorkerTask {
 }
 
 /** An eventfd's 8-byte count, allocated once: a wake-up's path allocates nothing it can avoid. */
-let counter: Buffer | undefined;
+const counter = Buffer.alloc(8);
 
 /** Records read per read(2): pciuser(4) has at most 64 vectors, one record each. */
 const RECORDS_PER_READ = 64;
 
 /** Reads one source: an 8-byte counter, records until the fd has none, or (the wake-up fd) anything until a short read. */
 export function readSource(queue: EventQueue, b: Board, slot: number, fd: number, buf: Buffer): void {
-  counter ??= Buffer.alloc(8);
   const format = Atomics.load(b.formats, slot);
   if (format === FORMAT_COUNTER) {
     // Non-blocking eventfds: a read that loses a race with another reader returns -1 (EAGAIN).
@@ -63,11 +62,11 @@ export default function runInterruptWorker(task: WorkerTask): number {
         const fd = Atomics.load(fds, slot);
         if (fd >= 0) readSource(queue, b, slot, fd, buf);
       }
-      // The interrupts first; the epoch after them is bookkeeping the main thread needs no sooner.
-      wakeMainThread(task.wakerId);
-      // Every batch is announced, even a wake-up alone: the main thread lets go of removed fds on the epoch change.
+      // Every batch is announced, even a wake-up alone: the main thread lets go of removed fds
+      // on the epoch change, so the epoch moves before the wake that makes it look.
       Atomics.add(header, EPOCH, 1);
       Atomics.notify(header, EPOCH);
+      wakeMainThread(task.wakerId);
       batches++;
     }
   } finally {

@@ -73,6 +73,18 @@ test.serial('the worker delivers each counter source to its own listener, with t
   interruptHub.unregister(rb.session, rb.slot);
 });
 
+test.serial('a removed hub-owned fd is closed once the worker lets go of it, with no interrupt after it', async (t) => {
+  // Another source keeps the session (and its worker) running, so only reclaim can close the fd.
+  const keep = libc.eventfd(libc.EFD_NONBLOCK);
+  const rk = interruptHub.register(counter(keep), () => {});
+  const e = libc.eventfd(libc.EFD_NONBLOCK);
+  const re = interruptHub.register(counter(e), () => {});
+  interruptHub.unregister(re.session, re.slot);
+  await new Promise((r) => setTimeout(r, 100));
+  t.false(isOpen(e), 'closed by the drain that follows the worker\'s batch');
+  interruptHub.unregister(rk.session, rk.slot);
+});
+
 test.serial('a records source: each record counts on its vector, out-of-range vectors are dropped, the device-owned fd stays open', async (t) => {
   const [r, w] = libc.pipe(libc.O_NONBLOCK);
   const c = collector((seen) => seen.get(0) === 2 && seen.get(2) === 5 && seen.get(1) === 1);
