@@ -3,11 +3,13 @@
     {
       "target_name": "upci_shm",
       "sources": ["shm/native/shared_mapping.cc"],
+      "include_dirs": ["kernel/native"],
       "cflags_cc": ["-std=c++20", "-Wall", "-Wextra", "-Werror", "-Wno-cast-function-type"]
     },
     {
       "target_name": "upci_waker",
       "sources": ["workers/native/main_thread_waker.cc"],
+      "include_dirs": ["kernel/native"],
       "cflags_cc": ["-std=c++20", "-Wall", "-Wextra", "-Werror"]
     }
   ]

@@ -16,6 +16,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "stay_loaded.h"
+
 namespace {
 
 using v8::BigInt;
@@ -145,6 +147,8 @@ void Address(const FunctionCallbackInfo<Value>& args) {
 }  // namespace
 
 NODE_MODULE_INIT(/* exports, module, context */) {
+  // Unmap must outlive a worker that made a buffer and exited.
+  upci::StayLoaded(reinterpret_cast<const void*>(&Unmap));
   NODE_SET_METHOD(exports, "mapFile", MapFile);
   NODE_SET_METHOD(exports, "allocAnonymous", AllocAnonymous);
   NODE_SET_METHOD(exports, "revoke", Revoke);

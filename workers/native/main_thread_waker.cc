@@ -15,6 +15,8 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "stay_loaded.h"
+
 namespace {
 
 struct Waker {
@@ -56,15 +58,18 @@ void Run(uv_async_t* async) {
 }
 
 // Unlisted first, so that no other thread can send to a handle being closed;
-// the JS side is let go of at once, while the env is surely alive (this also
-// runs from the env's cleanup hook), and the memory once libuv is done.
-void Close(Waker* waker) {
+// the memory goes once libuv is done with the handle. When the thread's env is
+// being torn down (the cleanup hook), no JS may run any more, so the async
+// context (whose destroy hook is JS) and the reference are left to the env.
+void Close(Waker* waker, bool env_alive) {
   {
     std::lock_guard<std::mutex> guard(table_lock);
     table.erase(waker->id);
   }
-  napi_delete_reference(waker->env, waker->callback);
-  napi_async_destroy(waker->env, waker->context);
+  if (env_alive) {
+    napi_delete_reference(waker->env, waker->callback);
+    napi_async_destroy(waker->env, waker->context);
+  }
   uv_close(reinterpret_cast<uv_handle_t*>(&waker->async), [](uv_handle_t* handle) {
     delete reinterpret_cast<Waker*>(handle->data);
   });
@@ -135,7 +140,7 @@ napi_value CloseWaker(napi_env env, napi_callback_info info) {
     if (found != table.end() && found->second->env == env)
       waker = found->second;
   }
-  if (waker != nullptr) Close(waker);
+  if (waker != nullptr) Close(waker, true);
   return nullptr;
 }
 
@@ -148,12 +153,13 @@ void CloseAll(void* data) {
     for (auto& [id, waker] : table)
       if (waker->env == env) mine.emplace(id, waker);
   }
-  for (auto& [id, waker] : mine) Close(waker);
+  for (auto& [id, waker] : mine) Close(waker, false);
 }
 
 }  // namespace
 
 NAPI_MODULE_INIT() {
+  upci::StayLoaded(reinterpret_cast<const void*>(&Create));
   napi_property_descriptor functions[] = {
       {"create", nullptr, Create, nullptr, nullptr, nullptr, napi_default,
        nullptr},
