@@ -7,7 +7,7 @@
  * stays masked until the driver has quieted the device and calls ack() on
  * the event, so a line that stays asserted cannot storm the host.
  */
-import { Observable, Subject } from 'rxjs';
+import { defer, map, Observable, startWith, Subject } from 'rxjs';
 import { UpciError } from '../kernel/errors.js';
 import type { DeviceFile, IrqKind, IrqSource } from '../kernel/port.js';
 import { interruptHub, type HubRegistration } from '../workers/interrupt-hub.js';
@@ -50,8 +50,12 @@ export class InterruptVector {
   private coalesced = 0;
   private spurious = 0;
   private pendingAck = false;
+  /** Nexted on each change of the counts, and only while stats$ has subscribers: the hot path pays nothing otherwise. */
+  private readonly statsChanged = new Subject<void>();
   /** Emits each interrupt; see InterruptEvent.ack. */
   readonly events: Observable<InterruptEvent>;
+  /** The counts now, then again each time one changes (an interrupt, an ack); completes when the vector is disestablished. */
+  readonly stats$: Observable<VectorStats> = defer(() => this.statsChanged.pipe(startWith(undefined), map(() => this.stats())));
 
   constructor(
     readonly index: number,
@@ -86,6 +90,7 @@ export class InterruptVector {
     this.coalesced += count - 1;
     const automasked = this.owner.type === 'intx';
     this.pendingAck = automasked;
+    this.announceStats();
     let acked = false;
     this.subject.next({
       vector: this.index,
@@ -98,12 +103,18 @@ export class InterruptVector {
           this.pendingAck = false;
           this.owner.unmask();
         }
+        if (automasked || !claimed) this.announceStats();
       },
     });
   }
 
+  private announceStats(): void {
+    if (this.statsChanged.observed) this.statsChanged.next();
+  }
+
   complete(): void {
     this.subject.complete();
+    this.statsChanged.complete();
   }
 }
 

@@ -5,7 +5,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import * as libc from '../../kernel/libc.js';
 import type { DeviceFile, IrqSource } from '../../kernel/port.js';
 import { PciDevice } from '../../pci/device.js';
-import { Interrupts, type InterruptEvent } from '../../pci/intr.js';
+import { Interrupts, type InterruptEvent, type VectorStats } from '../../pci/intr.js';
 import { board, createBoardBuffer, FORMAT_DRAIN, FORMAT_RECORDS } from '../../workers/interrupt-board.js';
 import { eventQueue } from '../../workers/event-queue.js';
 import { interruptHub } from '../../workers/interrupt-hub.js';
@@ -191,9 +191,12 @@ test.serial('pci/intr over a records port: one fd feeds every vector\'s stream; 
   const got: InterruptEvent[] = [];
   let resolve!: () => void;
   const all = new Promise<void>((r) => (resolve = r));
+  const statsOf2: VectorStats[] = [];
+  let statsCompleted = false;
+  irq.vector(2).stats$.subscribe({ next: (s) => statsOf2.push(s), complete: () => (statsCompleted = true) });
   const subs = irq.vectors.map((v) => v.events.subscribe((e) => {
     got.push(e);
-    e.ack();
+    e.ack(e.vector !== 2); // vector 2's interrupt was not the device's: spurious
     if (got.length === 3) resolve();
   }));
   records(writeEnd, [2, 4], [0, 1]);
@@ -201,8 +204,15 @@ test.serial('pci/intr over a records port: one fd feeds every vector\'s stream; 
   await all;
   t.deepEqual(got.map((e) => [e.vector, e.count]).sort(), [[0, 1], [1, 2], [2, 4]]);
   t.is(irq.vector(2).stats().coalesced, 3);
+  // The counts at subscription, after the interrupt, after the ack that called it spurious.
+  t.deepEqual(statsOf2, [
+    { delivered: 0, coalesced: 0, spurious: 0, awaitingAck: false },
+    { delivered: 1, coalesced: 3, spurious: 0, awaitingAck: false },
+    { delivered: 1, coalesced: 3, spurious: 1, awaitingAck: false },
+  ]);
   for (const s of subs) s.unsubscribe(); // the last one releases
   t.true(irq.isReleased);
+  t.true(statsCompleted, 'stats$ completes when the vector is disestablished');
   t.deepEqual(calls, ['enable msi 3', 'disable msi']);
   t.true(isOpen(readEnd), 'the hub did not close the device fd');
   // Establish again on the same fd, then let close() release it.
