@@ -3,9 +3,9 @@
  * (kernel/port.ts IrqSource) to it and, each time it wakes the main thread
  * (through the event loop's own async handle: no message copies, no
  * polling), calls each source's listener with the interrupts it counted per
- * vector. The worker runs while
- * any source is registered, so an idle process can exit. Nothing here is
- * OS-specific: the event queue (workers/event-queue.ts) is.
+ * vector. The worker runs while any source is registered, so an idle process
+ * can exit. Nothing here is OS-specific: the event queue
+ * (workers/event-queue.ts) is.
  *
  * fd ownership: a source with owner 'hub' is handed over at register() and
  * closed here once the worker can no longer be reading it; a source with
