@@ -2,7 +2,8 @@
 // the main thread's event loop runs a JS callback, with no V8 task posting
 // and no promise in between. Atomics.waitAsync and postMessage both reach
 // the event loop through a libuv async handle too, but through V8's task
-// queue first; under emulation that detour is most of a wake-up's cost.
+// queue and a promise first: in the TCG bench that detour was a fifth to a
+// third of a wake-up (BENCHMARKS.md).
 //
 // A waker is created by the thread whose loop it wakes and named by a small
 // integer, so that a worker (another V8 isolate, the same process) can wake
