@@ -1,8 +1,9 @@
 /**
  * Wakes the thread that created a waker (the main thread) from any thread,
  * through its event loop's own libuv async handle (workers/native/
- * main_thread_waker.cc): the shortest path Node.js has from a worker to a
- * callback on the main thread. Wakes coalesce: the callback runs at least
+ * main_thread_waker.cc): of the paths from a worker to a main-thread callback
+ * the interrupt benchmark compares (postMessage, Atomics.waitAsync, a pipe),
+ * the shortest at the median. Wakes coalesce: the callback runs at least
  * once after each wake, and once for several that come close together.
  */
 import { loadNativeAddon } from '../kernel/native-addon.js';
