@@ -129,7 +129,7 @@ export class AttachedBus implements DriverBus {
     runEvery(`quiescing ${this.address}`, [
       ...(open ? [() => this.device.disableBusMaster()] : []),
       ...this.interrupts.map((irq) => () => irq.release()),
-      ...(open && dma !== undefined ? [() => dma.releaseMappings({ quiesce: true })] : []),
+      ...(open && dma !== undefined ? [() => dma.releaseMappings()] : []),
       ...(open ? [...this.spaces].map((space) => () => this.device.unmapBar(space)) : []),
     ]);
   }
