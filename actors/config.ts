@@ -5,6 +5,7 @@
  *
  *   {
  *     "watchdogMs": 1000,                       // INTx event not acked within this: the driver is hung
+ *     "attachTimeoutMs": 30000,                 // an attach (reset, Identify...) not done within this failed
  *     "restart": { "initialDelayMs": 100, "maxDelayMs": 5000, "maxRestarts": 5 },
  *     "statsIntervalMs": 1000,                  // interrupt-rate / DMA sampling
  *     "shutdownTimeoutMs": 5000,                // graceful release bound, then devices are force-closed
@@ -30,6 +31,8 @@ export interface RestartPolicy {
 
 export interface Supervision {
   readonly watchdogMs: number;
+  /** A driver's attach (it may be async: a controller reset, Identify) not done within this is an attach fault. */
+  readonly attachTimeoutMs: number;
   readonly restart: RestartPolicy;
 }
 
@@ -54,6 +57,7 @@ export interface HostConfig {
 
 export const DEFAULT_SUPERVISION: Supervision = {
   watchdogMs: 1000,
+  attachTimeoutMs: 30_000,
   restart: { initialDelayMs: 100, maxDelayMs: 5000, maxRestarts: 5 },
 };
 
@@ -93,6 +97,7 @@ function restartPolicy(value: unknown, path: string, base: RestartPolicy): Resta
 function supervision(value: Json, path: string, base: Supervision): Supervision {
   return {
     watchdogMs: integer(value.watchdogMs, at(path, 'watchdogMs'), base.watchdogMs, 1, 3_600_000),
+    attachTimeoutMs: integer(value.attachTimeoutMs, at(path, 'attachTimeoutMs'), base.attachTimeoutMs, 1, 3_600_000),
     restart: restartPolicy(value.restart, at(path, 'restart'), base.restart),
   };
 }
@@ -113,7 +118,7 @@ function driverChoice(entry: Json, path: string, registry: DriverRegistry): Driv
 /** Validates a parsed config file against the drivers in `registry`. */
 export function parseHostConfig(value: unknown, registry: DriverRegistry): HostConfig {
   const root = object(value, '(config)');
-  onlyKeys(root, '', ['devices', 'watchdogMs', 'restart', 'statsIntervalMs', 'shutdownTimeoutMs']);
+  onlyKeys(root, '', ['devices', 'watchdogMs', 'attachTimeoutMs', 'restart', 'statsIntervalMs', 'shutdownTimeoutMs']);
   const defaults = supervision(root, '', DEFAULT_SUPERVISION);
   if (!Array.isArray(root.devices)) throw new ConfigError('devices', `expected an array of devices, got ${describe(root.devices)}`);
   if (root.devices.length === 0) throw new ConfigError('devices', 'is empty', { fix: 'list at least one { "address": ..., "driver": ... }' });
@@ -121,7 +126,7 @@ export function parseHostConfig(value: unknown, registry: DriverRegistry): HostC
   const devices = root.devices.map((raw, i): DeviceEntry => {
     const path = `devices[${i}]`;
     const entry = object(raw, path);
-    onlyKeys(entry, path, ['address', 'driver', 'options', 'watchdogMs', 'restart']);
+    onlyKeys(entry, path, ['address', 'driver', 'options', 'watchdogMs', 'attachTimeoutMs', 'restart']);
     if (typeof entry.address !== 'string') throw new ConfigError(`${path}.address`, `expected a PCI address string, got ${describe(entry.address)}`);
     let address: PciAddress;
     try {

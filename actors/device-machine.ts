@@ -126,11 +126,22 @@ export function deviceMachineFor(driver: AnyDriver) {
             onStall,
             onNote: context.onNote,
           });
+          const limit = context.supervision.attachTimeoutMs;
+          let timer: NodeJS.Timeout | undefined;
           try {
-            return { bus, resources: context.driver.attach(bus, context.options) };
+            const resources = await Promise.race([
+              Promise.resolve().then(() => context.driver.attach(bus, context.options)),
+              new Promise<never>((_, reject) => {
+                timer = setTimeout(() => reject(new Error(`${context.driver.name}: attach did not finish within ${limit} ms (attachTimeoutMs)`)), limit);
+              }),
+            ]);
+            return { bus, resources };
           } catch (e) {
+            // A late attach finds its bus reclaimed: every call on it throws.
             bus.release();
             throw e;
+          } finally {
+            clearTimeout(timer);
           }
         },
       ),

@@ -6,7 +6,7 @@
  */
 import { Observable } from 'rxjs';
 import type { DriverBus, DriverInterrupts, DriverVector } from '../drivers/contract.js';
-import { BusDma } from '../pci/bus-dma.js';
+import { BusDma, type DriverDma } from '../pci/bus-dma.js';
 import type { BusSpace } from '../pci/bus-space.js';
 import type { ConfigHeader } from '../pci/config.js';
 import type { Bar, PciDevice } from '../pci/device.js';
@@ -94,15 +94,28 @@ export class AttachedBus implements DriverBus {
     this.live();
     const irq = Interrupts.establish(this.device, options);
     this.interrupts.push(irq);
-    const vectors: DriverVector[] = irq.vectors.map((v) => ({ index: v.index, events: watched(v, irq.type, this.hooks) }));
+    const vectors: DriverVector[] = irq.vectors.map((v) => ({
+      index: v.index,
+      events: watched(v, irq.type, this.hooks),
+      mask: () => v.mask(),
+      unmask: () => v.unmask(),
+    }));
     return { type: irq.type, vectors };
   }
 
-  dma(): BusDma {
+  dma(): DriverDma {
     this.live();
     this.busDma ??= BusDma.forDevice(this.device);
     this.hooks.meter.dma = this.busDma;
-    return this.busDma;
+    const dma = this.busDma;
+    // Only these: the BusDma itself would reach the device and the kernel's DMA domain.
+    return {
+      createTag: (options) => dma.createTag(options),
+      get granule() { return dma.granule; },
+      get busMasterEnabled() { return dma.busMasterEnabled; },
+      enableBusMaster: () => dma.enableBusMaster(),
+      disableBusMaster: () => dma.disableBusMaster(),
+    };
   }
 
   note(message: string): void {

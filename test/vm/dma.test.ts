@@ -106,6 +106,7 @@ test('edu: a DMA started with its interrupt flag ends with the DMA-done interrup
     const bar = edu.mapBar(0);
     const dma = BusDma.forDevice(edu);
     const irq = Interrupts.establish(edu, { type: 'msi' });
+    edu.enableBusMaster();
     const tag = dma.createTag({ alignment: 4096, addressLimit: EDU.DMA_LIMIT, maxSegments: 1 });
     const src = tag.allocMemory(4096);
     const dst = tag.allocMemory(4096);
