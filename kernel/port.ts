@@ -123,8 +123,8 @@ export interface KernelDmaAllocator {
 export type DmaDomain = IommuDmaDomain | KernelDmaAllocator;
 
 /**
- * Where a device's interrupts can be read: data the interrupt worker thread
- * acts on (it cannot call objects of the main thread).
+ * Where a device's interrupts can be read: plain data, so that the thread
+ * that handles them can be another than the one that enabled them.
  *  - 'counter': read(2) gives an 8-byte count (an eventfd): interrupts on
  *    vector `firstVector` since the last read; `vectors` is 1.
  *  - 'records': read(2) gives 8-byte records {u32 vector, u32 count}
@@ -138,10 +138,10 @@ export interface IrqSource {
   readonly firstVector: number;
   readonly vectors: number;
   /**
-   * Who closes `fd`. 'hub': handed over with the source: the receiver (the
-   * interrupt hub) closes it once its worker can no longer be reading it.
+   * Who closes `fd`. 'hub': handed over with the source: the receiver
+   * (workers/interrupt-watcher.ts) closes it once it stops polling it.
    * 'device': the DeviceFile's own fd, closed by DeviceFile.close() only;
-   * the hub must have let go of it first.
+   * the watcher must have let go of it first.
    */
   readonly owner: 'hub' | 'device';
 }

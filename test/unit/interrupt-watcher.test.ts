@@ -1,16 +1,17 @@
+/**
+ * The interrupt watcher (workers/interrupt-watcher.ts): interrupt fds polled
+ * by the event loop of the thread that handles them, and pci/intr over it.
+ */
 import test from 'ava';
-import { fakeDevice, openFake } from '../support/fake-device.js';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
 import * as libc from '../../kernel/libc.js';
 import type { DeviceFile, IrqSource } from '../../kernel/port.js';
 import { PciDevice } from '../../pci/device.js';
 import { Interrupts, type InterruptEvent, type VectorStats } from '../../pci/intr.js';
-import { board, createBoardBuffer, FORMAT_DRAIN, FORMAT_RECORDS } from '../../workers/interrupt-board.js';
-import { eventQueue } from '../../workers/event-queue.js';
-import { interruptHub } from '../../workers/interrupt-hub.js';
-import { readSource } from '../../workers/interrupt-worker.js';
-import { pipeWakeable } from '../../workers/wakeable.js';
+import { FdLedger, installFdLedger, watchSource } from '../../workers/interrupt-watcher.js';
+import { fakeDevice, openFake } from '../support/fake-device.js';
 
 function signal(fd: number, n = 1): void {
   const b = Buffer.alloc(8);
@@ -31,7 +32,6 @@ function records(fd: number, ...pairs: [number, number][]): void {
 const counter = (fd: number): IrqSource => ({ fd, format: 'counter', firstVector: 0, vectors: 1, owner: 'hub' });
 const isOpen = (fd: number) => existsSync(`/proc/self/fd/${fd}`);
 const openFds = () => readdirSync('/proc/self/fd').length;
-const settle = () => new Promise((r) => setTimeout(r, 600));
 
 function nextCount(register: (listener: (vector: number, n: number) => void) => void): Promise<number> {
   return new Promise((resolve) => register((_v, n) => resolve(n)));
@@ -52,7 +52,7 @@ function collector(until: (seen: Map<number, number>) => boolean): { seen: Map<n
   };
 }
 
-test.serial('the worker delivers each counter source to its own listener, with the kernel count', async (t) => {
+test.serial('each counter source reaches its own listener, with the kernel count', async (t) => {
   const a = libc.eventfd(libc.EFD_NONBLOCK);
   const b = libc.eventfd(libc.EFD_NONBLOCK);
   const seenA: number[] = [];
@@ -61,111 +61,104 @@ test.serial('the worker delivers each counter source to its own listener, with t
   const gotA = new Promise<void>((r) => (resolveA = r));
   let resolveB!: () => void;
   const gotB = new Promise<void>((r) => (resolveB = r));
-  const ra = interruptHub.register(counter(a), (_v, n) => { seenA.push(n); resolveA(); });
-  const rb = interruptHub.register(counter(b), (_v, n) => { seenB.push(n); resolveB(); });
+  const wa = watchSource(counter(a), (_v, n) => { seenA.push(n); resolveA(); });
+  const wb = watchSource(counter(b), (_v, n) => { seenB.push(n); resolveB(); });
   signal(a, 3);
   await gotA;
   signal(b, 1);
   await gotB;
   t.deepEqual(seenA, [3]);
   t.deepEqual(seenB, [1]);
-  interruptHub.unregister(ra.session, ra.slot);
-  interruptHub.unregister(rb.session, rb.slot);
-});
-
-test.serial('a removed hub-owned fd is closed once the worker lets go of it, with no interrupt after it', async (t) => {
-  // Another source keeps the session (and its worker) running, so only reclaim can close the fd.
-  const keep = libc.eventfd(libc.EFD_NONBLOCK);
-  const rk = interruptHub.register(counter(keep), () => {});
-  const e = libc.eventfd(libc.EFD_NONBLOCK);
-  const re = interruptHub.register(counter(e), () => {});
-  interruptHub.unregister(re.session, re.slot);
-  // The event loop must turn for the drain that follows the worker's batch; give a loaded machine time.
-  for (let waited = 0; isOpen(e) && waited < 5000; waited += 20) await new Promise((r) => setTimeout(r, 20));
-  t.false(isOpen(e), 'closed by the drain that follows the worker\'s batch');
-  interruptHub.unregister(rk.session, rk.slot);
+  wa.unwatch();
+  wb.unwatch();
+  t.false(isOpen(a), 'unwatch() closes a hub-owned fd at once');
+  t.false(isOpen(b));
 });
 
 test.serial('a records source: each record counts on its vector, out-of-range vectors are dropped, the device-owned fd stays open', async (t) => {
   const [r, w] = libc.pipe(libc.O_NONBLOCK);
   const c = collector((seen) => seen.get(0) === 2 && seen.get(2) === 5 && seen.get(1) === 1);
-  const reg = interruptHub.register({ fd: r, format: 'records', firstVector: 0, vectors: 3, owner: 'device' }, c.listener);
-  // A neighbouring counter source: a record for a vector beyond the records source must never land in its slot.
-  const e = libc.eventfd(libc.EFD_NONBLOCK);
-  const neighbour: number[] = [];
-  const rn = interruptHub.register(counter(e), (_v, n) => neighbour.push(n));
+  const watch = watchSource({ fd: r, format: 'records', firstVector: 0, vectors: 3, owner: 'device' }, c.listener);
   records(w, [0, 2], [2, 5], [3, 100], [0xffffffff, 7]);
   records(w, [1, 1]);
   await c.done;
   t.deepEqual([...c.seen].sort(), [[0, 2], [1, 1], [2, 5]]);
-  t.deepEqual(neighbour, []);
-  interruptHub.unregister(reg.session, reg.slot);
-  // unregister() of a device-owned source returns once the worker let go of it; the hub never closes it.
-  t.true(isOpen(r));
-  interruptHub.unregister(rn.session, rn.slot);
+  watch.unwatch();
+  t.true(isOpen(r), 'a device-owned fd is left to its device');
   libc.close(w);
   libc.close(r);
 });
 
-test.serial('worker decoding: records are read until EAGAIN (more than one read), the wake-up pipe is drained', (t) => {
-  const b = board(createBoardBuffer());
-  const queue = eventQueue(-1); // only its read(); no queue is needed
-  const buf = Buffer.alloc(64); // 8 records per read
-  const [r, w] = libc.pipe(libc.O_NONBLOCK);
-  const base = 10;
-  Atomics.store(b.formats, base, FORMAT_RECORDS);
-  Atomics.store(b.firsts, base, 4);
-  Atomics.store(b.spans, base, 2);
-  const many: [number, number][] = [];
-  for (let i = 0; i < 20; i++) many.push([4 + (i % 2), 1]);
-  many.push([3, 9], [6, 9]); // below firstVector, beyond the span
-  records(w, ...many);
-  readSource(queue, b, base, r, buf);
-  t.is(b.counts[base], 10);
-  t.is(b.counts[base + 1], 10);
-  t.is(b.counts[base - 1], 0);
-  t.is(b.counts[base + 2], 0);
-  t.is(libc.readSome(r, buf, 'empty pipe'), -1, 'everything was read');
-  libc.close(w);
-  libc.close(r);
-
-  // The NetBSD wake-up (a pipe), exercised on Linux's pipe2.
-  const wake = pipeWakeable(libc);
-  Atomics.store(b.formats, 0, FORMAT_DRAIN);
-  for (let i = 0; i < 100; i++) wake.wake();
-  readSource(queue, b, 0, wake.fd, buf);
-  t.is(libc.readSome(wake.fd, buf, 'drained pipe'), -1);
-  t.is(b.counts[0], 0);
-  wake.close();
-});
-
-test.serial('10,000 register/unregister cycles leak no file descriptors, and delivery still works after', async (t) => {
-  // Compare with no worker running on either side: it stops 200 ms after its last slot goes.
-  await settle();
+test.serial('10,000 watch/unwatch cycles leak no file descriptors, and delivery still works after', async (t) => {
   const before = openFds();
   const [r, w] = libc.pipe(libc.O_NONBLOCK);
   for (let i = 0; i < 10_000; i++) {
-    const fd = libc.eventfd(libc.EFD_NONBLOCK);
-    const c = interruptHub.register(counter(fd), () => {});
-    // A device-owned records source of 4 vectors, registered and unregistered alongside.
-    const d = interruptHub.register({ fd: r, format: 'records', firstVector: 0, vectors: 4, owner: 'device' }, () => {});
-    interruptHub.unregister(c.session, c.slot);
-    interruptHub.unregister(d.session, d.slot);
+    const c = watchSource(counter(libc.eventfd(libc.EFD_NONBLOCK)), () => {});
+    const d = watchSource({ fd: r, format: 'records', firstVector: 0, vectors: 4, owner: 'device' }, () => {});
+    c.unwatch();
+    d.unwatch();
   }
   t.true(isOpen(r));
   const fd = libc.eventfd(libc.EFD_NONBLOCK);
-  let reg!: ReturnType<typeof interruptHub.register>;
-  const count = nextCount((listener) => (reg = interruptHub.register(counter(fd), listener)));
+  let watch!: ReturnType<typeof watchSource>;
+  const count = nextCount((listener) => (watch = watchSource(counter(fd), listener)));
   signal(fd, 2);
   t.is(await count, 2);
-  interruptHub.unregister(reg.session, reg.slot);
+  watch.unwatch();
   libc.close(w);
   libc.close(r);
-  await settle();
   t.is(openFds(), before);
 });
 
-/** A kernel port whose device reports MSI as pciuser(4) does: one 'records' source, the device's own fd. */
+test.serial('the fd ledger lists the hub-owned fds a thread watches, until it unwatches them', (t) => {
+  const buffer = new SharedArrayBuffer(FdLedger.bytes(4));
+  const ledger = new FdLedger(buffer, 0, 4);
+  ledger.clear();
+  installFdLedger(ledger);
+  const a = libc.eventfd(libc.EFD_NONBLOCK);
+  const b = libc.eventfd(libc.EFD_NONBLOCK);
+  const wa = watchSource(counter(a), () => {});
+  const wb = watchSource(counter(b), () => {});
+  t.deepEqual([...ledger.fds].filter((fd) => fd >= 0).sort(), [a, b].sort());
+  wa.unwatch();
+  t.deepEqual([...ledger.fds].filter((fd) => fd >= 0), [b]);
+  t.deepEqual(ledger.take(), [b]);
+  t.deepEqual([...ledger.fds].filter((fd) => fd >= 0), [], 'take() empties it');
+  wb.unwatch();
+  installFdLedger(new FdLedger(new SharedArrayBuffer(FdLedger.bytes(1)), 0, 1));
+});
+
+test.serial('a worker thread is woken by its own loop; terminated while watching, it leaves its fds to the ledger and the process runs on', async (t) => {
+  const buffer = new SharedArrayBuffer(FdLedger.bytes(4) + 8);
+  const ledger = new FdLedger(buffer, 8, 4);
+  ledger.clear();
+  const fd = libc.eventfd(libc.EFD_NONBLOCK);
+  const worker = new Worker(`
+    const { workerData, parentPort, threadId } = require('node:worker_threads');
+    import(workerData.module).then(({ FdLedger, installFdLedger, watchSource }) => {
+      installFdLedger(new FdLedger(workerData.buffer, 8, 4));
+      watchSource({ fd: workerData.fd, format: 'counter', firstVector: 0, vectors: 1, owner: 'hub' }, (_v, n) => {
+        parentPort.postMessage({ thread: threadId, count: n });
+        for (;;) {} // and now it hangs, still watching
+      });
+      parentPort.postMessage('watching');
+    });`, { eval: true, workerData: { module: new URL('../../workers/interrupt-watcher.js', import.meta.url).href, buffer, fd } });
+  const messages: unknown[] = [];
+  const got = (n: number) => new Promise<void>((resolve) => {
+    const check = () => (messages.length >= n ? resolve() : worker.once('message', (m) => { messages.push(m); check(); }));
+    check();
+  });
+  await got(1);
+  t.deepEqual([...ledger.fds].filter((f) => f >= 0), [fd]);
+  signal(fd, 5);
+  await got(2);
+  t.deepEqual(messages[1], { thread: worker.threadId, count: 5 });
+  await worker.terminate();
+  t.deepEqual(ledger.take(), [fd], 'the fd is still open and listed for whoever must close it');
+  t.true(isOpen(fd));
+  libc.close(fd);
+});
+
 function recordsDevice(): { device: PciDevice; writeEnd: number; readEnd: number; calls: string[] } {
   const [readEnd, writeEnd] = libc.pipe(libc.O_NONBLOCK);
   const calls: string[] = [];
@@ -217,7 +210,7 @@ test.serial('pci/intr over a records port: one fd feeds every vector\'s stream; 
   t.true(irq.isReleased);
   t.true(statsCompleted, 'stats$ completes when the vector is disestablished');
   t.deepEqual(calls, ['enable msi 3', 'disable msi']);
-  t.true(isOpen(readEnd), 'the hub did not close the device fd');
+  t.true(isOpen(readEnd), 'the device fd is left to the device');
   // Establish again on the same fd, then let close() release it.
   const again = Interrupts.establish(device, { type: 'msi', vectors: 1 });
   const first = new Promise<InterruptEvent>((r) => again.vector(0).events.subscribe(r));
@@ -238,16 +231,16 @@ test.serial('pci/intr refuses sources that do not cover the vectors, and disable
   };
   t.throws(() => Interrupts.establish(device, { type: 'msi', vectors: 2 }), { code: 'KERNEL', message: /no interrupt source for msi vector 1/ } as never);
   t.deepEqual(calls, ['enable msi 2', 'disable msi']);
-  t.false(isOpen(fd), 'a hub-owned source that was never registered is closed');
+  t.false(isOpen(fd), 'a hub-owned source that was never watched is closed');
   device.close();
 });
 
-test.serial('process.exit() returns promptly while the interrupt worker is waiting', (t) => {
+test.serial('process.exit() returns promptly with sources watched', (t) => {
   const script = `
     import * as libc from '${new URL('../../kernel/libc.js', import.meta.url).pathname}';
-    import { interruptHub } from '${new URL('../../workers/interrupt-hub.js', import.meta.url).pathname}';
+    import { watchSource } from '${new URL('../../workers/interrupt-watcher.js', import.meta.url).pathname}';
     const fd = libc.eventfd(libc.EFD_NONBLOCK);
-    interruptHub.register({ fd, format: 'counter', firstVector: 0, vectors: 1, owner: 'hub' }, () => {});
+    watchSource({ fd, format: 'counter', firstVector: 0, vectors: 1, owner: 'hub' }, () => {});
     setTimeout(() => process.exit(7), 300);`;
   const run = spawnSync(process.execPath, ['--input-type=module', '-e', script], { timeout: 20_000 });
   t.is(run.signal, null, 'not killed by the timeout');
