@@ -14,13 +14,15 @@
  * Every state is entered as its own macrostep, so each transition shows in
  * the actor's snapshots and in the inspection stream.
  */
-import { assign, fromPromise, setup, type ActorRefFrom } from 'xstate';
-import type { AnyDriver, DriverInput, OptionsOf, OptionsSchema } from '../drivers/contract.js';
+import { assign, createActor, fromPromise, setup, toPromise, type ActorRefFrom, type InspectionEvent, type Observer } from 'xstate';
+import type { AnyDriver, OptionsOf, OptionsSchema } from '../drivers/contract.js';
 import type { PciAddress } from '../kernel/pci-address.js';
 import type { PciDevice } from '../pci/device.js';
 import { restartDelay } from './backoff.js';
 import type { Supervision } from './config.js';
 import { AttachedBus, stopBusMaster } from './driver-bus.js';
+import { sourceOf } from './driver-source.js';
+import { DriverThread, type QuiesceReport } from './driver-worker.js';
 import type { DeviceMeter } from './meter.js';
 
 export type DeviceStateName = 'claimed' | 'attaching' | 'running' | 'failed' | 'resetting' | 'detaching' | 'released';
@@ -55,12 +57,23 @@ export interface DeviceActorInput {
   /** Opens the address again (the reset of a device the kernel cannot reset). */
   readonly reopen: (address: PciAddress) => PciDevice;
   readonly onNote: (message: string) => void;
+  /** A driver thread was taken back from: what was read back, while the thread still ran or after it died. */
+  readonly onQuiesced: (incarnation: number, report: QuiesceReport) => void;
+  /** A driver incarnation started in its own thread. */
+  readonly onThread: (incarnation: number, threadId: number) => void;
+  /** Inspection of a driver machine run in this thread (one in a worker is not inspectable from here). */
+  readonly inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
 }
 
-interface Attachment {
-  readonly bus: AttachedBus;
-  readonly resources: unknown;
-}
+/**
+ * A driver incarnation, attached. 'thread': in its own worker thread
+ * (whenever the kernel port can share the device and the driver can be
+ * imported by a worker: built-in, or loaded from a module); 'inline': in
+ * this thread (drivers made in this thread, ports that cannot share).
+ */
+type Attachment =
+  | { readonly kind: 'thread'; readonly thread: DriverThread }
+  | { readonly kind: 'inline'; readonly bus: AttachedBus; readonly resources: unknown };
 
 export interface DeviceContext extends DeviceActorInput {
   /** The device as now open; after a reopen, the new handle. */
@@ -80,7 +93,7 @@ export interface DeviceContext extends DeviceActorInput {
 export type DeviceEvent =
   | { type: 'START' }
   | { type: 'STOP' }
-  | { type: 'WATCHDOG'; vector: number; waitedMs: number };
+  | { type: 'WATCHDOG'; message: string };
 
 /** What the final release did: a kernel reset before closing, or just the close (no reset method). */
 export type ReleaseKind = 'kernel-reset' | 'close' | 'already-closed';
@@ -100,12 +113,54 @@ export interface DeviceOutput {
 
 const message = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
-/** Quiesces whatever is attached, and at least turns bus mastering off. */
-function quiesce(device: PciDevice, attachment: Attachment | undefined): void {
+const stallMessage = (vector: number, waitedMs: number) =>
+  `INTx vector ${vector} not acked within ${waitedMs} ms: the driver is hung (line left masked)`;
+
+interface Quiescing {
+  readonly device: PciDevice;
+  readonly attachment: Attachment | undefined;
+  readonly incarnation: number;
+  readonly onQuiesced: DeviceActorInput['onQuiesced'];
+  readonly meter: DeviceMeter;
+}
+
+/**
+ * Quiesces whatever is attached, and at least turns bus mastering off. A
+ * thread is taken back from the main thread and terminated (`graceful`: it
+ * is first asked to detach itself).
+ */
+async function quiesce({ device, attachment, incarnation, onQuiesced, meter }: Quiescing, graceful: boolean): Promise<void> {
+  if (attachment?.kind === 'thread') {
+    try {
+      const report = await (graceful ? attachment.thread.stop() : attachment.thread.kill());
+      onQuiesced(incarnation, report);
+    } finally {
+      meter.follow(undefined);
+      stopBusMaster(device);
+    }
+    return;
+  }
   try {
     stopBusMaster(device);
   } finally {
     attachment?.bus.release();
+  }
+}
+
+/** Bounds `attach` by attachTimeoutMs; on a timeout `onTimeout` runs before the rejection. */
+async function bounded<T>(work: Promise<T>, limit: number, what: string, onTimeout: () => Promise<unknown>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      work,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          void onTimeout().finally(() => reject(new Error(`${what}: attach did not finish within ${limit} ms (attachTimeoutMs)`)));
+        }, limit);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -118,35 +173,59 @@ export function deviceMachineFor(driver: AnyDriver) {
       output: {} as DeviceOutput,
     },
     actors: {
-      attach: fromPromise<Attachment, { context: DeviceContext; onStall: (vector: number, waitedMs: number) => void }>(
-        async ({ input: { context, onStall } }) => {
-          const bus = new AttachedBus(context.device, context.incarnation, {
-            watchdogMs: context.supervision.watchdogMs,
+      attach: fromPromise<Attachment, { context: DeviceContext; onWatchdog: (message: string) => void }>(
+        async ({ input: { context, onWatchdog } }) => {
+          const { device, driver, supervision, incarnation } = context;
+          const source = sourceOf(driver);
+          if (source !== undefined && device.kernel.handles !== undefined) {
+            const thread = new DriverThread({
+              device, source, options: context.options, incarnation, supervision,
+              onNote: context.onNote,
+              onStall: (vector, waitedMs) => onWatchdog(stallMessage(vector, waitedMs)),
+              onHang: onWatchdog,
+            });
+            context.meter.follow(thread);
+            context.onThread(incarnation, thread.threadId);
+            const attachment: Attachment = { kind: 'thread', thread };
+            const input = { ...context, attachment };
+            try {
+              await bounded(thread.attached, supervision.attachTimeoutMs, driver.name, () => quiesce(input, false));
+              return attachment;
+            } catch (e) {
+              await quiesce(input, false).catch(() => {});
+              throw e;
+            }
+          }
+          const bus = new AttachedBus(device, incarnation, {
+            watchdogMs: supervision.watchdogMs,
             meter: context.meter,
-            onStall,
+            onStall: (vector, waitedMs) => onWatchdog(stallMessage(vector, waitedMs)),
             onNote: context.onNote,
           });
-          const limit = context.supervision.attachTimeoutMs;
-          let timer: NodeJS.Timeout | undefined;
           try {
-            const resources = await Promise.race([
-              Promise.resolve().then(() => context.driver.attach(bus, context.options)),
-              new Promise<never>((_, reject) => {
-                timer = setTimeout(() => reject(new Error(`${context.driver.name}: attach did not finish within ${limit} ms (attachTimeoutMs)`)), limit);
-              }),
-            ]);
-            return { bus, resources };
+            const resources = await bounded(
+              Promise.resolve().then(() => driver.attach(bus, context.options)),
+              supervision.attachTimeoutMs, driver.name, async () => {},
+            );
+            return { kind: 'inline', bus, resources };
           } catch (e) {
             // A late attach finds its bus reclaimed: every call on it throws.
             bus.release();
             throw e;
-          } finally {
-            clearTimeout(timer);
           }
         },
       ),
-      driver: driver.machine,
-      quiesce: fromPromise<void, { device: PciDevice; attachment: Attachment | undefined }>(async ({ input }) => quiesce(input.device, input.attachment)),
+      driver: fromPromise<void, { attachment: Attachment; options: unknown; inspect: DeviceContext['inspect'] }>(async ({ input: { attachment, options, inspect }, signal }) => {
+        if (attachment.kind === 'thread') return attachment.thread.ended;
+        const actor = createActor(driver.machine, {
+          input: { bus: attachment.bus, options, resources: attachment.resources },
+          ...(inspect === undefined ? {} : { inspect }),
+        });
+        signal.addEventListener('abort', () => actor.stop());
+        actor.start();
+        await toPromise(actor);
+      }),
+      quiesce: fromPromise<void, Quiescing>(async ({ input }) => quiesce(input, false)),
       reset: fromPromise<{ device: PciDevice; kind: ResetKind }, { device: PciDevice; reopen: (a: PciAddress) => PciDevice }>(async ({ input: { device, reopen } }) => {
         if (device.kernel.canReset) {
           device.reset();
@@ -158,10 +237,11 @@ export function deviceMachineFor(driver: AnyDriver) {
       }),
       // Detach: quiesce, reset through the kernel when it can, close. A device the kernel cannot
       // reset is only closed: a reopen would be the same reset as the close itself.
-      release: fromPromise<ReleaseKind, { device: PciDevice; attachment: Attachment | undefined }>(async ({ input: { device, attachment } }) => {
+      release: fromPromise<ReleaseKind, Quiescing>(async ({ input }) => {
+        const { device } = input;
         if (!device.isOpen) return 'already-closed';
         try {
-          quiesce(device, attachment);
+          await quiesce(input, true);
           if (!device.kernel.canReset) return 'close';
           device.reset();
           return 'kernel-reset';
@@ -203,7 +283,7 @@ export function deviceMachineFor(driver: AnyDriver) {
           src: 'attach',
           input: ({ context, self }) => ({
             context,
-            onStall: (vector: number, waitedMs: number) => self.send({ type: 'WATCHDOG', vector, waitedMs }),
+            onWatchdog: (message: string) => self.send({ type: 'WATCHDOG', message }),
           }),
           onDone: [
             { guard: 'stopRequested', target: 'detaching', actions: assign({ attachment: ({ event }) => event.output }) },
@@ -220,11 +300,7 @@ export function deviceMachineFor(driver: AnyDriver) {
         invoke: {
           src: 'driver',
           // running is only entered with an attachment (attaching's onDone assigns it).
-          input: ({ context }: { context: DeviceContext }): DriverInput<unknown, unknown> => ({
-            bus: context.attachment!.bus,
-            options: context.options,
-            resources: context.attachment!.resources,
-          }),
+          input: ({ context }) => ({ attachment: context.attachment!, options: context.options, inspect: context.inspect }),
           onDone: { target: 'detaching', actions: assign({ outcome: { kind: 'finished' } }) },
           onError: {
             target: 'failed',
@@ -236,11 +312,7 @@ export function deviceMachineFor(driver: AnyDriver) {
           WATCHDOG: {
             target: 'failed',
             actions: assign({
-              fault: ({ context, event }) => ({
-                kind: 'watchdog',
-                message: `INTx vector ${event.vector} not acked within ${event.waitedMs} ms: the driver is hung (line left masked)`,
-                incarnation: context.incarnation,
-              }),
+              fault: ({ context, event }) => ({ kind: 'watchdog', message: event.message, incarnation: context.incarnation }),
             }),
           },
         },
@@ -248,7 +320,7 @@ export function deviceMachineFor(driver: AnyDriver) {
       failed: {
         invoke: {
           src: 'quiesce',
-          input: ({ context }) => ({ device: context.device, attachment: context.attachment }),
+          input: ({ context }) => quiescing(context),
           onDone: [
             { guard: 'restartsLeft', target: 'resetting', actions: assign({ attachment: undefined }) },
             { target: 'detaching', actions: assign({ attachment: undefined, outcome: ({ context }) => ({ kind: 'gave-up', fault: context.fault! }) as Outcome }) },
@@ -292,7 +364,7 @@ export function deviceMachineFor(driver: AnyDriver) {
       detaching: {
         invoke: {
           src: 'release',
-          input: ({ context }) => ({ device: context.device, attachment: context.attachment }),
+          input: ({ context }) => quiescing(context),
           onDone: { target: 'released', actions: assign({ attachment: undefined, released: ({ event }) => ({ how: event.output, error: undefined }) }) },
           // The device is closed even so (release closes in a finally); the error is reported.
           onError: { target: 'released', actions: assign({ attachment: undefined, released: ({ event }) => ({ how: 'close' as ReleaseKind, error: message(event.error) }) }) },
@@ -309,6 +381,11 @@ export function deviceMachineFor(driver: AnyDriver) {
       released: context.released ?? { how: 'already-closed', error: undefined },
     }),
   });
+}
+
+function quiescing(context: DeviceContext): Quiescing {
+  const { device, attachment, incarnation, onQuiesced, meter } = context;
+  return { device, attachment, incarnation, onQuiesced, meter };
 }
 
 export type DeviceActorRef = ActorRefFrom<ReturnType<typeof deviceMachineFor>>;

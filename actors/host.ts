@@ -28,7 +28,7 @@ export interface HostOptions {
   readonly registry?: DriverRegistry;
   /** How devices are opened; PciDevice.open by default (unit tests pass one over a fake kernel port). */
   readonly open?: (address: PciAddress) => PciDevice;
-  /** An XState inspection observer for the root actor: it sees the host, every device actor and every driver machine. */
+  /** An XState inspection observer: it sees the host, every device actor and every driver machine run in the main thread (not those in their own worker threads). */
   readonly inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
 }
 
@@ -110,6 +110,9 @@ export class DriverHost {
           meter,
           reopen: open,
           onNote: (message) => this.emit({ type: 'note', at: Date.now(), address, message }),
+          onQuiesced: (incarnation, report) => this.emit({ type: 'quiesced', at: Date.now(), address, incarnation, report }),
+          onThread: (incarnation, threadId) => this.emit({ type: 'thread', at: Date.now(), address, incarnation, threadId }),
+          ...(options.inspect === undefined ? {} : { inspect: options.inspect }),
         },
       };
     });
@@ -202,7 +205,11 @@ export class DriverHost {
       for (const [address, meter] of this.meters) {
         const count = meter.interrupts;
         const rate = Math.round(((count - (previous.get(address) ?? 0)) * 1000) / (now - then));
-        this.emit({ type: 'stats', at: Date.now(), address, interrupts: count, interruptsPerSecond: rate, dmaBytesMapped: meter.dmaBytesMapped() });
+        const thread = meter.threadStats();
+        this.emit({
+          type: 'stats', at: Date.now(), address, interrupts: count, interruptsPerSecond: rate, dmaBytesMapped: meter.dmaBytesMapped(),
+          ...(thread === undefined ? {} : { thread }),
+        });
       }
       previous = new Map([...this.meters].map(([a, m]) => [a, m.interrupts]));
       then = now;

@@ -25,6 +25,29 @@ const DMA_CHECK_BYTES = 1024;
 /** edu starts a DMA ~100 ms (virtual) after the command; TCG guests are slow. */
 const DMA_TIMEOUT_MS = 20_000;
 
+/** How long blockAfterInterrupts blocks. */
+const BLOCK_MS = 10_000;
+
+/** What leakAfterInterrupts keeps: reachable for ever, so no GC can take it back. */
+const leaked: number[][] = [];
+
+function injectFaults(ctx: EduContext): void {
+  const { spinAfterInterrupts, leakAfterInterrupts, blockAfterInterrupts } = ctx.options;
+  if (reached(ctx, spinAfterInterrupts) && ctx.serviced === spinAfterInterrupts) {
+    ctx.bus.note(`fault injection: spinning forever at interrupt ${ctx.serviced}`);
+    for (;;) { /* hung */ }
+  }
+  if (reached(ctx, blockAfterInterrupts) && ctx.serviced === blockAfterInterrupts) {
+    ctx.bus.note(`fault injection: blocking for ${BLOCK_MS} ms at interrupt ${ctx.serviced}`);
+    const end = Date.now() + BLOCK_MS;
+    while (Date.now() < end) { /* blocked */ }
+  }
+  if (reached(ctx, leakAfterInterrupts) && ctx.serviced === leakAfterInterrupts) {
+    ctx.bus.note(`fault injection: leaking memory from interrupt ${ctx.serviced}`);
+    setInterval(() => leaked.push(new Array<number>(1 << 17).fill(leaked.length)), 10);
+  }
+}
+
 const options = {
   interrupt: { type: 'enum', values: ['msi', 'intx'], default: 'msi', doc: 'interrupt type to establish: "msi" or "intx"' },
   raiseIntervalMs: { type: 'integer', min: 0, max: 60_000, default: 10, doc: 'ms between the interrupts the driver raises on the device; 0 raises the next one as soon as the last is serviced (heavy load)' },
@@ -32,6 +55,18 @@ const options = {
   failAfterInterrupts: {
     type: 'integer', min: 1,
     doc: 'test/fault injection: the interrupt handler throws at the Nth interrupt of the first incarnation (a transient bug: restarts run clean)',
+  },
+  spinAfterInterrupts: {
+    type: 'integer', min: 1,
+    doc: 'test/fault injection: at the Nth interrupt of the first incarnation the handler spins forever (for (;;) {}): only the host\'s heartbeat watchdog can stop it',
+  },
+  leakAfterInterrupts: {
+    type: 'integer', min: 1,
+    doc: 'test/fault injection: from the Nth interrupt of the first incarnation the driver allocates memory without bound (1 MB every 10 ms, all kept) until the host stops it at its heap limit',
+  },
+  blockAfterInterrupts: {
+    type: 'integer', min: 1,
+    doc: `test/fault injection: at the Nth interrupt of the first incarnation the handler blocks in a synchronous loop for ${BLOCK_MS / 1000} s, then carries on`,
   },
   stopAckingAfter: {
     type: 'integer', min: 0,
@@ -148,6 +183,7 @@ const machine = setup({
       context.resources.bar.write4(EDU.IRQ_ACK, event.status);
       event.event.ack();
       if (reached(context, failAfterInterrupts)) throw new Error(`fault injection: failAfterInterrupts=${failAfterInterrupts} reached`);
+      injectFaults(context);
     },
   },
 }).createMachine({

@@ -1,0 +1,185 @@
+/**
+ * Driver isolation in the VM (issue 13): each driver incarnation in its own
+ * worker thread, woken by its own event loop. A driver that spins, blocks or
+ * leaks is detected by the main thread (heartbeat in shared memory), its
+ * device taken back while its thread still runs (bus mastering read back
+ * off from config space, vectors off, no DMA mapping left in the IOMMU
+ * domain), its thread terminated and the driver restarted in a new one,
+ * while the other edu and pci-testdev carry on.
+ */
+import test from 'ava';
+import { readdirSync } from 'node:fs';
+import { parseHostConfig } from '../../actors/config.js';
+import type { HostEvent } from '../../actors/events.js';
+import { DriverHost } from '../../actors/host.js';
+import { builtinDrivers } from '../../drivers/index.js';
+import { parsePciAddress } from '../../kernel/pci-address.js';
+import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
+import { bench, sysfsConfig } from './devices.js';
+
+const EDU = parsePciAddress(bench.edu);
+const EDU2 = parsePciAddress(bench.edu2);
+const TESTDEV = parsePciAddress(bench.testdev);
+
+const WATCHDOG_MS = 1000;
+const HEARTBEAT_MS = 100;
+/** The healthy edu raises one interrupt per this; pci-testdev checks its counter once per CHECK_MS. */
+const RAISE_MS = 50;
+const CHECK_MS = 100;
+const SAMPLE_MS = 100;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const busMaster = (address: string) => (sysfsConfig(address).readUInt16LE(PCI_COMMAND) & PCI_COMMAND_MASTER) !== 0;
+const tasks = () => readdirSync('/proc/self/task').length;
+const fds = () => readdirSync('/proc/self/fd').length;
+
+interface Run {
+  host: DriverHost;
+  events: HostEvent[];
+  until(what: string, predicate: (events: HostEvent[]) => boolean, ms?: number): Promise<void>;
+}
+
+function run(t: { teardown(fn: () => unknown): void; log(...v: unknown[]): void }, config: unknown, onEvent?: (e: HostEvent) => void): Run {
+  const host = DriverHost.claim(parseHostConfig(config, builtinDrivers));
+  const events: HostEvent[] = [];
+  host.events.subscribe((e) => {
+    events.push(e);
+    onEvent?.(e);
+    if (e.type !== 'stats') t.log(`${e.type} ${'address' in e ? e.address : ''} ${JSON.stringify({ ...e, type: undefined, at: undefined, address: undefined })}`);
+  });
+  t.teardown(() => host.shutdown());
+  host.start();
+  return {
+    host,
+    events,
+    until: async (what, predicate, ms = 120_000) => {
+      const deadline = Date.now() + ms;
+      while (!predicate(events)) {
+        if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+        await sleep(20);
+      }
+    },
+  };
+}
+
+const inState = (address: string, state: string, nth = 1) => (events: HostEvent[]) =>
+  events.filter((e) => e.type === 'state' && e.address === address && e.state === state).length >= nth;
+const noteAt = (events: HostEvent[], address: string, pattern: RegExp) =>
+  events.find((e) => e.type === 'note' && e.address === address && pattern.test(e.message));
+const checks = (events: HostEvent[]) => events.filter((e) => e.type === 'note' && e.address === TESTDEV && /counter check #\d+ ok/.test(e.message)).length;
+
+/** Samples a count every SAMPLE_MS; the longest time between two samples that saw it rise. */
+function gapSampler(count: () => number): { stop(): { maxGapMs: number; rises: number } } {
+  let last = count();
+  let lastRise = performance.now();
+  let maxGapMs = 0;
+  let rises = 0;
+  const timer = setInterval(() => {
+    const now = performance.now();
+    const c = count();
+    if (c !== last) {
+      maxGapMs = Math.max(maxGapMs, now - lastRise);
+      lastRise = now;
+      last = c;
+      rises++;
+    }
+  }, SAMPLE_MS);
+  return {
+    stop: () => {
+      clearInterval(timer);
+      return { maxGapMs: Math.max(maxGapMs, performance.now() - lastRise), rises };
+    },
+  };
+}
+
+const faults = [
+  { name: 'spins forever', option: { spinAfterInterrupts: 20 }, note: /spinning forever/, heapLimitMb: 256 },
+  { name: 'blocks in a synchronous loop for 10 s', option: { blockAfterInterrupts: 20 }, note: /blocking for 10000 ms/, heapLimitMb: 256 },
+  { name: 'allocates without bound', option: { leakAfterInterrupts: 20 }, note: /leaking memory/, heapLimitMb: 96 },
+] as const;
+
+for (const fault of faults) {
+  test.serial(`an edu driver that ${fault.name} is detected, its device taken back while its thread runs, the thread terminated and the driver restarted; the other devices never stop`, async (t) => {
+    let quiescedBusMaster: boolean | undefined;
+    const r = run(t, {
+      watchdogMs: WATCHDOG_MS,
+      heartbeatMs: HEARTBEAT_MS,
+      statsIntervalMs: 500,
+      restart: { initialDelayMs: 100, maxRestarts: 2 },
+      devices: [
+        { address: EDU, driver: 'edu', heapLimitMb: fault.heapLimitMb, options: { interrupt: 'msi', raiseIntervalMs: 5, ...fault.option } },
+        { address: EDU2, driver: 'edu', options: { interrupt: 'msi', raiseIntervalMs: RAISE_MS } },
+        { address: TESTDEV, driver: 'pci-testdev', options: { checkIntervalMs: CHECK_MS } },
+      ],
+    }, (e) => {
+      // Read in the event's own turn: the faulty thread has not been terminated yet.
+      if (e.type === 'quiesced' && e.address === EDU && quiescedBusMaster === undefined) quiescedBusMaster = busMaster(EDU);
+    });
+    await r.until('all running', (e) => inState(EDU, 'running')(e) && inState(EDU2, 'running')(e) && inState(TESTDEV, 'running')(e));
+    await r.until('a port check', (e) => checks(e) >= 1);
+    const edu2 = gapSampler(() => r.host.interruptCount(EDU2));
+    const testdev = gapSampler(() => checks(r.events));
+    await r.until('the fault', (e) => e.some((x) => x.type === 'fault' && x.address === EDU), 60_000);
+    await r.until('edu running again', inState(EDU, 'running', 2), 60_000);
+    await r.until('the second self-test', (e) => noteAt(e, EDU, /self-test passed \(incarnation 1\)/) !== undefined);
+    const after = r.host.interruptCount(EDU);
+    await r.until('edu interrupts after the restart', () => r.host.interruptCount(EDU) > after + 20);
+    const g2 = edu2.stop();
+    const gt = testdev.stop();
+
+    const injected = noteAt(r.events, EDU, fault.note)!;
+    t.truthy(injected, 'the fault was injected');
+    const faultEvent = r.events.find((e) => e.type === 'fault' && e.address === EDU)!;
+    t.like(faultEvent, { fault: { kind: 'watchdog', incarnation: 0 } });
+    const detectedMs = faultEvent.at - injected.at;
+    t.log(`detected ${detectedMs} ms after the injection note arrived; edu2 max gap ${Math.round(g2.maxGapMs)} ms (${g2.rises} rises), pci-testdev max gap ${Math.round(gt.maxGapMs)} ms (${gt.rises} rises)`);
+    if (!('leakAfterInterrupts' in fault.option)) {
+      t.true(detectedMs <= WATCHDOG_MS + HEARTBEAT_MS, `detected within watchdogMs + heartbeatMs (${WATCHDOG_MS + HEARTBEAT_MS} ms): ${detectedMs} ms`);
+    } else {
+      t.regex((faultEvent as { fault: { message: string } }).fault.message, /heap reached \d+ MiB of its 96 MiB limit/);
+    }
+    const quiesced = r.events.find((e) => e.type === 'quiesced' && e.address === EDU && e.incarnation === 0);
+    t.like(quiesced, { report: { threadRunning: true, busMaster: false, vectorsDisabled: 'msi', msiEnabled: false, msixEnabled: false, dmaMappingsLeft: 0 } });
+    t.is(quiescedBusMaster, false, 'bus mastering read back off from sysfs config space before the thread was terminated');
+    const threads = r.events.filter((e): e is Extract<HostEvent, { type: 'thread' }> => e.type === 'thread' && e.address === EDU);
+    t.is(threads.length, 2, 'a new thread for the new incarnation');
+    t.not(threads[0]!.threadId, threads[1]!.threadId);
+    t.deepEqual(
+      r.events.flatMap((e) => (e.type === 'state' && e.address === EDU ? [e.state] : [])),
+      ['claimed', 'attaching', 'running', 'failed', 'resetting', 'attaching', 'running'],
+    );
+    t.true(g2.maxGapMs <= 3 * RAISE_MS + SAMPLE_MS, `edu2's interrupts never stopped for over 3x its raise interval (+ one sample): ${Math.round(g2.maxGapMs)} ms`);
+    t.true(gt.maxGapMs <= 3 * CHECK_MS + SAMPLE_MS, `pci-testdev's checks never stopped for over 3x their interval (+ one sample): ${Math.round(gt.maxGapMs)} ms`);
+    t.false(r.events.some((e) => e.type === 'fault' && e.address !== EDU));
+    const stats = r.events.filter((e): e is Extract<HostEvent, { type: 'stats' }> => e.type === 'stats' && e.address === EDU2).at(-1);
+    t.truthy(stats?.thread, 'stats report the driver thread');
+    t.log(`edu2 thread: ${JSON.stringify(stats?.thread)}`);
+    const report = await r.host.shutdown();
+    t.false(report.forced);
+    for (const a of [EDU, EDU2, TESTDEV]) t.false(busMaster(a));
+  });
+}
+
+test.serial('a driver that throws is restarted in a new thread; shutdown leaves no worker thread and no fd behind', async (t) => {
+  const tasksBefore = tasks();
+  const fdsBefore = fds();
+  const r = run(t, {
+    restart: { initialDelayMs: 100, maxRestarts: 2 },
+    devices: [
+      { address: EDU, driver: 'edu', options: { interrupt: 'intx', raiseIntervalMs: 5, failAfterInterrupts: 20 } },
+      { address: EDU2, driver: 'edu', options: { interrupt: 'msi', raiseIntervalMs: 0 } },
+      { address: TESTDEV, driver: 'pci-testdev' },
+    ],
+  });
+  await r.until('edu running again', inState(EDU, 'running', 2));
+  t.like(r.events.find((e) => e.type === 'fault'), { address: EDU, fault: { kind: 'crash', message: 'fault injection: failAfterInterrupts=20 reached', incarnation: 0 } });
+  const during = tasks();
+  t.log(`threads: ${tasksBefore} before, ${during} with three driver threads`);
+  t.true(during >= tasksBefore + 3, 'each driver has its thread');
+  const report = await r.host.shutdown();
+  t.false(report.forced);
+  // A terminated worker's OS thread is joined by the time its exit is reported.
+  for (let i = 0; i < 50 && (tasks() !== tasksBefore || fds() !== fdsBefore); i++) await sleep(100);
+  t.is(tasks(), tasksBefore, 'no driver thread left');
+  t.is(fds(), fdsBefore, 'no fd left (device, group, container, eventfds)');
+});
