@@ -22,7 +22,7 @@ import { restartDelay } from './backoff.js';
 import type { Supervision } from './config.js';
 import { AttachedBus, stopBusMaster } from './driver-bus.js';
 import { sourceOf } from './driver-source.js';
-import { DriverThread, type QuiesceReport } from './driver-worker.js';
+import { DriverThread, LOAD_TIMEOUT_MS, type QuiesceReport } from './driver-worker.js';
 import type { DeviceMeter } from './meter.js';
 
 export type DeviceStateName = 'claimed' | 'attaching' | 'running' | 'failed' | 'resetting' | 'detaching' | 'released';
@@ -113,6 +113,8 @@ export interface DeviceOutput {
 
 const message = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
+const attachOverran = (driver: string, limit: number) => `${driver}: attach did not finish within ${limit} ms (attachTimeoutMs)`;
+
 const stallMessage = (vector: number, waitedMs: number) =>
   `INTx vector ${vector} not acked within ${waitedMs} ms: the driver is hung (line left masked)`;
 
@@ -147,7 +149,7 @@ async function quiesce({ device, attachment, incarnation, onQuiesced, meter }: Q
   }
 }
 
-/** Bounds `attach` by attachTimeoutMs; on a timeout `onTimeout` runs before the rejection. */
+/** Bounds `work` by `limit` ms; on a timeout `onTimeout` runs before the rejection with `what`. */
 async function bounded<T>(work: Promise<T>, limit: number, what: string, onTimeout: () => Promise<unknown>): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   try {
@@ -155,7 +157,7 @@ async function bounded<T>(work: Promise<T>, limit: number, what: string, onTimeo
       work,
       new Promise<never>((_, reject) => {
         timer = setTimeout(() => {
-          void onTimeout().finally(() => reject(new Error(`${what}: attach did not finish within ${limit} ms (attachTimeoutMs)`)));
+          void onTimeout().finally(() => reject(new Error(what)));
         }, limit);
       }),
     ]);
@@ -189,7 +191,8 @@ export function deviceMachineFor(driver: AnyDriver) {
             const attachment: Attachment = { kind: 'thread', thread };
             const input = { ...context, attachment };
             try {
-              await bounded(thread.attached, supervision.attachTimeoutMs, driver.name, () => quiesce(input, false));
+              await bounded(thread.loaded, LOAD_TIMEOUT_MS, `${driver.name}: the driver thread did not load its modules within ${LOAD_TIMEOUT_MS} ms`, () => quiesce(input, false));
+              await bounded(thread.attached, supervision.attachTimeoutMs, attachOverran(driver.name, supervision.attachTimeoutMs), () => quiesce(input, false));
               return attachment;
             } catch (e) {
               await quiesce(input, false).catch(() => {});
@@ -205,7 +208,7 @@ export function deviceMachineFor(driver: AnyDriver) {
           try {
             const resources = await bounded(
               Promise.resolve().then(() => driver.attach(bus, context.options)),
-              supervision.attachTimeoutMs, driver.name, async () => {},
+              supervision.attachTimeoutMs, attachOverran(driver.name, supervision.attachTimeoutMs), async () => {},
             );
             return { kind: 'inline', bus, resources };
           } catch (e) {

@@ -30,6 +30,8 @@ export interface DriverThreadData {
 
 /** What the worker tells the main thread. */
 export type ThreadMessage =
+  /** Every module this thread needs is loaded (the native addons among them). */
+  | { readonly type: 'ready' }
   | { readonly type: 'attached' }
   | { readonly type: 'attach-failed'; readonly message: string }
   | { readonly type: 'note'; readonly message: string }
@@ -47,6 +49,7 @@ const message = (e: unknown) => (e instanceof Error ? e.message : String(e));
 function run(data: DriverThreadData): void {
   const port = parentPort!;
   const post = (m: ThreadMessage) => port.postMessage(m);
+  post({ type: 'ready' });
   const ledger = DriverLedger.of(data.ledger);
   installFdLedger(ledger.fds);
   const meter: BusMeter & { dma: BusDma | undefined } = {

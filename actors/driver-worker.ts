@@ -65,6 +65,16 @@ const MiB = 1 << 20;
 /** How long a graceful stop waits for the driver to detach in its thread before the device is taken back. */
 const DETACH_TIMEOUT_MS = 2000;
 
+/**
+ * How long a new worker may take to load its modules (a fresh isolate
+ * compiles xstate, rxjs and upci again: about 18 s in the TCG guest, where
+ * code runs ~10x slower and every file comes over 9p); attachTimeoutMs
+ * counts from then. kill() also waits for it (see there).
+ */
+export const LOAD_TIMEOUT_MS = 120_000;
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());
+
 const message = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
 export class DriverThread implements ThreadView {
@@ -72,12 +82,17 @@ export class DriverThread implements ThreadView {
   private readonly worker: Worker;
   /** Resolves when the driver's attach returned; rejects when it threw, or the thread died first. */
   readonly attached: Promise<void>;
+  /** Resolves once the worker has loaded its modules (or exited), when the attach proper begins. */
+  readonly loaded: Promise<void>;
   /** After attach: resolves when the driver machine finished, rejects when it crashed or the thread died. */
   readonly ended: Promise<void>;
   private settleAttach!: { resolve: () => void; reject: (e: Error) => void };
   private settleEnd!: { resolve: () => void; reject: (e: Error) => void };
   private released: (() => void) | undefined;
   private readonly exited: Promise<void>;
+  /** Resolves once the worker has loaded its modules (or exited): see kill(). */
+  private readonly ready: Promise<void>;
+  private markReady!: () => void;
   private hasExited = false;
   private isAttached = false;
   private watchdog: NodeJS.Timeout | undefined;
@@ -90,6 +105,8 @@ export class DriverThread implements ThreadView {
     const { device, supervision } = spec;
     const dma = device.kernel.dma;
     this.mappingsBefore = dma.availableMappings();
+    this.ready = new Promise((resolve) => (this.markReady = resolve));
+    this.loaded = this.ready;
     this.attached = new Promise((resolve, reject) => (this.settleAttach = { resolve, reject }));
     this.ended = new Promise((resolve, reject) => (this.settleEnd = { resolve, reject }));
     // Nobody awaits `ended` before attach succeeds, nor `attached` after it fails.
@@ -115,6 +132,7 @@ export class DriverThread implements ThreadView {
     this.worker.on('error', (e: Error) => this.fail(`the driver thread died: ${message(e)}`));
     this.exited = new Promise((resolve) => this.worker.once('exit', (code) => {
       this.hasExited = true;
+      this.markReady();
       clearInterval(this.watchdog);
       this.fail(`the driver thread exited (code ${code})`);
       resolve();
@@ -127,6 +145,7 @@ export class DriverThread implements ThreadView {
 
   private onMessage(m: ThreadMessage): void {
     switch (m.type) {
+      case 'ready': return this.markReady();
       case 'attached':
         this.isAttached = true;
         this.settleAttach.resolve();
@@ -233,6 +252,8 @@ export class DriverThread implements ThreadView {
     } catch (e) {
       failure = e;
     }
+    // A worker terminated while a native addon initialises (koffi) aborts the whole process: let it finish loading first.
+    await Promise.race([this.ready, sleep(LOAD_TIMEOUT_MS)]);
     await this.worker.terminate();
     await this.exited;
     for (const fd of this.ledger.fds.take()) closeFd(fd);

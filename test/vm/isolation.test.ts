@@ -45,6 +45,7 @@ function run(t: { teardown(fn: () => unknown): void; log(...v: unknown[]): void 
   host.events.subscribe((e) => {
     events.push(e);
     onEvent?.(e);
+    if (process.env.UPCI_TEST_TRACE !== undefined) process.stderr.write(`${JSON.stringify(e)}\n`);
     if (e.type !== 'stats') t.log(`${e.type} ${'address' in e ? e.address : ''} ${JSON.stringify({ ...e, type: undefined, at: undefined, address: undefined })}`);
   });
   t.teardown(() => host.shutdown());
