@@ -15,9 +15,13 @@ const WORDS = 4;
 const HEAP_USED = 0;
 const HEAP_LIMIT = 1;
 const DMA_BYTES = 2;
-const NUMBERS = 3;
+/** When the last beat was, in ms since the epoch (performance.timeOrigin + now(), which every thread maps to the same clock). */
+const BEAT_AT = 3;
+const NUMBERS = 4;
 /** Interrupt fds one driver thread may hold (eventfds: one per vector). */
 const FD_SLOTS = 2048;
+
+const now = () => performance.timeOrigin + performance.now();
 
 const KINDS: readonly InterruptType[] = ['intx', 'msi', 'msix'];
 
@@ -49,11 +53,17 @@ export class DriverLedger {
     this.numbers[HEAP_USED] = heapUsed;
     this.numbers[HEAP_LIMIT] = heapLimit;
     this.numbers[DMA_BYTES] = dmaBytes;
+    this.numbers[BEAT_AT] = now();
     Atomics.add(this.words, HEARTBEAT, 1);
   }
 
   get heartbeat(): number {
     return Atomics.load(this.words, HEARTBEAT);
+  }
+
+  /** Milliseconds since the worker's last beat, by the worker's own clock: a main thread that looks late does not make the hang look longer. */
+  get heartbeatAgeMs(): number {
+    return now() - this.numbers[BEAT_AT]!;
   }
 
   /** Worker: interrupts delivered to the driver. */

@@ -97,7 +97,6 @@ export class DriverThread implements ThreadView {
   private isAttached = false;
   private watchdog: NodeJS.Timeout | undefined;
   private lastBeat = -1;
-  private lastBeatAt = performance.now();
   private readonly mappingsBefore: number | undefined;
   private report: QuiesceReport | undefined;
 
@@ -169,21 +168,19 @@ export class DriverThread implements ThreadView {
   /** Checked twice per heartbeat period: a hang is seen within watchdogMs + one period; a heap past the watermark at the beat that shows it. */
   private startWatchdog(): void {
     const { watchdogMs, heartbeatMs, heapLimitMb } = this.spec.supervision;
-    this.lastBeatAt = performance.now();
     this.watchdog = setInterval(() => {
       const beat = this.ledger.heartbeat;
-      const now = performance.now();
+      const age = this.ledger.heartbeatAgeMs;
       if (beat !== this.lastBeat) {
         this.lastBeat = beat;
-        this.lastBeatAt = now;
         const used = this.ledger.heapUsed;
         if (used > HEAP_WATERMARK * heapLimitMb * MiB) {
           clearInterval(this.watchdog);
           this.spec.onHang(`the driver thread's heap reached ${Math.round(used / MiB)} MiB of its ${heapLimitMb} MiB limit (heapLimitMb): it is leaking`);
         }
-      } else if (now - this.lastBeatAt > watchdogMs) {
+      } else if (age > watchdogMs) {
         clearInterval(this.watchdog);
-        this.spec.onHang(`no heartbeat from the driver thread for ${Math.round(now - this.lastBeatAt)} ms (watchdogMs ${watchdogMs}): it is hung`);
+        this.spec.onHang(`no heartbeat from the driver thread for ${Math.round(age)} ms (watchdogMs ${watchdogMs}): it is hung`);
       }
     }, Math.max(1, Math.floor(heartbeatMs / 2)));
     this.watchdog.unref();
@@ -192,7 +189,7 @@ export class DriverThread implements ThreadView {
   stats(): ThreadStats {
     return {
       threadId: this.worker.threadId,
-      heartbeatAgeMs: Math.round(performance.now() - this.lastBeatAt),
+      heartbeatAgeMs: Math.round(this.ledger.heartbeatAgeMs),
       heapUsed: this.ledger.heapUsed,
       heapLimit: this.ledger.heapLimit,
     };

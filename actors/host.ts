@@ -22,7 +22,7 @@ import { claimAll, type Claim } from './claim.js';
 import type { HostConfig } from './config.js';
 import { deviceMachineFor, stateName, type DeviceActorInput, type DeviceStateName, type DeviceActorRef, type DeviceOutput } from './device-machine.js';
 import type { HostEvent } from './events.js';
-import { DeviceMeter } from './meter.js';
+import { DeviceMeter, type ThreadStats } from './meter.js';
 
 export interface HostOptions {
   readonly registry?: DriverRegistry;
@@ -214,6 +214,11 @@ export class DriverHost {
       previous = new Map([...this.meters].map(([a, m]) => [a, m.interrupts]));
       then = now;
     }, this.config.statsIntervalMs);
+  }
+
+  /** The device's current driver thread (id, heartbeat age, heap), when its driver runs in one. */
+  threadStats(address: PciAddress): ThreadStats | undefined {
+    return this.meters.get(address)?.threadStats();
   }
 
   /** Interrupts delivered to a device's driver so far (all incarnations). */

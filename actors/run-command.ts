@@ -17,6 +17,7 @@
  */
 import { builtinDrivers } from '../drivers/index.js';
 import { loadHostConfig } from './config.js';
+import { withConfigDrivers } from './driver-modules.js';
 import { DriverHost } from './host.js';
 import { showStatus } from './status-view.js';
 
@@ -44,7 +45,7 @@ export async function runCommand(args: readonly string[]): Promise<number> {
     console.error(`upci run: ${parsed}\nusage:\n${RUN_USAGE}`);
     return 2;
   }
-  const host = DriverHost.claim(loadHostConfig(parsed.config, builtinDrivers));
+  const host = DriverHost.claim(loadHostConfig(parsed.config, await withConfigDrivers(parsed.config, builtinDrivers)));
   showStatus(host.events, process.stdout);
   let stop!: () => void;
   const stopRequested = new Promise<void>((resolve) => (stop = resolve));

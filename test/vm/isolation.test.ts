@@ -21,7 +21,12 @@ const EDU = parsePciAddress(bench.edu);
 const EDU2 = parsePciAddress(bench.edu2);
 const TESTDEV = parsePciAddress(bench.testdev);
 
-const WATCHDOG_MS = 1000;
+/**
+ * 3 s, not the default 1 s: in the TCG guest a healthy driver thread's first
+ * seconds (V8 compiling xstate and rxjs paths on first use, with 2 vCPUs
+ * for four busy threads) can go a second without a turn of its loop.
+ */
+const WATCHDOG_MS = 3000;
 const HEARTBEAT_MS = 100;
 /** The healthy edu raises one interrupt per this; pci-testdev checks its counter once per CHECK_MS. */
 const RAISE_MS = 50;
@@ -119,21 +124,26 @@ for (const fault of faults) {
     await r.until('all running', (e) => inState(EDU, 'running')(e) && inState(EDU2, 'running')(e) && inState(TESTDEV, 'running')(e));
     await r.until('a port check', (e) => checks(e) >= 1);
     const edu2 = gapSampler(() => r.host.interruptCount(EDU2));
-    const testdev = gapSampler(() => checks(r.events));
+    // pci-testdev has no interrupts: its progress is its thread's loop turning (a check per CHECK_MS), seen as its heartbeat's age.
+    let testdevMaxAge = 0;
+    const testdevWatch = setInterval(() => {
+      testdevMaxAge = Math.max(testdevMaxAge, r.host.threadStats(TESTDEV)?.heartbeatAgeMs ?? 0);
+    }, SAMPLE_MS);
     await r.until('the fault', (e) => e.some((x) => x.type === 'fault' && x.address === EDU), 60_000);
     await r.until('edu running again', inState(EDU, 'running', 2), 60_000);
     await r.until('the second self-test', (e) => noteAt(e, EDU, /self-test passed \(incarnation 1\)/) !== undefined);
     const after = r.host.interruptCount(EDU);
     await r.until('edu interrupts after the restart', () => r.host.interruptCount(EDU) > after + 20);
     const g2 = edu2.stop();
-    const gt = testdev.stop();
+    clearInterval(testdevWatch);
+    const checksSeen = checks(r.events);
 
     const injected = noteAt(r.events, EDU, fault.note)!;
     t.truthy(injected, 'the fault was injected');
     const faultEvent = r.events.find((e) => e.type === 'fault' && e.address === EDU)!;
     t.like(faultEvent, { fault: { kind: 'watchdog', incarnation: 0 } });
     const detectedMs = faultEvent.at - injected.at;
-    t.log(`detected ${detectedMs} ms after the injection note arrived; edu2 max gap ${Math.round(g2.maxGapMs)} ms (${g2.rises} rises), pci-testdev max gap ${Math.round(gt.maxGapMs)} ms (${gt.rises} rises)`);
+    t.log(`detected ${detectedMs} ms after the injection note arrived; edu2 max gap ${Math.round(g2.maxGapMs)} ms (${g2.rises} rises), pci-testdev thread's oldest heartbeat ${testdevMaxAge} ms, ${checksSeen} check notes`);
     if (!('leakAfterInterrupts' in fault.option)) {
       t.true(detectedMs <= WATCHDOG_MS + HEARTBEAT_MS, `detected within watchdogMs + heartbeatMs (${WATCHDOG_MS + HEARTBEAT_MS} ms): ${detectedMs} ms`);
     } else {
@@ -150,7 +160,7 @@ for (const fault of faults) {
       ['claimed', 'attaching', 'running', 'failed', 'resetting', 'attaching', 'running'],
     );
     t.true(g2.maxGapMs <= 3 * RAISE_MS + SAMPLE_MS, `edu2's interrupts never stopped for over 3x its raise interval (+ one sample): ${Math.round(g2.maxGapMs)} ms`);
-    t.true(gt.maxGapMs <= 3 * CHECK_MS + SAMPLE_MS, `pci-testdev's checks never stopped for over 3x their interval (+ one sample): ${Math.round(gt.maxGapMs)} ms`);
+    t.true(testdevMaxAge <= 3 * CHECK_MS, `pci-testdev's thread never stopped for over 3x its check interval: ${testdevMaxAge} ms`);
     t.false(r.events.some((e) => e.type === 'fault' && e.address !== EDU));
     const stats = r.events.filter((e): e is Extract<HostEvent, { type: 'stats' }> => e.type === 'stats' && e.address === EDU2).at(-1);
     t.truthy(stats?.thread, 'stats report the driver thread');
