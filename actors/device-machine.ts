@@ -25,7 +25,7 @@ import { sourceOf } from './driver-source.js';
 import { DriverThread, LOAD_TIMEOUT_MS, type QuiesceReport } from './driver-worker.js';
 import type { DeviceMeter } from './meter.js';
 
-export type DeviceStateName = 'claimed' | 'attaching' | 'running' | 'failed' | 'resetting' | 'detaching' | 'released';
+export type DeviceStateName = 'claimed' | 'attaching' | 'running' | 'reloading' | 'failed' | 'resetting' | 'detaching' | 'released';
 
 /** Why a driver incarnation ended badly. */
 export interface Fault {
@@ -93,7 +93,9 @@ export interface DeviceContext extends DeviceActorInput {
 export type DeviceEvent =
   | { type: 'START' }
   | { type: 'STOP' }
-  | { type: 'WATCHDOG'; message: string };
+  | { type: 'WATCHDOG'; message: string }
+  /** The driver's code changed (`upci run --watch`): restart it with the new code, keeping the device. */
+  | { type: 'RELOAD' };
 
 /** What the final release did: a kernel reset before closing, or just the close (no reset method). */
 export type ReleaseKind = 'kernel-reset' | 'close' | 'already-closed';
@@ -229,6 +231,10 @@ export function deviceMachineFor(driver: AnyDriver) {
         await toPromise(actor);
       }),
       quiesce: fromPromise<void, Quiescing>(async ({ input }) => quiesce(input, false)),
+      reload: fromPromise<void, Quiescing>(async ({ input }) => {
+        await quiesce(input, true);
+        if (input.device.kernel.canReset) input.device.reset();
+      }),
       reset: fromPromise<{ device: PciDevice; kind: ResetKind }, { device: PciDevice; reopen: (a: PciAddress) => PciDevice }>(async ({ input: { device, reopen } }) => {
         if (device.kernel.canReset) {
           device.reset();
@@ -312,6 +318,7 @@ export function deviceMachineFor(driver: AnyDriver) {
         },
         on: {
           STOP: 'detaching',
+          RELOAD: 'reloading',
           WATCHDOG: {
             target: 'failed',
             actions: assign({
@@ -319,6 +326,24 @@ export function deviceMachineFor(driver: AnyDriver) {
             }),
           },
         },
+      },
+      // `upci run --watch`: the driver's module changed. The old incarnation detaches (in its thread) and the
+      // device is taken back, reset through the kernel when it can be, and attached again with the new code
+      // in a new thread; the device stays claimed throughout (no reopen), and no restart is counted.
+      reloading: {
+        invoke: {
+          src: 'reload',
+          input: ({ context }) => quiescing(context),
+          onDone: { target: 'attaching', actions: assign({ attachment: undefined, incarnation: ({ context }) => context.incarnation + 1 }) },
+          onError: {
+            target: 'failed',
+            actions: assign({
+              attachment: undefined,
+              fault: ({ context, event }) => ({ kind: 'crash', message: `reload: ${message(event.error)}`, incarnation: context.incarnation }),
+            }),
+          },
+        },
+        on: { STOP: { actions: 'requestStop' } },
       },
       failed: {
         invoke: {

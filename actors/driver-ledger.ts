@@ -15,13 +15,13 @@ const WORDS = 4;
 const HEAP_USED = 0;
 const HEAP_LIMIT = 1;
 const DMA_BYTES = 2;
-/** When the last beat was, in ms since the epoch (performance.timeOrigin + now(), which every thread maps to the same clock). */
+/** When the last beat was, by Date.now(): the one clock every thread (and the host's event times) reads alike. */
 const BEAT_AT = 3;
 const NUMBERS = 4;
 /** Interrupt fds one driver thread may hold (eventfds: one per vector). */
 const FD_SLOTS = 2048;
 
-const now = () => performance.timeOrigin + performance.now();
+const now = () => Date.now();
 
 const KINDS: readonly InterruptType[] = ['intx', 'msi', 'msix'];
 

@@ -3,6 +3,7 @@
  * a built-in driver's name, or the URL of a module that exports one. The
  * worker imports the driver itself (a function cannot cross threads).
  */
+import { fileURLToPath } from 'node:url';
 import type { AnyDriver } from '../drivers/contract.js';
 import { builtinDrivers } from '../drivers/index.js';
 
@@ -31,6 +32,13 @@ export function driverExport(module: Record<string, unknown>): AnyDriver | undef
   if (isDriver(module.default)) return module.default;
   const found = Object.values(module).filter(isDriver);
   return found.length === 1 ? found[0] : undefined;
+}
+
+/** The file a worker imports `driver` from (a built-in's own module under drivers/), if a worker can. */
+export function moduleFileOf(driver: AnyDriver): string | undefined {
+  const source = sourceOf(driver);
+  if (source === undefined) return undefined;
+  return fileURLToPath(source.kind === 'module' ? source.url : new URL(`../drivers/${source.name}.js`, import.meta.url));
 }
 
 export async function importDriver(source: DriverSource): Promise<AnyDriver> {

@@ -122,7 +122,7 @@ export class DriverThread implements ThreadView {
       heartbeatMs: supervision.heartbeatMs,
       ledger: this.ledger.buffer,
     };
-    this.worker = new Worker(new URL('./driver-thread.js', import.meta.url), {
+    this.worker = new Worker(new URL('./driver-thread-boot.js', import.meta.url), {
       workerData: data,
       name: `upci ${device.address} #${spec.incarnation}`,
       resourceLimits: { maxOldGenerationSizeMb: supervision.heapLimitMb },
@@ -165,7 +165,7 @@ export class DriverThread implements ThreadView {
     else this.settleAttach.reject(error);
   }
 
-  /** Checked twice per heartbeat period: a hang is seen within watchdogMs + one period; a heap past the watermark at the beat that shows it. */
+  /** Checked four times per heartbeat period: a hang is seen within watchdogMs + one period; a heap past the watermark at the beat that shows it. */
   private startWatchdog(): void {
     const { watchdogMs, heartbeatMs, heapLimitMb } = this.spec.supervision;
     this.watchdog = setInterval(() => {
@@ -182,7 +182,7 @@ export class DriverThread implements ThreadView {
         clearInterval(this.watchdog);
         this.spec.onHang(`no heartbeat from the driver thread for ${Math.round(age)} ms (watchdogMs ${watchdogMs}): it is hung`);
       }
-    }, Math.max(1, Math.floor(heartbeatMs / 2)));
+    }, Math.max(1, Math.floor(heartbeatMs / 4)));
     this.watchdog.unref();
   }
 

@@ -23,6 +23,7 @@ import type { HostConfig } from './config.js';
 import { deviceMachineFor, stateName, type DeviceActorInput, type DeviceStateName, type DeviceActorRef, type DeviceOutput } from './device-machine.js';
 import type { HostEvent } from './events.js';
 import { DeviceMeter, type ThreadStats } from './meter.js';
+import { moduleFileOf } from './driver-source.js';
 
 export interface HostOptions {
   readonly registry?: DriverRegistry;
@@ -214,6 +215,25 @@ export class DriverHost {
       previous = new Map([...this.meters].map(([a, m]) => [a, m.interrupts]));
       then = now;
     }, this.config.statsIntervalMs);
+  }
+
+  /**
+   * Restarts the driver of `address` with its module's current code (a new
+   * worker imports it afresh), keeping the device claimed; ignored unless
+   * the driver is running.
+   */
+  reload(address: PciAddress): void {
+    this.claims.find(({ claim }) => claim.entry.address === address)?.ref.send({ type: 'RELOAD' });
+  }
+
+  /** The modules of the drivers this host runs in worker threads, with the devices each drives (what `--watch` watches). */
+  driverModules(): Map<string, PciAddress[]> {
+    const files = new Map<string, PciAddress[]>();
+    for (const { claim } of this.claims) {
+      const file = moduleFileOf(claim.driver);
+      if (file !== undefined) files.set(file, [...(files.get(file) ?? []), claim.entry.address]);
+    }
+    return files;
   }
 
   /** The device's current driver thread (id, heartbeat age, heap), when its driver runs in one. */
