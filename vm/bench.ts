@@ -272,7 +272,7 @@ async function boot(opts: VmOptions, { root, bridges, outDir, kernel, initrd }: 
     '-nodefaults', '-display', 'none', '-serial', 'stdio', '-no-reboot',
     '-kernel', kernel,
     '-initrd', initrd,
-    '-append', 'console=ttyS0 intel_iommu=on panic=-1 quiet',
+    '-append', 'console=ttyS0 intel_iommu=on panic=-1 quiet no_timer_check',
     '-fsdev', 'local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap',
     '-device', `virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot,addr=${HOSTROOT_SLOT}`,
     '-fsdev', `local,id=results,path=${outDir},security_model=none`,
