@@ -8,13 +8,15 @@
  * crash mid-I/O under supervision.
  */
 import test from 'ava';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseHostConfig } from '../../actors/config.js';
 import type { HostEvent } from '../../actors/events.js';
 import { DriverHost } from '../../actors/host.js';
+import { NbdServer } from '../../actors/nbd-server.js';
 import type { BlockDevice } from '../../drivers/block.js';
 import { builtinDrivers } from '../../drivers/index.js';
 import { NvmeNamespace } from '../../drivers/nvme/namespace.js';
@@ -117,9 +119,19 @@ function run(t: { teardown(fn: () => unknown): void; log(...v: unknown[]): void 
 const benchNvme = (slot: string) => defaultDevices.find((d) => d.model === 'nvme' && d.slot === slot)!;
 
 async function namespace(r: Run, name: string): Promise<NvmeNamespace> {
-  const device = await r.host.blockDevice(name, 120_000);
+  const device = await r.host.blockDevice(name, 60_000);
   if (!(device instanceof NvmeNamespace)) throw new Error(`${name} is not an NVMe namespace`);
   return device;
+}
+
+/** `work`, or an error saying what was still pending after `ms`. */
+async function bounded<T>(ms: number, what: () => string, work: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([work, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what()}`)), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 const submitted = (ns: NvmeNamespace) => ns.controller.ioQueues.reduce((n, q) => n + q.submitted, 0);
@@ -234,9 +246,14 @@ test.serial('two controllers in one host: Identify matches the QEMU command line
   map.unload();
   t.true(dma.iova.isQuarantined(BigInt(freedIova)));
   const faultsBefore = kernelLog().split('\n').filter((l) => l.includes(`fault addr 0x${freedIova.toString(16)}`)).length;
-  const error = await t.throwsAsync(ns1.controller.adminCommand(ADMIN.IDENTIFY, 0, freedIova, 0, CNS.CONTROLLER, 0, 0));
-  t.true(error instanceof NvmeStatusError, `a typed controller error: ${error?.message}`);
-  t.log(`Identify into the freed IOVA 0x${freedIova.toString(16)}: ${error?.message}`);
+  // QEMU 7.2's nvme ignores the DMA's failure for Identify (dma_buf_read's result is dropped) and completes it
+  // successfully: what matters is that the IOMMU stopped the write.
+  const outcome = await ns1.controller.adminCommand(ADMIN.IDENTIFY, 0, freedIova, 0, CNS.CONTROLLER, 0, 0).then(
+    () => 'completed with success status',
+    (e: unknown) => (e instanceof NvmeStatusError ? e.message : `not a typed error: ${String(e)}`),
+  );
+  t.log(`Identify into the freed IOVA 0x${freedIova.toString(16)}: ${outcome}`);
+  t.notRegex(outcome, /not a typed error/);
   let faults = 0;
   for (let i = 0; i < 100 && faults <= faultsBefore; i++) {
     faults = kernelLog().split('\n').filter((l) => l.includes(`fault addr 0x${freedIova.toString(16)}`)).length;
@@ -262,7 +279,9 @@ test.serial('fault injection: the driver throws mid-I/O (INTx); after the superv
   const acknowledged: { lba: number; data: Uint8Array }[] = [];
   const failures: Error[] = [];
   const blocks = 128; // 64 KiB per write
-  await parallel(Array.from({ length: 80 }, (_, i) => i), 4, async (i) => {
+  const queue = (first as NvmeNamespace).controller.ioQueues[0]!;
+  const progress = () => `submitted ${queue.submitted}, completed ${queue.completed}, outstanding ${queue.outstanding}; ${acknowledged.length} acknowledged, ${failures.length} failed`;
+  await bounded(60_000, () => `the writes around the fault: ${progress()}`, parallel(Array.from({ length: 80 }, (_, i) => i), 4, async (i) => {
     const data = fill(new Uint8Array(blocks * 512), 1000 + i);
     const lba = i * blocks;
     try {
@@ -271,7 +290,7 @@ test.serial('fault injection: the driver throws mid-I/O (INTx); after the superv
     } catch (e) {
       failures.push(e as Error);
     }
-  });
+  }));
   t.log(`${acknowledged.length} writes acknowledged, ${failures.length} failed: ${[...new Set(failures.map((e) => e.name))].join(', ')}`);
   t.true(acknowledged.length >= 39, 'the writes before the fault were acknowledged');
   t.true(failures.length > 0, 'writes after the fault failed rather than hanging');
@@ -288,4 +307,68 @@ test.serial('fault injection: the driver throws mid-I/O (INTx); after the superv
   t.is(sha256(await again.read(100_000, 8)), sha256(fresh), 'the queue is usable after the restart');
   const report = await r.host.shutdown();
   t.is(report.devices[0]!.restarts, 1);
+});
+
+/** Runs a program to completion without blocking this process's event loop (it serves the NBD device the program uses). */
+function sh(t: { log(...v: unknown[]): void }, command: string, args: readonly string[], timeoutMs = 120_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`${command} ${args.join(' ')} did not finish within ${timeoutMs} ms:\n${out}`));
+    }, timeoutMs);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      t.log(`$ ${command} ${args.join(' ')} -> ${code ?? signal}${out.trim() ? `\n${out.trim()}` : ''}`);
+      if (code === 0) resolve(out);
+      else reject(new Error(`${command} ${args.join(' ')} exited with ${code ?? signal}:\n${out}`));
+    });
+  });
+}
+
+test.serial('NBD export: mkfs.ext4, mount, copy 20 MB of files, unmount, fsck -n clean, remount, checksums match; the host keeps running when the client disconnects', async (t) => {
+  const r = run(t, { devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 2, queueDepth: 32 } }] });
+  const ns = await namespace(r, 'nvme0n2');
+  const socket = join(tmpdir(), 'upci-nbd.sock');
+  const server = await NbdServer.listen(socket, [{ name: 'nvme0n2', device: ns }]);
+  t.teardown(() => server.close());
+  const nbd = '/dev/nbd0';
+  const mnt = mkdtempSync(join(tmpdir(), 'upci-nbd-mnt-'));
+  const src = mkdtempSync(join(tmpdir(), 'upci-nbd-src-'));
+  const files = Array.from({ length: 20 }, (_, i) => ({ name: `file-${i}.bin`, data: fill(new Uint8Array(1_000_000 + i * 4096), 500 + i) }));
+  for (const f of files) writeFileSync(join(src, f.name), f.data);
+
+  await sh(t, 'nbd-client', ['-N', 'nvme0n2', '-b', String(ns.blockSize), '-u', socket, nbd]);
+  let connected = true;
+  try {
+    await sh(t, 'mkfs.ext4', ['-q', '-F', '-E', 'lazy_itable_init=1,lazy_journal_init=1', nbd]);
+    await sh(t, 'mount', ['-t', 'ext4', nbd, mnt]);
+    await sh(t, 'cp', [...files.map((f) => join(src, f.name)), mnt]);
+    await sh(t, 'sync', []);
+    await sh(t, 'umount', [mnt]);
+    await sh(t, 'fsck.ext4', ['-n', '-f', nbd]);
+    await sh(t, 'mount', ['-t', 'ext4', '-o', 'ro', nbd, mnt]);
+    for (const f of files) t.is(sha256(readFileSync(join(mnt, f.name))), sha256(f.data), `${f.name} after the remount`);
+    await sh(t, 'umount', [mnt]);
+    await sh(t, 'nbd-client', ['-d', nbd]);
+    connected = false;
+  } finally {
+    if (connected) await sh(t, 'nbd-client', ['-d', nbd]).catch(() => undefined);
+  }
+  // The client went away; the host, its driver and the export did not.
+  await r.until('the server to see the disconnect', () => server.lastDisconnect !== undefined, 30_000);
+  t.log(`server: ${JSON.stringify(server.stats)}, last disconnect: ${server.lastDisconnect}`);
+  t.true(server.stats.requests > 100, 'the kernel did its I/O through the export');
+  t.is(server.stats.errors, 0);
+  t.false(r.events.some((e) => e.type === 'fault'), 'no driver fault');
+  t.true((await ns.read(0, 1)).length === ns.blockSize, 'the block device still serves');
+  const report = await r.host.shutdown();
+  t.deepEqual(report.devices.map((d) => d.outcome.kind), ['stopped']);
 });
