@@ -256,7 +256,8 @@ export class NbdServer {
         return 'the client disconnected (NBD_CMD_DISC)';
       }
       const payload = type === CMD.WRITE ? await reader.read(length) : undefined;
-      const bad = offset % bs !== 0 || length % bs !== 0 || length > MAX_REQUEST;
+      // TRIM carries no payload: only reads and writes are bounded in size.
+      const bad = offset % bs !== 0 || length % bs !== 0 || (type !== CMD.TRIM && length > MAX_REQUEST);
       const outside = offset + length > size;
       let work: Promise<void>;
       if ((type === CMD.READ || type === CMD.WRITE || type === CMD.TRIM) && (bad || outside)) {

@@ -91,6 +91,8 @@ export const defaultDevices: VmDevice[] = [
     ],
   },
   { model: 'nvme', slot: '0a.0', bind: 'vfio-pci', props: ',serial=upci-nvme1', namespaces: [{ id: 'nvme1n1', sizeMiB: 16 }] },
+  // The kernel's own nvme driver gets this one in bench:nvme (identical to 0a.0); unbound otherwise.
+  { model: 'nvme', slot: '0b.0', props: ',serial=upci-nvme2', namespaces: [{ id: 'nvme2n1', sizeMiB: 16 }] },
   // romfile=: nothing boots from the NICs, so SeaBIOS need not load and run iPXE.
   { model: 'e1000e', slot: '08.0', bind: 'vfio-pci', props: ',romfile=,netdev=net0' },
   // Behind the conventional bridge both devices share the bridge's IOMMU group. The

@@ -16,6 +16,7 @@ MODULES=(
   netfs fscache 9pnet 9pnet_virtio 9p
   pci-stub uio uio_pci_generic
   nbd
+  crc16 mbcache jbd2 crc32c_generic ext4
 )
 
 # nbd-client and fio run in the guest from the shared root (the NBD export test, bench:nvme).

@@ -44,6 +44,9 @@ export interface Completion {
 const OPCODE_NAMES: Record<string, string> = { a0: 'Delete I/O SQ', a1: 'Create I/O SQ', a4: 'Delete I/O CQ', a5: 'Create I/O CQ', a6: 'Identify', a8: 'Abort', a9: 'Set Features', i0: 'Flush', i1: 'Write', i2: 'Read', i9: 'Dataset Management' };
 export const commandName = (admin: boolean, opcode: number) => OPCODE_NAMES[`${admin ? 'a' : 'i'}${opcode.toString(16)}`] ?? `${admin ? 'admin' : 'I/O'} opcode 0x${opcode.toString(16)}`;
 
+export const SUBMIT_FULL = -1;
+export const SUBMIT_REFUSED = -2;
+
 /** Synthetic statuses for commands the driver completes itself. */
 export const STATUS_GONE = 0x7fff;
 const STATUS_TIMED_OUT = 0x7ffe;
@@ -139,6 +142,9 @@ export class NvmeController {
     this.writeAddress(REG.ACQ, this.admin.cqBusAddress);
     this.bar.write4(REG.CC, CC.EN | CC.CSS_NVM | CC.MPS_4K | CC.AMS_RR | CC.IOSQES | CC.IOCQES);
     await this.waitReady(true, 'enable');
+    // Polled: mask every vector in the controller. Without MSI-X the admin CQ would otherwise
+    // assert INTx with no handler, and the kernel disables the (shared) line: "nobody cared".
+    if (this.options.polled || this.options.vectors === 0) this.bar.write4(REG.INTMS, 0xffffffff);
   }
 
   private writeAddress(offset: number, address: number): void {
@@ -184,8 +190,9 @@ export class NvmeController {
   }
 
   /**
-   * Submits on `q` when it has a free command ID; otherwise `onFull` is
-   * called and nothing is submitted (the caller queues the request).
+   * Submits on `q`: returns the command ID, SUBMIT_FULL when the queue has
+   * no free command ID (nothing happened: the caller retries later), or
+   * SUBMIT_REFUSED when the controller is gone (`onError` was called).
    */
   submitTo(
     q: QueuePair, admin: boolean, opcode: number, nsid: number, prp1: number, prp2: number,
@@ -193,10 +200,10 @@ export class NvmeController {
   ): number {
     if (this.gone !== undefined) {
       onError(new NvmeGoneError(commandName(admin, opcode), this.gone));
-      return -1;
+      return SUBMIT_REFUSED;
     }
     const cid = q.allocCid();
-    if (cid < 0) return -1;
+    if (cid < 0) return SUBMIT_FULL;
     q.submit(cid, opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12, cdw13, handler, performance.now() + this.options.commandTimeoutMs);
     if (q.vector < 0 || q === this.admin) this.kickPoller();
     return cid;

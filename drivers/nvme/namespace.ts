@@ -10,12 +10,12 @@ import { Subject } from 'rxjs';
 import type { DmaPool } from '../../pci/dma-pool.js';
 import type { LoadedDmaMap } from '../../pci/bus-dma.js';
 import type { BlockCompletion, BlockDevice, BlockOperation } from '../block.js';
-import { NvmeController, commandName, statusError } from './controller.js';
+import { NvmeController, SUBMIT_FULL, commandName, statusError } from './controller.js';
 import { BlockRequestError, NvmeGoneError } from './errors.js';
 import type { QueuePair } from './queue.js';
 import { NVM, PAGE, type NamespaceIdentity } from './registers.js';
 
-/** A chunk waiting for a free command ID. */
+/** A chunk waiting for a free command ID: true once it is submitted or refused, false when the queue was full. */
 type Waiter = (q: QueuePair) => boolean;
 
 /** The controller's I/O queues with their bounce pools, shared by its namespaces. */
@@ -39,9 +39,9 @@ export class IoQueues {
     this.views = this.data.map((pool) => Array.from({ length: pool.entries }, (_, i) => new Uint8Array(pool.buffer, pool.offsetOf(i), chunkBytes)));
   }
 
-  /** Runs `issue` on a queue with a free command ID now, or once one frees up. */
+  /** Runs `issue` on a queue with a free command ID now, or once one frees up (a gone controller refuses it at once). */
   schedule(issue: Waiter): void {
-    if (this.waiting.length === 0 && this.tryIssue(issue)) return;
+    if ((this.waiting.length === 0 || !this.controller.usable) && this.tryIssue(issue)) return;
     this.waiting.push(issue);
   }
 
@@ -198,7 +198,7 @@ export class NvmeNamespace implements BlockDevice {
           if (error === undefined) resolve();
           else reject(error);
         };
-        return io.controller.submitTo(q, false, opcode, this.nsid, prp1, 0, cdw10, cdw11, cdw12, 0, handler, fail) >= 0;
+        return io.controller.submitTo(q, false, opcode, this.nsid, prp1, 0, cdw10, cdw11, cdw12, 0, handler, fail) !== SUBMIT_FULL;
       });
     });
   }
@@ -263,10 +263,30 @@ export class NvmeNamespace implements BlockDevice {
             finish(status === 0 ? undefined : statusError(commandName(false, opcode), status));
             io.completed();
           };
-          return io.controller.submitTo(q, false, opcode, this.nsid, bus, prp2, slba >>> 0, Math.floor(slba / 2 ** 32), n - 1, 0, handler, (e) => finish(e)) >= 0;
+          return io.controller.submitTo(q, false, opcode, this.nsid, bus, prp2, slba >>> 0, Math.floor(slba / 2 ** 32), n - 1, 0, handler, (e) => finish(e)) !== SUBMIT_FULL;
         });
       }
     });
+  }
+
+  /**
+   * The load generator's path (perf.ts, like SPDK's perf): a read of
+   * `blocks` at `lba` into the bounce buffer of the command ID it gets, on
+   * I/O queue `queue`, with a handler the caller made once. Returns the
+   * command ID, or -1 when the queue is full. No validation beyond the
+   * range, no promise, no allocation.
+   */
+  submitRead(queue: number, lba: number, blocks: number, handler: (status: number, dw0: number, cid: number) => void, onError: (e: Error) => void): number {
+    if (!(lba >= 0 && blocks >= 1 && lba + blocks <= this.blockCount && blocks * this.blockSize <= this.io.chunkBytes)) {
+      this.refuse(`read of ${blocks} blocks at ${lba} is outside the namespace or over ${this.io.chunkBytes} bytes`, 'stay inside the namespace and the transfer limit');
+    }
+    const q = this.io.controller.ioQueues[queue]!;
+    const cid = q.allocCid();
+    if (cid < 0) return -1;
+    const bus = this.io.data[q.id - 1]!.busAddresses[cid]!;
+    const prp2 = q.prp2For(cid, bus, blocks * this.blockSize);
+    q.freeCid(cid);
+    return this.io.controller.submitTo(q, false, NVM.READ, this.nsid, bus, prp2, lba >>> 0, Math.floor(lba / 2 ** 32), blocks - 1, 0, handler, onError);
   }
 
   /** A per-request map of the caller's shared memory, when it can be given to the device as is. */
