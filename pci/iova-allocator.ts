@@ -52,8 +52,10 @@ export const QUARANTINE_SPANS = 1024;
 export class IovaAllocator {
   /** Sorted by start, non-overlapping: live allocations and quarantined ones. */
   private readonly used: Span[] = [];
-  /** Released spans still in `used`, oldest first. */
-  private readonly quarantine: Span[] = [];
+  /** Released spans still in `used`, oldest at quarantineHead: a ring of QUARANTINE_SPANS. */
+  private readonly quarantine: (Span | undefined)[] = new Array<Span | undefined>(QUARANTINE_SPANS).fill(undefined);
+  private quarantineHead = 0;
+  private quarantineLength = 0;
   private readonly sortedRanges: readonly IovaRange[];
   /** Where the next search starts. */
   private cursor = 0n;
@@ -68,12 +70,12 @@ export class IovaAllocator {
 
   /** Ranges currently handed out (quarantined ones not counted). */
   get allocations(): number {
-    return this.used.length - this.quarantine.length;
+    return this.used.length - this.quarantineLength;
   }
 
   /** Released ranges not yet reusable. */
   get quarantined(): number {
-    return this.quarantine.length;
+    return this.quarantineLength;
   }
 
   /** Whether `iova` lies in a released range still in quarantine. */
@@ -104,9 +106,8 @@ export class IovaAllocator {
         return start;
       }
       // Out of space: take back the oldest quarantined range before giving up.
-      const oldest = this.quarantine.shift();
-      if (oldest === undefined) throw this.exhausted(req);
-      this.used.splice(this.firstEndingAfter(oldest.start), 1);
+      if (this.quarantineLength === 0) throw this.exhausted(req);
+      this.evictOldest();
     }
   }
 
@@ -154,11 +155,18 @@ export class IovaAllocator {
     const span = this.used[this.firstEndingAfter(start)];
     if (span === undefined || span.start !== start || span.quarantined) throw new UpciError('KERNEL', `IOVA 0x${start.toString(16)} is not allocated (double free in bus_dma)`);
     span.quarantined = true;
-    this.quarantine.push(span);
-    if (this.quarantine.length > QUARANTINE_SPANS) {
-      const oldest = this.quarantine.shift()!;
-      this.used.splice(this.firstEndingAfter(oldest.start), 1);
-    }
+    if (this.quarantineLength === QUARANTINE_SPANS) this.evictOldest();
+    this.quarantine[(this.quarantineHead + this.quarantineLength) % QUARANTINE_SPANS] = span;
+    this.quarantineLength++;
+  }
+
+  /** The oldest quarantined range becomes free IOVA space again. */
+  private evictOldest(): void {
+    const oldest = this.quarantine[this.quarantineHead]!;
+    this.quarantine[this.quarantineHead] = undefined;
+    this.quarantineHead = (this.quarantineHead + 1) % QUARANTINE_SPANS;
+    this.quarantineLength--;
+    this.used.splice(this.firstEndingAfter(oldest.start), 1);
   }
 }
 
