@@ -118,8 +118,12 @@ export class NbdServer {
     return s;
   }
 
+  closed = false;
+
   /** Stops listening and drops every connection. */
   async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
     for (const socket of this.sockets) socket.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
     rmSync(this.socketPath, { force: true });

@@ -14,12 +14,8 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseHostConfig } from '../../actors/config.js';
-import type { HostEvent } from '../../actors/events.js';
-import { DriverHost } from '../../actors/host.js';
 import { NbdServer } from '../../actors/nbd-server.js';
 import type { BlockDevice } from '../../drivers/block.js';
-import { builtinDrivers } from '../../drivers/index.js';
 import { NvmeNamespace } from '../../drivers/nvme/namespace.js';
 import { NvmeStatusError } from '../../drivers/nvme/errors.js';
 import { ADMIN, CNS } from '../../drivers/nvme/registers.js';
@@ -28,6 +24,7 @@ import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
 import { allocShared } from '../../shm/mapping.js';
 import { defaultDevices } from '../../vm/bench.js';
 import { bench, sysfsConfig } from './devices.js';
+import { run, type Run } from './host-run.js';
 
 const NVME0 = parsePciAddress(bench.nvme);
 const NVME1 = parsePciAddress(bench.nvme1);
@@ -87,34 +84,6 @@ async function parallel<T>(items: readonly T[], width: number, job: (item: T, in
       await job(items[i]!, i);
     }
   }));
-}
-
-interface Run {
-  host: DriverHost;
-  events: HostEvent[];
-  until(what: string, predicate: (events: HostEvent[]) => boolean, ms?: number): Promise<void>;
-}
-
-function run(t: { teardown(fn: () => unknown): void; log(...v: unknown[]): void }, config: unknown): Run {
-  const host = DriverHost.claim(parseHostConfig(config, builtinDrivers));
-  const events: HostEvent[] = [];
-  host.events.subscribe((e) => {
-    events.push(e);
-    if (e.type !== 'stats') t.log(`${e.type} ${'address' in e ? e.address : ''} ${JSON.stringify({ ...e, type: undefined, at: undefined, address: undefined })}`);
-  });
-  t.teardown(() => host.shutdown());
-  host.start();
-  return {
-    host,
-    events,
-    until: async (what, predicate, ms = 120_000) => {
-      const deadline = Date.now() + ms;
-      while (!predicate(events)) {
-        if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-        await sleep(20);
-      }
-    },
-  };
 }
 
 const benchNvme = (slot: string) => defaultDevices.find((d) => d.model === 'nvme' && d.slot === slot)!;
@@ -339,7 +308,7 @@ test.serial('NBD export: mkfs.ext4, mount, copy 20 MB of files, unmount, fsck -n
   const ns = await namespace(r, 'nvme0n2');
   const socket = join(tmpdir(), 'upci-nbd.sock');
   const server = await NbdServer.listen(socket, [{ name: 'nvme0n2', device: ns }]);
-  t.teardown(() => server.close());
+  t.teardown(() => (server.closed ? undefined : server.close()));
   const nbd = '/dev/nbd0';
   const mnt = mkdtempSync(join(tmpdir(), 'upci-nbd-mnt-'));
   const src = mkdtempSync(join(tmpdir(), 'upci-nbd-src-'));
@@ -373,4 +342,8 @@ test.serial('NBD export: mkfs.ext4, mount, copy 20 MB of files, unmount, fsck -n
   t.true((await ns.read(0, 1)).length === ns.blockSize, 'the block device still serves');
   const report = await r.host.shutdown();
   t.deepEqual(report.devices.map((d) => d.outcome.kind), ['stopped']);
+  await bounded(10_000, () => 'the NBD server to close', server.close());
+  // What could still keep this process alive (a run once did not exit after this test).
+  const handles = (process as unknown as { _getActiveHandles(): object[] })._getActiveHandles().map((h) => h.constructor.name);
+  t.log(`active handles after the test: ${handles.join(', ') || 'none'}`);
 });
