@@ -13,6 +13,7 @@
  *     "shutdownTimeoutMs": 5000,                // graceful release bound, then devices are force-closed
  *     "devices": [
  *       { "address": "0000:00:04.0", "driver": "edu", "options": { "interrupt": "intx" } },
+ *       { "address": "0000:00:07.0", "name": "nvme0", "driver": "nvme" },  // block devices nvme0n1, nvme0n2...
  *       { "address": "0000:00:06.0" }           // no driver: the first whose match table fits
  *     ]
  *   }
@@ -52,6 +53,8 @@ export interface DeviceEntry {
   /** Where the entry is in the file, e.g. `devices[1]`, for later errors. */
   readonly path: string;
   readonly address: PciAddress;
+  /** What the driver's block devices are named after ("name"; default: the address). */
+  readonly name: string;
   readonly choice: DriverChoice;
   readonly supervision: Supervision;
 }
@@ -137,10 +140,11 @@ export function parseHostConfig(value: unknown, registry: DriverRegistry): HostC
   if (!Array.isArray(root.devices)) throw new ConfigError('devices', `expected an array of devices, got ${describe(root.devices)}`);
   if (root.devices.length === 0) throw new ConfigError('devices', 'is empty', { fix: 'list at least one { "address": ..., "driver": ... }' });
   const seen = new Map<PciAddress, string>();
+  const names = new Map<string, string>();
   const devices = root.devices.map((raw, i): DeviceEntry => {
     const path = `devices[${i}]`;
     const entry = object(raw, path);
-    onlyKeys(entry, path, ['address', 'driver', 'options', 'watchdogMs', 'heartbeatMs', 'heapLimitMb', 'attachTimeoutMs', 'restart']);
+    onlyKeys(entry, path, ['address', 'name', 'driver', 'options', 'watchdogMs', 'heartbeatMs', 'heapLimitMb', 'attachTimeoutMs', 'restart']);
     if (typeof entry.address !== 'string') throw new ConfigError(`${path}.address`, `expected a PCI address string, got ${describe(entry.address)}`);
     let address: PciAddress;
     try {
@@ -151,7 +155,14 @@ export function parseHostConfig(value: unknown, registry: DriverRegistry): HostC
     const earlier = seen.get(address);
     if (earlier !== undefined) throw new ConfigError(`${path}.address`, `${address} is already bound by ${earlier}`, { fix: 'list each device once' });
     seen.set(address, path);
-    return { path, address, choice: driverChoice(entry, path, registry), supervision: supervision(entry, path, defaults) };
+    if (entry.name !== undefined && (typeof entry.name !== 'string' || !/^[A-Za-z][A-Za-z0-9_-]{0,31}$/.test(entry.name))) {
+      throw new ConfigError(`${path}.name`, `expected a name of letters, digits, '-' and '_' starting with a letter, got ${describe(entry.name)}`, { fix: 'e.g. "nvme0"' });
+    }
+    const name = (entry.name as string | undefined) ?? address;
+    const clash = [...names].find(([n]) => n === name);
+    if (clash !== undefined) throw new ConfigError(`${path}.name`, `${JSON.stringify(name)} is already the name of ${clash[1]}`, { fix: 'give each device its own name' });
+    names.set(name, path);
+    return { path, address, name, choice: driverChoice(entry, path, registry), supervision: supervision(entry, path, defaults) };
   });
   return {
     devices,

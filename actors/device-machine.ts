@@ -15,6 +15,7 @@
  * the actor's snapshots and in the inspection stream.
  */
 import { assign, createActor, fromPromise, setup, toPromise, type ActorRefFrom, type InspectionEvent, type Observer } from 'xstate';
+import type { BlockDevice } from '../drivers/block.js';
 import type { AnyDriver, OptionsOf, OptionsSchema } from '../drivers/contract.js';
 import type { PciAddress } from '../kernel/pci-address.js';
 import type { PciDevice } from '../pci/device.js';
@@ -63,6 +64,10 @@ export interface DeviceActorInput {
   readonly onThread: (incarnation: number, threadId: number) => void;
   /** Inspection of a driver machine run in this thread (one in a worker is not inspectable from here). */
   readonly inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
+  /** The config entry's name: the driver's block devices are named after it. */
+  readonly name: string;
+  /** Publishes a driver's block device; the returned function withdraws it. */
+  readonly provide: (device: BlockDevice) => () => void;
 }
 
 /**
@@ -125,7 +130,25 @@ interface Quiescing {
   readonly attachment: Attachment | undefined;
   readonly incarnation: number;
   readonly onQuiesced: DeviceActorInput['onQuiesced'];
+  readonly onNote: DeviceActorInput['onNote'];
   readonly meter: DeviceMeter;
+  /** Bound of a driver's clean detach (attachTimeoutMs). */
+  readonly detachTimeoutMs: number;
+}
+
+/** The driver's own detach (DriverModule.detach), bounded; a failing or hanging one is noted and the quiesce follows anyway. */
+export async function cleanDetach(driver: AnyDriver, timeoutMs: number, detach: () => unknown, onNote: (m: string) => void): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      Promise.resolve().then(detach),
+      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`detach did not finish within ${timeoutMs} ms`)), timeoutMs))),
+    ]);
+  } catch (e) {
+    onNote(`${driver.name}: detach failed: ${message(e)}; quiescing anyway`);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /**
@@ -181,9 +204,9 @@ export function deviceMachineFor(driver: AnyDriver) {
         async ({ input: { context, onWatchdog } }) => {
           const { device, driver, supervision, incarnation } = context;
           const source = sourceOf(driver);
-          if (source !== undefined && device.kernel.handles !== undefined) {
+          if (source !== undefined && device.kernel.handles !== undefined && (driver.thread ?? 'own') === 'own') {
             const thread = new DriverThread({
-              device, source, options: context.options, incarnation, supervision,
+              device, source, options: context.options, incarnation, supervision, name: context.name,
               onNote: context.onNote,
               onStall: (vector, waitedMs) => onWatchdog(stallMessage(vector, waitedMs)),
               onHang: onWatchdog,
@@ -191,7 +214,7 @@ export function deviceMachineFor(driver: AnyDriver) {
             context.meter.follow(thread);
             context.onThread(incarnation, thread.threadId);
             const attachment: Attachment = { kind: 'thread', thread };
-            const input = { ...context, attachment };
+            const input = quiescing({ ...context, attachment });
             try {
               await bounded(thread.loaded, LOAD_TIMEOUT_MS, `${driver.name}: the driver thread did not load its modules within ${LOAD_TIMEOUT_MS} ms`, () => quiesce(input, false));
               await bounded(thread.attached, supervision.attachTimeoutMs, attachOverran(driver.name, supervision.attachTimeoutMs), () => quiesce(input, false));
@@ -202,6 +225,8 @@ export function deviceMachineFor(driver: AnyDriver) {
             }
           }
           const bus = new AttachedBus(device, incarnation, {
+            name: context.name,
+            onProvide: context.provide,
             watchdogMs: supervision.watchdogMs,
             meter: context.meter,
             onStall: (vector, waitedMs) => onWatchdog(stallMessage(vector, waitedMs)),
@@ -247,9 +272,13 @@ export function deviceMachineFor(driver: AnyDriver) {
       // Detach: quiesce, reset through the kernel when it can, close. A device the kernel cannot
       // reset is only closed: a reopen would be the same reset as the close itself.
       release: fromPromise<ReleaseKind, Quiescing>(async ({ input }) => {
-        const { device } = input;
+        const { device, attachment } = input;
         if (!device.isOpen) return 'already-closed';
         try {
+          // A driver in its own thread detaches there (DriverThread.stop); one here first detaches cleanly (an NVMe shutdown).
+          if (attachment?.kind === 'inline' && driver.detach !== undefined) {
+            await cleanDetach(driver, input.detachTimeoutMs, () => driver.detach!(attachment.bus, attachment.resources), input.onNote);
+          }
           await quiesce(input, true);
           if (!device.kernel.canReset) return 'close';
           device.reset();
@@ -412,8 +441,8 @@ export function deviceMachineFor(driver: AnyDriver) {
 }
 
 function quiescing(context: DeviceContext): Quiescing {
-  const { device, attachment, incarnation, onQuiesced, meter } = context;
-  return { device, attachment, incarnation, onQuiesced, meter };
+  const { device, attachment, incarnation, onQuiesced, onNote, meter } = context;
+  return { device, attachment, incarnation, onQuiesced, onNote, meter, detachTimeoutMs: context.supervision.attachTimeoutMs };
 }
 
 export type DeviceActorRef = ActorRefFrom<ReturnType<typeof deviceMachineFor>>;

@@ -11,6 +11,7 @@ import type { BusSpace } from '../pci/bus-space.js';
 import type { ConfigHeader } from '../pci/config.js';
 import type { Bar, PciDevice } from '../pci/device.js';
 import { Interrupts, type InterruptEvent, type InterruptOptions, type InterruptType, type InterruptVector } from '../pci/intr.js';
+import type { BlockDevice } from '../drivers/block.js';
 import { runEvery } from '../pci/teardown.js';
 
 /** What a DriverBus reports as the driver uses it: DeviceMeter in the driver's thread, or the shared ledger of its worker. */
@@ -23,7 +24,10 @@ export interface BusMeter {
 }
 
 export interface BusHooks {
+  readonly name: string;
   readonly watchdogMs: number;
+  /** Publishes a block device; the returned function withdraws it. */
+  onProvide(device: BlockDevice): () => void;
   readonly meter: BusMeter;
   /** An INTx event was not acked within watchdogMs: the driver is hung with the line masked. */
   onStall(vector: number, waitedMs: number): void;
@@ -70,6 +74,7 @@ function watched(vector: InterruptVector, type: InterruptType, hooks: BusHooks):
 export class AttachedBus implements DriverBus {
   private readonly spaces: BusSpace[] = [];
   private readonly interrupts: Interrupts[] = [];
+  private readonly releaseHooks: (() => void)[] = [];
   private busDma: BusDma | undefined;
   private released = false;
 
@@ -81,6 +86,20 @@ export class AttachedBus implements DriverBus {
 
   get address() {
     return this.device.address;
+  }
+
+  get name(): string {
+    return this.hooks.name;
+  }
+
+  onRelease(hook: () => void): void {
+    this.live();
+    this.releaseHooks.push(hook);
+  }
+
+  provideBlockDevice(device: BlockDevice): void {
+    this.live();
+    this.releaseHooks.push(this.hooks.onProvide(device));
   }
 
   header(): ConfigHeader {
@@ -149,6 +168,8 @@ export class AttachedBus implements DriverBus {
     if (this.hooks.meter.dma === dma) this.hooks.meter.dma = undefined;
     const open = this.device.isOpen;
     runEvery(`quiescing ${this.address}`, [
+      // The driver's own hooks first (fail in-flight requests, withdraw block devices), newest first.
+      ...this.releaseHooks.reverse(),
       ...(open ? [() => this.device.disableBusMaster()] : []),
       ...this.interrupts.map((irq) => () => {
         irq.release();

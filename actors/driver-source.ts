@@ -3,6 +3,7 @@
  * a built-in driver's name, or the URL of a module that exports one. The
  * worker imports the driver itself (a function cannot cross threads).
  */
+import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { AnyDriver } from '../drivers/contract.js';
 import { builtinDrivers } from '../drivers/index.js';
@@ -38,7 +39,8 @@ export function driverExport(module: Record<string, unknown>): AnyDriver | undef
 export function moduleFileOf(driver: AnyDriver): string | undefined {
   const source = sourceOf(driver);
   if (source === undefined) return undefined;
-  return fileURLToPath(source.kind === 'module' ? source.url : new URL(`../drivers/${source.name}.js`, import.meta.url));
+  if (source.kind === 'module') return fileURLToPath(source.url);
+  return [`../drivers/${source.name}.js`, `../drivers/${source.name}/index.js`].map((p) => fileURLToPath(new URL(p, import.meta.url))).find((f) => existsSync(f));
 }
 
 export async function importDriver(source: DriverSource): Promise<AnyDriver> {

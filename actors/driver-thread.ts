@@ -17,6 +17,9 @@ import type { InterruptType } from '../pci/intr.js';
 import { AttachedBus, type BusMeter } from './driver-bus.js';
 import { DriverLedger } from './driver-ledger.js';
 import { importDriver, type DriverSource } from './driver-source.js';
+import { cleanDetach } from './device-machine.js';
+import type { AnyDriver } from '../drivers/contract.js';
+import { UpciError } from '../kernel/errors.js';
 
 export interface DriverThreadData {
   readonly device: SharedDevice;
@@ -25,6 +28,8 @@ export interface DriverThreadData {
   readonly incarnation: number;
   readonly watchdogMs: number;
   readonly heartbeatMs: number;
+  readonly detachTimeoutMs: number;
+  readonly name: string;
   readonly ledger: SharedArrayBuffer;
 }
 
@@ -70,18 +75,31 @@ function run(data: DriverThreadData): void {
   const heartbeat = setInterval(beat, data.heartbeatMs);
   const device = PciDevice.adopt(data.device);
   const bus = new AttachedBus(device, data.incarnation, {
+    name: data.name,
+    onProvide: () => {
+      throw new UpciError(
+        'KERNEL',
+        `${device.address}: a driver in its own thread cannot hand the host a block device yet (services across threads are not built)`,
+        'declare `thread: \'main\'` in the driver module (defineDriver) to run it in the host\'s main thread',
+      );
+    },
     watchdogMs: data.watchdogMs,
     meter,
     onStall: (vector, waitedMs) => post({ type: 'stall', vector, waitedMs }),
     onNote: (note) => post({ type: 'note', message: note }),
   });
   let actor: AnyActorRef | undefined;
+  let attached: { driver: AnyDriver; resources: unknown } | undefined;
   let stopped = false;
 
-  port.on('message', (m: HostMessage) => {
+  port.on('message', async (m: HostMessage) => {
     if (m.type !== 'stop' || stopped) return;
     stopped = true;
     actor?.stop();
+    if (attached?.driver.detach !== undefined) {
+      const { driver, resources } = attached;
+      await cleanDetach(driver, data.detachTimeoutMs, () => driver.detach!(bus, resources), (note) => post({ type: 'note', message: note }));
+    }
     let error: string | undefined;
     try {
       bus.release();
@@ -106,6 +124,7 @@ function run(data: DriverThreadData): void {
       return;
     }
     if (stopped) return;
+    attached = { driver, resources };
     post({ type: 'attached' });
     actor = createActor(driver.machine, { input: { bus, options: data.options, resources } });
     actor.subscribe({

@@ -32,6 +32,8 @@ export interface ThreadSpec {
   readonly options: unknown;
   readonly incarnation: number;
   readonly supervision: Supervision;
+  /** The config entry's name (DriverBus.name). */
+  readonly name: string;
   onNote(message: string): void;
   /** An INTx event was not acked within watchdogMs. */
   onStall(vector: number, waitedMs: number): void;
@@ -62,8 +64,8 @@ export interface QuiesceReport {
 const HEAP_WATERMARK = 0.8;
 const MiB = 1 << 20;
 
-/** How long a graceful stop waits for the driver to detach in its thread before the device is taken back. */
-const DETACH_TIMEOUT_MS = 2000;
+/** How long a graceful stop waits for the thread beyond the driver's own detach bound (attachTimeoutMs). */
+const RELEASE_SLACK_MS = 2000;
 
 /**
  * How long a new worker may take to load its modules (a fresh isolate
@@ -120,6 +122,8 @@ export class DriverThread implements ThreadView {
       incarnation: spec.incarnation,
       watchdogMs: supervision.watchdogMs,
       heartbeatMs: supervision.heartbeatMs,
+      detachTimeoutMs: supervision.attachTimeoutMs,
+      name: spec.name,
       ledger: this.ledger.buffer,
     };
     this.worker = new Worker(new URL('./driver-thread-boot.js', import.meta.url), {
@@ -168,21 +172,33 @@ export class DriverThread implements ThreadView {
   /** Checked four times per heartbeat period: a hang is seen within watchdogMs + one period; a heap past the watermark at the beat that shows it. */
   private startWatchdog(): void {
     const { watchdogMs, heartbeatMs, heapLimitMb } = this.spec.supervision;
+    const period = Math.max(1, Math.floor(heartbeatMs / 4));
+    let lastCheck = performance.now();
+    let silentMs = 0;
     this.watchdog = setInterval(() => {
+      const now = performance.now();
+      // Silence counts only as fast as this thread's own checks run: when the whole process was
+      // not scheduled (a loaded host, a stalled VM), no thread could beat, and that is no hang.
+      const step = Math.min(now - lastCheck, 2 * period);
+      lastCheck = now;
       const beat = this.ledger.heartbeat;
-      const age = this.ledger.heartbeatAgeMs;
       if (beat !== this.lastBeat) {
         this.lastBeat = beat;
+        // The beat came somewhere in the last step: the silence since is at most its age.
+        silentMs = Math.min(this.ledger.heartbeatAgeMs, step);
         const used = this.ledger.heapUsed;
         if (used > HEAP_WATERMARK * heapLimitMb * MiB) {
           clearInterval(this.watchdog);
           this.spec.onHang(`the driver thread's heap reached ${Math.round(used / MiB)} MiB of its ${heapLimitMb} MiB limit (heapLimitMb): it is leaking`);
         }
-      } else if (age > watchdogMs) {
-        clearInterval(this.watchdog);
-        this.spec.onHang(`no heartbeat from the driver thread for ${Math.round(age)} ms (watchdogMs ${watchdogMs}): it is hung`);
+        return;
       }
-    }, Math.max(1, Math.floor(heartbeatMs / 4)));
+      silentMs += step;
+      if (silentMs > watchdogMs) {
+        clearInterval(this.watchdog);
+        this.spec.onHang(`no heartbeat from the driver thread for ${Math.round(silentMs)} ms (watchdogMs ${watchdogMs}): it is hung`);
+      }
+    }, period);
     this.watchdog.unref();
   }
 
@@ -258,7 +274,7 @@ export class DriverThread implements ThreadView {
     return report!;
   }
 
-  /** A clean stop: the driver detaches in its thread (bounded by DETACH_TIMEOUT_MS), then kill() makes sure. */
+  /** A clean stop: the driver detaches in its thread (DriverModule.detach, bounded by attachTimeoutMs), then kill() makes sure. */
   async stop(): Promise<QuiesceReport> {
     clearInterval(this.watchdog);
     if (!this.hasExited) {
@@ -269,7 +285,7 @@ export class DriverThread implements ThreadView {
           this.worker.postMessage({ type: 'stop' } satisfies HostMessage);
         }),
         this.exited,
-        new Promise<void>((resolve) => (timer = setTimeout(resolve, DETACH_TIMEOUT_MS))),
+        new Promise<void>((resolve) => (timer = setTimeout(resolve, this.spec.supervision.attachTimeoutMs + RELEASE_SLACK_MS))),
       ]);
       clearTimeout(timer);
     }

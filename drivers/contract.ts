@@ -14,6 +14,7 @@ import type { BusSpace } from '../pci/bus-space.js';
 import type { ConfigHeader } from '../pci/config.js';
 import type { Bar } from '../pci/device.js';
 import type { InterruptEvent, InterruptOptions, InterruptType } from '../pci/intr.js';
+import type { BlockDevice } from './block.js';
 
 /** One line of a driver's match table; every field given must equal the device's. */
 export interface DeviceMatch {
@@ -75,6 +76,8 @@ export interface DriverInterrupts {
 /** Everything a driver may touch. Resources obtained here are reclaimed by the host at detach or failure. */
 export interface DriverBus {
   readonly address: PciAddress;
+  /** The config entry's name for this device ("name", default its address): what the driver's block devices are named after. */
+  readonly name: string;
   /** 0 on the first attach, then one more after each supervised restart. */
   readonly incarnation: number;
   header(): ConfigHeader;
@@ -87,6 +90,10 @@ export interface DriverBus {
   dma(): DriverDma;
   /** A short human-readable progress line for the host's event stream and status view. */
   note(message: string): void;
+  /** Runs when the host takes the device back (detach, failure), before bus mastering goes off: fail what is in flight. */
+  onRelease(hook: () => void): void;
+  /** Offers a block device to the host's programs (DriverHost.blockDevice(name)) until the host takes the device back. */
+  provideBlockDevice(device: BlockDevice): void;
 }
 
 /** What the driver machine is started with. */
@@ -110,6 +117,16 @@ export interface DriverModule<S extends OptionsSchema = OptionsSchema, R = unkno
   readonly options: S;
   /** May be async (a controller reset, Identify); the host bounds it with the device's attachTimeoutMs. */
   attach(bus: DriverBus, options: OptionsOf<S>): R | Promise<R>;
+  /** A clean detach (not after a failure): runs before the host quiesces the device, e.g. an NVMe CC.SHN shutdown. */
+  detach?(bus: DriverBus, resources: R): void | Promise<void>;
+  /**
+   * Where the driver runs: 'own' (the default) in a worker thread of its own
+   * per incarnation, so that a hang or a leak stops only it; 'main' in the
+   * host's main thread, for a driver that hands the host objects
+   * (provideBlockDevice) until services cross threads through shared-memory
+   * rings. A hang in a 'main' driver stops the whole host.
+   */
+  readonly thread?: 'own' | 'main';
   readonly machine: AnyActorLogic;
 }
 

@@ -33,6 +33,11 @@ export interface InterruptOptions {
   readonly vectors?: number;
 }
 
+/**
+ * One delivery. For MSI and MSI-X the same object is delivered again at the
+ * vector's next interrupt (nothing is allocated per interrupt): read it in
+ * the handler and keep no reference to it.
+ */
 export interface InterruptEvent {
   readonly vector: number;
   /** Interrupts the kernel counted since the last event (more than 1: coalesced). */
@@ -54,6 +59,23 @@ export interface VectorStats {
 }
 
 const PREFERENCE: readonly InterruptType[] = ['msix', 'msi', 'intx'];
+
+/** An InterruptEvent; the one of an MSI/MSI-X vector is reused for its next interrupt. */
+class VectorEvent implements InterruptEvent {
+  count = 0;
+  acked = false;
+  readonly vector: number;
+  readonly ack: (claimed?: boolean) => void;
+
+  constructor(owner: InterruptVector) {
+    this.vector = owner.index;
+    this.ack = (claimed = true) => {
+      if (this.acked) return;
+      this.acked = true;
+      owner.acked(claimed);
+    };
+  }
+}
 
 export class InterruptVector {
   private readonly subject = new Subject<InterruptEvent>();
@@ -132,21 +154,24 @@ export class InterruptVector {
     const automasked = this.owner.automasked;
     this.pendingAck = automasked;
     this.announceStats();
-    let acked = false;
-    this.subject.next({
-      vector: this.index,
-      count,
-      ack: (claimed = true) => {
-        if (acked) return;
-        acked = true;
-        if (!claimed) this.spurious++;
-        if (automasked) {
-          this.pendingAck = false;
-          this.owner.unmask();
-        }
-        if (automasked || !claimed) this.announceStats();
-      },
-    });
+    // A line the kernel masks waits for its ack: each event is its own object. Otherwise
+    // (MSI, MSI-X) one object per vector is reused, so the interrupt path allocates nothing.
+    const event = automasked ? new VectorEvent(this) : (this.reused ??= new VectorEvent(this));
+    event.count = count;
+    event.acked = false;
+    this.subject.next(event);
+  }
+
+  private reused: VectorEvent | undefined;
+
+  /** @internal VectorEvent's ack. */
+  acked(claimed: boolean): void {
+    if (!claimed) this.spurious++;
+    if (this.owner.automasked) {
+      this.pendingAck = false;
+      this.owner.unmask();
+    }
+    if (this.owner.automasked || !claimed) this.announceStats();
   }
 
   private announceStats(): void {

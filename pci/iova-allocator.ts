@@ -2,7 +2,7 @@
  * IOVA space of one IOMMU domain (one DmaDomain object: every device of an
  * IOMMU group shares it, so they share this allocator too).
  *
- * First fit over the kernel's valid IOVA ranges, in granules (the IOMMU's
+ * Next fit over the kernel's valid IOVA ranges, in granules (the IOMMU's
  * smallest page). Two rules make driver bugs fault in the IOMMU instead of
  * corrupting memory:
  *  - IOVA 0 (the first granule) is never handed out, so a device programmed
@@ -34,6 +34,8 @@ interface Span {
   start: bigint;
   /** Exclusive, including the guard granule. */
   end: bigint;
+  /** Released, waiting out its quarantine. */
+  quarantined: boolean;
 }
 
 const alignUp = (v: bigint, a: bigint) => ((v + a - 1n) / a) * a;
@@ -41,55 +43,85 @@ const alignUp = (v: bigint, a: bigint) => ((v + a - 1n) / a) * a;
 /** Released ranges kept out of use before they may be handed out again. */
 export const QUARANTINE_SPANS = 1024;
 
+/**
+ * Next fit from a cursor that moves past each allocation (as Linux's IOVA
+ * allocator starts from its cached node): the common case is a bump with no
+ * search, and a freed range is only reached again after the cursor went
+ * round. `used` is sorted, so lookups are binary searches.
+ */
 export class IovaAllocator {
   /** Sorted by start, non-overlapping: live allocations and quarantined ones. */
   private readonly used: Span[] = [];
-  /** Released spans still in `used`, oldest first. */
-  private readonly quarantine: Span[] = [];
+  /** Released spans still in `used`, oldest at quarantineHead: a ring of QUARANTINE_SPANS. */
+  private readonly quarantine: (Span | undefined)[] = new Array<Span | undefined>(QUARANTINE_SPANS).fill(undefined);
+  private quarantineHead = 0;
+  private quarantineLength = 0;
+  private readonly sortedRanges: readonly IovaRange[];
+  /** Where the next search starts. */
+  private cursor = 0n;
 
   constructor(
     readonly ranges: readonly IovaRange[],
     readonly granule: bigint,
   ) {
     if (granule <= 0n || (granule & (granule - 1n)) !== 0n) throw new UpciError('KERNEL', `IOMMU page size ${granule} is not a power of two`);
+    this.sortedRanges = [...ranges].sort((a, b) => (a.start < b.start ? -1 : 1));
   }
 
   /** Ranges currently handed out (quarantined ones not counted). */
   get allocations(): number {
-    return this.used.length - this.quarantine.length;
+    return this.used.length - this.quarantineLength;
   }
 
   /** Released ranges not yet reusable. */
   get quarantined(): number {
-    return this.quarantine.length;
+    return this.quarantineLength;
   }
 
   /** Whether `iova` lies in a released range still in quarantine. */
   isQuarantined(iova: bigint): boolean {
-    return this.quarantine.some((s) => iova >= s.start && iova < s.end);
+    const span = this.used[this.firstEndingAfter(iova)];
+    return span !== undefined && span.start <= iova && span.quarantined;
+  }
+
+  /** Index of the first span whose end is above `at` (ends are sorted too: spans do not overlap). */
+  private firstEndingAfter(at: bigint): number {
+    let lo = 0;
+    let hi = this.used.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.used[mid]!.end <= at) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
   }
 
   allocate(req: IovaRequest): bigint {
+    const { size } = req;
+    if (size <= 0n || size % this.granule !== 0n) throw new UpciError('OUT_OF_RANGE', `IOVA request of ${size} bytes is not a positive multiple of ${this.granule}`);
     for (;;) {
-      const start = this.fit(req);
-      if (start !== undefined) return start;
+      const start = this.fit(req, this.cursor) ?? (this.cursor > 0n ? this.fit(req, 0n) : undefined);
+      if (start !== undefined) {
+        this.cursor = start + size + this.granule;
+        return start;
+      }
       // Out of space: take back the oldest quarantined range before giving up.
-      const oldest = this.quarantine.shift();
-      if (oldest === undefined) throw this.exhausted(req);
-      this.used.splice(this.used.indexOf(oldest), 1);
+      if (this.quarantineLength === 0) throw this.exhausted(req);
+      this.evictOldest();
     }
   }
 
-  private fit(req: IovaRequest): bigint | undefined {
+  /** First fit at or above `from`, or undefined. */
+  private fit(req: IovaRequest, from: bigint): bigint | undefined {
     const { size, limit, boundary } = req;
     const alignment = req.alignment > this.granule ? req.alignment : this.granule;
-    if (size <= 0n || size % this.granule !== 0n) throw new UpciError('OUT_OF_RANGE', `IOVA request of ${size} bytes is not a positive multiple of ${this.granule}`);
     const keepInside = boundary > 0n && size <= boundary;
-    const ranges = [...this.ranges].sort((a, b) => (a.start < b.start ? -1 : 1));
-    for (const range of ranges) {
+    for (const range of this.sortedRanges) {
       let lo = range.start < this.granule ? this.granule : range.start;
+      if (lo < from) lo = from;
       const hi = range.end < limit ? range.end : limit; // inclusive
-      let i = 0;
+      if (lo > hi) continue;
+      let i = this.firstEndingAfter(lo);
       for (;;) {
         let start = alignUp(lo, alignment);
         if (keepInside && start / boundary !== (start + size - 1n) / boundary) start = alignUp(start, boundary);
@@ -99,7 +131,7 @@ export class IovaAllocator {
         while (i < this.used.length && this.used[i]!.end <= start) i++;
         const next = this.used[i];
         if (next === undefined || end + this.granule <= next.start) {
-          this.used.splice(i, 0, { start, end: end + this.granule });
+          this.used.splice(i, 0, { start, end: end + this.granule, quarantined: false });
           return start;
         }
         lo = next.end;
@@ -120,10 +152,21 @@ export class IovaAllocator {
 
   /** Called once the kernel dropped the range's mapping: it goes to quarantine. */
   release(start: bigint): void {
-    const span = this.used.find((s) => s.start === start);
-    if (span === undefined || this.quarantine.includes(span)) throw new UpciError('KERNEL', `IOVA 0x${start.toString(16)} is not allocated (double free in bus_dma)`);
-    this.quarantine.push(span);
-    if (this.quarantine.length > QUARANTINE_SPANS) this.used.splice(this.used.indexOf(this.quarantine.shift()!), 1);
+    const span = this.used[this.firstEndingAfter(start)];
+    if (span === undefined || span.start !== start || span.quarantined) throw new UpciError('KERNEL', `IOVA 0x${start.toString(16)} is not allocated (double free in bus_dma)`);
+    span.quarantined = true;
+    if (this.quarantineLength === QUARANTINE_SPANS) this.evictOldest();
+    this.quarantine[(this.quarantineHead + this.quarantineLength) % QUARANTINE_SPANS] = span;
+    this.quarantineLength++;
+  }
+
+  /** The oldest quarantined range becomes free IOVA space again. */
+  private evictOldest(): void {
+    const oldest = this.quarantine[this.quarantineHead]!;
+    this.quarantine[this.quarantineHead] = undefined;
+    this.quarantineHead = (this.quarantineHead + 1) % QUARANTINE_SPANS;
+    this.quarantineLength--;
+    this.used.splice(this.firstEndingAfter(oldest.start), 1);
   }
 }
 

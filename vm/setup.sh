@@ -15,9 +15,12 @@ MODULES=(
   virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
   netfs fscache 9pnet 9pnet_virtio 9p
   pci-stub uio uio_pci_generic
+  nbd
+  crc16 mbcache jbd2 crc32c_generic ext4
 )
 
-APT_PACKAGES=(qemu-system-x86 busybox-static cpio gzip xz-utils clang)
+# nbd-client and fio run in the guest from the shared root (the NBD export test, bench:nvme).
+APT_PACKAGES=(qemu-system-x86 busybox-static cpio gzip xz-utils clang nbd-client fio)
 
 say() { echo "vm/setup: $*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -41,6 +44,8 @@ ensure_host_tools() {
   command -v xz >/dev/null || missing+=(xz-utils)
   # The unit suite compiles NetBSD's ABI for x86_64-unknown-netbsd.
   command -v clang >/dev/null || missing+=(clang)
+  [[ -x /usr/sbin/nbd-client || -x /sbin/nbd-client ]] || missing+=(nbd-client)
+  command -v fio >/dev/null || missing+=(fio)
   [[ ${#missing[@]} -eq 0 ]] && return
   local cmd="apt-get update && apt-get install -y --no-install-recommends ${APT_PACKAGES[*]}"
   if [[ $EUID -ne 0 ]]; then

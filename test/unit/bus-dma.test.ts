@@ -97,7 +97,7 @@ function throwsConstraint(t: { true: (v: boolean, m?: string) => void; fail: (m:
 
 const within = (s: DmaSegment, boundary: bigint) => s.busAddress / boundary === (s.busAddress + BigInt(s.length) - 1n) / boundary;
 
-test('iova allocator: first fit, alignment, limit, boundary, guard page, never IOVA 0, honours the ranges', (t) => {
+test('iova allocator: next fit, alignment, limit, boundary, guard page, never IOVA 0, honours the ranges', (t) => {
   const a = new IovaAllocator([{ start: 0n, end: 0xfedfffffn }, { start: 0xfef00000n, end: (1n << 39n) - 1n }], 4096n);
   const x = a.allocate({ size: 4096n, alignment: 1n, limit: 1n << 64n, boundary: 0n });
   t.is(x, 4096n);

@@ -16,6 +16,7 @@ import { parsePciAddress } from '../../kernel/pci-address.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
 import { PciDevice } from '../../pci/device.js';
 import { bench, sysfsConfig } from './devices.js';
+import { run } from './host-run.js';
 
 const EDU = parsePciAddress(bench.edu);
 const EDU2 = parsePciAddress(bench.edu2);
@@ -33,34 +34,6 @@ function busMaster(address: string): boolean {
 function openable(address: string): boolean {
   PciDevice.open(address).close();
   return true;
-}
-
-interface Run {
-  host: DriverHost;
-  events: HostEvent[];
-  until(what: string, predicate: (events: HostEvent[]) => boolean, ms?: number): Promise<void>;
-}
-
-function run(t: { teardown(fn: () => unknown): void; log(...v: unknown[]): void }, config: unknown): Run {
-  const host = DriverHost.claim(parseHostConfig(config, builtinDrivers));
-  const events: HostEvent[] = [];
-  host.events.subscribe((e) => {
-    events.push(e);
-    if (e.type !== 'stats') t.log(`${e.type} ${'address' in e ? e.address : ''} ${JSON.stringify({ ...e, type: undefined, at: undefined, address: undefined })}`);
-  });
-  t.teardown(() => host.shutdown());
-  host.start();
-  return {
-    host,
-    events,
-    until: async (what, predicate, ms = 120_000) => {
-      const deadline = Date.now() + ms;
-      while (!predicate(events)) {
-        if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-        await sleep(20);
-      }
-    },
-  };
 }
 
 const inState = (address: string, state: string, nth = 1) => (events: HostEvent[]) =>

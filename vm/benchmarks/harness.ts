@@ -13,8 +13,8 @@ export const eduAddress = guestAddress(defaultDevices.find((d) => d.model === 'e
 
 export interface BenchmarkOptions {
   readonly name: string;
-  /** C source under vm/benchmarks/, built with `cc -O2 -static`. */
-  readonly reference: string;
+  /** C source under vm/benchmarks/, built with `cc -O2 -static`; none when the reference is a packaged tool (fio). */
+  readonly reference: string | undefined;
   /** This benchmark's compiled script, under dist/vm/benchmarks/. */
   readonly script: string;
   readonly args: readonly string[];
@@ -26,8 +26,10 @@ export async function runBenchmarkInVm(options: BenchmarkOptions): Promise<numbe
   // Not /tmp: the guest has a /tmp of its own; /var/tmp is on the host root it shares.
   const dir = await mkdtemp(`/var/tmp/upci-${options.name}-bench-`);
   try {
-    const binary = join(dir, options.name);
-    execFileSync('cc', ['-O2', '-Wall', '-Werror', '-static', '-pthread', '-o', binary, join(root, 'vm', 'benchmarks', options.reference)], { stdio: 'inherit' });
+    const binary = options.reference === undefined ? 'none' : join(dir, options.name);
+    if (options.reference !== undefined) {
+      execFileSync('cc', ['-O2', '-Wall', '-Werror', '-static', '-pthread', '-o', binary, join(root, 'vm', 'benchmarks', options.reference)], { stdio: 'inherit' });
+    }
     const result = await runInVm({
       devices: defaultDevices,
       command: ['node', join(root, 'dist', 'vm', 'benchmarks', options.script), '--guest', binary, ...options.args],

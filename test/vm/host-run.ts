@@ -1,0 +1,36 @@
+/** A DriverHost started from a config for one VM test: its events logged and recorded, shut down at teardown. */
+import { parseHostConfig } from '../../actors/config.js';
+import type { HostEvent } from '../../actors/events.js';
+import { DriverHost } from '../../actors/host.js';
+import { builtinDrivers } from '../../drivers/index.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export interface Run {
+  host: DriverHost;
+  events: HostEvent[];
+  /** Resolves once `predicate` holds for the events so far; throws naming `what` after `ms` (default 120 s). */
+  until(what: string, predicate: (events: HostEvent[]) => boolean, ms?: number): Promise<void>;
+}
+
+export function run(t: { teardown(fn: () => unknown): void; log(...v: unknown[]): void }, config: unknown): Run {
+  const host = DriverHost.claim(parseHostConfig(config, builtinDrivers));
+  const events: HostEvent[] = [];
+  host.events.subscribe((e) => {
+    events.push(e);
+    if (e.type !== 'stats') t.log(`${e.type} ${'address' in e ? e.address : ''} ${JSON.stringify({ ...e, type: undefined, at: undefined, address: undefined })}`);
+  });
+  t.teardown(() => host.shutdown());
+  host.start();
+  return {
+    host,
+    events,
+    until: async (what, predicate, ms = 120_000) => {
+      const deadline = Date.now() + ms;
+      while (!predicate(events)) {
+        if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+        await sleep(20);
+      }
+    },
+  };
+}

@@ -1,0 +1,120 @@
+// NVMe benchmark: 4 KiB random reads at queue depth 1 and 32 on two identical emulated
+// controllers in one VM run: upci's driver with its own load generator (drivers/nvme/perf.ts,
+// like SPDK's perf) on one, the guest kernel's nvme driver under fio (io_uring, direct=1) on
+// the other.
+//
+//   npm run bench:nvme [-- --quick]
+//
+// Under TCG the emulated controller and QEMU's block layer do most of the work per I/O;
+// the ratios say how much upci adds or saves around them.
+import { execFile } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { defaultDevices, findProjectRoot, guestAddress } from '../bench.js';
+import { runBenchmarkInVm } from './harness.js';
+
+const run = promisify(execFile);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+const upciController = defaultDevices.find((d) => d.model === 'nvme' && d.slot === '0a.0')!;
+const kernelController = defaultDevices.find((d) => d.model === 'nvme' && d.slot === '0b.0')!;
+
+/** busybox insmod does no dependency resolution: nvme.ko's chain, in order. */
+const NVME_MODULES = [
+  'crypto/crct10dif_common', 'crypto/crct10dif_generic', 'lib/crc-t10dif', 'lib/crc64', 'crypto/crc64_rocksoft_generic',
+  'lib/crc64-rocksoft', 'block/t10-pi', 'drivers/nvme/host/nvme-core', 'drivers/nvme/host/nvme',
+];
+
+interface Row {
+  readonly iops: number;
+  readonly p50Us: number;
+  readonly p99Us: number;
+  readonly cpuUsPerIo: number;
+  readonly note: string;
+}
+
+async function upciRows(seconds: number): Promise<Record<string, Row>> {
+  const { parseHostConfig } = await import('../../actors/config.js');
+  const { DriverHost } = await import('../../actors/host.js');
+  const { builtinDrivers } = await import('../../drivers/index.js');
+  const { NvmeNamespace } = await import('../../drivers/nvme/namespace.js');
+  const { randomReads } = await import('../../drivers/nvme/perf.js');
+  const rows: Record<string, Row> = {};
+  for (const polled of [false, true]) {
+    const host = DriverHost.claim(parseHostConfig({ devices: [{ address: guestAddress(upciController), name: 'bench', driver: 'nvme', options: { ioQueues: 1, queueDepth: 64, polled } }] }, builtinDrivers));
+    host.start();
+    try {
+      const ns = await host.blockDevice('benchn1', 60_000);
+      if (!(ns instanceof NvmeNamespace)) throw new Error('benchn1 is not an NVMe namespace');
+      for (const depth of polled ? [32] : [1, 32]) {
+        const r = await randomReads(ns, { depth, bytes: 4096, seconds, warmupSeconds: 1 });
+        const alloc = r.scavenges === 0 ? `${r.heapBytesPerIo.toFixed(1)} B/I/O allocated` : `${r.scavenges} scavenges (>= ${r.heapBytesPerIo.toFixed(0)} B/I/O)`;
+        rows[`${polled ? 'polled ' : ''}QD${depth}`] = { ...r, note: `${r.ios} I/Os, ${r.errors} errors, ${alloc}` };
+      }
+    } finally {
+      await host.shutdown();
+    }
+  }
+  return rows;
+}
+
+async function kernelRows(root: string, seconds: number): Promise<Record<string, Row>> {
+  const base = readdirSync(join(root, '.cache', 'vm')).find((d) => d.startsWith('linux-image-'));
+  if (base === undefined) throw new Error('no extracted kernel package under .cache/vm: run vm/setup.sh');
+  const modules = join(root, '.cache', 'vm', base, 'lib', 'modules');
+  const kver = readdirSync(modules)[0]!;
+  for (const m of NVME_MODULES) await run('busybox', ['insmod', join(modules, kver, 'kernel', `${m}.ko`)]);
+  const address = guestAddress(kernelController);
+  let dev: string | undefined;
+  for (let i = 0; i < 200 && dev === undefined; i++) {
+    const dir = `/sys/bus/pci/devices/${address}/nvme`;
+    const name = existsSync(dir) ? readdirSync(dir)[0] : undefined;
+    if (name !== undefined && existsSync(`/dev/${name}n1`)) dev = `/dev/${name}n1`;
+    else await sleep(50);
+  }
+  if (dev === undefined) throw new Error(`the kernel's nvme driver did not bring up ${address} within 10 s`);
+  const rows: Record<string, Row> = {};
+  for (const depth of [1, 32]) {
+    const { stdout } = await run('fio', [
+      '--name=randread', `--filename=${dev}`, '--rw=randread', '--bs=4k', '--direct=1', '--ioengine=io_uring', `--iodepth=${depth}`,
+      '--ramp_time=1', `--runtime=${seconds}`, '--time_based', '--output-format=json',
+    ], { maxBuffer: 16 * 1024 * 1024 });
+    const job = JSON.parse(stdout.slice(stdout.indexOf('{'))).jobs[0];
+    const read = job.read;
+    const pct = read.clat_ns.percentile as Record<string, number>;
+    const ios = read.total_ios as number;
+    const runtimeS = read.runtime / 1000;
+    rows[`QD${depth}`] = {
+      iops: read.iops, p50Us: pct['50.000000']! / 1000, p99Us: pct['99.000000']! / 1000,
+      cpuUsPerIo: ((job.usr_cpu + job.sys_cpu) / 100) * runtimeS * 1e6 / ios,
+      note: `${ios} I/Os, fio usr ${job.usr_cpu.toFixed(1)} % sys ${job.sys_cpu.toFixed(1)} %`,
+    };
+  }
+  return rows;
+}
+
+async function guest(quick: boolean): Promise<number> {
+  const seconds = quick ? 3 : 10;
+  const root = findProjectRoot();
+  const upci = await upciRows(seconds);
+  const kernel = await kernelRows(root, seconds);
+  const lines = [
+    `NVMe 4 KiB random reads, ${seconds} s per row after 1 s of warm-up; upci on ${guestAddress(upciController)}, the kernel's nvme + fio (io_uring, direct=1) on the identical ${guestAddress(kernelController)} (TCG guest)`,
+    '',
+    '| load | kernel IOPS | upci IOPS | IOPS upci / kernel | kernel p50 / p99 µs | upci p50 / p99 µs | kernel CPU µs/I/O | upci CPU µs/I/O | upci notes | kernel notes |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---|---|',
+  ];
+  for (const [name, u] of Object.entries(upci)) {
+    const k = kernel[name.replace('polled ', '')]!;
+    lines.push(`| ${name} | ${k.iops.toFixed(0)} | ${u.iops.toFixed(0)} | ${(u.iops / k.iops).toFixed(2)} | ${k.p50Us.toFixed(0)} / ${k.p99Us.toFixed(0)} | ${u.p50Us} / ${u.p99Us} | ${k.cpuUsPerIo.toFixed(0)} | ${u.cpuUsPerIo.toFixed(0)} | ${u.note} | ${k.note} |`);
+  }
+  process.stdout.write(`${lines.join('\n')}\n`);
+  return 0;
+}
+
+const args = process.argv.slice(2);
+const quick = args.includes('--quick');
+process.exitCode = args.includes('--guest')
+  ? await guest(quick)
+  : await runBenchmarkInVm({ name: 'nvme', reference: undefined, script: 'nvme.js', args: quick ? ['--quick'] : [], cpus: 2 });
