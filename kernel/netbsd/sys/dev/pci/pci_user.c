@@ -1302,9 +1302,12 @@ pciuser_claim(struct pciuser_file *pf, struct file *fp,
 	/* One reference, for this open file. */
 	uvm_obj_init(&c->c_uobj, &pciuser_bar_pagerops, true, 1);
 	pciuser_claim_report(c, uc);
+	/* pciuser_lock too: pciuser_bus_claimed() looks at it. */
+	mutex_enter(&pciuser_lock);
 	mutex_enter(&pf->pf_lock);
 	pf->pf_claim = c;
 	mutex_exit(&pf->pf_lock);
+	mutex_exit(&pciuser_lock);
 	return 0;
 }
 
@@ -1347,8 +1350,9 @@ pciuser_bar_check(struct pciuser_claimrec *c, uint32_t bar, uint32_t width,
 	return 0;
 }
 
+/* off was checked against the BAR by pciuser_bar_check(). */
 static uint64_t
-pciuser_bar_read(struct pciuser_barstate *b, uint32_t width, uint64_t off)
+pciuser_bar_read(struct pciuser_barstate *b, uint32_t width, bus_size_t off)
 {
 
 	switch (width) {
@@ -1367,19 +1371,19 @@ pciuser_bar_read(struct pciuser_barstate *b, uint32_t width, uint64_t off)
 }
 
 static void
-pciuser_bar_write(struct pciuser_barstate *b, uint32_t width, uint64_t off,
+pciuser_bar_write(struct pciuser_barstate *b, uint32_t width, bus_size_t off,
     uint64_t val)
 {
 
 	switch (width) {
 	case 1:
-		bus_space_write_1(b->b_tag, b->b_handle, off, val);
+		bus_space_write_1(b->b_tag, b->b_handle, off, (uint8_t)val);
 		break;
 	case 2:
-		bus_space_write_2(b->b_tag, b->b_handle, off, val);
+		bus_space_write_2(b->b_tag, b->b_handle, off, (uint16_t)val);
 		break;
 	case 4:
-		bus_space_write_4(b->b_tag, b->b_handle, off, val);
+		bus_space_write_4(b->b_tag, b->b_handle, off, (uint32_t)val);
 		break;
 #ifdef _LP64
 	case 8:
@@ -1399,12 +1403,13 @@ pciuser_pio(struct pciuser_claimrec *c, struct pciuser_pio *p, bool write)
 	    p->pio_offset, &b);
 	if (error)
 		return error;
+	/* Below b_size, so it fits bus_size_t (ILP32 too). */
 	if (write)
-		pciuser_bar_write(b, p->pio_width, p->pio_offset,
+		pciuser_bar_write(b, p->pio_width, (bus_size_t)p->pio_offset,
 		    p->pio_value);
 	else
 		p->pio_value = pciuser_bar_read(b, p->pio_width,
-		    p->pio_offset);
+		    (bus_size_t)p->pio_offset);
 	return 0;
 }
 
@@ -1495,12 +1500,13 @@ pciuser_intx_intr(void *arg)
 		b = &c->c_bar[ack->pia_bar];
 		if ((ack->pia_flags & PCIUSER_ACK_STATUS) &&
 		    (pciuser_bar_read(b, ack->pia_width,
-		    ack->pia_status_offset) & ack->pia_status_mask) == 0) {
+		    (bus_size_t)ack->pia_status_offset) &
+		    ack->pia_status_mask) == 0) {
 			mutex_spin_exit(&pf->pf_intr_lock);
 			return 0;	/* shared line, not ours */
 		}
-		pciuser_bar_write(b, ack->pia_width, ack->pia_offset,
-		    ack->pia_value);
+		pciuser_bar_write(b, ack->pia_width,
+		    (bus_size_t)ack->pia_offset, ack->pia_value);
 	} else {
 		csr = pci_conf_read(c->c_pa.pa_pc, c->c_tag,
 		    PCI_COMMAND_STATUS_REG);
@@ -1883,16 +1889,15 @@ pciuser_dmamem_alloc(struct pciuser_file *pf, struct pciuser_dmamem_alloc *a)
 	    a->pdm_maxsegs > PCIUSER_DMA_MAXSEGS)
 		return EINVAL;
 	size = round_page((bus_size_t)a->pdm_size);
-	align = a->pdm_align < PAGE_SIZE ? PAGE_SIZE : a->pdm_align;
+	/* Checked above: align and boundary fit bus_size_t (ILP32 too). */
+	align = a->pdm_align < PAGE_SIZE ? PAGE_SIZE : (bus_size_t)a->pdm_align;
 	if (a->pdm_boundary != 0 && a->pdm_boundary < size &&
 	    a->pdm_maxsegs == 1)
 		return EINVAL;	/* one segment cannot cross the boundary */
 	pages = size / PAGE_SIZE;
-	maxsegs = a->pdm_maxsegs;
-	if (maxsegs == 0)
-		maxsegs = MIN(pages, PCIUSER_DMA_MAXSEGS);
-	else if ((uint64_t)maxsegs > pages)
-		maxsegs = pages;
+	maxsegs = a->pdm_maxsegs;	/* <= PCIUSER_DMA_MAXSEGS */
+	if (maxsegs == 0 || (uint64_t)maxsegs > pages)
+		maxsegs = (int)MIN(pages, (uint64_t)PCIUSER_DMA_MAXSEGS);
 	if (pf->pf_nextmem > PCIUSER_DMAMEM_ID_MAX)
 		return ENOSPC;
 	error = pciuser_charge(pf, size);
@@ -1909,7 +1914,8 @@ pciuser_dmamem_alloc(struct pciuser_file *pf, struct pciuser_dmamem_alloc *a)
 	if (error)
 		goto fail0;
 	/* NOWAIT: never wait in the page allocator for a user's size. */
-	error = bus_dmamem_alloc(m->m_dmat, size, align, a->pdm_boundary,
+	error = bus_dmamem_alloc(m->m_dmat, size, align,
+	    (bus_size_t)a->pdm_boundary,
 	    m->m_segs, maxsegs, &m->m_nsegs, BUS_DMA_NOWAIT);
 	if (error)
 		goto fail1;
@@ -1986,7 +1992,7 @@ pciuser_dmamap_create(struct pciuser_file *pf,
 	if (pf->pf_nextmap == 0)
 		return ENOSPC;
 	/* No segment is longer than the map: clamp before bus_size_t. */
-	maxsegsz = MIN(a->pdc_maxsegsz, a->pdc_maxsize);
+	maxsegsz = (bus_size_t)MIN(a->pdc_maxsegsz, a->pdc_maxsize);
 	charge = round_page((bus_size_t)a->pdc_maxsize);
 	error = pciuser_charge(pf, charge);
 	if (error)
@@ -1999,8 +2005,9 @@ pciuser_dmamap_create(struct pciuser_file *pf,
 	    &d->d_subtag);
 	if (error)
 		goto fail0;
-	error = bus_dmamap_create(d->d_dmat, a->pdc_maxsize, a->pdc_nsegments,
-	    maxsegsz, a->pdc_boundary, BUS_DMA_NOWAIT, &d->d_map);
+	error = bus_dmamap_create(d->d_dmat, (bus_size_t)a->pdc_maxsize,
+	    a->pdc_nsegments, maxsegsz, (bus_size_t)a->pdc_boundary,
+	    BUS_DMA_NOWAIT, &d->d_map);
 	if (error)
 		goto fail1;
 	d->d_id = pf->pf_nextmap++;
@@ -2078,8 +2085,10 @@ pciuser_dmamap_load(struct pciuser_file *pf, struct pciuser_dmamap_load *a)
 	 * sees exactly the pages the process has mmapped, through the
 	 * IOMMU where the platform's bus_dma has one.
 	 */
+	/* Both below m_size, so they fit size_t and bus_size_t. */
 	error = bus_dmamap_load(d->d_dmat, d->d_map,
-	    (char *)m->m_kva + a->pdl_offset, a->pdl_len, NULL, flags);
+	    (char *)m->m_kva + (bus_size_t)a->pdl_offset,
+	    (bus_size_t)a->pdl_len, NULL, flags);
 	if (error)
 		return error;
 	nsegs = d->d_map->dm_nsegs;
@@ -2119,8 +2128,9 @@ pciuser_dmamap_sync(struct pciuser_file *pf, struct pciuser_dmamap_sync *a)
 	    a->pds_offset >= d->d_map->dm_mapsize ||
 	    d->d_map->dm_mapsize - a->pds_offset < a->pds_len)
 		return EINVAL;
-	bus_dmamap_sync(d->d_dmat, d->d_map, a->pds_offset, a->pds_len,
-	    a->pds_ops);
+	/* Both below dm_mapsize, so they fit bus_addr_t and bus_size_t. */
+	bus_dmamap_sync(d->d_dmat, d->d_map, (bus_addr_t)a->pds_offset,
+	    (bus_size_t)a->pds_len, a->pds_ops);
 	return 0;
 }
 
@@ -2540,9 +2550,11 @@ pciuser_release(struct pciuser_file *pf)
 	}
 
 	/* 5. The claim: released now, or at the last BAR munmap. */
+	mutex_enter(&pciuser_lock);
 	mutex_enter(&pf->pf_lock);
 	pf->pf_claim = NULL;
 	mutex_exit(&pf->pf_lock);
+	mutex_exit(&pciuser_lock);
 	pciuser_bar_detach(&c->c_uobj);
 }
 
@@ -2594,6 +2606,35 @@ pciuser_close(struct file *fp)
 	return 0;
 }
 
+static bool
+pciuser_bus_claimed(struct pciuser_bus *pb)
+{
+	struct pciuser_file *pf;
+
+	KASSERT(mutex_owned(&pciuser_lock));
+	LIST_FOREACH(pf, &pb->pb_files, pf_entry) {
+		if (pf->pf_claim != NULL)
+			return true;
+	}
+	return false;
+}
+
+/* Start (or call off) a detach: operations fail, sleepers wake. */
+static void
+pciuser_bus_dying(struct pciuser_bus *pb, bool dying)
+{
+	struct pciuser_file *pf;
+
+	KASSERT(mutex_owned(&pciuser_lock));
+	pb->pb_dying = dying;
+	LIST_FOREACH(pf, &pb->pb_files, pf_entry) {
+		mutex_spin_enter(&pf->pf_intr_lock);
+		pf->pf_dying = dying;
+		pciuser_wakeup(pf);
+		mutex_spin_exit(&pf->pf_intr_lock);
+	}
+}
+
 /*
  * pciuser_detach:
  *
@@ -2621,23 +2662,19 @@ pciuser_detach(struct pci_softc *sc, int flags)
 		mutex_exit(&pciuser_lock);
 		return 0;
 	}
-	if ((flags & DETACH_FORCE) == 0) {
-		LIST_FOREACH(pf, &pb->pb_files, pf_entry) {
-			if (pf->pf_claim != NULL) {
-				mutex_exit(&pciuser_lock);
-				return EBUSY;
-			}
-		}
+	if ((flags & DETACH_FORCE) == 0 && pciuser_bus_claimed(pb)) {
+		mutex_exit(&pciuser_lock);
+		return EBUSY;
 	}
-	pb->pb_dying = true;
-	LIST_FOREACH(pf, &pb->pb_files, pf_entry) {
-		mutex_spin_enter(&pf->pf_intr_lock);
-		pf->pf_dying = true;
-		pciuser_wakeup(pf);
-		mutex_spin_exit(&pf->pf_intr_lock);
-	}
+	pciuser_bus_dying(pb, true);
 	while (pb->pb_refcnt > 0)
 		cv_wait(&pb->pb_cv, &pciuser_lock);
+	/* A claim made while we waited: not forced, so back off. */
+	if ((flags & DETACH_FORCE) == 0 && pciuser_bus_claimed(pb)) {
+		pciuser_bus_dying(pb, false);
+		mutex_exit(&pciuser_lock);
+		return EBUSY;
+	}
 
 	/* Only closes can run now; they stay off files taken here. */
 	while ((pf = LIST_FIRST(&pb->pb_files)) != NULL) {
