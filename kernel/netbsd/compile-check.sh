@@ -69,7 +69,8 @@ opts="opt_pci opt_param opt_syslimits opt_multiprocessor opt_lockdebug
     opt_diagnostic opt_ddb opt_uvmhist opt_modular opt_kernhist"
 opts="$opts $(grep -rhoE '^#[[:space:]]*include[[:space:]]+"opt_[A-Za-z0-9_]+\.h"' \
     "$sys/sys" "$sys/uvm" "$sys/dev/pci" "$sys/arch/x86/include" \
-    "$sys/arch/amd64/include" "$sys/net" "$sys/netinet" "$sys/kern" \
+    "$sys/arch/amd64/include" "$sys/arch/i386/include" "$sys/net" \
+    "$sys/netinet" "$sys/kern" \
     "$here/sys" 2>/dev/null |
     sed -E 's/.*"(opt_[A-Za-z0-9_]+)\.h".*/\1/' | sort -u)"
 for o in $opts; do

@@ -2270,7 +2270,7 @@ pciuser_read(struct file *fp, off_t *offp, struct uio *uio, kauth_cred_t cred,
 	for (i = 0; i < (size_t)pf->pf_nvecs && n < max; i++) {
 		if (pf->pf_vecs[i].v_pending == 0)
 			continue;
-		ev[n].pie_vector = i;
+		ev[n].pie_vector = (uint32_t)i;	/* < PCIUSER_MAXVECS */
 		ev[n].pie_count = pf->pf_vecs[i].v_pending;
 		pf->pf_vecs[i].v_pending = 0;
 		n++;
