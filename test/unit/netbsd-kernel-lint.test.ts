@@ -66,7 +66,8 @@ test('every errno pci_user.c returns is in the ERRORS section of pciuser.4', (t)
 });
 
 test('every hw.pciuser sysctl pci_user.c creates is documented in pciuser.4', (t) => {
-  const nodes = [...code.matchAll(/CTLTYPE_QUAD,\s*"(\w+)"/g)].map((m) => m[1]!);
+  const setup = code.slice(code.indexOf('SYSCTL_SETUP('), code.indexOf('\npciuser_charge('));
+  const nodes = [...setup.matchAll(/\{ "(\w+)",/g)].map((m) => m[1]!);
   t.deepEqual(nodes.sort(), ['dma_file_max', 'dma_total', 'dma_total_max']);
   for (const node of nodes) t.true(manPage.includes(`hw.pciuser.${node}`), node);
 });

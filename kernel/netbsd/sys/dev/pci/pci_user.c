@@ -366,7 +366,24 @@ pciuser_sysctl_cap(SYSCTLFN_ARGS)
 
 SYSCTL_SETUP(sysctl_hw_pciuser_setup, "sysctl hw.pciuser subtree setup")
 {
+	static const struct {
+		const char	*name;
+		const char	*descr;
+		uint64_t	*var;
+		int		access;
+	} nodes[] = {
+		{ "dma_file_max",
+		  "Bytes of DMA memory and maps one open file may hold",
+		  &pciuser_dma_file_max, CTLFLAG_READWRITE },
+		{ "dma_total_max",
+		  "Bytes of DMA memory and maps all files may hold",
+		  &pciuser_dma_total_max, CTLFLAG_READWRITE },
+		{ "dma_total",
+		  "Bytes of DMA memory and maps held now",
+		  &pciuser_dma_total, CTLFLAG_READONLY },
+	};
 	const struct sysctlnode *node;
+	size_t i;
 
 	RUN_ONCE(&pciuser_once, pciuser_init);
 	if (sysctl_createv(clog, 0, NULL, &node, CTLFLAG_PERMANENT,
@@ -374,24 +391,12 @@ SYSCTL_SETUP(sysctl_hw_pciuser_setup, "sysctl hw.pciuser subtree setup")
 	    SYSCTL_DESCR("pci(4) user driver support"),
 	    NULL, 0, NULL, 0, CTL_HW, CTL_CREATE, CTL_EOL) != 0)
 		return;
-	sysctl_createv(clog, 0, &node, NULL,
-	    CTLFLAG_PERMANENT | CTLFLAG_READWRITE, CTLTYPE_QUAD,
-	    "dma_file_max",
-	    SYSCTL_DESCR("Bytes of DMA memory and maps one open file may hold"),
-	    pciuser_sysctl_cap, 0, (int64_t *)(void *)&pciuser_dma_file_max, 0,
-	    CTL_CREATE, CTL_EOL);
-	sysctl_createv(clog, 0, &node, NULL,
-	    CTLFLAG_PERMANENT | CTLFLAG_READWRITE, CTLTYPE_QUAD,
-	    "dma_total_max",
-	    SYSCTL_DESCR("Bytes of DMA memory and maps all files may hold"),
-	    pciuser_sysctl_cap, 0, (int64_t *)(void *)&pciuser_dma_total_max, 0,
-	    CTL_CREATE, CTL_EOL);
-	sysctl_createv(clog, 0, &node, NULL,
-	    CTLFLAG_PERMANENT | CTLFLAG_READONLY, CTLTYPE_QUAD,
-	    "dma_total",
-	    SYSCTL_DESCR("Bytes of DMA memory and maps held now"),
-	    pciuser_sysctl_cap, 0, (int64_t *)(void *)&pciuser_dma_total, 0,
-	    CTL_CREATE, CTL_EOL);
+	for (i = 0; i < __arraycount(nodes); i++)
+		sysctl_createv(clog, 0, &node, NULL,
+		    CTLFLAG_PERMANENT | nodes[i].access, CTLTYPE_QUAD,
+		    nodes[i].name, SYSCTL_DESCR(nodes[i].descr),
+		    pciuser_sysctl_cap, 0, (int64_t *)(void *)nodes[i].var, 0,
+		    CTL_CREATE, CTL_EOL);
 }
 
 /*
