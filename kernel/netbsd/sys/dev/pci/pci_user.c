@@ -47,8 +47,9 @@
  * others wait for interruptibly):
  *	pciuser_lock		(adaptive) buses and their files, the claim
  *				registry, DMA accounting, bus references
- *	pf_lock			(adaptive) pf_busy and the lists mmap
- *				looks things up in
+ *	pf_lock			(adaptive) pf_busy, pf_claim (which
+ *				pciuser_lock guards too) and the lists
+ *				mmap looks things up in
  *	pf_intr_lock		(spin, IPL_VM) interrupt counters, the INTx
  *				mask state, every command register
  *				read-modify-write, the klist
