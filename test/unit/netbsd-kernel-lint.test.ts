@@ -7,6 +7,7 @@
 import test from 'ava';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { DMA_ADDRESS_LIMIT_MIN } from '../../kernel/netbsd/pciuser-limits.js';
 
 const netbsdDir = fileURLToPath(new URL('../../../kernel/netbsd/', import.meta.url));
 const source = readFileSync(`${netbsdDir}sys/dev/pci/pci_user.c`, 'utf8');
@@ -70,4 +71,10 @@ test('every hw.pciuser sysctl pci_user.c creates is documented in pciuser.4', (t
   const nodes = [...setup.matchAll(/\{ "(\w+)",/g)].map((m) => m[1]!);
   t.deepEqual(nodes.sort(), ['dma_file_max', 'dma_total', 'dma_total_max']);
   for (const node of nodes) t.true(manPage.includes(`hw.pciuser.${node}`), node);
+});
+
+test('the port\'s lowest DMA address limit is the one pciuser_dmatag() refuses below', (t) => {
+  const m = /if \(maxaddr < (0x[0-9a-f]+)\)\s*return EINVAL;/.exec(code);
+  t.truthy(m, 'pciuser_dmatag() has its lower limit');
+  t.is(BigInt(m![1]!), DMA_ADDRESS_LIMIT_MIN);
 });
