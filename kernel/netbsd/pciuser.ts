@@ -2,8 +2,10 @@
  * The kernel port on NetBSD: pci(4)'s user driver extension, pciuser(4)
  * (kernel/netbsd/sys/dev/pci/pci_user.c, ABI in pciuser-abi.ts).
  *
- * NOT RUN: neither this file nor the kernel side has run on NetBSD. Only the
- * ABI it speaks is tested (test/unit/netbsd-abi.test.ts).
+ * NOT RUN: neither this file nor the kernel side has run on NetBSD. What is
+ * tested on Linux: the ABI it speaks (test/unit/netbsd-abi.test.ts), and the
+ * kernel's limits it checks before each ioctl plus what it makes of a claim
+ * reply (test/unit/netbsd-limits.test.ts).
  *
  * pciuser(4) fits the KernelPort contract through its two non-VFIO shapes:
  *  - interrupts: the device file itself is the one IrqSource ('records',
