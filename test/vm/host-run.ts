@@ -13,11 +13,13 @@ export interface Run {
   until(what: string, predicate: (events: HostEvent[]) => boolean, ms?: number): Promise<void>;
 }
 
-export function run(t: { teardown(fn: () => unknown): void; log(...v: unknown[]): void }, config: unknown): Run {
+/** `onEvent` sees each event in its own turn (before anything that follows it has run). */
+export function run(t: { teardown(fn: () => unknown): void; log(...v: unknown[]): void }, config: unknown, onEvent?: (e: HostEvent) => void): Run {
   const host = DriverHost.claim(parseHostConfig(config, builtinDrivers));
   const events: HostEvent[] = [];
   host.events.subscribe((e) => {
     events.push(e);
+    onEvent?.(e);
     if (e.type !== 'stats') t.log(`${e.type} ${'address' in e ? e.address : ''} ${JSON.stringify({ ...e, type: undefined, at: undefined, address: undefined })}`);
   });
   t.teardown(() => host.shutdown());

@@ -9,13 +9,11 @@
  */
 import test from 'ava';
 import { readdirSync } from 'node:fs';
-import { parseHostConfig } from '../../actors/config.js';
 import type { HostEvent } from '../../actors/events.js';
-import { DriverHost } from '../../actors/host.js';
-import { builtinDrivers } from '../../drivers/index.js';
 import { parsePciAddress } from '../../kernel/pci-address.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
 import { bench, sysfsConfig } from './devices.js';
+import { run } from './host-run.js';
 
 const EDU = parsePciAddress(bench.edu);
 const EDU2 = parsePciAddress(bench.edu2);
@@ -37,36 +35,6 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const busMaster = (address: string) => (sysfsConfig(address).readUInt16LE(PCI_COMMAND) & PCI_COMMAND_MASTER) !== 0;
 const tasks = () => readdirSync('/proc/self/task').length;
 const fds = () => readdirSync('/proc/self/fd').length;
-
-interface Run {
-  host: DriverHost;
-  events: HostEvent[];
-  until(what: string, predicate: (events: HostEvent[]) => boolean, ms?: number): Promise<void>;
-}
-
-function run(t: { teardown(fn: () => unknown): void; log(...v: unknown[]): void }, config: unknown, onEvent?: (e: HostEvent) => void): Run {
-  const host = DriverHost.claim(parseHostConfig(config, builtinDrivers));
-  const events: HostEvent[] = [];
-  host.events.subscribe((e) => {
-    events.push(e);
-    onEvent?.(e);
-    if (process.env.UPCI_TEST_TRACE !== undefined) process.stderr.write(`${JSON.stringify(e)}\n`);
-    if (e.type !== 'stats') t.log(`${e.type} ${'address' in e ? e.address : ''} ${JSON.stringify({ ...e, type: undefined, at: undefined, address: undefined })}`);
-  });
-  t.teardown(() => host.shutdown());
-  host.start();
-  return {
-    host,
-    events,
-    until: async (what, predicate, ms = 120_000) => {
-      const deadline = Date.now() + ms;
-      while (!predicate(events)) {
-        if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-        await sleep(20);
-      }
-    },
-  };
-}
 
 const inState = (address: string, state: string, nth = 1) => (events: HostEvent[]) =>
   events.filter((e) => e.type === 'state' && e.address === address && e.state === state).length >= nth;

@@ -16,11 +16,9 @@
 
 #include <cerrno>
 #include <cstdint>
-#include <cstring>
-#include <mutex>
 #include <unistd.h>
-#include <unordered_map>
 
+#include "env_table.h"
 #include "stay_loaded.h"
 
 namespace {
@@ -35,9 +33,7 @@ struct Watcher {
   uint32_t id;
 };
 
-std::mutex table_lock;
-std::unordered_map<uint32_t, Watcher*> table;
-uint32_t next_id = 1;
+upci::EnvTable<Watcher> table;
 
 napi_value Throw(napi_env env, const char* message) {
   napi_throw_error(env, "ERR_UPCI_INTERRUPT_WATCHER", message);
@@ -80,10 +76,7 @@ void Readable(uv_poll_t* poll, int status, int events) {
 // is being torn down (the cleanup hook), no JS may run any more, so the async
 // context (whose destroy hook is JS) and the reference are left to the env.
 void Close(Watcher* watcher, bool env_alive) {
-  {
-    std::lock_guard<std::mutex> guard(table_lock);
-    table.erase(watcher->id);
-  }
+  table.Remove(watcher->id);
   uv_poll_stop(&watcher->poll);
   if (env_alive) {
     napi_delete_reference(watcher->env, watcher->callback);
@@ -130,11 +123,7 @@ napi_value Watch(napi_env env, napi_callback_info info) {
   napi_create_reference(env, args[2], 1, &watcher->callback);
   napi_create_string_utf8(env, "upci:interrupt", NAPI_AUTO_LENGTH, &name);
   napi_async_init(env, nullptr, name, &watcher->context);
-  {
-    std::lock_guard<std::mutex> guard(table_lock);
-    watcher->id = next_id++;
-    table.emplace(watcher->id, watcher);
-  }
+  watcher->id = table.Add(watcher);
   napi_value id;
   napi_create_uint32(env, watcher->id, &id);
   return id;
@@ -149,26 +138,14 @@ napi_value Unwatch(napi_env env, napi_callback_info info) {
   if (napi_get_cb_info(env, info, &argc, &value, nullptr, nullptr) != napi_ok ||
       argc != 1 || napi_get_value_uint32(env, value, &id) != napi_ok)
     return Throw(env, "unwatch(id): id must be a number");
-  Watcher* watcher = nullptr;
-  {
-    std::lock_guard<std::mutex> guard(table_lock);
-    auto found = table.find(id);
-    if (found != table.end() && found->second->env == env)
-      watcher = found->second;
-  }
+  Watcher* watcher = table.Owned(id, env);
   if (watcher != nullptr) Close(watcher, true);
   return nullptr;
 }
 
 void CloseAll(void* data) {
-  auto env = static_cast<napi_env>(data);
-  std::unordered_map<uint32_t, Watcher*> mine;
-  {
-    std::lock_guard<std::mutex> guard(table_lock);
-    for (auto& [id, watcher] : table)
-      if (watcher->env == env) mine.emplace(id, watcher);
-  }
-  for (auto& [id, watcher] : mine) Close(watcher, false);
+  for (Watcher* watcher : table.OwnedBy(static_cast<napi_env>(data)))
+    Close(watcher, false);
 }
 
 }  // namespace
