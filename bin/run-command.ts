@@ -16,8 +16,8 @@
  * after SIGINT.
  */
 import { builtinDrivers } from '../drivers/index.js';
-import { loadHostConfig } from './config.js';
-import { DriverHost } from './host.js';
+import { loadHostConfig } from '../actors/config.js';
+import { DriverHost } from '../actors/host.js';
 import { showStatus } from './status-view.js';
 
 export const RUN_USAGE = '  run <config> [--duration S]   run the drivers of a JSON config until SIGINT/SIGTERM or S seconds';

@@ -4,7 +4,7 @@
  * included, for logs and tests.
  */
 import type { Observable } from 'rxjs';
-import type { HostEvent } from './events.js';
+import type { HostEvent } from '../actors/events.js';
 
 interface Row {
   driver: string;
