@@ -126,6 +126,8 @@ export class NbdServer {
     this.closed = true;
     for (const socket of this.sockets) socket.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    // Closed: nothing of it may keep the process alive, whatever its handle's state.
+    this.server.unref();
     rmSync(this.socketPath, { force: true });
   }
 

@@ -7,7 +7,7 @@ import { parsePciAddress } from '../kernel/pci-address.js';
 import { bindVfio, defaultRoots, groupBlockers, listFunctions, unbindVfio, type PciFunctionInfo } from '../kernel/linux/sysfs.js';
 import { formatId } from '../pci/config.js';
 import { PciDevice } from '../pci/device.js';
-import { RUN_USAGE, runCommand } from '../actors/run-command.js';
+import { RUN_USAGE, runCommand } from './run-command.js';
 
 const USAGE = `usage: upci <command>
   list               PCI functions: ids, class, driver, IOMMU group, whether upci can use them

@@ -233,25 +233,32 @@ export class NvmeController {
 
   /** Polls queues without interrupts (and all of them while attaching) until nothing is outstanding. */
   private kickPoller(): void {
-    if (this.pollTimer !== undefined) return;
-    const poll = () => {
-      this.pollTimer = undefined;
-      let busy = false;
-      try {
-        for (const q of [this.admin, ...this.io]) {
-          if (q.vector >= 0 && this.interruptsLive) continue;
-          q.reap();
-          if (q.outstanding > 0) busy = true;
-        }
-      } catch (e) {
-        if (this.faultSink === undefined) throw e;
-        this.faultSink(e);
-        return;
-      }
-      if (busy && this.gone === undefined) this.pollTimer = setImmediate(poll);
-    };
-    this.pollTimer = setImmediate(poll);
+    if (this.pollTimer === undefined) this.pollTimer = setImmediate(this.poll);
   }
+
+  /** One pass over the polled queues; made once, so a steady poll allocates no closure. */
+  private readonly poll = (): void => {
+    this.pollTimer = undefined;
+    let busy = false;
+    const queues = this.io;
+    try {
+      if (this.admin.vector < 0 || !this.interruptsLive) {
+        this.admin.reap();
+        busy = this.admin.outstanding > 0;
+      }
+      for (let i = 0; i < queues.length; i++) {
+        const q = queues[i]!;
+        if (q.vector >= 0 && this.interruptsLive) continue;
+        q.reap();
+        if (q.outstanding > 0) busy = true;
+      }
+    } catch (e) {
+      if (this.faultSink === undefined) throw e;
+      this.faultSink(e);
+      return;
+    }
+    if (busy && this.gone === undefined) this.pollTimer = setImmediate(this.poll);
+  };
 
   // --- timeouts ----------------------------------------------------------
 

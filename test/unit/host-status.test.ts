@@ -2,7 +2,7 @@
 import test from 'ava';
 import { Subject } from 'rxjs';
 import type { HostEvent } from '../../actors/events.js';
-import { plainLine, showStatus } from '../../actors/status-view.js';
+import { plainLine, showStatus } from '../../bin/status-view.js';
 import type { PciAddress } from '../../kernel/pci-address.js';
 
 const A = '0000:00:04.0' as PciAddress;

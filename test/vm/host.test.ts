@@ -135,7 +135,7 @@ test('a device not bound to vfio-pci fails the config naming its key; the device
   t.regex(t.throws(() => DriverHost.claim(absent))!.message, /^devices\[0\]\.address: cannot claim 0000:05:00\.0: no PCI device at 0000:05:00\.0/);
 });
 
-/** Graceful release bound after SIGINT, documented in actors/run-command.ts (measured in this guest: see the test log). */
+/** Graceful release bound after SIGINT, documented in bin/run-command.ts (measured in this guest: see the test log). */
 const SIGINT_BOUND_MS = 5000;
 
 test(`SIGINT during heavy interrupt load: \`upci run\` releases every device (bus master off, vfio fds closed) and exits 0 within ${SIGINT_BOUND_MS} ms`, async (t) => {

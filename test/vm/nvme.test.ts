@@ -344,6 +344,10 @@ test.serial('NBD export: mkfs.ext4, mount, copy 20 MB of files, unmount, fsck -n
   t.deepEqual(report.devices.map((d) => d.outcome.kind), ['stopped']);
   await bounded(10_000, () => 'the NBD server to close', server.close());
   // What could still keep this process alive (a run once did not exit after this test).
-  const handles = (process as unknown as { _getActiveHandles(): object[] })._getActiveHandles().map((h) => h.constructor.name);
-  t.log(`active handles after the test: ${handles.join(', ') || 'none'}`);
+  const describe = (h: object) => {
+    const named = h as { constructor: { name: string }; address?: () => unknown; fd?: number; _handle?: { fd?: number }; _pendingData?: unknown; remoteAddress?: string };
+    const where = typeof named.address === 'function' ? JSON.stringify(named.address()) : `fd ${named._handle?.fd ?? named.fd ?? '?'}`;
+    return `${named.constructor.name}(${where})`;
+  };
+  t.log(`active handles after the test: ${(process as unknown as { _getActiveHandles(): object[] })._getActiveHandles().map(describe).join(', ') || 'none'}`);
 });

@@ -4,8 +4,8 @@
  * included, for logs and tests.
  */
 import type { Observable } from 'rxjs';
-import type { HostEvent } from './events.js';
-import type { ThreadStats } from './meter.js';
+import type { HostEvent } from '../actors/events.js';
+import type { ThreadStats } from '../actors/meter.js';
 
 interface Row {
   driver: string;

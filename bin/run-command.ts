@@ -18,9 +18,9 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { builtinDrivers } from '../drivers/index.js';
-import { loadHostConfig } from './config.js';
-import { withConfigDrivers } from './driver-modules.js';
-import { DriverHost } from './host.js';
+import { loadHostConfig } from '../actors/config.js';
+import { withConfigDrivers } from '../actors/driver-modules.js';
+import { DriverHost } from '../actors/host.js';
 import { showStatus } from './status-view.js';
 
 export const RUN_USAGE = '  run <config> [--duration S] [--watch]   run the drivers of a JSON config until SIGINT/SIGTERM or S seconds;\n'
