@@ -141,7 +141,35 @@ export function parseHostConfig(value: unknown, registry: DriverRegistry): HostC
   };
 }
 
-/** Reads and validates a config file. */
+/**
+ * JSON with line (//) and block comments (JSONC, as the README example is written):
+ * each comment becomes spaces, outside strings only, so that JSON.parse's
+ * positions still point into the file as written.
+ */
+export function parseJsonWithComments(text: string): unknown {
+  let out = '';
+  for (let i = 0; i < text.length; ) {
+    const c = text[i]!;
+    if (c === '"') {
+      let j = i + 1;
+      while (j < text.length && text[j] !== '"' && text[j] !== '\n') j += text[j] === '\\' ? 2 : 1;
+      out += text.slice(i, j + 1);
+      i = j + 1;
+    } else if (c === '/' && (text[i + 1] === '/' || text[i + 1] === '*')) {
+      const block = text[i + 1] === '*';
+      const close = block ? text.indexOf('*/', i + 2) : text.indexOf('\n', i);
+      const end = close < 0 ? text.length : block ? close + 2 : close;
+      out += text.slice(i, end).replace(/[^\n]/g, ' ');
+      i = end;
+    } else {
+      out += c;
+      i++;
+    }
+  }
+  return JSON.parse(out);
+}
+
+/** Reads and validates a config file (JSON; comments allowed). */
 export function loadHostConfig(file: string, registry: DriverRegistry): HostConfig {
   let text: string;
   try {
@@ -151,7 +179,7 @@ export function loadHostConfig(file: string, registry: DriverRegistry): HostConf
   }
   let value: unknown;
   try {
-    value = JSON.parse(text);
+    value = parseJsonWithComments(text);
   } catch (e) {
     throw new ConfigError(file, `is not JSON: ${(e as Error).message}`, { cause: e });
   }
