@@ -21,3 +21,20 @@ export async function until(what: string, predicate: () => boolean, ms: number, 
     await new Promise((r) => setTimeout(r, everyMs));
   }
 }
+
+/**
+ * Runs `work`, failing with `what` (and where `progress` had got to) if `progress()` stays the
+ * same for `stallMs`: one timer for a long loop of awaits instead of one per await.
+ */
+export function progressing<T>(stallMs: number, progress: () => number, what: string, work: () => Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const stalled = new Promise<never>((_, reject) => {
+    let last = progress();
+    timer = setInterval(() => {
+      const now = progress();
+      if (now === last) reject(new Error(`${what} (stuck at ${now}, no progress for ${stallMs} ms)`));
+      last = now;
+    }, stallMs);
+  });
+  return Promise.race([work(), stalled]).finally(() => clearInterval(timer));
+}
