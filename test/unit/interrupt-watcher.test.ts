@@ -11,6 +11,7 @@ import type { DeviceFile, IrqSource } from '../../kernel/port.js';
 import { PciDevice } from '../../pci/device.js';
 import { Interrupts, type InterruptEvent, type VectorStats } from '../../pci/intr.js';
 import { FdLedger, installFdLedger, watchSource } from '../../workers/interrupt-watcher.js';
+import { within } from '../support/bounded.js';
 import { fakeDevice, openFake } from '../support/fake-device.js';
 
 function signal(fd: number, n = 1): void {
@@ -34,8 +35,9 @@ const isOpen = (fd: number) => existsSync(`/proc/self/fd/${fd}`);
 const openFds = () => readdirSync('/proc/self/fd').length;
 
 function nextCount(register: (listener: (vector: number, n: number) => void) => void): Promise<number> {
-  return new Promise((resolve) => register((_v, n) => resolve(n)));
+  return within(5000, new Promise((resolve) => register((_v, n) => resolve(n))), 'the interrupt never reached the listener');
 }
+
 
 /** Collects (vector, count) pairs until `until` says enough. */
 function collector(until: (seen: Map<number, number>) => boolean): { seen: Map<number, number>; done: Promise<void>; listener: (v: number, n: number) => void } {
@@ -64,9 +66,9 @@ test.serial('each counter source reaches its own listener, with the kernel count
   const wa = watchSource(counter(a), (_v, n) => { seenA.push(n); resolveA(); });
   const wb = watchSource(counter(b), (_v, n) => { seenB.push(n); resolveB(); });
   signal(a, 3);
-  await gotA;
+  await within(5000, gotA, 'source a\'s interrupt never arrived');
   signal(b, 1);
-  await gotB;
+  await within(5000, gotB, 'source b\'s interrupt never arrived');
   t.deepEqual(seenA, [3]);
   t.deepEqual(seenB, [1]);
   wa.unwatch();
@@ -81,7 +83,7 @@ test.serial('a records source: each record counts on its vector, out-of-range ve
   const watch = watchSource({ fd: r, format: 'records', firstVector: 0, vectors: 3, owner: 'device' }, c.listener);
   records(w, [0, 2], [2, 5], [3, 100], [0xffffffff, 7]);
   records(w, [1, 1]);
-  await c.done;
+  await within(5000, c.done, 'not every record was delivered');
   t.deepEqual([...c.seen].sort(), [[0, 2], [1, 1], [2, 5]]);
   watch.unwatch();
   t.true(isOpen(r), 'a device-owned fd is left to its device');
@@ -195,7 +197,7 @@ test.serial('pci/intr over a records port: one fd feeds every vector\'s stream; 
   }));
   records(writeEnd, [2, 4], [0, 1]);
   records(writeEnd, [1, 2]);
-  await all;
+  await within(5000, all, 'not every vector\'s interrupt arrived');
   t.deepEqual(got.map((e) => [e.vector, e.count]).sort(), [[0, 1], [1, 2], [2, 4]]);
   t.is(irq.vector(2).stats().coalesced, 3);
   // The counts at subscription, after the interrupt, after the ack that called it spurious.
@@ -215,7 +217,7 @@ test.serial('pci/intr over a records port: one fd feeds every vector\'s stream; 
   const again = Interrupts.establish(device, { type: 'msi', vectors: 1 });
   const first = new Promise<InterruptEvent>((r) => again.vector(0).events.subscribe(r));
   records(writeEnd, [0, 1]);
-  t.is((await first).count, 1);
+  t.is((await within(5000, first, 'the re-established vector\'s interrupt never arrived')).count, 1);
   device.close();
   t.deepEqual(calls.slice(2), ['enable msi 1', 'disable msi', 'close']);
   t.false(isOpen(readEnd));
