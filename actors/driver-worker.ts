@@ -126,7 +126,7 @@ export class DriverThread implements ThreadView {
       name: spec.name,
       ledger: this.ledger.buffer,
     };
-    this.worker = new Worker(new URL('./driver-thread-boot.js', import.meta.url), {
+    this.worker = new Worker(new URL('./driver-thread.js', import.meta.url), {
       workerData: data,
       name: `upci ${device.address} #${spec.incarnation}`,
       resourceLimits: { maxOldGenerationSizeMb: supervision.heapLimitMb },
