@@ -1,6 +1,7 @@
 /** The drivers upci ships, by name. */
 import type { DriverRegistry } from './contract.js';
+import { e1000eDriver } from './e1000e/index.js';
 import { eduDriver } from './edu.js';
 import { pciTestdevDriver } from './pci-testdev.js';
 
-export const builtinDrivers: DriverRegistry = new Map([eduDriver, pciTestdevDriver].map((d) => [d.name, d]));
+export const builtinDrivers: DriverRegistry = new Map([eduDriver, pciTestdevDriver, e1000eDriver].map((d) => [d.name, d]));

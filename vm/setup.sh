@@ -15,6 +15,7 @@ MODULES=(
   virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
   netfs fscache 9pnet 9pnet_virtio 9p
   pci-stub uio uio_pci_generic
+  e1000e tun
 )
 
 APT_PACKAGES=(qemu-system-x86 busybox-static cpio gzip xz-utils clang)
