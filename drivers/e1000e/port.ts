@@ -84,7 +84,7 @@ export class NetPort {
   readonly unicast: Mac[] = [];
   multicast: readonly Mac[] = [];
 
-  /** Received frames, each a view of its receive buffer: call release() once done with it. */
+  /** Received frames, each a view of its receive buffer: call release() once done with it. One consumer: the first release() hands the buffer back to the device. */
   readonly frames: Observable<RxFrame> = this.frameSubject.asObservable();
   /** The link state now, then at each change (the device's link-change interrupt, or polling in polled mode). */
   readonly link: Observable<LinkState> = this.linkSubject.asObservable();
@@ -137,6 +137,12 @@ export class NetPort {
   addUnicast(mac: Mac): void {
     if (this.unicast.length >= 15) throw new UpciError('OUT_OF_RANGE', `e1000e ${this.address}: all 15 extra receive address entries are in use`, 'use promiscuous mode');
     this.unicast.push(mac);
+    this.binding?.applyFilters();
+  }
+
+  removeUnicast(mac: Mac): void {
+    const i = this.unicast.findIndex((m) => m.every((b, k) => b === mac[k]));
+    if (i >= 0) this.unicast.splice(i, 1);
     this.binding?.applyFilters();
   }
 

@@ -39,38 +39,55 @@ export function checkFrame(bytes: Uint8Array, length: number): FrameCheck {
   return { kind: 'ok', seq: v.getUint32(14), length };
 }
 
-/** Sequence bookkeeping on the receiving side: in order, gaps, duplicates. */
+/**
+ * The receiving side's bookkeeping, as vm/net/peer.c keeps it: each
+ * sequence number below `count` counts once as `received`; again, it is a
+ * duplicate; first seen after a higher one, it is also `reordered`.
+ */
 export class SequenceCheck {
   received = 0;
+  frames = 0;
   bad = 0;
   other = 0;
-  gaps = 0;
-  missing = 0;
   duplicates = 0;
-  next = 0;
+  reordered = 0;
+  beyond = 0;
+  #next = 0;
+  readonly #seen: Uint8Array;
   firstProblem: string | undefined;
+
+  constructor(readonly count: number) {
+    this.#seen = new Uint8Array(count);
+  }
 
   add(check: FrameCheck): void {
     if (check.kind === 'other') {
       this.other++;
       return;
     }
-    this.received++;
+    this.frames++;
     if (check.kind === 'bad') {
       this.bad++;
-      this.firstProblem ??= `frame #${this.received - 1}: ${check.why}`;
+      this.firstProblem ??= `frame #${this.frames - 1}: ${check.why}`;
       return;
     }
-    if (check.seq === this.next) {
-      this.next++;
-    } else if (check.seq < this.next) {
+    const { seq } = check;
+    if (seq >= this.count) {
+      this.beyond++;
+      return;
+    }
+    if (this.#seen[seq]) {
       this.duplicates++;
-      this.firstProblem ??= `seq ${check.seq} again after ${this.next - 1}`;
+      this.firstProblem ??= `seq ${seq} again`;
+      return;
+    }
+    this.#seen[seq] = 1;
+    this.received++;
+    if (seq < this.#next) {
+      this.reordered++;
+      this.firstProblem ??= `seq ${seq} after ${this.#next - 1}`;
     } else {
-      this.gaps++;
-      this.missing += check.seq - this.next;
-      this.firstProblem ??= `seq ${check.seq} after ${this.next - 1}`;
-      this.next = check.seq + 1;
+      this.#next = seq + 1;
     }
   }
 }
