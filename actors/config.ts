@@ -5,11 +5,13 @@
  *
  *   {
  *     "watchdogMs": 1000,                       // INTx event not acked within this: the driver is hung
+ *     "attachTimeoutMs": 30000,                 // an attach (reset, Identify...) not done within this failed
  *     "restart": { "initialDelayMs": 100, "maxDelayMs": 5000, "maxRestarts": 5 },
  *     "statsIntervalMs": 1000,                  // interrupt-rate / DMA sampling
  *     "shutdownTimeoutMs": 5000,                // graceful release bound, then devices are force-closed
  *     "devices": [
  *       { "address": "0000:00:04.0", "driver": "edu", "options": { "interrupt": "intx" } },
+ *       { "address": "0000:00:07.0", "name": "nvme0", "driver": "nvme" },  // block devices nvme0n1, nvme0n2...
  *       { "address": "0000:00:06.0" }           // no driver: the first whose match table fits
  *     ]
  *   }
@@ -30,6 +32,8 @@ export interface RestartPolicy {
 
 export interface Supervision {
   readonly watchdogMs: number;
+  /** A driver's attach (it may be async: a controller reset, Identify) not done within this is an attach fault. */
+  readonly attachTimeoutMs: number;
   readonly restart: RestartPolicy;
 }
 
@@ -42,6 +46,8 @@ export interface DeviceEntry {
   /** Where the entry is in the file, e.g. `devices[1]`, for later errors. */
   readonly path: string;
   readonly address: PciAddress;
+  /** What the driver's block devices are named after ("name"; default: the address). */
+  readonly name: string;
   readonly choice: DriverChoice;
   readonly supervision: Supervision;
 }
@@ -54,6 +60,7 @@ export interface HostConfig {
 
 export const DEFAULT_SUPERVISION: Supervision = {
   watchdogMs: 1000,
+  attachTimeoutMs: 30_000,
   restart: { initialDelayMs: 100, maxDelayMs: 5000, maxRestarts: 5 },
 };
 
@@ -93,6 +100,7 @@ function restartPolicy(value: unknown, path: string, base: RestartPolicy): Resta
 function supervision(value: Json, path: string, base: Supervision): Supervision {
   return {
     watchdogMs: integer(value.watchdogMs, at(path, 'watchdogMs'), base.watchdogMs, 1, 3_600_000),
+    attachTimeoutMs: integer(value.attachTimeoutMs, at(path, 'attachTimeoutMs'), base.attachTimeoutMs, 1, 3_600_000),
     restart: restartPolicy(value.restart, at(path, 'restart'), base.restart),
   };
 }
@@ -113,15 +121,16 @@ function driverChoice(entry: Json, path: string, registry: DriverRegistry): Driv
 /** Validates a parsed config file against the drivers in `registry`. */
 export function parseHostConfig(value: unknown, registry: DriverRegistry): HostConfig {
   const root = object(value, '(config)');
-  onlyKeys(root, '', ['devices', 'watchdogMs', 'restart', 'statsIntervalMs', 'shutdownTimeoutMs']);
+  onlyKeys(root, '', ['devices', 'watchdogMs', 'attachTimeoutMs', 'restart', 'statsIntervalMs', 'shutdownTimeoutMs']);
   const defaults = supervision(root, '', DEFAULT_SUPERVISION);
   if (!Array.isArray(root.devices)) throw new ConfigError('devices', `expected an array of devices, got ${describe(root.devices)}`);
   if (root.devices.length === 0) throw new ConfigError('devices', 'is empty', { fix: 'list at least one { "address": ..., "driver": ... }' });
   const seen = new Map<PciAddress, string>();
+  const names = new Map<string, string>();
   const devices = root.devices.map((raw, i): DeviceEntry => {
     const path = `devices[${i}]`;
     const entry = object(raw, path);
-    onlyKeys(entry, path, ['address', 'driver', 'options', 'watchdogMs', 'restart']);
+    onlyKeys(entry, path, ['address', 'name', 'driver', 'options', 'watchdogMs', 'attachTimeoutMs', 'restart']);
     if (typeof entry.address !== 'string') throw new ConfigError(`${path}.address`, `expected a PCI address string, got ${describe(entry.address)}`);
     let address: PciAddress;
     try {
@@ -132,7 +141,14 @@ export function parseHostConfig(value: unknown, registry: DriverRegistry): HostC
     const earlier = seen.get(address);
     if (earlier !== undefined) throw new ConfigError(`${path}.address`, `${address} is already bound by ${earlier}`, { fix: 'list each device once' });
     seen.set(address, path);
-    return { path, address, choice: driverChoice(entry, path, registry), supervision: supervision(entry, path, defaults) };
+    if (entry.name !== undefined && (typeof entry.name !== 'string' || !/^[A-Za-z][A-Za-z0-9_-]{0,31}$/.test(entry.name))) {
+      throw new ConfigError(`${path}.name`, `expected a name of letters, digits, '-' and '_' starting with a letter, got ${describe(entry.name)}`, { fix: 'e.g. "nvme0"' });
+    }
+    const name = (entry.name as string | undefined) ?? address;
+    const clash = [...names].find(([n]) => n === name);
+    if (clash !== undefined) throw new ConfigError(`${path}.name`, `${JSON.stringify(name)} is already the name of ${clash[1]}`, { fix: 'give each device its own name' });
+    names.set(name, path);
+    return { path, address, name, choice: driverChoice(entry, path, registry), supervision: supervision(entry, path, defaults) };
   });
   return {
     devices,
@@ -141,7 +157,35 @@ export function parseHostConfig(value: unknown, registry: DriverRegistry): HostC
   };
 }
 
-/** Reads and validates a config file. */
+/**
+ * JSON with line (//) and block comments (JSONC, as the README example is written):
+ * each comment becomes spaces, outside strings only, so that JSON.parse's
+ * positions still point into the file as written.
+ */
+export function parseJsonWithComments(text: string): unknown {
+  let out = '';
+  for (let i = 0; i < text.length; ) {
+    const c = text[i]!;
+    if (c === '"') {
+      let j = i + 1;
+      while (j < text.length && text[j] !== '"' && text[j] !== '\n') j += text[j] === '\\' ? 2 : 1;
+      out += text.slice(i, j + 1);
+      i = j + 1;
+    } else if (c === '/' && (text[i + 1] === '/' || text[i + 1] === '*')) {
+      const block = text[i + 1] === '*';
+      const close = block ? text.indexOf('*/', i + 2) : text.indexOf('\n', i);
+      const end = close < 0 ? text.length : block ? close + 2 : close;
+      out += text.slice(i, end).replace(/[^\n]/g, ' ');
+      i = end;
+    } else {
+      out += c;
+      i++;
+    }
+  }
+  return JSON.parse(out);
+}
+
+/** Reads and validates a config file (JSON; comments allowed). */
 export function loadHostConfig(file: string, registry: DriverRegistry): HostConfig {
   let text: string;
   try {
@@ -151,7 +195,7 @@ export function loadHostConfig(file: string, registry: DriverRegistry): HostConf
   }
   let value: unknown;
   try {
-    value = JSON.parse(text);
+    value = parseJsonWithComments(text);
   } catch (e) {
     throw new ConfigError(file, `is not JSON: ${(e as Error).message}`, { cause: e });
   }

@@ -22,6 +22,7 @@ import { restartDelay } from './backoff.js';
 import type { Supervision } from './config.js';
 import { AttachedBus, stopBusMaster } from './driver-bus.js';
 import type { DeviceMeter } from './meter.js';
+import type { BlockDevice } from '../drivers/block.js';
 
 export type DeviceStateName = 'claimed' | 'attaching' | 'running' | 'failed' | 'resetting' | 'detaching' | 'released';
 
@@ -55,6 +56,10 @@ export interface DeviceActorInput {
   /** Opens the address again (the reset of a device the kernel cannot reset). */
   readonly reopen: (address: PciAddress) => PciDevice;
   readonly onNote: (message: string) => void;
+  /** The config entry's name: the driver's block devices are named after it. */
+  readonly name: string;
+  /** Publishes a driver's block device; the returned function withdraws it. */
+  readonly provide: (device: BlockDevice) => () => void;
 }
 
 interface Attachment {
@@ -121,16 +126,29 @@ export function deviceMachineFor(driver: AnyDriver) {
       attach: fromPromise<Attachment, { context: DeviceContext; onStall: (vector: number, waitedMs: number) => void }>(
         async ({ input: { context, onStall } }) => {
           const bus = new AttachedBus(context.device, context.incarnation, {
+            name: context.name,
+            onProvide: context.provide,
             watchdogMs: context.supervision.watchdogMs,
             meter: context.meter,
             onStall,
             onNote: context.onNote,
           });
+          const limit = context.supervision.attachTimeoutMs;
+          let timer: NodeJS.Timeout | undefined;
           try {
-            return { bus, resources: context.driver.attach(bus, context.options) };
+            const resources = await Promise.race([
+              Promise.resolve().then(() => context.driver.attach(bus, context.options)),
+              new Promise<never>((_, reject) => {
+                timer = setTimeout(() => reject(new Error(`${context.driver.name}: attach did not finish within ${limit} ms (attachTimeoutMs)`)), limit);
+              }),
+            ]);
+            return { bus, resources };
           } catch (e) {
+            // A late attach finds its bus reclaimed: every call on it throws.
             bus.release();
             throw e;
+          } finally {
+            clearTimeout(timer);
           }
         },
       ),
@@ -147,9 +165,23 @@ export function deviceMachineFor(driver: AnyDriver) {
       }),
       // Detach: quiesce, reset through the kernel when it can, close. A device the kernel cannot
       // reset is only closed: a reopen would be the same reset as the close itself.
-      release: fromPromise<ReleaseKind, { device: PciDevice; attachment: Attachment | undefined }>(async ({ input: { device, attachment } }) => {
+      release: fromPromise<ReleaseKind, { device: PciDevice; attachment: Attachment | undefined; driver: AnyDriver; timeoutMs: number; onNote: (m: string) => void }>(async ({ input: { device, attachment, driver, timeoutMs, onNote } }) => {
         if (!device.isOpen) return 'already-closed';
         try {
+          if (attachment !== undefined && driver.detach !== undefined) {
+            // A clean detach first (an NVMe shutdown); a failing or hanging one still ends in the quiesce.
+            let timer: NodeJS.Timeout | undefined;
+            try {
+              await Promise.race([
+                Promise.resolve().then(() => driver.detach!(attachment.bus, attachment.resources)),
+                new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`detach did not finish within ${timeoutMs} ms`)), timeoutMs))),
+              ]);
+            } catch (e) {
+              onNote(`${driver.name}: detach failed: ${message(e)}; quiescing anyway`);
+            } finally {
+              clearTimeout(timer);
+            }
+          }
           quiesce(device, attachment);
           if (!device.kernel.canReset) return 'close';
           device.reset();
@@ -281,7 +313,9 @@ export function deviceMachineFor(driver: AnyDriver) {
       detaching: {
         invoke: {
           src: 'release',
-          input: ({ context }) => ({ device: context.device, attachment: context.attachment }),
+          input: ({ context }) => ({
+            device: context.device, attachment: context.attachment, driver: context.driver, timeoutMs: context.supervision.attachTimeoutMs, onNote: context.onNote,
+          }),
           onDone: { target: 'released', actions: assign({ attachment: undefined, released: ({ event }) => ({ how: event.output, error: undefined }) }) },
           // The device is closed even so (release closes in a finally); the error is reported.
           onError: { target: 'released', actions: assign({ attachment: undefined, released: ({ event }) => ({ how: 'close' as ReleaseKind, error: message(event.error) }) }) },

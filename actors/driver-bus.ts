@@ -6,16 +6,20 @@
  */
 import { Observable } from 'rxjs';
 import type { DriverBus, DriverInterrupts, DriverVector } from '../drivers/contract.js';
-import { BusDma } from '../pci/bus-dma.js';
+import { BusDma, type DriverDma } from '../pci/bus-dma.js';
 import type { BusSpace } from '../pci/bus-space.js';
 import type { ConfigHeader } from '../pci/config.js';
 import type { Bar, PciDevice } from '../pci/device.js';
 import { Interrupts, type InterruptEvent, type InterruptOptions, type InterruptType, type InterruptVector } from '../pci/intr.js';
+import type { BlockDevice } from '../drivers/block.js';
 import type { DeviceMeter } from './meter.js';
 import { runEvery } from '../pci/teardown.js';
 
 export interface BusHooks {
+  readonly name: string;
   readonly watchdogMs: number;
+  /** Publishes a block device; the returned function withdraws it. */
+  onProvide(device: BlockDevice): () => void;
   readonly meter: DeviceMeter;
   /** An INTx event was not acked within watchdogMs: the driver is hung with the line masked. */
   onStall(vector: number, waitedMs: number): void;
@@ -62,6 +66,7 @@ function watched(vector: InterruptVector, type: InterruptType, hooks: BusHooks):
 export class AttachedBus implements DriverBus {
   private readonly spaces: BusSpace[] = [];
   private readonly interrupts: Interrupts[] = [];
+  private readonly releaseHooks: (() => void)[] = [];
   private busDma: BusDma | undefined;
   private released = false;
 
@@ -73,6 +78,20 @@ export class AttachedBus implements DriverBus {
 
   get address() {
     return this.device.address;
+  }
+
+  get name(): string {
+    return this.hooks.name;
+  }
+
+  onRelease(hook: () => void): void {
+    this.live();
+    this.releaseHooks.push(hook);
+  }
+
+  provideBlockDevice(device: BlockDevice): void {
+    this.live();
+    this.releaseHooks.push(this.hooks.onProvide(device));
   }
 
   header(): ConfigHeader {
@@ -94,15 +113,28 @@ export class AttachedBus implements DriverBus {
     this.live();
     const irq = Interrupts.establish(this.device, options);
     this.interrupts.push(irq);
-    const vectors: DriverVector[] = irq.vectors.map((v) => ({ index: v.index, events: watched(v, irq.type, this.hooks) }));
+    const vectors: DriverVector[] = irq.vectors.map((v) => ({
+      index: v.index,
+      events: watched(v, irq.type, this.hooks),
+      mask: () => v.mask(),
+      unmask: () => v.unmask(),
+    }));
     return { type: irq.type, vectors };
   }
 
-  dma(): BusDma {
+  dma(): DriverDma {
     this.live();
     this.busDma ??= BusDma.forDevice(this.device);
     this.hooks.meter.dma = this.busDma;
-    return this.busDma;
+    const dma = this.busDma;
+    // Only these: the BusDma itself would reach the device and the kernel's DMA domain.
+    return {
+      createTag: (options) => dma.createTag(options),
+      get granule() { return dma.granule; },
+      get busMasterEnabled() { return dma.busMasterEnabled; },
+      enableBusMaster: () => dma.enableBusMaster(),
+      disableBusMaster: () => dma.disableBusMaster(),
+    };
   }
 
   note(message: string): void {
@@ -127,9 +159,11 @@ export class AttachedBus implements DriverBus {
     if (this.hooks.meter.dma === dma) this.hooks.meter.dma = undefined;
     const open = this.device.isOpen;
     runEvery(`quiescing ${this.address}`, [
+      // The driver's own hooks first (fail in-flight requests, withdraw block devices), newest first.
+      ...this.releaseHooks.reverse(),
       ...(open ? [() => this.device.disableBusMaster()] : []),
       ...this.interrupts.map((irq) => () => irq.release()),
-      ...(open && dma !== undefined ? [() => dma.releaseMappings({ quiesce: true })] : []),
+      ...(open && dma !== undefined ? [() => dma.releaseMappings()] : []),
       ...(open ? [...this.spaces].map((space) => () => this.device.unmapBar(space)) : []),
     ]);
   }

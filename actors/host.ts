@@ -13,6 +13,7 @@
  */
 import { Subject, type Observable } from 'rxjs';
 import { createActor, enqueueActions, setup, toPromise, type Actor, type InspectionEvent, type Observer } from 'xstate';
+import type { BlockDevice } from '../drivers/block.js';
 import type { DriverRegistry } from '../drivers/contract.js';
 import { builtinDrivers } from '../drivers/index.js';
 import type { PciAddress } from '../kernel/pci-address.js';
@@ -110,6 +111,8 @@ export class DriverHost {
           meter,
           reopen: open,
           onNote: (message) => this.emit({ type: 'note', at: Date.now(), address, message }),
+          name: claim.entry.name,
+          provide: (device) => this.provide(device),
         },
       };
     });
@@ -132,6 +135,45 @@ export class DriverHost {
 
   private emit(event: HostEvent): void {
     this.subject.next(event);
+  }
+
+  private readonly blocks = new Map<string, BlockDevice>();
+  private readonly blocksChanged = new Subject<void>();
+
+  private provide(device: BlockDevice): () => void {
+    this.blocks.set(device.name, device);
+    this.blocksChanged.next();
+    return () => {
+      if (this.blocks.get(device.name) === device) this.blocks.delete(device.name);
+    };
+  }
+
+  /** Block devices the drivers provide now, by name. */
+  get blockDevices(): ReadonlyMap<string, BlockDevice> {
+    return this.blocks;
+  }
+
+  /**
+   * The block device `name` (e.g. "nvme0n1": the config entry's name and
+   * the driver's suffix), once its driver provides it: at attach, and again
+   * after each supervised restart (the old object then fails every request).
+   */
+  blockDevice(name: string, timeoutMs = 30_000): Promise<BlockDevice> {
+    const now = this.blocks.get(name);
+    if (now !== undefined) return Promise.resolve(now);
+    return new Promise<BlockDevice>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        sub.unsubscribe();
+        reject(new Error(`no block device ${JSON.stringify(name)} within ${timeoutMs} ms (provided now: ${[...this.blocks.keys()].join(', ') || 'none'})`));
+      }, timeoutMs);
+      const sub = this.blocksChanged.subscribe(() => {
+        const device = this.blocks.get(name);
+        if (device === undefined) return;
+        clearTimeout(timer);
+        sub.unsubscribe();
+        resolve(device);
+      });
+    });
   }
 
   get addresses(): PciAddress[] {

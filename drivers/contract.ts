@@ -9,11 +9,12 @@
 import type { Observable } from 'rxjs';
 import type { AnyActorLogic } from 'xstate';
 import type { PciAddress } from '../kernel/pci-address.js';
-import type { BusDma } from '../pci/bus-dma.js';
+import type { DriverDma } from '../pci/bus-dma.js';
 import type { BusSpace } from '../pci/bus-space.js';
 import type { ConfigHeader } from '../pci/config.js';
 import type { Bar } from '../pci/device.js';
 import type { InterruptEvent, InterruptOptions, InterruptType } from '../pci/intr.js';
+import type { BlockDevice } from './block.js';
 
 /** One line of a driver's match table; every field given must equal the device's. */
 export interface DeviceMatch {
@@ -53,10 +54,18 @@ export type OptionsOf<S extends OptionsSchema> =
   { readonly [K in keyof S as S[K] extends { default: unknown } ? K : never]: ValueOf<S[K]> }
   & { readonly [K in keyof S as S[K] extends { default: unknown } ? never : K]?: ValueOf<S[K]> };
 
-/** A vector's interrupts as the driver sees them; INTx events are watched until ack(). */
+/**
+ * A vector's interrupts as the driver sees them; INTx events are watched
+ * until ack(). It lives until the driver is detached; interrupts that come
+ * before a subscription, or while masked, are held and delivered as one
+ * event (count > 1) at subscribe or unmask().
+ */
 export interface DriverVector {
   readonly index: number;
   readonly events: Observable<InterruptEvent>;
+  /** Polled mode: hold this vector's interrupts until unmask(). */
+  mask(): void;
+  unmask(): void;
 }
 
 export interface DriverInterrupts {
@@ -67,6 +76,8 @@ export interface DriverInterrupts {
 /** Everything a driver may touch. Resources obtained here are reclaimed by the host at detach or failure. */
 export interface DriverBus {
   readonly address: PciAddress;
+  /** The config entry's name for this device ("name", default its address): what the driver's block devices are named after. */
+  readonly name: string;
   /** 0 on the first attach, then one more after each supervised restart. */
   readonly incarnation: number;
   header(): ConfigHeader;
@@ -75,10 +86,14 @@ export interface DriverBus {
   mapBar(index: number): BusSpace;
   /** pci_intr_alloc + pci_intr_establish. */
   establishInterrupts(options?: InterruptOptions): DriverInterrupts;
-  /** The device's bus_dma (tags, memory, maps, bus mastering). */
-  dma(): BusDma;
+  /** The device's bus_dma: tags (memory, maps, pools) and bus mastering. Establishing interrupts does not enable bus mastering: do it once the maps are loaded. */
+  dma(): DriverDma;
   /** A short human-readable progress line for the host's event stream and status view. */
   note(message: string): void;
+  /** Runs when the host takes the device back (detach, failure), before bus mastering goes off: fail what is in flight. */
+  onRelease(hook: () => void): void;
+  /** Offers a block device to the host's programs (DriverHost.blockDevice(name)) until the host takes the device back. */
+  provideBlockDevice(device: BlockDevice): void;
 }
 
 /** What the driver machine is started with. */
@@ -100,7 +115,10 @@ export interface DriverModule<S extends OptionsSchema = OptionsSchema, R = unkno
   readonly description: string;
   readonly match: readonly DeviceMatch[];
   readonly options: S;
-  attach(bus: DriverBus, options: OptionsOf<S>): R;
+  /** May be async (a controller reset, Identify); the host bounds it with the device's attachTimeoutMs. */
+  attach(bus: DriverBus, options: OptionsOf<S>): R | Promise<R>;
+  /** A clean detach (not after a failure): runs before the host quiesces the device, e.g. an NVMe CC.SHN shutdown. */
+  detach?(bus: DriverBus, resources: R): void | Promise<void>;
   readonly machine: AnyActorLogic;
 }
 

@@ -13,7 +13,7 @@
 import { randomFillSync } from 'node:crypto';
 import { map } from 'rxjs';
 import { assign, fromEventObservable, fromPromise, setup } from 'xstate';
-import type { BusDma, DmaMemory, LoadedDmaMap } from '../pci/bus-dma.js';
+import type { DriverDma, DmaMemory, LoadedDmaMap } from '../pci/bus-dma.js';
 import { DmaSync } from '../pci/bus-dma.js';
 import type { BusSpace } from '../pci/bus-space.js';
 import type { InterruptEvent } from '../pci/intr.js';
@@ -44,7 +44,7 @@ export type EduOptions = OptionsOf<typeof options>;
 export interface EduResources {
   readonly bar: BusSpace;
   readonly vector: DriverVector;
-  readonly dma: BusDma;
+  readonly dma: DriverDma;
   readonly src: DmaMemory;
   readonly dst: DmaMemory;
   readonly srcMap: LoadedDmaMap;
@@ -66,6 +66,8 @@ function attach(bus: DriverBus, opts: EduOptions): EduResources {
   const srcMap = tag.createMap().load(src);
   const dstMap = tag.createMap().load(dst);
   const vector = bus.establishInterrupts({ type: opts.interrupt }).vectors[0]!;
+  // Maps loaded, vector established: the device may master the bus (DMA, and MSI, a DMA write).
+  dma.enableBusMaster();
   return { bar, vector, dma, src, dst, srcMap, dstMap };
 }
 
@@ -94,19 +96,12 @@ async function selfTest({ bus, options: opts, resources: r }: DriverInput<EduOpt
   if (opts.dmaCheck) {
     const data = randomFillSync(new Uint8Array(DMA_CHECK_BYTES));
     new Uint8Array(r.src.buffer).set(data);
-    // MSI needs bus mastering for good (Interrupts.establish set it); otherwise it is on only for the check.
-    const wasMaster = r.dma.busMasterEnabled;
-    r.dma.enableBusMaster();
-    try {
-      r.srcMap.sync(DmaSync.PREWRITE, 0, DMA_CHECK_BYTES);
-      await transfer(r.bar, r.srcMap.segments[0]!.busAddress, EDU.BUFFER, false);
-      r.srcMap.sync(DmaSync.POSTWRITE, 0, DMA_CHECK_BYTES);
-      r.dstMap.sync(DmaSync.PREREAD, 0, DMA_CHECK_BYTES);
-      await transfer(r.bar, EDU.BUFFER, r.dstMap.segments[0]!.busAddress, true);
-      r.dstMap.sync(DmaSync.POSTREAD, 0, DMA_CHECK_BYTES);
-    } finally {
-      if (!wasMaster) r.dma.disableBusMaster();
-    }
+    r.srcMap.sync(DmaSync.PREWRITE, 0, DMA_CHECK_BYTES);
+    await transfer(r.bar, r.srcMap.segments[0]!.busAddress, EDU.BUFFER, false);
+    r.srcMap.sync(DmaSync.POSTWRITE, 0, DMA_CHECK_BYTES);
+    r.dstMap.sync(DmaSync.PREREAD, 0, DMA_CHECK_BYTES);
+    await transfer(r.bar, EDU.BUFFER, r.dstMap.segments[0]!.busAddress, true);
+    r.dstMap.sync(DmaSync.POSTREAD, 0, DMA_CHECK_BYTES);
     const back = new Uint8Array(r.dst.buffer, 0, DMA_CHECK_BYTES);
     const bad = back.findIndex((b, i) => b !== data[i]);
     if (bad >= 0) throw new Error(`edu: DMA round trip differs at byte ${bad}`);

@@ -17,6 +17,7 @@ export type UpciErrorCode =
   | 'RELEASED'
   | 'NOT_MAPPABLE'
   | 'NO_SUCH_REGION'
+  | 'NO_MEMORY'
   | 'KERNEL';
 
 export class UpciError extends Error {

@@ -9,24 +9,28 @@
  *   const tag = dma.createTag({ alignment: 4096, addressLimit: (1n << 28n) - 1n });
  *   const mem = tag.allocMemory(4096);            // bus_dmamem_alloc + map
  *   const loaded = tag.createMap(4096).load(mem); // bus_dmamap_create + load
- *   loaded.segments[0].busAddress                 // what the device is told
- *   dma.enableBusMaster();  ...  dma.disableBusMaster();
+ *   loaded.busAddress(0)                          // what the device is told
+ *   dma.enableBusMaster();  ...
  *   loaded.sync(DmaSync.POSTREAD);
- *   loaded.unload(); mem.free();
+ *   loaded.unload(); mem.free();                  // legal while other DMA goes on
+ *   const pool = tag.createPool({ entrySize: 4096, entries: 64 }); // many buffers, one mapping
  *
- * Lifetimes are explicit, never tied to garbage collection: the kernel's DMA
- * mapping (VFIO_IOMMU_MAP_DMA, the pinned pages) is the mirror of a DmaMemory
- * or LoadedDmaMap and lives until free()/unload() or until the device closes
- * (a PciDevice release hook tears down whatever is left, after bus mastering
- * is off).
+ * Lifetimes are explicit and per map, never tied to garbage collection or to
+ * the device: the kernel's DMA mapping (VFIO_IOMMU_MAP_DMA, the pinned pages)
+ * is the mirror of a DmaMemory, DmaPool or LoadedDmaMap and lives until
+ * free()/unload() or until the device closes (a PciDevice release hook tears
+ * down whatever is left, after bus mastering is off).
  *
- * Use-after-free rule: while the device's Bus Master Enable bit is set it may
- * still be DMAing, so unload() and free() refuse (code BUSY) unless called
- * with { quiesce: true }, which clears bus mastering first (stopping all of
- * the device's DMA). The bit is read from config space on each call, so a
- * driver that set it directly is covered too. free() also revokes the buffer:
- * views a driver kept read all-ones and write into private memory, never into
- * pages a device can reach.
+ * Use-after-free rule: a driver unloads a map (or frees memory) once the
+ * device has finished with it, while bus mastering stays on for the rest of
+ * its DMA, as NetBSD drivers unload at completion. The device can never reach
+ * the pages afterwards: the IOMMU mapping is removed (and the IOTLB flushed,
+ * VFIO_IOMMU_UNMAP_DMA returns only then) before the pages are unpinned and
+ * revoked, and the IOVA is quarantined (pci/iova-allocator.ts), so a device
+ * that still holds the old address faults in the IOMMU instead of reaching a
+ * buffer that got the address next. free() also revokes the buffer: views a
+ * driver kept read all-ones and write into private memory, never into pages
+ * a device can reach.
  *
  * Two kernel models (kernel/port.ts DmaDomain, chosen by its `model`):
  *  - 'iommu' (VFIO): memory is allocShared() here, its IOVA comes from this
@@ -49,6 +53,7 @@ import { UpciError } from '../kernel/errors.js';
 import type { DmaAccess, DmaAllocation, DmaDomain, IommuDmaDomain, KernelDmaAllocator } from '../kernel/port.js';
 import { addressOf, allocShared, mapShared, revoke } from '../shm/mapping.js';
 import type { PciDevice } from './device.js';
+import { DmaPool, type DmaPoolOptions } from './dma-pool.js';
 import { allocatorFor, type IovaAllocator } from './iova-allocator.js';
 import { runEvery } from './teardown.js';
 
@@ -113,15 +118,22 @@ export interface LoadOptions {
   readonly access?: DmaAccess;
 }
 
-export interface QuiesceOptions {
-  /**
-   * Clear the device's bus mastering first if it is set (stops all of its DMA),
-   * instead of refusing. Default false.
-   */
-  readonly quiesce?: boolean;
+/**
+ * The bus_dma a driver gets (DriverBus.dma()): tags, and the device's bus
+ * mastering. Nothing of the device, its config space or the kernel's DMA
+ * domain is reachable from it.
+ */
+export interface DriverDma {
+  createTag(options?: DmaTagOptions): DmaTag;
+  /** IOMMU (or kernel allocation) page size: the granule of every mapping. */
+  readonly granule: number;
+  readonly busMasterEnabled: boolean;
+  enableBusMaster(): void;
+  disableBusMaster(): void;
 }
 
 const MAX_U64 = (1n << 64n) - 1n;
+const MAX_NUMBER_ADDRESS = 1n << 53n;
 const isPow2 = (v: bigint) => v > 0n && (v & (v - 1n)) === 0n;
 const hex = (v: bigint | number) => `0x${v.toString(16)}`;
 
@@ -133,10 +145,10 @@ function released(what: string): UpciError {
 }
 
 /** The bus_dma state of one device: its tags' memory and maps, torn down at close. */
-export class BusDma {
+export class BusDma implements DriverDma {
   private static readonly instances = new WeakMap<object, BusDma>();
 
-  readonly domain: DmaDomain;
+  private readonly domain: DmaDomain;
   private readonly iovaSpace: IovaAllocator | undefined;
   /** @internal */
   readonly memories = new Set<DmaMemory>();
@@ -144,7 +156,7 @@ export class BusDma {
   readonly loads = new Set<LoadedDmaMap>();
   private closed = false;
 
-  private constructor(readonly device: DmaDevice) {
+  private constructor(private readonly device: DmaDevice) {
     this.domain = device.kernel.dma;
     this.iovaSpace = this.domain.model === 'kernel' ? undefined : allocatorFor(this.domain);
     device.onRelease(() => this.releaseAll());
@@ -160,10 +172,15 @@ export class BusDma {
     return dma;
   }
 
+  /** @internal For error messages. */
+  get address(): string {
+    return this.device.address;
+  }
+
   /** The IOVA space ('iommu' model); the 'kernel' model has none the process could allocate from. */
   get iova(): IovaAllocator {
     if (this.iovaSpace === undefined) {
-      throw new UpciError('KERNEL', `bus_dma: ${this.device.address}'s kernel port allocates DMA memory and picks its bus addresses itself; there is no IOVA space in this process`);
+      throw new UpciError('KERNEL', `bus_dma: ${this.address}'s kernel port allocates DMA memory and picks its bus addresses itself; there is no IOVA space in this process`);
     }
     return this.iovaSpace;
   }
@@ -212,21 +229,6 @@ export class BusDma {
     return n;
   }
 
-  /** @internal Refuses (or quiesces) while the device may still DMA. */
-  assertQuiet(what: string, options: QuiesceOptions | undefined): void {
-    this.live();
-    if (!this.busMasterEnabled) return;
-    if (options?.quiesce === true) {
-      this.disableBusMaster();
-      return;
-    }
-    throw new UpciError(
-      'BUSY',
-      `bus_dma: cannot ${what} of ${this.device.address} while bus mastering is enabled: the device may still DMA into it`,
-      'stop the device, then call disableBusMaster() (or pass { quiesce: true } to clear bus mastering first)',
-    );
-  }
-
   /** @internal */
   live(): void {
     if (this.closed || !this.device.isOpen) throw released(`${this.device.address} has been closed; its DMA memory and maps were released`);
@@ -243,11 +245,10 @@ export class BusDma {
 
   /**
    * Unloads every map and frees all memory of the device, as a driver's
-   * detach does; refused while the device may DMA unless `quiesce` clears
-   * bus mastering first.
+   * detach does (the host's quiesce, with bus mastering already off).
    */
-  releaseMappings(options?: QuiesceOptions): void {
-    this.assertQuiet('release the DMA mappings', options);
+  releaseMappings(): void {
+    this.live();
     this.teardownAll();
   }
 
@@ -390,6 +391,15 @@ export class DmaTag {
     return mem;
   }
 
+  /**
+   * A pool of `entries` fixed-size buffers in one allocation, loaded once,
+   * with each entry's bus address precomputed (ixy's mempool): no system
+   * call, BigInt or object per I/O. Each entry is one segment under this tag.
+   */
+  createPool(options: DmaPoolOptions): DmaPool {
+    return new DmaPool(this, options);
+  }
+
   /** bus_dmamap_create: a map that can load up to `maxSize` bytes at a time. */
   createMap(maxSize: number = this.maxSize): DmaMap {
     this.dma.live();
@@ -442,6 +452,8 @@ export class DmaTag {
     if (busStart + len - 1n > this.addressLimit) {
       throw new DmaConstraintError('addressLimit', `bus addresses up to ${hex(busStart + len - 1n)} exceed the tag's addressLimit ${hex(this.addressLimit)}`, 'load memory allocated under a tag with this addressLimit');
     }
+    // Drivers get bus addresses as numbers (busAddress()): exact only below 2^53.
+    if (busStart + len > MAX_NUMBER_ADDRESS) throw new UpciError('KERNEL', `bus_dma: bus address ${hex(busStart + len - 1n)} is beyond 2^53`);
     this.countSegments(busStart, len);
     const out: DmaSegment[] = [];
     let at = busStart;
@@ -485,16 +497,16 @@ export class DmaMemory {
   }
 
   /**
-   * bus_dmamem_unmap + bus_dmamem_free: removes the IOMMU mapping, unpins and
-   * revokes the pages. Refused while a map has it loaded, and while the device
-   * may DMA (see QuiesceOptions).
+   * bus_dmamem_unmap + bus_dmamem_free: removes the IOMMU mapping (its IOVA
+   * goes to quarantine), then unpins and revokes the pages. Legal while the
+   * device masters the bus for other DMA; refused while a map has it loaded.
    */
-  free(options?: QuiesceOptions): void {
+  free(): void {
     if (this.buf === undefined) throw released('this DMA memory was already freed');
+    this.tag.dma.live();
     if (this.loads > 0) {
       throw new UpciError('BUSY', `bus_dma: cannot free DMA memory that ${this.loads} map(s) still have loaded`, 'unload those maps first');
     }
-    this.tag.dma.assertQuiet('free DMA memory', options);
     this.teardown();
   }
 
@@ -567,7 +579,7 @@ export class DmaMap {
     if (iommu === undefined) {
       throw new UpciError(
         'KERNEL',
-        `bus_dma: ${dma.device.address}'s kernel port allocates DMA memory itself and cannot make memory this process allocated visible to the device`,
+        `bus_dma: ${dma.address}'s kernel port allocates DMA memory itself and cannot make memory this process allocated visible to the device`,
         'allocate the buffer with tag.allocMemory() and use its .buffer',
       );
     }
@@ -648,6 +660,22 @@ export class LoadedDmaMap {
   }
 
   /**
+   * The bus address of byte `offset` of the loaded range, as a number (bus
+   * addresses are below 2^53; checked at load): what a driver writes into a
+   * descriptor. Throws once unloaded.
+   */
+  busAddress(offset = 0): number {
+    const segs = this.segments;
+    if (!(offset >= 0 && offset < this.length)) throw new DmaConstraintError('range', `offset ${offset} is outside the ${this.length} loaded bytes`);
+    let at = offset;
+    for (const s of segs) {
+      if (at < s.length) return Number(s.busAddress) + at;
+      at -= s.length;
+    }
+    throw new UpciError('KERNEL', 'bus_dma: segments do not cover the loaded length');
+  }
+
+  /**
    * bus_dmamap_sync. On x86 (and any platform VFIO accepts: since Linux 5.19
    * VFIO requires an IOMMU that enforces cache coherence for DMA) caches are
    * coherent with DMA, so every operation is a full fence: CPU writes before a
@@ -675,13 +703,14 @@ export class LoadedDmaMap {
   }
 
   /**
-   * bus_dmamap_unload: the segments become invalid; a SharedArrayBuffer
-   * source is unmapped from the IOMMU and unpinned. Refused while the device
-   * may DMA (see QuiesceOptions). Returns the map, unloaded, for reuse.
+   * bus_dmamap_unload, once the device has finished with the range: the
+   * segments become invalid; a SharedArrayBuffer source is unmapped from the
+   * IOMMU and unpinned, and its IOVA quarantined. Legal while bus mastering
+   * is on for the device's other DMA. Returns the map, unloaded, for reuse.
    */
-  unload(options?: QuiesceOptions): DmaMap {
+  unload(): DmaMap {
     if (this.segs === undefined) throw released('this map was already unloaded');
-    this.map.tag.dma.assertQuiet('unload a DMA map', options);
+    this.map.tag.dma.live();
     this.teardown();
     return this.map;
   }

@@ -3,9 +3,18 @@
  * or the best the device offers, like pci_intr_alloc), and get one RxJS
  * stream per vector, fed by the process's interrupt worker.
  *
- * INTx is level-triggered: the kernel masks the line when it fires, and it
- * stays masked until the driver has quieted the device and calls ack() on
- * the event, so a line that stays asserted cannot storm the host.
+ * INTx is level-triggered: the kernel masks the line when it fires (when the
+ * port says it is `automasked`), and it stays masked until the driver has
+ * quieted the device and calls ack() on the event, so a line that stays
+ * asserted cannot storm the host.
+ *
+ * Lifetime: vectors live from establish() to release() (or the device's
+ * close), whoever subscribes or leaves. An interrupt that arrives while a
+ * vector has no subscriber, or is masked, is held (counted) and delivered as
+ * one event when a subscriber comes or the vector is unmasked: nothing is
+ * dropped, and an automasked INTx is never left masked with no one to ack.
+ * Establishing does not turn bus mastering on (an MSI is a DMA write, so the
+ * driver enables bus mastering once its maps are loaded).
  */
 import { defer, map, Observable, startWith, Subject } from 'rxjs';
 import { UpciError } from '../kernel/errors.js';
@@ -46,6 +55,9 @@ const PREFERENCE: readonly InterruptType[] = ['msix', 'msi', 'intx'];
 
 export class InterruptVector {
   private readonly subject = new Subject<InterruptEvent>();
+  /** Interrupts that came while nobody listened or the vector was masked. */
+  private held = 0;
+  private masked = false;
   private delivered = 0;
   private coalesced = 0;
   private spurious = 0;
@@ -66,18 +78,41 @@ export class InterruptVector {
       if (owner.isReleased) {
         subscriber.error(new UpciError(
           'RELEASED',
-          `interrupt vector ${index} was disestablished (its last subscriber left, or release() or the device's close ran)`,
-          'keep one subscription for as long as the interrupts are wanted, or establish them again',
+          `interrupt vector ${index} was disestablished (release() or the device's close ran)`,
+          'establish the interrupts again',
         ));
         return undefined;
       }
       const inner = this.subject.subscribe(subscriber);
-      owner.subscribed(1);
-      return () => {
-        inner.unsubscribe();
-        owner.subscribed(-1);
-      };
+      this.deliverHeld();
+      return () => inner.unsubscribe();
     });
+  }
+
+  /**
+   * Polled mode: interrupts are held (counted, not delivered) until unmask(),
+   * which delivers what came meanwhile as one event. The kernel keeps
+   * signalling; a driver that wants the device itself quiet also disables
+   * the source in the device (an NVMe CQ created without IEN, INTMS).
+   */
+  mask(): void {
+    this.masked = true;
+  }
+
+  unmask(): void {
+    this.masked = false;
+    this.deliverHeld();
+  }
+
+  get isMasked(): boolean {
+    return this.masked;
+  }
+
+  private deliverHeld(): void {
+    if (this.held === 0 || this.masked || !this.subject.observed) return;
+    const count = this.held;
+    this.held = 0;
+    this.fire(count);
   }
 
   stats(): VectorStats {
@@ -86,9 +121,13 @@ export class InterruptVector {
 
   /** Called by the hub with the count the worker folded in. */
   fire(count: number): void {
+    if (this.masked || !this.subject.observed) {
+      this.held += count;
+      return;
+    }
     this.delivered++;
     this.coalesced += count - 1;
-    const automasked = this.owner.type === 'intx';
+    const automasked = this.owner.automasked;
     this.pendingAck = automasked;
     this.announceStats();
     let acked = false;
@@ -118,11 +157,12 @@ export class InterruptVector {
   }
 }
 
-/** An established set of vectors; release() (or closing the device, or the last unsubscribe) disestablishes it. */
+/** An established set of vectors; release() (or closing the device) disestablishes it. */
 export class Interrupts {
   readonly vectors: readonly InterruptVector[];
+  /** The kernel masks the line at each interrupt until unmasked (INTx under VFIO). */
+  readonly automasked: boolean;
   private readonly slots: HubRegistration[] = [];
-  private subscribers = 0;
   private released = false;
 
   private constructor(
@@ -130,6 +170,7 @@ export class Interrupts {
     readonly type: InterruptType,
     count: number,
   ) {
+    this.automasked = file.irqs[type].automasked;
     this.vectors = Array.from({ length: count }, (_, i) => new InterruptVector(i, this));
     const sources = file.enableIrqs(type, count);
     let next = 0;
@@ -183,8 +224,6 @@ export class Interrupts {
         offered > 0 ? `ask for 1 to ${offered}` : `use another type (${PREFERENCE.filter((t) => file.irqs[t].count > 0).join(', ') || 'none available'})`,
       );
     }
-    // An MSI is a memory write by the device: without bus mastering it never leaves.
-    if (type !== 'intx') device.enableBusMaster();
     const interrupts = new Interrupts(file, type, count);
     device.onRelease(() => interrupts.release());
     return interrupts;
@@ -202,12 +241,6 @@ export class Interrupts {
 
   unmask(): void {
     if (!this.released) this.file.unmaskIntx();
-  }
-
-  /** Tracks subscribers across all vectors: the last one leaving disestablishes the set. */
-  subscribed(delta: 1 | -1): void {
-    this.subscribers += delta;
-    if (this.subscribers === 0) this.release();
   }
 
   private unregister(): void {

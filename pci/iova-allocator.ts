@@ -8,7 +8,13 @@
  *  - IOVA 0 (the first granule) is never handed out, so a device programmed
  *    with a zeroed address register hits nothing;
  *  - every allocation is followed by one unmapped guard granule, so a DMA
- *    that overruns its buffer faults instead of landing in the neighbour.
+ *    that overruns its buffer faults instead of landing in the neighbour;
+ *  - a released range is quarantined, not handed out again at once (as
+ *    Linux's IOMMU flush queue defers IOVA reuse): a device that still holds
+ *    an old address after its map was unloaded faults in the IOMMU instead
+ *    of writing into whichever buffer got the address next. The quarantine
+ *    holds the last QUARANTINE_SPANS releases; only an allocation that would
+ *    otherwise fail takes quarantined ranges back early, oldest first.
  */
 import { UpciError } from '../kernel/errors.js';
 import type { IommuDmaDomain, IovaRange } from '../kernel/port.js';
@@ -32,9 +38,14 @@ interface Span {
 
 const alignUp = (v: bigint, a: bigint) => ((v + a - 1n) / a) * a;
 
+/** Released ranges kept out of use before they may be handed out again. */
+export const QUARANTINE_SPANS = 1024;
+
 export class IovaAllocator {
-  /** Sorted by start, non-overlapping. */
+  /** Sorted by start, non-overlapping: live allocations and quarantined ones. */
   private readonly used: Span[] = [];
+  /** Released spans still in `used`, oldest first. */
+  private readonly quarantine: Span[] = [];
 
   constructor(
     readonly ranges: readonly IovaRange[],
@@ -43,12 +54,33 @@ export class IovaAllocator {
     if (granule <= 0n || (granule & (granule - 1n)) !== 0n) throw new UpciError('KERNEL', `IOMMU page size ${granule} is not a power of two`);
   }
 
-  /** Bytes currently handed out (without guards). */
+  /** Ranges currently handed out (quarantined ones not counted). */
   get allocations(): number {
-    return this.used.length;
+    return this.used.length - this.quarantine.length;
+  }
+
+  /** Released ranges not yet reusable. */
+  get quarantined(): number {
+    return this.quarantine.length;
+  }
+
+  /** Whether `iova` lies in a released range still in quarantine. */
+  isQuarantined(iova: bigint): boolean {
+    return this.quarantine.some((s) => iova >= s.start && iova < s.end);
   }
 
   allocate(req: IovaRequest): bigint {
+    for (;;) {
+      const start = this.fit(req);
+      if (start !== undefined) return start;
+      // Out of space: take back the oldest quarantined range before giving up.
+      const oldest = this.quarantine.shift();
+      if (oldest === undefined) throw this.exhausted(req);
+      this.used.splice(this.used.indexOf(oldest), 1);
+    }
+  }
+
+  private fit(req: IovaRequest): bigint | undefined {
     const { size, limit, boundary } = req;
     const alignment = req.alignment > this.granule ? req.alignment : this.granule;
     if (size <= 0n || size % this.granule !== 0n) throw new UpciError('OUT_OF_RANGE', `IOVA request of ${size} bytes is not a positive multiple of ${this.granule}`);
@@ -73,17 +105,25 @@ export class IovaAllocator {
         lo = next.end;
       }
     }
-    throw new UpciError(
+    return undefined;
+  }
+
+  private exhausted(req: IovaRequest): UpciError {
+    const { size, limit, boundary } = req;
+    const alignment = req.alignment > this.granule ? req.alignment : this.granule;
+    return new UpciError(
       'OUT_OF_RANGE',
       `no free IOVA range of ${size} bytes (alignment 0x${alignment.toString(16)}${boundary > 0n ? `, boundary 0x${boundary.toString(16)}` : ''}) at or below 0x${limit.toString(16)} in the IOMMU's valid ranges ${this.ranges.map((r) => `[0x${r.start.toString(16)}-0x${r.end.toString(16)}]`).join(' ')}`,
       'free DMA memory or unload maps, or use a tag with a wider addressLimit if the device can reach it',
     );
   }
 
+  /** Called once the kernel dropped the range's mapping: it goes to quarantine. */
   release(start: bigint): void {
-    const i = this.used.findIndex((s) => s.start === start);
-    if (i < 0) throw new UpciError('KERNEL', `IOVA 0x${start.toString(16)} is not allocated (double free in bus_dma)`);
-    this.used.splice(i, 1);
+    const span = this.used.find((s) => s.start === start);
+    if (span === undefined || this.quarantine.includes(span)) throw new UpciError('KERNEL', `IOVA 0x${start.toString(16)} is not allocated (double free in bus_dma)`);
+    this.quarantine.push(span);
+    if (this.quarantine.length > QUARANTINE_SPANS) this.used.splice(this.used.indexOf(this.quarantine.shift()!), 1);
   }
 }
 

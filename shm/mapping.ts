@@ -3,6 +3,8 @@
  * DMA memory. A SharedArrayBuffer posted to a worker is the same memory, not a
  * copy, which is what lets interrupt workers and drivers see one BAR.
  */
+import { freemem } from 'node:os';
+import { UpciError } from '../kernel/errors.js';
 import { loadNativeAddon } from '../kernel/native-addon.js';
 import type { MmapSource } from '../kernel/port.js';
 
@@ -23,8 +25,21 @@ export function mapShared(source: MmapSource): SharedArrayBuffer {
 
 /** Zeroed, page-aligned, populated memory, `length` rounded up to whole pages. */
 export function allocShared(length: number): SharedArrayBuffer {
-  return addon.allocAnonymous(Math.ceil(length / PAGE_SIZE) * PAGE_SIZE);
+  const size = Math.ceil(length / PAGE_SIZE) * PAGE_SIZE;
+  try {
+    return addon.allocAnonymous(size);
+  } catch (e) {
+    if ((e as { errno?: number }).errno !== ENOMEM) throw e;
+    throw new UpciError(
+      'NO_MEMORY',
+      `cannot allocate ${size} bytes of shared memory for DMA: the kernel refused it (ENOMEM)`,
+      `allocate less, in smaller pieces (this machine has ${freemem()} bytes free), or free memory first`,
+      { cause: e },
+    );
+  }
 }
+
+const ENOMEM = 12;
 
 /**
  * Cuts a mapping off from what it mapped: every view of it, in any thread,

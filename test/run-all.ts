@@ -6,25 +6,12 @@
 import { spawn } from 'node:child_process';
 import { rm } from 'node:fs/promises';
 import { defaultDevices, runInVm } from '../vm/bench.js';
-
-interface Counts { passed: number; failed: number; skipped: number; complete: boolean }
+import { countSuite, type SuiteCounts } from './suite-counts.js';
 
 const AVA = 'node_modules/ava/entrypoints/cli.mjs';
 const VM_TIMEOUT_MS = 45 * 60_000;
 
-/** Reads ava's TAP summary; a run that never printed one counts as one failure. */
-function countTap(tap: string): Counts {
-  const get = (name: string) => Number(new RegExp(`^# ${name} (\\d+)$`, 'm').exec(tap)?.[1] ?? 0);
-  const complete = /^# tests \d+$/m.test(tap);
-  return {
-    passed: get('pass'),
-    failed: get('fail') + (complete ? 0 : 1),
-    skipped: get('skip') + get('todo'),
-    complete,
-  };
-}
-
-function runUnit(): Promise<string> {
+function runUnit(): Promise<SuiteCounts> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [AVA, '--tap'], { stdio: ['ignore', 'pipe', 'inherit'] });
     let tap = '';
@@ -33,14 +20,14 @@ function runUnit(): Promise<string> {
       process.stdout.write(chunk);
     });
     child.once('error', reject);
-    child.once('close', () => resolve(tap));
+    child.once('close', (exitCode, signal) => resolve(countSuite(tap, { exitCode, signal })));
   });
 }
 
 /** The guest's view of the trace log: the results share is its /tmp/upci-out. */
 const GUEST_TRACE_LOG = '/tmp/upci-out/qemu-trace.log';
 
-async function runVm(suite: 'vm' | 'trace'): Promise<string> {
+async function runVm(suite: 'vm' | 'trace'): Promise<SuiteCounts> {
   const result = await runInVm({
     devices: defaultDevices,
     command: [process.execPath, AVA, '--tap'],
@@ -54,30 +41,37 @@ async function runVm(suite: 'vm' | 'trace'): Promise<string> {
       : {}),
   });
   await rm(result.outDir, { recursive: true, force: true });
-  if (result.guestError) console.error(`VM suite: the guest could not start the tests: ${result.guestError}`);
-  if (result.timedOut) console.error(`VM suite: timed out after ${VM_TIMEOUT_MS / 60_000} minutes`);
-  return result.output;
+  return countSuite(result.output, {
+    exitCode: result.exitCode,
+    timedOut: result.timedOut,
+    ...(result.guestError === undefined ? {} : { setupError: result.guestError }),
+  });
 }
 
-const suites: [string, Counts][] = [];
+const suites: [string, SuiteCounts][] = [];
 console.log('# unit suite (this machine)');
-suites.push(['unit', countTap(await runUnit())]);
+suites.push(['unit', await runUnit()]);
 for (const [suite, title] of [
   ['vm', 'VM suite (QEMU q35 + intel-iommu, devices bound to vfio-pci)'],
   ['trace', 'VM trace suite (the same, with QEMU tracing every MMIO access)'],
 ] as const) {
   console.log(`# ${title}`);
   try {
-    suites.push([suite, countTap(await runVm(suite))]);
+    suites.push([suite, await runVm(suite)]);
   } catch (e) {
     console.error(`${title} could not run: ${(e as Error).message}`);
-    suites.push([suite, { passed: 0, failed: 1, skipped: 0, complete: false }]);
+    suites.push([suite, { passed: 0, failed: 1, skipped: 0, todo: 0, problems: [`could not run: ${(e as Error).message}`] }]);
   }
 }
 
 for (const [name, c] of suites) {
-  console.log(`# ${name}: ${c.passed} passed, ${c.failed} failed, ${c.skipped} skipped${c.complete ? '' : ' (suite did not complete)'}`);
+  const todo = c.todo > 0 ? ` (${c.todo} of them todo: declared, not written)` : '';
+  console.log(`# ${name}: ${c.passed} passed, ${c.failed} failed, ${c.skipped + c.todo} skipped${todo}`);
+  for (const problem of c.problems) console.log(`# ${name}: counted as a failure: ${problem}`);
 }
-const total = suites.reduce((a, [, c]) => ({ passed: a.passed + c.passed, failed: a.failed + c.failed, skipped: a.skipped + c.skipped }), { passed: 0, failed: 0, skipped: 0 });
+const total = suites.reduce(
+  (a, [, c]) => ({ passed: a.passed + c.passed, failed: a.failed + c.failed, skipped: a.skipped + c.skipped + c.todo }),
+  { passed: 0, failed: 0, skipped: 0 },
+);
 console.log(`${total.passed} passed, ${total.failed} failed, ${total.skipped} skipped`);
 process.exitCode = total.failed > 0 ? 1 : 0;

@@ -4,7 +4,7 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,6 +25,17 @@ export interface VmDevice {
    *  hub has a user-mode or host backend, so no frame leaves the VM. The port's netdev id,
    *  the name QEMU's `set_link` takes, is hubPort(device). */
   hub?: number;
+  /** NVMe namespaces (model 'nvme'): each a sparse raw image `<id>.img` the bench creates in
+   *  the run's out dir (the guest sees it as $UPCI_VM_OUT/<id>.img), attached as nvme-ns nsid 1, 2... */
+  namespaces?: VmNamespace[];
+}
+
+export interface VmNamespace {
+  /** QEMU drive id and image file name; unique in the run. */
+  id: string;
+  sizeMiB: number;
+  /** extra nvme-ns properties, e.g. ',logical_block_size=4096' */
+  props?: string;
 }
 
 export interface VmOptions {
@@ -78,7 +89,14 @@ export const defaultDevices: VmDevice[] = [
   { model: 'edu', slot: '04.0', bind: 'vfio-pci' },
   { model: 'edu', slot: '05.0', bind: 'vfio-pci' },
   { model: 'pci-testdev', slot: '06.0', bind: 'vfio-pci' },
-  { model: 'nvme', slot: '07.0', bind: 'vfio-pci', props: ',serial=upci-nvme0' },
+  {
+    model: 'nvme', slot: '07.0', bind: 'vfio-pci', props: ',serial=upci-nvme0',
+    namespaces: [
+      { id: 'nvme0n1', sizeMiB: 64 },
+      { id: 'nvme0n2', sizeMiB: 96, props: ',logical_block_size=4096,physical_block_size=4096' },
+    ],
+  },
+  { model: 'nvme', slot: '0a.0', bind: 'vfio-pci', props: ',serial=upci-nvme1', namespaces: [{ id: 'nvme1n1', sizeMiB: 16 }] },
   // romfile=: nothing boots from the NICs, so SeaBIOS need not load and run iPXE.
   { model: 'e1000e', slot: '08.0', bind: 'vfio-pci', props: ',romfile=', hub: 1 },
   // Its link partner on the same hub, driven by the guest kernel's e1000e.ko.
@@ -278,7 +296,7 @@ async function bootWith(opts: VmOptions, { root, bridges, outDir, kernel, initrd
     '-nodefaults', '-display', 'none', '-serial', 'stdio', '-no-reboot',
     '-kernel', kernel,
     '-initrd', initrd,
-    '-append', 'console=ttyS0 intel_iommu=on panic=-1 quiet',
+    '-append', 'console=ttyS0 intel_iommu=on panic=-1 quiet no_timer_check',
     '-fsdev', 'local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap',
     '-device', `virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot,addr=${HOSTROOT_SLOT}`,
     '-fsdev', `local,id=results,path=${outDir},security_model=none`,
@@ -296,7 +314,16 @@ async function bootWith(opts: VmOptions, { root, bridges, outDir, kernel, initrd
       args.push('-netdev', `hubport,id=${hubPort(d)},hubid=${d.hub}`);
       netdev = `,netdev=${hubPort(d)}`;
     }
-    args.push('-device', `${d.model}${d.bus ? `,bus=${d.bus}` : ''},addr=${d.slot}${d.props ?? ''}${netdev}`);
+    const id = d.namespaces?.length ? `,id=${d.model}-${d.slot.replace('.', '-')}` : '';
+    args.push('-device', `${d.model}${d.bus ? `,bus=${d.bus}` : ''},addr=${d.slot}${id}${d.props ?? ''}${netdev}`);
+    for (const [i, ns] of (d.namespaces ?? []).entries()) {
+      if (!/^[A-Za-z][A-Za-z0-9_-]*$/.test(ns.id)) throw new Error(`vm/bench: bad namespace id '${ns.id}'`);
+      const image = join(outDir, `${ns.id}.img`);
+      await writeFile(image, '');
+      await truncate(image, ns.sizeMiB * 1024 * 1024);
+      args.push('-drive', `file=${image},if=none,id=${ns.id},format=raw`);
+      args.push('-device', `nvme-ns,drive=${ns.id},bus=${id.slice(4)},nsid=${i + 1}${ns.props ?? ''}`);
+    }
   }
   if (monitor) args.push('-monitor', `unix:${monitor.socketPath},server=on,wait=off`);
   let qemuTraceLog: string | undefined;

@@ -11,6 +11,7 @@ try {
   bar.write4(EDU.LIVENESS, 0x12345678);
   console.log(`edu id 0x${bar.read4(EDU.ID).toString(16)}; liveness(0x12345678) = 0x${bar.read4(EDU.LIVENESS).toString(16)}`);
   const irq = Interrupts.establish(edu);
+  edu.enableBusMaster(); // an MSI is a DMA write
   let delivered: (() => void) | undefined;
   irq.vector(0).events.subscribe((event) => {
     bar.write4(EDU.IRQ_ACK, bar.read4(EDU.IRQ_STATUS));

@@ -2,12 +2,13 @@
  * The receive ring: legacy descriptors over one DMA area, buffers from a
  * pool larger than the ring so a consumer can hold frames while the ring
  * stays full. A received frame is handed out as the buffer's own RxFrame
- * (preallocated, one per buffer): no allocation per packet. release() puts
- * the buffer back on the free stack; the ring is refilled from it.
+ * (preallocated, one per buffer): no allocation per packet. release() gives
+ * the buffer back to the pool; the ring is refilled from it.
  */
+import { DmaSync, type DmaTag } from '../../pci/bus-dma.js';
 import type { BusSpace } from '../../pci/bus-space.js';
-import { allocateArea, DmaSync, type BufferArea } from './buffers.js';
-import type { DmaTag } from '../../pci/bus-dma.js';
+import type { DmaPool } from '../../pci/dma-pool.js';
+import { ringPool, writeAddress } from './buffers.js';
 import { DESC_BYTES, REG, RX_BUFFER_BYTES, RXD } from './registers.js';
 
 export interface RxFrame {
@@ -38,12 +39,10 @@ export interface RxCounters {
 
 export class RxRing {
   private readonly desc: Uint32Array;
-  private readonly ring: BufferArea;
-  private readonly pool: BufferArea;
+  private readonly ring: DmaPool;
+  private readonly pool: DmaPool;
   private readonly frames: PooledFrame[] = [];
   private readonly slotBuffer: Int32Array;
-  private readonly free: Int32Array;
-  private freeTop = 0;
   /** Next descriptor the device will complete. */
   private next = 0;
   /** RDT: the next descriptor the driver fills. */
@@ -53,22 +52,21 @@ export class RxRing {
   readonly counters: RxCounters = { frames: 0, bytes: 0, errors: 0 };
 
   constructor(private readonly regs: BusSpace, tag: DmaTag, readonly size: number, poolSize: number) {
-    this.ring = allocateArea(tag, 1, size * DESC_BYTES);
-    this.pool = allocateArea(tag, poolSize, RX_BUFFER_BYTES);
+    this.ring = ringPool(tag, size, DESC_BYTES);
+    this.pool = tag.createPool({ entrySize: RX_BUFFER_BYTES, entries: poolSize });
     this.desc = new Uint32Array(this.ring.buffer, 0, size * 4);
     this.slotBuffer = new Int32Array(size).fill(-1);
-    this.free = new Int32Array(poolSize);
     for (let i = 0; i < poolSize; i++) {
-      this.frames.push(new PooledFrame(new Uint8Array(this.pool.buffer, i * RX_BUFFER_BYTES, RX_BUFFER_BYTES), this, i));
-      this.free[this.freeTop++] = poolSize - 1 - i;
+      this.frames.push(new PooledFrame(new Uint8Array(this.pool.buffer, this.pool.offsetOf(i), RX_BUFFER_BYTES), this, i));
     }
   }
 
   /** Programs the ring registers and fills it (RCTL.EN is set by the caller afterwards). */
   start(): void {
     const r = this.regs;
-    r.write4(REG.RDBAL, this.ring.busLow[0]!);
-    r.write4(REG.RDBAH, this.ring.busHigh[0]!);
+    const base = this.ring.busAddresses[0]!;
+    r.write4(REG.RDBAL, base >>> 0);
+    r.write4(REG.RDBAH, Math.floor(base / 0x1_0000_0000));
     r.write4(REG.RDLEN, this.size * DESC_BYTES);
     r.write4(REG.RDH, 0);
     r.write4(REG.RDT, 0);
@@ -77,7 +75,7 @@ export class RxRing {
 
   /** Buffers the consumer holds. */
   get held(): number {
-    return this.pool.count - this.freeTop - this.filled;
+    return this.pool.entries - this.pool.available - this.filled;
   }
 
   /** Frames the device wrote that nobody will see (at a stop or crash: counted as lost by the caller). */
@@ -93,7 +91,7 @@ export class RxRing {
    */
   poll(deliver: (frame: RxFrame) => void, budget: number): number {
     const d = this.desc;
-    this.ring.sync(DmaSync.POSTREAD);
+    this.ring.sync(DmaSync.POSTREAD, 0);
     let n = 0;
     while (n < budget && this.filled > 0) {
       const w = this.next * 4;
@@ -108,9 +106,10 @@ export class RxRing {
       this.filled--;
       if (errors !== 0 || (status & RXD.STAT_EOP) === 0) {
         this.counters.errors++;
-        this.free[this.freeTop++] = id;
+        this.pool.release(id);
         continue;
       }
+      this.pool.sync(DmaSync.POSTREAD, id, 0, length);
       const frame = this.frames[id]!;
       frame.length = length;
       frame.held = true;
@@ -126,7 +125,7 @@ export class RxRing {
   /** @internal PooledFrame.release */
   recycle(id: number): void {
     if (!this.live) return;
-    this.free[this.freeTop++] = id;
+    this.pool.release(id);
     // Refill at once only when the ring ran low; otherwise the next poll does it, in one RDT write.
     if (this.filled < this.size >> 1) this.refill();
   }
@@ -135,11 +134,12 @@ export class RxRing {
     if (!this.live) return;
     const d = this.desc;
     let added = 0;
-    while (this.filled < this.size - 1 && this.freeTop > 0) {
-      const id = this.free[--this.freeTop]!;
+    while (this.filled < this.size - 1) {
+      const id = this.pool.alloc();
+      if (id < 0) break;
       const w = this.tail * 4;
-      d[w] = this.pool.busLow[id]!;
-      d[w + 1] = this.pool.busHigh[id]!;
+      this.pool.sync(DmaSync.PREREAD, id);
+      writeAddress(d, w, this.pool.busAddresses[id]!);
       d[w + 2] = 0;
       d[w + 3] = 0;
       this.slotBuffer[this.tail] = id;
@@ -148,7 +148,7 @@ export class RxRing {
       added++;
     }
     if (added === 0) return;
-    this.ring.sync(DmaSync.PREWRITE | DmaSync.PREREAD);
+    this.ring.sync(DmaSync.PREWRITE | DmaSync.PREREAD, 0);
     this.regs.write4(REG.RDT, this.tail);
   }
 

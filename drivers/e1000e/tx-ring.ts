@@ -5,9 +5,10 @@
  * many as the ring has room for: the rest is the caller's to retry
  * (backpressure). Completed slots are reclaimed by their DD bit.
  */
+import { DmaSync, type DmaTag } from '../../pci/bus-dma.js';
 import type { BusSpace } from '../../pci/bus-space.js';
-import type { DmaTag } from '../../pci/bus-dma.js';
-import { allocateArea, DmaSync, type BufferArea } from './buffers.js';
+import type { DmaPool } from '../../pci/dma-pool.js';
+import { ringPool, writeAddress } from './buffers.js';
 import { DESC_BYTES, MIN_FRAME, REG, RX_BUFFER_BYTES, TXD } from './registers.js';
 
 export interface TxCounters {
@@ -21,8 +22,8 @@ const COMMAND = TXD.CMD_EOP | TXD.CMD_IFCS | TXD.CMD_RS;
 
 export class TxRing {
   private readonly desc: Uint32Array;
-  private readonly ring: BufferArea;
-  private readonly buffers: BufferArea;
+  private readonly ring: DmaPool;
+  private readonly buffers: DmaPool;
   private readonly bytes: Uint8Array;
   private tail = 0;
   private clean = 0;
@@ -30,16 +31,18 @@ export class TxRing {
   readonly counters: TxCounters = { frames: 0, bytes: 0, ringFull: 0 };
 
   constructor(private readonly regs: BusSpace, tag: DmaTag, readonly size: number) {
-    this.ring = allocateArea(tag, 1, size * DESC_BYTES);
-    this.buffers = allocateArea(tag, size, RX_BUFFER_BYTES);
+    this.ring = ringPool(tag, size, DESC_BYTES);
+    // Slot i always uses entry i: the ring's order is the buffers' order, no free list needed.
+    this.buffers = tag.createPool({ entrySize: RX_BUFFER_BYTES, entries: size, access: 'read' });
     this.desc = new Uint32Array(this.ring.buffer, 0, size * 4);
     this.bytes = new Uint8Array(this.buffers.buffer);
   }
 
   start(): void {
     const r = this.regs;
-    r.write4(REG.TDBAL, this.ring.busLow[0]!);
-    r.write4(REG.TDBAH, this.ring.busHigh[0]!);
+    const base = this.ring.busAddresses[0]!;
+    r.write4(REG.TDBAL, base >>> 0);
+    r.write4(REG.TDBAH, Math.floor(base / 0x1_0000_0000));
     r.write4(REG.TDLEN, this.size * DESC_BYTES);
     r.write4(REG.TDH, 0);
     r.write4(REG.TDT, 0);
@@ -57,7 +60,7 @@ export class TxRing {
   /** Reclaims completed slots; returns how many. */
   reclaim(): number {
     const d = this.desc;
-    this.ring.sync(DmaSync.POSTREAD | DmaSync.POSTWRITE);
+    this.ring.sync(DmaSync.POSTREAD | DmaSync.POSTWRITE, 0);
     let n = 0;
     while (this.inFlight > 0 && (d[this.clean * 4 + 3]! & TXD.STAT_DD) !== 0) {
       d[this.clean * 4 + 3] = 0;
@@ -75,7 +78,7 @@ export class TxRing {
     let i = from;
     for (; i < frames.length && this.inFlight < this.size - 1; i++) {
       const frame = frames[i]!;
-      const at = this.tail * RX_BUFFER_BYTES;
+      const at = this.buffers.offsetOf(this.tail);
       this.bytes.set(frame, at);
       let length = frame.length;
       // TCTL.PSP pads short frames on the wire; QEMU 7.2 does not, so the driver does.
@@ -83,9 +86,9 @@ export class TxRing {
         this.bytes.fill(0, at + length, at + MIN_FRAME);
         length = MIN_FRAME;
       }
+      this.buffers.sync(DmaSync.PREWRITE, this.tail, 0, length);
       const w = this.tail * 4;
-      d[w] = this.buffers.busLow[this.tail]!;
-      d[w + 1] = this.buffers.busHigh[this.tail]!;
+      writeAddress(d, w, this.buffers.busAddresses[this.tail]!);
       d[w + 2] = length | COMMAND;
       d[w + 3] = 0;
       this.tail = (this.tail + 1) % this.size;
@@ -95,8 +98,7 @@ export class TxRing {
     }
     const posted = i - from;
     if (posted > 0) {
-      this.buffers.sync(DmaSync.PREWRITE);
-      this.ring.sync(DmaSync.PREWRITE);
+      this.ring.sync(DmaSync.PREWRITE, 0);
       this.regs.write4(REG.TDT, this.tail);
     }
     if (i < frames.length) this.counters.ringFull++;

@@ -34,9 +34,19 @@ void Throw(Isolate* isolate, const std::string& message) {
       v8::String::NewFromUtf8(isolate, message.c_str()).ToLocalChecked()));
 }
 
+// The error carries `errno`, so that callers can turn the ones a user can fix
+// (ENOMEM) into an UpciError without parsing the message.
 void ThrowErrno(Isolate* isolate, const char* what, int err) {
-  Throw(isolate, std::string(what) + ": " + std::strerror(err) + " (errno " +
-                     std::to_string(err) + ")");
+  std::string message = std::string(what) + ": " + std::strerror(err) +
+                        " (errno " + std::to_string(err) + ")";
+  Local<v8::Context> context = isolate->GetCurrentContext();
+  Local<Value> error = v8::Exception::Error(
+      v8::String::NewFromUtf8(isolate, message.c_str()).ToLocalChecked());
+  error.As<Object>()
+      ->Set(context, v8::String::NewFromUtf8Literal(isolate, "errno"),
+            v8::Integer::New(isolate, err))
+      .Check();
+  isolate->ThrowException(error);
 }
 
 // The mapping is released with the last reference to the buffer, in whatever

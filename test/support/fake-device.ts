@@ -1,8 +1,23 @@
 /**
  * A DeviceFile with no hardware behind it, for unit tests of everything above
- * the kernel port: config space is a buffer, there are no BARs to map, and
- * each test overrides the parts it exercises (interrupt sources, DMA, reset).
+ * the kernel port. It refuses what VFIO refuses, so that a fake cannot pass
+ * code the kernel would stop:
+ *  - config space (region 7) is a buffer whose read-only fields (ids, class,
+ *    header type, capability pointer, interrupt pin, status) ignore writes;
+ *    an access past its end fails as pread/pwrite on the region would (EINVAL);
+ *    the other regions have size 0 and every access to them fails;
+ *  - the interrupt vectors offered come from config space, as VFIO reads them:
+ *    INTx only with a non-zero interrupt pin, MSI from the MSI capability's
+ *    Multiple Message Capable field, MSI-X from its table size;
+ *  - enableIrqs refuses more vectors than offered, and a second kind while
+ *    one is enabled (EINVAL), until disableIrqs;
+ *  - reset() is refused without a reset method (canReset false); with one it
+ *    returns config space to power-on state, keeping what the PCI core saves
+ *    and restores around a reset (command register, BARs, interrupt line).
+ * Each test overrides the parts it exercises (interrupt sources, DMA, reset);
+ * the checks above run before an override is called.
  */
+import { SyscallError } from '../../kernel/errors.js';
 import type { DeviceFile, IrqInfo, IrqKind, KernelPort, RegionInfo } from '../../kernel/port.js';
 import { PciDevice } from '../../pci/device.js';
 
@@ -12,8 +27,64 @@ export interface FakeDevice {
   readonly config: Buffer;
 }
 
-/** Vectors offered per interrupt kind; INTx is automasked and maskable, as VFIO reports it. */
+/** The device's interrupt hardware, written into its config space (INTx pin A, an MSI and an MSI-X capability). */
 export type FakeIrqCounts = Partial<Record<IrqKind, number>>;
+
+const CONFIG_REGION = 7;
+const EINVAL = 22;
+const ENOTTY = 25;
+const CAP_MSI = 0x05;
+const CAP_MSIX = 0x11;
+/** Header bytes a driver's write cannot change: ids, status, class, header type, subsystem, capability pointer, pin. */
+const READ_ONLY_RANGES: readonly [number, number][] = [[0x00, 0x04], [0x06, 0x0c], [0x0e, 0x0f], [0x28, 0x30], [0x34, 0x35], [0x3d, 0x3e]];
+/** What the PCI core saves before a function reset and restores after it. */
+const RESTORED_RANGES: readonly [number, number][] = [[0x04, 0x06], [0x10, 0x28], [0x3c, 0x3d]];
+
+/** Writes the interrupt hardware into config space: pin A, then MSI and MSI-X capabilities from 0x40. */
+function writeIrqHardware(config: Buffer, counts: FakeIrqCounts): void {
+  if ((counts.intx ?? 0) > 1) throw new Error('fakeDevice: a function has at most one INTx pin');
+  if (counts.intx) config[0x3d] = 1;
+  const caps: [number, Buffer][] = [];
+  if (counts.msi) {
+    const log2 = Math.log2(counts.msi);
+    if (!Number.isInteger(log2) || log2 > 5) throw new Error('fakeDevice: MSI vectors must be a power of two up to 32');
+    const body = Buffer.alloc(10);
+    body.writeUInt16LE(log2 << 1, 0); // Message Control: Multiple Message Capable
+    caps.push([CAP_MSI, body]);
+  }
+  if (counts.msix) {
+    if (counts.msix > 2048) throw new Error('fakeDevice: MSI-X has at most 2048 vectors');
+    const body = Buffer.alloc(10);
+    body.writeUInt16LE(counts.msix - 1, 0); // Message Control: Table Size - 1
+    caps.push([CAP_MSIX, body]);
+  }
+  let at = 0x40;
+  caps.forEach(([id, body], i) => {
+    if (i === 0) {
+      config[0x34] = at;
+      config.writeUInt16LE(config.readUInt16LE(0x06) | 0x10, 0x06); // Capabilities List
+    }
+    const next = i + 1 < caps.length ? at + 2 + body.length : 0;
+    config[at] = id;
+    config[at + 1] = next;
+    body.copy(config, at + 2);
+    at = next;
+  });
+}
+
+/** Vectors offered per kind, read from config space with a walk of its own (not pci/config.ts, which the tests check). */
+function offeredVectors(config: Buffer, kind: IrqKind): number {
+  if (kind === 'intx') return config[0x3d] === 0 ? 0 : 1;
+  if ((config.readUInt16LE(0x06) & 0x10) === 0) return 0;
+  for (let at = config[0x34]! & 0xfc, steps = 0; at >= 0x40 && steps < 48; at = config[at + 1]! & 0xfc, steps++) {
+    const control = config.readUInt16LE(at + 2);
+    if (kind === 'msi' && config[at] === CAP_MSI) return 1 << ((control >> 1) & 7);
+    if (kind === 'msix' && config[at] === CAP_MSIX) return (control & 0x7ff) + 1;
+  }
+  return 0;
+}
+
+const inRanges = (offset: number, ranges: readonly [number, number][]) => ranges.some(([from, to]) => offset >= from && offset < to);
 
 export function fakeDevice(
   address: string,
@@ -21,27 +92,67 @@ export function fakeDevice(
   overrides: Partial<Omit<DeviceFile, 'irqs' | 'regions' | 'region' | 'readRegion' | 'writeRegion'>> & Pick<DeviceFile, 'dma'>,
   config: Buffer = Buffer.alloc(256),
 ): FakeDevice {
+  writeIrqHardware(config, irqCounts);
+  const powerOn = Buffer.from(config);
   const regions: RegionInfo[] = Array.from({ length: 9 }, (_, index) => ({
-    index, kind: index < 6 ? 'bar' : index === 6 ? 'rom' : index === 7 ? 'config' : 'vga', size: index === 7 ? config.length : 0, readable: true, writable: true, mmapAreas: [],
+    index, kind: index < 6 ? 'bar' : index === 6 ? 'rom' : index === 7 ? 'config' : 'vga', size: index === CONFIG_REGION ? config.length : 0, readable: true, writable: true, mmapAreas: [],
   }));
-  const irq = (kind: IrqKind): IrqInfo => ({ kind, count: irqCounts[kind] ?? 0, automasked: kind === 'intx', maskable: kind === 'intx' });
+  const irq = (kind: IrqKind): IrqInfo => ({ kind, count: offeredVectors(config, kind), automasked: kind === 'intx', maskable: kind === 'intx' });
+  const irqs = { intx: irq('intx'), msi: irq('msi'), msix: irq('msix') };
+  const checkAccess = (what: string, index: number, offset: number, length: number) => {
+    if (index !== CONFIG_REGION || offset < 0 || offset + length > config.length) {
+      throw new SyscallError(`${what} of ${address} region ${index} at 0x${offset.toString(16)} (${length} bytes)`, EINVAL);
+    }
+  };
+  let enabledKind: IrqKind | undefined;
+  const {
+    enableIrqs = () => [],
+    disableIrqs = () => {},
+    reset = () => {},
+    ...rest
+  } = overrides;
+  const canReset = overrides.canReset ?? false;
   const file: DeviceFile = {
     address: address as DeviceFile['address'],
-    canReset: false,
     mmapSource: () => {
       throw new Error('the fake device has no BAR to map');
     },
-    reset: () => {},
-    enableIrqs: () => [],
-    disableIrqs: () => {},
     unmaskIntx: () => {},
     close: () => {},
-    ...overrides,
+    ...rest,
+    canReset,
     regions,
-    irqs: { intx: irq('intx'), msi: irq('msi'), msix: irq('msix') },
+    irqs,
     region: (i) => regions[i]!,
-    readRegion: (_i, offset, buf) => void config.copy(buf, 0, offset, offset + buf.length),
-    writeRegion: (_i, offset, buf) => void buf.copy(config, offset),
+    readRegion: (index, offset, buf) => {
+      checkAccess('read', index, offset, buf.length);
+      config.copy(buf, 0, offset, offset + buf.length);
+    },
+    writeRegion: (index, offset, buf) => {
+      checkAccess('write', index, offset, buf.length);
+      buf.forEach((byte, i) => {
+        if (!inRanges(offset + i, READ_ONLY_RANGES)) config[offset + i] = byte;
+      });
+    },
+    enableIrqs: (kind, count) => {
+      if (count > irqs[kind].count || (enabledKind !== undefined && enabledKind !== kind)) {
+        throw new SyscallError(`VFIO_DEVICE_SET_IRQS ${kind} x${count} (offered ${irqs[kind].count}, enabled ${enabledKind ?? 'none'})`, EINVAL);
+      }
+      const sources = enableIrqs(kind, count);
+      enabledKind = kind;
+      return sources;
+    },
+    disableIrqs: (kind) => {
+      disableIrqs(kind);
+      if (enabledKind === kind) enabledKind = undefined;
+    },
+    reset: () => {
+      if (!canReset) throw new SyscallError(`VFIO_DEVICE_RESET ${address}`, ENOTTY);
+      reset();
+      const saved = Buffer.from(config);
+      powerOn.copy(config);
+      for (const [from, to] of RESTORED_RANGES) saved.copy(config, from, from, to);
+    },
   };
   return { file, config };
 }

@@ -1,37 +1,73 @@
 import test from 'ava';
 import { fakeDevice, openFake } from '../support/fake-device.js';
-import { closeSync, ftruncateSync, mkdtempSync, openSync } from 'node:fs';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { DmaAccess, DmaAllocation, DmaConstraints, DmaDomain, IommuDmaDomain, IovaRange, KernelDmaAllocator } from '../../kernel/port.js';
+import { SyscallError } from '../../kernel/errors.js';
 import { BusDma, DmaConstraintError, DmaSync, type DmaSegment } from '../../pci/bus-dma.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
 import { PciDevice } from '../../pci/device.js';
 import { IovaAllocator } from '../../pci/iova-allocator.js';
 import { addressOf, allocShared } from '../../shm/mapping.js';
 
-/** An IOMMU domain that records mappings and refuses what VFIO would refuse. */
+/** VFIO type1's refusals, as the real port reports them (a SyscallError with the errno). */
+const EINVAL = 22;
+const ENOSPC = 28;
+const EFAULT = 14;
+const ENOMEM = 12;
+
+/** Whether [vaddr, vaddr+size) lies inside one mapping of this process (what pinning needs). */
+function mappedInProcess(vaddr: bigint, size: number): boolean {
+  const end = vaddr + BigInt(size);
+  return readFileSync('/proc/self/maps', 'utf8').split('\n').some((line) => {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
+    return m !== null && BigInt(`0x${m[1]}`) <= vaddr && end <= BigInt(`0x${m[2]}`);
+  });
+}
+
+/**
+ * An IOMMU domain that records mappings and refuses what VFIO type1 refuses:
+ * size 0 or unaligned (EINVAL), an overlap (EEXIST in the kernel; refused
+ * here), no entries left (ENOSPC at dma_entry_limit), a vaddr it cannot pin
+ * (EFAULT), more pinned bytes than RLIMIT_MEMLOCK (ENOMEM).
+ */
 class FakeDomain implements IommuDmaDomain {
   readonly pageSizes = 0x40201000n; // 4K | 2M | 1G
   readonly mappings = new Map<bigint, { vaddr: bigint; size: number; access: DmaAccess }>();
   calls = 0;
-  constructor(readonly iovaRanges: readonly IovaRange[] = [{ start: 0n, end: (1n << 39n) - 1n }]) {}
+  /** Bytes pinned now. */
+  pinned = 0;
+  constructor(
+    readonly iovaRanges: readonly IovaRange[] = [{ start: 0n, end: (1n << 39n) - 1n }],
+    /** dma_entry_limit */
+    readonly entryLimit = 65535,
+    /** RLIMIT_MEMLOCK in bytes */
+    readonly memlockLimit = 1 << 30,
+  ) {}
   availableMappings(): number {
-    return 65535 - this.mappings.size;
+    return this.entryLimit - this.mappings.size;
   }
   map(vaddr: bigint, iova: bigint, size: number, access: DmaAccess): void {
     this.calls++;
-    if (vaddr % 4096n !== 0n || iova % 4096n !== 0n || size % 4096 !== 0) throw new Error(`unaligned map ${vaddr} ${iova} ${size}`);
+    const op = `VFIO_IOMMU_MAP_DMA iova 0x${iova.toString(16)} size ${size}`;
+    if (size === 0 || vaddr % 4096n !== 0n || iova % 4096n !== 0n || size % 4096 !== 0) throw new SyscallError(op, EINVAL);
+    if (!['read', 'write', 'both'].includes(access)) throw new SyscallError(op, EINVAL);
     for (const [at, m] of this.mappings) {
       if (iova < at + BigInt(m.size) && at < iova + BigInt(size)) throw new Error(`overlapping map at 0x${iova.toString(16)}`);
     }
-    if (!this.iovaRanges.some((r) => iova >= r.start && iova + BigInt(size) - 1n <= r.end)) throw new Error('outside iova ranges');
+    if (!this.iovaRanges.some((r) => iova >= r.start && iova + BigInt(size) - 1n <= r.end)) throw new SyscallError(op, EINVAL);
+    if (this.mappings.size >= this.entryLimit) throw new SyscallError(op, ENOSPC);
+    if (!mappedInProcess(vaddr, size)) throw new SyscallError(op, EFAULT);
+    if (this.pinned + size > this.memlockLimit) throw new SyscallError(op, ENOMEM);
+    this.pinned += size;
     this.mappings.set(iova, { vaddr, size, access });
   }
   unmap(iova: bigint, size: number): void {
     this.calls++;
     const m = this.mappings.get(iova);
     if (m === undefined || m.size !== size) throw new Error(`unmap of unmapped 0x${iova.toString(16)}`);
+    this.pinned -= size;
     this.mappings.delete(iova);
   }
 }
@@ -68,7 +104,10 @@ test('iova allocator: first fit, alignment, limit, boundary, guard page, never I
   t.is(w / 0x4000n, (w + 0x2fffn) / 0x4000n);
   t.throws(() => a.allocate({ size: 0x100000n, alignment: 1n, limit: 0xfffffn, boundary: 0n }), { code: 'OUT_OF_RANGE' } as never);
   a.release(x);
-  t.is(a.allocate({ size: 4096n, alignment: 1n, limit: 1n << 64n, boundary: 0n }), 4096n);
+  // Quarantined: not handed out again at once.
+  t.true(a.isQuarantined(x));
+  t.not(a.allocate({ size: 4096n, alignment: 1n, limit: 1n << 64n, boundary: 0n }), 4096n);
+  t.throws(() => a.release(x), { code: 'KERNEL', message: /double free/ } as never);
   // A range that skips the hole: a 2 MiB request below 0xff000000 cannot straddle 0xfee00000-0xfeefffff.
   const b = new IovaAllocator([{ start: 0xfed00000n, end: 0xfedfffffn }, { start: 0xfef00000n, end: 0xffffffffn }], 4096n);
   t.is(b.allocate({ size: 0x200000n, alignment: 1n, limit: 1n << 64n, boundary: 0n }), 0xfef00000n);
@@ -188,29 +227,120 @@ test('a SharedArrayBuffer is pinned at load and unpinned at unload; unaligned bu
   device.close();
 });
 
-test('use after free is impossible: unload/free refuse while bus mastering is on, quiesce clears it, memory with loaded maps cannot be freed', (t) => {
-  const { device, domain, config } = fakeDmaDevice();
+test('per-map lifetime: unload and free are legal while bus mastering is on; the IOMMU mapping goes before the pages, and the IOVA is quarantined', (t) => {
+  const { device, domain } = fakeDmaDevice();
   const dma = BusDma.forDevice(device);
   const tag = dma.createTag();
   const mem = tag.allocMemory(4096);
   const loaded = tag.createMap().load(mem);
   t.throws(() => mem.free(), { code: 'BUSY', message: /1 map\(s\) still have loaded/ } as never);
+  const sab = tag.createMap().load(allocShared(4096));
+  const sabIova = BigInt(sab.busAddress(0));
   dma.enableBusMaster();
-  t.true(dma.busMasterEnabled);
-  t.throws(() => loaded.unload(), { code: 'BUSY', message: /bus mastering is enabled/ } as never);
-  t.true(loaded.isLoaded);
-  // Bus mastering set behind bus_dma's back, by the driver's own config write, is seen too.
-  dma.disableBusMaster();
-  device.config.write(2, PCI_COMMAND, device.config.read(2, PCI_COMMAND) | PCI_COMMAND_MASTER);
-  t.true((config.readUInt16LE(PCI_COMMAND) & PCI_COMMAND_MASTER) !== 0);
-  t.throws(() => loaded.unload(), { code: 'BUSY' } as never);
-  loaded.unload({ quiesce: true });
-  t.false(dma.busMasterEnabled);
-  dma.enableBusMaster();
-  t.throws(() => mem.free(), { code: 'BUSY' } as never);
-  t.is(domain.mappings.size, 1);
-  mem.free({ quiesce: true });
+  const view = new Uint8Array(mem.buffer);
+  // The pages must still be the device's until the kernel dropped the mapping: check at unmap time.
+  let revokedBeforeUnmap: boolean | undefined;
+  const unmap = domain.unmap.bind(domain);
+  domain.unmap = (iova, size) => {
+    view[0] = 0x11;
+    revokedBeforeUnmap = view[0] !== 0x11;
+    unmap(iova, size);
+  };
+  sab.unload();
+  loaded.unload();
+  mem.free();
+  t.false(revokedBeforeUnmap, 'the pages were still live when the IOMMU mapping was removed');
+  t.is(view[0], 0xff, 'and revoked after');
+  t.true(dma.busMasterEnabled, 'unloading did not stop the device');
   t.is(domain.mappings.size, 0);
+  t.true(dma.iova.isQuarantined(sabIova));
+  // The next loads get fresh IOVAs, never the one a device may still hold.
+  for (let i = 0; i < 100; i++) {
+    const again = tag.createMap().load(allocShared(4096));
+    t.not(BigInt(again.busAddress(0)), sabIova);
+    again.unload();
+  }
+  device.close();
+});
+
+test('quarantine: a full IOVA window takes back the oldest quarantined range rather than failing', (t) => {
+  const { device } = fakeDmaDevice(new FakeDomain([{ start: 0x100000n, end: 0x10ffffn }]));
+  const tag = BusDma.forDevice(device).createTag({ addressLimit: 0x10ffffn });
+  const seen = new Set<number>();
+  // 8 pages + guards fill the window; 20 rounds of alloc/free must keep working.
+  for (let i = 0; i < 20; i++) {
+    const mems = Array.from({ length: 8 }, () => tag.allocMemory(4096));
+    for (const m of mems) {
+      const l = tag.createMap().load(m);
+      seen.add(l.busAddress(0));
+      l.unload();
+      m.free();
+    }
+  }
+  t.is(seen.size, 8);
+  device.close();
+});
+
+test('the fake IOMMU refuses as VFIO type1 does: ENOSPC at the entry limit, EFAULT for a bad vaddr, ENOMEM over RLIMIT_MEMLOCK, EINVAL for size 0; the access mode reaches the kernel', (t) => {
+  const errno = (n: number) => (e: unknown) => e instanceof SyscallError && e.errno === n;
+  const limited = fakeDmaDevice(new FakeDomain(undefined, 2));
+  const tag = BusDma.forDevice(limited.device).createTag();
+  tag.allocMemory(4096);
+  tag.allocMemory(4096);
+  const full = t.throws(() => tag.allocMemory(4096));
+  t.true(errno(ENOSPC)(full), full?.message);
+  t.is(BusDma.forDevice(limited.device).iova.allocations, 2, 'the refused allocation gave its IOVA back');
+  limited.device.close();
+
+  const small = fakeDmaDevice(new FakeDomain(undefined, 65535, 8192));
+  const smallTag = BusDma.forDevice(small.device).createTag();
+  smallTag.allocMemory(8192);
+  const over = t.throws(() => smallTag.createMap().load(allocShared(4096)));
+  t.true(errno(ENOMEM)(over), over?.message);
+  small.device.close();
+
+  const { device, domain } = fakeDmaDevice();
+  t.true(errno(EFAULT)(t.throws(() => domain.map(0x1000n, 0x10000n, 4096, 'both'))));
+  t.true(errno(EINVAL)(t.throws(() => domain.map(addressOf(allocShared(4096)), 0x10000n, 0, 'both'))));
+  const dtag = BusDma.forDevice(device).createTag();
+  const toDevice = dtag.allocMemory(4096, { access: 'read' });
+  const fromDevice = dtag.createMap().load(allocShared(4096), 0, 4096, { access: 'write' });
+  const accessAt = (bus: number) => domain.mappings.get(BigInt(bus))?.access;
+  t.is(accessAt(dtag.createMap().load(toDevice).busAddress(0)), 'read');
+  t.is(accessAt(fromDevice.busAddress(0)), 'write');
+  t.is(accessAt(dtag.createMap().load(dtag.allocMemory(4096)).busAddress(0)), 'both');
+  device.close();
+});
+
+test('DMA pool: one mapping, entries with precomputed bus addresses under the tag, a free stack, refused double release', (t) => {
+  const { device, domain } = fakeDmaDevice();
+  const dma = BusDma.forDevice(device);
+  const tag = dma.createTag({ alignment: 512, boundary: 0x10000, addressLimit: (1n << 32n) - 1n });
+  const before = domain.mappings.size;
+  const pool = tag.createPool({ entrySize: 500, entries: 300 });
+  t.is(domain.mappings.size, before + 1, 'one kernel mapping for the whole pool');
+  t.is(pool.stride, 512);
+  const [iova] = [...domain.mappings.keys()];
+  for (let i = 0; i < pool.entries; i++) {
+    t.is(pool.busAddresses[i], Number(iova) + i * 512);
+    t.is(pool.busAddresses[i]! % 512, 0);
+  }
+  const got = new Set<number>();
+  for (let i = 0; i < 300; i++) got.add(pool.alloc());
+  t.is(got.size, 300);
+  t.is(pool.alloc(), -1, 'an empty pool says so');
+  pool.release(7);
+  t.throws(() => pool.release(7), { code: 'OUT_OF_RANGE', message: /not handed out/ } as never);
+  t.throws(() => pool.release(300), { code: 'OUT_OF_RANGE' } as never);
+  t.is(pool.alloc(), 7);
+  new Uint8Array(pool.buffer, pool.offsetOf(3), pool.entrySize).fill(9);
+  pool.sync(DmaSync.PREWRITE, 3);
+  t.throws(() => pool.sync(DmaSync.PREWRITE, 3, 0, 10_000), { code: 'OUT_OF_RANGE' } as never);
+  throwsConstraint(t, 'boundary', () => tag.createPool({ entrySize: 3 * 512, entries: 4 }));
+  throwsConstraint(t, 'range', () => tag.createPool({ entrySize: 0, entries: 4 }));
+  pool.free();
+  t.is(domain.mappings.size, before);
+  t.true(pool.freed);
   device.close();
 });
 

@@ -211,7 +211,9 @@ test.serial('pci/intr over a records port: one fd feeds every vector\'s stream; 
     { delivered: 1, coalesced: 3, spurious: 0, awaitingAck: false },
     { delivered: 1, coalesced: 3, spurious: 1, awaitingAck: false },
   ]);
-  for (const s of subs) s.unsubscribe(); // the last one releases
+  for (const s of subs) s.unsubscribe();
+  t.false(irq.isReleased, 'vectors live until release(), not until the last unsubscribe');
+  irq.release();
   t.true(irq.isReleased);
   t.true(statsCompleted, 'stats$ completes when the vector is disestablished');
   t.deepEqual(calls, ['enable msi 3', 'disable msi']);

@@ -43,3 +43,11 @@ test('a worker that exits with a waker open does not crash the process (the clos
   t.is(run.status, 0, run.stderr);
   t.is(run.stdout.trim(), 'exited cleanly');
 });
+
+test('DMA memory beyond what the machine can give is an UpciError naming the size, with a fix, not a plain mmap Error', async (t) => {
+  const { allocShared } = await import('../../shm/mapping.js');
+  const size = 2 ** 48; // past the user address space: refused whatever the overcommit policy
+  const error = t.throws(() => allocShared(size), { code: 'NO_MEMORY', message: new RegExp(`cannot allocate ${size} bytes.*ENOMEM`) } as never);
+  t.regex((error as unknown as { fix: string }).fix, /allocate less.*bytes free/);
+  t.is(((error as Error).cause as { errno: number }).errno, 12, 'the kernel\'s errno travels with the cause');
+});

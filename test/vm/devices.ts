@@ -13,6 +13,7 @@ export const bench = {
   edu2: find('edu', 1),
   testdev: find('pci-testdev'),
   nvme: find('nvme'),
+  nvme1: find('nvme', 1),
   e1000e: find('e1000e'),
   /** Behind a conventional bridge, sharing an IOMMU group with a device held by a kernel driver. */
   eduInSharedGroup: find('edu', 0, (d) => d.bus !== undefined),

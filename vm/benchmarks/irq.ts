@@ -23,6 +23,7 @@ async function upciRoundTrips(iterations: number): Promise<number[]> {
   try {
     const bar = edu.mapBar(0);
     const irq = Interrupts.establish(edu, { type: 'msi' });
+    edu.enableBusMaster();
     let wake: (() => void) | undefined;
     const sub = irq.vector(0).events.subscribe((event) => {
       bar.write4(EDU.IRQ_ACK, bar.read4(EDU.IRQ_STATUS));

@@ -1,0 +1,333 @@
+/**
+ * An NVMe controller: reset and enable (bounded by CAP.TO), the admin queue,
+ * Identify, Set Features (number of queues), I/O queue pairs, command
+ * timeouts (Abort, then a controller reset that submits every outstanding
+ * command again), and shutdown (CC.SHN). The block layer (namespace.ts)
+ * submits through ioQueue(); completions are reaped by interrupts (one
+ * vector per queue when MSI-X has enough, else shared) or by polling.
+ */
+import type { DriverDma, DmaTag } from '../../pci/bus-dma.js';
+import type { BusSpace } from '../../pci/bus-space.js';
+import { NvmeGoneError, NvmeStatusError, NvmeTimeoutError, SC_ABORT_REQUESTED } from './errors.js';
+import { QueuePair, type CompletionHandler } from './queue.js';
+import {
+  ADMIN, CC, CNS, CSTS, FEATURE, PAGE, REG, decodeCap, decodeIdentifyController, decodeIdentifyNamespace, decodeNamespaceList,
+  type Capabilities, type ControllerIdentity, type NamespaceIdentity,
+} from './registers.js';
+
+export interface ControllerOptions {
+  readonly ioQueues: number;
+  readonly queueDepth: number;
+  readonly adminDepth: number;
+  readonly commandTimeoutMs: number;
+  /** Interrupt vectors established (0: polled only). */
+  readonly vectors: number;
+  readonly polled: boolean;
+}
+
+/** A raw command for passthrough (NVMe's own layout of CDW10-13), as Linux's NVME_IOCTL_IO_CMD takes it. */
+export interface RawCommand {
+  readonly opcode: number;
+  readonly nsid: number;
+  readonly prp1: number;
+  readonly prp2?: number;
+  readonly cdw10?: number;
+  readonly cdw11?: number;
+  readonly cdw12?: number;
+  readonly cdw13?: number;
+}
+
+export interface Completion {
+  readonly dw0: number;
+}
+
+const OPCODE_NAMES: Record<string, string> = { a0: 'Delete I/O SQ', a1: 'Create I/O SQ', a4: 'Delete I/O CQ', a5: 'Create I/O CQ', a6: 'Identify', a8: 'Abort', a9: 'Set Features', i0: 'Flush', i1: 'Write', i2: 'Read', i9: 'Dataset Management' };
+export const commandName = (admin: boolean, opcode: number) => OPCODE_NAMES[`${admin ? 'a' : 'i'}${opcode.toString(16)}`] ?? `${admin ? 'admin' : 'I/O'} opcode 0x${opcode.toString(16)}`;
+
+/** Synthetic statuses for commands the driver completes itself. */
+export const STATUS_GONE = 0x7fff;
+const STATUS_TIMED_OUT = 0x7ffe;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export function statusError(command: string, status: number): Error {
+  if (status === STATUS_GONE) return new NvmeGoneError(command, 'the controller was reset or the driver detached before it completed');
+  if (status === STATUS_TIMED_OUT) return new NvmeTimeoutError(command, 0, 'neither an Abort nor a controller reset completed it');
+  return new NvmeStatusError(command, (status >>> 8) & 0x7, status & 0xff, (status & 0x4000) !== 0);
+}
+
+export class NvmeController {
+  readonly cap: Capabilities;
+  identity!: ControllerIdentity;
+  namespaceIds: number[] = [];
+  readonly tag: DmaTag;
+  private admin!: QueuePair;
+  private readonly io: QueuePair[] = [];
+  /** Queues per interrupt vector. */
+  private readonly byVector: QueuePair[][] = [];
+  private identifyPage!: { pool: import('../../pci/dma-pool.js').DmaPool; view: Uint8Array };
+  private gone: string | undefined;
+  private resetting: Promise<void> | undefined;
+  /** Controller resets the timeout path did. */
+  resets = 0;
+  aborts = 0;
+
+  constructor(
+    private readonly bar: BusSpace,
+    private readonly dma: DriverDma,
+    readonly options: ControllerOptions,
+  ) {
+    this.cap = decodeCap(bar.read4(REG.CAP), bar.read4(REG.CAP + 4));
+    if (!this.cap.nvmCommandSet) throw new Error('nvme: the controller does not support the NVM command set (CAP.CSS)');
+    if (this.cap.minPageSize > PAGE) throw new Error(`nvme: the controller's smallest memory page is ${this.cap.minPageSize} bytes; the driver uses 4 KiB`);
+    // Queues and PRP lists are page-aligned, physically contiguous to the device.
+    this.tag = dma.createTag({ alignment: PAGE, addressLimit: 2n ** 53n - 1n });
+  }
+
+  /** CC.EN = 0, then wait for CSTS.RDY = 0 (bounded by CAP.TO). */
+  private async disable(): Promise<void> {
+    const cc = this.bar.read4(REG.CC);
+    if ((cc & CC.EN) !== 0) this.bar.write4(REG.CC, cc & ~CC.EN);
+    await this.waitReady(false, 'disable');
+  }
+
+  private async waitReady(ready: boolean, what: string): Promise<void> {
+    const limit = Math.max(this.cap.readyTimeoutMs, 500);
+    const deadline = performance.now() + limit;
+    for (;;) {
+      const csts = this.bar.read4(REG.CSTS);
+      if (csts === 0xffffffff) throw new Error(`nvme: CSTS reads all-ones during ${what}: the controller is gone`);
+      if (ready && (csts & CSTS.CFS) !== 0) throw new Error(`nvme: controller fatal status (CSTS.CFS) during ${what}`);
+      if (((csts & CSTS.RDY) !== 0) === ready) return;
+      if (performance.now() > deadline) throw new Error(`nvme: CSTS.RDY did not become ${ready ? 1 : 0} within ${limit} ms (CAP.TO) during ${what}`);
+      await sleep(1);
+    }
+  }
+
+  /** Reset, admin queue, enable, Identify, number of queues, I/O queue pairs. */
+  async start(): Promise<void> {
+    await this.disable();
+    const adminDepth = Math.min(this.options.adminDepth, this.cap.maxQueueEntries);
+    this.admin = new QueuePair(this.bar, this.tag, 0, adminDepth, this.cap.doorbellStride, this.options.polled || this.options.vectors === 0 ? -1 : 0);
+    this.identifyPage = (() => {
+      const pool = this.tag.createPool({ entrySize: PAGE, entries: 1, access: 'write' });
+      return { pool, view: new Uint8Array(pool.buffer, 0, PAGE) };
+    })();
+    // The device may now reach its rings: they are loaded.
+    this.dma.enableBusMaster();
+    await this.enable();
+    this.identity = decodeIdentifyController(await this.identify(CNS.CONTROLLER, 0), this.cap.minPageSize);
+    this.namespaceIds = decodeNamespaceList(await this.identify(CNS.ACTIVE_NAMESPACES, 0));
+    const wanted = this.options.ioQueues;
+    const granted = await this.adminCommand(ADMIN.SET_FEATURES, 0, 0, 0, FEATURE.NUMBER_OF_QUEUES, ((wanted - 1) << 16) | (wanted - 1), 0);
+    const count = Math.min(wanted, (granted.dw0 & 0xffff) + 1, (granted.dw0 >>> 16) + 1);
+    const depth = Math.min(this.options.queueDepth, this.cap.maxQueueEntries);
+    for (let q = 1; q <= count; q++) {
+      const vector = this.options.polled || this.options.vectors === 0 ? -1 : this.options.vectors > q ? q : 0;
+      this.io.push(new QueuePair(this.bar, this.tag, q, depth, this.cap.doorbellStride, vector));
+    }
+    for (const q of this.io) await this.createIoQueue(q);
+    for (const q of [this.admin, ...this.io]) {
+      if (q.vector >= 0) (this.byVector[q.vector] ??= []).push(q);
+    }
+  }
+
+  private async enable(): Promise<void> {
+    const depth = this.admin.depth;
+    this.bar.write4(REG.AQA, ((depth - 1) << 16) | (depth - 1));
+    this.writeAddress(REG.ASQ, this.admin.sqBusAddress);
+    this.writeAddress(REG.ACQ, this.admin.cqBusAddress);
+    this.bar.write4(REG.CC, CC.EN | CC.CSS_NVM | CC.MPS_4K | CC.AMS_RR | CC.IOSQES | CC.IOCQES);
+    await this.waitReady(true, 'enable');
+  }
+
+  private writeAddress(offset: number, address: number): void {
+    this.bar.write4(offset, address >>> 0);
+    this.bar.write4(offset + 4, Math.floor(address / 2 ** 32));
+  }
+
+  private async createIoQueue(q: QueuePair): Promise<void> {
+    const ien = q.vector >= 0 ? 1 << 1 : 0;
+    await this.adminCommand(ADMIN.CREATE_CQ, 0, q.cqBusAddress, 0, ((q.depth - 1) << 16) | q.id, (Math.max(q.vector, 0) << 16) | ien | 1, 0);
+    await this.adminCommand(ADMIN.CREATE_SQ, 0, q.sqBusAddress, 0, ((q.depth - 1) << 16) | q.id, (q.id << 16) | 1, 0);
+  }
+
+  async identify(cns: number, nsid: number): Promise<Uint8Array> {
+    this.identifyPage.view.fill(0);
+    await this.adminCommand(ADMIN.IDENTIFY, nsid, this.identifyPage.pool.busAddresses[0]!, 0, cns, 0, 0);
+    this.identifyPage.pool.sync(0x02, 0);
+    return this.identifyPage.view.slice();
+  }
+
+  async identifyNamespace(nsid: number): Promise<NamespaceIdentity> {
+    return decodeIdentifyNamespace(await this.identify(CNS.NAMESPACE, nsid));
+  }
+
+  /** An admin command; polled while the driver is attaching (no interrupt subscriber yet), by interrupt after. */
+  adminCommand(opcode: number, nsid: number, prp1: number, prp2: number, cdw10: number, cdw11: number, cdw12: number): Promise<Completion> {
+    return new Promise<Completion>((resolve, reject) => {
+      this.submitTo(this.admin, true, opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12, 0, (status, dw0) => {
+        if (status === 0) resolve({ dw0 });
+        else reject(statusError(commandName(true, opcode), status));
+      }, reject);
+    });
+  }
+
+  /** The I/O queue pairs (the block layer picks one per request). */
+  get ioQueues(): readonly QueuePair[] {
+    return this.io;
+  }
+
+  /** Whether the controller takes commands (not detached, not failed). */
+  get usable(): boolean {
+    return this.gone === undefined;
+  }
+
+  /**
+   * Submits on `q` when it has a free command ID; otherwise `onFull` is
+   * called and nothing is submitted (the caller queues the request).
+   */
+  submitTo(
+    q: QueuePair, admin: boolean, opcode: number, nsid: number, prp1: number, prp2: number,
+    cdw10: number, cdw11: number, cdw12: number, cdw13: number, handler: CompletionHandler, onError: (e: Error) => void,
+  ): number {
+    if (this.gone !== undefined) {
+      onError(new NvmeGoneError(commandName(admin, opcode), this.gone));
+      return -1;
+    }
+    const cid = q.allocCid();
+    if (cid < 0) return -1;
+    q.submit(cid, opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12, cdw13, handler, performance.now() + this.options.commandTimeoutMs);
+    if (q.vector < 0 || q === this.admin) this.kickPoller();
+    return cid;
+  }
+
+  // --- completions -------------------------------------------------------
+
+  private pollTimer: NodeJS.Immediate | undefined;
+  private faultSink: ((e: unknown) => void) | undefined;
+  private interruptsLive = false;
+
+  /** Where a throw while reaping goes (the driver machine turns it into a crash). */
+  setFaultSink(sink: (e: unknown) => void): void {
+    this.faultSink = sink;
+  }
+
+  /** From now on interrupt-driven queues are reaped by interrupts only. */
+  interruptsStarted(): void {
+    this.interruptsLive = true;
+  }
+
+  /** Reaps every queue on `vector` (an interrupt arrived). */
+  onInterrupt(vector: number): void {
+    const queues = this.byVector[vector];
+    if (queues !== undefined) for (const q of queues) q.reap();
+  }
+
+  /** Polls queues without interrupts (and all of them while attaching) until nothing is outstanding. */
+  private kickPoller(): void {
+    if (this.pollTimer !== undefined) return;
+    const poll = () => {
+      this.pollTimer = undefined;
+      let busy = false;
+      try {
+        for (const q of [this.admin, ...this.io]) {
+          if (q.vector >= 0 && this.interruptsLive) continue;
+          q.reap();
+          if (q.outstanding > 0) busy = true;
+        }
+      } catch (e) {
+        if (this.faultSink === undefined) throw e;
+        this.faultSink(e);
+        return;
+      }
+      if (busy && this.gone === undefined) this.pollTimer = setImmediate(poll);
+    };
+    this.pollTimer = setImmediate(poll);
+  }
+
+  // --- timeouts ----------------------------------------------------------
+
+  /**
+   * Called periodically: a command past its deadline gets an Abort; one
+   * still outstanding past the next deadline (or whose Abort could not be
+   * sent) makes the controller reset, which submits every outstanding
+   * command again; a command that went through two resets fails with
+   * NvmeTimeoutError.
+   */
+  checkTimeouts(now: number): void {
+    if (this.gone !== undefined || this.resetting !== undefined) return;
+    for (const q of this.io) {
+      for (let cid = 0; cid < q.depth - 1; cid++) {
+        const deadline = q.deadlines[cid]!;
+        if (deadline === 0 || deadline > now) continue;
+        if (q.retries[cid]! >= 2) {
+          q.cancel(cid, STATUS_TIMED_OUT);
+          continue;
+        }
+        if (q.retries[cid] === 0) {
+          q.retries[cid] = 1;
+          q.deadlines[cid] = now + this.options.commandTimeoutMs;
+          this.aborts++;
+          this.adminCommand(ADMIN.ABORT, 0, 0, 0, (cid << 16) | q.id, 0, 0).catch(() => this.reset('an Abort failed'));
+          continue;
+        }
+        void this.reset(`${commandName(false, q.opcodeOf(cid))} (command ${cid} on queue ${q.id}) timed out after an Abort`);
+        return;
+      }
+    }
+  }
+
+  /** Whether an I/O completion status is an Abort the driver asked for (the command is then submitted again). */
+  static wasAborted(status: number): boolean {
+    return (status & 0x7ff) === SC_ABORT_REQUESTED;
+  }
+
+  /**
+   * Controller reset and re-issue: disable, enable with the same rings,
+   * create the I/O queues again, submit every outstanding command again.
+   */
+  reset(reason: string): Promise<void> {
+    this.resetting ??= (async () => {
+      this.resets++;
+      await this.disable();
+      for (const q of [this.admin, ...this.io]) q.restart();
+      // Admin commands outstanding across the reset are lost with the old admin queue.
+      for (const cid of this.admin.outstandingCids()) this.admin.cancel(cid, STATUS_GONE);
+      await this.enable();
+      await this.adminCommand(ADMIN.SET_FEATURES, 0, 0, 0, FEATURE.NUMBER_OF_QUEUES, ((this.io.length - 1) << 16) | (this.io.length - 1), 0);
+      const deadline = performance.now() + this.options.commandTimeoutMs;
+      for (const q of this.io) {
+        await this.createIoQueue(q);
+        q.resubmitOutstanding(deadline);
+      }
+      void reason;
+    })().finally(() => (this.resetting = undefined));
+    return this.resetting;
+  }
+
+  // --- shutdown ----------------------------------------------------------
+
+  /** Fails everything outstanding; later submissions fail at once. */
+  abandon(reason: string): void {
+    if (this.gone !== undefined) return;
+    this.gone = reason;
+    if (this.pollTimer !== undefined) clearImmediate(this.pollTimer);
+    for (const q of [this.admin, ...this.io]) {
+      if (q === undefined) continue;
+      for (const cid of q.outstandingCids()) q.cancel(cid, STATUS_GONE);
+    }
+  }
+
+  /** Normal shutdown (CC.SHN), waiting for CSTS.SHST complete, bounded by CAP.TO. */
+  async shutdown(): Promise<void> {
+    const cc = this.bar.read4(REG.CC);
+    this.bar.write4(REG.CC, (cc & ~CC.SHN_MASK) | CC.SHN_NORMAL);
+    const limit = Math.max(this.cap.readyTimeoutMs, 500);
+    const deadline = performance.now() + limit;
+    while ((this.bar.read4(REG.CSTS) & CSTS.SHST_MASK) !== CSTS.SHST_COMPLETE) {
+      if (performance.now() > deadline) throw new Error(`nvme: shutdown (CC.SHN) not complete within ${limit} ms`);
+      await sleep(1);
+    }
+  }
+}

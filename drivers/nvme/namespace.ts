@@ -1,0 +1,282 @@
+/**
+ * The block layer on an NVMe controller: request validation (nothing bad
+ * reaches the controller), splitting to the transfer limit, one bounce
+ * buffer per command ID (a DMA pool per queue, so a command's buffer is
+ * known from its ID) or a per-request map of the caller's own shared
+ * memory, loaded at submission and unloaded at completion while the
+ * controller keeps working, and a wait list when every command ID is busy.
+ */
+import { Subject } from 'rxjs';
+import type { DmaPool } from '../../pci/dma-pool.js';
+import type { LoadedDmaMap } from '../../pci/bus-dma.js';
+import type { BlockCompletion, BlockDevice, BlockOperation } from '../block.js';
+import { NvmeController, commandName, statusError } from './controller.js';
+import { BlockRequestError, NvmeGoneError } from './errors.js';
+import type { QueuePair } from './queue.js';
+import { NVM, PAGE, type NamespaceIdentity } from './registers.js';
+
+/** A chunk waiting for a free command ID. */
+type Waiter = (q: QueuePair) => boolean;
+
+/** The controller's I/O queues with their bounce pools, shared by its namespaces. */
+export class IoQueues {
+  readonly data: DmaPool[];
+  readonly views: Uint8Array[][];
+  private readonly waiting: Waiter[] = [];
+  private next = 0;
+  /** Rejecters of every request in flight, for abandon(). */
+  readonly inFlight = new Set<(e: Error) => void>();
+  /** Fault injection: throw at this many I/O completions (undefined: never). */
+  failAt: number | undefined;
+  completions = 0;
+
+  constructor(
+    readonly controller: NvmeController,
+    /** Bytes one command moves at most (and each bounce buffer's size). */
+    readonly chunkBytes: number,
+  ) {
+    this.data = controller.ioQueues.map((q) => controller.tag.createPool({ entrySize: chunkBytes, entries: q.depth - 1 }));
+    this.views = this.data.map((pool) => Array.from({ length: pool.entries }, (_, i) => new Uint8Array(pool.buffer, pool.offsetOf(i), chunkBytes)));
+  }
+
+  /** Runs `issue` on a queue with a free command ID now, or once one frees up. */
+  schedule(issue: Waiter): void {
+    if (this.waiting.length === 0 && this.tryIssue(issue)) return;
+    this.waiting.push(issue);
+  }
+
+  private tryIssue(issue: Waiter): boolean {
+    const queues = this.controller.ioQueues;
+    for (let i = 0; i < queues.length; i++) {
+      const q = queues[(this.next + i) % queues.length]!;
+      if (q.outstanding < q.depth - 1 && issue(q)) {
+        this.next = (this.next + i + 1) % queues.length;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /** After each completion: start waiting chunks while command IDs are free. */
+  drain(): void {
+    while (this.waiting.length > 0 && this.tryIssue(this.waiting[0]!)) this.waiting.shift();
+  }
+
+  /** Counts a completion, and throws when fault injection says so (inside the reap: a driver crash). */
+  completed(): void {
+    this.completions++;
+    if (this.failAt !== undefined && this.completions >= this.failAt) {
+      this.failAt = undefined;
+      throw new Error(`fault injection: failAfterCompletions=${this.completions} reached`);
+    }
+  }
+
+  abandon(reason: string): void {
+    this.controller.abandon(reason);
+    this.waiting.length = 0;
+    for (const reject of [...this.inFlight]) reject(new NvmeGoneError('I/O', reason));
+    this.inFlight.clear();
+  }
+
+  free(): void {
+    for (const pool of this.data) pool.free();
+  }
+}
+
+export class NvmeNamespace implements BlockDevice {
+  readonly blockSize: number;
+  readonly blockCount: number;
+  readonly canDiscard: boolean;
+  readonly maxTransferBytes: number;
+  private readonly subject = new Subject<BlockCompletion>();
+  readonly completions = this.subject.asObservable();
+  /** Requests refused before reaching the controller. */
+  refused = 0;
+
+  constructor(
+    private readonly io: IoQueues,
+    readonly nsid: number,
+    readonly identity: NamespaceIdentity,
+    readonly name: string,
+  ) {
+    this.blockSize = identity.blockSize;
+    this.blockCount = identity.blocks;
+    this.canDiscard = io.controller.identity.datasetManagement;
+    this.maxTransferBytes = io.chunkBytes;
+  }
+
+  /** The controller (Identify data, counters, passthrough). */
+  get controller(): NvmeController {
+    return this.io.controller;
+  }
+
+  private refuse(message: string, fix: string): never {
+    this.refused++;
+    throw new BlockRequestError(`${this.name}: ${message}`, fix);
+  }
+
+  private checkRange(lba: number, blocks: number): void {
+    if (!Number.isSafeInteger(lba) || lba < 0) this.refuse(`LBA ${lba} is not a non-negative integer`, `use an LBA in 0..${this.blockCount - 1}`);
+    if (!Number.isSafeInteger(blocks) || blocks < 0) this.refuse(`block count ${blocks} is not a non-negative integer`, 'pass a whole number of blocks');
+    if (blocks === 0) this.refuse('a zero-length request', 'ask for at least one block');
+    if (lba + blocks > this.blockCount) {
+      this.refuse(`blocks ${lba}..${lba + blocks - 1} run past the end of the namespace (${this.blockCount} blocks of ${this.blockSize} bytes)`, `keep lba + blocks <= ${this.blockCount}`);
+    }
+  }
+
+  read(lba: number, blocks: number, into?: Uint8Array): Promise<Uint8Array> {
+    try {
+      this.checkRange(lba, blocks);
+      if (into !== undefined && (!(into instanceof Uint8Array) || into.length !== blocks * this.blockSize)) {
+        this.refuse(`the buffer holds ${into instanceof Uint8Array ? `${into.length} bytes` : 'no Uint8Array'}; ${blocks} blocks are ${blocks * this.blockSize} bytes`, 'pass a Uint8Array of exactly blocks × blockSize bytes, or none');
+      }
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const buffer = into ?? new Uint8Array(blocks * this.blockSize);
+    return this.transfer('read', lba, blocks, buffer).then(() => buffer);
+  }
+
+  write(lba: number, data: Uint8Array): Promise<void> {
+    try {
+      if (!(data instanceof Uint8Array)) this.refuse('write data is not a Uint8Array', 'pass the data as a Uint8Array');
+      if (data.length % this.blockSize !== 0) this.refuse(`${data.length} bytes are not a whole number of ${this.blockSize}-byte blocks`, `pad the data to a multiple of ${this.blockSize} bytes`);
+      this.checkRange(lba, data.length / this.blockSize);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.transfer('write', lba, data.length / this.blockSize, data);
+  }
+
+  flush(): Promise<void> {
+    return this.simple('flush', 0, 0, NVM.FLUSH, 0, 0, 0, -1);
+  }
+
+  discard(lba: number, blocks: number): Promise<void> {
+    try {
+      if (!this.canDiscard) this.refuse('the controller has no Dataset Management (ONCS bit 2)', 'do not discard on this device');
+      this.checkRange(lba, blocks);
+      if (blocks > 0xffffffff) this.refuse(`${blocks} blocks exceed one range's 2^32 - 1`, 'discard in smaller pieces');
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    // One range (16 bytes) in the command's bounce buffer: context attributes, NLB, SLBA.
+    return this.simple('discard', lba, blocks, NVM.DSM, 0, 1 << 2, 0, 0);
+  }
+
+  /** A command with no data of the caller's: Flush, or DSM with its range list in the bounce buffer (range >= 0). */
+  private simple(op: BlockOperation, lba: number, blocks: number, opcode: number, cdw10: number, cdw11: number, cdw12: number, range: number): Promise<void> {
+    const started = performance.now();
+    const io = this.io;
+    return new Promise<void>((resolve, reject) => {
+      const fail = (e: Error) => {
+        io.inFlight.delete(fail);
+        this.report(op, lba, blocks, e, started);
+        reject(e);
+      };
+      io.inFlight.add(fail);
+      io.schedule((q) => {
+        const cid = q.allocCid();
+        if (cid < 0) return false;
+        const pool = io.data[q.id - 1]!;
+        let prp1 = 0;
+        if (range >= 0) {
+          const v = new DataView(pool.buffer, pool.offsetOf(cid), 16);
+          v.setUint32(0, 0, true);
+          v.setUint32(4, blocks, true);
+          v.setUint32(8, lba >>> 0, true);
+          v.setUint32(12, Math.floor(lba / 2 ** 32), true);
+          prp1 = pool.busAddresses[cid]!;
+        }
+        q.freeCid(cid);
+        const handler = (status: number) => {
+          io.inFlight.delete(fail);
+          io.drain();
+          io.completed();
+          const error = status === 0 ? undefined : statusError(commandName(false, opcode), status);
+          this.report(op, lba, blocks, error, started);
+          if (error === undefined) resolve();
+          else reject(error);
+        };
+        return io.controller.submitTo(q, false, opcode, this.nsid, prp1, 0, cdw10, cdw11, cdw12, 0, handler, fail) >= 0;
+      });
+    });
+  }
+
+  private report(op: BlockOperation, lba: number, blocks: number, error: Error | undefined, started: number): void {
+    if (this.subject.observed) this.subject.next({ op, lba, blocks, error, latencyUs: Math.round((performance.now() - started) * 1000) });
+  }
+
+  /**
+   * Reads or writes `blocks` at `lba` in chunks of at most chunkBytes. A
+   * buffer over a page-aligned SharedArrayBuffer is loaded for DMA once for
+   * the whole request (unloaded at its completion); any other goes through
+   * the command IDs' bounce buffers.
+   */
+  private transfer(op: 'read' | 'write', lba: number, blocks: number, buffer: Uint8Array): Promise<void> {
+    const started = performance.now();
+    const io = this.io;
+    const bs = this.blockSize;
+    const chunkBlocks = Math.floor(io.chunkBytes / bs);
+    const direct = this.loadDirect(buffer, op);
+    const opcode = op === 'read' ? NVM.READ : NVM.WRITE;
+    let remaining = Math.ceil(blocks / chunkBlocks);
+    let failure: Error | undefined;
+    return new Promise<void>((resolve, reject) => {
+      const finish = (e: Error | undefined) => {
+        if (e !== undefined && failure === undefined) failure = e;
+        if (--remaining > 0) return;
+        io.inFlight.delete(abandon);
+        // The controller has finished with every chunk: unload while it keeps working on others.
+        if (direct?.isLoaded) direct.unload();
+        this.report(op, lba, blocks, failure, started);
+        if (failure === undefined) resolve();
+        else reject(failure);
+      };
+      const abandon = (e: Error) => {
+        io.inFlight.delete(abandon);
+        if (direct?.isLoaded) direct.unload();
+        this.report(op, lba, blocks, e, started);
+        reject(e);
+      };
+      io.inFlight.add(abandon);
+      for (let first = 0; first < blocks; first += chunkBlocks) {
+        const n = Math.min(chunkBlocks, blocks - first);
+        const offset = first * bs;
+        const bytes = n * bs;
+        const slba = lba + first;
+        io.schedule((q) => {
+          const cid = q.allocCid();
+          if (cid < 0) return false;
+          const bounce = io.views[q.id - 1]![cid]!;
+          const bus = direct !== undefined ? direct.busAddress(offset) : io.data[q.id - 1]!.busAddresses[cid]!;
+          if (direct === undefined && op === 'write') bounce.set(buffer.subarray(offset, offset + bytes));
+          const prp2 = q.prp2For(cid, bus, bytes);
+          q.freeCid(cid);
+          const handler = (status: number, _dw0: number, doneCid: number) => {
+            if (NvmeController.wasAborted(status) && q.retries[doneCid]! < 2) {
+              q.resubmit(doneCid, handler, performance.now() + io.controller.options.commandTimeoutMs);
+              return;
+            }
+            if (status === 0 && direct === undefined && op === 'read') buffer.set(bounce.subarray(0, bytes), offset);
+            io.drain();
+            finish(status === 0 ? undefined : statusError(commandName(false, opcode), status));
+            io.completed();
+          };
+          return io.controller.submitTo(q, false, opcode, this.nsid, bus, prp2, slba >>> 0, Math.floor(slba / 2 ** 32), n - 1, 0, handler, (e) => finish(e)) >= 0;
+        });
+      }
+    });
+  }
+
+  /** A per-request map of the caller's shared memory, when it can be given to the device as is. */
+  private loadDirect(buffer: Uint8Array, op: 'read' | 'write'): LoadedDmaMap | undefined {
+    if (!(buffer.buffer instanceof SharedArrayBuffer) || buffer.byteOffset % PAGE !== 0 || buffer.buffer.byteLength % PAGE !== 0) return undefined;
+    try {
+      return this.io.controller.tag.createMap(buffer.length).load(buffer.buffer, buffer.byteOffset, buffer.length, { access: op === 'read' ? 'write' : 'read' });
+    } catch {
+      // Not memory the IOMMU can map (not from allocShared): bounce it.
+      return undefined;
+    }
+  }
+}
