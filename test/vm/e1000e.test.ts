@@ -377,6 +377,9 @@ test.serial('TAP export: ping -6 to the kernel NIC\'s link-local address answers
     t.is(result.bytes, total);
     t.is(result.sha256, expected.digest('hex'));
   } finally {
+    t.log('tap', JSON.stringify(tap.counters), 'port', JSON.stringify(d.port.stats()), 'events', JSON.stringify(d.events.filter((e) => e.type === 'fault')));
+    t.log(execFileSync('ip', ['-6', 'neigh', 'show'], { encoding: 'utf8' }), await peer.run('ip', '-6', 'neigh', 'show').catch((e: Error) => e.message));
+    t.log(readFileSync('/proc/net/dev_mcast', 'utf8'));
     server.kill();
     tap.close();
     await d.stop();

@@ -24,7 +24,8 @@ export interface SendResult {
   sent: number; seconds: number; cpuSeconds: number; retries: number;
 }
 
-function peerBinary(): string {
+/** vm/net/peer.c, compiled here on first use unless the caller brings a binary (the benchmark harness does). */
+function compiledPeer(): string {
   if (!existsSync(PEER)) execFileSync('cc', ['-O2', '-Wall', '-o', PEER, join(findProjectRoot(), 'vm', 'net', 'peer.c')], { stdio: 'inherit' });
   return PEER;
 }
@@ -34,16 +35,17 @@ export class KernelPeer {
     readonly ifname: string,
     readonly mac: string,
     private readonly holder: ChildProcess,
+    private readonly peer: string,
   ) {}
 
   /** Takes the kernel-driven NIC at `address` into a namespace of its own and sets its link up. */
-  static async open(address: string): Promise<KernelPeer> {
+  static async open(address: string, peerBinary = compiledPeer()): Promise<KernelPeer> {
     const dir = `/sys/bus/pci/devices/${address}/net`;
     if (!existsSync(dir)) throw new Error(`kernel-peer: ${address} has no network interface (is it bound to e1000e.ko?)`);
     const ifname = readdirSync(dir)[0]!;
     const mac = readFileSync(join(dir, ifname, 'address'), 'utf8').trim();
     const holder = spawn('unshare', ['--net', 'sleep', '100000'], { stdio: 'ignore' });
-    const peer = new KernelPeer(ifname, mac, holder);
+    const peer = new KernelPeer(ifname, mac, holder, peerBinary);
     // The namespace exists once the holder runs sleep in it.
     const own = readlinkSafe('/proc/self/ns/net');
     const deadline = Date.now() + 10_000;
@@ -53,7 +55,7 @@ export class KernelPeer {
     }
     execFileSync('ip', ['link', 'set', 'dev', ifname, 'netns', String(holder.pid)]);
     // The largest rings the NIC has (4096 on the 82574): a stalled vCPU then overflows nothing.
-    await peer.run(peerBinary(), 'ring', ifname);
+    await peer.run(peerBinary, 'ring', ifname);
     await peer.run('ip', 'link', 'set', 'dev', ifname, 'up');
     return peer;
   }
@@ -79,7 +81,7 @@ export class KernelPeer {
 
   /** Sends `count` test frames to `dst`, lengths cycling minLength..maxLength, `gapNs` apart. */
   async send(dst: string, count: number, minLength: number, maxLength: number, gapNs = 0): Promise<SendResult> {
-    const out = await this.run(peerBinary(), 'send', this.ifname, dst, String(count), String(minLength), String(maxLength), String(gapNs));
+    const out = await this.run(this.peer, 'send', this.ifname, dst, String(count), String(minLength), String(maxLength), String(gapNs));
     return JSON.parse(out) as SendResult;
   }
 
@@ -88,7 +90,7 @@ export class KernelPeer {
    * `result` after `count` frames or `idleMs` without one.
    */
   receive(count: number, idleMs: number): { ready: Promise<void>; result: Promise<ReceiveResult> } {
-    const child = this.spawn(peerBinary(), 'recv', this.ifname, String(count), String(idleMs));
+    const child = this.spawn(this.peer, 'recv', this.ifname, String(count), String(idleMs));
     let stderr = '';
     child.stderr!.setEncoding('utf8').on('data', (c: string) => (stderr += c));
     const lines = createInterface({ input: child.stdout! });
