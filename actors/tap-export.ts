@@ -2,8 +2,9 @@
  * Exports a NIC's packet port to the OS as a TAP interface, so the kernel's
  * own network stack runs over the userland driver: frames the kernel sends
  * on the TAP go out through the port; frames the port receives go up the
- * TAP. The NIC is told to accept the TAP's own address and the multicast
- * groups the kernel joined on it (read from /proc/net/dev_mcast), so IPv6
+ * TAP. The TAP takes the NIC's station address (the NIC's own unicast
+ * filter then passes its frames), and the NIC is told the multicast groups
+ * the kernel joined on the TAP (read from /proc/net/dev_mcast), so IPv6
  * neighbour discovery works without promiscuous mode.
  *
  *   const tap = TapExport.open(e1000ePort('0000:00:08.0'), 'upci0');
@@ -12,7 +13,7 @@
  */
 import { readFileSync, readSync, writeSync } from 'node:fs';
 import type { Subscription } from 'rxjs';
-import { parseMac, type Mac, type NetPort } from '../drivers/e1000e/index.js';
+import { parseMac, type NetPort } from '../drivers/e1000e/index.js';
 import { openTap, type Tap } from '../kernel/linux/tap.js';
 
 const BATCH = 32;
@@ -37,11 +38,7 @@ export class TapExport {
   private multicastSeen = '';
   private closed = false;
 
-  private readonly mac: Mac;
-
   private constructor(private readonly port: NetPort, private readonly tap: Tap) {
-    this.mac = parseMac(readFileSync(`/sys/class/net/${tap.name}/address`, 'utf8'));
-    port.addUnicast(this.mac);
     this.subscription = port.frames.subscribe((frame) => {
       try {
         writeSync(tap.fd, frame.bytes, 0, frame.length);
@@ -59,9 +56,11 @@ export class TapExport {
     this.schedule(0);
   }
 
-  /** Creates the TAP interface `name` (it comes up with `ip link set NAME up`) over `port`. */
+  /** Creates the TAP interface `name` (it comes up with `ip link set NAME up`) over `port`, which must be attached. */
   static open(port: NetPort, name = 'upci0'): TapExport {
-    return new TapExport(port, openTap(name));
+    const info = port.attached;
+    if (info === undefined) throw new Error(`TAP export: the NIC ${port.address} has no driver attached (start the host first)`);
+    return new TapExport(port, openTap(name, parseMac(info.mac)));
   }
 
   get name(): string {
@@ -124,7 +123,6 @@ export class TapExport {
       clearImmediate(this.timer as NodeJS.Immediate);
     }
     this.subscription.unsubscribe();
-    this.port.removeUnicast(this.mac);
     this.port.setMulticast([]);
     this.tap.close();
   }

@@ -8,6 +8,9 @@ import { close, ioctlBuffer, open, O_NONBLOCK, O_RDWR } from '../libc.js';
 
 /** _IOW('T', 202, int) */
 const TUNSETIFF = 0x400454ca;
+/** The TAP's own descriptor takes the interface ioctls too (drivers/net/tun.c). */
+const SIOCSIFHWADDR = 0x8924;
+const ARPHRD_ETHER = 1;
 const IFF_TAP = 0x0002;
 const IFF_NO_PI = 0x1000;
 const IFNAMSIZ = 16;
@@ -20,7 +23,8 @@ export interface Tap {
   close(): void;
 }
 
-export function openTap(name: string): Tap {
+/** Creates (or attaches to) TAP interface `name`; with `mac`, the interface takes that hardware address. */
+export function openTap(name: string, mac?: readonly number[]): Tap {
   if (Buffer.byteLength(name) >= IFNAMSIZ || !/^[A-Za-z0-9_.-]+$/.test(name)) {
     throw new UpciError('BAD_CONFIG', `TAP: '${name}' is not an interface name`, `use at most ${IFNAMSIZ - 1} letters, digits, '.', '-' or '_'`);
   }
@@ -35,6 +39,13 @@ export function openTap(name: string): Tap {
   ifr.writeUInt16LE(IFF_TAP | IFF_NO_PI, IFNAMSIZ);
   try {
     ioctlBuffer(fd, TUNSETIFF, ifr, `TUNSETIFF ${name}`);
+    if (mac !== undefined) {
+      const req = Buffer.alloc(IFREQ_SIZE);
+      ifr.copy(req, 0, 0, IFNAMSIZ);
+      req.writeUInt16LE(ARPHRD_ETHER, IFNAMSIZ);
+      Buffer.from(mac).copy(req, IFNAMSIZ + 2);
+      ioctlBuffer(fd, SIOCSIFHWADDR, req, `SIOCSIFHWADDR ${name}`);
+    }
   } catch (e) {
     close(fd);
     throw e;

@@ -6,7 +6,7 @@
  * as `upci run` would run it, and is reached through its NetPort.
  */
 import test from 'ava';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
@@ -331,7 +331,20 @@ test.serial('fault injection: the driver throws mid-traffic; after the supervise
 });
 
 test.serial('TAP export: ping -6 to the kernel NIC\'s link-local address answers; 50 MB over TCP on link-local IPv6 arrive intact', async (t) => {
-  const d = await startDriver({ rxRing: 1024, rxBuffers: 2048 });
+  const d = await startDriver({ rxRing: 4096, rxBuffers: 8192 });
+  const pre = collect(d.port, 100);
+  await peer.send(d.port.attached!.mac, 100, 60, 60, RX_GAP_NS);
+  await until('100 frames before the TAP', () => pre.check.received >= 100, 10_000).catch(() => undefined);
+  pre.stop();
+  t.log('before the TAP', JSON.stringify(pre.check));
+  // A second unicast address (receive address entry 1) is accepted too.
+  const extra = collect(d.port, 20);
+  d.port.addUnicast([0x02, 0x00, 0x00, 0x00, 0x00, 0x2a]);
+  await peer.send('02:00:00:00:00:2a', 20, 60, 60, RX_GAP_NS);
+  await until('20 frames to the extra address', () => extra.check.received >= 20, 10_000).catch(() => undefined);
+  extra.stop();
+  d.port.removeUnicast([0x02, 0x00, 0x00, 0x00, 0x00, 0x2a]);
+  t.log('extra unicast', JSON.stringify(extra.check));
   const tap = TapExport.open(d.port, 'upci0');
   const server = peer.spawn(process.execPath, ...tcpSinkScript());
   try {
@@ -341,7 +354,13 @@ test.serial('TAP export: ping -6 to the kernel NIC\'s link-local address answers
       const out = execFileSync('ip', ['-6', '-o', 'addr', 'show', 'dev', tap.name, 'scope', 'link'], { encoding: 'utf8' });
       return out.includes('inet6 fe80::') && !out.includes('tentative');
     }, 20_000);
-    const ping = execFileSync('busybox', ['ping6', '-c', '3', '-W', '10', `${target}%${tap.name}`], { encoding: 'utf8' });
+    const ping = await new Promise<string>((resolve) => execFile('busybox', ['ping6', '-c', '3', '-W', '10', `${target}%${tap.name}`], (_e, out) => resolve(out)));
+    if (!/3 packets received/.test(ping)) {
+      // Which way fails: the kernel pings the TAP; then plain frames kernel -> upci.
+      const back = await peer.run('busybox', 'ping6', '-c', '2', '-W', '5', `${execFileSync('ip', ['-6', '-o', 'addr', 'show', 'dev', tap.name, 'scope', 'link'], { encoding: 'utf8' }).match(/fe80::[0-9a-f:]+/)![0]}%${peer.ifname}`).catch((e: Error) => e.message);
+      t.log('kernel -> tap ping', back, 'tap', JSON.stringify(tap.counters), 'rx', JSON.stringify(d.port.stats().rx), JSON.stringify(d.port.stats().hardware));
+      t.log(await peer.run('ip', '-s', 'link', 'show', 'dev', peer.ifname).catch((e: Error) => e.message));
+    }
     t.log(ping.trim().split('\n').slice(-2).join(' / '));
     t.regex(ping, /3 packets transmitted, 3 packets received/);
 
@@ -377,7 +396,7 @@ test.serial('TAP export: ping -6 to the kernel NIC\'s link-local address answers
     t.is(result.bytes, total);
     t.is(result.sha256, expected.digest('hex'));
   } finally {
-    t.log('tap', JSON.stringify(tap.counters), 'port', JSON.stringify(d.port.stats()), 'events', JSON.stringify(d.events.filter((e) => e.type === 'fault')));
+    t.log('unicast', JSON.stringify(d.port.unicast), 'tap', JSON.stringify(tap.counters), 'port', JSON.stringify(d.port.stats()), 'events', JSON.stringify(d.events.filter((e) => e.type === 'fault')));
     t.log(execFileSync('ip', ['-6', 'neigh', 'show'], { encoding: 'utf8' }), await peer.run('ip', '-6', 'neigh', 'show').catch((e: Error) => e.message));
     t.log(readFileSync('/proc/net/dev_mcast', 'utf8'));
     server.kill();
