@@ -37,6 +37,7 @@
 	X(PCIUSER_ABI_VERSION)					\
 	X(PCIUSER_MAXBARS)					\
 	X(PCIUSER_MAXVECS)					\
+	X(PCIUSER_DMA_MAXSEGS)					\
 	X(PCIUSER_MMAP_SHIFT)					\
 	X(PCIUSER_DMAMEM_ID_MIN)				\
 	X(PCIUSER_DMAMEM_ID_MAX)				\
@@ -45,6 +46,7 @@
 	X(PCIUSER_BAR_MEM64)					\
 	X(PCIUSER_BAR_PREFETCH)					\
 	X(PCIUSER_BAR_MMAP)					\
+	X(PCIUSER_BAR_UNASSIGNED)				\
 	X(PCIUSER_CAP_INTX_DISABLE)				\
 	X(PCIUSER_CAP_MSI)					\
 	X(PCIUSER_CAP_MSIX)					\
@@ -72,6 +74,10 @@
 	F(pciuser_bar, pub_cookie)				\
 	F(pciuser_bar, pub_reg)					\
 	F(pciuser_bar, pub_flags)				\
+	F(pciuser_bar, pub_msix_table)				\
+	F(pciuser_bar, pub_msix_table_size)			\
+	F(pciuser_bar, pub_msix_pba)				\
+	F(pciuser_bar, pub_msix_pba_size)			\
 	S(pciuser_claim)					\
 	F(pciuser_claim, puc_bus)				\
 	F(pciuser_claim, puc_device)				\
@@ -85,6 +91,8 @@
 	F(pciuser_claim, puc_caps)				\
 	F(pciuser_claim, puc_msi_count)				\
 	F(pciuser_claim, puc_msix_count)			\
+	F(pciuser_claim, puc_cfgsize)				\
+	F(pciuser_claim, puc_pad)				\
 	F(pciuser_claim, puc_bars)				\
 	S(pciuser_cfgreg)					\
 	F(pciuser_cfgreg, pcr_reg)				\

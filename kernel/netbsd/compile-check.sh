@@ -9,8 +9,11 @@
 #
 # Checks:
 #  1. sys/dev/pci/pci_user.c as an amd64 kernel file (clang,
-#     --target=x86_64-unknown-netbsd, -Wall -Werror), with stub opt_*.h
-#     headers and machine/x86 include links made in a temp dir.
+#     --target=x86_64-unknown-netbsd, -Wall -Werror -Wshorten-64-to-32),
+#     with stub opt_*.h headers and machine/x86 include links made in a
+#     temp dir; and again as an i386 kernel file, where bus_size_t,
+#     bus_addr_t and pointers are 32 bits wide and -Wshorten-64-to-32
+#     catches every 64-bit user value that is not narrowed on purpose.
 #     The hooks of apply.sh, applied to temp copies of pci.c and
 #     pci_usrreq.c, which are then compiled the same way.
 #  2. sys/dev/pci/pciuserio.h alone, kernel side and user side.
@@ -44,7 +47,8 @@ else
 	die "'$1' does not look like a NetBSD tree: no sys/sys/param.h"
 fi
 for f in sys/ioccom.h dev/pci/pcivar.h dev/pci/pci_usrreq.c \
-    arch/amd64/include/param.h arch/x86/include/pci_machdep_common.h; do
+    arch/amd64/include/param.h arch/i386/include/param.h \
+    arch/x86/include/pci_machdep_common.h; do
 	[ -f "$sys/$f" ] || die "'$sys' lacks $f (need sys/ with arch/amd64 and arch/x86)"
 done
 command -v "$CLANG" >/dev/null 2>&1 || die "no '$CLANG' in PATH"
@@ -65,12 +69,20 @@ opts="opt_pci opt_param opt_syslimits opt_multiprocessor opt_lockdebug
     opt_diagnostic opt_ddb opt_uvmhist opt_modular opt_kernhist"
 opts="$opts $(grep -rhoE '^#[[:space:]]*include[[:space:]]+"opt_[A-Za-z0-9_]+\.h"' \
     "$sys/sys" "$sys/uvm" "$sys/dev/pci" "$sys/arch/x86/include" \
-    "$sys/arch/amd64/include" "$sys/net" "$sys/netinet" "$sys/kern" \
+    "$sys/arch/amd64/include" "$sys/arch/i386/include" "$sys/net" \
+    "$sys/netinet" "$sys/kern" \
     "$here/sys" 2>/dev/null |
     sed -E 's/.*"(opt_[A-Za-z0-9_]+)\.h".*/\1/' | sort -u)"
 for o in $opts; do
 	: > "$tmp/inc/$o.h"
 done
+
+# The same for i386 (ILP32): its own machine/ link, the same stubs.
+mkdir -p "$tmp/inc32"
+ln -s "$sys/arch/i386/include" "$tmp/inc32/machine"
+ln -s "$sys/arch/x86/include" "$tmp/inc32/x86"
+ln -s "$sys/arch/i386/include" "$tmp/inc32/i386"
+cp "$tmp/inc"/opt_*.h "$tmp/inc32/"
 
 # locators.h, as config(1) generates it, for the pci attribute only
 # (needed by the hooked pci.c).
@@ -103,10 +115,18 @@ check() {
 	fi
 }
 
-# 1. The kernel file.
+# 1. The kernel file, LP64 and ILP32.
 # shellcheck disable=SC2086
-check "sys/dev/pci/pci_user.c (kernel, amd64)" \
-    "$CLANG" $cflags -c "$here/sys/dev/pci/pci_user.c" -o /dev/null
+check "sys/dev/pci/pci_user.c (kernel, amd64, -Wshorten-64-to-32)" \
+    "$CLANG" $cflags -Wshorten-64-to-32 -c "$here/sys/dev/pci/pci_user.c" \
+    -o /dev/null
+# shellcheck disable=SC2086
+check "sys/dev/pci/pci_user.c (kernel, i386 ILP32, -Wshorten-64-to-32)" \
+    "$CLANG" --target=i386-unknown-netbsd -std=gnu99 -ffreestanding \
+    -nostdinc -D_KERNEL -D_KERNEL_OPT -mno-sse -mno-mmx -fno-builtin \
+    -Wall -Werror -Wshorten-64-to-32 -Wno-unknown-warning-option \
+    -I"$here/sys" -I"$tmp/inc32" -I"$sys" -I"$sys/arch" \
+    -I"$src/common/include" -c "$here/sys/dev/pci/pci_user.c" -o /dev/null
 
 # 1b. The hooks: apply.sh on copies of the three files it edits, then
 #     compile the hooked pci.c and pci_usrreq.c.

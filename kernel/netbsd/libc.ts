@@ -23,6 +23,8 @@ export const ENOTTY = 25;
 export const EAGAIN = 35;
 /** Linux's is 95. */
 export const EOPNOTSUPP = 45;
+/** pciuser(4)'s DMA caps (hw.pciuser.dma_file_max, dma_total_max); Linux's is 122. */
+export const EDQUOT = 69;
 
 const sys = posix('libc.so', { O_CLOEXEC, EAGAIN, EINTR });
 export const { errno, open, close, ioctlBuffer, ioctlValue, readSome, writeSome, pipe } = sys;

@@ -25,9 +25,11 @@ const ior = (group: string, num: number, s: { size: number }): number => ioc(IOC
 const iow = (group: string, num: number, s: { size: number }): number => ioc(IOC_IN, group, num, s.size);
 const iowr = (group: string, num: number, s: { size: number }): number => ioc(IOC_IN | IOC_OUT, group, num, s.size);
 
-export const PCIUSER_ABI_VERSION = 1;
+export const PCIUSER_ABI_VERSION = 2;
 export const PCIUSER_MAXBARS = 6;
 export const PCIUSER_MAXVECS = 32;
+/** Most segments of one dmamem or dmamap. */
+export const PCIUSER_DMA_MAXSEGS = 1024;
 
 /** mmap(2) offsets: memory BAR b at (1 + b) << 40, DMA memory id i (>= 16) at i << 40. */
 export const PCIUSER_MMAP_SHIFT = 40;
@@ -41,6 +43,8 @@ export const PCIUSER_BAR_IO = 0x02;
 export const PCIUSER_BAR_MEM64 = 0x04;
 export const PCIUSER_BAR_PREFETCH = 0x08;
 export const PCIUSER_BAR_MMAP = 0x10;
+/** Implemented but given no address by firmware: neither PIO nor mmap. */
+export const PCIUSER_BAR_UNASSIGNED = 0x20;
 
 export const PCIUSER_CAP_INTX_DISABLE = 0x01;
 export const PCIUSER_CAP_MSI = 0x02;
@@ -68,6 +72,8 @@ export const PCIUSER_SYNC_POSTWRITE = 0x08;
 
 const barSpec = {
   pub_base: 'u64', pub_size: 'u64', pub_cookie: 'u64', pub_reg: 'u32', pub_flags: 'u32',
+  // The kernel's ranges of the BAR (size 0: none here): no PIO, no mmap of their pages.
+  pub_msix_table: 'u64', pub_msix_table_size: 'u64', pub_msix_pba: 'u64', pub_msix_pba_size: 'u64',
 } as const satisfies Record<string, FieldType>;
 
 export const pciuserBar = new Struct('pciuser_bar', barSpec);
@@ -93,6 +99,7 @@ export const pciuserClaim = new Struct('pciuser_claim', {
   puc_bus: 'u32', puc_device: 'u32', puc_function: 'u32', puc_flags: 'u32',
   puc_version: 'u32', puc_id: 'u32', puc_class: 'u32', puc_subsys: 'u32',
   puc_intrpin: 'u32', puc_caps: 'u32', puc_msi_count: 'u32', puc_msix_count: 'u32',
+  puc_cfgsize: 'u32', puc_pad: 'u32',
   ...claimBars(),
 });
 

@@ -2,8 +2,10 @@
  * The kernel port on NetBSD: pci(4)'s user driver extension, pciuser(4)
  * (kernel/netbsd/sys/dev/pci/pci_user.c, ABI in pciuser-abi.ts).
  *
- * NOT RUN: neither this file nor the kernel side has run on NetBSD. Only the
- * ABI it speaks is tested (test/unit/netbsd-abi.test.ts).
+ * NOT RUN: neither this file nor the kernel side has run on NetBSD. What is
+ * tested on Linux: the ABI it speaks (test/unit/netbsd-abi.test.ts), and the
+ * kernel's limits it checks before each ioctl plus what it makes of a claim
+ * reply (test/unit/netbsd-limits.test.ts).
  *
  * pciuser(4) fits the KernelPort contract through its two non-VFIO shapes:
  *  - interrupts: the device file itself is the one IrqSource ('records',
@@ -20,6 +22,7 @@ import type {
   DeviceFile, DmaAccess, DmaAllocation, DmaBusSegment, DmaConstraints, IrqInfo, IrqKind, IrqSource, KernelDmaAllocator, KernelPort, RegionInfo, RegionKind,
 } from '../port.js';
 import * as abi from './pciuser-abi.js';
+import { barMmapAreas, dmaRequest, PAGE_SIZE, touchesHole, type BarHole, type DmaRequest } from './pciuser-limits.js';
 import { RegionDevice, RegionTable } from '../region-table.js';
 import * as nb from './libc.js';
 
@@ -28,15 +31,7 @@ const ROM_INDEX = 6;
 const CONFIG_INDEX = 7;
 const VGA_INDEX = 8;
 
-const PCI_CONF_SIZE = 256;
-const PCI_EXTCONF_SIZE = 4096;
 const PCI_COMMAND_STATUS = 0x04;
-const PCI_STATUS_CAPLIST = 1 << (16 + 4);
-const PCI_CAPLIST_PTR = 0x34;
-const PCI_CAP_PCIEXPRESS = 0x10;
-
-/** bus_dma's page: dmamem sizes are rounded up to it. NetBSD/amd64, the only layout pciuser-abi.ts is checked for. */
-const PAGE_SIZE = 4096;
 
 const INTR_TYPE: Record<IrqKind, number> = {
   intx: abi.PCIUSER_INTR_INTX,
@@ -62,8 +57,6 @@ interface NetbsdAllocation extends DmaAllocation {
   readonly mem: number;
   readonly map: number;
 }
-
-const U64_MAX = (1n << 64n) - 1n;
 
 /**
  * DMA through pciuser(4)'s bus_dma objects: the 'kernel' model of
@@ -94,25 +87,28 @@ export class NetbsdDma implements KernelDmaAllocator {
     return constraints.addressLimit > 0xffffffffn ? abi.PCIUSER_DMA_64BIT : 0;
   }
 
+  /**
+   * The memory and its map are both charged against the kernel's DMA caps
+   * (the map for the bounce buffer bus_dma may give it), so an allocation
+   * holds twice its size of the caps.
+   */
   allocate(size: number, constraints: DmaConstraints, access: DmaAccess): DmaAllocation {
     this.live();
-    const maxaddr = constraints.addressLimit >= U64_MAX ? 0n : constraints.addressLimit;
-    const rounded = Math.ceil(size / PAGE_SIZE) * PAGE_SIZE;
-    // The kernel caps segments at one per page, and a dmamap at 4096 of them.
-    const maxSegments = Math.min(constraints.maxSegments, rounded / PAGE_SIZE, 4096);
+    const request = dmaRequest(size, constraints);
+    const rounded = request.size;
     const t = abi.pciuserDmamemAlloc;
     const arg = t.encode({
       pdm_size: BigInt(size),
-      pdm_align: constraints.alignment,
-      pdm_boundary: constraints.boundary,
-      pdm_maxaddr: maxaddr,
-      pdm_maxsegs: maxSegments,
+      pdm_align: request.alignment,
+      pdm_boundary: request.boundary,
+      pdm_maxaddr: request.maxaddr,
+      pdm_maxsegs: request.maxSegments,
       pdm_flags: abi.PCIUSER_DMA_COHERENT | NetbsdDma.flags(constraints),
     });
-    nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_DMAMEM_ALLOC, arg, `PCIUSER_IOC_DMAMEM_ALLOC ${size} bytes`);
+    dmaIoctl(this.fd, abi.ioctls.PCIUSER_IOC_DMAMEM_ALLOC, arg, `PCIUSER_IOC_DMAMEM_ALLOC ${size} bytes`);
     const mem = t.get(arg, 'pdm_id');
     try {
-      const { map, segments } = this.load(mem, rounded, constraints, maxaddr, maxSegments, access);
+      const { map, segments } = this.load(mem, request, constraints, access);
       const allocation: NetbsdAllocation = {
         size: rounded,
         mmap: { fd: this.fd, fileOffset: Number(t.get(arg, 'pdm_cookie')), size: rounded, writable: true },
@@ -132,19 +128,20 @@ export class NetbsdDma implements KernelDmaAllocator {
    * told. `access` is the device's: 'read' means the device only reads the
    * memory, which bus_dma calls a write (BUS_DMA_WRITE).
    */
-  private load(mem: number, length: number, constraints: DmaConstraints, maxaddr: bigint, maxSegments: number, access: DmaAccess): { map: number; segments: DmaBusSegment[] } {
+  private load(mem: number, request: DmaRequest, constraints: DmaConstraints, access: DmaAccess): { map: number; segments: DmaBusSegment[] } {
+    const { size: length, maxSegments } = request;
     const create = abi.pciuserDmamapCreate.encode({
       pdc_maxsize: BigInt(length),
       pdc_maxsegsz: BigInt(length),
-      pdc_boundary: constraints.boundary,
-      pdc_maxaddr: maxaddr,
+      pdc_boundary: request.boundary,
+      pdc_maxaddr: request.maxaddr,
       pdc_nsegments: maxSegments,
       pdc_flags: NetbsdDma.flags(constraints),
     });
-    nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_DMAMAP_CREATE, create, `PCIUSER_IOC_DMAMAP_CREATE ${length} bytes`);
+    dmaIoctl(this.fd, abi.ioctls.PCIUSER_IOC_DMAMAP_CREATE, create, `PCIUSER_IOC_DMAMAP_CREATE ${length} bytes`);
     const map = abi.pciuserDmamapCreate.get(create, 'pdc_id');
     try {
-      // The kernel copies the segments out to this buffer's address.
+      // The kernel copies the segments out to this buffer's address; it holds all the map can have, as the kernel requires.
       const segs = Buffer.alloc(maxSegments * abi.pciuserDmaSeg.size);
       const t = abi.pciuserDmamapLoad;
       const arg = t.encode({
@@ -200,6 +197,29 @@ export class NetbsdDma implements KernelDmaAllocator {
 }
 
 /**
+ * An ioctl that allocates DMA resources: EDQUOT is one of the kernel's DMA
+ * caps, which a sysctl raises.
+ */
+function dmaIoctl(fd: number, request: number, arg: Buffer, what: string): void {
+  try {
+    nb.ioctlBuffer(fd, request, arg, what);
+  } catch (e) {
+    throw dmaError(e);
+  }
+}
+
+/** The UpciError for a failed DMA allocation ioctl, or `e` itself. */
+export function dmaError(e: unknown): unknown {
+  if (errnoOf(e) !== nb.EDQUOT) return e;
+  return new UpciError(
+    'OUT_OF_RANGE',
+    'pciuser(4) refused the DMA allocation: it would pass the DMA memory this file or all files may hold (memory and maps both count)',
+    'free DMA memory, or raise the caps as root: sysctl -w hw.pciuser.dma_file_max=<bytes> (and hw.pciuser.dma_total_max); sysctl hw.pciuser shows them',
+    { cause: e },
+  );
+}
+
+/**
  * A claimed function. Its /dev/pciN file (a per-open clone) is the claim,
  * the mmap source of its BARs and DMA memory, and its interrupt event source.
  */
@@ -209,6 +229,8 @@ export class NetbsdDevice extends RegionDevice implements DeviceFile {
   readonly canReset = false;
   readonly dma: NetbsdDma;
   private readonly ioBars: readonly boolean[];
+  /** Per BAR, the kernel's ranges (MSI-X table, PBA): PIO there is refused. */
+  private readonly holes: readonly (readonly BarHole[])[];
   private established: IrqKind | undefined;
 
   constructor(
@@ -221,19 +243,28 @@ export class NetbsdDevice extends RegionDevice implements DeviceFile {
     const regions: RegionInfo[] = [];
     const cookies: number[] = [];
     const ioBars: boolean[] = [];
+    const holes: BarHole[][] = [];
     for (let bar = 0 as abi.BarIndex; bar < abi.PCIUSER_MAXBARS; bar = (bar + 1) as abi.BarIndex) {
       const flags = t.get(claim, abi.claimBarField(bar, 'pub_flags'));
-      // The upper half of a 64-bit BAR and unusable BARs come back without VALID, as VFIO reports them with size 0.
+      // The upper half of a 64-bit BAR and unusable BARs (unassigned among them) come back without VALID,
+      // as VFIO reports them with size 0.
       const size = flags & abi.PCIUSER_BAR_VALID ? Number(t.get(claim, abi.claimBarField(bar, 'pub_size'))) : 0;
+      const barHoles = [
+        { offset: Number(t.get(claim, abi.claimBarField(bar, 'pub_msix_table'))), size: Number(t.get(claim, abi.claimBarField(bar, 'pub_msix_table_size'))) },
+        { offset: Number(t.get(claim, abi.claimBarField(bar, 'pub_msix_pba'))), size: Number(t.get(claim, abi.claimBarField(bar, 'pub_msix_pba_size'))) },
+      ].filter((h) => h.size > 0);
       const mappable = size > 0 && (flags & abi.PCIUSER_BAR_MMAP) !== 0;
-      regions.push({ index: bar, kind: 'bar', size, readable: size > 0, writable: size > 0, mmapAreas: mappable ? [{ offset: 0, size }] : [] });
+      regions.push({ index: bar, kind: 'bar', size, readable: size > 0, writable: size > 0, mmapAreas: mappable ? barMmapAreas(size, barHoles) : [] });
       cookies.push(Number(t.get(claim, abi.claimBarField(bar, 'pub_cookie'))));
       ioBars.push((flags & abi.PCIUSER_BAR_IO) !== 0);
+      holes.push(barHoles);
     }
     this.ioBars = ioBars;
+    this.holes = holes;
     // pciuser(4) offers no expansion ROM access and no VGA ranges.
     regions.push(absent(ROM_INDEX));
-    const configSize = this.hasPciExpress() ? PCI_EXTCONF_SIZE : PCI_CONF_SIZE;
+    // 256 bytes, or 4096 for a PCI Express function whose extended space the kernel can reach without aliasing.
+    const configSize = t.get(claim, 'puc_cfgsize');
     regions.push({ index: CONFIG_INDEX, kind: 'config', size: configSize, readable: true, writable: true, mmapAreas: [] });
     regions.push(absent(VGA_INDEX));
     // Config space is reached through ioctls, never at a file offset: its cookie is unused.
@@ -250,19 +281,6 @@ export class NetbsdDevice extends RegionDevice implements DeviceFile {
     this.dma = new NetbsdDma(fd, () => this.live());
   }
 
-  /** Config space is 4 KiB for PCI Express functions, as VFIO sizes it; found by walking the capability list. */
-  private hasPciExpress(): boolean {
-    if (!(this.cfgRead(PCI_COMMAND_STATUS) & PCI_STATUS_CAPLIST)) return false;
-    const seen = new Set<number>();
-    for (let at = this.cfgRead(PCI_CAPLIST_PTR) & 0xfc; at >= 0x40 && !seen.has(at); ) {
-      seen.add(at);
-      const header = this.cfgRead(at);
-      if ((header & 0xff) === PCI_CAP_PCIEXPRESS) return true;
-      at = (header >>> 8) & 0xfc;
-    }
-    return false;
-  }
-
   private cfgRead(reg: number): number {
     const arg = abi.pciuserCfgreg.encode({ pcr_reg: reg });
     nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_CFGREAD, arg, `PCIUSER_IOC_CFGREAD 0x${reg.toString(16)} of ${this.address}`);
@@ -275,7 +293,12 @@ export class NetbsdDevice extends RegionDevice implements DeviceFile {
       nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_CFGWRITE, arg, `PCIUSER_IOC_CFGWRITE 0x${reg.toString(16)} of ${this.address}`);
     } catch (e) {
       if (errnoOf(e) !== nb.EPERM) throw e;
-      throw new UpciError('PERMISSION', `${this.address}: config register 0x${reg.toString(16)} belongs to the kernel (BARs, ROM BAR, interrupt line, MSI/MSI-X)`, undefined, { cause: e });
+      throw new UpciError(
+        'PERMISSION',
+        `${this.address}: config register 0x${reg.toString(16)} belongs to the kernel (pciuser(4) lets a process write only the command/status, cache line/latency, PME, PCI Express control, vendor-specific and AER registers)`,
+        undefined,
+        { cause: e },
+      );
     }
   }
 
@@ -310,8 +333,15 @@ export class NetbsdDevice extends RegionDevice implements DeviceFile {
     }
   }
 
-  /** BAR access through PIO ioctls, split into naturally aligned accesses of at most 8 bytes (4 on I/O BARs). */
+  /**
+   * BAR access through PIO ioctls, split into naturally aligned accesses of
+   * at most 8 bytes (4 on I/O BARs). The MSI-X table and PBA are the
+   * kernel's: refused here as the kernel would (EPERM).
+   */
   private pio(bar: number, offset: number, buf: Buffer, write: boolean): void {
+    if (touchesHole(this.holes[bar] ?? [], offset, buf.length, false)) {
+      throw new UpciError('PERMISSION', `${this.address}: BAR${bar} +0x${offset.toString(16)} (${buf.length} bytes) touches the MSI-X table or PBA, which belong to the kernel`, 'program MSI-X through enableIrqs(\'msix\', n)');
+    }
     const t = abi.pciuserPio;
     for (let done = 0; done < buf.length; ) {
       const at = offset + done;

@@ -34,20 +34,33 @@
  *
  * Every open of /dev/pciN is cloned (fd_clone) into a struct
  * pciuser_file, so the claim and everything hanging off it belong to
- * one open file and are torn down by its last close.  Unclaimed files
- * behave like the old /dev/pciN: unknown ioctls and mmap go to
- * pci_usrreq.c.
+ * one open file and are torn down by its last close, or by the detach
+ * of the pci bus.  Unclaimed files behave like the old /dev/pciN:
+ * unknown ioctls go to pci_usrreq.c through cdev_ioctl() and mmap to
+ * pcimmap() through udv_attach().
  *
- * Locking:
- *	pciuser_claims_lock	(adaptive) registry of claimed functions
- *	pf_lock			(adaptive) everything in a pciuser_file
- *				changed by ioctls; held across sleeps
- *	pf_intr_lock		(spin, IPL_VM) interrupt counters, the
- *				INTx mask state, the command register
- *				read-modify-write, klist
- *	c_uobj.vmobjlock,
- *	m_uobj.vmobjlock	reference counts of the pager objects
- * Lock order: pf_lock -> pciuser_claims_lock, pf_lock -> pf_intr_lock.
+ * The threat model and the reasoning behind every bound are in
+ * DESIGN.md; the limits a user meets are in pciuser(4).
+ *
+ * Locking (no adaptive lock is held across a sleep that a user can
+ * make long; the sleeps of an ioctl happen under pf_busy, a flag that
+ * others wait for interruptibly):
+ *	pciuser_lock		(adaptive) buses and their files, the claim
+ *				registry, DMA accounting, bus references
+ *	pf_lock			(adaptive) pf_busy, pf_claim (which
+ *				pciuser_lock guards too) and the lists
+ *				mmap looks things up in
+ *	pf_intr_lock		(spin, IPL_VM) interrupt counters, the INTx
+ *				mask state, every command register
+ *				read-modify-write, the klist
+ *	vmobjlock of c_uobj and m_uobj: reference counts of the pagers
+ * Lock order: pciuser_lock -> pf_lock -> pf_intr_lock.
+ *
+ * Lifetime of the pci bus (as sys/dev/usb/ugen.c 1.177 does it): every
+ * file operation but close takes a reference on its pciuser_bus, which
+ * fails once the bus is dying; pciuser_detach() marks the bus dying,
+ * wakes sleepers, waits for the references to drain and then tears
+ * down the claims of the files still open, which later only see ENXIO.
  */
 
 #include <sys/cdefs.h>
@@ -76,6 +89,7 @@ __KERNEL_RCSID(0, "$NetBSD$");
 #include <sys/queue.h>
 #include <sys/select.h>
 #include <sys/stat.h>
+#include <sys/sysctl.h>
 #include <sys/systm.h>
 #include <sys/uio.h>
 
@@ -87,22 +101,57 @@ __KERNEL_RCSID(0, "$NetBSD$");
 #include <dev/pci/pciio.h>
 #include <dev/pci/pciuserio.h>
 
-extern const struct cdevsw pci_cdevsw;
+/*
+ * NetBSD 10 changed interfaces this file uses (read from NetBSD 10's
+ * own sources, see kernel/netbsd/README.md): uvm_object's vmobjlock is
+ * a krwlock_t, struct fileops has fo_name, knotes go on a selinfo with
+ * selrecord_knote()/selremove_knote(), EOF is set with knote_set_eof()
+ * and filterops have f_flags.  The 9.99 snapshots in between are not a
+ * target.
+ */
+#if __NetBSD_Prereq__(10, 0, 0)
+#define	PCIUSER_NETBSD10	1
+#endif
+
+#ifdef PCIUSER_NETBSD10
+#define	pciuser_obj_lock(uobj)		rw_enter((uobj)->vmobjlock, RW_WRITER)
+#define	pciuser_obj_unlock(uobj)	rw_exit((uobj)->vmobjlock)
+#else
+#define	pciuser_obj_lock(uobj)		mutex_enter((uobj)->vmobjlock)
+#define	pciuser_obj_unlock(uobj)	mutex_exit((uobj)->vmobjlock)
+#endif
 
 #define	PCIUSER_MMAP_MASK	(((uint64_t)1 << PCIUSER_MMAP_SHIFT) - 1)
-#define	PCIUSER_MSI_CAPLEN	24	/* largest MSI capability */
-#define	PCIUSER_MSIX_CAPLEN	12
 #define	PCIUSER_CSR_CMDMASK	0x0000ffffU	/* command half of the CSR */
+#define	PCIUSER_CFGW_MAX	16	/* config write rules per claim */
+#define	PCIUSER_CAPWALK_MAX	48	/* capability list loop guard */
+#define	PCIUSER_BUS_SIZE_MAX	((uint64_t)(bus_size_t)~(bus_size_t)0)
+
+extern const struct cdevsw pci_cdevsw;
 
 struct pciuser_barstate {
 	bus_addr_t		b_base;
 	bus_size_t		b_size;
 	int			b_mapflags;	/* BUS_SPACE_MAP_* */
 	uint32_t		b_uflags;	/* PCIUSER_BAR_* */
-	int			b_reg;
 	bus_space_tag_t		b_tag;
-	bus_space_handle_t	b_handle;
-	bool			b_mapped;	/* b_handle valid */
+	bus_space_handle_t	b_handle;	/* mapped (reserved) at claim */
+	bool			b_mapped;
+	/* Kernel-owned ranges (MSI-X table, PBA): [off, off + size). */
+	uint64_t		b_hole_off[2];
+	uint64_t		b_hole_size[2];
+};
+
+/*
+ * One allowlisted config dword range: the user's bits wmask are
+ * written, the kernel's bits keep are preserved from the current
+ * value, every other bit is written as 0 (read-only, or
+ * write-one-to-clear and not the user's to clear).
+ */
+struct pciuser_cfgw {
+	uint32_t		w_lo, w_hi;	/* [lo, hi), dword aligned */
+	uint32_t		w_wmask;
+	uint32_t		w_keep;
 };
 
 /*
@@ -113,17 +162,22 @@ struct pciuser_barstate {
  */
 struct pciuser_claimrec {
 	struct uvm_object	c_uobj;		/* must be first */
-	LIST_ENTRY(pciuser_claimrec) c_entry;
+	LIST_ENTRY(pciuser_claimrec) c_entry;	/* pciuser_claims */
+	bool			c_registered;	/* on pciuser_claims */
+	bool			c_gone;		/* bus detached: no access */
 	struct pci_softc	*c_sc;
 	pcitag_t		c_tag;
-	int			c_bus;
 	int			c_device;
 	int			c_function;
 	struct pci_attach_args	c_pa;
 	struct pciuser_barstate	c_bar[PCIUSER_MAXBARS];
+	pcireg_t		c_savedcmd;	/* command register at claim */
+	uint32_t		c_cfgsize;	/* 256 or 4096 */
 	int			c_msioff;	/* 0 if none */
 	int			c_msixoff;	/* 0 if none */
 	bool			c_intxdis;	/* INTx disable works */
+	int			c_ncfgw;
+	struct pciuser_cfgw	c_cfgw[PCIUSER_CFGW_MAX];
 };
 
 /* DMA memory: pager object + bus_dmamem(9) allocation. */
@@ -133,10 +187,12 @@ struct pciuser_dmamem {
 	uint32_t		m_id;
 	bus_dma_tag_t		m_dmat;
 	bool			m_subtag;	/* m_dmat to be destroyed */
+	bool			m_leaked;	/* device may still DMA */
+	struct pciuser_file	*m_pf;		/* on its pf_orphans, or NULL */
 	bus_dma_segment_t	*m_segs;
 	int			m_maxsegs;
 	int			m_nsegs;
-	bus_size_t		m_size;
+	bus_size_t		m_size;		/* charged, see pciuser_charge */
 	void			*m_kva;
 	int			m_mapflags;	/* for bus_dmamem_mmap */
 	u_int			m_loads;	/* dmamaps loaded from it */
@@ -149,10 +205,24 @@ struct pciuser_dmamap {
 	bus_dma_tag_t		d_dmat;
 	bool			d_subtag;
 	bus_dmamap_t		d_map;
+	uint32_t		d_nsegments;
+	bus_size_t		d_charge;	/* round_page(maxsize) */
 	struct pciuser_dmamem	*d_mem;		/* loaded from, or NULL */
 };
 
 struct pciuser_file;
+
+/* The pciuser side of one pci(4) bus: its files and their references. */
+struct pciuser_bus {
+	LIST_ENTRY(pciuser_bus)	pb_entry;	/* pciuser_buses */
+	struct pci_softc	*pb_sc;		/* NULL once detached */
+	LIST_HEAD(, pciuser_file) pb_files;	/* not yet torn down */
+	u_int			pb_nfiles;	/* open files, for freeing */
+	int			pb_refcnt;	/* operations in progress */
+	int			pb_closing;	/* closes tearing down */
+	bool			pb_dying;
+	kcondvar_t		pb_cv;
+};
 
 struct pciuser_vec {
 	struct pciuser_file	*v_pf;
@@ -164,18 +234,26 @@ struct pciuser_vec {
 
 struct pciuser_file {
 	dev_t			pf_dev;
-	struct pci_softc	*pf_sc;
+	struct pciuser_bus	*pf_bus;
+	LIST_ENTRY(pciuser_file) pf_entry;	/* pb_files */
+	bool			pf_detaching;	/* pciuser_detach owns it */
+	bool			pf_detached;	/* its claim is gone */
+
 	kmutex_t		pf_lock;
+	kcondvar_t		pf_busycv;
+	bool			pf_busy;	/* an ioctl or mmap runs */
 	struct pciuser_claimrec	*pf_claim;
 
 	/* Interrupts. */
 	kmutex_t		pf_intr_lock;
 	kcondvar_t		pf_cv;
 	struct selinfo		pf_sel;
+	bool			pf_dying;	/* bus detaching: wake up */
 	void			*pf_sih;
 	pci_intr_handle_t	*pf_ihps;
 	struct pciuser_vec	*pf_vecs;
 	int			pf_nvecs;
+	uint32_t		pf_intrgen;	/* bumped by each teardown */
 	pci_intr_type_t		pf_intrtype;
 	bool			pf_intx_masked;
 	struct pciuser_intr_ack	pf_ack;
@@ -183,6 +261,8 @@ struct pciuser_file {
 	/* DMA. */
 	LIST_HEAD(, pciuser_dmamem) pf_mems;
 	LIST_HEAD(, pciuser_dmamap) pf_maps;
+	LIST_HEAD(, pciuser_dmamem) pf_orphans;	/* freed, still mapped */
+	uint64_t		pf_dma_bytes;	/* charged to this file */
 	uint32_t		pf_nextmem;
 	uint32_t		pf_nextmap;
 };
@@ -199,6 +279,9 @@ static int	pciuser_mmap(struct file *, off_t *, size_t, int, int *,
 static void	pciuser_softintr(void *);
 
 static const struct fileops pciuser_fileops = {
+#ifdef PCIUSER_NETBSD10
+	.fo_name = "pciuser",
+#endif
 	.fo_read = pciuser_read,
 	.fo_write = fbadop_write,
 	.fo_ioctl = pciuser_ioctl,
@@ -211,38 +294,146 @@ static const struct fileops pciuser_fileops = {
 	.fo_mmap = pciuser_mmap,
 };
 
-static void	pciuser_bar_reference(struct uvm_object *);
+static void	pciuser_obj_reference(struct uvm_object *);
 static void	pciuser_bar_detach(struct uvm_object *);
 static int	pciuser_bar_fault(struct uvm_faultinfo *, vaddr_t,
 		    struct vm_page **, int, int, vm_prot_t, int);
-static void	pciuser_mem_reference(struct uvm_object *);
 static void	pciuser_mem_detach(struct uvm_object *);
 static int	pciuser_mem_fault(struct uvm_faultinfo *, vaddr_t,
 		    struct vm_page **, int, int, vm_prot_t, int);
 
 static const struct uvm_pagerops pciuser_bar_pagerops = {
-	.pgo_reference = pciuser_bar_reference,
+	.pgo_reference = pciuser_obj_reference,
 	.pgo_detach = pciuser_bar_detach,
 	.pgo_fault = pciuser_bar_fault,
 };
 
 static const struct uvm_pagerops pciuser_mem_pagerops = {
-	.pgo_reference = pciuser_mem_reference,
+	.pgo_reference = pciuser_obj_reference,
 	.pgo_detach = pciuser_mem_detach,
 	.pgo_fault = pciuser_mem_fault,
 };
 
-static kmutex_t pciuser_claims_lock;
+static kmutex_t pciuser_lock;
+static LIST_HEAD(, pciuser_bus) pciuser_buses =
+    LIST_HEAD_INITIALIZER(pciuser_buses);
 static LIST_HEAD(, pciuser_claimrec) pciuser_claims =
     LIST_HEAD_INITIALIZER(pciuser_claims);
 static ONCE_DECL(pciuser_once);
+
+/*
+ * DMA accounting, in bytes of wired memory: what every dmamem object
+ * holds until it is freed, and the maxsize of every dmamap (bus_dma
+ * may back a map with a bounce buffer that large).  The caps are set
+ * with sysctl(8): hw.pciuser.dma_file_max, hw.pciuser.dma_total_max;
+ * hw.pciuser.dma_total reads the global charge.
+ */
+static uint64_t pciuser_dma_total;
+static uint64_t pciuser_dma_total_max;
+static uint64_t pciuser_dma_file_max;
 
 static int
 pciuser_init(void)
 {
 
-	mutex_init(&pciuser_claims_lock, MUTEX_DEFAULT, IPL_NONE);
+	mutex_init(&pciuser_lock, MUTEX_DEFAULT, IPL_NONE);
+	/* Defaults: an eighth of RAM per file, a quarter for all. */
+	pciuser_dma_total_max = ctob((uint64_t)physmem) / 4;
+	pciuser_dma_file_max = ctob((uint64_t)physmem) / 8;
 	return 0;
+}
+
+/* Set a cap under the lock, so that readers of the pair see either. */
+static int
+pciuser_sysctl_cap(SYSCTLFN_ARGS)
+{
+	struct sysctlnode node = *rnode;
+	uint64_t *cap = rnode->sysctl_data;
+	uint64_t val;
+	int error;
+
+	mutex_enter(&pciuser_lock);
+	val = *cap;
+	mutex_exit(&pciuser_lock);
+	node.sysctl_data = &val;
+	error = sysctl_lookup(SYSCTLFN_CALL(&node));
+	if (error || newp == NULL)
+		return error;
+	mutex_enter(&pciuser_lock);
+	*cap = val;
+	mutex_exit(&pciuser_lock);
+	return 0;
+}
+
+SYSCTL_SETUP(sysctl_hw_pciuser_setup, "sysctl hw.pciuser subtree setup")
+{
+	static const struct {
+		const char	*name;
+		const char	*descr;
+		uint64_t	*var;
+		int		access;
+	} nodes[] = {
+		{ "dma_file_max",
+		  "Bytes of DMA memory and maps one open file may hold",
+		  &pciuser_dma_file_max, CTLFLAG_READWRITE },
+		{ "dma_total_max",
+		  "Bytes of DMA memory and maps all files may hold",
+		  &pciuser_dma_total_max, CTLFLAG_READWRITE },
+		{ "dma_total",
+		  "Bytes of DMA memory and maps held now",
+		  &pciuser_dma_total, CTLFLAG_READONLY },
+	};
+	const struct sysctlnode *node;
+	size_t i;
+
+	RUN_ONCE(&pciuser_once, pciuser_init);
+	if (sysctl_createv(clog, 0, NULL, &node, CTLFLAG_PERMANENT,
+	    CTLTYPE_NODE, "pciuser",
+	    SYSCTL_DESCR("pci(4) user driver support"),
+	    NULL, 0, NULL, 0, CTL_HW, CTL_CREATE, CTL_EOL) != 0)
+		return;
+	for (i = 0; i < __arraycount(nodes); i++)
+		sysctl_createv(clog, 0, &node, NULL,
+		    CTLFLAG_PERMANENT | nodes[i].access, CTLTYPE_QUAD,
+		    nodes[i].name, SYSCTL_DESCR(nodes[i].descr),
+		    pciuser_sysctl_cap, 0, (int64_t *)(void *)nodes[i].var, 0,
+		    CTL_CREATE, CTL_EOL);
+}
+
+/*
+ * Charge `bytes' to pf and to the global total, or fail with EDQUOT
+ * if either cap would be passed.  Caps may be lowered below what is
+ * held; then nothing more is granted until enough is freed.
+ */
+static int
+pciuser_charge(struct pciuser_file *pf, uint64_t bytes)
+{
+	int error = 0;
+
+	mutex_enter(&pciuser_lock);
+	if (pf->pf_dma_bytes > pciuser_dma_file_max ||
+	    bytes > pciuser_dma_file_max - pf->pf_dma_bytes ||
+	    pciuser_dma_total > pciuser_dma_total_max ||
+	    bytes > pciuser_dma_total_max - pciuser_dma_total)
+		error = EDQUOT;
+	else {
+		pf->pf_dma_bytes += bytes;
+		pciuser_dma_total += bytes;
+	}
+	mutex_exit(&pciuser_lock);
+	return error;
+}
+
+/* Undo pciuser_charge. */
+static void
+pciuser_uncharge(struct pciuser_file *pf, uint64_t bytes)
+{
+
+	mutex_enter(&pciuser_lock);
+	KASSERT(pf->pf_dma_bytes >= bytes && pciuser_dma_total >= bytes);
+	pf->pf_dma_bytes -= bytes;
+	pciuser_dma_total -= bytes;
+	mutex_exit(&pciuser_lock);
 }
 
 /*
@@ -259,7 +450,7 @@ pciuser_claimed(struct pci_softc *sc, int device, int function)
 	bool found = false;
 
 	RUN_ONCE(&pciuser_once, pciuser_init);
-	mutex_enter(&pciuser_claims_lock);
+	mutex_enter(&pciuser_lock);
 	LIST_FOREACH(c, &pciuser_claims, c_entry) {
 		if (c->c_sc == sc && c->c_device == device &&
 		    c->c_function == function) {
@@ -267,15 +458,157 @@ pciuser_claimed(struct pci_softc *sc, int device, int function)
 			break;
 		}
 	}
-	mutex_exit(&pciuser_claims_lock);
+	mutex_exit(&pciuser_lock);
 	return found;
+}
+
+/*
+ * Bus references (ugen.c 1.177's sc_refcnt and sc_dying).
+ */
+
+/* Take a reference for one file operation; ENXIO once the bus is going. */
+static int
+pciuser_enter(struct pciuser_file *pf)
+{
+	struct pciuser_bus *pb = pf->pf_bus;
+	int error = 0;
+
+	mutex_enter(&pciuser_lock);
+	if (pb->pb_dying || pf->pf_detached)
+		error = ENXIO;
+	else {
+		KASSERT(pb->pb_refcnt < INT_MAX);
+		pb->pb_refcnt++;
+	}
+	mutex_exit(&pciuser_lock);
+	return error;
+}
+
+static void
+pciuser_exit(struct pciuser_file *pf)
+{
+	struct pciuser_bus *pb = pf->pf_bus;
+
+	mutex_enter(&pciuser_lock);
+	KASSERT(pb->pb_refcnt > 0);
+	if (--pb->pb_refcnt == 0 && pb->pb_dying)
+		cv_broadcast(&pb->pb_cv);
+	mutex_exit(&pciuser_lock);
+}
+
+/*
+ * Serialize ioctls and mmap of one file without holding a mutex across
+ * their sleeps: wait interruptibly for pf_busy (uninterruptibly for
+ * close and detach, which must not fail).
+ */
+static int
+pciuser_busy(struct pciuser_file *pf, bool intr)
+{
+	int error = 0;
+
+	mutex_enter(&pf->pf_lock);
+	while (pf->pf_busy && error == 0) {
+		if (intr)
+			error = cv_wait_sig(&pf->pf_busycv, &pf->pf_lock);
+		else
+			cv_wait(&pf->pf_busycv, &pf->pf_lock);
+	}
+	if (error == 0)
+		pf->pf_busy = true;
+	mutex_exit(&pf->pf_lock);
+	return error;
+}
+
+static void
+pciuser_unbusy(struct pciuser_file *pf)
+{
+
+	mutex_enter(&pf->pf_lock);
+	KASSERT(pf->pf_busy);
+	pf->pf_busy = false;
+	cv_broadcast(&pf->pf_busycv);
+	mutex_exit(&pf->pf_lock);
+}
+
+/*
+ * Put pf on the files of sc's bus record, made on first use; ENXIO if
+ * the bus is going away.
+ */
+static int
+pciuser_bus_join(struct pci_softc *sc, struct pciuser_file *pf)
+{
+	struct pciuser_bus *pb, *npb;
+	int error = 0;
+
+	npb = kmem_zalloc(sizeof(*npb), KM_SLEEP);
+	mutex_enter(&pciuser_lock);
+	LIST_FOREACH(pb, &pciuser_buses, pb_entry) {
+		if (pb->pb_sc == sc)
+			break;
+	}
+	if (pb == NULL) {
+		pb = npb;
+		npb = NULL;
+		pb->pb_sc = sc;
+		LIST_INIT(&pb->pb_files);
+		cv_init(&pb->pb_cv, "pciuserb");
+		LIST_INSERT_HEAD(&pciuser_buses, pb, pb_entry);
+	}
+	if (pb->pb_dying)
+		error = ENXIO;
+	else {
+		pb->pb_nfiles++;
+		pf->pf_bus = pb;
+		LIST_INSERT_HEAD(&pb->pb_files, pf, pf_entry);
+	}
+	mutex_exit(&pciuser_lock);
+	if (npb != NULL)
+		kmem_free(npb, sizeof(*npb));
+	return error;
+}
+
+/*
+ * Take pf off its bus.  The record goes with the last file of a
+ * detached bus.
+ */
+static void
+pciuser_bus_leave(struct pciuser_file *pf)
+{
+	struct pciuser_bus *pb = pf->pf_bus;
+	bool free;
+
+	mutex_enter(&pciuser_lock);
+	if (!pf->pf_detached)
+		LIST_REMOVE(pf, pf_entry);
+	KASSERT(pb->pb_nfiles > 0);
+	free = --pb->pb_nfiles == 0 && pb->pb_sc == NULL;
+	mutex_exit(&pciuser_lock);
+	if (free) {
+		cv_destroy(&pb->pb_cv);
+		kmem_free(pb, sizeof(*pb));
+	}
+}
+
+static void
+pciuser_file_free(struct pciuser_file *pf)
+{
+
+	seldestroy(&pf->pf_sel);
+	cv_destroy(&pf->pf_cv);
+	mutex_destroy(&pf->pf_intr_lock);
+	cv_destroy(&pf->pf_busycv);
+	mutex_destroy(&pf->pf_lock);
+	kmem_free(pf, sizeof(*pf));
 }
 
 /*
  * pciuser_open:
  *
  *	d_open of /dev/pciN (called from pciopen()): clone the open
- *	into a file with its own state.
+ *	into a file with its own state.  Opening needs no privilege
+ *	beyond the node's permissions and takes only kernel memory
+ *	for the file (bounded by the descriptor limit); claiming is
+ *	the privileged act.
  */
 int
 pciuser_open(dev_t dev, int flags, int mode, struct lwp *l)
@@ -285,36 +618,37 @@ pciuser_open(dev_t dev, int flags, int mode, struct lwp *l)
 	struct file *fp;
 	int error, fd;
 
-	sc = device_lookup_private(&pci_cd, minor(dev));
-	if (sc == NULL)
-		return ENXIO;
 	RUN_ONCE(&pciuser_once, pciuser_init);
-
 	pf = kmem_zalloc(sizeof(*pf), KM_SLEEP);
-	pf->pf_sih = softint_establish(SOFTINT_SERIAL | SOFTINT_MPSAFE,
-	    pciuser_softintr, pf);
-	if (pf->pf_sih == NULL) {
-		kmem_free(pf, sizeof(*pf));
-		return ENOMEM;
-	}
-	error = fd_allocfile(&fp, &fd);
-	if (error) {
-		softint_disestablish(pf->pf_sih);
-		kmem_free(pf, sizeof(*pf));
-		return error;
-	}
-
 	pf->pf_dev = dev;
-	pf->pf_sc = sc;
 	mutex_init(&pf->pf_lock, MUTEX_DEFAULT, IPL_NONE);
+	cv_init(&pf->pf_busycv, "pciusrbz");
 	mutex_init(&pf->pf_intr_lock, MUTEX_DEFAULT, IPL_VM);
 	cv_init(&pf->pf_cv, "pciuser");
 	selinit(&pf->pf_sel);
 	LIST_INIT(&pf->pf_mems);
 	LIST_INIT(&pf->pf_maps);
+	LIST_INIT(&pf->pf_orphans);
 	pf->pf_nextmem = PCIUSER_DMAMEM_ID_MIN;
 	pf->pf_nextmap = 1;
 
+	/*
+	 * d_open runs under the kernel lock, as autoconf does: sc
+	 * cannot be freed before pciuser_bus_join() has it, and from
+	 * then on pciuser_detach() knows about this file.
+	 */
+	sc = device_lookup_private(&pci_cd, minor(dev));
+	error = sc == NULL ? ENXIO : pciuser_bus_join(sc, pf);
+	if (error) {
+		pciuser_file_free(pf);
+		return error;
+	}
+	error = fd_allocfile(&fp, &fd);
+	if (error) {
+		pciuser_bus_leave(pf);
+		pciuser_file_free(pf);
+		return error;
+	}
 	return fd_clone(fp, fd, flags, &pciuser_fileops, pf);
 }
 
@@ -323,16 +657,41 @@ pciuser_open(dev_t dev, int flags, int mode, struct lwp *l)
  */
 
 static void
-pciuser_bar_reference(struct uvm_object *uobj)
+pciuser_obj_reference(struct uvm_object *uobj)
 {
 
-	mutex_enter(uobj->vmobjlock);
+	pciuser_obj_lock(uobj);
 	uobj->uo_refs++;
-	mutex_exit(uobj->vmobjlock);
+	pciuser_obj_unlock(uobj);
+}
+
+/* Drops one reference to a pager object; true when it was the last. */
+static bool
+pciuser_obj_unref(struct uvm_object *uobj)
+{
+	int refs;
+
+	pciuser_obj_lock(uobj);
+	refs = --uobj->uo_refs;
+	pciuser_obj_unlock(uobj);
+	return refs == 0;
+}
+
+/* Take a claim off the registry: kernel drivers may attach again. */
+static void
+pciuser_claim_unregister(struct pciuser_claimrec *c)
+{
+
+	mutex_enter(&pciuser_lock);
+	if (c->c_registered) {
+		LIST_REMOVE(c, c_entry);
+		c->c_registered = false;
+	}
+	mutex_exit(&pciuser_lock);
 }
 
 static void
-pciuser_claim_free(struct pciuser_claimrec *c)
+pciuser_bars_unmap(struct pciuser_claimrec *c)
 {
 	struct pciuser_barstate *b;
 	int i;
@@ -341,39 +700,35 @@ pciuser_claim_free(struct pciuser_claimrec *c)
 		b = &c->c_bar[i];
 		if (b->b_mapped)
 			bus_space_unmap(b->b_tag, b->b_handle, b->b_size);
+		b->b_mapped = false;
 	}
-	mutex_enter(&pciuser_claims_lock);
-	LIST_REMOVE(c, c_entry);
-	mutex_exit(&pciuser_claims_lock);
-	uvm_obj_destroy(&c->c_uobj, true);
-	kmem_free(c, sizeof(*c));
 }
 
-/* Drops one reference to a claim's or a DMA memory's uvm object; true when it was the last. */
-static bool
-pciuser_uobj_unref(struct uvm_object *uobj)
+/*
+ * The last reference to a claim went (the file closed and the last BAR
+ * mapping is gone): give the function back to the kernel as it was
+ * found, except that bus mastering stays off -- a kernel driver turns
+ * it on itself, and the device was programmed by a process.
+ */
+static void
+pciuser_claim_free(struct pciuser_claimrec *c)
 {
-	int refs;
 
-	mutex_enter(uobj->vmobjlock);
-	refs = --uobj->uo_refs;
-	mutex_exit(uobj->vmobjlock);
-	return refs == 0;
+	if (!c->c_gone)
+		pci_conf_write(c->c_pa.pa_pc, c->c_tag, PCI_COMMAND_STATUS_REG,
+		    c->c_savedcmd & ~PCI_COMMAND_MASTER_ENABLE);
+	pciuser_bars_unmap(c);
+	pciuser_claim_unregister(c);
+	uvm_obj_destroy(&c->c_uobj, true);
+	kmem_free(c, sizeof(*c));
 }
 
 static void
 pciuser_bar_detach(struct uvm_object *uobj)
 {
 
-	if (pciuser_uobj_unref(uobj))
+	if (pciuser_obj_unref(uobj))
 		pciuser_claim_free((struct pciuser_claimrec *)uobj);
-}
-
-static void
-pciuser_mem_reference(struct uvm_object *uobj)
-{
-
-	pciuser_bar_reference(uobj);
 }
 
 static void
@@ -381,11 +736,27 @@ pciuser_mem_free(struct pciuser_dmamem *m)
 {
 
 	KASSERT(m->m_loads == 0);
-	bus_dmamem_unmap(m->m_dmat, m->m_kva, m->m_size);
-	bus_dmamem_free(m->m_dmat, m->m_segs, m->m_nsegs);
-	if (m->m_subtag)
-		bus_dmatag_destroy(m->m_dmat);
-	kmem_free(m->m_segs, m->m_maxsegs * sizeof(m->m_segs[0]));
+	mutex_enter(&pciuser_lock);
+	if (m->m_pf != NULL) {
+		LIST_REMOVE(m, m_entry);	/* pf_orphans */
+		if (!m->m_leaked)
+			m->m_pf->pf_dma_bytes -= m->m_size;
+		m->m_pf = NULL;
+	}
+	if (!m->m_leaked)
+		pciuser_dma_total -= m->m_size;
+	mutex_exit(&pciuser_lock);
+	if (m->m_leaked) {
+		/* The device may still write it: never reuse the pages. */
+		printf("pciuser: %zu bytes of DMA memory leaked\n",
+		    (size_t)m->m_size);
+	} else {
+		bus_dmamem_unmap(m->m_dmat, m->m_kva, m->m_size);
+		bus_dmamem_free(m->m_dmat, m->m_segs, m->m_nsegs);
+		if (m->m_subtag)
+			bus_dmatag_destroy(m->m_dmat);
+		kmem_free(m->m_segs, m->m_maxsegs * sizeof(m->m_segs[0]));
+	}
 	uvm_obj_destroy(&m->m_uobj, true);
 	kmem_free(m, sizeof(*m));
 }
@@ -394,8 +765,31 @@ static void
 pciuser_mem_detach(struct uvm_object *uobj)
 {
 
-	if (pciuser_uobj_unref(uobj))
+	if (pciuser_obj_unref(uobj))
 		pciuser_mem_free((struct pciuser_dmamem *)uobj);
+}
+
+/* Whether [off, off + len) meets a kernel-owned range of b. */
+static bool
+pciuser_bar_hole(const struct pciuser_barstate *b, uint64_t off,
+    uint64_t len, bool pages)
+{
+	uint64_t lo, hi;
+	int i;
+
+	for (i = 0; i < 2; i++) {
+		if (b->b_hole_size[i] == 0)
+			continue;
+		lo = b->b_hole_off[i];
+		hi = lo + b->b_hole_size[i];
+		if (pages) {
+			lo = trunc_page(lo);
+			hi = round_page(hi);
+		}
+		if (off < hi && lo < off + len)
+			return true;
+	}
+	return false;
 }
 
 /* mmap cookie of one page of a memory BAR, or -1. */
@@ -408,10 +802,11 @@ pciuser_bar_cookie(struct uvm_object *uobj, voff_t off, vm_prot_t prot)
 
 	idx = (uint64_t)off >> PCIUSER_MMAP_SHIFT;
 	rel = (uint64_t)off & PCIUSER_MMAP_MASK;
-	if (idx < 1 || idx > PCIUSER_MAXBARS)
+	if (c->c_gone || idx < 1 || idx > PCIUSER_MAXBARS)
 		return (paddr_t)-1;
 	b = &c->c_bar[idx - 1];
-	if ((b->b_uflags & PCIUSER_BAR_MMAP) == 0 || rel >= b->b_size)
+	if ((b->b_uflags & PCIUSER_BAR_MMAP) == 0 || rel >= b->b_size ||
+	    pciuser_bar_hole(b, rel, PAGE_SIZE, true))
 		return (paddr_t)-1;
 	return bus_space_mmap(b->b_tag, b->b_base, rel, prot,
 	    b->b_mapflags & BUS_SPACE_MAP_PREFETCHABLE);
@@ -514,12 +909,31 @@ pciuser_match_any(const struct pci_attach_args *pa)
 	return 1;
 }
 
+/* Record the MSI-X table or PBA (cap register `reg') as a hole in its BAR. */
 static void
-pciuser_probe_bars(struct pciuser_claimrec *c, struct pciuser_claim *uc)
+pciuser_msix_hole(struct pciuser_claimrec *c, int reg, int hole,
+    uint64_t size)
+{
+	pcireg_t v;
+	u_int bir;
+
+	v = pci_conf_read(c->c_pa.pa_pc, c->c_tag, c->c_msixoff + reg);
+	bir = v & PCI_MSIX_TBLBIR_MASK;		/* same field for the PBA */
+	if (bir >= PCIUSER_MAXBARS)
+		return;
+	c->c_bar[bir].b_hole_off[hole] = v & PCI_MSIX_TBLOFFSET_MASK;
+	c->c_bar[bir].b_hole_size[hole] = size;
+}
+
+/*
+ * Size the BARs.  The caller has registered the claim and turned
+ * decoding off, so writing all-ones to a BAR moves nobody's registers.
+ */
+static void
+pciuser_probe_bars(struct pciuser_claimrec *c)
 {
 	pci_chipset_tag_t pc = c->c_pa.pa_pc;
 	struct pciuser_barstate *b;
-	struct pciuser_bar *ub;
 	bus_addr_t base;
 	bus_size_t size;
 	pcireg_t type;
@@ -528,8 +942,6 @@ pciuser_probe_bars(struct pciuser_claimrec *c, struct pciuser_claim *uc)
 	for (i = 0; i < PCIUSER_MAXBARS; i++) {
 		reg = PCI_MAPREG_START + 4 * i;
 		b = &c->c_bar[i];
-		ub = &uc->puc_bars[i];
-		ub->pub_reg = reg;
 		if (!pci_mapreg_probe(pc, c->c_tag, reg, &type))
 			continue;
 		if (pci_mapreg_info(pc, c->c_tag, reg, type, &base, &size,
@@ -537,59 +949,309 @@ pciuser_probe_bars(struct pciuser_claimrec *c, struct pciuser_claim *uc)
 			continue;
 		b->b_base = base;
 		b->b_size = size;
-		b->b_mapflags = flags;
-		b->b_reg = reg;
-		b->b_uflags = PCIUSER_BAR_VALID;
+		b->b_mapflags = flags & BUS_SPACE_MAP_PREFETCHABLE;
 		if (PCI_MAPREG_TYPE(type) == PCI_MAPREG_TYPE_IO) {
-			if ((c->c_pa.pa_flags & PCI_FLAGS_IO_OKAY) == 0) {
-				b->b_uflags = 0;
-				continue;
-			}
+			b->b_uflags = PCIUSER_BAR_IO;
 			b->b_tag = c->c_pa.pa_iot;
-			b->b_uflags |= PCIUSER_BAR_IO;
+			if ((c->c_pa.pa_flags & PCI_FLAGS_IO_OKAY) == 0)
+				b->b_size = 0;
 		} else {
-			if ((c->c_pa.pa_flags & PCI_FLAGS_MEM_OKAY) == 0) {
-				b->b_uflags = 0;
-				continue;
-			}
 			b->b_tag = c->c_pa.pa_memt;
+			if ((c->c_pa.pa_flags & PCI_FLAGS_MEM_OKAY) == 0)
+				b->b_size = 0;
 			if (flags & BUS_SPACE_MAP_PREFETCHABLE)
 				b->b_uflags |= PCIUSER_BAR_PREFETCH;
-			/*
-			 * Only whole pages can be mapped: a BAR that
-			 * is smaller than a page or not page aligned
-			 * may share its page with another device, so
-			 * it is reachable only through PIO ioctls.
-			 */
-			if ((base & PAGE_MASK) == 0 &&
-			    (size & PAGE_MASK) == 0 &&
-			    (uint64_t)size <= PCIUSER_MMAP_MASK)
-				b->b_uflags |= PCIUSER_BAR_MMAP;
+			if (PCI_MAPREG_MEM_TYPE(type) ==
+			    PCI_MAPREG_MEM_TYPE_64BIT) {
+				b->b_uflags |= PCIUSER_BAR_MEM64;
+				i++;	/* upper half of a 64-bit BAR */
+			}
 		}
-		ub->pub_base = base;
-		ub->pub_size = size;
-		ub->pub_flags = b->b_uflags;
-		if (b->b_uflags & PCIUSER_BAR_MMAP)
-			ub->pub_cookie = PCIUSER_MMAP_BAR(i);
-		if (PCI_MAPREG_TYPE(type) == PCI_MAPREG_TYPE_MEM &&
-		    PCI_MAPREG_MEM_TYPE(type) == PCI_MAPREG_MEM_TYPE_64BIT) {
-			b->b_uflags |= PCIUSER_BAR_MEM64;
-			ub->pub_flags = b->b_uflags;
-			i++;	/* upper half of a 64-bit BAR */
-			if (i < PCIUSER_MAXBARS)
-				uc->puc_bars[i].pub_reg = reg + 4;
+		/* Firmware left it without an address: nothing decodes it. */
+		if (base == 0)
+			b->b_uflags |= PCIUSER_BAR_UNASSIGNED;
+	}
+}
+
+/*
+ * Reserve the BARs (bus_space_map(9) takes the range in the bus's
+ * extent, so no other driver can map it while the claim lasts) and
+ * decide which may be mmapped.
+ */
+static int
+pciuser_reserve_bars(struct pciuser_claimrec *c)
+{
+	struct pciuser_barstate *b;
+	int i, error;
+
+	for (i = 0; i < PCIUSER_MAXBARS; i++) {
+		b = &c->c_bar[i];
+		if (b->b_size == 0 || (b->b_uflags & PCIUSER_BAR_UNASSIGNED))
+			continue;
+		error = bus_space_map(b->b_tag, b->b_base, b->b_size,
+		    b->b_mapflags, &b->b_handle);
+		if (error) {
+			pciuser_bars_unmap(c);
+			return EBUSY;
+		}
+		b->b_mapped = true;
+		b->b_uflags |= PCIUSER_BAR_VALID;
+		/*
+		 * Only whole pages can be mapped: a BAR that is smaller
+		 * than a page or not page aligned may share its page with
+		 * another device, so it is reachable only through PIO.
+		 */
+		if ((b->b_uflags & PCIUSER_BAR_IO) == 0 &&
+		    (b->b_base & PAGE_MASK) == 0 &&
+		    (b->b_size & PAGE_MASK) == 0 &&
+		    (uint64_t)b->b_size <= PCIUSER_MMAP_MASK)
+			b->b_uflags |= PCIUSER_BAR_MMAP;
+	}
+	return 0;
+}
+
+static void
+pciuser_cfgw_add(struct pciuser_claimrec *c, uint32_t lo, uint32_t hi,
+    uint32_t wmask, uint32_t keep)
+{
+	struct pciuser_cfgw *w;
+
+	if (c->c_ncfgw >= PCIUSER_CFGW_MAX || lo >= hi || hi > c->c_cfgsize)
+		return;		/* not allowlisted: writes get EPERM */
+	w = &c->c_cfgw[c->c_ncfgw++];
+	w->w_lo = lo;
+	w->w_hi = hi;
+	w->w_wmask = wmask;
+	w->w_keep = keep;
+}
+
+/*
+ * The config registers a process may write, and which of their bits.
+ * Everything else (BARs, ROM BAR, interrupt line, MSI and MSI-X, power
+ * state, FLR, MPS, SR-IOV, Resizable BAR, ...) belongs to the kernel.
+ * See DESIGN.md, "config space".
+ */
+static void
+pciuser_cfgw_setup(struct pciuser_claimrec *c)
+{
+	pci_chipset_tag_t pc = c->c_pa.pa_pc;
+	pcireg_t v;
+	int off, n;
+
+	/* Command (I/O, memory, master, ...; INTx disable) + status RW1C. */
+	pciuser_cfgw_add(c, PCI_COMMAND_STATUS_REG, PCI_COMMAND_STATUS_REG + 4,
+	    0xf90007ffU, 0);
+	/* Cache line size, latency timer. */
+	pciuser_cfgw_add(c, PCI_BHLC_REG, PCI_BHLC_REG + 4, 0x0000ffffU, 0);
+	/* PMCSR: PME enable and PME status; the power state is kept. */
+	if (pci_get_capability(pc, c->c_tag, PCI_CAP_PWRMGMT, &off, NULL))
+		pciuser_cfgw_add(c, off + PCI_PMCSR, off + PCI_PMCSR + 4,
+		    0x00008100U, 0x00001e03U);
+	if (pci_get_capability(pc, c->c_tag, PCI_CAP_PCIEXPRESS, &off, &v)) {
+		/* Device control but FLR, MPS, phantom; status RW1C. */
+		pciuser_cfgw_add(c, off + PCIE_DCSR, off + PCIE_DCSR + 4,
+		    0x000f7d1fU, 0x000002e0U);
+		/* Link control: ASPM, extended synch, clock PM. */
+		pciuser_cfgw_add(c, off + PCIE_LCSR, off + PCIE_LCSR + 4,
+		    0x00000183U, 0x00000e58U);
+		/* Device control 2 but ARI and the port-only bits. */
+		if (((v >> 16) & 0xf) >= 2)
+			pciuser_cfgw_add(c, off + PCIE_DCSR2,
+			    off + PCIE_DCSR2 + 4, 0x0000775fU, 0x000088a0U);
+	}
+	/* Vendor-specific capabilities: the device's own business. */
+	v = pci_conf_read(pc, c->c_tag, PCI_COMMAND_STATUS_REG);
+	if (v & PCI_STATUS_CAPLIST_SUPPORT) {
+		off = PCI_CAPLIST_PTR(pci_conf_read(pc, c->c_tag,
+		    PCI_CAPLISTPTR_REG)) & ~3;
+		for (n = 0; off >= 0x40 && n < PCIUSER_CAPWALK_MAX; n++) {
+			v = pci_conf_read(pc, c->c_tag, off);
+			if (PCI_CAPLIST_CAP(v) == PCI_CAP_VENDSPEC)
+				pciuser_cfgw_add(c, off + 4,
+				    off + (((v >> 16) & 0xff) & ~3U),
+				    0xffffffffU, 0);
+			off = PCI_CAPLIST_NEXT(v) & ~3;
 		}
 	}
+	/* AER: status (RW1C), masks, severity, ECRC control. */
+	if (c->c_cfgsize == PCI_EXTCONF_SIZE) {
+		off = PCI_EXTCAPLIST_BASE;
+		for (n = 0; off >= PCI_EXTCAPLIST_BASE &&
+		    n < PCIUSER_CAPWALK_MAX; n++) {
+			v = pci_conf_read(pc, c->c_tag, off);
+			if (v == 0 || v == 0xffffffffU)
+				break;
+			if (PCI_EXTCAPLIST_CAP(v) == PCI_EXTCAP_AER)
+				pciuser_cfgw_add(c, off + 0x04, off + 0x1c,
+				    0xffffffffU, 0);
+			off = PCI_EXTCAPLIST_NEXT(v) & ~3;
+		}
+	}
+}
+
+/*
+ * The config space that really is this function's.  x86 mode 1 ORs the
+ * offset into the address, so an offset of 256 or more would reach
+ * the next function: extended space is offered only to a PCI Express
+ * function whose offset 0x100 answers with something that is neither
+ * empty nor the ID register such an alias would show.
+ */
+static uint32_t
+pciuser_cfgsize(struct pciuser_claimrec *c)
+{
+	pci_chipset_tag_t pc = c->c_pa.pa_pc;
+	pcireg_t ext;
+
+	if (!pci_get_capability(pc, c->c_tag, PCI_CAP_PCIEXPRESS, NULL, NULL))
+		return PCI_CONF_SIZE;
+	ext = pci_conf_read(pc, c->c_tag, PCI_EXTCAPLIST_BASE);
+	if (ext == 0 || ext == 0xffffffffU ||
+	    ext == pci_conf_read(pc, c->c_tag, PCI_ID_REG) ||
+	    ext == pci_conf_read(pc, pci_make_tag(pc, c->c_pa.pa_bus,
+	    c->c_device, c->c_function | 1), PCI_ID_REG))
+		return PCI_CONF_SIZE;
+	return PCI_EXTCONF_SIZE;
+}
+
+static void
+pciuser_claim_report(struct pciuser_claimrec *c, struct pciuser_claim *uc)
+{
+	pci_chipset_tag_t pc = c->c_pa.pa_pc;
+	struct pciuser_barstate *b;
+	struct pciuser_bar *ub;
+	int i;
+
+	memset(uc->puc_bars, 0, sizeof(uc->puc_bars));
+	for (i = 0; i < PCIUSER_MAXBARS; i++) {
+		b = &c->c_bar[i];
+		ub = &uc->puc_bars[i];
+		ub->pub_reg = PCI_MAPREG_START + 4 * i;
+		ub->pub_flags = b->b_uflags;
+		if (b->b_uflags == 0)
+			continue;
+		ub->pub_base = b->b_base;
+		ub->pub_size = b->b_size;
+		if (b->b_uflags & PCIUSER_BAR_MMAP)
+			ub->pub_cookie = PCIUSER_MMAP_BAR(i);
+		ub->pub_msix_table = b->b_hole_off[0];
+		ub->pub_msix_table_size = b->b_hole_size[0];
+		ub->pub_msix_pba = b->b_hole_off[1];
+		ub->pub_msix_pba_size = b->b_hole_size[1];
+	}
+	uc->puc_version = PCIUSER_ABI_VERSION;
+	uc->puc_id = c->c_pa.pa_id;
+	uc->puc_class = c->c_pa.pa_class;
+	uc->puc_subsys = pci_conf_read(pc, c->c_tag, PCI_SUBSYS_ID_REG);
+	uc->puc_intrpin = c->c_pa.pa_intrpin;
+	uc->puc_cfgsize = c->c_cfgsize;
+	uc->puc_pad = 0;
+	uc->puc_caps = 0;
+	uc->puc_msi_count = 0;
+	uc->puc_msix_count = 0;
+	if (c->c_intxdis)
+		uc->puc_caps |= PCIUSER_CAP_INTX_DISABLE;
+	if (c->c_msioff != 0) {
+		uc->puc_caps |= PCIUSER_CAP_MSI;
+		uc->puc_msi_count = pci_msi_count(pc, c->c_tag);
+	}
+	if (c->c_msixoff != 0) {
+		uc->puc_caps |= PCIUSER_CAP_MSIX;
+		uc->puc_msix_count = pci_msix_count(pc, c->c_tag);
+	}
+	if (pci_dma64_available(&c->c_pa))
+		uc->puc_caps |= PCIUSER_CAP_DMA64;
+}
+
+/*
+ * Everything done to the function at claim time, in this order, under
+ * the kernel lock (which serializes us against autoconfiguration):
+ * check that nobody owns it and register the claim, and only then
+ * touch its registers -- decoding off while the BARs are sized.
+ */
+static int
+pciuser_claim_locked(struct pci_softc *sc, struct pciuser_claimrec *c)
+{
+	pci_chipset_tag_t pc = sc->sc_pc;
+	struct pciuser_claimrec *oc;
+	pcireg_t csr;
+	int error;
+
+	KASSERT(KERNEL_LOCKED_P());
+	mutex_enter(&pciuser_lock);
+	error = 0;
+	if (sc->PCI_SC_DEVICESC(c->c_device, c->c_function).c_dev != NULL)
+		error = EBUSY;		/* a kernel driver owns it */
+	LIST_FOREACH(oc, &pciuser_claims, c_entry) {
+		if (oc->c_sc == sc && oc->c_device == c->c_device &&
+		    oc->c_function == c->c_function)
+			error = EBUSY;	/* another open file owns it */
+	}
+	if (error == 0) {
+		LIST_INSERT_HEAD(&pciuser_claims, c, c_entry);
+		c->c_registered = true;
+	}
+	mutex_exit(&pciuser_lock);
+	if (error)
+		return error;
+
+	if (!pci_probe_device(sc, c->c_tag, pciuser_match_any, &c->c_pa)) {
+		error = ENXIO;
+		goto fail;
+	}
+
+	csr = pci_conf_read(pc, c->c_tag, PCI_COMMAND_STATUS_REG);
+	c->c_savedcmd = csr & PCIUSER_CSR_CMDMASK;
+	pci_conf_write(pc, c->c_tag, PCI_COMMAND_STATUS_REG, c->c_savedcmd &
+	    ~(PCI_COMMAND_IO_ENABLE | PCI_COMMAND_MEM_ENABLE |
+	    PCI_COMMAND_MASTER_ENABLE));
+	pciuser_probe_bars(c);
+
+	c->c_cfgsize = pciuser_cfgsize(c);
+	if (!pci_get_capability(pc, c->c_tag, PCI_CAP_MSI, &c->c_msioff,
+	    NULL))
+		c->c_msioff = 0;
+	if (pci_get_capability(pc, c->c_tag, PCI_CAP_MSIX, &c->c_msixoff,
+	    &csr)) {
+		pciuser_msix_hole(c, PCI_MSIX_TBLOFFSET, 0,
+		    (uint64_t)PCI_MSIX_CTL_TBLSIZE(csr) *
+		    PCI_MSIX_TABLE_ENTRY_SIZE);
+		pciuser_msix_hole(c, PCI_MSIX_PBAOFFSET, 1,
+		    (((uint64_t)PCI_MSIX_CTL_TBLSIZE(csr) + 63) / 64) * 8);
+	} else
+		c->c_msixoff = 0;
+	pciuser_cfgw_setup(c);
+
+	error = pciuser_reserve_bars(c);
+	if (error)
+		goto restore;
+
+	/*
+	 * Does the INTx disable bit (PCI 2.3) stick?  Leave INTx masked
+	 * until the process establishes it; decoding back as it was,
+	 * bus mastering off until the process turns it on.
+	 */
+	csr = c->c_savedcmd & ~PCI_COMMAND_MASTER_ENABLE;
+	pci_conf_write(pc, c->c_tag, PCI_COMMAND_STATUS_REG,
+	    csr | PCI_COMMAND_INTERRUPT_DISABLE);
+	c->c_intxdis = (pci_conf_read(pc, c->c_tag, PCI_COMMAND_STATUS_REG) &
+	    PCI_COMMAND_INTERRUPT_DISABLE) != 0;
+	return 0;
+
+restore:
+	pci_conf_write(pc, c->c_tag, PCI_COMMAND_STATUS_REG, c->c_savedcmd);
+fail:
+	pciuser_claim_unregister(c);
+	return error;
 }
 
 static int
 pciuser_claim(struct pciuser_file *pf, struct file *fp,
     struct pciuser_claim *uc)
 {
-	struct pci_softc *sc = pf->pf_sc;
+	struct pci_softc *sc = pf->pf_bus->pb_sc;
 	pci_chipset_tag_t pc = sc->sc_pc;
-	struct pciuser_claimrec *c, *oc;
-	pcireg_t bhlcr, csr;
+	struct pciuser_claimrec *c;
+	pcireg_t bhlcr;
 	pcitag_t tag;
 	int error;
 
@@ -601,13 +1263,17 @@ pciuser_claim(struct pciuser_file *pf, struct file *fp,
 	    uc->puc_device >= (uint32_t)sc->sc_maxndevs ||
 	    uc->puc_function > 7)
 		return EINVAL;
+	if (pf->pf_claim != NULL)
+		return EBUSY;
 
 	/*
 	 * A claimed function can be made to DMA anywhere the IOMMU (if
 	 * any) lets it, so claiming is as strong as access to unmanaged
-	 * memory; see DESIGN.md.
+	 * memory.  Checked with the credentials of the caller, now: not
+	 * those of whoever opened the node, and after a securelevel
+	 * raise.  See DESIGN.md, "who may claim".
 	 */
-	error = kauth_authorize_machdep(fp->f_cred,
+	error = kauth_authorize_machdep(kauth_cred_get(),
 	    KAUTH_MACHDEP_UNMANAGEDMEM, NULL, NULL, NULL, NULL);
 	if (error)
 		return error;
@@ -620,117 +1286,40 @@ pciuser_claim(struct pciuser_file *pf, struct file *fp,
 		if (!PCI_HDRTYPE_MULTIFN(bhlcr))
 			return ENXIO;
 	}
+	if (PCI_VENDOR(pci_conf_read(pc, tag, PCI_ID_REG)) == 0xffff)
+		return ENXIO;	/* nothing answers there */
 	bhlcr = pci_conf_read(pc, tag, PCI_BHLC_REG);
 	if (PCI_HDRTYPE_TYPE(bhlcr) != 0)
 		return ENODEV;	/* bridges are not for userland */
 
-	mutex_enter(&pf->pf_lock);
-	if (pf->pf_claim != NULL) {
-		error = EBUSY;
-		goto out;
-	}
-
 	c = kmem_zalloc(sizeof(*c), KM_SLEEP);
 	c->c_sc = sc;
 	c->c_tag = tag;
-	c->c_bus = uc->puc_bus;
 	c->c_device = uc->puc_device;
 	c->c_function = uc->puc_function;
-	if (!pci_probe_device(sc, tag, pciuser_match_any, &c->c_pa)) {
-		kmem_free(c, sizeof(*c));
-		error = ENXIO;
-		goto out;
-	}
-
-	/*
-	 * Register the claim.  The kernel lock serializes us against
-	 * autoconfiguration (pci_probe_device() consults the registry
-	 * through pciuser_claimed()).
-	 */
 	KERNEL_LOCK(1, NULL);
-	mutex_enter(&pciuser_claims_lock);
-	error = 0;
-	if (sc->PCI_SC_DEVICESC(c->c_device, c->c_function).c_dev != NULL)
-		error = EBUSY;		/* a kernel driver owns it */
-	LIST_FOREACH(oc, &pciuser_claims, c_entry) {
-		if (oc->c_sc == sc && oc->c_device == c->c_device &&
-		    oc->c_function == c->c_function)
-			error = EBUSY;	/* another open file owns it */
-	}
-	if (error == 0)
-		LIST_INSERT_HEAD(&pciuser_claims, c, c_entry);
-	mutex_exit(&pciuser_claims_lock);
+	error = pciuser_claim_locked(sc, c);
 	KERNEL_UNLOCK_ONE(NULL);
 	if (error) {
 		kmem_free(c, sizeof(*c));
-		goto out;
+		return error;
 	}
-
-	memset(uc->puc_bars, 0, sizeof(uc->puc_bars));
-	pciuser_probe_bars(c, uc);
-
-	uc->puc_version = PCIUSER_ABI_VERSION;
-	uc->puc_id = c->c_pa.pa_id;
-	uc->puc_class = c->c_pa.pa_class;
-	uc->puc_subsys = pci_conf_read(pc, tag, PCI_SUBSYS_ID_REG);
-	uc->puc_intrpin = c->c_pa.pa_intrpin;
-	uc->puc_caps = 0;
-	uc->puc_msi_count = 0;
-	uc->puc_msix_count = 0;
-
-	/* Does the INTx disable bit (PCI 2.3) stick? */
-	csr = pci_conf_read(pc, tag, PCI_COMMAND_STATUS_REG);
-	pci_conf_write(pc, tag, PCI_COMMAND_STATUS_REG,
-	    (csr & PCIUSER_CSR_CMDMASK) | PCI_COMMAND_INTERRUPT_DISABLE);
-	if (pci_conf_read(pc, tag, PCI_COMMAND_STATUS_REG) &
-	    PCI_COMMAND_INTERRUPT_DISABLE) {
-		c->c_intxdis = true;
-		uc->puc_caps |= PCIUSER_CAP_INTX_DISABLE;
-	}
-	/* Leave INTx masked until the process establishes it. */
-	if (!c->c_intxdis)
-		pci_conf_write(pc, tag, PCI_COMMAND_STATUS_REG,
-		    csr & PCIUSER_CSR_CMDMASK);
-
-	if (pci_get_capability(pc, tag, PCI_CAP_MSI, &c->c_msioff, NULL)) {
-		uc->puc_caps |= PCIUSER_CAP_MSI;
-		uc->puc_msi_count = pci_msi_count(pc, tag);
-	} else
-		c->c_msioff = 0;
-	if (pci_get_capability(pc, tag, PCI_CAP_MSIX, &c->c_msixoff, NULL)) {
-		uc->puc_caps |= PCIUSER_CAP_MSIX;
-		uc->puc_msix_count = pci_msix_count(pc, tag);
-	} else
-		c->c_msixoff = 0;
-	if (pci_dma64_available(&c->c_pa))
-		uc->puc_caps |= PCIUSER_CAP_DMA64;
 
 	/* One reference, for this open file. */
 	uvm_obj_init(&c->c_uobj, &pciuser_bar_pagerops, true, 1);
+	pciuser_claim_report(c, uc);
+	/* pciuser_lock too: pciuser_bus_claimed() looks at it. */
+	mutex_enter(&pciuser_lock);
+	mutex_enter(&pf->pf_lock);
 	pf->pf_claim = c;
-out:
 	mutex_exit(&pf->pf_lock);
-	return error;
+	mutex_exit(&pciuser_lock);
+	return 0;
 }
 
 /*
  * Register access.
  */
-
-static int
-pciuser_bar_map(struct pciuser_claimrec *c, struct pciuser_barstate *b)
-{
-	int error;
-
-	if (b->b_mapped)
-		return 0;
-	error = bus_space_map(b->b_tag, b->b_base, b->b_size,
-	    b->b_mapflags & BUS_SPACE_MAP_PREFETCHABLE, &b->b_handle);
-	if (error)
-		return error;
-	b->b_mapped = true;
-	return 0;
-}
 
 static int
 pciuser_bar_check(struct pciuser_claimrec *c, uint32_t bar, uint32_t width,
@@ -742,7 +1331,8 @@ pciuser_bar_check(struct pciuser_claimrec *c, uint32_t bar, uint32_t width,
 		return EINVAL;
 	b = &c->c_bar[bar];
 	if ((b->b_uflags & PCIUSER_BAR_VALID) == 0)
-		return ENXIO;
+		return ENXIO;	/* absent, unassigned or not decodable */
+	KASSERT(b->b_mapped);
 	switch (width) {
 	case 1:
 	case 2:
@@ -760,12 +1350,15 @@ pciuser_bar_check(struct pciuser_claimrec *c, uint32_t bar, uint32_t width,
 	if ((off & (width - 1)) != 0 || off >= b->b_size ||
 	    b->b_size - off < width)
 		return EINVAL;
+	if (pciuser_bar_hole(b, off, width, false))
+		return EPERM;	/* MSI-X table or PBA: the kernel's */
 	*bp = b;
-	return pciuser_bar_map(c, b);
+	return 0;
 }
 
+/* off was checked against the BAR by pciuser_bar_check(). */
 static uint64_t
-pciuser_bar_read(struct pciuser_barstate *b, uint32_t width, uint64_t off)
+pciuser_bar_read(struct pciuser_barstate *b, uint32_t width, bus_size_t off)
 {
 
 	switch (width) {
@@ -784,19 +1377,19 @@ pciuser_bar_read(struct pciuser_barstate *b, uint32_t width, uint64_t off)
 }
 
 static void
-pciuser_bar_write(struct pciuser_barstate *b, uint32_t width, uint64_t off,
+pciuser_bar_write(struct pciuser_barstate *b, uint32_t width, bus_size_t off,
     uint64_t val)
 {
 
 	switch (width) {
 	case 1:
-		bus_space_write_1(b->b_tag, b->b_handle, off, val);
+		bus_space_write_1(b->b_tag, b->b_handle, off, (uint8_t)val);
 		break;
 	case 2:
-		bus_space_write_2(b->b_tag, b->b_handle, off, val);
+		bus_space_write_2(b->b_tag, b->b_handle, off, (uint16_t)val);
 		break;
 	case 4:
-		bus_space_write_4(b->b_tag, b->b_handle, off, val);
+		bus_space_write_4(b->b_tag, b->b_handle, off, (uint32_t)val);
 		break;
 #ifdef _LP64
 	case 8:
@@ -816,30 +1409,26 @@ pciuser_pio(struct pciuser_claimrec *c, struct pciuser_pio *p, bool write)
 	    p->pio_offset, &b);
 	if (error)
 		return error;
+	/* Below b_size, so it fits bus_size_t (ILP32 too). */
 	if (write)
-		pciuser_bar_write(b, p->pio_width, p->pio_offset,
+		pciuser_bar_write(b, p->pio_width, (bus_size_t)p->pio_offset,
 		    p->pio_value);
 	else
 		p->pio_value = pciuser_bar_read(b, p->pio_width,
-		    p->pio_offset);
+		    (bus_size_t)p->pio_offset);
 	return 0;
 }
 
-static bool
-pciuser_cfg_writable(struct pciuser_claimrec *c, uint32_t reg)
+static const struct pciuser_cfgw *
+pciuser_cfgw_find(const struct pciuser_claimrec *c, uint32_t reg)
 {
+	int i;
 
-	if (reg >= PCI_MAPREG_START && reg < PCI_MAPREG_END)
-		return false;
-	if (reg == PCI_MAPREG_ROM || reg == PCI_INTERRUPT_REG)
-		return false;
-	if (c->c_msioff != 0 && reg >= (uint32_t)c->c_msioff &&
-	    reg < (uint32_t)c->c_msioff + PCIUSER_MSI_CAPLEN)
-		return false;
-	if (c->c_msixoff != 0 && reg >= (uint32_t)c->c_msixoff &&
-	    reg < (uint32_t)c->c_msixoff + PCIUSER_MSIX_CAPLEN)
-		return false;
-	return true;
+	for (i = 0; i < c->c_ncfgw; i++) {
+		if (reg >= c->c_cfgw[i].w_lo && reg < c->c_cfgw[i].w_hi)
+			return &c->c_cfgw[i];
+	}
+	return NULL;
 }
 
 static int
@@ -847,30 +1436,35 @@ pciuser_cfg(struct pciuser_file *pf, struct pciuser_cfgreg *r, bool write)
 {
 	struct pciuser_claimrec *c = pf->pf_claim;
 	pci_chipset_tag_t pc = c->c_pa.pa_pc;
-	pcireg_t cur, val;
+	const struct pciuser_cfgw *w;
+	uint32_t wmask, keep;
+	pcireg_t val;
 
-	if ((r->pcr_reg & 3) != 0 || r->pcr_reg >= PCI_EXTCONF_SIZE)
+	if ((r->pcr_reg & 3) != 0 || r->pcr_reg >= c->c_cfgsize)
 		return EINVAL;
 	if (!write) {
 		r->pcr_val = pci_conf_read(pc, c->c_tag, r->pcr_reg);
 		return 0;
 	}
-	if (!pciuser_cfg_writable(c, r->pcr_reg))
+	if ((w = pciuser_cfgw_find(c, r->pcr_reg)) == NULL)
 		return EPERM;
-	if (r->pcr_reg != PCI_COMMAND_STATUS_REG) {
-		pci_conf_write(pc, c->c_tag, r->pcr_reg, r->pcr_val);
-		return 0;
-	}
-	/* The INTx disable bit belongs to the kernel while INTx is live. */
+	wmask = w->w_wmask;
+	keep = w->w_keep;
+	/*
+	 * Under the interrupt lock: the handler read-modify-writes the
+	 * command register, and owns its INTx disable bit while INTx is
+	 * established.
+	 */
 	mutex_spin_enter(&pf->pf_intr_lock);
-	val = r->pcr_val;
-	if (pf->pf_nvecs != 0 && pf->pf_intrtype == PCI_INTR_TYPE_INTX &&
-	    c->c_intxdis) {
-		cur = pci_conf_read(pc, c->c_tag, PCI_COMMAND_STATUS_REG);
-		val &= ~PCI_COMMAND_INTERRUPT_DISABLE;
-		val |= cur & PCI_COMMAND_INTERRUPT_DISABLE;
+	if (r->pcr_reg == PCI_COMMAND_STATUS_REG && pf->pf_nvecs != 0 &&
+	    pf->pf_intrtype == PCI_INTR_TYPE_INTX && c->c_intxdis) {
+		wmask &= ~PCI_COMMAND_INTERRUPT_DISABLE;
+		keep |= PCI_COMMAND_INTERRUPT_DISABLE;
 	}
-	pci_conf_write(pc, c->c_tag, PCI_COMMAND_STATUS_REG, val);
+	val = r->pcr_val & wmask;
+	if (keep != 0)
+		val |= pci_conf_read(pc, c->c_tag, r->pcr_reg) & keep;
+	pci_conf_write(pc, c->c_tag, r->pcr_reg, val);
 	mutex_spin_exit(&pf->pf_intr_lock);
 	return 0;
 }
@@ -912,12 +1506,13 @@ pciuser_intx_intr(void *arg)
 		b = &c->c_bar[ack->pia_bar];
 		if ((ack->pia_flags & PCIUSER_ACK_STATUS) &&
 		    (pciuser_bar_read(b, ack->pia_width,
-		    ack->pia_status_offset) & ack->pia_status_mask) == 0) {
+		    (bus_size_t)ack->pia_status_offset) &
+		    ack->pia_status_mask) == 0) {
 			mutex_spin_exit(&pf->pf_intr_lock);
 			return 0;	/* shared line, not ours */
 		}
-		pciuser_bar_write(b, ack->pia_width, ack->pia_offset,
-		    ack->pia_value);
+		pciuser_bar_write(b, ack->pia_width,
+		    (bus_size_t)ack->pia_offset, ack->pia_value);
 	} else {
 		csr = pci_conf_read(c->c_pa.pa_pc, c->c_tag,
 		    PCI_COMMAND_STATUS_REG);
@@ -948,14 +1543,23 @@ pciuser_msi_intr(void *arg)
 	return 1;
 }
 
+/* Wake readers, pollers and knotes: events, EOF or the bus going. */
+static void
+pciuser_wakeup(struct pciuser_file *pf)
+{
+
+	KASSERT(mutex_owned(&pf->pf_intr_lock));
+	cv_broadcast(&pf->pf_cv);
+	selnotify(&pf->pf_sel, POLLIN | POLLRDNORM, NOTE_SUBMIT);
+}
+
 static void
 pciuser_softintr(void *arg)
 {
 	struct pciuser_file *pf = arg;
 
 	mutex_spin_enter(&pf->pf_intr_lock);
-	cv_broadcast(&pf->pf_cv);
-	selnotify(&pf->pf_sel, POLLIN | POLLRDNORM, NOTE_SUBMIT);
+	pciuser_wakeup(pf);
 	mutex_spin_exit(&pf->pf_intr_lock);
 }
 
@@ -971,19 +1575,28 @@ pciuser_pending(struct pciuser_file *pf)
 	return n;
 }
 
+/*
+ * Release what pciuser_intr_establish() allocated: n handles (the
+ * count pci_intr_alloc() returned), their vectors, the softint.
+ * Readers, pollers and knotes then see end of file.
+ */
 static void
 pciuser_intr_teardown(struct pciuser_file *pf)
 {
 	struct pciuser_claimrec *c = pf->pf_claim;
 	pci_chipset_tag_t pc = c->c_pa.pa_pc;
 	struct pciuser_vec *vecs;
+	pci_intr_handle_t *ihps;
+	void *sih;
 	int i, n;
 
-	KASSERT(mutex_owned(&pf->pf_lock));
+	KASSERT(pf->pf_busy);
 	if (pf->pf_nvecs == 0)
 		return;
 	n = pf->pf_nvecs;
 	vecs = pf->pf_vecs;
+	ihps = pf->pf_ihps;
+	sih = pf->pf_sih;
 
 	/* Keep a level INTx from storming a shared line unhandled. */
 	if (pf->pf_intrtype == PCI_INTR_TYPE_INTX && c->c_intxdis) {
@@ -996,14 +1609,18 @@ pciuser_intr_teardown(struct pciuser_file *pf)
 		if (vecs[i].v_ih != NULL)
 			pci_intr_disestablish(pc, vecs[i].v_ih);
 	}
-	pci_intr_release(pc, pf->pf_ihps, n);
+	pci_intr_release(pc, ihps, n);
+	/* No handler can schedule it now; this waits for a running one. */
+	softint_disestablish(sih);
 
 	mutex_spin_enter(&pf->pf_intr_lock);
 	pf->pf_nvecs = 0;
 	pf->pf_vecs = NULL;
 	pf->pf_ihps = NULL;
+	pf->pf_sih = NULL;
 	pf->pf_intx_masked = false;
-	cv_broadcast(&pf->pf_cv);
+	pf->pf_intrgen++;
+	pciuser_wakeup(pf);
 	mutex_spin_exit(&pf->pf_intr_lock);
 	kmem_free(vecs, n * sizeof(vecs[0]));
 }
@@ -1019,9 +1636,10 @@ pciuser_intr_establish(struct pciuser_file *pf, struct pciuser_intr_setup *is)
 	pci_intr_handle_t *ihps;
 	struct pciuser_vec *vecs, *v;
 	pci_intr_type_t type;
+	void *sih;
 	int error, i, n;
 
-	KASSERT(mutex_owned(&pf->pf_lock));
+	KASSERT(pf->pf_busy);
 	if (pf->pf_nvecs != 0)
 		return EBUSY;
 	if (is->pis_flags != 0 || is->pis_count == 0 ||
@@ -1040,10 +1658,14 @@ pciuser_intr_establish(struct pciuser_file *pf, struct pciuser_intr_setup *is)
 		handler = pciuser_intx_intr;
 		break;
 	case PCIUSER_INTR_MSI:
+		if (c->c_msioff == 0)
+			return ENODEV;
 		type = PCI_INTR_TYPE_MSI;
 		handler = pciuser_msi_intr;
 		break;
 	case PCIUSER_INTR_MSIX:
+		if (c->c_msixoff == 0)
+			return ENODEV;
 		type = PCI_INTR_TYPE_MSIX;
 		handler = pciuser_msi_intr;
 		break;
@@ -1051,21 +1673,39 @@ pciuser_intr_establish(struct pciuser_file *pf, struct pciuser_intr_setup *is)
 		return EINVAL;
 	}
 
+	/*
+	 * The softint that wakes readers: one per file with interrupts,
+	 * taken only by a claimed (so privileged) file and given back
+	 * by the teardown.
+	 */
+	sih = softint_establish(SOFTINT_SERIAL | SOFTINT_MPSAFE,
+	    pciuser_softintr, pf);
+	if (sih == NULL)
+		return ENOMEM;
+
 	memset(counts, 0, sizeof(counts));
 	counts[type] = is->pis_count;
 	error = pci_intr_alloc(pa, &ihps, counts, type);
-	if (error)
+	if (error) {
+		softint_disestablish(sih);
 		return error;
-	n = counts[type];
-	if (n <= 0 || n > (int)is->pis_count) {
-		/* Not expected; treat what we asked for as allocated. */
-		n = is->pis_count;
 	}
+	n = counts[type];
+	KASSERTMSG(n >= 1 && n <= (int)is->pis_count,
+	    "pci_intr_alloc gave %d of %u vectors", n, is->pis_count);
 	vecs = kmem_zalloc(n * sizeof(vecs[0]), KM_SLEEP);
+	for (i = 0; i < n; i++) {
+		v = &vecs[i];
+		v->v_pf = pf;
+		v->v_index = i;
+		snprintf(v->v_name, sizeof(v->v_name), "pciuser%d.%d.%d/%d",
+		    pa->pa_bus, c->c_device, c->c_function, i);
+	}
 
 	mutex_spin_enter(&pf->pf_intr_lock);
 	if (type == PCI_INTR_TYPE_INTX && c->c_intxdis)
 		pciuser_intx_set(pf, true);
+	pf->pf_sih = sih;
 	pf->pf_ihps = ihps;
 	pf->pf_vecs = vecs;
 	pf->pf_nvecs = n;
@@ -1075,14 +1715,11 @@ pciuser_intr_establish(struct pciuser_file *pf, struct pciuser_intr_setup *is)
 
 	for (i = 0; i < n; i++) {
 		v = &vecs[i];
-		v->v_pf = pf;
-		v->v_index = i;
-		snprintf(v->v_name, sizeof(v->v_name), "pciuser%d.%d.%d/%d",
-		    c->c_bus, c->c_device, c->c_function, i);
 		pci_intr_setattr(pc, &ihps[i], PCI_INTR_MPSAFE, true);
 		v->v_ih = pci_intr_establish_xname(pc, ihps[i], IPL_VM,
 		    handler, v, v->v_name);
 		if (v->v_ih == NULL) {
+			/* Releases all n handles, the softint, vecs. */
 			pciuser_intr_teardown(pf);
 			return EIO;
 		}
@@ -1104,7 +1741,7 @@ pciuser_intr_setack(struct pciuser_file *pf, const struct pciuser_intr_ack *a)
 	struct pciuser_barstate *b;
 	int error;
 
-	KASSERT(mutex_owned(&pf->pf_lock));
+	KASSERT(pf->pf_busy);
 	if (pf->pf_nvecs != 0)
 		return EBUSY;	/* the handler reads pf_ack unlocked */
 	if ((a->pia_flags & ~(PCIUSER_ACK_ENABLE | PCIUSER_ACK_STATUS)) != 0)
@@ -1135,7 +1772,7 @@ pciuser_intr_unmask(struct pciuser_file *pf,
 {
 	struct pciuser_claimrec *c = pf->pf_claim;
 
-	KASSERT(mutex_owned(&pf->pf_lock));
+	KASSERT(pf->pf_busy);
 	if (pf->pf_nvecs == 0)
 		return ENXIO;
 	if (u->piu_vector >= (uint32_t)pf->pf_nvecs)
@@ -1171,7 +1808,7 @@ pciuser_dmatag(struct pciuser_claimrec *c, uint64_t maxaddr, uint32_t flags,
 
 	if ((flags & PCIUSER_DMA_64BIT) && pci_dma64_available(pa)) {
 		dmat = pa->pa_dmat64;
-		limit = ~(uint64_t)0;
+		limit = MIN(~(uint64_t)0, (uint64_t)(bus_addr_t)~(bus_addr_t)0);
 	} else {
 		dmat = pa->pa_dmat;
 		limit = 0xffffffffULL;
@@ -1183,18 +1820,33 @@ pciuser_dmatag(struct pciuser_claimrec *c, uint64_t maxaddr, uint32_t flags,
 	if (maxaddr < 0xffffff)
 		return EINVAL;	/* below 16MB is not worth supporting */
 	error = bus_dmatag_subregion(dmat, 0, (bus_addr_t)maxaddr, tagp,
-	    BUS_DMA_WAITOK);
+	    BUS_DMA_NOWAIT);
 	if (error)
 		return error;
 	*subp = true;
 	return 0;
 }
 
+/*
+ * A boundary is 0 or a power of two of at least a page: bus_dma(9)
+ * asserts that on x86 (a smaller one would panic the kernel).
+ */
 static bool
-pciuser_pow2(uint64_t x)
+pciuser_boundary_ok(uint64_t boundary)
 {
 
-	return (x & (x - 1)) == 0;
+	return boundary == 0 ||
+	    (powerof2(boundary) && boundary >= PAGE_SIZE &&
+	    boundary <= PCIUSER_BUS_SIZE_MAX);
+}
+
+/* A size the mmap cookie layout and bus_size_t (ILP32) can both hold. */
+static bool
+pciuser_size_ok(uint64_t size)
+{
+
+	return size != 0 && size <= PCIUSER_MMAP_MASK &&
+	    size <= PCIUSER_BUS_SIZE_MAX - PAGE_MASK;
 }
 
 static struct pciuser_dmamem *
@@ -1202,6 +1854,7 @@ pciuser_mem_lookup(struct pciuser_file *pf, uint32_t id)
 {
 	struct pciuser_dmamem *m;
 
+	KASSERT(pf->pf_busy || mutex_owned(&pf->pf_lock));
 	LIST_FOREACH(m, &pf->pf_mems, m_entry) {
 		if (m->m_id == id)
 			return m;
@@ -1214,6 +1867,7 @@ pciuser_map_lookup(struct pciuser_file *pf, uint32_t id)
 {
 	struct pciuser_dmamap *d;
 
+	KASSERT(pf->pf_busy);
 	LIST_FOREACH(d, &pf->pf_maps, d_entry) {
 		if (d->d_id == id)
 			return d;
@@ -1227,26 +1881,36 @@ pciuser_dmamem_alloc(struct pciuser_file *pf, struct pciuser_dmamem_alloc *a)
 	struct pciuser_claimrec *c = pf->pf_claim;
 	struct pciuser_dmamem *m;
 	bus_size_t size, align;
+	uint64_t pages;
 	int error, maxsegs, flags;
 
-	KASSERT(mutex_owned(&pf->pf_lock));
-	if (a->pdm_size == 0 || a->pdm_size > PCIUSER_MMAP_MASK ||
+	KASSERT(pf->pf_busy);
+	if (!pciuser_size_ok(a->pdm_size) ||
 	    (a->pdm_flags & ~(PCIUSER_DMA_COHERENT | PCIUSER_DMA_64BIT |
 	    PCIUSER_DMA_PREFETCH)) != 0)
 		return EINVAL;
-	if (!pciuser_pow2(a->pdm_align) || !pciuser_pow2(a->pdm_boundary))
+	if ((a->pdm_align != 0 && !powerof2(a->pdm_align)) ||
+	    a->pdm_align > PCIUSER_BUS_SIZE_MAX ||
+	    !pciuser_boundary_ok(a->pdm_boundary) ||
+	    a->pdm_maxsegs > PCIUSER_DMA_MAXSEGS)
 		return EINVAL;
 	size = round_page((bus_size_t)a->pdm_size);
-	align = a->pdm_align < PAGE_SIZE ? PAGE_SIZE : a->pdm_align;
+	/* Checked above: align and boundary fit bus_size_t (ILP32 too). */
+	align = a->pdm_align < PAGE_SIZE ? PAGE_SIZE : (bus_size_t)a->pdm_align;
 	if (a->pdm_boundary != 0 && a->pdm_boundary < size &&
 	    a->pdm_maxsegs == 1)
-		return EINVAL;
-	maxsegs = a->pdm_maxsegs;
-	if (maxsegs <= 0 || (bus_size_t)maxsegs > size / PAGE_SIZE)
-		maxsegs = size / PAGE_SIZE;
+		return EINVAL;	/* one segment cannot cross the boundary */
+	pages = size / PAGE_SIZE;
+	maxsegs = a->pdm_maxsegs;	/* <= PCIUSER_DMA_MAXSEGS */
+	if (maxsegs == 0 || (uint64_t)maxsegs > pages)
+		maxsegs = (int)MIN(pages, (uint64_t)PCIUSER_DMA_MAXSEGS);
 	if (pf->pf_nextmem > PCIUSER_DMAMEM_ID_MAX)
 		return ENOSPC;
+	error = pciuser_charge(pf, size);
+	if (error)
+		return error;
 
+	/* Small (maxsegs <= PCIUSER_DMA_MAXSEGS), so KM_SLEEP is short. */
 	m = kmem_zalloc(sizeof(*m), KM_SLEEP);
 	m->m_maxsegs = maxsegs;
 	m->m_segs = kmem_zalloc(maxsegs * sizeof(m->m_segs[0]), KM_SLEEP);
@@ -1255,11 +1919,13 @@ pciuser_dmamem_alloc(struct pciuser_file *pf, struct pciuser_dmamem_alloc *a)
 	    &m->m_subtag);
 	if (error)
 		goto fail0;
-	error = bus_dmamem_alloc(m->m_dmat, size, align, a->pdm_boundary,
-	    m->m_segs, maxsegs, &m->m_nsegs, BUS_DMA_WAITOK);
+	/* NOWAIT: never wait in the page allocator for a user's size. */
+	error = bus_dmamem_alloc(m->m_dmat, size, align,
+	    (bus_size_t)a->pdm_boundary,
+	    m->m_segs, maxsegs, &m->m_nsegs, BUS_DMA_NOWAIT);
 	if (error)
 		goto fail1;
-	flags = BUS_DMA_WAITOK;
+	flags = BUS_DMA_NOWAIT;
 	if (a->pdm_flags & PCIUSER_DMA_COHERENT)
 		flags |= BUS_DMA_COHERENT;
 	if (a->pdm_flags & PCIUSER_DMA_PREFETCH)
@@ -1271,9 +1937,11 @@ pciuser_dmamem_alloc(struct pciuser_file *pf, struct pciuser_dmamem_alloc *a)
 	/* Never hand out stale kernel data. */
 	memset(m->m_kva, 0, size);
 	m->m_mapflags = flags & (BUS_DMA_COHERENT | BUS_DMA_PREFETCHABLE);
-	m->m_id = pf->pf_nextmem++;
 	uvm_obj_init(&m->m_uobj, &pciuser_mem_pagerops, true, 1);
+	mutex_enter(&pf->pf_lock);
+	m->m_id = pf->pf_nextmem++;
 	LIST_INSERT_HEAD(&pf->pf_mems, m, m_entry);
+	mutex_exit(&pf->pf_lock);
 
 	a->pdm_id = m->m_id;
 	a->pdm_nsegs = m->m_nsegs;
@@ -1285,18 +1953,29 @@ fail1:	if (m->m_subtag)
 		bus_dmatag_destroy(m->m_dmat);
 fail0:	kmem_free(m->m_segs, maxsegs * sizeof(m->m_segs[0]));
 	kmem_free(m, sizeof(*m));
+	pciuser_uncharge(pf, size);
 	return error;
 }
 
-/* Drop the file's reference; freed now or at the last munmap. */
+/*
+ * Drop the file's reference; freed now or at the last munmap.  Until
+ * the pages are freed they stay charged to the file (while it lives:
+ * the orphan list lets pciuser_mem_free() find it) and to the total.
+ */
 static int
 pciuser_dmamem_free(struct pciuser_file *pf, struct pciuser_dmamem *m)
 {
 
-	KASSERT(mutex_owned(&pf->pf_lock));
+	KASSERT(pf->pf_busy);
 	if (m->m_loads != 0)
 		return EBUSY;
+	mutex_enter(&pf->pf_lock);
 	LIST_REMOVE(m, m_entry);
+	mutex_exit(&pf->pf_lock);
+	mutex_enter(&pciuser_lock);
+	m->m_pf = pf;
+	LIST_INSERT_HEAD(&pf->pf_orphans, m, m_entry);
+	mutex_exit(&pciuser_lock);
 	pciuser_mem_detach(&m->m_uobj);
 	return 0;
 }
@@ -1307,24 +1986,34 @@ pciuser_dmamap_create(struct pciuser_file *pf,
 {
 	struct pciuser_claimrec *c = pf->pf_claim;
 	struct pciuser_dmamap *d;
+	bus_size_t charge, maxsegsz;
 	int error;
 
-	KASSERT(mutex_owned(&pf->pf_lock));
-	if (a->pdc_maxsize == 0 || a->pdc_maxsize > PCIUSER_MMAP_MASK ||
-	    a->pdc_maxsegsz == 0 || a->pdc_nsegments == 0 ||
-	    a->pdc_nsegments > 4096 || !pciuser_pow2(a->pdc_boundary) ||
+	KASSERT(pf->pf_busy);
+	if (!pciuser_size_ok(a->pdc_maxsize) || a->pdc_maxsegsz == 0 ||
+	    a->pdc_nsegments == 0 || a->pdc_nsegments > PCIUSER_DMA_MAXSEGS ||
+	    !pciuser_boundary_ok(a->pdc_boundary) ||
 	    (a->pdc_flags & ~PCIUSER_DMA_64BIT) != 0)
 		return EINVAL;
 	if (pf->pf_nextmap == 0)
 		return ENOSPC;
+	/* No segment is longer than the map: clamp before bus_size_t. */
+	maxsegsz = (bus_size_t)MIN(a->pdc_maxsegsz, a->pdc_maxsize);
+	charge = round_page((bus_size_t)a->pdc_maxsize);
+	error = pciuser_charge(pf, charge);
+	if (error)
+		return error;
 
 	d = kmem_zalloc(sizeof(*d), KM_SLEEP);
+	d->d_charge = charge;
+	d->d_nsegments = a->pdc_nsegments;
 	error = pciuser_dmatag(c, a->pdc_maxaddr, a->pdc_flags, &d->d_dmat,
 	    &d->d_subtag);
 	if (error)
 		goto fail0;
-	error = bus_dmamap_create(d->d_dmat, a->pdc_maxsize, a->pdc_nsegments,
-	    a->pdc_maxsegsz, a->pdc_boundary, BUS_DMA_WAITOK, &d->d_map);
+	error = bus_dmamap_create(d->d_dmat, (bus_size_t)a->pdc_maxsize,
+	    a->pdc_nsegments, maxsegsz, (bus_size_t)a->pdc_boundary,
+	    BUS_DMA_NOWAIT, &d->d_map);
 	if (error)
 		goto fail1;
 	d->d_id = pf->pf_nextmap++;
@@ -1335,6 +2024,7 @@ pciuser_dmamap_create(struct pciuser_file *pf,
 fail1:	if (d->d_subtag)
 		bus_dmatag_destroy(d->d_dmat);
 fail0:	kmem_free(d, sizeof(*d));
+	pciuser_uncharge(pf, charge);
 	return error;
 }
 
@@ -1352,7 +2042,7 @@ pciuser_dmamap_unload(struct pciuser_dmamap *d)
 }
 
 static void
-pciuser_dmamap_destroy(struct pciuser_dmamap *d)
+pciuser_dmamap_destroy(struct pciuser_file *pf, struct pciuser_dmamap *d)
 {
 
 	pciuser_dmamap_unload(d);
@@ -1360,18 +2050,19 @@ pciuser_dmamap_destroy(struct pciuser_dmamap *d)
 	bus_dmamap_destroy(d->d_dmat, d->d_map);
 	if (d->d_subtag)
 		bus_dmatag_destroy(d->d_dmat);
+	pciuser_uncharge(pf, d->d_charge);
 	kmem_free(d, sizeof(*d));
 }
 
 static int
 pciuser_dmamap_load(struct pciuser_file *pf, struct pciuser_dmamap_load *a)
 {
-	struct pciuser_dma_seg useg;
+	struct pciuser_dma_seg *useg;
 	struct pciuser_dmamap *d;
 	struct pciuser_dmamem *m;
-	int error, flags, i;
+	int error, flags, i, nsegs;
 
-	KASSERT(mutex_owned(&pf->pf_lock));
+	KASSERT(pf->pf_busy);
 	if ((d = pciuser_map_lookup(pf, a->pdl_map)) == NULL ||
 	    (m = pciuser_mem_lookup(pf, a->pdl_mem)) == NULL)
 		return ENOENT;
@@ -1381,7 +2072,16 @@ pciuser_dmamap_load(struct pciuser_file *pf, struct pciuser_dmamap_load *a)
 	    m->m_size - a->pdl_offset < a->pdl_len ||
 	    (a->pdl_flags & ~(PCIUSER_LOAD_READ | PCIUSER_LOAD_WRITE)) != 0)
 		return EINVAL;
-	flags = BUS_DMA_WAITOK;
+	/*
+	 * The array must hold as many segments as the map can have, so
+	 * a load never succeeds in the kernel and fails for the user.
+	 */
+	if (a->pdl_maxsegs < d->d_nsegments)
+		return EINVAL;
+	/* A user address that does not fit a pointer (ILP32). */
+	if (a->pdl_segs != (uint64_t)(uintptr_t)a->pdl_segs)
+		return EFAULT;
+	flags = BUS_DMA_NOWAIT;
 	if (a->pdl_flags & PCIUSER_LOAD_READ)
 		flags |= BUS_DMA_READ;
 	if (a->pdl_flags & PCIUSER_LOAD_WRITE)
@@ -1391,27 +2091,28 @@ pciuser_dmamap_load(struct pciuser_file *pf, struct pciuser_dmamap_load *a)
 	 * sees exactly the pages the process has mmapped, through the
 	 * IOMMU where the platform's bus_dma has one.
 	 */
+	/* Both below m_size, so they fit size_t and bus_size_t. */
 	error = bus_dmamap_load(d->d_dmat, d->d_map,
-	    (char *)m->m_kva + a->pdl_offset, a->pdl_len, NULL, flags);
+	    (char *)m->m_kva + (bus_size_t)a->pdl_offset,
+	    (bus_size_t)a->pdl_len, NULL, flags);
 	if (error)
 		return error;
-	if ((uint32_t)d->d_map->dm_nsegs > a->pdl_maxsegs) {
+	nsegs = d->d_map->dm_nsegs;
+	KASSERT(nsegs >= 1 && (uint32_t)nsegs <= d->d_nsegments);
+	useg = kmem_alloc(nsegs * sizeof(useg[0]), KM_SLEEP);
+	for (i = 0; i < nsegs; i++) {
+		useg[i].ds_addr = d->d_map->dm_segs[i].ds_addr;
+		useg[i].ds_len = d->d_map->dm_segs[i].ds_len;
+	}
+	error = copyout(useg, (void *)(uintptr_t)a->pdl_segs,
+	    nsegs * sizeof(useg[0]));
+	kmem_free(useg, nsegs * sizeof(useg[0]));
+	if (error) {
 		bus_dmamap_unload(d->d_dmat, d->d_map);
-		a->pdl_nsegs = d->d_map->dm_nsegs;
-		return E2BIG;
+		return error;
 	}
-	for (i = 0; i < d->d_map->dm_nsegs; i++) {
-		useg.ds_addr = d->d_map->dm_segs[i].ds_addr;
-		useg.ds_len = d->d_map->dm_segs[i].ds_len;
-		error = copyout(&useg, (void *)(uintptr_t)(a->pdl_segs +
-		    i * sizeof(useg)), sizeof(useg));
-		if (error) {
-			bus_dmamap_unload(d->d_dmat, d->d_map);
-			return error;
-		}
-	}
-	a->pdl_nsegs = d->d_map->dm_nsegs;
-	pciuser_mem_reference(&m->m_uobj);
+	a->pdl_nsegs = nsegs;
+	pciuser_obj_reference(&m->m_uobj);
 	m->m_loads++;
 	d->d_mem = m;
 	return 0;
@@ -1424,7 +2125,7 @@ pciuser_dmamap_sync(struct pciuser_file *pf, struct pciuser_dmamap_sync *a)
 	const uint32_t ops = PCIUSER_SYNC_PREREAD | PCIUSER_SYNC_POSTREAD |
 	    PCIUSER_SYNC_PREWRITE | PCIUSER_SYNC_POSTWRITE;
 
-	KASSERT(mutex_owned(&pf->pf_lock));
+	KASSERT(pf->pf_busy);
 	if ((d = pciuser_map_lookup(pf, a->pds_map)) == NULL)
 		return ENOENT;
 	if (d->d_mem == NULL)
@@ -1433,8 +2134,9 @@ pciuser_dmamap_sync(struct pciuser_file *pf, struct pciuser_dmamap_sync *a)
 	    a->pds_offset >= d->d_map->dm_mapsize ||
 	    d->d_map->dm_mapsize - a->pds_offset < a->pds_len)
 		return EINVAL;
-	bus_dmamap_sync(d->d_dmat, d->d_map, a->pds_offset, a->pds_len,
-	    a->pds_ops);
+	/* Both below dm_mapsize, so they fit bus_addr_t and bus_size_t. */
+	bus_dmamap_sync(d->d_dmat, d->d_map, (bus_addr_t)a->pds_offset,
+	    (bus_size_t)a->pds_len, a->pds_ops);
 	return 0;
 }
 
@@ -1443,12 +2145,60 @@ pciuser_dmamap_sync(struct pciuser_file *pf, struct pciuser_dmamap_sync *a)
  */
 
 static int
+pciuser_ioctl_claimed(struct pciuser_file *pf, u_long cmd, void *data)
+{
+	struct pciuser_dma_id *di = data;
+	struct pciuser_dmamem *m;
+	struct pciuser_dmamap *d;
+
+	switch (cmd) {
+	case PCIUSER_IOC_CFGREAD:
+		return pciuser_cfg(pf, data, false);
+	case PCIUSER_IOC_CFGWRITE:
+		return pciuser_cfg(pf, data, true);
+	case PCIUSER_IOC_PIO_READ:
+		return pciuser_pio(pf->pf_claim, data, false);
+	case PCIUSER_IOC_PIO_WRITE:
+		return pciuser_pio(pf->pf_claim, data, true);
+	case PCIUSER_IOC_INTR_ESTABLISH:
+		return pciuser_intr_establish(pf, data);
+	case PCIUSER_IOC_INTR_DISESTABLISH:
+		pciuser_intr_teardown(pf);
+		return 0;
+	case PCIUSER_IOC_INTR_SETACK:
+		return pciuser_intr_setack(pf, data);
+	case PCIUSER_IOC_INTR_UNMASK:
+		return pciuser_intr_unmask(pf, data);
+	case PCIUSER_IOC_DMAMEM_ALLOC:
+		return pciuser_dmamem_alloc(pf, data);
+	case PCIUSER_IOC_DMAMEM_FREE:
+		if ((m = pciuser_mem_lookup(pf, di->pdi_id)) == NULL)
+			return ENOENT;
+		return pciuser_dmamem_free(pf, m);
+	case PCIUSER_IOC_DMAMAP_CREATE:
+		return pciuser_dmamap_create(pf, data);
+	case PCIUSER_IOC_DMAMAP_DESTROY:
+	case PCIUSER_IOC_DMAMAP_UNLOAD:
+		if ((d = pciuser_map_lookup(pf, di->pdi_id)) == NULL)
+			return ENOENT;
+		if (cmd == PCIUSER_IOC_DMAMAP_DESTROY)
+			pciuser_dmamap_destroy(pf, d);
+		else
+			pciuser_dmamap_unload(d);
+		return 0;
+	case PCIUSER_IOC_DMAMAP_LOAD:
+		return pciuser_dmamap_load(pf, data);
+	case PCIUSER_IOC_DMAMAP_SYNC:
+		return pciuser_dmamap_sync(pf, data);
+	default:
+		return ENOTTY;
+	}
+}
+
+static int
 pciuser_ioctl(struct file *fp, u_long cmd, void *data)
 {
 	struct pciuser_file *pf = fp->f_data;
-	struct pciuser_dmamem *m;
-	struct pciuser_dmamap *d;
-	struct pciuser_dma_id *di = data;
 	int error;
 
 	switch (cmd) {
@@ -1456,117 +2206,60 @@ pciuser_ioctl(struct file *fp, u_long cmd, void *data)
 		return 0;	/* FNONBLOCK is consulted by read */
 	case FIOASYNC:
 		return *(int *)data ? EOPNOTSUPP : 0;
-	case PCIUSER_IOC_CLAIM:
-		return pciuser_claim(pf, fp, data);
-	case PCIUSER_IOC_CFGREAD:
-	case PCIUSER_IOC_CFGWRITE:
-	case PCIUSER_IOC_PIO_READ:
-	case PCIUSER_IOC_PIO_WRITE:
-	case PCIUSER_IOC_INTR_ESTABLISH:
-	case PCIUSER_IOC_INTR_DISESTABLISH:
-	case PCIUSER_IOC_INTR_SETACK:
-	case PCIUSER_IOC_INTR_UNMASK:
-	case PCIUSER_IOC_DMAMEM_ALLOC:
-	case PCIUSER_IOC_DMAMEM_FREE:
-	case PCIUSER_IOC_DMAMAP_CREATE:
-	case PCIUSER_IOC_DMAMAP_DESTROY:
-	case PCIUSER_IOC_DMAMAP_LOAD:
-	case PCIUSER_IOC_DMAMAP_UNLOAD:
-	case PCIUSER_IOC_DMAMAP_SYNC:
-		break;
-	default:
-		/* The pci(4) ioctls of pci_usrreq.c. */
-		return (*pci_cdevsw.d_ioctl)(pf->pf_dev, cmd, data,
-		    fp->f_flag, curlwp);
 	}
-
-	mutex_enter(&pf->pf_lock);
-	if (pf->pf_claim == NULL) {
-		error = ENXIO;
+	if ((error = pciuser_enter(pf)) != 0)
+		return error;
+	if (IOCGROUP(cmd) != 'P' || (cmd & 0xff) < 64) {
+		/*
+		 * The pci(4) ioctls of pci_usrreq.c, through cdev_ioctl()
+		 * so that they run as pci_cdevsw asks (under the kernel
+		 * lock: it is not D_MPSAFE).
+		 */
+		error = cdev_ioctl(pf->pf_dev, cmd, data, fp->f_flag, curlwp);
 		goto out;
 	}
-	switch (cmd) {
-	case PCIUSER_IOC_CFGREAD:
-		error = pciuser_cfg(pf, data, false);
-		break;
-	case PCIUSER_IOC_CFGWRITE:
-		error = pciuser_cfg(pf, data, true);
-		break;
-	case PCIUSER_IOC_PIO_READ:
-		error = pciuser_pio(pf->pf_claim, data, false);
-		break;
-	case PCIUSER_IOC_PIO_WRITE:
-		error = pciuser_pio(pf->pf_claim, data, true);
-		break;
-	case PCIUSER_IOC_INTR_ESTABLISH:
-		error = pciuser_intr_establish(pf, data);
-		break;
-	case PCIUSER_IOC_INTR_DISESTABLISH:
-		pciuser_intr_teardown(pf);
-		error = 0;
-		break;
-	case PCIUSER_IOC_INTR_SETACK:
-		error = pciuser_intr_setack(pf, data);
-		break;
-	case PCIUSER_IOC_INTR_UNMASK:
-		error = pciuser_intr_unmask(pf, data);
-		break;
-	case PCIUSER_IOC_DMAMEM_ALLOC:
-		error = pciuser_dmamem_alloc(pf, data);
-		break;
-	case PCIUSER_IOC_DMAMEM_FREE:
-		if ((m = pciuser_mem_lookup(pf, di->pdi_id)) == NULL)
-			error = ENOENT;
-		else
-			error = pciuser_dmamem_free(pf, m);
-		break;
-	case PCIUSER_IOC_DMAMAP_CREATE:
-		error = pciuser_dmamap_create(pf, data);
-		break;
-	case PCIUSER_IOC_DMAMAP_DESTROY:
-	case PCIUSER_IOC_DMAMAP_UNLOAD:
-		if ((d = pciuser_map_lookup(pf, di->pdi_id)) == NULL) {
-			error = ENOENT;
-			break;
-		}
-		if (cmd == PCIUSER_IOC_DMAMAP_DESTROY)
-			pciuser_dmamap_destroy(d);
-		else
-			pciuser_dmamap_unload(d);
-		error = 0;
-		break;
-	case PCIUSER_IOC_DMAMAP_LOAD:
-		error = pciuser_dmamap_load(pf, data);
-		break;
-	case PCIUSER_IOC_DMAMAP_SYNC:
-		error = pciuser_dmamap_sync(pf, data);
-		break;
-	default:
-		error = ENOTTY;
-		break;
-	}
+	if ((error = pciuser_busy(pf, true)) != 0)
+		goto out;
+	if (cmd == PCIUSER_IOC_CLAIM)
+		error = pciuser_claim(pf, fp, data);
+	else if (pf->pf_claim == NULL)
+		error = ENXIO;
+	else
+		error = pciuser_ioctl_claimed(pf, cmd, data);
+	pciuser_unbusy(pf);
 out:
-	mutex_exit(&pf->pf_lock);
+	pciuser_exit(pf);
 	return error;
 }
 
+/*
+ * read(2): one pciuser_intr_event per vector that fired since the last
+ * read.  End of file when no interrupts are established, ENXIO once
+ * the bus is detaching.
+ */
 static int
 pciuser_read(struct file *fp, off_t *offp, struct uio *uio, kauth_cred_t cred,
     int flags)
 {
 	struct pciuser_file *pf = fp->f_data;
 	struct pciuser_intr_event ev[PCIUSER_MAXVECS];
-	size_t max, n;
-	int error, i;
+	size_t max, n, i;
+	uint32_t gen;
+	int error;
 
 	if (uio->uio_resid < (ssize_t)sizeof(ev[0]))
 		return EINVAL;
+	if ((error = pciuser_enter(pf)) != 0)
+		return error;
 	max = MIN((size_t)uio->uio_resid / sizeof(ev[0]), __arraycount(ev));
 
 	n = 0;
-	error = 0;
 	mutex_spin_enter(&pf->pf_intr_lock);
 	for (;;) {
+		if (pf->pf_dying) {
+			error = ENXIO;
+			goto out;
+		}
 		if (pf->pf_nvecs == 0)
 			goto out;	/* no interrupts: end of file */
 		if (pciuser_pending(pf) != 0)
@@ -1579,35 +2272,61 @@ pciuser_read(struct file *fp, off_t *offp, struct uio *uio, kauth_cred_t cred,
 		if (error)
 			goto out;
 	}
-	for (i = 0; i < pf->pf_nvecs && n < max; i++) {
+	gen = pf->pf_intrgen;
+	for (i = 0; i < (size_t)pf->pf_nvecs && n < max; i++) {
 		if (pf->pf_vecs[i].v_pending == 0)
 			continue;
-		ev[n].pie_vector = i;
+		ev[n].pie_vector = (uint32_t)i;	/* < PCIUSER_MAXVECS */
 		ev[n].pie_count = pf->pf_vecs[i].v_pending;
 		pf->pf_vecs[i].v_pending = 0;
 		n++;
 	}
+	mutex_spin_exit(&pf->pf_intr_lock);
+
+	error = uiomove(ev, n * sizeof(ev[0]), uio);
+	if (error) {
+		/* Nothing is lost: the counts go back, unless torn down. */
+		mutex_spin_enter(&pf->pf_intr_lock);
+		if (pf->pf_intrgen == gen) {
+			for (i = 0; i < n; i++)
+				pf->pf_vecs[ev[i].pie_vector].v_pending +=
+				    ev[i].pie_count;
+		}
+		mutex_spin_exit(&pf->pf_intr_lock);
+	}
+	pciuser_exit(pf);
+	return error;
 out:
 	mutex_spin_exit(&pf->pf_intr_lock);
-	if (error == 0 && n > 0)
-		error = uiomove(ev, n * sizeof(ev[0]), uio);
+	pciuser_exit(pf);
 	return error;
 }
 
+/*
+ * poll(2): POLLIN with pending events; POLLIN | POLLHUP at end of file
+ * (nothing established, or torn down) so that a poller wakes and its
+ * read sees it; POLLHUP | POLLERR once the bus is detaching.
+ */
 static int
 pciuser_poll(struct file *fp, int events)
 {
 	struct pciuser_file *pf = fp->f_data;
+	const int rd = events & (POLLIN | POLLRDNORM);
 	int revents = 0;
 
-	if ((events & (POLLIN | POLLRDNORM)) == 0)
-		return 0;
+	if (pciuser_enter(pf) != 0)
+		return POLLHUP | POLLERR | rd;
 	mutex_spin_enter(&pf->pf_intr_lock);
-	if (pf->pf_nvecs != 0 && pciuser_pending(pf) != 0)
-		revents = events & (POLLIN | POLLRDNORM);
-	else
+	if (pf->pf_dying)
+		revents = POLLHUP | POLLERR | rd;
+	else if (pf->pf_nvecs == 0)
+		revents = POLLHUP | rd;
+	else if (pciuser_pending(pf) != 0)
+		revents = rd;
+	else if (rd != 0)
 		selrecord(curlwp, &pf->pf_sel);
 	mutex_spin_exit(&pf->pf_intr_lock);
+	pciuser_exit(pf);
 	return revents;
 }
 
@@ -1617,10 +2336,15 @@ filt_pciuser_detach(struct knote *kn)
 	struct pciuser_file *pf = kn->kn_hook;
 
 	mutex_spin_enter(&pf->pf_intr_lock);
+#ifdef PCIUSER_NETBSD10
+	selremove_knote(&pf->pf_sel, kn);
+#else
 	SLIST_REMOVE(&pf->pf_sel.sel_klist, kn, knote, kn_selnext);
+#endif
 	mutex_spin_exit(&pf->pf_intr_lock);
 }
 
+/* EVFILT_READ: the pending count; EV_EOF as read(2) would see it. */
 static int
 filt_pciuser_read(struct knote *kn, long hint)
 {
@@ -1629,15 +2353,25 @@ filt_pciuser_read(struct knote *kn, long hint)
 
 	if (hint != NOTE_SUBMIT)
 		mutex_spin_enter(&pf->pf_intr_lock);
-	kn->kn_data = pf->pf_nvecs != 0 ? pciuser_pending(pf) : 0;
-	rv = kn->kn_data > 0;
+	if (pf->pf_dying || pf->pf_nvecs == 0) {
+		kn->kn_data = 0;
+#ifdef PCIUSER_NETBSD10
+		knote_set_eof(kn, 0);
+#else
+		kn->kn_flags |= EV_EOF;
+#endif
+		rv = 1;
+	} else {
+		kn->kn_data = pciuser_pending(pf);
+		rv = kn->kn_data > 0;
+	}
 	if (hint != NOTE_SUBMIT)
 		mutex_spin_exit(&pf->pf_intr_lock);
 	return rv;
 }
 
 static const struct filterops pciuser_read_filtops = {
-#ifdef FILTEROP_ISFD
+#ifdef PCIUSER_NETBSD10
 	.f_flags = FILTEROP_ISFD | FILTEROP_MPSAFE,
 #else
 	.f_isfd = 1,
@@ -1651,18 +2385,22 @@ static int
 pciuser_kqfilter(struct file *fp, struct knote *kn)
 {
 	struct pciuser_file *pf = fp->f_data;
+	int error;
 
-	switch (kn->kn_filter) {
-	case EVFILT_READ:
-		kn->kn_fop = &pciuser_read_filtops;
-		break;
-	default:
+	if (kn->kn_filter != EVFILT_READ)
 		return EINVAL;
-	}
+	if ((error = pciuser_enter(pf)) != 0)
+		return error;
+	kn->kn_fop = &pciuser_read_filtops;
 	kn->kn_hook = pf;
 	mutex_spin_enter(&pf->pf_intr_lock);
+#ifdef PCIUSER_NETBSD10
+	selrecord_knote(&pf->pf_sel, kn);
+#else
 	SLIST_INSERT_HEAD(&pf->pf_sel.sel_klist, kn, kn_selnext);
+#endif
 	mutex_spin_exit(&pf->pf_intr_lock);
+	pciuser_exit(pf);
 	return 0;
 }
 
@@ -1700,8 +2438,10 @@ pciuser_mmap(struct file *fp, off_t *offp, size_t size, int prot,
 		maxprot |= VM_PROT_WRITE;
 	if ((prot & ~maxprot) != 0)
 		return EACCES;
-	if (*offp < 0)
+	if (*offp < 0 || size == 0)
 		return EINVAL;
+	if ((error = pciuser_enter(pf)) != 0)
+		return error;
 
 	mutex_enter(&pf->pf_lock);
 	c = pf->pf_claim;
@@ -1709,6 +2449,7 @@ pciuser_mmap(struct file *fp, off_t *offp, size_t size, int prot,
 		/* Unclaimed: pci_usrreq.c's pcimmap(), as before. */
 		mutex_exit(&pf->pf_lock);
 		uobj = udv_attach(pf->pf_dev, maxprot, *offp, size);
+		pciuser_exit(pf);
 		if (uobj == NULL)
 			return EINVAL;
 		*uobjp = uobj;
@@ -1719,85 +2460,263 @@ pciuser_mmap(struct file *fp, off_t *offp, size_t size, int prot,
 
 	idx = (uint64_t)*offp >> PCIUSER_MMAP_SHIFT;
 	rel = (uint64_t)*offp & PCIUSER_MMAP_MASK;
-	error = 0;
 	uobj = NULL;
+	error = EINVAL;
 	if (idx >= 1 && idx <= PCIUSER_MAXBARS) {
 		b = &c->c_bar[idx - 1];
 		if ((b->b_uflags & PCIUSER_BAR_MMAP) == 0 ||
 		    rel >= b->b_size || b->b_size - rel < size)
 			error = EINVAL;
+		else if (pciuser_bar_hole(b, rel, size, true))
+			error = EPERM;	/* MSI-X table or PBA */
 		else
 			uobj = &c->c_uobj;
 	} else if (idx >= PCIUSER_DMAMEM_ID_MIN &&
 	    (m = pciuser_mem_lookup(pf, (uint32_t)idx)) != NULL) {
-		if (rel >= m->m_size || m->m_size - rel < size)
-			error = EINVAL;
-		else
+		if (rel < m->m_size && m->m_size - rel >= size)
 			uobj = &m->m_uobj;
-	} else
-		error = EINVAL;
-	if (error == 0) {
+	}
+	if (uobj != NULL) {
 		/* The mapping's reference, dropped by pgo_detach. */
-		(*uobj->pgops->pgo_reference)(uobj);
+		pciuser_obj_reference(uobj);
 		*uobjp = uobj;
 		*advicep = UVM_ADV_RANDOM;
 		*maxprotp = maxprot;
+		error = 0;
 	}
 	mutex_exit(&pf->pf_lock);
+	pciuser_exit(pf);
 	return error;
 }
 
 /*
- * pciuser_close:
- *
- *	Tear everything down in an order that is safe against a device
- *	that is still running: stop DMA, stop interrupts, unload the
- *	maps, then let go of the memory and the claim.
+ * Tear a claimed file down in an order that is safe against a device
+ * that is still running: stop DMA (and check that it stopped), stop
+ * interrupts, unload the maps, then let go of the memory and the
+ * claim.  Used by the last close and by the detach of the bus; the
+ * caller holds pf_busy.
  */
+static void
+pciuser_release(struct pciuser_file *pf)
+{
+	struct pciuser_claimrec *c = pf->pf_claim;
+	pci_chipset_tag_t pc;
+	struct pciuser_dmamap *d;
+	struct pciuser_dmamem *m;
+	pcireg_t csr;
+	bool stopped;
+
+	KASSERT(pf->pf_busy);
+	if (c == NULL)
+		return;
+	pc = c->c_pa.pa_pc;
+
+	/*
+	 * 1. No new DMA: clear bus master enable under the lock the
+	 *    interrupt handler's read-modify-write takes, and read it
+	 *    back.  A function that does not let go (or has vanished
+	 *    and reads all-ones) may still write its DMA memory, which
+	 *    is then leaked rather than given to someone else.
+	 */
+	mutex_spin_enter(&pf->pf_intr_lock);
+	csr = pci_conf_read(pc, c->c_tag, PCI_COMMAND_STATUS_REG);
+	pci_conf_write(pc, c->c_tag, PCI_COMMAND_STATUS_REG,
+	    (csr & PCIUSER_CSR_CMDMASK) & ~PCI_COMMAND_MASTER_ENABLE);
+	csr = pci_conf_read(pc, c->c_tag, PCI_COMMAND_STATUS_REG);
+	mutex_spin_exit(&pf->pf_intr_lock);
+	stopped = (csr & PCI_COMMAND_MASTER_ENABLE) == 0;
+	if (!stopped)
+		printf("pciuser: %d/%d/%d keeps bus mastering on; "
+		    "its DMA memory is leaked\n", c->c_pa.pa_bus,
+		    c->c_device, c->c_function);
+
+	/* 2. Interrupts off (INTx masked, MSI released, softint gone). */
+	pciuser_intr_teardown(pf);
+
+	/*
+	 * 3. Unload and destroy the maps (IOMMU entries go), or, if the
+	 *    device may still be mastering, keep them loaded forever.
+	 * 4. DMA memory: freed now, or at its last munmap.
+	 */
+	if (stopped) {
+		while ((d = LIST_FIRST(&pf->pf_maps)) != NULL)
+			pciuser_dmamap_destroy(pf, d);
+	} else {
+		LIST_FOREACH(m, &pf->pf_mems, m_entry)
+			m->m_leaked = true;
+		mutex_enter(&pciuser_lock);
+		LIST_FOREACH(m, &pf->pf_orphans, m_entry)
+			m->m_leaked = true;
+		mutex_exit(&pciuser_lock);
+		LIST_INIT(&pf->pf_maps);	/* their memory stays wired */
+	}
+	while ((m = LIST_FIRST(&pf->pf_mems)) != NULL) {
+		m->m_loads = 0;		/* leaked maps keep their reference */
+		(void)pciuser_dmamem_free(pf, m);
+	}
+
+	/* 5. The claim: released now, or at the last BAR munmap. */
+	mutex_enter(&pciuser_lock);
+	mutex_enter(&pf->pf_lock);
+	pf->pf_claim = NULL;
+	mutex_exit(&pf->pf_lock);
+	mutex_exit(&pciuser_lock);
+	pciuser_bar_detach(&c->c_uobj);
+}
+
 static int
 pciuser_close(struct file *fp)
 {
 	struct pciuser_file *pf = fp->f_data;
-	struct pciuser_claimrec *c = pf->pf_claim;
-	struct pciuser_dmamap *d;
+	struct pciuser_bus *pb = pf->pf_bus;
 	struct pciuser_dmamem *m;
-	pcireg_t csr;
+	bool teardown;
 
-	mutex_enter(&pf->pf_lock);
-	if (c != NULL) {
-		/* 1. No new DMA: clear bus master enable. */
-		csr = pci_conf_read(c->c_pa.pa_pc, c->c_tag,
-		    PCI_COMMAND_STATUS_REG);
-		csr &= PCIUSER_CSR_CMDMASK;
-		csr &= ~PCI_COMMAND_MASTER_ENABLE;
-		pci_conf_write(c->c_pa.pa_pc, c->c_tag,
-		    PCI_COMMAND_STATUS_REG, csr);
-
-		/* 2. Interrupts off (INTx masked, MSI released). */
-		pciuser_intr_teardown(pf);
-
-		/* 3. Unload and destroy the maps (IOMMU entries go). */
-		while ((d = LIST_FIRST(&pf->pf_maps)) != NULL)
-			pciuser_dmamap_destroy(d);
-
-		/* 4. DMA memory: freed now, or at its last munmap. */
-		while ((m = LIST_FIRST(&pf->pf_mems)) != NULL)
-			(void)pciuser_dmamem_free(pf, m);
+	/*
+	 * No other operation on this file can be running (the file has
+	 * no references left), but the bus may be detaching: wait for a
+	 * detach that is tearing this file down, or keep one off it.
+	 */
+	mutex_enter(&pciuser_lock);
+	while (pf->pf_detaching)
+		cv_wait(&pb->pb_cv, &pciuser_lock);
+	teardown = !pf->pf_detached;
+	if (teardown) {
+		LIST_REMOVE(pf, pf_entry);
+		pf->pf_detached = true;
+		pb->pb_closing++;
 	}
-	mutex_exit(&pf->pf_lock);
+	mutex_exit(&pciuser_lock);
 
-	if (pf->pf_sih != NULL)
-		softint_disestablish(pf->pf_sih);
+	if (teardown) {
+		(void)pciuser_busy(pf, false);
+		pciuser_release(pf);
+		pciuser_unbusy(pf);
+		mutex_enter(&pciuser_lock);
+		if (--pb->pb_closing == 0)
+			cv_broadcast(&pb->pb_cv);
+		mutex_exit(&pciuser_lock);
+	}
 
-	/* 5. The claim: released now, or at the last BAR munmap. */
-	if (c != NULL)
-		pciuser_bar_detach(&c->c_uobj);
+	/* Memory freed but still mapped forgets this file's account. */
+	mutex_enter(&pciuser_lock);
+	while ((m = LIST_FIRST(&pf->pf_orphans)) != NULL) {
+		LIST_REMOVE(m, m_entry);
+		m->m_pf = NULL;
+	}
+	mutex_exit(&pciuser_lock);
 
-	seldestroy(&pf->pf_sel);
-	cv_destroy(&pf->pf_cv);
-	mutex_destroy(&pf->pf_intr_lock);
-	mutex_destroy(&pf->pf_lock);
-	kmem_free(pf, sizeof(*pf));
+	pciuser_bus_leave(pf);
+	pciuser_file_free(pf);
 	fp->f_data = NULL;
+	return 0;
+}
+
+static bool
+pciuser_bus_claimed(struct pciuser_bus *pb)
+{
+	struct pciuser_file *pf;
+
+	KASSERT(mutex_owned(&pciuser_lock));
+	LIST_FOREACH(pf, &pb->pb_files, pf_entry) {
+		if (pf->pf_claim != NULL)
+			return true;
+	}
+	return false;
+}
+
+/* Start (or call off) a detach: operations fail, sleepers wake. */
+static void
+pciuser_bus_dying(struct pciuser_bus *pb, bool dying)
+{
+	struct pciuser_file *pf;
+
+	KASSERT(mutex_owned(&pciuser_lock));
+	pb->pb_dying = dying;
+	LIST_FOREACH(pf, &pb->pb_files, pf_entry) {
+		mutex_spin_enter(&pf->pf_intr_lock);
+		pf->pf_dying = dying;
+		pciuser_wakeup(pf);
+		mutex_spin_exit(&pf->pf_intr_lock);
+	}
+}
+
+/*
+ * pciuser_detach:
+ *
+ *	Hook for pcidetach(): the pci bus sc is going away.  Without
+ *	DETACH_FORCE, refuse while a file holds a claim.  Otherwise, as
+ *	ugen_detach() does: no new operations, wake the sleeping ones,
+ *	wait until none is left, then tear down every claim; the files
+ *	stay open and see ENXIO until they are closed.
+ */
+int
+pciuser_detach(struct pci_softc *sc, int flags)
+{
+	struct pciuser_claimrec *c, *nc;
+	struct pciuser_bus *pb;
+	struct pciuser_file *pf;
+	bool free;
+
+	RUN_ONCE(&pciuser_once, pciuser_init);
+	mutex_enter(&pciuser_lock);
+	LIST_FOREACH(pb, &pciuser_buses, pb_entry) {
+		if (pb->pb_sc == sc)
+			break;
+	}
+	if (pb == NULL) {
+		mutex_exit(&pciuser_lock);
+		return 0;
+	}
+	if ((flags & DETACH_FORCE) == 0 && pciuser_bus_claimed(pb)) {
+		mutex_exit(&pciuser_lock);
+		return EBUSY;
+	}
+	pciuser_bus_dying(pb, true);
+	while (pb->pb_refcnt > 0)
+		cv_wait(&pb->pb_cv, &pciuser_lock);
+	/* A claim made while we waited: not forced, so back off. */
+	if ((flags & DETACH_FORCE) == 0 && pciuser_bus_claimed(pb)) {
+		pciuser_bus_dying(pb, false);
+		mutex_exit(&pciuser_lock);
+		return EBUSY;
+	}
+
+	/* Only closes can run now; they stay off files taken here. */
+	while ((pf = LIST_FIRST(&pb->pb_files)) != NULL) {
+		LIST_REMOVE(pf, pf_entry);
+		pf->pf_detaching = true;
+		mutex_exit(&pciuser_lock);
+		(void)pciuser_busy(pf, false);
+		pciuser_release(pf);
+		pciuser_unbusy(pf);
+		mutex_enter(&pciuser_lock);
+		pf->pf_detaching = false;
+		pf->pf_detached = true;
+		cv_broadcast(&pb->pb_cv);
+	}
+	while (pb->pb_closing > 0)
+		cv_wait(&pb->pb_cv, &pciuser_lock);
+
+	/*
+	 * Claims that outlive their file (BAR mappings) are forgotten
+	 * with the bus: no registry entry keyed by a freed softc, no
+	 * config access, faults fail.
+	 */
+	LIST_FOREACH_SAFE(c, &pciuser_claims, c_entry, nc) {
+		if (c->c_sc != sc)
+			continue;
+		LIST_REMOVE(c, c_entry);
+		c->c_registered = false;
+		c->c_gone = true;
+	}
+	LIST_REMOVE(pb, pb_entry);
+	pb->pb_sc = NULL;
+	free = pb->pb_nfiles == 0;
+	mutex_exit(&pciuser_lock);
+	if (free) {
+		cv_destroy(&pb->pb_cv);
+		kmem_free(pb, sizeof(*pb));
+	}
 	return 0;
 }

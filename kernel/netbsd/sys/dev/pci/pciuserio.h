@@ -52,10 +52,11 @@
 #endif
 #include <sys/ioccom.h>
 
-#define	PCIUSER_ABI_VERSION	1
+#define	PCIUSER_ABI_VERSION	2
 
 #define	PCIUSER_MAXBARS		6	/* BARs of a type 0 header */
 #define	PCIUSER_MAXVECS		32	/* interrupt vectors per claim */
+#define	PCIUSER_DMA_MAXSEGS	1024	/* segments of a dmamem or dmamap */
 
 /*
  * mmap(2) offsets ("cookies").  Offset space of a claimed file:
@@ -81,13 +82,25 @@ struct pciuser_bar {
 	uint64_t	pub_cookie;	/* mmap offset; 0 if not mappable */
 	uint32_t	pub_reg;	/* config space offset of the BAR */
 	uint32_t	pub_flags;	/* PCIUSER_BAR_* */
+	/*
+	 * Ranges of this BAR that belong to the kernel: the MSI-X table
+	 * and the MSI-X PBA, if they live here (size 0 otherwise).  PIO
+	 * that touches one fails with EPERM, and so does an mmap(2) that
+	 * touches a page holding one: map around them.
+	 */
+	uint64_t	pub_msix_table;		/* offset in the BAR */
+	uint64_t	pub_msix_table_size;
+	uint64_t	pub_msix_pba;		/* offset in the BAR */
+	uint64_t	pub_msix_pba_size;
 };
 
-#define	PCIUSER_BAR_VALID	0x00000001	/* BAR implemented */
+#define	PCIUSER_BAR_VALID	0x00000001	/* usable: PIO (and mmap) */
 #define	PCIUSER_BAR_IO		0x00000002	/* I/O space (else memory) */
 #define	PCIUSER_BAR_MEM64	0x00000004	/* 64-bit memory BAR */
 #define	PCIUSER_BAR_PREFETCH	0x00000008	/* prefetchable memory */
 #define	PCIUSER_BAR_MMAP	0x00000010	/* may be mmap(2)ed */
+#define	PCIUSER_BAR_UNASSIGNED	0x00000020	/* implemented, no address:
+						   neither PIO nor mmap */
 
 /*
  * PCIUSER_IOC_CLAIM: claim one function of the bus behind this
@@ -106,6 +119,9 @@ struct pciuser_claim {
 	uint32_t	puc_caps;	/* out: PCIUSER_CAP_* */
 	uint32_t	puc_msi_count;	/* out: MSI vectors supported */
 	uint32_t	puc_msix_count;	/* out: MSI-X vectors supported */
+	uint32_t	puc_cfgsize;	/* out: config space reachable,
+					   256 or 4096 bytes */
+	uint32_t	puc_pad;
 	struct pciuser_bar puc_bars[PCIUSER_MAXBARS];	/* out */
 };
 
@@ -116,10 +132,15 @@ struct pciuser_claim {
 
 /*
  * PCIUSER_IOC_CFGREAD/CFGWRITE: 32-bit config space access to the
- * claimed function.  BARs, the expansion ROM BAR, the interrupt line
- * register and the MSI/MSI-X capabilities are owned by the kernel and
- * cannot be written; the INTx disable bit of the command register is
- * owned by the kernel while INTx is established.
+ * claimed function, below puc_cfgsize.  Writes are allowlisted (see
+ * pciuser(4)): the command and status register, cache line size and
+ * latency timer, PME bits of the power management capability, the
+ * PCI Express device, link and device 2 control registers (not FLR,
+ * MPS, phantom functions, ARI), vendor-specific capabilities and AER;
+ * only the allowed bits of those are written.  Everything else -- BARs,
+ * ROM BAR, interrupt line, MSI/MSI-X, power state, SR-IOV, Resizable
+ * BAR -- fails with EPERM.  The INTx disable bit of the command
+ * register is owned by the kernel while INTx is established.
  */
 struct pciuser_cfgreg {
 	uint32_t	pcr_reg;	/* in: offset, 4-byte aligned */
@@ -215,13 +236,17 @@ struct pciuser_intr_event {
  * Both live in the open file and are named by small integer ids.
  */
 struct pciuser_dmamem_alloc {
-	uint64_t	pdm_size;	/* in: bytes, rounded up to pages */
+	uint64_t	pdm_size;	/* in: bytes, rounded up to pages;
+					   charged against the caps */
 	uint64_t	pdm_align;	/* in: power of 2; 0 means page */
-	uint64_t	pdm_boundary;	/* in: power of 2 or 0 */
+	uint64_t	pdm_boundary;	/* in: 0, or a power of 2 of at
+					   least a page */
 	uint64_t	pdm_maxaddr;	/* in: highest usable bus address;
 					   0 means 32 bit (or 64 bit with
 					   PCIUSER_DMA_64BIT) */
-	uint32_t	pdm_maxsegs;	/* in: max segments; 1: contiguous */
+	uint32_t	pdm_maxsegs;	/* in: max segments, at most
+					   PCIUSER_DMA_MAXSEGS; 1:
+					   contiguous; 0: as needed */
 	uint32_t	pdm_flags;	/* in: PCIUSER_DMA_* */
 	uint32_t	pdm_id;		/* out: dmamem id */
 	uint32_t	pdm_nsegs;	/* out: segments allocated */
@@ -238,11 +263,13 @@ struct pciuser_dma_id {
 };
 
 struct pciuser_dmamap_create {
-	uint64_t	pdc_maxsize;	/* in: largest load */
+	uint64_t	pdc_maxsize;	/* in: largest load; charged
+					   against the caps (bounce) */
 	uint64_t	pdc_maxsegsz;	/* in: largest segment */
-	uint64_t	pdc_boundary;	/* in: power of 2 or 0 */
+	uint64_t	pdc_boundary;	/* in: as pdm_boundary */
 	uint64_t	pdc_maxaddr;	/* in: as pdm_maxaddr */
-	uint32_t	pdc_nsegments;	/* in: max segments */
+	uint32_t	pdc_nsegments;	/* in: max segments, 1 to
+					   PCIUSER_DMA_MAXSEGS */
 	uint32_t	pdc_flags;	/* in: PCIUSER_DMA_64BIT */
 	uint32_t	pdc_id;		/* out: dmamap id */
 	uint32_t	pdc_pad;
@@ -260,7 +287,8 @@ struct pciuser_dmamap_load {
 	uint64_t	pdl_len;	/* in: bytes */
 	uint64_t	pdl_segs;	/* in: user address of a
 					   struct pciuser_dma_seg array */
-	uint32_t	pdl_maxsegs;	/* in: entries in that array */
+	uint32_t	pdl_maxsegs;	/* in: entries in that array, at
+					   least the map's pdc_nsegments */
 	uint32_t	pdl_nsegs;	/* out: entries filled */
 	uint32_t	pdl_flags;	/* in: PCIUSER_LOAD_* */
 	uint32_t	pdl_pad;
@@ -307,6 +335,7 @@ struct pciuser_dmamap_sync {
 struct pci_softc;
 int	pciuser_open(dev_t, int, int, struct lwp *);
 bool	pciuser_claimed(struct pci_softc *, int, int);
+int	pciuser_detach(struct pci_softc *, int);
 #endif
 
 #endif /* !_DEV_PCI_PCIUSERIO_H_ */
