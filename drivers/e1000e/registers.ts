@@ -82,8 +82,8 @@ export const RCTL = {
 
 export const TCTL = { EN: 1 << 1, PSP: 1 << 3, CT_SHIFT: 4, COLD_SHIFT: 12 } as const;
 
-/** RFCTL.ACK_DIS: no ACK-detection cause (QEMU would route every received TCP ACK to the "other" vector). */
-export const RFCTL = { ACK_DIS: 1 << 13 } as const;
+/** RFCTL.ACK_DIS (bit 12): no ACK-detection cause (QEMU would route every received TCP ACK to the "other" vector). */
+export const RFCTL = { ACK_DIS: 1 << 12 } as const;
 
 export const RAH = { AV: 1 << 31 } as const;
 
