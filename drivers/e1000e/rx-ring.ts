@@ -8,7 +8,7 @@
 import { DmaSync, type DmaTag } from '../../pci/bus-dma.js';
 import type { BusSpace } from '../../pci/bus-space.js';
 import type { DmaPool } from '../../pci/dma-pool.js';
-import { ringPool, writeAddress } from './buffers.js';
+import { programRing, ringPool, writeAddress } from './buffers.js';
 import { DESC_BYTES, REG, RX_BUFFER_BYTES, RXD } from './registers.js';
 
 export interface RxFrame {
@@ -63,13 +63,7 @@ export class RxRing {
 
   /** Programs the ring registers and fills it (RCTL.EN is set by the caller afterwards). */
   start(): void {
-    const r = this.regs;
-    const base = this.ring.busAddresses[0]!;
-    r.write4(REG.RDBAL, base >>> 0);
-    r.write4(REG.RDBAH, Math.floor(base / 0x1_0000_0000));
-    r.write4(REG.RDLEN, this.size * DESC_BYTES);
-    r.write4(REG.RDH, 0);
-    r.write4(REG.RDT, 0);
+    programRing(this.regs, REG.RDBAL, this.ring, this.size * DESC_BYTES);
     this.refill();
   }
 

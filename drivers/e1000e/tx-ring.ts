@@ -8,7 +8,7 @@
 import { DmaSync, type DmaTag } from '../../pci/bus-dma.js';
 import type { BusSpace } from '../../pci/bus-space.js';
 import type { DmaPool } from '../../pci/dma-pool.js';
-import { ringPool, writeAddress } from './buffers.js';
+import { programRing, ringPool, writeAddress } from './buffers.js';
 import { DESC_BYTES, MIN_FRAME, REG, RX_BUFFER_BYTES, TXD } from './registers.js';
 
 export interface TxCounters {
@@ -39,13 +39,7 @@ export class TxRing {
   }
 
   start(): void {
-    const r = this.regs;
-    const base = this.ring.busAddresses[0]!;
-    r.write4(REG.TDBAL, base >>> 0);
-    r.write4(REG.TDBAH, Math.floor(base / 0x1_0000_0000));
-    r.write4(REG.TDLEN, this.size * DESC_BYTES);
-    r.write4(REG.TDH, 0);
-    r.write4(REG.TDT, 0);
+    programRing(this.regs, REG.TDBAL, this.ring, this.size * DESC_BYTES);
   }
 
   /** Free slots (one is always left empty: TDT == TDH means empty). */
