@@ -136,7 +136,7 @@ function parseSlot(slot: string): { dev: number; fn: number } {
 
 const hex2 = (n: number) => n.toString(16).padStart(2, '0');
 
-/** The netdev id of a NIC's hub port (what `set_link` names), e.g. 'hub1-08.0'. */
+/** The netdev id of a NIC's hub port (what `set_link` names), e.g. 'hub1-root-08.0'. */
 export function hubPort(device: VmDevice): string {
   if (device.hub === undefined) throw new Error(`vm/bench: ${device.model}@${device.slot} is on no hub`);
   return `hub${device.hub}-${device.bus ?? 'root'}-${device.slot}`;
