@@ -53,7 +53,7 @@ console.log('# unit suite (this machine)');
 suites.push(['unit', await runUnit()]);
 for (const [suite, title] of [
   ['vm', 'VM suite (QEMU q35 + intel-iommu, devices bound to vfio-pci)'],
-  ['trace', 'VM trace suite (the same, with QEMU tracing every MMIO access)'],
+  ['trace', 'VM trace suite (the same, with QEMU tracing MMIO and port I/O accesses)'],
 ] as const) {
   console.log(`# ${title}`);
   try {
