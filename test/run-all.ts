@@ -34,6 +34,7 @@ async function runVm(suite: 'vm' | 'trace'): Promise<SuiteCounts> {
     timeoutMs: VM_TIMEOUT_MS,
     memoryMiB: 2048,
     cpus: 2,
+    monitor: true,
     onConsole: (text) => process.stdout.write(text),
     ...(suite === 'trace'
       ? { env: { UPCI_SUITE: 'trace', UPCI_QEMU_TRACE: GUEST_TRACE_LOG }, qemuTrace: ['memory_region_ops_read', 'memory_region_ops_write'] }
