@@ -1,7 +1,8 @@
 /** The drivers upci ships, by name. */
 import type { DriverRegistry } from './contract.js';
+import { e1000eDriver } from './e1000e/index.js';
 import { eduDriver } from './edu.js';
 import { nvmeDriver } from './nvme/index.js';
 import { pciTestdevDriver } from './pci-testdev.js';
 
-export const builtinDrivers: DriverRegistry = new Map([eduDriver, pciTestdevDriver, nvmeDriver].map((d) => [d.name, d]));
+export const builtinDrivers: DriverRegistry = new Map([eduDriver, pciTestdevDriver, nvmeDriver, e1000eDriver].map((d) => [d.name, d]));

@@ -34,6 +34,7 @@ async function runVm(suite: 'vm' | 'trace'): Promise<SuiteCounts> {
     timeoutMs: VM_TIMEOUT_MS,
     memoryMiB: 2048,
     cpus: 2,
+    monitor: true,
     onConsole: (text) => process.stdout.write(text),
     ...(suite === 'trace'
       ? { env: { UPCI_SUITE: 'trace', UPCI_QEMU_TRACE: GUEST_TRACE_LOG }, qemuTrace: ['memory_region_ops_read', 'memory_region_ops_write'] }
@@ -52,7 +53,7 @@ console.log('# unit suite (this machine)');
 suites.push(['unit', await runUnit()]);
 for (const [suite, title] of [
   ['vm', 'VM suite (QEMU q35 + intel-iommu, devices bound to vfio-pci)'],
-  ['trace', 'VM trace suite (the same, with QEMU tracing every MMIO access)'],
+  ['trace', 'VM trace suite (the same, with QEMU tracing MMIO and port I/O accesses)'],
 ] as const) {
   console.log(`# ${title}`);
   try {

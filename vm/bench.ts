@@ -8,6 +8,7 @@ import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { MonitorRelay } from './monitor-relay.js';
 
 export interface VmDevice {
   model: string;
@@ -15,12 +16,15 @@ export interface VmDevice {
   slot: string;
   /** Absent: left as the guest kernel probed it; of the initramfs' drivers only virtio_pci claims
    *  devices by itself (virtio ones), the others bind only through driver_override. */
-  bind?: 'vfio-pci' | 'none' | 'pci-stub' | 'uio_pci_generic';
+  bind?: 'vfio-pci' | 'none' | 'pci-stub' | 'uio_pci_generic' | 'e1000e';
   /** id of a bridge from VmOptions.bridges to put the device behind */
   bus?: string;
-  /** extra QEMU device properties, starting with a comma: ',k=v'. A ',netdev=ID' gets a
-   *  user-mode backend with restrict=on (a link partner with no route to the host). */
+  /** extra QEMU device properties, starting with a comma: ',k=v' */
   props?: string;
+  /** NICs: the QEMU hub the NIC's port is on. NICs on one hub see each other's frames; no
+   *  hub has a user-mode or host backend, so no frame leaves the VM. The port's netdev id,
+   *  the name QEMU's `set_link` takes, is hubPort(device). */
+  hub?: number;
   /** NVMe namespaces (model 'nvme'): each a sparse raw image `<id>.img` the bench creates in
    *  the run's out dir (the guest sees it as $UPCI_VM_OUT/<id>.img), attached as nvme-ns nsid 1, 2... */
   namespaces?: VmNamespace[];
@@ -52,6 +56,8 @@ export interface VmOptions {
   onConsole?: (text: string) => void;
   /** Aborting kills QEMU; runInVm then resolves like a timeout. */
   signal?: AbortSignal;
+  /** Lets the guest send commands to QEMU's human monitor (vm/monitor.ts; e.g. set_link). */
+  monitor?: boolean;
 }
 
 export interface VmResult {
@@ -94,12 +100,14 @@ export const defaultDevices: VmDevice[] = [
   // The kernel's own nvme driver gets this one in bench:nvme (identical to 0a.0); unbound otherwise.
   { model: 'nvme', slot: '0b.0', props: ',serial=upci-nvme2', namespaces: [{ id: 'nvme2n1', sizeMiB: 16 }] },
   // romfile=: nothing boots from the NICs, so SeaBIOS need not load and run iPXE.
-  { model: 'e1000e', slot: '08.0', bind: 'vfio-pci', props: ',romfile=,netdev=net0' },
+  { model: 'e1000e', slot: '08.0', bind: 'vfio-pci', props: ',romfile=', hub: 1 },
+  // Its link partner on the same hub, driven by the guest kernel's e1000e.ko.
+  { model: 'e1000e', slot: '09.0', bind: 'e1000e', props: ',romfile=', hub: 1 },
   // Behind the conventional bridge both devices share the bridge's IOMMU group. The
   // e1000 is held by uio_pci_generic, a kernel driver that claims DMA ownership, so the
   // group is not viable for VFIO (pci-stub would not do: it leaves DMA ownership free).
   { model: 'edu', slot: '01.0', bus: 'br0', bind: 'vfio-pci' },
-  { model: 'e1000', slot: '02.0', bus: 'br0', bind: 'uio_pci_generic', props: ',romfile=,netdev=net1' },
+  { model: 'e1000', slot: '02.0', bus: 'br0', bind: 'uio_pci_generic', props: ',romfile=', hub: 2 },
 ];
 
 const QEMU = 'qemu-system-x86_64';
@@ -129,6 +137,12 @@ function parseSlot(slot: string): { dev: number; fn: number } {
 }
 
 const hex2 = (n: number) => n.toString(16).padStart(2, '0');
+
+/** The netdev id of a NIC's hub port (what `set_link` names), e.g. 'hub1-root-08.0'. */
+export function hubPort(device: VmDevice): string {
+  if (device.hub === undefined) throw new Error(`vm/bench: ${device.model}@${device.slot} is on no hub`);
+  return `hub${device.hub}-${device.bus ?? 'root'}-${device.slot}`;
+}
 
 /** The device's PCI address as the guest sees it, e.g. '0000:01:01.0'. */
 export function guestAddress(device: VmDevice, bridges: { id: string; slot: string }[] = defaultBridges): string {
@@ -241,12 +255,22 @@ interface BootContext {
   initrd: string;
 }
 
-async function boot(opts: VmOptions, { root, bridges, outDir, kernel, initrd }: BootContext): Promise<VmResult> {
+async function boot(opts: VmOptions, context: BootContext): Promise<VmResult> {
+  const monitor = opts.monitor ? await MonitorRelay.start(context.outDir) : undefined;
+  try {
+    return await bootWith(opts, context, monitor);
+  } finally {
+    await monitor?.close();
+  }
+}
+
+async function bootWith(opts: VmOptions, { root, bridges, outDir, kernel, initrd }: BootContext, monitor: MonitorRelay | undefined): Promise<VmResult> {
   const env: Record<string, string> = {
     PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin',
     HOME: '/tmp',
     UPCI_VM: '1',
     UPCI_VM_OUT: GUEST_OUT,
+    ...(monitor ? { UPCI_VM_MONITOR: '1' } : {}),
     ...opts.env,
   };
   await writeFile(join(outDir, 'job.sh'), jobScript(opts.command, root, env));
@@ -286,15 +310,14 @@ async function boot(opts: VmOptions, { root, bridges, outDir, kernel, initrd }: 
     // shpc=off: the guest's shpchp would otherwise fail on it and log errors.
     args.push('-device', `pci-bridge,id=${b.id},chassis_nr=${i + 1},addr=${b.slot},shpc=off`);
   });
-  const netdevs = new Set<string>();
   for (const d of opts.devices) {
-    const netdev = /(?:^|,)netdev=([^,]+)/.exec(d.props ?? '')?.[1];
-    if (netdev !== undefined && !netdevs.has(netdev)) {
-      netdevs.add(netdev);
-      args.push('-netdev', `user,id=${netdev},restrict=on`);
+    let netdev = '';
+    if (d.hub !== undefined) {
+      args.push('-netdev', `hubport,id=${hubPort(d)},hubid=${d.hub}`);
+      netdev = `,netdev=${hubPort(d)}`;
     }
     const id = d.namespaces?.length ? `,id=${d.model}-${d.slot.replace('.', '-')}` : '';
-    args.push('-device', `${d.model}${d.bus ? `,bus=${d.bus}` : ''},addr=${d.slot}${id}${d.props ?? ''}`);
+    args.push('-device', `${d.model}${d.bus ? `,bus=${d.bus}` : ''},addr=${d.slot}${id}${d.props ?? ''}${netdev}`);
     for (const [i, ns] of (d.namespaces ?? []).entries()) {
       if (!/^[A-Za-z][A-Za-z0-9_-]*$/.test(ns.id)) throw new Error(`vm/bench: bad namespace id '${ns.id}'`);
       const image = join(outDir, `${ns.id}.img`);
@@ -304,6 +327,7 @@ async function boot(opts: VmOptions, { root, bridges, outDir, kernel, initrd }: 
       args.push('-device', `nvme-ns,drive=${ns.id},bus=${id.slice(4)},nsid=${i + 1}${ns.props ?? ''}`);
     }
   }
+  if (monitor) args.push('-monitor', `unix:${monitor.socketPath},server=on,wait=off`);
   let qemuTraceLog: string | undefined;
   if (opts.qemuTrace?.length) {
     qemuTraceLog = join(outDir, 'qemu-trace.log');

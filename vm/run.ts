@@ -51,6 +51,7 @@ try {
     memoryMiB,
     cpus,
     qemuTrace,
+    monitor: true,
     signal: abort.signal,
     onConsole: (text) => process.stdout.write(text),
   });

@@ -17,6 +17,7 @@ MODULES=(
   pci-stub uio uio_pci_generic
   nbd
   crc16 mbcache jbd2 crc32c_generic ext4
+  e1000e tun
 )
 
 # nbd-client and fio run in the guest from the shared root (the NBD export test, bench:nvme).

@@ -7,13 +7,13 @@
  */
 import test from 'ava';
 import { fakeDevice } from '../support/fake-device.js';
-import { firstValueFrom, filter, map, take, toArray } from 'rxjs';
+import { map } from 'rxjs';
 import { assign, fromEventObservable, fromPromise, setup, type InspectionEvent } from 'xstate';
 import { ConfigError } from '../../actors/config-error.js';
 import { parseHostConfig } from '../../actors/config.js';
 import type { HostEvent } from '../../actors/events.js';
 import { DriverHost } from '../../actors/host.js';
-import { defineDriver, type DriverInput, type DriverVector } from '../../drivers/contract.js';
+import { defineDriver, type AnyDriver, type DriverInput, type DriverVector } from '../../drivers/contract.js';
 import { UpciError } from '../../kernel/errors.js';
 import * as libc from '../../kernel/libc.js';
 import type { PciAddress } from '../../kernel/pci-address.js';
@@ -22,6 +22,7 @@ import type { DeviceFile, KernelPort } from '../../kernel/port.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
 import { PciDevice } from '../../pci/device.js';
 import type { InterruptEvent } from '../../pci/intr.js';
+import { until as untilWithin, within } from '../support/bounded.js';
 
 /** A fake function: vendor 0x1234, device as given; counts opens, closes and resets; INTx fires when the test says. */
 class FakeBench {
@@ -30,6 +31,8 @@ class FakeBench {
   readonly resets = new Map<string, number>();
   readonly configs = new Map<string, Buffer>();
   readonly intxFds = new Map<string, number>();
+  /** Kernel-port calls in the order they came, e.g. "0000:00:04.0 reset (bus master off)". */
+  readonly calls: string[] = [];
 
   constructor(
     private readonly devices: Record<string, number>,
@@ -53,14 +56,20 @@ class FakeBench {
     return fakeDevice(address, { intx: 1 }, {
       canReset: this.canReset,
       dma: { iovaRanges: [{ start: 0n, end: (1n << 39n) - 1n }], pageSizes: 0x1000n, availableMappings: () => 65535, map: () => {}, unmap: () => {} },
-      reset: () => void this.resets.set(address, (this.resets.get(address) ?? 0) + 1),
+      reset: () => {
+        this.calls.push(`${address} reset (bus master ${this.busMaster(address) ? 'on' : 'off'})`);
+        this.resets.set(address, (this.resets.get(address) ?? 0) + 1);
+      },
       enableIrqs: () => {
         const fd = libc.eventfd(libc.EFD_NONBLOCK);
         this.intxFds.set(address, fd);
         return [{ fd, format: 'counter', firstVector: 0, vectors: 1, owner: 'hub' }];
       },
       disableIrqs: () => void this.intxFds.delete(address),
-      close: () => void this.closes.set(address, (this.closes.get(address) ?? 0) + 1),
+      close: () => {
+        this.calls.push(`${address} close (bus master ${this.busMaster(address) ? 'on' : 'off'})`);
+        this.closes.set(address, (this.closes.get(address) ?? 0) + 1);
+      },
     }, config).file;
   }
 
@@ -91,10 +100,11 @@ const options = {
   rejectAt: { type: 'integer', min: 1, doc: 'reject a promise at the Nth interrupt' },
   faultyIncarnations: { type: 'integer', min: 0, default: 1, doc: 'incarnations that misbehave' },
   finishAt: { type: 'integer', min: 1, doc: 'reach a final state at the Nth interrupt' },
+  dmaBytes: { type: 'integer', min: 1, doc: 'DMA memory to allocate at attach' },
 } as const;
 
 interface TestResources { readonly vector: DriverVector }
-type In = DriverInput<{ crashAt?: number; hangAt?: number; rejectAt?: number; faultyIncarnations: number; finishAt?: number }, TestResources>;
+type In = DriverInput<{ crashAt?: number; hangAt?: number; rejectAt?: number; faultyIncarnations: number; finishAt?: number; dmaBytes?: number }, TestResources>;
 
 const testMachine = setup({
   types: { input: {} as In, context: {} as In & { n: number }, events: {} as { type: 'irq'; event: InterruptEvent } },
@@ -145,22 +155,30 @@ const testDriver = defineDriver({
   description: 'unit-test driver',
   match: [{ vendor: 0x1234, device: 0x0001 }],
   options,
-  attach: (bus) => {
-    bus.dma().enableBusMaster();
+  attach: (bus, options) => {
+    const dma = bus.dma();
+    if (options.dmaBytes !== undefined) dma.createTag({}).allocMemory(options.dmaBytes);
+    dma.enableBusMaster();
     return { vector: bus.establishInterrupts({ type: 'intx' }).vectors[0]! };
   },
   machine: testMachine,
 });
 
 const registry = new Map([[testDriver.name, testDriver]]);
+
+/** For the driver choice: one that does not fit device 0001, then two that do, the second with an option of its own. */
+const also: AnyDriver = { ...testDriver, name: 'also', options: { ...options, alsoOnly: { type: 'integer', min: 0, doc: 'an option only this driver has' } } };
+const choiceRegistry = new Map<string, AnyDriver>([
+  ['other', { ...testDriver, name: 'other', match: [{ vendor: 0x1234, device: 0x0002 }] }],
+  [testDriver.name, testDriver],
+  [also.name, also],
+]);
 const A = '0000:00:04.0';
 const B = '0000:00:05.0';
 
 function config(devices: unknown[], extra: Record<string, unknown> = {}) {
   return parseHostConfig({ restart: { initialDelayMs: 10, maxDelayMs: 40, maxRestarts: 2 }, watchdogMs: 100, statsIntervalMs: 50, ...extra, devices }, registry);
 }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Records the host's events; a failing test still shuts the host down, so the process can exit. */
 function record(t: { teardown(fn: () => unknown): void }, host: DriverHost): HostEvent[] {
@@ -172,13 +190,7 @@ function record(t: { teardown(fn: () => unknown): void }, host: DriverHost): Hos
 
 const states = (events: HostEvent[], address: string) => events.flatMap((e) => (e.type === 'state' && e.address === address ? [e.state] : []));
 
-async function until(what: string, predicate: () => boolean, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
+const until = (what: string, predicate: () => boolean, ms = 5000): Promise<void> => untilWithin(what, predicate, ms);
 
 test('a device actor goes claimed → attaching → running → detaching → released, and the device is closed with bus mastering off', async (t) => {
   const bench = new FakeBench({ [A]: 1 });
@@ -189,7 +201,7 @@ test('a device actor goes claimed → attaching → running → detaching → re
   t.true(bench.busMaster(A));
   const report = await host.shutdown();
   t.deepEqual(states(events, A), ['claimed', 'attaching', 'running', 'detaching', 'released']);
-  t.false(bench.busMaster(A));
+  t.deepEqual(bench.calls, [`${A} close (bus master off)`], 'bus mastering was off when the kernel got the device back');
   t.is(bench.closes.get(A), 1);
   t.false(report.forced);
   t.like(report.devices[0], { outcome: { kind: 'stopped' }, released: { how: 'close' } });
@@ -248,6 +260,8 @@ test('with a kernel reset available, the restart resets instead of reopening; de
   const report = await host.shutdown();
   t.is(bench.resets.get(A), 2);
   t.like(report.devices[0], { released: { how: 'kernel-reset' } });
+  // The detach's own calls, in order: quiesced (bus master off) before the reset, the reset before the close.
+  t.deepEqual(bench.calls.slice(-2), [`${A} reset (bus master off)`, `${A} close (bus master off)`]);
 });
 
 test('a rejected promise inside the driver is a crash too', async (t) => {
@@ -303,7 +317,7 @@ test('a driver reaching its final state detaches the device (outcome finished)',
   host.start();
   await until('running', () => states(events, A).includes('running'));
   bench.fire(A);
-  const [out] = await host.settled;
+  const [out] = await within(5000, host.settled, 'the host never settled after the driver finished');
   t.like(out, { outcome: { kind: 'finished' } });
   await host.shutdown();
 });
@@ -323,13 +337,19 @@ test('a driver that does not match the device is refused at claim, naming device
   t.is(bench.closes.get(A), 1);
 });
 
-test('a device without a driver gets the first whose match table fits; its options are checked then', (t) => {
+test('a device without a driver gets the first whose match table fits; its options are checked then', async (t) => {
   const bench = new FakeBench({ [A]: 1 });
-  const err = t.throws(() => DriverHost.claim(config([{ address: A, options: { crashAt: 'x' } }]), { registry, open: bench.open }));
-  t.regex(err!.message, /^devices\[0\]\.options\.crashAt: expected integer, got "x"/);
-  const host = DriverHost.claim(config([{ address: A }]), { registry, open: bench.open });
+  const claim = (device: Record<string, unknown>) => DriverHost.claim(config([{ address: A, ...device }]), { registry: choiceRegistry, open: bench.open });
+  // Checked against the chosen driver's schema: "test" has no alsoOnly, a later match has.
+  t.regex(t.throws(() => claim({ options: { alsoOnly: 1 } }))!.message, /^devices\[0\]\.options\.alsoOnly: unknown option/);
+  t.regex(t.throws(() => claim({ options: { crashAt: 'x' } }))!.message, /^devices\[0\]\.options\.crashAt: expected integer, got "x"/);
+  const host = claim({});
+  const events = record(t, host);
   t.deepEqual(host.addresses, [parsePciAddress(A)]);
-  return host.shutdown().then(() => t.pass());
+  host.start();
+  await until('running', () => states(events, A).includes('running'));
+  t.deepEqual([...new Set(events.flatMap((e) => (e.type === 'state' ? [e.driver] : [])))], ['test'], 'not "other" (no match), not "also" (a later match)');
+  await host.shutdown();
 });
 
 test('the inspect option sees the host, device and driver actors', async (t) => {
@@ -344,18 +364,32 @@ test('the inspect option sees the host, device and driver actors', async (t) => 
   for (const id of ['host', 'device', 'test']) t.true(machines.has(id), `snapshots of the ${id} machine are inspected`);
 });
 
-test('stats report interrupts, their rate and DMA bytes per device', async (t) => {
-  const bench = new FakeBench({ [A]: 1 });
-  const host = DriverHost.claim(config([{ address: A, driver: 'test' }]), { registry, open: bench.open });
-  const stats = firstValueFrom(host.events.pipe(filter((e) => e.type === 'stats' && e.interrupts >= 3), take(1), toArray()));
+test('stats report interrupts, their rate over each interval and the DMA bytes mapped, per device', async (t) => {
+  const bench = new FakeBench({ [A]: 1, [B]: 1 });
+  const host = DriverHost.claim(config([{ address: A, driver: 'test', options: { dmaBytes: 3 * 4096 } }, { address: B, driver: 'test' }]), { registry, open: bench.open });
   const events = record(t, host);
+  const stats = (address: string) => events.flatMap((e) => (e.type === 'stats' && e.address === address ? [e] : []));
   host.start();
-  await until('running', () => states(events, A).includes('running'));
+  await until('running', () => states(events, A).includes('running') && states(events, B).includes('running'));
+  const quietUntil = stats(A).length;
   for (let i = 1; i <= 3; i++) {
     bench.fire(A);
     await until(`${i}`, () => host.interruptCount(A as PciAddress) === i);
   }
-  const [s] = await stats;
-  t.like(s, { type: 'stats', address: A, interrupts: 3, dmaBytesMapped: 0 });
+  // Two intervals more: one that saw the interrupts, one that saw none.
+  await until('two stats after the interrupts', () => stats(A).filter((s) => s.interrupts === 3).length >= 2, 5000);
   await host.shutdown();
+  const a = stats(A);
+  t.true(a.slice(0, quietUntil).every((s) => s.interrupts === 0 && s.interruptsPerSecond === 0));
+  // Each rate is that interval's interrupts over its length (stamped in whole ms: allow 3 ms either way).
+  for (let i = 1; i < a.length; i++) {
+    const delta = a[i]!.interrupts - a[i - 1]!.interrupts;
+    const ms = a[i]!.at - a[i - 1]!.at;
+    const [low, high] = [Math.floor((delta * 1000) / (ms + 3)), Math.ceil((delta * 1000) / Math.max(1, ms - 3))];
+    t.true(a[i]!.interruptsPerSecond >= low && a[i]!.interruptsPerSecond <= high, `interval ${i}: ${delta} interrupts in ~${ms} ms reported as ${a[i]!.interruptsPerSecond}/s`);
+  }
+  t.true(a.some((s) => s.interruptsPerSecond > 0), 'some interval saw the interrupts');
+  t.is(a.at(-1)!.interruptsPerSecond, 0, 'the last interval saw none');
+  t.true(a.every((s) => s.dmaBytesMapped === 3 * 4096), 'A has its 12 KiB of DMA memory mapped');
+  t.true(stats(B).every((s) => s.interrupts === 0 && s.dmaBytesMapped === 0), 'B did nothing: no interrupts, no DMA');
 });

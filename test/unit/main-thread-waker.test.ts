@@ -2,6 +2,7 @@ import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
 import { createMainThreadWaker, wakeMainThread } from '../../workers/main-thread-waker.js';
+import { within } from '../support/bounded.js';
 
 const wakerModule = new URL('../../workers/main-thread-waker.js', import.meta.url).href;
 
@@ -20,12 +21,16 @@ async function wakeFromWorker(id: number, times: number, blockMain = false): Pro
      Atomics.notify(workerData, 0);`,
     { eval: true, workerData: done },
   );
-  const exited = new Promise<void>((resolve, reject) => {
+  const exited = exitOf(worker);
+  if (blockMain && Atomics.wait(done, 0, 0, 10_000) === 'timed-out') throw new Error('the waking worker did not finish its wakes within 10 s');
+  await within(10_000, exited, 'the waking worker never exited');
+}
+
+function exitOf(worker: Worker): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
     worker.once('error', reject);
     worker.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`worker exited with ${code}`))));
   });
-  if (blockMain) Atomics.wait(done, 0, 0, 10_000);
-  await exited;
 }
 
 const tick = () => new Promise((r) => setTimeout(r, 50));
@@ -40,7 +45,7 @@ test('a wake from a worker runs the callback on the main thread', async (t) => {
   });
   try {
     await wakeFromWorker(waker.id, 1);
-    await called;
+    await within(10_000, called, 'the callback never ran');
     t.is(calls, 1);
   } finally {
     waker.close();
@@ -62,16 +67,53 @@ test('wakes that come close together coalesce, and the callback still runs after
   }
 });
 
-test('promise jobs the callback queues run before the loop sleeps again', async (t) => {
-  let resolve!: (value: string) => void;
-  const result = new Promise<string>((r) => (resolve = r));
-  const waker = createMainThreadWaker(() => resolve('from the callback'));
+test('promise jobs a callback queues run before the loop runs any other callback', async (t) => {
+  // Node drains promise jobs in every loop iteration's check phase, so "before the loop sleeps"
+  // holds with or without a callback scope. What napi_make_callback adds is that the jobs run
+  // as the callback returns, before the next callback of the same poll pass: two wakers woken
+  // together run in one pass of the loop's async handles, and the first one's job must come
+  // before the second one's callback (under napi_call_function it would come after both).
+  const order: string[] = [];
+  let resolveJob!: () => void;
+  void new Promise<void>((r) => (resolveJob = r)).then(() => order.push('job'));
+  let secondRan!: () => void;
+  const secondDone = new Promise<void>((r) => (secondRan = r));
+  const first = createMainThreadWaker(() => {
+    order.push('first');
+    resolveJob();
+  });
+  const second = createMainThreadWaker(() => {
+    order.push('second');
+    secondRan();
+  });
+  // cells[0]: main says "wake now"; cells[1]: the worker has woken both; cells[2]: main lets it exit.
+  const cells = new Int32Array(new SharedArrayBuffer(12));
+  const worker = new Worker(
+    `const { workerData } = await import('node:worker_threads');
+     const { wakeMainThread } = await import(${JSON.stringify(wakerModule)});
+     if (Atomics.wait(workerData, 0, 0, 10_000) === 'timed-out') throw new Error('never told to wake');
+     wakeMainThread(${first.id});
+     wakeMainThread(${second.id});
+     Atomics.store(workerData, 1, 1);
+     Atomics.notify(workerData, 1);
+     Atomics.wait(workerData, 2, 0, 10_000);`,
+    { eval: true, workerData: cells },
+  );
+  const exited = exitOf(worker);
   try {
-    await wakeFromWorker(waker.id, 1);
-    // Nothing else is scheduled: if the continuation waited for another event, ava's timeout would fire.
-    t.is(await result, 'from the callback');
+    await within(10_000, new Promise((r) => worker.once('online', r)), 'the waking worker never came online');
+    Atomics.store(cells, 0, 1);
+    Atomics.notify(cells, 0);
+    // Held here, the loop cannot run either callback until both wakes are pending.
+    if (Atomics.wait(cells, 1, 0, 10_000) === 'timed-out') throw new Error('the worker did not wake both wakers within 10 s');
+    await within(10_000, secondDone, 'the second waker\'s callback never ran');
+    t.deepEqual(order, ['first', 'job', 'second']);
   } finally {
-    waker.close();
+    Atomics.store(cells, 2, 1);
+    Atomics.notify(cells, 2);
+    await within(10_000, exited, 'the waking worker never exited');
+    first.close();
+    second.close();
   }
 });
 

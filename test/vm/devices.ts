@@ -30,3 +30,13 @@ export function sysfsResources(address: string): { start: bigint; end: bigint; f
     return { start: start!, end: end!, flags: flags! };
   });
 }
+
+/** One sysfs attribute of the function (vendor, class, ...), as the kernel prints it. */
+export function sysfsAttribute(address: string, name: string): string {
+  return readFileSync(`/sys/bus/pci/devices/${address}/${name}`, 'utf8').trim();
+}
+
+/** Bus mastering as the kernel reads it from the device's command register. */
+export function sysfsBusMaster(address: string): boolean {
+  return (sysfsConfig(address).readUInt16LE(0x04) & 0x4) !== 0;
+}

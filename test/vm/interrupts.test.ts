@@ -10,20 +10,20 @@ import { Interrupts, type InterruptEvent } from '../../pci/intr.js';
 import { bench } from './devices.js';
 import { eventQueue } from '../support/event-queue.js';
 import { EDU } from '../../drivers/edu-registers.js';
+import { progressing, within } from '../support/bounded.js';
 
+/**
+ * How long one interrupt may take to arrive before the test fails saying so (a lost or
+ * misrouted one would otherwise hang it). Generous: the first one waits for the interrupt
+ * worker to start, which took over 5 s in a guest sharing the host's two cores with two others.
+ */
+const EVENT_MS = 30_000;
 
-
-/** The promise, or a clear failure once `ms` have passed (a misrouted interrupt would otherwise hang the test). */
-function within<T>(ms: number, promise: Promise<T>, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(what)), ms)));
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-/** One edu interrupt round trip: raise, wait for the event, clear the device, ack. */
-async function eduRoundTrip(bar: BusSpace, events: { next(): Promise<InterruptEvent> }, value: number): Promise<InterruptEvent> {
+/** One edu interrupt round trip: raise, wait for the event (bounded unless the caller bounds its loop), clear the device, ack. */
+async function eduRoundTrip(bar: BusSpace, events: { next(): Promise<InterruptEvent> }, value: number, bounded = true): Promise<InterruptEvent> {
   bar.write4(EDU.IRQ_RAISE, value);
-  const event = await events.next();
+  const next = events.next();
+  const event = await (bounded ? within(EVENT_MS, next, 'edu\'s raised interrupt never arrived') : next);
   const status = bar.read4(EDU.IRQ_STATUS);
   bar.write4(EDU.IRQ_ACK, status);
   event.ack(status !== 0);
@@ -40,10 +40,14 @@ for (const type of ['msi', 'intx'] as const) {
       t.is(irq.type, type);
       const events = eventQueue(irq.vector(0));
       const cycles = 100_000;
-      for (let i = 0; i < cycles; i++) {
-        const e = await eduRoundTrip(bar, events, 0x100);
-        if (e.count !== 1) t.fail(`cycle ${i}: count ${e.count}`);
-      }
+      // One progress timer for the whole loop: a per-cycle timer would cost more than the cycle.
+      let i = 0;
+      await progressing(EVENT_MS, () => i, 'an edu interrupt never arrived', async () => {
+        for (; i < cycles; i++) {
+          const e = await eduRoundTrip(bar, events, 0x100, false);
+          if (e.count !== 1) t.fail(`cycle ${i}: count ${e.count}`);
+        }
+      });
       // Nothing further arrives once the device is quiet.
       await new Promise((r) => setTimeout(r, 100));
       t.is(events.all.length, cycles);
@@ -67,7 +71,7 @@ test('edu: the factorial-done interrupt arrives (best available type = MSI)', as
     const events = eventQueue(irq.vector(0));
     bar.write4(EDU.STATUS, EDU.STATUS_IRQ_ON_FACTORIAL);
     bar.write4(EDU.FACTORIAL, 10);
-    const event = await events.next();
+    const event = await within(EVENT_MS, events.next(), 'the factorial-done interrupt never arrived');
     t.is(bar.read4(EDU.IRQ_STATUS), EDU.IRQ_STATUS_FACTORIAL_DONE);
     t.is(bar.read4(EDU.FACTORIAL), 3628800);
     bar.write4(EDU.IRQ_ACK, EDU.IRQ_STATUS_FACTORIAL_DONE);
@@ -102,7 +106,7 @@ test('e1000e MSI-X: each vector\'s stream emits only its own events', async (t) 
     for (let i = 0; i < 20; i++) {
       const [cause, vector] = i % 2 === 0 ? [ICR_RXQ0, 0] : [ICR_RXQ1, 1];
       bar.write4(E1000_ICS, cause);
-      const event = await within(5000, queues[vector]!.next(), `cause 0x${cause.toString(16)} never reached vector ${vector}`);
+      const event = await within(EVENT_MS, queues[vector]!.next(), `cause 0x${cause.toString(16)} never reached vector ${vector}`);
       bar.write4(E1000_ICR, cause);
       event.ack();
     }
@@ -194,7 +198,7 @@ test('closing the device disestablishes its vectors and completes their streams'
   t.true(irq.isReleased);
   t.true(completed);
   // Subscribing again is a loud mistake, not a silently completed stream.
-  const late = await new Promise<unknown>((resolve) => irq.vector(0).events.subscribe({ error: resolve, complete: () => resolve('completed') }));
+  const late = await within(EVENT_MS, new Promise<unknown>((resolve) => irq.vector(0).events.subscribe({ error: resolve, complete: () => resolve('completed') })), 'a late subscription neither errored nor completed');
   t.like(late, { code: 'RELEASED' });
 });
 

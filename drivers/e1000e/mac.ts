@@ -1,0 +1,180 @@
+/**
+ * The MAC side of the 82574: global reset, the station address (RAL/RAH,
+ * else the NVM), the PHY over MDIC, link state, receive filters and the
+ * statistics registers.
+ */
+import type { BusSpace } from '../../pci/bus-space.js';
+import { CTRL, EERD, INT, MDIC, PHY, RAH, RCTL, REG, STATS, STATUS, TCTL } from './registers.js';
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Polls `done` up to `ms`, then throws naming what did not happen. */
+export async function waitFor(done: () => boolean, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error(`e1000e: ${what} did not happen within ${ms} ms`);
+    await sleep(1);
+  }
+}
+
+/**
+ * Global reset (Linux e1000_reset_hw_82571): interrupts masked, receive
+ * and transmit stopped, CTRL.RST. QEMU 7.2's CTRL.RST only reloads the
+ * station address, so every register the driver relies on is written
+ * again by its setup, never assumed to be at its reset value.
+ */
+export async function globalReset(regs: BusSpace): Promise<void> {
+  regs.write4(REG.IMC, INT.ALL);
+  regs.write4(REG.RCTL, 0);
+  regs.write4(REG.TCTL, TCTL.PSP);
+  regs.read4(REG.STATUS);
+  await sleep(10);
+  regs.write4(REG.CTRL, regs.read4(REG.CTRL) | CTRL.RST);
+  await waitFor(() => (regs.read4(REG.CTRL) & CTRL.RST) === 0, 100, 'the reset bit clearing');
+  regs.write4(REG.IMC, INT.ALL);
+  regs.read4(REG.ICR);
+  // Set link up; speed and duplex come from autonegotiation.
+  regs.write4(REG.CTRL, (regs.read4(REG.CTRL) | CTRL.SLU) & ~(CTRL.FRCSPD | CTRL.FRCDPX));
+}
+
+function eepromWord(regs: BusSpace, word: number): number {
+  regs.write4(REG.EERD, (word << EERD.ADDR_SHIFT) | EERD.START);
+  for (let i = 0; i < 10_000; i++) {
+    const v = regs.read4(REG.EERD);
+    if (v & EERD.DONE) return v >>> EERD.DATA_SHIFT;
+  }
+  throw new Error(`e1000e: EEPROM read of word ${word} never completed (EERD.DONE stayed clear)`);
+}
+
+export type Mac = readonly [number, number, number, number, number, number];
+
+export function formatMac(mac: Mac): string {
+  return mac.map((b) => b.toString(16).padStart(2, '0')).join(':');
+}
+
+export function parseMac(text: string): Mac {
+  const parts = text.trim().split(':').map((p) => Number.parseInt(p, 16));
+  if (parts.length !== 6 || parts.some((b) => !(b >= 0 && b <= 255))) throw new Error(`e1000e: '${text}' is not a MAC address (expected six hex bytes like 52:54:00:12:34:56)`);
+  return parts as unknown as Mac;
+}
+
+/** The station address: RAL0/RAH0 when valid (loaded from the NVM at reset), else NVM words 0..2. */
+export function readMac(regs: BusSpace): { mac: Mac; source: 'RAL/RAH' | 'EEPROM' } {
+  const rah = regs.read4(REG.RAH0);
+  if (rah & RAH.AV) {
+    const ral = regs.read4(REG.RAL0);
+    return { mac: [ral & 0xff, (ral >>> 8) & 0xff, (ral >>> 16) & 0xff, ral >>> 24, rah & 0xff, (rah >>> 8) & 0xff], source: 'RAL/RAH' };
+  }
+  const w = [0, 1, 2].map((i) => eepromWord(regs, i));
+  return { mac: [w[0]! & 0xff, w[0]! >>> 8, w[1]! & 0xff, w[1]! >>> 8, w[2]! & 0xff, w[2]! >>> 8], source: 'EEPROM' };
+}
+
+/** Receive address entry `index` (0..15) matches `mac`. */
+export function setReceiveAddress(regs: BusSpace, index: number, mac: Mac | undefined): void {
+  if (mac === undefined) {
+    regs.write4(REG.RAH0 + index * 8, 0);
+    return;
+  }
+  regs.write4(REG.RAL0 + index * 8, (mac[0] | (mac[1] << 8) | (mac[2] << 16) | (mac[3] << 24)) >>> 0);
+  regs.write4(REG.RAH0 + index * 8, (mac[4] | (mac[5] << 8) | RAH.AV) >>> 0);
+}
+
+/** The multicast table: with RCTL.MO = 0, the hash is bits 47:36 of the address. */
+export function setMulticast(regs: BusSpace, groups: readonly Mac[]): void {
+  const table = new Uint32Array(128);
+  for (const g of groups) {
+    const hash = (((g[5] << 8) | g[4]) >>> 4) & 0xfff;
+    table[hash >>> 5]! |= 1 << (hash & 0x1f);
+  }
+  for (let i = 0; i < 128; i++) regs.write4(REG.MTA + i * 4, table[i]!);
+}
+
+export interface FilterOptions {
+  readonly promiscuous: boolean;
+  readonly allMulticast: boolean;
+}
+
+export function receiveControl(f: FilterOptions): number {
+  return RCTL.EN | RCTL.BAM | RCTL.SECRC | RCTL.BSIZE_2048 | (f.promiscuous ? RCTL.UPE | RCTL.MPE : 0) | (f.allMulticast ? RCTL.MPE : 0);
+}
+
+export function readPhy(regs: BusSpace, reg: number): number {
+  regs.write4(REG.MDIC, (reg << MDIC.REG_SHIFT) | (MDIC.PHY_ADDRESS << MDIC.PHY_SHIFT) | MDIC.OP_READ);
+  for (let i = 0; i < 10_000; i++) {
+    const v = regs.read4(REG.MDIC);
+    if (v & MDIC.ERROR) throw new Error(`e1000e: PHY register ${reg} read failed (MDIC.E set)`);
+    if (v & MDIC.READY) return v & 0xffff;
+  }
+  throw new Error(`e1000e: PHY register ${reg} read never completed (MDIC.R stayed clear)`);
+}
+
+export interface LinkState {
+  readonly up: boolean;
+  readonly speedMbps: 10 | 100 | 1000 | undefined;
+  readonly fullDuplex: boolean;
+  /** The PHY's own view (its status register): link and autonegotiation complete. */
+  readonly phyLink: boolean;
+  readonly autonegComplete: boolean;
+}
+
+export function readLink(regs: BusSpace): LinkState {
+  const status = regs.read4(REG.STATUS);
+  const phy = readPhy(regs, PHY.STATUS);
+  const up = (status & STATUS.LU) !== 0;
+  const speed = ([10, 100, 1000, 1000] as const)[(status & STATUS.SPEED_MASK) >>> STATUS.SPEED_SHIFT]!;
+  return {
+    up,
+    speedMbps: up ? speed : undefined,
+    fullDuplex: (status & STATUS.FD) !== 0,
+    phyLink: (phy & PHY.STATUS_LINK) !== 0,
+    autonegComplete: (phy & PHY.STATUS_AUTONEG_DONE) !== 0,
+  };
+}
+
+export function phyId(regs: BusSpace): string {
+  return `${readPhy(regs, PHY.ID1).toString(16).padStart(4, '0')}:${readPhy(regs, PHY.ID2).toString(16).padStart(4, '0')}`;
+}
+
+/** Hardware counters, accumulated from the clear-on-read registers. */
+export interface HardwareCounters {
+  goodPacketsReceived: number;
+  goodPacketsTransmitted: number;
+  goodOctetsReceived: number;
+  goodOctetsTransmitted: number;
+  totalPacketsReceived: number;
+  totalPacketsTransmitted: number;
+  broadcastReceived: number;
+  multicastReceived: number;
+  broadcastTransmitted: number;
+  multicastTransmitted: number;
+  /** Frames shorter than 64 bytes with the FCS (padded by the device). */
+  undersizeReceived: number;
+  /** Frames longer than the maximum (dropped). */
+  oversizeReceived: number;
+}
+
+export function emptyHardwareCounters(): HardwareCounters {
+  return {
+    goodPacketsReceived: 0, goodPacketsTransmitted: 0, goodOctetsReceived: 0, goodOctetsTransmitted: 0,
+    totalPacketsReceived: 0, totalPacketsTransmitted: 0, broadcastReceived: 0, multicastReceived: 0,
+    broadcastTransmitted: 0, multicastTransmitted: 0, undersizeReceived: 0, oversizeReceived: 0,
+  };
+}
+
+/** Adds what the device counted since the last read (the read clears the registers). */
+export function accumulateStats(regs: BusSpace, c: HardwareCounters): void {
+  // Low half first: reading the high half clears both.
+  const pair = (low: number) => regs.read4(low) + regs.read4(low + 4) * 2 ** 32;
+  c.goodPacketsReceived += regs.read4(STATS.GPRC);
+  c.goodPacketsTransmitted += regs.read4(STATS.GPTC);
+  c.goodOctetsReceived += pair(STATS.GORCL);
+  c.goodOctetsTransmitted += pair(STATS.GOTCL);
+  c.totalPacketsReceived += regs.read4(STATS.TPR);
+  c.totalPacketsTransmitted += regs.read4(STATS.TPT);
+  c.broadcastReceived += regs.read4(STATS.BPRC);
+  c.multicastReceived += regs.read4(STATS.MPRC);
+  c.broadcastTransmitted += regs.read4(STATS.BPTC);
+  c.multicastTransmitted += regs.read4(STATS.MPTC);
+  c.undersizeReceived += regs.read4(STATS.RUC);
+  c.oversizeReceived += regs.read4(STATS.ROC);
+}

@@ -1,0 +1,284 @@
+/**
+ * One incarnation of the e1000e driver: the device brought up from reset
+ * (station address, PHY, filters, rings, interrupt routing), serviced by
+ * its interrupt vectors or by polling, and stopped cleanly. Its frames and
+ * counters go through the device's NetPort.
+ */
+import type { Subscription } from 'rxjs';
+import type { BusSpace } from '../../pci/bus-space.js';
+import type { InterruptEvent } from '../../pci/intr.js';
+import type { DriverBus, DriverInterrupts, OptionsOf } from '../contract.js';
+import { e1000eTag } from './buffers.js';
+import {
+  accumulateStats, globalReset, phyId, readLink, readMac, receiveControl, setMulticast, setReceiveAddress, formatMac,
+  type HardwareCounters,
+} from './mac.js';
+import { e1000ePort, type NetPort, type PortBinding } from './port.js';
+import { CTRL_EXT, INT, IVAR, REG, RFCTL, TCTL } from './registers.js';
+import { RxRing, type RxFrame } from './rx-ring.js';
+import { TxRing } from './tx-ring.js';
+import type { e1000eOptions } from './options.js';
+
+export type E1000eOptions = OptionsOf<typeof e1000eOptions>;
+
+/** MSI-X vector roles, in IVAR order. */
+const RX_VECTOR = 0;
+const TX_VECTOR = 1;
+const OTHER_VECTOR = 2;
+/** The "other" causes this driver enables: link change and receive overrun. */
+const OTHER_CAUSES = INT.LSC | INT.RXO;
+/** Causes of the single MSI or INTx vector. */
+const SINGLE_CAUSES = INT.RXT0 | INT.RXDMT0 | INT.TXDW | OTHER_CAUSES;
+/** Frames delivered per RX poll before the ring is refilled. */
+const RX_BUDGET = 64;
+const POLL_LINK_MS = 50;
+
+/** EITR/ITR hold the minimum interval between interrupts in 256 ns units. */
+function throttleInterval(perSecond: number): number {
+  return perSecond === 0 ? 0 : Math.min(0xffff, Math.max(1, Math.round(1e9 / (perSecond * 256))));
+}
+
+export class E1000e implements PortBinding {
+  readonly port: NetPort;
+  private readonly rx: RxRing;
+  private readonly tx: TxRing;
+  private interrupts: DriverInterrupts | undefined;
+  private readonly subscriptions: Subscription[] = [];
+  private pollTimer: NodeJS.Immediate | undefined;
+  private stopped = false;
+  /** Fault injection: throw once this many frames were received (first incarnation only). */
+  private readonly failAt: number | undefined;
+  /** The port's tx/rx counters are this incarnation's ring counters added to what earlier incarnations left. */
+  private readonly baseTx: { frames: number; bytes: number; ringFull: number };
+  private readonly baseRx: { frames: number; bytes: number; errors: number };
+
+  constructor(
+    private readonly bus: DriverBus,
+    private readonly regs: BusSpace,
+    private readonly options: E1000eOptions,
+  ) {
+    this.port = e1000ePort(bus.address);
+    const tag = e1000eTag(bus.dma());
+    this.rx = new RxRing(regs, tag, options.rxRing, options.rxBuffers);
+    this.tx = new TxRing(regs, tag, options.txRing);
+    this.failAt = bus.incarnation === 0 ? options.failAfterRxFrames : undefined;
+    const { tx, rx } = this.port.counters;
+    this.baseTx = { frames: tx.frames, bytes: tx.bytes, ringFull: tx.ringFull };
+    this.baseRx = { frames: rx.frames, bytes: rx.bytes, errors: rx.errors };
+  }
+
+  static attach(bus: DriverBus, options: E1000eOptions): E1000e {
+    for (const [name, n] of [['rxRing', options.rxRing], ['txRing', options.txRing]] as const) {
+      if (n % 8 !== 0) throw new Error(`e1000e: ${name} ${n} is not a multiple of 8 (the ring length must be a multiple of 128 bytes)`);
+    }
+    if (options.rxBuffers < options.rxRing) throw new Error(`e1000e: rxBuffers ${options.rxBuffers} is less than rxRing ${options.rxRing}: the ring could never be filled`);
+    return new E1000e(bus, bus.mapBar(0), options);
+  }
+
+  /** Reset and bring-up; the port is bound at the end. */
+  async start(): Promise<void> {
+    const r = this.regs;
+    await globalReset(r);
+    const { mac, source } = readMac(r);
+    setReceiveAddress(r, 0, mac);
+    const phy = phyId(r);
+    this.applyFilters();
+    r.write4(REG.RFCTL, RFCTL.ACK_DIS);
+    // No receive/transmit interrupt delays: throttling is ITR's job.
+    for (const reg of [REG.RDTR, REG.RADV, REG.TIDV, REG.TADV]) r.write4(reg, 0);
+    this.rx.start();
+    this.tx.start();
+    r.write4(REG.TCTL, TCTL.EN | TCTL.PSP | (0x0f << TCTL.CT_SHIFT) | (0x3f << TCTL.COLD_SHIFT));
+    this.bus.dma().enableBusMaster();
+    this.setUpInterrupts();
+    r.write4(REG.RCTL, receiveControl(this.options));
+    this.port.bind(this, {
+      mac: formatMac(mac), macSource: source, phyId: phy,
+      interrupt: this.interrupts?.type ?? 'poll',
+      incarnation: this.bus.incarnation,
+      rxRing: this.options.rxRing, txRing: this.options.txRing,
+    }, readLink(r));
+    this.bus.note(`up: ${formatMac(mac)} (${source}), PHY ${phy}, ${this.interrupts?.type ?? 'polled'}, link ${this.port.linkState.up ? 'up' : 'down'}, rings ${this.options.rxRing}/${this.options.txRing}`);
+  }
+
+  private setUpInterrupts(): void {
+    const r = this.regs;
+    const mode = this.options.interrupt;
+    if (mode === 'poll') return;
+    const interval = throttleInterval(this.options.maxInterruptsPerSecond);
+    if (mode === 'msix') {
+      this.interrupts = this.bus.establishInterrupts({ type: 'msix', vectors: 3 });
+      r.write4(REG.IVAR, ((IVAR.VALID | RX_VECTOR) << IVAR.RXQ0_SHIFT) | ((IVAR.VALID | TX_VECTOR) << IVAR.TXQ0_SHIFT) | ((IVAR.VALID | OTHER_VECTOR) << IVAR.OTHER_SHIFT));
+      // Each vector's cause is cleared in ICR and masked in IMS as the message is sent; the handler unmasks it when done.
+      r.write4(REG.EIAC, INT.RXQ0 | INT.TXQ0 | INT.OTHER);
+      r.write4(REG.CTRL_EXT, (r.read4(REG.CTRL_EXT) & ~CTRL_EXT.IAME) | CTRL_EXT.PBA_CLR);
+      for (let v = 0; v < 3; v++) r.write4(REG.EITR0 + 4 * v, interval);
+      const handlers = [
+        (e: InterruptEvent) => this.onRx(e),
+        (e: InterruptEvent) => this.onTx(e),
+        (e: InterruptEvent) => this.onOther(e),
+      ];
+      this.interrupts.vectors.forEach((v, i) => this.subscriptions.push(v.events.subscribe((e) => this.guard(() => handlers[i]!(e)))));
+      r.write4(REG.IMS, INT.RXQ0 | INT.TXQ0 | INT.OTHER | OTHER_CAUSES);
+      return;
+    }
+    this.interrupts = this.bus.establishInterrupts({ type: mode });
+    r.write4(REG.IVAR, 0);
+    r.write4(REG.ITR, interval);
+    this.subscriptions.push(this.interrupts.vectors[0]!.events.subscribe((e) => this.guard(() => this.onShared(e))));
+    r.write4(REG.IMS, SINGLE_CAUSES);
+  }
+
+  /** Runs the polled-mode loop; a crash goes to `fail`. */
+  runPolling(fail: (e: unknown) => void): void {
+    let lastLink = Date.now();
+    const tick = () => {
+      if (this.stopped) return;
+      try {
+        this.receive();
+        if (this.tx.reclaim() > 0) this.port.wake();
+        const now = Date.now();
+        if (now - lastLink >= POLL_LINK_MS) {
+          lastLink = now;
+          this.port.setLink(readLink(this.regs));
+        }
+      } catch (e) {
+        fail(e);
+        return;
+      }
+      this.pollTimer = setImmediate(tick);
+    };
+    this.pollTimer = setImmediate(tick);
+  }
+
+  /** Where an interrupt handler's exception goes (set by the driver machine: it becomes a driver crash). */
+  onFault: (e: unknown) => void = (e) => {
+    throw e;
+  };
+
+  private guard(handler: () => void): void {
+    if (this.stopped) return;
+    try {
+      handler();
+    } catch (e) {
+      this.onFault(e);
+    }
+  }
+
+  /** Hands a frame to the port (bound once: the receive path allocates nothing per interrupt or packet). */
+  private readonly deliver = (frame: RxFrame): void => {
+    if (this.failAt !== undefined && this.rx.counters.frames > this.failAt) {
+      frame.release();
+      throw new Error(`fault injection: failAfterRxFrames=${this.failAt} reached`);
+    }
+    this.port.deliver(frame);
+  };
+
+  private receive(): void {
+    while (this.rx.poll(this.deliver, RX_BUDGET) === RX_BUDGET);
+  }
+
+  private onRx(e: InterruptEvent): void {
+    this.port.counters.vectors.rx++;
+    this.receive();
+    e.ack();
+    this.regs.write4(REG.IMS, INT.RXQ0);
+  }
+
+  private onTx(e: InterruptEvent): void {
+    this.port.counters.vectors.tx++;
+    if (this.tx.reclaim() > 0) this.port.wake();
+    e.ack();
+    this.regs.write4(REG.IMS, INT.TXQ0);
+  }
+
+  private onOther(e: InterruptEvent): void {
+    this.port.counters.vectors.other++;
+    const icr = this.regs.read4(REG.ICR);
+    // Only the other causes: RXQ0/TXQ0 set while their vectors are masked must stay pending for them.
+    this.regs.write4(REG.ICR, (icr & OTHER_CAUSES) | INT.OTHER);
+    this.otherCauses(icr);
+    if ((icr & OTHER_CAUSES) === 0) this.port.counters.vectors.misrouted++;
+    e.ack();
+    this.regs.write4(REG.IMS, INT.OTHER | OTHER_CAUSES);
+  }
+
+  private otherCauses(icr: number): void {
+    if (icr & INT.RXO) this.port.counters.rx.overruns++;
+    if (icr & INT.LSC) this.port.setLink(readLink(this.regs));
+  }
+
+  private onShared(e: InterruptEvent): void {
+    this.port.counters.vectors.shared++;
+    const icr = this.regs.read4(REG.ICR);
+    if ((icr & SINGLE_CAUSES) === 0) {
+      e.ack(false);
+      return;
+    }
+    this.regs.write4(REG.ICR, icr);
+    this.otherCauses(icr);
+    this.receive();
+    if (this.tx.reclaim() > 0) this.port.wake();
+    e.ack();
+  }
+
+  post(frames: readonly Uint8Array[], from: number): number {
+    return this.tx.post(frames, from);
+  }
+
+  private syncCounters(): void {
+    const { tx, rx } = this.port.counters;
+    tx.frames = this.baseTx.frames + this.tx.counters.frames;
+    tx.bytes = this.baseTx.bytes + this.tx.counters.bytes;
+    tx.ringFull = this.baseTx.ringFull + this.tx.counters.ringFull;
+    rx.frames = this.baseRx.frames + this.rx.counters.frames;
+    rx.bytes = this.baseRx.bytes + this.rx.counters.bytes;
+    rx.errors = this.baseRx.errors + this.rx.counters.errors;
+  }
+
+  readStats(into: HardwareCounters): void {
+    this.syncCounters();
+    if (!this.stopped) accumulateStats(this.regs, into);
+  }
+
+  applyFilters(): void {
+    const r = this.regs;
+    for (let i = 1; i < 16; i++) setReceiveAddress(r, i, this.port.unicast[i - 1]);
+    setMulticast(r, this.port.multicast);
+  }
+
+  /**
+   * Clean stop: interrupts masked, receive off, transmit drained (a bounded
+   * wait on TDH) then off, counters read, and whatever the rings still held
+   * counted as lost. Synchronous: it runs as the driver machine stops, right
+   * before the host quiesces the device, at a crash as at a clean stop.
+   */
+  stop(): void {
+    if (this.stopped) return;
+    this.finish();
+    // QEMU sends at the TDT write; real hardware needs a few microseconds per frame.
+    for (let i = 0; i < 10_000 && this.tx.unsent() > 0; i++);
+    this.lose();
+  }
+
+  private finish(): void {
+    this.stopped = true;
+    if (this.pollTimer !== undefined) clearImmediate(this.pollTimer);
+    for (const s of this.subscriptions) s.unsubscribe();
+    const r = this.regs;
+    r.write4(REG.IMC, INT.ALL);
+    r.write4(REG.RCTL, 0);
+  }
+
+  private lose(): void {
+    const r = this.regs;
+    const { rx, tx } = this.port.counters;
+    tx.lostInRestart += this.tx.unsent();
+    r.write4(REG.TCTL, TCTL.PSP);
+    rx.lostInRestart += this.rx.pendingCompleted();
+    accumulateStats(r, this.port.counters.hardware);
+    this.syncCounters();
+    this.rx.close();
+    this.port.unbind();
+  }
+}

@@ -1,0 +1,145 @@
+// Network benchmark: upci's e1000e driver against the guest kernel's e1000e.ko on a second,
+// identical e1000e in the same VM run, the kernel side measured with AF_PACKET
+// (vm/net/peer.c, the C reference).
+//
+//   npm run bench:net [-- --quick]
+//
+// Transmit rows send to an address no NIC accepts (the frames cross the hub and are
+// filtered by the other NIC's address filter), so they measure the sender alone. Receive
+// rows have the other NIC send as fast as it can; they count what the receiver got.
+// CPU per packet: for upci the node process (main thread and interrupt worker, user +
+// system); for the kernel the peer process plus the guest's irq and softirq time, where
+// its driver runs (/proc/stat). Guest clock, TCG: ratios mean something, absolute rates
+// are QEMU's.
+import { readFileSync } from 'node:fs';
+import { PerformanceObserver } from 'node:perf_hooks';
+import { defaultDevices, guestAddress } from '../bench.js';
+import { runBenchmarkInVm } from './harness.js';
+
+const DISCARD = '02:00:00:00:00:01';
+
+interface Row { direction: 'transmit' | 'receive'; bytes: number; side: 'upci' | 'kernel'; pps: number; cpuUsPerPacket: number; lost: number; minorGcs: number }
+
+/** irq + softirq jiffies of all CPUs, in seconds. */
+function interruptSeconds(): number {
+  const cpu = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  return (cpu[5]! + cpu[6]!) / 100;
+}
+
+/** Minor (scavenge) collections since the last call: allocation in the hot path shows up here. */
+let scavenges = 0;
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) if ((e as unknown as { detail?: { kind?: number } }).detail?.kind === 1) scavenges++;
+}).observe({ entryTypes: ['gc'] });
+function takeScavenges(): number {
+  const n = scavenges;
+  scavenges = 0;
+  return n;
+}
+
+async function guest(peerBinary: string, quick: boolean): Promise<number> {
+  const { parseHostConfig } = await import('../../actors/config.js');
+  const { DriverHost } = await import('../../actors/host.js');
+  const { builtinDrivers } = await import('../../drivers/index.js');
+  const { e1000ePort } = await import('../../drivers/e1000e/index.js');
+  const { KernelPeer } = await import('../net/kernel-peer.js');
+  const { buildFrame, macBytes } = await import('../net/frames.js');
+  const nics = defaultDevices.filter((d) => d.model === 'e1000e');
+  const address = guestAddress(nics.find((d) => d.bind === 'vfio-pci')!);
+  const peer = await KernelPeer.open(guestAddress(nics.find((d) => d.bind === 'e1000e')!), peerBinary);
+  const host = DriverHost.claim(parseHostConfig({ devices: [{ address, driver: 'e1000e', options: { rxRing: 4096, rxBuffers: 8192 } }] }, builtinDrivers));
+  host.start();
+  const port = e1000ePort(address);
+  const deadline = Date.now() + 60_000;
+  while (!(port.attached && port.linkState.up)) {
+    if (Date.now() > deadline) throw new Error('net bench: the e1000e driver did not come up within 60 s');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  const count = quick ? 20_000 : 100_000;
+  const rows: Row[] = [];
+  for (const bytes of [60, 1514]) {
+    // upci transmit: batches of 64 with backpressure.
+    const src = macBytes(port.attached!.mac);
+    const batch = Array.from({ length: 64 }, (_, i) => buildFrame(new Uint8Array(bytes), macBytes(DISCARD), src, i, bytes));
+    takeScavenges();
+    let cpu = process.cpuUsage();
+    let t0 = performance.now();
+    for (let sent = 0; sent < count;) {
+      let n = 0;
+      while ((n += port.send(batch, n)) < batch.length) await port.writable();
+      sent += batch.length;
+    }
+    let seconds = (performance.now() - t0) / 1000;
+    let used = process.cpuUsage(cpu);
+    rows.push({ direction: 'transmit', bytes, side: 'upci', pps: count / seconds, cpuUsPerPacket: (used.user + used.system) / count, lost: 0, minorGcs: takeScavenges() });
+    // Kernel transmit.
+    let irq0 = interruptSeconds();
+    const ks = await peer.send(DISCARD, count, bytes, bytes, 0);
+    rows.push({ direction: 'transmit', bytes, side: 'kernel', pps: count / ks.seconds, cpuUsPerPacket: ((ks.cpuSeconds + interruptSeconds() - irq0) * 1e6) / count, lost: 0, minorGcs: 0 });
+
+    // upci receive: the kernel sends as fast as it can.
+    let received = 0;
+    let first = 0;
+    let last = 0;
+    const sub = port.frames.subscribe((f) => {
+      if (received === 0) first = performance.now();
+      received++;
+      last = performance.now();
+      f.release();
+    });
+    takeScavenges();
+    cpu = process.cpuUsage();
+    await peer.send(port.attached!.mac, count, bytes, bytes, 0);
+    const idleUntil = () => new Promise<void>((resolve) => {
+      const check = () => (performance.now() - last > 500 && received > 0) || received >= count ? resolve() : setTimeout(check, 50);
+      check();
+    });
+    await idleUntil();
+    used = process.cpuUsage(cpu);
+    sub.unsubscribe();
+    rows.push({ direction: 'receive', bytes, side: 'upci', pps: received / ((last - first) / 1000), cpuUsPerPacket: (used.user + used.system) / received, lost: count - received, minorGcs: takeScavenges() });
+
+    // Kernel receive: upci sends as fast as it can.
+    const rx = peer.receive(count, 2000);
+    await rx.ready;
+    irq0 = interruptSeconds();
+    const dst = macBytes(peer.mac);
+    const frames = Array.from({ length: 64 }, () => new Uint8Array(bytes));
+    t0 = performance.now();
+    for (let seq = 0; seq < count; seq += 64) {
+      const b = frames.map((f, i) => buildFrame(f, dst, src, seq + i, bytes));
+      let n = 0;
+      while ((n += port.send(b, n)) < b.length) await port.writable();
+    }
+    const r = await rx.result;
+    seconds = (performance.now() - t0) / 1000;
+    rows.push({ direction: 'receive', bytes, side: 'kernel', pps: r.received / r.seconds, cpuUsPerPacket: ((r.cpuSeconds + interruptSeconds() - irq0) * 1e6) / Math.max(1, r.received), lost: count - r.received, minorGcs: 0 });
+    void seconds;
+  }
+  await host.shutdown();
+  peer.close();
+
+  const f = (n: number, d = 0) => n.toLocaleString('en', { maximumFractionDigits: d, minimumFractionDigits: d });
+  const out = [
+    `e1000e, ${f(count)} frames per row, guest clock (TCG). Frame sizes without FCS (60 = 64 on the wire).`,
+    '',
+    '| direction | frame | upci pps | kernel pps | upci / kernel | upci CPU µs/pkt | kernel CPU µs/pkt | lost (upci, kernel) | upci minor GCs |',
+    '|---|---|---:|---:|---:|---:|---:|---:|---:|',
+  ];
+  for (const direction of ['transmit', 'receive'] as const) {
+    for (const bytes of [60, 1514]) {
+      const u = rows.find((x) => x.direction === direction && x.bytes === bytes && x.side === 'upci')!;
+      const k = rows.find((x) => x.direction === direction && x.bytes === bytes && x.side === 'kernel')!;
+      out.push(`| ${direction} | ${bytes} B | ${f(u.pps)} | ${f(k.pps)} | ${f(u.pps / k.pps, 2)} | ${f(u.cpuUsPerPacket, 1)} | ${f(k.cpuUsPerPacket, 1)} | ${u.lost}, ${k.lost} | ${u.minorGcs} |`);
+    }
+  }
+  console.log(out.join('\n'));
+  return 0;
+}
+
+const args = process.argv.slice(2);
+const quick = args.includes('--quick');
+const g = args.indexOf('--guest');
+process.exitCode = g >= 0
+  ? await guest(args[g + 1]!, quick)
+  : await runBenchmarkInVm({ name: 'net', reference: '../net/peer.c', script: 'net.js', args: quick ? ['--quick'] : [], cpus: 2 });
