@@ -111,17 +111,20 @@ const service = fromCallback<NvmeEvent, NvmeResources>(({ input: r, sendBack }) 
   }));
   r.controller.interruptsStarted();
   const period = Math.max(10, Math.floor(r.controller.options.commandTimeoutMs / 4));
+  const stop = () => {
+    clearInterval(timer);
+    for (const s of subscriptions) s.unsubscribe();
+  };
   const timer = setInterval(() => {
+    // After a crash XState does not call this actor's cleanup: the host's reclaim (abandon) ends it.
+    if (!r.controller.usable) return stop();
     try {
       r.controller.checkTimeouts(performance.now());
     } catch (e) {
       fault(e);
     }
   }, period);
-  return () => {
-    clearInterval(timer);
-    for (const s of subscriptions) s.unsubscribe();
-  };
+  return stop;
 });
 
 const machine = setup({

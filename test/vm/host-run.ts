@@ -1,7 +1,7 @@
 /** A DriverHost started from a config for one VM test: its events logged and recorded, shut down at teardown. */
 import { parseHostConfig } from '../../actors/config.js';
 import type { HostEvent } from '../../actors/events.js';
-import { DriverHost } from '../../actors/host.js';
+import { DriverHost, type HostOptions } from '../../actors/host.js';
 import { builtinDrivers } from '../../drivers/index.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -13,9 +13,15 @@ export interface Run {
   until(what: string, predicate: (events: HostEvent[]) => boolean, ms?: number): Promise<void>;
 }
 
-/** `onEvent` sees each event in its own turn (before anything that follows it has run). */
-export function run(t: { teardown(fn: () => unknown): void; log(...v: unknown[]): void }, config: unknown, onEvent?: (e: HostEvent) => void): Run {
-  const host = DriverHost.claim(parseHostConfig(config, builtinDrivers));
+export interface RunOptions extends HostOptions {
+  /** Sees each event in its own turn (before anything that follows it has run). */
+  readonly onEvent?: (e: HostEvent) => void;
+}
+
+/** `options` as DriverHost.claim takes them (e.g. `open` over a recording kernel port), and `onEvent`. */
+export function run(t: { teardown(fn: () => unknown): void; log(...v: unknown[]): void }, config: unknown, options: RunOptions = {}): Run {
+  const { onEvent, ...hostOptions } = options;
+  const host = DriverHost.claim(parseHostConfig(config, builtinDrivers), hostOptions);
   const events: HostEvent[] = [];
   host.events.subscribe((e) => {
     events.push(e);

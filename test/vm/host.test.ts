@@ -18,6 +18,7 @@ import { defaultKernelPort } from '../../pci/kernel-port.js';
 import { within } from '../support/bounded.js';
 import { recordingPort, type PortRecord } from '../support/recording-port.js';
 import { bench, sysfsBusMaster } from './devices.js';
+import { run as runHost } from './host-run.js';
 
 const EDU = parsePciAddress(bench.edu);
 const EDU2 = parsePciAddress(bench.edu2);
@@ -54,26 +55,7 @@ interface Run {
 function run(t: { teardown(fn: () => unknown): void; log(...v: unknown[]): void }, config: unknown): Run {
   const records: PortRecord[] = [];
   const port = recordingPort(defaultKernelPort(), records, (f) => sysfsBusMaster(f.address));
-  const host = DriverHost.claim(parseHostConfig(config, builtinDrivers), { open: (address) => PciDevice.open(address, { port }) });
-  const events: HostEvent[] = [];
-  host.events.subscribe((e) => {
-    events.push(e);
-    if (e.type !== 'stats') t.log(`${e.type} ${'address' in e ? e.address : ''} ${JSON.stringify({ ...e, type: undefined, at: undefined, address: undefined })}`);
-  });
-  t.teardown(() => host.shutdown());
-  host.start();
-  return {
-    host,
-    events,
-    records,
-    until: async (what, predicate, ms = 120_000) => {
-      const deadline = Date.now() + ms;
-      while (!predicate(events)) {
-        if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-        await sleep(20);
-      }
-    },
-  };
+  return { ...runHost(t, config, { open: (address) => PciDevice.open(address, { port }) }), records };
 }
 
 const inState = (address: string, state: string, nth = 1) => (events: HostEvent[]) =>
@@ -184,7 +166,7 @@ test('a device not bound to vfio-pci fails the config naming its key; the device
 /** The prefix record-port-hook.ts gives its lines on the child's stderr. */
 const RECORD = 'upci-port-record: ';
 
-/** Graceful release bound after SIGINT, documented in actors/run-command.ts (measured in this guest: see the test log). */
+/** Graceful release bound after SIGINT, documented in bin/run-command.ts (measured in this guest: see the test log). */
 const SIGINT_BOUND_MS = 5000;
 
 test(`SIGINT during heavy interrupt load: \`upci run\` releases every device (bus master off, vfio fds closed) and exits 0 within ${SIGINT_BOUND_MS} ms`, async (t) => {

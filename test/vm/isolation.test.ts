@@ -85,9 +85,11 @@ for (const fault of faults) {
         { address: EDU2, driver: 'edu', options: { interrupt: 'msi', raiseIntervalMs: RAISE_MS } },
         { address: TESTDEV, driver: 'pci-testdev', options: { checkIntervalMs: CHECK_MS } },
       ],
-    }, (e) => {
-      // Read in the event's own turn: the faulty thread has not been terminated yet.
-      if (e.type === 'quiesced' && e.address === EDU && quiescedBusMaster === undefined) quiescedBusMaster = busMaster(EDU);
+    }, {
+      onEvent: (e) => {
+        // Read in the event's own turn: the faulty thread has not been terminated yet.
+        if (e.type === 'quiesced' && e.address === EDU && quiescedBusMaster === undefined) quiescedBusMaster = busMaster(EDU);
+      },
     });
     await r.until('all running', (e) => inState(EDU, 'running')(e) && inState(EDU2, 'running')(e) && inState(TESTDEV, 'running')(e));
     await r.until('a port check', (e) => checks(e) >= 1);

@@ -350,4 +350,13 @@ test.serial('NBD export: mkfs.ext4, mount, copy 20 MB of files, unmount, fsck -n
     return `${named.constructor.name}(${where})`;
   };
   t.log(`active handles after the test: ${(process as unknown as { _getActiveHandles(): object[] })._getActiveHandles().map(describe).join(', ') || 'none'}`);
+  t.log(`active resources: ${process.getActiveResourcesInfo().join(', ')}`);
 });
+
+// A run once did not exit after all tests passed: say what is still pending when ava is done with them.
+test.after.always(() => {
+  const pending = process.getActiveResourcesInfo();
+  console.error(`nvme.test: resources still active after the last test: ${pending.join(', ') || 'none'}`);
+  setTimeout(() => console.error(`nvme.test: still running 10 s after the last test: ${process.getActiveResourcesInfo().join(', ')}`), 10_000).unref();
+});
+
