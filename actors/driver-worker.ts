@@ -179,7 +179,10 @@ export class DriverThread implements ThreadView {
       const now = performance.now();
       // Silence counts only as fast as this thread's own checks run: when the whole process was
       // not scheduled (a loaded host, a stalled VM), no thread could beat, and that is no hang.
-      const step = Math.min(now - lastCheck, 2 * period);
+      // A check up to one heartbeat period late counts in full (the resolution the watchdog
+      // promises anyway): with a cap of two check periods, a main thread sharing a loaded CPU
+      // lost ~100 ms in 3 s of checks and saw a spinning thread 3107 ms after it stopped.
+      const step = Math.min(now - lastCheck, heartbeatMs);
       lastCheck = now;
       const beat = this.ledger.heartbeat;
       if (beat !== this.lastBeat) {
@@ -196,7 +199,9 @@ export class DriverThread implements ThreadView {
       silentMs += step;
       if (silentMs > watchdogMs) {
         clearInterval(this.watchdog);
-        this.spec.onHang(`no heartbeat from the driver thread for ${Math.round(silentMs)} ms (watchdogMs ${watchdogMs}): it is hung`);
+        const ageMs = Math.round(this.ledger.heartbeatAgeMs);
+        const counted = ageMs > silentMs + heartbeatMs ? ` (${Math.round(silentMs)} ms of it while this process ran)` : '';
+        this.spec.onHang(`no heartbeat from the driver thread for ${ageMs} ms${counted} (watchdogMs ${watchdogMs}): it is hung`);
       }
     }, period);
     this.watchdog.unref();

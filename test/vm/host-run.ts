@@ -23,10 +23,11 @@ export function run(t: { teardown(fn: () => unknown): void; log(...v: unknown[])
   const { onEvent, ...hostOptions } = options;
   const host = DriverHost.claim(parseHostConfig(config, builtinDrivers), hostOptions);
   const events: HostEvent[] = [];
+  const started = Date.now();
   host.events.subscribe((e) => {
     events.push(e);
     onEvent?.(e);
-    if (e.type !== 'stats') t.log(`${e.type} ${'address' in e ? e.address : ''} ${JSON.stringify({ ...e, type: undefined, at: undefined, address: undefined })}`);
+    if (e.type !== 'stats') t.log(`+${e.at - started} ms ${e.type} ${'address' in e ? e.address : ''} ${JSON.stringify({ ...e, type: undefined, at: undefined, address: undefined })}`);
   });
   t.teardown(() => host.shutdown());
   host.start();

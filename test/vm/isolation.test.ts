@@ -9,6 +9,7 @@
  */
 import test from 'ava';
 import { readdirSync } from 'node:fs';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { HostEvent } from '../../actors/events.js';
 import { parsePciAddress } from '../../kernel/pci-address.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
@@ -42,17 +43,21 @@ const noteAt = (events: HostEvent[], address: string, pattern: RegExp) =>
   events.find((e) => e.type === 'note' && e.address === address && pattern.test(e.message));
 const checks = (events: HostEvent[]) => events.filter((e) => e.type === 'note' && e.address === TESTDEV && /counter check #\d+ ok/.test(e.message)).length;
 
-/** Samples a count every SAMPLE_MS; the longest time between two samples that saw it rise. */
-function gapSampler(count: () => number): { stop(): { maxGapMs: number; rises: number } } {
+/** Samples a count every SAMPLE_MS; the longest time between two samples that saw it rise, and when (Date.now()) that gap ended. */
+function gapSampler(count: () => number): { stop(): { maxGapMs: number; maxGapEndedAt: number; rises: number } } {
   let last = count();
   let lastRise = performance.now();
   let maxGapMs = 0;
+  let maxGapEndedAt = Date.now();
   let rises = 0;
   const timer = setInterval(() => {
     const now = performance.now();
     const c = count();
     if (c !== last) {
-      maxGapMs = Math.max(maxGapMs, now - lastRise);
+      if (now - lastRise > maxGapMs) {
+        maxGapMs = now - lastRise;
+        maxGapEndedAt = Date.now();
+      }
       lastRise = now;
       last = c;
       rises++;
@@ -61,7 +66,7 @@ function gapSampler(count: () => number): { stop(): { maxGapMs: number; rises: n
   return {
     stop: () => {
       clearInterval(timer);
-      return { maxGapMs: Math.max(maxGapMs, performance.now() - lastRise), rises };
+      return { maxGapMs: Math.max(maxGapMs, performance.now() - lastRise), maxGapEndedAt, rises };
     },
   };
 }
@@ -96,8 +101,13 @@ for (const fault of faults) {
     const edu2 = gapSampler(() => r.host.interruptCount(EDU2));
     // pci-testdev has no interrupts: its progress is its thread's loop turning (a check per CHECK_MS), seen as its heartbeat's age.
     let testdevMaxAge = 0;
+    // Diagnostics (logged, not asserted): whether a gap was edu2's own thread stalling (its heartbeat's age) or this thread not sampling (its loop's delay).
+    let edu2MaxAge = 0;
+    const mainLoop = monitorEventLoopDelay({ resolution: 10 });
+    mainLoop.enable();
     const testdevWatch = setInterval(() => {
       testdevMaxAge = Math.max(testdevMaxAge, r.host.threadStats(TESTDEV)?.heartbeatAgeMs ?? 0);
+      edu2MaxAge = Math.max(edu2MaxAge, r.host.threadStats(EDU2)?.heartbeatAgeMs ?? 0);
     }, SAMPLE_MS);
     await r.until('the fault', (e) => e.some((x) => x.type === 'fault' && x.address === EDU), 60_000);
     await r.until('edu running again', inState(EDU, 'running', 2), 60_000);
@@ -106,6 +116,7 @@ for (const fault of faults) {
     await r.until('edu interrupts after the restart', () => r.host.interruptCount(EDU) > after + 20);
     const g2 = edu2.stop();
     clearInterval(testdevWatch);
+    mainLoop.disable();
     const checksSeen = checks(r.events);
 
     const injected = noteAt(r.events, EDU, fault.note)!;
@@ -114,6 +125,7 @@ for (const fault of faults) {
     t.like(faultEvent, { fault: { kind: 'watchdog', incarnation: 0 } });
     const detectedMs = faultEvent.at - injected.at;
     t.log(`detected ${detectedMs} ms after the injection note arrived; edu2 max gap ${Math.round(g2.maxGapMs)} ms (${g2.rises} rises), pci-testdev thread's oldest heartbeat ${testdevMaxAge} ms, ${checksSeen} check notes`);
+    t.log(`edu2's max gap ended ${g2.maxGapEndedAt - faultEvent.at} ms after the fault event; edu2 thread's oldest heartbeat ${edu2MaxAge} ms; this thread's event loop delay max ${Math.round(mainLoop.max / 1e6)} ms, p99 ${Math.round(mainLoop.percentile(99) / 1e6)} ms`);
     if (!('leakAfterInterrupts' in fault.option)) {
       t.true(detectedMs <= WATCHDOG_MS + HEARTBEAT_MS, `detected within watchdogMs + heartbeatMs (${WATCHDOG_MS + HEARTBEAT_MS} ms): ${detectedMs} ms`);
     } else {
