@@ -33,7 +33,16 @@ export interface Fault {
   readonly kind: 'attach' | 'crash' | 'watchdog';
   readonly message: string;
   readonly incarnation: number;
+  /**
+   * When the host saw it (Date.now()). The fault event carries this time:
+   * the host reports a fault after the first, synchronous steps of taking
+   * the device back (bus mastering off, vectors off, DMA unmapped), which
+   * took 200 ms and more in the loaded TCG guest.
+   */
+  readonly at: number;
 }
+
+const faultOf = (kind: Fault['kind'], message: string, incarnation: number): Fault => ({ kind, message, incarnation, at: Date.now() });
 
 /** How the device was reset before a restart: FLR-style through the kernel, or close and reopen when the kernel has no reset for it. */
 export type ResetKind = 'kernel-reset' | 'reopen';
@@ -329,7 +338,7 @@ export function deviceMachineFor(driver: AnyDriver) {
           ],
           onError: {
             target: 'failed',
-            actions: assign({ fault: ({ context, event }) => ({ kind: 'attach', message: message(event.error), incarnation: context.incarnation }) }),
+            actions: assign({ fault: ({ context, event }) => faultOf('attach', message(event.error), context.incarnation) }),
           },
         },
         on: { STOP: { actions: 'requestStop' } },
@@ -342,7 +351,7 @@ export function deviceMachineFor(driver: AnyDriver) {
           onDone: { target: 'detaching', actions: assign({ outcome: { kind: 'finished' } }) },
           onError: {
             target: 'failed',
-            actions: assign({ fault: ({ context, event }) => ({ kind: 'crash', message: message(event.error), incarnation: context.incarnation }) }),
+            actions: assign({ fault: ({ context, event }) => faultOf('crash', message(event.error), context.incarnation) }),
           },
         },
         on: {
@@ -351,7 +360,7 @@ export function deviceMachineFor(driver: AnyDriver) {
           WATCHDOG: {
             target: 'failed',
             actions: assign({
-              fault: ({ context, event }) => ({ kind: 'watchdog', message: event.message, incarnation: context.incarnation }),
+              fault: ({ context, event }) => faultOf('watchdog', event.message, context.incarnation),
             }),
           },
         },
@@ -368,7 +377,7 @@ export function deviceMachineFor(driver: AnyDriver) {
             target: 'failed',
             actions: assign({
               attachment: undefined,
-              fault: ({ context, event }) => ({ kind: 'crash', message: `reload: ${message(event.error)}`, incarnation: context.incarnation }),
+              fault: ({ context, event }) => faultOf('crash', `reload: ${message(event.error)}`, context.incarnation),
             }),
           },
         },

@@ -204,7 +204,7 @@ export class DriverHost {
       const { context } = snapshot;
       const at = Date.now();
       if (entered) this.emit({ type: 'state', at, address, driver: claim.driver.name, state, incarnation: context.incarnation });
-      if (entered && state === 'failed' && context.fault !== undefined) this.emit({ type: 'fault', at, address, fault: context.fault });
+      if (entered && state === 'failed' && context.fault !== undefined) this.emit({ type: 'fault', at: context.fault.at, address, fault: context.fault });
       if (backoff) {
         this.emit({
           type: 'restart', at, address, attempt: context.restarts,
