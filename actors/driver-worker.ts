@@ -180,8 +180,8 @@ export class DriverThread implements ThreadView {
       // Silence counts only as fast as this thread's own checks run: when the whole process was
       // not scheduled (a loaded host, a stalled VM), no thread could beat, and that is no hang.
       // A check up to one heartbeat period late counts in full (the resolution the watchdog
-      // promises anyway): with a cap of two check periods, a main thread sharing a loaded CPU
-      // lost ~100 ms in 3 s of checks and saw a spinning thread 3107 ms after it stopped.
+      // promises anyway: watchdogMs + one heartbeat period); only lateness beyond that is
+      // taken as this process not running.
       const step = Math.min(now - lastCheck, heartbeatMs);
       lastCheck = now;
       const beat = this.ledger.heartbeat;
