@@ -10,6 +10,7 @@ import { Interrupts, type InterruptEvent } from '../../pci/intr.js';
 import { bench } from './devices.js';
 import { eventQueue } from '../support/event-queue.js';
 import { EDU } from '../../drivers/edu-registers.js';
+import { INT, REG } from '../../drivers/e1000e/registers.js';
 import { progressing, within } from '../support/bounded.js';
 
 /**
@@ -82,18 +83,6 @@ test('edu: the factorial-done interrupt arrives (best available type = MSI)', as
   }
 });
 
-// e1000e registers (Intel 82574 datasheet): ICR, ICS, IMS, IMC, IVAR.
-const E1000_ICR = 0xc0;
-const E1000_ICS = 0xc8;
-const E1000_IMS = 0xd0;
-const E1000_IMC = 0xd8;
-const E1000_IVAR = 0xe4;
-const E1000_ITR = 0xc4;
-const E1000_RCTL = 0x100;
-const E1000_EIAC = 0xdc;
-const E1000_EITR0 = 0xe8;
-const ICR_RXQ0 = 1 << 20;
-const ICR_RXQ1 = 1 << 21;
 
 test('e1000e MSI-X: every RxQ0 raise reaches vector 0, RxQ1 raises reach vector 1 and nowhere else, the unrouted vector 2 gets nothing', async (t) => {
   const nic = PciDevice.open(bench.e1000e);
@@ -102,27 +91,27 @@ test('e1000e MSI-X: every RxQ0 raise reaches vector 0, RxQ1 raises reach vector 
     const irq = Interrupts.establish(nic, { type: 'msix', vectors: 3 });
     nic.enableBusMaster();
     const queues = irq.vectors.map((v) => eventQueue(v));
-    bar.write4(E1000_IMC, 0xffffffff);
-    bar.write4(E1000_ICR, 0xffffffff);
+    bar.write4(REG.IMC, 0xffffffff);
+    bar.write4(REG.ICR, 0xffffffff);
     // What a driver before us left (the e1000e suite's driver sets auto-clear and throttling;
     // QEMU's CTRL.RST keeps both): no cause auto-cleared from IMS, no vector throttled.
-    bar.write4(E1000_EIAC, 0);
-    bar.write4(E1000_RCTL, 0); // receiver off: frames from the other NIC on the hub raise no RXQ0 cause
-    bar.write4(E1000_ITR, 0);
-    for (let v = 0; v < 3; v++) bar.write4(E1000_EITR0 + 4 * v, 0);
+    bar.write4(REG.EIAC, 0);
+    bar.write4(REG.RCTL, 0); // receiver off: frames from the other NIC on the hub raise no RXQ0 cause
+    bar.write4(REG.ITR, 0);
+    for (let v = 0; v < 3; v++) bar.write4(REG.EITR0 + 4 * v, 0);
     // RxQ0 -> vector 0, RxQ1 -> vector 1 (bit 3 of each IVAR nibble marks the entry valid); vector 2 gets nothing.
-    bar.write4(E1000_IVAR, 0x8 | (0x9 << 4));
-    bar.write4(E1000_IMS, ICR_RXQ0 | ICR_RXQ1);
+    bar.write4(REG.IVAR, 0x8 | (0x9 << 4));
+    bar.write4(REG.IMS, INT.RXQ0 | INT.RXQ1);
     // A message the device's previous user left pending (PBA) is sent when the vectors are set
     // up; let it arrive, then count only what this test raises.
     await new Promise((r) => setTimeout(r, 300));
     const stale = queues.map((q) => q.drain());
     t.log(`pending from before the test, per vector: ${stale.join(', ')}`);
     for (let i = 0; i < 20; i++) {
-      const [cause, vector] = i % 2 === 0 ? [ICR_RXQ0, 0] : [ICR_RXQ1, 1];
-      bar.write4(E1000_ICS, cause);
+      const [cause, vector] = i % 2 === 0 ? [INT.RXQ0, 0] : [INT.RXQ1, 1];
+      bar.write4(REG.ICS, cause);
       const event = await within(EVENT_MS, queues[vector]!.next(), `cause 0x${cause.toString(16)} never reached vector ${vector}`);
-      bar.write4(E1000_ICR, cause);
+      bar.write4(REG.ICR, cause);
       event.ack();
     }
     await new Promise((r) => setTimeout(r, 100));
@@ -133,7 +122,7 @@ test('e1000e MSI-X: every RxQ0 raise reaches vector 0, RxQ1 raises reach vector 
     t.log(`events per vector: ${counts.join(', ')}`);
     t.true(counts[0]! >= 10, `vector 0 got ${counts[0]} events for 10 RxQ0 raises`);
     t.deepEqual(counts.slice(1), [10, 0], 'RxQ1 raises reach vector 1 only; the unrouted vector 2 gets nothing');
-    bar.write4(E1000_IMC, 0xffffffff);
+    bar.write4(REG.IMC, 0xffffffff);
   } finally {
     nic.close();
   }
