@@ -60,6 +60,7 @@ export const INT = {
   RXO: 1 << 6,
   RXT0: 1 << 7,
   RXQ0: 1 << 20,
+  RXQ1: 1 << 21,
   TXQ0: 1 << 22,
   OTHER: 1 << 24,
   ALL: 0xffffffff,

@@ -2,7 +2,7 @@
 import type { InterruptEvent, InterruptVector } from '../../pci/intr.js';
 
 /** Resolves with each next event of a vector, in order, without losing any that arrive early. */
-export function eventQueue(vector: InterruptVector): { next(): Promise<InterruptEvent>; all: InterruptEvent[]; stop(): void } {
+export function eventQueue(vector: InterruptVector): { next(): Promise<InterruptEvent>; drain(): number; all: InterruptEvent[]; stop(): void } {
   const all: InterruptEvent[] = [];
   const waiting: ((e: InterruptEvent) => void)[] = [];
   const early: InterruptEvent[] = [];
@@ -17,6 +17,8 @@ export function eventQueue(vector: InterruptVector): { next(): Promise<Interrupt
       const e = early.shift();
       return e ? Promise.resolve(e) : new Promise((resolve) => waiting.push(resolve));
     },
+    /** Drops the events that arrived and were not taken yet; returns how many. */
+    drain: () => early.splice(0).length,
     all,
     stop: () => sub.unsubscribe(),
   };

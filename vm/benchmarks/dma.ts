@@ -13,7 +13,7 @@
 // so the "4 KiB" transfers move 4095 bytes.
 import { execFileSync } from 'node:child_process';
 import { EDU } from '../../drivers/edu-registers.js';
-import { eduAddress, runBenchmarkInVm } from './harness.js';
+import { benchmarkMain, eduAddress } from './harness.js';
 
 const XFER = 4095;
 
@@ -113,9 +113,4 @@ async function guest(refBinary: string, quick: boolean): Promise<number> {
   return c.copyOk && upci.copyOk ? 0 : 1;
 }
 
-const args = process.argv.slice(2);
-const quick = args.includes('--quick');
-const g = args.indexOf('--guest');
-process.exitCode = g >= 0
-  ? await guest(args[g + 1]!, quick)
-  : await runBenchmarkInVm({ name: 'dma', reference: 'dma-ref.c', script: 'dma.js', args: quick ? ['--quick'] : [] });
+await benchmarkMain({ name: 'dma', reference: 'dma-ref.c', script: 'dma.js' }, guest);

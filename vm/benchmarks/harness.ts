@@ -47,6 +47,24 @@ export async function runBenchmarkInVm(options: BenchmarkOptions): Promise<numbe
   }
 }
 
+/**
+ * A benchmark script's entry point. With `--guest <reference binary>` it is
+ * inside the bench and measures; otherwise it boots the bench to run itself
+ * there. `--quick` is passed through; `--cpus N` sets the guest's vCPUs.
+ */
+export async function benchmarkMain(
+  options: Omit<BenchmarkOptions, 'args'>,
+  measure: (referenceBinary: string, quick: boolean) => Promise<number>,
+): Promise<void> {
+  const args = process.argv.slice(2);
+  const quick = args.includes('--quick');
+  const g = args.indexOf('--guest');
+  const c = args.indexOf('--cpus');
+  process.exitCode = g >= 0
+    ? await measure(args[g + 1]!, quick)
+    : await runBenchmarkInVm({ ...options, ...(c >= 0 ? { cpus: Number(args[c + 1]) } : {}), args: quick ? ['--quick'] : [] });
+}
+
 /** Median and 99th percentile of samples, in their unit. */
 export function percentiles(samples: number[]): { median: number; p99: number } {
   const sorted = [...samples].sort((a, b) => a - b);

@@ -9,7 +9,7 @@
 import { execFileSync } from 'node:child_process';
 import net from 'node:net';
 import { Worker } from 'node:worker_threads';
-import { eduAddress, percentiles, runBenchmarkInVm } from './harness.js';
+import { benchmarkMain, eduAddress, percentiles } from './harness.js';
 import type { DeliveryWorkerData } from './delivery-worker.js';
 import { micros, upciRoundTrips } from './irq-round-trips.js';
 import { createMainThreadWaker } from '../../workers/main-thread-waker.js';
@@ -149,15 +149,5 @@ async function guest(refBinary: string, quick: boolean): Promise<number> {
   return 0;
 }
 
-const args = process.argv.slice(2);
-const quick = args.includes('--quick');
-const g = args.indexOf('--guest');
-process.exitCode = g >= 0
-  ? await guest(args[g + 1]!, quick)
-  : await runBenchmarkInVm({ name: 'irq', reference: 'irq-ref.c', script: 'irq.js', args: quick ? ['--quick'] : [], cpus: cpusArgument() });
-
-/** Guest vCPUs: 2 by default, so the worker and the main thread can run at once, as on real machines. */
-function cpusArgument(): number {
-  const i = args.indexOf('--cpus');
-  return i >= 0 ? Number(args[i + 1]) : 2;
-}
+// Guest vCPUs: 2 by default (--cpus N), so the worker and the main thread can run at once, as on real machines.
+await benchmarkMain({ name: 'irq', reference: 'irq-ref.c', script: 'irq.js', cpus: 2 }, guest);

@@ -14,7 +14,7 @@
 import { readFileSync } from 'node:fs';
 import { PerformanceObserver } from 'node:perf_hooks';
 import { defaultDevices, guestAddress } from '../bench.js';
-import { runBenchmarkInVm } from './harness.js';
+import { benchmarkMain } from './harness.js';
 
 const DISCARD = '02:00:00:00:00:01';
 
@@ -137,9 +137,4 @@ async function guest(peerBinary: string, quick: boolean): Promise<number> {
   return 0;
 }
 
-const args = process.argv.slice(2);
-const quick = args.includes('--quick');
-const g = args.indexOf('--guest');
-process.exitCode = g >= 0
-  ? await guest(args[g + 1]!, quick)
-  : await runBenchmarkInVm({ name: 'net', reference: '../net/peer.c', script: 'net.js', args: quick ? ['--quick'] : [], cpus: 2 });
+await benchmarkMain({ name: 'net', reference: '../net/peer.c', script: 'net.js', cpus: 2 }, guest);

@@ -12,7 +12,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { defaultDevices, findProjectRoot, guestAddress } from '../bench.js';
-import { runBenchmarkInVm } from './harness.js';
+import { benchmarkMain } from './harness.js';
 
 const run = promisify(execFile);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -115,8 +115,4 @@ async function guest(quick: boolean): Promise<number> {
   return 0;
 }
 
-const args = process.argv.slice(2);
-const quick = args.includes('--quick');
-process.exitCode = args.includes('--guest')
-  ? await guest(quick)
-  : await runBenchmarkInVm({ name: 'nvme', reference: undefined, script: 'nvme.js', args: quick ? ['--quick'] : [], cpus: 2 });
+await benchmarkMain({ name: 'nvme', reference: undefined, script: 'nvme.js', cpus: 2 }, (_reference, quick) => guest(quick));

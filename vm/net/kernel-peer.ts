@@ -57,6 +57,12 @@ export class KernelPeer {
     // The largest rings the NIC has (4096 on the 82574): a stalled vCPU then overflows nothing.
     await peer.run(peerBinary, 'ring', ifname);
     await peer.run('ip', 'link', 'set', 'dev', ifname, 'up');
+    // Frames sent before the kernel driver reports carrier are dropped, silently: wait for it.
+    const carrierDeadline = Date.now() + 30_000;
+    while (!/[<,]LOWER_UP[,>]/.test(await peer.run('ip', '-o', 'link', 'show', 'dev', ifname))) {
+      if (Date.now() > carrierDeadline) throw new Error(`kernel-peer: ${ifname} has no carrier 30 s after link up`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
     return peer;
   }
 
