@@ -283,6 +283,16 @@ export class DriverHost {
     return this.meters.get(address)?.threadStats();
   }
 
+  /**
+   * The shared memory of the device's current driver thread (heartbeat,
+   * interrupt count: DriverLedger.of reads it), for a monitor in another
+   * thread that must keep sampling while this one is busy, e.g. taking a
+   * hung driver's device back.
+   */
+  threadLedger(address: PciAddress): SharedArrayBuffer | undefined {
+    return this.meters.get(address)?.threadLedger();
+  }
+
   /** Interrupts delivered to a device's driver so far (all incarnations). */
   interruptCount(address: PciAddress): number {
     return this.meters.get(address)?.interrupts ?? 0;

@@ -58,6 +58,11 @@ export class DeviceMeter implements BusMeter {
     return this.thread !== undefined ? this.thread.ledger.dmaBytes : this.dma?.bytesMapped ?? 0;
   }
 
+  /** The shared memory of the driver's worker thread, when it has one. */
+  threadLedger(): SharedArrayBuffer | undefined {
+    return this.thread?.ledger.buffer;
+  }
+
   /** The driver's worker thread, when it has one. */
   threadStats(): ThreadStats | undefined {
     return this.thread?.stats();
