@@ -110,7 +110,9 @@ function attach(bus: DriverBus, opts: EduOptions): EduResources {
   const bar = bus.mapBar(0);
   const id = bar.read4(EDU.ID);
   if (id !== EDU.ID_VALUE) throw new Error(`edu: id register reads 0x${id.toString(16)}, expected 0x${EDU.ID_VALUE.toString(16)}`);
-  // A reopen is no reset for edu: clear whatever interrupt the last incarnation left raised.
+  // A reopen is no reset for edu: undo what the device's last user may have left set, an
+  // interrupt at the end of each factorial (the self-test computes one) and raised interrupts.
+  bar.write4(EDU.STATUS, 0);
   bar.write4(EDU.IRQ_ACK, bar.read4(EDU.IRQ_STATUS));
   const dma = bus.dma();
   const tag = dma.createTag({ alignment: 4096, addressLimit: EDU.DMA_LIMIT, maxSegments: 1 });
