@@ -15,10 +15,9 @@ import type { IrqSource } from '../../kernel/port.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
 import { PciDevice } from '../../pci/device.js';
 import { Interrupts, type InterruptEvent } from '../../pci/intr.js';
-import { fakeDevice, openFake } from '../support/fake-device.js';
+import { acceptingDma, fakeDevice, openFake } from '../support/fake-device.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const noDma = { iovaRanges: [{ start: 0n, end: (1n << 39n) - 1n }], pageSizes: 0x1000n, availableMappings: () => 65535, map: () => {}, unmap: () => {} };
 
 function signal(fd: number, n = 1): void {
   const b = Buffer.alloc(8);
@@ -31,7 +30,7 @@ function intxDevice(automasked: boolean): { device: PciDevice; fd: number; unmas
   const fd = libc.eventfd(libc.EFD_NONBLOCK);
   let unmasks = 0;
   const fake = fakeDevice('0000:00:09.0', { intx: 1 }, {
-    dma: noDma,
+    dma: acceptingDma(),
     enableIrqs: (): IrqSource[] => [{ fd, format: 'counter', firstVector: 0, vectors: 1, owner: 'device' }],
     disableIrqs: () => {},
     unmaskIntx: () => void unmasks++,
@@ -102,7 +101,7 @@ function hostWith(attach: () => unknown, detach?: () => Promise<void>, attachTim
   });
   const registry = new Map([[driver.name, driver]]);
   const open = () => {
-    const fake = fakeDevice('0000:00:09.0', {}, { dma: noDma });
+    const fake = fakeDevice('0000:00:09.0', {}, { dma: acceptingDma() });
     fake.config.writeUInt16LE(0x1234, 0);
     return openFake(fake);
   };

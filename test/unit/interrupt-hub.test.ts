@@ -1,5 +1,5 @@
 import test from 'ava';
-import { fakeDevice, openFake } from '../support/fake-device.js';
+import { acceptingDma, fakeDevice, openFake } from '../support/fake-device.js';
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import * as libc from '../../kernel/libc.js';
@@ -190,7 +190,7 @@ function recordsDevice(): { device: PciDevice; writeEnd: number; readEnd: number
   const [readEnd, writeEnd] = libc.pipe(libc.O_NONBLOCK);
   const calls: string[] = [];
   const fake = fakeDevice('0000:00:05.0', { intx: 0, msi: 4 }, {
-    dma: { model: 'kernel', pageSize: 4096, availableMappings: () => undefined, allocate: () => { throw new Error('no DMA'); }, sync: () => {}, free: () => {} },
+    dma: acceptingDma(),
     enableIrqs: (kind, count) => {
       calls.push(`enable ${kind} ${count}`);
       return [{ fd: readEnd, format: 'records', firstVector: 0, vectors: count, owner: 'device' }];
