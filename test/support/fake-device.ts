@@ -19,7 +19,7 @@
  */
 import { SyscallError } from '../../kernel/errors.js';
 import { ManagedIommuDomain } from '../../kernel/linux/iommu-dma.js';
-import type { DeviceFile, DmaDomain, IrqInfo, IrqKind, KernelPort, RegionInfo } from '../../kernel/port.js';
+import type { DeviceFile, IrqInfo, IrqKind, KernelPort, RegionInfo } from '../../kernel/port.js';
 import { PciDevice } from '../../pci/device.js';
 
 export interface FakeDevice {
@@ -163,7 +163,7 @@ export function fakeDevice(
  * tests whose subject is not DMA (test/unit/bus-dma.test.ts has one that
  * refuses what VFIO type1 refuses).
  */
-export function acceptingDma(): DmaDomain {
+export function acceptingDma(): ManagedIommuDomain {
   return new ManagedIommuDomain({ iovaRanges: [{ start: 0n, end: (1n << 39n) - 1n }], pageSizes: 0x1000n, availableMappings: () => undefined, map: () => {}, unmap: () => {} });
 }
 
