@@ -83,7 +83,7 @@ export class NetbsdDma implements DmaDomain {
     return undefined;
   }
 
-  /** The kernel checks the device's window at allocation time (pci_dma64_available, the tag's bounds). */
+  /** The kernel checks the device's window itself, at allocation time (pciuser-limits.ts applies its limits first). */
   unreachable(): undefined {
     return undefined;
   }
