@@ -23,6 +23,8 @@ export interface IommuDmaDomain {
   /** Pins [vaddr, vaddr+size) and makes it visible to the device at iova. */
   map(vaddr: bigint, iova: bigint, size: number, access: DmaAccess): void;
   unmap(iova: bigint, size: number): void;
+  /** Removes every mapping of the domain, whoever made it (VFIO_UNMAP_ALL). */
+  unmapAll(): void;
 }
 
 /** The smallest page size in the IOMMU's bitmap, at least 4 KiB. */
@@ -95,5 +97,14 @@ export class ManagedIommuDomain implements DmaDomain {
     this.iommu.unmap(iova, mapping.size);
     // Only once the kernel dropped the mapping may the IOVA be handed out again (after its quarantine).
     this.iova.release(iova);
+  }
+
+  /**
+   * Every mapping goes, those of other threads' domains over the same
+   * container too. This domain's own IOVAs stay allocated: whatever holds
+   * them is being torn down with its thread.
+   */
+  unmapAll(): void {
+    this.iommu.unmapAll();
   }
 }

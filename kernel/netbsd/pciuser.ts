@@ -181,6 +181,11 @@ export class NetbsdDma implements DmaDomain {
     );
   }
 
+  /** pciuser(4) has no ioctl for it: a file's DMA objects go when the file closes (DESIGN.md, teardown order). */
+  unmapAll(): never {
+    throw new UpciError('KERNEL', `${this.address}: pciuser(4) cannot remove all DMA mappings of a device at once`, 'close the device: the kernel frees its DMA memory and maps at the last close');
+  }
+
   /** bus_dmamap_sync; DmaSync's values are BUS_DMASYNC_*'s, which PCIUSER_SYNC_* repeat. */
   sync(allocation: DmaMapping, ops: number, offset: number, length: number): void {
     this.live();

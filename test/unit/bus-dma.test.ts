@@ -73,6 +73,11 @@ class FakeDomain implements IommuDmaDomain {
     this.pinned -= size;
     this.mappings.delete(iova);
   }
+  unmapAll(): void {
+    this.calls++;
+    this.pinned = 0;
+    this.mappings.clear();
+  }
 }
 
 /** A device whose DMA domain is `domain` with its IOVAs managed by `managed` (shared by the devices of one group). */
@@ -434,6 +439,9 @@ class FakeKernelDma implements DmaDomain {
   }
   map(): never {
     return this.pciuser.map();
+  }
+  unmapAll(): never {
+    return this.pciuser.unmapAll();
   }
   sync(_allocation: DmaMapping, ops: number, offset: number, length: number): void {
     this.syncs.push([ops, offset, length]);
