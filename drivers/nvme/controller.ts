@@ -2,7 +2,7 @@
  * An NVMe controller: reset and enable (bounded by CAP.TO), the admin queue,
  * Identify, Set Features (number of queues), I/O queue pairs, command
  * timeouts (Abort, then a controller reset that submits every outstanding
- * command again), and shutdown (CC.SHN). The block layer (namespace.ts)
+ * command again; a second reset fails the command), and shutdown (CC.SHN). The block layer (namespace.ts)
  * submits through ioQueue(); completions are reaped by interrupts (one
  * vector per queue when MSI-X has enough, else shared) or by polling.
  */
@@ -53,9 +53,10 @@ const STATUS_TIMED_OUT = 0x7ffe;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export function statusError(command: string, status: number): Error {
+/** The typed error for a completion status; `timeoutMs` is the controller's command timeout (for a timed-out command's message). */
+export function statusError(command: string, status: number, timeoutMs: number): Error {
   if (status === STATUS_GONE) return new NvmeGoneError(command, 'the controller was reset or the driver detached before it completed');
-  if (status === STATUS_TIMED_OUT) return new NvmeTimeoutError(command, 0, 'neither an Abort nor a controller reset completed it');
+  if (status === STATUS_TIMED_OUT) return new NvmeTimeoutError(command, timeoutMs, 'an Abort did not complete it, nor its re-issue after a controller reset; a second reset gave up on it');
   return new NvmeStatusError(command, (status >>> 8) & 0x7, status & 0xff, (status & 0x4000) !== 0);
 }
 
@@ -71,14 +72,21 @@ export class NvmeController {
   private identifyPage!: { pool: import('../../pci/dma-pool.js').DmaPool; view: Uint8Array };
   private gone: string | undefined;
   private resetting: Promise<void> | undefined;
-  /** Controller resets the timeout path did. */
+  /** Controller resets the timeout path did, Aborts it sent, commands it failed with NvmeTimeoutError. */
   resets = 0;
   aborts = 0;
+  timedOut = 0;
+  /** Fault injection (test only): the Nth I/O command is dropped (QueuePair.dropCid); 0: none. */
+  dropSubmission = 0;
+  dropResubmissions = false;
+  private ioSubmissions = 0;
 
   constructor(
     private readonly bar: BusSpace,
     private readonly dma: DriverDma,
     readonly options: ControllerOptions,
+    /** Where timeouts, Aborts and resets are told (the host's note events). */
+    private readonly note: (message: string) => void,
   ) {
     this.cap = decodeCap(bar.read4(REG.CAP), bar.read4(REG.CAP + 4));
     if (!this.cap.nvmCommandSet) throw new Error('nvme: the controller does not support the NVM command set (CAP.CSS)');
@@ -174,7 +182,7 @@ export class NvmeController {
     return new Promise<Completion>((resolve, reject) => {
       this.submitTo(this.admin, true, opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12, 0, (status, dw0) => {
         if (status === 0) resolve({ dw0 });
-        else reject(statusError(commandName(true, opcode), status));
+        else reject(statusError(commandName(true, opcode), status, this.options.commandTimeoutMs));
       }, reject);
     });
   }
@@ -204,6 +212,10 @@ export class NvmeController {
     }
     const cid = q.allocCid();
     if (cid < 0) return SUBMIT_FULL;
+    if (!admin && ++this.ioSubmissions === this.dropSubmission) {
+      q.dropCid = cid;
+      q.dropResubmissions = this.dropResubmissions;
+    }
     q.submit(cid, opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12, cdw13, handler, performance.now() + this.options.commandTimeoutMs);
     if (q.vector < 0 || q === this.admin) this.kickPoller();
     return cid;
@@ -218,6 +230,11 @@ export class NvmeController {
   /** Where a throw while reaping goes (the driver machine turns it into a crash). */
   setFaultSink(sink: (e: unknown) => void): void {
     this.faultSink = sink;
+  }
+
+  private fault(e: unknown): void {
+    if (this.faultSink === undefined) throw e;
+    this.faultSink(e);
   }
 
   /** From now on interrupt-driven queues are reaped by interrupts only. */
@@ -253,8 +270,7 @@ export class NvmeController {
         if (q.outstanding > 0) busy = true;
       }
     } catch (e) {
-      if (this.faultSink === undefined) throw e;
-      this.faultSink(e);
+      this.fault(e);
       return;
     }
     if (busy && this.gone === undefined) this.pollTimer = setImmediate(this.poll);
@@ -264,10 +280,11 @@ export class NvmeController {
 
   /**
    * Called periodically: a command past its deadline gets an Abort; one
-   * still outstanding past the next deadline (or whose Abort could not be
-   * sent) makes the controller reset, which submits every outstanding
-   * command again; a command that went through two resets fails with
-   * NvmeTimeoutError.
+   * still outstanding past the next deadline (or whose Abort failed) makes
+   * the controller reset, which submits every outstanding command again; a
+   * re-issued command past its deadline makes a second reset, which fails
+   * it with NvmeTimeoutError instead (the controller is stopped then, so
+   * its command ID and buffer can be reused safely).
    */
   checkTimeouts(now: number): void {
     if (this.gone !== undefined || this.resetting !== undefined) return;
@@ -275,18 +292,20 @@ export class NvmeController {
       for (let cid = 0; cid < q.depth - 1; cid++) {
         const deadline = q.deadlines[cid]!;
         if (deadline === 0 || deadline > now) continue;
-        if (q.retries[cid]! >= 2) {
-          q.cancel(cid, STATUS_TIMED_OUT);
-          continue;
-        }
+        const what = `${commandName(false, q.opcodeOf(cid))} (command ${cid} on queue ${q.id})`;
         if (q.retries[cid] === 0) {
           q.retries[cid] = 1;
           q.deadlines[cid] = now + this.options.commandTimeoutMs;
           this.aborts++;
-          this.adminCommand(ADMIN.ABORT, 0, 0, 0, (cid << 16) | q.id, 0, 0).catch(() => this.reset('an Abort failed'));
+          this.note(`${what} not completed within ${this.options.commandTimeoutMs} ms: Abort sent`);
+          this.adminCommand(ADMIN.ABORT, 0, 0, 0, (cid << 16) | q.id, 0, 0).then(
+            // Abort's DW0 bit 0: 1 when the controller did not abort the command.
+            ({ dw0 }) => this.note(`Abort of ${what}: ${(dw0 & 1) === 0 ? 'aborted' : 'not aborted by the controller'}`),
+            (e: unknown) => this.recover(`the Abort of ${what} failed: ${e instanceof Error ? e.message : String(e)}`),
+          );
           continue;
         }
-        void this.reset(`${commandName(false, q.opcodeOf(cid))} (command ${cid} on queue ${q.id}) timed out after an Abort`);
+        this.recover(`${what} ${q.retries[cid] === 1 ? 'not completed after an Abort' : 'not completed after its re-issue'}`);
         return;
       }
     }
@@ -297,25 +316,51 @@ export class NvmeController {
     return (status & 0x7ff) === SC_ABORT_REQUESTED;
   }
 
+  /** A reset from the timeout path; a reset that fails is a driver fault (the host restarts the driver, which resets the device). */
+  private recover(reason: string): void {
+    this.reset(reason).catch((e: unknown) => {
+      if (this.gone === undefined) this.fault(e);
+    });
+  }
+
   /**
-   * Controller reset and re-issue: disable, enable with the same rings,
-   * create the I/O queues again, submit every outstanding command again.
+   * Controller reset and re-issue: hold the I/O queues (what is submitted
+   * meanwhile waits), disable, handle what the controller completed before
+   * it stopped (as Linux's nvme_reap_pending_cqes), enable with the same
+   * rings, create the I/O queues again, fail the commands that had been
+   * re-issued once already and timed out again, submit every other
+   * outstanding command again.
    */
   reset(reason: string): Promise<void> {
     this.resetting ??= (async () => {
+      const started = performance.now();
       this.resets++;
+      this.note(`controller reset: ${reason}`);
+      for (const q of this.io) q.hold();
       await this.disable();
+      for (const q of [this.admin, ...this.io]) q.reap();
       for (const q of [this.admin, ...this.io]) q.restart();
       // Admin commands outstanding across the reset are lost with the old admin queue.
       for (const cid of this.admin.outstandingCids()) this.admin.cancel(cid, STATUS_GONE);
       await this.enable();
       await this.adminCommand(ADMIN.SET_FEATURES, 0, 0, 0, FEATURE.NUMBER_OF_QUEUES, ((this.io.length - 1) << 16) | (this.io.length - 1), 0);
       const deadline = performance.now() + this.options.commandTimeoutMs;
+      let again = 0;
+      let held = 0;
+      let failed = 0;
       for (const q of this.io) {
         await this.createIoQueue(q);
-        q.resubmitOutstanding(deadline);
+        for (const cid of q.outstandingCids()) {
+          if (q.retries[cid]! < 2 || q.deadlines[cid]! > started) continue;
+          q.cancel(cid, STATUS_TIMED_OUT);
+          failed++;
+        }
+        const posted = q.resubmitOutstanding(deadline);
+        again += posted.again;
+        held += posted.held;
       }
-      void reason;
+      this.timedOut += failed;
+      this.note(`controller reset done in ${Math.round(performance.now() - started)} ms: ${again} command(s) submitted again, ${held} submitted during the reset posted${failed > 0 ? `, ${failed} failed (timed out after their re-issue)` : ''}`);
     })().finally(() => (this.resetting = undefined));
     return this.resetting;
   }

@@ -4,8 +4,10 @@
  * Identify against the command line, 64 MiB of mixed-size I/O checked
  * against the host's backing file, bad input refused before the controller,
  * per-request maps unloaded while the controller works and a DMA to a freed
- * IOVA faulting in the IOMMU, two controllers in one host, and a driver
- * crash mid-I/O under supervision.
+ * IOVA faulting in the IOMMU, two controllers in one host, a driver crash
+ * mid-I/O under supervision, and command timeouts (a command the controller
+ * never sees: Abort, controller reset, re-issue; one it never completes:
+ * NvmeTimeoutError at the second reset).
  */
 import test from 'ava';
 import { execFileSync, spawn } from 'node:child_process';
@@ -277,6 +279,135 @@ test.serial('fault injection: the driver throws mid-I/O (INTx); after the superv
   t.is(sha256(await again.read(100_000, 8)), sha256(fresh), 'the queue is usable after the restart');
   const report = await r.host.shutdown();
   t.is(report.devices[0]!.restarts, 1);
+});
+
+/** The host's notes for `address` so far. */
+const notes = (r: Run, address: string) => r.events.flatMap((e) => (e.type === 'note' && e.address === address ? [e] : []));
+
+test.serial('command timeout: a command the controller never saw (dropSubmission) gets an Abort, then a controller reset re-issues it; it and the commands in flight around it complete with the right data, no map stays loaded, the queue is usable after', async (t) => {
+  const timeoutMs = 1500;
+  const testStarted = Date.now();
+  const r = run(t, {
+    devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 1, queueDepth: 16, commandTimeoutMs: timeoutMs, dropSubmission: 24 } }],
+  });
+  const ns = await namespace(r, 'nvme0n1');
+  const { controller } = ns;
+  const queue = controller.ioQueues[0]!;
+  const dma = controller.tag.dma;
+  const mappings = dma.mappingCount;
+  const blocks = 128; // 64 KiB per request
+  const bytes = blocks * 512;
+  const requests: { what: string; started: number; ended: number }[] = [];
+  const wrong: string[] = [];
+  const failures: string[] = [];
+  let stop = false;
+  const progress = () => `submitted ${queue.submitted}, completed ${queue.completed}, outstanding ${queue.outstanding}; aborts ${controller.aborts}, resets ${controller.resets}; ${requests.length} requests done; notes: ${notes(r, NVME0).map((n) => n.message).join(' | ')}`;
+  /** Times one request; a rejection is recorded (the contract says the lost command completes, so none may fail). */
+  const timed = async <T>(what: string, request: () => Promise<T>): Promise<T | undefined> => {
+    const started = Date.now();
+    try {
+      return await request();
+    } catch (e) {
+      failures.push(`${what}: ${(e as Error).name}: ${(e as Error).message}`);
+      return undefined;
+    } finally {
+      requests.push({ what, started, ended: Date.now() });
+    }
+  };
+  // Eight workers keep the queue busy, each writing its own 256 KiB region and reading back what it wrote, half of
+  // the requests over shared memory (a per-request map each), until the controller reset is over.
+  const worker = async (w: number) => {
+    const source = new Uint8Array(allocShared(bytes));
+    const into = new Uint8Array(allocShared(bytes));
+    for (let round = 0; !stop; round++) {
+      const lba = 8192 + w * 512 + (round % 4) * blocks;
+      const direct = (w + round) % 2 === 0;
+      const data = fill(direct ? source : new Uint8Array(bytes), 7000 + w * 1000 + round);
+      await timed(`worker ${w} round ${round}: write at ${lba}`, () => ns.write(lba, data));
+      const back = await timed(`worker ${w} round ${round}: read at ${lba}`, () => (direct ? ns.read(lba, blocks, into) : ns.read(lba, blocks)));
+      if (back !== undefined && sha256(back) !== sha256(data)) wrong.push(`worker ${w} round ${round} at LBA ${lba}`);
+    }
+  };
+  const workers = Promise.all(Array.from({ length: 8 }, (_, w) => worker(w)));
+  try {
+    await r.until('the controller reset after the dropped command\'s Abort', (events) => events.some((e) => e.type === 'note' && /controller reset done/.test(e.message)), 8 * timeoutMs + 20_000);
+  } finally {
+    stop = true;
+    await bounded(10_000, () => `the workers to finish their rounds: ${progress()}`, workers);
+  }
+  const log = notes(r, NVME0);
+  for (const n of log.slice(1)) t.log(`note: ${n.message}`);
+  const resetAt = log.find((n) => /controller reset: /.test(n.message))!.at;
+  const slow = requests.filter((q) => q.ended - q.started >= timeoutMs);
+  const across = requests.filter((q) => q.started < resetAt && q.ended >= resetAt && !slow.includes(q));
+  t.log(`${requests.length} requests; the lost one: ${slow.map((q) => `${q.what} in ${q.ended - q.started} ms`).join(', ')}; ${across.length} others in flight when the reset began`);
+  t.deepEqual(failures, [], 'no request failed: the lost command was re-issued and completed');
+  t.deepEqual(wrong, [], 'every read returned what its worker wrote');
+  t.is(slow.length, 1, 'one request (the dropped command) waited for the timeout path');
+  if (slow.length === 1) t.true(slow[0]!.ended - slow[0]!.started >= 2 * timeoutMs, 'it completed after an Abort\'s timeout and the reset, not before');
+  t.true(across.length >= 1, 'other requests were in flight on the same queue when the reset began');
+  t.is(controller.aborts, 1, 'one Abort');
+  t.is(controller.resets, 1, 'one controller reset');
+  t.is(controller.timedOut, 0, 'nothing failed with NvmeTimeoutError');
+  t.regex(log.map((n) => n.message).join('\n'), new RegExp(`not completed within ${timeoutMs} ms: Abort sent`), 'the timeout is reported');
+  t.regex(log.map((n) => n.message).join('\n'), /controller reset: .* not completed after an Abort/, 'the reset and its reason are reported');
+  const reissued = /(\d+) command\(s\) submitted again/.exec(log.map((n) => n.message).join('\n'));
+  t.true(reissued !== null && Number(reissued[1]) >= 1, 'the reset re-issued the lost command');
+  t.is(queue.outstanding, 0);
+  t.is(dma.mappingCount, mappings, 'every per-request map was unloaded, the re-issued ones too');
+  const fresh = fill(new Uint8Array(256 * 1024), 4343);
+  await ns.write(60_000, fresh);
+  t.is(sha256(await ns.read(60_000, fresh.length / 512)), sha256(fresh), 'the queue is usable after the reset');
+  t.false(r.events.some((e) => e.type === 'fault'), 'no driver fault');
+  const report = await r.host.shutdown();
+  t.deepEqual(report.devices.map((d) => [d.outcome.kind, d.restarts]), [['stopped', 0]]);
+  t.log(`the test took ${Date.now() - testStarted} ms`);
+});
+
+test.serial('command timeout: a command the controller never completes (dropResubmissions) fails with NvmeTimeoutError at the second controller reset; the requests beside it complete, no map stays loaded, the queue is usable after', async (t) => {
+  const timeoutMs = 1000;
+  const testStarted = Date.now();
+  const r = run(t, {
+    devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 1, queueDepth: 8, commandTimeoutMs: timeoutMs, dropSubmission: 3, dropResubmissions: true } }],
+  });
+  const ns = await namespace(r, 'nvme0n1');
+  const { controller } = ns;
+  const queue = controller.ioQueues[0]!;
+  const dma = controller.tag.dma;
+  const mappings = dma.mappingCount;
+  const blocks = 128;
+  // Six writes submitted at once (each one command, in call order): the third is the one the controller never sees.
+  const writes = Array.from({ length: 6 }, (_, i) => {
+    const data = fill(i % 2 === 0 ? new Uint8Array(allocShared(blocks * 512)) : new Uint8Array(blocks * 512), 9000 + i);
+    return { lba: 30_000 + i * blocks, data };
+  });
+  const started = Date.now();
+  const settled = await bounded(6 * timeoutMs + 20_000, () => `the writes: submitted ${queue.submitted}, completed ${queue.completed}, outstanding ${queue.outstanding}; aborts ${controller.aborts}, resets ${controller.resets}`,
+    Promise.allSettled(writes.map(({ lba, data }) => ns.write(lba, data))));
+  const elapsed = Date.now() - started;
+  for (const n of notes(r, NVME0).slice(1)) t.log(`note: ${n.message}`);
+  t.log(`settled after ${elapsed} ms: ${settled.map((s) => s.status).join(', ')}`);
+  t.deepEqual(settled.map((s) => s.status), ['fulfilled', 'fulfilled', 'rejected', 'fulfilled', 'fulfilled', 'fulfilled']);
+  const error = (settled[2] as PromiseRejectedResult).reason as Error;
+  t.is(error.name, 'NvmeTimeoutError');
+  t.regex(error.message, new RegExp(`Write did not complete within ${timeoutMs} ms`));
+  t.true(elapsed >= 3 * timeoutMs, 'it failed after an Abort, a reset and its re-issue timed out');
+  t.is(controller.aborts, 1);
+  t.is(controller.resets, 2, 'the first reset re-issued it, the second gave up on it');
+  t.is(controller.timedOut, 1);
+  t.regex(notes(r, NVME0).map((n) => n.message).join('\n'), /1 failed \(timed out after their re-issue\)/, 'the failure is reported');
+  t.is(queue.outstanding, 0);
+  t.is(dma.mappingCount, mappings, 'every per-request map was unloaded, the failed one\'s too');
+  for (const [i, { lba, data }] of writes.entries()) {
+    if (i !== 2) t.is(sha256(await ns.read(lba, blocks)), sha256(data), `write ${i} reads back`);
+  }
+  const fresh = fill(new Uint8Array(64 * 1024), 4444);
+  await ns.write(writes[2]!.lba, fresh);
+  t.is(sha256(await ns.read(writes[2]!.lba, blocks)), sha256(fresh), 'the queue is usable after, at the failed write\'s blocks too');
+  t.false(r.events.some((e) => e.type === 'fault'), 'no driver fault');
+  const report = await r.host.shutdown();
+  t.deepEqual(report.devices.map((d) => [d.outcome.kind, d.restarts]), [['stopped', 0]]);
+  t.log(`the test took ${Date.now() - testStarted} ms`);
 });
 
 /** Runs a program to completion without blocking this process's event loop (it serves the NBD device the program uses). */
