@@ -2,9 +2,10 @@
  * An NVMe controller: reset and enable (bounded by CAP.TO), the admin queue,
  * Identify, Set Features (number of queues), I/O queue pairs, command
  * timeouts (Abort, then a controller reset that submits every outstanding
- * command again; a second reset fails the command), and shutdown (CC.SHN). The block layer (namespace.ts)
- * submits through ioQueue(); completions are reaped by interrupts (one
- * vector per queue when MSI-X has enough, else shared) or by polling.
+ * command again; a second reset fails the command), and shutdown (CC.SHN).
+ * The block layer (namespace.ts) submits through ioQueue(); completions are
+ * reaped by interrupts (one vector per queue when MSI-X has enough, else
+ * shared) or by polling.
  */
 import type { DriverDma, DmaTag } from '../../pci/bus-dma.js';
 import type { BusSpace } from '../../pci/bus-space.js';
@@ -72,14 +73,24 @@ export class NvmeController {
   private identifyPage!: { pool: import('../../pci/dma-pool.js').DmaPool; view: Uint8Array };
   private gone: string | undefined;
   private resetting: Promise<void> | undefined;
+  /** The last Identify, which the next one waits for. */
+  private identifying: Promise<unknown> = Promise.resolve();
+  /** When the running reset started (performance.now() ms). */
+  private resetStarted = 0;
   /** Controller resets the timeout path did, Aborts it sent, commands it failed with NvmeTimeoutError. */
   resets = 0;
   aborts = 0;
   timedOut = 0;
-  /** Fault injection (test only): the Nth I/O command is dropped (QueuePair.dropCid); 0: none. */
+  /**
+   * Fault injection (test only): the Nth I/O command is dropped
+   * (QueuePair.dropCid), and the Nth admin command counted from when
+   * dropAdminSubmission is set (the driver sets it after attach); 0: none.
+   */
   dropSubmission = 0;
   dropResubmissions = false;
+  dropAdminSubmission = 0;
   private ioSubmissions = 0;
+  private adminSubmissions = 0;
 
   constructor(
     private readonly bar: BusSpace,
@@ -166,11 +177,16 @@ export class NvmeController {
     await this.adminCommand(ADMIN.CREATE_SQ, 0, q.sqBusAddress, 0, ((q.depth - 1) << 16) | q.id, (q.id << 16) | 1, 0);
   }
 
-  async identify(cns: number, nsid: number): Promise<Uint8Array> {
-    this.identifyPage.view.fill(0);
-    await this.adminCommand(ADMIN.IDENTIFY, nsid, this.identifyPage.pool.busAddresses[0]!, 0, cns, 0, 0);
-    this.identifyPage.pool.sync(0x02, 0);
-    return this.identifyPage.view.slice();
+  /** Identify data (a copy). One at a time: they share one DMA page (a caller's Identify during attach once garbled a namespace's). */
+  identify(cns: number, nsid: number): Promise<Uint8Array> {
+    const data = this.identifying.then(async () => {
+      this.identifyPage.view.fill(0);
+      await this.adminCommand(ADMIN.IDENTIFY, nsid, this.identifyPage.pool.busAddresses[0]!, 0, cns, 0, 0);
+      this.identifyPage.pool.sync(0x02, 0);
+      return this.identifyPage.view.slice();
+    });
+    this.identifying = data.catch(() => undefined);
+    return data;
   }
 
   async identifyNamespace(nsid: number): Promise<NamespaceIdentity> {
@@ -212,9 +228,9 @@ export class NvmeController {
     }
     const cid = q.allocCid();
     if (cid < 0) return SUBMIT_FULL;
-    if (!admin && ++this.ioSubmissions === this.dropSubmission) {
+    if (admin ? this.dropAdminSubmission > 0 && ++this.adminSubmissions === this.dropAdminSubmission : ++this.ioSubmissions === this.dropSubmission) {
       q.dropCid = cid;
-      q.dropResubmissions = this.dropResubmissions;
+      q.dropResubmissions = !admin && this.dropResubmissions;
     }
     q.submit(cid, opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12, cdw13, handler, performance.now() + this.options.commandTimeoutMs);
     if (q.vector < 0 || q === this.admin) this.kickPoller();
@@ -284,10 +300,28 @@ export class NvmeController {
    * the controller reset, which submits every outstanding command again; a
    * re-issued command past its deadline makes a second reset, which fails
    * it with NvmeTimeoutError instead (the controller is stopped then, so
-   * its command ID and buffer can be reused safely).
+   * its command ID and buffer can be reused safely). An admin command past
+   * its deadline makes a reset (which fails it with NvmeGoneError); one the
+   * reset itself submitted is a driver fault, as the reset cannot finish:
+   * the host resets the device and restarts the driver.
    */
   checkTimeouts(now: number): void {
-    if (this.gone !== undefined || this.resetting !== undefined) return;
+    if (this.gone !== undefined) return;
+    const timeout = this.options.commandTimeoutMs;
+    const stuck = this.admin.firstExpired(now);
+    const stuckName = stuck < 0 ? '' : `${commandName(true, this.admin.opcodeOf(stuck))} (admin command ${stuck})`;
+    if (this.resetting !== undefined) {
+      // Only the reset's own commands (submitted after it started): the older ones go with the old admin queue.
+      if (stuck >= 0 && this.admin.deadlines[stuck]! > this.resetStarted + timeout) {
+        this.admin.deadlines[stuck] = 0; // one fault
+        this.fault(new NvmeTimeoutError(stuckName, timeout, 'the controller reset waiting for it cannot finish'));
+      }
+      return;
+    }
+    if (stuck >= 0) {
+      this.recover(`${stuckName} not completed within ${timeout} ms`);
+      return;
+    }
     for (const q of this.io) {
       for (let cid = 0; cid < q.depth - 1; cid++) {
         const deadline = q.deadlines[cid]!;
@@ -295,9 +329,9 @@ export class NvmeController {
         const what = `${commandName(false, q.opcodeOf(cid))} (command ${cid} on queue ${q.id})`;
         if (q.retries[cid] === 0) {
           q.retries[cid] = 1;
-          q.deadlines[cid] = now + this.options.commandTimeoutMs;
+          q.deadlines[cid] = now + timeout;
           this.aborts++;
-          this.note(`${what} not completed within ${this.options.commandTimeoutMs} ms: Abort sent`);
+          this.note(`${what} not completed within ${timeout} ms: Abort sent`);
           this.adminCommand(ADMIN.ABORT, 0, 0, 0, (cid << 16) | q.id, 0, 0).then(
             // Abort's DW0 bit 0: 1 when the controller did not abort the command.
             ({ dw0 }) => this.note(`Abort of ${what}: ${(dw0 & 1) === 0 ? 'aborted' : 'not aborted by the controller'}`),
@@ -334,6 +368,7 @@ export class NvmeController {
   reset(reason: string): Promise<void> {
     this.resetting ??= (async () => {
       const started = performance.now();
+      this.resetStarted = started;
       this.resets++;
       this.note(`controller reset: ${reason}`);
       for (const q of this.io) q.hold();

@@ -27,6 +27,10 @@ const options = {
     doc: 'test/fault injection: the first incarnation\'s Nth I/O command is recorded but never reaches the submission queue (as if its doorbell write were lost), so only the timeout path (Abort, controller reset, re-issue) completes it',
   },
   dropResubmissions: { type: 'boolean', default: false, doc: 'test/fault injection: with dropSubmission, the dropped command\'s re-issues are dropped too, so it must fail with NvmeTimeoutError' },
+  dropAdminSubmission: {
+    type: 'integer', min: 1,
+    doc: 'test/fault injection: the first incarnation\'s Nth admin command after attach (Aborts and the commands of a controller reset) never reaches the admin queue',
+  },
 } as const;
 
 export type NvmeOptions = OptionsOf<typeof options>;
@@ -89,6 +93,8 @@ async function attach(bus: DriverBus, opts: NvmeOptions): Promise<NvmeResources>
     namespaces.push(ns);
     bus.provideBlockDevice(ns);
   }
+  // Counted from here: the admin commands of attach are not.
+  if (bus.incarnation === 0) controller.dropAdminSubmission = opts.dropAdminSubmission ?? 0;
   const { model, serial, firmware } = controller.identity;
   bus.note(`${model} (serial ${serial}, firmware ${firmware}): ${controller.ioQueues.length} I/O queue(s) of ${controller.ioQueues[0]?.depth}, ${interrupts === undefined ? 'polled' : `${interrupts.vectors.length} ${interrupts.type} vector(s)`}, namespaces ${namespaces.map((n) => `${n.nsid} (${n.blockCount} × ${n.blockSize} B)`).join(', ') || 'none'}`);
   return { bar, controller, io, namespaces, interrupts };

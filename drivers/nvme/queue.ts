@@ -237,6 +237,15 @@ export class QueuePair {
     handler(status, 0, cid);
   }
 
+  /** The first command ID whose deadline has passed at `now`, or -1. */
+  firstExpired(now: number): number {
+    for (let cid = 0; cid < this.depth - 1; cid++) {
+      const deadline = this.deadlines[cid]!;
+      if (deadline !== 0 && deadline <= now) return cid;
+    }
+    return -1;
+  }
+
   /** Command IDs outstanding now. */
   outstandingCids(): number[] {
     const ids: number[] = [];

@@ -7,7 +7,8 @@
  * IOVA faulting in the IOMMU, two controllers in one host, a driver crash
  * mid-I/O under supervision, and command timeouts (a command the controller
  * never sees: Abort, controller reset, re-issue; one it never completes:
- * NvmeTimeoutError at the second reset).
+ * NvmeTimeoutError at the second reset; a reset that cannot finish: a
+ * driver fault and a supervised restart; a lost admin command: a reset).
  */
 import test from 'ava';
 import { execFileSync, spawn } from 'node:child_process';
@@ -20,7 +21,7 @@ import { NbdServer } from '../../actors/nbd-server.js';
 import type { BlockDevice } from '../../drivers/block.js';
 import { NvmeNamespace } from '../../drivers/nvme/namespace.js';
 import { NvmeStatusError } from '../../drivers/nvme/errors.js';
-import { ADMIN, CNS } from '../../drivers/nvme/registers.js';
+import { ADMIN, CNS, decodeIdentifyController } from '../../drivers/nvme/registers.js';
 import { parsePciAddress } from '../../kernel/pci-address.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
 import { allocShared } from '../../shm/mapping.js';
@@ -338,13 +339,13 @@ test.serial('command timeout: a command the controller never saw (dropSubmission
   const log = notes(r, NVME0);
   for (const n of log.slice(1)) t.log(`note: ${n.message}`);
   const resetAt = log.find((n) => /controller reset: /.test(n.message))!.at;
-  const slow = requests.filter((q) => q.ended - q.started >= timeoutMs);
+  // The dropped command waits through an Abort's timeout and then the next: at least two timeouts.
+  const slow = requests.filter((q) => q.ended - q.started >= 2 * timeoutMs);
   const across = requests.filter((q) => q.started < resetAt && q.ended >= resetAt && !slow.includes(q));
   t.log(`${requests.length} requests; the lost one: ${slow.map((q) => `${q.what} in ${q.ended - q.started} ms`).join(', ')}; ${across.length} others in flight when the reset began`);
   t.deepEqual(failures, [], 'no request failed: the lost command was re-issued and completed');
   t.deepEqual(wrong, [], 'every read returned what its worker wrote');
-  t.is(slow.length, 1, 'one request (the dropped command) waited for the timeout path');
-  if (slow.length === 1) t.true(slow[0]!.ended - slow[0]!.started >= 2 * timeoutMs, 'it completed after an Abort\'s timeout and the reset, not before');
+  t.is(slow.length, 1, 'one request (the dropped command) waited for the timeout path: an Abort, then the reset');
   t.true(across.length >= 1, 'other requests were in flight on the same queue when the reset began');
   t.is(controller.aborts, 1, 'one Abort');
   t.is(controller.resets, 1, 'one controller reset');
@@ -404,6 +405,70 @@ test.serial('command timeout: a command the controller never completes (dropResu
   const fresh = fill(new Uint8Array(64 * 1024), 4444);
   await ns.write(writes[2]!.lba, fresh);
   t.is(sha256(await ns.read(writes[2]!.lba, blocks)), sha256(fresh), 'the queue is usable after, at the failed write\'s blocks too');
+  t.false(r.events.some((e) => e.type === 'fault'), 'no driver fault');
+  const report = await r.host.shutdown();
+  t.deepEqual(report.devices.map((d) => [d.outcome.kind, d.restarts]), [['stopped', 0]]);
+  t.log(`the test took ${Date.now() - testStarted} ms`);
+});
+
+test.serial('command timeout: a controller reset that cannot finish (its Create I/O CQ dropped, dropAdminSubmission) is a driver fault; the host restarts the driver, the lost request fails with NvmeGoneError, the restarted driver serves', async (t) => {
+  const timeoutMs = 1000;
+  const testStarted = Date.now();
+  // Admin commands after attach: 1 the Abort, 2 the reset's Set Features, 3 its Create I/O CQ.
+  const r = run(t, {
+    restart: { initialDelayMs: 50, maxDelayMs: 1000, maxRestarts: 2 },
+    devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 1, queueDepth: 8, commandTimeoutMs: timeoutMs, dropSubmission: 2, dropAdminSubmission: 3 } }],
+  });
+  const first = await namespace(r, 'nvme0n1');
+  // Admin commands are counted from the end of attach (Identify of the last namespace comes after the first is provided).
+  await r.until('attach', (e) => e.some((x) => x.type === 'state' && x.address === NVME0 && x.state === 'running'));
+  const blocks = 128;
+  const writes = Array.from({ length: 3 }, (_, i) => ({ lba: 40_000 + i * blocks, data: fill(new Uint8Array(blocks * 512), 9500 + i) }));
+  const settled = await bounded(6 * timeoutMs + 20_000, () => `the writes: aborts ${first.controller.aborts}, resets ${first.controller.resets}; events: ${r.events.filter((e) => e.type !== 'stats').map((e) => e.type).join(', ')}`,
+    Promise.allSettled(writes.map(({ lba, data }) => first.write(lba, data))));
+  t.deepEqual(settled.map((s) => s.status), ['fulfilled', 'rejected', 'fulfilled']);
+  t.is(((settled[1] as PromiseRejectedResult).reason as Error).name, 'NvmeGoneError', 'the dropped write failed when the host took the controller back');
+  await r.until('the restart', (e) => e.some((x) => x.type === 'state' && x.address === NVME0 && x.state === 'running' && x.incarnation === 1));
+  for (const n of notes(r, NVME0)) t.log(`note: ${n.message}`);
+  const faults = r.events.flatMap((e) => (e.type === 'fault' ? [e.fault.message] : []));
+  t.is(faults.length, 1);
+  t.regex(faults[0] ?? '', new RegExp(`Create I/O CQ \\(admin command \\d+\\) did not complete within ${timeoutMs} ms: the controller reset waiting for it cannot finish`));
+  t.regex(notes(r, NVME0).map((n) => n.message).join('\n'), /controller reset: Write \(command \d+ on queue 1\) not completed after an Abort/);
+  t.is(first.controller.resets, 1);
+  const again = await namespace(r, 'nvme0n1');
+  t.not(again, first, 'the restarted driver provides a new block device');
+  for (const i of [0, 2]) t.is(sha256(await again.read(writes[i]!.lba, blocks)), sha256(writes[i]!.data), `acknowledged write ${i} reads back`);
+  const fresh = fill(new Uint8Array(blocks * 512), 4545);
+  await again.write(writes[1]!.lba, fresh);
+  t.is(sha256(await again.read(writes[1]!.lba, blocks)), sha256(fresh), 'the restarted driver serves');
+  const report = await r.host.shutdown();
+  t.deepEqual(report.devices.map((d) => [d.outcome.kind, d.restarts]), [['stopped', 1]]);
+  t.log(`the test took ${Date.now() - testStarted} ms`);
+});
+
+test.serial('command timeout: an admin command the controller never saw (dropAdminSubmission) makes a controller reset, which fails it with NvmeGoneError; I/O and admin commands work after', async (t) => {
+  const timeoutMs = 1000;
+  const testStarted = Date.now();
+  const r = run(t, {
+    devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 1, queueDepth: 8, commandTimeoutMs: timeoutMs, dropAdminSubmission: 1 } }],
+  });
+  const ns = await namespace(r, 'nvme0n1');
+  const { controller } = ns;
+  await r.until('attach', (e) => e.some((x) => x.type === 'state' && x.address === NVME0 && x.state === 'running'));
+  const identify = await bounded(4 * timeoutMs + 10_000, () => `the Identify: resets ${controller.resets}`,
+    controller.identify(CNS.CONTROLLER, 0).then(() => undefined, (e: unknown) => e as Error));
+  for (const n of notes(r, NVME0).slice(1)) t.log(`note: ${n.message}`);
+  t.is(identify?.name, 'NvmeGoneError', 'the lost Identify failed when the reset took the old admin queue away');
+  t.regex(notes(r, NVME0).map((n) => n.message).join('\n'), new RegExp(`controller reset: Identify \\(admin command \\d+\\) not completed within ${timeoutMs} ms`));
+  t.is(controller.resets, 1);
+  t.is(controller.aborts, 0, 'no Abort for an admin command');
+  const data = fill(new Uint8Array(64 * 1024), 9700);
+  await ns.write(50_000, data);
+  t.is(sha256(await ns.read(50_000, data.length / 512)), sha256(data), 'I/O works after the reset');
+  // Two at once: each gets its own data (they share the driver's one Identify page).
+  const [identity, namespace1] = await Promise.all([controller.identify(CNS.CONTROLLER, 0), controller.identifyNamespace(1)]);
+  t.is(decodeIdentifyController(identity, controller.cap.minPageSize).serial, controller.identity.serial, 'admin commands work after the reset');
+  t.is(namespace1.blocks, ns.blockCount);
   t.false(r.events.some((e) => e.type === 'fault'), 'no driver fault');
   const report = await r.host.shutdown();
   t.deepEqual(report.devices.map((d) => [d.outcome.kind, d.restarts]), [['stopped', 0]]);
