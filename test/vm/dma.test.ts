@@ -11,7 +11,7 @@ import type { BusSpace } from '../../pci/bus-space.js';
 import { BusDma, DmaConstraintError, DmaSync } from '../../pci/bus-dma.js';
 import { PciDevice } from '../../pci/device.js';
 import { allocShared } from '../../shm/mapping.js';
-import { bench, sysfsBusMaster } from './devices.js';
+import { bench, iovaSpace, sysfsBusMaster } from './devices.js';
 import { defaultKernelPort } from '../../pci/kernel-port.js';
 import { recordingPort, type PortRecord } from '../support/recording-port.js';
 import { Interrupts } from '../../pci/intr.js';
@@ -109,7 +109,6 @@ test('edu: a DMA started with its interrupt flag ends with the DMA-done interrup
     const bar = edu.mapBar(0);
     const dma = BusDma.forDevice(edu);
     const irq = Interrupts.establish(edu, { type: 'msi' });
-    edu.enableBusMaster();
     const tag = dma.createTag({ alignment: 4096, addressLimit: EDU.DMA_LIMIT, maxSegments: 1 });
     const src = tag.allocMemory(4096);
     const dst = tag.allocMemory(4096);
@@ -251,6 +250,11 @@ test('per-map lifetime: maps unload and memory frees while edu keeps bus masteri
     if (before !== undefined) t.is(edu.kernel.dma.availableMappings(), before + 2, 'both kernel mappings went');
     t.throws(() => mem.buffer, { code: 'RELEASED' });
     t.throws(() => loaded.segments, { code: 'RELEASED' });
+    // Whatever is left at close is torn down after bus mastering is off.
+    const left = tag.allocMemory(4096);
+    tag.createMap().load(left);
+    edu.close();
+    t.true(left.freed);
   });
 });
 
@@ -292,7 +296,7 @@ test('1,000 alloc/load/unload/free cycles leave no kernel DMA mapping and no loc
     t.not(availBefore, undefined, 'the kernel reports DMA_AVAIL');
     t.is(domain.availableMappings(), availBefore);
     t.is(dma.mappingCount, 0);
-    t.is(dma.iova.allocations, 0);
+    t.is(iovaSpace(edu).allocations, 0);
     t.is(lockedHeld - lockedBefore, 64, 'VFIO accounts pinned pages in VmLck');
     t.is(vmLckKiB(), lockedBefore);
   });

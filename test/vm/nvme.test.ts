@@ -22,11 +22,13 @@ import type { BlockDevice } from '../../drivers/block.js';
 import { NvmeNamespace } from '../../drivers/nvme/namespace.js';
 import { NvmeStatusError } from '../../drivers/nvme/errors.js';
 import { ADMIN, CNS, decodeIdentifyController } from '../../drivers/nvme/registers.js';
-import { parsePciAddress } from '../../kernel/pci-address.js';
+import { parsePciAddress, type PciAddress } from '../../kernel/pci-address.js';
+import { BusDma } from '../../pci/bus-dma.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
+import { PciDevice } from '../../pci/device.js';
 import { allocShared } from '../../shm/mapping.js';
 import { defaultDevices } from '../../vm/bench.js';
-import { bench, sysfsConfig } from './devices.js';
+import { bench, iovaSpace, sysfsConfig } from './devices.js';
 import { run, type Run } from './host-run.js';
 
 const NVME0 = parsePciAddress(bench.nvme);
@@ -107,10 +109,28 @@ async function bounded<T>(ms: number, what: () => string, work: Promise<T>): Pro
   }
 }
 
+/** A run whose devices the test reaches, for their bus_dma and IOVA space (a driver's tags reach neither). */
+function runOpened(t: Parameters<typeof run>[0], config: unknown): { r: Run; opened: (address: PciAddress) => PciDevice } {
+  const devices = new Map<PciAddress, PciDevice>();
+  const r = run(t, config, {
+    open: (address) => {
+      const device = PciDevice.open(address);
+      devices.set(address, device);
+      return device;
+    },
+  });
+  const opened = (address: PciAddress) => {
+    const device = devices.get(address);
+    if (device === undefined) throw new Error(`the host never opened ${address}`);
+    return device;
+  };
+  return { r, opened };
+}
+
 const submitted = (ns: NvmeNamespace) => ns.controller.ioQueues.reduce((n, q) => n + q.submitted, 0);
 
 test.serial('two controllers in one host: Identify matches the QEMU command line; 64 MiB of mixed-size I/O reads back and the backing file holds the same bytes; bad input never reaches the controller; maps unload while the controller works; a DMA to a freed IOVA faults', async (t) => {
-  const r = run(t, {
+  const { r, opened } = runOpened(t, {
     devices: [
       { address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 2, queueDepth: 64 } },
       { address: NVME1, name: 'nvme1', driver: 'nvme', options: { ioQueues: 1, polled: true } },
@@ -194,7 +214,8 @@ test.serial('two controllers in one host: Identify matches the QEMU command line
   t.is(submitted(ns1), before, 'no refused request reached the controller');
 
   // --- Per-request maps unloaded at completion while other commands are in flight, bus mastering on throughout.
-  const dma = ns1.controller.tag.dma;
+  const nvme0 = opened(NVME0);
+  const dma = BusDma.forDevice(nvme0);
   const mappings = dma.mappingCount;
   const probe = fill(new Uint8Array(MiB), 99);
   await ns1.write(0, probe);
@@ -210,14 +231,14 @@ test.serial('two controllers in one host: Identify matches the QEMU command line
   });
   t.true(inFlightPeak > 1, `several per-request maps were loaded at once (peak ${inFlightPeak})`);
   t.is(dma.mappingCount, mappings, 'every per-request map was unloaded at its completion');
-  t.true(dma.iova.quarantined > 0, 'their IOVAs are in quarantine');
+  t.true(iovaSpace(nvme0).quarantined > 0, 'their IOVAs are in quarantine');
 
   // --- A device told to DMA to a freed IOVA faults in the IOMMU; nothing else changes.
   const stale = new Uint8Array(allocShared(4096)).fill(0xa5);
   const map = ns1.controller.tag.createMap(4096).load(stale.buffer as SharedArrayBuffer);
   const freedIova = map.busAddress(0);
   map.unload();
-  t.true(dma.iova.isQuarantined(BigInt(freedIova)));
+  t.true(iovaSpace(nvme0).isQuarantined(BigInt(freedIova)));
   const faultsBefore = kernelLog().split('\n').filter((l) => l.includes(`fault addr 0x${freedIova.toString(16)}`)).length;
   // QEMU 7.2's nvme ignores the DMA's failure for Identify (dma_buf_read's result is dropped) and completes it
   // successfully: what matters is that the IOMMU stopped the write.
@@ -288,13 +309,13 @@ const notes = (r: Run, address: string) => r.events.flatMap((e) => (e.type === '
 test.serial('command timeout: a command the controller never saw (dropSubmission) gets an Abort, then a controller reset re-issues it; it and the commands in flight around it complete with the right data, no map stays loaded, the queue is usable after', async (t) => {
   const timeoutMs = 1500;
   const testStarted = Date.now();
-  const r = run(t, {
+  const { r, opened } = runOpened(t, {
     devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 1, queueDepth: 16, commandTimeoutMs: timeoutMs, dropSubmission: 24 } }],
   });
   const ns = await namespace(r, 'nvme0n1');
   const { controller } = ns;
   const queue = controller.ioQueues[0]!;
-  const dma = controller.tag.dma;
+  const dma = BusDma.forDevice(opened(NVME0));
   const mappings = dma.mappingCount;
   const blocks = 128; // 64 KiB per request
   const bytes = blocks * 512;
@@ -368,13 +389,13 @@ test.serial('command timeout: a command the controller never saw (dropSubmission
 test.serial('command timeout: a command the controller never completes (dropResubmissions) fails with NvmeTimeoutError at the second controller reset; the requests beside it complete, no map stays loaded, the queue is usable after', async (t) => {
   const timeoutMs = 1000;
   const testStarted = Date.now();
-  const r = run(t, {
+  const { r, opened } = runOpened(t, {
     devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 1, queueDepth: 8, commandTimeoutMs: timeoutMs, dropSubmission: 3, dropResubmissions: true } }],
   });
   const ns = await namespace(r, 'nvme0n1');
   const { controller } = ns;
   const queue = controller.ioQueues[0]!;
-  const dma = controller.tag.dma;
+  const dma = BusDma.forDevice(opened(NVME0));
   const mappings = dma.mappingCount;
   const blocks = 128;
   // Six writes submitted at once (each one command, in call order): the third is the one the controller never sees.
