@@ -2,9 +2,10 @@
  * An NVMe controller: reset and enable (bounded by CAP.TO), the admin queue,
  * Identify, Set Features (number of queues), I/O queue pairs, command
  * timeouts (Abort, then a controller reset that submits every outstanding
- * command again), and shutdown (CC.SHN). The block layer (namespace.ts)
- * submits through ioQueue(); completions are reaped by interrupts (one
- * vector per queue when MSI-X has enough, else shared) or by polling.
+ * command again; a second reset fails the command), and shutdown (CC.SHN).
+ * The block layer (namespace.ts) submits through ioQueue(); completions are
+ * reaped by interrupts (one vector per queue when MSI-X has enough, else
+ * shared) or by polling.
  */
 import type { DriverDma, DmaTag } from '../../pci/bus-dma.js';
 import type { BusSpace } from '../../pci/bus-space.js';
@@ -53,9 +54,10 @@ const STATUS_TIMED_OUT = 0x7ffe;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export function statusError(command: string, status: number): Error {
+/** The typed error for a completion status; `timeoutMs` is the controller's command timeout (for a timed-out command's message). */
+export function statusError(command: string, status: number, timeoutMs: number): Error {
   if (status === STATUS_GONE) return new NvmeGoneError(command, 'the controller was reset or the driver detached before it completed');
-  if (status === STATUS_TIMED_OUT) return new NvmeTimeoutError(command, 0, 'neither an Abort nor a controller reset completed it');
+  if (status === STATUS_TIMED_OUT) return new NvmeTimeoutError(command, timeoutMs, 'an Abort did not complete it, nor its re-issue after a controller reset; a second reset gave up on it');
   return new NvmeStatusError(command, (status >>> 8) & 0x7, status & 0xff, (status & 0x4000) !== 0);
 }
 
@@ -71,14 +73,31 @@ export class NvmeController {
   private identifyPage!: { pool: import('../../pci/dma-pool.js').DmaPool; view: Uint8Array };
   private gone: string | undefined;
   private resetting: Promise<void> | undefined;
-  /** Controller resets the timeout path did. */
+  /** The last Identify, which the next one waits for. */
+  private identifying: Promise<unknown> = Promise.resolve();
+  /** When the running reset started (performance.now() ms). */
+  private resetStarted = 0;
+  /** Controller resets the timeout path did, Aborts it sent, commands it failed with NvmeTimeoutError. */
   resets = 0;
   aborts = 0;
+  timedOut = 0;
+  /**
+   * Fault injection (test only): the Nth I/O command is dropped
+   * (QueuePair.dropCid), and the Nth admin command counted from when
+   * dropAdminSubmission is set (the driver sets it after attach); 0: none.
+   */
+  dropSubmission = 0;
+  dropResubmissions = false;
+  dropAdminSubmission = 0;
+  private ioSubmissions = 0;
+  private adminSubmissions = 0;
 
   constructor(
     private readonly bar: BusSpace,
     private readonly dma: DriverDma,
     readonly options: ControllerOptions,
+    /** Where timeouts, Aborts and resets are told (the host's note events). */
+    private readonly note: (message: string) => void,
   ) {
     this.cap = decodeCap(bar.read4(REG.CAP), bar.read4(REG.CAP + 4));
     if (!this.cap.nvmCommandSet) throw new Error('nvme: the controller does not support the NVM command set (CAP.CSS)');
@@ -158,11 +177,16 @@ export class NvmeController {
     await this.adminCommand(ADMIN.CREATE_SQ, 0, q.sqBusAddress, 0, ((q.depth - 1) << 16) | q.id, (q.id << 16) | 1, 0);
   }
 
-  async identify(cns: number, nsid: number): Promise<Uint8Array> {
-    this.identifyPage.view.fill(0);
-    await this.adminCommand(ADMIN.IDENTIFY, nsid, this.identifyPage.pool.busAddresses[0]!, 0, cns, 0, 0);
-    this.identifyPage.pool.sync(0x02, 0);
-    return this.identifyPage.view.slice();
+  /** Identify data (a copy). One at a time: they share one DMA page (a caller's Identify during attach once garbled a namespace's). */
+  identify(cns: number, nsid: number): Promise<Uint8Array> {
+    const data = this.identifying.then(async () => {
+      this.identifyPage.view.fill(0);
+      await this.adminCommand(ADMIN.IDENTIFY, nsid, this.identifyPage.pool.busAddresses[0]!, 0, cns, 0, 0);
+      this.identifyPage.pool.sync(0x02, 0);
+      return this.identifyPage.view.slice();
+    });
+    this.identifying = data.catch(() => undefined);
+    return data;
   }
 
   async identifyNamespace(nsid: number): Promise<NamespaceIdentity> {
@@ -174,7 +198,7 @@ export class NvmeController {
     return new Promise<Completion>((resolve, reject) => {
       this.submitTo(this.admin, true, opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12, 0, (status, dw0) => {
         if (status === 0) resolve({ dw0 });
-        else reject(statusError(commandName(true, opcode), status));
+        else reject(statusError(commandName(true, opcode), status, this.options.commandTimeoutMs));
       }, reject);
     });
   }
@@ -204,6 +228,10 @@ export class NvmeController {
     }
     const cid = q.allocCid();
     if (cid < 0) return SUBMIT_FULL;
+    if (admin ? this.dropAdminSubmission > 0 && ++this.adminSubmissions === this.dropAdminSubmission : ++this.ioSubmissions === this.dropSubmission) {
+      q.dropCid = cid;
+      q.dropResubmissions = !admin && this.dropResubmissions;
+    }
     q.submit(cid, opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12, cdw13, handler, performance.now() + this.options.commandTimeoutMs);
     if (q.vector < 0 || q === this.admin) this.kickPoller();
     return cid;
@@ -218,6 +246,11 @@ export class NvmeController {
   /** Where a throw while reaping goes (the driver machine turns it into a crash). */
   setFaultSink(sink: (e: unknown) => void): void {
     this.faultSink = sink;
+  }
+
+  private fault(e: unknown): void {
+    if (this.faultSink === undefined) throw e;
+    this.faultSink(e);
   }
 
   /** From now on interrupt-driven queues are reaped by interrupts only. */
@@ -253,8 +286,7 @@ export class NvmeController {
         if (q.outstanding > 0) busy = true;
       }
     } catch (e) {
-      if (this.faultSink === undefined) throw e;
-      this.faultSink(e);
+      this.fault(e);
       return;
     }
     if (busy && this.gone === undefined) this.pollTimer = setImmediate(this.poll);
@@ -264,29 +296,50 @@ export class NvmeController {
 
   /**
    * Called periodically: a command past its deadline gets an Abort; one
-   * still outstanding past the next deadline (or whose Abort could not be
-   * sent) makes the controller reset, which submits every outstanding
-   * command again; a command that went through two resets fails with
-   * NvmeTimeoutError.
+   * still outstanding past the next deadline (or whose Abort failed) makes
+   * the controller reset, which submits every outstanding command again; a
+   * re-issued command past its deadline makes a second reset, which fails
+   * it with NvmeTimeoutError instead (the controller is stopped then, so
+   * its command ID and buffer can be reused safely). An admin command past
+   * its deadline makes a reset (which fails it with NvmeGoneError); one the
+   * reset itself submitted is a driver fault, as the reset cannot finish:
+   * the host resets the device and restarts the driver.
    */
   checkTimeouts(now: number): void {
-    if (this.gone !== undefined || this.resetting !== undefined) return;
+    if (this.gone !== undefined) return;
+    const timeout = this.options.commandTimeoutMs;
+    const stuck = this.admin.firstExpired(now);
+    const stuckName = stuck < 0 ? '' : `${commandName(true, this.admin.opcodeOf(stuck))} (admin command ${stuck})`;
+    if (this.resetting !== undefined) {
+      // Only the reset's own commands (submitted after it started): the older ones go with the old admin queue.
+      if (stuck >= 0 && this.admin.deadlines[stuck]! > this.resetStarted + timeout) {
+        this.admin.deadlines[stuck] = 0; // one fault
+        this.fault(new NvmeTimeoutError(stuckName, timeout, 'the controller reset waiting for it cannot finish'));
+      }
+      return;
+    }
+    if (stuck >= 0) {
+      this.recover(`${stuckName} not completed within ${timeout} ms`);
+      return;
+    }
     for (const q of this.io) {
       for (let cid = 0; cid < q.depth - 1; cid++) {
         const deadline = q.deadlines[cid]!;
         if (deadline === 0 || deadline > now) continue;
-        if (q.retries[cid]! >= 2) {
-          q.cancel(cid, STATUS_TIMED_OUT);
-          continue;
-        }
+        const what = `${commandName(false, q.opcodeOf(cid))} (command ${cid} on queue ${q.id})`;
         if (q.retries[cid] === 0) {
           q.retries[cid] = 1;
-          q.deadlines[cid] = now + this.options.commandTimeoutMs;
+          q.deadlines[cid] = now + timeout;
           this.aborts++;
-          this.adminCommand(ADMIN.ABORT, 0, 0, 0, (cid << 16) | q.id, 0, 0).catch(() => this.reset('an Abort failed'));
+          this.note(`${what} not completed within ${timeout} ms: Abort sent`);
+          this.adminCommand(ADMIN.ABORT, 0, 0, 0, (cid << 16) | q.id, 0, 0).then(
+            // Abort's DW0 bit 0: 1 when the controller did not abort the command.
+            ({ dw0 }) => this.note(`Abort of ${what}: ${(dw0 & 1) === 0 ? 'aborted' : 'not aborted by the controller'}`),
+            (e: unknown) => this.recover(`the Abort of ${what} failed: ${e instanceof Error ? e.message : String(e)}`),
+          );
           continue;
         }
-        void this.reset(`${commandName(false, q.opcodeOf(cid))} (command ${cid} on queue ${q.id}) timed out after an Abort`);
+        this.recover(`${what} ${q.retries[cid] === 1 ? 'not completed after an Abort' : 'not completed after its re-issue'}`);
         return;
       }
     }
@@ -297,25 +350,52 @@ export class NvmeController {
     return (status & 0x7ff) === SC_ABORT_REQUESTED;
   }
 
+  /** A reset from the timeout path; a reset that fails is a driver fault (the host restarts the driver, which resets the device). */
+  private recover(reason: string): void {
+    this.reset(reason).catch((e: unknown) => {
+      if (this.gone === undefined) this.fault(e);
+    });
+  }
+
   /**
-   * Controller reset and re-issue: disable, enable with the same rings,
-   * create the I/O queues again, submit every outstanding command again.
+   * Controller reset and re-issue: hold the I/O queues (what is submitted
+   * meanwhile waits), disable, handle what the controller completed before
+   * it stopped (as Linux's nvme_reap_pending_cqes), enable with the same
+   * rings, create the I/O queues again, fail the commands that had been
+   * re-issued once already and timed out again, submit every other
+   * outstanding command again.
    */
   reset(reason: string): Promise<void> {
     this.resetting ??= (async () => {
+      const started = performance.now();
+      this.resetStarted = started;
       this.resets++;
+      this.note(`controller reset: ${reason}`);
+      for (const q of this.io) q.hold();
       await this.disable();
+      for (const q of [this.admin, ...this.io]) q.reap();
       for (const q of [this.admin, ...this.io]) q.restart();
       // Admin commands outstanding across the reset are lost with the old admin queue.
       for (const cid of this.admin.outstandingCids()) this.admin.cancel(cid, STATUS_GONE);
       await this.enable();
       await this.adminCommand(ADMIN.SET_FEATURES, 0, 0, 0, FEATURE.NUMBER_OF_QUEUES, ((this.io.length - 1) << 16) | (this.io.length - 1), 0);
       const deadline = performance.now() + this.options.commandTimeoutMs;
+      let again = 0;
+      let held = 0;
+      let failed = 0;
       for (const q of this.io) {
         await this.createIoQueue(q);
-        q.resubmitOutstanding(deadline);
+        for (const cid of q.outstandingCids()) {
+          if (q.retries[cid]! < 2 || q.deadlines[cid]! > started) continue;
+          q.cancel(cid, STATUS_TIMED_OUT);
+          failed++;
+        }
+        const posted = q.resubmitOutstanding(deadline);
+        again += posted.again;
+        held += posted.held;
       }
-      void reason;
+      this.timedOut += failed;
+      this.note(`controller reset done in ${Math.round(performance.now() - started)} ms: ${again} command(s) submitted again, ${held} submitted during the reset posted${failed > 0 ? `, ${failed} failed (timed out after their re-issue)` : ''}`);
     })().finally(() => (this.resetting = undefined));
     return this.resetting;
   }

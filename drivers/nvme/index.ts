@@ -20,8 +20,17 @@ const options = {
   maxTransferKiB: { type: 'integer', min: 4, max: 2048, default: 128, doc: 'largest transfer of one command (also capped by the controller\'s MDTS); larger requests are split' },
   interrupt: { type: 'enum', values: ['best', 'msix', 'msi', 'intx'], default: 'best', doc: 'interrupt type: "best" is one MSI-X vector per queue, else MSI, else INTx' },
   polled: { type: 'boolean', default: false, doc: 'reap completions by polling instead of interrupts (the CQs are created without interrupts)' },
-  commandTimeoutMs: { type: 'integer', min: 10, max: 600_000, default: 30_000, doc: 'a command not completed within this is aborted; still not, the controller is reset and the command submitted again' },
+  commandTimeoutMs: { type: 'integer', min: 10, max: 600_000, default: 30_000, doc: 'a command not completed within this is aborted; still not, the controller is reset and the command submitted again; that not completed in time either, a second reset fails it with NvmeTimeoutError' },
   failAfterCompletions: { type: 'integer', min: 1, doc: 'test/fault injection: the first incarnation\'s completion handler throws at the Nth I/O completion' },
+  dropSubmission: {
+    type: 'integer', min: 1,
+    doc: 'test/fault injection: the first incarnation\'s Nth I/O command is recorded but never reaches the submission queue (as if its doorbell write were lost), so only the timeout path (Abort, controller reset, re-issue) completes it',
+  },
+  dropResubmissions: { type: 'boolean', default: false, doc: 'test/fault injection: with dropSubmission, the dropped command\'s re-issues are dropped too, so it must fail with NvmeTimeoutError' },
+  dropAdminSubmission: {
+    type: 'integer', min: 1,
+    doc: 'test/fault injection: the first incarnation\'s Nth admin command after attach (Aborts and the commands of a controller reset) never reaches the admin queue',
+  },
 } as const;
 
 export type NvmeOptions = OptionsOf<typeof options>;
@@ -56,7 +65,7 @@ async function attach(bus: DriverBus, opts: NvmeOptions): Promise<NvmeResources>
     commandTimeoutMs: opts.commandTimeoutMs,
     vectors: interrupts?.vectors.length ?? 0,
     polled: opts.polled,
-  });
+  }, (message) => bus.note(message));
   let io: IoQueues | undefined;
   // Whatever is in flight when the host takes the device back fails at once, and nothing new is submitted.
   bus.onRelease(() => {
@@ -68,7 +77,11 @@ async function attach(bus: DriverBus, opts: NvmeOptions): Promise<NvmeResources>
   const mdts = controller.identity.maxTransferBytes;
   const chunkBytes = Math.min(opts.maxTransferKiB * 1024, mdts === 0 ? Infinity : mdts, PRPS_PER_PAGE * PAGE);
   io = new IoQueues(controller, chunkBytes);
-  if (bus.incarnation === 0) io.failAt = opts.failAfterCompletions;
+  if (bus.incarnation === 0) {
+    io.failAt = opts.failAfterCompletions;
+    controller.dropSubmission = opts.dropSubmission ?? 0;
+    controller.dropResubmissions = opts.dropResubmissions;
+  }
   const namespaces: NvmeNamespace[] = [];
   for (const nsid of controller.namespaceIds) {
     const identity = await controller.identifyNamespace(nsid);
@@ -80,6 +93,8 @@ async function attach(bus: DriverBus, opts: NvmeOptions): Promise<NvmeResources>
     namespaces.push(ns);
     bus.provideBlockDevice(ns);
   }
+  // Counted from here: the admin commands of attach are not.
+  if (bus.incarnation === 0) controller.dropAdminSubmission = opts.dropAdminSubmission ?? 0;
   const { model, serial, firmware } = controller.identity;
   bus.note(`${model} (serial ${serial}, firmware ${firmware}): ${controller.ioQueues.length} I/O queue(s) of ${controller.ioQueues[0]?.depth}, ${interrupts === undefined ? 'polled' : `${interrupts.vectors.length} ${interrupts.type} vector(s)`}, namespaces ${namespaces.map((n) => `${n.nsid} (${n.blockCount} × ${n.blockSize} B)`).join(', ') || 'none'}`);
   return { bar, controller, io, namespaces, interrupts };

@@ -193,7 +193,7 @@ export class NvmeNamespace implements BlockDevice {
           io.inFlight.delete(fail);
           io.drain();
           io.completed();
-          const error = status === 0 ? undefined : statusError(commandName(false, opcode), status);
+          const error = status === 0 ? undefined : statusError(commandName(false, opcode), status, io.controller.options.commandTimeoutMs);
           this.report(op, lba, blocks, error, started);
           if (error === undefined) resolve();
           else reject(error);
@@ -260,7 +260,7 @@ export class NvmeNamespace implements BlockDevice {
             }
             if (status === 0 && direct === undefined && op === 'read') buffer.set(bounce.subarray(0, bytes), offset);
             io.drain();
-            finish(status === 0 ? undefined : statusError(commandName(false, opcode), status));
+            finish(status === 0 ? undefined : statusError(commandName(false, opcode), status, io.controller.options.commandTimeoutMs));
             io.completed();
           };
           return io.controller.submitTo(q, false, opcode, this.nsid, bus, prp2, slba >>> 0, Math.floor(slba / 2 ** 32), n - 1, 0, handler, (e) => finish(e)) !== SUBMIT_FULL;

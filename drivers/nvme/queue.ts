@@ -7,7 +7,9 @@
  * ring's Uint32Array, its completion handler is a function the caller keeps
  * (the block layer's are preallocated per command ID), and reaping reads the
  * CQ ring in place. A copy of each outstanding command stays in `shadow` so
- * a controller reset can submit it again.
+ * a controller reset can submit it again; while the reset runs the queue is
+ * held: commands are recorded but reach the ring only once the controller
+ * has the queue again (resubmitOutstanding).
  */
 import type { BusSpace } from '../../pci/bus-space.js';
 import type { DmaPool } from '../../pci/dma-pool.js';
@@ -36,6 +38,9 @@ export class QueuePair {
   readonly deadlines: Float64Array;
   /** Per command ID: aborts and resets it went through. */
   readonly retries: Uint8Array;
+  /** Per command ID: 1 when it was submitted while the queue was held (not yet in the ring). */
+  private readonly unposted: Uint8Array;
+  private held = false;
   private readonly freeCids: Int32Array;
   private freeCount: number;
   private sqTail = 0;
@@ -46,6 +51,14 @@ export class QueuePair {
   /** Commands submitted and completed over the queue's life. */
   submitted = 0;
   completed = 0;
+  /**
+   * Fault injection (test only): this command ID is recorded as submitted
+   * but never written to the ring nor its doorbell rung, as if the doorbell
+   * write were lost, so only the timeout path can complete it; -1: none.
+   */
+  dropCid = -1;
+  /** Fault injection: dropCid's re-issues after a reset are dropped too (a command the controller never completes). */
+  dropResubmissions = false;
 
   constructor(
     private readonly bar: BusSpace,
@@ -68,6 +81,7 @@ export class QueuePair {
     this.handlers = new Array<CompletionHandler | undefined>(depth - 1).fill(undefined);
     this.deadlines = new Float64Array(depth - 1);
     this.retries = new Uint8Array(depth - 1);
+    this.unposted = new Uint8Array(depth - 1);
     this.freeCids = new Int32Array(depth - 1);
     for (let i = 0; i < depth - 1; i++) this.freeCids[i] = depth - 2 - i;
     this.freeCount = depth - 1;
@@ -154,8 +168,16 @@ export class QueuePair {
     this.post(cid);
   }
 
-  /** Copies command `cid` from the shadow to the SQ tail and rings the doorbell. */
+  /** Copies command `cid` from the shadow to the SQ tail and rings the doorbell (held: later, by resubmitOutstanding). */
   private post(cid: number): void {
+    if (this.held) {
+      this.unposted[cid] = 1;
+      return;
+    }
+    if (cid === this.dropCid) {
+      if (!this.dropResubmissions) this.dropCid = -1;
+      return;
+    }
     const from = cid * WORDS_PER_SQE;
     const to = this.sqTail * WORDS_PER_SQE;
     for (let i = 0; i < WORDS_PER_SQE; i++) this.sqWords[to + i] = this.shadow[from + i]!;
@@ -209,8 +231,19 @@ export class QueuePair {
     if (handler === undefined) return;
     this.handlers[cid] = undefined;
     this.deadlines[cid] = 0;
+    this.unposted[cid] = 0;
+    if (cid === this.dropCid) this.dropCid = -1;
     this.freeCids[this.freeCount++] = cid;
     handler(status, 0, cid);
+  }
+
+  /** The first command ID whose deadline has passed at `now`, or -1. */
+  firstExpired(now: number): number {
+    for (let cid = 0; cid < this.depth - 1; cid++) {
+      const deadline = this.deadlines[cid]!;
+      if (deadline !== 0 && deadline <= now) return cid;
+    }
+    return -1;
   }
 
   /** Command IDs outstanding now. */
@@ -218,6 +251,11 @@ export class QueuePair {
     const ids: number[] = [];
     for (let cid = 0; cid < this.depth - 1; cid++) if (this.handlers[cid] !== undefined) ids.push(cid);
     return ids;
+  }
+
+  /** From a controller reset's start: submissions are recorded, not posted, until resubmitOutstanding. */
+  hold(): void {
+    this.held = true;
   }
 
   /** After a controller reset: empty rings (the outstanding commands stay, for resubmitOutstanding). */
@@ -228,13 +266,27 @@ export class QueuePair {
     this.cqWords.fill(0);
   }
 
-  /** Submits every outstanding command again (once the queue exists in the controller again). */
-  resubmitOutstanding(deadline: number): void {
+  /**
+   * Once the queue exists in the controller again: submits every
+   * outstanding command (again, counted as a retry; or for the first time,
+   * when it came while the queue was held): how many of each.
+   */
+  resubmitOutstanding(deadline: number): { again: number; held: number } {
+    this.held = false;
+    let again = 0;
+    let held = 0;
     for (const cid of this.outstandingCids()) {
-      this.retries[cid]!++;
+      if (this.unposted[cid] === 1) {
+        this.unposted[cid] = 0;
+        held++;
+      } else {
+        this.retries[cid]!++;
+        again++;
+      }
       this.deadlines[cid] = deadline;
       this.post(cid);
     }
+    return { again, held };
   }
 
   /** Submits one outstanding command again (its abort completed it). */

@@ -4,8 +4,11 @@
  * Identify against the command line, 64 MiB of mixed-size I/O checked
  * against the host's backing file, bad input refused before the controller,
  * per-request maps unloaded while the controller works and a DMA to a freed
- * IOVA faulting in the IOMMU, two controllers in one host, and a driver
- * crash mid-I/O under supervision.
+ * IOVA faulting in the IOMMU, two controllers in one host, a driver crash
+ * mid-I/O under supervision, and command timeouts (a command the controller
+ * never sees: Abort, controller reset, re-issue; one it never completes:
+ * NvmeTimeoutError at the second reset; a reset that cannot finish: a
+ * driver fault and a supervised restart; a lost admin command: a reset).
  */
 import test from 'ava';
 import { execFileSync, spawn } from 'node:child_process';
@@ -18,7 +21,7 @@ import { NbdServer } from '../../actors/nbd-server.js';
 import type { BlockDevice } from '../../drivers/block.js';
 import { NvmeNamespace } from '../../drivers/nvme/namespace.js';
 import { NvmeStatusError } from '../../drivers/nvme/errors.js';
-import { ADMIN, CNS } from '../../drivers/nvme/registers.js';
+import { ADMIN, CNS, decodeIdentifyController } from '../../drivers/nvme/registers.js';
 import { parsePciAddress, type PciAddress } from '../../kernel/pci-address.js';
 import { BusDma } from '../../pci/bus-dma.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
@@ -106,22 +109,32 @@ async function bounded<T>(ms: number, what: () => string, work: Promise<T>): Pro
   }
 }
 
+/** A run whose devices the test reaches, for their bus_dma and IOVA space (a driver's tags reach neither). */
+function runOpened(t: Parameters<typeof run>[0], config: unknown): { r: Run; opened: (address: PciAddress) => PciDevice } {
+  const devices = new Map<PciAddress, PciDevice>();
+  const r = run(t, config, {
+    open: (address) => {
+      const device = PciDevice.open(address);
+      devices.set(address, device);
+      return device;
+    },
+  });
+  const opened = (address: PciAddress) => {
+    const device = devices.get(address);
+    if (device === undefined) throw new Error(`the host never opened ${address}`);
+    return device;
+  };
+  return { r, opened };
+}
+
 const submitted = (ns: NvmeNamespace) => ns.controller.ioQueues.reduce((n, q) => n + q.submitted, 0);
 
 test.serial('two controllers in one host: Identify matches the QEMU command line; 64 MiB of mixed-size I/O reads back and the backing file holds the same bytes; bad input never reaches the controller; maps unload while the controller works; a DMA to a freed IOVA faults', async (t) => {
-  // The host's devices, for their bus_dma and IOVA space (a driver's tags reach neither).
-  const opened = new Map<PciAddress, PciDevice>();
-  const r = run(t, {
+  const { r, opened } = runOpened(t, {
     devices: [
       { address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 2, queueDepth: 64 } },
       { address: NVME1, name: 'nvme1', driver: 'nvme', options: { ioQueues: 1, polled: true } },
     ],
-  }, {
-    open: (address) => {
-      const device = PciDevice.open(address);
-      opened.set(address, device);
-      return device;
-    },
   });
   const ns1 = await namespace(r, 'nvme0n1');
   const ns2 = await namespace(r, 'nvme0n2');
@@ -201,8 +214,7 @@ test.serial('two controllers in one host: Identify matches the QEMU command line
   t.is(submitted(ns1), before, 'no refused request reached the controller');
 
   // --- Per-request maps unloaded at completion while other commands are in flight, bus mastering on throughout.
-  const nvme0 = opened.get(NVME0);
-  if (nvme0 === undefined) throw new Error('the host never opened nvme0');
+  const nvme0 = opened(NVME0);
   const dma = BusDma.forDevice(nvme0);
   const mappings = dma.mappingCount;
   const probe = fill(new Uint8Array(MiB), 99);
@@ -289,6 +301,199 @@ test.serial('fault injection: the driver throws mid-I/O (INTx); after the superv
   t.is(sha256(await again.read(100_000, 8)), sha256(fresh), 'the queue is usable after the restart');
   const report = await r.host.shutdown();
   t.is(report.devices[0]!.restarts, 1);
+});
+
+/** The host's notes for `address` so far. */
+const notes = (r: Run, address: string) => r.events.flatMap((e) => (e.type === 'note' && e.address === address ? [e] : []));
+
+test.serial('command timeout: a command the controller never saw (dropSubmission) gets an Abort, then a controller reset re-issues it; it and the commands in flight around it complete with the right data, no map stays loaded, the queue is usable after', async (t) => {
+  const timeoutMs = 1500;
+  const testStarted = Date.now();
+  const { r, opened } = runOpened(t, {
+    devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 1, queueDepth: 16, commandTimeoutMs: timeoutMs, dropSubmission: 24 } }],
+  });
+  const ns = await namespace(r, 'nvme0n1');
+  const { controller } = ns;
+  const queue = controller.ioQueues[0]!;
+  const dma = BusDma.forDevice(opened(NVME0));
+  const mappings = dma.mappingCount;
+  const blocks = 128; // 64 KiB per request
+  const bytes = blocks * 512;
+  const requests: { what: string; started: number; ended: number }[] = [];
+  const wrong: string[] = [];
+  const failures: string[] = [];
+  let stop = false;
+  const progress = () => `submitted ${queue.submitted}, completed ${queue.completed}, outstanding ${queue.outstanding}; aborts ${controller.aborts}, resets ${controller.resets}; ${requests.length} requests done; notes: ${notes(r, NVME0).map((n) => n.message).join(' | ')}`;
+  /** Times one request; a rejection is recorded (the contract says the lost command completes, so none may fail). */
+  const timed = async <T>(what: string, request: () => Promise<T>): Promise<T | undefined> => {
+    const started = Date.now();
+    try {
+      return await request();
+    } catch (e) {
+      failures.push(`${what}: ${(e as Error).name}: ${(e as Error).message}`);
+      return undefined;
+    } finally {
+      requests.push({ what, started, ended: Date.now() });
+    }
+  };
+  // Eight workers keep the queue busy, each writing its own 256 KiB region and reading back what it wrote, half of
+  // the requests over shared memory (a per-request map each), until the controller reset is over.
+  const worker = async (w: number) => {
+    const source = new Uint8Array(allocShared(bytes));
+    const into = new Uint8Array(allocShared(bytes));
+    for (let round = 0; !stop; round++) {
+      const lba = 8192 + w * 512 + (round % 4) * blocks;
+      const direct = (w + round) % 2 === 0;
+      const data = fill(direct ? source : new Uint8Array(bytes), 7000 + w * 1000 + round);
+      await timed(`worker ${w} round ${round}: write at ${lba}`, () => ns.write(lba, data));
+      const back = await timed(`worker ${w} round ${round}: read at ${lba}`, () => (direct ? ns.read(lba, blocks, into) : ns.read(lba, blocks)));
+      if (back !== undefined && sha256(back) !== sha256(data)) wrong.push(`worker ${w} round ${round} at LBA ${lba}`);
+    }
+  };
+  const workers = Promise.all(Array.from({ length: 8 }, (_, w) => worker(w)));
+  try {
+    await r.until('the controller reset after the dropped command\'s Abort', (events) => events.some((e) => e.type === 'note' && /controller reset done/.test(e.message)), 8 * timeoutMs + 20_000);
+  } finally {
+    stop = true;
+    await bounded(10_000, () => `the workers to finish their rounds: ${progress()}`, workers);
+  }
+  const log = notes(r, NVME0);
+  for (const n of log.slice(1)) t.log(`note: ${n.message}`);
+  const resetAt = log.find((n) => /controller reset: /.test(n.message))!.at;
+  // The dropped command waits through an Abort's timeout and then the next: at least two timeouts.
+  const slow = requests.filter((q) => q.ended - q.started >= 2 * timeoutMs);
+  const across = requests.filter((q) => q.started < resetAt && q.ended >= resetAt && !slow.includes(q));
+  t.log(`${requests.length} requests; the lost one: ${slow.map((q) => `${q.what} in ${q.ended - q.started} ms`).join(', ')}; ${across.length} others in flight when the reset began`);
+  t.deepEqual(failures, [], 'no request failed: the lost command was re-issued and completed');
+  t.deepEqual(wrong, [], 'every read returned what its worker wrote');
+  t.is(slow.length, 1, 'one request (the dropped command) waited for the timeout path: an Abort, then the reset');
+  t.true(across.length >= 1, 'other requests were in flight on the same queue when the reset began');
+  t.is(controller.aborts, 1, 'one Abort');
+  t.is(controller.resets, 1, 'one controller reset');
+  t.is(controller.timedOut, 0, 'nothing failed with NvmeTimeoutError');
+  t.regex(log.map((n) => n.message).join('\n'), new RegExp(`not completed within ${timeoutMs} ms: Abort sent`), 'the timeout is reported');
+  t.regex(log.map((n) => n.message).join('\n'), /controller reset: .* not completed after an Abort/, 'the reset and its reason are reported');
+  const reissued = /(\d+) command\(s\) submitted again/.exec(log.map((n) => n.message).join('\n'));
+  t.true(reissued !== null && Number(reissued[1]) >= 1, 'the reset re-issued the lost command');
+  t.is(queue.outstanding, 0);
+  t.is(dma.mappingCount, mappings, 'every per-request map was unloaded, the re-issued ones too');
+  const fresh = fill(new Uint8Array(256 * 1024), 4343);
+  await ns.write(60_000, fresh);
+  t.is(sha256(await ns.read(60_000, fresh.length / 512)), sha256(fresh), 'the queue is usable after the reset');
+  t.false(r.events.some((e) => e.type === 'fault'), 'no driver fault');
+  const report = await r.host.shutdown();
+  t.deepEqual(report.devices.map((d) => [d.outcome.kind, d.restarts]), [['stopped', 0]]);
+  t.log(`the test took ${Date.now() - testStarted} ms`);
+});
+
+test.serial('command timeout: a command the controller never completes (dropResubmissions) fails with NvmeTimeoutError at the second controller reset; the requests beside it complete, no map stays loaded, the queue is usable after', async (t) => {
+  const timeoutMs = 1000;
+  const testStarted = Date.now();
+  const { r, opened } = runOpened(t, {
+    devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 1, queueDepth: 8, commandTimeoutMs: timeoutMs, dropSubmission: 3, dropResubmissions: true } }],
+  });
+  const ns = await namespace(r, 'nvme0n1');
+  const { controller } = ns;
+  const queue = controller.ioQueues[0]!;
+  const dma = BusDma.forDevice(opened(NVME0));
+  const mappings = dma.mappingCount;
+  const blocks = 128;
+  // Six writes submitted at once (each one command, in call order): the third is the one the controller never sees.
+  const writes = Array.from({ length: 6 }, (_, i) => {
+    const data = fill(i % 2 === 0 ? new Uint8Array(allocShared(blocks * 512)) : new Uint8Array(blocks * 512), 9000 + i);
+    return { lba: 30_000 + i * blocks, data };
+  });
+  const started = Date.now();
+  const settled = await bounded(6 * timeoutMs + 20_000, () => `the writes: submitted ${queue.submitted}, completed ${queue.completed}, outstanding ${queue.outstanding}; aborts ${controller.aborts}, resets ${controller.resets}`,
+    Promise.allSettled(writes.map(({ lba, data }) => ns.write(lba, data))));
+  const elapsed = Date.now() - started;
+  for (const n of notes(r, NVME0).slice(1)) t.log(`note: ${n.message}`);
+  t.log(`settled after ${elapsed} ms: ${settled.map((s) => s.status).join(', ')}`);
+  t.deepEqual(settled.map((s) => s.status), ['fulfilled', 'fulfilled', 'rejected', 'fulfilled', 'fulfilled', 'fulfilled']);
+  const error = (settled[2] as PromiseRejectedResult).reason as Error;
+  t.is(error.name, 'NvmeTimeoutError');
+  t.regex(error.message, new RegExp(`Write did not complete within ${timeoutMs} ms`));
+  t.true(elapsed >= 3 * timeoutMs, 'it failed after an Abort, a reset and its re-issue timed out');
+  t.is(controller.aborts, 1);
+  t.is(controller.resets, 2, 'the first reset re-issued it, the second gave up on it');
+  t.is(controller.timedOut, 1);
+  t.regex(notes(r, NVME0).map((n) => n.message).join('\n'), /1 failed \(timed out after their re-issue\)/, 'the failure is reported');
+  t.is(queue.outstanding, 0);
+  t.is(dma.mappingCount, mappings, 'every per-request map was unloaded, the failed one\'s too');
+  for (const [i, { lba, data }] of writes.entries()) {
+    if (i !== 2) t.is(sha256(await ns.read(lba, blocks)), sha256(data), `write ${i} reads back`);
+  }
+  const fresh = fill(new Uint8Array(64 * 1024), 4444);
+  await ns.write(writes[2]!.lba, fresh);
+  t.is(sha256(await ns.read(writes[2]!.lba, blocks)), sha256(fresh), 'the queue is usable after, at the failed write\'s blocks too');
+  t.false(r.events.some((e) => e.type === 'fault'), 'no driver fault');
+  const report = await r.host.shutdown();
+  t.deepEqual(report.devices.map((d) => [d.outcome.kind, d.restarts]), [['stopped', 0]]);
+  t.log(`the test took ${Date.now() - testStarted} ms`);
+});
+
+test.serial('command timeout: a controller reset that cannot finish (its Create I/O CQ dropped, dropAdminSubmission) is a driver fault; the host restarts the driver, the lost request fails with NvmeGoneError, the restarted driver serves', async (t) => {
+  const timeoutMs = 1000;
+  const testStarted = Date.now();
+  // Admin commands after attach: 1 the Abort, 2 the reset's Set Features, 3 its Create I/O CQ.
+  const r = run(t, {
+    restart: { initialDelayMs: 50, maxDelayMs: 1000, maxRestarts: 2 },
+    devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 1, queueDepth: 8, commandTimeoutMs: timeoutMs, dropSubmission: 2, dropAdminSubmission: 3 } }],
+  });
+  const first = await namespace(r, 'nvme0n1');
+  // Admin commands are counted from the end of attach (Identify of the last namespace comes after the first is provided).
+  await r.until('attach', (e) => e.some((x) => x.type === 'state' && x.address === NVME0 && x.state === 'running'));
+  const blocks = 128;
+  const writes = Array.from({ length: 3 }, (_, i) => ({ lba: 40_000 + i * blocks, data: fill(new Uint8Array(blocks * 512), 9500 + i) }));
+  const settled = await bounded(6 * timeoutMs + 20_000, () => `the writes: aborts ${first.controller.aborts}, resets ${first.controller.resets}; events: ${r.events.filter((e) => e.type !== 'stats').map((e) => e.type).join(', ')}`,
+    Promise.allSettled(writes.map(({ lba, data }) => first.write(lba, data))));
+  t.deepEqual(settled.map((s) => s.status), ['fulfilled', 'rejected', 'fulfilled']);
+  t.is(((settled[1] as PromiseRejectedResult).reason as Error).name, 'NvmeGoneError', 'the dropped write failed when the host took the controller back');
+  await r.until('the restart', (e) => e.some((x) => x.type === 'state' && x.address === NVME0 && x.state === 'running' && x.incarnation === 1));
+  for (const n of notes(r, NVME0)) t.log(`note: ${n.message}`);
+  const faults = r.events.flatMap((e) => (e.type === 'fault' ? [e.fault.message] : []));
+  t.is(faults.length, 1);
+  t.regex(faults[0] ?? '', new RegExp(`Create I/O CQ \\(admin command \\d+\\) did not complete within ${timeoutMs} ms: the controller reset waiting for it cannot finish`));
+  t.regex(notes(r, NVME0).map((n) => n.message).join('\n'), /controller reset: Write \(command \d+ on queue 1\) not completed after an Abort/);
+  t.is(first.controller.resets, 1);
+  const again = await namespace(r, 'nvme0n1');
+  t.not(again, first, 'the restarted driver provides a new block device');
+  for (const i of [0, 2]) t.is(sha256(await again.read(writes[i]!.lba, blocks)), sha256(writes[i]!.data), `acknowledged write ${i} reads back`);
+  const fresh = fill(new Uint8Array(blocks * 512), 4545);
+  await again.write(writes[1]!.lba, fresh);
+  t.is(sha256(await again.read(writes[1]!.lba, blocks)), sha256(fresh), 'the restarted driver serves');
+  const report = await r.host.shutdown();
+  t.deepEqual(report.devices.map((d) => [d.outcome.kind, d.restarts]), [['stopped', 1]]);
+  t.log(`the test took ${Date.now() - testStarted} ms`);
+});
+
+test.serial('command timeout: an admin command the controller never saw (dropAdminSubmission) makes a controller reset, which fails it with NvmeGoneError; I/O and admin commands work after', async (t) => {
+  const timeoutMs = 1000;
+  const testStarted = Date.now();
+  const r = run(t, {
+    devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 1, queueDepth: 8, commandTimeoutMs: timeoutMs, dropAdminSubmission: 1 } }],
+  });
+  const ns = await namespace(r, 'nvme0n1');
+  const { controller } = ns;
+  await r.until('attach', (e) => e.some((x) => x.type === 'state' && x.address === NVME0 && x.state === 'running'));
+  const identify = await bounded(4 * timeoutMs + 10_000, () => `the Identify: resets ${controller.resets}`,
+    controller.identify(CNS.CONTROLLER, 0).then(() => undefined, (e: unknown) => e as Error));
+  for (const n of notes(r, NVME0).slice(1)) t.log(`note: ${n.message}`);
+  t.is(identify?.name, 'NvmeGoneError', 'the lost Identify failed when the reset took the old admin queue away');
+  t.regex(notes(r, NVME0).map((n) => n.message).join('\n'), new RegExp(`controller reset: Identify \\(admin command \\d+\\) not completed within ${timeoutMs} ms`));
+  t.is(controller.resets, 1);
+  t.is(controller.aborts, 0, 'no Abort for an admin command');
+  const data = fill(new Uint8Array(64 * 1024), 9700);
+  await ns.write(50_000, data);
+  t.is(sha256(await ns.read(50_000, data.length / 512)), sha256(data), 'I/O works after the reset');
+  // Two at once: each gets its own data (they share the driver's one Identify page).
+  const [identity, namespace1] = await Promise.all([controller.identify(CNS.CONTROLLER, 0), controller.identifyNamespace(1)]);
+  t.is(decodeIdentifyController(identity, controller.cap.minPageSize).serial, controller.identity.serial, 'admin commands work after the reset');
+  t.is(namespace1.blocks, ns.blockCount);
+  t.false(r.events.some((e) => e.type === 'fault'), 'no driver fault');
+  const report = await r.host.shutdown();
+  t.deepEqual(report.devices.map((d) => [d.outcome.kind, d.restarts]), [['stopped', 0]]);
+  t.log(`the test took ${Date.now() - testStarted} ms`);
 });
 
 /** Runs a program to completion without blocking this process's event loop (it serves the NBD device the program uses). */
