@@ -9,7 +9,7 @@
 import { Subject } from 'rxjs';
 import type { DmaPool } from '../../pci/dma-pool.js';
 import type { LoadedDmaMap } from '../../pci/bus-dma.js';
-import type { BlockCompletion, BlockDevice, BlockOperation } from '../block.js';
+import { checkRequest, type BlockCompletion, type BlockDevice, type BlockOperation } from '../block.js';
 import { NvmeController, SUBMIT_FULL, commandName, statusError } from './controller.js';
 import { BlockRequestError, NvmeGoneError } from './errors.js';
 import type { QueuePair } from './queue.js';
@@ -111,40 +111,30 @@ export class NvmeNamespace implements BlockDevice {
   }
 
   private refuse(message: string, fix: string): never {
-    this.refused++;
     throw new BlockRequestError(`${this.name}: ${message}`, fix);
   }
 
-  private checkRange(lba: number, blocks: number): void {
-    if (!Number.isSafeInteger(lba) || lba < 0) this.refuse(`LBA ${lba} is not a non-negative integer`, `use an LBA in 0..${this.blockCount - 1}`);
-    if (!Number.isSafeInteger(blocks) || blocks < 0) this.refuse(`block count ${blocks} is not a non-negative integer`, 'pass a whole number of blocks');
-    if (blocks === 0) this.refuse('a zero-length request', 'ask for at least one block');
-    if (lba + blocks > this.blockCount) {
-      this.refuse(`blocks ${lba}..${lba + blocks - 1} run past the end of the namespace (${this.blockCount} blocks of ${this.blockSize} bytes)`, `keep lba + blocks <= ${this.blockCount}`);
+  /** Runs a request's checks (checkRequest), counting what they refuse. */
+  private checked(check: () => void): Error | undefined {
+    try {
+      check();
+      return undefined;
+    } catch (e) {
+      this.refused++;
+      return e as Error;
     }
   }
 
   read(lba: number, blocks: number, into?: Uint8Array): Promise<Uint8Array> {
-    try {
-      this.checkRange(lba, blocks);
-      if (into !== undefined && (!(into instanceof Uint8Array) || into.length !== blocks * this.blockSize)) {
-        this.refuse(`the buffer holds ${into instanceof Uint8Array ? `${into.length} bytes` : 'no Uint8Array'}; ${blocks} blocks are ${blocks * this.blockSize} bytes`, 'pass a Uint8Array of exactly blocks × blockSize bytes, or none');
-      }
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    const refused = this.checked(() => checkRequest.read(this, lba, blocks, into));
+    if (refused !== undefined) return Promise.reject(refused);
     const buffer = into ?? new Uint8Array(blocks * this.blockSize);
     return this.transfer('read', lba, blocks, buffer).then(() => buffer);
   }
 
   write(lba: number, data: Uint8Array): Promise<void> {
-    try {
-      if (!(data instanceof Uint8Array)) this.refuse('write data is not a Uint8Array', 'pass the data as a Uint8Array');
-      if (data.length % this.blockSize !== 0) this.refuse(`${data.length} bytes are not a whole number of ${this.blockSize}-byte blocks`, `pad the data to a multiple of ${this.blockSize} bytes`);
-      this.checkRange(lba, data.length / this.blockSize);
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    const refused = this.checked(() => checkRequest.write(this, lba, data));
+    if (refused !== undefined) return Promise.reject(refused);
     return this.transfer('write', lba, data.length / this.blockSize, data);
   }
 
@@ -153,13 +143,12 @@ export class NvmeNamespace implements BlockDevice {
   }
 
   discard(lba: number, blocks: number): Promise<void> {
-    try {
+    const refused = this.checked(() => {
       if (!this.canDiscard) this.refuse('the controller has no Dataset Management (ONCS bit 2)', 'do not discard on this device');
-      this.checkRange(lba, blocks);
+      checkRequest.discard(this, lba, blocks);
       if (blocks > 0xffffffff) this.refuse(`${blocks} blocks exceed one range's 2^32 - 1`, 'discard in smaller pieces');
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    });
+    if (refused !== undefined) return Promise.reject(refused);
     // One range (16 bytes) in the command's bounce buffer: context attributes, NLB, SLBA.
     return this.simple('discard', lba, blocks, NVM.DSM, 0, 1 << 2, 0, 0);
   }
@@ -278,6 +267,7 @@ export class NvmeNamespace implements BlockDevice {
    */
   submitRead(queue: number, lba: number, blocks: number, handler: (status: number, dw0: number, cid: number) => void, onError: (e: Error) => void): number {
     if (!(lba >= 0 && blocks >= 1 && lba + blocks <= this.blockCount && blocks * this.blockSize <= this.io.chunkBytes)) {
+      this.refused++;
       this.refuse(`read of ${blocks} blocks at ${lba} is outside the namespace or over ${this.io.chunkBytes} bytes`, 'stay inside the namespace and the transfer limit');
     }
     const q = this.io.controller.ioQueues[queue]!;
