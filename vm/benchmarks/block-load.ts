@@ -7,6 +7,7 @@
  * threads costs.
  */
 import type { BlockDevice } from '../../drivers/block.js';
+import { HISTOGRAM_US, histogramQuantile } from '../../drivers/nvme/perf.js';
 import { allocShared } from '../../shm/mapping.js';
 
 export interface BlockLoad {
@@ -18,8 +19,6 @@ export interface BlockLoad {
   /** Process CPU (every thread: the driver's too) per I/O. */
   readonly cpuUsPerIo: number;
 }
-
-const HISTOGRAM_US = 200_000;
 
 export async function blockReads(device: BlockDevice, options: { depth: number; bytes: number; seconds: number; warmupSeconds: number }): Promise<BlockLoad> {
   const { depth, bytes } = options;
@@ -63,13 +62,5 @@ export async function blockReads(device: BlockDevice, options: { depth: number; 
   const cpu = process.cpuUsage(cpu0);
   stopping = true;
   await Promise.all(lanes);
-  const quantile = (q: number) => {
-    let seen = 0;
-    for (let us = 0; us <= HISTOGRAM_US; us++) {
-      seen += histogram[us]!;
-      if (seen >= q * ios) return us;
-    }
-    return HISTOGRAM_US;
-  };
-  return { ios, errors, iops: ios / seconds, p50Us: quantile(0.5), p99Us: quantile(0.99), cpuUsPerIo: (cpu.user + cpu.system) / ios };
+  return { ios, errors, iops: ios / seconds, p50Us: histogramQuantile(histogram, ios, 0.5), p99Us: histogramQuantile(histogram, ios, 0.99), cpuUsPerIo: (cpu.user + cpu.system) / ios };
 }
