@@ -100,14 +100,14 @@ const withMainThreadNvme: DriverRegistry = new Map([...builtinDrivers, ['nvme-ma
 
 /** A namespace of a driver in its own thread: the host's proxy. */
 async function namespace(r: Run, name: string): Promise<BlockProxy> {
-  const device = await r.host.blockDevice(name, 60_000);
+  const device = await r.host.blockDevice(name, 120_000);
   if (!(device instanceof BlockProxy)) throw new Error(`${name} is not a proxy of a driver thread's block device`);
   return device;
 }
 
 /** A namespace of the driver in the main thread ('nvme-main'): the NvmeNamespace itself. */
 async function ownNamespace(r: Run, name: string): Promise<NvmeNamespace> {
-  const device = await r.host.blockDevice(name, 60_000);
+  const device = await r.host.blockDevice(name, 120_000);
   if (!(device instanceof NvmeNamespace)) throw new Error(`${name} is not an NVMe namespace in this thread`);
   return device;
 }
