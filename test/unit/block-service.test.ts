@@ -5,8 +5,9 @@
  */
 import test from 'ava';
 import { MessagePort, Worker } from 'node:worker_threads';
-import { BlockProxy, type BlockServiceSetup } from '../../actors/block-service.js';
-import { BlockGoneError, type BlockCompletion } from '../../drivers/block.js';
+import { Subject } from 'rxjs';
+import { BlockProxy, serveBlockDevice, type BlockServiceSetup } from '../../actors/block-service.js';
+import { BlockGoneError, type BlockCompletion, type BlockDevice } from '../../drivers/block.js';
 import { NvmeStatusError } from '../../drivers/nvme/errors.js';
 import { UpciError } from '../../kernel/errors.js';
 import { allocShared } from '../../shm/mapping.js';
@@ -256,4 +257,47 @@ test.serial('block proxy: more requests than tags wait their turn and all comple
   const all = await within(20_000, Promise.all(Array.from({ length: 300 }, (_, i) => proxy.write(i, shared.subarray(i * 512, (i + 1) * 512)))), 'not every request completed');
   t.is(all.length, 300);
   t.is(proxy.posted, 300);
+});
+
+test.serial('block export: a request naming a buffer whose registration has not arrived waits for it, and the requests behind it too', async (t) => {
+  const calls: { lba: number; shared: boolean; first: number | undefined }[] = [];
+  const device: BlockDevice = {
+    name: 'probe0', blockSize: 512, blockCount: 64, canDiscard: false, maxTransferBytes: 4096,
+    completions: new Subject<BlockCompletion>().asObservable(),
+    read: (lba, _blocks, into) => {
+      calls.push({ lba, shared: into?.buffer instanceof SharedArrayBuffer, first: into?.[0] });
+      return Promise.resolve(into!);
+    },
+    write: () => Promise.resolve(),
+    flush: () => Promise.resolve(),
+    discard: () => Promise.resolve(),
+  };
+  const served = serveBlockDevice(device);
+  t.teardown(() => served.stop());
+  // This test plays the proxy by hand: request slots as BlockProxy writes them (op, tag, LBA low/high, blocks, buffer id, offset, length).
+  const requests = RingProducer.claim(served.setup.requests);
+  const completions = RingConsumer.claim(served.setup.completions);
+  const post = (tag: number, lba: number, buffer: number) => {
+    const at = requests.reserve();
+    requests.words.set([0, tag, lba, 0, 1, buffer, 0, 512], at);
+    requests.publish();
+  };
+  const memory = new Uint8Array(new SharedArrayBuffer(4096)).fill(0x42);
+  post(0, 3, 1000);
+  post(1, 4, 1 /* the bounce area */);
+  await new Promise((r) => setTimeout(r, 100));
+  t.deepEqual(calls, [], 'nothing ran while buffer 1000 was unknown, not even the request behind it');
+  served.setup.port.postMessage({ type: 'buffer', id: 1000, buffer: memory.buffer });
+  const done: number[] = [];
+  await within(5_000, (async () => {
+    while (done.length < 2) {
+      completions.drain((w, at) => {
+        done.push(w[at]!);
+      });
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  })(), 'the two requests never completed');
+  t.deepEqual(calls, [{ lba: 3, shared: true, first: 0x42 }, { lba: 4, shared: true, first: 0 }], 'in order, the first in the registered memory');
+  t.deepEqual(done, [0, 1]);
+  served.setup.port.close();
 });
