@@ -28,9 +28,8 @@
  * One proxy per export (a ring has one producer): another thread that wants
  * the device needs its own export.
  */
-import { Subject } from 'rxjs';
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
-import { BlockGoneError, BlockRequestError, checkRequest, type BlockCompletion, type BlockDevice, type BlockGeometry, type BlockOperation } from '../drivers/block.js';
+import { BlockDeviceBase, BlockGoneError, BlockRequestError, checkRequest, type BlockDevice, type BlockGeometry, type BlockOperation } from '../drivers/block.js';
 import { NvmeGoneError, NvmeStatusError, NvmeTimeoutError } from '../drivers/nvme/errors.js';
 import { UpciError, type UpciErrorCode } from '../kernel/errors.js';
 import { allocShared } from '../shm/mapping.js';
@@ -280,16 +279,7 @@ interface Part {
 let nextBufferId = BOUNCE + 1;
 
 /** The block device of a driver in another thread, over its export's rings. */
-export class BlockProxy implements BlockDevice {
-  readonly name: string;
-  readonly blockSize: number;
-  readonly blockCount: number;
-  readonly canDiscard: boolean;
-  readonly maxTransferBytes: number;
-  private readonly subject = new Subject<BlockCompletion>();
-  readonly completions = this.subject.asObservable();
-  /** Requests refused in this thread, before they reached the ring. */
-  refused = 0;
+export class BlockProxy extends BlockDeviceBase {
   /** Ring slots posted so far. */
   posted = 0;
   private readonly requests: RingProducer;
@@ -309,11 +299,7 @@ export class BlockProxy implements BlockDevice {
   private gone: string | undefined;
 
   constructor(setup: BlockServiceSetup) {
-    this.name = setup.name;
-    this.blockSize = setup.blockSize;
-    this.blockCount = setup.blockCount;
-    this.canDiscard = setup.canDiscard;
-    this.maxTransferBytes = setup.maxTransferBytes;
+    super(setup);
     this.requests = RingProducer.claim(setup.requests);
     this.replies = RingConsumer.claim(setup.completions);
     this.bounce = new Uint8Array(setup.bounce);
@@ -361,12 +347,8 @@ export class BlockProxy implements BlockDevice {
 
   private request(op: BlockOperation, lba: number, blocks: number, check: () => void, data: Uint8Array | undefined): Promise<Uint8Array | undefined> {
     if (this.gone !== undefined) return Promise.reject(new BlockGoneError(`${this.name}: ${this.gone}`));
-    try {
-      check();
-    } catch (e) {
-      this.refused++;
-      return Promise.reject(e);
-    }
+    const refused = this.refusal(check);
+    if (refused !== undefined) return Promise.reject(refused);
     const shared = data !== undefined && data.buffer instanceof SharedArrayBuffer ? data.buffer : undefined;
     const copied = data !== undefined && shared === undefined ? data : undefined;
     return new Promise<Uint8Array | undefined>((resolve, reject) => {
@@ -447,10 +429,7 @@ export class BlockProxy implements BlockDevice {
   }
 
   private finish(request: Request, error: Error | undefined): void {
-    if (this.subject.observed) {
-      const { op, lba, blocks, started } = request;
-      this.subject.next({ op, lba, blocks, error, latencyUs: Math.round((performance.now() - started) * 1000) });
-    }
+    this.report(request.op, request.lba, request.blocks, error, request.started);
     if (error === undefined) request.resolve();
     else request.reject(error);
   }

@@ -4,7 +4,7 @@
  * Every request is validated before it reaches a device; each returns a
  * promise, and every completion is also on the `completions` stream.
  */
-import type { Observable } from 'rxjs';
+import { Subject, type Observable } from 'rxjs';
 import { UpciError } from '../kernel/errors.js';
 
 export type BlockOperation = 'read' | 'write' | 'flush' | 'discard';
@@ -102,3 +102,48 @@ export const checkRequest = {
     checkRequest.range(device, lba, blocks);
   },
 };
+
+/**
+ * What every BlockDevice implementation shares: its geometry, the
+ * completions stream and the count of requests its checks refused.
+ */
+export abstract class BlockDeviceBase implements BlockDevice {
+  readonly name: string;
+  readonly blockSize: number;
+  readonly blockCount: number;
+  readonly canDiscard: boolean;
+  readonly maxTransferBytes: number;
+  private readonly subject = new Subject<BlockCompletion>();
+  readonly completions = this.subject.asObservable();
+  /** Requests refused by their checks, before they went anywhere. */
+  refused = 0;
+
+  constructor(geometry: BlockGeometry) {
+    this.name = geometry.name;
+    this.blockSize = geometry.blockSize;
+    this.blockCount = geometry.blockCount;
+    this.canDiscard = geometry.canDiscard;
+    this.maxTransferBytes = geometry.maxTransferBytes;
+  }
+
+  abstract read(lba: number, blocks: number, into?: Uint8Array): Promise<Uint8Array>;
+  abstract write(lba: number, data: Uint8Array): Promise<void>;
+  abstract flush(): Promise<void>;
+  abstract discard(lba: number, blocks: number): Promise<void>;
+
+  /** Runs a request's checks (checkRequest), counting what they refuse: the refusal, or undefined. */
+  protected refusal(check: () => void): Error | undefined {
+    try {
+      check();
+      return undefined;
+    } catch (e) {
+      this.refused++;
+      return e as Error;
+    }
+  }
+
+  /** A request ended: on the completions stream, when anyone listens. */
+  protected report(op: BlockOperation, lba: number, blocks: number, error: Error | undefined, started: number): void {
+    if (this.subject.observed) this.subject.next({ op, lba, blocks, error, latencyUs: Math.round((performance.now() - started) * 1000) });
+  }
+}

@@ -6,10 +6,9 @@
  * memory, loaded at submission and unloaded at completion while the
  * controller keeps working, and a wait list when every command ID is busy.
  */
-import { Subject } from 'rxjs';
 import type { DmaPool } from '../../pci/dma-pool.js';
 import type { LoadedDmaMap } from '../../pci/bus-dma.js';
-import { checkRequest, type BlockCompletion, type BlockDevice, type BlockOperation } from '../block.js';
+import { BlockDeviceBase, checkRequest, type BlockOperation } from '../block.js';
 import { NvmeController, SUBMIT_FULL, commandName, statusError } from './controller.js';
 import { BlockRequestError, NvmeGoneError } from './errors.js';
 import type { QueuePair } from './queue.js';
@@ -83,26 +82,14 @@ export class IoQueues {
   }
 }
 
-export class NvmeNamespace implements BlockDevice {
-  readonly blockSize: number;
-  readonly blockCount: number;
-  readonly canDiscard: boolean;
-  readonly maxTransferBytes: number;
-  private readonly subject = new Subject<BlockCompletion>();
-  readonly completions = this.subject.asObservable();
-  /** Requests refused before reaching the controller. */
-  refused = 0;
-
+export class NvmeNamespace extends BlockDeviceBase {
   constructor(
     private readonly io: IoQueues,
     readonly nsid: number,
     readonly identity: NamespaceIdentity,
-    readonly name: string,
+    name: string,
   ) {
-    this.blockSize = identity.blockSize;
-    this.blockCount = identity.blocks;
-    this.canDiscard = io.controller.identity.datasetManagement;
-    this.maxTransferBytes = io.chunkBytes;
+    super({ name, blockSize: identity.blockSize, blockCount: identity.blocks, canDiscard: io.controller.identity.datasetManagement, maxTransferBytes: io.chunkBytes });
   }
 
   /** The controller (Identify data, counters, passthrough). */
@@ -114,26 +101,15 @@ export class NvmeNamespace implements BlockDevice {
     throw new BlockRequestError(`${this.name}: ${message}`, fix);
   }
 
-  /** Runs a request's checks (checkRequest), counting what they refuse. */
-  private checked(check: () => void): Error | undefined {
-    try {
-      check();
-      return undefined;
-    } catch (e) {
-      this.refused++;
-      return e as Error;
-    }
-  }
-
   read(lba: number, blocks: number, into?: Uint8Array): Promise<Uint8Array> {
-    const refused = this.checked(() => checkRequest.read(this, lba, blocks, into));
+    const refused = this.refusal(() => checkRequest.read(this, lba, blocks, into));
     if (refused !== undefined) return Promise.reject(refused);
     const buffer = into ?? new Uint8Array(blocks * this.blockSize);
     return this.transfer('read', lba, blocks, buffer).then(() => buffer);
   }
 
   write(lba: number, data: Uint8Array): Promise<void> {
-    const refused = this.checked(() => checkRequest.write(this, lba, data));
+    const refused = this.refusal(() => checkRequest.write(this, lba, data));
     if (refused !== undefined) return Promise.reject(refused);
     return this.transfer('write', lba, data.length / this.blockSize, data);
   }
@@ -143,7 +119,7 @@ export class NvmeNamespace implements BlockDevice {
   }
 
   discard(lba: number, blocks: number): Promise<void> {
-    const refused = this.checked(() => {
+    const refused = this.refusal(() => {
       if (!this.canDiscard) this.refuse('the controller has no Dataset Management (ONCS bit 2)', 'do not discard on this device');
       checkRequest.discard(this, lba, blocks);
       if (blocks > 0xffffffff) this.refuse(`${blocks} blocks exceed one range's 2^32 - 1`, 'discard in smaller pieces');
@@ -190,10 +166,6 @@ export class NvmeNamespace implements BlockDevice {
         return io.controller.submitTo(q, false, opcode, this.nsid, prp1, 0, cdw10, cdw11, cdw12, 0, handler, fail) !== SUBMIT_FULL;
       });
     });
-  }
-
-  private report(op: BlockOperation, lba: number, blocks: number, error: Error | undefined, started: number): void {
-    if (this.subject.observed) this.subject.next({ op, lba, blocks, error, latencyUs: Math.round((performance.now() - started) * 1000) });
   }
 
   /**
