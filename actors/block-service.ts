@@ -329,12 +329,15 @@ export class BlockProxy extends BlockDeviceBase {
 
   /**
    * The host took the device back (the driver stopped, crashed or hung):
-   * everything pending fails with BlockGoneError naming `reason`, and every
-   * later request too.
+   * the completions already in the ring are delivered, everything else
+   * pending fails with BlockGoneError naming `reason`, and every later
+   * request too.
    */
   close(reason: string): void {
     if (this.gone !== undefined) return;
+    // What the driver completed before the take-back counts: the device did it. Nothing new is posted meanwhile.
     this.gone = reason;
+    this.replies.drain((w, at) => this.completed(w[at]!, w[at + 1]!));
     this.replies.stop();
     this.requests.release();
     const error = new BlockGoneError(`${this.name}: ${reason}`);
@@ -424,7 +427,7 @@ export class BlockProxy extends BlockDeviceBase {
       request.copied!.set(this.bounce.subarray(from, from + part.length), part.offset);
     }
     this.free.push(tag);
-    while (this.waiting.length > 0 && this.post(this.waiting[0]!)) this.waiting.shift();
+    while (this.gone === undefined && this.waiting.length > 0 && this.post(this.waiting[0]!)) this.waiting.shift();
     if (--request.parts === 0) this.finish(request, request.failure);
   }
 

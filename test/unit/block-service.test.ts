@@ -251,6 +251,20 @@ test.serial('block proxy: when the host takes the device back, pending requests 
   await t.throwsAsync(proxy.read(0, 1), { instanceOf: BlockGoneError }, 'a request after the take-back');
 });
 
+test.serial('block proxy: a completion already in the ring when the host takes the device back is delivered, not failed', async (t) => {
+  const { proxy, worker } = await fake(t);
+  await proxy.read(0, 1);
+  const done = proxy.read(1, 1);
+  const pending = proxy.read(777, 1);
+  pending.catch(() => {});
+  // This thread's loop is held while the driver side completes LBA 1: its completion waits in the ring, undrained.
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 500);
+  proxy.close('the host took the device back');
+  await worker.terminate();
+  t.is((await within(5_000, done, 'the completed read never settled')).length, 512, 'the device did it: it resolves');
+  await t.throwsAsync(pending, { instanceOf: BlockGoneError });
+});
+
 test.serial('block proxy: more requests than tags wait their turn and all complete', async (t) => {
   const { proxy } = await fake(t);
   const shared = new Uint8Array(allocShared(300 * 512));

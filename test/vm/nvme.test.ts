@@ -139,7 +139,10 @@ test.serial('two controllers in one host, one driver in its own thread, one in t
 
   // --- Identify against vm/bench.ts's command line (nvme0's from the driver's note: its controller is in its thread).
   const line0 = benchNvme('07.0');
-  const identified = r.events.find((e) => e.type === 'note' && e.address === NVME0 && / \(serial /.test(e.message));
+  const isIdentify = (e: (typeof r.events)[number]) => e.type === 'note' && e.address === NVME0 && / \(serial /.test(e.message);
+  // The driver thread posts its note after it provided the namespaces: it may come after them.
+  await r.until('nvme0\'s Identify note', (events) => events.some(isIdentify), 30_000);
+  const identified = r.events.find(isIdentify);
   const note = identified?.type === 'note' ? identified.message : '';
   const [, model, serial, namespaces] = /^(.*) \(serial ([^,]+), firmware [^)]*\): .*namespaces (.*)$/.exec(note) ?? [];
   t.is(serial, /serial=([^,]+)/.exec(line0.props!)![1]!, note);
