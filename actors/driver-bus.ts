@@ -77,6 +77,8 @@ export class AttachedBus implements DriverBus {
   private readonly releaseHooks: (() => void)[] = [];
   private busDma: BusDma | undefined;
   private released = false;
+  /** release() has begun (its hooks may still note; `released` is set after them). */
+  private reclaiming = false;
 
   constructor(
     private readonly device: PciDevice,
@@ -162,14 +164,16 @@ export class AttachedBus implements DriverBus {
    * even if one fails, and the failures are thrown together.
    */
   release(): void {
-    if (this.released) return;
-    this.released = true;
+    if (this.reclaiming) return;
+    this.reclaiming = true;
     const dma = this.busDma;
     if (this.hooks.meter.dma === dma) this.hooks.meter.dma = undefined;
     const open = this.device.isOpen;
     runEvery(`quiescing ${this.address}`, [
       // The driver's own hooks first (fail in-flight requests, withdraw block devices), newest first.
       ...this.releaseHooks.reverse(),
+      // Until here the driver may still note (e.g. its final counts); from here on the bus is the host's.
+      () => void (this.released = true),
       ...(open ? [() => this.device.disableBusMaster()] : []),
       ...this.interrupts.map((irq) => () => {
         irq.release();
