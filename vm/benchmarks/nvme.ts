@@ -57,7 +57,8 @@ async function upciRows(seconds: number): Promise<Record<string, Row>> {
   const registry = new Map([...builtinDrivers, ['nvme-main', { ...nvmeDriver, name: 'nvme-main', thread: 'main' as const }]]);
   const rows: Record<string, Row> = {};
   const api = async (label: string, ns: BlockDevice) => {
-    await blockReads(ns, { depth: 32, bytes: 4096, seconds: 3, warmupSeconds: 0 });
+    // 10 s: a new driver thread's isolate is still compiling (TCG) when its first rows would start.
+    await blockReads(ns, { depth: 32, bytes: 4096, seconds: 10, warmupSeconds: 0 });
     for (const depth of [1, 32]) {
       const r = await blockReads(ns, { depth, bytes: 4096, seconds, warmupSeconds: 2 });
       rows[`API QD${depth}, ${label}`] = { ...r, note: `${r.ios} I/Os, ${r.errors} errors, a promise per read into shared memory` };
