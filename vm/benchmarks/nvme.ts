@@ -133,7 +133,7 @@ async function guest(quick: boolean): Promise<number> {
   const upci = await upciRows(seconds);
   const kernel = await kernelRows(root, seconds);
   const lines = [
-    `NVMe 4 KiB random reads, ${seconds} s per row after a 3 s throwaway run and 2 s of warm-up (fio: 1 s ramp); upci on ${guestAddress(upciController)}, the kernel's nvme + fio (io_uring, direct=1) on the identical ${guestAddress(kernelController)} (TCG guest)`,
+    `NVMe 4 KiB random reads, ${seconds} s per row after a throwaway run (3 s; 10 s before the API rows) and 2 s of warm-up (fio: 1 s ramp); upci on ${guestAddress(upciController)}, the kernel's nvme + fio (io_uring, direct=1) on the identical ${guestAddress(kernelController)} (TCG guest)`,
     '',
     '| load | kernel IOPS | upci IOPS | IOPS upci / kernel | kernel p50 / p99 µs | upci p50 / p99 µs | kernel CPU µs/I/O | upci CPU µs/I/O | upci notes | kernel notes |',
     '|---|---:|---:|---:|---:|---:|---:|---:|---|---|',
