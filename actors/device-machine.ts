@@ -23,6 +23,7 @@ import { restartDelay } from './backoff.js';
 import type { Supervision } from './config.js';
 import { AttachedBus, stopBusMaster } from './driver-bus.js';
 import { sourceOf } from './driver-source.js';
+import { BlockProxy, type BlockServiceSetup } from './block-service.js';
 import { DriverThread, LOAD_TIMEOUT_MS, type QuiesceReport } from './driver-worker.js';
 import type { DeviceMeter } from './meter.js';
 
@@ -86,7 +87,7 @@ export interface DeviceActorInput {
  * this thread (drivers made in this thread, ports that cannot share).
  */
 type Attachment =
-  | { readonly kind: 'thread'; readonly thread: DriverThread }
+  | { readonly kind: 'thread'; readonly thread: DriverThread; readonly blocks: ProvidedBlocks }
   | { readonly kind: 'inline'; readonly bus: AttachedBus; readonly resources: unknown };
 
 export interface DeviceContext extends DeviceActorInput {
@@ -167,6 +168,7 @@ export async function cleanDetach(driver: AnyDriver, timeoutMs: number, detach: 
  */
 async function quiesce({ device, attachment, incarnation, onQuiesced, meter }: Quiescing, graceful: boolean): Promise<void> {
   if (attachment?.kind === 'thread') {
+    attachment.blocks.close(`the host took ${device.address} back from its driver (stopped, crashed or hung); a restarted driver provides the device again`);
     try {
       const report = await (graceful ? attachment.thread.stop() : attachment.thread.kill());
       onQuiesced(incarnation, report);
@@ -180,6 +182,33 @@ async function quiesce({ device, attachment, incarnation, onQuiesced, meter }: Q
     stopBusMaster(device);
   } finally {
     attachment?.bus.release();
+  }
+}
+
+/**
+ * The block devices a driver thread provided, as proxies here: published
+ * to the host until the device is taken back, then closed (every pending
+ * request fails, new ones are refused). One that arrives after that is
+ * closed at once.
+ */
+class ProvidedBlocks {
+  private readonly open: { proxy: BlockProxy; withdraw: () => void }[] = [];
+  private closed: string | undefined;
+
+  constructor(private readonly provide: (device: BlockDevice) => () => void) {}
+
+  add(setup: BlockServiceSetup): void {
+    const proxy = new BlockProxy(setup);
+    if (this.closed !== undefined) return proxy.close(this.closed);
+    this.open.push({ proxy, withdraw: this.provide(proxy) });
+  }
+
+  close(reason: string): void {
+    this.closed ??= reason;
+    for (const { proxy, withdraw } of this.open.splice(0)) {
+      withdraw();
+      proxy.close(reason);
+    }
   }
 }
 
@@ -214,15 +243,17 @@ export function deviceMachineFor(driver: AnyDriver) {
           const { device, driver, supervision, incarnation } = context;
           const source = sourceOf(driver);
           if (source !== undefined && device.kernel.handles !== undefined && (driver.thread ?? 'own') === 'own') {
+            const blocks = new ProvidedBlocks(context.provide);
             const thread = new DriverThread({
               device, source, options: context.options, incarnation, supervision, name: context.name,
               onNote: context.onNote,
+              onBlockDevice: (setup) => blocks.add(setup),
               onStall: (vector, waitedMs) => onWatchdog(stallMessage(vector, waitedMs)),
               onHang: onWatchdog,
             });
             context.meter.follow(thread);
             context.onThread(incarnation, thread.threadId);
-            const attachment: Attachment = { kind: 'thread', thread };
+            const attachment: Attachment = { kind: 'thread', thread, blocks };
             const input = quiescing({ ...context, attachment });
             try {
               await bounded(thread.loaded, LOAD_TIMEOUT_MS, `${driver.name}: the driver thread did not load its modules within ${LOAD_TIMEOUT_MS} ms`, () => quiesce(input, false));

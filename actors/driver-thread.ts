@@ -19,7 +19,7 @@ import { DriverLedger } from './driver-ledger.js';
 import { importDriver, type DriverSource } from './driver-source.js';
 import { cleanDetach } from './device-machine.js';
 import type { AnyDriver } from '../drivers/contract.js';
-import { UpciError } from '../kernel/errors.js';
+import { serveBlockDevice, type BlockServiceSetup } from './block-service.js';
 
 export interface DriverThreadData {
   readonly device: SharedDevice;
@@ -40,6 +40,8 @@ export type ThreadMessage =
   | { readonly type: 'attached' }
   | { readonly type: 'attach-failed'; readonly message: string }
   | { readonly type: 'note'; readonly message: string }
+  /** The driver provided a block device: its export (actors/block-service.ts), for a BlockProxy in the main thread. */
+  | { readonly type: 'block-device'; readonly setup: BlockServiceSetup }
   | { readonly type: 'stall'; readonly vector: number; readonly waitedMs: number }
   | { readonly type: 'finished' }
   | { readonly type: 'crashed'; readonly message: string }
@@ -76,12 +78,10 @@ function run(data: DriverThreadData): void {
   const device = PciDevice.adopt(data.device);
   const bus = new AttachedBus(device, data.incarnation, {
     name: data.name,
-    onProvide: () => {
-      throw new UpciError(
-        'KERNEL',
-        `${device.address}: a driver in its own thread cannot hand the host a block device yet (services across threads are not built)`,
-        'declare `thread: \'main\'` in the driver module (defineDriver) to run it in the host\'s main thread',
-      );
+    onProvide: (block) => {
+      const served = serveBlockDevice(block);
+      port.postMessage({ type: 'block-device', setup: served.setup } satisfies ThreadMessage, [...served.transfer]);
+      return served.stop;
     },
     watchdogMs: data.watchdogMs,
     meter,

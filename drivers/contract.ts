@@ -92,7 +92,11 @@ export interface DriverBus {
   note(message: string): void;
   /** Runs when the host takes the device back (detach, failure), before bus mastering goes off: fail what is in flight. */
   onRelease(hook: () => void): void;
-  /** Offers a block device to the host's programs (DriverHost.blockDevice(name)) until the host takes the device back. */
+  /**
+   * Offers a block device to the host's programs (DriverHost.blockDevice(name))
+   * until the host takes the device back. From a driver in its own thread the
+   * host gets a proxy over shared-memory rings (actors/block-service.ts).
+   */
   provideBlockDevice(device: BlockDevice): void;
 }
 
@@ -122,9 +126,10 @@ export interface DriverModule<S extends OptionsSchema = OptionsSchema, R = unkno
   /**
    * Where the driver runs: 'own' (the default) in a worker thread of its own
    * per incarnation, so that a hang or a leak stops only it; 'main' in the
-   * host's main thread, for a driver that hands the host objects
-   * (provideBlockDevice) until services cross threads through shared-memory
-   * rings. A hang in a 'main' driver stops the whole host.
+   * host's main thread, for a driver that hands the host objects no ring
+   * carries yet (block devices do cross: provideBlockDevice in a driver
+   * thread is served to the main thread through shared-memory rings,
+   * actors/block-service.ts). A hang in a 'main' driver stops the whole host.
    */
   readonly thread?: 'own' | 'main';
   readonly machine: AnyActorLogic;

@@ -4,7 +4,9 @@
  * in time, a request refused before it reached the controller, and requests
  * cut off by a reset or the driver's detach.
  */
-import { UpciError } from '../../kernel/errors.js';
+import { BlockGoneError } from '../block.js';
+
+export { BlockRequestError } from '../block.js';
 
 const GENERIC: Record<number, string> = {
   0x01: 'Invalid Command Opcode',
@@ -71,17 +73,9 @@ export class NvmeTimeoutError extends Error {
 }
 
 /** The request never reached the controller: the driver was detached or failed, or the controller is being reset. */
-export class NvmeGoneError extends Error {
-  override readonly name = 'NvmeGoneError';
+export class NvmeGoneError extends BlockGoneError {
+  override readonly name: string = 'NvmeGoneError';
   constructor(readonly command: string, reason: string) {
     super(`nvme: ${command} did not complete: ${reason}`);
-  }
-}
-
-/** A block request refused before anything reached the controller. */
-export class BlockRequestError extends UpciError {
-  override readonly name = 'UpciError';
-  constructor(message: string, fix: string) {
-    super('OUT_OF_RANGE', message, fix);
   }
 }

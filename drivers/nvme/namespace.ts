@@ -6,10 +6,9 @@
  * memory, loaded at submission and unloaded at completion while the
  * controller keeps working, and a wait list when every command ID is busy.
  */
-import { Subject } from 'rxjs';
 import type { DmaPool } from '../../pci/dma-pool.js';
 import type { LoadedDmaMap } from '../../pci/bus-dma.js';
-import type { BlockCompletion, BlockDevice, BlockOperation } from '../block.js';
+import { BlockDeviceBase, checkRequest, type BlockOperation } from '../block.js';
 import { NvmeController, SUBMIT_FULL, commandName, statusError } from './controller.js';
 import { BlockRequestError, NvmeGoneError } from './errors.js';
 import type { QueuePair } from './queue.js';
@@ -83,26 +82,14 @@ export class IoQueues {
   }
 }
 
-export class NvmeNamespace implements BlockDevice {
-  readonly blockSize: number;
-  readonly blockCount: number;
-  readonly canDiscard: boolean;
-  readonly maxTransferBytes: number;
-  private readonly subject = new Subject<BlockCompletion>();
-  readonly completions = this.subject.asObservable();
-  /** Requests refused before reaching the controller. */
-  refused = 0;
-
+export class NvmeNamespace extends BlockDeviceBase {
   constructor(
     private readonly io: IoQueues,
     readonly nsid: number,
     readonly identity: NamespaceIdentity,
-    readonly name: string,
+    name: string,
   ) {
-    this.blockSize = identity.blockSize;
-    this.blockCount = identity.blocks;
-    this.canDiscard = io.controller.identity.datasetManagement;
-    this.maxTransferBytes = io.chunkBytes;
+    super({ name, blockSize: identity.blockSize, blockCount: identity.blocks, canDiscard: io.controller.identity.datasetManagement, maxTransferBytes: io.chunkBytes });
   }
 
   /** The controller (Identify data, counters, passthrough). */
@@ -111,40 +98,19 @@ export class NvmeNamespace implements BlockDevice {
   }
 
   private refuse(message: string, fix: string): never {
-    this.refused++;
     throw new BlockRequestError(`${this.name}: ${message}`, fix);
   }
 
-  private checkRange(lba: number, blocks: number): void {
-    if (!Number.isSafeInteger(lba) || lba < 0) this.refuse(`LBA ${lba} is not a non-negative integer`, `use an LBA in 0..${this.blockCount - 1}`);
-    if (!Number.isSafeInteger(blocks) || blocks < 0) this.refuse(`block count ${blocks} is not a non-negative integer`, 'pass a whole number of blocks');
-    if (blocks === 0) this.refuse('a zero-length request', 'ask for at least one block');
-    if (lba + blocks > this.blockCount) {
-      this.refuse(`blocks ${lba}..${lba + blocks - 1} run past the end of the namespace (${this.blockCount} blocks of ${this.blockSize} bytes)`, `keep lba + blocks <= ${this.blockCount}`);
-    }
-  }
-
   read(lba: number, blocks: number, into?: Uint8Array): Promise<Uint8Array> {
-    try {
-      this.checkRange(lba, blocks);
-      if (into !== undefined && (!(into instanceof Uint8Array) || into.length !== blocks * this.blockSize)) {
-        this.refuse(`the buffer holds ${into instanceof Uint8Array ? `${into.length} bytes` : 'no Uint8Array'}; ${blocks} blocks are ${blocks * this.blockSize} bytes`, 'pass a Uint8Array of exactly blocks × blockSize bytes, or none');
-      }
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    const refused = this.refusal(() => checkRequest.read(this, lba, blocks, into));
+    if (refused !== undefined) return Promise.reject(refused);
     const buffer = into ?? new Uint8Array(blocks * this.blockSize);
     return this.transfer('read', lba, blocks, buffer).then(() => buffer);
   }
 
   write(lba: number, data: Uint8Array): Promise<void> {
-    try {
-      if (!(data instanceof Uint8Array)) this.refuse('write data is not a Uint8Array', 'pass the data as a Uint8Array');
-      if (data.length % this.blockSize !== 0) this.refuse(`${data.length} bytes are not a whole number of ${this.blockSize}-byte blocks`, `pad the data to a multiple of ${this.blockSize} bytes`);
-      this.checkRange(lba, data.length / this.blockSize);
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    const refused = this.refusal(() => checkRequest.write(this, lba, data));
+    if (refused !== undefined) return Promise.reject(refused);
     return this.transfer('write', lba, data.length / this.blockSize, data);
   }
 
@@ -153,13 +119,12 @@ export class NvmeNamespace implements BlockDevice {
   }
 
   discard(lba: number, blocks: number): Promise<void> {
-    try {
+    const refused = this.refusal(() => {
       if (!this.canDiscard) this.refuse('the controller has no Dataset Management (ONCS bit 2)', 'do not discard on this device');
-      this.checkRange(lba, blocks);
+      checkRequest.discard(this, lba, blocks);
       if (blocks > 0xffffffff) this.refuse(`${blocks} blocks exceed one range's 2^32 - 1`, 'discard in smaller pieces');
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    });
+    if (refused !== undefined) return Promise.reject(refused);
     // One range (16 bytes) in the command's bounce buffer: context attributes, NLB, SLBA.
     return this.simple('discard', lba, blocks, NVM.DSM, 0, 1 << 2, 0, 0);
   }
@@ -201,10 +166,6 @@ export class NvmeNamespace implements BlockDevice {
         return io.controller.submitTo(q, false, opcode, this.nsid, prp1, 0, cdw10, cdw11, cdw12, 0, handler, fail) !== SUBMIT_FULL;
       });
     });
-  }
-
-  private report(op: BlockOperation, lba: number, blocks: number, error: Error | undefined, started: number): void {
-    if (this.subject.observed) this.subject.next({ op, lba, blocks, error, latencyUs: Math.round((performance.now() - started) * 1000) });
   }
 
   /**
@@ -278,6 +239,7 @@ export class NvmeNamespace implements BlockDevice {
    */
   submitRead(queue: number, lba: number, blocks: number, handler: (status: number, dw0: number, cid: number) => void, onError: (e: Error) => void): number {
     if (!(lba >= 0 && blocks >= 1 && lba + blocks <= this.blockCount && blocks * this.blockSize <= this.io.chunkBytes)) {
+      this.refused++;
       this.refuse(`read of ${blocks} blocks at ${lba} is outside the namespace or over ${this.io.chunkBytes} bytes`, 'stay inside the namespace and the transfer limit');
     }
     const q = this.io.controller.ioQueues[queue]!;

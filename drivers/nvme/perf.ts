@@ -35,7 +35,18 @@ export interface LoadResult {
   readonly errors: number;
 }
 
-const HISTOGRAM_US = 200_000;
+/** Latencies are counted per microsecond up to this (and everything above in its last bucket). */
+export const HISTOGRAM_US = 200_000;
+
+/** The latency (µs) below which `q` of the `count` samples in `histogram` fall. */
+export function histogramQuantile(histogram: Uint32Array, count: number, q: number): number {
+  let seen = 0;
+  for (let us = 0; us <= HISTOGRAM_US; us++) {
+    seen += histogram[us]!;
+    if (seen >= q * count) return us;
+  }
+  return HISTOGRAM_US;
+}
 
 function newSpaceUsed(): number {
   return getHeapSpaceStatistics().find((s) => s.space_name === 'new_space')?.space_used_size ?? 0;
@@ -109,16 +120,8 @@ export function randomReads(ns: NvmeNamespace, options: LoadOptions): Promise<Lo
         stopping = true;
         finish = () => {
           gc.disconnect();
-          const quantile = (q: number) => {
-            let seen = 0;
-            for (let us = 0; us <= HISTOGRAM_US; us++) {
-              seen += histogram[us]!;
-              if (seen >= q * ios) return us;
-            }
-            return HISTOGRAM_US;
-          };
           resolve({
-            ios, seconds, iops: ios / seconds, p50Us: quantile(0.5), p99Us: quantile(0.99),
+            ios, seconds, iops: ios / seconds, p50Us: histogramQuantile(histogram, ios, 0.5), p99Us: histogramQuantile(histogram, ios, 0.99),
             cpuUsPerIo: (cpu.user + cpu.system) / ios, heapBytesPerIo: Math.max(0, heap) / ios, scavenges, errors,
           });
         };

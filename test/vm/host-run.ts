@@ -21,7 +21,7 @@ export interface RunOptions extends HostOptions {
 /** `options` as DriverHost.claim takes them (e.g. `open` over a recording kernel port), and `onEvent`. */
 export function run(t: { teardown(fn: () => unknown): void; log(...v: unknown[]): void }, config: unknown, options: RunOptions = {}): Run {
   const { onEvent, ...hostOptions } = options;
-  const host = DriverHost.claim(parseHostConfig(config, builtinDrivers), hostOptions);
+  const host = DriverHost.claim(parseHostConfig(config, hostOptions.registry ?? builtinDrivers), hostOptions);
   const events: HostEvent[] = [];
   const started = Date.now();
   host.events.subscribe((e) => {

@@ -1,0 +1,439 @@
+/**
+ * A driver's block device, used from another thread than the driver's.
+ *
+ * In the driver's thread, serveBlockDevice() exports a BlockDevice through
+ * two shared-memory rings (shm/ring.ts): requests in, completions out. One
+ * setup message hands the other thread the rings, the geometry and a
+ * MessagePort; there BlockProxy implements the same BlockDevice over them.
+ * Per I/O there is a ring slot each way and no message:
+ *
+ * - Data over a SharedArrayBuffer goes by reference: the first time the
+ *   proxy sees a SharedArrayBuffer it posts it once over the port (the
+ *   driver side maps the same memory), then names it by id in the slot
+ *   (buffer id, offset, length); the driver loads it for DMA as its own
+ *   callers' shared memory (no copy). When the caller's buffer is
+ *   collected, the driver side forgets it (one more message).
+ * - Any other buffer is copied through a shared bounce area (page-aligned
+ *   DMA memory the driver loads directly), one bounce slot per request tag;
+ *   a request larger than a slot is split.
+ *
+ * Requests are checked in the proxy's thread (checkRequest) as the driver
+ * would, so a bad one never reaches the ring. A failure in the driver's
+ * thread arrives as the same error class with the same fields (the error's
+ * name and fields as JSON in the tag's error area; the classes are listed
+ * in ERRORS). When the host takes the device back, close() fails whatever
+ * is pending with BlockGoneError and refuses anything new; the next
+ * incarnation provides a new proxy.
+ *
+ * One proxy per export (a ring has one producer): another thread that wants
+ * the device needs its own export.
+ */
+import { MessageChannel, type MessagePort } from 'node:worker_threads';
+import { BlockDeviceBase, BlockGoneError, BlockRequestError, checkRequest, type BlockDevice, type BlockGeometry, type BlockOperation } from '../drivers/block.js';
+import { NvmeGoneError, NvmeStatusError, NvmeTimeoutError } from '../drivers/nvme/errors.js';
+import { UpciError, type UpciErrorCode } from '../kernel/errors.js';
+import { allocShared } from '../shm/mapping.js';
+import { createRing, RingConsumer, RingProducer } from '../shm/ring.js';
+
+/** Requests in flight at once per export (each holds a tag, a bounce slot and an error area). */
+const TAGS = 64;
+/** A bounce slot's size: at most this much of a copied request per tag. */
+const BOUNCE_MAX = 128 * 1024;
+/** JSON of one failure, per tag. */
+const ERROR_BYTES = 2048;
+
+// Request slot: op, tag, LBA (low, high), blocks, buffer id, offset, length.
+const REQUEST_WORDS = 8;
+// Completion slot: tag, bytes of error JSON (0: success).
+const COMPLETION_WORDS = 2;
+/**
+ * The proxy frees a tag (and may post its next request) while it handles
+ * the tag's completion, before that slot is given back: one slot more than
+ * the tags, rounded to a power of two.
+ */
+const COMPLETION_SLOTS = 2 * TAGS;
+
+const OPS: readonly BlockOperation[] = ['read', 'write', 'flush', 'discard'];
+/** Buffer id of the shared bounce area; 0 is no data. */
+const NO_DATA = 0;
+const BOUNCE = 1;
+
+/** The one message from the driver's thread: everything the proxy needs. */
+export interface BlockServiceSetup extends BlockGeometry {
+  readonly requests: SharedArrayBuffer;
+  readonly completions: SharedArrayBuffer;
+  readonly bounce: SharedArrayBuffer;
+  readonly bounceBytes: number;
+  readonly errors: SharedArrayBuffer;
+  /** Registrations of the caller's SharedArrayBuffers (transferred with the setup). */
+  readonly port: MessagePort;
+}
+
+type PortMessage =
+  | { readonly type: 'buffer'; readonly id: number; readonly buffer: SharedArrayBuffer }
+  | { readonly type: 'forget'; readonly id: number };
+
+/** An error's fields as they crossed (JSON): each codec reads back what its `fields` wrote. */
+type Fields = readonly [never, never, never, never];
+
+interface ErrorCodec {
+  readonly is: (e: Error) => boolean;
+  readonly fields: (e: never) => readonly unknown[];
+  /** The error again from its fields; its message is then set to the original's. */
+  readonly make: (fields: Fields) => Error;
+}
+
+const fix = (e: UpciError) => e.fix ?? '';
+/** An UpciError's message without the fix line its constructor appends. */
+const bare = (e: UpciError) => (e.fix === undefined ? e.message : e.message.slice(0, e.message.length - `\n  fix: ${e.fix}`.length));
+
+/** The error classes that cross as themselves (by name; first match wins, so subclasses come first). */
+const ERRORS: Readonly<Record<string, ErrorCodec>> = {
+  NvmeStatusError: {
+    is: (e) => e instanceof NvmeStatusError,
+    fields: (e: NvmeStatusError) => [e.command, e.sct, e.sc, e.dnr],
+    make: ([command, sct, sc, dnr]: Fields) => new NvmeStatusError(command, sct, sc, dnr),
+  },
+  NvmeTimeoutError: {
+    is: (e) => e instanceof NvmeTimeoutError,
+    fields: (e: NvmeTimeoutError) => [e.command, e.timeoutMs],
+    make: ([command, timeoutMs]: Fields) => new NvmeTimeoutError(command, timeoutMs, ''),
+  },
+  NvmeGoneError: {
+    is: (e) => e instanceof NvmeGoneError,
+    fields: (e: NvmeGoneError) => [e.command],
+    make: ([command]: Fields) => new NvmeGoneError(command, ''),
+  },
+  BlockGoneError: { is: (e) => e instanceof BlockGoneError, fields: () => [], make: () => new BlockGoneError() },
+  BlockRequestError: {
+    is: (e) => e instanceof BlockRequestError,
+    fields: (e: BlockRequestError) => [bare(e), fix(e)],
+    make: ([message, fixLine]: Fields) => new BlockRequestError(message, fixLine),
+  },
+  UpciError: {
+    is: (e) => e instanceof UpciError,
+    fields: (e: UpciError) => [e.code, bare(e), e.fix],
+    make: ([code, message, fixLine]: Fields) => new UpciError(code as UpciErrorCode, message, fixLine),
+  },
+};
+
+interface EncodedError {
+  readonly codec: string | undefined;
+  readonly name: string;
+  readonly message: string;
+  readonly fields: readonly unknown[];
+  readonly stack: string;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** Writes `e` into the error area at `offset`; returns the bytes written (at least 1). */
+function encodeError(e: unknown, area: Uint8Array): number {
+  const error = e instanceof Error ? e : new Error(String(e));
+  const codec = Object.keys(ERRORS).find((name) => ERRORS[name]!.is(error));
+  const encoded: EncodedError = {
+    codec,
+    name: error.name,
+    message: error.message,
+    fields: codec === undefined ? [] : ERRORS[codec]!.fields(error as never),
+    stack: error.stack ?? '',
+  };
+  let json = JSON.stringify(encoded);
+  // A long stack is cut first, then the message; the class and its fields always cross.
+  if (encoder.encode(json).length > area.length) json = JSON.stringify({ ...encoded, stack: '' });
+  if (encoder.encode(json).length > area.length) json = JSON.stringify({ ...encoded, stack: '', message: error.message.slice(0, area.length / 4) });
+  return encoder.encodeInto(json, area).written;
+}
+
+function decodeError(bytes: Uint8Array): Error {
+  const encoded = JSON.parse(decoder.decode(bytes)) as EncodedError;
+  const codec = encoded.codec === undefined ? undefined : ERRORS[encoded.codec];
+  const error = codec === undefined ? new Error() : codec.make(encoded.fields as unknown as Fields);
+  error.message = encoded.message;
+  if (codec === undefined && error.name !== encoded.name) Object.defineProperty(error, 'name', { value: encoded.name });
+  error.stack = `${encoded.stack}\n    (in the driver's thread; reported through its block service)`;
+  return error;
+}
+
+/** The export, in the driver's thread: what to post to the other thread, and how to stop serving. */
+export interface BlockExport {
+  readonly setup: BlockServiceSetup;
+  /** Post the setup with these transferred. */
+  readonly transfer: readonly MessagePort[];
+  stop(): void;
+}
+
+/** Serves `device` (in its driver's thread) to one BlockProxy in another thread. */
+export function serveBlockDevice(device: BlockDevice): BlockExport {
+  const requestRing = createRing(TAGS, REQUEST_WORDS);
+  const completionRing = createRing(COMPLETION_SLOTS, COMPLETION_WORDS);
+  const bounceBytes = Math.min(device.maxTransferBytes, BOUNCE_MAX);
+  const bounce = allocShared(TAGS * bounceBytes);
+  const errors = new SharedArrayBuffer(TAGS * ERROR_BYTES);
+  const channel = new MessageChannel();
+  const requests = RingConsumer.claim(requestRing);
+  const completions = RingProducer.claim(completionRing);
+  const buffers = new Map<number, SharedArrayBuffer>();
+  let stopped = false;
+
+  const complete = (tag: number, error: unknown) => {
+    if (stopped) return;
+    const length = error === undefined ? 0 : encodeError(error, new Uint8Array(errors, tag * ERROR_BYTES, ERROR_BYTES));
+    const at = completions.reserve();
+    // Never: no more requests are in flight than tags (see COMPLETION_SLOTS).
+    if (at < 0) throw new Error(`${device.name}: the completion ring is full`);
+    completions.words[at] = tag;
+    completions.words[at + 1] = length;
+    completions.publish();
+  };
+
+  channel.port1.on('message', (m: PortMessage) => {
+    if (m.type === 'buffer') {
+      buffers.set(m.id, m.buffer);
+      requests.resume();
+    } else {
+      buffers.delete(m.id);
+    }
+  });
+
+  requests.start((w, at) => {
+    const op = OPS[w[at]!]!;
+    const tag = w[at + 1]!;
+    const lba = (w[at + 2]! >>> 0) + (w[at + 3]! >>> 0) * 2 ** 32;
+    const blocks = w[at + 4]!;
+    const id = w[at + 5]!;
+    let data: Uint8Array | undefined;
+    if (id === BOUNCE) {
+      data = new Uint8Array(bounce, tag * bounceBytes, w[at + 7]!);
+    } else if (id !== NO_DATA) {
+      const buffer = buffers.get(id);
+      // Its registration is still on its way: wait for it (requests stay in order).
+      if (buffer === undefined) return false;
+      data = new Uint8Array(buffer, w[at + 6]!, w[at + 7]!);
+    }
+    let work: Promise<unknown>;
+    try {
+      work = op === 'read' ? device.read(lba, blocks, data)
+        : op === 'write' ? device.write(lba, data!)
+          : op === 'flush' ? device.flush()
+            : device.discard(lba, blocks);
+    } catch (e) {
+      work = Promise.reject(e);
+    }
+    work.then(() => complete(tag, undefined), (e: unknown) => complete(tag, e));
+    return true;
+  });
+
+  return {
+    setup: {
+      name: device.name,
+      blockSize: device.blockSize,
+      blockCount: device.blockCount,
+      canDiscard: device.canDiscard,
+      maxTransferBytes: device.maxTransferBytes,
+      requests: requestRing,
+      completions: completionRing,
+      bounce,
+      bounceBytes,
+      errors,
+      port: channel.port2,
+    },
+    transfer: [channel.port2],
+    stop: () => {
+      if (stopped) return;
+      stopped = true;
+      requests.stop();
+      completions.release();
+      channel.port1.close();
+      buffers.clear();
+    },
+  };
+}
+
+/** One request of a caller. */
+interface Request {
+  readonly op: BlockOperation;
+  readonly lba: number;
+  readonly blocks: number;
+  readonly started: number;
+  /** The caller's data when it is copied through the bounce area (a read copies back into it). */
+  readonly copied: Uint8Array | undefined;
+  parts: number;
+  failure: Error | undefined;
+  readonly resolve: () => void;
+  readonly reject: (e: Error) => void;
+}
+
+/** What one ring slot carries: all of a request, or a bounce slot's share of a copied one. */
+interface Part {
+  readonly request: Request;
+  readonly lba: number;
+  readonly blocks: number;
+  readonly buffer: number;
+  /** Into the registered buffer, or into the caller's data when copied. */
+  readonly offset: number;
+  readonly length: number;
+}
+
+let nextBufferId = BOUNCE + 1;
+
+/** The block device of a driver in another thread, over its export's rings. */
+export class BlockProxy extends BlockDeviceBase {
+  /** Ring slots posted so far. */
+  posted = 0;
+  private readonly requests: RingProducer;
+  private readonly replies: RingConsumer;
+  private readonly bounce: Uint8Array;
+  private readonly bounceBytes: number;
+  private readonly errors: Uint8Array;
+  private readonly port: MessagePort;
+  private readonly free: number[] = [];
+  private readonly inFlight: (Part | undefined)[] = new Array<Part | undefined>(TAGS).fill(undefined);
+  private readonly waiting: Part[] = [];
+  private readonly ids = new WeakMap<SharedArrayBuffer, number>();
+  /** Tells the driver side to drop a caller's buffer once it is collected here. */
+  private readonly forget = new FinalizationRegistry<number>((id) => {
+    if (this.gone === undefined) this.port.postMessage({ type: 'forget', id } satisfies PortMessage);
+  });
+  private gone: string | undefined;
+
+  constructor(setup: BlockServiceSetup) {
+    super(setup);
+    this.requests = RingProducer.claim(setup.requests);
+    this.replies = RingConsumer.claim(setup.completions);
+    this.bounce = new Uint8Array(setup.bounce);
+    this.bounceBytes = setup.bounceBytes;
+    this.errors = new Uint8Array(setup.errors);
+    this.port = setup.port;
+    for (let tag = TAGS - 1; tag >= 0; tag--) this.free.push(tag);
+    this.replies.start((w, at) => this.completed(w[at]!, w[at + 1]!));
+  }
+
+  read(lba: number, blocks: number, into?: Uint8Array): Promise<Uint8Array> {
+    return this.request('read', lba, blocks, () => checkRequest.read(this, lba, blocks, into), into ?? new Uint8Array(blocks * this.blockSize))
+      .then((data) => data!);
+  }
+
+  write(lba: number, data: Uint8Array): Promise<void> {
+    return this.request('write', lba, data?.length / this.blockSize, () => checkRequest.write(this, lba, data), data).then(() => undefined);
+  }
+
+  flush(): Promise<void> {
+    return this.request('flush', 0, 0, () => {}, undefined).then(() => undefined);
+  }
+
+  discard(lba: number, blocks: number): Promise<void> {
+    return this.request('discard', lba, blocks, () => checkRequest.discard(this, lba, blocks), undefined).then(() => undefined);
+  }
+
+  /**
+   * The host took the device back (the driver stopped, crashed or hung):
+   * the completions already in the ring are delivered, everything else
+   * pending fails with BlockGoneError naming `reason`, and every later
+   * request too.
+   */
+  close(reason: string): void {
+    if (this.gone !== undefined) return;
+    // What the driver completed before the take-back counts: the device did it. Nothing new is posted meanwhile.
+    this.gone = reason;
+    this.replies.drain((w, at) => this.completed(w[at]!, w[at + 1]!));
+    this.replies.stop();
+    this.requests.release();
+    const error = new BlockGoneError(`${this.name}: ${reason}`);
+    const requests = new Set([...this.inFlight, ...this.waiting].filter((p) => p !== undefined).map((p) => p.request));
+    this.inFlight.fill(undefined);
+    this.waiting.length = 0;
+    for (const request of requests) this.finish(request, error);
+    this.port.close();
+  }
+
+  private request(op: BlockOperation, lba: number, blocks: number, check: () => void, data: Uint8Array | undefined): Promise<Uint8Array | undefined> {
+    if (this.gone !== undefined) return Promise.reject(new BlockGoneError(`${this.name}: ${this.gone}`));
+    const refused = this.refusal(check);
+    if (refused !== undefined) return Promise.reject(refused);
+    const shared = data !== undefined && data.buffer instanceof SharedArrayBuffer ? data.buffer : undefined;
+    const copied = data !== undefined && shared === undefined ? data : undefined;
+    return new Promise<Uint8Array | undefined>((resolve, reject) => {
+      const request: Request = {
+        op, lba, blocks, started: performance.now(), copied, parts: 0, failure: undefined,
+        resolve: () => resolve(data), reject,
+      };
+      if (shared !== undefined) {
+        this.enqueue({ request, lba, blocks, buffer: this.idOf(shared), offset: data!.byteOffset, length: data!.length });
+      } else if (copied !== undefined) {
+        const blocksPerPart = Math.floor(this.bounceBytes / this.blockSize);
+        for (let first = 0; first < blocks; first += blocksPerPart) {
+          const n = Math.min(blocksPerPart, blocks - first);
+          this.enqueue({ request, lba: lba + first, blocks: n, buffer: BOUNCE, offset: first * this.blockSize, length: n * this.blockSize });
+        }
+      } else {
+        this.enqueue({ request, lba, blocks, buffer: NO_DATA, offset: 0, length: 0 });
+      }
+    });
+  }
+
+  /** The id the driver side knows `buffer` by; registered (one message) the first time. */
+  private idOf(buffer: SharedArrayBuffer): number {
+    let id = this.ids.get(buffer);
+    if (id === undefined) {
+      id = nextBufferId++;
+      this.ids.set(buffer, id);
+      this.port.postMessage({ type: 'buffer', id, buffer } satisfies PortMessage);
+      this.forget.register(buffer, id);
+    }
+    return id;
+  }
+
+  private enqueue(part: Part): void {
+    part.request.parts++;
+    if (this.waiting.length > 0 || !this.post(part)) this.waiting.push(part);
+  }
+
+  /** Puts `part` in the request ring under a free tag; false when every tag is in flight. */
+  private post(part: Part): boolean {
+    const tag = this.free.pop();
+    if (tag === undefined) return false;
+    const at = this.requests.reserve();
+    // Never: the ring has a slot per tag.
+    if (at < 0) throw new Error(`${this.name}: the request ring is full with a tag free`);
+    if (part.buffer === BOUNCE && part.request.op === 'write') {
+      this.bounce.set(part.request.copied!.subarray(part.offset, part.offset + part.length), tag * this.bounceBytes);
+    }
+    this.inFlight[tag] = part;
+    const w = this.requests.words;
+    w[at] = OPS.indexOf(part.request.op);
+    w[at + 1] = tag;
+    w[at + 2] = part.lba >>> 0;
+    w[at + 3] = Math.floor(part.lba / 2 ** 32);
+    w[at + 4] = part.blocks;
+    w[at + 5] = part.buffer;
+    w[at + 6] = part.offset;
+    w[at + 7] = part.length;
+    this.requests.publish();
+    this.posted++;
+    return true;
+  }
+
+  private completed(tag: number, errorBytes: number): void {
+    const part = this.inFlight[tag];
+    if (part === undefined) return;
+    this.inFlight[tag] = undefined;
+    const { request } = part;
+    if (errorBytes > 0) {
+      request.failure ??= decodeError(this.errors.subarray(tag * ERROR_BYTES, tag * ERROR_BYTES + errorBytes));
+    } else if (part.buffer === BOUNCE && request.op === 'read') {
+      const from = tag * this.bounceBytes;
+      request.copied!.set(this.bounce.subarray(from, from + part.length), part.offset);
+    }
+    this.free.push(tag);
+    while (this.gone === undefined && this.waiting.length > 0 && this.post(this.waiting[0]!)) this.waiting.shift();
+    if (--request.parts === 0) this.finish(request, request.failure);
+  }
+
+  private finish(request: Request, error: Error | undefined): void {
+    this.report(request.op, request.lba, request.blocks, error, request.started);
+    if (error === undefined) request.resolve();
+    else request.reject(error);
+  }
+}

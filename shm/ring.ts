@@ -1,0 +1,204 @@
+/**
+ * A single-producer, single-consumer ring of fixed-size Int32 slots in a
+ * SharedArrayBuffer, for requests and completions between two threads with
+ * no message per entry. The producer writes a slot in place and advances
+ * the tail; the consumer drains every published slot per wake and advances
+ * the head. A consumer that finds the ring empty waits with
+ * Atomics.waitAsync, in its own event loop (no extra thread); the producer
+ * notifies only when the consumer said it may be waiting.
+ *
+ * One producer and one consumer per ring: head and tail are plain counters,
+ * not compare-and-swap loops, so two producers would overwrite each other's
+ * slots. Each side claims its end once (RingProducer.claim,
+ * RingConsumer.claim); a second claim of the same end, in any thread, is
+ * refused. Several producers need one ring each.
+ */
+import { UpciError } from '../kernel/errors.js';
+
+// Header words. Head (the consumer's) and tail (the producer's) on separate 64-byte lines.
+const HEAD = 0;
+/** 1 while the consumer is about to wait or waits on TAIL. */
+const WAITING = 1;
+const TAIL = 16;
+const PRODUCER = 24;
+const CONSUMER = 25;
+const SLOTS = 26;
+const SLOT_WORDS = 27;
+const HEADER_WORDS = 32;
+
+/** A ring of `slots` (a power of two) slots of `slotWords` Int32 words each. */
+export function createRing(slots: number, slotWords: number): SharedArrayBuffer {
+  if (!Number.isInteger(slots) || slots < 1 || (slots & (slots - 1)) !== 0 || slots > 1 << 20) {
+    throw new UpciError('OUT_OF_RANGE', `a ring of ${slots} slots`, 'use a power of two from 1 to 2^20 slots');
+  }
+  if (!Number.isInteger(slotWords) || slotWords < 1) throw new UpciError('OUT_OF_RANGE', `${slotWords} words per slot`, 'give each slot at least one word');
+  const buffer = new SharedArrayBuffer(4 * (HEADER_WORDS + slots * slotWords));
+  const words = new Int32Array(buffer);
+  words[SLOTS] = slots;
+  words[SLOT_WORDS] = slotWords;
+  return buffer;
+}
+
+function claim(buffer: SharedArrayBuffer, end: typeof PRODUCER | typeof CONSUMER): Int32Array {
+  const words = new Int32Array(buffer);
+  const what = end === PRODUCER ? 'producer' : 'consumer';
+  if (Atomics.compareExchange(words, end, 0, 1) !== 0) {
+    throw new UpciError('BUSY', `this ring already has a ${what} (a ring is single-producer, single-consumer)`, `give each ${what} a ring of its own`);
+  }
+  return words;
+}
+
+abstract class RingEnd {
+  /** The whole ring: a slot's words are at the index reserve() or a drain handler gets. */
+  readonly words: Int32Array;
+  readonly slots: number;
+  readonly slotWords: number;
+  protected readonly mask: number;
+
+  protected constructor(buffer: SharedArrayBuffer, private readonly end: typeof PRODUCER | typeof CONSUMER) {
+    this.words = claim(buffer, end);
+    this.slots = this.words[SLOTS]!;
+    this.slotWords = this.words[SLOT_WORDS]!;
+    this.mask = this.slots - 1;
+  }
+
+  protected at(counter: number): number {
+    return HEADER_WORDS + (counter & this.mask) * this.slotWords;
+  }
+
+  /** Gives this end up, so another thread may claim it. */
+  release(): void {
+    Atomics.store(this.words, this.end, 0);
+  }
+}
+
+export class RingProducer extends RingEnd {
+  private reserved = false;
+
+  static claim(buffer: SharedArrayBuffer): RingProducer {
+    return new RingProducer(buffer);
+  }
+
+  private constructor(buffer: SharedArrayBuffer) {
+    super(buffer, PRODUCER);
+  }
+
+  /** Slots published and not yet drained. */
+  get used(): number {
+    return (Atomics.load(this.words, TAIL) - Atomics.load(this.words, HEAD)) >>> 0;
+  }
+
+  /**
+   * The index in `words` of the next slot to fill, or -1 when the ring is
+   * full (the consumer has not drained yet: the caller holds the entry back).
+   */
+  reserve(): number {
+    if (this.used === this.slots) return -1;
+    this.reserved = true;
+    return this.at(Atomics.load(this.words, TAIL));
+  }
+
+  /** Publishes the reserved slot; wakes the consumer only if it may be waiting. */
+  publish(): void {
+    if (!this.reserved) throw new Error('RingProducer.publish without a reserved slot');
+    this.reserved = false;
+    Atomics.add(this.words, TAIL, 1);
+    if (Atomics.load(this.words, WAITING) !== 0 && Atomics.exchange(this.words, WAITING, 0) !== 0) Atomics.notify(this.words, TAIL, 1);
+  }
+}
+
+/**
+ * Handles one slot (its words from `at`); false leaves it, and every later
+ * one, in the ring until resume(). The slot is free for the producer only
+ * once the handler has returned.
+ */
+export type SlotHandler = (words: Int32Array, at: number) => boolean | void;
+
+export class RingConsumer extends RingEnd {
+  private handler: SlotHandler | undefined;
+  private stopped = false;
+  private paused = false;
+  private waiting = false;
+
+  static claim(buffer: SharedArrayBuffer): RingConsumer {
+    return new RingConsumer(buffer);
+  }
+
+  private constructor(buffer: SharedArrayBuffer) {
+    super(buffer, CONSUMER);
+  }
+
+  /** Runs `handler` on every published slot, in order; false from it stops there (the slot stays). Returns the slots consumed. */
+  drain(handler: SlotHandler): number {
+    const words = this.words;
+    let head = Atomics.load(words, HEAD);
+    const tail = Atomics.load(words, TAIL);
+    let n = 0;
+    while (head !== tail) {
+      if (handler(words, this.at(head)) === false) {
+        this.paused = true;
+        break;
+      }
+      head = (head + 1) | 0;
+      // Each slot is given back as soon as it is handled, not after the batch.
+      Atomics.store(words, HEAD, head);
+      n++;
+    }
+    return n;
+  }
+
+  /**
+   * Drains now, and again each time the producer publishes: woken by
+   * Atomics.waitAsync, so in this thread's own event loop. A handler that
+   * returns false pauses the loop until resume().
+   */
+  start(handler: SlotHandler): void {
+    if (this.handler !== undefined) throw new Error('RingConsumer.start called twice');
+    this.handler = handler;
+    this.run();
+  }
+
+  /** After a handler refused a slot: try it again, and go on. */
+  resume(): void {
+    if (!this.paused || this.stopped || this.handler === undefined) return;
+    this.paused = false;
+    this.run();
+  }
+
+  /** Stops the loop (a pending wait is woken and ends) and gives the consumer end up. */
+  stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.waiting) Atomics.notify(this.words, TAIL);
+    this.release();
+  }
+
+  private run(): void {
+    const words = this.words;
+    const handler = this.handler!;
+    for (;;) {
+      if (this.stopped) return;
+      this.drain(handler);
+      if (this.paused || this.stopped) return;
+      Atomics.store(words, WAITING, 1);
+      // Published after the drain and before WAITING was seen: drain again instead of waiting.
+      const tail = Atomics.load(words, TAIL);
+      if (tail !== Atomics.load(words, HEAD)) {
+        Atomics.store(words, WAITING, 0);
+        continue;
+      }
+      const wait = Atomics.waitAsync(words, TAIL, tail);
+      if (!wait.async) {
+        Atomics.store(words, WAITING, 0);
+        continue;
+      }
+      this.waiting = true;
+      void wait.value.then(() => {
+        this.waiting = false;
+        Atomics.store(words, WAITING, 0);
+        this.run();
+      });
+      return;
+    }
+  }
+}

@@ -1,0 +1,317 @@
+/**
+ * The shared-memory ring (shm/ring.ts) and the block service over it
+ * (actors/block-service.ts): a BlockProxy in this thread against a fake
+ * block device served from a real worker thread.
+ */
+import test from 'ava';
+import { MessagePort, Worker } from 'node:worker_threads';
+import { Subject } from 'rxjs';
+import { BlockProxy, serveBlockDevice, type BlockServiceSetup } from '../../actors/block-service.js';
+import { BlockGoneError, type BlockCompletion, type BlockDevice } from '../../drivers/block.js';
+import { NvmeStatusError } from '../../drivers/nvme/errors.js';
+import { UpciError } from '../../kernel/errors.js';
+import { allocShared } from '../../shm/mapping.js';
+import { createRing, RingConsumer, RingProducer } from '../../shm/ring.js';
+import { within } from '../support/bounded.js';
+
+const fakeWorker = new URL('../support/fake-block-worker.js', import.meta.url);
+const ringModule = new URL('../../shm/ring.js', import.meta.url).href;
+
+function push(producer: RingProducer, ...values: number[]): boolean {
+  const at = producer.reserve();
+  if (at < 0) return false;
+  values.forEach((v, i) => (producer.words[at + i] = v));
+  producer.publish();
+  return true;
+}
+
+function drained(consumer: RingConsumer): number[][] {
+  const out: number[][] = [];
+  consumer.drain((w, at) => {
+    out.push(Array.from(w.subarray(at, at + consumer.slotWords)));
+  });
+  return out;
+}
+
+test('ring: entries come out in order across many wraparounds of a small ring', (t) => {
+  const ring = createRing(4, 2);
+  const producer = RingProducer.claim(ring);
+  const consumer = RingConsumer.claim(ring);
+  const seen: number[][] = [];
+  let next = 0;
+  for (let round = 0; round < 50; round++) {
+    for (let i = 0; i < 1 + (round % 4); i++, next++) t.true(push(producer, next, next ^ 0x5a5a));
+    seen.push(...drained(consumer));
+  }
+  t.is(seen.length, next);
+  t.true(next > 4 * 20, 'the slot index wrapped many times');
+  t.deepEqual(seen, Array.from({ length: next }, (_, i) => [i, i ^ 0x5a5a]));
+});
+
+test('ring: a full ring refuses the next entry (backpressure) until the consumer drains', (t) => {
+  const ring = createRing(8, 1);
+  const producer = RingProducer.claim(ring);
+  const consumer = RingConsumer.claim(ring);
+  for (let i = 0; i < 8; i++) t.true(push(producer, i));
+  t.is(producer.used, 8);
+  t.is(producer.reserve(), -1, 'full: no slot');
+  t.false(push(producer, 99));
+  let first: number | undefined;
+  // A handler that refuses leaves the slot (and the rest) in place.
+  t.is(consumer.drain((w, at) => {
+    if (first !== undefined) return false;
+    first = w[at]!;
+    return true;
+  }), 1);
+  t.is(first, 0);
+  t.true(push(producer, 8), 'one slot drained: one more fits');
+  t.deepEqual(drained(consumer).map((s) => s[0]), [1, 2, 3, 4, 5, 6, 7, 8]);
+});
+
+test('ring: single producer, single consumer: a second claim of either end is refused until released', (t) => {
+  const ring = createRing(2, 1);
+  const producer = RingProducer.claim(ring);
+  t.throws(() => RingProducer.claim(ring), { instanceOf: UpciError, message: /already has a producer.*single-producer/s });
+  const consumer = RingConsumer.claim(ring);
+  t.throws(() => RingConsumer.claim(ring), { instanceOf: UpciError, message: /already has a consumer/ });
+  producer.release();
+  consumer.stop();
+  t.notThrows(() => RingProducer.claim(ring));
+  t.notThrows(() => RingConsumer.claim(ring));
+  t.throws(() => createRing(3, 1), { message: /a ring of 3 slots/ });
+});
+
+test('ring: a consumer waiting in this thread\'s event loop is woken by a producer in a worker, no message is posted', async (t) => {
+  const ring = createRing(16, 1);
+  const consumer = RingConsumer.claim(ring);
+  const got: number[] = [];
+  let resolve!: () => void;
+  const all = new Promise<void>((r) => (resolve = r));
+  const N = 5000;
+  consumer.start((w, at) => {
+    got.push(w[at]!);
+    if (got.length === N) resolve();
+  });
+  const worker = new Worker(
+    `const { workerData } = await import('node:worker_threads');
+     const { RingProducer } = await import(${JSON.stringify(ringModule)});
+     const p = RingProducer.claim(workerData);
+     for (let i = 0; i < ${N}; i++) {
+       let at;
+       while ((at = p.reserve()) < 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+       p.words[at] = i;
+       p.publish();
+     }`,
+    { eval: true, workerData: ring },
+  );
+  let messages = 0;
+  worker.on('message', () => messages++);
+  try {
+    await within(20_000, all, `the consumer got ${got.length} of ${N} entries`);
+  } finally {
+    consumer.stop();
+    await worker.terminate();
+  }
+  t.deepEqual(got, Array.from({ length: N }, (_, i) => i), 'every entry, in order, through a ring 16 slots deep');
+  t.is(messages, 0);
+});
+
+interface Fake {
+  readonly worker: Worker;
+  readonly proxy: BlockProxy;
+  /** Messages the worker has posted so far (the setup among them), and what its device saw. */
+  stats(): Promise<{ posted: number; sharedSeen: { reads: number; writes: number } }>;
+  /** Messages this thread has received from the worker. */
+  received(): number;
+}
+
+async function fake(t: { teardown(fn: () => unknown): void }): Promise<Fake> {
+  const worker = new Worker(fakeWorker);
+  t.teardown(() => worker.terminate());
+  let received = 0;
+  const replies: ((m: unknown) => void)[] = [];
+  const setup = await within(20_000, new Promise<BlockServiceSetup>((resolve, reject) => {
+    worker.once('error', reject);
+    worker.on('message', (m: { type: string; setup?: BlockServiceSetup }) => {
+      received++;
+      if (m.type === 'setup') resolve(m.setup!);
+      else replies.shift()?.(m);
+    });
+  }), 'the fake block worker never sent its setup');
+  const proxy = new BlockProxy(setup);
+  t.teardown(() => proxy.close('test over'));
+  return {
+    worker,
+    proxy,
+    stats: () => within(10_000, new Promise((resolve) => {
+      replies.push(resolve as (m: unknown) => void);
+      worker.postMessage({ type: 'stats' });
+    }), 'the fake block worker never answered'),
+    received: () => received,
+  };
+}
+
+/** Counts postMessage calls on every MessagePort of this thread while `work` runs. */
+async function countingPosts<T>(work: () => Promise<T>): Promise<{ result: T; posts: number }> {
+  const post = MessagePort.prototype.postMessage;
+  let posts = 0;
+  MessagePort.prototype.postMessage = function (this: MessagePort, ...args: Parameters<MessagePort['postMessage']>) {
+    posts++;
+    return post.apply(this, args);
+  };
+  try {
+    return { result: await work(), posts };
+  } finally {
+    MessagePort.prototype.postMessage = post;
+  }
+}
+
+test.serial('block proxy: data in a SharedArrayBuffer goes by reference (the driver side writes the caller\'s own bytes); 400 I/Os post one message, the registration', async (t) => {
+  const { proxy, stats, received } = await fake(t);
+  t.like(proxy, { name: 'fake0n1', blockSize: 512, blockCount: 4096, canDiscard: true, maxTransferBytes: 128 * 1024 });
+  const shared = new Uint8Array(allocShared(64 * 1024));
+  const receivedBefore = received();
+  const { posts } = await countingPosts(async () => {
+    for (let i = 0; i < 200; i++) {
+      const part = shared.subarray(4096 * (i % 16), 4096 * (i % 16 + 1));
+      part.fill(i & 0xff);
+      await proxy.write(i * 8, part);
+      t.is(part[4095], 0xee, 'the fake\'s stamp is in the caller\'s own array: it had this memory, not a copy');
+      part.fill(0);
+      t.is(await proxy.read(i * 8, 8, part), part, 'read resolves with the caller\'s array');
+      if (part[0] !== (i & 0xff) || part[4095] !== (i & 0xff)) t.fail(`read ${i} did not land in the caller's memory`);
+    }
+  });
+  t.is(posts, 1, 'one message from this thread: the SharedArrayBuffer\'s registration');
+  t.is(received() - receivedBefore, 0, 'no message from the driver side');
+  const s = await stats();
+  t.is(s.posted, 2, 'the worker posted its setup and this answer only');
+  t.deepEqual(s.sharedSeen, { reads: 200, writes: 200 });
+  t.is(proxy.posted, 400, 'one ring slot per request');
+});
+
+test.serial('block proxy: other buffers are copied through the bounce area, split over bounce slots; read() without a buffer returns a new array; completions are reported', async (t) => {
+  const { proxy } = await fake(t);
+  const seen: BlockCompletion[] = [];
+  const sub = proxy.completions.subscribe((c) => seen.push(c));
+  const data = new Uint8Array(300 * 1024);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 7) & 0xff;
+  const copy = data.slice();
+  const posted = proxy.posted;
+  await proxy.write(16, data);
+  t.is(proxy.posted - posted, 3, '300 KiB in 128 KiB bounce slots: three ring slots');
+  t.true(Buffer.from(data).equals(copy), 'the caller\'s array is untouched: the fake stamped the bounce copy');
+  const back = await proxy.read(16, data.length / 512);
+  t.false(back.buffer instanceof SharedArrayBuffer);
+  t.true(Buffer.from(back).equals(copy), 'read back what was written');
+  await proxy.flush();
+  await proxy.discard(16, 8);
+  t.deepEqual(Array.from((await proxy.read(16, 8)).subarray(0, 4)), [0, 0, 0, 0]);
+  sub.unsubscribe();
+  t.deepEqual(seen.map((c) => [c.op, c.lba, c.blocks, c.error]), [
+    ['write', 16, 600, undefined], ['read', 16, 600, undefined], ['flush', 0, 0, undefined], ['discard', 16, 8, undefined], ['read', 16, 8, undefined],
+  ]);
+});
+
+test.serial('block proxy: failures in the driver\'s thread arrive as the same classes with the same fields; bad requests are refused here, before the ring', async (t) => {
+  const { proxy } = await fake(t);
+  const status = await t.throwsAsync(proxy.read(666, 1), { instanceOf: NvmeStatusError });
+  t.like(status, { name: 'NvmeStatusError', command: 'Read', sct: 2, sc: 0x81, dnr: true });
+  t.regex(status!.message, /Unrecovered Read Error \(SCT 2, SC 0x81, do not retry\)/);
+  t.regex(status!.stack!, /in the driver's thread/);
+  const refusal = await t.throwsAsync(proxy.read(667, 1), { instanceOf: UpciError });
+  t.like(refusal, { name: 'UpciError', code: 'OUT_OF_RANGE', fix: 'read another LBA' });
+  t.is(refusal!.message, 'fake0n1: LBA 667 is refused by the fake\n  fix: read another LBA');
+  const bug = await t.throwsAsync(proxy.read(668, 1));
+  t.is(bug!.name, 'TypeError');
+  t.is(bug!.message, 'the fake has a bug at LBA 668');
+
+  const posted = proxy.posted;
+  await t.throwsAsync(proxy.read(4095, 2), { code: 'OUT_OF_RANGE', message: /run past the end of the namespace/ } as never);
+  await t.throwsAsync(proxy.write(0, new Uint8Array(700)), { message: /700 bytes are not a whole number of 512-byte blocks/ });
+  await t.throwsAsync(proxy.read(0, 2, new Uint8Array(1000)), { message: /the buffer holds 1000 bytes; 2 blocks are 1024 bytes/ });
+  await t.throwsAsync(proxy.read(1.5, 1), { message: /not a non-negative integer/ });
+  t.is(proxy.refused, 4);
+  t.is(proxy.posted, posted, 'nothing refused reached the ring');
+  t.is((await proxy.read(0, 1)).length, 512, 'the device still serves');
+});
+
+test.serial('block proxy: when the host takes the device back, pending requests reject at once with BlockGoneError and new ones are refused', async (t) => {
+  const { proxy, worker } = await fake(t);
+  const shared = new Uint8Array(allocShared(4096));
+  const pending: Promise<unknown>[] = [proxy.read(777, 1), proxy.write(777, shared), proxy.write(777, new Uint8Array(512))];
+  for (const p of pending) p.catch(() => {});
+  await proxy.read(0, 1);
+  // The driver thread is gone (terminated, as after a hang): nothing will ever complete.
+  await worker.terminate();
+  proxy.close('the host took the device back');
+  for (const p of pending) {
+    await t.throwsAsync(within(5_000, p, 'a pending request was neither completed nor rejected'), { instanceOf: BlockGoneError, message: /fake0n1: the host took the device back/ });
+  }
+  await t.throwsAsync(proxy.read(0, 1), { instanceOf: BlockGoneError }, 'a request after the take-back');
+});
+
+test.serial('block proxy: a completion already in the ring when the host takes the device back is delivered, not failed', async (t) => {
+  const { proxy, worker } = await fake(t);
+  await proxy.read(0, 1);
+  const done = proxy.read(1, 1);
+  const pending = proxy.read(777, 1);
+  pending.catch(() => {});
+  // This thread's loop is held while the driver side completes LBA 1: its completion waits in the ring, undrained.
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 500);
+  proxy.close('the host took the device back');
+  await worker.terminate();
+  t.is((await within(5_000, done, 'the completed read never settled')).length, 512, 'the device did it: it resolves');
+  await t.throwsAsync(pending, { instanceOf: BlockGoneError });
+});
+
+test.serial('block proxy: more requests than tags wait their turn and all complete', async (t) => {
+  const { proxy } = await fake(t);
+  const shared = new Uint8Array(allocShared(300 * 512));
+  const all = await within(20_000, Promise.all(Array.from({ length: 300 }, (_, i) => proxy.write(i, shared.subarray(i * 512, (i + 1) * 512)))), 'not every request completed');
+  t.is(all.length, 300);
+  t.is(proxy.posted, 300);
+});
+
+test.serial('block export: a request naming a buffer whose registration has not arrived waits for it, and the requests behind it too', async (t) => {
+  const calls: { lba: number; shared: boolean; first: number | undefined }[] = [];
+  const device: BlockDevice = {
+    name: 'probe0', blockSize: 512, blockCount: 64, canDiscard: false, maxTransferBytes: 4096,
+    completions: new Subject<BlockCompletion>().asObservable(),
+    read: (lba, _blocks, into) => {
+      calls.push({ lba, shared: into?.buffer instanceof SharedArrayBuffer, first: into?.[0] });
+      return Promise.resolve(into!);
+    },
+    write: () => Promise.resolve(),
+    flush: () => Promise.resolve(),
+    discard: () => Promise.resolve(),
+  };
+  const served = serveBlockDevice(device);
+  t.teardown(() => served.stop());
+  // This test plays the proxy by hand: request slots as BlockProxy writes them (op, tag, LBA low/high, blocks, buffer id, offset, length).
+  const requests = RingProducer.claim(served.setup.requests);
+  const completions = RingConsumer.claim(served.setup.completions);
+  const post = (tag: number, lba: number, buffer: number) => {
+    const at = requests.reserve();
+    requests.words.set([0, tag, lba, 0, 1, buffer, 0, 512], at);
+    requests.publish();
+  };
+  const memory = new Uint8Array(new SharedArrayBuffer(4096)).fill(0x42);
+  post(0, 3, 1000);
+  post(1, 4, 1 /* the bounce area */);
+  await new Promise((r) => setTimeout(r, 100));
+  t.deepEqual(calls, [], 'nothing ran while buffer 1000 was unknown, not even the request behind it');
+  served.setup.port.postMessage({ type: 'buffer', id: 1000, buffer: memory.buffer });
+  const done: number[] = [];
+  await within(5_000, (async () => {
+    while (done.length < 2) {
+      completions.drain((w, at) => {
+        done.push(w[at]!);
+      });
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  })(), 'the two requests never completed');
+  t.deepEqual(calls, [{ lba: 3, shared: true, first: 0x42 }, { lba: 4, shared: true, first: 0 }], 'in order, the first in the registered memory');
+  t.deepEqual(done, [0, 1]);
+  served.setup.port.close();
+});
