@@ -1,7 +1,9 @@
 /**
  * pci_intr(9) for userland: allocate interrupts of a type (INTx, MSI, MSI-X,
  * or the best the device offers, like pci_intr_alloc), and get one RxJS
- * stream per vector, fed by the process's interrupt worker.
+ * stream per vector, fed by the event loop of the thread that established
+ * them (workers/interrupt-watcher.ts): a driver in its own worker thread is
+ * woken by that thread's loop.
  *
  * INTx is level-triggered: the kernel masks the line when it fires (when the
  * port says it is `automasked`), and it stays masked until the driver has
@@ -19,7 +21,7 @@
 import { defer, map, Observable, startWith, Subject } from 'rxjs';
 import { UpciError } from '../kernel/errors.js';
 import type { DeviceFile, IrqKind, IrqSource } from '../kernel/port.js';
-import { interruptHub, type HubRegistration } from '../workers/interrupt-hub.js';
+import { discardSource, watchSource, type SourceWatch } from '../workers/interrupt-watcher.js';
 import type { PciDevice } from './device.js';
 
 export type InterruptType = IrqKind;
@@ -141,7 +143,7 @@ export class InterruptVector {
     return { delivered: this.delivered, coalesced: this.coalesced, spurious: this.spurious, awaitingAck: this.pendingAck };
   }
 
-  /** Called by the hub with the count the worker folded in. */
+  /** Called from the event loop with the interrupts the kernel counted since the last call. */
   fire(count: number): void {
     if (this.masked || !this.subject.observed) {
       this.held += count;
@@ -187,7 +189,7 @@ export class Interrupts {
   readonly vectors: readonly InterruptVector[];
   /** The kernel masks the line at each interrupt until unmasked (INTx under VFIO). */
   readonly automasked: boolean;
-  private readonly slots: HubRegistration[] = [];
+  private readonly watches: SourceWatch[] = [];
   private released = false;
 
   private constructor(
@@ -202,14 +204,14 @@ export class Interrupts {
     try {
       Interrupts.checkCoverage(file, type, count, sources);
       for (; next < sources.length; next++) {
-        this.slots.push(interruptHub.register(sources[next]!, (vector, n) => this.vectors[vector]?.fire(n)));
+        this.watches.push(watchSource(sources[next]!, (vector, n) => this.vectors[vector]?.fire(n)));
       }
     } catch (e) {
-      this.unregister();
       try {
         file.disableIrqs(type);
       } finally {
-        sources.slice(next).forEach((source) => interruptHub.discard(source));
+        this.unwatch();
+        sources.slice(next).forEach(discardSource);
       }
       throw e;
     }
@@ -268,13 +270,13 @@ export class Interrupts {
     if (!this.released) this.file.unmaskIntx();
   }
 
-  private unregister(): void {
-    for (const { session, slot } of this.slots.splice(0)) interruptHub.unregister(session, slot);
+  private unwatch(): void {
+    for (const watch of this.watches.splice(0)) watch.unwatch();
   }
 
   /**
    * Disables the vectors in the kernel, then stops watching their sources
-   * (the hub closes the fds it was handed; a device's own fd stays open
+   * (the fds handed over with them are closed; a device's own fd stays open
    * until the device closes). Idempotent.
    */
   release(): void {
@@ -283,7 +285,7 @@ export class Interrupts {
     try {
       this.file.disableIrqs(this.type);
     } finally {
-      this.unregister();
+      this.unwatch();
       for (const vector of this.vectors) vector.complete();
     }
   }
