@@ -67,7 +67,7 @@ export const INT = {
 } as const;
 
 /** IVAR: a 4-bit entry (3-bit vector, valid bit) per cause; bit 31 asks for a TX interrupt at every write-back. */
-export const IVAR = { VALID: 0x8, RXQ0_SHIFT: 0, TXQ0_SHIFT: 8, OTHER_SHIFT: 16, TX_EVERY_WB: 1 << 31 } as const;
+export const IVAR = { VALID: 0x8, RXQ0_SHIFT: 0, RXQ1_SHIFT: 4, TXQ0_SHIFT: 8, OTHER_SHIFT: 16, TX_EVERY_WB: 1 << 31 } as const;
 
 export const RCTL = {
   EN: 1 << 1, SBP: 1 << 2, UPE: 1 << 3, MPE: 1 << 4, LPE: 1 << 5, BAM: 1 << 15,

@@ -2,12 +2,14 @@
 import type { InterruptEvent, InterruptVector } from '../../pci/intr.js';
 
 /** Resolves with each next event of a vector, in order, without losing any that arrive early. */
-export function eventQueue(vector: InterruptVector): { next(): Promise<InterruptEvent>; drain(): number; all: InterruptEvent[]; stop(): void } {
+export function eventQueue(vector: InterruptVector): { next(): Promise<InterruptEvent>; drain(): number; all: InterruptEvent[]; readonly messages: number; stop(): void } {
   const all: InterruptEvent[] = [];
   const waiting: ((e: InterruptEvent) => void)[] = [];
   const early: InterruptEvent[] = [];
+  let messages = 0;
   const sub = vector.events.subscribe((e) => {
     all.push(e);
+    messages += e.count;
     const w = waiting.shift();
     if (w) w(e);
     else early.push(e);
@@ -20,6 +22,13 @@ export function eventQueue(vector: InterruptVector): { next(): Promise<Interrupt
     /** Drops the events that arrived and were not taken yet; returns how many. */
     drain: () => early.splice(0).length,
     all,
+    /**
+     * The interrupts the kernel counted, summed as each event arrived: an MSI or MSI-X vector
+     * reuses one event object, so the entries of `all` show only the latest count.
+     */
+    get messages() {
+      return messages;
+    },
     stop: () => sub.unsubscribe(),
   };
 }

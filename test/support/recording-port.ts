@@ -66,3 +66,8 @@ export function recordingFile(file: DeviceFile, sink: (record: PortRecord) => vo
 export function recordingPort(inner: KernelPort, records: PortRecord[], probe?: BusMasterProbe): KernelPort {
   return { name: `${inner.name} (recorded)`, open: (address) => recordingFile(inner.open(address), (r) => records.push(r), probe) };
 }
+
+/** `address`'s resets and closes among `records`, in order: each says bus master off if upci's quiesce came first. */
+export function resetsAndCloses(records: readonly PortRecord[], address: string): PortRecord[] {
+  return records.filter((r) => r.startsWith(`${address} reset `) || r.startsWith(`${address} close `));
+}

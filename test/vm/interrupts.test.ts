@@ -10,7 +10,7 @@ import { Interrupts, type InterruptEvent } from '../../pci/intr.js';
 import { bench } from './devices.js';
 import { eventQueue } from '../support/event-queue.js';
 import { EDU } from '../../drivers/edu-registers.js';
-import { INT, REG } from '../../drivers/e1000e/registers.js';
+import { INT, IVAR, REG } from '../../drivers/e1000e/registers.js';
 import { progressing, within } from '../support/bounded.js';
 
 /**
@@ -84,44 +84,54 @@ test('edu: the factorial-done interrupt arrives (best available type = MSI)', as
 });
 
 
-test('e1000e MSI-X: every RxQ0 raise reaches vector 0, RxQ1 raises reach vector 1 and nowhere else, the unrouted vector 2 gets nothing', async (t) => {
+/**
+ * QEMU 7.2's e1000e throttles every MSI-X vector: EITR never goes below 500 x 256 ns
+ * (e1000e_set_eitr), so each message arms the vector's throttle timer for 128 us. A cause
+ * raised while that timer runs sets eitr_intr_pending[vector], which nothing clears, not
+ * even a reset ("e1000e: Remove pending interrupt flags", QEMU 8.0); from then on every
+ * message on that vector is followed by a second one when its timer fires. The e1000e
+ * suite's driver (vectors 0-2, under traffic) leaves its vectors in that state, so this test
+ * routes its causes to vectors 3 and 4, which no driver in the suites uses, and spaces its
+ * raises on one vector well beyond the 128 us so it never sets the flag itself.
+ */
+const E1000E_RAISE_SPACING_MS = 1;
+
+test('e1000e MSI-X: each RxQ0 raise is one message on vector 3, each RxQ1 raise one on vector 4, and vectors 0-2 get nothing', async (t) => {
   const nic = PciDevice.open(bench.e1000e);
   try {
     const bar = nic.mapBar(0);
-    const irq = Interrupts.establish(nic, { type: 'msix', vectors: 3 });
+    const irq = Interrupts.establish(nic, { type: 'msix', vectors: 5 });
     nic.enableBusMaster();
     const queues = irq.vectors.map((v) => eventQueue(v));
     bar.write4(REG.IMC, 0xffffffff);
     bar.write4(REG.ICR, 0xffffffff);
-    // What a driver before us left (the e1000e suite's driver sets auto-clear and throttling;
-    // QEMU's CTRL.RST keeps both): no cause auto-cleared from IMS, no vector throttled.
+    // What a driver before us left (the e1000e suite's driver sets auto-clear; QEMU's CTRL.RST
+    // keeps it): no cause auto-cleared from IMS.
     bar.write4(REG.EIAC, 0);
     bar.write4(REG.RCTL, 0); // receiver off: frames from the other NIC on the hub raise no RXQ0 cause
-    bar.write4(REG.ITR, 0);
-    for (let v = 0; v < 3; v++) bar.write4(REG.EITR0 + 4 * v, 0);
-    // RxQ0 -> vector 0, RxQ1 -> vector 1 (bit 3 of each IVAR nibble marks the entry valid); vector 2 gets nothing.
-    bar.write4(REG.IVAR, 0x8 | (0x9 << 4));
+    for (let v = 0; v < 5; v++) bar.write4(REG.EITR0 + 4 * v, 0); // QEMU's shortest throttle window
+    // RxQ0 -> vector 3, RxQ1 -> vector 4; TxQ0, TxQ1 and Other are not routed (no valid bit).
+    bar.write4(REG.IVAR, ((IVAR.VALID | 3) << IVAR.RXQ0_SHIFT) | ((IVAR.VALID | 4) << IVAR.RXQ1_SHIFT));
     bar.write4(REG.IMS, INT.RXQ0 | INT.RXQ1);
     // A message the device's previous user left pending (PBA) is sent when the vectors are set
     // up; let it arrive, then count only what this test raises.
     await new Promise((r) => setTimeout(r, 300));
     const stale = queues.map((q) => q.drain());
     t.log(`pending from before the test, per vector: ${stale.join(', ')}`);
+    const before = queues.map((q) => q.messages);
     for (let i = 0; i < 20; i++) {
-      const [cause, vector] = i % 2 === 0 ? [INT.RXQ0, 0] : [INT.RXQ1, 1];
+      const [cause, vector] = i % 2 === 0 ? [INT.RXQ0, 3] : [INT.RXQ1, 4];
+      await new Promise((r) => setTimeout(r, E1000E_RAISE_SPACING_MS));
       bar.write4(REG.ICS, cause);
       const event = await within(EVENT_MS, queues[vector]!.next(), `cause 0x${cause.toString(16)} never reached vector ${vector}`);
       bar.write4(REG.ICR, cause);
       event.ack();
     }
     await new Promise((r) => setTimeout(r, 100));
-    const counts = queues.map((q, i) => q.all.length - stale[i]!);
-    // After the e1000e suite has driven this NIC (its partner on the hub keeps sending), vector 0
-    // also gets a few messages the test did not raise (seen: 2-3 per 10; cause not found, see
-    // issue 14's note), so vector 0 is checked for every raise it owns, not for nothing else.
-    t.log(`events per vector: ${counts.join(', ')}`);
-    t.true(counts[0]! >= 10, `vector 0 got ${counts[0]} events for 10 RxQ0 raises`);
-    t.deepEqual(counts.slice(1), [10, 0], 'RxQ1 raises reach vector 1 only; the unrouted vector 2 gets nothing');
+    // Messages, not events: a second message coalesced into one eventfd read still counts.
+    const messages = queues.map((q, i) => q.messages - before[i]!);
+    t.log(`messages per vector: ${messages.join(', ')}`);
+    t.deepEqual(messages, [0, 0, 0, 10, 10], 'RxQ0 raises reach vector 3 once each, RxQ1 raises vector 4; the unrouted vectors 0-2 get nothing');
     bar.write4(REG.IMC, 0xffffffff);
   } finally {
     nic.close();

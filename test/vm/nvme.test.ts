@@ -34,9 +34,11 @@ import { parsePciAddress, type PciAddress } from '../../kernel/pci-address.js';
 import { BusDma } from '../../pci/bus-dma.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
 import { PciDevice } from '../../pci/device.js';
+import { defaultKernelPort } from '../../pci/kernel-port.js';
 import { allocShared } from '../../shm/mapping.js';
 import { defaultDevices } from '../../vm/bench.js';
-import { bench, iovaSpace, sysfsConfig } from './devices.js';
+import { bench, iovaSpace, sysfsBusMaster, sysfsConfig } from './devices.js';
+import { recordingPort, resetsAndCloses, type PortRecord } from '../support/recording-port.js';
 import { run, type Run, type RunOptions } from './host-run.js';
 
 const NVME0 = parsePciAddress(bench.nvme);
@@ -129,12 +131,12 @@ async function bounded<T>(ms: number, what: () => string, work: Promise<T>): Pro
 }
 
 /** A run whose devices the test reaches, for their bus_dma and IOVA space (a driver's tags reach neither). */
-function runOpened(t: Parameters<typeof run>[0], config: unknown, options: RunOptions = {}): { r: Run; opened: (address: PciAddress) => PciDevice } {
+function runOpened(t: Parameters<typeof run>[0], config: unknown, options: RunOptions = {}, openOptions: Parameters<typeof PciDevice.open>[1] = {}): { r: Run; opened: (address: PciAddress) => PciDevice } {
   const devices = new Map<PciAddress, PciDevice>();
   const r = run(t, config, {
     ...options,
     open: (address) => {
-      const device = PciDevice.open(address);
+      const device = PciDevice.open(address, openOptions);
       devices.set(address, device);
       return device;
     },
@@ -150,12 +152,15 @@ function runOpened(t: Parameters<typeof run>[0], config: unknown, options: RunOp
 const submitted = (ns: NvmeNamespace) => ns.controller.ioQueues.reduce((n, q) => n + q.submitted, 0);
 
 test.serial('two controllers in one host, one driver in its own thread, one in the main thread: Identify matches the QEMU command line; 64 MiB of mixed-size I/O across threads reads back and the backing file holds the same bytes; bad input never reaches the controller; maps unload while the controller works; a DMA to a freed IOVA faults', async (t) => {
+  // What the host asks of the kernel to give the controllers back, with bus mastering as sysfs has it then.
+  const records: PortRecord[] = [];
+  const kernel = recordingPort(defaultKernelPort(), records, (f) => sysfsBusMaster(f.address));
   const { r, opened } = runOpened(t, {
     devices: [
       { address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 2, queueDepth: 64 } },
       { address: NVME1, name: 'nvme1', driver: 'nvme-main', options: { ioQueues: 1, polled: true } },
     ],
-  }, { registry: withMainThreadNvme });
+  }, { registry: withMainThreadNvme }, { port: kernel });
   const ns1 = await namespace(r, 'nvme0n1');
   const ns2 = await namespace(r, 'nvme0n2');
   const other = await ownNamespace(r, 'nvme1n1');
@@ -293,10 +298,14 @@ test.serial('two controllers in one host, one driver in its own thread, one in t
   t.is(sha256(await ns1.read(0, 8)), sha256(expected.subarray(0, 4096)), 'and the other, in its thread');
   t.false(r.events.some((e) => e.type === 'fault'), 'no driver fault');
 
+  const mark = records.length;
   const report = await r.host.shutdown();
   t.deepEqual(report.devices.map((d) => [d.outcome.kind, d.released.error]), [['stopped', undefined], ['stopped', undefined]]);
   t.false(r.events.some((e) => e.type === 'note' && /detach failed/.test(e.message)), 'CC.SHN shutdown completed');
-  t.false(busMaster(NVME0));
+  // The reset and the last close clear bus mastering themselves: it is read before each, fd still open.
+  for (const address of [bench.nvme, bench.nvme1]) {
+    t.deepEqual(resetsAndCloses(records.slice(mark), address), [`${address} reset (bus master off)`, `${address} close (bus master off)`], `${address}: bus mastering off before the reset and the close`);
+  }
 });
 
 test.serial('fault injection: the driver throws mid-I/O (INTx); after the supervised restart every acknowledged write reads back and the queue is usable', async (t) => {
