@@ -17,6 +17,7 @@
  * driver enables bus mastering once its maps are loaded).
  */
 import { defer, map, Observable, startWith, Subject } from 'rxjs';
+import { Fanout } from './fanout.js';
 import { UpciError } from '../kernel/errors.js';
 import type { DeviceFile, IrqKind, IrqSource } from '../kernel/port.js';
 import { interruptHub, type HubRegistration } from '../workers/interrupt-hub.js';
@@ -76,7 +77,8 @@ class VectorEvent implements InterruptEvent {
 }
 
 export class InterruptVector {
-  private readonly subject = new Subject<InterruptEvent>();
+  /** Not a Subject: its next() allocates, and this runs per interrupt. */
+  private readonly subject = new Fanout<InterruptEvent>();
   /** Interrupts that came while nobody listened or the vector was masked. */
   private held = 0;
   private masked = false;
@@ -105,7 +107,7 @@ export class InterruptVector {
         ));
         return undefined;
       }
-      const inner = this.subject.subscribe(subscriber);
+      const inner = this.subject.observable.subscribe(subscriber);
       this.deliverHeld();
       return () => inner.unsubscribe();
     });
@@ -157,7 +159,7 @@ export class InterruptVector {
     const event = automasked ? new VectorEvent(this) : (this.reused ??= new VectorEvent(this));
     event.count = count;
     event.acked = false;
-    this.subject.next(event);
+    this.subject.emit(event);
   }
 
   private reused: VectorEvent | undefined;

@@ -35,6 +35,7 @@ const RECLAIM_WAIT_MS = 1000;
 const LET_GO_TIMEOUT_MS = 5000;
 
 interface Registration {
+  readonly base: number;
   readonly source: IrqSource;
   readonly listener: SourceListener;
 }
@@ -52,6 +53,8 @@ class Session {
   });
   /** By base slot. */
   private readonly registrations = new Map<number, Registration>();
+  /** The registrations as an array, remade at each change: drain() runs per wake-up and iterating a Map allocates. */
+  private draining: readonly Registration[] = [];
   private readonly seen = new Uint32Array(SLOT_COUNT);
   /** Slots in use, including removed ones whose epoch has not passed yet. */
   private readonly taken = new Uint8Array(SLOT_COUNT);
@@ -105,7 +108,8 @@ class Session {
       this.taken[base + v] = 1;
       this.seen[base + v] = Atomics.load(b.counts, base + v);
     }
-    this.registrations.set(base, { source, listener });
+    this.registrations.set(base, { base, source, listener });
+    this.draining = [...this.registrations.values()];
     Atomics.store(b.formats, base, source.format === 'records' ? FORMAT_RECORDS : FORMAT_COUNTER);
     Atomics.store(b.firsts, base, source.firstVector);
     Atomics.store(b.spans, base, span);
@@ -116,6 +120,7 @@ class Session {
     } catch (e) {
       Atomics.store(b.fds, base, -1);
       this.registrations.delete(base);
+      this.draining = [...this.registrations.values()];
       for (let v = 0; v < span; v++) this.taken[base + v] = 0;
       throw e;
     }
@@ -131,6 +136,7 @@ class Session {
     const registration = this.registrations.get(base);
     if (registration === undefined) return;
     this.registrations.delete(base);
+    this.draining = [...this.registrations.values()];
     const fd = Atomics.exchange(this.board.fds, base, -1);
     if (fd < 0) return;
     this.queue.remove(fd);
@@ -179,7 +185,9 @@ class Session {
 
   private drain(): void {
     this.reclaim(false);
-    for (const [base, { source, listener }] of this.registrations) {
+    const draining = this.draining;
+    for (let i = 0; i < draining.length; i++) {
+      const { base, source, listener } = draining[i]!;
       for (let v = 0; v < source.vectors; v++) {
         const count = Atomics.load(this.board.counts, base + v);
         const delta = (count - this.seen[base + v]!) >>> 0;

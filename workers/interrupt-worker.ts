@@ -7,7 +7,7 @@
  * reads fds; it never closes one.
  */
 import { board, EPOCH, EXITED, FORMAT_COUNTER, FORMAT_RECORDS, RECORD_SIZE, SHUTDOWN, type Board } from './interrupt-board.js';
-import { eventQueue, type EventQueue } from './event-queue.js';
+import { eventQueue, EVENTS_PER_WAIT, type EventQueue } from './event-queue.js';
 import { wakeMainThread } from './main-thread-waker.js';
 
 export interface WorkerTask {
@@ -55,10 +55,12 @@ export default function runInterruptWorker(task: WorkerTask): number {
   const b = board(task.board);
   const { header, fds } = b;
   const buf = Buffer.alloc(RECORDS_PER_READ * RECORD_SIZE);
+  const tokens = new Int32Array(EVENTS_PER_WAIT);
   let batches = 0;
   try {
     while (Atomics.load(header, SHUTDOWN) === 0) {
-      for (const slot of queue.wait()) {
+      for (let i = 0, n = queue.wait(tokens); i < n; i++) {
+        const slot = tokens[i]!;
         const fd = Atomics.load(fds, slot);
         if (fd >= 0) readSource(queue, b, slot, fd, buf);
       }
