@@ -21,7 +21,8 @@ import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
 import { defaultDevices, guestAddress, hubPort } from '../../vm/bench.js';
 import { monitorAvailable, monitorCommand } from '../../vm/monitor.js';
 import { buildFrame, checkFrame, macBytes, SequenceCheck } from '../../vm/net/frames.js';
-import { KernelPeer } from '../../vm/net/kernel-peer.js';
+import { KernelPeer, type ReceiveResult } from '../../vm/net/kernel-peer.js';
+import { findLosslessRate, type ProbeResult, type RateSearch } from '../../vm/net/rate-search.js';
 import { sysfsConfig } from './devices.js';
 
 const nics = defaultDevices.filter((d) => d.model === 'e1000e');
@@ -30,6 +31,9 @@ const KERNEL = nics.find((d) => d.bind === 'e1000e')!;
 const UPCI_ADDRESS = guestAddress(UPCI);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Frames per second of the kernel's sender where a test needs traffic, not a rate (about what the old per-frame sleep gave). */
+const PACE = 1000;
 
 async function until(what: string, done: () => boolean, ms = 30_000): Promise<void> {
   const deadline = Date.now() + ms;
@@ -101,14 +105,33 @@ async function sendSequence(port: NetPort, dst: string, count: number, length: (
   }
 }
 
-/** Collects the test frames the port receives (releasing each), until stop(). */
-function collect(port: NetPort, count: number): { check: SequenceCheck; stop(): void } {
+/** Collects the test frames the port receives (releasing each), until stop(); `first` and `last` are when the first and the latest came. */
+function collect(port: NetPort, count: number): { check: SequenceCheck; readonly first: number; readonly last: number; stop(): void } {
   const check = new SequenceCheck(count);
+  let first = 0;
+  let last = 0;
   const sub = port.frames.subscribe((f: RxFrame) => {
+    last = performance.now();
+    if (check.frames === 0) first = last;
     check.add(checkFrame(f.bytes, f.length));
     f.release();
   });
-  return { check, stop: () => sub.unsubscribe() };
+  return { check, get first() { return first; }, get last() { return last; }, stop: () => sub.unsubscribe() };
+}
+
+/** Until `count` frames came, or none for `idleMs` (frames were lost): bounded either way. */
+async function settled(c: ReturnType<typeof collect>, count: number, idleMs: number): Promise<void> {
+  let seen = -1;
+  let progressAt = performance.now();
+  while (c.check.received < count) {
+    if (c.check.frames !== seen) {
+      seen = c.check.frames;
+      progressAt = performance.now();
+    } else if (performance.now() - progressAt > idleMs) {
+      return;
+    }
+    await sleep(5);
+  }
 }
 
 const LENGTHS = 1514 - 60 + 1;
@@ -138,7 +161,7 @@ test.serial(`every frame length 60..1514 upci → kernel: each once, intact, in 
 test.serial(`every frame length 60..1514 kernel → upci: each once, intact, in order`, async (t) => {
   const c = collect(driver.port, LENGTHS);
   try {
-    const sent = await peer.send(driver.port.attached!.mac, LENGTHS, 60, 1514, 50_000);
+    const sent = await peer.send(driver.port.attached!.mac, LENGTHS, 60, 1514, PACE);
     await until('all frames', () => c.check.received >= LENGTHS, 30_000).catch(() => undefined);
     t.log(JSON.stringify(sent), JSON.stringify(c.check));
     t.like(c.check, { received: LENGTHS, bad: 0, duplicates: 0, reordered: 0 });
@@ -148,33 +171,72 @@ test.serial(`every frame length 60..1514 kernel → upci: each once, intact, in 
 });
 
 const HIGH_COUNT = 100_000;
-/** The rates (frames per second, guest clock) at which this bench loses nothing; see BENCHMARKS.md for the ceilings. */
-const TX_PPS = Number(process.env.UPCI_E1000E_TX_PPS ?? 2000);
-const RX_GAP_NS = Number(process.env.UPCI_E1000E_RX_GAP_NS ?? 300_000);
+/** A probe of the rate search: longer than a receive ring, about a second at the rates this bench reaches. */
+const PROBE_COUNT = 5000;
+/**
+ * The 100,000-frame runs go at 80 % of the highest rate a probe passed at: a
+ * probe lasts about a second, the long run half a minute on a shared host
+ * whose vCPUs stall, so the long run gets a margin instead of a coin toss.
+ */
+const BACK_OFF = 0.8;
 
-test.serial(`${HIGH_COUNT.toLocaleString('en')} frames upci → kernel, none lost`, async (t) => {
-  const rx = peer.receive(HIGH_COUNT, 5000);
+interface Counted { received: number; bad: number; duplicates: number; reordered: number }
+interface PathRun { result: Counted; sent: number; received: number }
+type Path = (count: number, perSecond: number, idleMs: number) => Promise<PathRun>;
+
+/** upci → kernel: `count` frames at `perSecond`, counted by the kernel's AF_PACKET receiver. */
+const upciToKernel: Path = async (count, perSecond, idleMs) => {
+  const rx = peer.receive(count, idleMs);
   await rx.ready;
   const t0 = performance.now();
-  await sendSequence(driver.port, peer.mac, HIGH_COUNT, (seq) => 60 + (seq % 64), TX_PPS);
+  await sendSequence(driver.port, peer.mac, count, (seq) => 60 + (seq % 64), perSecond);
   const seconds = (performance.now() - t0) / 1000;
-  const r = await rx.result;
-  t.log(`${Math.round(HIGH_COUNT / seconds)} frames/s sent`, JSON.stringify(r), JSON.stringify(driver.port.stats().tx));
-  t.like(r, { received: HIGH_COUNT, bad: 0, duplicates: 0, reordered: 0 });
-});
+  const result: ReceiveResult = await rx.result;
+  return { result, sent: count / seconds, received: (result.received - 1) / result.seconds };
+};
 
-test.serial(`${HIGH_COUNT.toLocaleString('en')} frames kernel → upci, none lost`, async (t) => {
-  const c = collect(driver.port, HIGH_COUNT);
+/** kernel → upci: `count` frames at `perSecond` from the kernel's AF_PACKET sender, counted by the port's consumer. */
+const kernelToUpci: Path = async (count, perSecond, idleMs) => {
+  const c = collect(driver.port, count);
   try {
-    const sent = await peer.send(driver.port.attached!.mac, HIGH_COUNT, 60, 123, RX_GAP_NS);
-    await until('all frames', () => c.check.received >= HIGH_COUNT, 30_000).catch(() => undefined);
-    const s = driver.port.stats();
-    t.log(`${Math.round(HIGH_COUNT / sent.seconds)} frames/s sent by the kernel`, JSON.stringify(c.check), JSON.stringify(s.rx), JSON.stringify(s.hardware));
-    t.like(c.check, { received: HIGH_COUNT, bad: 0, duplicates: 0, reordered: 0 });
+    const sent = await peer.send(driver.port.attached!.mac, count, 60, 123, perSecond);
+    await settled(c, count, idleMs);
+    return { result: c.check, sent: count / sent.seconds, received: (c.check.received - 1) / ((c.last - c.first) / 1000) };
   } finally {
     c.stop();
   }
-});
+};
+
+const LOSSLESS = { bad: 0, duplicates: 0, reordered: 0 } as const;
+
+async function probe(path: Path, perSecond: number): Promise<ProbeResult> {
+  const run = await path(PROBE_COUNT, perSecond, 1000);
+  const { received, bad, duplicates, reordered } = run.result;
+  return {
+    lossless: received === PROBE_COUNT && bad === 0 && duplicates === 0 && reordered === 0,
+    sent: run.sent, received: run.received, detail: JSON.stringify({ received, bad, duplicates, reordered }),
+  };
+}
+
+const fps = (n: number) => `${Math.round(n).toLocaleString('en')}/s`;
+
+function logSearch(t: ExecutionContext, s: RateSearch): void {
+  for (const p of s.probes) t.log(`probe ${fps(p.asked)}: ${p.passed ? 'pass' : 'FAIL'}, sent ${fps(p.result.sent)}, received ${fps(p.result.received)}, ${p.result.detail}`);
+  t.log(`highest lossless rate ${fps(s.rate)} (limit: ${s.limit}); the ${HIGH_COUNT.toLocaleString('en')}-frame run goes at ${fps(BACK_OFF * s.rate)}`);
+}
+
+for (const [direction, path] of [['upci → kernel', upciToKernel], ['kernel → upci', kernelToUpci]] as const) {
+  test.serial(`${HIGH_COUNT.toLocaleString('en')} frames ${direction} at ${BACK_OFF * 100} % of the highest rate a ${PROBE_COUNT.toLocaleString('en')}-frame probe passed at: each once, intact, in order`, async (t) => {
+    const search = await findLosslessRate((perSecond) => probe(path, perSecond));
+    logSearch(t, search);
+    const asked = BACK_OFF * search.rate;
+    const run = await path(HIGH_COUNT, asked, 5000);
+    const s = driver.port.stats();
+    t.log(`${HIGH_COUNT.toLocaleString('en')} frames: sent ${fps(run.sent)}, received ${fps(run.received)}`, JSON.stringify(run.result), JSON.stringify(s.tx), JSON.stringify(s.rx), JSON.stringify(s.hardware));
+    t.like(run.result, { received: HIGH_COUNT, ...LOSSLESS });
+    t.true(run.sent >= 0.9 * asked, `the run went at the rate asked (${fps(run.sent)} of ${fps(asked)})`);
+  });
+}
 
 /** Interrupts per MSI-X vector of the upci NIC, as the kernel counts them in /proc/interrupts. */
 function procInterrupts(): number[] {
@@ -220,7 +282,7 @@ test.serial('MSI-X: receive, transmit and link events each on their own vector, 
   let before = port.stats();
   let procBefore = procInterrupts();
   const c = collect(port, 300);
-  await peer.send(port.attached!.mac, 300, 60, 60, 100_000);
+  await peer.send(port.attached!.mac, 300, 60, 60, PACE);
   await until('300 frames', () => c.check.received >= 300, 20_000);
   c.stop();
   await sleep(200);
@@ -292,7 +354,7 @@ for (const interrupt of ['msi', 'intx', 'poll'] as const) {
       await sendSequence(d.port, peer.mac, 2000, (s) => 60 + (s % 1455));
       t.like(await rx.result, { received: 2000, bad: 0, duplicates: 0, reordered: 0 });
       const c = collect(d.port, 2000);
-      await peer.send(d.port.attached!.mac, 2000, 60, 1514, RX_GAP_NS);
+      await peer.send(d.port.attached!.mac, 2000, 60, 1514, PACE);
       await until('2,000 frames', () => c.check.received >= 2000, 30_000).catch(() => undefined);
       c.stop();
       t.like(c.check, { received: 2000, bad: 0, duplicates: 0, reordered: 0 });
@@ -313,7 +375,7 @@ test.serial('fault injection: the driver throws mid-traffic; after the supervise
     // upci → kernel throughout; the kernel → upci flow trips the fault.
     const c = collect(port, 1300);
     const sending = sendSequence(port, peer.mac, total, () => 64, 2000);
-    const trip = await peer.send(mac, 1000, 60, 60, RX_GAP_NS);
+    const trip = await peer.send(mac, 1000, 60, 60, PACE);
     await sending;
     const r = await rx.result;
     await until('the restarted incarnation', () => port.attached?.incarnation === 1, 20_000);
@@ -328,7 +390,7 @@ test.serial('fault injection: the driver throws mid-traffic; after the supervise
     // The restarted incarnation receives.
     c.stop();
     const after = collect(port, 300);
-    await peer.send(mac, 300, 60, 60, RX_GAP_NS);
+    await peer.send(mac, 300, 60, 60, PACE);
     await until('300 frames after the restart', () => after.check.received >= 300, 20_000).catch(() => undefined);
     after.stop();
     t.like(after.check, { received: 300, bad: 0, duplicates: 0, reordered: 0 });
@@ -340,14 +402,14 @@ test.serial('fault injection: the driver throws mid-traffic; after the supervise
 test.serial('TAP export: ping -6 to the kernel NIC\'s link-local address answers; 50 MB over TCP on link-local IPv6 arrive intact', async (t) => {
   const d = await startDriver({ rxRing: 4096, rxBuffers: 8192 });
   const pre = collect(d.port, 100);
-  await peer.send(d.port.attached!.mac, 100, 60, 60, RX_GAP_NS);
+  await peer.send(d.port.attached!.mac, 100, 60, 60, PACE);
   await until('100 frames before the TAP', () => pre.check.received >= 100, 10_000).catch(() => undefined);
   pre.stop();
   t.log('before the TAP', JSON.stringify(pre.check));
   // A second unicast address (receive address entry 1) is accepted too.
   const extra = collect(d.port, 20);
   d.port.addUnicast([0x02, 0x00, 0x00, 0x00, 0x00, 0x2a]);
-  await peer.send('02:00:00:00:00:2a', 20, 60, 60, RX_GAP_NS);
+  await peer.send('02:00:00:00:00:2a', 20, 60, 60, PACE);
   await until('20 frames to the extra address', () => extra.check.received >= 20, 10_000).catch(() => undefined);
   extra.stop();
   d.port.removeUnicast([0x02, 0x00, 0x00, 0x00, 0x00, 0x2a]);
