@@ -64,3 +64,15 @@ test('the ceiling bounds the search', async (t) => {
   t.is(r.limit, 'ceiling');
   t.is(r.rate, defaultRateSearch.ceiling);
 });
+
+test('the answer is what a passing probe\'s sender achieved, not what was asked of it', async (t) => {
+  // A sender that stalls whenever it is asked for 6,000/s or more goes at half that; the receiver takes 7,000.
+  const probe = async (rate: number): Promise<ProbeResult> => {
+    const sent = rate >= 6000 ? rate / 2 : rate;
+    return { lossless: rate < 7500, sent, received: sent, detail: '' };
+  };
+  const r = await findLosslessRate(probe);
+  t.log(r.probes.map((p) => `${p.asked}:${p.result.sent}:${p.passed ? 'pass' : 'fail'}`).join(' '));
+  t.is(r.rate, 4000);
+  t.is(r.best.asked, 4000);
+});

@@ -171,14 +171,25 @@ test.serial(`every frame length 60..1514 kernel → upci: each once, intact, in 
 });
 
 const HIGH_COUNT = 100_000;
-/** A probe of the rate search: longer than a receive ring, about a second at the rates this bench reaches. */
-const PROBE_COUNT = 5000;
 /**
- * The 100,000-frame runs go at 80 % of the highest rate a probe passed at: a
- * probe lasts about a second, the long run half a minute on a shared host
- * whose vCPUs stall, so the long run gets a margin instead of a coin toss.
+ * A probe of the rate search: a second of frames, at least 5,000. A probe
+ * that fits in the 4096-entry receive ring proves nothing about a rate the
+ * receiver cannot sustain (the first run of this test found 52,000/s with
+ * 5,000-frame probes and its long run, at 80 % of that, reordered a third
+ * of its frames: QEMU queues them when the ring is full and flushes its
+ * queues out of order); a second of frames at 25 % over what the receiver
+ * takes outgrows the ring.
+ */
+const probeCount = (perSecond: number) => Math.max(5000, Math.min(64_000, Math.round(perSecond)));
+/**
+ * The 100,000-frame run goes at 80 % of the highest rate a probe passed at:
+ * a probe lasts about a second, the long run several on a shared host whose
+ * vCPUs stall. When the host slows down meanwhile and the long run is not
+ * lossless, it is the search's last step: the rate halves and the run
+ * repeats, at most twice more, each attempt in the log.
  */
 const BACK_OFF = 0.8;
+const LONG_RUNS = 3;
 
 interface Counted { received: number; bad: number; duplicates: number; reordered: number }
 interface PathRun { result: Counted; sent: number; received: number }
@@ -209,32 +220,40 @@ const kernelToUpci: Path = async (count, perSecond, idleMs) => {
 
 const LOSSLESS = { bad: 0, duplicates: 0, reordered: 0 } as const;
 
+const isLossless = ({ received, bad, duplicates, reordered }: Counted, count: number) => received === count && bad === 0 && duplicates === 0 && reordered === 0;
+
 async function probe(path: Path, perSecond: number): Promise<ProbeResult> {
-  const run = await path(PROBE_COUNT, perSecond, 1000);
+  const count = probeCount(perSecond);
+  const run = await path(count, perSecond, 1000);
   const { received, bad, duplicates, reordered } = run.result;
-  return {
-    lossless: received === PROBE_COUNT && bad === 0 && duplicates === 0 && reordered === 0,
-    sent: run.sent, received: run.received, detail: JSON.stringify({ received, bad, duplicates, reordered }),
-  };
+  return { lossless: isLossless(run.result, count), sent: run.sent, received: run.received, detail: JSON.stringify({ count, received, bad, duplicates, reordered }) };
 }
 
 const fps = (n: number) => `${Math.round(n).toLocaleString('en')}/s`;
 
 function logSearch(t: ExecutionContext, s: RateSearch): void {
   for (const p of s.probes) t.log(`probe ${fps(p.asked)}: ${p.passed ? 'pass' : 'FAIL'}, sent ${fps(p.result.sent)}, received ${fps(p.result.received)}, ${p.result.detail}`);
-  t.log(`highest lossless rate ${fps(s.rate)} (limit: ${s.limit}); the ${HIGH_COUNT.toLocaleString('en')}-frame run goes at ${fps(BACK_OFF * s.rate)}`);
+  t.log(`highest lossless probe rate ${fps(s.rate)} (asked ${fps(s.best.asked)}; limit: ${s.limit})`);
 }
 
 for (const [direction, path] of [['upci → kernel', upciToKernel], ['kernel → upci', kernelToUpci]] as const) {
-  test.serial(`${HIGH_COUNT.toLocaleString('en')} frames ${direction} at ${BACK_OFF * 100} % of the highest rate a ${PROBE_COUNT.toLocaleString('en')}-frame probe passed at: each once, intact, in order`, async (t) => {
+  test.serial(`${HIGH_COUNT.toLocaleString('en')} frames ${direction} at ${BACK_OFF * 100} % of the highest rate a probe passed at (halved if the host slowed): each once, intact, in order`, async (t) => {
     const search = await findLosslessRate((perSecond) => probe(path, perSecond));
     logSearch(t, search);
-    const asked = BACK_OFF * search.rate;
-    const run = await path(HIGH_COUNT, asked, 5000);
-    const s = driver.port.stats();
-    t.log(`${HIGH_COUNT.toLocaleString('en')} frames: sent ${fps(run.sent)}, received ${fps(run.received)}`, JSON.stringify(run.result), JSON.stringify(s.tx), JSON.stringify(s.rx), JSON.stringify(s.hardware));
-    t.like(run.result, { received: HIGH_COUNT, ...LOSSLESS });
-    t.true(run.sent >= 0.9 * asked, `the run went at the rate asked (${fps(run.sent)} of ${fps(asked)})`);
+    let asked = BACK_OFF * search.rate;
+    for (let attempt = 1; ; attempt++) {
+      const run = await path(HIGH_COUNT, asked, 5000);
+      const s = driver.port.stats();
+      const lossless = isLossless(run.result, HIGH_COUNT);
+      t.log(`${HIGH_COUNT.toLocaleString('en')} frames asked ${fps(asked)}: sent ${fps(run.sent)}, received ${fps(run.received)}, ${lossless ? 'lossless' : 'NOT lossless'}`,
+        JSON.stringify(run.result), JSON.stringify(s.tx), JSON.stringify(s.rx), JSON.stringify(s.hardware));
+      if (lossless || attempt === LONG_RUNS) {
+        t.like(run.result, { received: HIGH_COUNT, ...LOSSLESS });
+        t.true(run.sent >= 0.9 * asked, `the run went at the rate asked (${fps(run.sent)} of ${fps(asked)})`);
+        return;
+      }
+      asked /= 2;
+    }
   });
 }
 

@@ -3,12 +3,13 @@
  * bursts instead of one long run per candidate. A probe passes when every
  * frame arrived once, intact and in order **and** the receiver kept pace
  * (its rate over the burst at least `keepPace` of the sender's): a burst
- * shorter than the receive ring can be absorbed whole by a receiver that
+ * that fits in the receive ring can be absorbed whole by a receiver that
  * could never sustain it, and a long run at that rate would overflow. The
- * rate doubles from `start` until a probe fails (or the sender cannot go
- * faster: it achieved under `keepPace` of the rate asked, and its rate is
- * the answer), halves below `start` until one passes, then bisects between
- * the last pass and the first failure `steps` times.
+ * rate asked doubles from `start` until a probe fails (or the sender cannot
+ * go faster: it achieved under `keepPace` of the rate asked), halves below
+ * `start` until one passes, then bisects between the last pass and the
+ * first failure `steps` times. The answer is what the sender achieved in
+ * the best passing probe, not what was asked of it.
  */
 
 export interface ProbeResult {
@@ -42,7 +43,7 @@ export interface RateSearchOptions {
 }
 
 export interface RateSearch {
-  /** The highest lossless rate, frames per second: the best passing probe's asked rate, or what the sender achieved when it could go no faster. */
+  /** The highest lossless rate, frames per second: what the sender achieved in the best passing probe. */
   readonly rate: number;
   /** The probe that found it. */
   readonly best: Probe;
@@ -64,31 +65,38 @@ export async function findLosslessRate(probe: (perSecond: number) => Promise<Pro
   };
   const saturated = (p: Probe) => p.result.sent < keepPace * p.asked;
 
-  let pass: Probe | undefined;
-  let fail: Probe | undefined;
-  let asked = start;
-  for (;;) {
+  /** The asked rates of the last probe that passed and of the first that failed. */
+  let good: number | undefined;
+  let bad: number | undefined;
+  /** The passing probe whose sender went fastest. */
+  let best: Probe | undefined;
+  const found = (limit: RateSearch['limit']): RateSearch => ({ rate: best!.result.sent, best: best!, limit, probes });
+  const step = async (asked: number): Promise<Probe> => {
     const p = await run(asked);
     if (p.passed) {
-      pass = p;
-      if (fail !== undefined) break;
-      if (saturated(p)) return { rate: p.result.sent, best: p, limit: 'sender', probes };
-      if (asked >= ceiling) return { rate: asked, best: p, limit: 'ceiling', probes };
+      good = asked;
+      if (best === undefined || p.result.sent > best.result.sent) best = p;
+    } else {
+      bad ??= asked;
+      if (asked < bad) bad = asked;
+    }
+    return p;
+  };
+  let asked = start;
+  for (;;) {
+    const p = await step(asked);
+    if (good !== undefined && bad !== undefined) break;
+    if (p.passed) {
+      if (saturated(p)) return found('sender');
+      if (asked >= ceiling) return found('ceiling');
       asked = Math.min(ceiling, asked * 2);
     } else {
-      fail = p;
-      if (pass !== undefined) break;
       asked /= 2;
       if (asked < floor) {
         throw new Error(`rate search: even ${Math.round(p.asked)} frames per second failed (${p.result.detail}); nothing passes at or above ${floor}`);
       }
     }
   }
-  let bad = fail.asked;
-  for (let i = 0; i < steps; i++) {
-    const p = await run(Math.round((pass.asked + bad) / 2));
-    if (p.passed) pass = p;
-    else bad = p.asked;
-  }
-  return { rate: pass.asked, best: pass, limit: 'loss', probes };
+  for (let i = 0; i < steps; i++) await step(Math.round((good! + bad!) / 2));
+  return found('loss');
 }
