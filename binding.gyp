@@ -2,15 +2,49 @@
   "targets": [
     {
       "target_name": "upci_shm",
-      "sources": ["shm/native/shared_mapping.cc"],
-      "include_dirs": ["kernel/native"],
-      "cflags_cc": ["-std=c++20", "-Wall", "-Wextra", "-Werror", "-Wno-cast-function-type"]
+      "sources": [
+        "shm/native/shared_mapping.cc"
+      ],
+      "include_dirs": [
+        "kernel/native"
+      ],
+      "cflags_cc": [
+        "-std=c++20",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-Wno-cast-function-type"
+      ]
     },
     {
       "target_name": "upci_waker",
-      "sources": ["workers/native/main_thread_waker.cc"],
-      "include_dirs": ["kernel/native"],
-      "cflags_cc": ["-std=c++20", "-Wall", "-Wextra", "-Werror"]
+      "sources": [
+        "workers/native/main_thread_waker.cc"
+      ],
+      "include_dirs": [
+        "kernel/native"
+      ],
+      "cflags_cc": [
+        "-std=c++20",
+        "-Wall",
+        "-Wextra",
+        "-Werror"
+      ]
+    },
+    {
+      "target_name": "upci_irq",
+      "sources": [
+        "workers/native/interrupt_watcher.cc"
+      ],
+      "include_dirs": [
+        "kernel/native"
+      ],
+      "cflags_cc": [
+        "-std=c++20",
+        "-Wall",
+        "-Wextra",
+        "-Werror"
+      ]
     }
   ]
 }

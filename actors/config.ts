@@ -4,7 +4,9 @@
  * file is valid.
  *
  *   {
- *     "watchdogMs": 1000,                       // INTx event not acked within this: the driver is hung
+ *     "watchdogMs": 1000,                       // no heartbeat from a driver's thread, or an INTx event not acked, within this: hung
+ *     "heartbeatMs": 100,                       // how often a driver thread's event loop beats (below watchdogMs)
+ *     "heapLimitMb": 256,                       // a driver thread's V8 heap limit: a leaking driver is stopped and restarted
  *     "attachTimeoutMs": 30000,                 // an attach (reset, Identify...) not done within this failed
  *     "restart": { "initialDelayMs": 100, "maxDelayMs": 5000, "maxRestarts": 5 },
  *     "statsIntervalMs": 1000,                  // interrupt-rate / DMA sampling
@@ -31,7 +33,12 @@ export interface RestartPolicy {
 }
 
 export interface Supervision {
+  /** A driver thread whose heartbeat has not moved for this long, or an INTx event not acked within it: the driver is hung. */
   readonly watchdogMs: number;
+  /** The period of a driver thread's heartbeat; a hang is seen within watchdogMs + heartbeatMs. */
+  readonly heartbeatMs: number;
+  /** A driver thread's heap limit (V8 old generation, resourceLimits.maxOldGenerationSizeMb). */
+  readonly heapLimitMb: number;
   /** A driver's attach (it may be async: a controller reset, Identify) not done within this is an attach fault. */
   readonly attachTimeoutMs: number;
   readonly restart: RestartPolicy;
@@ -60,6 +67,8 @@ export interface HostConfig {
 
 export const DEFAULT_SUPERVISION: Supervision = {
   watchdogMs: 1000,
+  heartbeatMs: 100,
+  heapLimitMb: 256,
   attachTimeoutMs: 30_000,
   restart: { initialDelayMs: 100, maxDelayMs: 5000, maxRestarts: 5 },
 };
@@ -98,8 +107,13 @@ function restartPolicy(value: unknown, path: string, base: RestartPolicy): Resta
 }
 
 function supervision(value: Json, path: string, base: Supervision): Supervision {
+  const watchdogMs = integer(value.watchdogMs, at(path, 'watchdogMs'), base.watchdogMs, 1, 3_600_000);
+  const heartbeatMs = integer(value.heartbeatMs, at(path, 'heartbeatMs'), Math.min(base.heartbeatMs, watchdogMs), 1, 60_000);
+  if (heartbeatMs > watchdogMs) throw new ConfigError(at(path, 'heartbeatMs'), `${heartbeatMs} is above watchdogMs ${watchdogMs}`, { fix: 'beat at least once per watchdog period' });
   return {
-    watchdogMs: integer(value.watchdogMs, at(path, 'watchdogMs'), base.watchdogMs, 1, 3_600_000),
+    watchdogMs,
+    heartbeatMs,
+    heapLimitMb: integer(value.heapLimitMb, at(path, 'heapLimitMb'), base.heapLimitMb, 16, 65_536),
     attachTimeoutMs: integer(value.attachTimeoutMs, at(path, 'attachTimeoutMs'), base.attachTimeoutMs, 1, 3_600_000),
     restart: restartPolicy(value.restart, at(path, 'restart'), base.restart),
   };
@@ -121,7 +135,7 @@ function driverChoice(entry: Json, path: string, registry: DriverRegistry): Driv
 /** Validates a parsed config file against the drivers in `registry`. */
 export function parseHostConfig(value: unknown, registry: DriverRegistry): HostConfig {
   const root = object(value, '(config)');
-  onlyKeys(root, '', ['devices', 'watchdogMs', 'attachTimeoutMs', 'restart', 'statsIntervalMs', 'shutdownTimeoutMs']);
+  onlyKeys(root, '', ['devices', 'watchdogMs', 'heartbeatMs', 'heapLimitMb', 'attachTimeoutMs', 'restart', 'statsIntervalMs', 'shutdownTimeoutMs']);
   const defaults = supervision(root, '', DEFAULT_SUPERVISION);
   if (!Array.isArray(root.devices)) throw new ConfigError('devices', `expected an array of devices, got ${describe(root.devices)}`);
   if (root.devices.length === 0) throw new ConfigError('devices', 'is empty', { fix: 'list at least one { "address": ..., "driver": ... }' });
@@ -130,7 +144,7 @@ export function parseHostConfig(value: unknown, registry: DriverRegistry): HostC
   const devices = root.devices.map((raw, i): DeviceEntry => {
     const path = `devices[${i}]`;
     const entry = object(raw, path);
-    onlyKeys(entry, path, ['address', 'name', 'driver', 'options', 'watchdogMs', 'attachTimeoutMs', 'restart']);
+    onlyKeys(entry, path, ['address', 'name', 'driver', 'options', 'watchdogMs', 'heartbeatMs', 'heapLimitMb', 'attachTimeoutMs', 'restart']);
     if (typeof entry.address !== 'string') throw new ConfigError(`${path}.address`, `expected a PCI address string, got ${describe(entry.address)}`);
     let address: PciAddress;
     try {

@@ -14,24 +14,35 @@
  * Every state is entered as its own macrostep, so each transition shows in
  * the actor's snapshots and in the inspection stream.
  */
-import { assign, fromPromise, setup, type ActorRefFrom } from 'xstate';
-import type { AnyDriver, DriverInput, OptionsOf, OptionsSchema } from '../drivers/contract.js';
+import { assign, createActor, fromPromise, setup, toPromise, type ActorRefFrom, type InspectionEvent, type Observer } from 'xstate';
+import type { BlockDevice } from '../drivers/block.js';
+import type { AnyDriver, OptionsOf, OptionsSchema } from '../drivers/contract.js';
 import type { PciAddress } from '../kernel/pci-address.js';
 import type { PciDevice } from '../pci/device.js';
 import { restartDelay } from './backoff.js';
 import type { Supervision } from './config.js';
 import { AttachedBus, stopBusMaster } from './driver-bus.js';
+import { sourceOf } from './driver-source.js';
+import { DriverThread, LOAD_TIMEOUT_MS, type QuiesceReport } from './driver-worker.js';
 import type { DeviceMeter } from './meter.js';
-import type { BlockDevice } from '../drivers/block.js';
 
-export type DeviceStateName = 'claimed' | 'attaching' | 'running' | 'failed' | 'resetting' | 'detaching' | 'released';
+export type DeviceStateName = 'claimed' | 'attaching' | 'running' | 'reloading' | 'failed' | 'resetting' | 'detaching' | 'released';
 
 /** Why a driver incarnation ended badly. */
 export interface Fault {
   readonly kind: 'attach' | 'crash' | 'watchdog';
   readonly message: string;
   readonly incarnation: number;
+  /**
+   * When the host saw it (Date.now()). The fault event carries this time:
+   * the host reports a fault after the first, synchronous steps of taking
+   * the device back (bus mastering off, vectors off, DMA unmapped), which
+   * took 200 ms and more in the loaded TCG guest.
+   */
+  readonly at: number;
 }
+
+const faultOf = (kind: Fault['kind'], message: string, incarnation: number): Fault => ({ kind, message, incarnation, at: Date.now() });
 
 /** How the device was reset before a restart: FLR-style through the kernel, or close and reopen when the kernel has no reset for it. */
 export type ResetKind = 'kernel-reset' | 'reopen';
@@ -56,16 +67,27 @@ export interface DeviceActorInput {
   /** Opens the address again (the reset of a device the kernel cannot reset). */
   readonly reopen: (address: PciAddress) => PciDevice;
   readonly onNote: (message: string) => void;
+  /** A driver thread was taken back from: what was read back, while the thread still ran or after it died. */
+  readonly onQuiesced: (incarnation: number, report: QuiesceReport) => void;
+  /** A driver incarnation started in its own thread. */
+  readonly onThread: (incarnation: number, threadId: number) => void;
+  /** Inspection of a driver machine run in this thread (one in a worker is not inspectable from here). */
+  readonly inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
   /** The config entry's name: the driver's block devices are named after it. */
   readonly name: string;
   /** Publishes a driver's block device; the returned function withdraws it. */
   readonly provide: (device: BlockDevice) => () => void;
 }
 
-interface Attachment {
-  readonly bus: AttachedBus;
-  readonly resources: unknown;
-}
+/**
+ * A driver incarnation, attached. 'thread': in its own worker thread
+ * (whenever the kernel port can share the device and the driver can be
+ * imported by a worker: built-in, or loaded from a module); 'inline': in
+ * this thread (drivers made in this thread, ports that cannot share).
+ */
+type Attachment =
+  | { readonly kind: 'thread'; readonly thread: DriverThread }
+  | { readonly kind: 'inline'; readonly bus: AttachedBus; readonly resources: unknown };
 
 export interface DeviceContext extends DeviceActorInput {
   /** The device as now open; after a reopen, the new handle. */
@@ -85,7 +107,9 @@ export interface DeviceContext extends DeviceActorInput {
 export type DeviceEvent =
   | { type: 'START' }
   | { type: 'STOP' }
-  | { type: 'WATCHDOG'; vector: number; waitedMs: number };
+  | { type: 'WATCHDOG'; message: string }
+  /** The driver's code changed (`upci run --watch`): restart it with the new code, keeping the device. */
+  | { type: 'RELOAD' };
 
 /** What the final release did: a kernel reset before closing, or just the close (no reset method). */
 export type ReleaseKind = 'kernel-reset' | 'close' | 'already-closed';
@@ -105,12 +129,74 @@ export interface DeviceOutput {
 
 const message = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
-/** Quiesces whatever is attached, and at least turns bus mastering off. */
-function quiesce(device: PciDevice, attachment: Attachment | undefined): void {
+const attachOverran = (driver: string, limit: number) => `${driver}: attach did not finish within ${limit} ms (attachTimeoutMs)`;
+
+const stallMessage = (vector: number, waitedMs: number) =>
+  `INTx vector ${vector} not acked within ${waitedMs} ms: the driver is hung (line left masked)`;
+
+interface Quiescing {
+  readonly device: PciDevice;
+  readonly attachment: Attachment | undefined;
+  readonly incarnation: number;
+  readonly onQuiesced: DeviceActorInput['onQuiesced'];
+  readonly onNote: DeviceActorInput['onNote'];
+  readonly meter: DeviceMeter;
+  /** Bound of a driver's clean detach (attachTimeoutMs). */
+  readonly detachTimeoutMs: number;
+}
+
+/** The driver's own detach (DriverModule.detach), bounded; a failing or hanging one is noted and the quiesce follows anyway. */
+export async function cleanDetach(driver: AnyDriver, timeoutMs: number, detach: () => unknown, onNote: (m: string) => void): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      Promise.resolve().then(detach),
+      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`detach did not finish within ${timeoutMs} ms`)), timeoutMs))),
+    ]);
+  } catch (e) {
+    onNote(`${driver.name}: detach failed: ${message(e)}; quiescing anyway`);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Quiesces whatever is attached, and at least turns bus mastering off. A
+ * thread is taken back from the main thread and terminated (`graceful`: it
+ * is first asked to detach itself).
+ */
+async function quiesce({ device, attachment, incarnation, onQuiesced, meter }: Quiescing, graceful: boolean): Promise<void> {
+  if (attachment?.kind === 'thread') {
+    try {
+      const report = await (graceful ? attachment.thread.stop() : attachment.thread.kill());
+      onQuiesced(incarnation, report);
+    } finally {
+      meter.follow(undefined);
+      stopBusMaster(device);
+    }
+    return;
+  }
   try {
     stopBusMaster(device);
   } finally {
     attachment?.bus.release();
+  }
+}
+
+/** Bounds `work` by `limit` ms; on a timeout `onTimeout` runs before the rejection with `what`. */
+async function bounded<T>(work: Promise<T>, limit: number, what: string, onTimeout: () => Promise<unknown>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      work,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          void onTimeout().finally(() => reject(new Error(what)));
+        }, limit);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -123,37 +209,66 @@ export function deviceMachineFor(driver: AnyDriver) {
       output: {} as DeviceOutput,
     },
     actors: {
-      attach: fromPromise<Attachment, { context: DeviceContext; onStall: (vector: number, waitedMs: number) => void }>(
-        async ({ input: { context, onStall } }) => {
-          const bus = new AttachedBus(context.device, context.incarnation, {
+      attach: fromPromise<Attachment, { context: DeviceContext; onWatchdog: (message: string) => void }>(
+        async ({ input: { context, onWatchdog } }) => {
+          const { device, driver, supervision, incarnation } = context;
+          const source = sourceOf(driver);
+          if (source !== undefined && device.kernel.handles !== undefined && (driver.thread ?? 'own') === 'own') {
+            const thread = new DriverThread({
+              device, source, options: context.options, incarnation, supervision, name: context.name,
+              onNote: context.onNote,
+              onStall: (vector, waitedMs) => onWatchdog(stallMessage(vector, waitedMs)),
+              onHang: onWatchdog,
+            });
+            context.meter.follow(thread);
+            context.onThread(incarnation, thread.threadId);
+            const attachment: Attachment = { kind: 'thread', thread };
+            const input = quiescing({ ...context, attachment });
+            try {
+              await bounded(thread.loaded, LOAD_TIMEOUT_MS, `${driver.name}: the driver thread did not load its modules within ${LOAD_TIMEOUT_MS} ms`, () => quiesce(input, false));
+              await bounded(thread.attached, supervision.attachTimeoutMs, attachOverran(driver.name, supervision.attachTimeoutMs), () => quiesce(input, false));
+              return attachment;
+            } catch (e) {
+              await quiesce(input, false).catch(() => {});
+              throw e;
+            }
+          }
+          const bus = new AttachedBus(device, incarnation, {
             name: context.name,
             onProvide: context.provide,
-            watchdogMs: context.supervision.watchdogMs,
+            watchdogMs: supervision.watchdogMs,
             meter: context.meter,
-            onStall,
+            onStall: (vector, waitedMs) => onWatchdog(stallMessage(vector, waitedMs)),
             onNote: context.onNote,
           });
-          const limit = context.supervision.attachTimeoutMs;
-          let timer: NodeJS.Timeout | undefined;
           try {
-            const resources = await Promise.race([
-              Promise.resolve().then(() => context.driver.attach(bus, context.options)),
-              new Promise<never>((_, reject) => {
-                timer = setTimeout(() => reject(new Error(`${context.driver.name}: attach did not finish within ${limit} ms (attachTimeoutMs)`)), limit);
-              }),
-            ]);
-            return { bus, resources };
+            const resources = await bounded(
+              Promise.resolve().then(() => driver.attach(bus, context.options)),
+              supervision.attachTimeoutMs, attachOverran(driver.name, supervision.attachTimeoutMs), async () => {},
+            );
+            return { kind: 'inline', bus, resources };
           } catch (e) {
             // A late attach finds its bus reclaimed: every call on it throws.
             bus.release();
             throw e;
-          } finally {
-            clearTimeout(timer);
           }
         },
       ),
-      driver: driver.machine,
-      quiesce: fromPromise<void, { device: PciDevice; attachment: Attachment | undefined }>(async ({ input }) => quiesce(input.device, input.attachment)),
+      driver: fromPromise<void, { attachment: Attachment; options: unknown; inspect: DeviceContext['inspect'] }>(async ({ input: { attachment, options, inspect }, signal }) => {
+        if (attachment.kind === 'thread') return attachment.thread.ended;
+        const actor = createActor(driver.machine, {
+          input: { bus: attachment.bus, options, resources: attachment.resources },
+          ...(inspect === undefined ? {} : { inspect }),
+        });
+        signal.addEventListener('abort', () => actor.stop());
+        actor.start();
+        await toPromise(actor);
+      }),
+      quiesce: fromPromise<void, Quiescing>(async ({ input }) => quiesce(input, false)),
+      reload: fromPromise<void, Quiescing>(async ({ input }) => {
+        await quiesce(input, true);
+        if (input.device.kernel.canReset) input.device.reset();
+      }),
       reset: fromPromise<{ device: PciDevice; kind: ResetKind }, { device: PciDevice; reopen: (a: PciAddress) => PciDevice }>(async ({ input: { device, reopen } }) => {
         if (device.kernel.canReset) {
           device.reset();
@@ -165,24 +280,15 @@ export function deviceMachineFor(driver: AnyDriver) {
       }),
       // Detach: quiesce, reset through the kernel when it can, close. A device the kernel cannot
       // reset is only closed: a reopen would be the same reset as the close itself.
-      release: fromPromise<ReleaseKind, { device: PciDevice; attachment: Attachment | undefined; driver: AnyDriver; timeoutMs: number; onNote: (m: string) => void }>(async ({ input: { device, attachment, driver, timeoutMs, onNote } }) => {
+      release: fromPromise<ReleaseKind, Quiescing>(async ({ input }) => {
+        const { device, attachment } = input;
         if (!device.isOpen) return 'already-closed';
         try {
-          if (attachment !== undefined && driver.detach !== undefined) {
-            // A clean detach first (an NVMe shutdown); a failing or hanging one still ends in the quiesce.
-            let timer: NodeJS.Timeout | undefined;
-            try {
-              await Promise.race([
-                Promise.resolve().then(() => driver.detach!(attachment.bus, attachment.resources)),
-                new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`detach did not finish within ${timeoutMs} ms`)), timeoutMs))),
-              ]);
-            } catch (e) {
-              onNote(`${driver.name}: detach failed: ${message(e)}; quiescing anyway`);
-            } finally {
-              clearTimeout(timer);
-            }
+          // A driver in its own thread detaches there (DriverThread.stop); one here first detaches cleanly (an NVMe shutdown).
+          if (attachment?.kind === 'inline' && driver.detach !== undefined) {
+            await cleanDetach(driver, input.detachTimeoutMs, () => driver.detach!(attachment.bus, attachment.resources), input.onNote);
           }
-          quiesce(device, attachment);
+          await quiesce(input, true);
           if (!device.kernel.canReset) return 'close';
           device.reset();
           return 'kernel-reset';
@@ -224,7 +330,7 @@ export function deviceMachineFor(driver: AnyDriver) {
           src: 'attach',
           input: ({ context, self }) => ({
             context,
-            onStall: (vector: number, waitedMs: number) => self.send({ type: 'WATCHDOG', vector, waitedMs }),
+            onWatchdog: (message: string) => self.send({ type: 'WATCHDOG', message }),
           }),
           onDone: [
             { guard: 'stopRequested', target: 'detaching', actions: assign({ attachment: ({ event }) => event.output }) },
@@ -232,7 +338,7 @@ export function deviceMachineFor(driver: AnyDriver) {
           ],
           onError: {
             target: 'failed',
-            actions: assign({ fault: ({ context, event }) => ({ kind: 'attach', message: message(event.error), incarnation: context.incarnation }) }),
+            actions: assign({ fault: ({ context, event }) => faultOf('attach', message(event.error), context.incarnation) }),
           },
         },
         on: { STOP: { actions: 'requestStop' } },
@@ -241,35 +347,46 @@ export function deviceMachineFor(driver: AnyDriver) {
         invoke: {
           src: 'driver',
           // running is only entered with an attachment (attaching's onDone assigns it).
-          input: ({ context }: { context: DeviceContext }): DriverInput<unknown, unknown> => ({
-            bus: context.attachment!.bus,
-            options: context.options,
-            resources: context.attachment!.resources,
-          }),
+          input: ({ context }) => ({ attachment: context.attachment!, options: context.options, inspect: context.inspect }),
           onDone: { target: 'detaching', actions: assign({ outcome: { kind: 'finished' } }) },
           onError: {
             target: 'failed',
-            actions: assign({ fault: ({ context, event }) => ({ kind: 'crash', message: message(event.error), incarnation: context.incarnation }) }),
+            actions: assign({ fault: ({ context, event }) => faultOf('crash', message(event.error), context.incarnation) }),
           },
         },
         on: {
           STOP: 'detaching',
+          RELOAD: 'reloading',
           WATCHDOG: {
             target: 'failed',
             actions: assign({
-              fault: ({ context, event }) => ({
-                kind: 'watchdog',
-                message: `INTx vector ${event.vector} not acked within ${event.waitedMs} ms: the driver is hung (line left masked)`,
-                incarnation: context.incarnation,
-              }),
+              fault: ({ context, event }) => faultOf('watchdog', event.message, context.incarnation),
             }),
           },
         },
       },
+      // `upci run --watch`: the driver's module changed. The old incarnation detaches (in its thread) and the
+      // device is taken back, reset through the kernel when it can be, and attached again with the new code
+      // in a new thread; the device stays claimed throughout (no reopen), and no restart is counted.
+      reloading: {
+        invoke: {
+          src: 'reload',
+          input: ({ context }) => quiescing(context),
+          onDone: { target: 'attaching', actions: assign({ attachment: undefined, incarnation: ({ context }) => context.incarnation + 1 }) },
+          onError: {
+            target: 'failed',
+            actions: assign({
+              attachment: undefined,
+              fault: ({ context, event }) => faultOf('crash', `reload: ${message(event.error)}`, context.incarnation),
+            }),
+          },
+        },
+        on: { STOP: { actions: 'requestStop' } },
+      },
       failed: {
         invoke: {
           src: 'quiesce',
-          input: ({ context }) => ({ device: context.device, attachment: context.attachment }),
+          input: ({ context }) => quiescing(context),
           onDone: [
             { guard: 'restartsLeft', target: 'resetting', actions: assign({ attachment: undefined }) },
             { target: 'detaching', actions: assign({ attachment: undefined, outcome: ({ context }) => ({ kind: 'gave-up', fault: context.fault! }) as Outcome }) },
@@ -313,9 +430,7 @@ export function deviceMachineFor(driver: AnyDriver) {
       detaching: {
         invoke: {
           src: 'release',
-          input: ({ context }) => ({
-            device: context.device, attachment: context.attachment, driver: context.driver, timeoutMs: context.supervision.attachTimeoutMs, onNote: context.onNote,
-          }),
+          input: ({ context }) => quiescing(context),
           onDone: { target: 'released', actions: assign({ attachment: undefined, released: ({ event }) => ({ how: event.output, error: undefined }) }) },
           // The device is closed even so (release closes in a finally); the error is reported.
           onError: { target: 'released', actions: assign({ attachment: undefined, released: ({ event }) => ({ how: 'close' as ReleaseKind, error: message(event.error) }) }) },
@@ -332,6 +447,11 @@ export function deviceMachineFor(driver: AnyDriver) {
       released: context.released ?? { how: 'already-closed', error: undefined },
     }),
   });
+}
+
+function quiescing(context: DeviceContext): Quiescing {
+  const { device, attachment, incarnation, onQuiesced, onNote, meter } = context;
+  return { device, attachment, incarnation, onQuiesced, onNote, meter, detachTimeoutMs: context.supervision.attachTimeoutMs };
 }
 
 export type DeviceActorRef = ActorRefFrom<ReturnType<typeof deviceMachineFor>>;

@@ -12,15 +12,23 @@ import type { ConfigHeader } from '../pci/config.js';
 import type { Bar, PciDevice } from '../pci/device.js';
 import { Interrupts, type InterruptEvent, type InterruptOptions, type InterruptType, type InterruptVector } from '../pci/intr.js';
 import type { BlockDevice } from '../drivers/block.js';
-import type { DeviceMeter } from './meter.js';
 import { runEvery } from '../pci/teardown.js';
+
+/** What a DriverBus reports as the driver uses it: DeviceMeter in the driver's thread, or the shared ledger of its worker. */
+export interface BusMeter {
+  countInterrupts(n: number): void;
+  /** The bus_dma the driver asked for, or undefined once reclaimed. */
+  dma: BusDma | undefined;
+  /** The interrupt type enabled in the kernel, or undefined once released. */
+  irqKind: InterruptType | undefined;
+}
 
 export interface BusHooks {
   readonly name: string;
   readonly watchdogMs: number;
   /** Publishes a block device; the returned function withdraws it. */
   onProvide(device: BlockDevice): () => void;
-  readonly meter: DeviceMeter;
+  readonly meter: BusMeter;
   /** An INTx event was not acked within watchdogMs: the driver is hung with the line masked. */
   onStall(vector: number, waitedMs: number): void;
   onNote(message: string): void;
@@ -35,7 +43,7 @@ function watched(vector: InterruptVector, type: InterruptType, hooks: BusHooks):
     const timers = new Set<NodeJS.Timeout>();
     const inner = vector.events.subscribe({
       next: (event) => {
-        hooks.meter.interrupts += event.count;
+        hooks.meter.countInterrupts(event.count);
         // MSI and MSI-X need no ack to keep flowing: only a masked INTx line can hang.
         if (type !== 'intx') return subscriber.next(event);
         const timer = setTimeout(() => {
@@ -69,6 +77,8 @@ export class AttachedBus implements DriverBus {
   private readonly releaseHooks: (() => void)[] = [];
   private busDma: BusDma | undefined;
   private released = false;
+  /** release() has begun (its hooks may still note; `released` is set after them). */
+  private reclaiming = false;
 
   constructor(
     private readonly device: PciDevice,
@@ -113,6 +123,7 @@ export class AttachedBus implements DriverBus {
     this.live();
     const irq = Interrupts.establish(this.device, options);
     this.interrupts.push(irq);
+    this.hooks.meter.irqKind = irq.type;
     const vectors: DriverVector[] = irq.vectors.map((v) => ({
       index: v.index,
       events: watched(v, irq.type, this.hooks),
@@ -153,16 +164,21 @@ export class AttachedBus implements DriverBus {
    * even if one fails, and the failures are thrown together.
    */
   release(): void {
-    if (this.released) return;
-    this.released = true;
+    if (this.reclaiming) return;
+    this.reclaiming = true;
     const dma = this.busDma;
     if (this.hooks.meter.dma === dma) this.hooks.meter.dma = undefined;
     const open = this.device.isOpen;
     runEvery(`quiescing ${this.address}`, [
       // The driver's own hooks first (fail in-flight requests, withdraw block devices), newest first.
       ...this.releaseHooks.reverse(),
+      // Until here the driver may still note (e.g. its final counts); from here on the bus is the host's.
+      () => void (this.released = true),
       ...(open ? [() => this.device.disableBusMaster()] : []),
-      ...this.interrupts.map((irq) => () => irq.release()),
+      ...this.interrupts.map((irq) => () => {
+        irq.release();
+        if (this.hooks.meter.irqKind === irq.type) this.hooks.meter.irqKind = undefined;
+      }),
       ...(open && dma !== undefined ? [() => dma.releaseMappings()] : []),
       ...(open ? [...this.spaces].map((space) => () => this.device.unmapBar(space)) : []),
     ]);

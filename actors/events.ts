@@ -1,5 +1,7 @@
 import type { PciAddress } from '../kernel/pci-address.js';
 import type { DeviceStateName, Fault, Outcome, Release, ResetKind } from './device-machine.js';
+import type { QuiesceReport } from './driver-worker.js';
+import type { ThreadStats } from './meter.js';
 
 /** What the host reports, as one RxJS stream; `at` is Date.now(). */
 export type HostEvent =
@@ -13,6 +15,12 @@ export type HostEvent =
     readonly interrupts: number;
     readonly interruptsPerSecond: number;
     readonly dmaBytesMapped: number;
+    /** The driver's worker thread: its id, how long since its heartbeat last moved, its heap. */
+    readonly thread?: ThreadStats;
   }
+  /** A driver incarnation started in its own worker thread. */
+  | { readonly type: 'thread'; readonly at: number; readonly address: PciAddress; readonly incarnation: number; readonly threadId: number }
+  /** The main thread took the device back from a driver thread: what it read back (bus mastering, vectors, DMA mappings). */
+  | { readonly type: 'quiesced'; readonly at: number; readonly address: PciAddress; readonly incarnation: number; readonly report: QuiesceReport }
   | { readonly type: 'note'; readonly at: number; readonly address: PciAddress; readonly message: string }
   | { readonly type: 'host'; readonly at: number; readonly phase: 'running' | 'stopping' | 'stopped' | 'forced'; readonly detail?: string };

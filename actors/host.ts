@@ -23,13 +23,14 @@ import { claimAll, type Claim } from './claim.js';
 import type { HostConfig } from './config.js';
 import { deviceMachineFor, stateName, type DeviceActorInput, type DeviceStateName, type DeviceActorRef, type DeviceOutput } from './device-machine.js';
 import type { HostEvent } from './events.js';
-import { DeviceMeter } from './meter.js';
+import { DeviceMeter, type ThreadStats } from './meter.js';
+import { moduleFileOf } from './driver-source.js';
 
 export interface HostOptions {
   readonly registry?: DriverRegistry;
   /** How devices are opened; PciDevice.open by default (unit tests pass one over a fake kernel port). */
   readonly open?: (address: PciAddress) => PciDevice;
-  /** An XState inspection observer for the root actor: it sees the host, every device actor and every driver machine. */
+  /** An XState inspection observer: it sees the host, every device actor and every driver machine run in the main thread (not those in their own worker threads). */
   readonly inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
 }
 
@@ -111,6 +112,9 @@ export class DriverHost {
           meter,
           reopen: open,
           onNote: (message) => this.emit({ type: 'note', at: Date.now(), address, message }),
+          onQuiesced: (incarnation, report) => this.emit({ type: 'quiesced', at: Date.now(), address, incarnation, report }),
+          onThread: (incarnation, threadId) => this.emit({ type: 'thread', at: Date.now(), address, incarnation, threadId }),
+          ...(options.inspect === undefined ? {} : { inspect: options.inspect }),
           name: claim.entry.name,
           provide: (device) => this.provide(device),
         },
@@ -200,7 +204,7 @@ export class DriverHost {
       const { context } = snapshot;
       const at = Date.now();
       if (entered) this.emit({ type: 'state', at, address, driver: claim.driver.name, state, incarnation: context.incarnation });
-      if (entered && state === 'failed' && context.fault !== undefined) this.emit({ type: 'fault', at, address, fault: context.fault });
+      if (entered && state === 'failed' && context.fault !== undefined) this.emit({ type: 'fault', at: context.fault.at, address, fault: context.fault });
       if (backoff) {
         this.emit({
           type: 'restart', at, address, attempt: context.restarts,
@@ -244,11 +248,49 @@ export class DriverHost {
       for (const [address, meter] of this.meters) {
         const count = meter.interrupts;
         const rate = Math.round(((count - (previous.get(address) ?? 0)) * 1000) / (now - then));
-        this.emit({ type: 'stats', at: Date.now(), address, interrupts: count, interruptsPerSecond: rate, dmaBytesMapped: meter.dmaBytesMapped() });
+        const thread = meter.threadStats();
+        this.emit({
+          type: 'stats', at: Date.now(), address, interrupts: count, interruptsPerSecond: rate, dmaBytesMapped: meter.dmaBytesMapped(),
+          ...(thread === undefined ? {} : { thread }),
+        });
       }
       previous = new Map([...this.meters].map(([a, m]) => [a, m.interrupts]));
       then = now;
     }, this.config.statsIntervalMs);
+  }
+
+  /**
+   * Restarts the driver of `address` with its module's current code (a new
+   * worker imports it afresh), keeping the device claimed; ignored unless
+   * the driver is running.
+   */
+  reload(address: PciAddress): void {
+    this.claims.find(({ claim }) => claim.entry.address === address)?.ref.send({ type: 'RELOAD' });
+  }
+
+  /** The modules of the drivers this host runs in worker threads, with the devices each drives (what `--watch` watches). */
+  driverModules(): Map<string, PciAddress[]> {
+    const files = new Map<string, PciAddress[]>();
+    for (const { claim } of this.claims) {
+      const file = moduleFileOf(claim.driver);
+      if (file !== undefined) files.set(file, [...(files.get(file) ?? []), claim.entry.address]);
+    }
+    return files;
+  }
+
+  /** The device's current driver thread (id, heartbeat age, heap), when its driver runs in one. */
+  threadStats(address: PciAddress): ThreadStats | undefined {
+    return this.meters.get(address)?.threadStats();
+  }
+
+  /**
+   * The shared memory of the device's current driver thread (heartbeat,
+   * interrupt count: DriverLedger.of reads it), for a monitor in another
+   * thread that must keep sampling while this one is busy, e.g. taking a
+   * hung driver's device back.
+   */
+  threadLedger(address: PciAddress): SharedArrayBuffer | undefined {
+    return this.meters.get(address)?.threadLedger();
   }
 
   /** Interrupts delivered to a device's driver so far (all incarnations). */

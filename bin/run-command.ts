@@ -15,26 +15,50 @@
  * asserts < 5 s): three devices released in 0.28 s, process exit 0.64 s
  * after SIGINT.
  */
+import { watch, type FSWatcher } from 'node:fs';
+import { basename, dirname } from 'node:path';
 import { builtinDrivers } from '../drivers/index.js';
 import { loadHostConfig } from '../actors/config.js';
+import { withConfigDrivers } from '../actors/driver-modules.js';
 import { DriverHost } from '../actors/host.js';
 import { showStatus } from './status-view.js';
 
-export const RUN_USAGE = '  run <config> [--duration S]   run the drivers of a JSON config until SIGINT/SIGTERM or S seconds';
+export const RUN_USAGE = '  run <config> [--duration S] [--watch]   run the drivers of a JSON config until SIGINT/SIGTERM or S seconds;\n'
+  + '                                          --watch restarts a driver (in a new thread, device kept) when its module file changes';
 
-function parseArgs(args: readonly string[]): { config: string; durationS: number | undefined } | string {
+function parseArgs(args: readonly string[]): { config: string; durationS: number | undefined; watch: boolean } | string {
   let config: string | undefined;
   let durationS: number | undefined;
+  let watch = false;
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]!;
-    if (arg === '--duration') {
+    if (arg === '--watch') watch = true;
+    else if (arg === '--duration') {
       const value = Number(args[++i]);
       if (!(value > 0)) return `--duration expects a positive number of seconds, got ${JSON.stringify(args[i] ?? '')}`;
       durationS = value;
     } else if (config === undefined && !arg.startsWith('-')) config = arg;
     else return `unexpected argument ${JSON.stringify(arg)}`;
   }
-  return config === undefined ? 'expects a config file' : { config, durationS };
+  return config === undefined ? 'expects a config file' : { config, durationS, watch };
+}
+
+/** How long a module file must stay unchanged before its drivers restart (editors write in several steps). */
+const WATCH_SETTLE_MS = 200;
+
+/** `--watch`: each driver module file watched; a change restarts the drivers of that file only. */
+function watchDrivers(host: DriverHost): FSWatcher[] {
+  return [...host.driverModules()].map(([file, addresses]) => {
+    let timer: NodeJS.Timeout | undefined;
+    // The folder, not the file: an editor's rename-over-the-file would end a watch on the file itself.
+    return watch(dirname(file), (_event, name) => {
+      if (name !== basename(file)) return;
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        for (const address of addresses) host.reload(address);
+      }, WATCH_SETTLE_MS);
+    });
+  });
 }
 
 /** Runs the host; resolves with the exit status. Config errors are thrown (UpciError). */
@@ -44,7 +68,7 @@ export async function runCommand(args: readonly string[]): Promise<number> {
     console.error(`upci run: ${parsed}\nusage:\n${RUN_USAGE}`);
     return 2;
   }
-  const host = DriverHost.claim(loadHostConfig(parsed.config, builtinDrivers));
+  const host = DriverHost.claim(loadHostConfig(parsed.config, await withConfigDrivers(parsed.config, builtinDrivers)));
   showStatus(host.events, process.stdout);
   let stop!: () => void;
   const stopRequested = new Promise<void>((resolve) => (stop = resolve));
@@ -64,10 +88,12 @@ export async function runCommand(args: readonly string[]): Promise<number> {
   process.on('SIGTERM', () => onSignal('SIGTERM'));
   const duration = parsed.durationS === undefined ? undefined : setTimeout(stop, parsed.durationS * 1000);
   host.start();
+  const watchers = parsed.watch ? watchDrivers(host) : [];
   // Every device may also end on its own (drivers finished, or given up).
   void host.settled.then(stop);
   await stopRequested;
   clearTimeout(duration);
+  for (const w of watchers) w.close();
   const report = await host.shutdown();
   return !report.forced && report.devices.every((d) => d.released.error === undefined) ? 0 : 1;
 }

@@ -5,6 +5,7 @@
  */
 import type { Observable } from 'rxjs';
 import type { HostEvent } from '../actors/events.js';
+import type { ThreadStats } from '../actors/meter.js';
 
 interface Row {
   driver: string;
@@ -14,6 +15,7 @@ interface Row {
   rate: number;
   dmaBytes: number;
   restarts: number;
+  thread: string;
   last: string;
 }
 
@@ -21,6 +23,10 @@ const REDRAW_MS = 100;
 
 function bytes(n: number): string {
   return n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`;
+}
+
+function threadLine(t: ThreadStats): string {
+  return `thread=${t.threadId} heartbeat=${t.heartbeatAgeMs}ms heap=${bytes(t.heapUsed)}/${bytes(t.heapLimit)}`;
 }
 
 /** The plain line for an event (non-TTY output). */
@@ -32,7 +38,9 @@ export function plainLine(e: HostEvent): string {
     case 'fault': return `${time} ${e.address} fault ${e.fault.kind}: ${e.fault.message}`;
     case 'restart': return `${time} ${e.address} restart #${e.attempt} in ${e.delayMs} ms after ${e.reset}`;
     case 'released': return `${time} ${e.address} released: ${e.outcome.kind} (${e.release.how}${e.release.error === undefined ? '' : `, error: ${e.release.error}`})`;
-    case 'stats': return `${time} ${e.address} stats interrupts=${e.interrupts} rate=${e.interruptsPerSecond}/s dma=${e.dmaBytesMapped}`;
+    case 'stats': return `${time} ${e.address} stats interrupts=${e.interrupts} rate=${e.interruptsPerSecond}/s dma=${e.dmaBytesMapped}${e.thread === undefined ? '' : ` ${threadLine(e.thread)}`}`;
+    case 'thread': return `${time} ${e.address} incarnation ${e.incarnation} in thread ${e.threadId}`;
+    case 'quiesced': return `${time} ${e.address} quiesced incarnation ${e.incarnation}${e.report.threadRunning ? ' (its thread still running)' : ''}: busMaster=${e.report.busMaster} vectors=${e.report.vectorsDisabled ?? 'none'} off, dmaMappingsLeft=${e.report.dmaMappingsLeft ?? '?'}`;
     case 'note': return `${time} ${e.address} note ${e.message}`;
   }
 }
@@ -51,21 +59,24 @@ export function showStatus(events: Observable<HostEvent>, out: NodeJS.WriteStrea
     timer = undefined;
     const width = out.columns ?? 120;
     const lines = [`upci host: ${host}`, ...[...rows].map(([address, r]) =>
-      `${address} ${r.driver.padEnd(11)} ${r.state.padEnd(9)} #${r.incarnation} irq ${String(r.interrupts).padStart(8)} ${String(r.rate).padStart(6)}/s dma ${bytes(r.dmaBytes).padStart(9)} restarts ${r.restarts} ${r.last}`)];
+      `${address} ${r.driver.padEnd(11)} ${r.state.padEnd(9)} #${r.incarnation} irq ${String(r.interrupts).padStart(8)} ${String(r.rate).padStart(6)}/s dma ${bytes(r.dmaBytes).padStart(9)} restarts ${r.restarts} ${r.thread} ${r.last}`)];
     // Cursor up over the last frame, then each line cleared and rewritten.
     out.write((drawn > 0 ? `\x1b[${drawn}A` : '') + lines.map((l) => `\x1b[2K${l.slice(0, width - 1)}\n`).join(''));
     drawn = lines.length;
   };
   const row = (address: string): Row => {
     let r = rows.get(address);
-    if (r === undefined) rows.set(address, (r = { driver: '', state: '', incarnation: 0, interrupts: 0, rate: 0, dmaBytes: 0, restarts: 0, last: '' }));
+    if (r === undefined) rows.set(address, (r = { driver: '', state: '', incarnation: 0, interrupts: 0, rate: 0, dmaBytes: 0, restarts: 0, thread: '', last: '' }));
     return r;
   };
   events.subscribe({
     next: (e) => {
       if (e.type === 'host') host = e.phase + (e.detail === undefined ? '' : `: ${e.detail}`);
       else if (e.type === 'state') Object.assign(row(e.address), { driver: e.driver, state: e.state, incarnation: e.incarnation });
-      else if (e.type === 'stats') Object.assign(row(e.address), { interrupts: e.interrupts, rate: e.interruptsPerSecond, dmaBytes: e.dmaBytesMapped });
+      else if (e.type === 'stats') {
+        Object.assign(row(e.address), { interrupts: e.interrupts, rate: e.interruptsPerSecond, dmaBytes: e.dmaBytesMapped, thread: e.thread === undefined ? '' : threadLine(e.thread) });
+      } else if (e.type === 'thread') row(e.address).last = `incarnation ${e.incarnation} in thread ${e.threadId}`;
+      else if (e.type === 'quiesced') row(e.address).last = `quiesced incarnation ${e.incarnation}`;
       else if (e.type === 'restart') Object.assign(row(e.address), { restarts: e.attempt, last: `restart #${e.attempt} (${e.reset})` });
       else if (e.type === 'fault') row(e.address).last = `${e.fault.kind}: ${e.fault.message}`;
       else if (e.type === 'note') row(e.address).last = e.message;

@@ -119,6 +119,14 @@ export interface DriverModule<S extends OptionsSchema = OptionsSchema, R = unkno
   attach(bus: DriverBus, options: OptionsOf<S>): R | Promise<R>;
   /** A clean detach (not after a failure): runs before the host quiesces the device, e.g. an NVMe CC.SHN shutdown. */
   detach?(bus: DriverBus, resources: R): void | Promise<void>;
+  /**
+   * Where the driver runs: 'own' (the default) in a worker thread of its own
+   * per incarnation, so that a hang or a leak stops only it; 'main' in the
+   * host's main thread, for a driver that hands the host objects
+   * (provideBlockDevice) until services cross threads through shared-memory
+   * rings. A hang in a 'main' driver stops the whole host.
+   */
+  readonly thread?: 'own' | 'main';
   readonly machine: AnyActorLogic;
 }
 

@@ -12,7 +12,7 @@
  */
 import { randomFillSync } from 'node:crypto';
 import { map } from 'rxjs';
-import { assign, fromEventObservable, fromPromise, setup } from 'xstate';
+import { fromEventObservable, fromPromise, setup } from 'xstate';
 import type { DriverDma, DmaMemory, LoadedDmaMap } from '../pci/bus-dma.js';
 import { DmaSync } from '../pci/bus-dma.js';
 import type { BusSpace } from '../pci/bus-space.js';
@@ -25,6 +25,29 @@ const DMA_CHECK_BYTES = 1024;
 /** edu starts a DMA ~100 ms (virtual) after the command; TCG guests are slow. */
 const DMA_TIMEOUT_MS = 20_000;
 
+/** How long blockAfterInterrupts blocks. */
+const BLOCK_MS = 10_000;
+
+/** What leakAfterInterrupts keeps: reachable for ever, so no GC can take it back. */
+const leaked: number[][] = [];
+
+function injectFaults(ctx: EduContext): void {
+  const { spinAfterInterrupts, leakAfterInterrupts, blockAfterInterrupts } = ctx.options;
+  if (reached(ctx, spinAfterInterrupts) && ctx.resources.tally.serviced === spinAfterInterrupts) {
+    ctx.bus.note(`fault injection: spinning forever at interrupt ${ctx.resources.tally.serviced}`);
+    for (;;) { /* hung */ }
+  }
+  if (reached(ctx, blockAfterInterrupts) && ctx.resources.tally.serviced === blockAfterInterrupts) {
+    ctx.bus.note(`fault injection: blocking for ${BLOCK_MS} ms at interrupt ${ctx.resources.tally.serviced}`);
+    const end = Date.now() + BLOCK_MS;
+    while (Date.now() < end) { /* blocked */ }
+  }
+  if (reached(ctx, leakAfterInterrupts) && ctx.resources.tally.serviced === leakAfterInterrupts) {
+    ctx.bus.note(`fault injection: leaking memory from interrupt ${ctx.resources.tally.serviced}`);
+    setInterval(() => leaked.push(new Array<number>(1 << 17).fill(leaked.length)), 10);
+  }
+}
+
 const options = {
   interrupt: { type: 'enum', values: ['msi', 'intx'], default: 'msi', doc: 'interrupt type to establish: "msi" or "intx"' },
   raiseIntervalMs: { type: 'integer', min: 0, max: 60_000, default: 10, doc: 'ms between the interrupts the driver raises on the device; 0 raises the next one as soon as the last is serviced (heavy load)' },
@@ -32,6 +55,18 @@ const options = {
   failAfterInterrupts: {
     type: 'integer', min: 1,
     doc: 'test/fault injection: the interrupt handler throws at the Nth interrupt of the first incarnation (a transient bug: restarts run clean)',
+  },
+  spinAfterInterrupts: {
+    type: 'integer', min: 1,
+    doc: 'test/fault injection: at the Nth interrupt of the first incarnation the handler spins forever (for (;;) {}): only the host\'s heartbeat watchdog can stop it',
+  },
+  leakAfterInterrupts: {
+    type: 'integer', min: 1,
+    doc: 'test/fault injection: from the Nth interrupt of the first incarnation the driver allocates memory without bound (1 MB every 10 ms, all kept) until the host stops it at its heap limit',
+  },
+  blockAfterInterrupts: {
+    type: 'integer', min: 1,
+    doc: `test/fault injection: at the Nth interrupt of the first incarnation the handler blocks in a synchronous loop for ${BLOCK_MS / 1000} s, then carries on`,
   },
   stopAckingAfter: {
     type: 'integer', min: 0,
@@ -41,6 +76,23 @@ const options = {
 
 export type EduOptions = OptionsOf<typeof options>;
 
+/**
+ * This incarnation's interrupt accounting, noted when the host takes the
+ * device back (a soak checks that every raise was serviced once). Kept with
+ * the resources, not in the machine's context, because the release hook
+ * runs outside the machine.
+ */
+export interface EduTally {
+  /** Interrupts the driver raised on the device. */
+  raised: number;
+  /** Interrupts that were ours (IRQ_STATUS set) and were serviced. */
+  serviced: number;
+  /** Of those, serviced while no raise was outstanding: a duplicate or a stray. */
+  outsideWindow: number;
+  /** Events with IRQ_STATUS clear, refused as not ours. */
+  notOurs: number;
+}
+
 export interface EduResources {
   readonly bar: BusSpace;
   readonly vector: DriverVector;
@@ -49,6 +101,7 @@ export interface EduResources {
   readonly dst: DmaMemory;
   readonly srcMap: LoadedDmaMap;
   readonly dstMap: LoadedDmaMap;
+  readonly tally: EduTally;
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -57,7 +110,9 @@ function attach(bus: DriverBus, opts: EduOptions): EduResources {
   const bar = bus.mapBar(0);
   const id = bar.read4(EDU.ID);
   if (id !== EDU.ID_VALUE) throw new Error(`edu: id register reads 0x${id.toString(16)}, expected 0x${EDU.ID_VALUE.toString(16)}`);
-  // A reopen is no reset for edu: clear whatever interrupt the last incarnation left raised.
+  // A reopen is no reset for edu: undo what the device's last user may have left set, an
+  // interrupt at the end of each factorial (the self-test computes one) and raised interrupts.
+  bar.write4(EDU.STATUS, 0);
   bar.write4(EDU.IRQ_ACK, bar.read4(EDU.IRQ_STATUS));
   const dma = bus.dma();
   const tag = dma.createTag({ alignment: 4096, addressLimit: EDU.DMA_LIMIT, maxSegments: 1 });
@@ -66,9 +121,11 @@ function attach(bus: DriverBus, opts: EduOptions): EduResources {
   const srcMap = tag.createMap().load(src);
   const dstMap = tag.createMap().load(dst);
   const vector = bus.establishInterrupts({ type: opts.interrupt }).vectors[0]!;
+  const tally: EduTally = { raised: 0, serviced: 0, outsideWindow: 0, notOurs: 0 };
+  bus.onRelease(() => bus.note(`interrupts: raised ${tally.raised}, serviced ${tally.serviced} (${tally.outsideWindow} outside a raise), ${tally.notOurs} not ours`));
   // Maps loaded, vector established: the device may master the bus (DMA, and MSI, a DMA write).
   dma.enableBusMaster();
-  return { bar, vector, dma, src, dst, srcMap, dstMap };
+  return { bar, vector, dma, src, dst, srcMap, dstMap, tally };
 }
 
 async function transfer(bar: BusSpace, from: bigint, to: bigint, toRam: boolean): Promise<void> {
@@ -110,15 +167,13 @@ async function selfTest({ bus, options: opts, resources: r }: DriverInput<EduOpt
 }
 
 interface EduContext extends DriverInput<EduOptions, EduResources> {
-  /** Interrupts serviced in this incarnation. */
-  readonly serviced: number;
 }
 
 /** `status`: edu's interrupt status, read by the stream as the event arrives (0: the interrupt is not ours). */
 type EduEvent = { type: 'irq'; event: InterruptEvent; status: number };
 
 /** Fault injection applies to the first incarnation only. */
-const reached = (ctx: EduContext, limit: number | undefined) => ctx.bus.incarnation === 0 && limit !== undefined && ctx.serviced >= limit;
+const reached = (ctx: EduContext, limit: number | undefined) => ctx.bus.incarnation === 0 && limit !== undefined && ctx.resources.tally.serviced >= limit;
 
 const machine = setup({
   types: {
@@ -138,9 +193,16 @@ const machine = setup({
     notOurs: ({ event }) => event.status === 0,
   },
   actions: {
-    raise: ({ context }) => context.resources.bar.write4(EDU.IRQ_RAISE, 1),
-    refuse: ({ event }) => event.event.ack(false),
-    count: assign({ serviced: ({ context }) => context.serviced + 1 }),
+    raise: ({ context }) => {
+      context.resources.tally.raised++;
+      context.resources.bar.write4(EDU.IRQ_RAISE, 1);
+    },
+    refuse: ({ context, event }) => {
+      context.resources.tally.notOurs++;
+      event.event.ack(false);
+    },
+    count: ({ context }) => void context.resources.tally.serviced++,
+    countOutside: ({ context }) => void context.resources.tally.outsideWindow++,
     /** The interrupt handler proper: quiet the device, then ack the event (which unmasks INTx). */
     service: ({ context, event }) => {
       const { stopAckingAfter, failAfterInterrupts } = context.options;
@@ -148,11 +210,12 @@ const machine = setup({
       context.resources.bar.write4(EDU.IRQ_ACK, event.status);
       event.event.ack();
       if (reached(context, failAfterInterrupts)) throw new Error(`fault injection: failAfterInterrupts=${failAfterInterrupts} reached`);
+      injectFaults(context);
     },
   },
 }).createMachine({
   id: 'edu',
-  context: ({ input }) => ({ ...input, serviced: 0 }),
+  context: ({ input }) => input,
   initial: 'selfTest',
   states: {
     selfTest: {
@@ -175,7 +238,7 @@ const machine = setup({
         },
       },
       // An interrupt outside the raise window is serviced too (or refused as not ours).
-      on: { irq: [{ guard: 'notOurs', actions: 'refuse' }, { actions: ['count', 'service'] }] },
+      on: { irq: [{ guard: 'notOurs', actions: 'refuse' }, { actions: ['count', 'countOutside', 'service'] }] },
     },
   },
 });

@@ -71,6 +71,12 @@ export interface IommuDmaDomain {
   /** Pins [vaddr, vaddr+size) and makes it visible to the device at iova. */
   map(vaddr: bigint, iova: bigint, size: number, access: DmaAccess): void;
   unmap(iova: bigint, size: number): void;
+  /**
+   * Removes every mapping of the domain, whoever made it (any thread of the
+   * process): how the host takes DMA back from a driver thread it cannot
+   * ask. Devices sharing the domain lose theirs too.
+   */
+  unmapAll(): void;
 }
 
 /** What a device's DMA engine can reach, as a bus_dma tag states it (pci/bus-dma.ts DmaTag). */
@@ -123,8 +129,8 @@ export interface KernelDmaAllocator {
 export type DmaDomain = IommuDmaDomain | KernelDmaAllocator;
 
 /**
- * Where a device's interrupts can be read: data the interrupt worker thread
- * acts on (it cannot call objects of the main thread).
+ * Where a device's interrupts can be read: plain data, so that the thread
+ * that handles them can be another than the one that enabled them.
  *  - 'counter': read(2) gives an 8-byte count (an eventfd): interrupts on
  *    vector `firstVector` since the last read; `vectors` is 1.
  *  - 'records': read(2) gives 8-byte records {u32 vector, u32 count}
@@ -138,10 +144,10 @@ export interface IrqSource {
   readonly firstVector: number;
   readonly vectors: number;
   /**
-   * Who closes `fd`. 'hub': handed over with the source: the receiver (the
-   * interrupt hub) closes it once its worker can no longer be reading it.
+   * Who closes `fd`. 'hub': handed over with the source: the receiver
+   * (workers/interrupt-watcher.ts) closes it once it stops polling it.
    * 'device': the DeviceFile's own fd, closed by DeviceFile.close() only;
-   * the hub must have let go of it first.
+   * the watcher must have let go of it first.
    */
   readonly owner: 'hub' | 'device';
 }
@@ -174,9 +180,32 @@ export interface DeviceFile {
 
   /** Closes every fd; idempotent. Mappings made through mmapSource must have been revoked first. */
   close(): void;
+
+  /** The handles for KernelPort.adopt in another thread; absent when the port cannot share them. */
+  readonly handles?: DeviceHandles;
+}
+
+/**
+ * An open device as plain data (fd numbers, valid in every thread of the
+ * process), so that a driver's worker thread can reach the same kernel
+ * handles the main thread holds: KernelPort.adopt turns it back into a
+ * DeviceFile.
+ */
+export interface DeviceHandles {
+  readonly port: string;
+  readonly address: PciAddress;
+  readonly fds: Readonly<Record<string, number>>;
+  readonly group?: number;
 }
 
 export interface KernelPort {
   readonly name: string;
   open(address: PciAddress): DeviceFile;
+  /**
+   * A DeviceFile over the handles another thread opened (DeviceFile.handles):
+   * it makes the same calls on the same fds, and its close() closes none of
+   * them (their opener does). Ports that cannot share a device across
+   * threads leave it out.
+   */
+  adopt?(handles: DeviceHandles): DeviceFile;
 }

@@ -170,6 +170,8 @@ export interface MsiCapability {
   readonly vectors: number;
   readonly address64: boolean;
   readonly perVectorMasking: boolean;
+  /** MSI Enable (control bit 0): the function signals by MSI now. */
+  readonly enabled: boolean;
 }
 
 export function decodeMsi(cfg: ConfigReader, offset: number): MsiCapability {
@@ -179,6 +181,7 @@ export function decodeMsi(cfg: ConfigReader, offset: number): MsiCapability {
     vectors: 1 << ((control >>> 1) & 0x7),
     address64: (control & (1 << 7)) !== 0,
     perVectorMasking: (control & (1 << 8)) !== 0,
+    enabled: (control & 1) !== 0,
   };
 }
 
@@ -189,6 +192,8 @@ export interface MsixCapability {
   readonly tableOffset: number;
   readonly pbaBar: number;
   readonly pbaOffset: number;
+  /** MSI-X Enable (control bit 15). */
+  readonly enabled: boolean;
 }
 
 export function decodeMsix(cfg: ConfigReader, offset: number): MsixCapability {
@@ -202,6 +207,7 @@ export function decodeMsix(cfg: ConfigReader, offset: number): MsixCapability {
     tableOffset: table & ~0x7,
     pbaBar: pba & 0x7,
     pbaOffset: pba & ~0x7,
+    enabled: (control & 0x8000) !== 0,
   };
 }
 

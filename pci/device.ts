@@ -5,8 +5,8 @@
  */
 import { UpciError } from '../kernel/errors.js';
 import { parsePciAddress, type PciAddress } from '../kernel/pci-address.js';
-import type { DeviceFile, KernelPort, RegionInfo } from '../kernel/port.js';
-import { mapShared } from '../shm/mapping.js';
+import type { DeviceFile, DeviceHandles, KernelPort, RegionInfo } from '../kernel/port.js';
+import { mapShared, revoke } from '../shm/mapping.js';
 import { MappedSpace, TrappedSpace, type BusSpace } from './bus-space.js';
 import {
   CONFIG_SPACE_SIZE, PCI_COMMAND, PCI_COMMAND_MASTER, decodeBars, decodeMsi, decodeMsix, readBarRegisters, readHeader, walkCapabilities,
@@ -80,6 +80,17 @@ export interface OpenOptions {
   readonly port?: KernelPort;
 }
 
+/**
+ * An open device as another thread of the process can take it up
+ * (PciDevice.adopt): the kernel handles, and the BARs the opener mapped, so
+ * that the opener can revoke those mappings whatever the other thread does.
+ */
+export interface SharedDevice {
+  readonly handles: DeviceHandles;
+  /** Mappable memory BARs by index, mapped by the opener. */
+  readonly bars: ReadonlyMap<number, SharedArrayBuffer>;
+}
+
 export class PciDevice {
   readonly config: ConfigSpace;
   private readonly spaces = new Set<BusSpace>();
@@ -92,9 +103,47 @@ export class PciDevice {
   private constructor(
     private readonly file: DeviceFile,
     private readonly unclaim: () => void,
+    /** BARs mapped by the thread that opened the device (adopt); mapBar hands these out instead of mapping again. */
+    private readonly premapped: ReadonlyMap<number, SharedArrayBuffer> = new Map(),
   ) {
     this.config = new ConfigSpace(file, file.region(CONFIG_REGION).size);
   }
+
+  /**
+   * Takes up, in this thread, a device another thread opened and shared
+   * (share()): the same kernel handles, which close() here leaves open. Only
+   * that thread claims and releases the device.
+   */
+  static adopt(shared: SharedDevice, options: OpenOptions = {}): PciDevice {
+    const port = options.port ?? defaultKernelPort();
+    if (port.adopt === undefined) throw new UpciError('KERNEL', `the ${port.name} kernel port cannot share a device across threads`);
+    return new PciDevice(port.adopt(shared.handles), () => {}, shared.bars);
+  }
+
+  /**
+   * The device for another thread (PciDevice.adopt), or undefined when the
+   * kernel port cannot share it. Every mappable memory BAR is mapped here;
+   * revokeShared() cuts those mappings off in every thread.
+   */
+  share(): SharedDevice | undefined {
+    this.live();
+    const handles = this.file.handles;
+    if (handles === undefined) return undefined;
+    const bars = new Map<number, SharedArrayBuffer>();
+    for (const bar of this.bars()) {
+      const region = this.file.region(bar.index);
+      if (bar.type !== 'io' && isWhollyMappable(region)) bars.set(bar.index, mapShared(this.file.mmapSource(bar.index, region.mmapAreas[0]!)));
+    }
+    this.shared.push(bars);
+    return { handles, bars };
+  }
+
+  /** Revokes every BAR mapping share() made: views of them in any thread read all-ones and reach nothing. */
+  revokeShared(): void {
+    for (const bars of this.shared.splice(0)) for (const buffer of bars.values()) revoke(buffer);
+  }
+
+  private readonly shared: Map<number, SharedArrayBuffer>[] = [];
 
   /** Claims the function at `address` through the kernel (VFIO on Linux). */
   static open(address: string, options: OpenOptions = {}): PciDevice {
@@ -166,7 +215,7 @@ export class PciDevice {
     const region = this.file.region(index);
     const label = `${this.address} BAR${index}`;
     const space: BusSpace = bar.type !== 'io' && isWhollyMappable(region)
-      ? new MappedSpace(mapShared(this.file.mmapSource(index, region.mmapAreas[0]!)), region.size, label)
+      ? new MappedSpace(this.premapped.get(index) ?? mapShared(this.file.mmapSource(index, region.mmapAreas[0]!)), region.size, label)
       : new TrappedSpace(this.file, index, region.size, label);
     this.spaces.add(space);
     return space;
@@ -239,6 +288,7 @@ export class PciDevice {
       () => {
         for (const space of this.spaces) space.release();
         this.spaces.clear();
+        this.revokeShared();
       },
       () => this.file.close(),
       this.unclaim,

@@ -1,7 +1,9 @@
 /**
  * pci_intr(9) for userland: allocate interrupts of a type (INTx, MSI, MSI-X,
  * or the best the device offers, like pci_intr_alloc), and get one RxJS
- * stream per vector, fed by the process's interrupt worker.
+ * stream per vector, fed by the event loop of the thread that established
+ * them (workers/interrupt-watcher.ts): a driver in its own worker thread is
+ * woken by that thread's loop.
  *
  * INTx is level-triggered: the kernel masks the line when it fires (when the
  * port says it is `automasked`), and it stays masked until the driver has
@@ -20,7 +22,7 @@ import { defer, map, Observable, startWith, Subject } from 'rxjs';
 import { Fanout } from './fanout.js';
 import { UpciError } from '../kernel/errors.js';
 import type { DeviceFile, IrqKind, IrqSource } from '../kernel/port.js';
-import { interruptHub, type HubRegistration } from '../workers/interrupt-hub.js';
+import { discardSource, watchSource, type SourceWatch } from '../workers/interrupt-watcher.js';
 import type { PciDevice } from './device.js';
 
 export type InterruptType = IrqKind;
@@ -78,7 +80,7 @@ class VectorEvent implements InterruptEvent {
 
 export class InterruptVector {
   /** Not a Subject: its next() allocates, and this runs per interrupt. */
-  private readonly subject = new Fanout<InterruptEvent>();
+  private readonly fanout = new Fanout<InterruptEvent>();
   /** Interrupts that came while nobody listened or the vector was masked. */
   private held = 0;
   private masked = false;
@@ -107,7 +109,7 @@ export class InterruptVector {
         ));
         return undefined;
       }
-      const inner = this.subject.observable.subscribe(subscriber);
+      const inner = this.fanout.observable.subscribe(subscriber);
       this.deliverHeld();
       return () => inner.unsubscribe();
     });
@@ -133,7 +135,7 @@ export class InterruptVector {
   }
 
   private deliverHeld(): void {
-    if (this.held === 0 || this.masked || !this.subject.observed) return;
+    if (this.held === 0 || this.masked || !this.fanout.observed) return;
     const count = this.held;
     this.held = 0;
     this.fire(count);
@@ -143,9 +145,9 @@ export class InterruptVector {
     return { delivered: this.delivered, coalesced: this.coalesced, spurious: this.spurious, awaitingAck: this.pendingAck };
   }
 
-  /** Called by the hub with the count the worker folded in. */
+  /** Called from the event loop with the interrupts the kernel counted since the last call. */
   fire(count: number): void {
-    if (this.masked || !this.subject.observed) {
+    if (this.masked || !this.fanout.observed) {
       this.held += count;
       return;
     }
@@ -159,7 +161,7 @@ export class InterruptVector {
     const event = automasked ? new VectorEvent(this) : (this.reused ??= new VectorEvent(this));
     event.count = count;
     event.acked = false;
-    this.subject.emit(event);
+    this.fanout.emit(event);
   }
 
   private reused: VectorEvent | undefined;
@@ -179,7 +181,7 @@ export class InterruptVector {
   }
 
   complete(): void {
-    this.subject.complete();
+    this.fanout.complete();
     this.statsChanged.complete();
   }
 }
@@ -189,7 +191,7 @@ export class Interrupts {
   readonly vectors: readonly InterruptVector[];
   /** The kernel masks the line at each interrupt until unmasked (INTx under VFIO). */
   readonly automasked: boolean;
-  private readonly slots: HubRegistration[] = [];
+  private readonly watches: SourceWatch[] = [];
   private released = false;
 
   private constructor(
@@ -204,14 +206,14 @@ export class Interrupts {
     try {
       Interrupts.checkCoverage(file, type, count, sources);
       for (; next < sources.length; next++) {
-        this.slots.push(interruptHub.register(sources[next]!, (vector, n) => this.vectors[vector]?.fire(n)));
+        this.watches.push(watchSource(sources[next]!, (vector, n) => this.vectors[vector]?.fire(n)));
       }
     } catch (e) {
-      this.unregister();
       try {
         file.disableIrqs(type);
       } finally {
-        sources.slice(next).forEach((source) => interruptHub.discard(source));
+        this.unwatch();
+        sources.slice(next).forEach(discardSource);
       }
       throw e;
     }
@@ -270,13 +272,13 @@ export class Interrupts {
     if (!this.released) this.file.unmaskIntx();
   }
 
-  private unregister(): void {
-    for (const { session, slot } of this.slots.splice(0)) interruptHub.unregister(session, slot);
+  private unwatch(): void {
+    for (const watch of this.watches.splice(0)) watch.unwatch();
   }
 
   /**
    * Disables the vectors in the kernel, then stops watching their sources
-   * (the hub closes the fds it was handed; a device's own fd stays open
+   * (the fds handed over with them are closed; a device's own fd stays open
    * until the device closes). Idempotent.
    */
   release(): void {
@@ -285,7 +287,7 @@ export class Interrupts {
     try {
       this.file.disableIrqs(this.type);
     } finally {
-      this.unregister();
+      this.unwatch();
       for (const vector of this.vectors) vector.complete();
     }
   }

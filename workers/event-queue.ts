@@ -21,12 +21,8 @@ export interface EventQueue {
   /** Watches `fd` for readability (level-triggered); `token` comes back from wait(). */
   add(fd: number, token: number): void;
   remove(fd: number): void;
-  /**
-   * Blocks until at least one watched fd is readable; writes their tokens
-   * into `tokens` (EVENTS_PER_WAIT long: the caller's, reused, so a wake-up
-   * allocates nothing) and returns how many.
-   */
-  wait(tokens: Int32Array): number;
+  /** Blocks until at least one watched fd is readable; returns their tokens. */
+  wait(): number[];
   close(): void;
   /** A new wake-up fd for this OS (eventfd on Linux, a pipe on NetBSD); the caller watches, wakes and closes it. */
   wakeable(): Wakeable;
@@ -36,11 +32,10 @@ export interface EventQueue {
   closeFd(fd: number): void;
 }
 
-/** The most tokens one wait() returns. */
-export const EVENTS_PER_WAIT = 64;
+const MAX_EVENTS = 64;
 
 class Epoll implements EventQueue {
-  private readonly events = Buffer.alloc(EVENTS_PER_WAIT * libc.EPOLL_EVENT_SIZE);
+  private readonly events = Buffer.alloc(MAX_EVENTS * libc.EPOLL_EVENT_SIZE);
 
   constructor(readonly fd: number) {}
 
@@ -52,11 +47,12 @@ class Epoll implements EventQueue {
     libc.epollCtl(this.fd, libc.EPOLL_CTL_DEL, fd, 0);
   }
 
-  wait(tokens: Int32Array): number {
+  wait(): number[] {
     const n = libc.epollWait(this.fd, this.events, -1);
+    const tokens: number[] = [];
     // Tokens are slot numbers: the low word of epoll_data holds all of one.
-    for (let i = 0; i < n; i++) tokens[i] = this.events.readUInt32LE(i * libc.EPOLL_EVENT_SIZE + 4);
-    return n;
+    for (let i = 0; i < n; i++) tokens.push(this.events.readUInt32LE(i * libc.EPOLL_EVENT_SIZE + 4));
+    return tokens;
   }
 
   close(): void {

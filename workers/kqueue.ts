@@ -9,7 +9,7 @@ import { SyscallError } from '../kernel/errors.js';
 import { Struct } from '../kernel/abi.js';
 import * as nb from '../kernel/netbsd/libc.js';
 import type { Operation } from '../kernel/posix.js';
-import { EVENTS_PER_WAIT, type EventQueue } from './event-queue.js';
+import type { EventQueue } from './event-queue.js';
 import { pipeWakeable, type Wakeable } from './wakeable.js';
 
 /**
@@ -28,6 +28,8 @@ export const EVFILT_READ = 0;
 export const EV_ADD = 0x0001;
 export const EV_DELETE = 0x0002;
 
+const MAX_EVENTS = 64;
+
 let bound: { kqueue1: KoffiFunc<(flags: number) => number>; kevent: KoffiFunc<(...args: unknown[]) => number> } | undefined;
 
 function c(): NonNullable<typeof bound> {
@@ -40,7 +42,7 @@ function c(): NonNullable<typeof bound> {
 }
 
 class Kqueue implements EventQueue {
-  private readonly events = Buffer.alloc(EVENTS_PER_WAIT * kevent.size);
+  private readonly events = Buffer.alloc(MAX_EVENTS * kevent.size);
 
   constructor(readonly fd: number) {}
 
@@ -58,16 +60,17 @@ class Kqueue implements EventQueue {
   }
 
   /** Blocks (no timeout) until events arrive; EINTR counts as none, as in the epoll queue. */
-  wait(tokens: Int32Array): number {
-    const n = c().kevent(this.fd, null, 0, this.events, EVENTS_PER_WAIT, null) as number;
+  wait(): number[] {
+    const n = c().kevent(this.fd, null, 0, this.events, MAX_EVENTS, null) as number;
     if (n < 0) {
       const e = nb.errno();
-      if (e === nb.EINTR) return 0;
+      if (e === nb.EINTR) return [];
       throw new SyscallError('kevent wait', e);
     }
+    const tokens: number[] = [];
     // No change list is passed here, so no EV_ERROR receipts come back: every event is a readable fd.
-    for (let i = 0; i < n; i++) tokens[i] = Number(kevent.get(this.events, 'udata', i * kevent.size));
-    return n;
+    for (let i = 0; i < n; i++) tokens.push(Number(kevent.get(this.events, 'udata', i * kevent.size)));
+    return tokens;
   }
 
   close(): void {

@@ -58,6 +58,8 @@ const machine = setup({
 export const e1000eDriver = defineDriver({
   name: 'e1000e',
   description: 'Intel 82574L (QEMU e1000e): rings, MSI-X, link events, and a packet port (e1000ePort)',
+  // Its packet port lives in a per-thread registry (e1000ePort(address)) that callers in the host's main thread read.
+  thread: 'main',
   match: [{ vendor: 0x8086, device: 0x10d3 }],
   options: e1000eOptions,
   attach: E1000e.attach,

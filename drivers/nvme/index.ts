@@ -151,6 +151,8 @@ const machine = setup({
 export const nvmeDriver = defineDriver({
   name: 'nvme',
   description: 'NVM Express controller: namespaces as block devices',
+  // Its block devices are objects the host (NBD, callers of DriverHost.blockDevice) uses in the main thread.
+  thread: 'main',
   match: [{ classCode: 0x010802 }],
   options,
   attach,

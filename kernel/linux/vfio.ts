@@ -7,7 +7,7 @@ import { SyscallError, UpciError } from '../errors.js';
 import * as libc from '../libc.js';
 import type { PciAddress } from '../pci-address.js';
 import type {
-  DeviceFile, DmaAccess, IommuDmaDomain, IovaRange, IrqInfo, IrqKind, IrqSource, KernelPort, MmapArea, RegionInfo, RegionKind,
+  DeviceFile, DeviceHandles, DmaAccess, IommuDmaDomain, IovaRange, IrqInfo, IrqKind, IrqSource, KernelPort, MmapArea, RegionInfo, RegionKind,
 } from '../port.js';
 import { RegionDevice, RegionTable } from '../region-table.js';
 import * as abi from './vfio-abi.js';
@@ -65,7 +65,8 @@ class VfioGroup implements IommuDmaDomain {
     readonly number: number,
     readonly groupFd: number,
     readonly containerFd: number,
-    private readonly onLastClose: () => void,
+    /** Called when the last device of the group closes; undefined for a group adopted from another thread, whose fds are not ours to close. */
+    private readonly onLastClose: (() => void) | undefined,
   ) {
     const info = infoWithCaps(containerFd, abi.ioctls.VFIO_IOMMU_GET_INFO, abi.vfioIommuType1Info.alloc(), 'VFIO_IOMMU_GET_INFO');
     const t = abi.vfioIommuType1Info;
@@ -118,12 +119,22 @@ class VfioGroup implements IommuDmaDomain {
     }
   }
 
+  unmapAll(): void {
+    if (libc.ioctlValue(this.containerFd, abi.ioctls.VFIO_CHECK_EXTENSION, abi.VFIO_UNMAP_ALL, 'VFIO_CHECK_EXTENSION VFIO_UNMAP_ALL') !== 1) {
+      throw new UpciError('KERNEL', 'this kernel\'s VFIO cannot unmap all DMA of a container at once (VFIO_UNMAP_ALL, Linux 5.13+)', 'run a newer kernel');
+    }
+    const t = abi.vfioIommuType1DmaUnmap;
+    const arg = t.alloc();
+    t.set(arg, 'flags', abi.VFIO_DMA_UNMAP_FLAG_ALL);
+    libc.ioctlBuffer(this.containerFd, abi.ioctls.VFIO_IOMMU_UNMAP_DMA, arg, 'VFIO_IOMMU_UNMAP_DMA (all)');
+  }
+
   retain(): void {
     this.users++;
   }
 
   release(): void {
-    if (--this.users > 0) return;
+    if (--this.users > 0 || this.onLastClose === undefined) return;
     // Closing the group fd detaches it from the container, which drops every DMA mapping.
     libc.close(this.groupFd);
     libc.close(this.containerFd);
@@ -140,6 +151,8 @@ class VfioDevice extends RegionDevice implements DeviceFile {
     address: PciAddress,
     fd: number,
     private readonly group: VfioGroup,
+    /** Adopted from another thread (VfioPort.adopt): close() closes nothing. */
+    private readonly adopted = false,
   ) {
     super(address, fd);
     const info = abi.vfioDeviceInfo.alloc();
@@ -165,6 +178,15 @@ class VfioDevice extends RegionDevice implements DeviceFile {
 
   get dma(): IommuDmaDomain {
     return this.group;
+  }
+
+  get handles(): DeviceHandles {
+    return {
+      port: 'vfio',
+      address: this.address,
+      group: this.group.number,
+      fds: { device: this.fd, group: this.group.groupFd, container: this.group.containerFd },
+    };
   }
 
   private queryRegion(index: number): { region: RegionInfo; fileOffset: number } {
@@ -288,6 +310,7 @@ class VfioDevice extends RegionDevice implements DeviceFile {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    if (this.adopted) return;
     libc.close(this.fd);
     this.group.release();
   }
@@ -345,6 +368,14 @@ export class VfioPort implements KernelPort {
       libc.close(groupFd);
       throw e;
     }
+  }
+
+  adopt(handles: DeviceHandles): DeviceFile {
+    const { device, group: groupFd, container } = handles.fds;
+    if (handles.port !== this.name || device === undefined || groupFd === undefined || container === undefined || handles.group === undefined) {
+      throw new UpciError('KERNEL', `${handles.address}: not the handles of a VFIO device (${JSON.stringify(handles)})`);
+    }
+    return new VfioDevice(handles.address, device, new VfioGroup(handles.group, groupFd, container, undefined), true);
   }
 
   open(address: PciAddress): DeviceFile {

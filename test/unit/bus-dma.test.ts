@@ -70,6 +70,11 @@ class FakeDomain implements IommuDmaDomain {
     this.pinned -= size;
     this.mappings.delete(iova);
   }
+  unmapAll(): void {
+    this.calls++;
+    this.pinned = 0;
+    this.mappings.clear();
+  }
 }
 
 function fakeDmaDevice(domain: FakeDomain = new FakeDomain()): { device: PciDevice; domain: FakeDomain; config: Buffer } {

@@ -80,9 +80,13 @@ test('capability walk: PCIe extended list, only for PCIe functions', (t) => {
 test('MSI and MSI-X capability decoding', (t) => {
   const cfg = image();
   cfg.writeUInt16LE((1 << 8) | (1 << 7) | (3 << 1), 0x52); // per-vector mask, 64-bit, 8 vectors
-  t.deepEqual(decodeMsi(cfg, 0x50), { offset: 0x50, vectors: 8, address64: true, perVectorMasking: true });
+  t.deepEqual(decodeMsi(cfg, 0x50), { offset: 0x50, vectors: 8, address64: true, perVectorMasking: true, enabled: false });
+  cfg.writeUInt16LE((1 << 8) | (1 << 7) | (3 << 1) | 1, 0x52); // and MSI Enable
+  t.true(decodeMsi(cfg, 0x50).enabled);
   cfg.writeUInt16LE(4, 0x72); // 5 vectors
   cfg.writeUInt32LE(0x2000 | 3, 0x74);
   cfg.writeUInt32LE(0x3000 | 3, 0x78);
-  t.deepEqual(decodeMsix(cfg, 0x70), { offset: 0x70, vectors: 5, tableBar: 3, tableOffset: 0x2000, pbaBar: 3, pbaOffset: 0x3000 });
+  t.deepEqual(decodeMsix(cfg, 0x70), { offset: 0x70, vectors: 5, tableBar: 3, tableOffset: 0x2000, pbaBar: 3, pbaOffset: 0x3000, enabled: false });
+  cfg.writeUInt16LE(0x8000 | 4, 0x72); // MSI-X Enable
+  t.true(decodeMsix(cfg, 0x70).enabled);
 });

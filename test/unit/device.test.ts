@@ -2,7 +2,7 @@ import test from 'ava';
 import { PciDevice } from '../../pci/device.js';
 import { fakeDevice, fakePort } from '../support/fake-device.js';
 
-const noDma = { iovaRanges: [], pageSizes: 0x1000n, availableMappings: () => undefined, map: () => {}, unmap: () => {} };
+const noDma = { iovaRanges: [], pageSizes: 0x1000n, availableMappings: () => undefined, map: () => {}, unmap: () => {}, unmapAll: () => {} };
 
 test('a function is open once per process: a second open is BUSY until the first is closed', (t) => {
   let closes = 0;

@@ -18,7 +18,7 @@ import { Interrupts, type InterruptEvent } from '../../pci/intr.js';
 import { fakeDevice, openFake } from '../support/fake-device.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const noDma = { iovaRanges: [{ start: 0n, end: (1n << 39n) - 1n }], pageSizes: 0x1000n, availableMappings: () => 65535, map: () => {}, unmap: () => {} };
+const noDma = { iovaRanges: [{ start: 0n, end: (1n << 39n) - 1n }], pageSizes: 0x1000n, availableMappings: () => 65535, map: () => {}, unmap: () => {}, unmapAll: () => {} };
 
 function signal(fd: number, n = 1): void {
   const b = Buffer.alloc(8);

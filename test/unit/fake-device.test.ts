@@ -9,7 +9,7 @@ import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_INTERRUPT_PIN, PCI_VENDOR_ID } fro
 import { Interrupts } from '../../pci/intr.js';
 import { fakeDevice, openFake } from '../support/fake-device.js';
 
-const noDma = { iovaRanges: [], pageSizes: 0x1000n, availableMappings: () => 0, map: () => {}, unmap: () => {} } as DmaDomain;
+const noDma = { iovaRanges: [], pageSizes: 0x1000n, availableMappings: () => 0, map: () => {}, unmap: () => {}, unmapAll: () => {} } as DmaDomain;
 const A = '0000:00:04.0';
 
 test('vectors offered come from config space: INTx only with an interrupt pin, MSI and MSI-X from their capabilities', (t) => {

@@ -28,7 +28,7 @@ test('on a TTY: one line per device, redrawn in place', async (t) => {
   events.next({ type: 'state', at, address: A, driver: 'edu', state: 'running', incarnation: 0 });
   events.next({ type: 'stats', at, address: A, interrupts: 1234, interruptsPerSecond: 100, dmaBytesMapped: 8192 });
   await new Promise((r) => setTimeout(r, 150));
-  events.next({ type: 'fault', at, address: A, fault: { kind: 'watchdog', message: 'hung', incarnation: 0 } });
+  events.next({ type: 'fault', at, address: A, fault: { kind: 'watchdog', message: 'hung', incarnation: 0, at } });
   events.complete();
   const frames = text().split('\x1b[2A');
   t.is(frames.length, 2, 'the second frame moves up over the two lines of the first');

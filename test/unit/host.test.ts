@@ -55,7 +55,7 @@ class FakeBench {
     this.configs.set(address, config);
     return fakeDevice(address, { intx: 1 }, {
       canReset: this.canReset,
-      dma: { iovaRanges: [{ start: 0n, end: (1n << 39n) - 1n }], pageSizes: 0x1000n, availableMappings: () => 65535, map: () => {}, unmap: () => {} },
+      dma: { iovaRanges: [{ start: 0n, end: (1n << 39n) - 1n }], pageSizes: 0x1000n, availableMappings: () => 65535, map: () => {}, unmap: () => {}, unmapAll: () => {} },
       reset: () => {
         this.calls.push(`${address} reset (bus master ${this.busMaster(address) ? 'on' : 'off'})`);
         this.resets.set(address, (this.resets.get(address) ?? 0) + 1);

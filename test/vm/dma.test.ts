@@ -109,7 +109,6 @@ test('edu: a DMA started with its interrupt flag ends with the DMA-done interrup
     const bar = edu.mapBar(0);
     const dma = BusDma.forDevice(edu);
     const irq = Interrupts.establish(edu, { type: 'msi' });
-    edu.enableBusMaster();
     const tag = dma.createTag({ alignment: 4096, addressLimit: EDU.DMA_LIMIT, maxSegments: 1 });
     const src = tag.allocMemory(4096);
     const dst = tag.allocMemory(4096);
@@ -251,6 +250,11 @@ test('per-map lifetime: maps unload and memory frees while edu keeps bus masteri
     if (before !== undefined) t.is(edu.kernel.dma.availableMappings(), before + 2, 'both kernel mappings went');
     t.throws(() => mem.buffer, { code: 'RELEASED' });
     t.throws(() => loaded.segments, { code: 'RELEASED' });
+    // Whatever is left at close is torn down after bus mastering is off.
+    const left = tag.allocMemory(4096);
+    tag.createMap().load(left);
+    edu.close();
+    t.true(left.freed);
   });
 });
 

@@ -13,13 +13,21 @@ export interface Run {
   until(what: string, predicate: (events: HostEvent[]) => boolean, ms?: number): Promise<void>;
 }
 
-/** `options` as DriverHost.claim takes them (e.g. `open` over a recording kernel port). */
-export function run(t: { teardown(fn: () => unknown): void; log(...v: unknown[]): void }, config: unknown, options: HostOptions = {}): Run {
-  const host = DriverHost.claim(parseHostConfig(config, builtinDrivers), options);
+export interface RunOptions extends HostOptions {
+  /** Sees each event in its own turn (before anything that follows it has run). */
+  readonly onEvent?: (e: HostEvent) => void;
+}
+
+/** `options` as DriverHost.claim takes them (e.g. `open` over a recording kernel port), and `onEvent`. */
+export function run(t: { teardown(fn: () => unknown): void; log(...v: unknown[]): void }, config: unknown, options: RunOptions = {}): Run {
+  const { onEvent, ...hostOptions } = options;
+  const host = DriverHost.claim(parseHostConfig(config, builtinDrivers), hostOptions);
   const events: HostEvent[] = [];
+  const started = Date.now();
   host.events.subscribe((e) => {
     events.push(e);
-    if (e.type !== 'stats') t.log(`${e.type} ${'address' in e ? e.address : ''} ${JSON.stringify({ ...e, type: undefined, at: undefined, address: undefined })}`);
+    onEvent?.(e);
+    if (e.type !== 'stats') t.log(`+${e.at - started} ms ${e.type} ${'address' in e ? e.address : ''} ${JSON.stringify({ ...e, type: undefined, at: undefined, address: undefined })}`);
   });
   t.teardown(() => host.shutdown());
   host.start();

@@ -5,7 +5,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import * as libc from '../../kernel/libc.js';
-import { eventQueue, EVENTS_PER_WAIT } from '../../workers/event-queue.js';
+import { eventQueue } from '../../workers/event-queue.js';
 import { wakeMainThread } from '../../workers/main-thread-waker.js';
 
 export interface DeliveryWorkerData {
@@ -23,10 +23,9 @@ const { fd, mode, sequence, rounds, pipeFd, wakerId } = workerData as DeliveryWo
 const queue = eventQueue();
 queue.add(fd, 1);
 const value = Buffer.alloc(8);
-const tokens = new Int32Array(EVENTS_PER_WAIT);
 const word = new Int32Array(sequence);
 for (let i = 0; i < rounds; i++) {
-  queue.wait(tokens);
+  queue.wait();
   libc.readSome(fd, value, 'read of the benchmark eventfd');
   if (mode === 'postMessage') {
     parentPort!.postMessage(i);

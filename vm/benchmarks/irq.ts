@@ -1,7 +1,8 @@
 // Interrupt round-trip benchmark: edu's MSI (write the raise register, the
-// event reaches the handler in the main thread, ack), for a C program doing it
-// with raw VFIO and an eventfd read (vm/benchmarks/irq-ref.c) and for upci's
-// path (epoll worker -> SharedArrayBuffer board -> main-thread waker -> RxJS).
+// event reaches the handler, ack), for a C program doing it with raw VFIO and
+// an eventfd read (vm/benchmarks/irq-ref.c) and for upci's path (a uv_poll
+// watcher in the handler's own event loop -> RxJS), with the handler in the
+// main thread and in a worker thread, where a driver runs (issue 13).
 // A second table compares the ways a worker can wake the main thread.
 //
 //   npm run bench:irq            (npm run build && node dist/vm/benchmarks/irq.js [--quick] [--cpus N])
@@ -10,41 +11,10 @@ import net from 'node:net';
 import { Worker } from 'node:worker_threads';
 import { benchmarkMain, eduAddress, percentiles } from './harness.js';
 import type { DeliveryWorkerData } from './delivery-worker.js';
-import { EDU } from '../../drivers/edu-registers.js';
+import { micros, upciRoundTrips } from './irq-round-trips.js';
 import { createMainThreadWaker } from '../../workers/main-thread-waker.js';
 
 
-const micros = (from: bigint) => Number(process.hrtime.bigint() - from) / 1000;
-
-async function upciRoundTrips(iterations: number): Promise<number[]> {
-  const { PciDevice } = await import('../../pci/device.js');
-  const { Interrupts } = await import('../../pci/intr.js');
-  const edu = PciDevice.open(eduAddress);
-  try {
-    const bar = edu.mapBar(0);
-    const irq = Interrupts.establish(edu, { type: 'msi' });
-    edu.enableBusMaster();
-    let wake: (() => void) | undefined;
-    const sub = irq.vector(0).events.subscribe((event) => {
-      bar.write4(EDU.IRQ_ACK, bar.read4(EDU.IRQ_STATUS));
-      event.ack();
-      wake?.();
-    });
-    const samples: number[] = [];
-    for (let i = 0; i < iterations; i++) {
-      const t0 = process.hrtime.bigint();
-      await new Promise<void>((resolve) => {
-        wake = resolve;
-        bar.write4(EDU.IRQ_RAISE, 1);
-      });
-      samples.push(micros(t0));
-    }
-    sub.unsubscribe();
-    return samples;
-  } finally {
-    edu.close();
-  }
-}
 
 /** Main writes an eventfd, a worker blocked in epoll wakes and tells main: the delivery alone. */
 async function deliveryRoundTrips(mode: DeliveryWorkerData['mode'], rounds: number): Promise<number[]> {
@@ -87,6 +57,19 @@ async function deliveryRoundTrips(mode: DeliveryWorkerData['mode'], rounds: numb
   return samples;
 }
 
+/** One round of upci's round trips in the worker thread (irq-worker.ts); the worker's error rejects. */
+function workerRoundTrips(worker: Worker, iterations: number): Promise<number[]> {
+  return new Promise((resolve, reject) => {
+    const fail = (e: Error) => reject(e);
+    worker.once('error', fail);
+    worker.once('message', (samples: number[]) => {
+      worker.off('error', fail);
+      resolve(samples);
+    });
+    worker.postMessage(iterations);
+  });
+}
+
 /** The fixed cost of one system call through koffi: read(2) on an empty non-blocking eventfd. */
 async function syscallCost(rounds: number): Promise<number[]> {
   const libc = await import('../../kernel/libc.js');
@@ -118,6 +101,7 @@ async function guest(refBinary: string, quick: boolean): Promise<number> {
     c: reference('direct'),
     cThreaded: reference('threaded'),
     upci: () => upciRoundTrips(perRound),
+    upciWorker: () => workerRoundTrips(driverThread, perRound),
     viaMessage: () => deliveryRoundTrips('postMessage', perRound),
     viaAtomics: () => deliveryRoundTrips('atomics', perRound),
     viaPipe: () => deliveryRoundTrips('pipe', perRound),
@@ -125,12 +109,15 @@ async function guest(refBinary: string, quick: boolean): Promise<number> {
     syscall: () => syscallCost(perRound),
   };
   type Path = keyof typeof paths;
+  const driverThread = new Worker(new URL('./irq-worker.js', import.meta.url));
   await upciRoundTrips(100); // warm-up: JIT and worker start
+  await workerRoundTrips(driverThread, 100);
   const pooled = Object.fromEntries(Object.keys(paths).map((k) => [k, [] as number[]])) as Record<Path, number[]>;
   for (let r = 0; r < rounds; r++) {
     for (const [name, run] of Object.entries(paths) as [Path, () => Promise<number[]>][]) pooled[name].push(...await run());
   }
-  const { c, cThreaded, upci, viaMessage, viaAtomics, viaPipe, viaWaker, syscall } =
+  await driverThread.terminate();
+  const { c, cThreaded, upci, upciWorker, viaMessage, viaAtomics, viaPipe, viaWaker, syscall } =
     Object.fromEntries(Object.entries(pooled).map(([k, v]) => [k, percentiles(v)])) as Record<Path, { median: number; p99: number }>;
   const f = (n: number) => n.toFixed(1);
   process.stdout.write([
@@ -140,9 +127,12 @@ async function guest(refBinary: string, quick: boolean): Promise<number> {
     '|---|---:|---:|',
     `| (a) C, raw VFIO: eventfd read(2) in the handler's thread | ${f(c.median)} | ${f(c.p99)} |`,
     `| (a') C, raw VFIO, upci's shape: epoll waiter thread → futex → handler thread | ${f(cThreaded.median)} | ${f(cThreaded.p99)} |`,
-    `| (b) upci: epoll worker → board → main-thread waker → RxJS handler | ${f(upci.median)} | ${f(upci.p99)} |`,
+    `| (b) upci: handler in the main thread, woken by its event loop (uv_poll on the eventfd) → RxJS handler | ${f(upci.median)} | ${f(upci.p99)} |`,
+    `| (c) upci: handler in a worker thread (a driver thread), woken by that worker's event loop → RxJS handler | ${f(upciWorker.median)} | ${f(upciWorker.p99)} |`,
     `| ratio (b) / (a) | ${(upci.median / c.median).toFixed(2)} | ${(upci.p99 / c.p99).toFixed(2)} |`,
-    `| ratio (b) / (a') | ${(upci.median / cThreaded.median).toFixed(2)} | ${(upci.p99 / cThreaded.p99).toFixed(2)} |`,
+    `| ratio (c) / (a) | ${(upciWorker.median / c.median).toFixed(2)} | ${(upciWorker.p99 / c.p99).toFixed(2)} |`,
+    `| ratio (c) / (a') | ${(upciWorker.median / cThreaded.median).toFixed(2)} | ${(upciWorker.p99 / cThreaded.p99).toFixed(2)} |`,
+    `| (c) p99 / its median | | ${(upciWorker.p99 / upciWorker.median).toFixed(2)} |`,
     '',
     'Worker → main thread wake-up alone (eventfd written by main, worker in epoll_wait)',
     '',

@@ -13,9 +13,8 @@
 #include <uv.h>
 
 #include <cstdint>
-#include <mutex>
-#include <unordered_map>
 
+#include "env_table.h"
 #include "stay_loaded.h"
 
 namespace {
@@ -28,9 +27,7 @@ struct Waker {
   uint32_t id;
 };
 
-std::mutex table_lock;
-std::unordered_map<uint32_t, Waker*> table;
-uint32_t next_id = 1;
+upci::EnvTable<Waker> table;
 
 napi_value Throw(napi_env env, const char* message) {
   napi_throw_error(env, "ERR_UPCI_WAKER", message);
@@ -63,10 +60,7 @@ void Run(uv_async_t* async) {
 // being torn down (the cleanup hook), no JS may run any more, so the async
 // context (whose destroy hook is JS) and the reference are left to the env.
 void Close(Waker* waker, bool env_alive) {
-  {
-    std::lock_guard<std::mutex> guard(table_lock);
-    table.erase(waker->id);
-  }
+  table.Remove(waker->id);
   if (env_alive) {
     napi_delete_reference(waker->env, waker->callback);
     napi_async_destroy(waker->env, waker->context);
@@ -110,11 +104,7 @@ napi_value Create(napi_env env, napi_callback_info info) {
   napi_create_reference(env, callback, 1, &waker->callback);
   napi_create_string_utf8(env, "upci:interrupt-wake", NAPI_AUTO_LENGTH, &name);
   napi_async_init(env, nullptr, name, &waker->context);
-  {
-    std::lock_guard<std::mutex> guard(table_lock);
-    waker->id = next_id++;
-    table.emplace(waker->id, waker);
-  }
+  waker->id = table.Add(waker);
   napi_value id;
   napi_create_uint32(env, waker->id, &id);
   return id;
@@ -124,9 +114,7 @@ napi_value Create(napi_env env, napi_callback_info info) {
 napi_value Wake(napi_env env, napi_callback_info info) {
   uint32_t id;
   if (!Id(env, info, &id)) return Throw(env, "wake(id): id must be a number");
-  std::lock_guard<std::mutex> guard(table_lock);
-  auto found = table.find(id);
-  if (found != table.end()) uv_async_send(&found->second->async);
+  table.With(id, [](Waker* waker) { uv_async_send(&waker->async); });
   return nullptr;
 }
 
@@ -134,27 +122,15 @@ napi_value Wake(napi_env env, napi_callback_info info) {
 napi_value CloseWaker(napi_env env, napi_callback_info info) {
   uint32_t id;
   if (!Id(env, info, &id)) return Throw(env, "close(id): id must be a number");
-  Waker* waker = nullptr;
-  {
-    std::lock_guard<std::mutex> guard(table_lock);
-    auto found = table.find(id);
-    if (found != table.end() && found->second->env == env)
-      waker = found->second;
-  }
+  Waker* waker = table.Owned(id, env);
   if (waker != nullptr) Close(waker, true);
   return nullptr;
 }
 
 // A thread that exits with wakers open (a worker's env torn down) closes them.
 void CloseAll(void* data) {
-  auto env = static_cast<napi_env>(data);
-  std::unordered_map<uint32_t, Waker*> mine;
-  {
-    std::lock_guard<std::mutex> guard(table_lock);
-    for (auto& [id, waker] : table)
-      if (waker->env == env) mine.emplace(id, waker);
-  }
-  for (auto& [id, waker] : mine) Close(waker, false);
+  for (Waker* waker : table.OwnedBy(static_cast<napi_env>(data)))
+    Close(waker, false);
 }
 
 }  // namespace

@@ -1,0 +1,138 @@
+/**
+ * The worker thread of one driver incarnation (started by DriverThread in
+ * actors/driver-worker.ts): takes up the device the main thread holds
+ * (PciDevice.adopt: the same kernel handles, the BARs the main thread
+ * mapped), imports the driver, runs its attach and its XState machine here,
+ * with its interrupts polled by this thread's own event loop. The heartbeat
+ * that loop advances, and the ledger of what the driver holds, are in shared
+ * memory: the main thread supervises through them, not through this thread.
+ */
+import { getHeapStatistics } from 'node:v8';
+import { parentPort, workerData } from 'node:worker_threads';
+import { createActor, type AnyActorRef } from 'xstate';
+import { PciDevice, type SharedDevice } from '../pci/device.js';
+import { installFdLedger } from '../workers/interrupt-watcher.js';
+import type { BusDma } from '../pci/bus-dma.js';
+import type { InterruptType } from '../pci/intr.js';
+import { AttachedBus, type BusMeter } from './driver-bus.js';
+import { DriverLedger } from './driver-ledger.js';
+import { importDriver, type DriverSource } from './driver-source.js';
+import { cleanDetach } from './device-machine.js';
+import type { AnyDriver } from '../drivers/contract.js';
+import { UpciError } from '../kernel/errors.js';
+
+export interface DriverThreadData {
+  readonly device: SharedDevice;
+  readonly source: DriverSource;
+  readonly options: unknown;
+  readonly incarnation: number;
+  readonly watchdogMs: number;
+  readonly heartbeatMs: number;
+  readonly detachTimeoutMs: number;
+  readonly name: string;
+  readonly ledger: SharedArrayBuffer;
+}
+
+/** What the worker tells the main thread. */
+export type ThreadMessage =
+  /** Every module this thread needs is loaded (the native addons among them). */
+  | { readonly type: 'ready' }
+  | { readonly type: 'attached' }
+  | { readonly type: 'attach-failed'; readonly message: string }
+  | { readonly type: 'note'; readonly message: string }
+  | { readonly type: 'stall'; readonly vector: number; readonly waitedMs: number }
+  | { readonly type: 'finished' }
+  | { readonly type: 'crashed'; readonly message: string }
+  /** After a 'stop': the driver detached and released what it held, here (error: a step that failed). */
+  | { readonly type: 'released'; readonly error?: string };
+
+/** What the main thread tells the worker. */
+export type HostMessage = { readonly type: 'stop' };
+
+const message = (e: unknown) => (e instanceof Error ? e.message : String(e));
+
+function run(data: DriverThreadData): void {
+  const port = parentPort!;
+  const post = (m: ThreadMessage) => port.postMessage(m);
+  post({ type: 'ready' });
+  const ledger = DriverLedger.of(data.ledger);
+  installFdLedger(ledger.fds);
+  const meter: BusMeter & { dma: BusDma | undefined } = {
+    countInterrupts: (n) => ledger.countInterrupts(n),
+    dma: undefined,
+    get irqKind(): InterruptType | undefined {
+      return ledger.irqKind;
+    },
+    set irqKind(kind: InterruptType | undefined) {
+      ledger.irqKind = kind;
+    },
+  };
+  const beat = () => {
+    const heap = getHeapStatistics();
+    ledger.beat(heap.used_heap_size, heap.heap_size_limit, meter.dma?.bytesMapped ?? 0);
+  };
+  beat();
+  const heartbeat = setInterval(beat, data.heartbeatMs);
+  const device = PciDevice.adopt(data.device);
+  const bus = new AttachedBus(device, data.incarnation, {
+    name: data.name,
+    onProvide: () => {
+      throw new UpciError(
+        'KERNEL',
+        `${device.address}: a driver in its own thread cannot hand the host a block device yet (services across threads are not built)`,
+        'declare `thread: \'main\'` in the driver module (defineDriver) to run it in the host\'s main thread',
+      );
+    },
+    watchdogMs: data.watchdogMs,
+    meter,
+    onStall: (vector, waitedMs) => post({ type: 'stall', vector, waitedMs }),
+    onNote: (note) => post({ type: 'note', message: note }),
+  });
+  let actor: AnyActorRef | undefined;
+  let attached: { driver: AnyDriver; resources: unknown } | undefined;
+  let stopped = false;
+
+  port.on('message', async (m: HostMessage) => {
+    if (m.type !== 'stop' || stopped) return;
+    stopped = true;
+    actor?.stop();
+    if (attached?.driver.detach !== undefined) {
+      const { driver, resources } = attached;
+      await cleanDetach(driver, data.detachTimeoutMs, () => driver.detach!(bus, resources), (note) => post({ type: 'note', message: note }));
+    }
+    let error: string | undefined;
+    try {
+      bus.release();
+    } catch (e) {
+      error = message(e);
+    } finally {
+      device.close();
+      clearInterval(heartbeat);
+    }
+    post(error === undefined ? { type: 'released' } : { type: 'released', error });
+    port.close();
+  });
+
+  void (async () => {
+    let resources: unknown;
+    let driver;
+    try {
+      driver = await importDriver(data.source);
+      resources = await driver.attach(bus, data.options as never);
+    } catch (e) {
+      post({ type: 'attach-failed', message: message(e) });
+      return;
+    }
+    if (stopped) return;
+    attached = { driver, resources };
+    post({ type: 'attached' });
+    actor = createActor(driver.machine, { input: { bus, options: data.options, resources } });
+    actor.subscribe({
+      complete: () => post({ type: 'finished' }),
+      error: (e: unknown) => post({ type: 'crashed', message: message(e) }),
+    });
+    actor.start();
+  })();
+}
+
+run(workerData as DriverThreadData);

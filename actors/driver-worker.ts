@@ -1,0 +1,299 @@
+/**
+ * The main-thread side of a driver incarnation in its own worker thread
+ * (actors/driver-thread.ts). The main thread keeps the kernel handles and
+ * the BAR mappings; the worker gets them as shared data. This side watches
+ * the worker's heartbeat (a counter its event loop advances in shared
+ * memory), and can take the device back at any time, whatever the worker is
+ * doing: bus mastering off, the enabled vectors off, every DMA mapping of
+ * the domain removed, the BAR mappings revoked, and only then the worker
+ * terminated and the interrupt fds it held closed.
+ *
+ * A plain node:worker_threads Worker, not a piscina pool: each incarnation
+ * is one long-lived thread with its own resourceLimits, terminated on a
+ * fault and never reused (a fresh isolate is the point of a restart);
+ * piscina's queue, reuse and respawn-on-exit serve tasks, and its destroy()
+ * ends a pool, not one thread.
+ */
+import { Worker } from 'node:worker_threads';
+import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../pci/config.js';
+import type { PciDevice } from '../pci/device.js';
+import type { InterruptType } from '../pci/intr.js';
+import { runEvery } from '../pci/teardown.js';
+import { closeFd } from '../workers/event-queue.js';
+import type { Supervision } from './config.js';
+import { DriverLedger } from './driver-ledger.js';
+import type { DriverSource } from './driver-source.js';
+import type { DriverThreadData, HostMessage, ThreadMessage } from './driver-thread.js';
+import type { ThreadStats, ThreadView } from './meter.js';
+
+export interface ThreadSpec {
+  readonly device: PciDevice;
+  readonly source: DriverSource;
+  readonly options: unknown;
+  readonly incarnation: number;
+  readonly supervision: Supervision;
+  /** The config entry's name (DriverBus.name). */
+  readonly name: string;
+  onNote(message: string): void;
+  /** An INTx event was not acked within watchdogMs. */
+  onStall(vector: number, waitedMs: number): void;
+  /** The heartbeat stopped for longer than watchdogMs: the thread is hung. */
+  onHang(message: string): void;
+}
+
+/** What taking the device back found, read back from the device and the kernel. */
+export interface QuiesceReport {
+  /** The worker was still running when the device was taken back (a hang), not already gone (a crash, a clean stop). */
+  readonly threadRunning: boolean;
+  /** PCI_COMMAND's bus master bit, read from config space after it was cleared. */
+  readonly busMaster: boolean;
+  /** The interrupt type that was enabled and was disabled, if any. */
+  readonly vectorsDisabled: InterruptType | undefined;
+  /** MSI and MSI-X enable bits read back from config space. */
+  readonly msiEnabled: boolean;
+  readonly msixEnabled: boolean;
+  /** DMA mappings the kernel still counts in the domain beyond those before the incarnation (undefined: the kernel does not say). */
+  readonly dmaMappingsLeft: number | undefined;
+}
+
+/**
+ * Heap use, as a share of heapLimitMb, at which the host stops a driver
+ * thread itself: before V8 would (out of memory, the thread gone), so the
+ * device is taken back from a thread that is still there.
+ */
+const HEAP_WATERMARK = 0.8;
+const MiB = 1 << 20;
+
+/** How long a graceful stop waits for the thread beyond the driver's own detach bound (attachTimeoutMs). */
+const RELEASE_SLACK_MS = 2000;
+
+/**
+ * How long a new worker may take to load its modules (a fresh isolate
+ * compiles xstate, rxjs and upci again: about 18 s in the TCG guest, where
+ * code runs ~10x slower and every file comes over 9p); attachTimeoutMs
+ * counts from then. kill() also waits for it (see there).
+ */
+export const LOAD_TIMEOUT_MS = 120_000;
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());
+
+const message = (e: unknown) => (e instanceof Error ? e.message : String(e));
+
+export class DriverThread implements ThreadView {
+  readonly ledger = DriverLedger.create();
+  private readonly worker: Worker;
+  /** Resolves when the driver's attach returned; rejects when it threw, or the thread died first. */
+  readonly attached: Promise<void>;
+  /** Resolves once the worker has loaded its modules (or exited), when the attach proper begins. */
+  readonly loaded: Promise<void>;
+  /** After attach: resolves when the driver machine finished, rejects when it crashed or the thread died. */
+  readonly ended: Promise<void>;
+  private settleAttach!: { resolve: () => void; reject: (e: Error) => void };
+  private settleEnd!: { resolve: () => void; reject: (e: Error) => void };
+  private released: (() => void) | undefined;
+  private readonly exited: Promise<void>;
+  /** Resolves once the worker has loaded its modules (or exited): see kill(). */
+  private readonly ready: Promise<void>;
+  private markReady!: () => void;
+  private hasExited = false;
+  private isAttached = false;
+  private watchdog: NodeJS.Timeout | undefined;
+  private lastBeat = -1;
+  private readonly mappingsBefore: number | undefined;
+  private report: QuiesceReport | undefined;
+
+  constructor(private readonly spec: ThreadSpec) {
+    const { device, supervision } = spec;
+    const dma = device.kernel.dma;
+    this.mappingsBefore = dma.availableMappings();
+    this.ready = new Promise((resolve) => (this.markReady = resolve));
+    this.loaded = this.ready;
+    this.attached = new Promise((resolve, reject) => (this.settleAttach = { resolve, reject }));
+    this.ended = new Promise((resolve, reject) => (this.settleEnd = { resolve, reject }));
+    // Nobody awaits `ended` before attach succeeds, nor `attached` after it fails.
+    this.ended.catch(() => {});
+    this.attached.catch(() => {});
+    const shared = device.share();
+    if (shared === undefined) throw new Error(`${device.address}: its kernel port cannot share the device with a driver thread`);
+    const data: DriverThreadData = {
+      device: shared,
+      source: spec.source,
+      options: spec.options,
+      incarnation: spec.incarnation,
+      watchdogMs: supervision.watchdogMs,
+      heartbeatMs: supervision.heartbeatMs,
+      detachTimeoutMs: supervision.attachTimeoutMs,
+      name: spec.name,
+      ledger: this.ledger.buffer,
+    };
+    this.worker = new Worker(new URL('./driver-thread.js', import.meta.url), {
+      workerData: data,
+      name: `upci ${device.address} #${spec.incarnation}`,
+      resourceLimits: { maxOldGenerationSizeMb: supervision.heapLimitMb },
+    });
+    this.worker.on('message', (m: ThreadMessage) => this.onMessage(m));
+    this.worker.on('error', (e: Error) => this.fail(`the driver thread died: ${message(e)}`));
+    this.exited = new Promise((resolve) => this.worker.once('exit', (code) => {
+      this.hasExited = true;
+      this.markReady();
+      clearInterval(this.watchdog);
+      this.fail(`the driver thread exited (code ${code})`);
+      resolve();
+    }));
+  }
+
+  get threadId(): number {
+    return this.worker.threadId;
+  }
+
+  private onMessage(m: ThreadMessage): void {
+    switch (m.type) {
+      case 'ready': return this.markReady();
+      case 'attached':
+        this.isAttached = true;
+        this.settleAttach.resolve();
+        this.startWatchdog();
+        return;
+      case 'attach-failed': return this.settleAttach.reject(new Error(m.message));
+      case 'note': return this.spec.onNote(m.message);
+      case 'stall': return this.spec.onStall(m.vector, m.waitedMs);
+      case 'finished': return this.settleEnd.resolve();
+      case 'crashed': return this.settleEnd.reject(new Error(m.message));
+      case 'released': return this.released?.();
+    }
+  }
+
+  private fail(why: string): void {
+    const error = new Error(why);
+    if (this.isAttached) this.settleEnd.reject(error);
+    else this.settleAttach.reject(error);
+  }
+
+  /** Checked four times per heartbeat period: a hang is seen within watchdogMs + one period; a heap past the watermark at the beat that shows it. */
+  private startWatchdog(): void {
+    const { watchdogMs, heartbeatMs, heapLimitMb } = this.spec.supervision;
+    const period = Math.max(1, Math.floor(heartbeatMs / 4));
+    let lastCheck = performance.now();
+    let silentMs = 0;
+    this.watchdog = setInterval(() => {
+      const now = performance.now();
+      // Silence counts only as fast as this thread's own checks run: when the whole process was
+      // not scheduled (a loaded host, a stalled VM), no thread could beat, and that is no hang.
+      // A check up to one heartbeat period late counts in full (the resolution the watchdog
+      // promises anyway: watchdogMs + one heartbeat period); only lateness beyond that is
+      // taken as this process not running.
+      const step = Math.min(now - lastCheck, heartbeatMs);
+      lastCheck = now;
+      const beat = this.ledger.heartbeat;
+      if (beat !== this.lastBeat) {
+        this.lastBeat = beat;
+        // The beat came somewhere in the last step: the silence since is at most its age.
+        silentMs = Math.min(this.ledger.heartbeatAgeMs, step);
+        const used = this.ledger.heapUsed;
+        if (used > HEAP_WATERMARK * heapLimitMb * MiB) {
+          clearInterval(this.watchdog);
+          this.spec.onHang(`the driver thread's heap reached ${Math.round(used / MiB)} MiB of its ${heapLimitMb} MiB limit (heapLimitMb): it is leaking`);
+        }
+        return;
+      }
+      silentMs += step;
+      if (silentMs > watchdogMs) {
+        clearInterval(this.watchdog);
+        const ageMs = Math.round(this.ledger.heartbeatAgeMs);
+        const counted = ageMs > silentMs + heartbeatMs ? ` (${Math.round(silentMs)} ms of it while this process ran)` : '';
+        this.spec.onHang(`no heartbeat from the driver thread for ${ageMs} ms${counted} (watchdogMs ${watchdogMs}): it is hung`);
+      }
+    }, period);
+    this.watchdog.unref();
+  }
+
+  stats(): ThreadStats {
+    return {
+      threadId: this.worker.threadId,
+      heartbeatAgeMs: Math.round(this.ledger.heartbeatAgeMs),
+      heapUsed: this.ledger.heapUsed,
+      heapLimit: this.ledger.heapLimit,
+    };
+  }
+
+  /**
+   * Takes the device back from the thread, in this thread and whatever the
+   * worker does meanwhile; synchronous, so the worker cannot run a step of
+   * the driver's own in between the steps here from this thread's view.
+   */
+  private takeBack(): QuiesceReport {
+    if (this.report !== undefined) return this.report;
+    const { device } = this.spec;
+    const threadRunning = !this.hasExited;
+    const kind = this.ledger.irqKind;
+    let failure: unknown;
+    try {
+      runEvery(`taking ${device.address} back from its driver thread`, [
+        () => device.disableBusMaster(),
+        ...(kind === undefined ? [] : [() => {
+          device.kernel.disableIrqs(kind);
+          this.ledger.irqKind = undefined;
+        }]),
+        () => {
+          const dma = device.kernel.dma;
+          if (dma.model !== 'kernel') dma.unmapAll();
+        },
+        () => device.revokeShared(),
+      ]);
+    } catch (e) {
+      failure = e;
+    }
+    const available = device.kernel.dma.availableMappings();
+    this.report = {
+      threadRunning,
+      busMaster: (device.config.read(2, PCI_COMMAND) & PCI_COMMAND_MASTER) !== 0,
+      vectorsDisabled: kind,
+      msiEnabled: device.msi()?.enabled ?? false,
+      msixEnabled: device.msix()?.enabled ?? false,
+      dmaMappingsLeft: available === undefined || this.mappingsBefore === undefined ? undefined : this.mappingsBefore - available,
+    };
+    if (failure !== undefined) throw failure;
+    return this.report;
+  }
+
+  /**
+   * A hung or failed incarnation: the device is taken back first (the
+   * worker may still be running), then the worker is terminated and the
+   * interrupt fds it held are closed.
+   */
+  async kill(): Promise<QuiesceReport> {
+    clearInterval(this.watchdog);
+    let report: QuiesceReport | undefined;
+    let failure: unknown;
+    try {
+      report = this.takeBack();
+    } catch (e) {
+      failure = e;
+    }
+    // A worker terminated while a native addon initialises (koffi) aborts the whole process: let it finish loading first.
+    await Promise.race([this.ready, sleep(LOAD_TIMEOUT_MS)]);
+    await this.worker.terminate();
+    await this.exited;
+    for (const fd of this.ledger.fds.take()) closeFd(fd);
+    if (failure !== undefined) throw failure;
+    return report!;
+  }
+
+  /** A clean stop: the driver detaches in its thread (DriverModule.detach, bounded by attachTimeoutMs), then kill() makes sure. */
+  async stop(): Promise<QuiesceReport> {
+    clearInterval(this.watchdog);
+    if (!this.hasExited) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        new Promise<void>((resolve) => {
+          this.released = resolve;
+          this.worker.postMessage({ type: 'stop' } satisfies HostMessage);
+        }),
+        this.exited,
+        new Promise<void>((resolve) => (timer = setTimeout(resolve, this.spec.supervision.attachTimeoutMs + RELEASE_SLACK_MS))),
+      ]);
+      clearTimeout(timer);
+    }
+    return this.kill();
+  }
+}

@@ -1,0 +1,179 @@
+/**
+ * Driver isolation in the VM (issue 13): each driver incarnation in its own
+ * worker thread, woken by its own event loop. A driver that spins, blocks or
+ * leaks is detected by the main thread (heartbeat in shared memory), its
+ * device taken back while its thread still runs (bus mastering read back
+ * off from config space, vectors off, no DMA mapping left in the IOMMU
+ * domain), its thread terminated and the driver restarted in a new one,
+ * while the other edu and pci-testdev carry on.
+ */
+import test from 'ava';
+import { readdirSync } from 'node:fs';
+import { once } from 'node:events';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { Worker } from 'node:worker_threads';
+import type { HostEvent } from '../../actors/events.js';
+import { parsePciAddress } from '../../kernel/pci-address.js';
+import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
+import { bench, sysfsConfig } from './devices.js';
+import { within } from '../support/bounded.js';
+import { run } from './host-run.js';
+import type { SamplerResult, SamplerStart } from './progress-sampler.js';
+
+const EDU = parsePciAddress(bench.edu);
+const EDU2 = parsePciAddress(bench.edu2);
+const TESTDEV = parsePciAddress(bench.testdev);
+
+/**
+ * 3 s, not the default 1 s: in the TCG guest a healthy driver thread's first
+ * seconds (V8 compiling xstate and rxjs paths on first use, with 2 vCPUs
+ * for four busy threads) can go a second without a turn of its loop.
+ */
+const WATCHDOG_MS = 3000;
+const HEARTBEAT_MS = 100;
+/** The healthy edu raises one interrupt per this; pci-testdev checks its counter once per CHECK_MS. */
+const RAISE_MS = 50;
+const CHECK_MS = 100;
+const SAMPLE_MS = 100;
+/**
+ * The faulty edu's fault comes at this interrupt (one per 5 ms at best; 35 ms
+ * each were seen in the loaded guest): late enough that edu2 has finished its
+ * self-test and its interrupts flow before the fault, so the sampled window
+ * holds the fault and the recovery, not edu2's own start (its self-test alone
+ * was a 900 ms "gap" when the fault came at interrupt 20).
+ */
+const FAULT_AFTER = 200;
+/** edu2 interrupts seen before sampling starts. */
+const EDU2_WARM = 10;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const busMaster = (address: string) => (sysfsConfig(address).readUInt16LE(PCI_COMMAND) & PCI_COMMAND_MASTER) !== 0;
+const tasks = () => readdirSync('/proc/self/task').length;
+const fds = () => readdirSync('/proc/self/fd').length;
+
+const inState = (address: string, state: string, nth = 1) => (events: HostEvent[]) =>
+  events.filter((e) => e.type === 'state' && e.address === address && e.state === state).length >= nth;
+const noteAt = (events: HostEvent[], address: string, pattern: RegExp) =>
+  events.find((e) => e.type === 'note' && e.address === address && pattern.test(e.message));
+const checks = (events: HostEvent[]) => events.filter((e) => e.type === 'note' && e.address === TESTDEV && /counter check #\d+ ok/.test(e.message)).length;
+
+/** A sampler in a thread of its own (progress-sampler.ts), started now: a new thread takes seconds to load in the guest. */
+function progressSampler(): { start(m: Omit<SamplerStart, 'type' | 'sampleMs'>): void; stop(): Promise<SamplerResult> } {
+  const worker = new Worker(new URL('./progress-sampler.js', import.meta.url));
+  // A test that fails before stop() must not leave this thread keeping ava's worker alive.
+  worker.unref();
+  const ready = once(worker, 'message');
+  return {
+    start: (m) => void ready.then(() => worker.postMessage({ type: 'start', sampleMs: SAMPLE_MS, ...m } satisfies SamplerStart)),
+    stop: async () => {
+      await ready;
+      const result = once(worker, 'message');
+      worker.postMessage({ type: 'stop' });
+      const [r] = (await within(10_000, result, 'the progress sampler did not answer')) as [SamplerResult];
+      await worker.terminate();
+      return r;
+    },
+  };
+}
+
+const faults = [
+  { name: 'spins forever', option: { spinAfterInterrupts: FAULT_AFTER }, note: /spinning forever/, heapLimitMb: 256 },
+  { name: 'blocks in a synchronous loop for 10 s', option: { blockAfterInterrupts: FAULT_AFTER }, note: /blocking for 10000 ms/, heapLimitMb: 256 },
+  { name: 'allocates without bound', option: { leakAfterInterrupts: FAULT_AFTER }, note: /leaking memory/, heapLimitMb: 96 },
+] as const;
+
+for (const fault of faults) {
+  test.serial(`an edu driver that ${fault.name} is detected, its device taken back while its thread runs, the thread terminated and the driver restarted; the other devices never stop`, async (t) => {
+    let quiescedBusMaster: boolean | undefined;
+    const sampler = progressSampler();
+    const r = run(t, {
+      watchdogMs: WATCHDOG_MS,
+      heartbeatMs: HEARTBEAT_MS,
+      statsIntervalMs: 500,
+      restart: { initialDelayMs: 100, maxRestarts: 2 },
+      devices: [
+        { address: EDU, driver: 'edu', heapLimitMb: fault.heapLimitMb, options: { interrupt: 'msi', raiseIntervalMs: 5, ...fault.option } },
+        { address: EDU2, driver: 'edu', options: { interrupt: 'msi', raiseIntervalMs: RAISE_MS } },
+        { address: TESTDEV, driver: 'pci-testdev', options: { checkIntervalMs: CHECK_MS } },
+      ],
+    }, {
+      onEvent: (e) => {
+        // Read in the event's own turn: the faulty thread has not been terminated yet.
+        if (e.type === 'quiesced' && e.address === EDU && quiescedBusMaster === undefined) quiescedBusMaster = busMaster(EDU);
+      },
+    });
+    await r.until('all running', (e) => inState(EDU, 'running')(e) && inState(EDU2, 'running')(e) && inState(TESTDEV, 'running')(e));
+    await r.until('a port check', (e) => checks(e) >= 1);
+    await r.until(`edu2's self-test and its first ${EDU2_WARM} interrupts`, (e) => noteAt(e, EDU2, /self-test passed/) !== undefined && r.host.interruptCount(EDU2) >= EDU2_WARM);
+    const samplingFrom = Date.now();
+    sampler.start({ rising: r.host.threadLedger(EDU2)!, beating: [r.host.threadLedger(TESTDEV)!] });
+    // Diagnostic (logged, not asserted): how long this thread, the supervisor's, was busy at a time.
+    const mainLoop = monitorEventLoopDelay({ resolution: 10 });
+    mainLoop.enable();
+    await r.until('the fault', (e) => e.some((x) => x.type === 'fault' && x.address === EDU), 60_000);
+    await r.until('edu running again', inState(EDU, 'running', 2), 60_000);
+    await r.until('the second self-test', (e) => noteAt(e, EDU, /self-test passed \(incarnation 1\)/) !== undefined);
+    const after = r.host.interruptCount(EDU);
+    await r.until('edu interrupts after the restart', () => r.host.interruptCount(EDU) > after + 20);
+    const g2 = await sampler.stop();
+    mainLoop.disable();
+    const checksSeen = checks(r.events);
+
+    const injected = noteAt(r.events, EDU, fault.note)!;
+    t.truthy(injected, 'the fault was injected');
+    t.true(injected.at > samplingFrom, `the other devices were sampled from before the fault (raise FAULT_AFTER if this fails): sampling from ${samplingFrom}, fault note at ${injected.at}`);
+    const faultEvent = r.events.find((e) => e.type === 'fault' && e.address === EDU)!;
+    t.like(faultEvent, { fault: { kind: 'watchdog', incarnation: 0 } });
+    const detectedMs = faultEvent.at - injected.at;
+    t.log(`detected ${detectedMs} ms after the injection note arrived; edu2 max gap ${Math.round(g2.maxGapMs)} ms (${g2.rises} rises), pci-testdev thread's oldest heartbeat ${Math.round(g2.maxHeartbeatAgeMs)} ms, ${checksSeen} check notes`);
+    t.log(`edu2's max gap ended ${g2.maxGapEndedAt - faultEvent.at} ms after the fault event; edu2 thread's oldest heartbeat ${Math.round(g2.risingHeartbeatAgeMs)} ms; the sampler's longest interval ${Math.round(g2.maxSampleIntervalMs)} ms; the main thread's event loop delay max ${Math.round(mainLoop.max / 1e6)} ms, p99 ${Math.round(mainLoop.percentile(99) / 1e6)} ms`);
+    if (!('leakAfterInterrupts' in fault.option)) {
+      t.true(detectedMs <= WATCHDOG_MS + HEARTBEAT_MS, `detected within watchdogMs + heartbeatMs (${WATCHDOG_MS + HEARTBEAT_MS} ms): ${detectedMs} ms`);
+    } else {
+      t.regex((faultEvent as { fault: { message: string } }).fault.message, /heap reached \d+ MiB of its 96 MiB limit/);
+    }
+    const quiesced = r.events.find((e) => e.type === 'quiesced' && e.address === EDU && e.incarnation === 0);
+    t.like(quiesced, { report: { threadRunning: true, busMaster: false, vectorsDisabled: 'msi', msiEnabled: false, msixEnabled: false, dmaMappingsLeft: 0 } });
+    t.is(quiescedBusMaster, false, 'bus mastering read back off from sysfs config space before the thread was terminated');
+    const threads = r.events.filter((e): e is Extract<HostEvent, { type: 'thread' }> => e.type === 'thread' && e.address === EDU);
+    t.is(threads.length, 2, 'a new thread for the new incarnation');
+    t.not(threads[0]!.threadId, threads[1]!.threadId);
+    t.deepEqual(
+      r.events.flatMap((e) => (e.type === 'state' && e.address === EDU ? [e.state] : [])),
+      ['claimed', 'attaching', 'running', 'failed', 'resetting', 'attaching', 'running'],
+    );
+    t.true(g2.maxGapMs <= 3 * RAISE_MS + SAMPLE_MS, `edu2's interrupts never stopped for over 3x its raise interval (+ one sample): ${Math.round(g2.maxGapMs)} ms`);
+    t.true(g2.maxHeartbeatAgeMs <= 3 * CHECK_MS, `pci-testdev's thread never stopped for over 3x its check interval: ${Math.round(g2.maxHeartbeatAgeMs)} ms`);
+    t.false(r.events.some((e) => e.type === 'fault' && e.address !== EDU));
+    const stats = r.events.filter((e): e is Extract<HostEvent, { type: 'stats' }> => e.type === 'stats' && e.address === EDU2).at(-1);
+    t.truthy(stats?.thread, 'stats report the driver thread');
+    t.log(`edu2 thread: ${JSON.stringify(stats?.thread)}`);
+    const report = await r.host.shutdown();
+    t.false(report.forced);
+    for (const a of [EDU, EDU2, TESTDEV]) t.false(busMaster(a));
+  });
+}
+
+test.serial('a driver that throws is restarted in a new thread; shutdown leaves no worker thread and no fd behind', async (t) => {
+  const tasksBefore = tasks();
+  const fdsBefore = fds();
+  const r = run(t, {
+    restart: { initialDelayMs: 100, maxRestarts: 2 },
+    devices: [
+      { address: EDU, driver: 'edu', options: { interrupt: 'intx', raiseIntervalMs: 5, failAfterInterrupts: 20 } },
+      { address: EDU2, driver: 'edu', options: { interrupt: 'msi', raiseIntervalMs: 0 } },
+      { address: TESTDEV, driver: 'pci-testdev' },
+    ],
+  });
+  await r.until('edu running again', inState(EDU, 'running', 2));
+  t.like(r.events.find((e) => e.type === 'fault'), { address: EDU, fault: { kind: 'crash', message: 'fault injection: failAfterInterrupts=20 reached', incarnation: 0 } });
+  const during = tasks();
+  t.log(`threads: ${tasksBefore} before, ${during} with three driver threads`);
+  t.true(during >= tasksBefore + 3, 'each driver has its thread');
+  const report = await r.host.shutdown();
+  t.false(report.forced);
+  // A terminated worker's OS thread is joined by the time its exit is reported.
+  for (let i = 0; i < 50 && (tasks() !== tasksBefore || fds() !== fdsBefore); i++) await sleep(100);
+  t.is(tasks(), tasksBefore, 'no driver thread left');
+  t.is(fds(), fdsBefore, 'no fd left (device, group, container, eventfds)');
+});
