@@ -234,10 +234,7 @@ export class DriverThread implements ThreadView {
           device.kernel.disableIrqs(kind);
           this.ledger.irqKind = undefined;
         }]),
-        () => {
-          const dma = device.kernel.dma;
-          if (dma.model !== 'kernel') dma.unmapAll();
-        },
+        () => device.kernel.dma.unmapAll(),
         () => device.revokeShared(),
       ]);
     } catch (e) {

@@ -45,41 +45,9 @@ export interface IrqInfo {
   readonly maskable: boolean;
 }
 
-export interface IovaRange {
-  readonly start: bigint;
-  /** Inclusive. */
-  readonly end: bigint;
-}
-
 export type DmaAccess = 'read' | 'write' | 'both';
 
-/**
- * DMA model 'iommu' (VFIO): the process allocates the memory and chooses the
- * IOVA; the kernel pins it and programs the IOMMU. Devices that share an
- * IOMMU group share one domain; every mapping made here is the kernel-side
- * mirror of a userland DMA allocation. pci/bus-dma.ts keeps the IOVA space
- * (pci/iova-allocator.ts) and can also load memory it did not allocate.
- * `model` may be left out: an object without it is this model.
- */
-export interface IommuDmaDomain {
-  readonly model?: 'iommu';
-  readonly iovaRanges: readonly IovaRange[];
-  /** Bitmap of supported IOMMU page sizes. */
-  readonly pageSizes: bigint;
-  /** Mappings the kernel still allows, when it says (Linux: dma_entry_limit). */
-  availableMappings(): number | undefined;
-  /** Pins [vaddr, vaddr+size) and makes it visible to the device at iova. */
-  map(vaddr: bigint, iova: bigint, size: number, access: DmaAccess): void;
-  unmap(iova: bigint, size: number): void;
-  /**
-   * Removes every mapping of the domain, whoever made it (any thread of the
-   * process): how the host takes DMA back from a driver thread it cannot
-   * ask. Devices sharing the domain lose theirs too.
-   */
-  unmapAll(): void;
-}
-
-/** What a device's DMA engine can reach, as a bus_dma tag states it (pci/bus-dma.ts DmaTag). */
+/** What a device's DMA engine can reach, as a bus_dma tag states it (pci/dma-tag.ts DmaTag). */
 export interface DmaConstraints {
   /** Power of two; the memory's first bus address is a multiple of it. */
   readonly alignment: bigint;
@@ -96,37 +64,76 @@ export interface DmaBusSegment {
   readonly length: number;
 }
 
-/** Memory the kernel allocated for DMA: mmap `mmap` to reach it; the device reaches it at `segments`. */
-export interface DmaAllocation {
-  /** Bytes, a multiple of the page. */
+/** Whole pages of this process's memory, to be made visible to a device. */
+export interface ProcessPages {
+  /** Page-aligned. */
+  readonly address: bigint;
+  /** A multiple of the domain's pageSize. */
   readonly size: number;
-  readonly mmap: MmapSource;
-  /** Bus addresses of the whole allocation, in order, covering `size` bytes. */
-  readonly segments: readonly DmaBusSegment[];
 }
 
 /**
- * DMA model 'kernel' (NetBSD pciuser(4), bus_dma(9) in the kernel): the
- * kernel allocates the memory on the device's DMA tag and chooses its bus
- * addresses (through an IOMMU or not); the process can neither choose
- * addresses nor make its own memory visible to the device.
+ * Memory a device reaches until DmaDomain.unmap: the kernel-side mirror of
+ * one bus_dma allocation or load.
  */
-export interface KernelDmaAllocator {
-  readonly model: 'kernel';
-  /** Allocation granularity. */
-  readonly pageSize: number;
-  /** Allocations the kernel still allows, when it says. */
-  availableMappings(): number | undefined;
-  /** Zeroed memory of `size` bytes (a multiple of pageSize) the device may access as `access` says, loaded for DMA. */
-  allocate(size: number, constraints: DmaConstraints, access: DmaAccess): DmaAllocation;
-  /** bus_dmamap_sync (BUS_DMASYNC_* values) over [offset, offset+length) of an allocation. */
-  sync(allocation: DmaAllocation, ops: number, offset: number, length: number): void;
-  /** The device can no longer reach it; the pages go once the last mapping of them goes. */
-  free(allocation: DmaAllocation): void;
+export interface DmaMapping {
+  /** Bytes, a multiple of the domain's pageSize. */
+  readonly size: number;
+  /** Bus addresses of the whole mapping, in order, covering `size` bytes. */
+  readonly segments: readonly DmaBusSegment[];
+  /**
+   * Where the process reaches the memory: the kernel's pages, to mmap, when
+   * the kernel allocated them; undefined when they are the ProcessPages the
+   * domain was given.
+   */
+  readonly mmap: MmapSource | undefined;
 }
 
-/** How a device does DMA: pci/bus-dma.ts serves both models behind one API, choosing by `model`. */
-export type DmaDomain = IommuDmaDomain | KernelDmaAllocator;
+/**
+ * How a device does DMA: the one model pci/bus-dma.ts works with, whichever
+ * way the kernel does it.
+ *  - VFIO (kernel/linux/iommu-dma.ts): the process's own pages are pinned
+ *    and mapped in the IOMMU at IOVAs this domain picks, with a guard page
+ *    after each and released IOVAs held in quarantine; allocate() maps the
+ *    anonymous pages its caller provides.
+ *  - NetBSD pciuser(4) (kernel/netbsd/pciuser.ts NetbsdDma): the kernel
+ *    allocates the memory under the constraints and picks its bus addresses
+ *    (through an IOMMU or not); allocate() returns the kernel's pages to
+ *    mmap, and map() of process memory is refused.
+ * Devices that share an IOMMU group share one domain.
+ */
+export interface DmaDomain {
+  /** Granule of every mapping (the IOMMU's or bus_dma's page). */
+  readonly pageSize: number;
+  /** Mappings the kernel still allows, when it says (Linux: dma_entry_limit). */
+  availableMappings(): number | undefined;
+  /** Why a device that reaches only bus addresses <= addressLimit can be given none; undefined when it can be given some. */
+  unreachable(addressLimit: bigint): string | undefined;
+  /**
+   * Zeroed DMA memory of `size` bytes (a multiple of pageSize), one
+   * bus-contiguous range under `constraints`, that the device may access as
+   * `access` says. `anonymous(size)` gives zeroed process pages: a domain
+   * that maps process memory maps those (the result has no mmap); one whose
+   * kernel allocates DMA memory never calls it.
+   */
+  allocate(size: number, constraints: DmaConstraints, access: DmaAccess, anonymous: (size: number) => ProcessPages): DmaMapping;
+  /** Makes process pages visible to the device under `constraints`; a kernel that cannot refuses (UpciError 'KERNEL'). */
+  map(pages: ProcessPages, constraints: DmaConstraints, access: DmaAccess): DmaMapping;
+  /** bus_dmamap_sync (BUS_DMASYNC_* values) over [offset, offset+length) of a mapping. */
+  sync(mapping: DmaMapping, ops: number, offset: number, length: number): void;
+  /**
+   * When this returns the device can no longer reach the mapping (the IOTLB
+   * is flushed), and its bus addresses are not handed out again at once.
+   */
+  unmap(mapping: DmaMapping): void;
+  /**
+   * Removes every mapping of the domain, whoever made it (any thread of the
+   * process): how the host takes DMA back from a driver thread it cannot
+   * ask. Devices sharing the domain lose theirs too. A kernel that cannot
+   * refuses (UpciError 'KERNEL').
+   */
+  unmapAll(): void;
+}
 
 /**
  * Where a device's interrupts can be read: plain data, so that the thread

@@ -15,7 +15,10 @@
  */
 import { UpciError } from '../kernel/errors.js';
 import type { DmaAccess } from '../kernel/port.js';
-import { DmaConstraintError, type DmaMemory, type DmaTag, type LoadedDmaMap } from './bus-dma.js';
+import { DmaConstraintError } from './dma-errors.js';
+import type { LoadedDmaMap } from './dma-map.js';
+import type { DmaMemory } from './dma-memory.js';
+import type { DmaTag } from './dma-tag.js';
 
 export interface DmaPoolOptions {
   /** Bytes per entry; the stride is this rounded up to the tag's alignment. */

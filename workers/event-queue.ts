@@ -1,13 +1,14 @@
 /**
  * The OS event queue the interrupt worker blocks in: epoll(7) on Linux,
- * kqueue(2) on the BSDs. One small interface so the worker is the same on
- * both; fds are added and removed from other threads while it waits.
+ * kqueue(2) on NetBSD (bindings in kernel/libc.ts and kernel/netbsd/libc.ts).
+ * One small interface so the worker is the same on both; fds are added and
+ * removed from other threads while it waits.
  */
-import { platform } from 'node:os';
 import * as libc from '../kernel/libc.js';
+import * as nb from '../kernel/netbsd/libc.js';
+import { hostPlatform, type Platform } from '../kernel/platform.js';
 import type { Operation } from '../kernel/posix.js';
-import { kqueueEventQueue } from './kqueue.js';
-import { eventfdWakeable, type Wakeable } from './wakeable.js';
+import { eventfdWakeable, pipeWakeable, type Wakeable } from './wakeable.js';
 
 export type { Wakeable } from './wakeable.js';
 
@@ -72,11 +73,55 @@ class Epoll implements EventQueue {
   }
 }
 
+/** EVFILT_READ on each watched fd, the token carried in udata. Never run (NetBSD cannot run here). */
+class Kqueue implements EventQueue {
+  private readonly events = Buffer.alloc(MAX_EVENTS * nb.kevent.size);
+
+  constructor(readonly fd: number) {}
+
+  add(fd: number, token: number): void {
+    nb.keventChange(this.fd, fd, nb.EV_ADD, token, 'EV_ADD');
+  }
+
+  remove(fd: number): void {
+    nb.keventChange(this.fd, fd, nb.EV_DELETE, 0, 'EV_DELETE');
+  }
+
+  wait(): number[] {
+    const n = nb.keventWait(this.fd, this.events);
+    const tokens: number[] = [];
+    // No change list is passed to the wait, so no EV_ERROR receipts come back: every event is a readable fd.
+    for (let i = 0; i < n; i++) tokens.push(Number(nb.kevent.get(this.events, 'udata', i * nb.kevent.size)));
+    return tokens;
+  }
+
+  close(): void {
+    nb.close(this.fd);
+  }
+
+  /** NetBSD has no eventfd: a non-blocking pipe. */
+  wakeable(): Wakeable {
+    return pipeWakeable(nb);
+  }
+
+  read(fd: number, buf: Buffer, what: Operation): number {
+    return nb.readSome(fd, buf, what);
+  }
+
+  closeFd(fd: number): void {
+    nb.close(fd);
+  }
+}
+
+/** Threads share the fd table: `fd` is a queue another thread created. */
+const queues: Readonly<Record<Platform, (fd?: number) => EventQueue>> = {
+  linux: (fd) => new Epoll(fd ?? libc.epollCreate()),
+  netbsd: (fd) => new Kqueue(fd ?? nb.kqueueCreate()),
+};
+
 /** A new queue, or (with `fd`) a handle on one another thread created. */
 export function eventQueue(fd?: number): EventQueue {
-  if (platform() === 'linux') return new Epoll(fd ?? libc.epollCreate());
-  if (platform() === 'netbsd') return kqueueEventQueue(fd);
-  throw new Error(`upci has no event queue for ${platform()}: it knows epoll (Linux) and kqueue (NetBSD)`);
+  return queues[hostPlatform()](fd);
 }
 
 /** close(2) of an fd the caller owns, without a queue. */

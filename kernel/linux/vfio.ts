@@ -7,9 +7,11 @@ import { SyscallError, UpciError } from '../errors.js';
 import * as libc from '../libc.js';
 import type { PciAddress } from '../pci-address.js';
 import type {
-  DeviceFile, DeviceHandles, DmaAccess, IommuDmaDomain, IovaRange, IrqInfo, IrqKind, IrqSource, KernelPort, MmapArea, RegionInfo, RegionKind,
+  DeviceFile, DeviceHandles, DmaAccess, DmaDomain, IrqInfo, IrqKind, IrqSource, KernelPort, MmapArea, RegionInfo, RegionKind,
 } from '../port.js';
 import { RegionDevice, RegionTable } from '../region-table.js';
+import { ManagedIommuDomain, type IommuDmaDomain } from './iommu-dma.js';
+import type { IovaRange } from './iova-allocator.js';
 import * as abi from './vfio-abi.js';
 import { describeBlockers, groupBlockers, requireUsable, type SysfsRoots, defaultRoots } from './sysfs.js';
 
@@ -53,9 +55,10 @@ function infoWithCaps(fd: number, request: number, first: Buffer, what: string):
 
 /** One VFIO container holding one group: the IOMMU domain of every device in that group. */
 class VfioGroup implements IommuDmaDomain {
-  readonly model = 'iommu';
   readonly iovaRanges: readonly IovaRange[];
   readonly pageSizes: bigint;
+  /** The DMA domain of every device in the group, IOVAs managed in this process. */
+  readonly dma: DmaDomain;
   private users = 0;
   /** Argument structs reused by every map/unmap: these are a driver's hot path. */
   private readonly mapArg = abi.vfioIommuType1DmaMap.alloc();
@@ -85,6 +88,7 @@ class VfioGroup implements IommuDmaDomain {
     }
     // A kernel without the capability accepts any IOVA the IOMMU's width allows.
     this.iovaRanges = ranges.length > 0 ? ranges : [{ start: 0n, end: (1n << 39n) - 1n }];
+    this.dma = new ManagedIommuDomain(this);
   }
 
   availableMappings(): number | undefined {
@@ -176,8 +180,8 @@ class VfioDevice extends RegionDevice implements DeviceFile {
     };
   }
 
-  get dma(): IommuDmaDomain {
-    return this.group;
+  get dma(): DmaDomain {
+    return this.group.dma;
   }
 
   get handles(): DeviceHandles {

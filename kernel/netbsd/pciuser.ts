@@ -10,8 +10,8 @@
  * pciuser(4) fits the KernelPort contract through its two non-VFIO shapes:
  *  - interrupts: the device file itself is the one IrqSource ('records',
  *    owned by the device) for all vectors (enableIrqs);
- *  - DMA: the 'kernel' DMA model: the kernel allocates the memory and picks
- *    its bus addresses (NetbsdDma).
+ *  - DMA: the kernel allocates the memory and picks its bus addresses
+ *    (NetbsdDma): process memory cannot be made visible to the device.
  * What it really lacks is a reset ioctl: reset() throws, canReset is false.
  */
 import { readdirSync } from 'node:fs';
@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { SyscallError, UpciError } from '../errors.js';
 import { pciAddressParts, type PciAddress } from '../pci-address.js';
 import type {
-  DeviceFile, DmaAccess, DmaAllocation, DmaBusSegment, DmaConstraints, IrqInfo, IrqKind, IrqSource, KernelDmaAllocator, KernelPort, RegionInfo, RegionKind,
+  DeviceFile, DmaAccess, DmaBusSegment, DmaConstraints, DmaDomain, DmaMapping, IrqInfo, IrqKind, IrqSource, KernelPort, MmapSource, RegionInfo, RegionKind,
 } from '../port.js';
 import * as abi from './pciuser-abi.js';
 import { barMmapAreas, dmaRequest, PAGE_SIZE, touchesHole, type BarHole, type DmaRequest } from './pciuser-limits.js';
@@ -53,32 +53,38 @@ function regionKind(index: number): RegionKind {
 const absent = (index: number): RegionInfo => ({ index, kind: regionKind(index), size: 0, readable: false, writable: false, mmapAreas: [] });
 
 /** A pciuser(4) dmamem (DMAMEM_ALLOC) kept loaded in one dmamap for its whole life: its bus addresses do not change. */
-interface NetbsdAllocation extends DmaAllocation {
+interface NetbsdAllocation extends DmaMapping {
+  readonly mmap: MmapSource;
   readonly mem: number;
   readonly map: number;
 }
 
 /**
- * DMA through pciuser(4)'s bus_dma objects: the 'kernel' model of
- * kernel/port.ts. allocate() is bus_dmamem_alloc on the device's tag
+ * DMA through pciuser(4)'s bus_dma objects, the kernel's DmaDomain model
+ * (kernel/port.ts). allocate() is bus_dmamem_alloc on the device's tag
  * (DMAMEM_ALLOC, mmapped by the process through its cookie) plus a dmamap
  * created and loaded over the whole memory (DMAMAP_CREATE + LOAD), whose
- * segments are the bus addresses; free() undoes the three. pci/bus-dma.ts
+ * segments are the bus addresses; unmap() undoes the three. pci/bus-dma.ts
  * cuts loads of sub-ranges out of those segments itself, as it does for
- * VFIO memory.
+ * VFIO memory. Process memory cannot be loaded (map() refuses).
  */
-export class NetbsdDma implements KernelDmaAllocator {
-  readonly model = 'kernel';
+export class NetbsdDma implements DmaDomain {
   /** bus_dma's page: dmamem sizes are rounded up to it. */
   readonly pageSize = PAGE_SIZE;
 
   constructor(
     private readonly fd: number,
+    private readonly address: PciAddress,
     private readonly live: () => void,
   ) {}
 
   /** pciuser(4) does not say. */
   availableMappings(): number | undefined {
+    return undefined;
+  }
+
+  /** The kernel checks the device's window itself, at allocation time (pciuser-limits.ts applies its limits first). */
+  unreachable(): undefined {
     return undefined;
   }
 
@@ -92,7 +98,7 @@ export class NetbsdDma implements KernelDmaAllocator {
    * (the map for the bounce buffer bus_dma may give it), so an allocation
    * holds twice its size of the caps.
    */
-  allocate(size: number, constraints: DmaConstraints, access: DmaAccess): DmaAllocation {
+  allocate(size: number, constraints: DmaConstraints, access: DmaAccess): DmaMapping {
     this.live();
     const request = dmaRequest(size, constraints);
     const rounded = request.size;
@@ -166,8 +172,22 @@ export class NetbsdDma implements KernelDmaAllocator {
     }
   }
 
+  /** pciuser(4) loads only memory the kernel allocated: a process's own pages cannot be made visible to the device. */
+  map(): never {
+    throw new UpciError(
+      'KERNEL',
+      `bus_dma: ${this.address}'s kernel port allocates DMA memory itself and cannot make memory this process allocated visible to the device`,
+      'allocate the buffer with tag.allocMemory() and use its .buffer',
+    );
+  }
+
+  /** pciuser(4) has no ioctl for it: a file's DMA objects go when the file closes (DESIGN.md, teardown order). */
+  unmapAll(): never {
+    throw new UpciError('KERNEL', `${this.address}: pciuser(4) cannot remove all DMA mappings of a device at once`, 'close the device: the kernel frees its DMA memory and maps at the last close');
+  }
+
   /** bus_dmamap_sync; DmaSync's values are BUS_DMASYNC_*'s, which PCIUSER_SYNC_* repeat. */
-  sync(allocation: DmaAllocation, ops: number, offset: number, length: number): void {
+  sync(allocation: DmaMapping, ops: number, offset: number, length: number): void {
     this.live();
     const { map } = allocation as NetbsdAllocation;
     const arg = abi.pciuserDmamapSync.encode({ pds_map: map, pds_ops: ops, pds_offset: BigInt(offset), pds_len: BigInt(length) });
@@ -175,7 +195,7 @@ export class NetbsdDma implements KernelDmaAllocator {
   }
 
   /** Unloads and destroys the map (the device can no longer reach the memory), then drops the file's reference on the memory. */
-  free(allocation: DmaAllocation): void {
+  unmap(allocation: DmaMapping): void {
     this.live();
     const { map, mem } = allocation as NetbsdAllocation;
     try {
@@ -278,7 +298,7 @@ export class NetbsdDevice extends RegionDevice implements DeviceFile {
       msi: { kind: 'msi', count: t.get(claim, 'puc_msi_count'), automasked: false, maskable: false },
       msix: { kind: 'msix', count: t.get(claim, 'puc_msix_count'), automasked: false, maskable: false },
     };
-    this.dma = new NetbsdDma(fd, () => this.live());
+    this.dma = new NetbsdDma(fd, address, () => this.live());
   }
 
   private cfgRead(reg: number): number {

@@ -18,6 +18,7 @@
  * the checks above run before an override is called.
  */
 import { SyscallError } from '../../kernel/errors.js';
+import { ManagedIommuDomain } from '../../kernel/linux/iommu-dma.js';
 import type { DeviceFile, IrqInfo, IrqKind, KernelPort, RegionInfo } from '../../kernel/port.js';
 import { PciDevice } from '../../pci/device.js';
 
@@ -155,6 +156,15 @@ export function fakeDevice(
     },
   };
   return { file, config };
+}
+
+/**
+ * The DMA domain of an IOMMU that accepts every mapping and pins nothing, for
+ * tests whose subject is not DMA (test/unit/bus-dma.test.ts has one that
+ * refuses what VFIO type1 refuses).
+ */
+export function acceptingDma(): ManagedIommuDomain {
+  return new ManagedIommuDomain({ iovaRanges: [{ start: 0n, end: (1n << 39n) - 1n }], pageSizes: 0x1000n, availableMappings: () => undefined, map: () => {}, unmap: () => {}, unmapAll: () => {} });
 }
 
 /** A kernel port that hands out the given device files. */

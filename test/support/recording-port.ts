@@ -1,6 +1,6 @@
 /**
  * A kernel port that records, in order, the calls upci makes that stop or
- * give back a device (reset, interrupts disabled, DMA unmapped or freed,
+ * give back a device (reset, interrupts disabled, DMA unmapped,
  * close), each with whether the device's bus mastering was on at that
  * moment. The kernel clears bus mastering itself when the last fd closes
  * (vfio_pci_core_disable), so a check made after close() passes whatever
@@ -59,7 +59,7 @@ export function recordingFile(file: DeviceFile, sink: (record: PortRecord) => vo
   return announcing(file, ['reset', 'disableIrqs', 'close'], (name, args) => {
     note(name === 'disableIrqs' ? `disableIrqs ${String(args[0])}` : name);
     if (name === 'close') closed = true;
-  }, (name) => (name === 'dma' ? (dma ??= announcing(file.dma, ['unmap', 'free'], (op) => note(`dma ${op}`))) : undefined));
+  }, (name) => (name === 'dma' ? (dma ??= announcing(file.dma, ['unmap'], (op) => note(`dma ${op}`))) : undefined));
 }
 
 /** A port whose every opened file records into `records`. */

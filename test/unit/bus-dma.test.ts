@@ -3,12 +3,15 @@ import { fakeDevice, openFake } from '../support/fake-device.js';
 import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { DmaAccess, DmaAllocation, DmaConstraints, DmaDomain, IommuDmaDomain, IovaRange, KernelDmaAllocator } from '../../kernel/port.js';
+import type { DmaAccess, DmaConstraints, DmaDomain, DmaMapping, MmapSource } from '../../kernel/port.js';
 import { SyscallError } from '../../kernel/errors.js';
+import { ManagedIommuDomain, type IommuDmaDomain } from '../../kernel/linux/iommu-dma.js';
+import { IovaAllocator, type IovaRange } from '../../kernel/linux/iova-allocator.js';
+import { NetbsdDma } from '../../kernel/netbsd/pciuser.js';
+import { parsePciAddress } from '../../kernel/pci-address.js';
 import { BusDma, DmaConstraintError, DmaSync, type DmaSegment } from '../../pci/bus-dma.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
 import { PciDevice } from '../../pci/device.js';
-import { IovaAllocator } from '../../pci/iova-allocator.js';
 import { addressOf, allocShared } from '../../shm/mapping.js';
 
 /** VFIO type1's refusals, as the real port reports them (a SyscallError with the errno). */
@@ -77,9 +80,10 @@ class FakeDomain implements IommuDmaDomain {
   }
 }
 
-function fakeDmaDevice(domain: FakeDomain = new FakeDomain()): { device: PciDevice; domain: FakeDomain; config: Buffer } {
-  const fake = fakeDevice('0000:00:04.0', {}, { dma: domain as DmaDomain });
-  return { device: openFake(fake), domain, config: fake.config };
+/** A device whose DMA domain is `domain` with its IOVAs managed by `managed` (shared by the devices of one group). */
+function fakeDmaDevice(domain: FakeDomain = new FakeDomain(), managed = new ManagedIommuDomain(domain)): { device: PciDevice; domain: FakeDomain; iova: IovaAllocator; config: Buffer } {
+  const fake = fakeDevice('0000:00:04.0', {}, { dma: managed });
+  return { device: openFake(fake), domain, iova: managed.iova, config: fake.config };
 }
 
 const constraint = (name: string) => (e: unknown) => e instanceof DmaConstraintError && e.constraint === name;
@@ -233,7 +237,7 @@ test('a SharedArrayBuffer is pinned at load and unpinned at unload; unaligned bu
 });
 
 test('per-map lifetime: unload and free are legal while bus mastering is on; the IOMMU mapping goes before the pages, and the IOVA is quarantined', (t) => {
-  const { device, domain } = fakeDmaDevice();
+  const { device, domain, iova } = fakeDmaDevice();
   const dma = BusDma.forDevice(device);
   const tag = dma.createTag();
   const mem = tag.allocMemory(4096);
@@ -258,7 +262,7 @@ test('per-map lifetime: unload and free are legal while bus mastering is on; the
   t.is(view[0], 0xff, 'and revoked after');
   t.true(dma.busMasterEnabled, 'unloading did not stop the device');
   t.is(domain.mappings.size, 0);
-  t.true(dma.iova.isQuarantined(sabIova));
+  t.true(iova.isQuarantined(sabIova));
   // The next loads get fresh IOVAs, never the one a device may still hold.
   for (let i = 0; i < 100; i++) {
     const again = tag.createMap().load(allocShared(4096));
@@ -294,7 +298,7 @@ test('the fake IOMMU refuses as VFIO type1 does: ENOSPC at the entry limit, EFAU
   tag.allocMemory(4096);
   const full = t.throws(() => tag.allocMemory(4096));
   t.true(errno(ENOSPC)(full), full?.message);
-  t.is(BusDma.forDevice(limited.device).iova.allocations, 2, 'the refused allocation gave its IOVA back');
+  t.is(limited.iova.allocations, 2, 'the refused allocation gave its IOVA back');
   limited.device.close();
 
   const small = fakeDmaDevice(new FakeDomain(undefined, 65535, 8192));
@@ -369,8 +373,9 @@ test('close: bus mastering off, then every map unloaded and all memory freed; th
 
 test('one IOVA allocator per DmaDomain: two devices of one group never get the same IOVA', (t) => {
   const domain = new FakeDomain();
-  const a = fakeDmaDevice(domain);
-  const b = fakeDmaDevice(domain);
+  const group = new ManagedIommuDomain(domain);
+  const a = fakeDmaDevice(domain, group);
+  const b = fakeDmaDevice(domain, group);
   const ma = BusDma.forDevice(a.device).createTag().allocMemory(4096);
   const mb = BusDma.forDevice(b.device).createTag().allocMemory(4096);
   t.is(domain.mappings.size, 2); // FakeDomain.map throws on overlap
@@ -382,7 +387,7 @@ test('one IOVA allocator per DmaDomain: two devices of one group never get the s
 });
 
 test('1,000 alloc/load/unload/free cycles leave no mapping and no IOVA behind', (t) => {
-  const { device, domain } = fakeDmaDevice();
+  const { device, domain, iova } = fakeDmaDevice();
   const dma = BusDma.forDevice(device);
   const tag = dma.createTag({ addressLimit: (1n << 28n) - 1n, boundary: 0x10000 });
   const buf = allocShared(4096);
@@ -395,23 +400,30 @@ test('1,000 alloc/load/unload/free cycles leave no mapping and no IOVA behind', 
     mem.free();
   }
   t.is(domain.mappings.size, 0);
-  t.is(dma.iova.allocations, 0);
+  t.is(iova.allocations, 0);
   device.close();
 });
 
-/** The 'kernel' DMA model (pciuser(4)): the kernel allocates, mmap by cookie (a temp file here), returns bus segments. */
-class FakeKernelDma implements KernelDmaAllocator {
-  readonly model = 'kernel';
+/**
+ * A kernel that allocates DMA memory itself (pciuser(4)): mmap by cookie (a
+ * temp file here), bus segments returned; process memory refused as the
+ * NetBSD port refuses it.
+ */
+class FakeKernelDma implements DmaDomain {
   readonly pageSize = 4096;
-  readonly live = new Map<DmaAllocation, number>();
+  readonly live = new Map<DmaMapping, number>();
   readonly syncs: [number, number, number][] = [];
   readonly asked: DmaConstraints[] = [];
   private next = 0x100000n;
   segmentsPerAllocation = 1;
+  private readonly pciuser = new NetbsdDma(-1, parsePciAddress('0000:00:04.0'), () => {});
   availableMappings(): undefined {
     return undefined;
   }
-  allocate(size: number, constraints: DmaConstraints): DmaAllocation {
+  unreachable(): undefined {
+    return undefined;
+  }
+  allocate(size: number, constraints: DmaConstraints): DmaMapping & { mmap: MmapSource } {
     this.asked.push(constraints);
     const path = join(mkdtempSync(join(tmpdir(), 'upci-dma-')), 'mem');
     const fd = openSync(path, 'w+');
@@ -425,10 +437,16 @@ class FakeKernelDma implements KernelDmaAllocator {
     this.live.set(allocation, fd);
     return allocation;
   }
-  sync(_allocation: DmaAllocation, ops: number, offset: number, length: number): void {
+  map(): never {
+    return this.pciuser.map();
+  }
+  unmapAll(): never {
+    return this.pciuser.unmapAll();
+  }
+  sync(_allocation: DmaMapping, ops: number, offset: number, length: number): void {
     this.syncs.push([ops, offset, length]);
   }
-  free(allocation: DmaAllocation): void {
+  unmap(allocation: DmaMapping): void {
     closeSync(this.live.get(allocation)!);
     this.live.delete(allocation);
   }
@@ -436,10 +454,9 @@ class FakeKernelDma implements KernelDmaAllocator {
 
 test('the kernel DMA model: memory the kernel allocated is mmapped and loaded under the tag; process memory is refused', (t) => {
   const kernel = new FakeKernelDma();
-  const { device } = fakeDmaDevice(kernel as never);
+  const device = openFake(fakeDevice('0000:00:04.0', {}, { dma: kernel }));
   const dma = BusDma.forDevice(device);
   t.is(dma.granule, 4096);
-  t.throws(() => dma.iova, { code: 'KERNEL' } as never);
   const tag = dma.createTag({ alignment: 0x1000, boundary: 0x10000, addressLimit: (1n << 32n) - 1n });
   const mem = tag.allocMemory(5000);
   t.is(mem.size, 8192);

@@ -1,24 +1,28 @@
 /**
  * The driver API changes real drivers need (issue 12 section 1), on fakes:
  * interrupt vectors with an explicit lifetime (held events, per-vector
- * mask/unmask, no bus mastering from establish, the port's automasked), and
- * async attach bounded by attachTimeoutMs with a clean detach hook.
+ * mask/unmask, no bus mastering from establish, the port's automasked),
+ * async attach bounded by attachTimeoutMs with a clean detach hook, and a
+ * bus_dma whose objects reach nothing of the device or the kernel.
  */
 import test from 'ava';
 import { setup } from 'xstate';
 import { parseHostConfig } from '../../actors/config.js';
 import type { HostEvent } from '../../actors/events.js';
+import { AttachedBus } from '../../actors/driver-bus.js';
 import { DriverHost } from '../../actors/host.js';
+import { DeviceMeter } from '../../actors/meter.js';
 import { defineDriver } from '../../drivers/contract.js';
 import * as libc from '../../kernel/libc.js';
 import type { IrqSource } from '../../kernel/port.js';
+import { BusDma } from '../../pci/bus-dma.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
 import { PciDevice } from '../../pci/device.js';
 import { Interrupts, type InterruptEvent } from '../../pci/intr.js';
-import { fakeDevice, openFake } from '../support/fake-device.js';
+import { allocShared } from '../../shm/mapping.js';
+import { acceptingDma, fakeDevice, openFake } from '../support/fake-device.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const noDma = { iovaRanges: [{ start: 0n, end: (1n << 39n) - 1n }], pageSizes: 0x1000n, availableMappings: () => 65535, map: () => {}, unmap: () => {}, unmapAll: () => {} };
 
 function signal(fd: number, n = 1): void {
   const b = Buffer.alloc(8);
@@ -31,7 +35,7 @@ function intxDevice(automasked: boolean): { device: PciDevice; fd: number; unmas
   const fd = libc.eventfd(libc.EFD_NONBLOCK);
   let unmasks = 0;
   const fake = fakeDevice('0000:00:09.0', { intx: 1 }, {
-    dma: noDma,
+    dma: acceptingDma(),
     enableIrqs: (): IrqSource[] => [{ fd, format: 'counter', firstVector: 0, vectors: 1, owner: 'device' }],
     disableIrqs: () => {},
     unmaskIntx: () => void unmasks++,
@@ -102,7 +106,7 @@ function hostWith(attach: () => unknown, detach?: () => Promise<void>, attachTim
   });
   const registry = new Map([[driver.name, driver]]);
   const open = () => {
-    const fake = fakeDevice('0000:00:09.0', {}, { dma: noDma });
+    const fake = fakeDevice('0000:00:09.0', {}, { dma: acceptingDma() });
     fake.config.writeUInt16LE(0x1234, 0);
     return openFake(fake);
   };
@@ -137,4 +141,71 @@ test.serial('an async attach is awaited; one that does not finish within attachT
   t.regex(fault?.type === 'fault' ? fault.fault.message : '', /attach did not finish within 200 ms \(attachTimeoutMs\)/);
   t.is(report[0]!.outcome.kind, 'gave-up');
   await hung.host.shutdown();
+});
+
+const isNative = (f: unknown) => typeof f === 'function' && /\[native code\]\s*\}$/.test(Function.prototype.toString.call(f));
+
+/**
+ * Every value a driver can reach from `roots` by reading properties, as
+ * TypeScript's `private` does not stop it at run time: own and inherited
+ * keys (symbols too), getters called on the object, functions (a class's
+ * statics) included. The prototypes of built-ins are not walked, nor the
+ * contents of memory (SharedArrayBuffers, typed arrays). Also returns every
+ * key seen.
+ */
+function reachable(roots: readonly unknown[]): { values: Set<unknown>; keys: Set<string | symbol> } {
+  const values = new Set<unknown>();
+  const keys = new Set<string | symbol>();
+  const queue = [...roots];
+  while (queue.length > 0) {
+    const value = queue.pop();
+    if ((typeof value !== 'object' && typeof value !== 'function') || value === null || values.has(value)) continue;
+    values.add(value);
+    if (value instanceof SharedArrayBuffer || ArrayBuffer.isView(value)) continue;
+    for (let o: object | null = value; o !== null && !(o !== value && isNative(Object.getOwnPropertyDescriptor(o, 'constructor')?.value)); o = Object.getPrototypeOf(o) as object | null) {
+      if (o !== value) queue.push(o);
+      for (const key of Reflect.ownKeys(o)) {
+        keys.add(key);
+        const d = Object.getOwnPropertyDescriptor(o, key)!;
+        if ('value' in d) queue.push(d.value);
+        else if (d.get !== undefined) {
+          try {
+            queue.push(d.get.call(value));
+          } catch {
+            // A getter that refuses (a freed buffer, an unloaded map) gives nothing.
+          }
+        }
+      }
+    }
+  }
+  return { values, keys };
+}
+
+test('a driver\'s bus_dma, tags, memory, maps and pools reach neither the BusDma (releaseMappings), the device, the kernel\'s DMA domain nor its IOVA allocator', (t) => {
+  const domain = acceptingDma();
+  const device = openFake(fakeDevice('0000:00:0a.0', {}, { dma: domain }));
+  const hooks = { name: 'surface', watchdogMs: 1000, onProvide: () => () => {}, meter: new DeviceMeter(), onStall: () => {}, onNote: () => {} };
+  const dma = new AttachedBus(device, 0, hooks).dma();
+  const tag = dma.createTag({ alignment: 512, addressLimit: (1n << 32n) - 1n });
+  const child = tag.derive({ boundary: 0x10000 });
+  const memory = child.allocMemory(8192);
+  const map = tag.createMap();
+  const loaded = map.load(memory, 4096);
+  const sab = tag.createMap().load(allocShared(4096));
+  const pool = tag.createPool({ entrySize: 512, entries: 8 });
+  const freed = tag.allocMemory(4096);
+  freed.free();
+
+  t.false('dma' in tag, 'a tag has no dma property');
+  const { values, keys } = reachable([dma, tag, child, memory, map, loaded, sab, pool, freed]);
+  // The walk does see what a driver is meant to have.
+  t.true(values.has(loaded.segments[0]) && values.has(pool.busAddresses) && values.has(memory.buffer) && values.has(map.tag));
+  const busDma = BusDma.forDevice(device);
+  const hidden: [unknown, string][] = [
+    [busDma, 'the BusDma'], [busDma.releaseMappings, 'BusDma.releaseMappings'], [device, 'the PciDevice'], [device.kernel, 'the DeviceFile'],
+    [device.config, 'config space'], [domain, 'the kernel\'s DMA domain'], [domain.iova, 'the IOVA allocator'],
+  ];
+  for (const [value, what] of hidden) t.false(values.has(value), `${what} is reachable from a driver's bus_dma objects`);
+  for (const key of ['releaseMappings', 'domain', 'iova', 'owner', 'kernel']) t.false(keys.has(key), `a driver's bus_dma objects have a '${key}' property`);
+  device.close();
 });

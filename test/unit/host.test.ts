@@ -6,7 +6,7 @@
  * stream, inspection and shutdown.
  */
 import test from 'ava';
-import { fakeDevice } from '../support/fake-device.js';
+import { acceptingDma, fakeDevice } from '../support/fake-device.js';
 import { map } from 'rxjs';
 import { assign, fromEventObservable, fromPromise, setup, type InspectionEvent } from 'xstate';
 import { ConfigError } from '../../actors/config-error.js';
@@ -55,7 +55,7 @@ class FakeBench {
     this.configs.set(address, config);
     return fakeDevice(address, { intx: 1 }, {
       canReset: this.canReset,
-      dma: { iovaRanges: [{ start: 0n, end: (1n << 39n) - 1n }], pageSizes: 0x1000n, availableMappings: () => 65535, map: () => {}, unmap: () => {}, unmapAll: () => {} },
+      dma: acceptingDma(),
       reset: () => {
         this.calls.push(`${address} reset (bus master ${this.busMaster(address) ? 'on' : 'off'})`);
         this.resets.set(address, (this.resets.get(address) ?? 0) + 1);

@@ -12,7 +12,7 @@ import { PciDevice } from '../../pci/device.js';
 import { Interrupts, type InterruptEvent, type VectorStats } from '../../pci/intr.js';
 import { FdLedger, installFdLedger, watchSource } from '../../workers/interrupt-watcher.js';
 import { within } from '../support/bounded.js';
-import { fakeDevice, openFake } from '../support/fake-device.js';
+import { acceptingDma, fakeDevice, openFake } from '../support/fake-device.js';
 
 function signal(fd: number, n = 1): void {
   const b = Buffer.alloc(8);
@@ -165,7 +165,7 @@ function recordsDevice(): { device: PciDevice; writeEnd: number; readEnd: number
   const [readEnd, writeEnd] = libc.pipe(libc.O_NONBLOCK);
   const calls: string[] = [];
   const fake = fakeDevice('0000:00:05.0', { intx: 0, msi: 4 }, {
-    dma: { model: 'kernel', pageSize: 4096, availableMappings: () => undefined, allocate: () => { throw new Error('no DMA'); }, sync: () => {}, free: () => {} },
+    dma: acceptingDma(),
     enableIrqs: (kind, count) => {
       calls.push(`enable ${kind} ${count}`);
       return [{ fd: readEnd, format: 'records', firstVector: 0, vectors: count, owner: 'device' }];

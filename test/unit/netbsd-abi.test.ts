@@ -11,7 +11,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { FieldType, Struct } from '../../kernel/abi.js';
 import * as abi from '../../kernel/netbsd/pciuser-abi.js';
-import * as kq from '../../workers/kqueue.js';
+import * as kq from '../../kernel/netbsd/libc.js';
 import { expectedLayout, layoutProbe, runCProbe } from '../support/c-probe.js';
 import { layoutFrom, layoutGlobals, netbsdConstants } from '../support/netbsd-probe.js';
 

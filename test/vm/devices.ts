@@ -1,5 +1,8 @@
 /** The bench's devices by role, with the guest addresses vm/bench.ts gives them. */
 import { readFileSync } from 'node:fs';
+import { ManagedIommuDomain } from '../../kernel/linux/iommu-dma.js';
+import type { IovaAllocator } from '../../kernel/linux/iova-allocator.js';
+import type { PciDevice } from '../../pci/device.js';
 import { defaultDevices, guestAddress, type VmDevice } from '../../vm/bench.js';
 
 function find(model: string, nth = 0, where: (d: VmDevice) => boolean = (d) => d.bus === undefined): string {
@@ -18,6 +21,13 @@ export const bench = {
   /** Behind a conventional bridge, sharing an IOMMU group with a device held by a kernel driver. */
   eduInSharedGroup: find('edu', 0, (d) => d.bus !== undefined),
 };
+
+/** The IOVA space of a device's VFIO DMA domain (its allocations and quarantine). */
+export function iovaSpace(device: PciDevice): IovaAllocator {
+  const domain = device.kernel.dma;
+  if (!(domain instanceof ManagedIommuDomain)) throw new Error(`${device.address}'s DMA domain has no IOVA space managed in this process`);
+  return domain.iova;
+}
 
 /** What sysfs says, the reference config space reads are compared with. */
 export function sysfsConfig(address: string): Buffer {

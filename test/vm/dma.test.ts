@@ -11,7 +11,7 @@ import type { BusSpace } from '../../pci/bus-space.js';
 import { BusDma, DmaConstraintError, DmaSync } from '../../pci/bus-dma.js';
 import { PciDevice } from '../../pci/device.js';
 import { allocShared } from '../../shm/mapping.js';
-import { bench, sysfsBusMaster } from './devices.js';
+import { bench, iovaSpace, sysfsBusMaster } from './devices.js';
 import { defaultKernelPort } from '../../pci/kernel-port.js';
 import { recordingPort, type PortRecord } from '../support/recording-port.js';
 import { Interrupts } from '../../pci/intr.js';
@@ -296,7 +296,7 @@ test('1,000 alloc/load/unload/free cycles leave no kernel DMA mapping and no loc
     t.not(availBefore, undefined, 'the kernel reports DMA_AVAIL');
     t.is(domain.availableMappings(), availBefore);
     t.is(dma.mappingCount, 0);
-    t.is(dma.iova.allocations, 0);
+    t.is(iovaSpace(edu).allocations, 0);
     t.is(lockedHeld - lockedBefore, 64, 'VFIO accounts pinned pages in VmLck');
     t.is(vmLckKiB(), lockedBefore);
   });

@@ -19,11 +19,13 @@ import type { BlockDevice } from '../../drivers/block.js';
 import { NvmeNamespace } from '../../drivers/nvme/namespace.js';
 import { NvmeStatusError } from '../../drivers/nvme/errors.js';
 import { ADMIN, CNS } from '../../drivers/nvme/registers.js';
-import { parsePciAddress } from '../../kernel/pci-address.js';
+import { parsePciAddress, type PciAddress } from '../../kernel/pci-address.js';
+import { BusDma } from '../../pci/bus-dma.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
+import { PciDevice } from '../../pci/device.js';
 import { allocShared } from '../../shm/mapping.js';
 import { defaultDevices } from '../../vm/bench.js';
-import { bench, sysfsConfig } from './devices.js';
+import { bench, iovaSpace, sysfsConfig } from './devices.js';
 import { run, type Run } from './host-run.js';
 
 const NVME0 = parsePciAddress(bench.nvme);
@@ -107,11 +109,19 @@ async function bounded<T>(ms: number, what: () => string, work: Promise<T>): Pro
 const submitted = (ns: NvmeNamespace) => ns.controller.ioQueues.reduce((n, q) => n + q.submitted, 0);
 
 test.serial('two controllers in one host: Identify matches the QEMU command line; 64 MiB of mixed-size I/O reads back and the backing file holds the same bytes; bad input never reaches the controller; maps unload while the controller works; a DMA to a freed IOVA faults', async (t) => {
+  // The host's devices, for their bus_dma and IOVA space (a driver's tags reach neither).
+  const opened = new Map<PciAddress, PciDevice>();
   const r = run(t, {
     devices: [
       { address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 2, queueDepth: 64 } },
       { address: NVME1, name: 'nvme1', driver: 'nvme', options: { ioQueues: 1, polled: true } },
     ],
+  }, {
+    open: (address) => {
+      const device = PciDevice.open(address);
+      opened.set(address, device);
+      return device;
+    },
   });
   const ns1 = await namespace(r, 'nvme0n1');
   const ns2 = await namespace(r, 'nvme0n2');
@@ -191,7 +201,9 @@ test.serial('two controllers in one host: Identify matches the QEMU command line
   t.is(submitted(ns1), before, 'no refused request reached the controller');
 
   // --- Per-request maps unloaded at completion while other commands are in flight, bus mastering on throughout.
-  const dma = ns1.controller.tag.dma;
+  const nvme0 = opened.get(NVME0);
+  if (nvme0 === undefined) throw new Error('the host never opened nvme0');
+  const dma = BusDma.forDevice(nvme0);
   const mappings = dma.mappingCount;
   const probe = fill(new Uint8Array(MiB), 99);
   await ns1.write(0, probe);
@@ -207,14 +219,14 @@ test.serial('two controllers in one host: Identify matches the QEMU command line
   });
   t.true(inFlightPeak > 1, `several per-request maps were loaded at once (peak ${inFlightPeak})`);
   t.is(dma.mappingCount, mappings, 'every per-request map was unloaded at its completion');
-  t.true(dma.iova.quarantined > 0, 'their IOVAs are in quarantine');
+  t.true(iovaSpace(nvme0).quarantined > 0, 'their IOVAs are in quarantine');
 
   // --- A device told to DMA to a freed IOVA faults in the IOMMU; nothing else changes.
   const stale = new Uint8Array(allocShared(4096)).fill(0xa5);
   const map = ns1.controller.tag.createMap(4096).load(stale.buffer as SharedArrayBuffer);
   const freedIova = map.busAddress(0);
   map.unload();
-  t.true(dma.iova.isQuarantined(BigInt(freedIova)));
+  t.true(iovaSpace(nvme0).isQuarantined(BigInt(freedIova)));
   const faultsBefore = kernelLog().split('\n').filter((l) => l.includes(`fault addr 0x${freedIova.toString(16)}`)).length;
   // QEMU 7.2's nvme ignores the DMA's failure for Identify (dma_buf_read's result is dropped) and completes it
   // successfully: what matters is that the IOMMU stopped the write.

@@ -1,6 +1,6 @@
 /**
- * IOVA space of one IOMMU domain (one DmaDomain object: every device of an
- * IOMMU group shares it, so they share this allocator too).
+ * IOVA space of one IOMMU domain (kernel/linux/iommu-dma.ts: every device of
+ * an IOMMU group shares the domain, so they share this allocator too).
  *
  * Next fit over the kernel's valid IOVA ranges, in granules (the IOMMU's
  * smallest page). Two rules make driver bugs fault in the IOMMU instead of
@@ -16,8 +16,14 @@
  *    holds the last QUARANTINE_SPANS releases; only an allocation that would
  *    otherwise fail takes quarantined ranges back early, oldest first.
  */
-import { UpciError } from '../kernel/errors.js';
-import type { IommuDmaDomain, IovaRange } from '../kernel/port.js';
+import { UpciError } from '../errors.js';
+
+/** A range of IOVAs the IOMMU accepts (VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE). */
+export interface IovaRange {
+  readonly start: bigint;
+  /** Inclusive. */
+  readonly end: bigint;
+}
 
 export interface IovaRequest {
   /** Bytes, a multiple of the granule. */
@@ -168,24 +174,4 @@ export class IovaAllocator {
     this.quarantineLength--;
     this.used.splice(this.firstEndingAfter(oldest.start), 1);
   }
-}
-
-const allocators = new WeakMap<IommuDmaDomain, IovaAllocator>();
-
-/** The smallest page size in the IOMMU's bitmap, at least 4 KiB. */
-export function iommuGranule(domain: IommuDmaDomain): bigint {
-  const bits = domain.pageSizes;
-  if (bits === 0n) return 4096n;
-  const lowest = bits & -bits;
-  return lowest < 4096n ? 4096n : lowest;
-}
-
-/** The one allocator of a DmaDomain (devices of one IOMMU group share it). */
-export function allocatorFor(domain: IommuDmaDomain): IovaAllocator {
-  let a = allocators.get(domain);
-  if (a === undefined) {
-    a = new IovaAllocator(domain.iovaRanges, iommuGranule(domain));
-    allocators.set(domain, a);
-  }
-  return a;
 }
