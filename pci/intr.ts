@@ -19,6 +19,7 @@
  * driver enables bus mastering once its maps are loaded).
  */
 import { defer, map, Observable, startWith, Subject } from 'rxjs';
+import { Fanout } from './fanout.js';
 import { UpciError } from '../kernel/errors.js';
 import type { DeviceFile, IrqKind, IrqSource } from '../kernel/port.js';
 import { discardSource, watchSource, type SourceWatch } from '../workers/interrupt-watcher.js';
@@ -78,7 +79,8 @@ class VectorEvent implements InterruptEvent {
 }
 
 export class InterruptVector {
-  private readonly subject = new Subject<InterruptEvent>();
+  /** Not a Subject: its next() allocates, and this runs per interrupt. */
+  private readonly fanout = new Fanout<InterruptEvent>();
   /** Interrupts that came while nobody listened or the vector was masked. */
   private held = 0;
   private masked = false;
@@ -107,7 +109,7 @@ export class InterruptVector {
         ));
         return undefined;
       }
-      const inner = this.subject.subscribe(subscriber);
+      const inner = this.fanout.observable.subscribe(subscriber);
       this.deliverHeld();
       return () => inner.unsubscribe();
     });
@@ -133,7 +135,7 @@ export class InterruptVector {
   }
 
   private deliverHeld(): void {
-    if (this.held === 0 || this.masked || !this.subject.observed) return;
+    if (this.held === 0 || this.masked || !this.fanout.observed) return;
     const count = this.held;
     this.held = 0;
     this.fire(count);
@@ -145,7 +147,7 @@ export class InterruptVector {
 
   /** Called from the event loop with the interrupts the kernel counted since the last call. */
   fire(count: number): void {
-    if (this.masked || !this.subject.observed) {
+    if (this.masked || !this.fanout.observed) {
       this.held += count;
       return;
     }
@@ -159,7 +161,7 @@ export class InterruptVector {
     const event = automasked ? new VectorEvent(this) : (this.reused ??= new VectorEvent(this));
     event.count = count;
     event.acked = false;
-    this.subject.next(event);
+    this.fanout.emit(event);
   }
 
   private reused: VectorEvent | undefined;
@@ -179,7 +181,7 @@ export class InterruptVector {
   }
 
   complete(): void {
-    this.subject.complete();
+    this.fanout.complete();
     this.statsChanged.complete();
   }
 }

@@ -113,19 +113,15 @@ export class E1000e implements PortBinding {
       r.write4(REG.EIAC, INT.RXQ0 | INT.TXQ0 | INT.OTHER);
       r.write4(REG.CTRL_EXT, (r.read4(REG.CTRL_EXT) & ~CTRL_EXT.IAME) | CTRL_EXT.PBA_CLR);
       for (let v = 0; v < 3; v++) r.write4(REG.EITR0 + 4 * v, interval);
-      const handlers = [
-        (e: InterruptEvent) => this.onRx(e),
-        (e: InterruptEvent) => this.onTx(e),
-        (e: InterruptEvent) => this.onOther(e),
-      ];
-      this.interrupts.vectors.forEach((v, i) => this.subscriptions.push(v.events.subscribe((e) => this.guard(() => handlers[i]!(e)))));
+      const handlers = [this.onRx, this.onTx, this.onOther];
+      this.interrupts.vectors.forEach((v, i) => this.subscriptions.push(v.events.subscribe((e) => this.guard(handlers[i]!, e))));
       r.write4(REG.IMS, INT.RXQ0 | INT.TXQ0 | INT.OTHER | OTHER_CAUSES);
       return;
     }
     this.interrupts = this.bus.establishInterrupts({ type: mode });
     r.write4(REG.IVAR, 0);
     r.write4(REG.ITR, interval);
-    this.subscriptions.push(this.interrupts.vectors[0]!.events.subscribe((e) => this.guard(() => this.onShared(e))));
+    this.subscriptions.push(this.interrupts.vectors[0]!.events.subscribe((e) => this.guard(this.onShared, e)));
     r.write4(REG.IMS, SINGLE_CAUSES);
   }
 
@@ -156,12 +152,13 @@ export class E1000e implements PortBinding {
     throw e;
   };
 
-  private guard(handler: () => void): void {
+  /** Runs an interrupt handler (a method, called on this: no closure per interrupt). */
+  private guard(handler: (this: E1000e, e: InterruptEvent) => void, e: InterruptEvent): void {
     if (this.stopped) return;
     try {
-      handler();
-    } catch (e) {
-      this.onFault(e);
+      handler.call(this, e);
+    } catch (error) {
+      this.onFault(error);
     }
   }
 

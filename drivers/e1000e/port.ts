@@ -10,8 +10,9 @@
  *   let sent = port.send(batch);                 // may take fewer: the ring is full
  *   while (sent < batch.length) { await port.writable(); sent += port.send(batch, sent); }
  */
-import { BehaviorSubject, Subject, type Observable } from 'rxjs';
+import { BehaviorSubject, type Observable } from 'rxjs';
 import { UpciError } from '../../kernel/errors.js';
+import { Fanout } from '../../pci/fanout.js';
 import type { InterruptType } from '../../pci/intr.js';
 import { emptyHardwareCounters, type HardwareCounters, type LinkState, type Mac } from './mac.js';
 import { MAX_FRAME } from './registers.js';
@@ -74,7 +75,8 @@ const LINK_UNKNOWN: LinkState = { up: false, speedMbps: undefined, fullDuplex: f
 export class NetPort {
   private binding: PortBinding | undefined;
   private linkUp = false;
-  private readonly frameSubject = new Subject<RxFrame>();
+  /** Not a Subject: its next() allocates, and this runs per frame. */
+  private readonly frameFanout = new Fanout<RxFrame>();
   private readonly linkSubject = new BehaviorSubject<LinkState>(LINK_UNKNOWN);
   private readonly infoSubject = new BehaviorSubject<PortInfo | undefined>(undefined);
   private waiters: (() => void)[] = [];
@@ -85,7 +87,7 @@ export class NetPort {
   multicast: readonly Mac[] = [];
 
   /** Received frames, each a view of its receive buffer: call release() once done with it. One consumer: the first release() hands the buffer back to the device. */
-  readonly frames: Observable<RxFrame> = this.frameSubject.asObservable();
+  readonly frames: Observable<RxFrame> = this.frameFanout.observable;
   /** The link state now, then at each change (the device's link-change interrupt, or polling in polled mode). */
   readonly link: Observable<LinkState> = this.linkSubject.asObservable();
   /** The attached incarnation (undefined while none is: before attach, during a restart, after stop). */
@@ -176,8 +178,8 @@ export class NetPort {
 
   /** @internal */
   deliver(frame: RxFrame): void {
-    if (this.frameSubject.observed) {
-      this.frameSubject.next(frame);
+    if (this.frameFanout.observed) {
+      this.frameFanout.emit(frame);
     } else {
       this.counters.rx.unconsumed++;
       frame.release();

@@ -22,7 +22,8 @@ import { defaultKernelPort } from '../../pci/kernel-port.js';
 import { defaultDevices, guestAddress, hubPort } from '../../vm/bench.js';
 import { monitorAvailable, monitorCommand } from '../../vm/monitor.js';
 import { buildFrame, checkFrame, macBytes, SequenceCheck } from '../../vm/net/frames.js';
-import { KernelPeer } from '../../vm/net/kernel-peer.js';
+import { KernelPeer, type ReceiveResult } from '../../vm/net/kernel-peer.js';
+import { findLosslessRate, type ProbeResult, type RateSearch } from '../../vm/net/rate-search.js';
 import { sysfsBusMaster } from './devices.js';
 import { recordingPort, resetsAndCloses, type PortRecord } from '../support/recording-port.js';
 
@@ -32,6 +33,9 @@ const KERNEL = nics.find((d) => d.bind === 'e1000e')!;
 const UPCI_ADDRESS = guestAddress(UPCI);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Frames per second of the kernel's sender where a test needs traffic, not a rate (about what the old per-frame sleep gave). */
+const PACE = 1000;
 
 async function until(what: string, done: () => boolean, ms = 30_000): Promise<void> {
   const deadline = Date.now() + ms;
@@ -107,14 +111,33 @@ async function sendSequence(port: NetPort, dst: string, count: number, length: (
   }
 }
 
-/** Collects the test frames the port receives (releasing each), until stop(). */
-function collect(port: NetPort, count: number): { check: SequenceCheck; stop(): void } {
+/** Collects the test frames the port receives (releasing each), until stop(); `first` and `last` are when the first and the latest came. */
+function collect(port: NetPort, count: number): { check: SequenceCheck; readonly first: number; readonly last: number; stop(): void } {
   const check = new SequenceCheck(count);
+  let first = 0;
+  let last = 0;
   const sub = port.frames.subscribe((f: RxFrame) => {
+    last = performance.now();
+    if (check.frames === 0) first = last;
     check.add(checkFrame(f.bytes, f.length));
     f.release();
   });
-  return { check, stop: () => sub.unsubscribe() };
+  return { check, get first() { return first; }, get last() { return last; }, stop: () => sub.unsubscribe() };
+}
+
+/** Until `count` frames came, or none for `idleMs` (frames were lost): bounded either way. */
+async function settled(c: ReturnType<typeof collect>, count: number, idleMs: number): Promise<void> {
+  let seen = -1;
+  let progressAt = performance.now();
+  while (c.check.received < count) {
+    if (c.check.frames !== seen) {
+      seen = c.check.frames;
+      progressAt = performance.now();
+    } else if (performance.now() - progressAt > idleMs) {
+      return;
+    }
+    await sleep(5);
+  }
 }
 
 const LENGTHS = 1514 - 60 + 1;
@@ -144,7 +167,7 @@ test.serial(`every frame length 60..1514 upci → kernel: each once, intact, in 
 test.serial(`every frame length 60..1514 kernel → upci: each once, intact, in order`, async (t) => {
   const c = collect(driver.port, LENGTHS);
   try {
-    const sent = await peer.send(driver.port.attached!.mac, LENGTHS, 60, 1514, 50_000);
+    const sent = await peer.send(driver.port.attached!.mac, LENGTHS, 60, 1514, PACE);
     await until('all frames', () => c.check.received >= LENGTHS, 30_000).catch(() => undefined);
     t.log(JSON.stringify(sent), JSON.stringify(c.check));
     t.like(c.check, { received: LENGTHS, bad: 0, duplicates: 0, reordered: 0 });
@@ -154,33 +177,89 @@ test.serial(`every frame length 60..1514 kernel → upci: each once, intact, in 
 });
 
 const HIGH_COUNT = 100_000;
-/** The rates (frames per second, guest clock) at which this bench loses nothing; see BENCHMARKS.md for the ceilings. */
-const TX_PPS = Number(process.env.UPCI_E1000E_TX_PPS ?? 2000);
-const RX_GAP_NS = Number(process.env.UPCI_E1000E_RX_GAP_NS ?? 300_000);
+/**
+ * A probe of the rate search: a second of frames, at least 5,000. A probe
+ * that fits in the 4096-entry receive ring proves nothing about a rate the
+ * receiver cannot sustain (the first run of this test found 52,000/s with
+ * 5,000-frame probes and its long run, at 80 % of that, reordered a third
+ * of its frames: QEMU queues them when the ring is full and flushes its
+ * queues out of order); a second of frames at 25 % over what the receiver
+ * takes outgrows the ring.
+ */
+const probeCount = (perSecond: number) => Math.max(5000, Math.min(64_000, Math.round(perSecond)));
+/**
+ * The 100,000-frame run goes at 80 % of the highest rate a probe passed at:
+ * a probe lasts about a second, the long run several on a shared host whose
+ * vCPUs stall. When the host slows down meanwhile and the long run is not
+ * lossless, it is the search's last step: the rate halves and the run
+ * repeats, at most twice more, each attempt in the log.
+ */
+const BACK_OFF = 0.8;
+const LONG_RUNS = 3;
 
-test.serial(`${HIGH_COUNT.toLocaleString('en')} frames upci → kernel, none lost`, async (t) => {
-  const rx = peer.receive(HIGH_COUNT, 5000);
+interface Counted { received: number; bad: number; duplicates: number; reordered: number }
+interface PathRun { result: Counted; sent: number; received: number }
+type Path = (count: number, perSecond: number, idleMs: number) => Promise<PathRun>;
+
+/** upci → kernel: `count` frames at `perSecond`, counted by the kernel's AF_PACKET receiver. */
+const upciToKernel: Path = async (count, perSecond, idleMs) => {
+  const rx = peer.receive(count, idleMs);
   await rx.ready;
   const t0 = performance.now();
-  await sendSequence(driver.port, peer.mac, HIGH_COUNT, (seq) => 60 + (seq % 64), TX_PPS);
+  await sendSequence(driver.port, peer.mac, count, (seq) => 60 + (seq % 64), perSecond);
   const seconds = (performance.now() - t0) / 1000;
-  const r = await rx.result;
-  t.log(`${Math.round(HIGH_COUNT / seconds)} frames/s sent`, JSON.stringify(r), JSON.stringify(driver.port.stats().tx));
-  t.like(r, { received: HIGH_COUNT, bad: 0, duplicates: 0, reordered: 0 });
-});
+  const result: ReceiveResult = await rx.result;
+  return { result, sent: count / seconds, received: (result.received - 1) / result.seconds };
+};
 
-test.serial(`${HIGH_COUNT.toLocaleString('en')} frames kernel → upci, none lost`, async (t) => {
-  const c = collect(driver.port, HIGH_COUNT);
+/** kernel → upci: `count` frames at `perSecond` from the kernel's AF_PACKET sender, counted by the port's consumer. */
+const kernelToUpci: Path = async (count, perSecond, idleMs) => {
+  const c = collect(driver.port, count);
   try {
-    const sent = await peer.send(driver.port.attached!.mac, HIGH_COUNT, 60, 123, RX_GAP_NS);
-    await until('all frames', () => c.check.received >= HIGH_COUNT, 30_000).catch(() => undefined);
-    const s = driver.port.stats();
-    t.log(`${Math.round(HIGH_COUNT / sent.seconds)} frames/s sent by the kernel`, JSON.stringify(c.check), JSON.stringify(s.rx), JSON.stringify(s.hardware));
-    t.like(c.check, { received: HIGH_COUNT, bad: 0, duplicates: 0, reordered: 0 });
+    const sent = await peer.send(driver.port.attached!.mac, count, 60, 123, perSecond);
+    await settled(c, count, idleMs);
+    return { result: c.check, sent: count / sent.seconds, received: (c.check.received - 1) / ((c.last - c.first) / 1000) };
   } finally {
     c.stop();
   }
-});
+};
+
+const isLossless = ({ received, bad, duplicates, reordered }: Counted, count: number) => received === count && bad === 0 && duplicates === 0 && reordered === 0;
+
+async function probe(path: Path, perSecond: number): Promise<ProbeResult> {
+  const count = probeCount(perSecond);
+  const run = await path(count, perSecond, 1000);
+  const { received, bad, duplicates, reordered } = run.result;
+  return { lossless: isLossless(run.result, count), sent: run.sent, received: run.received, detail: JSON.stringify({ count, received, bad, duplicates, reordered }) };
+}
+
+const fps = (n: number) => `${Math.round(n).toLocaleString('en')}/s`;
+
+function logSearch(t: ExecutionContext, s: RateSearch): void {
+  for (const p of s.probes) t.log(`probe ${fps(p.asked)}: ${p.passed ? 'pass' : 'FAIL'}, sent ${fps(p.result.sent)}, received ${fps(p.result.received)}, ${p.result.detail}`);
+  t.log(`highest lossless probe rate ${fps(s.rate)} (asked ${fps(s.best.asked)}; limit: ${s.limit})`);
+}
+
+for (const [direction, path] of [['upci → kernel', upciToKernel], ['kernel → upci', kernelToUpci]] as const) {
+  test.serial(`${HIGH_COUNT.toLocaleString('en')} frames ${direction} at ${BACK_OFF * 100} % of the highest rate a probe passed at (halved if the host slowed): each once, intact, in order`, async (t) => {
+    const search = await findLosslessRate((perSecond) => probe(path, perSecond));
+    logSearch(t, search);
+    let asked = BACK_OFF * search.rate;
+    for (let attempt = 1; ; attempt++) {
+      const run = await path(HIGH_COUNT, asked, 5000);
+      const s = driver.port.stats();
+      const lossless = isLossless(run.result, HIGH_COUNT);
+      t.log(`${HIGH_COUNT.toLocaleString('en')} frames asked ${fps(asked)}: sent ${fps(run.sent)}, received ${fps(run.received)}, ${lossless ? 'lossless' : 'NOT lossless'}`,
+        JSON.stringify(run.result), JSON.stringify(s.tx), JSON.stringify(s.rx), JSON.stringify(s.hardware));
+      if (lossless || attempt === LONG_RUNS) {
+        // The rate it carried is what the sender achieved (logged), which a stalled host may keep below the rate asked.
+        t.like(run.result, { received: HIGH_COUNT, bad: 0, duplicates: 0, reordered: 0 });
+        return;
+      }
+      asked /= 2;
+    }
+  });
+}
 
 /** Interrupts per MSI-X vector of the upci NIC, as the kernel counts them in /proc/interrupts. */
 function procInterrupts(): number[] {
@@ -226,7 +305,7 @@ test.serial('MSI-X: receive, transmit and link events each on their own vector, 
   let before = port.stats();
   let procBefore = procInterrupts();
   const c = collect(port, 300);
-  await peer.send(port.attached!.mac, 300, 60, 60, 100_000);
+  await peer.send(port.attached!.mac, 300, 60, 60, PACE);
   await until('300 frames', () => c.check.received >= 300, 20_000);
   c.stop();
   await sleep(200);
@@ -300,7 +379,7 @@ for (const interrupt of ['msi', 'intx', 'poll'] as const) {
       await sendSequence(d.port, peer.mac, 2000, (s) => 60 + (s % 1455));
       t.like(await rx.result, { received: 2000, bad: 0, duplicates: 0, reordered: 0 });
       const c = collect(d.port, 2000);
-      await peer.send(d.port.attached!.mac, 2000, 60, 1514, RX_GAP_NS);
+      await peer.send(d.port.attached!.mac, 2000, 60, 1514, PACE);
       await until('2,000 frames', () => c.check.received >= 2000, 30_000).catch(() => undefined);
       c.stop();
       t.like(c.check, { received: 2000, bad: 0, duplicates: 0, reordered: 0 });
@@ -321,7 +400,7 @@ test.serial('fault injection: the driver throws mid-traffic; after the supervise
     // upci → kernel throughout; the kernel → upci flow trips the fault.
     const c = collect(port, 1300);
     const sending = sendSequence(port, peer.mac, total, () => 64, 2000);
-    const trip = await peer.send(mac, 1000, 60, 60, RX_GAP_NS);
+    const trip = await peer.send(mac, 1000, 60, 60, PACE);
     await sending;
     const r = await rx.result;
     await until('the restarted incarnation', () => port.attached?.incarnation === 1, 20_000);
@@ -335,7 +414,7 @@ test.serial('fault injection: the driver throws mid-traffic; after the supervise
     // The restarted incarnation receives.
     c.stop();
     const after = collect(port, 300);
-    await peer.send(mac, 300, 60, 60, RX_GAP_NS);
+    await peer.send(mac, 300, 60, 60, PACE);
     await until('300 frames after the restart', () => after.check.received >= 300, 20_000).catch(() => undefined);
     after.stop();
     t.like(after.check, { received: 300, bad: 0, duplicates: 0, reordered: 0 });
@@ -347,14 +426,14 @@ test.serial('fault injection: the driver throws mid-traffic; after the supervise
 test.serial('TAP export: ping -6 to the kernel NIC\'s link-local address answers; 50 MB over TCP on link-local IPv6 arrive intact', async (t) => {
   const d = await startDriver({ rxRing: 4096, rxBuffers: 8192 });
   const pre = collect(d.port, 100);
-  await peer.send(d.port.attached!.mac, 100, 60, 60, RX_GAP_NS);
+  await peer.send(d.port.attached!.mac, 100, 60, 60, PACE);
   await until('100 frames before the TAP', () => pre.check.received >= 100, 10_000).catch(() => undefined);
   pre.stop();
   t.log('before the TAP', JSON.stringify(pre.check));
   // A second unicast address (receive address entry 1) is accepted too.
   const extra = collect(d.port, 20);
   d.port.addUnicast([0x02, 0x00, 0x00, 0x00, 0x00, 0x2a]);
-  await peer.send('02:00:00:00:00:2a', 20, 60, 60, RX_GAP_NS);
+  await peer.send('02:00:00:00:00:2a', 20, 60, 60, PACE);
   await until('20 frames to the extra address', () => extra.check.received >= 20, 10_000).catch(() => undefined);
   extra.stop();
   d.port.removeUnicast([0x02, 0x00, 0x00, 0x00, 0x00, 0x2a]);

@@ -50,7 +50,8 @@ export async function runBenchmarkInVm(options: BenchmarkOptions): Promise<numbe
 /**
  * A benchmark script's entry point. With `--guest <reference binary>` it is
  * inside the bench and measures; otherwise it boots the bench to run itself
- * there. `--quick` is passed through; `--cpus N` sets the guest's vCPUs.
+ * there. `--cpus N` sets the guest's vCPUs; every other argument (`--quick`,
+ * a benchmark's own flags) is passed through.
  */
 export async function benchmarkMain(
   options: Omit<BenchmarkOptions, 'args'>,
@@ -62,7 +63,7 @@ export async function benchmarkMain(
   const c = args.indexOf('--cpus');
   process.exitCode = g >= 0
     ? await measure(args[g + 1]!, quick)
-    : await runBenchmarkInVm({ ...options, ...(c >= 0 ? { cpus: Number(args[c + 1]) } : {}), args: quick ? ['--quick'] : [] });
+    : await runBenchmarkInVm({ ...options, ...(c >= 0 ? { cpus: Number(args[c + 1]) } : {}), args: c >= 0 ? [...args.slice(0, c), ...args.slice(c + 2)] : args });
 }
 
 /** Median and 99th percentile of samples, in their unit. */

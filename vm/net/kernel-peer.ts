@@ -85,9 +85,9 @@ export class KernelPeer {
     return spawn('nsenter', this.nsArgs(argv), { stdio: ['ignore', 'pipe', 'pipe'] });
   }
 
-  /** Sends `count` test frames to `dst`, lengths cycling minLength..maxLength, `gapNs` apart. */
-  async send(dst: string, count: number, minLength: number, maxLength: number, gapNs = 0): Promise<SendResult> {
-    const out = await this.run(this.peer, 'send', this.ifname, dst, String(count), String(minLength), String(maxLength), String(gapNs));
+  /** Sends `count` test frames to `dst`, lengths cycling minLength..maxLength, `perSecond` on average (0: as fast as it goes). */
+  async send(dst: string, count: number, minLength: number, maxLength: number, perSecond = 0): Promise<SendResult> {
+    const out = await this.run(this.peer, 'send', this.ifname, dst, String(count), String(minLength), String(maxLength), String(perSecond));
     return JSON.parse(out) as SendResult;
   }
 

@@ -7,8 +7,9 @@
  *   14 sequence (be32), 18 length of the whole frame (be16),
  *   20 CRC-32 of bytes 24..length (be32), 24.. bytes (seq * 7 + i) & 0xff
  *
- *   peer send IFACE DSTMAC COUNT MINLEN MAXLEN GAP_NS
- *       lengths cycle MINLEN..MAXLEN; GAP_NS between frames (0: as fast as send() goes)
+ *   peer send IFACE DSTMAC COUNT MINLEN MAXLEN RATE
+ *       lengths cycle MINLEN..MAXLEN; RATE frames per second on average (0: as
+ *       fast as send() goes): frame i is due i / RATE seconds after the first
  *   peer recv IFACE COUNT IDLE_MS
  *       until COUNT frames or IDLE_MS without one; prints "ready" once bound
  *   peer ring IFACE
@@ -37,6 +38,13 @@
 #define ETHERTYPE_TEST 0x88b5
 #define HEADER 24
 #define MAX_FRAME 1514
+/*
+ * A paced sender sleeps only when it is this early. Under TCG one
+ * clock_nanosleep costs about a millisecond, so a sleep per frame would cap
+ * any rate near 800 per second; frames that fall behind go back to back
+ * until the sender is on time again.
+ */
+#define MIN_SLEEP 200e-6
 
 static uint32_t crc_table[256];
 
@@ -141,29 +149,26 @@ build(uint8_t *f, const uint8_t dst[6], const uint8_t src[6], uint32_t seq, size
 }
 
 static int
-do_send(const char *ifname, const char *dsts, long count, long minlen, long maxlen, long gap_ns)
+do_send(const char *ifname, const char *dsts, long count, long minlen, long maxlen, double rate)
 {
 	struct sockaddr_ll sll;
 	uint8_t src[6], dst[6], frame[MAX_FRAME];
-	if (parse_mac(dsts, dst) < 0 || minlen < 60 || maxlen > MAX_FRAME || minlen > maxlen) {
+	if (parse_mac(dsts, dst) < 0 || minlen < 60 || maxlen > MAX_FRAME || minlen > maxlen || !(rate >= 0)) {
 		fprintf(stderr, "peer send: bad arguments\n");
 		return 2;
 	}
 	int fd = open_socket(ifname, &sll, src);
 	memcpy(sll.sll_addr, dst, 6);
 	long span = maxlen - minlen + 1, retries = 0;
-	double t0 = now(), c0 = cpu_seconds(), next = t0;
+	double t0 = now(), c0 = cpu_seconds();
 	for (long seq = 0; seq < count; seq++) {
 		size_t len = build(frame, dst, src, (uint32_t)seq, (size_t)(minlen + seq % span));
-		if (gap_ns > 0) {
-			next += gap_ns / 1e9;
-			/* Sleep for long gaps: a spinning sender would take the vCPU the receiver runs on. */
-			if (gap_ns >= 20000) {
-				struct timespec ts = { .tv_sec = (time_t)next, .tv_nsec = (long)((next - (time_t)next) * 1e9) };
+		if (rate > 0) {
+			/* Sleeping, not spinning: a spinning sender would take the vCPU the receiver runs on. */
+			double due = t0 + seq / rate;
+			if (due - now() >= MIN_SLEEP) {
+				struct timespec ts = { .tv_sec = (time_t)due, .tv_nsec = (long)((due - (time_t)due) * 1e9) };
 				while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
-					;
-			} else {
-				while (now() < next)
 					;
 			}
 		}
@@ -272,11 +277,11 @@ main(int argc, char **argv)
 	crc_init();
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	if (argc == 8 && strcmp(argv[1], "send") == 0)
-		return do_send(argv[2], argv[3], atol(argv[4]), atol(argv[5]), atol(argv[6]), atol(argv[7]));
+		return do_send(argv[2], argv[3], atol(argv[4]), atol(argv[5]), atol(argv[6]), atof(argv[7]));
 	if (argc == 5 && strcmp(argv[1], "recv") == 0)
 		return do_recv(argv[2], atol(argv[3]), atol(argv[4]));
 	if (argc == 3 && strcmp(argv[1], "ring") == 0)
 		return do_ring(argv[2]);
-	fprintf(stderr, "usage: peer send IFACE DSTMAC COUNT MINLEN MAXLEN GAP_NS | peer recv IFACE COUNT IDLE_MS | peer ring IFACE\n");
+	fprintf(stderr, "usage: peer send IFACE DSTMAC COUNT MINLEN MAXLEN RATE | peer recv IFACE COUNT IDLE_MS | peer ring IFACE\n");
 	return 2;
 }
