@@ -17,21 +17,6 @@
       ]
     },
     {
-      "target_name": "upci_waker",
-      "sources": [
-        "workers/native/main_thread_waker.cc"
-      ],
-      "include_dirs": [
-        "kernel/native"
-      ],
-      "cflags_cc": [
-        "-std=c++20",
-        "-Wall",
-        "-Wextra",
-        "-Werror"
-      ]
-    },
-    {
       "target_name": "upci_irq",
       "sources": [
         "workers/native/interrupt_watcher.cc"

@@ -1,5 +1,5 @@
 // SharedArrayBuffers over mmap(2), one of upci's two addons (the other is
-// workers/native/main_thread_waker.cc).
+// workers/native/interrupt_watcher.cc).
 //
 // koffi can map memory but only hands out plain ArrayBuffers, which
 // postMessage copies; a BAR or a DMA buffer must be the same memory in every

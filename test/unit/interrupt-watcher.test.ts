@@ -54,6 +54,34 @@ function collector(until: (seen: Map<number, number>) => boolean): { seen: Map<n
   };
 }
 
+test.serial('a promise job a listener queues runs before the next listener of the same poll pass (napi_make_callback)', async (t) => {
+  // Both fds are readable before this thread's loop polls again, so one epoll pass returns
+  // both and their callbacks run back to back. napi_make_callback drains promise jobs as each
+  // callback returns; under napi_call_function both listeners would run before either job.
+  const a = libc.eventfd(libc.EFD_NONBLOCK);
+  const b = libc.eventfd(libc.EFD_NONBLOCK);
+  const order: string[] = [];
+  let finish!: () => void;
+  const finished = new Promise<void>((r) => (finish = r));
+  const listener = (name: string) => () => {
+    order.push(name);
+    void Promise.resolve().then(() => {
+      order.push(`${name}'s job`);
+      if (order.length === 4) finish();
+    });
+  };
+  const wa = watchSource(counter(a), listener('a'));
+  const wb = watchSource(counter(b), listener('b'));
+  signal(a);
+  signal(b);
+  await within(5000, finished, `both listeners and their jobs never ran (so far: ${order.join(', ')})`);
+  wa.unwatch();
+  wb.unwatch();
+  const [first, , second] = order;
+  t.not(first, second);
+  t.deepEqual(order, [first, `${first}'s job`, second, `${second}'s job`]);
+});
+
 test.serial('each counter source reaches its own listener, with the kernel count', async (t) => {
   const a = libc.eventfd(libc.EFD_NONBLOCK);
   const b = libc.eventfd(libc.EFD_NONBLOCK);

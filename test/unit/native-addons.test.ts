@@ -33,17 +33,6 @@ test('a SharedArrayBuffer made by a worker that has exited can still be dropped 
   t.is(run.stdout.trim(), 'dropped 4096');
 });
 
-test('a worker that exits with a waker open does not crash the process (the close callback stays loaded)', (t) => {
-  const run = runAfterWorkerExit(
-    `const { createMainThreadWaker, wakeMainThread } = await import(${module('workers/main-thread-waker.js')});
-     wakeMainThread(createMainThreadWaker(() => {}).id);`,
-    `console.log('exited cleanly');`,
-  );
-  t.is(run.signal, null, `the process died of ${run.signal}`);
-  t.is(run.status, 0, run.stderr);
-  t.is(run.stdout.trim(), 'exited cleanly');
-});
-
 test('DMA memory beyond what the machine can give is an UpciError naming the size, with a fix, not a plain mmap Error', async (t) => {
   const { allocShared } = await import('../../shm/mapping.js');
   const size = 2 ** 48; // past the user address space: refused whatever the overcommit policy

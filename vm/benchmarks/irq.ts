@@ -3,59 +3,12 @@
 // an eventfd read (vm/benchmarks/irq-ref.c) and for upci's path (a uv_poll
 // watcher in the handler's own event loop -> RxJS), with the handler in the
 // main thread and in a worker thread, where a driver runs (issue 13).
-// A second table compares the ways a worker can wake the main thread.
 //
 //   npm run bench:irq            (npm run build && node dist/vm/benchmarks/irq.js [--quick] [--cpus N])
 import { execFileSync } from 'node:child_process';
-import net from 'node:net';
 import { Worker } from 'node:worker_threads';
 import { benchmarkMain, eduAddress, percentiles } from './harness.js';
-import type { DeliveryWorkerData } from './delivery-worker.js';
 import { micros, upciRoundTrips } from './irq-round-trips.js';
-import { createMainThreadWaker } from '../../workers/main-thread-waker.js';
-
-
-
-/** Main writes an eventfd, a worker blocked in epoll wakes and tells main: the delivery alone. */
-async function deliveryRoundTrips(mode: DeliveryWorkerData['mode'], rounds: number): Promise<number[]> {
-  const libc = await import('../../kernel/libc.js');
-  const fd = libc.eventfd(libc.EFD_NONBLOCK);
-  const sequence = new SharedArrayBuffer(4);
-  const word = new Int32Array(sequence);
-  const [pipeRead, pipeWrite] = libc.pipe(libc.O_NONBLOCK);
-  // The main thread's own event loop watches the pipe: no V8 task posting on the way.
-  const pipe = new net.Socket({ fd: pipeRead!, readable: true, writable: false });
-  let woken: (() => void) | undefined;
-  const waker = createMainThreadWaker(() => woken?.());
-  const worker = new Worker(new URL('./delivery-worker.js', import.meta.url), { workerData: { fd, mode, sequence, rounds, pipeFd: pipeWrite!, wakerId: waker.id } satisfies DeliveryWorkerData });
-  const one = Buffer.alloc(8);
-  one.writeBigUInt64LE(1n);
-  const samples: number[] = [];
-  try {
-    await new Promise((r) => setTimeout(r, 200)); // let the worker reach its first wait
-    for (let i = 0; i < rounds; i++) {
-      const t0 = process.hrtime.bigint();
-      const seen = Atomics.load(word, 0);
-      const delivered = mode === 'postMessage'
-        ? new Promise((resolve) => worker.once('message', resolve))
-        : mode === 'pipe'
-          ? new Promise((resolve) => pipe.once('data', resolve))
-          : mode === 'waker'
-            ? new Promise<void>((resolve) => { woken = resolve; })
-            : (() => { const w = Atomics.waitAsync(word, 0, seen); return w.async ? w.value : Promise.resolve(); })();
-      libc.writeAll(fd, one, 'write of the benchmark eventfd');
-      await delivered;
-      samples.push(micros(t0));
-    }
-  } finally {
-    await worker.terminate();
-    waker.close();
-    pipe.destroy();
-    libc.close(pipeWrite!);
-    libc.close(fd);
-  }
-  return samples;
-}
 
 /** One round of upci's round trips in the worker thread (irq-worker.ts); the worker's error rejects. */
 function workerRoundTrips(worker: Worker, iterations: number): Promise<number[]> {
@@ -102,10 +55,6 @@ async function guest(refBinary: string, quick: boolean): Promise<number> {
     cThreaded: reference('threaded'),
     upci: () => upciRoundTrips(perRound),
     upciWorker: () => workerRoundTrips(driverThread, perRound),
-    viaMessage: () => deliveryRoundTrips('postMessage', perRound),
-    viaAtomics: () => deliveryRoundTrips('atomics', perRound),
-    viaPipe: () => deliveryRoundTrips('pipe', perRound),
-    viaWaker: () => deliveryRoundTrips('waker', perRound),
     syscall: () => syscallCost(perRound),
   };
   type Path = keyof typeof paths;
@@ -117,7 +66,7 @@ async function guest(refBinary: string, quick: boolean): Promise<number> {
     for (const [name, run] of Object.entries(paths) as [Path, () => Promise<number[]>][]) pooled[name].push(...await run());
   }
   await driverThread.terminate();
-  const { c, cThreaded, upci, upciWorker, viaMessage, viaAtomics, viaPipe, viaWaker, syscall } =
+  const { c, cThreaded, upci, upciWorker, syscall } =
     Object.fromEntries(Object.entries(pooled).map(([k, v]) => [k, percentiles(v)])) as Record<Path, { median: number; p99: number }>;
   const f = (n: number) => n.toFixed(1);
   process.stdout.write([
@@ -133,15 +82,6 @@ async function guest(refBinary: string, quick: boolean): Promise<number> {
     `| ratio (c) / (a) | ${(upciWorker.median / c.median).toFixed(2)} | ${(upciWorker.p99 / c.p99).toFixed(2)} |`,
     `| ratio (c) / (a') | ${(upciWorker.median / cThreaded.median).toFixed(2)} | ${(upciWorker.p99 / cThreaded.p99).toFixed(2)} |`,
     `| (c) p99 / its median | | ${(upciWorker.p99 / upciWorker.median).toFixed(2)} |`,
-    '',
-    'Worker → main thread wake-up alone (eventfd written by main, worker in epoll_wait)',
-    '',
-    '| delivery | median | p99 |',
-    '|---|---:|---:|',
-    `| postMessage | ${f(viaMessage.median)} | ${f(viaMessage.p99)} |`,
-    `| SharedArrayBuffer + Atomics.notify / Atomics.waitAsync | ${f(viaAtomics.median)} | ${f(viaAtomics.p99)} |`,
-    `| pipe read by the main thread's event loop (net.Socket) | ${f(viaPipe.median)} | ${f(viaPipe.p99)} |`,
-    `| main-thread waker: uv_async_send → the loop's async handle → callback (upci) | ${f(viaWaker.median)} | ${f(viaWaker.p99)} |`,
     '',
     `One system call through koffi (read(2) of an empty eventfd): median ${f(syscall.median)} µs, p99 ${f(syscall.p99)} µs.`,
     '',
