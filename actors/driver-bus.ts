@@ -12,7 +12,7 @@ import type { ConfigHeader } from '../pci/config.js';
 import type { Bar, PciDevice } from '../pci/device.js';
 import { Interrupts, type InterruptEvent, type InterruptOptions, type InterruptType, type InterruptVector } from '../pci/intr.js';
 import type { BlockDevice } from '../drivers/block.js';
-import { runEvery } from '../pci/teardown.js';
+import { quiesce } from '../pci/teardown.js';
 
 /** What a DriverBus reports as the driver uses it: DeviceMeter in the driver's thread, or the shared ledger of its worker. */
 export interface BusMeter {
@@ -169,19 +169,19 @@ export class AttachedBus implements DriverBus {
     const dma = this.busDma;
     if (this.hooks.meter.dma === dma) this.hooks.meter.dma = undefined;
     const open = this.device.isOpen;
-    runEvery(`quiescing ${this.address}`, [
-      // The driver's own hooks first (fail in-flight requests, withdraw block devices), newest first.
-      ...this.releaseHooks.reverse(),
-      // Until here the driver may still note (e.g. its final counts); from here on the bus is the host's.
-      () => void (this.released = true),
-      ...(open ? [() => this.device.disableBusMaster()] : []),
-      ...this.interrupts.map((irq) => () => {
+    quiesce(`quiescing ${this.address}`, {
+      ...(open ? { busMaster: () => this.device.disableBusMaster() } : {}),
+      interrupts: this.interrupts.map((irq) => () => {
         irq.release();
         if (this.hooks.meter.irqKind === irq.type) this.hooks.meter.irqKind = undefined;
       }),
-      ...(open && dma !== undefined ? [() => dma.releaseMappings()] : []),
-      ...(open ? [...this.spaces].map((space) => () => this.device.unmapBar(space)) : []),
-    ]);
+      dma: open && dma !== undefined ? [() => dma.releaseMappings()] : [],
+      bars: open ? [...this.spaces].map((space) => () => this.device.unmapBar(space)) : [],
+    }, {
+      // The driver's own hooks first (fail in-flight requests, withdraw block devices), newest first;
+      // until they have run the driver may still note (e.g. its final counts), then the bus is the host's.
+      first: [...this.releaseHooks.reverse(), () => void (this.released = true)],
+    });
   }
 }
 

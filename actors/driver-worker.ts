@@ -18,7 +18,7 @@ import { Worker } from 'node:worker_threads';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../pci/config.js';
 import type { PciDevice } from '../pci/device.js';
 import type { InterruptType } from '../pci/intr.js';
-import { runEvery } from '../pci/teardown.js';
+import { quiesce } from '../pci/teardown.js';
 import { closeFd } from '../workers/event-queue.js';
 import type { Supervision } from './config.js';
 import { DriverLedger } from './driver-ledger.js';
@@ -232,15 +232,15 @@ export class DriverThread implements ThreadView {
     const kind = this.ledger.irqKind;
     let failure: unknown;
     try {
-      runEvery(`taking ${device.address} back from its driver thread`, [
-        () => device.disableBusMaster(),
-        ...(kind === undefined ? [] : [() => {
+      quiesce(`taking ${device.address} back from its driver thread`, {
+        busMaster: () => device.disableBusMaster(),
+        interrupts: kind === undefined ? [] : [() => {
           device.kernel.disableIrqs(kind);
           this.ledger.irqKind = undefined;
-        }]),
-        () => device.kernel.dma.unmapAll(),
-        () => device.revokeShared(),
-      ]);
+        }],
+        dma: [() => device.kernel.dma.unmapAll()],
+        bars: [() => device.revokeShared()],
+      });
     } catch (e) {
       failure = e;
     }

@@ -96,7 +96,7 @@ export class BusDma implements DriverDma {
       loads: new Set<Holding>(),
       memories: new Set<Holding>(),
     };
-    device.onRelease(() => this.releaseAll());
+    device.onRelease(() => this.releaseAll(), 'dma');
   }
 
   /** The one BusDma of a device; registers its teardown with the device. */

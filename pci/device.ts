@@ -13,7 +13,7 @@ import {
   type BarDecoding, type Capability, type ConfigHeader, type ConfigReader, type MsiCapability, type MsixCapability, type Width,
 } from './config.js';
 import { defaultKernelPort } from './kernel-port.js';
-import { runEvery } from './teardown.js';
+import { quiesce } from './teardown.js';
 
 const CONFIG_REGION = 7;
 
@@ -94,7 +94,7 @@ export interface SharedDevice {
 export class PciDevice {
   readonly config: ConfigSpace;
   private readonly spaces = new Set<BusSpace>();
-  private releaseHooks: (() => void)[] = [];
+  private releaseHooks: { interrupts: (() => void)[]; dma: (() => void)[] } = { interrupts: [], dma: [] };
   private closed = false;
 
   /** Functions open in this process, per kernel port: two owners of one function in a process is a bug, refused. */
@@ -254,13 +254,13 @@ export class PciDevice {
 
   /**
    * Registers teardown for a resource built on this device (interrupt
-   * vectors, DMA mappings). Hooks run at close, newest first, after bus
-   * mastering is off and before the kernel handle closes, so the device can
-   * no longer touch what they free.
+   * vectors, DMA mappings). Hooks run at close in quiesce()'s order (each
+   * kind newest first), after bus mastering is off and before the kernel
+   * handle closes, so the device can no longer touch what they free.
    */
-  onRelease(hook: () => void): void {
+  onRelease(hook: () => void, kind: 'interrupts' | 'dma'): void {
     this.live();
-    this.releaseHooks.push(hook);
+    this.releaseHooks[kind].push(hook);
   }
 
   get isOpen(): boolean {
@@ -280,19 +280,18 @@ export class PciDevice {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    const hooks = this.releaseHooks.reverse();
-    this.releaseHooks = [];
-    runEvery(`closing ${this.address}`, [
-      () => this.config.update(2, PCI_COMMAND, PCI_COMMAND_MASTER, 0),
-      ...hooks,
-      () => {
+    const { interrupts, dma } = this.releaseHooks;
+    this.releaseHooks = { interrupts: [], dma: [] };
+    quiesce(`closing ${this.address}`, {
+      busMaster: () => this.config.update(2, PCI_COMMAND, PCI_COMMAND_MASTER, 0),
+      interrupts: interrupts.reverse(),
+      dma: dma.reverse(),
+      bars: [() => {
         for (const space of this.spaces) space.release();
         this.spaces.clear();
         this.revokeShared();
-      },
-      () => this.file.close(),
-      this.unclaim,
-    ]);
+      }],
+    }, { last: [() => this.file.close(), this.unclaim] });
   }
 }
 

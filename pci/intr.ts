@@ -254,7 +254,7 @@ export class Interrupts {
       );
     }
     const interrupts = new Interrupts(file, type, count);
-    device.onRelease(() => interrupts.release());
+    device.onRelease(() => interrupts.release(), 'interrupts');
     return interrupts;
   }
 
