@@ -13,6 +13,8 @@ import type { Bar, PciDevice } from '../pci/device.js';
 import { Interrupts, type InterruptEvent, type InterruptOptions, type InterruptType, type InterruptVector } from '../pci/intr.js';
 import type { BlockDevice } from '../drivers/block.js';
 import { quiesce } from '../pci/teardown.js';
+import { blockService } from './block-service.js';
+import type { ServiceAccess } from './service.js';
 
 /** What a DriverBus reports as the driver uses it: DeviceMeter in the driver's thread, or the shared ledger of its worker. */
 export interface BusMeter {
@@ -26,8 +28,8 @@ export interface BusMeter {
 export interface BusHooks {
   readonly name: string;
   readonly watchdogMs: number;
-  /** Publishes a block device; the returned function withdraws it. */
-  onProvide(device: BlockDevice): () => void;
+  /** The services of the thread the driver runs in (actors/service.ts). */
+  readonly services: ServiceAccess;
   readonly meter: BusMeter;
   /** An INTx event was not acked within watchdogMs: the driver is hung with the line masked. */
   onStall(vector: number, waitedMs: number): void;
@@ -101,7 +103,12 @@ export class AttachedBus implements DriverBus {
 
   provideBlockDevice(device: BlockDevice): void {
     this.live();
-    this.releaseHooks.push(this.hooks.onProvide(device));
+    this.releaseHooks.push(this.hooks.services.provide(blockService, device.name, device));
+  }
+
+  blockDevice(name: string, timeoutMs = 30_000): Promise<BlockDevice> {
+    this.live();
+    return this.hooks.services.consume(blockService, name, timeoutMs);
   }
 
   header(): ConfigHeader {

@@ -25,6 +25,8 @@ import { deviceMachineFor, stateName, type DeviceActorInput, type DeviceStateNam
 import type { HostEvent } from './events.js';
 import { DeviceMeter, type ThreadStats } from './meter.js';
 import { moduleFileOf } from './driver-source.js';
+import { blockService } from './block-service.js';
+import { ServiceRegistry } from './service-registry.js';
 
 export interface HostOptions {
   readonly registry?: DriverRegistry;
@@ -78,6 +80,8 @@ const hostMachine = setup({
 
 export class DriverHost {
   private readonly subject = new Subject<HostEvent>();
+  /** Who provides which service (block devices...), and every export of one to a consumer thread. */
+  readonly services = new ServiceRegistry();
   /** Everything the host reports; subscribe before start() to see every transition. */
   readonly events: Observable<HostEvent> = this.subject.asObservable();
   private readonly actor: Actor<typeof hostMachine>;
@@ -116,7 +120,7 @@ export class DriverHost {
           onThread: (incarnation, threadId) => this.emit({ type: 'thread', at: Date.now(), address, incarnation, threadId }),
           ...(options.inspect === undefined ? {} : { inspect: options.inspect }),
           name: claim.entry.name,
-          provide: (device) => this.provide(device),
+          services: this.services,
         },
       };
     });
@@ -141,43 +145,17 @@ export class DriverHost {
     this.subject.next(event);
   }
 
-  private readonly blocks = new Map<string, BlockDevice>();
-  private readonly blocksChanged = new Subject<void>();
-
-  private provide(device: BlockDevice): () => void {
-    this.blocks.set(device.name, device);
-    this.blocksChanged.next();
-    return () => {
-      if (this.blocks.get(device.name) === device) this.blocks.delete(device.name);
-    };
-  }
-
-  /** Block devices the drivers provide now, by name. */
-  get blockDevices(): ReadonlyMap<string, BlockDevice> {
-    return this.blocks;
-  }
-
   /**
    * The block device `name` (e.g. "nvme0n1": the config entry's name and
    * the driver's suffix), once its driver provides it: at attach, and again
-   * after each supervised restart (the old object then fails every request).
+   * after each supervised restart (the old object then fails every request
+   * with BlockGoneError). The same object on each call until then. From a
+   * driver in its own thread it is this thread's own export of it (a
+   * BlockProxy over shared-memory rings); from a driver in this thread, the
+   * driver's object itself.
    */
   blockDevice(name: string, timeoutMs = 30_000): Promise<BlockDevice> {
-    const now = this.blocks.get(name);
-    if (now !== undefined) return Promise.resolve(now);
-    return new Promise<BlockDevice>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        sub.unsubscribe();
-        reject(new Error(`no block device ${JSON.stringify(name)} within ${timeoutMs} ms (provided now: ${[...this.blocks.keys()].join(', ') || 'none'})`));
-      }, timeoutMs);
-      const sub = this.blocksChanged.subscribe(() => {
-        const device = this.blocks.get(name);
-        if (device === undefined) return;
-        clearTimeout(timer);
-        sub.unsubscribe();
-        resolve(device);
-      });
-    });
+    return this.services.local.consume(blockService, name, timeoutMs);
   }
 
   get addresses(): PciAddress[] {

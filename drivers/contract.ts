@@ -93,11 +93,25 @@ export interface DriverBus {
   /** Runs when the host takes the device back (detach, failure), before bus mastering goes off: fail what is in flight. */
   onRelease(hook: () => void): void;
   /**
-   * Offers a block device to the host's programs (DriverHost.blockDevice(name))
-   * until the host takes the device back. From a driver in its own thread the
-   * host gets a proxy over shared-memory rings (actors/block-service.ts).
+   * Offers a block device, under its name, to the host's programs
+   * (DriverHost.blockDevice) and to other drivers (blockDevice below), in
+   * any thread, until the host takes this device back. Each consumer thread
+   * gets an export of its own (shared-memory rings, actors/block-service.ts)
+   * when it first asks; the device itself stays in this driver's thread.
    */
   provideBlockDevice(device: BlockDevice): void;
+  /**
+   * Another driver's block device `name` ("nvme0n1"), waiting up to
+   * `timeoutMs` (default 30 s) until it is provided. From another thread
+   * it is a proxy over shared-memory rings between the two driver threads
+   * (per I/O nothing goes through the main thread); from the provider's own
+   * thread, the device itself. The same object again on each call until the
+   * provider's device is taken back (stopped, crashed, hung, reloaded): then
+   * every pending and new request fails with BlockGoneError, and the next
+   * call waits for the restarted provider's device. When this driver's own
+   * device is taken back, the provider stops serving it.
+   */
+  blockDevice(name: string, timeoutMs?: number): Promise<BlockDevice>;
 }
 
 /** What the driver machine is started with. */
@@ -128,8 +142,8 @@ export interface DriverModule<S extends OptionsSchema = OptionsSchema, R = unkno
    * per incarnation, so that a hang or a leak stops only it; 'main' in the
    * host's main thread, for a driver that hands the host objects no ring
    * carries yet (block devices do cross: provideBlockDevice in a driver
-   * thread is served to the main thread through shared-memory rings,
-   * actors/block-service.ts). A hang in a 'main' driver stops the whole host.
+   * thread is served to every other thread through shared-memory rings,
+   * actors/service.ts). A hang in a 'main' driver stops the whole host.
    */
   readonly thread?: 'own' | 'main';
   readonly machine: AnyActorLogic;
