@@ -57,10 +57,7 @@ class Link {
   constructor(
     readonly label: string,
     readonly port: MessagePort,
-    registry: ServiceRegistry,
-  ) {
-    port.on('message', (m: ToRegistry) => registry.onMessage(this, m));
-  }
+  ) {}
 
   post(m: ToThread, transfer?: readonly TransferListItem[]): void {
     if (!this.closed) this.port.postMessage(m, transfer);
@@ -104,14 +101,14 @@ export class ServiceRegistry {
   }
 
   private attach(label: string, port: MessagePort): Link {
-    const link = new Link(label, port, this);
+    const link = new Link(label, port);
+    port.on('message', (m: ToRegistry) => this.onMessage(link, m));
     // A link never keeps the process alive (the thread at its other end does, while it runs); after on('message'), which refs.
     port.unref();
     return link;
   }
 
-  /** @internal A message from a link's thread. */
-  onMessage(link: Link, m: ToRegistry): void {
+  private onMessage(link: Link, m: ToRegistry): void {
     if (link.closed) {
       // A setup from a thread already taken back: nobody will use it.
       if (m.type === 'exported') closePorts(m.transfer);
@@ -163,13 +160,12 @@ export class ServiceRegistry {
   private exported(id: number, setup: unknown, transfer: readonly TransferListItem[]): void {
     const made = this.exports.get(id);
     const want = made?.want;
-    if (made === undefined || want === undefined) {
-      // Its want ended meanwhile (timed out, the consumer or the provision gone): stop it again.
+    if (want === undefined) {
+      // Its want ended meanwhile (timed out, the consumer or the provision gone) and its stop is on its way: nobody uses this setup.
       closePorts(transfer);
-      if (made !== undefined) this.stopExport(id, made);
       return;
     }
-    made.want = undefined;
+    made!.want = undefined;
     this.end(want);
     want.consumer.post({ type: 'granted', want: want.want, export: id, setup, transfer }, transfer);
   }

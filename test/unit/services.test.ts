@@ -53,6 +53,15 @@ function driverThread(t: { teardown(fn: () => unknown): void }, registry: Servic
   return { call, stats: () => call<ServiceThreadStats>({ cmd: 'stats' }), takeBack };
 }
 
+/** A registry, a driver thread providing disk0n1 (every block holding `fill`), and a driver thread to consume it. */
+async function providerAndConsumer(t: { teardown(fn: () => unknown): void }, fill: number, providerLabel = 'provider') {
+  const registry = new ServiceRegistry();
+  const provider = driverThread(t, registry, providerLabel);
+  const consumer = driverThread(t, registry, 'consumer');
+  await provider.call({ cmd: 'provide', name: 'disk0n1', fill });
+  return { registry, provider, consumer };
+}
+
 /** Waits (bounded) until the provider serves `n` exports. */
 async function liveExports(provider: DriverThreadFake, n: number, what: string): Promise<void> {
   let last = -1;
@@ -64,10 +73,7 @@ async function liveExports(provider: DriverThreadFake, n: number, what: string):
 }
 
 test.serial('a driver thread reads and writes another driver thread\'s block device; per I/O neither thread posts a message (the rings go between them)', async (t) => {
-  const registry = new ServiceRegistry();
-  const provider = driverThread(t, registry, 'provider');
-  const consumer = driverThread(t, registry, 'consumer');
-  await provider.call({ cmd: 'provide', name: 'disk0n1', fill: 0x11 });
+  const { registry, provider, consumer } = await providerAndConsumer(t, 0x11);
   t.is(await consumer.call({ cmd: 'read', name: 'disk0n1', lba: 9 }), 0x11, 'the provider\'s disk, as provided');
   await consumer.call({ cmd: 'write', name: 'disk0n1', lba: 5, byte: 0x42, shared: false });
   await consumer.call({ cmd: 'write', name: 'disk0n1', lba: 6, byte: 0x43, shared: true });
@@ -88,10 +94,7 @@ test.serial('a driver thread reads and writes another driver thread\'s block dev
 });
 
 test.serial('the provider\'s take-back fails the consumer\'s pending request with BlockGoneError; the consumer\'s next bus.blockDevice waits for and gets the next incarnation\'s device', async (t) => {
-  const registry = new ServiceRegistry();
-  const first = driverThread(t, registry, 'provider #0');
-  const consumer = driverThread(t, registry, 'consumer');
-  await first.call({ cmd: 'provide', name: 'disk0n1', fill: 0xa0 });
+  const { registry, provider: first, consumer } = await providerAndConsumer(t, 0xa0, 'provider #0');
   await consumer.call({ cmd: 'hang', name: 'disk0n1' });
   await first.takeBack();
   const settled = await consumer.call<{ name: string; message: string }>({ cmd: 'settled' });
@@ -149,10 +152,7 @@ test.serial('a consumer thread\'s take-back stops its export in the provider\'s 
 });
 
 test.serial('a driver thread\'s own take-back (DriverBus.release) withdraws what it provides: consumers\' pending requests fail with BlockGoneError', async (t) => {
-  const registry = new ServiceRegistry();
-  const provider = driverThread(t, registry, 'provider');
-  const consumer = driverThread(t, registry, 'consumer');
-  await provider.call({ cmd: 'provide', name: 'disk0n1', fill: 0 });
+  const { registry, provider, consumer } = await providerAndConsumer(t, 0);
   await consumer.call({ cmd: 'hang', name: 'disk0n1' });
   t.is((await provider.stats()).liveExports, 1);
   await provider.call({ cmd: 'release' });

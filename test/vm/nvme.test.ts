@@ -40,6 +40,8 @@ import { defaultDevices } from '../../vm/bench.js';
 import { bench, iovaSpace, sysfsBusMaster, sysfsConfig } from './devices.js';
 import { recordingPort, resetsAndCloses, type PortRecord } from '../support/recording-port.js';
 import { run, type Run, type RunOptions } from './host-run.js';
+import diskUser, { BLOCKS, DISK, FIRST_LBA, mismatches } from '../fixtures/disk-user-driver.js';
+import { rememberSource } from '../../actors/driver-source.js';
 
 const NVME0 = parsePciAddress(bench.nvme);
 const NVME1 = parsePciAddress(bench.nvme1);
@@ -344,6 +346,31 @@ test.serial('fault injection: the driver throws mid-I/O (INTx); after the superv
   t.is(sha256(await again.read(100_000, 8)), sha256(fresh), 'the queue is usable after the restart');
   const report = await r.host.shutdown();
   t.is(report.devices[0]!.restarts, 1);
+});
+
+test.serial('a driver in its own thread uses the nvme driver\'s namespace (bus.blockDevice): rings between the two driver threads, what it wrote is on the disk for the host too, and its release stops its export', async (t) => {
+  const TESTDEV = parsePciAddress(bench.testdev);
+  // As a config naming the fixture's file would load it: a module a driver thread imports.
+  rememberSource(diskUser, new URL('../fixtures/disk-user-driver.js', import.meta.url).href);
+  const r = run(t, {
+    devices: [
+      { address: NVME0, name: 'svc', driver: 'nvme', options: { ioQueues: 1, queueDepth: 16 } },
+      { address: TESTDEV, name: 'user', driver: 'disk-user' },
+    ],
+  }, { registry: new Map([...builtinDrivers, ['disk-user', diskUser]]) });
+  const used = (e: Run['events']) => e.find((x) => x.type === 'note' && x.address === TESTDEV && x.message.startsWith('disk user:'));
+  await r.until('the disk user\'s note', (e) => used(e) !== undefined, 240_000);
+  const note = used(r.events) as Extract<Run['events'][number], { type: 'note' }>;
+  t.regex(note.message, new RegExp(`^disk user: ${DISK} \\(\\d+ blocks of \\d+\\): wrote and read back ${2 * BLOCKS} blocks at LBA ${FIRST_LBA}, 0 bytes differ$`));
+  const threads = new Map(r.events.flatMap((e) => (e.type === 'thread' ? [[e.address, e.threadId] as const] : [])));
+  t.true(threads.has(NVME0) && threads.has(TESTDEV) && threads.get(NVME0) !== threads.get(TESTDEV), 'each driver in a thread of its own');
+  const ns = await namespace(r, DISK);
+  t.is(mismatches(await ns.read(FIRST_LBA, 2 * BLOCKS), FIRST_LBA, ns.blockSize), 0, 'the host reads, through its own export, what the other driver thread wrote');
+  await r.until('the disk user to finish and be released', (e) => e.some((x) => x.type === 'released' && x.address === TESTDEV && x.outcome.kind === 'finished'));
+  t.is(r.host.services.liveExports, 1, 'only the host\'s own export is left: the disk user\'s stopped at its release');
+  t.false(r.events.some((e) => e.type === 'fault'), 'no driver fault');
+  const report = await r.host.shutdown();
+  t.deepEqual(report.devices.map((d) => d.outcome.kind), ['stopped', 'finished']);
 });
 
 /** The host's notes for `address` so far. */
