@@ -37,6 +37,8 @@ export type ServiceCommand =
 
 export interface ServiceThreadStats {
   readonly liveExports: number;
+  /** MessagePorts this thread listens on (an export's own port among them). */
+  readonly openPorts: number;
   /** Messages posted on any port but the replies to the test. */
   readonly servicePosts: number;
 }
@@ -101,7 +103,10 @@ async function run(c: ServiceCommand): Promise<unknown> {
         return (e as Error).name;
       }
     case 'peek': return disk!.storage[c.lba * 512];
-    case 'stats': return { liveExports: services.liveExports, servicePosts: posted - replies } satisfies ServiceThreadStats;
+    case 'stats': {
+      const openPorts = process.getActiveResourcesInfo().filter((r) => r === 'MessagePort').length;
+      return { liveExports: services.liveExports, openPorts, servicePosts: posted - replies } satisfies ServiceThreadStats;
+    }
   }
 }
 

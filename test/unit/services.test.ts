@@ -131,21 +131,22 @@ test.serial('two consumer threads at once each get an export of their own and se
   t.deepEqual(await Promise.all([b.call({ cmd: 'read', name: 'disk0n1', lba: 29 }), a.call({ cmd: 'read', name: 'disk0n1', lba: 59 })]), [19, 20]);
 });
 
-test.serial('a consumer thread\'s take-back stops its export in the provider\'s thread: over three consumer restarts the provider\'s live exports return to what they were', async (t) => {
+test.serial('a consumer thread\'s take-back stops its export in the provider\'s thread: over three consumer restarts the provider\'s live exports and open ports return to what they were', async (t) => {
   const registry = new ServiceRegistry();
   const provider = driverThread(t, registry, 'provider');
   const steady = driverThread(t, registry, 'steady consumer');
   await provider.call({ cmd: 'provide', name: 'disk0n1', fill: 7 });
   t.is(await steady.call({ cmd: 'read', name: 'disk0n1', lba: 0 }), 7);
-  const baseline = (await provider.stats()).liveExports;
+  const { liveExports: baseline, openPorts } = await provider.stats();
   t.is(baseline, 1);
   for (let incarnation = 0; incarnation < 3; incarnation++) {
     const consumer = driverThread(t, registry, `consumer #${incarnation}`);
     await consumer.call({ cmd: 'write', name: 'disk0n1', lba: incarnation, byte: 0x30 + incarnation, shared: true });
-    t.is((await provider.stats()).liveExports, baseline + 1);
+    t.like(await provider.stats(), { liveExports: baseline + 1, openPorts: openPorts + 1 }, 'one more export, with its port');
     await consumer.takeBack();
     // The stop reaches the provider as a message on its link, not in order with this test's own.
     await liveExports(provider, baseline, `consumer #${incarnation}'s export stopped`);
+    t.is((await provider.stats()).openPorts, openPorts, `consumer #${incarnation}'s export's port closed`);
     t.is(registry.liveExports, baseline);
   }
   t.is(await steady.call({ cmd: 'read', name: 'disk0n1', lba: 2 }), 0x32, 'the other consumer kept its export throughout');
