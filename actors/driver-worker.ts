@@ -4,8 +4,8 @@
  * the BAR mappings; the worker gets them as shared data. This side watches
  * the worker's heartbeat (a counter its event loop advances in shared
  * memory), and can take the device back at any time, whatever the worker is
- * doing: bus mastering off, the enabled vectors off, every DMA mapping of
- * the domain removed, the BAR mappings revoked, and only then the worker
+ * doing: bus mastering off, the enabled vectors off, every DMA mapping in
+ * its DMA window removed, the BAR mappings revoked, and only then the worker
  * terminated and the interrupt fds it held closed.
  *
  * A plain node:worker_threads Worker, not a piscina pool: each incarnation
@@ -16,7 +16,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../pci/config.js';
-import type { PciDevice } from '../pci/device.js';
+import type { PciDevice, SharedDevice } from '../pci/device.js';
 import type { InterruptType } from '../pci/intr.js';
 import { quiesce } from '../pci/teardown.js';
 import { closeFd } from '../workers/event-queue.js';
@@ -104,6 +104,8 @@ export class DriverThread implements ThreadView {
   private lastBeat = -1;
   private readonly mappingsBefore: number | undefined;
   private report: QuiesceReport | undefined;
+  /** The device as the worker took it up, its DMA window among it. */
+  private readonly shared: SharedDevice;
 
   constructor(private readonly spec: ThreadSpec) {
     const { device, supervision } = spec;
@@ -118,6 +120,7 @@ export class DriverThread implements ThreadView {
     this.attached.catch(() => {});
     const shared = device.share();
     if (shared === undefined) throw new Error(`${device.address}: its kernel port cannot share the device with a driver thread`);
+    this.shared = shared;
     const data: DriverThreadData = {
       device: shared,
       source: spec.source,
@@ -238,7 +241,7 @@ export class DriverThread implements ThreadView {
           device.kernel.disableIrqs(kind);
           this.ledger.irqKind = undefined;
         }],
-        dma: [() => device.kernel.dma.unmapAll()],
+        dma: [() => device.unmapSharedDma(this.shared)],
         bars: [() => device.revokeShared()],
       });
     } catch (e) {
@@ -275,6 +278,11 @@ export class DriverThread implements ThreadView {
     await Promise.race([this.ready, sleep(LOAD_TIMEOUT_MS)]);
     await this.worker.terminate();
     await this.exited;
+    try {
+      this.spec.device.endShare(this.shared);
+    } catch (e) {
+      failure ??= e;
+    }
     for (const fd of this.ledger.fds.take()) closeFd(fd);
     if (failure !== undefined) throw failure;
     return report!;
