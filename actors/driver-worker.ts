@@ -195,7 +195,7 @@ export class DriverThread implements ThreadView {
       if (beat !== this.lastBeat) {
         this.lastBeat = beat;
         // The beat came somewhere in the last step: the silence since is at most its age.
-        silentMs = Math.min(this.ledger.heartbeatAgeMs, step);
+        silentMs = Math.min(this.ledger.heartbeatAgeMs ?? step, step);
         const used = this.ledger.heapUsed;
         if (used > HEAP_WATERMARK * heapLimitMb * MiB) {
           clearInterval(this.watchdog);
@@ -206,7 +206,7 @@ export class DriverThread implements ThreadView {
       silentMs += step;
       if (silentMs > watchdogMs) {
         clearInterval(this.watchdog);
-        const ageMs = Math.round(this.ledger.heartbeatAgeMs);
+        const ageMs = Math.round(this.ledger.heartbeatAgeMs ?? silentMs);
         const counted = ageMs > silentMs + heartbeatMs ? ` (${Math.round(silentMs)} ms of it while this process ran)` : '';
         this.spec.onHang(`no heartbeat from the driver thread for ${ageMs} ms${counted} (watchdogMs ${watchdogMs}): it is hung`);
       }
@@ -215,9 +215,10 @@ export class DriverThread implements ThreadView {
   }
 
   stats(): ThreadStats {
+    const age = this.ledger.heartbeatAgeMs;
     return {
       threadId: this.worker.threadId,
-      heartbeatAgeMs: Math.round(this.ledger.heartbeatAgeMs),
+      heartbeatAgeMs: age === undefined ? undefined : Math.round(age),
       heapUsed: this.ledger.heapUsed,
       heapLimit: this.ledger.heapLimit,
     };
