@@ -19,7 +19,7 @@ import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../pci/config.js';
 import type { PciDevice, SharedDevice } from '../pci/device.js';
 import type { InterruptType } from '../pci/intr.js';
 import { quiesce } from '../pci/teardown.js';
-import { closeFd } from '../workers/event-queue.js';
+import { closeFd } from '../kernel/fd-calls.js';
 import type { Supervision } from './config.js';
 import { DriverLedger } from './driver-ledger.js';
 import type { DriverSource } from './driver-source.js';
