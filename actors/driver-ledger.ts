@@ -61,9 +61,14 @@ export class DriverLedger {
     return Atomics.load(this.words, HEARTBEAT);
   }
 
-  /** Milliseconds since the worker's last beat, by the worker's own clock: a main thread that looks late does not make the hang look longer. */
-  get heartbeatAgeMs(): number {
-    return now() - this.numbers[BEAT_AT]!;
+  /**
+   * Milliseconds since the worker's last beat, by the worker's own clock: a
+   * main thread that looks late does not make the hang look longer.
+   * Undefined before the first beat (a thread still loading): it has no age.
+   */
+  get heartbeatAgeMs(): number | undefined {
+    const at = this.numbers[BEAT_AT]!;
+    return at === 0 ? undefined : now() - at;
   }
 
   /** Worker: interrupts delivered to the driver. */

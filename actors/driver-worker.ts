@@ -4,8 +4,8 @@
  * the BAR mappings; the worker gets them as shared data. This side watches
  * the worker's heartbeat (a counter its event loop advances in shared
  * memory), and can take the device back at any time, whatever the worker is
- * doing: bus mastering off, the enabled vectors off, every DMA mapping of
- * the domain removed, the BAR mappings revoked, and only then the worker
+ * doing: bus mastering off, the enabled vectors off, every DMA mapping in
+ * its DMA window removed, the BAR mappings revoked, and only then the worker
  * terminated and the interrupt fds it held closed.
  *
  * A plain node:worker_threads Worker, not a piscina pool: each incarnation
@@ -16,10 +16,10 @@
  */
 import { Worker } from 'node:worker_threads';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../pci/config.js';
-import type { PciDevice } from '../pci/device.js';
+import type { PciDevice, SharedDevice } from '../pci/device.js';
 import type { InterruptType } from '../pci/intr.js';
 import { quiesce } from '../pci/teardown.js';
-import { closeFd } from '../workers/event-queue.js';
+import { closeFd } from '../kernel/fd-calls.js';
 import type { Supervision } from './config.js';
 import { DriverLedger } from './driver-ledger.js';
 import type { DriverSource } from './driver-source.js';
@@ -104,6 +104,8 @@ export class DriverThread implements ThreadView {
   private lastBeat = -1;
   private readonly mappingsBefore: number | undefined;
   private report: QuiesceReport | undefined;
+  /** The device as the worker took it up, its DMA window among it. */
+  private readonly shared: SharedDevice;
 
   constructor(private readonly spec: ThreadSpec) {
     const { device, supervision } = spec;
@@ -118,6 +120,7 @@ export class DriverThread implements ThreadView {
     this.attached.catch(() => {});
     const shared = device.share();
     if (shared === undefined) throw new Error(`${device.address}: its kernel port cannot share the device with a driver thread`);
+    this.shared = shared;
     const data: DriverThreadData = {
       device: shared,
       source: spec.source,
@@ -193,7 +196,7 @@ export class DriverThread implements ThreadView {
       if (beat !== this.lastBeat) {
         this.lastBeat = beat;
         // The beat came somewhere in the last step: the silence since is at most its age.
-        silentMs = Math.min(this.ledger.heartbeatAgeMs, step);
+        silentMs = Math.min(this.ledger.heartbeatAgeMs ?? step, step);
         const used = this.ledger.heapUsed;
         if (used > HEAP_WATERMARK * heapLimitMb * MiB) {
           clearInterval(this.watchdog);
@@ -204,7 +207,7 @@ export class DriverThread implements ThreadView {
       silentMs += step;
       if (silentMs > watchdogMs) {
         clearInterval(this.watchdog);
-        const ageMs = Math.round(this.ledger.heartbeatAgeMs);
+        const ageMs = Math.round(this.ledger.heartbeatAgeMs ?? silentMs);
         const counted = ageMs > silentMs + heartbeatMs ? ` (${Math.round(silentMs)} ms of it while this process ran)` : '';
         this.spec.onHang(`no heartbeat from the driver thread for ${ageMs} ms${counted} (watchdogMs ${watchdogMs}): it is hung`);
       }
@@ -213,9 +216,10 @@ export class DriverThread implements ThreadView {
   }
 
   stats(): ThreadStats {
+    const age = this.ledger.heartbeatAgeMs;
     return {
       threadId: this.worker.threadId,
-      heartbeatAgeMs: Math.round(this.ledger.heartbeatAgeMs),
+      heartbeatAgeMs: age === undefined ? undefined : Math.round(age),
       heapUsed: this.ledger.heapUsed,
       heapLimit: this.ledger.heapLimit,
     };
@@ -239,7 +243,7 @@ export class DriverThread implements ThreadView {
           device.kernel.disableIrqs(kind);
           this.ledger.irqKind = undefined;
         }],
-        dma: [() => device.kernel.dma.unmapAll()],
+        dma: [() => device.unmapSharedDma(this.shared)],
         bars: [() => device.revokeShared()],
       });
     } catch (e) {
@@ -276,6 +280,11 @@ export class DriverThread implements ThreadView {
     await Promise.race([this.ready, sleep(LOAD_TIMEOUT_MS)]);
     await this.worker.terminate();
     await this.exited;
+    try {
+      this.spec.device.endShare(this.shared);
+    } catch (e) {
+      failure ??= e;
+    }
     for (const fd of this.ledger.fds.take()) closeFd(fd);
     if (failure !== undefined) throw failure;
     return report!;

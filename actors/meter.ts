@@ -6,8 +6,8 @@ import type { DriverLedger } from './driver-ledger.js';
 /** The driver thread of an incarnation as the status view shows it. */
 export interface ThreadStats {
   readonly threadId: number;
-  /** Since the main thread last saw the worker's heartbeat move. */
-  readonly heartbeatAgeMs: number;
+  /** Since the worker's last heartbeat; undefined before its first. */
+  readonly heartbeatAgeMs: number | undefined;
   readonly heapUsed: number;
   readonly heapLimit: number;
 }

@@ -26,7 +26,8 @@ function bytes(n: number): string {
 }
 
 function threadLine(t: ThreadStats): string {
-  return `thread=${t.threadId} heartbeat=${t.heartbeatAgeMs}ms heap=${bytes(t.heapUsed)}/${bytes(t.heapLimit)}`;
+  const heartbeat = t.heartbeatAgeMs === undefined ? 'none yet' : `${t.heartbeatAgeMs}ms`;
+  return `thread=${t.threadId} heartbeat=${heartbeat} heap=${bytes(t.heapUsed)}/${bytes(t.heapLimit)}`;
 }
 
 /** The plain line for an event (non-TTY output). */

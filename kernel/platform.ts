@@ -1,7 +1,7 @@
 /**
  * The OS this process runs on, as upci knows it: decided here once, for the
- * kernel port (pci/kernel-port.ts) and the interrupt worker's event queue
- * (workers/event-queue.ts), so the two cannot disagree.
+ * kernel port (pci/kernel-port.ts) and the calls on the fds it hands out
+ * (kernel/fd-calls.ts), so the two cannot disagree.
  */
 import { UpciError } from './errors.js';
 

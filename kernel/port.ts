@@ -100,7 +100,8 @@ export interface DmaMapping {
  *    allocates the memory under the constraints and picks its bus addresses
  *    (through an IOMMU or not); allocate() returns the kernel's pages to
  *    mmap, and map() of process memory is refused.
- * Devices that share an IOMMU group share one domain.
+ * Devices that share an IOMMU group share one domain; a thread that adopts
+ * one of them (KernelPort.adopt) gets a window of it (reserveWindow).
  */
 export interface DmaDomain {
   /** Granule of every mapping (the IOMMU's or bus_dma's page). */
@@ -127,12 +128,38 @@ export interface DmaDomain {
    */
   unmap(mapping: DmaMapping): void;
   /**
-   * Removes every mapping of the domain, whoever made it (any thread of the
-   * process): how the host takes DMA back from a driver thread it cannot
-   * ask. Devices sharing the domain lose theirs too. A kernel that cannot
-   * refuses (UpciError 'KERNEL').
+   * Sets part of the domain's bus address space aside for a domain another
+   * thread adopts (KernelPort.adopt with DeviceHandles.dmaWindow): that
+   * thread maps only inside the window, this one never does, so the two
+   * never hand out the same address, and the window's mappings can be taken
+   * back without touching anyone else's. A kernel that picks the bus
+   * addresses itself refuses (UpciError 'KERNEL').
    */
-  unmapAll(): void;
+  reserveWindow(): DmaWindow;
+}
+
+/** A range of bus addresses; `end` inclusive. */
+export interface BusRange {
+  readonly start: bigint;
+  readonly end: bigint;
+}
+
+/** Bus address space a DmaDomain set aside (DmaDomain.reserveWindow). */
+export interface DmaWindow {
+  /** Plain data, for DeviceHandles.dmaWindow. */
+  readonly ranges: readonly BusRange[];
+  /**
+   * Removes every mapping inside the window, whichever thread made it (how
+   * the host takes DMA back from a driver thread it cannot ask); mappings
+   * outside it stay. Returns the bytes removed.
+   */
+  unmap(): bigint;
+  /**
+   * Unmaps whatever is still mapped inside, then gives the window back to
+   * its domain, whose usual quarantine of released bus addresses it goes
+   * through. Only once no thread can map in it any more; idempotent.
+   */
+  release(): void;
 }
 
 /**
@@ -203,6 +230,8 @@ export interface DeviceHandles {
   readonly address: PciAddress;
   readonly fds: Readonly<Record<string, number>>;
   readonly group?: number;
+  /** The only bus addresses the adopting thread may map DMA at (DmaDomain.reserveWindow); set by whoever shares the device. */
+  readonly dmaWindow?: readonly BusRange[];
 }
 
 export interface KernelPort {

@@ -41,7 +41,7 @@ export function posix(libraryName: string, k: PosixConstants) {
   const errno = (): number => koffi.errno();
 
   return {
-    /** The loaded libc, for the calls only one OS has (eventfd, epoll, kqueue). */
+    /** The loaded libc, for the calls only one OS has (Linux's eventfd). */
     library: lib,
     errno,
 
@@ -83,15 +83,6 @@ export function posix(libraryName: string, k: PosixConstants) {
     /** read(2): bytes read, or -1 when a non-blocking fd has nothing to read (EAGAIN). */
     readSome(fd: number, buf: Buffer, what: Operation): number {
       const n = c().read(fd, buf, buf.length) as number;
-      if (n >= 0) return n;
-      const e = errno();
-      if (e === k.EAGAIN) return -1;
-      throw new SyscallError(describe(what), e);
-    },
-
-    /** write(2): bytes written, or -1 when a non-blocking fd is full (EAGAIN). */
-    writeSome(fd: number, buf: Buffer, what: Operation): number {
-      const n = c().write(fd, buf, buf.length) as number;
       if (n >= 0) return n;
       const e = errno();
       if (e === k.EAGAIN) return -1;

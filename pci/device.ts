@@ -5,7 +5,7 @@
  */
 import { UpciError } from '../kernel/errors.js';
 import { parsePciAddress, type PciAddress } from '../kernel/pci-address.js';
-import type { DeviceFile, DeviceHandles, KernelPort, RegionInfo } from '../kernel/port.js';
+import type { DeviceFile, DeviceHandles, DmaWindow, KernelPort, RegionInfo } from '../kernel/port.js';
 import { mapShared, revoke } from '../shm/mapping.js';
 import { MappedSpace, TrappedSpace, type BusSpace } from './bus-space.js';
 import {
@@ -86,9 +86,16 @@ export interface OpenOptions {
  * that the opener can revoke those mappings whatever the other thread does.
  */
 export interface SharedDevice {
+  /** With the DMA window the opener reserved for the other thread (DeviceHandles.dmaWindow). */
   readonly handles: DeviceHandles;
   /** Mappable memory BARs by index, mapped by the opener. */
   readonly bars: ReadonlyMap<number, SharedArrayBuffer>;
+}
+
+/** What the opener keeps of one share(). */
+interface Share {
+  readonly bars: Map<number, SharedArrayBuffer>;
+  readonly window: DmaWindow;
 }
 
 export class PciDevice {
@@ -122,28 +129,61 @@ export class PciDevice {
 
   /**
    * The device for another thread (PciDevice.adopt), or undefined when the
-   * kernel port cannot share it. Every mappable memory BAR is mapped here;
-   * revokeShared() cuts those mappings off in every thread.
+   * kernel port cannot share it. Every mappable memory BAR is mapped here,
+   * and a window of the device's DMA space is reserved for that thread
+   * (DmaDomain.reserveWindow), so that its DMA can be taken back without
+   * its help and without touching anyone else's: unmapSharedDma(),
+   * revokeShared(), and endShare() once the thread is gone.
    */
   share(): SharedDevice | undefined {
     this.live();
     const handles = this.file.handles;
     if (handles === undefined) return undefined;
+    const window = this.file.dma.reserveWindow();
     const bars = new Map<number, SharedArrayBuffer>();
-    for (const bar of this.bars()) {
-      const region = this.file.region(bar.index);
-      if (bar.type !== 'io' && isWhollyMappable(region)) bars.set(bar.index, mapShared(this.file.mmapSource(bar.index, region.mmapAreas[0]!)));
+    try {
+      for (const bar of this.bars()) {
+        const region = this.file.region(bar.index);
+        if (bar.type !== 'io' && isWhollyMappable(region)) bars.set(bar.index, mapShared(this.file.mmapSource(bar.index, region.mmapAreas[0]!)));
+      }
+    } catch (e) {
+      for (const buffer of bars.values()) revoke(buffer);
+      window.release();
+      throw e;
     }
-    this.shared.push(bars);
-    return { handles, bars };
+    const shared: SharedDevice = { handles: { ...handles, dmaWindow: window.ranges }, bars };
+    this.shares.set(shared, { bars, window });
+    return shared;
+  }
+
+  /** Removes every DMA mapping inside the share's window, whatever the thread that took it up is doing; others' mappings stay. */
+  unmapSharedDma(shared: SharedDevice): void {
+    this.shares.get(shared)?.window.unmap();
   }
 
   /** Revokes every BAR mapping share() made: views of them in any thread read all-ones and reach nothing. */
   revokeShared(): void {
-    for (const bars of this.shared.splice(0)) for (const buffer of bars.values()) revoke(buffer);
+    for (const { bars } of this.shares.values()) {
+      for (const buffer of bars.values()) revoke(buffer);
+      bars.clear();
+    }
   }
 
-  private readonly shared: Map<number, SharedArrayBuffer>[] = [];
+  /**
+   * Once the thread that took the share up is gone: its BARs revoked, its
+   * window unmapped again (a map it made while being taken back) and given
+   * back to the domain. Idempotent.
+   */
+  endShare(shared: SharedDevice): void {
+    const share = this.shares.get(shared);
+    if (share === undefined) return;
+    for (const buffer of share.bars.values()) revoke(buffer);
+    share.bars.clear();
+    share.window.release();
+    this.shares.delete(shared);
+  }
+
+  private readonly shares = new Map<SharedDevice, Share>();
 
   /** Claims the function at `address` through the kernel (VFIO on Linux). */
   static open(address: string, options: OpenOptions = {}): PciDevice {
@@ -285,7 +325,7 @@ export class PciDevice {
     quiesce(`closing ${this.address}`, {
       busMaster: () => this.config.update(2, PCI_COMMAND, PCI_COMMAND_MASTER, 0),
       interrupts: interrupts.reverse(),
-      dma: dma.reverse(),
+      dma: [...dma.reverse(), ...[...this.shares.values()].map(({ window }) => () => window.release())],
       bars: [() => {
         for (const space of this.spaces) space.release();
         this.spaces.clear();

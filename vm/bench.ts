@@ -83,7 +83,7 @@ export interface VmResult {
  * order) 0000:0N:SS.F, because SeaBIOS numbers secondary buses depth-first in slot
  * order and Linux keeps the firmware's numbering.
  */
-export const defaultBridges: { id: string; slot: string }[] = [{ id: 'br0', slot: '10.0' }];
+export const defaultBridges: { id: string; slot: string }[] = [{ id: 'br0', slot: '10.0' }, { id: 'br1', slot: '11.0' }];
 
 export const defaultDevices: VmDevice[] = [
   { model: 'edu', slot: '04.0', bind: 'vfio-pci' },
@@ -108,6 +108,10 @@ export const defaultDevices: VmDevice[] = [
   // group is not viable for VFIO (pci-stub would not do: it leaves DMA ownership free).
   { model: 'edu', slot: '01.0', bus: 'br0', bind: 'vfio-pci' },
   { model: 'e1000', slot: '02.0', bus: 'br0', bind: 'uio_pci_generic', props: ',romfile=', hub: 2 },
+  // Two devices of one viable group, so one VFIO container: both bound to vfio-pci behind a
+  // bridge of their own (isolation.test: driver threads sharing the container's IOVA space).
+  { model: 'edu', slot: '01.0', bus: 'br1', bind: 'vfio-pci' },
+  { model: 'edu', slot: '02.0', bus: 'br1', bind: 'vfio-pci' },
 ];
 
 const QEMU = 'qemu-system-x86_64';

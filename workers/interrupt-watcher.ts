@@ -15,7 +15,7 @@
  */
 import { loadNativeAddon } from '../kernel/native-addon.js';
 import type { IrqSource } from '../kernel/port.js';
-import { closeFd, eventQueue } from './event-queue.js';
+import { closeFd, fdCalls } from '../kernel/fd-calls.js';
 
 interface WatcherAddon {
   /** `counter`: an eventfd, read by the addon, callback(count); else callback(0) when readable. */
@@ -96,12 +96,12 @@ export function watchSource(source: IrqSource, listener: SourceListener): Source
     if (source.format === 'counter') {
       id = addon.watch(source.fd, true, (count) => listener(source.firstVector, count));
     } else {
-      const queue = eventQueue(-1);
+      const { read } = fdCalls();
       const buf = Buffer.alloc(RECORDS_PER_READ * RECORD_SIZE);
       const { fd, firstVector, vectors } = source;
       id = addon.watch(fd, false, () => {
         for (;;) {
-          const n = queue.read(fd, buf, 'read of interrupt records');
+          const n = read(fd, buf, 'read of interrupt records');
           if (n <= 0) return; // nothing left (EAGAIN), or end of file (no interrupts established)
           for (let at = 0; at + RECORD_SIZE <= n; at += RECORD_SIZE) {
             const vector = buf.readUInt32LE(at);

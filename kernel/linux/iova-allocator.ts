@@ -1,6 +1,8 @@
 /**
- * IOVA space of one IOMMU domain (kernel/linux/iommu-dma.ts: every device of
- * an IOMMU group shares the domain, so they share this allocator too).
+ * IOVA space of one IOMMU domain in one thread (kernel/linux/iommu-dma.ts:
+ * every device of an IOMMU group shares the domain, so they share this
+ * allocator too): the domain's whole space in the thread that opened it, a
+ * window reserved from that space in a driver thread that adopted a device.
  *
  * Next fit over the kernel's valid IOVA ranges, in granules (the IOMMU's
  * smallest page). Two rules make driver bugs fault in the IOMMU instead of
@@ -17,13 +19,10 @@
  *    otherwise fail takes quarantined ranges back early, oldest first.
  */
 import { UpciError } from '../errors.js';
+import type { BusRange } from '../port.js';
 
-/** A range of IOVAs the IOMMU accepts (VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE). */
-export interface IovaRange {
-  readonly start: bigint;
-  /** Inclusive. */
-  readonly end: bigint;
-}
+/** A range of IOVAs the IOMMU accepts (VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE), or a window of them; `end` inclusive. */
+export type IovaRange = BusRange;
 
 export interface IovaRequest {
   /** Bytes, a multiple of the granule. */
@@ -43,6 +42,9 @@ interface Span {
   /** Released, waiting out its quarantine. */
   quarantined: boolean;
 }
+
+/** Ranges as an error message names them. */
+export const describeRanges = (ranges: readonly IovaRange[]) => ranges.map((r) => `[0x${r.start.toString(16)}-0x${r.end.toString(16)}]`).join(' ');
 
 const alignUp = (v: bigint, a: bigint) => ((v + a - 1n) / a) * a;
 
@@ -69,6 +71,8 @@ export class IovaAllocator {
   constructor(
     readonly ranges: readonly IovaRange[],
     readonly granule: bigint,
+    /** What `ranges` are, for errors. */
+    readonly space = `the IOMMU's valid IOVA ranges ${describeRanges(ranges)}`,
   ) {
     if (granule <= 0n || (granule & (granule - 1n)) !== 0n) throw new UpciError('KERNEL', `IOMMU page size ${granule} is not a power of two`);
     this.sortedRanges = [...ranges].sort((a, b) => (a.start < b.start ? -1 : 1));
@@ -151,7 +155,7 @@ export class IovaAllocator {
     const alignment = req.alignment > this.granule ? req.alignment : this.granule;
     return new UpciError(
       'OUT_OF_RANGE',
-      `no free IOVA range of ${size} bytes (alignment 0x${alignment.toString(16)}${boundary > 0n ? `, boundary 0x${boundary.toString(16)}` : ''}) at or below 0x${limit.toString(16)} in the IOMMU's valid ranges ${this.ranges.map((r) => `[0x${r.start.toString(16)}-0x${r.end.toString(16)}]`).join(' ')}`,
+      `no free IOVA range of ${size} bytes (alignment 0x${alignment.toString(16)}${boundary > 0n ? `, boundary 0x${boundary.toString(16)}` : ''}) at or below 0x${limit.toString(16)} in ${this.space}`,
       'free DMA memory or unload maps, or use a tag with a wider addressLimit if the device can reach it',
     );
   }

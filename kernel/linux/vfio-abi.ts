@@ -68,9 +68,6 @@ export const VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL = 3;
 
 export const VFIO_DMA_MAP_FLAG_READ = 1 << 0;
 export const VFIO_DMA_MAP_FLAG_WRITE = 1 << 1;
-/** Unmap every mapping of the container (iova and size 0); the kernel has it when VFIO_CHECK_EXTENSION(VFIO_UNMAP_ALL) says 1 (Linux 5.13+). */
-export const VFIO_DMA_UNMAP_FLAG_ALL = 1 << 1;
-export const VFIO_UNMAP_ALL = 9;
 
 export const vfioGroupStatus = new Struct('vfio_group_status', { argsz: 'u32', flags: 'u32' });
 

@@ -70,6 +70,8 @@ class VfioGroup implements IommuDmaDomain {
     readonly containerFd: number,
     /** Called when the last device of the group closes; undefined for a group adopted from another thread, whose fds are not ours to close. */
     private readonly onLastClose: (() => void) | undefined,
+    /** Adopted: the window of the container's IOVA space the opener reserved for this thread. */
+    dmaWindow?: readonly IovaRange[],
   ) {
     const info = infoWithCaps(containerFd, abi.ioctls.VFIO_IOMMU_GET_INFO, abi.vfioIommuType1Info.alloc(), 'VFIO_IOMMU_GET_INFO');
     const t = abi.vfioIommuType1Info;
@@ -88,7 +90,7 @@ class VfioGroup implements IommuDmaDomain {
     }
     // A kernel without the capability accepts any IOVA the IOMMU's width allows.
     this.iovaRanges = ranges.length > 0 ? ranges : [{ start: 0n, end: (1n << 39n) - 1n }];
-    this.dma = new ManagedIommuDomain(this);
+    this.dma = new ManagedIommuDomain(this, dmaWindow);
   }
 
   availableMappings(): number | undefined {
@@ -111,26 +113,14 @@ class VfioGroup implements IommuDmaDomain {
     libc.ioctlBuffer(this.containerFd, abi.ioctls.VFIO_IOMMU_MAP_DMA, arg, () => `VFIO_IOMMU_MAP_DMA iova 0x${iova.toString(16)} size ${size}`);
   }
 
-  unmap(iova: bigint, size: number): void {
+  unmap(iova: bigint, size: bigint): bigint {
     const t = abi.vfioIommuType1DmaUnmap;
     const arg = this.unmapArg;
     t.set(arg, 'iova', iova);
-    t.set(arg, 'size', BigInt(size));
-    libc.ioctlBuffer(this.containerFd, abi.ioctls.VFIO_IOMMU_UNMAP_DMA, arg, () => `VFIO_IOMMU_UNMAP_DMA iova 0x${iova.toString(16)}`);
-    const unmapped = t.get(arg, 'size');
-    if (unmapped !== BigInt(size)) {
-      throw new UpciError('KERNEL', `VFIO_IOMMU_UNMAP_DMA at 0x${iova.toString(16)} removed ${unmapped} bytes, expected ${size}`);
-    }
-  }
-
-  unmapAll(): void {
-    if (libc.ioctlValue(this.containerFd, abi.ioctls.VFIO_CHECK_EXTENSION, abi.VFIO_UNMAP_ALL, 'VFIO_CHECK_EXTENSION VFIO_UNMAP_ALL') !== 1) {
-      throw new UpciError('KERNEL', 'this kernel\'s VFIO cannot unmap all DMA of a container at once (VFIO_UNMAP_ALL, Linux 5.13+)', 'run a newer kernel');
-    }
-    const t = abi.vfioIommuType1DmaUnmap;
-    const arg = t.alloc();
-    t.set(arg, 'flags', abi.VFIO_DMA_UNMAP_FLAG_ALL);
-    libc.ioctlBuffer(this.containerFd, abi.ioctls.VFIO_IOMMU_UNMAP_DMA, arg, 'VFIO_IOMMU_UNMAP_DMA (all)');
+    t.set(arg, 'size', size);
+    libc.ioctlBuffer(this.containerFd, abi.ioctls.VFIO_IOMMU_UNMAP_DMA, arg, () => `VFIO_IOMMU_UNMAP_DMA iova 0x${iova.toString(16)} size 0x${size.toString(16)}`);
+    // The kernel writes back how much it unmapped.
+    return t.get(arg, 'size');
   }
 
   retain(): void {
@@ -377,9 +367,11 @@ export class VfioPort implements KernelPort {
   adopt(handles: DeviceHandles): DeviceFile {
     const { device, group: groupFd, container } = handles.fds;
     if (handles.port !== this.name || device === undefined || groupFd === undefined || container === undefined || handles.group === undefined) {
-      throw new UpciError('KERNEL', `${handles.address}: not the handles of a VFIO device (${JSON.stringify(handles)})`);
+      throw new UpciError('KERNEL', `${handles.address}: not the handles of a VFIO device (${JSON.stringify(handles, (_, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v))})`);
     }
-    return new VfioDevice(handles.address, device, new VfioGroup(handles.group, groupFd, container, undefined), true);
+    // Without a window this thread's IOVAs would come from the whole space, which the opener allocates from too.
+    if (handles.dmaWindow === undefined) throw new UpciError('KERNEL', `${handles.address}: the shared VFIO handles carry no DMA window`, 'share the device with PciDevice.share(), which reserves one');
+    return new VfioDevice(handles.address, device, new VfioGroup(handles.group, groupFd, container, undefined, handles.dmaWindow), true);
   }
 
   open(address: PciAddress): DeviceFile {

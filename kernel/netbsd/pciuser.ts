@@ -181,9 +181,13 @@ export class NetbsdDma implements DmaDomain {
     );
   }
 
-  /** pciuser(4) has no ioctl for it: a file's DMA objects go when the file closes (DESIGN.md, teardown order). */
-  unmapAll(): never {
-    throw new UpciError('KERNEL', `${this.address}: pciuser(4) cannot remove all DMA mappings of a device at once`, 'close the device: the kernel frees its DMA memory and maps at the last close');
+  /**
+   * The kernel picks the bus addresses, so there is no space to set aside;
+   * nor is there a device to share (the port has no adopt): a file's DMA
+   * objects go when the file closes (DESIGN.md, teardown order).
+   */
+  reserveWindow(): never {
+    throw new UpciError('KERNEL', `${this.address}: pciuser(4) picks bus addresses itself and cannot set a window of them aside for another thread`, 'run the driver in the main thread (its module\'s thread: \'main\')');
   }
 
   /** bus_dmamap_sync; DmaSync's values are BUS_DMASYNC_*'s, which PCIUSER_SYNC_* repeat. */

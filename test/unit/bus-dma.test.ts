@@ -3,10 +3,10 @@ import { fakeDevice, openFake } from '../support/fake-device.js';
 import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { DmaAccess, DmaConstraints, DmaDomain, DmaMapping, MmapSource } from '../../kernel/port.js';
+import type { DmaAccess, DmaConstraints, DmaDomain, DmaMapping, KernelPort, MmapSource } from '../../kernel/port.js';
 import { SyscallError } from '../../kernel/errors.js';
 import { ManagedIommuDomain, type IommuDmaDomain } from '../../kernel/linux/iommu-dma.js';
-import { IovaAllocator, type IovaRange } from '../../kernel/linux/iova-allocator.js';
+import { describeRanges, IovaAllocator, type IovaRange } from '../../kernel/linux/iova-allocator.js';
 import { NetbsdDma } from '../../kernel/netbsd/pciuser.js';
 import { parsePciAddress } from '../../kernel/pci-address.js';
 import { BusDma, DmaConstraintError, DmaSync, type DmaSegment } from '../../pci/bus-dma.js';
@@ -30,10 +30,11 @@ function mappedInProcess(vaddr: bigint, size: number): boolean {
 }
 
 /**
- * An IOMMU domain that records mappings and refuses what VFIO type1 refuses:
- * size 0 or unaligned (EINVAL), an overlap (EEXIST in the kernel; refused
- * here), no entries left (ENOSPC at dma_entry_limit), a vaddr it cannot pin
- * (EFAULT), more pinned bytes than RLIMIT_MEMLOCK (ENOMEM).
+ * An IOMMU domain (a VFIO container) that records mappings and refuses what
+ * VFIO type1 refuses: size 0 or unaligned (EINVAL), an overlap (EEXIST in
+ * the kernel; refused here), no entries left (ENOSPC at dma_entry_limit), a
+ * vaddr it cannot pin (EFAULT), more pinned bytes than RLIMIT_MEMLOCK
+ * (ENOMEM), an unmap range that cuts a mapping (EINVAL).
  */
 class FakeDomain implements IommuDmaDomain {
   readonly pageSizes = 0x40201000n; // 4K | 2M | 1G
@@ -66,17 +67,22 @@ class FakeDomain implements IommuDmaDomain {
     this.pinned += size;
     this.mappings.set(iova, { vaddr, size, access });
   }
-  unmap(iova: bigint, size: number): void {
+  /** VFIO type1v2's range unmap: every mapping inside goes, a range end that cuts one is EINVAL, nothing mapped removes 0 bytes. */
+  unmap(iova: bigint, size: bigint): bigint {
     this.calls++;
-    const m = this.mappings.get(iova);
-    if (m === undefined || m.size !== size) throw new Error(`unmap of unmapped 0x${iova.toString(16)}`);
-    this.pinned -= size;
-    this.mappings.delete(iova);
-  }
-  unmapAll(): void {
-    this.calls++;
-    this.pinned = 0;
-    this.mappings.clear();
+    const op = `VFIO_IOMMU_UNMAP_DMA iova 0x${iova.toString(16)} size 0x${size.toString(16)}`;
+    if (size === 0n || iova % 4096n !== 0n || size % 4096n !== 0n) throw new SyscallError(op, EINVAL);
+    const end = iova + size;
+    const inside = [...this.mappings].filter(([at]) => iova <= at && at < end);
+    const cut = [...this.mappings].some(([at, m]) => (at < iova && iova < at + BigInt(m.size)) || (at < end && end < at + BigInt(m.size)));
+    if (cut) throw new SyscallError(op, EINVAL);
+    let removed = 0n;
+    for (const [at, m] of inside) {
+      removed += BigInt(m.size);
+      this.pinned -= m.size;
+      this.mappings.delete(at);
+    }
+    return removed;
   }
 }
 
@@ -253,7 +259,7 @@ test('per-map lifetime: unload and free are legal while bus mastering is on; the
   domain.unmap = (iova, size) => {
     view[0] = 0x11;
     revokedBeforeUnmap = view[0] !== 0x11;
-    unmap(iova, size);
+    return unmap(iova, size);
   };
   sab.unload();
   loaded.unload();
@@ -386,6 +392,107 @@ test('one IOVA allocator per DmaDomain: two devices of one group never get the s
   t.is(domain.mappings.size, 0);
 });
 
+/**
+ * Two devices of one IOMMU group (one container, `domain`) opened in this
+ * thread, as the host opens them, with ports that can share them: adopt()
+ * builds the adopting thread's domain over the window it was handed, as
+ * VfioPort.adopt does. The adopting "threads" are PciDevices adopted here.
+ */
+function sharedGroup(): { domain: FakeDomain; group: ManagedIommuDomain; open(address: string): { device: PciDevice; port: KernelPort } } {
+  const domain = new FakeDomain();
+  const group = new ManagedIommuDomain(domain);
+  return {
+    domain,
+    group,
+    open(address) {
+      const fake = fakeDevice(address, {}, { dma: group, handles: { port: 'fake', address: parsePciAddress(address), fds: {} } });
+      const port: KernelPort = {
+        name: 'fake',
+        open: () => fake.file,
+        adopt: (handles) => fakeDevice(address, {}, { dma: new ManagedIommuDomain(domain, handles.dmaWindow) }, fake.config).file,
+      };
+      return { device: PciDevice.open(address, { port }), port };
+    },
+  };
+}
+
+/** Bus addresses of memory allocated in `device`'s domain: 28-bit and 64-bit tags, interleaved. */
+function allocateBoth(device: PciDevice, count: number): bigint[] {
+  const dma = BusDma.forDevice(device);
+  const wide = dma.createTag();
+  const narrow = dma.createTag({ addressLimit: (1n << 28n) - 1n });
+  return Array.from({ length: count }, (_, i) => {
+    const tag = i % 2 === 0 ? wide : narrow;
+    return BigInt(tag.createMap().load(tag.allocMemory(4096 * (1 + (i % 3)))).busAddress(0));
+  });
+}
+
+const inside = (address: bigint, ranges: readonly IovaRange[]) => ranges.some((r) => r.start <= address && address <= r.end);
+
+test('one container shared with two driver threads: disjoint windows, each thread allocates only inside its own, the opener outside both', (t) => {
+  const { domain, open } = sharedGroup();
+  const a = open('0000:00:04.0');
+  const b = open('0000:00:05.0');
+  const shares = [a.device.share()!, b.device.share()!];
+  const windows = shares.map((s) => s.handles.dmaWindow!);
+  const ranges = windows.flat();
+  ranges.forEach((x, i) => ranges.slice(i + 1).forEach((y) => t.true(x.end < y.start || y.end < x.start, `windows ${describeRanges([x])} and ${describeRanges([y])} overlap`)));
+  const threads = [PciDevice.adopt(shares[0]!, { port: a.port }), PciDevice.adopt(shares[1]!, { port: b.port })];
+  // FakeDomain.map refuses a mapping that overlaps another: one IOVA handed out twice throws here.
+  const addresses = [allocateBoth(threads[0]!, 40), allocateBoth(threads[1]!, 40)];
+  const opener = allocateBoth(a.device, 40);
+  t.is(domain.mappings.size, 120);
+  addresses.forEach((list, i) => t.true(list.every((address) => inside(address, windows[i]!)), `thread ${i} allocated outside its window`));
+  t.true(opener.every((address) => !inside(address, ranges)), 'the opener allocated inside a window');
+  // The 28-bit tag's memory is below 2^28 in every window: each has a part there.
+  t.true(addresses.every((list) => list.filter((_, i) => i % 2 === 1).every((address) => address < 1n << 28n)));
+  for (const device of [...threads, a.device, b.device]) device.close();
+  t.is(domain.mappings.size, 0);
+});
+
+test('taking DMA back from one driver thread unmaps exactly its window; the window goes to quarantine, then back to the opener\'s space', (t) => {
+  const { domain, group, open } = sharedGroup();
+  const a = open('0000:00:04.0');
+  const b = open('0000:00:05.0');
+  const sa = a.device.share()!;
+  const sb = b.device.share()!;
+  const ta = PciDevice.adopt(sa, { port: a.port });
+  const tb = PciDevice.adopt(sb, { port: b.port });
+  allocateBoth(ta, 10);
+  const kept = [...allocateBoth(tb, 10), ...allocateBoth(b.device, 10)];
+  t.is(domain.mappings.size, 30);
+  // What DriverThread's take-back does while thread a may still run: its window's mappings go, nobody else's.
+  a.device.unmapSharedDma(sa);
+  t.is(domain.mappings.size, 20);
+  t.true(kept.every((address) => domain.mappings.has(address)), 'another device\'s mappings were unmapped');
+  // A map thread a makes during the take-back, before it is terminated, goes at endShare.
+  allocateBoth(ta, 2);
+  t.is(domain.mappings.size, 22);
+  a.device.endShare(sa);
+  t.is(domain.mappings.size, 20);
+  const window = sa.handles.dmaWindow!;
+  t.true(window.every((r) => group.iova.isQuarantined(r.start)), 'the window skipped quarantine');
+  const next = a.device.share()!;
+  t.true(next.handles.dmaWindow!.every((r) => !inside(r.start, window) && !inside(r.end, window)), 'a quarantined window was handed out again');
+  a.device.endShare(next);
+  a.device.endShare(sa); // idempotent
+  // Thread a is gone (terminated, never closed); b closes its device as a driver thread does on a clean stop.
+  tb.close();
+  b.device.close();
+  a.device.close();
+  t.is(domain.mappings.size, 0);
+  t.is(group.iova.allocations, 0);
+});
+
+test('a driver thread\'s DMA window is refused when it lies outside the IOMMU\'s ranges; its errors name the window', (t) => {
+  const domain = new FakeDomain([{ start: 0n, end: 0xffffffffn }]);
+  t.throws(() => new ManagedIommuDomain(domain, [{ start: 1n << 32n, end: (1n << 33n) - 1n }]), { code: 'KERNEL', message: /outside the IOMMU's valid IOVA ranges/ } as never);
+  // No IOVA above 4 GiB: no room for a window's upper part.
+  t.throws(() => new ManagedIommuDomain(domain).reserveWindow(), { code: 'OUT_OF_RANGE', message: /no room for a driver thread's DMA window/ } as never);
+  const adopted = new ManagedIommuDomain(new FakeDomain(), [{ start: 1n << 32n, end: (1n << 33n) - 1n }]);
+  t.regex(adopted.unreachable((1n << 32n) - 1n) ?? '', /this thread's DMA window \[0x100000000-0x1ffffffff\]/);
+});
+
 test('1,000 alloc/load/unload/free cycles leave no mapping and no IOVA behind', (t) => {
   const { device, domain, iova } = fakeDmaDevice();
   const dma = BusDma.forDevice(device);
@@ -440,8 +547,8 @@ class FakeKernelDma implements DmaDomain {
   map(): never {
     return this.pciuser.map();
   }
-  unmapAll(): never {
-    return this.pciuser.unmapAll();
+  reserveWindow(): never {
+    return this.pciuser.reserveWindow();
   }
   sync(_allocation: DmaMapping, ops: number, offset: number, length: number): void {
     this.syncs.push([ops, offset, length]);

@@ -2,8 +2,8 @@
  * The NetBSD port's ABI against its C definitions: pciuserio.h through
  * kernel/netbsd/abi-probe.c (run with the host cc, whose LP64 layout the
  * header guarantees equal to netbsd-amd64's, and cross-compiled with clang
- * for x86_64-unknown-netbsd to check that guarantee), plus the two NetBSD
- * system structs the port uses, from local copies of their definitions.
+ * for x86_64-unknown-netbsd to check that guarantee), plus the NetBSD
+ * system struct the port uses, from a local copy of its definition.
  * Nothing here runs on NetBSD.
  */
 import test from 'ava';
@@ -11,7 +11,6 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { FieldType, Struct } from '../../kernel/abi.js';
 import * as abi from '../../kernel/netbsd/pciuser-abi.js';
-import * as kq from '../../kernel/netbsd/libc.js';
 import { expectedLayout, layoutProbe, runCProbe } from '../support/c-probe.js';
 import { layoutFrom, layoutGlobals, netbsdConstants } from '../support/netbsd-probe.js';
 
@@ -91,29 +90,4 @@ ${layoutGlobals([abi.pciioBusinfo])}
   const values = netbsdConstants(source, includes);
   t.is(values.ioc, abi.PCI_IOC_BUSINFO);
   t.deepEqual(layoutFrom([abi.pciioBusinfo], values), expectedLayout([abi.pciioBusinfo]));
-});
-
-test('struct kevent and kqueue constants match NetBSD <sys/event.h> on x86_64', (t) => {
-  // Copied from NetBSD's sys/sys/event.h rev. 1.54 (NetBSD 10; rev. 1.24 of 2015 has the same layout, udata as intptr_t): the layout __kevent50 takes.
-  const source = `#include <stdint.h>
-#define EVFILT_READ 0U
-#define EV_ADD 0x0001U
-#define EV_DELETE 0x0002U
-struct kevent {
-	uintptr_t ident;
-	uint32_t filter;
-	uint32_t flags;
-	uint32_t fflags;
-	int64_t data;
-	void *udata;
-};
-const unsigned long evfilt_read = EVFILT_READ;
-const unsigned long ev_add = EV_ADD;
-const unsigned long ev_delete = EV_DELETE;
-${layoutGlobals([kq.kevent])}
-`;
-  const values = netbsdConstants(source);
-  t.deepEqual(layoutFrom([kq.kevent], values), expectedLayout([kq.kevent]));
-  t.is(kq.kevent.size, 40);
-  t.deepEqual([values.evfilt_read, values.ev_add, values.ev_delete], [kq.EVFILT_READ, kq.EV_ADD, kq.EV_DELETE]);
 });

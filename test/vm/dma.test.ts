@@ -11,35 +11,13 @@ import type { BusSpace } from '../../pci/bus-space.js';
 import { BusDma, DmaConstraintError, DmaSync } from '../../pci/bus-dma.js';
 import { PciDevice } from '../../pci/device.js';
 import { allocShared } from '../../shm/mapping.js';
-import { bench, iovaSpace, sysfsBusMaster } from './devices.js';
+import { bench, EDU_CHUNK, eduDma, iovaSpace, sleepSync, sysfsBusMaster } from './devices.js';
 import { defaultKernelPort } from '../../pci/kernel-port.js';
 import { recordingPort, type PortRecord } from '../support/recording-port.js';
 import { Interrupts } from '../../pci/intr.js';
 import { eventQueue } from '../support/event-queue.js';
 import { EDU } from '../../drivers/edu-registers.js';
 import { within } from '../support/bounded.js';
-
-/**
- * QEMU 7.2's edu refuses a transfer that ends at the end of its buffer (an
- * off-by-one in edu_check_range, fixed in QEMU 8.0) with hw_error, which
- * aborts QEMU: keep every transfer inside [0x40000, 0x40fff).
- */
-const EDU_CHUNK = 2048;
-
-const sleepCell = new Int32Array(new SharedArrayBuffer(4));
-
-/** One edu DMA transfer, polled to completion (edu starts it ~100 ms of virtual time later). */
-function eduDma(bar: BusSpace, src: bigint, dst: bigint, count: number, toRam: boolean): void {
-  bar.write8(EDU.DMA_SRC, src);
-  bar.write8(EDU.DMA_DST, dst);
-  bar.write4(EDU.DMA_COUNT, count);
-  bar.write4(EDU.DMA_CMD, EDU.DMA_RUN | (toRam ? EDU.DMA_TO_RAM : 0));
-  const deadline = Date.now() + 20_000;
-  while (bar.read4(EDU.DMA_CMD) & EDU.DMA_RUN) {
-    if (Date.now() > deadline) throw new Error('edu DMA never completed');
-    Atomics.wait(sleepCell, 0, 0, 2);
-  }
-}
 
 function kernelLog(): string {
   try {
@@ -213,7 +191,7 @@ test('fault containment: edu told to DMA into the guard page after a buffer and 
     for (let i = 0; i < 50; i++) {
       faults = dmarFaults().slice(before);
       if (faults.some(names(guard)) && faults.some(names(wild))) break;
-      Atomics.wait(sleepCell, 0, 0, 100);
+      sleepSync(100);
     }
     t.log(faults.join('\n'));
     t.true(faults.some(names(guard)), `a DMAR fault names the guard page 0x${guard.toString(16)}`);

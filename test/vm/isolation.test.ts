@@ -5,17 +5,23 @@
  * device taken back while its thread still runs (bus mastering read back
  * off from config space, vectors off, no DMA mapping left in the IOMMU
  * domain), its thread terminated and the driver restarted in a new one,
- * while the other edu and pci-testdev carry on.
+ * while the other edu and pci-testdev carry on. Two devices of one IOMMU
+ * group (one VFIO container, one IOVA space) driven from two threads never
+ * get the same IOVA, and taking one back leaves the other's DMA mapped.
  */
 import test from 'ava';
-import { readdirSync } from 'node:fs';
+import { randomFillSync } from 'node:crypto';
+import { readdirSync, realpathSync } from 'node:fs';
 import { once } from 'node:events';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
 import type { HostEvent } from '../../actors/events.js';
 import { parsePciAddress } from '../../kernel/pci-address.js';
+import { EDU as EDU_REGS } from '../../drivers/edu-registers.js';
+import { BusDma, DmaSync } from '../../pci/bus-dma.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
-import { bench, sysfsConfig } from './devices.js';
+import { PciDevice } from '../../pci/device.js';
+import { bench, EDU_CHUNK, eduDma, iovaSpace, sysfsConfig } from './devices.js';
 import { within } from '../support/bounded.js';
 import { run } from './host-run.js';
 import type { SamplerResult, SamplerStart } from './progress-sampler.js';
@@ -176,4 +182,54 @@ test.serial('a driver that throws is restarted in a new thread; shutdown leaves 
   for (let i = 0; i < 50 && (tasks() !== tasksBefore || fds() !== fdsBefore); i++) await sleep(100);
   t.is(tasks(), tasksBefore, 'no driver thread left');
   t.is(fds(), fdsBefore, 'no fd left (device, group, container, eventfds)');
+});
+
+test.serial('two edus of one IOMMU group, one driven here and one in a driver thread: the thread maps only in its DMA window, and taking it back leaves this thread\'s mappings', async (t) => {
+  const [inThread, here] = bench.eduPairInOneGroup.map(parsePciAddress) as [ReturnType<typeof parsePciAddress>, ReturnType<typeof parsePciAddress>];
+  const group = (address: string) => realpathSync(`/sys/bus/pci/devices/${address}/iommu_group`);
+  t.is(group(inThread), group(here), 'the bench puts both edus in one IOMMU group');
+  // Opened first, so its maps hold the lowest IOVAs of the container's space: where a driver
+  // thread allocating over the whole space would start too (VFIO_IOMMU_MAP_DMA: EEXIST).
+  const device = PciDevice.open(here);
+  t.teardown(() => device.close());
+  const bar = device.mapBar(0);
+  const dma = BusDma.forDevice(device);
+  const tag = dma.createTag({ alignment: 4096, addressLimit: EDU_REGS.DMA_LIMIT, maxSegments: 1 });
+  const src = tag.allocMemory(4096);
+  const dst = tag.allocMemory(4096);
+  const srcMap = tag.createMap().load(src);
+  const dstMap = tag.createMap().load(dst);
+  dma.enableBusMaster();
+  const roundTrip = (when: string) => {
+    const data = randomFillSync(new Uint8Array(EDU_CHUNK));
+    new Uint8Array(src.buffer).set(data);
+    new Uint8Array(dst.buffer).fill(0);
+    srcMap.sync(DmaSync.PREWRITE);
+    eduDma(bar, BigInt(srcMap.busAddress(0)), EDU_REGS.BUFFER, EDU_CHUNK, false);
+    dstMap.sync(DmaSync.PREREAD);
+    eduDma(bar, EDU_REGS.BUFFER, BigInt(dstMap.busAddress(0)), EDU_CHUNK, true);
+    dstMap.sync(DmaSync.POSTREAD);
+    t.deepEqual(new Uint8Array(dst.buffer, 0, EDU_CHUNK), data, `${when}: this thread's edu DMA round trip`);
+  };
+  roundTrip('before the driver thread');
+  const r = run(t, {
+    restart: { initialDelayMs: 100, maxRestarts: 1 },
+    devices: [{ address: inThread, driver: 'edu', options: { interrupt: 'msi', raiseIntervalMs: 5, failAfterInterrupts: 50 } }],
+  });
+  // Its attach maps two pages in its window and round-trips 1 KiB through them (the self-test).
+  await r.until('the driver thread\'s self-test', (e) => noteAt(e, inThread, /self-test passed \(incarnation 0\)/) !== undefined);
+  roundTrip('with the driver thread running');
+  await r.until('the first incarnation taken back', (e) => e.some((x) => x.type === 'quiesced' && x.address === inThread && x.incarnation === 0));
+  const quiesced = r.events.find((e) => e.type === 'quiesced' && e.address === inThread && e.incarnation === 0);
+  // Counted over the whole container: this thread's two mappings must still be there, no more and no fewer.
+  t.like(quiesced, { report: { busMaster: false, dmaMappingsLeft: 0 } });
+  roundTrip('after the driver thread was taken back');
+  await r.until('the second incarnation\'s self-test, in a new window', (e) => noteAt(e, inThread, /self-test passed \(incarnation 1\)/) !== undefined);
+  roundTrip('with the second driver thread running');
+  const report = await r.host.shutdown();
+  t.false(report.forced);
+  roundTrip('after the host released its edu');
+  // The windows went back to this thread's allocator (to its quarantine): only this thread's two pages are allocated.
+  t.is(iovaSpace(device).allocations, 2);
+  t.true(iovaSpace(device).quarantined >= 4, 'two windows of two parts each wait out their quarantine');
 });

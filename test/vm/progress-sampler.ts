@@ -51,8 +51,9 @@ port.on('message', (m: SamplerStart | { type: 'stop' }) => {
     const now = performance.now();
     result.maxSampleIntervalMs = Math.max(result.maxSampleIntervalMs, now - lastSample);
     lastSample = now;
-    for (const l of beating) result.maxHeartbeatAgeMs = Math.max(result.maxHeartbeatAgeMs, l.heartbeatAgeMs);
-    result.risingHeartbeatAgeMs = Math.max(result.risingHeartbeatAgeMs, rising.heartbeatAgeMs);
+    // The sampled threads have beaten before sampling starts (they are running): no age is no beat to count.
+    for (const l of beating) result.maxHeartbeatAgeMs = Math.max(result.maxHeartbeatAgeMs, l.heartbeatAgeMs ?? 0);
+    result.risingHeartbeatAgeMs = Math.max(result.risingHeartbeatAgeMs, rising.heartbeatAgeMs ?? 0);
     const c = rising.interrupts;
     if (c === last) return;
     if (now - lastRise > result.maxGapMs) result = { ...result, maxGapMs: now - lastRise, maxGapEndedAt: Date.now() };
