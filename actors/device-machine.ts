@@ -24,6 +24,7 @@ import type { Supervision } from './config.js';
 import { AttachedBus, stopBusMaster } from './driver-bus.js';
 import { sourceOf } from './driver-source.js';
 import { BlockProxy, type BlockServiceSetup } from './block-service.js';
+import { PacketProxy, servePacketPort, type PacketServiceSetup } from './packet-service.js';
 import { DriverThread, LOAD_TIMEOUT_MS, type QuiesceReport } from './driver-worker.js';
 import type { DeviceMeter } from './meter.js';
 
@@ -78,6 +79,8 @@ export interface DeviceActorInput {
   readonly name: string;
   /** Publishes a driver's block device; the returned function withdraws it. */
   readonly provide: (device: BlockDevice) => () => void;
+  /** Binds an incarnation's packet port to the host's port of its name; the returned function unbinds it (its counts are then final). */
+  readonly providePacketPort: (proxy: PacketProxy) => () => void;
 }
 
 /**
@@ -87,7 +90,7 @@ export interface DeviceActorInput {
  * this thread (drivers made in this thread, ports that cannot share).
  */
 type Attachment =
-  | { readonly kind: 'thread'; readonly thread: DriverThread; readonly blocks: ProvidedBlocks }
+  | { readonly kind: 'thread'; readonly thread: DriverThread; readonly blocks: ProvidedBlocks; readonly ports: ProvidedPorts }
   | { readonly kind: 'inline'; readonly bus: AttachedBus; readonly resources: unknown };
 
 export interface DeviceContext extends DeviceActorInput {
@@ -175,6 +178,7 @@ async function quiesce({ device, attachment, incarnation, onQuiesced, meter }: Q
     } finally {
       meter.follow(undefined);
       stopBusMaster(device);
+      attachment.ports.close();
     }
     return;
   }
@@ -212,6 +216,31 @@ class ProvidedBlocks {
   }
 }
 
+/**
+ * The packet ports a driver thread provided, as proxies here, bound to the
+ * host's ports until the thread has ended: only then are their counts final
+ * (the driver counts what it lost as it stops, and the frames sent meanwhile
+ * stay in the rings, counted as lost at the close). One that arrives after
+ * that is closed at once.
+ */
+class ProvidedPorts {
+  private readonly bound: (() => void)[] = [];
+  private closed = false;
+
+  constructor(private readonly provide: (proxy: PacketProxy) => () => void) {}
+
+  add(setup: PacketServiceSetup): void {
+    const proxy = new PacketProxy(setup);
+    if (this.closed) return proxy.close();
+    this.bound.push(this.provide(proxy));
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const unbind of this.bound.splice(0)) unbind();
+  }
+}
+
 /** Bounds `work` by `limit` ms; on a timeout `onTimeout` runs before the rejection with `what`. */
 async function bounded<T>(work: Promise<T>, limit: number, what: string, onTimeout: () => Promise<unknown>): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -244,16 +273,18 @@ export function deviceMachineFor(driver: AnyDriver) {
           const source = sourceOf(driver);
           if (source !== undefined && device.kernel.handles !== undefined && (driver.thread ?? 'own') === 'own') {
             const blocks = new ProvidedBlocks(context.provide);
+            const ports = new ProvidedPorts(context.providePacketPort);
             const thread = new DriverThread({
               device, source, options: context.options, incarnation, supervision, name: context.name,
               onNote: context.onNote,
               onBlockDevice: (setup) => blocks.add(setup),
+              onPacketPort: (setup) => ports.add(setup),
               onStall: (vector, waitedMs) => onWatchdog(stallMessage(vector, waitedMs)),
               onHang: onWatchdog,
             });
             context.meter.follow(thread);
             context.onThread(incarnation, thread.threadId);
-            const attachment: Attachment = { kind: 'thread', thread, blocks };
+            const attachment: Attachment = { kind: 'thread', thread, blocks, ports };
             const input = quiescing({ ...context, attachment });
             try {
               await bounded(thread.loaded, LOAD_TIMEOUT_MS, `${driver.name}: the driver thread did not load its modules within ${LOAD_TIMEOUT_MS} ms`, () => quiesce(input, false));
@@ -267,6 +298,18 @@ export function deviceMachineFor(driver: AnyDriver) {
           const bus = new AttachedBus(device, incarnation, {
             name: context.name,
             onProvide: context.provide,
+            // In this thread too the port goes through its rings: one mechanism, wherever the driver runs.
+            onProvidePacketPort: (binding) => {
+              const served = servePacketPort(context.name, binding);
+              const unbind = context.providePacketPort(new PacketProxy(served.setup));
+              return {
+                endpoint: served.endpoint,
+                withdraw: () => {
+                  served.stop();
+                  unbind();
+                },
+              };
+            },
             watchdogMs: supervision.watchdogMs,
             meter: context.meter,
             onStall: (vector, waitedMs) => onWatchdog(stallMessage(vector, waitedMs)),

@@ -12,6 +12,7 @@ import type { ConfigHeader } from '../pci/config.js';
 import type { Bar, PciDevice } from '../pci/device.js';
 import { Interrupts, type InterruptEvent, type InterruptOptions, type InterruptType, type InterruptVector } from '../pci/intr.js';
 import type { BlockDevice } from '../drivers/block.js';
+import type { PacketBinding, PacketEndpoint } from '../drivers/packet.js';
 import { quiesce } from '../pci/teardown.js';
 
 /** What a DriverBus reports as the driver uses it: DeviceMeter in the driver's thread, or the shared ledger of its worker. */
@@ -28,6 +29,8 @@ export interface BusHooks {
   readonly watchdogMs: number;
   /** Publishes a block device; the returned function withdraws it. */
   onProvide(device: BlockDevice): () => void;
+  /** Serves a packet port to the host; `withdraw` ends the service. */
+  onProvidePacketPort(binding: PacketBinding): { readonly endpoint: PacketEndpoint; readonly withdraw: () => void };
   readonly meter: BusMeter;
   /** An INTx event was not acked within watchdogMs: the driver is hung with the line masked. */
   onStall(vector: number, waitedMs: number): void;
@@ -102,6 +105,13 @@ export class AttachedBus implements DriverBus {
   provideBlockDevice(device: BlockDevice): void {
     this.live();
     this.releaseHooks.push(this.hooks.onProvide(device));
+  }
+
+  providePacketPort(binding: PacketBinding): PacketEndpoint {
+    this.live();
+    const { endpoint, withdraw } = this.hooks.onProvidePacketPort(binding);
+    this.releaseHooks.push(withdraw);
+    return endpoint;
   }
 
   header(): ConfigHeader {

@@ -20,6 +20,7 @@ import { importDriver, type DriverSource } from './driver-source.js';
 import { cleanDetach } from './device-machine.js';
 import type { AnyDriver } from '../drivers/contract.js';
 import { serveBlockDevice, type BlockServiceSetup } from './block-service.js';
+import { servePacketPort, type PacketServiceSetup } from './packet-service.js';
 
 export interface DriverThreadData {
   readonly device: SharedDevice;
@@ -42,6 +43,8 @@ export type ThreadMessage =
   | { readonly type: 'note'; readonly message: string }
   /** The driver provided a block device: its export (actors/block-service.ts), for a BlockProxy in the main thread. */
   | { readonly type: 'block-device'; readonly setup: BlockServiceSetup }
+  /** The driver provided a packet port: its export (actors/packet-service.ts), for a PacketProxy in the main thread. */
+  | { readonly type: 'packet-port'; readonly setup: PacketServiceSetup }
   | { readonly type: 'stall'; readonly vector: number; readonly waitedMs: number }
   | { readonly type: 'finished' }
   | { readonly type: 'crashed'; readonly message: string }
@@ -82,6 +85,11 @@ function run(data: DriverThreadData): void {
       const served = serveBlockDevice(block);
       port.postMessage({ type: 'block-device', setup: served.setup } satisfies ThreadMessage, [...served.transfer]);
       return served.stop;
+    },
+    onProvidePacketPort: (binding) => {
+      const served = servePacketPort(data.name, binding);
+      port.postMessage({ type: 'packet-port', setup: served.setup } satisfies ThreadMessage, [...served.transfer]);
+      return { endpoint: served.endpoint, withdraw: served.stop };
     },
     watchdogMs: data.watchdogMs,
     meter,

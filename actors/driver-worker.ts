@@ -24,6 +24,7 @@ import type { Supervision } from './config.js';
 import { DriverLedger } from './driver-ledger.js';
 import type { DriverSource } from './driver-source.js';
 import type { BlockServiceSetup } from './block-service.js';
+import type { PacketServiceSetup } from './packet-service.js';
 import type { DriverThreadData, HostMessage, ThreadMessage } from './driver-thread.js';
 import type { ThreadStats, ThreadView } from './meter.js';
 
@@ -38,6 +39,8 @@ export interface ThreadSpec {
   onNote(message: string): void;
   /** The driver provided a block device (its export, for a BlockProxy here). */
   onBlockDevice(setup: BlockServiceSetup): void;
+  /** The driver provided a packet port (its export, for a PacketProxy here). */
+  onPacketPort(setup: PacketServiceSetup): void;
   /** An INTx event was not acked within watchdogMs. */
   onStall(vector: number, waitedMs: number): void;
   /** The heartbeat stopped for longer than watchdogMs: the thread is hung. */
@@ -160,6 +163,7 @@ export class DriverThread implements ThreadView {
       case 'attach-failed': return this.settleAttach.reject(new Error(m.message));
       case 'note': return this.spec.onNote(m.message);
       case 'block-device': return this.spec.onBlockDevice(m.setup);
+      case 'packet-port': return this.spec.onPacketPort(m.setup);
       case 'stall': return this.spec.onStall(m.vector, m.waitedMs);
       case 'finished': return this.settleEnd.resolve();
       case 'crashed': return this.settleEnd.reject(new Error(m.message));

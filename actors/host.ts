@@ -25,6 +25,9 @@ import { deviceMachineFor, stateName, type DeviceActorInput, type DeviceStateNam
 import type { HostEvent } from './events.js';
 import { DeviceMeter, type ThreadStats } from './meter.js';
 import { moduleFileOf } from './driver-source.js';
+import type { PacketPort } from '../drivers/packet.js';
+import { NetPort } from './net-port.js';
+import type { PacketProxy } from './packet-service.js';
 
 export interface HostOptions {
   readonly registry?: DriverRegistry;
@@ -117,6 +120,7 @@ export class DriverHost {
           ...(options.inspect === undefined ? {} : { inspect: options.inspect }),
           name: claim.entry.name,
           provide: (device) => this.provide(device),
+          providePacketPort: (proxy) => this.providePacketPort(proxy),
         },
       };
     });
@@ -178,6 +182,34 @@ export class DriverHost {
         resolve(device);
       });
     });
+  }
+
+  private readonly ports = new Map<string, NetPort>();
+
+  private providePacketPort(proxy: PacketProxy): () => void {
+    const port = this.netPort(proxy.name);
+    port.bind(proxy);
+    return () => port.unbind(proxy);
+  }
+
+  /**
+   * The packet port `name` (the config entry's name, by default its
+   * address): the same object for the host's lifetime, attached while an
+   * incarnation of its driver runs (PacketPort.attached), re-bound at each
+   * supervised restart. Made on first use, so a program may subscribe
+   * before the driver is up.
+   */
+  packetPort(name: string): PacketPort {
+    return this.netPort(name);
+  }
+
+  private netPort(name: string): NetPort {
+    let port = this.ports.get(name);
+    if (port === undefined) {
+      port = new NetPort(name);
+      this.ports.set(name, port);
+    }
+    return port;
   }
 
   get addresses(): PciAddress[] {

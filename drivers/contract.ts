@@ -15,6 +15,7 @@ import type { ConfigHeader } from '../pci/config.js';
 import type { Bar } from '../pci/device.js';
 import type { InterruptEvent, InterruptOptions, InterruptType } from '../pci/intr.js';
 import type { BlockDevice } from './block.js';
+import type { PacketBinding, PacketEndpoint } from './packet.js';
 
 /** One line of a driver's match table; every field given must equal the device's. */
 export interface DeviceMatch {
@@ -98,6 +99,14 @@ export interface DriverBus {
    * host gets a proxy over shared-memory rings (actors/block-service.ts).
    */
   provideBlockDevice(device: BlockDevice): void;
+  /**
+   * Offers a NIC's packet port (drivers/packet.ts) to the host's programs
+   * (DriverHost.packetPort(name), named after the config entry) until the
+   * host takes the device back; returns what the driver reports its frames,
+   * link and counters to. Frames cross threads by reference, over
+   * shared-memory rings (actors/packet-service.ts).
+   */
+  providePacketPort(binding: PacketBinding): PacketEndpoint;
 }
 
 /** What the driver machine is started with. */
@@ -127,9 +136,8 @@ export interface DriverModule<S extends OptionsSchema = OptionsSchema, R = unkno
    * Where the driver runs: 'own' (the default) in a worker thread of its own
    * per incarnation, so that a hang or a leak stops only it; 'main' in the
    * host's main thread, for a driver that hands the host objects no ring
-   * carries yet (block devices do cross: provideBlockDevice in a driver
-   * thread is served to the main thread through shared-memory rings,
-   * actors/block-service.ts). A hang in a 'main' driver stops the whole host.
+   * carries (block devices and packet ports do cross: actors/block-service.ts,
+   * actors/packet-service.ts). A hang in a 'main' driver stops the whole host.
    */
   readonly thread?: 'own' | 'main';
   readonly machine: AnyActorLogic;

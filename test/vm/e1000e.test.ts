@@ -3,7 +3,9 @@
  * hub (no other netdev on it: every frame stays in the VM). The kernel's
  * NIC sits in a network namespace of its own; it speaks raw test frames
  * over AF_PACKET (vm/net/peer.c). The upci driver runs under DriverHost,
- * as `upci run` would run it, and is reached through its NetPort.
+ * as `upci run` would run it (in a worker thread of its own), and is reached
+ * through the host's packet port (DriverHost.packetPort: shared-memory rings
+ * across the threads, frames by reference).
  */
 import test, { type ExecutionContext } from 'ava';
 import { execFile, execFileSync } from 'node:child_process';
@@ -15,7 +17,7 @@ import { TapExport } from '../../actors/tap-export.js';
 import { parseHostConfig } from '../../actors/config.js';
 import type { HostEvent } from '../../actors/events.js';
 import { DriverHost } from '../../actors/host.js';
-import { e1000ePort, type LinkState, type NetPort, type RxFrame } from '../../drivers/e1000e/index.js';
+import type { LinkState, PacketPort, RxFrame } from '../../drivers/packet.js';
 import { builtinDrivers } from '../../drivers/index.js';
 import { PciDevice } from '../../pci/device.js';
 import { defaultKernelPort } from '../../pci/kernel-port.js';
@@ -53,7 +55,7 @@ test.after.always(() => peer?.close());
 
 interface Driver {
   host: DriverHost;
-  port: NetPort;
+  port: PacketPort;
   events: HostEvent[];
   /** What the host asked of the kernel to stop and give back the NIC, each with bus mastering as sysfs had it then. */
   records: PortRecord[];
@@ -70,8 +72,7 @@ async function startDriver(options: Record<string, unknown> = {}): Promise<Drive
   }, builtinDrivers), { open: (address) => PciDevice.open(address, { port: kernel }) });
   const events: HostEvent[] = [];
   host.events.subscribe((e) => events.push(e));
-  const port = e1000ePort(UPCI_ADDRESS);
-  if (port.attached !== undefined) throw new Error('an earlier driver is still attached to the port');
+  const port = host.packetPort(UPCI_ADDRESS);
   host.start();
   await until('the e1000e driver to attach', () => port.attached !== undefined || events.some((e) => e.type === 'fault'), 60_000);
   const fault = events.find((e) => e.type === 'fault');
@@ -86,7 +87,7 @@ async function startDriver(options: Record<string, unknown> = {}): Promise<Drive
 }
 
 /** Sends frames seq from..from+count-1 (lengths from `length(seq)`), honouring backpressure, at most `pps` per second. */
-async function sendSequence(port: NetPort, dst: string, count: number, length: (seq: number) => number, pps = 0, from = 0): Promise<void> {
+async function sendSequence(port: PacketPort, dst: string, count: number, length: (seq: number) => number, pps = 0, from = 0): Promise<void> {
   const src = macBytes(port.attached!.mac);
   const dstBytes = macBytes(dst);
   const batchSize = 32;
@@ -112,7 +113,7 @@ async function sendSequence(port: NetPort, dst: string, count: number, length: (
 }
 
 /** Collects the test frames the port receives (releasing each), until stop(); `first` and `last` are when the first and the latest came. */
-function collect(port: NetPort, count: number): { check: SequenceCheck; readonly first: number; readonly last: number; stop(): void } {
+function collect(port: PacketPort, count: number): { check: SequenceCheck; readonly first: number; readonly last: number; stop(): void } {
   const check = new SequenceCheck(count);
   let first = 0;
   let last = 0;
@@ -366,7 +367,7 @@ test.serial('clean stop: bus mastering off before the device is given back, port
   await driver.stop();
   // The reset and the last close clear bus mastering themselves: it is read before each, fd still open.
   t.deepEqual(resetsAndCloses(driver.records.slice(mark), UPCI_ADDRESS), [`${UPCI_ADDRESS} reset (bus master off)`, `${UPCI_ADDRESS} close (bus master off)`]);
-  t.is(e1000ePort(UPCI_ADDRESS).attached, undefined);
+  t.is(driver.port.attached, undefined);
 });
 
 for (const interrupt of ['msi', 'intx', 'poll'] as const) {

@@ -72,7 +72,6 @@ async function guest(peerBinary: string, quick: boolean): Promise<number> {
   const { parseHostConfig } = await import('../../actors/config.js');
   const { DriverHost } = await import('../../actors/host.js');
   const { builtinDrivers } = await import('../../drivers/index.js');
-  const { e1000ePort } = await import('../../drivers/e1000e/index.js');
   const { KernelPeer } = await import('../net/kernel-peer.js');
   const { buildFrame, macBytes } = await import('../net/frames.js');
   const nics = defaultDevices.filter((d) => d.model === 'e1000e');
@@ -80,7 +79,7 @@ async function guest(peerBinary: string, quick: boolean): Promise<number> {
   const peer = await KernelPeer.open(guestAddress(nics.find((d) => d.bind === 'e1000e')!), peerBinary);
   const host = DriverHost.claim(parseHostConfig({ devices: [{ address, driver: 'e1000e', options: { rxRing: 4096, rxBuffers: 8192 } }] }, builtinDrivers));
   host.start();
-  const port = e1000ePort(address);
+  const port = host.packetPort(address);
   const deadline = Date.now() + 60_000;
   while (!(port.attached && port.linkState.up)) {
     if (Date.now() > deadline) throw new Error('net bench: the e1000e driver did not come up within 60 s');
