@@ -26,7 +26,9 @@
  * incarnation provides a new proxy.
  *
  * One proxy per export (a ring has one producer): another thread that wants
- * the device needs its own export.
+ * the device needs its own export. blockService is this pair as a service
+ * kind (actors/service.ts), which makes one export per consumer thread on
+ * demand and hands its setup over.
  */
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { BlockDeviceBase, BlockGoneError, BlockRequestError, checkRequest, type BlockDevice, type BlockGeometry, type BlockOperation } from '../drivers/block.js';
@@ -34,6 +36,7 @@ import { NvmeGoneError, NvmeStatusError, NvmeTimeoutError } from '../drivers/nvm
 import { UpciError, type UpciErrorCode } from '../kernel/errors.js';
 import { allocShared } from '../shm/mapping.js';
 import { createRing, RingConsumer, RingProducer } from '../shm/ring.js';
+import type { ServiceExport, ServiceKind } from './service.js';
 
 /** Requests in flight at once per export (each holds a tag, a bounce slot and an error area). */
 const TAGS = 64;
@@ -156,16 +159,8 @@ function decodeError(bytes: Uint8Array): Error {
   return error;
 }
 
-/** The export, in the driver's thread: what to post to the other thread, and how to stop serving. */
-export interface BlockExport {
-  readonly setup: BlockServiceSetup;
-  /** Post the setup with these transferred. */
-  readonly transfer: readonly MessagePort[];
-  stop(): void;
-}
-
 /** Serves `device` (in its driver's thread) to one BlockProxy in another thread. */
-export function serveBlockDevice(device: BlockDevice): BlockExport {
+export function serveBlockDevice(device: BlockDevice): ServiceExport<BlockServiceSetup> {
   const requestRing = createRing(TAGS, REQUEST_WORDS);
   const completionRing = createRing(COMPLETION_SLOTS, COMPLETION_WORDS);
   const bounceBytes = Math.min(device.maxTransferBytes, BOUNCE_MAX);
@@ -437,3 +432,11 @@ export class BlockProxy extends BlockDeviceBase {
     else request.reject(error);
   }
 }
+
+/** Block devices as a service kind: DriverBus.provideBlockDevice and blockDevice, DriverHost.blockDevice. */
+export const blockService: ServiceKind<BlockDevice, BlockServiceSetup> = {
+  kind: 'block',
+  noun: 'block device',
+  serve: serveBlockDevice,
+  proxy: (setup) => new BlockProxy(setup),
+};

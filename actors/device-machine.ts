@@ -15,7 +15,6 @@
  * the actor's snapshots and in the inspection stream.
  */
 import { assign, createActor, fromPromise, setup, toPromise, type ActorRefFrom, type InspectionEvent, type Observer } from 'xstate';
-import type { BlockDevice } from '../drivers/block.js';
 import type { AnyDriver, OptionsOf, OptionsSchema } from '../drivers/contract.js';
 import type { PciAddress } from '../kernel/pci-address.js';
 import type { PciDevice } from '../pci/device.js';
@@ -23,8 +22,7 @@ import { restartDelay } from './backoff.js';
 import type { Supervision } from './config.js';
 import { AttachedBus, stopBusMaster } from './driver-bus.js';
 import { sourceOf } from './driver-source.js';
-import { BlockProxy, type BlockServiceSetup } from './block-service.js';
-import { PacketProxy, servePacketPort, type PacketServiceSetup } from './packet-service.js';
+import type { ServiceLink, ServiceRegistry } from './service-registry.js';
 import { DriverThread, LOAD_TIMEOUT_MS, type QuiesceReport } from './driver-worker.js';
 import type { DeviceMeter } from './meter.js';
 
@@ -77,10 +75,8 @@ export interface DeviceActorInput {
   readonly inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
   /** The config entry's name: the driver's block devices are named after it. */
   readonly name: string;
-  /** Publishes a driver's block device; the returned function withdraws it. */
-  readonly provide: (device: BlockDevice) => () => void;
-  /** Binds an incarnation's packet port to the host's port of its name; the returned function unbinds it (its counts are then final). */
-  readonly providePacketPort: (proxy: PacketProxy) => () => void;
+  /** The host's services (actors/service-registry.ts): a driver thread gets a link of its own, a driver here the main thread's. */
+  readonly services: ServiceRegistry;
 }
 
 /**
@@ -90,7 +86,7 @@ export interface DeviceActorInput {
  * this thread (drivers made in this thread, ports that cannot share).
  */
 type Attachment =
-  | { readonly kind: 'thread'; readonly thread: DriverThread; readonly blocks: ProvidedBlocks; readonly ports: ProvidedPorts }
+  | { readonly kind: 'thread'; readonly thread: DriverThread; readonly services: ServiceLink }
   | { readonly kind: 'inline'; readonly bus: AttachedBus; readonly resources: unknown };
 
 export interface DeviceContext extends DeviceActorInput {
@@ -171,14 +167,16 @@ export async function cleanDetach(driver: AnyDriver, timeoutMs: number, detach: 
  */
 async function quiesce({ device, attachment, incarnation, onQuiesced, meter }: Quiescing, graceful: boolean): Promise<void> {
   if (attachment?.kind === 'thread') {
-    attachment.blocks.close(`the host took ${device.address} back from its driver (stopped, crashed or hung); a restarted driver provides the device again`);
+    const reason = `the host took ${device.address} back from its driver (stopped, crashed or hung); ask for it again to get the restarted driver's`;
+    // Its consumers fail at once; what it consumes stays usable to its own clean detach, and ends with the thread.
+    attachment.services.withdrawProvided(reason);
     try {
       const report = await (graceful ? attachment.thread.stop() : attachment.thread.kill());
       onQuiesced(incarnation, report);
     } finally {
+      attachment.services.close(reason);
       meter.follow(undefined);
       stopBusMaster(device);
-      attachment.ports.close();
     }
     return;
   }
@@ -186,58 +184,6 @@ async function quiesce({ device, attachment, incarnation, onQuiesced, meter }: Q
     stopBusMaster(device);
   } finally {
     attachment?.bus.release();
-  }
-}
-
-/**
- * The block devices a driver thread provided, as proxies here: published
- * to the host until the device is taken back, then closed (every pending
- * request fails, new ones are refused). One that arrives after that is
- * closed at once.
- */
-class ProvidedBlocks {
-  private readonly open: { proxy: BlockProxy; withdraw: () => void }[] = [];
-  private closed: string | undefined;
-
-  constructor(private readonly provide: (device: BlockDevice) => () => void) {}
-
-  add(setup: BlockServiceSetup): void {
-    const proxy = new BlockProxy(setup);
-    if (this.closed !== undefined) return proxy.close(this.closed);
-    this.open.push({ proxy, withdraw: this.provide(proxy) });
-  }
-
-  close(reason: string): void {
-    this.closed ??= reason;
-    for (const { proxy, withdraw } of this.open.splice(0)) {
-      withdraw();
-      proxy.close(reason);
-    }
-  }
-}
-
-/**
- * The packet ports a driver thread provided, as proxies here, bound to the
- * host's ports until the thread has ended: only then are their counts final
- * (the driver counts what it lost as it stops, and the frames sent meanwhile
- * stay in the rings, counted as lost at the close). One that arrives after
- * that is closed at once.
- */
-class ProvidedPorts {
-  private readonly bound: (() => void)[] = [];
-  private closed = false;
-
-  constructor(private readonly provide: (proxy: PacketProxy) => () => void) {}
-
-  add(setup: PacketServiceSetup): void {
-    const proxy = new PacketProxy(setup);
-    if (this.closed) return proxy.close();
-    this.bound.push(this.provide(proxy));
-  }
-
-  close(): void {
-    this.closed = true;
-    for (const unbind of this.bound.splice(0)) unbind();
   }
 }
 
@@ -272,19 +218,22 @@ export function deviceMachineFor(driver: AnyDriver) {
           const { device, driver, supervision, incarnation } = context;
           const source = sourceOf(driver);
           if (source !== undefined && device.kernel.handles !== undefined && (driver.thread ?? 'own') === 'own') {
-            const blocks = new ProvidedBlocks(context.provide);
-            const ports = new ProvidedPorts(context.providePacketPort);
-            const thread = new DriverThread({
-              device, source, options: context.options, incarnation, supervision, name: context.name,
-              onNote: context.onNote,
-              onBlockDevice: (setup) => blocks.add(setup),
-              onPacketPort: (setup) => ports.add(setup),
-              onStall: (vector, waitedMs) => onWatchdog(stallMessage(vector, waitedMs)),
-              onHang: onWatchdog,
-            });
+            const services = context.services.link(`${device.address} #${incarnation}`);
+            let thread: DriverThread;
+            try {
+              thread = new DriverThread({
+                device, source, options: context.options, incarnation, supervision, name: context.name, services,
+                onNote: context.onNote,
+                onStall: (vector, waitedMs) => onWatchdog(stallMessage(vector, waitedMs)),
+                onHang: onWatchdog,
+              });
+            } catch (e) {
+              services.close(`${device.address}: its driver thread did not start`);
+              throw e;
+            }
             context.meter.follow(thread);
             context.onThread(incarnation, thread.threadId);
-            const attachment: Attachment = { kind: 'thread', thread, blocks, ports };
+            const attachment: Attachment = { kind: 'thread', thread, services };
             const input = quiescing({ ...context, attachment });
             try {
               await bounded(thread.loaded, LOAD_TIMEOUT_MS, `${driver.name}: the driver thread did not load its modules within ${LOAD_TIMEOUT_MS} ms`, () => quiesce(input, false));
@@ -297,19 +246,7 @@ export function deviceMachineFor(driver: AnyDriver) {
           }
           const bus = new AttachedBus(device, incarnation, {
             name: context.name,
-            onProvide: context.provide,
-            // In this thread too the port goes through its rings: one mechanism, wherever the driver runs.
-            onProvidePacketPort: (binding) => {
-              const served = servePacketPort(context.name, binding);
-              const unbind = context.providePacketPort(new PacketProxy(served.setup));
-              return {
-                endpoint: served.endpoint,
-                withdraw: () => {
-                  served.stop();
-                  unbind();
-                },
-              };
-            },
+            services: context.services.local,
             watchdogMs: supervision.watchdogMs,
             meter: context.meter,
             onStall: (vector, waitedMs) => onWatchdog(stallMessage(vector, waitedMs)),

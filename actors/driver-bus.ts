@@ -11,9 +11,12 @@ import type { BusSpace } from '../pci/bus-space.js';
 import type { ConfigHeader } from '../pci/config.js';
 import type { Bar, PciDevice } from '../pci/device.js';
 import { Interrupts, type InterruptEvent, type InterruptOptions, type InterruptType, type InterruptVector } from '../pci/intr.js';
-import type { BlockDevice } from '../drivers/block.js';
 import type { PacketBinding, PacketEndpoint } from '../drivers/packet.js';
+import { LocalPacketSource, packetService } from './packet-service.js';
+import type { BlockDevice } from '../drivers/block.js';
 import { quiesce } from '../pci/teardown.js';
+import { blockService } from './block-service.js';
+import type { ServiceAccess } from './service.js';
 
 /** What a DriverBus reports as the driver uses it: DeviceMeter in the driver's thread, or the shared ledger of its worker. */
 export interface BusMeter {
@@ -27,10 +30,8 @@ export interface BusMeter {
 export interface BusHooks {
   readonly name: string;
   readonly watchdogMs: number;
-  /** Publishes a block device; the returned function withdraws it. */
-  onProvide(device: BlockDevice): () => void;
-  /** Serves a packet port to the host; `withdraw` ends the service. */
-  onProvidePacketPort(binding: PacketBinding): { readonly endpoint: PacketEndpoint; readonly withdraw: () => void };
+  /** The services of the thread the driver runs in (actors/service.ts). */
+  readonly services: ServiceAccess;
   readonly meter: BusMeter;
   /** An INTx event was not acked within watchdogMs: the driver is hung with the line masked. */
   onStall(vector: number, waitedMs: number): void;
@@ -104,14 +105,23 @@ export class AttachedBus implements DriverBus {
 
   provideBlockDevice(device: BlockDevice): void {
     this.live();
-    this.releaseHooks.push(this.hooks.onProvide(device));
+    this.releaseHooks.push(this.hooks.services.provide(blockService, device.name, device));
+  }
+
+  blockDevice(name: string, timeoutMs = 30_000): Promise<BlockDevice> {
+    this.live();
+    return this.hooks.services.consume(blockService, name, timeoutMs);
   }
 
   providePacketPort(binding: PacketBinding): PacketEndpoint {
     this.live();
-    const { endpoint, withdraw } = this.hooks.onProvidePacketPort(binding);
-    this.releaseHooks.push(withdraw);
-    return endpoint;
+    const local = new LocalPacketSource(this.name, binding);
+    const withdraw = this.hooks.services.provide(packetService, this.name, local);
+    this.releaseHooks.push(() => {
+      withdraw();
+      local.close(`the host took ${this.address} back from its driver`);
+    });
+    return local.endpoint;
   }
 
   header(): ConfigHeader {

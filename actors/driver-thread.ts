@@ -6,9 +6,11 @@
  * with its interrupts polled by this thread's own event loop. The heartbeat
  * that loop advances, and the ledger of what the driver holds, are in shared
  * memory: the main thread supervises through them, not through this thread.
+ * The services the driver provides and consumes go through this thread's
+ * own link to the main thread's registry (actors/service.ts).
  */
 import { getHeapStatistics } from 'node:v8';
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { createActor, type AnyActorRef } from 'xstate';
 import { PciDevice, type SharedDevice } from '../pci/device.js';
 import { installFdLedger } from '../workers/interrupt-watcher.js';
@@ -19,8 +21,7 @@ import { DriverLedger } from './driver-ledger.js';
 import { importDriver, type DriverSource } from './driver-source.js';
 import { cleanDetach } from './device-machine.js';
 import type { AnyDriver } from '../drivers/contract.js';
-import { serveBlockDevice, type BlockServiceSetup } from './block-service.js';
-import { servePacketPort, type PacketServiceSetup } from './packet-service.js';
+import { ThreadServices } from './service.js';
 
 export interface DriverThreadData {
   readonly device: SharedDevice;
@@ -32,6 +33,8 @@ export interface DriverThreadData {
   readonly detachTimeoutMs: number;
   readonly name: string;
   readonly ledger: SharedArrayBuffer;
+  /** This thread's link to the main thread's service registry (transferred). */
+  readonly services: MessagePort;
 }
 
 /** What the worker tells the main thread. */
@@ -41,10 +44,6 @@ export type ThreadMessage =
   | { readonly type: 'attached' }
   | { readonly type: 'attach-failed'; readonly message: string }
   | { readonly type: 'note'; readonly message: string }
-  /** The driver provided a block device: its export (actors/block-service.ts), for a BlockProxy in the main thread. */
-  | { readonly type: 'block-device'; readonly setup: BlockServiceSetup }
-  /** The driver provided a packet port: its export (actors/packet-service.ts), for a PacketProxy in the main thread. */
-  | { readonly type: 'packet-port'; readonly setup: PacketServiceSetup }
   | { readonly type: 'stall'; readonly vector: number; readonly waitedMs: number }
   | { readonly type: 'finished' }
   | { readonly type: 'crashed'; readonly message: string }
@@ -81,16 +80,7 @@ function run(data: DriverThreadData): void {
   const device = PciDevice.adopt(data.device);
   const bus = new AttachedBus(device, data.incarnation, {
     name: data.name,
-    onProvide: (block) => {
-      const served = serveBlockDevice(block);
-      port.postMessage({ type: 'block-device', setup: served.setup } satisfies ThreadMessage, [...served.transfer]);
-      return served.stop;
-    },
-    onProvidePacketPort: (binding) => {
-      const served = servePacketPort(data.name, binding);
-      port.postMessage({ type: 'packet-port', setup: served.setup } satisfies ThreadMessage, [...served.transfer]);
-      return { endpoint: served.endpoint, withdraw: served.stop };
-    },
+    services: new ThreadServices(data.services),
     watchdogMs: data.watchdogMs,
     meter,
     onStall: (vector, waitedMs) => post({ type: 'stall', vector, waitedMs }),

@@ -23,8 +23,7 @@ import { closeFd } from '../workers/event-queue.js';
 import type { Supervision } from './config.js';
 import { DriverLedger } from './driver-ledger.js';
 import type { DriverSource } from './driver-source.js';
-import type { BlockServiceSetup } from './block-service.js';
-import type { PacketServiceSetup } from './packet-service.js';
+import type { ServiceLink } from './service-registry.js';
 import type { DriverThreadData, HostMessage, ThreadMessage } from './driver-thread.js';
 import type { ThreadStats, ThreadView } from './meter.js';
 
@@ -37,10 +36,8 @@ export interface ThreadSpec {
   /** The config entry's name (DriverBus.name). */
   readonly name: string;
   onNote(message: string): void;
-  /** The driver provided a block device (its export, for a BlockProxy here). */
-  onBlockDevice(setup: BlockServiceSetup): void;
-  /** The driver provided a packet port (its export, for a PacketProxy here). */
-  onPacketPort(setup: PacketServiceSetup): void;
+  /** The thread's link to the host's service registry (its port goes to the thread). */
+  readonly services: ServiceLink;
   /** An INTx event was not acked within watchdogMs. */
   onStall(vector: number, waitedMs: number): void;
   /** The heartbeat stopped for longer than watchdogMs: the thread is hung. */
@@ -131,9 +128,11 @@ export class DriverThread implements ThreadView {
       detachTimeoutMs: supervision.attachTimeoutMs,
       name: spec.name,
       ledger: this.ledger.buffer,
+      services: spec.services.port,
     };
     this.worker = new Worker(new URL('./driver-thread.js', import.meta.url), {
       workerData: data,
+      transferList: [spec.services.port],
       name: `upci ${device.address} #${spec.incarnation}`,
       resourceLimits: { maxOldGenerationSizeMb: supervision.heapLimitMb },
     });
@@ -162,8 +161,6 @@ export class DriverThread implements ThreadView {
         return;
       case 'attach-failed': return this.settleAttach.reject(new Error(m.message));
       case 'note': return this.spec.onNote(m.message);
-      case 'block-device': return this.spec.onBlockDevice(m.setup);
-      case 'packet-port': return this.spec.onPacketPort(m.setup);
       case 'stall': return this.spec.onStall(m.vector, m.waitedMs);
       case 'finished': return this.settleEnd.resolve();
       case 'crashed': return this.settleEnd.reject(new Error(m.message));

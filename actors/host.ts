@@ -27,7 +27,12 @@ import { DeviceMeter, type ThreadStats } from './meter.js';
 import { moduleFileOf } from './driver-source.js';
 import type { PacketPort } from '../drivers/packet.js';
 import { NetPort } from './net-port.js';
-import type { PacketProxy } from './packet-service.js';
+import { packetService } from './packet-service.js';
+import { blockService } from './block-service.js';
+import { ServiceRegistry } from './service-registry.js';
+
+/** How long a packet port's wait for its driver's next incarnation lasts before it asks again (a pending wait outlives shutdown by at most this). */
+const PACKET_WAIT_MS = 5_000;
 
 export interface HostOptions {
   readonly registry?: DriverRegistry;
@@ -81,6 +86,8 @@ const hostMachine = setup({
 
 export class DriverHost {
   private readonly subject = new Subject<HostEvent>();
+  /** Who provides which service (block devices...), and every export of one to a consumer thread. */
+  readonly services = new ServiceRegistry();
   /** Everything the host reports; subscribe before start() to see every transition. */
   readonly events: Observable<HostEvent> = this.subject.asObservable();
   private readonly actor: Actor<typeof hostMachine>;
@@ -119,8 +126,7 @@ export class DriverHost {
           onThread: (incarnation, threadId) => this.emit({ type: 'thread', at: Date.now(), address, incarnation, threadId }),
           ...(options.inspect === undefined ? {} : { inspect: options.inspect }),
           name: claim.entry.name,
-          provide: (device) => this.provide(device),
-          providePacketPort: (proxy) => this.providePacketPort(proxy),
+          services: this.services,
         },
       };
     });
@@ -145,68 +151,33 @@ export class DriverHost {
     this.subject.next(event);
   }
 
-  private readonly blocks = new Map<string, BlockDevice>();
-  private readonly blocksChanged = new Subject<void>();
-
-  private provide(device: BlockDevice): () => void {
-    this.blocks.set(device.name, device);
-    this.blocksChanged.next();
-    return () => {
-      if (this.blocks.get(device.name) === device) this.blocks.delete(device.name);
-    };
-  }
-
-  /** Block devices the drivers provide now, by name. */
-  get blockDevices(): ReadonlyMap<string, BlockDevice> {
-    return this.blocks;
-  }
-
   /**
    * The block device `name` (e.g. "nvme0n1": the config entry's name and
    * the driver's suffix), once its driver provides it: at attach, and again
-   * after each supervised restart (the old object then fails every request).
+   * after each supervised restart (the old object then fails every request
+   * with BlockGoneError). The same object on each call until then. From a
+   * driver in its own thread it is this thread's own export of it (a
+   * BlockProxy over shared-memory rings); from a driver in this thread, the
+   * driver's object itself.
    */
   blockDevice(name: string, timeoutMs = 30_000): Promise<BlockDevice> {
-    const now = this.blocks.get(name);
-    if (now !== undefined) return Promise.resolve(now);
-    return new Promise<BlockDevice>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        sub.unsubscribe();
-        reject(new Error(`no block device ${JSON.stringify(name)} within ${timeoutMs} ms (provided now: ${[...this.blocks.keys()].join(', ') || 'none'})`));
-      }, timeoutMs);
-      const sub = this.blocksChanged.subscribe(() => {
-        const device = this.blocks.get(name);
-        if (device === undefined) return;
-        clearTimeout(timer);
-        sub.unsubscribe();
-        resolve(device);
-      });
-    });
+    return this.services.local.consume(blockService, name, timeoutMs);
   }
 
   private readonly ports = new Map<string, NetPort>();
 
-  private providePacketPort(proxy: PacketProxy): () => void {
-    const port = this.netPort(proxy.name);
-    port.bind(proxy);
-    return () => port.unbind(proxy);
-  }
-
   /**
    * The packet port `name` (the config entry's name, by default its
    * address): the same object for the host's lifetime, attached while an
-   * incarnation of its driver runs (PacketPort.attached), re-bound at each
-   * supervised restart. Made on first use, so a program may subscribe
-   * before the driver is up.
+   * incarnation of its driver runs (PacketPort.attached), bound again to the
+   * next one after a supervised restart, with its counters carried on. Made
+   * on first use, so a program may subscribe before the driver is up. A
+   * packet port has one consumer: this one.
    */
   packetPort(name: string): PacketPort {
-    return this.netPort(name);
-  }
-
-  private netPort(name: string): NetPort {
     let port = this.ports.get(name);
     if (port === undefined) {
-      port = new NetPort(name);
+      port = new NetPort(name, () => this.services.local.consume(packetService, name, PACKET_WAIT_MS));
       this.ports.set(name, port);
     }
     return port;
@@ -340,6 +311,7 @@ export class DriverHost {
       const started = performance.now();
       this.watchAll();
       this.emit({ type: 'host', at: Date.now(), phase: 'stopping' });
+      for (const port of this.ports.values()) port.stop();
       this.actor.send({ type: 'SHUTDOWN' });
       let timer: NodeJS.Timeout | undefined;
       const overran = await Promise.race([

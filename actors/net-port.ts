@@ -1,11 +1,13 @@
 /**
- * The host's packet port of one NIC (DriverHost.packetPort(name)): the
- * PacketPort programs use, which outlives the driver's incarnations. Each
- * incarnation's PacketProxy (actors/packet-service.ts) is bound to it while
- * the incarnation runs; the counters of those that ended are added up here,
- * with what the rings held when they ended (lost in the restart) and what
- * this side counts itself (frames nobody consumed, sends dropped while the
- * link was down or no incarnation was attached).
+ * A consumer's packet port of one NIC (DriverHost.packetPort(name)): the
+ * PacketPort programs use, which outlives the driver's incarnations. It
+ * asks the services for the port (kind 'packet', actors/packet-service.ts)
+ * and binds what it gets, the driver's own object in the same thread or a
+ * proxy over rings in another; when that incarnation's device is taken
+ * back it asks again, for the next one. The counters of the incarnations
+ * that ended are added up here, with what their rings held (lost in the
+ * restart) and what this side counts itself (frames nobody consumed, sends
+ * dropped while the link was down or no incarnation was attached).
  */
 import { BehaviorSubject, type Observable } from 'rxjs';
 import { UpciError } from '../kernel/errors.js';
@@ -14,10 +16,13 @@ import {
   LINK_UNKNOWN, MAX_FRAME,
   type LinkState, type Mac, type NetCounters, type PacketPort, type PortInfo, type RxFrame,
 } from '../drivers/packet.js';
-import type { PacketProxy, PacketSink } from './packet-service.js';
+import type { PacketSink, PacketSource } from './packet-service.js';
 
 /** Receive address entries a NIC has besides its own station address (the 82574's RAL/RAH 1..15). */
 const EXTRA_UNICAST = 15;
+
+/** After a refusal (no incarnation within the services' wait, or the port taken), ask again this much later. */
+const RETRY_MS = 100;
 
 type Groups = Record<string, Record<string, number>>;
 
@@ -40,7 +45,10 @@ function addCounters(into: Groups, from: Groups): void {
 }
 
 export class NetPort implements PacketPort {
-  private proxy: PacketProxy | undefined;
+  private proxy: PacketSource | undefined;
+  /** Incarnations that ended: their counters and lost frames still count (a driver may write its last ones after the take-back began). */
+  private readonly ended: PacketSource[] = [];
+  private following = true;
   private linkUp = false;
   /** Not a Subject: its next() allocates, and this runs per frame. */
   private readonly frameFanout = new Fanout<RxFrame>();
@@ -68,9 +76,13 @@ export class NetPort implements PacketPort {
     },
     setLink: (link) => this.setLink(link),
     wake: () => this.wake(),
+    closed: () => this.unbind(),
   };
 
-  constructor(readonly name: string) {}
+  /** `consume` asks the services for the port's next incarnation (it may refuse after a while: then it is asked again). */
+  constructor(readonly name: string, private readonly consume: () => Promise<PacketSource>) {
+    this.follow();
+  }
 
   get attached(): PortInfo | undefined {
     return this.infoSubject.value;
@@ -129,29 +141,50 @@ export class NetPort implements PacketPort {
 
   stats(): NetCounters {
     const total = structuredClone(this.counted);
-    if (this.proxy !== undefined) addCounters(total as unknown as Groups, this.proxy.counters as unknown as Groups);
+    for (const source of this.proxy === undefined ? this.ended : [...this.ended, this.proxy]) {
+      addCounters(total as unknown as Groups, source.counters as unknown as Groups);
+      const lost = source.lost();
+      total.rx.lostInRestart += lost.rx;
+      total.tx.lostInRestart += lost.tx;
+    }
     return total;
   }
 
-  /** @internal The host: a new incarnation provided its port (one at a time). */
-  bind(proxy: PacketProxy): void {
-    if (this.proxy !== undefined) this.unbind(this.proxy);
-    this.proxy = proxy;
-    proxy.bind(this.sink, this.extraUnicast, this.multicast);
-    this.infoSubject.next(proxy.info);
+  /** Stops asking for incarnations (the host is shutting down). */
+  stop(): void {
+    this.following = false;
+  }
+
+  private follow(): void {
+    if (!this.following) return;
+    const again = () => setTimeout(() => this.follow(), RETRY_MS).unref();
+    this.consume().then((source) => {
+      if (!this.following) return;
+      try {
+        this.bind(source);
+      } catch {
+        // Another consumer has it (a packet port has one): try again later.
+        again();
+      }
+    }, again);
+  }
+
+  private bind(source: PacketSource): void {
+    this.proxy = source;
+    source.bind(this.sink, this.extraUnicast, this.multicast);
+    this.infoSubject.next(source.info);
     this.wake();
   }
 
-  /** @internal The host: `proxy`'s incarnation has ended (its driver thread is gone or its bus reclaimed): its counts are final. */
-  unbind(proxy: PacketProxy): void {
-    proxy.close();
-    if (this.proxy !== proxy) return;
+  /** The bound incarnation's device was taken back: its counts stay, and the next incarnation is asked for. */
+  private unbind(): void {
+    const source = this.proxy;
+    if (source === undefined) return;
     this.proxy = undefined;
-    addCounters(this.counted as unknown as Groups, proxy.counters as unknown as Groups);
-    this.counted.rx.lostInRestart += proxy.lost.rx;
-    this.counted.tx.lostInRestart += proxy.lost.tx;
+    this.ended.push(source);
     this.infoSubject.next(undefined);
     this.wake();
+    this.follow();
   }
 
   private setLink(link: LinkState): void {

@@ -1,7 +1,9 @@
 /**
- * A NIC driver's packet port across threads (or within one): the driver's
- * PacketBinding served in its thread, a PacketProxy in the consumer's, and
- * between them four shared-memory rings (shm/ring.ts) with one slot per
+ * A NIC driver's packet port as a service (actors/service.ts, kind
+ * 'packet'). In the driver's thread a LocalPacketSource wraps the driver's
+ * PacketBinding (DriverBus.providePacketPort) and is what a consumer in that
+ * same thread binds; a consumer in another thread gets a PacketProxy over
+ * an export of it: four shared-memory rings (shm/ring.ts) with one slot per
  * frame and no message per frame:
  *
  * - received: (buffer id, offset, buffer bytes, length, handle) per frame.
@@ -22,18 +24,21 @@
  * Link changes and filters are messages (rare); the counters are a block of
  * shared memory the driver writes and the consumer reads (shm/counters.ts).
  *
- * One proxy per export (each ring has one producer). When the incarnation
- * has ended (its thread gone, or its DriverBus reclaimed), close() counts
- * what the rings still held as lost: frames received and never delivered,
- * frames sent that the driver never took.
+ * A packet port has one consumer at a time (a frame's buffer goes back at
+ * its first release): a second export, or an export while a consumer in the
+ * driver's thread is bound, is refused. When the incarnation ends, what the
+ * rings still hold is lost (PacketSource.lost(): frames received and never
+ * delivered, frames sent that the driver never took); the host's port
+ * (actors/net-port.ts) adds it up with the incarnation's counters.
  */
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import {
   DRIVER_COUNTERS, MAX_FRAME, MIN_FRAME,
   type DriverCounters, type LinkState, type Mac, type PacketBinding, type PacketEndpoint, type PortInfo, type RxFrame, type TransmitBuffers,
 } from '../drivers/packet.js';
-import { countersOf, createCounters } from '../shm/counters.js';
+import { countersOf, createCounters, type CounterBlock } from '../shm/counters.js';
 import { createRing, RingConsumer, RingProducer } from '../shm/ring.js';
+import type { ServiceExport, ServiceKind } from './service.js';
 
 // Received slot: buffer id, offset, buffer bytes, frame length, handle.
 const RECEIVED_WORDS = 5;
@@ -73,19 +78,169 @@ const slotsFor = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(1, n)));
 
 const layoutOf = (hardware: readonly string[]) => ({ ...DRIVER_COUNTERS, hardware });
 
-/** The export, in the driver's thread. */
-export interface PacketExport {
-  readonly setup: PacketServiceSetup;
-  /** Post the setup with these transferred. */
-  readonly transfer: readonly MessagePort[];
-  /** What the driver reports to. */
-  readonly endpoint: PacketEndpoint;
-  /** Stops serving (the incarnation ended; also PacketEndpoint.unbind). */
-  stop(): void;
+/** Where a consumer's port takes an incarnation's frames, link changes and end. */
+export interface PacketSink {
+  deliver(frame: RxFrame): void;
+  setLink(link: LinkState): void;
+  /** Transmit buffers came back. */
+  wake(): void;
+  /** The incarnation's port is gone (its device taken back): `reason` says why. */
+  closed(reason: string): void;
 }
 
-/** Serves `binding` (in its driver's thread) to one PacketProxy, in another thread or this one. */
-export function servePacketPort(name: string, binding: PacketBinding): PacketExport {
+/** One incarnation's packet port as a consumer binds it: LocalPacketSource in the driver's thread, PacketProxy elsewhere. */
+export interface PacketSource {
+  readonly name: string;
+  readonly info: PortInfo;
+  /** The incarnation's counters, live (the driver writes them; readable after the incarnation ended too). */
+  readonly counters: DriverCounters;
+  /** Frames in the rings that will never be delivered or sent (0 while the port is open). */
+  lost(): { readonly rx: number; readonly tx: number };
+  /** Starts delivering to `sink`, with the consumer's filters. */
+  bind(sink: PacketSink, unicast: readonly Mac[], multicast: readonly Mac[]): void;
+  filters(unicast: readonly Mac[], multicast: readonly Mac[]): void;
+  /** Copies frames[from..] into free transmit buffers (padded to MIN_FRAME) and posts them; returns how many. */
+  post(frames: readonly Uint8Array[], from: number): number;
+  close(reason: string): void;
+}
+
+/** What the driver's reports go to: the consumer in this thread, or an export's rings. */
+interface DriverSide {
+  deliver(frame: RxFrame): void;
+  transmitted(index: number): void;
+  setLink(link: LinkState): void;
+  /** The driver stopped: its buffers are freed next. */
+  stopped(): void;
+}
+
+/** Copies `frame` into transmit buffer `index`, padded to MIN_FRAME; returns the length to post. */
+function fill(bytes: Uint8Array, offset: number, frame: Uint8Array): number {
+  bytes.set(frame, offset);
+  if (frame.length >= MIN_FRAME) return frame.length;
+  bytes.fill(0, offset + frame.length, offset + MIN_FRAME);
+  return MIN_FRAME;
+}
+
+/**
+ * A driver's packet port in its own thread (DriverBus.providePacketPort
+ * makes it): the PacketEndpoint the driver reports to, the source a
+ * consumer in this thread binds, and what an export serves.
+ */
+export class LocalPacketSource implements PacketSource {
+  readonly endpoint: PacketEndpoint;
+  readonly counters: DriverCounters;
+  readonly block: CounterBlock<ReturnType<typeof layoutOf>>;
+  private side: DriverSide | undefined;
+  private consumer: PacketSink | undefined;
+  private link: LinkState | undefined;
+  private readonly transmitBytes: Uint8Array;
+  /** Free transmit buffers, for a consumer in this thread (an export's proxy keeps its own list). */
+  private readonly free: Int32Array;
+  private freeCount: number;
+  private readonly statsTimer: NodeJS.Timeout;
+  private running = true;
+
+  constructor(readonly name: string, readonly binding: PacketBinding) {
+    this.block = createCounters(layoutOf(binding.hardwareCounters));
+    this.counters = this.block.counters as DriverCounters;
+    const { buffer, entries } = binding.transmitBuffers;
+    this.transmitBytes = new Uint8Array(buffer);
+    this.free = new Int32Array(entries);
+    for (let i = 0; i < entries; i++) this.free[i] = entries - 1 - i;
+    this.freeCount = entries;
+    this.statsTimer = setInterval(() => binding.readStats(this.counters.hardware), STATS_MS);
+    this.statsTimer.unref();
+    this.endpoint = {
+      counters: this.counters,
+      deliver: (frame) => {
+        if (this.side === undefined || !this.running) frame.release();
+        else this.side.deliver(frame);
+      },
+      transmitted: (index) => this.side?.transmitted(index),
+      setLink: (link) => {
+        this.link = link;
+        this.side?.setLink(link);
+      },
+      unbind: () => this.stopRunning(),
+    };
+  }
+
+  get info(): PortInfo {
+    return this.binding.info;
+  }
+
+  lost(): { rx: number; tx: number } {
+    return { rx: 0, tx: 0 };
+  }
+
+  bind(sink: PacketSink, unicast: readonly Mac[], multicast: readonly Mac[]): void {
+    this.claim('a consumer in its own thread');
+    this.consumer = sink;
+    this.side = {
+      deliver: (frame) => sink.deliver(frame),
+      transmitted: (index) => {
+        this.free[this.freeCount++] = index;
+        sink.wake();
+      },
+      setLink: (link) => sink.setLink(link),
+      stopped: () => {},
+    };
+    this.filters(unicast, multicast);
+    if (this.link !== undefined) sink.setLink(this.link);
+  }
+
+  filters(unicast: readonly Mac[], multicast: readonly Mac[]): void {
+    if (this.running) this.binding.applyFilters(unicast, multicast);
+  }
+
+  post(frames: readonly Uint8Array[], from: number): number {
+    if (!this.running) return 0;
+    const { stride } = this.binding.transmitBuffers;
+    let i = from;
+    for (; i < frames.length && this.freeCount > 0; i++) {
+      const index = this.free[--this.freeCount]!;
+      this.binding.transmit(index, fill(this.transmitBytes, index * stride, frames[i]!));
+    }
+    if (i > from) this.binding.flushTransmit();
+    return i - from;
+  }
+
+  /** The host took the device back (DriverBus release): the consumer is told. */
+  close(reason: string): void {
+    this.stopRunning();
+    const consumer = this.consumer;
+    this.consumer = undefined;
+    consumer?.closed(reason);
+  }
+
+  /** @internal servePacketPort: the export's rings become where the driver's reports go; `end` when the export stops. */
+  attach(side: DriverSide): () => void {
+    this.claim('a consumer in another thread');
+    this.side = side;
+    if (this.link !== undefined) side.setLink(this.link);
+    return () => {
+      if (this.side === side) this.side = undefined;
+    };
+  }
+
+  private claim(who: string): void {
+    if (this.side !== undefined) {
+      throw new Error(`${this.name}: its packet port already has a consumer, so ${who} cannot have it too (a frame's buffer goes back to the driver at its first release: one consumer per port)`);
+    }
+  }
+
+  private stopRunning(): void {
+    if (!this.running) return;
+    this.running = false;
+    clearInterval(this.statsTimer);
+    this.side?.stopped();
+  }
+}
+
+/** In the provider's thread: a new export of `local` for a consumer in another thread. */
+export function servePacketPort(local: PacketSource): ServiceExport<PacketServiceSetup> {
+  if (!(local instanceof LocalPacketSource)) throw new Error(`${local.name}: only the driver's own packet port can be exported`);
+  const { binding, name } = local;
   // Every slot holds a buffer: never more than the driver's buffers, plus one (a buffer released
   // while its slot is being handled may come back in a new slot before that one is given back).
   const receiveSlots = slotsFor(binding.receiveBuffers + 1);
@@ -94,7 +249,6 @@ export function servePacketPort(name: string, binding: PacketBinding): PacketExp
   const returnedRing = createRing(receiveSlots, 1);
   const requestRing = createRing(transmitSlots, REQUEST_WORDS);
   const transmittedRing = createRing(transmitSlots, 1);
-  const block = createCounters(layoutOf(binding.hardwareCounters));
   const channel = new MessageChannel();
   const received = RingProducer.claim(receivedRing);
   const returned = RingConsumer.claim(returnedRing);
@@ -104,10 +258,9 @@ export function servePacketPort(name: string, binding: PacketBinding): PacketExp
   const handles = new Map<RxFrame, number>();
   const frames: RxFrame[] = [];
   const bufferIds = new Map<SharedArrayBuffer, number>();
-  const counters = block.counters as DriverCounters;
   const state = new Int32Array(new SharedArrayBuffer(4));
   state[0] = 1;
-  let serving = true;
+  let exported = true;
 
   const post = (m: ToConsumer) => channel.port1.postMessage(m);
   const idOf = (buffer: ArrayBufferLike): number => {
@@ -120,30 +273,12 @@ export function servePacketPort(name: string, binding: PacketBinding): PacketExp
     }
     return id;
   };
+  // Until the driver stops; then what is in the rings stays there (the consumer counts it lost).
+  let live = true;
 
-  channel.port1.on('message', (m: ToDriver) => binding.applyFilters(m.unicast, m.multicast));
-  channel.port1.unref();
-  returned.start((w, at) => frames[w[at]!]!.release());
-  requests.start((w, at) => binding.transmit(w[at]!, w[at + 1]!), () => binding.flushTransmit());
-  const statsTimer = setInterval(() => binding.readStats(counters.hardware), STATS_MS);
-  statsTimer.unref();
-
-  const stop = () => {
-    if (!serving) return;
-    serving = false;
-    Atomics.store(state, 0, 0);
-    clearInterval(statsTimer);
-    returned.stop();
-    requests.stop();
-    received.release();
-    transmitted.release();
-    channel.port1.close();
-  };
-
-  const endpoint: PacketEndpoint = {
-    counters,
+  const detach = local.attach({
     deliver(frame) {
-      if (!serving) return frame.release();
+      if (!live) return frame.release();
       let handle = handles.get(frame);
       if (handle === undefined) {
         handle = frames.length;
@@ -164,7 +299,7 @@ export function servePacketPort(name: string, binding: PacketBinding): PacketExp
       received.publish();
     },
     transmitted(index) {
-      if (!serving) return;
+      if (!live) return;
       const at = transmitted.reserve();
       // Never: the ring has a slot per transmit buffer.
       if (at < 0) throw new Error(`${name}: the transmitted ring is full`);
@@ -172,10 +307,18 @@ export function servePacketPort(name: string, binding: PacketBinding): PacketExp
       transmitted.publish();
     },
     setLink(link) {
-      if (serving) post({ type: 'link', link });
+      if (live) post({ type: 'link', link });
     },
-    unbind: stop,
-  };
+    stopped() {
+      live = false;
+      Atomics.store(state, 0, 0);
+    },
+  });
+
+  channel.port1.on('message', (m: ToDriver) => local.filters(m.unicast, m.multicast));
+  channel.port1.unref();
+  returned.start((w, at) => frames[w[at]!]!.release());
+  requests.start((w, at) => (live ? binding.transmit(w[at]!, w[at + 1]!) : false), () => binding.flushTransmit());
 
   return {
     setup: {
@@ -186,23 +329,25 @@ export function servePacketPort(name: string, binding: PacketBinding): PacketExp
       requests: requestRing,
       transmitted: transmittedRing,
       transmitBuffers: binding.transmitBuffers,
-      counters: block.buffer,
+      counters: local.block.buffer,
       hardwareCounters: binding.hardwareCounters,
       serving: state.buffer as SharedArrayBuffer,
       port: channel.port2,
     },
     transfer: [channel.port2],
-    endpoint,
-    stop,
+    stop: () => {
+      if (!exported) return;
+      exported = false;
+      live = false;
+      Atomics.store(state, 0, 0);
+      detach();
+      returned.stop();
+      requests.stop();
+      received.release();
+      transmitted.release();
+      channel.port1.close();
+    },
   };
-}
-
-/** Where a proxy delivers (the host's port of the proxy's name). */
-export interface PacketSink {
-  deliver(frame: RxFrame): void;
-  setLink(link: LinkState): void;
-  /** Transmit buffers came back. */
-  wake(): void;
 }
 
 /** A received frame on the consumer's side: a view of the driver's buffer, one object per buffer, reused. */
@@ -217,14 +362,11 @@ class ProxyFrame implements RxFrame {
   }
 }
 
-/** One incarnation's packet port, in the consumer's thread, over its export's rings. */
-export class PacketProxy {
+/** One incarnation's packet port, in a consumer's thread, over an export's rings. */
+export class PacketProxy implements PacketSource {
   readonly name: string;
   readonly info: PortInfo;
-  /** The incarnation's own counters, live (the driver writes them). */
   readonly counters: DriverCounters;
-  /** What close() found in the rings: frames received and never delivered, frames sent and never taken by the driver. */
-  readonly lost = { rx: 0, tx: 0 };
   private readonly received: RingConsumer;
   private readonly returned: RingProducer;
   private readonly requests: RingProducer;
@@ -290,23 +432,14 @@ export class PacketProxy {
     if (this.closed) return 0;
     const requests = this.requests;
     const w = requests.words;
-    const bytes = this.transmitBytes;
     let i = from;
     for (; i < frames.length && this.freeCount > 0; i++) {
       const at = requests.reserve();
       // Never: the ring has a slot per transmit buffer.
       if (at < 0) throw new Error(`${this.name}: the request ring is full with a transmit buffer free`);
       const index = this.free[--this.freeCount]!;
-      const frame = frames[i]!;
-      const offset = index * this.stride;
-      bytes.set(frame, offset);
-      let length = frame.length;
-      if (length < MIN_FRAME) {
-        bytes.fill(0, offset + length, offset + MIN_FRAME);
-        length = MIN_FRAME;
-      }
       w[at] = index;
-      w[at + 1] = length;
+      w[at + 1] = fill(this.transmitBytes, index * this.stride, frames[i]!);
       requests.stage();
     }
     // The batch at once: the driver drains it in one go, with one doorbell.
@@ -325,21 +458,30 @@ export class PacketProxy {
   }
 
   /**
-   * The incarnation has ended: nothing more is delivered or posted, frames
-   * the consumer still holds are stale (their release does nothing), and
-   * what the rings still hold is counted in `lost`.
+   * Frames in the rings that no one will handle: received and not
+   * delivered, sent and not taken by the driver. Read again after the close:
+   * a driver that still runs may take some of its frames meanwhile (and
+   * count them as sent) until it stops.
    */
-  close(): void {
+  lost(): { rx: number; tx: number } {
+    return this.closed ? { rx: this.received.used, tx: this.requests.used } : { rx: 0, tx: 0 };
+  }
+
+  /**
+   * The incarnation's device was taken back: nothing more is delivered or
+   * posted, frames the consumer still holds are stale (their release does
+   * nothing), and the sink is told.
+   */
+  close(reason: string): void {
     if (this.closed) return;
     this.closed = true;
-    this.lost.rx = this.received.used;
-    this.lost.tx = this.requests.used;
     this.received.stop();
     this.transmitted.stop();
     this.requests.release();
     this.returned.release();
     for (const frame of this.frames) if (frame !== undefined) frame.held = false;
     this.port.close();
+    this.sink?.closed(reason);
   }
 
   private readonly onReceived = (w: Int32Array, at: number): boolean => {
@@ -357,3 +499,10 @@ export class PacketProxy {
     return true;
   };
 }
+
+export const packetService: ServiceKind<PacketSource, PacketServiceSetup> = {
+  kind: 'packet',
+  noun: 'packet port',
+  serve: servePacketPort,
+  proxy: (setup) => new PacketProxy(setup),
+};

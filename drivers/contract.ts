@@ -94,17 +94,31 @@ export interface DriverBus {
   /** Runs when the host takes the device back (detach, failure), before bus mastering goes off: fail what is in flight. */
   onRelease(hook: () => void): void;
   /**
-   * Offers a block device to the host's programs (DriverHost.blockDevice(name))
-   * until the host takes the device back. From a driver in its own thread the
-   * host gets a proxy over shared-memory rings (actors/block-service.ts).
+   * Offers a block device, under its name, to the host's programs
+   * (DriverHost.blockDevice) and to other drivers (blockDevice below), in
+   * any thread, until the host takes this device back. Each consumer thread
+   * gets an export of its own (shared-memory rings, actors/block-service.ts)
+   * when it first asks; the device itself stays in this driver's thread.
    */
   provideBlockDevice(device: BlockDevice): void;
   /**
-   * Offers a NIC's packet port (drivers/packet.ts) to the host's programs
-   * (DriverHost.packetPort(name), named after the config entry) until the
-   * host takes the device back; returns what the driver reports its frames,
-   * link and counters to. Frames cross threads by reference, over
-   * shared-memory rings (actors/packet-service.ts).
+   * Another driver's block device `name` ("nvme0n1"), waiting up to
+   * `timeoutMs` (default 30 s) until it is provided. From another thread
+   * it is a proxy over shared-memory rings between the two driver threads
+   * (per I/O nothing goes through the main thread); from the provider's own
+   * thread, the device itself. The same object again on each call until the
+   * provider's device is taken back (stopped, crashed, hung, reloaded): then
+   * every pending and new request fails with BlockGoneError, and the next
+   * call waits for the restarted provider's device. When this driver's own
+   * device is taken back, the provider stops serving it.
+   */
+  blockDevice(name: string, timeoutMs?: number): Promise<BlockDevice>;
+  /**
+   * Offers a NIC's packet port (drivers/packet.ts) under this device's
+   * name until the host takes the device back; returns what the driver
+   * reports its frames, link and counters to. Programs reach it with
+   * DriverHost.packetPort(name); from another thread, frames cross by
+   * reference over shared-memory rings (actors/packet-service.ts).
    */
   providePacketPort(binding: PacketBinding): PacketEndpoint;
 }
@@ -136,8 +150,9 @@ export interface DriverModule<S extends OptionsSchema = OptionsSchema, R = unkno
    * Where the driver runs: 'own' (the default) in a worker thread of its own
    * per incarnation, so that a hang or a leak stops only it; 'main' in the
    * host's main thread, for a driver that hands the host objects no ring
-   * carries (block devices and packet ports do cross: actors/block-service.ts,
-   * actors/packet-service.ts). A hang in a 'main' driver stops the whole host.
+   * carries yet (block devices do cross: provideBlockDevice in a driver
+   * thread is served to every other thread through shared-memory rings,
+   * actors/service.ts). A hang in a 'main' driver stops the whole host.
    */
   readonly thread?: 'own' | 'main';
   readonly machine: AnyActorLogic;

@@ -10,12 +10,13 @@
  *   mark (byte 2047 = 0xab): the consumer wrote into this thread's memory.
  * - {type:'complete', count}: the "device" finishes the oldest `count`
  *   transmitted frames (reads each buffer's number and length, then gives the
- *   buffer back); {type:'link', up}; {type:'stop'} (the incarnation stops:
+ *   buffer back); {type:'link', up}; {type:'stop'} (the driver stops:
  *   PacketEndpoint.unbind); {type:'report'} answers with what it saw.
+ * The port is served as the services would, through packetService.serve.
  * It counts the messages this thread posts.
  */
 import { MessagePort, parentPort, workerData } from 'node:worker_threads';
-import { servePacketPort } from '../../actors/packet-service.js';
+import { LocalPacketSource, packetService } from '../../actors/packet-service.js';
 import type { LinkState, Mac, PacketBinding, RxFrame } from '../../drivers/packet.js';
 import { allocShared } from '../../shm/mapping.js';
 
@@ -103,13 +104,14 @@ const binding: PacketBinding = {
   readStats: (into) => void (into.reads = (into.reads ?? 0) + 1),
 };
 
-const served = servePacketPort(`fake${options.incarnation}`, binding);
+const local = new LocalPacketSource(`fake${options.incarnation}`, binding);
+const served = packetService.serve(local);
 const link = (up: boolean): LinkState => ({ up, speedMbps: up ? 1000 : undefined, fullDuplex: up, phyLink: up, autonegComplete: up });
 parentPort!.postMessage({ type: 'setup', setup: served.setup }, [...served.transfer]);
-served.endpoint.setLink(link(true));
+local.endpoint.setLink(link(true));
 
 parentPort!.on('message', (m: FakeNicCommand) => {
-  const { endpoint } = served;
+  const { endpoint } = local;
   switch (m.type) {
     case 'receive': {
       const end = m.from + m.count;

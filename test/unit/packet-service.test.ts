@@ -1,12 +1,14 @@
 /**
- * The packet service (actors/packet-service.ts) and the host's port over it
- * (actors/net-port.ts): a NetPort in this thread bound to a fake NIC served
- * from a real worker thread (test/support/fake-packet-worker.ts).
+ * The packet service (actors/packet-service.ts: packetService's serve and
+ * proxy) and the consumer's port over it (actors/net-port.ts): a NetPort in
+ * this thread over proxies of a fake NIC served from a real worker thread
+ * (test/support/fake-packet-worker.ts). The services' own part (who asks
+ * whom for an export) is test/unit/services.test.ts's.
  */
 import test from 'ava';
 import { Worker } from 'node:worker_threads';
 import { NetPort } from '../../actors/net-port.js';
-import { PacketProxy, type PacketServiceSetup } from '../../actors/packet-service.js';
+import { packetService, type PacketServiceSetup, type PacketSource } from '../../actors/packet-service.js';
 import type { RxFrame } from '../../drivers/packet.js';
 import { startAllocationMeter } from '../../vm/benchmarks/allocation.js';
 import { until, within } from '../support/bounded.js';
@@ -16,7 +18,7 @@ const fakeWorker = new URL('../support/fake-packet-worker.js', import.meta.url);
 
 interface Fake {
   readonly worker: Worker;
-  readonly proxy: PacketProxy;
+  readonly proxy: PacketSource & { close(reason: string): void };
   command(m: FakeNicCommand): void;
   report(): Promise<FakeNicReport>;
 }
@@ -33,12 +35,31 @@ async function startFake(t: { teardown(f: () => unknown): void }, options: FakeN
   }), 'the fake NIC\'s setup');
   return {
     worker,
-    proxy: new PacketProxy(setup),
+    proxy: packetService.proxy(setup),
     command: (m) => worker.postMessage(m),
     report: () => within(10_000, new Promise<FakeNicReport>((resolve) => {
       reports.push(resolve);
       worker.postMessage({ type: 'report' } satisfies FakeNicCommand);
     }), 'the fake NIC\'s report'),
+  };
+}
+
+/** A NetPort whose incarnations are the sources given to provide(), in order (what the services hand it). */
+function portOver(name: string): { port: NetPort; provide(source: PacketSource): void } {
+  const waiting: ((s: PacketSource) => void)[] = [];
+  const ready: PacketSource[] = [];
+  const port = new NetPort(name, () => new Promise<PacketSource>((resolve) => {
+    const source = ready.shift();
+    if (source !== undefined) resolve(source);
+    else waiting.push(resolve);
+  }));
+  return {
+    port,
+    provide: (source) => {
+      const wait = waiting.shift();
+      if (wait !== undefined) wait(source);
+      else ready.push(source);
+    },
   };
 }
 
@@ -67,8 +88,8 @@ const block = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(
 
 test('receive: 5,000 frames arrive intact and in order as views of the driver\'s own buffers; released buffers go back; no message per frame', async (t) => {
   const fake = await startFake(t, { receiveBuffers: 64, transmitBuffers: 8, incarnation: 0 });
-  const port = new NetPort('nic0');
-  port.bind(fake.proxy);
+  const { port, provide } = portOver('nic0');
+  provide(fake.proxy);
   await until('link up', () => port.linkState.up, 10_000);
   const seen: number[] = [];
   let bad = 0;
@@ -100,8 +121,8 @@ test('receive: 5,000 frames arrive intact and in order as views of the driver\'s
 
 test('receive: a consumer that never releases stalls the ring; the driver counts what it could not receive, nothing crashes; releasing resumes the flow', async (t) => {
   const fake = await startFake(t, { receiveBuffers: 64, transmitBuffers: 8, incarnation: 0 });
-  const port = new NetPort('nic0');
-  port.bind(fake.proxy);
+  const { port, provide } = portOver('nic0');
+  provide(fake.proxy);
   const held: RxFrame[] = [];
   port.frames.subscribe((f) => held.push(f));
   fake.command({ type: 'receive', count: 200, from: 0, drop: true });
@@ -119,8 +140,8 @@ test('receive: a consumer that never releases stalls the ring; the driver counts
 
 test('transmit: send() takes what the free transmit buffers hold, writable() resolves once the device gave buffers back; frames intact, padded, in order, one doorbell per batch', async (t) => {
   const fake = await startFake(t, { receiveBuffers: 8, transmitBuffers: 8, incarnation: 0 });
-  const port = new NetPort('nic0');
-  port.bind(fake.proxy);
+  const { port, provide } = portOver('nic0');
+  provide(fake.proxy);
   await until('link up', () => port.linkState.up, 10_000);
   const frames = Array.from({ length: 20 }, (_, i) => frame(i, 14 + i * 70));
   let sent = port.send(frames);
@@ -146,9 +167,9 @@ test('transmit: send() takes what the free transmit buffers hold, writable() res
 });
 
 test('take-back: what the rings held when the incarnation ended is counted lost; held frames go stale; the next incarnation re-binds the same port and the counters add up', async (t) => {
-  const port = new NetPort('nic0');
+  const { port, provide } = portOver('nic0');
   const first = await startFake(t, { receiveBuffers: 16, transmitBuffers: 8, incarnation: 0 });
-  port.bind(first.proxy);
+  provide(first.proxy);
   const got: RxFrame[] = [];
   const sub = port.frames.subscribe((f) => got.push(f));
   await until('link up', () => port.linkState.up, 10_000);
@@ -160,7 +181,8 @@ test('take-back: what the rings held when the incarnation ended is counted lost;
   first.command({ type: 'stop' });
   block(1000);
   t.is(port.send([frame(1, 60), frame(2, 60), frame(3, 60)]), 3);
-  port.unbind(first.proxy);
+  // What the services do when the host takes the device back: the consumer's proxy is closed.
+  first.proxy.close('taken back');
   await first.worker.terminate();
   t.is(port.attached, undefined);
   let s = port.stats();
@@ -172,8 +194,8 @@ test('take-back: what the rings held when the incarnation ended is counted lost;
 
   port.addUnicast([2, 0, 0, 0, 0, 0x2a]);
   const second = await startFake(t, { receiveBuffers: 16, transmitBuffers: 8, incarnation: 1 });
-  port.bind(second.proxy);
-  t.is(port.attached?.incarnation, 1);
+  provide(second.proxy);
+  await until('the second incarnation', () => port.attached?.incarnation === 1, 10_000);
   await until('link up again', () => port.linkState.up, 10_000);
   for (const f of got.splice(0)) f.release();
   second.command({ type: 'receive', count: 6, from: 100, drop: true });
@@ -188,8 +210,8 @@ test('take-back: what the rings held when the incarnation ended is counted lost;
 
 test.serial('receive: the consumer\'s side allocates nothing per frame (heap bytes per frame over 3,800 frames of one wake-up)', async (t) => {
   const fake = await startFake(t, { receiveBuffers: 4096, transmitBuffers: 8, incarnation: 0 });
-  const port = new NetPort('nic0');
-  port.bind(fake.proxy);
+  const { port, provide } = portOver('nic0');
+  provide(fake.proxy);
   await until('link up', () => port.linkState.up, 10_000);
   let received = 0;
   let stop: (() => { bytes: number; collections: number }) | undefined;

@@ -1,0 +1,221 @@
+/**
+ * Services: what a driver offers other code (a block device, a packet
+ * port), usable from every thread of the host, whichever thread the driver
+ * runs in. One mechanism for every kind of service:
+ *
+ * - A kind (ServiceKind) says how to export its local object to one
+ *   consumer in another thread (serve(): shared-memory rings and ports, in
+ *   the provider's thread) and how to use such an export there (proxy(): an
+ *   object of the same interface, in the consumer's thread). A kind is a
+ *   plain object passed to provide()/consume(); nothing else registers it.
+ * - Every thread that provides or consumes services has a ThreadServices
+ *   (this module): a driver thread one of its own, the main thread one for
+ *   the host's programs and the drivers that run there. Each is linked by a
+ *   MessagePort to the main thread's ServiceRegistry
+ *   (actors/service-registry.ts), which knows who provides what.
+ * - A consumer asks for (kind, name); the registry asks the provider's
+ *   thread for a NEW export (rings are single-producer, single-consumer: one
+ *   export per consumer thread), relays its setup, and from then on the two
+ *   threads talk through the rings directly: per I/O nothing goes through
+ *   the main thread, and no message at all.
+ * - A service provided in the consumer's own thread is the local object
+ *   itself (no export).
+ * - When the provider's device is taken back (stop, crash, hang, reload),
+ *   every export of it ends: each consumer's proxy is closed (pending and
+ *   new requests fail, for blocks with BlockGoneError) and leaves the
+ *   consumer's cache, so the consumer's next consume() waits for the next
+ *   incarnation's. When a consumer's thread is taken back, the provider
+ *   stops the exports it served to it.
+ */
+import type { MessagePort, TransferListItem } from 'node:worker_threads';
+
+/** One export of a local object to one consumer: what to hand over, and how to stop serving it. */
+export interface ServiceExport<S> {
+  readonly setup: S;
+  /** What the setup holds that must be transferred, not cloned (MessagePorts). */
+  readonly transfer: readonly TransferListItem[];
+  stop(): void;
+}
+
+/** The consumer's side of an export: the service's own interface, and close() for when its provider is gone. */
+export type ServiceProxy<T> = T & { close(reason: string): void };
+
+/** A kind of service: how its objects cross threads. */
+export interface ServiceKind<T, S> {
+  /** The kind's name on the wire ('block'). */
+  readonly kind: string;
+  /** What a user calls one ("block device"), for messages. */
+  readonly noun: string;
+  /** In the provider's thread: a new export of `local` for one consumer. */
+  serve(local: T): ServiceExport<S>;
+  /** In the consumer's thread: the object over an export's setup. */
+  proxy(setup: S): ServiceProxy<T>;
+}
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type AnyKind = ServiceKind<any, any>;
+
+/** What a DriverBus (and the host) reaches services through, in whichever thread it runs. */
+export interface ServiceAccess {
+  /** Offers `local` as (kind, name) until the returned function withdraws it. */
+  provide<T, S>(kind: ServiceKind<T, S>, name: string, local: T): () => void;
+  /**
+   * The service (kind, name), once it is provided (waiting up to
+   * `timeoutMs`); the same object again until its provider is taken back,
+   * then a new one from the next incarnation.
+   */
+  consume<T, S>(kind: ServiceKind<T, S>, name: string, timeoutMs: number): Promise<T>;
+}
+
+/** From a thread's ThreadServices to the registry. */
+export type ToRegistry =
+  | { readonly type: 'provide'; readonly kind: string; readonly name: string }
+  | { readonly type: 'withdraw'; readonly kind: string; readonly name: string }
+  | { readonly type: 'want'; readonly want: number; readonly kind: string; readonly noun: string; readonly name: string; readonly timeoutMs: number }
+  | { readonly type: 'exported'; readonly export: number; readonly setup: unknown; readonly transfer: readonly TransferListItem[] }
+  | { readonly type: 'export-failed'; readonly export: number; readonly message: string };
+
+/** From the registry to a thread's ThreadServices. */
+export type ToThread =
+  /** Serve a new export of your (kind, name). */
+  | { readonly type: 'export'; readonly export: number; readonly kind: string; readonly name: string }
+  /** Its consumer is gone: stop serving it. */
+  | { readonly type: 'stop-export'; readonly export: number }
+  | { readonly type: 'granted'; readonly want: number; readonly export: number; readonly setup: unknown; readonly transfer: readonly TransferListItem[] }
+  | { readonly type: 'refused'; readonly want: number; readonly message: string }
+  /** What you asked for is provided in your own thread now: use the object itself. */
+  | { readonly type: 'own'; readonly want: number }
+  /** The provider of an export you consume was taken back. */
+  | { readonly type: 'gone'; readonly export: number; readonly reason: string };
+
+export const serviceKey = (kind: string, name: string) => `${kind}:${name}`;
+
+const message = (e: unknown) => (e instanceof Error ? e.message : String(e));
+
+interface Consumed {
+  readonly key: string;
+  readonly proxy: Promise<unknown>;
+  /** The export it came through (undefined: still asked for, or the local object). */
+  export: number | undefined;
+  close(reason: string): void;
+}
+
+/** One thread's services: what it provides (and the exports it serves of them), and what it consumes. */
+export class ThreadServices implements ServiceAccess {
+  private readonly provided = new Map<string, { readonly kind: AnyKind; readonly local: unknown }>();
+  private readonly served = new Map<number, { readonly key: string; readonly stop: () => void }>();
+  private readonly wants = new Map<number, {
+    readonly kind: AnyKind; readonly name: string; readonly timeoutMs: number; readonly consumed: Consumed;
+    resolve(proxy: unknown): void; reject(e: Error): void;
+  }>();
+  private readonly consumed = new Map<string, Consumed>();
+  private nextWant = 1;
+
+  constructor(private readonly port: MessagePort) {
+    port.on('message', (m: ToThread) => this.onMessage(m));
+  }
+
+  /** Exports this thread serves now (one per consumer thread of each service it provides). */
+  get liveExports(): number {
+    return this.served.size;
+  }
+
+  provide<T, S>(kind: ServiceKind<T, S>, name: string, local: T): () => void {
+    const key = serviceKey(kind.kind, name);
+    // A second object under the same name replaces the first: its exports end.
+    this.withdraw(kind, name);
+    this.provided.set(key, { kind, local });
+    this.post({ type: 'provide', kind: kind.kind, name });
+    return () => {
+      if (this.provided.get(key)?.local === local) this.withdraw(kind, name);
+    };
+  }
+
+  private withdraw(kind: AnyKind, name: string): void {
+    const key = serviceKey(kind.kind, name);
+    if (!this.provided.delete(key)) return;
+    for (const [id, served] of this.served) {
+      if (served.key !== key) continue;
+      this.served.delete(id);
+      served.stop();
+    }
+    this.post({ type: 'withdraw', kind: kind.kind, name });
+  }
+
+  consume<T, S>(kind: ServiceKind<T, S>, name: string, timeoutMs: number): Promise<T> {
+    const key = serviceKey(kind.kind, name);
+    const own = this.provided.get(key);
+    if (own !== undefined) return Promise.resolve(own.local as T);
+    const known = this.consumed.get(key);
+    if (known !== undefined) return known.proxy as Promise<T>;
+    const want = this.nextWant++;
+    let settle!: { resolve(proxy: unknown): void; reject(e: Error): void };
+    const proxy = new Promise<unknown>((resolve, reject) => (settle = { resolve, reject }));
+    const consumed: Consumed = { key, proxy, export: undefined, close: () => {} };
+    this.consumed.set(key, consumed);
+    proxy.catch(() => this.forget(consumed));
+    this.wants.set(want, { kind, name, timeoutMs, consumed, ...settle });
+    this.post({ type: 'want', want, kind: kind.kind, noun: kind.noun, name, timeoutMs });
+    return proxy as Promise<T>;
+  }
+
+  private forget(consumed: Consumed): void {
+    if (this.consumed.get(consumed.key) === consumed) this.consumed.delete(consumed.key);
+  }
+
+  private post(m: ToRegistry, transfer?: readonly TransferListItem[]): void {
+    this.port.postMessage(m, transfer);
+  }
+
+  private onMessage(m: ToThread): void {
+    switch (m.type) {
+      case 'export': {
+        const provided = this.provided.get(serviceKey(m.kind, m.name));
+        if (provided === undefined) return this.post({ type: 'export-failed', export: m.export, message: `${m.name} is no longer provided here` });
+        let served: ServiceExport<unknown>;
+        try {
+          served = provided.kind.serve(provided.local);
+        } catch (e) {
+          return this.post({ type: 'export-failed', export: m.export, message: message(e) });
+        }
+        this.served.set(m.export, { key: serviceKey(m.kind, m.name), stop: () => served.stop() });
+        return this.post({ type: 'exported', export: m.export, setup: served.setup, transfer: served.transfer }, served.transfer);
+      }
+      case 'stop-export': {
+        const served = this.served.get(m.export);
+        this.served.delete(m.export);
+        return served?.stop();
+      }
+      case 'granted': {
+        const want = this.wants.get(m.want);
+        this.wants.delete(m.want);
+        // Never: a want is granted once; the registry stops exports whose want ended.
+        if (want === undefined) throw new Error(`service export ${m.export} granted to a want (${m.want}) this thread does not have`);
+        const proxy = want.kind.proxy(m.setup);
+        want.consumed.export = m.export;
+        want.consumed.close = (reason) => proxy.close(reason);
+        return want.resolve(proxy);
+      }
+      case 'own': {
+        const want = this.wants.get(m.want);
+        this.wants.delete(m.want);
+        if (want === undefined) return;
+        this.forget(want.consumed);
+        const own = this.provided.get(want.consumed.key);
+        // Withdrawn again since: ask anew.
+        return want.resolve(own !== undefined ? own.local : this.consume(want.kind, want.name, want.timeoutMs));
+      }
+      case 'refused': {
+        const want = this.wants.get(m.want);
+        this.wants.delete(m.want);
+        return want?.reject(new Error(m.message));
+      }
+      case 'gone': {
+        const consumed = [...this.consumed.values()].find((c) => c.export === m.export);
+        if (consumed === undefined) return;
+        this.forget(consumed);
+        return consumed.close(m.reason);
+      }
+    }
+  }
+}

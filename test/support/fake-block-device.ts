@@ -1,0 +1,55 @@
+/**
+ * A block device in memory, no hardware, for the block service's and the
+ * service layer's unit tests (served from worker threads). Besides storing
+ * blocks it: stamps the last byte of the write data it is given with 0xEE
+ * (a caller's array shows the stamp only when the driver side had the
+ * caller's own memory, not a copy); fails reads at LBA 666 (NVMe status),
+ * 667 (a refusal), 668 (a plain TypeError); never completes LBA 777.
+ */
+import { Subject } from 'rxjs';
+import { BlockRequestError, type BlockCompletion, type BlockDevice } from '../../drivers/block.js';
+import { NvmeStatusError } from '../../drivers/nvme/errors.js';
+
+const FAKE = { blockSize: 512, blockCount: 4096, maxTransferBytes: 128 * 1024 } as const;
+
+export interface FakeBlockDevice {
+  readonly device: BlockDevice;
+  /** The device's blocks. */
+  readonly storage: Uint8Array;
+  /** Requests whose data was a SharedArrayBuffer (the caller's own memory). */
+  readonly sharedSeen: { reads: number; writes: number };
+}
+
+export function fakeBlockDevice(name = 'fake0n1'): FakeBlockDevice {
+  const storage = new Uint8Array(FAKE.blockSize * FAKE.blockCount);
+  const sharedSeen = { reads: 0, writes: 0 };
+  const device: BlockDevice = {
+    name,
+    ...FAKE,
+    canDiscard: true,
+    completions: new Subject<BlockCompletion>().asObservable(),
+    read(lba, blocks, into) {
+      if (lba === 666) return Promise.reject(new NvmeStatusError('Read', 2, 0x81, true));
+      if (lba === 667) return Promise.reject(new BlockRequestError(`${name}: LBA 667 is refused by the fake`, 'read another LBA'));
+      if (lba === 668) return Promise.reject(new TypeError('the fake has a bug at LBA 668'));
+      if (lba === 777) return new Promise(() => {});
+      const out = into ?? new Uint8Array(blocks * FAKE.blockSize);
+      if (out.buffer instanceof SharedArrayBuffer) sharedSeen.reads++;
+      out.set(storage.subarray(lba * FAKE.blockSize, (lba + blocks) * FAKE.blockSize));
+      return Promise.resolve(out);
+    },
+    write(lba, data) {
+      if (lba === 777) return new Promise(() => {});
+      storage.set(data, lba * FAKE.blockSize);
+      if (data.buffer instanceof SharedArrayBuffer) sharedSeen.writes++;
+      data[data.length - 1] = 0xee;
+      return Promise.resolve();
+    },
+    flush: () => Promise.resolve(),
+    discard(lba, blocks) {
+      storage.fill(0, lba * FAKE.blockSize, (lba + blocks) * FAKE.blockSize);
+      return Promise.resolve();
+    },
+  };
+  return { device, storage, sharedSeen };
+}

@@ -1,0 +1,116 @@
+/**
+ * A driver thread on a fake device, for the service layer's unit tests
+ * (test/unit/services.test.ts): a worker with a DriverBus (AttachedBus over
+ * test/support/fake-device.ts) whose services go through its own link to
+ * the test's ServiceRegistry (workerData.services), as in
+ * actors/driver-thread.ts. The test drives it with commands; each gets one
+ * reply, {id, value} or {id, error: {name, message}}. It counts the
+ * messages it posts on any port other than those replies.
+ */
+import { MessagePort, parentPort, workerData } from 'node:worker_threads';
+import { AttachedBus } from '../../actors/driver-bus.js';
+import { DeviceMeter } from '../../actors/meter.js';
+import { ThreadServices } from '../../actors/service.js';
+import type { BlockDevice } from '../../drivers/block.js';
+import { allocShared } from '../../shm/mapping.js';
+import { acceptingDma, fakeDevice, openFake } from './fake-device.js';
+import { fakeBlockDevice, type FakeBlockDevice } from './fake-block-device.js';
+
+export type ServiceCommand =
+  /** Provides an in-memory disk `name` whose blocks all hold `fill`. */
+  | { readonly cmd: 'provide'; readonly name: string; readonly fill: number }
+  /** The driver's side of a take-back: DriverBus.release (what it provides is withdrawn). */
+  | { readonly cmd: 'release' }
+  /** Writes block `lba` of `name` (bus.blockDevice) full of `byte`, from shared memory or a plain array. */
+  | { readonly cmd: 'write'; readonly name: string; readonly lba: number; readonly byte: number; readonly shared: boolean }
+  /** The first byte of block `lba` of `name`, read through bus.blockDevice. */
+  | { readonly cmd: 'read'; readonly name: string; readonly lba: number }
+  /** Posts a read of `name` that the fake never completes (LBA 777); 'settled' tells how it ended. */
+  | { readonly cmd: 'hang'; readonly name: string }
+  | { readonly cmd: 'settled' }
+  /** Whether bus.blockDevice(name) is the object the first read/write of this thread got; `old` retries a read on that first one. */
+  | { readonly cmd: 'same'; readonly name: string }
+  | { readonly cmd: 'old' }
+  /** The first byte of block `lba` of the disk this thread provides, read in memory. */
+  | { readonly cmd: 'peek'; readonly lba: number }
+  | { readonly cmd: 'stats' };
+
+export interface ServiceThreadStats {
+  readonly liveExports: number;
+  /** Messages posted on any port but the replies to the test. */
+  readonly servicePosts: number;
+}
+
+let posted = 0;
+let replies = 0;
+const post = MessagePort.prototype.postMessage;
+MessagePort.prototype.postMessage = function (this: MessagePort, ...args: Parameters<MessagePort['postMessage']>) {
+  posted++;
+  return post.apply(this, args);
+};
+
+const services = new ThreadServices(workerData.services as MessagePort);
+const device = openFake(fakeDevice('0000:00:0b.0', {}, { dma: acceptingDma() }));
+const bus = new AttachedBus(device, 0, {
+  name: 'fixture', watchdogMs: 10_000, services, meter: new DeviceMeter(), onStall: () => {}, onNote: () => {},
+});
+let disk: FakeBlockDevice | undefined;
+let first: BlockDevice | undefined;
+let hung: Promise<unknown> | undefined;
+
+const firstByte = async (name: string, lba: number) => {
+  const target = await bus.blockDevice(name, 10_000);
+  first ??= target;
+  return (await target.read(lba, 1))[0];
+};
+
+async function run(c: ServiceCommand): Promise<unknown> {
+  switch (c.cmd) {
+    case 'provide':
+      disk = fakeBlockDevice(c.name);
+      disk.storage.fill(c.fill);
+      return bus.provideBlockDevice(disk.device);
+    case 'release': return bus.release();
+    case 'write': {
+      const target = await bus.blockDevice(c.name, 10_000);
+      first ??= target;
+      const data = c.shared ? new Uint8Array(allocShared(4096), 0, 512) : new Uint8Array(512);
+      return target.write(c.lba, data.fill(c.byte));
+    }
+    case 'read': return firstByte(c.name, c.lba);
+    case 'hang': {
+      const target = await bus.blockDevice(c.name, 10_000);
+      first ??= target;
+      hung = target.read(777, 1);
+      hung.catch(() => {});
+      return;
+    }
+    case 'settled':
+      try {
+        await hung;
+        return 'resolved';
+      } catch (e) {
+        return { name: (e as Error).name, message: (e as Error).message };
+      }
+    case 'same': return (await bus.blockDevice(c.name, 10_000)) === first;
+    case 'old':
+      try {
+        await first!.read(0, 1);
+        return 'resolved';
+      } catch (e) {
+        return (e as Error).name;
+      }
+    case 'peek': return disk!.storage[c.lba * 512];
+    case 'stats': return { liveExports: services.liveExports, servicePosts: posted - replies } satisfies ServiceThreadStats;
+  }
+}
+
+parentPort!.on('message', (m: ServiceCommand & { id: number }) => {
+  void run(m).then(
+    (value) => ({ id: m.id, value }),
+    (e: unknown) => ({ id: m.id, error: { name: (e as Error).name, message: (e as Error).message } }),
+  ).then((reply) => {
+    replies++;
+    parentPort!.postMessage(reply);
+  });
+});

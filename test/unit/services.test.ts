@@ -1,0 +1,186 @@
+/**
+ * The service layer (actors/service.ts, actors/service-registry.ts) across
+ * real worker threads: "driver threads" on fake devices
+ * (test/support/service-thread.ts, a DriverBus whose services go through
+ * the thread's own link to this thread's ServiceRegistry), providing and
+ * consuming in-memory block devices. A take-back is what the device actor
+ * does for a driver thread: withdrawProvided, the worker terminated, the
+ * link closed.
+ */
+import test from 'ava';
+import { Worker } from 'node:worker_threads';
+import { blockService } from '../../actors/block-service.js';
+import { ServiceRegistry } from '../../actors/service-registry.js';
+import { BlockGoneError, type BlockDevice } from '../../drivers/block.js';
+import type { ServiceCommand, ServiceThreadStats } from '../support/service-thread.js';
+import { fakeBlockDevice } from '../support/fake-block-device.js';
+import { within } from '../support/bounded.js';
+
+const fixture = new URL('../support/service-thread.js', import.meta.url);
+
+interface DriverThreadFake {
+  call<T = unknown>(command: ServiceCommand): Promise<T>;
+  stats(): Promise<ServiceThreadStats>;
+  /** The host takes its device back: what it provides withdrawn, the thread terminated, its link closed. */
+  takeBack(): Promise<void>;
+}
+
+function driverThread(t: { teardown(fn: () => unknown): void }, registry: ServiceRegistry, label: string): DriverThreadFake {
+  const link = registry.link(label);
+  const worker = new Worker(fixture, { workerData: { services: link.port }, transferList: [link.port] });
+  let next = 0;
+  const pending = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
+  worker.on('message', (m: { id: number; value?: unknown; error?: { name: string; message: string } }) => {
+    const p = pending.get(m.id);
+    pending.delete(m.id);
+    if (m.error === undefined) return p?.resolve(m.value);
+    const error = new Error(m.error.message);
+    error.name = m.error.name;
+    p?.reject(error);
+  });
+  const reason = `the host took ${label} back from its driver`;
+  const takeBack = async () => {
+    link.withdrawProvided(reason);
+    await worker.terminate();
+    link.close(reason);
+  };
+  t.teardown(takeBack);
+  const call = <T>(command: ServiceCommand) => within(20_000, new Promise<T>((resolve, reject) => {
+    const id = next++;
+    pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+    worker.postMessage({ ...command, id });
+  }), `${label} never answered ${JSON.stringify(command)}`);
+  return { call, stats: () => call<ServiceThreadStats>({ cmd: 'stats' }), takeBack };
+}
+
+/** Waits (bounded) until the provider serves `n` exports. */
+async function liveExports(provider: DriverThreadFake, n: number, what: string): Promise<void> {
+  let last = -1;
+  const deadline = Date.now() + 5_000;
+  while ((last = (await provider.stats()).liveExports) !== n) {
+    if (Date.now() > deadline) throw new Error(`${what}: the provider still serves ${last} exports, not ${n}, after 5 s`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+test.serial('a driver thread reads and writes another driver thread\'s block device; per I/O neither thread posts a message (the rings go between them)', async (t) => {
+  const registry = new ServiceRegistry();
+  const provider = driverThread(t, registry, 'provider');
+  const consumer = driverThread(t, registry, 'consumer');
+  await provider.call({ cmd: 'provide', name: 'disk0n1', fill: 0x11 });
+  t.is(await consumer.call({ cmd: 'read', name: 'disk0n1', lba: 9 }), 0x11, 'the provider\'s disk, as provided');
+  await consumer.call({ cmd: 'write', name: 'disk0n1', lba: 5, byte: 0x42, shared: false });
+  await consumer.call({ cmd: 'write', name: 'disk0n1', lba: 6, byte: 0x43, shared: true });
+  t.is(await provider.call({ cmd: 'peek', lba: 5 }), 0x42, 'the write reached the provider\'s own device (bounce copy)');
+  t.is(await provider.call({ cmd: 'peek', lba: 6 }), 0x43, 'the write reached the provider\'s own device (shared memory)');
+  t.is(await consumer.call({ cmd: 'read', name: 'disk0n1', lba: 5 }), 0x42);
+  t.is((await provider.stats()).liveExports, 1, 'one export, for the one consumer thread');
+  t.is(registry.liveExports, 1);
+
+  const before = [(await provider.stats()).servicePosts, (await consumer.stats()).servicePosts];
+  for (let i = 0; i < 50; i++) {
+    await consumer.call({ cmd: 'write', name: 'disk0n1', lba: 100 + i, byte: i, shared: false });
+    if (await consumer.call({ cmd: 'read', name: 'disk0n1', lba: 100 + i }) !== i) t.fail(`block ${100 + i} did not read back`);
+  }
+  t.deepEqual([(await provider.stats()).servicePosts, (await consumer.stats()).servicePosts], before, '100 I/Os: no message from either thread');
+  t.true(await consumer.call({ cmd: 'same', name: 'disk0n1' }), 'bus.blockDevice gives the same proxy again');
+  t.is((await provider.stats()).liveExports, 1, 'asking again makes no new export');
+});
+
+test.serial('the provider\'s take-back fails the consumer\'s pending request with BlockGoneError; the consumer\'s next bus.blockDevice waits for and gets the next incarnation\'s device', async (t) => {
+  const registry = new ServiceRegistry();
+  const first = driverThread(t, registry, 'provider #0');
+  const consumer = driverThread(t, registry, 'consumer');
+  await first.call({ cmd: 'provide', name: 'disk0n1', fill: 0xa0 });
+  await consumer.call({ cmd: 'hang', name: 'disk0n1' });
+  await first.takeBack();
+  const settled = await consumer.call<{ name: string; message: string }>({ cmd: 'settled' });
+  t.is(settled.name, 'BlockGoneError');
+  t.regex(settled.message, /disk0n1: the host took provider #0 back from its driver/);
+  t.is(await consumer.call({ cmd: 'old' }), 'BlockGoneError', 'the old proxy refuses new requests');
+  t.is(registry.liveExports, 0);
+
+  // Asked before the next incarnation provides: the consumer waits for it.
+  const again = consumer.call({ cmd: 'read', name: 'disk0n1', lba: 3 });
+  const second = driverThread(t, registry, 'provider #1');
+  await second.call({ cmd: 'provide', name: 'disk0n1', fill: 0xa1 });
+  t.is(await again, 0xa1, 'the new incarnation\'s device');
+  t.false(await consumer.call({ cmd: 'same', name: 'disk0n1' }), 'a new proxy, not the closed one');
+  t.is((await second.stats()).liveExports, 1);
+});
+
+test.serial('two consumer threads at once each get an export of their own and see each other\'s writes on the one device', async (t) => {
+  const registry = new ServiceRegistry();
+  const provider = driverThread(t, registry, 'provider');
+  const a = driverThread(t, registry, 'consumer a');
+  const b = driverThread(t, registry, 'consumer b');
+  await provider.call({ cmd: 'provide', name: 'disk0n1', fill: 0 });
+  await a.call({ cmd: 'write', name: 'disk0n1', lba: 1, byte: 0xaa, shared: false });
+  await b.call({ cmd: 'write', name: 'disk0n1', lba: 2, byte: 0xbb, shared: true });
+  t.is((await provider.stats()).liveExports, 2, 'two exports: rings have one producer');
+  t.is(registry.liveExports, 2);
+  // Interleaved, both still served after the second joined.
+  await Promise.all(Array.from({ length: 20 }, async (_, i) => {
+    await a.call({ cmd: 'write', name: 'disk0n1', lba: 10 + i, byte: i, shared: false });
+    await b.call({ cmd: 'write', name: 'disk0n1', lba: 40 + i, byte: i + 1, shared: false });
+  }));
+  t.deepEqual(await Promise.all([b.call({ cmd: 'read', name: 'disk0n1', lba: 1 }), a.call({ cmd: 'read', name: 'disk0n1', lba: 2 })]), [0xaa, 0xbb]);
+  t.deepEqual(await Promise.all([b.call({ cmd: 'read', name: 'disk0n1', lba: 29 }), a.call({ cmd: 'read', name: 'disk0n1', lba: 59 })]), [19, 20]);
+});
+
+test.serial('a consumer thread\'s take-back stops its export in the provider\'s thread: over three consumer restarts the provider\'s live exports return to what they were', async (t) => {
+  const registry = new ServiceRegistry();
+  const provider = driverThread(t, registry, 'provider');
+  const steady = driverThread(t, registry, 'steady consumer');
+  await provider.call({ cmd: 'provide', name: 'disk0n1', fill: 7 });
+  t.is(await steady.call({ cmd: 'read', name: 'disk0n1', lba: 0 }), 7);
+  const baseline = (await provider.stats()).liveExports;
+  t.is(baseline, 1);
+  for (let incarnation = 0; incarnation < 3; incarnation++) {
+    const consumer = driverThread(t, registry, `consumer #${incarnation}`);
+    await consumer.call({ cmd: 'write', name: 'disk0n1', lba: incarnation, byte: 0x30 + incarnation, shared: true });
+    t.is((await provider.stats()).liveExports, baseline + 1);
+    await consumer.takeBack();
+    // The stop reaches the provider as a message on its link, not in order with this test's own.
+    await liveExports(provider, baseline, `consumer #${incarnation}'s export stopped`);
+    t.is(registry.liveExports, baseline);
+  }
+  t.is(await steady.call({ cmd: 'read', name: 'disk0n1', lba: 2 }), 0x32, 'the other consumer kept its export throughout');
+});
+
+test.serial('a driver thread\'s own take-back (DriverBus.release) withdraws what it provides: consumers\' pending requests fail with BlockGoneError', async (t) => {
+  const registry = new ServiceRegistry();
+  const provider = driverThread(t, registry, 'provider');
+  const consumer = driverThread(t, registry, 'consumer');
+  await provider.call({ cmd: 'provide', name: 'disk0n1', fill: 0 });
+  await consumer.call({ cmd: 'hang', name: 'disk0n1' });
+  t.is((await provider.stats()).liveExports, 1);
+  await provider.call({ cmd: 'release' });
+  t.is((await consumer.call<{ name: string }>({ cmd: 'settled' })).name, 'BlockGoneError');
+  t.is((await provider.stats()).liveExports, 0, 'its exports stopped');
+  t.is(registry.liveExports, 0);
+});
+
+test.serial('in the main thread: a thread\'s device is this thread\'s own export (a proxy); a device provided here is the object itself, also when asked for before it was provided; a name never provided times out naming what is', async (t) => {
+  const registry = new ServiceRegistry();
+  const provider = driverThread(t, registry, 'provider');
+  await provider.call({ cmd: 'provide', name: 'disk0n1', fill: 0x5a });
+  const proxy = await registry.local.consume(blockService, 'disk0n1', 10_000);
+  t.is((await proxy.read(0, 1))[0], 0x5a);
+  t.is(await registry.local.consume(blockService, 'disk0n1', 10_000), proxy, 'the same proxy again');
+
+  const here = fakeBlockDevice('here0n1').device;
+  const early = registry.local.consume(blockService, 'here0n1', 10_000);
+  const withdraw = registry.local.provide(blockService, 'here0n1', here);
+  t.is(await within(5_000, early, 'the early ask was never answered'), here, 'asked before it was provided: still the object itself');
+  t.is(await registry.local.consume(blockService, 'here0n1', 10_000), here);
+  const consumer = driverThread(t, registry, 'consumer');
+  await consumer.call({ cmd: 'write', name: 'here0n1', lba: 4, byte: 0x77, shared: false });
+  t.is((await here.read(4, 1))[0], 0x77, 'a driver thread writes a device provided in the main thread');
+  withdraw();
+
+  const missing = await t.throwsAsync(registry.local.consume(blockService, 'nothing0n1', 300));
+  t.is(missing!.message, 'no block device "nothing0n1" within 300 ms (provided now: disk0n1)');
+  await provider.takeBack();
+  await t.throwsAsync(within(5_000, (proxy as BlockDevice).read(0, 1), 'a read on the proxy after its provider\'s take-back never settled'), { instanceOf: BlockGoneError });
+});
