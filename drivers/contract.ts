@@ -150,9 +150,10 @@ export interface DriverModule<S extends OptionsSchema = OptionsSchema, R = unkno
    * Where the driver runs: 'own' (the default) in a worker thread of its own
    * per incarnation, so that a hang or a leak stops only it; 'main' in the
    * host's main thread, for a driver that hands the host objects no ring
-   * carries yet (block devices do cross: provideBlockDevice in a driver
-   * thread is served to every other thread through shared-memory rings,
-   * actors/service.ts). A hang in a 'main' driver stops the whole host.
+   * carries (block devices and packet ports do cross: provideBlockDevice and
+   * providePacketPort in a driver thread are served to every other thread
+   * through shared-memory rings, actors/service.ts). A hang in a 'main'
+   * driver stops the whole host.
    */
   readonly thread?: 'own' | 'main';
   readonly machine: AnyActorLogic;

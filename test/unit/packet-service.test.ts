@@ -8,8 +8,9 @@
 import test from 'ava';
 import { Worker } from 'node:worker_threads';
 import { NetPort } from '../../actors/net-port.js';
-import { packetService, type PacketServiceSetup, type PacketSource } from '../../actors/packet-service.js';
-import type { RxFrame } from '../../drivers/packet.js';
+import { LocalPacketSource, packetService, type PacketServiceSetup, type PacketSource } from '../../actors/packet-service.js';
+import type { PacketBinding, RxFrame } from '../../drivers/packet.js';
+import { allocShared } from '../../shm/mapping.js';
 import { startAllocationMeter } from '../../vm/benchmarks/allocation.js';
 import { until, within } from '../support/bounded.js';
 import type { FakeNicCommand, FakeNicOptions, FakeNicReport } from '../support/fake-packet-worker.js';
@@ -235,4 +236,51 @@ test.serial('receive: the consumer\'s side allocates nothing per frame (heap byt
   t.log(`${perFrame.toFixed(2)} B per frame (${measured!.bytes} B in the window, ${empty.bytes} B in an empty one; ${measured!.collections} GCs)`);
   // Bound: what the window costs beyond the frames (the runner's own work, about 5 B per frame here); one object per frame is 100 B and more.
   t.true(perFrame < 8, `heap bytes per frame on the consumer's side: ${perFrame.toFixed(2)}`);
+});
+
+test('in the driver\'s own thread the port binds the driver\'s object itself: frames by reference, one copy and one doorbell per send(), buffers back on completion, a second consumer refused, the close detaches', async (t) => {
+  const rx = new Uint8Array(allocShared(4 * 2048));
+  const tx = new Uint8Array(allocShared(4 * 2048));
+  const posted: [number, number][] = [];
+  let flushes = 0;
+  const binding: PacketBinding = {
+    info: { mac: '02:00:00:00:00:01', macSource: 'fake', phyId: '0000:0000', interrupt: 'poll', incarnation: 0, rxRing: 4, txRing: 4 },
+    receiveBuffers: 4,
+    transmitBuffers: { buffer: tx.buffer as SharedArrayBuffer, stride: 2048, entries: 4 },
+    transmit: (index, length) => void posted.push([index, length]),
+    flushTransmit: () => void flushes++,
+    applyFilters: () => {},
+    hardwareCounters: [],
+    readStats: () => {},
+  };
+  const local = new LocalPacketSource('nic0', binding);
+  t.teardown(() => local.close('test over'));
+  const { port, provide } = portOver('nic0');
+  provide(local);
+  await until('attached', () => port.attached !== undefined, 5_000);
+  t.throws(() => packetService.serve(local), { message: /already has a consumer/ }, 'one consumer per port');
+  local.endpoint.setLink({ up: true, speedMbps: 1000, fullDuplex: true, phyLink: true, autonegComplete: true });
+  let released = 0;
+  const frame: RxFrame = { bytes: rx.subarray(2048, 4096), length: 77, release: () => void released++ };
+  const seen: RxFrame[] = [];
+  port.frames.subscribe((f) => {
+    seen.push(f);
+    f.release();
+  });
+  local.endpoint.deliver(frame);
+  t.is(seen[0], frame, 'the driver\'s frame object itself');
+  t.is(released, 1);
+  t.is(port.send([frame.bytes.subarray(0, 20), frame.bytes.subarray(0, 100), frame.bytes.subarray(0, 100), frame.bytes.subarray(0, 100), frame.bytes.subarray(0, 100)]), 4, 'four transmit buffers');
+  t.deepEqual(posted.map(([, length]) => length), [60, 100, 100, 100], 'short frames padded');
+  t.is(flushes, 1, 'one doorbell for the batch');
+  let woken = false;
+  void port.writable().then(() => (woken = true));
+  local.endpoint.transmitted(posted[0]![0]);
+  await until('writable() after a buffer came back', () => woken, 5_000);
+  t.is(port.send([frame.bytes.subarray(0, 60)], 0), 1);
+  t.is(posted.at(-1)![0], posted[0]![0], 'the buffer that came back is used again');
+  local.close('taken back');
+  t.is(port.attached, undefined);
+  t.is(port.send([frame.bytes.subarray(0, 60)]), 1);
+  t.is(port.stats().tx.droppedNoDevice, 1);
 });

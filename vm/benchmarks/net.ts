@@ -7,12 +7,15 @@
 // Transmit rows send to an address no NIC accepts (the frames cross the hub and are
 // filtered by the other NIC's address filter), so they measure the sender alone. Receive
 // rows have the other NIC send as fast as it can; they count what the receiver got.
-// CPU per packet: for upci the node process (main thread and interrupt worker, user +
-// system); for the kernel the peer process plus the guest's irq and softirq time, where
-// its driver runs (/proc/stat). Guest clock, TCG: ratios mean something, absolute rates
-// are QEMU's. Bytes per packet: what upci's rows allocated on the main thread's heap
-// (vm/benchmarks/allocation.ts) over the steady-state middle of the row, frames 10 % to
-// 90 %; `--allocations` also lists where (V8's sampling heap profiler), below the table.
+// The driver runs in its own thread; this script is its consumer in the main thread,
+// through the packet port's shared-memory rings (actors/packet-service.ts).
+// CPU per packet: for upci the node process (all its threads: the driver's and this one,
+// user + system); for the kernel the peer process plus the guest's irq and softirq time,
+// where its driver runs (/proc/stat). Guest clock, TCG: ratios mean something, absolute
+// rates are QEMU's. Bytes per packet: what upci's rows allocated on the consumer's (main)
+// thread's heap (vm/benchmarks/allocation.ts) over the steady-state middle of the row,
+// frames 10 % to 90 %; the driver thread's heap is not in it. `--allocations` also lists
+// where (V8's sampling heap profiler), below the table.
 import { readFileSync } from 'node:fs';
 import { defaultDevices, guestAddress } from '../bench.js';
 import { startAllocationMeter, type Allocation } from './allocation.js';
