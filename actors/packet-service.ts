@@ -45,7 +45,7 @@ const RECEIVED_WORDS = 5;
 // Request slot: transmit buffer index, length.
 const REQUEST_WORDS = 2;
 /** How often the driver's statistics registers are read into the shared counters. */
-export const STATS_MS = 250;
+const STATS_MS = 250;
 
 /** The one message from the driver's thread: everything the proxy needs. */
 export interface PacketServiceSetup {

@@ -25,6 +25,18 @@ const CONSUMER = 25;
 const SLOTS = 26;
 const SLOT_WORDS = 27;
 const HEADER_WORDS = 32;
+/**
+ * A waiting consumer looks again after this long even if nobody woke it.
+ * Node 20 (V8 11.3) loses an Atomics.waitAsync wake-up now and then: a
+ * producer in another thread that sees WAITING, clears it and notifies,
+ * and the waiter's promise never resolves (measured on the host: about one
+ * in a million slots between two threads both ways, and in the VM a packet
+ * port's return ring stalled for good with 8,192 slots pending and WAITING
+ * clear). The protocol re-checks under V8's own lock (waitAsync compares
+ * TAIL), so this is a backstop: a lost wake-up costs this much latency, not
+ * a stalled ring; an idle ring wakes this often.
+ */
+const RECHECK_MS = 50;
 
 /** A ring of `slots` (a power of two) slots of `slotWords` Int32 words each. */
 export function createRing(slots: number, slotWords: number): SharedArrayBuffer {
@@ -205,7 +217,7 @@ export class RingConsumer extends RingEnd {
         Atomics.store(words, WAITING, 0);
         continue;
       }
-      const wait = Atomics.waitAsync(words, TAIL, tail);
+      const wait = Atomics.waitAsync(words, TAIL, tail, RECHECK_MS);
       if (!wait.async) {
         Atomics.store(words, WAITING, 0);
         continue;
