@@ -11,6 +11,8 @@ import type { BusSpace } from '../pci/bus-space.js';
 import type { ConfigHeader } from '../pci/config.js';
 import type { Bar, PciDevice } from '../pci/device.js';
 import { Interrupts, type InterruptEvent, type InterruptOptions, type InterruptType, type InterruptVector } from '../pci/intr.js';
+import type { PacketBinding, PacketEndpoint } from '../drivers/packet.js';
+import { LocalPacketSource, packetService } from './packet-service.js';
 import type { BlockDevice } from '../drivers/block.js';
 import { quiesce } from '../pci/teardown.js';
 import { blockService } from './block-service.js';
@@ -109,6 +111,17 @@ export class AttachedBus implements DriverBus {
   blockDevice(name: string, timeoutMs = 30_000): Promise<BlockDevice> {
     this.live();
     return this.hooks.services.consume(blockService, name, timeoutMs);
+  }
+
+  providePacketPort(binding: PacketBinding): PacketEndpoint {
+    this.live();
+    const local = new LocalPacketSource(this.name, binding);
+    const withdraw = this.hooks.services.provide(packetService, this.name, local);
+    this.releaseHooks.push(() => {
+      withdraw();
+      local.close(`the host took ${this.address} back from its driver`);
+    });
+    return local.endpoint;
   }
 
   header(): ConfigHeader {

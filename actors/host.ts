@@ -25,8 +25,14 @@ import { deviceMachineFor, stateName, type DeviceActorInput, type DeviceStateNam
 import type { HostEvent } from './events.js';
 import { DeviceMeter, type ThreadStats } from './meter.js';
 import { moduleFileOf } from './driver-source.js';
+import type { PacketPort } from '../drivers/packet.js';
+import { NetPort } from './net-port.js';
+import { packetService } from './packet-service.js';
 import { blockService } from './block-service.js';
 import { ServiceRegistry } from './service-registry.js';
+
+/** How long a packet port's wait for its driver's next incarnation lasts before it asks again (a pending wait outlives shutdown by at most this). */
+const PACKET_WAIT_MS = 5_000;
 
 export interface HostOptions {
   readonly registry?: DriverRegistry;
@@ -158,6 +164,25 @@ export class DriverHost {
     return this.services.local.consume(blockService, name, timeoutMs);
   }
 
+  private readonly ports = new Map<string, NetPort>();
+
+  /**
+   * The packet port `name` (the config entry's name, by default its
+   * address): the same object for the host's lifetime, attached while an
+   * incarnation of its driver runs (PacketPort.attached), bound again to the
+   * next one after a supervised restart, with its counters carried on. Made
+   * on first use, so a program may subscribe before the driver is up. A
+   * packet port has one consumer: this one.
+   */
+  packetPort(name: string): PacketPort {
+    let port = this.ports.get(name);
+    if (port === undefined) {
+      port = new NetPort(name, () => this.services.local.consume(packetService, name, PACKET_WAIT_MS));
+      this.ports.set(name, port);
+    }
+    return port;
+  }
+
   get addresses(): PciAddress[] {
     return [...this.meters.keys()];
   }
@@ -286,6 +311,7 @@ export class DriverHost {
       const started = performance.now();
       this.watchAll();
       this.emit({ type: 'host', at: Date.now(), phase: 'stopping' });
+      for (const port of this.ports.values()) port.stop();
       this.actor.send({ type: 'SHUTDOWN' });
       let timer: NodeJS.Timeout | undefined;
       const overran = await Promise.race([

@@ -7,13 +7,13 @@
  * the kernel joined on the TAP (read from /proc/net/dev_mcast), so IPv6
  * neighbour discovery works without promiscuous mode.
  *
- *   const tap = TapExport.open(e1000ePort('0000:00:08.0'), 'upci0');
+ *   const tap = TapExport.open(host.packetPort('nic0'), 'upci0');
  *   // ip link set upci0 up; ping -6 fe80::...%upci0
  *   tap.close();
  */
 import { readFileSync, readSync, writeSync } from 'node:fs';
 import type { Subscription } from 'rxjs';
-import { parseMac, type NetPort } from '../drivers/e1000e/index.js';
+import { parseMac, type PacketPort } from '../drivers/packet.js';
 import { openTap, type Tap } from '../kernel/linux/tap.js';
 
 const BATCH = 32;
@@ -38,7 +38,7 @@ export class TapExport {
   private multicastSeen = '';
   private closed = false;
 
-  private constructor(private readonly port: NetPort, private readonly tap: Tap) {
+  private constructor(private readonly port: PacketPort, private readonly tap: Tap) {
     this.subscription = port.frames.subscribe((frame) => {
       try {
         writeSync(tap.fd, frame.bytes, 0, frame.length);
@@ -57,9 +57,9 @@ export class TapExport {
   }
 
   /** Creates the TAP interface `name` (it comes up with `ip link set NAME up`) over `port`, which must be attached. */
-  static open(port: NetPort, name = 'upci0'): TapExport {
+  static open(port: PacketPort, name = 'upci0'): TapExport {
     const info = port.attached;
-    if (info === undefined) throw new Error(`TAP export: the NIC ${port.address} has no driver attached (start the host first)`);
+    if (info === undefined) throw new Error(`TAP export: the NIC ${port.name} has no driver attached (start the host first)`);
     return new TapExport(port, openTap(name, parseMac(info.mac)));
   }
 

@@ -15,6 +15,7 @@ import type { ConfigHeader } from '../pci/config.js';
 import type { Bar } from '../pci/device.js';
 import type { InterruptEvent, InterruptOptions, InterruptType } from '../pci/intr.js';
 import type { BlockDevice } from './block.js';
+import type { PacketBinding, PacketEndpoint } from './packet.js';
 
 /** One line of a driver's match table; every field given must equal the device's. */
 export interface DeviceMatch {
@@ -112,6 +113,14 @@ export interface DriverBus {
    * device is taken back, the provider stops serving it.
    */
   blockDevice(name: string, timeoutMs?: number): Promise<BlockDevice>;
+  /**
+   * Offers a NIC's packet port (drivers/packet.ts) under this device's
+   * name until the host takes the device back; returns what the driver
+   * reports its frames, link and counters to. Programs reach it with
+   * DriverHost.packetPort(name); from another thread, frames cross by
+   * reference over shared-memory rings (actors/packet-service.ts).
+   */
+  providePacketPort(binding: PacketBinding): PacketEndpoint;
 }
 
 /** What the driver machine is started with. */
@@ -141,9 +150,10 @@ export interface DriverModule<S extends OptionsSchema = OptionsSchema, R = unkno
    * Where the driver runs: 'own' (the default) in a worker thread of its own
    * per incarnation, so that a hang or a leak stops only it; 'main' in the
    * host's main thread, for a driver that hands the host objects no ring
-   * carries yet (block devices do cross: provideBlockDevice in a driver
-   * thread is served to every other thread through shared-memory rings,
-   * actors/service.ts). A hang in a 'main' driver stops the whole host.
+   * carries (block devices and packet ports do cross: provideBlockDevice and
+   * providePacketPort in a driver thread are served to every other thread
+   * through shared-memory rings, actors/service.ts). A hang in a 'main'
+   * driver stops the whole host.
    */
   readonly thread?: 'own' | 'main';
   readonly machine: AnyActorLogic;

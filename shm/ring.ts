@@ -25,6 +25,18 @@ const CONSUMER = 25;
 const SLOTS = 26;
 const SLOT_WORDS = 27;
 const HEADER_WORDS = 32;
+/**
+ * A waiting consumer looks again after this long even if nobody woke it.
+ * Node 20 (V8 11.3) loses an Atomics.waitAsync wake-up now and then: a
+ * producer in another thread that sees WAITING, clears it and notifies,
+ * and the waiter's promise never resolves (measured on the host: about one
+ * in a million slots between two threads both ways, and in the VM a packet
+ * port's return ring stalled for good with 8,192 slots pending and WAITING
+ * clear). The protocol re-checks under V8's own lock (waitAsync compares
+ * TAIL), so this is a backstop: a lost wake-up costs this much latency, not
+ * a stalled ring; an idle ring wakes this often.
+ */
+const RECHECK_MS = 50;
 
 /** A ring of `slots` (a power of two) slots of `slotWords` Int32 words each. */
 export function createRing(slots: number, slotWords: number): SharedArrayBuffer {
@@ -62,6 +74,11 @@ abstract class RingEnd {
     this.mask = this.slots - 1;
   }
 
+  /** Slots published and not yet drained. */
+  get used(): number {
+    return (Atomics.load(this.words, TAIL) - Atomics.load(this.words, HEAD)) >>> 0;
+  }
+
   protected at(counter: number): number {
     return HEADER_WORDS + (counter & this.mask) * this.slotWords;
   }
@@ -74,6 +91,8 @@ abstract class RingEnd {
 
 export class RingProducer extends RingEnd {
   private reserved = false;
+  /** Slots filled and not yet visible to the consumer (stage()), published together by flush(). */
+  private staged = 0;
 
   static claim(buffer: SharedArrayBuffer): RingProducer {
     return new RingProducer(buffer);
@@ -83,26 +102,34 @@ export class RingProducer extends RingEnd {
     super(buffer, PRODUCER);
   }
 
-  /** Slots published and not yet drained. */
-  get used(): number {
-    return (Atomics.load(this.words, TAIL) - Atomics.load(this.words, HEAD)) >>> 0;
-  }
-
   /**
    * The index in `words` of the next slot to fill, or -1 when the ring is
    * full (the consumer has not drained yet: the caller holds the entry back).
    */
   reserve(): number {
-    if (this.used === this.slots) return -1;
+    if (this.used + this.staged === this.slots) return -1;
     this.reserved = true;
-    return this.at(Atomics.load(this.words, TAIL));
+    return this.at(Atomics.load(this.words, TAIL) + this.staged);
   }
 
-  /** Publishes the reserved slot; wakes the consumer only if it may be waiting. */
+  /** Publishes the reserved slot (and any staged before it); wakes the consumer only if it may be waiting. */
   publish(): void {
-    if (!this.reserved) throw new Error('RingProducer.publish without a reserved slot');
+    this.stage();
+    this.flush();
+  }
+
+  /** Keeps the reserved slot back until flush(): a batch becomes visible at once (one wake-up, one drain). */
+  stage(): void {
+    if (!this.reserved) throw new Error('RingProducer: no reserved slot to publish');
     this.reserved = false;
-    Atomics.add(this.words, TAIL, 1);
+    this.staged++;
+  }
+
+  /** Publishes every staged slot. */
+  flush(): void {
+    if (this.staged === 0) return;
+    Atomics.add(this.words, TAIL, this.staged);
+    this.staged = 0;
     if (Atomics.load(this.words, WAITING) !== 0 && Atomics.exchange(this.words, WAITING, 0) !== 0) Atomics.notify(this.words, TAIL, 1);
   }
 }
@@ -116,6 +143,7 @@ export type SlotHandler = (words: Int32Array, at: number) => boolean | void;
 
 export class RingConsumer extends RingEnd {
   private handler: SlotHandler | undefined;
+  private drained: (() => void) | undefined;
   private stopped = false;
   private paused = false;
   private waiting = false;
@@ -150,11 +178,13 @@ export class RingConsumer extends RingEnd {
   /**
    * Drains now, and again each time the producer publishes: woken by
    * Atomics.waitAsync, so in this thread's own event loop. A handler that
-   * returns false pauses the loop until resume().
+   * returns false pauses the loop until resume(). `drained` runs after each
+   * drain that consumed a slot (the end of a batch: e.g. one doorbell for it).
    */
-  start(handler: SlotHandler): void {
+  start(handler: SlotHandler, drained?: () => void): void {
     if (this.handler !== undefined) throw new Error('RingConsumer.start called twice');
     this.handler = handler;
+    this.drained = drained;
     this.run();
   }
 
@@ -178,7 +208,7 @@ export class RingConsumer extends RingEnd {
     const handler = this.handler!;
     for (;;) {
       if (this.stopped) return;
-      this.drain(handler);
+      if (this.drain(handler) > 0) this.drained?.();
       if (this.paused || this.stopped) return;
       Atomics.store(words, WAITING, 1);
       // Published after the drain and before WAITING was seen: drain again instead of waiting.
@@ -187,7 +217,7 @@ export class RingConsumer extends RingEnd {
         Atomics.store(words, WAITING, 0);
         continue;
       }
-      const wait = Atomics.waitAsync(words, TAIL, tail);
+      const wait = Atomics.waitAsync(words, TAIL, tail, RECHECK_MS);
       if (!wait.async) {
         Atomics.store(words, WAITING, 0);
         continue;

@@ -3,7 +3,7 @@
  * BAR 0 and allocates the rings; the machine brings the device up, then
  * services it until stopped. An exception in an interrupt handler or in
  * the polling loop is a driver crash: the host quiesces, resets and
- * restarts it, and the NetPort carries on with the next incarnation.
+ * restarts it, and the host's packet port carries on with the next incarnation.
  */
 import { fromCallback, fromPromise, setup } from 'xstate';
 import { defineDriver, type DriverInput } from '../contract.js';
@@ -26,7 +26,7 @@ const machine = setup({
         sendBack({ type: 'fault', error });
       };
       nic.onFault = fail;
-      if (nic.port.attached?.interrupt === 'poll') nic.runPolling(fail);
+      if (nic.polled) nic.runPolling(fail);
       return () => nic.stop();
     }),
   },
@@ -57,9 +57,7 @@ const machine = setup({
 
 export const e1000eDriver = defineDriver({
   name: 'e1000e',
-  description: 'Intel 82574L (QEMU e1000e): rings, MSI-X, link events, and a packet port (e1000ePort)',
-  // Its packet port lives in a per-thread registry (e1000ePort(address)) that callers in the host's main thread read.
-  thread: 'main',
+  description: 'Intel 82574L (QEMU e1000e): rings, MSI-X, link events, and a packet port (DriverHost.packetPort)',
   match: [{ vendor: 0x8086, device: 0x10d3 }],
   options: e1000eOptions,
   attach: E1000e.attach,

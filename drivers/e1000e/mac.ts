@@ -4,6 +4,7 @@
  * statistics registers.
  */
 import type { BusSpace } from '../../pci/bus-space.js';
+import type { LinkState, Mac } from '../packet.js';
 import { CTRL, EERD, INT, MDIC, PHY, RAH, RCTL, REG, STATS, STATUS, TCTL } from './registers.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -44,18 +45,6 @@ function eepromWord(regs: BusSpace, word: number): number {
     if (v & EERD.DONE) return v >>> EERD.DATA_SHIFT;
   }
   throw new Error(`e1000e: EEPROM read of word ${word} never completed (EERD.DONE stayed clear)`);
-}
-
-export type Mac = readonly [number, number, number, number, number, number];
-
-export function formatMac(mac: Mac): string {
-  return mac.map((b) => b.toString(16).padStart(2, '0')).join(':');
-}
-
-export function parseMac(text: string): Mac {
-  const parts = text.trim().split(':').map((p) => Number.parseInt(p, 16));
-  if (parts.length !== 6 || parts.some((b) => !(b >= 0 && b <= 255))) throw new Error(`e1000e: '${text}' is not a MAC address (expected six hex bytes like 52:54:00:12:34:56)`);
-  return parts as unknown as Mac;
 }
 
 /** The station address: RAL0/RAH0 when valid (loaded from the NVM at reset), else NVM words 0..2. */
@@ -108,15 +97,6 @@ export function readPhy(regs: BusSpace, reg: number): number {
   throw new Error(`e1000e: PHY register ${reg} read never completed (MDIC.R stayed clear)`);
 }
 
-export interface LinkState {
-  readonly up: boolean;
-  readonly speedMbps: 10 | 100 | 1000 | undefined;
-  readonly fullDuplex: boolean;
-  /** The PHY's own view (its status register): link and autonegotiation complete. */
-  readonly phyLink: boolean;
-  readonly autonegComplete: boolean;
-}
-
 export function readLink(regs: BusSpace): LinkState {
   const status = regs.read4(REG.STATUS);
   const phy = readPhy(regs, PHY.STATUS);
@@ -153,13 +133,12 @@ export interface HardwareCounters {
   oversizeReceived: number;
 }
 
-export function emptyHardwareCounters(): HardwareCounters {
-  return {
-    goodPacketsReceived: 0, goodPacketsTransmitted: 0, goodOctetsReceived: 0, goodOctetsTransmitted: 0,
-    totalPacketsReceived: 0, totalPacketsTransmitted: 0, broadcastReceived: 0, multicastReceived: 0,
-    broadcastTransmitted: 0, multicastTransmitted: 0, undersizeReceived: 0, oversizeReceived: 0,
-  };
-}
+/** Their names, for the port's shared counters (PacketBinding.hardwareCounters). */
+export const HARDWARE_COUNTERS: readonly (keyof HardwareCounters)[] = [
+  'goodPacketsReceived', 'goodPacketsTransmitted', 'goodOctetsReceived', 'goodOctetsTransmitted',
+  'totalPacketsReceived', 'totalPacketsTransmitted', 'broadcastReceived', 'multicastReceived',
+  'broadcastTransmitted', 'multicastTransmitted', 'undersizeReceived', 'oversizeReceived',
+];
 
 /** Adds what the device counted since the last read (the read clears the registers). */
 export function accumulateStats(regs: BusSpace, c: HardwareCounters): void {

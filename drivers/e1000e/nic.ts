@@ -1,21 +1,22 @@
 /**
  * One incarnation of the e1000e driver: the device brought up from reset
  * (station address, PHY, filters, rings, interrupt routing), serviced by
- * its interrupt vectors or by polling, and stopped cleanly. Its frames and
- * counters go through the device's NetPort.
+ * its interrupt vectors or by polling, and stopped cleanly. It offers its
+ * packet port through DriverBus.providePacketPort (drivers/packet.ts):
+ * received frames by reference, transmit buffers the consumer fills.
  */
 import type { Subscription } from 'rxjs';
 import type { BusSpace } from '../../pci/bus-space.js';
 import type { InterruptEvent } from '../../pci/intr.js';
 import type { DriverBus, DriverInterrupts, OptionsOf } from '../contract.js';
+import { formatMac, type DriverCounters, type Mac, type PacketBinding, type PacketEndpoint, type PortInfo, type RxFrame } from '../packet.js';
 import { e1000eTag } from './buffers.js';
 import {
-  accumulateStats, globalReset, phyId, readLink, readMac, receiveControl, setMulticast, setReceiveAddress, formatMac,
+  accumulateStats, globalReset, HARDWARE_COUNTERS, phyId, readLink, readMac, receiveControl, setMulticast, setReceiveAddress,
   type HardwareCounters,
 } from './mac.js';
-import { e1000ePort, type NetPort, type PortBinding } from './port.js';
 import { CTRL_EXT, INT, IVAR, REG, RFCTL, TCTL } from './registers.js';
-import { RxRing, type RxFrame } from './rx-ring.js';
+import { RxRing } from './rx-ring.js';
 import { TxRing } from './tx-ring.js';
 import type { e1000eOptions } from './options.js';
 
@@ -38,8 +39,7 @@ function throttleInterval(perSecond: number): number {
   return perSecond === 0 ? 0 : Math.min(0xffff, Math.max(1, Math.round(1e9 / (perSecond * 256))));
 }
 
-export class E1000e implements PortBinding {
-  readonly port: NetPort;
+export class E1000e implements PacketBinding {
   private readonly rx: RxRing;
   private readonly tx: TxRing;
   private interrupts: DriverInterrupts | undefined;
@@ -48,23 +48,32 @@ export class E1000e implements PortBinding {
   private stopped = false;
   /** Fault injection: throw once this many frames were received (first incarnation only). */
   private readonly failAt: number | undefined;
-  /** The port's tx/rx counters are this incarnation's ring counters added to what earlier incarnations left. */
-  private readonly baseTx: { frames: number; bytes: number; ringFull: number };
-  private readonly baseRx: { frames: number; bytes: number; errors: number };
+  /** Set at start, when the port is provided (nothing is received, sent or interrupted before). */
+  private endpoint: PacketEndpoint | undefined;
+  private counters!: DriverCounters;
+  info!: PortInfo;
+  readonly receiveBuffers: number;
+  readonly hardwareCounters = HARDWARE_COUNTERS;
 
   constructor(
     private readonly bus: DriverBus,
     private readonly regs: BusSpace,
     private readonly options: E1000eOptions,
   ) {
-    this.port = e1000ePort(bus.address);
     const tag = e1000eTag(bus.dma());
     this.rx = new RxRing(regs, tag, options.rxRing, options.rxBuffers);
     this.tx = new TxRing(regs, tag, options.txRing);
+    this.receiveBuffers = options.rxBuffers;
     this.failAt = bus.incarnation === 0 ? options.failAfterRxFrames : undefined;
-    const { tx, rx } = this.port.counters;
-    this.baseTx = { frames: tx.frames, bytes: tx.bytes, ringFull: tx.ringFull };
-    this.baseRx = { frames: rx.frames, bytes: rx.bytes, errors: rx.errors };
+  }
+
+  get transmitBuffers() {
+    return this.tx.transmitBuffers;
+  }
+
+  /** No interrupts: the machine runs the polling loop. */
+  get polled(): boolean {
+    return this.options.interrupt === 'poll';
   }
 
   static attach(bus: DriverBus, options: E1000eOptions): E1000e {
@@ -75,30 +84,41 @@ export class E1000e implements PortBinding {
     return new E1000e(bus, bus.mapBar(0), options);
   }
 
-  /** Reset and bring-up; the port is bound at the end. */
+  /**
+   * Reset and bring-up. The port is provided once the device is set up but
+   * before it receives or interrupts; everything after the reset runs in one
+   * turn of the event loop, so no request of the consumer's comes before the
+   * rings are programmed.
+   */
   async start(): Promise<void> {
     const r = this.regs;
     await globalReset(r);
     const { mac, source } = readMac(r);
     setReceiveAddress(r, 0, mac);
     const phy = phyId(r);
-    this.applyFilters();
+    // The consumer's filters come with its first message (PacketBinding.applyFilters).
+    this.applyFilters([], []);
     r.write4(REG.RFCTL, RFCTL.ACK_DIS);
     // No receive/transmit interrupt delays: throttling is ITR's job.
     for (const reg of [REG.RDTR, REG.RADV, REG.TIDV, REG.TADV]) r.write4(reg, 0);
-    this.rx.start();
-    this.tx.start();
+    this.info = {
+      mac: formatMac(mac), macSource: source, phyId: phy,
+      interrupt: this.options.interrupt,
+      incarnation: this.bus.incarnation,
+      rxRing: this.options.rxRing, txRing: this.options.txRing,
+    };
+    const endpoint = this.bus.providePacketPort(this);
+    this.endpoint = endpoint;
+    this.counters = endpoint.counters;
+    this.rx.start(endpoint.counters.rx);
+    this.tx.start(endpoint.counters.tx);
     r.write4(REG.TCTL, TCTL.EN | TCTL.PSP | (0x0f << TCTL.CT_SHIFT) | (0x3f << TCTL.COLD_SHIFT));
     this.bus.dma().enableBusMaster();
     this.setUpInterrupts();
     r.write4(REG.RCTL, receiveControl(this.options));
-    this.port.bind(this, {
-      mac: formatMac(mac), macSource: source, phyId: phy,
-      interrupt: this.interrupts?.type ?? 'poll',
-      incarnation: this.bus.incarnation,
-      rxRing: this.options.rxRing, txRing: this.options.txRing,
-    }, readLink(r));
-    this.bus.note(`up: ${formatMac(mac)} (${source}), PHY ${phy}, ${this.interrupts?.type ?? 'polled'}, link ${this.port.linkState.up ? 'up' : 'down'}, rings ${this.options.rxRing}/${this.options.txRing}`);
+    const link = readLink(r);
+    endpoint.setLink(link);
+    this.bus.note(`up: ${formatMac(mac)} (${source}), PHY ${phy}, ${this.interrupts?.type ?? 'polled'}, link ${link.up ? 'up' : 'down'}, rings ${this.options.rxRing}/${this.options.txRing}`);
   }
 
   private setUpInterrupts(): void {
@@ -132,11 +152,11 @@ export class E1000e implements PortBinding {
       if (this.stopped) return;
       try {
         this.receive();
-        if (this.tx.reclaim() > 0) this.port.wake();
+        this.tx.reclaim(this.transmitted);
         const now = Date.now();
         if (now - lastLink >= POLL_LINK_MS) {
           lastLink = now;
-          this.port.setLink(readLink(this.regs));
+          this.endpoint!.setLink(readLink(this.regs));
         }
       } catch (e) {
         fail(e);
@@ -164,49 +184,52 @@ export class E1000e implements PortBinding {
 
   /** Hands a frame to the port (bound once: the receive path allocates nothing per interrupt or packet). */
   private readonly deliver = (frame: RxFrame): void => {
-    if (this.failAt !== undefined && this.rx.counters.frames > this.failAt) {
+    if (this.failAt !== undefined && this.counters.rx.frames > this.failAt) {
       frame.release();
       throw new Error(`fault injection: failAfterRxFrames=${this.failAt} reached`);
     }
-    this.port.deliver(frame);
+    this.endpoint!.deliver(frame);
   };
+
+  /** Gives a transmit buffer back to the port's consumer (bound once, like deliver). */
+  private readonly transmitted = (buffer: number): void => this.endpoint!.transmitted(buffer);
 
   private receive(): void {
     while (this.rx.poll(this.deliver, RX_BUDGET) === RX_BUDGET);
   }
 
   private onRx(e: InterruptEvent): void {
-    this.port.counters.vectors.rx++;
+    this.counters.vectors.rx++;
     this.receive();
     e.ack();
     this.regs.write4(REG.IMS, INT.RXQ0);
   }
 
   private onTx(e: InterruptEvent): void {
-    this.port.counters.vectors.tx++;
-    if (this.tx.reclaim() > 0) this.port.wake();
+    this.counters.vectors.tx++;
+    this.tx.reclaim(this.transmitted);
     e.ack();
     this.regs.write4(REG.IMS, INT.TXQ0);
   }
 
   private onOther(e: InterruptEvent): void {
-    this.port.counters.vectors.other++;
+    this.counters.vectors.other++;
     const icr = this.regs.read4(REG.ICR);
     // Only the other causes: RXQ0/TXQ0 set while their vectors are masked must stay pending for them.
     this.regs.write4(REG.ICR, (icr & OTHER_CAUSES) | INT.OTHER);
     this.otherCauses(icr);
-    if ((icr & OTHER_CAUSES) === 0) this.port.counters.vectors.misrouted++;
+    if ((icr & OTHER_CAUSES) === 0) this.counters.vectors.misrouted++;
     e.ack();
     this.regs.write4(REG.IMS, INT.OTHER | OTHER_CAUSES);
   }
 
   private otherCauses(icr: number): void {
-    if (icr & INT.RXO) this.port.counters.rx.overruns++;
-    if (icr & INT.LSC) this.port.setLink(readLink(this.regs));
+    if (icr & INT.RXO) this.counters.rx.overruns++;
+    if (icr & INT.LSC) this.endpoint!.setLink(readLink(this.regs));
   }
 
   private onShared(e: InterruptEvent): void {
-    this.port.counters.vectors.shared++;
+    this.counters.vectors.shared++;
     const icr = this.regs.read4(REG.ICR);
     if ((icr & SINGLE_CAUSES) === 0) {
       e.ack(false);
@@ -215,33 +238,31 @@ export class E1000e implements PortBinding {
     this.regs.write4(REG.ICR, icr);
     this.otherCauses(icr);
     this.receive();
-    if (this.tx.reclaim() > 0) this.port.wake();
+    this.tx.reclaim(this.transmitted);
     e.ack();
   }
 
-  post(frames: readonly Uint8Array[], from: number): number {
-    return this.tx.post(frames, from);
+  transmit(index: number, length: number): void {
+    if (!this.stopped) this.tx.post(index, length);
   }
 
-  private syncCounters(): void {
-    const { tx, rx } = this.port.counters;
-    tx.frames = this.baseTx.frames + this.tx.counters.frames;
-    tx.bytes = this.baseTx.bytes + this.tx.counters.bytes;
-    tx.ringFull = this.baseTx.ringFull + this.tx.counters.ringFull;
-    rx.frames = this.baseRx.frames + this.rx.counters.frames;
-    rx.bytes = this.baseRx.bytes + this.rx.counters.bytes;
-    rx.errors = this.baseRx.errors + this.rx.counters.errors;
+  flushTransmit(): void {
+    if (this.stopped) return;
+    this.tx.flush();
+    // QEMU transmits at the tail write; real hardware has done earlier batches by now: either way
+    // the buffers go back to the consumer without waiting for the transmit interrupt.
+    this.tx.reclaim(this.transmitted);
   }
 
-  readStats(into: HardwareCounters): void {
-    this.syncCounters();
-    if (!this.stopped) accumulateStats(this.regs, into);
+  readStats(into: Record<string, number>): void {
+    if (!this.stopped) accumulateStats(this.regs, into as unknown as HardwareCounters);
   }
 
-  applyFilters(): void {
+  applyFilters(unicast: readonly Mac[], multicast: readonly Mac[]): void {
+    if (this.stopped) return;
     const r = this.regs;
-    for (let i = 1; i < 16; i++) setReceiveAddress(r, i, this.port.unicast[i - 1]);
-    setMulticast(r, this.port.multicast);
+    for (let i = 1; i < 16; i++) setReceiveAddress(r, i, unicast[i - 1]);
+    setMulticast(r, multicast);
   }
 
   /**
@@ -269,13 +290,15 @@ export class E1000e implements PortBinding {
 
   private lose(): void {
     const r = this.regs;
-    const { rx, tx } = this.port.counters;
+    const endpoint = this.endpoint;
+    // Stopped during bring-up, before the port was provided: nothing was sent or received.
+    if (endpoint === undefined) return;
+    const { rx, tx, hardware } = this.counters;
     tx.lostInRestart += this.tx.unsent();
     r.write4(REG.TCTL, TCTL.PSP);
     rx.lostInRestart += this.rx.pendingCompleted();
-    accumulateStats(r, this.port.counters.hardware);
-    this.syncCounters();
+    accumulateStats(r, hardware as unknown as HardwareCounters);
     this.rx.close();
-    this.port.unbind();
+    endpoint.unbind();
   }
 }

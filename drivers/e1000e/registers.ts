@@ -114,6 +114,3 @@ export const DESC_BYTES = 16;
 export const RING_ALIGN = 128;
 /** The receive buffer size RCTL.BSIZE_2048 selects. */
 export const RX_BUFFER_BYTES = 2048;
-/** Largest frame without CRC and without a VLAN tag: 1500 bytes of payload + 14 of header. */
-export const MAX_FRAME = 1514;
-export const MIN_FRAME = 60;

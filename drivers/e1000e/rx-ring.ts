@@ -3,21 +3,15 @@
  * pool larger than the ring so a consumer can hold frames while the ring
  * stays full. A received frame is handed out as the buffer's own RxFrame
  * (preallocated, one per buffer): no allocation per packet. release() gives
- * the buffer back to the pool; the ring is refilled from it.
+ * the buffer back to the pool; the ring is refilled from it. It counts into
+ * the port's shared counters (given at start).
  */
 import { DmaSync, type DmaTag } from '../../pci/bus-dma.js';
 import type { BusSpace } from '../../pci/bus-space.js';
 import type { DmaPool } from '../../pci/dma-pool.js';
+import type { DriverCounters, RxFrame } from '../packet.js';
 import { programRing, ringPool, writeAddress } from './buffers.js';
 import { DESC_BYTES, REG, RX_BUFFER_BYTES, RXD } from './registers.js';
-
-export interface RxFrame {
-  /** The whole receive buffer; the frame is bytes [0, length). Valid until release(). */
-  readonly bytes: Uint8Array;
-  readonly length: number;
-  /** Gives the buffer back to the ring. A second call, or one after the driver restarted, does nothing. */
-  release(): void;
-}
 
 class PooledFrame implements RxFrame {
   length = 0;
@@ -28,13 +22,6 @@ class PooledFrame implements RxFrame {
     this.held = false;
     this.ring.recycle(this.id);
   }
-}
-
-export interface RxCounters {
-  frames: number;
-  bytes: number;
-  /** Descriptors with an error bit or without end-of-packet (frames longer than a buffer): recycled, not delivered. */
-  errors: number;
 }
 
 export class RxRing {
@@ -49,7 +36,7 @@ export class RxRing {
   private tail = 0;
   private filled = 0;
   private live = true;
-  readonly counters: RxCounters = { frames: 0, bytes: 0, errors: 0 };
+  private counters!: DriverCounters['rx'];
 
   constructor(private readonly regs: BusSpace, tag: DmaTag, readonly size: number, poolSize: number) {
     this.ring = ringPool(tag, size, DESC_BYTES);
@@ -61,8 +48,9 @@ export class RxRing {
     }
   }
 
-  /** Programs the ring registers and fills it (RCTL.EN is set by the caller afterwards). */
-  start(): void {
+  /** Programs the ring registers and fills it (RCTL.EN is set by the caller afterwards), counting into `counters` from now on. */
+  start(counters: DriverCounters['rx']): void {
+    this.counters = counters;
     programRing(this.regs, REG.RDBAL, this.ring, this.size * DESC_BYTES);
     this.refill();
   }
@@ -130,7 +118,11 @@ export class RxRing {
     let added = 0;
     while (this.filled < this.size - 1) {
       const id = this.pool.alloc();
-      if (id < 0) break;
+      if (id < 0) {
+        // Every buffer is out with the consumer: the ring runs dry and the device drops (an overrun).
+        this.counters.noBuffer++;
+        break;
+      }
       const w = this.tail * 4;
       this.pool.sync(DmaSync.PREREAD, id);
       writeAddress(d, w, this.pool.busAddresses[id]!);

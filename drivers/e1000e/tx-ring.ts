@@ -1,22 +1,17 @@
 /**
- * The transmit ring: legacy descriptors, one 2 KiB DMA buffer per slot.
- * send() copies frames into the slots' buffers (the caller's memory is not
- * DMA-mapped), posts them with one TDT write per batch and takes only as
- * many as the ring has room for: the rest is the caller's to retry
- * (backpressure). Completed slots are reclaimed by their DD bit.
+ * The transmit ring: legacy descriptors, and 2 KiB DMA buffers the port's
+ * consumer fills (PacketBinding.transmitBuffers: one fewer than the
+ * descriptors, so posting one never finds the ring full). post() puts a
+ * filled buffer in the next descriptor by its precomputed bus address, and
+ * flush() tells the device with one TDT write per batch. Completed
+ * descriptors are reclaimed by their DD bit and their buffers given back.
  */
 import { DmaSync, type DmaTag } from '../../pci/bus-dma.js';
 import type { BusSpace } from '../../pci/bus-space.js';
 import type { DmaPool } from '../../pci/dma-pool.js';
+import type { DriverCounters, TransmitBuffers } from '../packet.js';
 import { programRing, ringPool, writeAddress } from './buffers.js';
-import { DESC_BYTES, MIN_FRAME, REG, RX_BUFFER_BYTES, TXD } from './registers.js';
-
-export interface TxCounters {
-  frames: number;
-  bytes: number;
-  /** send() calls that could not take every frame (the ring was full). */
-  ringFull: number;
-}
+import { DESC_BYTES, REG, RX_BUFFER_BYTES, TXD } from './registers.js';
 
 const COMMAND = TXD.CMD_EOP | TXD.CMD_IFCS | TXD.CMD_RS;
 
@@ -24,79 +19,72 @@ export class TxRing {
   private readonly desc: Uint32Array;
   private readonly ring: DmaPool;
   private readonly buffers: DmaPool;
-  private readonly bytes: Uint8Array;
+  /** The buffer each descriptor in flight carries. */
+  private readonly slotBuffer: Int32Array;
   private tail = 0;
   private clean = 0;
   private inFlight = 0;
-  readonly counters: TxCounters = { frames: 0, bytes: 0, ringFull: 0 };
+  private unflushed = false;
+  private counters!: DriverCounters['tx'];
+  readonly transmitBuffers: TransmitBuffers;
 
   constructor(private readonly regs: BusSpace, tag: DmaTag, readonly size: number) {
     this.ring = ringPool(tag, size, DESC_BYTES);
-    // Slot i always uses entry i: the ring's order is the buffers' order, no free list needed.
-    this.buffers = tag.createPool({ entrySize: RX_BUFFER_BYTES, entries: size, access: 'read' });
+    // One slot always stays empty (TDT == TDH means empty): a buffer for each of the others.
+    this.buffers = tag.createPool({ entrySize: RX_BUFFER_BYTES, entries: size - 1, access: 'read' });
     this.desc = new Uint32Array(this.ring.buffer, 0, size * 4);
-    this.bytes = new Uint8Array(this.buffers.buffer);
+    this.slotBuffer = new Int32Array(size);
+    this.transmitBuffers = { buffer: this.buffers.buffer, stride: this.buffers.stride, entries: this.buffers.entries };
   }
 
-  start(): void {
+  /** Programs the ring registers, counting into `counters` from now on. */
+  start(counters: DriverCounters['tx']): void {
+    this.counters = counters;
     programRing(this.regs, REG.TDBAL, this.ring, this.size * DESC_BYTES);
   }
 
-  /** Free slots (one is always left empty: TDT == TDH means empty). */
-  get room(): number {
-    return this.size - 1 - this.inFlight;
-  }
-
-  get pending(): number {
-    return this.inFlight;
-  }
-
-  /** Reclaims completed slots; returns how many. */
-  reclaim(): number {
+  /** Reclaims completed descriptors, handing each one's buffer to `done`; returns how many. */
+  reclaim(done: (buffer: number) => void): number {
     const d = this.desc;
     this.ring.sync(DmaSync.POSTREAD | DmaSync.POSTWRITE, 0);
     let n = 0;
     while (this.inFlight > 0 && (d[this.clean * 4 + 3]! & TXD.STAT_DD) !== 0) {
       d[this.clean * 4 + 3] = 0;
+      const buffer = this.slotBuffer[this.clean]!;
       this.clean = (this.clean + 1) % this.size;
       this.inFlight--;
       n++;
+      done(buffer);
     }
     return n;
   }
 
-  /** Posts frames[from..] (already validated) while there is room; returns how many were posted. */
-  post(frames: readonly Uint8Array[], from: number): number {
-    if (this.room < frames.length - from) this.reclaim();
-    const d = this.desc;
-    let i = from;
-    for (; i < frames.length && this.inFlight < this.size - 1; i++) {
-      const frame = frames[i]!;
-      const at = this.buffers.offsetOf(this.tail);
-      this.bytes.set(frame, at);
-      let length = frame.length;
-      // TCTL.PSP pads short frames on the wire; QEMU 7.2 does not, so the driver does.
-      if (length < MIN_FRAME) {
-        this.bytes.fill(0, at + length, at + MIN_FRAME);
-        length = MIN_FRAME;
-      }
-      this.buffers.sync(DmaSync.PREWRITE, this.tail, 0, length);
-      const w = this.tail * 4;
-      writeAddress(d, w, this.buffers.busAddresses[this.tail]!);
-      d[w + 2] = length | COMMAND;
-      d[w + 3] = 0;
-      this.tail = (this.tail + 1) % this.size;
-      this.inFlight++;
-      this.counters.frames++;
-      this.counters.bytes += length;
+  /** Puts buffer `index` (a frame of `length` bytes, padded by the consumer) in the next descriptor. */
+  post(index: number, length: number): void {
+    if (!(index >= 0 && index < this.buffers.entries && length > 0 && length <= RX_BUFFER_BYTES)) {
+      throw new Error(`e1000e: transmit of buffer ${index}, ${length} bytes: no such buffer or length (${this.buffers.entries} buffers of ${RX_BUFFER_BYTES})`);
     }
-    const posted = i - from;
-    if (posted > 0) {
-      this.ring.sync(DmaSync.PREWRITE, 0);
-      this.regs.write4(REG.TDT, this.tail);
-    }
-    if (i < frames.length) this.counters.ringFull++;
-    return posted;
+    // Never: there is one buffer fewer than descriptors, and a buffer is in one descriptor at most.
+    if (this.inFlight === this.size - 1) throw new Error('e1000e: the transmit ring is full');
+    this.buffers.sync(DmaSync.PREWRITE, index, 0, length);
+    const w = this.tail * 4;
+    writeAddress(this.desc, w, this.buffers.busAddresses[index]!);
+    this.desc[w + 2] = length | COMMAND;
+    this.desc[w + 3] = 0;
+    this.slotBuffer[this.tail] = index;
+    this.tail = (this.tail + 1) % this.size;
+    this.inFlight++;
+    this.counters.frames++;
+    this.counters.bytes += length;
+    this.unflushed = true;
+  }
+
+  /** One TDT write for everything posted since the last flush. */
+  flush(): void {
+    if (!this.unflushed) return;
+    this.unflushed = false;
+    this.ring.sync(DmaSync.PREWRITE, 0);
+    this.regs.write4(REG.TDT, this.tail);
   }
 
   /**

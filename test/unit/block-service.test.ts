@@ -81,6 +81,36 @@ test('ring: single producer, single consumer: a second claim of either end is re
   t.throws(() => createRing(3, 1), { message: /a ring of 3 slots/ });
 });
 
+test('ring: 8,192 tokens passed back and forth with a worker through two rings, 2,000,000 slots, never stall (a lost wake-up would)', async (t) => {
+  const out = createRing(16384, 1);
+  const back = createRing(16384, 1);
+  const worker = new Worker(new URL('../support/ring-tokens-worker.js', import.meta.url), { workerData: { out: out, back, tokens: 8192 } });
+  t.teardown(() => worker.terminate());
+  const from = RingConsumer.claim(out);
+  const to = RingProducer.claim(back);
+  let slots = 0;
+  from.start((w, at) => {
+    slots++;
+    const slot = to.reserve();
+    if (slot < 0) throw new Error('the back ring is full');
+    to.words[slot] = w[at]!;
+    to.publish();
+  });
+  let seen = -1;
+  let progressAt = Date.now();
+  while (slots < 2_000_000) {
+    if (slots !== seen) {
+      seen = slots;
+      progressAt = Date.now();
+    } else if (Date.now() - progressAt > 2000) {
+      break;
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  from.stop();
+  t.true(slots >= 2_000_000, `the exchange went on: ${slots} slots, then none for 2 s (pending: ${from.used} out, ${to.used} back)`);
+});
+
 test('ring: a consumer waiting in this thread\'s event loop is woken by a producer in a worker, no message is posted', async (t) => {
   const ring = createRing(16, 1);
   const consumer = RingConsumer.claim(ring);

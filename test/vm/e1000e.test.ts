@@ -3,7 +3,9 @@
  * hub (no other netdev on it: every frame stays in the VM). The kernel's
  * NIC sits in a network namespace of its own; it speaks raw test frames
  * over AF_PACKET (vm/net/peer.c). The upci driver runs under DriverHost,
- * as `upci run` would run it, and is reached through its NetPort.
+ * as `upci run` would run it (in a worker thread of its own), and is reached
+ * through the host's packet port (DriverHost.packetPort: shared-memory rings
+ * across the threads, frames by reference).
  */
 import test, { type ExecutionContext } from 'ava';
 import { execFile, execFileSync } from 'node:child_process';
@@ -15,16 +17,17 @@ import { TapExport } from '../../actors/tap-export.js';
 import { parseHostConfig } from '../../actors/config.js';
 import type { HostEvent } from '../../actors/events.js';
 import { DriverHost } from '../../actors/host.js';
-import { e1000ePort, type LinkState, type NetPort, type RxFrame } from '../../drivers/e1000e/index.js';
+import type { LinkState, PacketPort } from '../../drivers/packet.js';
 import { builtinDrivers } from '../../drivers/index.js';
 import { PciDevice } from '../../pci/device.js';
 import { defaultKernelPort } from '../../pci/kernel-port.js';
 import { defaultDevices, guestAddress, hubPort } from '../../vm/bench.js';
 import { monitorAvailable, monitorCommand } from '../../vm/monitor.js';
-import { buildFrame, checkFrame, macBytes, SequenceCheck } from '../../vm/net/frames.js';
+import { buildFrame, macBytes } from '../../vm/net/frames.js';
 import { KernelPeer, type ReceiveResult } from '../../vm/net/kernel-peer.js';
 import { findLosslessRate, type ProbeResult, type RateSearch } from '../../vm/net/rate-search.js';
 import { sysfsBusMaster } from './devices.js';
+import { collect, sendSequence } from './net-traffic.js';
 import { recordingPort, resetsAndCloses, type PortRecord } from '../support/recording-port.js';
 
 const nics = defaultDevices.filter((d) => d.model === 'e1000e');
@@ -53,7 +56,7 @@ test.after.always(() => peer?.close());
 
 interface Driver {
   host: DriverHost;
-  port: NetPort;
+  port: PacketPort;
   events: HostEvent[];
   /** What the host asked of the kernel to stop and give back the NIC, each with bus mastering as sysfs had it then. */
   records: PortRecord[];
@@ -70,8 +73,7 @@ async function startDriver(options: Record<string, unknown> = {}): Promise<Drive
   }, builtinDrivers), { open: (address) => PciDevice.open(address, { port: kernel }) });
   const events: HostEvent[] = [];
   host.events.subscribe((e) => events.push(e));
-  const port = e1000ePort(UPCI_ADDRESS);
-  if (port.attached !== undefined) throw new Error('an earlier driver is still attached to the port');
+  const port = host.packetPort(UPCI_ADDRESS);
   host.start();
   await until('the e1000e driver to attach', () => port.attached !== undefined || events.some((e) => e.type === 'fault'), 60_000);
   const fault = events.find((e) => e.type === 'fault');
@@ -83,46 +85,6 @@ async function startDriver(options: Record<string, unknown> = {}): Promise<Drive
       await host.shutdown();
     },
   };
-}
-
-/** Sends frames seq from..from+count-1 (lengths from `length(seq)`), honouring backpressure, at most `pps` per second. */
-async function sendSequence(port: NetPort, dst: string, count: number, length: (seq: number) => number, pps = 0, from = 0): Promise<void> {
-  const src = macBytes(port.attached!.mac);
-  const dstBytes = macBytes(dst);
-  const batchSize = 32;
-  const storage = Array.from({ length: batchSize }, () => new Uint8Array(1514));
-  const started = performance.now();
-  for (let base = 0; base < count; base += batchSize) {
-    const n = Math.min(batchSize, count - base);
-    const batch = storage.slice(0, n).map((buf, i) => buildFrame(buf, dstBytes, src, from + base + i, length(from + base + i)));
-    let sent = 0;
-    const deadline = Date.now() + 10_000;
-    while ((sent += port.send(batch, sent)) < n) {
-      if (Date.now() > deadline) throw new Error(`the transmit ring stayed full for 10 s (frame ${from + base + sent})`);
-      await Promise.race([port.writable(), sleep(5)]);
-    }
-    if (pps > 0) {
-      const due = started + ((base + n) * 1000) / pps;
-      const wait = due - performance.now();
-      if (wait > 1) await sleep(wait);
-    } else if (base % 1024 === 0) {
-      await new Promise((r) => setImmediate(r));
-    }
-  }
-}
-
-/** Collects the test frames the port receives (releasing each), until stop(); `first` and `last` are when the first and the latest came. */
-function collect(port: NetPort, count: number): { check: SequenceCheck; readonly first: number; readonly last: number; stop(): void } {
-  const check = new SequenceCheck(count);
-  let first = 0;
-  let last = 0;
-  const sub = port.frames.subscribe((f: RxFrame) => {
-    last = performance.now();
-    if (check.frames === 0) first = last;
-    check.add(checkFrame(f.bytes, f.length));
-    f.release();
-  });
-  return { check, get first() { return first; }, get last() { return last; }, stop: () => sub.unsubscribe() };
 }
 
 /** Until `count` frames came, or none for `idleMs` (frames were lost): bounded either way. */
@@ -153,6 +115,7 @@ test.serial('attach: station address from RAL/RAH, PHY, link up, MSI-X with thre
   t.true(driver.port.linkState.up);
   t.is(driver.port.linkState.speedMbps, 1000);
   t.is(info.phyId.slice(0, 4), '0141', 'the 82574 PHY answers over MDIC');
+  t.true(driver.events.some((e) => e.type === 'thread' && e.address === UPCI_ADDRESS), 'the driver runs in a worker thread of its own; the port is reached across threads');
 });
 
 test.serial(`every frame length 60..1514 upci → kernel: each once, intact, in order`, async (t) => {
@@ -366,7 +329,7 @@ test.serial('clean stop: bus mastering off before the device is given back, port
   await driver.stop();
   // The reset and the last close clear bus mastering themselves: it is read before each, fd still open.
   t.deepEqual(resetsAndCloses(driver.records.slice(mark), UPCI_ADDRESS), [`${UPCI_ADDRESS} reset (bus master off)`, `${UPCI_ADDRESS} close (bus master off)`]);
-  t.is(e1000ePort(UPCI_ADDRESS).attached, undefined);
+  t.is(driver.port.attached, undefined);
 });
 
 for (const interrupt of ['msi', 'intx', 'poll'] as const) {

@@ -7,12 +7,15 @@
 // Transmit rows send to an address no NIC accepts (the frames cross the hub and are
 // filtered by the other NIC's address filter), so they measure the sender alone. Receive
 // rows have the other NIC send as fast as it can; they count what the receiver got.
-// CPU per packet: for upci the node process (main thread and interrupt worker, user +
-// system); for the kernel the peer process plus the guest's irq and softirq time, where
-// its driver runs (/proc/stat). Guest clock, TCG: ratios mean something, absolute rates
-// are QEMU's. Bytes per packet: what upci's rows allocated on the main thread's heap
-// (vm/benchmarks/allocation.ts) over the steady-state middle of the row, frames 10 % to
-// 90 %; `--allocations` also lists where (V8's sampling heap profiler), below the table.
+// The driver runs in its own thread; this script is its consumer in the main thread,
+// through the packet port's shared-memory rings (actors/packet-service.ts).
+// CPU per packet: for upci the node process (all its threads: the driver's and this one,
+// user + system); for the kernel the peer process plus the guest's irq and softirq time,
+// where its driver runs (/proc/stat). Guest clock, TCG: ratios mean something, absolute
+// rates are QEMU's. Bytes per packet: what upci's rows allocated on the consumer's (main)
+// thread's heap (vm/benchmarks/allocation.ts) over the steady-state middle of the row,
+// frames 10 % to 90 %; the driver thread's heap is not in it. `--allocations` also lists
+// where (V8's sampling heap profiler), below the table.
 import { readFileSync } from 'node:fs';
 import { defaultDevices, guestAddress } from '../bench.js';
 import { startAllocationMeter, type Allocation } from './allocation.js';
@@ -72,7 +75,6 @@ async function guest(peerBinary: string, quick: boolean): Promise<number> {
   const { parseHostConfig } = await import('../../actors/config.js');
   const { DriverHost } = await import('../../actors/host.js');
   const { builtinDrivers } = await import('../../drivers/index.js');
-  const { e1000ePort } = await import('../../drivers/e1000e/index.js');
   const { KernelPeer } = await import('../net/kernel-peer.js');
   const { buildFrame, macBytes } = await import('../net/frames.js');
   const nics = defaultDevices.filter((d) => d.model === 'e1000e');
@@ -80,7 +82,7 @@ async function guest(peerBinary: string, quick: boolean): Promise<number> {
   const peer = await KernelPeer.open(guestAddress(nics.find((d) => d.bind === 'e1000e')!), peerBinary);
   const host = DriverHost.claim(parseHostConfig({ devices: [{ address, driver: 'e1000e', options: { rxRing: 4096, rxBuffers: 8192 } }] }, builtinDrivers));
   host.start();
-  const port = e1000ePort(address);
+  const port = host.packetPort(address);
   const deadline = Date.now() + 60_000;
   while (!(port.attached && port.linkState.up)) {
     if (Date.now() > deadline) throw new Error('net bench: the e1000e driver did not come up within 60 s');
