@@ -11,7 +11,8 @@ import type { BusSpace } from '../pci/bus-space.js';
 import type { ConfigHeader } from '../pci/config.js';
 import type { Bar, PciDevice } from '../pci/device.js';
 import { Interrupts, type InterruptEvent, type InterruptOptions, type InterruptType, type InterruptVector } from '../pci/intr.js';
-import type { PacketBinding, PacketEndpoint } from '../drivers/packet.js';
+import type { PacketBinding, PacketEndpoint, PacketPort } from '../drivers/packet.js';
+import { NetPort, PACKET_WAIT_MS } from './net-port.js';
 import { LocalPacketSource, packetService } from './packet-service.js';
 import type { BlockDevice } from '../drivers/block.js';
 import { quiesce } from '../pci/teardown.js';
@@ -111,6 +112,13 @@ export class AttachedBus implements DriverBus {
   blockDevice(name: string, timeoutMs = 30_000): Promise<BlockDevice> {
     this.live();
     return this.hooks.services.consume(blockService, name, timeoutMs);
+  }
+
+  packetPort(name: string): PacketPort {
+    this.live();
+    const port = new NetPort(name, () => this.hooks.services.consume(packetService, name, PACKET_WAIT_MS), (reason) => this.hooks.services.release(packetService, name, reason));
+    this.releaseHooks.push(() => port.close(`${this.name}, its consumer, was released`));
+    return port;
   }
 
   providePacketPort(binding: PacketBinding): PacketEndpoint {

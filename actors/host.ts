@@ -26,13 +26,11 @@ import type { HostEvent } from './events.js';
 import { DeviceMeter, type ThreadStats } from './meter.js';
 import { moduleFileOf } from './driver-source.js';
 import type { PacketPort } from '../drivers/packet.js';
-import { NetPort } from './net-port.js';
+import { NetPort, PACKET_WAIT_MS } from './net-port.js';
 import { packetService } from './packet-service.js';
 import { blockService } from './block-service.js';
 import { ServiceRegistry } from './service-registry.js';
 
-/** How long a packet port's wait for its driver's next incarnation lasts before it asks again (a pending wait outlives shutdown by at most this). */
-const PACKET_WAIT_MS = 5_000;
 
 export interface HostOptions {
   readonly registry?: DriverRegistry;

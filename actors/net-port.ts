@@ -24,6 +24,9 @@ const EXTRA_UNICAST = 15;
 /** After a refusal (no incarnation within the services' wait, or the port taken), ask again this much later. */
 const RETRY_MS = 100;
 
+/** How long one ask for the port's next incarnation waits before it is asked again. */
+export const PACKET_WAIT_MS = 5_000;
+
 type Groups = Record<string, Record<string, number>>;
 
 function emptyCounters(): NetCounters {
@@ -79,8 +82,16 @@ export class NetPort implements PacketPort {
     closed: () => this.unbind(),
   };
 
-  /** `consume` asks the services for the port's next incarnation (it may refuse after a while: then it is asked again). */
-  constructor(readonly name: string, private readonly consume: () => Promise<PacketSource>) {
+  /**
+   * `consume` asks the services for the port's next incarnation (it may
+   * refuse after a while: then it is asked again); `release` gives the
+   * port back to them at close().
+   */
+  constructor(
+    readonly name: string,
+    private readonly consume: () => Promise<PacketSource>,
+    private readonly release: (reason: string) => void = () => {},
+  ) {
     this.follow();
   }
 
@@ -153,6 +164,17 @@ export class NetPort implements PacketPort {
   /** Stops asking for incarnations (the host is shutting down). */
   stop(): void {
     this.following = false;
+  }
+
+  /**
+   * This consumer is done with the port (a consumer driver released): no
+   * more incarnations are asked for, and the bound one is given back to the
+   * services (its export stopped), so another consumer may take the port.
+   */
+  close(reason: string): void {
+    this.stop();
+    this.release(reason);
+    this.unbind();
   }
 
   private follow(): void {

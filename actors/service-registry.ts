@@ -128,12 +128,19 @@ export class ServiceRegistry {
       case 'want': {
         const key = serviceKey(m.kind, m.name);
         const want: Want = { consumer: link, want: m.want, key, request: m, timer: setTimeout(() => this.timedOut(want), m.timeoutMs), asked: undefined };
+        // A wait never keeps the process alive by itself (the threads that may provide do, while they run).
+        want.timer.unref();
         this.wants.add(want);
         const provision = this.provisions.get(key);
         if (provision !== undefined) this.ask(want, provision);
         return;
       }
       case 'exported': return this.exported(m.export, m.setup, m.transfer);
+      case 'release': {
+        const made = this.exports.get(m.export);
+        if (made?.consumer === link) this.stopExport(m.export, made);
+        return;
+      }
       case 'export-failed': {
         const ended = this.exports.get(m.export);
         this.exports.delete(m.export);

@@ -65,6 +65,13 @@ export interface ServiceAccess {
    * then a new one from the next incarnation.
    */
   consume<T, S>(kind: ServiceKind<T, S>, name: string, timeoutMs: number): Promise<T>;
+  /**
+   * This thread is done with (kind, name): its proxy is closed with
+   * `reason` and its export stopped in the provider's thread (a service
+   * with one consumer at a time, a packet port, is then free for another).
+   * Nothing for the local object of this thread's own provider.
+   */
+  release<T, S>(kind: ServiceKind<T, S>, name: string, reason: string): void;
 }
 
 /** From a thread's ThreadServices to the registry. */
@@ -73,7 +80,9 @@ export type ToRegistry =
   | { readonly type: 'withdraw'; readonly kind: string; readonly name: string }
   | { readonly type: 'want'; readonly want: number; readonly kind: string; readonly noun: string; readonly name: string; readonly timeoutMs: number }
   | { readonly type: 'exported'; readonly export: number; readonly setup: unknown; readonly transfer: readonly TransferListItem[] }
-  | { readonly type: 'export-failed'; readonly export: number; readonly message: string };
+  | { readonly type: 'export-failed'; readonly export: number; readonly message: string }
+  /** The consumer is done with an export it was granted: stop it. */
+  | { readonly type: 'release'; readonly export: number };
 
 /** From the registry to a thread's ThreadServices. */
 export type ToThread =
@@ -157,6 +166,23 @@ export class ThreadServices implements ServiceAccess {
     this.wants.set(want, { kind, name, timeoutMs, consumed, ...settle });
     this.post({ type: 'want', want, kind: kind.kind, noun: kind.noun, name, timeoutMs });
     return proxy as Promise<T>;
+  }
+
+  release<T, S>(kind: ServiceKind<T, S>, name: string, reason: string): void {
+    const consumed = this.consumed.get(serviceKey(kind.kind, name));
+    if (consumed === undefined) return;
+    this.forget(consumed);
+    if (consumed.export === undefined) {
+      // Still asked for: the proxy, when it comes, is closed at once and its export stopped.
+      void consumed.proxy.then((proxy) => {
+        if (consumed.export === undefined) return;
+        (proxy as ServiceProxy<unknown>).close(reason);
+        this.post({ type: 'release', export: consumed.export });
+      }, () => {});
+      return;
+    }
+    consumed.close(reason);
+    this.post({ type: 'release', export: consumed.export });
   }
 
   private forget(consumed: Consumed): void {

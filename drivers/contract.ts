@@ -15,7 +15,7 @@ import type { ConfigHeader } from '../pci/config.js';
 import type { Bar } from '../pci/device.js';
 import type { InterruptEvent, InterruptOptions, InterruptType } from '../pci/intr.js';
 import type { BlockDevice } from './block.js';
-import type { PacketBinding, PacketEndpoint } from './packet.js';
+import type { PacketBinding, PacketEndpoint, PacketPort } from './packet.js';
 
 /** One line of a driver's match table; every field given must equal the device's. */
 export interface DeviceMatch {
@@ -121,6 +121,18 @@ export interface DriverBus {
    * reference over shared-memory rings (actors/packet-service.ts).
    */
   providePacketPort(binding: PacketBinding): PacketEndpoint;
+  /**
+   * Another driver's packet port `name` (its config entry's name), as
+   * DriverHost.packetPort gives programs: bound to each incarnation of that
+   * driver in turn (attached while one runs), its counters carried on.
+   * Frames cross by reference over shared-memory rings between the two
+   * driver threads. A packet port has one consumer at a time: while this
+   * driver holds it, the host's programs and other drivers wait for it.
+   * Released with this driver's device (its export stops). In the
+   * provider's own thread it binds the provider's object, which stays
+   * bound to it until the provider's take-back.
+   */
+  packetPort(name: string): PacketPort;
 }
 
 /** What the driver machine is started with. */

@@ -12,6 +12,7 @@ import { AttachedBus } from '../../actors/driver-bus.js';
 import { DeviceMeter } from '../../actors/meter.js';
 import { ThreadServices } from '../../actors/service.js';
 import type { BlockDevice } from '../../drivers/block.js';
+import type { PacketBinding, PacketPort, RxFrame } from '../../drivers/packet.js';
 import { allocShared } from '../../shm/mapping.js';
 import { acceptingDma, fakeDevice, openFake } from './fake-device.js';
 import { fakeBlockDevice, type FakeBlockDevice } from './fake-block-device.js';
@@ -33,7 +34,22 @@ export type ServiceCommand =
   | { readonly cmd: 'old' }
   /** The first byte of block `lba` of the disk this thread provides, read in memory. */
   | { readonly cmd: 'peek'; readonly lba: number }
+  /** Provides a fake NIC's packet port (bus.providePacketPort, this bus's name 'fixture'), 16 receive buffers, link up. */
+  | { readonly cmd: 'provide-packets' }
+  /** The fake NIC receives frames numbered from..from+count-1 (bytes 0..3), each as soon as a buffer is free. */
+  | { readonly cmd: 'deliver'; readonly from: number; readonly count: number }
+  /** Takes packet port `name` (bus.packetPort), releasing each frame after checking its number follows the last. */
+  | { readonly cmd: 'consume-packets'; readonly name: string }
+  /** What the consumed port saw: attached now, frames, frames out of order. */
+  | { readonly cmd: 'packets' }
   | { readonly cmd: 'stats' };
+
+export interface PacketsSeen {
+  readonly attached: boolean;
+  readonly frames: number;
+  readonly outOfOrder: number;
+  readonly last: number;
+}
 
 export interface ServiceThreadStats {
   readonly liveExports: number;
@@ -57,6 +73,43 @@ const bus = new AttachedBus(device, 0, {
   name: 'fixture', watchdogMs: 10_000, services, meter: new DeviceMeter(), onStall: () => {}, onNote: () => {},
 });
 let disk: FakeBlockDevice | undefined;
+let nic: ReturnType<typeof fakeNic> | undefined;
+let consumed: PacketPort | undefined;
+const seen = { frames: 0, outOfOrder: 0, last: -1 };
+
+/** A NIC of memory: 16 receive buffers of 2 KiB, 4 transmit buffers nobody sends from here. */
+function fakeNic() {
+  const BUFFER = 2048;
+  const rx = allocShared(16 * BUFFER);
+  const free = Array.from({ length: 16 }, (_, i) => 15 - i);
+  const frames = free.map((index): RxFrame => ({
+    bytes: new Uint8Array(rx, index * BUFFER, BUFFER),
+    length: 60,
+    release: () => void free.push(index),
+  }));
+  const binding: PacketBinding = {
+    info: { mac: '02:00:00:00:00:02', macSource: 'fake', phyId: '0000:0000', interrupt: 'poll', incarnation: 0, rxRing: 16, txRing: 4 },
+    receiveBuffers: 16,
+    transmitBuffers: { buffer: allocShared(4 * BUFFER), stride: BUFFER, entries: 4 },
+    transmit: () => {},
+    flushTransmit: () => {},
+    applyFilters: () => {},
+    hardwareCounters: [],
+    readStats: () => {},
+  };
+  const endpoint = bus.providePacketPort(binding);
+  endpoint.setLink({ up: true, speedMbps: 1000, fullDuplex: true, phyLink: true, autonegComplete: true });
+  const deliver = (n: number, end: number): void => {
+    for (; n < end; n++) {
+      const index = free.pop();
+      if (index === undefined) return void setTimeout(() => deliver(n, end), 1);
+      new DataView(rx, index * BUFFER, 4).setUint32(0, n, true);
+      endpoint.counters.rx.frames++;
+      endpoint.deliver(frames[15 - index]!);
+    }
+  };
+  return { deliver };
+}
 let first: BlockDevice | undefined;
 let hung: Promise<unknown> | undefined;
 
@@ -103,6 +156,21 @@ async function run(c: ServiceCommand): Promise<unknown> {
         return (e as Error).name;
       }
     case 'peek': return disk!.storage[c.lba * 512];
+    case 'provide-packets':
+      nic = fakeNic();
+      return;
+    case 'deliver': return nic!.deliver(c.from, c.from + c.count);
+    case 'consume-packets':
+      consumed = bus.packetPort(c.name);
+      consumed.frames.subscribe((frame) => {
+        const n = new DataView(frame.bytes.buffer, frame.bytes.byteOffset, 4).getUint32(0, true);
+        if (n !== seen.last + 1) seen.outOfOrder++;
+        seen.last = n;
+        seen.frames++;
+        frame.release();
+      });
+      return;
+    case 'packets': return { attached: consumed?.attached !== undefined, ...seen } satisfies PacketsSeen;
     case 'stats': {
       const openPorts = process.getActiveResourcesInfo().filter((r) => r === 'MessagePort').length;
       return { liveExports: services.liveExports, openPorts, servicePosts: posted - replies } satisfies ServiceThreadStats;

@@ -184,7 +184,7 @@ function reachable(roots: readonly unknown[]): { values: Set<unknown>; keys: Set
 test('a driver\'s bus_dma, tags, memory, maps and pools reach neither the BusDma (releaseMappings), the device, the kernel\'s DMA domain nor its IOVA allocator', (t) => {
   const domain = acceptingDma();
   const device = openFake(fakeDevice('0000:00:0a.0', {}, { dma: domain }));
-  const hooks = { name: 'surface', watchdogMs: 1000, services: { provide: () => () => {}, consume: () => Promise.reject(new Error('no services here')) }, meter: new DeviceMeter(), onStall: () => {}, onNote: () => {} };
+  const hooks = { name: 'surface', watchdogMs: 1000, services: { provide: () => () => {}, consume: () => Promise.reject(new Error('no services here')), release: () => {} }, meter: new DeviceMeter(), onStall: () => {}, onNote: () => {} };
   const dma = new AttachedBus(device, 0, hooks).dma();
   const tag = dma.createTag({ alignment: 512, addressLimit: (1n << 32n) - 1n });
   const child = tag.derive({ boundary: 0x10000 });

@@ -133,6 +133,8 @@ test('receive: a consumer that never releases stalls the ring; the driver counts
   t.is(held.length, 64);
   t.like(port.stats().rx, { frames: 64, noBuffer: 136 });
   for (const f of held.splice(0)) f.release();
+  // The buffers go back through a ring, the next command through a message: let the buffers arrive first.
+  await reportWhen(fake, 'the 64 buffers back in the driver', (r) => r.released >= 64);
   fake.command({ type: 'receive', count: 64, from: 200, drop: true });
   await until('64 more frames', () => held.length >= 64, 10_000);
   t.deepEqual(held.map((f) => numberOf(f.bytes)), Array.from({ length: 64 }, (_, i) => 200 + i));
@@ -155,8 +157,12 @@ test('transmit: send() takes what the free transmit buffers hold, writable() res
   t.is(port.send(frames, sent), 0);
   fake.command({ type: 'complete', count: 8 });
   await within(10_000, writable, 'writable() after the device gave the buffers back');
+  // writable() may resolve before every buffer is back: then a batch takes fewer, and there is one batch more.
+  let batches = 1;
   while (sent < frames.length) {
-    sent += port.send(frames, sent);
+    const n = port.send(frames, sent);
+    if (n > 0) batches++;
+    sent += n;
     const taken = sent;
     await reportWhen(fake, 'the device to take them', (r) => r.transmitted.length + 8 >= taken && r.flushes >= 2);
     fake.command({ type: 'complete', count: 8 });
@@ -164,7 +170,7 @@ test('transmit: send() takes what the free transmit buffers hold, writable() res
   }
   const report = await reportWhen(fake, '20 frames transmitted', (r) => r.transmitted.length >= 20);
   t.deepEqual(report.transmitted, frames.map((f, i) => [i, Math.max(60, f.length)]), 'each frame once, in order, short ones padded to 60');
-  t.true(report.flushes <= 3, `one doorbell per send() batch (${report.flushes} for 3 batches)`);
+  t.true(report.flushes <= batches, `one doorbell per send() batch (${report.flushes} for ${batches} batches)`);
 });
 
 test('take-back: what the rings held when the incarnation ended is counted lost; held frames go stale; the next incarnation re-binds the same port and the counters add up', async (t) => {
@@ -209,7 +215,7 @@ test('take-back: what the rings held when the incarnation ended is counted lost;
   t.deepEqual((await second.report()).filters?.unicast, [[2, 0, 0, 0, 0, 0x2a]], 'the consumer\'s filters re-applied to the new incarnation');
 });
 
-test.serial('receive: the consumer\'s side allocates nothing per frame (heap bytes per frame over 3,800 frames of one wake-up)', async (t) => {
+test.serial('receive: the consumer\'s side allocates nothing per frame (heap bytes per frame over 3,800 frames of one wake-up, after 8,000 to warm up)', async (t) => {
   const fake = await startFake(t, { receiveBuffers: 4096, transmitBuffers: 8, incarnation: 0 });
   const { port, provide } = portOver('nic0');
   provide(fake.proxy);
@@ -219,13 +225,14 @@ test.serial('receive: the consumer\'s side allocates nothing per frame (heap byt
   let measured: { bytes: number; collections: number } | undefined;
   port.frames.subscribe((f) => {
     received++;
-    if (received === 4100) stop = startAllocationMeter();
-    if (received === 7900) measured = stop!();
+    if (received === 8100) stop = startAllocationMeter();
+    if (received === 11900) measured = stop!();
     f.release();
   });
   // Frames of one burst, all in the ring before this thread looks: a wake-up's own cost (its Atomics.waitAsync) is spread thin.
-  // The first burst meets each buffer for the first time (its RxFrame is made then); the second is measured.
-  for (const burst of [0, 1]) {
+  // The first burst meets each buffer for the first time (its RxFrame is made then), the second lets V8 finish
+  // optimizing the path (its compiler's own heap objects would count in the window); the third is measured.
+  for (const burst of [0, 1, 2]) {
     fake.command({ type: 'receive', count: 4000, from: burst * 4000, drop: true });
     block(2000);
     await until('4,000 frames', () => received >= 4000 * (burst + 1), 30_000);

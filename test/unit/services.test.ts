@@ -12,9 +12,11 @@ import { Worker } from 'node:worker_threads';
 import { blockService } from '../../actors/block-service.js';
 import { ServiceRegistry } from '../../actors/service-registry.js';
 import { BlockGoneError, type BlockDevice } from '../../drivers/block.js';
-import type { ServiceCommand, ServiceThreadStats } from '../support/service-thread.js';
+import type { PacketsSeen, ServiceCommand, ServiceThreadStats } from '../support/service-thread.js';
+import { NetPort } from '../../actors/net-port.js';
+import { packetService } from '../../actors/packet-service.js';
 import { fakeBlockDevice } from '../support/fake-block-device.js';
-import { within } from '../support/bounded.js';
+import { until, within } from '../support/bounded.js';
 
 const fixture = new URL('../support/service-thread.js', import.meta.url);
 
@@ -184,4 +186,45 @@ test.serial('in the main thread: a thread\'s device is this thread\'s own export
   t.is(missing!.message, 'no block device "nothing0n1" within 300 ms (provided now: disk0n1)');
   await provider.takeBack();
   await t.throwsAsync(within(5_000, (proxy as BlockDevice).read(0, 1), 'a read on the proxy after its provider\'s take-back never settled'), { instanceOf: BlockGoneError });
+});
+
+/** Waits (bounded) until `consumer`'s packet port has seen what `done` wants. */
+async function packetsWhen(consumer: DriverThreadFake, what: string, done: (seen: PacketsSeen) => boolean): Promise<PacketsSeen> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const seen = await consumer.call<PacketsSeen>({ cmd: 'packets' });
+    if (done(seen)) return seen;
+    if (Date.now() > deadline) throw new Error(`${what}: after 10 s the consumer's port saw ${JSON.stringify(seen)}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+test.serial('a driver thread takes another driver thread\'s packet port (bus.packetPort): frames in order over rings between the two; released with the consumer, the port is free for the host\'s programs', async (t) => {
+  const registry = new ServiceRegistry();
+  const provider = driverThread(t, registry, 'nic driver');
+  const consumer = driverThread(t, registry, 'consumer driver');
+  await provider.call({ cmd: 'provide-packets' });
+  await consumer.call({ cmd: 'consume-packets', name: 'fixture' });
+  await packetsWhen(consumer, 'attach', (s) => s.attached);
+  await provider.call({ cmd: 'deliver', from: 0, count: 500 });
+  t.like(await packetsWhen(consumer, '500 frames', (s) => s.frames >= 500), { frames: 500, outOfOrder: 0, last: 499 }, 'every frame once, in order, through 16 buffers');
+  t.is((await provider.stats()).liveExports, 1, 'one export, to the consumer driver\'s thread');
+
+  // The host's programs' port waits while the driver holds it (one consumer at a time).
+  const hostPort = new NetPort('fixture', () => registry.local.consume(packetService, 'fixture', 500), (reason) => registry.local.release(packetService, 'fixture', reason));
+  t.teardown(() => hostPort.close('test over'));
+  let hostFrames = 0;
+  hostPort.frames.subscribe((frame) => {
+    hostFrames++;
+    frame.release();
+  });
+  await new Promise((r) => setTimeout(r, 300));
+  t.is(hostPort.attached, undefined, 'the port is the consumer driver\'s while it holds it');
+
+  await consumer.call({ cmd: 'release' });
+  await liveExports(provider, 1, 'the consumer driver\'s export stopped and the host\'s made');
+  await until('the host\'s port attached once the driver gave it back', () => hostPort.attached !== undefined, 10_000);
+  await provider.call({ cmd: 'deliver', from: 500, count: 100 });
+  await until('the host\'s port received the next 100 frames', () => hostFrames === 100, 10_000);
+  t.is((await consumer.call<PacketsSeen>({ cmd: 'packets' })).frames, 500, 'the released consumer got nothing more');
 });
