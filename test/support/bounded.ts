@@ -23,6 +23,21 @@ export async function until(what: string, predicate: () => boolean, ms: number, 
 }
 
 /**
+ * Asks `probe` (e.g. another thread, for its counts) every `everyMs` until
+ * `done` holds of its answer, and returns that answer; throws naming
+ * `what` and the last answer after `ms`.
+ */
+export async function untilAnswer<T>(what: string, probe: () => Promise<T>, done: (answer: T) => boolean, ms: number, everyMs = 20): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const answer = await probe();
+    if (done(answer)) return answer;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what} (last answer: ${JSON.stringify(answer)})`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+/**
  * Runs `work`, failing with `what` (and where `progress` had got to) if `progress()` stays the
  * same for `stallMs`: one timer for a long loop of awaits instead of one per await.
  */

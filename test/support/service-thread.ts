@@ -82,7 +82,7 @@ function fakeNic() {
   const BUFFER = 2048;
   const rx = allocShared(16 * BUFFER);
   const free = Array.from({ length: 16 }, (_, i) => 15 - i);
-  const frames = free.map((index): RxFrame => ({
+  const frames = Array.from({ length: 16 }, (_, index): RxFrame => ({
     bytes: new Uint8Array(rx, index * BUFFER, BUFFER),
     length: 60,
     release: () => void free.push(index),
@@ -105,7 +105,7 @@ function fakeNic() {
       if (index === undefined) return void setTimeout(() => deliver(n, end), 1);
       new DataView(rx, index * BUFFER, 4).setUint32(0, n, true);
       endpoint.counters.rx.frames++;
-      endpoint.deliver(frames[15 - index]!);
+      endpoint.deliver(frames[index]!);
     }
   };
   return { deliver };

@@ -20,6 +20,7 @@ import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
 import { PciDevice } from '../../pci/device.js';
 import { Interrupts, type InterruptEvent } from '../../pci/intr.js';
 import { allocShared } from '../../shm/mapping.js';
+import { until } from '../support/bounded.js';
 import { acceptingDma, fakeDevice, openFake } from '../support/fake-device.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -46,13 +47,7 @@ function intxDevice(automasked: boolean): { device: PciDevice; fd: number; unmas
   return { device: openFake(fake), fd, unmasks: () => unmasks, config: fake.config };
 }
 
-async function next(events: InterruptEvent[], n: number, what: string, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (events.length < n) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(5);
-  }
-}
+const next = (events: InterruptEvent[], n: number, what: string, ms = 5000) => until(what, () => events.length >= n, ms);
 
 test.serial('interrupts before a subscription are held and delivered as one event; establishing leaves bus mastering off; the last unsubscribe does not disestablish', async (t) => {
   const { device, fd, unmasks, config } = intxDevice(true);
@@ -125,11 +120,7 @@ test.serial('an async attach is awaited; one that does not finish within attachT
     return {};
   }, async () => void order.push('detach'));
   ok.host.start();
-  const deadline = Date.now() + 5000;
-  while (!ok.events.some((e) => e.type === 'state' && e.state === 'running')) {
-    if (Date.now() > deadline) throw new Error('the async attach never reached running');
-    await sleep(5);
-  }
+  await until('the async attach to reach running', () => ok.events.some((e) => e.type === 'state' && e.state === 'running'), 5000);
   t.deepEqual(order, ['attached']);
   await ok.host.shutdown();
   t.deepEqual(order, ['attached', 'detach']);

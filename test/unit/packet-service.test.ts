@@ -12,7 +12,7 @@ import { LocalPacketSource, packetService, type PacketServiceSetup, type PacketS
 import type { PacketBinding, RxFrame } from '../../drivers/packet.js';
 import { allocShared } from '../../shm/mapping.js';
 import { startAllocationMeter } from '../../vm/benchmarks/allocation.js';
-import { until, within } from '../support/bounded.js';
+import { until, untilAnswer, within } from '../support/bounded.js';
 import type { FakeNicCommand, FakeNicOptions, FakeNicReport } from '../support/fake-packet-worker.js';
 
 const fakeWorker = new URL('../support/fake-packet-worker.js', import.meta.url);
@@ -74,15 +74,8 @@ function frame(n: number, length: number): Uint8Array {
 }
 
 /** The fake's report once `done` holds of it, bounded. */
-async function reportWhen(fake: Fake, what: string, done: (r: FakeNicReport) => boolean, ms = 10_000): Promise<FakeNicReport> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const r = await fake.report();
-    if (done(r)) return r;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
+const reportWhen = (fake: Fake, what: string, done: (r: FakeNicReport) => boolean, ms = 10_000) =>
+  untilAnswer(what, () => fake.report(), done, ms, 5);
 
 /** Blocks this thread for `ms` (its event loop does not run: what the worker posts meanwhile stays in the rings). */
 const block = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);

@@ -16,7 +16,7 @@ import type { PacketsSeen, ServiceCommand, ServiceThreadStats } from '../support
 import { NetPort } from '../../actors/net-port.js';
 import { packetService } from '../../actors/packet-service.js';
 import { fakeBlockDevice } from '../support/fake-block-device.js';
-import { until, within } from '../support/bounded.js';
+import { until, untilAnswer, within } from '../support/bounded.js';
 
 const fixture = new URL('../support/service-thread.js', import.meta.url);
 
@@ -66,12 +66,7 @@ async function providerAndConsumer(t: { teardown(fn: () => unknown): void }, fil
 
 /** Waits (bounded) until the provider serves `n` exports. */
 async function liveExports(provider: DriverThreadFake, n: number, what: string): Promise<void> {
-  let last = -1;
-  const deadline = Date.now() + 5_000;
-  while ((last = (await provider.stats()).liveExports) !== n) {
-    if (Date.now() > deadline) throw new Error(`${what}: the provider still serves ${last} exports, not ${n}, after 5 s`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  await untilAnswer(`${what}: the provider serving ${n} exports`, () => provider.stats(), (s) => s.liveExports === n, 5_000);
 }
 
 test.serial('a driver thread reads and writes another driver thread\'s block device; per I/O neither thread posts a message (the rings go between them)', async (t) => {
@@ -188,16 +183,9 @@ test.serial('in the main thread: a thread\'s device is this thread\'s own export
   await t.throwsAsync(within(5_000, (proxy as BlockDevice).read(0, 1), 'a read on the proxy after its provider\'s take-back never settled'), { instanceOf: BlockGoneError });
 });
 
-/** Waits (bounded) until `consumer`'s packet port has seen what `done` wants. */
-async function packetsWhen(consumer: DriverThreadFake, what: string, done: (seen: PacketsSeen) => boolean): Promise<PacketsSeen> {
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const seen = await consumer.call<PacketsSeen>({ cmd: 'packets' });
-    if (done(seen)) return seen;
-    if (Date.now() > deadline) throw new Error(`${what}: after 10 s the consumer's port saw ${JSON.stringify(seen)}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+/** What `consumer`'s packet port has seen, once `done` holds of it (bounded). */
+const packetsWhen = (consumer: DriverThreadFake, what: string, done: (seen: PacketsSeen) => boolean) =>
+  untilAnswer(what, () => consumer.call<PacketsSeen>({ cmd: 'packets' }), done, 10_000);
 
 test.serial('a driver thread takes another driver thread\'s packet port (bus.packetPort): frames in order over rings between the two; released with the consumer, the port is free for the host\'s programs', async (t) => {
   const registry = new ServiceRegistry();
