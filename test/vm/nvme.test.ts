@@ -14,7 +14,7 @@
  * the controller (nvme1 in the first test, the command-timeout tests):
  * there it runs in the main thread ('nvme-main').
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -376,12 +376,21 @@ test.serial('a driver in its own thread uses the nvme driver\'s namespace (bus.b
 /** The host's notes for `address` so far. */
 const notes = (r: Run, address: string) => r.events.flatMap((e) => (e.type === 'note' && e.address === address ? [e] : []));
 
+/** A config of nvme0 alone, driven in the main thread (the timeout tests read its controller's counters) with `options`. */
+const mainThreadNvme0 = (options: Record<string, unknown>, supervision: Record<string, unknown> = {}) =>
+  ({ ...supervision, devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme-main', options }] });
+
+/** Shuts the host down, nvme0 stopped after `restarts` supervised restarts; logs how long the test took. */
+async function stoppedAfter(t: ExecutionContext, r: Run, restarts: number, testStarted: number): Promise<void> {
+  const report = await r.host.shutdown();
+  t.deepEqual(report.devices.map((d) => [d.outcome.kind, d.restarts]), [['stopped', restarts]]);
+  t.log(`the test took ${Date.now() - testStarted} ms`);
+}
+
 test.serial('command timeout: a command the controller never saw (dropSubmission) gets an Abort, then a controller reset re-issues it; it and the commands in flight around it complete with the right data, no map stays loaded, the queue is usable after', async (t) => {
   const timeoutMs = 1500;
   const testStarted = Date.now();
-  const { r, opened } = runOpened(t, {
-    devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme-main', options: { ioQueues: 1, queueDepth: 16, commandTimeoutMs: timeoutMs, dropSubmission: 24 } }],
-  }, { registry: withMainThreadNvme });
+  const { r, opened } = runOpened(t, mainThreadNvme0({ ioQueues: 1, queueDepth: 16, commandTimeoutMs: timeoutMs, dropSubmission: 24 }), { registry: withMainThreadNvme });
   const ns = await ownNamespace(r, 'nvme0n1');
   const { controller } = ns;
   const queue = controller.ioQueues[0]!;
@@ -451,17 +460,13 @@ test.serial('command timeout: a command the controller never saw (dropSubmission
   await ns.write(60_000, fresh);
   t.is(sha256(await ns.read(60_000, fresh.length / 512)), sha256(fresh), 'the queue is usable after the reset');
   t.false(r.events.some((e) => e.type === 'fault'), 'no driver fault');
-  const report = await r.host.shutdown();
-  t.deepEqual(report.devices.map((d) => [d.outcome.kind, d.restarts]), [['stopped', 0]]);
-  t.log(`the test took ${Date.now() - testStarted} ms`);
+  await stoppedAfter(t, r, 0, testStarted);
 });
 
 test.serial('command timeout: a command the controller never completes (dropResubmissions) fails with NvmeTimeoutError at the second controller reset; the requests beside it complete, no map stays loaded, the queue is usable after', async (t) => {
   const timeoutMs = 1000;
   const testStarted = Date.now();
-  const { r, opened } = runOpened(t, {
-    devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme-main', options: { ioQueues: 1, queueDepth: 8, commandTimeoutMs: timeoutMs, dropSubmission: 3, dropResubmissions: true } }],
-  }, { registry: withMainThreadNvme });
+  const { r, opened } = runOpened(t, mainThreadNvme0({ ioQueues: 1, queueDepth: 8, commandTimeoutMs: timeoutMs, dropSubmission: 3, dropResubmissions: true }), { registry: withMainThreadNvme });
   const ns = await ownNamespace(r, 'nvme0n1');
   const { controller } = ns;
   const queue = controller.ioQueues[0]!;
@@ -497,19 +502,14 @@ test.serial('command timeout: a command the controller never completes (dropResu
   await ns.write(writes[2]!.lba, fresh);
   t.is(sha256(await ns.read(writes[2]!.lba, blocks)), sha256(fresh), 'the queue is usable after, at the failed write\'s blocks too');
   t.false(r.events.some((e) => e.type === 'fault'), 'no driver fault');
-  const report = await r.host.shutdown();
-  t.deepEqual(report.devices.map((d) => [d.outcome.kind, d.restarts]), [['stopped', 0]]);
-  t.log(`the test took ${Date.now() - testStarted} ms`);
+  await stoppedAfter(t, r, 0, testStarted);
 });
 
 test.serial('command timeout: a controller reset that cannot finish (its Create I/O CQ dropped, dropAdminSubmission) is a driver fault; the host restarts the driver, the lost request fails with NvmeGoneError, the restarted driver serves', async (t) => {
   const timeoutMs = 1000;
   const testStarted = Date.now();
   // Admin commands after attach: 1 the Abort, 2 the reset's Set Features, 3 its Create I/O CQ.
-  const r = run(t, {
-    restart: { initialDelayMs: 50, maxDelayMs: 1000, maxRestarts: 2 },
-    devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme-main', options: { ioQueues: 1, queueDepth: 8, commandTimeoutMs: timeoutMs, dropSubmission: 2, dropAdminSubmission: 3 } }],
-  }, { registry: withMainThreadNvme });
+  const r = run(t, mainThreadNvme0({ ioQueues: 1, queueDepth: 8, commandTimeoutMs: timeoutMs, dropSubmission: 2, dropAdminSubmission: 3 }, { restart: { initialDelayMs: 50, maxDelayMs: 1000, maxRestarts: 2 } }), { registry: withMainThreadNvme });
   const first = await ownNamespace(r, 'nvme0n1');
   // Admin commands are counted from the end of attach (Identify of the last namespace comes after the first is provided).
   await r.until('attach', (e) => e.some((x) => x.type === 'state' && x.address === NVME0 && x.state === 'running'));
@@ -532,17 +532,13 @@ test.serial('command timeout: a controller reset that cannot finish (its Create 
   const fresh = fill(new Uint8Array(blocks * 512), 4545);
   await again.write(writes[1]!.lba, fresh);
   t.is(sha256(await again.read(writes[1]!.lba, blocks)), sha256(fresh), 'the restarted driver serves');
-  const report = await r.host.shutdown();
-  t.deepEqual(report.devices.map((d) => [d.outcome.kind, d.restarts]), [['stopped', 1]]);
-  t.log(`the test took ${Date.now() - testStarted} ms`);
+  await stoppedAfter(t, r, 1, testStarted);
 });
 
 test.serial('command timeout: an admin command the controller never saw (dropAdminSubmission) makes a controller reset, which fails it with NvmeGoneError; I/O and admin commands work after', async (t) => {
   const timeoutMs = 1000;
   const testStarted = Date.now();
-  const r = run(t, {
-    devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme-main', options: { ioQueues: 1, queueDepth: 8, commandTimeoutMs: timeoutMs, dropAdminSubmission: 1 } }],
-  }, { registry: withMainThreadNvme });
+  const r = run(t, mainThreadNvme0({ ioQueues: 1, queueDepth: 8, commandTimeoutMs: timeoutMs, dropAdminSubmission: 1 }), { registry: withMainThreadNvme });
   const ns = await ownNamespace(r, 'nvme0n1');
   const { controller } = ns;
   await r.until('attach', (e) => e.some((x) => x.type === 'state' && x.address === NVME0 && x.state === 'running'));
@@ -561,9 +557,7 @@ test.serial('command timeout: an admin command the controller never saw (dropAdm
   t.is(decodeIdentifyController(identity, controller.cap.minPageSize).serial, controller.identity.serial, 'admin commands work after the reset');
   t.is(namespace1.blocks, ns.blockCount);
   t.false(r.events.some((e) => e.type === 'fault'), 'no driver fault');
-  const report = await r.host.shutdown();
-  t.deepEqual(report.devices.map((d) => [d.outcome.kind, d.restarts]), [['stopped', 0]]);
-  t.log(`the test took ${Date.now() - testStarted} ms`);
+  await stoppedAfter(t, r, 0, testStarted);
 });
 
 /** Runs a program to completion without blocking this process's event loop (it serves the NBD device the program uses). */
