@@ -4,14 +4,23 @@
  * closing line with the real counts of both.
  */
 import { spawn } from 'node:child_process';
-import { rm } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { defaultDevices, runInVm } from '../vm/bench.js';
-import { countSuite, type SuiteCounts } from './suite-counts.js';
+import { countSuite, exclusiveTests, exitCodeOf, type SuiteCounts } from './suite-counts.js';
 
 const AVA = 'node_modules/ava/entrypoints/cli.mjs';
 const VM_TIMEOUT_MS = 45 * 60_000;
 
-function runUnit(): Promise<SuiteCounts> {
+/** The `.only` calls in a suite's compiled test files (the `*.test.js` below dist/test/<suite>, as ava.config.mjs picks them). */
+async function exclusiveIn(suite: 'unit' | 'vm' | 'vm-trace'): Promise<string[]> {
+  const dir = join('dist/test', suite);
+  const names = (await readdir(dir, { recursive: true })).filter((name) => name.endsWith('.test.js'));
+  return exclusiveTests(await Promise.all(names.map(async (name) => ({ path: join(dir, name), text: await readFile(join(dir, name), 'utf8') }))));
+}
+
+async function runUnit(): Promise<SuiteCounts> {
+  const exclusive = await exclusiveIn('unit');
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [AVA, '--tap'], { stdio: ['ignore', 'pipe', 'inherit'] });
     let tap = '';
@@ -20,7 +29,7 @@ function runUnit(): Promise<SuiteCounts> {
       process.stdout.write(chunk);
     });
     child.once('error', reject);
-    child.once('close', (exitCode, signal) => resolve(countSuite(tap, { exitCode, signal })));
+    child.once('close', (exitCode, signal) => resolve(countSuite(tap, { exitCode, signal, exclusive })));
   });
 }
 
@@ -28,6 +37,7 @@ function runUnit(): Promise<SuiteCounts> {
 const GUEST_TRACE_LOG = '/tmp/upci-out/qemu-trace.log';
 
 async function runVm(suite: 'vm' | 'trace'): Promise<SuiteCounts> {
+  const exclusive = await exclusiveIn(suite === 'trace' ? 'vm-trace' : 'vm');
   const result = await runInVm({
     devices: defaultDevices,
     command: [process.execPath, AVA, '--tap'],
@@ -44,6 +54,7 @@ async function runVm(suite: 'vm' | 'trace'): Promise<SuiteCounts> {
   return countSuite(result.output, {
     exitCode: result.exitCode,
     timedOut: result.timedOut,
+    exclusive,
     ...(result.guestError === undefined ? {} : { setupError: result.guestError }),
   });
 }
@@ -74,4 +85,4 @@ const total = suites.reduce(
   { passed: 0, failed: 0, skipped: 0 },
 );
 console.log(`${total.passed} passed, ${total.failed} failed, ${total.skipped} skipped`);
-process.exitCode = total.failed > 0 ? 1 : 0;
+process.exitCode = exitCodeOf(suites.map(([, c]) => c));

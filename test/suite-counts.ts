@@ -6,12 +6,19 @@
 
 /** The closing block supertap writes: `1..N`, `# tests`, `# pass`, `# skip` (only when > 0), `# fail`. */
 export interface TapSummary {
+  /** `1..N`: every result line, todos included */
+  plan: number;
+  /** `# tests`: passed, failed and skipped tests (not todos, not crashes) */
   tests: number;
   pass: number;
   skip: number;
   /** supertap's `# fail`: failed tests, crashes (a file that threw, exited or had no tests) and todos */
   fail: number;
-  /** `not ok N - title # TODO` lines: tests declared but not written, counted by supertap under `# fail` */
+  /**
+   * Tests declared but not written (`not ok N - title # TODO`), counted by
+   * supertap under `# fail`: the plan less `# tests` (supertap's finish()
+   * counts todos in the plan only), so taken from this summary alone.
+   */
   todo: number;
 }
 
@@ -23,6 +30,8 @@ export interface RunEnd {
   timedOut?: boolean;
   /** Why the run could not start the tests at all (e.g. the guest's init gave up). */
   setupError?: string;
+  /** `.only` calls in the suite's test files (`file:line`): ava then runs only those of their file, and says nothing of the rest. */
+  exclusive?: readonly string[];
 }
 
 export interface SuiteCounts {
@@ -35,30 +44,39 @@ export interface SuiteCounts {
 }
 
 const SUMMARY = /^1\.\.(\d+)\n# tests (\d+)\n# pass (\d+)\n(?:# skip (\d+)\n)?# fail (\d+)$/gm;
-const TODO_RESULT = /^not ok \d+ - .*# TODO$/gm;
 
 /**
  * The last complete summary block in the output, or undefined. Only the last
  * one counts: in the VM the log merges stderr, where a test's own output (a
- * stray `# fail 0`, even a whole earlier block) may appear before it.
+ * stray `# fail 0`, even a whole earlier block, `# TODO` lines) may appear
+ * before it. Its todos come from its own plan line, not from counting TODO
+ * lines: a nested block's todo must not cancel one of this block's failures.
  */
 export function parseTapSummary(tap: string): TapSummary | undefined {
   const text = tap.replace(/\r\n/g, '\n');
   let last: RegExpExecArray | undefined;
   for (const match of text.matchAll(SUMMARY)) last = match;
   if (!last) return undefined;
-  const [, , tests, pass, skip, fail] = last.map(Number) as number[];
-  const todo = text.slice(0, last.index).match(TODO_RESULT)?.length ?? 0;
-  return { tests: tests!, pass: pass!, skip: Number.isNaN(skip) ? 0 : skip!, fail: fail!, todo };
+  const [, plan, tests, pass, skip, fail] = last.map(Number) as number[];
+  return { plan: plan!, tests: tests!, pass: pass!, skip: Number.isNaN(skip) ? 0 : skip!, fail: fail!, todo: plan! - tests! };
+}
+
+/** Why a summary cannot be supertap's own (its counts do not add up), or undefined. */
+function inconsistency(s: TapSummary): string | undefined {
+  if (s.todo >= 0 && s.todo <= s.fail && s.pass + s.skip <= s.tests) return undefined;
+  return `its TAP summary does not add up (1..${s.plan}, ${s.tests} tests, ${s.pass} pass, ${s.skip} skip, ${s.fail} fail)`;
 }
 
 /** One suite's counts; every way the run fell short is one more failure, with its reason. */
 export function countSuite(tap: string, end: RunEnd): SuiteCounts {
   const problems: string[] = [];
   const summary = parseTapSummary(tap);
+  // Clamped: a count below zero would cancel another suite's failures in the total.
+  const todo = summary ? Math.min(Math.max(summary.todo, 0), summary.fail) : 0;
   const counts = summary
-    ? { passed: summary.pass, failed: summary.fail - summary.todo, skipped: summary.skip, todo: summary.todo }
+    ? { passed: summary.pass, failed: summary.fail - todo, skipped: summary.skip, todo }
     : { passed: 0, failed: 0, skipped: 0, todo: 0 };
+  for (const where of end.exclusive ?? []) problems.push(`.only at ${where}: the rest of its file did not run (remove the .only)`);
   if (end.setupError !== undefined) problems.push(`the tests could not start: ${end.setupError}`);
   if (end.timedOut) problems.push('timed out');
   else if (end.signal) problems.push(`the runner was killed by ${end.signal}`);
@@ -69,5 +87,28 @@ export function countSuite(tap: string, end: RunEnd): SuiteCounts {
   }
   if (!summary) problems.push('no complete TAP summary (tests, pass, fail) was printed');
   else if (summary.tests === 0) problems.push('no tests ran');
+  const odd = summary && inconsistency(summary);
+  if (odd) problems.push(odd);
   return { ...counts, failed: counts.failed + problems.length, problems };
+}
+
+/** The test command's exit status: non-zero when any suite failed or fell short, whatever the others counted. */
+export function exitCodeOf(suites: readonly SuiteCounts[]): number {
+  return suites.some((c) => c.failed > 0 || c.problems.length > 0) ? 1 : 0;
+}
+
+const EXCLUSIVE = /^[^\S\n]*\w+(?:\.\w+)*\.only\s*\(/gm;
+
+/**
+ * Every `.only` call (`test.only(`, `test.serial.only(`, … at the start of a
+ * line) in the test files `files` names, as `file:line`. ava runs only those
+ * tests of their file and its TAP output does not say so, so the runner
+ * looks in the files themselves.
+ */
+export function exclusiveTests(files: readonly { path: string; text: string }[]): string[] {
+  const found: string[] = [];
+  for (const { path, text } of files) {
+    for (const match of text.matchAll(EXCLUSIVE)) found.push(`${path}:${text.slice(0, match.index).split('\n').length}`);
+  }
+  return found;
 }
