@@ -38,6 +38,32 @@ const HEADER_WORDS = 32;
  */
 const RECHECK_MS = 50;
 
+/** How a consumer waits: the defaults, or a test's (a re-check it controls, a wait that drops a notify). */
+export interface RingWaiting {
+  /** How long a waiting consumer waits before it looks again unwoken (RECHECK_MS). */
+  readonly recheckMs?: number;
+  /** Atomics.waitAsync on an Int32Array, or a stand-in. */
+  readonly waitAsync?: RingWait;
+}
+
+/** Atomics.waitAsync's Int32Array form. */
+export type RingWait = (words: Int32Array, index: number, value: number, timeoutMs: number) =>
+  | { async: false; value: 'not-equal' | 'timed-out' }
+  | { async: true; value: Promise<'ok' | 'timed-out'> };
+
+/**
+ * This thread's consumers' wake-ups so far: `notified` by a producer,
+ * `recovered` by the re-check with slots waiting (their notify never came:
+ * each cost up to the re-check period). Tests bound `recovered` to show the
+ * hand-offs come from wake-ups, not from the backstop.
+ */
+const wakeUps = { notified: 0, recovered: 0 };
+
+/** A copy of this thread's wake-up counts (take two and subtract). */
+export function ringWakeUps(): { notified: number; recovered: number } {
+  return { ...wakeUps };
+}
+
 /** A ring of `slots` (a power of two) slots of `slotWords` Int32 words each. */
 export function createRing(slots: number, slotWords: number): SharedArrayBuffer {
   if (!Number.isInteger(slots) || slots < 1 || (slots & (slots - 1)) !== 0 || slots > 1 << 20) {
@@ -147,13 +173,17 @@ export class RingConsumer extends RingEnd {
   private stopped = false;
   private paused = false;
   private waiting = false;
+  private readonly recheckMs: number;
+  private readonly waitAsync: RingWait;
 
-  static claim(buffer: SharedArrayBuffer): RingConsumer {
-    return new RingConsumer(buffer);
+  static claim(buffer: SharedArrayBuffer, waiting: RingWaiting = {}): RingConsumer {
+    return new RingConsumer(buffer, waiting);
   }
 
-  private constructor(buffer: SharedArrayBuffer) {
+  private constructor(buffer: SharedArrayBuffer, waiting: RingWaiting) {
     super(buffer, CONSUMER);
+    this.recheckMs = waiting.recheckMs ?? RECHECK_MS;
+    this.waitAsync = waiting.waitAsync ?? ((words, index, value, timeoutMs) => Atomics.waitAsync(words, index, value, timeoutMs));
   }
 
   /** Runs `handler` on every published slot, in order; false from it stops there (the slot stays). Returns the slots consumed. */
@@ -203,12 +233,18 @@ export class RingConsumer extends RingEnd {
     this.release();
   }
 
-  private run(): void {
+  /** Drains and waits again; `cause` is how the last wait ended (undefined when it did not wait). */
+  private run(cause?: 'ok' | 'timed-out' | 'not-equal'): void {
     const words = this.words;
     const handler = this.handler!;
-    for (;;) {
+    for (let woken = cause; ; woken = undefined) {
       if (this.stopped) return;
-      if (this.drain(handler) > 0) this.drained?.();
+      const n = this.drain(handler);
+      if (n > 0) {
+        if (woken === 'timed-out') wakeUps.recovered++;
+        this.drained?.();
+      }
+      if (woken === 'ok') wakeUps.notified++;
       if (this.paused || this.stopped) return;
       Atomics.store(words, WAITING, 1);
       // Published after the drain and before WAITING was seen: drain again instead of waiting.
@@ -217,16 +253,16 @@ export class RingConsumer extends RingEnd {
         Atomics.store(words, WAITING, 0);
         continue;
       }
-      const wait = Atomics.waitAsync(words, TAIL, tail, RECHECK_MS);
+      const wait = this.waitAsync(words, TAIL, tail, this.recheckMs);
       if (!wait.async) {
         Atomics.store(words, WAITING, 0);
         continue;
       }
       this.waiting = true;
-      void wait.value.then(() => {
+      void wait.value.then((how) => {
         this.waiting = false;
         Atomics.store(words, WAITING, 0);
-        this.run();
+        this.run(how);
       });
       return;
     }

@@ -1,10 +1,12 @@
 /**
  * A worker thread serving a fake block device (test/support/fake-block-device.ts)
  * through actors/block-service.ts directly, for the proxy's unit tests. It
- * counts the messages it posts; {type:'stats'} gets the count back.
+ * counts the messages it posts; {type:'stats'} gets the count back, with
+ * its rings' wake-up counts.
  */
 import { MessagePort, parentPort } from 'node:worker_threads';
 import { serveBlockDevice } from '../../actors/block-service.js';
+import { ringWakeUps } from '../../shm/ring.js';
 import { fakeBlockDevice } from './fake-block-device.js';
 
 let posted = 0;
@@ -23,5 +25,5 @@ parentPort!.on('message', (m: { type: 'stats' } | { type: 'stop' }) => {
     parentPort!.close();
     return;
   }
-  parentPort!.postMessage({ type: 'stats', posted: posted + 1, sharedSeen });
+  parentPort!.postMessage({ type: 'stats', posted: posted + 1, sharedSeen, wakeUps: ringWakeUps() });
 });

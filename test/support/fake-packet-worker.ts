@@ -19,6 +19,8 @@ import { MessagePort, parentPort, workerData } from 'node:worker_threads';
 import { LocalPacketSource, packetService } from '../../actors/packet-service.js';
 import type { LinkState, Mac, PacketBinding, RxFrame } from '../../drivers/packet.js';
 import { allocShared } from '../../shm/mapping.js';
+import { ringWakeUps } from '../../shm/ring.js';
+import type { WakeUps } from './wake-ups.js';
 
 export interface FakeNicOptions {
   readonly receiveBuffers: number;
@@ -44,6 +46,8 @@ export interface FakeNicReport {
   readonly flushes: number;
   readonly filters: { readonly unicast: readonly Mac[]; readonly multicast: readonly Mac[] } | undefined;
   readonly posted: number;
+  /** This thread's ring wake-ups (shm/ring.ts ringWakeUps). */
+  readonly wakeUps: WakeUps;
 }
 
 const BUFFER = 2048;
@@ -147,6 +151,6 @@ parentPort!.on('message', (m: FakeNicCommand) => {
     case 'stop':
       return endpoint.unbind();
     case 'report':
-      return parentPort!.postMessage({ type: 'report', delivered, released, marked, transmitted, flushes, filters, posted: posted + 1 } satisfies FakeNicReport);
+      return parentPort!.postMessage({ type: 'report', delivered, released, marked, transmitted, flushes, filters, posted: posted + 1, wakeUps: ringWakeUps() } satisfies FakeNicReport);
   }
 });

@@ -2,10 +2,12 @@
  * The far end of block-service.test's ring stress: holds `tokens` tokens,
  * sends each (as fast as it can, 64 per turn of its event loop) through
  * `out`, and takes them back from `back` (RingConsumer.start: woken by
- * Atomics.waitAsync). A lost wake-up on either ring stalls the exchange.
+ * Atomics.waitAsync). A lost wake-up on either ring stalls the exchange
+ * until the consumer's re-check. Any message gets this thread's ring
+ * wake-up counts back (shm/ring.ts ringWakeUps).
  */
-import { workerData } from 'node:worker_threads';
-import { RingConsumer, RingProducer } from '../../shm/ring.js';
+import { parentPort, workerData } from 'node:worker_threads';
+import { RingConsumer, RingProducer, ringWakeUps } from '../../shm/ring.js';
 
 const { out, back, tokens } = workerData as { out: SharedArrayBuffer; back: SharedArrayBuffer; tokens: number };
 const producer = RingProducer.claim(out);
@@ -22,3 +24,5 @@ const send = () => {
   setImmediate(send);
 };
 send();
+parentPort!.on('message', () => parentPort!.postMessage(ringWakeUps()));
+parentPort!.unref();

@@ -14,6 +14,8 @@ import { ThreadServices } from '../../actors/service.js';
 import type { BlockDevice } from '../../drivers/block.js';
 import type { PacketBinding, PacketPort, RxFrame } from '../../drivers/packet.js';
 import { allocShared } from '../../shm/mapping.js';
+import { ringWakeUps } from '../../shm/ring.js';
+import type { WakeUps } from './wake-ups.js';
 import { acceptingDma, fakeDevice, openFake } from './fake-device.js';
 import { fakeBlockDevice, type FakeBlockDevice } from './fake-block-device.js';
 
@@ -57,6 +59,8 @@ export interface ServiceThreadStats {
   readonly openPorts: number;
   /** Messages posted on any port but the replies to the test. */
   readonly servicePosts: number;
+  /** This thread's ring wake-ups (shm/ring.ts ringWakeUps). */
+  readonly wakeUps: WakeUps;
 }
 
 let posted = 0;
@@ -173,7 +177,7 @@ async function run(c: ServiceCommand): Promise<unknown> {
     case 'packets': return { attached: consumed?.attached !== undefined, ...seen } satisfies PacketsSeen;
     case 'stats': {
       const openPorts = process.getActiveResourcesInfo().filter((r) => r === 'MessagePort').length;
-      return { liveExports: services.liveExports, openPorts, servicePosts: posted - replies } satisfies ServiceThreadStats;
+      return { liveExports: services.liveExports, openPorts, servicePosts: posted - replies, wakeUps: ringWakeUps() } satisfies ServiceThreadStats;
     }
   }
 }

@@ -11,8 +11,9 @@ import { BlockGoneError, type BlockCompletion, type BlockDevice } from '../../dr
 import { NvmeStatusError } from '../../drivers/nvme/errors.js';
 import { UpciError } from '../../kernel/errors.js';
 import { allocShared } from '../../shm/mapping.js';
-import { createRing, RingConsumer, RingProducer } from '../../shm/ring.js';
-import { within } from '../support/bounded.js';
+import { createRing, RingConsumer, RingProducer, ringWakeUps, type RingWait } from '../../shm/ring.js';
+import { progressing, until, within } from '../support/bounded.js';
+import { NO_WAKE_UPS, recoverable, wokenByNotify, type WakeUps } from '../support/wake-ups.js';
 
 const fakeWorker = new URL('../support/fake-block-worker.js', import.meta.url);
 const ringModule = new URL('../../shm/ring.js', import.meta.url).href;
@@ -81,34 +82,70 @@ test('ring: single producer, single consumer: a second claim of either end is re
   t.throws(() => createRing(3, 1), { message: /a ring of 3 slots/ });
 });
 
-test('ring: 8,192 tokens passed back and forth with a worker through two rings, 2,000,000 slots, never stall (a lost wake-up would)', async (t) => {
+test('ring: 8,192 tokens passed back and forth with a worker through two rings, 2,000,000 slots, never stall, each hand-off woken by a notify (not by the re-check)', async (t) => {
   const out = createRing(16384, 1);
   const back = createRing(16384, 1);
   const worker = new Worker(new URL('../support/ring-tokens-worker.js', import.meta.url), { workerData: { out: out, back, tokens: 8192 } });
   t.teardown(() => worker.terminate());
   const from = RingConsumer.claim(out);
   const to = RingProducer.claim(back);
+  const SLOTS = 2_000_000;
+  const before = ringWakeUps();
+  const workerWakeUps = () => new Promise<WakeUps>((resolve) => {
+    worker.once('message', resolve);
+    worker.postMessage('wake-ups');
+  });
+  const workerBefore = await workerWakeUps();
   let slots = 0;
+  let done!: (e?: Error) => void;
+  const all = new Promise<void>((resolve, reject) => (done = (e) => (e ? reject(e) : resolve())));
   from.start((w, at) => {
     slots++;
     const slot = to.reserve();
     if (slot < 0) throw new Error('the back ring is full');
     to.words[slot] = w[at]!;
     to.publish();
-  });
-  let seen = -1;
-  let progressAt = Date.now();
-  while (slots < 2_000_000) {
-    if (slots !== seen) {
-      seen = slots;
-      progressAt = Date.now();
-    } else if (Date.now() - progressAt > 2000) {
-      break;
+    if (slots === SLOTS) done();
+    // Without wake-ups the exchange still moves, a re-check period per hand-off: fail as soon as this side shows it.
+    else if ((slots & 0xffff) === 0 && ringWakeUps().recovered - before.recovered > recoverable(slots)) {
+      done(new Error(`${ringWakeUps().recovered - before.recovered} hand-offs in ${slots} slots came only from the re-check`));
     }
-    await new Promise((r) => setTimeout(r, 20));
+  });
+  try {
+    await progressing(2000, () => slots, `the exchange stalled (pending: ${from.used} out, ${to.used} back)`, () => all);
+  } finally {
+    from.stop();
   }
-  from.stop();
-  t.true(slots >= 2_000_000, `the exchange went on: ${slots} slots, then none for 2 s (pending: ${from.used} out, ${to.used} back)`);
+  wokenByNotify(t, 'this thread (out ring)', before, ringWakeUps(), slots);
+  wokenByNotify(t, 'the worker (back ring)', workerBefore, await workerWakeUps(), slots);
+});
+
+// Serial: it counts this thread's wake-ups exactly, so no other test's ring may wake meanwhile.
+test.serial('ring: a notify that never arrives (a wait that drops it, as V8 now and then does) is recovered by the re-check, with the period given, and counted', async (t) => {
+  const ring = createRing(8, 1);
+  const producer = RingProducer.claim(ring);
+  // The first wait drops every notify and ends only when the test plays its re-check; the later ones are real.
+  let recheck!: (how: 'timed-out') => void;
+  const periods: number[] = [];
+  const dropsFirst: RingWait = (array, index, value, timeout) => {
+    periods.push(timeout);
+    if (periods.length > 1) return Atomics.waitAsync(array, index, value, timeout);
+    return { async: true, value: new Promise<'timed-out'>((resolve) => (recheck = resolve)) };
+  };
+  const consumer = RingConsumer.claim(ring, { recheckMs: 12_345, waitAsync: dropsFirst });
+  t.teardown(() => consumer.stop());
+  const got: number[] = [];
+  consumer.start((w, at) => void got.push(w[at]!));
+  t.deepEqual(periods, [12_345], 'the empty ring\'s consumer waits, with the re-check period it was given');
+  const before = ringWakeUps();
+  push(producer, 42);
+  recheck('timed-out');
+  await until('the re-check to drain the slot whose notify was dropped', () => got.length === 1, 5_000);
+  t.deepEqual(ringWakeUps(), { notified: before.notified, recovered: before.recovered + 1 }, 'one hand-off recovered by the re-check');
+  push(producer, 43);
+  await until('the next slot, by a real wait', () => got.length === 2, 5_000);
+  t.deepEqual(got, [42, 43]);
+  t.deepEqual(ringWakeUps(), { notified: before.notified + 1, recovered: before.recovered + 1 }, 'the next hand-off woken by its notify');
 });
 
 test('ring: a consumer waiting in this thread\'s event loop is woken by a producer in a worker, no message is posted', async (t) => {
@@ -150,7 +187,7 @@ interface Fake {
   readonly worker: Worker;
   readonly proxy: BlockProxy;
   /** Messages the worker has posted so far (the setup among them), and what its device saw. */
-  stats(): Promise<{ posted: number; sharedSeen: { reads: number; writes: number } }>;
+  stats(): Promise<{ posted: number; sharedSeen: { reads: number; writes: number }; wakeUps: WakeUps }>;
   /** Messages this thread has received from the worker. */
   received(): number;
 }
@@ -201,6 +238,7 @@ test.serial('block proxy: data in a SharedArrayBuffer goes by reference (the dri
   t.like(proxy, { name: 'fake0n1', blockSize: 512, blockCount: 4096, canDiscard: true, maxTransferBytes: 128 * 1024 });
   const shared = new Uint8Array(allocShared(64 * 1024));
   const receivedBefore = received();
+  const before = ringWakeUps();
   const { posts } = await countingPosts(async () => {
     for (let i = 0; i < 200; i++) {
       const part = shared.subarray(4096 * (i % 16), 4096 * (i % 16 + 1));
@@ -218,6 +256,9 @@ test.serial('block proxy: data in a SharedArrayBuffer goes by reference (the dri
   t.is(s.posted, 2, 'the worker posted its setup and this answer only');
   t.deepEqual(s.sharedSeen, { reads: 200, writes: 200 });
   t.is(proxy.posted, 400, 'one ring slot per request');
+  // One at a time: each request and each completion is a wake-up of a waiting consumer.
+  wokenByNotify(t, 'the driver side (requests)', NO_WAKE_UPS, s.wakeUps, 400);
+  wokenByNotify(t, 'this thread (completions)', before, ringWakeUps(), 400);
 });
 
 test.serial('block proxy: other buffers are copied through the bounce area, split over bounce slots; read() without a buffer returns a new array; completions are reported', async (t) => {

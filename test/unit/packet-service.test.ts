@@ -12,7 +12,9 @@ import { LocalPacketSource, packetService, type PacketServiceSetup, type PacketS
 import type { PacketBinding, RxFrame } from '../../drivers/packet.js';
 import { allocShared } from '../../shm/mapping.js';
 import { startAllocationMeter } from '../../vm/benchmarks/allocation.js';
+import { ringWakeUps } from '../../shm/ring.js';
 import { until, untilAnswer, within } from '../support/bounded.js';
+import { NO_WAKE_UPS, wokenByNotify } from '../support/wake-ups.js';
 import type { FakeNicCommand, FakeNicOptions, FakeNicReport } from '../support/fake-packet-worker.js';
 
 const fakeWorker = new URL('../support/fake-packet-worker.js', import.meta.url);
@@ -99,9 +101,13 @@ test('receive: 5,000 frames arrive intact and in order as views of the driver\'s
     f.bytes[2047] = 0xab;
     f.release();
   });
+  const before = ringWakeUps();
   fake.command({ type: 'receive', count: 5000, from: 0, drop: false });
   await until('5,000 frames', () => seen.length >= 5000, 30_000);
   const report = await fake.report();
+  // 5,000 frames each way (received, returned): whatever the batching, no hand-off waited for the re-check.
+  wokenByNotify(t, 'this thread (received ring)', before, ringWakeUps(), 5000);
+  wokenByNotify(t, 'the driver\'s thread (returned ring)', NO_WAKE_UPS, report.wakeUps, 5000);
   t.log(JSON.stringify({ ...report, transmitted: report.transmitted.length }));
   t.deepEqual(seen, Array.from({ length: 5000 }, (_, i) => i), 'each frame once, in order');
   t.is(bad, 0, 'every length as sent');

@@ -17,6 +17,7 @@ import { NetPort } from '../../actors/net-port.js';
 import { packetService } from '../../actors/packet-service.js';
 import { fakeBlockDevice } from '../support/fake-block-device.js';
 import { until, untilAnswer, within } from '../support/bounded.js';
+import { wokenByNotify } from '../support/wake-ups.js';
 
 const fixture = new URL('../support/service-thread.js', import.meta.url);
 
@@ -80,12 +81,16 @@ test.serial('a driver thread reads and writes another driver thread\'s block dev
   t.is((await provider.stats()).liveExports, 1, 'one export, for the one consumer thread');
   t.is(registry.liveExports, 1);
 
-  const before = [(await provider.stats()).servicePosts, (await consumer.stats()).servicePosts];
+  const before = [await provider.stats(), await consumer.stats()];
   for (let i = 0; i < 50; i++) {
     await consumer.call({ cmd: 'write', name: 'disk0n1', lba: 100 + i, byte: i, shared: false });
     if (await consumer.call({ cmd: 'read', name: 'disk0n1', lba: 100 + i }) !== i) t.fail(`block ${100 + i} did not read back`);
   }
-  t.deepEqual([(await provider.stats()).servicePosts, (await consumer.stats()).servicePosts], before, '100 I/Os: no message from either thread');
+  const after = [await provider.stats(), await consumer.stats()];
+  t.deepEqual(after.map((s) => s.servicePosts), before.map((s) => s.servicePosts), '100 I/Os: no message from either thread');
+  // One at a time: each request and each completion is a wake-up of a waiting consumer, by its notify.
+  wokenByNotify(t, 'the provider (requests)', before[0]!.wakeUps, after[0]!.wakeUps, 100);
+  wokenByNotify(t, 'the consumer (completions)', before[1]!.wakeUps, after[1]!.wakeUps, 100);
   t.true(await consumer.call({ cmd: 'same', name: 'disk0n1' }), 'bus.blockDevice gives the same proxy again');
   t.is((await provider.stats()).liveExports, 1, 'asking again makes no new export');
 });
