@@ -129,7 +129,16 @@ export class NetPort implements PacketPort {
     return posted;
   }
 
+  /**
+   * Checks, then waits: the send() that fell short and this call are two
+   * steps, and buffers that came back between them (the caller awaited
+   * something else first) woke no one, so waiting for the next return would
+   * wait forever when nothing more is in flight. Resolves at once when a
+   * send() would take a frame now.
+   */
   writable(): Promise<void> {
+    const proxy = this.proxy;
+    if (proxy === undefined || !this.linkUp || proxy.transmitFree > 0) return Promise.resolve();
     return new Promise((resolve) => this.waiters.push(resolve));
   }
 

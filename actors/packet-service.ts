@@ -101,6 +101,8 @@ export interface PacketSource {
   filters(unicast: readonly Mac[], multicast: readonly Mac[]): void;
   /** Copies frames[from..] into free transmit buffers (padded to MIN_FRAME) and posts them; returns how many. */
   post(frames: readonly Uint8Array[], from: number): number;
+  /** Transmit buffers post() would fill now (0 once the port stopped): what writable() checks before it waits. */
+  readonly transmitFree: number;
   close(reason: string): void;
 }
 
@@ -171,6 +173,10 @@ export class LocalPacketSource implements PacketSource {
 
   lost(): { rx: number; tx: number } {
     return { rx: 0, tx: 0 };
+  }
+
+  get transmitFree(): number {
+    return this.running ? this.freeCount : 0;
   }
 
   bind(sink: PacketSink, unicast: readonly Mac[], multicast: readonly Mac[]): void {
@@ -445,6 +451,10 @@ export class PacketProxy implements PacketSource {
     // The batch at once: the driver drains it in one go, with one doorbell.
     requests.flush();
     return i - from;
+  }
+
+  get transmitFree(): number {
+    return this.closed ? 0 : this.freeCount;
   }
 
   /** @internal ProxyFrame.release */

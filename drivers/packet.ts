@@ -176,7 +176,7 @@ export interface PacketPort {
    * empty or oversize frame is refused before any frame of the batch is queued.
    */
   send(frames: readonly Uint8Array[], from?: number): number;
-  /** Resolves when transmit buffers may be free again (or the link or the incarnation changed). */
+  /** Resolves when send() would take a frame: at once while a transmit buffer is free, else when buffers come back (or the link or the incarnation changed). */
   writable(): Promise<void>;
   /** Adds a unicast address the NIC accepts besides its own (e.g. a TAP interface's). */
   addUnicast(mac: Mac): void;

@@ -9,8 +9,10 @@
  *   ring runs dry. A released buffer is checked for the consumer's
  *   mark (byte 2047 = 0xab): the consumer wrote into this thread's memory.
  * - {type:'complete', count}: the "device" finishes the oldest `count`
- *   transmitted frames (reads each buffer's number and length, then gives the
- *   buffer back); {type:'link', up}; {type:'stop'} (the driver stops:
+ *   transmitted frames (keeps each frame's bytes as posted, padding
+ *   included, then gives the buffer back with garbage in it, as a NIC's
+ *   buffer holds the last frame: a sender that does not pad with zeros
+ *   sends it); {type:'link', up}; {type:'stop'} (the driver stops:
  *   PacketEndpoint.unbind); {type:'report'} answers with what it saw.
  * The port is served as the services would, through packetService.serve.
  * It counts the messages this thread posts.
@@ -41,8 +43,8 @@ export interface FakeNicReport {
   readonly released: number;
   /** Released buffers that carried the consumer's mark. */
   readonly marked: number;
-  /** Frame numbers and lengths the device transmitted, in order. */
-  readonly transmitted: readonly (readonly [number, number])[];
+  /** The frames the device transmitted, in order, each the bytes of its posted length. */
+  readonly transmitted: readonly Uint8Array[];
   readonly flushes: number;
   readonly filters: { readonly unicast: readonly Mac[]; readonly multicast: readonly Mac[] } | undefined;
   readonly posted: number;
@@ -87,10 +89,12 @@ class FakeFrame implements RxFrame {
 const frames = Array.from({ length: options.receiveBuffers }, (_, i) => new FakeFrame(i));
 
 const txMemory = allocShared(options.transmitBuffers * BUFFER);
-const txBytes = new Uint8Array(txMemory);
+/** What a used transmit buffer holds until the next frame overwrites it (never zeros: see 'complete'). */
+const GARBAGE = 0xee;
+const txBytes = new Uint8Array(txMemory).fill(GARBAGE);
 const posting: number[][] = [];
 const inFlight: [number, number][] = [];
-const transmitted: [number, number][] = [];
+const transmitted: Uint8Array[] = [];
 let flushes = 0;
 let filters: FakeNicReport['filters'];
 
@@ -140,8 +144,8 @@ parentPort!.on('message', (m: FakeNicCommand) => {
     }
     case 'complete':
       for (const [index, length] of inFlight.splice(0, m.count)) {
-        transmitted.push([new Uint32Array(txMemory, index * BUFFER, 1)[0]!, length]);
-        txBytes.fill(0, index * BUFFER, index * BUFFER + length);
+        transmitted.push(txBytes.slice(index * BUFFER, index * BUFFER + length));
+        txBytes.fill(GARBAGE, index * BUFFER, (index + 1) * BUFFER);
         endpoint.counters.tx.frames++;
         endpoint.transmitted(index);
       }

@@ -4,7 +4,7 @@
  * block device served from a real worker thread.
  */
 import test from 'ava';
-import { MessagePort, Worker } from 'node:worker_threads';
+import { Worker } from 'node:worker_threads';
 import { Subject } from 'rxjs';
 import { BlockProxy, serveBlockDevice, type BlockServiceSetup } from '../../actors/block-service.js';
 import { BlockGoneError, type BlockCompletion, type BlockDevice } from '../../drivers/block.js';
@@ -13,6 +13,7 @@ import { UpciError } from '../../kernel/errors.js';
 import { allocShared } from '../../shm/mapping.js';
 import { createRing, RingConsumer, RingProducer, ringWakeUps, type RingWait } from '../../shm/ring.js';
 import { progressing, until, within } from '../support/bounded.js';
+import { countingPosts } from '../support/posts.js';
 import { NO_WAKE_UPS, recoverable, wokenByNotify, type WakeUps } from '../support/wake-ups.js';
 
 const fakeWorker = new URL('../support/fake-block-worker.js', import.meta.url);
@@ -216,21 +217,6 @@ async function fake(t: { teardown(fn: () => unknown): void }): Promise<Fake> {
     }), 'the fake block worker never answered'),
     received: () => received,
   };
-}
-
-/** Counts postMessage calls on every MessagePort of this thread while `work` runs. */
-async function countingPosts<T>(work: () => Promise<T>): Promise<{ result: T; posts: number }> {
-  const post = MessagePort.prototype.postMessage;
-  let posts = 0;
-  MessagePort.prototype.postMessage = function (this: MessagePort, ...args: Parameters<MessagePort['postMessage']>) {
-    posts++;
-    return post.apply(this, args);
-  };
-  try {
-    return { result: await work(), posts };
-  } finally {
-    MessagePort.prototype.postMessage = post;
-  }
 }
 
 test.serial('block proxy: data in a SharedArrayBuffer goes by reference (the driver side writes the caller\'s own bytes); 400 I/Os post one message, the registration', async (t) => {
