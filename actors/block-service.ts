@@ -277,6 +277,11 @@ let nextBufferId = BOUNCE + 1;
 export class BlockProxy extends BlockDeviceBase {
   /** Ring slots posted so far. */
   posted = 0;
+
+  /** Completions in the ring not yet handled (this thread has not looked since the driver side wrote them). */
+  get completionsWaiting(): number {
+    return this.replies.used;
+  }
   private readonly requests: RingProducer;
   private readonly replies: RingConsumer;
   private readonly bounce: Uint8Array;

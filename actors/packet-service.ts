@@ -385,7 +385,7 @@ export class PacketProxy implements PacketSource {
   private readonly frames: (ProxyFrame | undefined)[] = [];
   private readonly buffers = new Map<number, SharedArrayBuffer>();
   private readonly port: MessagePort;
-  private readonly serving: Int32Array;
+  private readonly servingFlag: Int32Array;
   private sink: PacketSink | undefined;
   private link: LinkState | undefined;
   private closed = false;
@@ -405,7 +405,7 @@ export class PacketProxy implements PacketSource {
     this.free = new Int32Array(transmitBuffers.entries);
     for (let i = 0; i < transmitBuffers.entries; i++) this.free[i] = transmitBuffers.entries - 1 - i;
     this.freeCount = transmitBuffers.entries;
-    this.serving = new Int32Array(setup.serving);
+    this.servingFlag = new Int32Array(setup.serving);
     this.port = setup.port;
     this.port.on('message', (m: ToConsumer) => {
       if (m.type === 'buffer') {
@@ -474,7 +474,17 @@ export class PacketProxy implements PacketSource {
    * count them as sent) until it stops.
    */
   lost(): { rx: number; tx: number } {
-    return this.closed ? { rx: this.received.used, tx: this.requests.used } : { rx: 0, tx: 0 };
+    return this.closed ? this.inRings() : { rx: 0, tx: 0 };
+  }
+
+  /** Frames in the rings now: received and not yet delivered here, sent and not yet taken by the driver. */
+  inRings(): { rx: number; tx: number } {
+    return { rx: this.received.used, tx: this.requests.used };
+  }
+
+  /** Whether the driver still serves (it says so in shared memory when it stops). */
+  get driverServing(): boolean {
+    return Atomics.load(this.servingFlag, 0) !== 0;
   }
 
   /**
@@ -496,7 +506,7 @@ export class PacketProxy implements PacketSource {
 
   private readonly onReceived = (w: Int32Array, at: number): boolean => {
     // The driver stopped: its buffers may be freed (revoked) any moment now; the rest is counted lost at close().
-    if (Atomics.load(this.serving, 0) === 0) return false;
+    if (!this.driverServing) return false;
     const buffer = this.buffers.get(w[at]!);
     // Its registration is still on its way: wait for it (frames stay in order).
     if (buffer === undefined) return false;

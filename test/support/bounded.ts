@@ -23,6 +23,20 @@ export async function until(what: string, predicate: () => boolean, ms: number, 
 }
 
 /**
+ * Blocks this thread until `predicate` (something another thread writes in
+ * shared memory) holds; throws naming `what` after `ms`. Its event loop does
+ * not run meanwhile: what other threads put in the rings stays there.
+ */
+export function blockUntil(what: string, predicate: () => boolean, ms: number): void {
+  const deadline = Date.now() + ms;
+  const cell = new Int32Array(new SharedArrayBuffer(4));
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    Atomics.wait(cell, 0, 0, 1);
+  }
+}
+
+/**
  * Asks `probe` (e.g. another thread, for its counts) every `everyMs` until
  * `done` holds of its answer, and returns that answer; throws naming
  * `what` and the last answer after `ms`.

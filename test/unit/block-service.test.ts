@@ -12,7 +12,7 @@ import { NvmeStatusError } from '../../drivers/nvme/errors.js';
 import { UpciError } from '../../kernel/errors.js';
 import { allocShared } from '../../shm/mapping.js';
 import { createRing, RingConsumer, RingProducer, ringWakeUps, type RingWait } from '../../shm/ring.js';
-import { progressing, until, within } from '../support/bounded.js';
+import { blockUntil, progressing, until, within } from '../support/bounded.js';
 import { countingPosts } from '../support/posts.js';
 import { NO_WAKE_UPS, recoverable, wokenByNotify, type WakeUps } from '../support/wake-ups.js';
 
@@ -315,7 +315,7 @@ test.serial('block proxy: a completion already in the ring when the host takes t
   const pending = proxy.read(777, 1);
   pending.catch(() => {});
   // This thread's loop is held while the driver side completes LBA 1: its completion waits in the ring, undrained.
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 500);
+  blockUntil('the completion of LBA 1 in the ring', () => proxy.completionsWaiting === 1, 10_000);
   proxy.close('the host took the device back');
   await worker.terminate();
   t.is((await within(5_000, done, 'the completed read never settled')).length, 512, 'the device did it: it resolves');

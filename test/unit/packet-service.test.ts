@@ -8,12 +8,12 @@
 import test from 'ava';
 import { Worker } from 'node:worker_threads';
 import { NetPort } from '../../actors/net-port.js';
-import { LocalPacketSource, packetService, type PacketServiceSetup, type PacketSource } from '../../actors/packet-service.js';
+import { LocalPacketSource, packetService, type PacketProxy, type PacketServiceSetup, type PacketSource } from '../../actors/packet-service.js';
 import type { PacketBinding, RxFrame } from '../../drivers/packet.js';
 import { allocShared } from '../../shm/mapping.js';
 import { startAllocationMeter } from '../../vm/benchmarks/allocation.js';
 import { ringWakeUps } from '../../shm/ring.js';
-import { until, untilAnswer, within } from '../support/bounded.js';
+import { blockUntil, until, untilAnswer, within } from '../support/bounded.js';
 import { countingPosts } from '../support/posts.js';
 import { NO_WAKE_UPS, wokenByNotify } from '../support/wake-ups.js';
 import type { FakeNicCommand, FakeNicOptions, FakeNicReport } from '../support/fake-packet-worker.js';
@@ -22,7 +22,7 @@ const fakeWorker = new URL('../support/fake-packet-worker.js', import.meta.url);
 
 interface Fake {
   readonly worker: Worker;
-  readonly proxy: PacketSource & { close(reason: string): void };
+  readonly proxy: PacketProxy;
   command(m: FakeNicCommand): void;
   report(): Promise<FakeNicReport>;
 }
@@ -39,7 +39,7 @@ async function startFake(t: { teardown(f: () => unknown): void }, options: FakeN
   }), 'the fake NIC\'s setup');
   return {
     worker,
-    proxy: packetService.proxy(setup),
+    proxy: packetService.proxy(setup) as PacketProxy,
     command: (m) => worker.postMessage(m),
     report: () => within(10_000, new Promise<FakeNicReport>((resolve) => {
       reports.push(resolve);
@@ -79,9 +79,6 @@ function frame(n: number, length: number): Uint8Array {
 /** The fake's report once `done` holds of it, bounded. */
 const reportWhen = (fake: Fake, what: string, done: (r: FakeNicReport) => boolean, ms = 10_000) =>
   untilAnswer(what, () => fake.report(), done, ms, 5);
-
-/** Blocks this thread for `ms` (its event loop does not run: what the worker posts meanwhile stays in the rings). */
-const block = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 
 // Serial: it counts every message this thread posts, so no other test may post meanwhile.
 test.serial('receive: 5,000 frames arrive intact and in order as views of the driver\'s own buffers; released buffers go back; no message per frame', async (t) => {
@@ -213,7 +210,7 @@ test('take-back: what the rings held when the incarnation ended is counted lost;
   // The driver delivers 5 more and stops while this thread is busy: the 5 stay in the ring; then 3 sends nobody takes.
   first.command({ type: 'receive', count: 5, from: 4, drop: true });
   first.command({ type: 'stop' });
-  block(1000);
+  blockUntil('the 5 frames in the ring, and the driver stopped', () => first.proxy.inRings().rx === 5 && !first.proxy.driverServing, 10_000);
   t.is(port.send([frame(1, 60), frame(2, 60), frame(3, 60)]), 3);
   // What the services do when the host takes the device back: the consumer's proxy is closed.
   first.proxy.close('taken back');
@@ -242,34 +239,38 @@ test('take-back: what the rings held when the incarnation ended is counted lost;
   t.deepEqual((await second.report()).filters?.unicast, [[2, 0, 0, 0, 0, 0x2a]], 'the consumer\'s filters re-applied to the new incarnation');
 });
 
-test.serial('receive: the consumer\'s side allocates nothing per frame (heap bytes per frame over 3,800 frames of one wake-up, after 8,000 to warm up)', async (t) => {
+test.serial('receive: the consumer\'s side allocates nothing per frame (heap bytes per frame over 3,800 frames of one wake-up, the least of four bursts after two to warm up)', async (t) => {
   const fake = await startFake(t, { receiveBuffers: 4096, transmitBuffers: 8, incarnation: 0 });
   const { port, provide } = portOver('nic0');
   provide(fake.proxy);
   await until('link up', () => port.linkState.up, 10_000);
+  const BURST = 4000;
+  const WARM_UP = 2;
   let received = 0;
   let stop: (() => { bytes: number; collections: number }) | undefined;
-  let measured: { bytes: number; collections: number } | undefined;
+  const measured: { bytes: number; collections: number }[] = [];
   port.frames.subscribe((f) => {
-    received++;
-    if (received === 8100) stop = startAllocationMeter();
-    if (received === 11900) measured = stop!();
+    const k = received++ % BURST;
+    if (received > WARM_UP * BURST && k === 100) stop = startAllocationMeter();
+    if (received > WARM_UP * BURST && k === 3900) measured.push(stop!());
     f.release();
   });
   // Frames of one burst, all in the ring before this thread looks: a wake-up's own cost (its Atomics.waitAsync) is spread thin.
-  // The first burst meets each buffer for the first time (its RxFrame is made then), the second lets V8 finish
-  // optimizing the path (its compiler's own heap objects would count in the window); the third is measured.
-  for (const burst of [0, 1, 2]) {
-    fake.command({ type: 'receive', count: 4000, from: burst * 4000, drop: true });
-    block(2000);
-    await until('4,000 frames', () => received >= 4000 * (burst + 1), 30_000);
+  // The first burst meets each buffer for the first time (its RxFrame is made then), the second gets the path optimized.
+  // V8's compiler works on its own thread and installs its code (heap objects) when it is done, in whichever burst that
+  // falls: the least of four measured bursts is the path's own cost (the compiler's only ever adds to a window).
+  for (let burst = 0; burst < WARM_UP + 4; burst++) {
+    fake.command({ type: 'receive', count: BURST, from: burst * BURST, drop: true });
+    blockUntil('the burst\'s 4,000 frames in the ring', () => fake.proxy.inRings().rx === BURST, 10_000);
+    await until('4,000 frames', () => received >= BURST * (burst + 1), 30_000);
   }
   // What the meter allocates itself (its heap statistics objects), in a window with no frame.
   const empty = startAllocationMeter()();
-  const perFrame = (measured!.bytes - empty.bytes) / 3800;
-  t.log(`${perFrame.toFixed(2)} B per frame (${measured!.bytes} B in the window, ${empty.bytes} B in an empty one; ${measured!.collections} GCs)`);
+  const perFrame = measured.map((m) => (m.bytes - empty.bytes) / 3800);
+  const least = Math.min(...perFrame);
+  t.log(`${perFrame.map((b) => b.toFixed(2)).join(', ')} B per frame (${empty.bytes} B in an empty window; ${measured.map((m) => m.collections).join(', ')} GCs)`);
   // Bound: what the window costs beyond the frames (the runner's own work, about 5 B per frame here); one object per frame is 100 B and more.
-  t.true(perFrame < 8, `heap bytes per frame on the consumer's side: ${perFrame.toFixed(2)}`);
+  t.true(perFrame.length === 4 && least < 8, `heap bytes per frame on the consumer's side: ${least.toFixed(2)}`);
 });
 
 test('in the driver\'s own thread the port binds the driver\'s object itself: frames by reference, one copy and one doorbell per send(), buffers back on completion, a second consumer refused, the close detaches', async (t) => {

@@ -204,14 +204,17 @@ test.serial('a driver thread takes another driver thread\'s packet port (bus.pac
   t.is((await provider.stats()).liveExports, 1, 'one export, to the consumer driver\'s thread');
 
   // The host's programs' port waits while the driver holds it (one consumer at a time).
-  const hostPort = new NetPort('fixture', () => registry.local.consume(packetService, 'fixture', 500), (reason) => registry.local.release(packetService, 'fixture', reason));
+  let answered = 0;
+  const ask = () => registry.local.consume(packetService, 'fixture', 500).finally(() => answered++);
+  const hostPort = new NetPort('fixture', ask, (reason) => registry.local.release(packetService, 'fixture', reason));
   t.teardown(() => hostPort.close('test over'));
   let hostFrames = 0;
   hostPort.frames.subscribe((frame) => {
     hostFrames++;
     frame.release();
   });
-  await new Promise((r) => setTimeout(r, 300));
+  // Answered twice (a refusal, then the retry's) and still not attached; a port wrongly handed over attaches at the first.
+  await until('the host\'s port asked twice for it and was answered, or attached', () => answered >= 2 || hostPort.attached !== undefined, 10_000);
   t.is(hostPort.attached, undefined, 'the port is the consumer driver\'s while it holds it');
 
   await consumer.call({ cmd: 'release' });
