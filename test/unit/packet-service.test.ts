@@ -48,6 +48,15 @@ async function startFake(t: { teardown(f: () => unknown): void }, options: FakeN
   };
 }
 
+/** A fake NIC (startFake) and a NetPort over it, its link up. */
+async function linkedPort(t: { teardown(f: () => unknown): void }, options: FakeNicOptions): Promise<{ fake: Fake; port: NetPort }> {
+  const fake = await startFake(t, options);
+  const { port, provide } = portOver('nic0');
+  provide(fake.proxy);
+  await until('link up', () => port.linkState.up, 10_000);
+  return { fake, port };
+}
+
 /** A NetPort whose incarnations are the sources given to provide(), in order (what the services hand it). */
 function portOver(name: string): { port: NetPort; provide(source: PacketSource): void } {
   const waiting: ((s: PacketSource) => void)[] = [];
@@ -82,10 +91,7 @@ const reportWhen = (fake: Fake, what: string, done: (r: FakeNicReport) => boolea
 
 // Serial: it counts every message this thread posts, so no other test may post meanwhile.
 test.serial('receive: 5,000 frames arrive intact and in order as views of the driver\'s own buffers; released buffers go back; no message per frame', async (t) => {
-  const fake = await startFake(t, { receiveBuffers: 64, transmitBuffers: 8, incarnation: 0 });
-  const { port, provide } = portOver('nic0');
-  provide(fake.proxy);
-  await until('link up', () => port.linkState.up, 10_000);
+  const { fake, port } = await linkedPort(t, { receiveBuffers: 64, transmitBuffers: 8, incarnation: 0 });
   const seen: number[] = [];
   let bad = 0;
   const memories = new Set<ArrayBufferLike>();
@@ -148,10 +154,7 @@ const padded = (f: Uint8Array) => {
 };
 
 test('transmit: send() takes what the free transmit buffers hold, writable() resolves once the device gave buffers back; frames whole, padded with zeros, in order, one doorbell per batch', async (t) => {
-  const fake = await startFake(t, { receiveBuffers: 8, transmitBuffers: 8, incarnation: 0 });
-  const { port, provide } = portOver('nic0');
-  provide(fake.proxy);
-  await until('link up', () => port.linkState.up, 10_000);
+  const { fake, port } = await linkedPort(t, { receiveBuffers: 8, transmitBuffers: 8, incarnation: 0 });
   const frames = Array.from({ length: 20 }, (_, i) => frame(i, 14 + i * 70));
   let sent = port.send(frames);
   t.is(sent, 8, 'eight transmit buffers: eight frames taken');
@@ -183,10 +186,7 @@ test('transmit: send() takes what the free transmit buffers hold, writable() res
 });
 
 test('transmit: writable() called after the buffers already came back resolves (a send() that fell short, an await, then writable())', async (t) => {
-  const fake = await startFake(t, { receiveBuffers: 8, transmitBuffers: 4, incarnation: 0 });
-  const { port, provide } = portOver('nic0');
-  provide(fake.proxy);
-  await until('link up', () => port.linkState.up, 10_000);
+  const { fake, port } = await linkedPort(t, { receiveBuffers: 8, transmitBuffers: 4, incarnation: 0 });
   const frames = Array.from({ length: 6 }, (_, i) => frame(i, 60));
   t.is(port.send(frames), 4, 'four transmit buffers');
   await reportWhen(fake, 'the device to have the 4 frames', (r) => r.flushes >= 1);
@@ -240,10 +240,7 @@ test('take-back: what the rings held when the incarnation ended is counted lost;
 });
 
 test.serial('receive: the consumer\'s side allocates nothing per frame (heap bytes per frame over 3,800 frames of one wake-up, the least of four bursts after two to warm up)', async (t) => {
-  const fake = await startFake(t, { receiveBuffers: 4096, transmitBuffers: 8, incarnation: 0 });
-  const { port, provide } = portOver('nic0');
-  provide(fake.proxy);
-  await until('link up', () => port.linkState.up, 10_000);
+  const { fake, port } = await linkedPort(t, { receiveBuffers: 4096, transmitBuffers: 8, incarnation: 0 });
   const BURST = 4000;
   const WARM_UP = 2;
   let received = 0;

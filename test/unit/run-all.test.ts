@@ -12,16 +12,24 @@ const summary = (tests: number, pass: number, fail: number, skip = 0) =>
 
 const twoPassing = `TAP version 13\nok 1 - a\nok 2 - b\n${summary(2, 2, 0)}`;
 
+/** Runs this project's ava with `--tap` in a scratch project whose config picks `files` and which holds `tests` (name to text). */
+async function avaIn(t: { teardown(fn: () => unknown): void }, files: string, tests: Record<string, string> = {}) {
+  const dir = await mkdtemp(join(tmpdir(), 'upci-run-all-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  await writeFile(join(dir, 'package.json'), '{"type":"module"}');
+  await writeFile(join(dir, 'ava.config.mjs'), `export default { files: [${JSON.stringify(files)}] };`);
+  // Test files import ava: this project's.
+  await symlink(resolve('node_modules'), join(dir, 'node_modules'));
+  for (const [name, text] of Object.entries(tests)) await writeFile(join(dir, name), text);
+  return spawnSync(process.execPath, [AVA, '--tap'], { cwd: dir, encoding: 'utf8', timeout: 30_000 });
+}
+
 test('a clean run counts exactly its summary', (t) => {
   t.deepEqual(countSuite(twoPassing, { exitCode: 0 }), { passed: 2, failed: 0, skipped: 0, todo: 0, problems: [] });
 });
 
 test('ava with no test files (its real output and exit status) is a failure, not a clean pass', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'upci-run-all-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  await writeFile(join(dir, 'package.json'), '{"type":"module"}');
-  await writeFile(join(dir, 'ava.config.mjs'), 'export default { files: ["none/**/*.test.js"] };');
-  const run = spawnSync(process.execPath, [AVA, '--tap'], { cwd: dir, encoding: 'utf8', timeout: 30_000 });
+  const run = await avaIn(t, 'none/**/*.test.js');
   t.is(run.error, undefined);
   t.regex(run.stdout, /^# tests 0$/m, 'ava printed its empty summary');
   const counts = countSuite(run.stdout, { exitCode: run.status, signal: run.signal });
@@ -111,20 +119,13 @@ test('the exit status is per suite: any suite with failures or problems makes it
 });
 
 test('a stray .only keeps the rest of its file from running and ava\'s TAP does not say so: the runner finds it in the files and fails the suite', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'upci-run-all-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  await writeFile(join(dir, 'package.json'), '{"type":"module"}');
-  await writeFile(join(dir, 'ava.config.mjs'), 'export default { files: ["*.test.js"] };');
   // Written line by line so that no line of this file starts with a .only call (the runner scans the compiled tests, this one too).
   const exclusive = [
     "import test from 'ava';",
     "test('skipped by the .only below', (t) => t.fail());",
     "test.serial.only('the only one', (t) => t.pass());",
   ].join('\n');
-  await writeFile(join(dir, 'a.test.js'), exclusive);
-  // The test file imports ava: this project's.
-  await symlink(resolve('node_modules'), join(dir, 'node_modules'));
-  const run = spawnSync(process.execPath, [AVA, '--tap'], { cwd: dir, encoding: 'utf8', timeout: 30_000 });
+  const run = await avaIn(t, '*.test.js', { 'a.test.js': exclusive });
   t.is(run.status, 0, run.stdout + run.stderr);
   t.notRegex(run.stdout, /skipped by/, 'the failing test is not in the TAP at all');
   t.deepEqual(exclusiveTests([{ path: 'a.test.js', text: exclusive }, { path: 'b.test.js', text: "test('fine', (t) => t.pass()); // no test.only( here\n" }]), ['a.test.js:3']);
