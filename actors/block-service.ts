@@ -277,11 +277,6 @@ let nextBufferId = BOUNCE + 1;
 export class BlockProxy extends BlockDeviceBase {
   /** Ring slots posted so far. */
   posted = 0;
-
-  /** Completions in the ring not yet handled (this thread has not looked since the driver side wrote them). */
-  get completionsWaiting(): number {
-    return this.replies.used;
-  }
   private readonly requests: RingProducer;
   private readonly replies: RingConsumer;
   private readonly bounce: Uint8Array;
@@ -308,6 +303,11 @@ export class BlockProxy extends BlockDeviceBase {
     this.port = setup.port;
     for (let tag = TAGS - 1; tag >= 0; tag--) this.free.push(tag);
     this.replies.start((w, at) => this.completed(w[at]!, w[at + 1]!));
+  }
+
+  /** Completions in the ring not yet handled (this thread has not looked since the driver side wrote them). */
+  get completionsWaiting(): number {
+    return this.replies.used;
   }
 
   read(lba: number, blocks: number, into?: Uint8Array): Promise<Uint8Array> {

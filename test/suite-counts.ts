@@ -6,7 +6,7 @@
 
 /** The closing block supertap writes: `1..N`, `# tests`, `# pass`, `# skip` (only when > 0), `# fail`. */
 export interface TapSummary {
-  /** `1..N`: every result line, todos included */
+  /** `1..N`: passed, failed, skipped and todo tests (not crashes) */
   plan: number;
   /** `# tests`: passed, failed and skipped tests (not todos, not crashes) */
   tests: number;
