@@ -64,7 +64,7 @@ test('a driver attaches in its own thread over the shared fake; its heartbeat ad
   const supervision = parseHostConfig({ devices: [{ address: A, driver: fixture.name }] }, registry).devices[0]!.supervision;
   const hangs: string[] = [];
   const thread = new DriverThread({
-    device, source: { kind: 'module', url: fixtureUrl }, options: { behave: 'serve', dmaBytes: 2 * 4096, leakKb: 128 }, incarnation: 0, supervision, name: 'fixture',
+    device, source: { kind: 'module', url: fixtureUrl }, options: { behave: 'serve', dmaBytes: 2 * 4096, leakKb: 128, leakToMb: 1024 }, incarnation: 0, supervision, name: 'fixture',
     services, onNote: () => {}, onStall: () => {}, onHang: (m) => void hangs.push(m),
   });
   await within(60_000, thread.attached, 'the attach in the driver thread');
@@ -137,8 +137,8 @@ test('a driver that blocks its thread\'s loop is detected by the watchdog and ta
 });
 
 test('a leaking driver is taken back at the heap watermark, before V8\'s limit ends its thread', async (t) => {
-  // 128 KiB a millisecond: about 2.5 MiB between two 20 ms beats, against a watermark at 51 of 64 MiB.
-  const { events, records } = claim(t, { behave: 'leak', leakKb: 128 }, { watchdogMs: 2000, heartbeatMs: 20, heapLimitMb: 64 });
+  // The leak stops at 56 MiB, past the watermark (80% of 64 MiB: 51.2) and short of the limit, and holds it there.
+  const { events, records } = claim(t, { behave: 'leak', leakKb: 256, leakToMb: 56 }, { watchdogMs: 2000, heartbeatMs: 20, heapLimitMb: 64 });
   await until('incarnation 0 running', () => running(events, 0), 60_000);
   const mark = records.length;
   const { fault, report } = await firstFault(events);
