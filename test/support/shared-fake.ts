@@ -25,7 +25,7 @@ import * as libc from '../../kernel/libc.js';
 import { ManagedIommuDomain, type IommuDmaDomain } from '../../kernel/linux/iommu-dma.js';
 import type { BusRange, DeviceFile, DeviceHandles, IrqKind, IrqSource, KernelPort } from '../../kernel/port.js';
 import { mapShared } from '../../shm/mapping.js';
-import { fakeDevice, type FakeIrqCounts } from './fake-device.js';
+import { fakeDevice, messageControlAt, type FakeIrqCounts } from './fake-device.js';
 
 const NAME = 'shared-fake';
 const CONFIG_BYTES = 256;
@@ -37,8 +37,8 @@ const TABLE_AT = 4096;
 const TABLE_SLOTS = 256;
 const FILE_BYTES = TABLE_AT + TABLE_SLOTS * 16;
 const EINVAL = 22;
-const CAP_MSI = 0x05;
-const CAP_MSIX = 0x11;
+/** Message Control's enable bit: MSI Enable, MSI-X Enable. */
+const ENABLE = { msi: 0x0001, msix: 0x8000 } as const;
 
 export interface SharedFakeSpec {
   readonly vendor: number;
@@ -97,28 +97,19 @@ export class SharedFakeState {
     };
   }
 
-  /** Where the Message Control register of the MSI or MSI-X capability is, by a walk of this module's own. */
-  private control(kind: 'msi' | 'msix'): number | undefined {
-    const config = this.config;
-    for (let at = config[0x34]! & 0xfc, steps = 0; at >= 0x40 && steps < 48; at = config[at + 1]! & 0xfc, steps++) {
-      if (config[at] === (kind === 'msi' ? CAP_MSI : CAP_MSIX)) return at + 2;
-    }
-    return undefined;
-  }
-
   /** The enable bit of the MSI or MSI-X capability, as the kernel sets it on VFIO_DEVICE_SET_IRQS. */
   setEnabled(kind: IrqKind, on: boolean): void {
-    const at = kind === 'intx' ? undefined : this.control(kind);
+    const at = kind === 'intx' ? undefined : messageControlAt(this.config, kind);
     if (at === undefined) return;
-    const bit = kind === 'msi' ? 0x0001 : 0x8000;
+    const bit = ENABLE[kind as 'msi' | 'msix'];
     const control = this.config.readUInt16LE(at);
     this.config.writeUInt16LE(on ? control | bit : control & ~bit, at);
   }
 
   /** Whether the MSI or MSI-X enable bit is set, read from the shared config space. */
   enabled(kind: 'msi' | 'msix'): boolean {
-    const at = this.control(kind);
-    return at !== undefined && (this.config.readUInt16LE(at) & (kind === 'msi' ? 0x0001 : 0x8000)) !== 0;
+    const at = messageControlAt(this.config, kind);
+    return at !== undefined && (this.config.readUInt16LE(at) & ENABLE[kind]) !== 0;
   }
 
   /** Eventfds enableIrqs made (in any thread), listed until the test looks. */
