@@ -19,7 +19,7 @@ import { installFdLedger } from '../workers/interrupt-watcher.js';
 import type { BusDma } from '../pci/bus-dma.js';
 import type { InterruptType } from '../pci/intr.js';
 import { AttachedBus, type BusMeter } from './driver-bus.js';
-import { DriverLedger } from './driver-ledger.js';
+import { DriverLedger, oldGenerationBytes } from './driver-ledger.js';
 import { importDriver, type DriverSource } from './driver-source.js';
 import { cleanDetach } from './device-machine.js';
 import type { AnyDriver } from '../drivers/contract.js';
@@ -75,7 +75,7 @@ function run(data: DriverThreadData, kernel: KernelPort): void {
   };
   const beat = () => {
     const heap = getHeapStatistics();
-    ledger.beat(heap.used_heap_size, heap.heap_size_limit, meter.dma?.bytesMapped ?? 0);
+    ledger.beat(heap.used_heap_size, heap.heap_size_limit, meter.dma?.bytesMapped ?? 0, oldGenerationBytes());
   };
   beat();
   const heartbeat = setInterval(beat, data.heartbeatMs);
