@@ -64,7 +64,7 @@ test('a driver attaches in its own thread over the shared fake; its heartbeat ad
   const supervision = parseHostConfig({ devices: [{ address: A, driver: fixture.name }] }, registry).devices[0]!.supervision;
   const hangs: string[] = [];
   const thread = new DriverThread({
-    device, source: { kind: 'module', url: fixtureUrl }, options: { behave: 'serve', dmaBytes: 2 * 4096, leakKb: 128, leakToMb: 1024 }, incarnation: 0, supervision, name: 'fixture',
+    device, source: { kind: 'module', url: fixtureUrl }, options: { behave: 'serve', dmaBytes: 2 * 4096, leakMb: 4, leakToMb: 1024 }, incarnation: 0, supervision, name: 'fixture',
     services, onNote: () => {}, onStall: () => {}, onHang: (m) => void hangs.push(m),
   });
   await within(60_000, thread.attached, 'the attach in the driver thread');
@@ -112,7 +112,11 @@ const running = (events: HostEvent[], incarnation: number) => events.some((e) =>
 
 /** What the host reported of incarnation 0's end: its fault and what taking it back read. */
 async function firstFault(events: HostEvent[]) {
-  await until('incarnation 1 running after the take-back', () => running(events, 1), 30_000);
+  await until('incarnation 1 running after the take-back', () => running(events, 1), 60_000).catch((e: Error) => {
+    // Say what did happen: the states, faults and notes seen.
+    const seen = [...events.filter((e) => e.type !== 'stats'), events.findLast((e) => e.type === 'stats')].map((e) => JSON.stringify(e));
+    throw new Error(`${e.message}; events: ${seen.join('\n')}`);
+  });
   const fault = events.find((e) => e.type === 'fault');
   const quiesced = events.find((e) => e.type === 'quiesced' && e.incarnation === 0);
   const threads = events.flatMap((e) => (e.type === 'thread' ? [e.threadId] : []));
@@ -137,10 +141,10 @@ test('a driver that blocks its thread\'s loop is detected by the watchdog and ta
 });
 
 test('a leaking driver is taken back at the heap watermark, before V8\'s limit ends its thread', async (t) => {
-  // The leak stops at 115 MiB of old generation, past the watermark (80% of 128 MiB: 102.4) and short of the limit, and
-  // holds it there. Its 64 KiB arrays fragment the heap: when the watermark was held against heapUsed, V8 ended the
+  // The leak stops at 115 MiB of old generation, past the watermark (80% of 128 MiB: 102.4) and short of the limit
+  // by more than one 4 MiB chunk, and holds it there. Its 64 KiB arrays fragment the heap: when the watermark was held against heapUsed, V8 ended the
   // thread (out of memory) with heapUsed at 98 MiB, below the watermark, in 3 runs of 11.
-  const { events, records } = claim(t, { behave: 'leak', leakKb: 256, leakToMb: 115 }, { watchdogMs: 2000, heartbeatMs: 20, heapLimitMb: 128 });
+  const { events, records } = claim(t, { behave: 'leak', leakMb: 4, leakToMb: 115 }, { watchdogMs: 2000, heartbeatMs: 20, heapLimitMb: 128 });
   await until('incarnation 0 running', () => running(events, 0), 60_000);
   const mark = records.length;
   const { fault, report } = await firstFault(events);
