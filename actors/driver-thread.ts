@@ -13,11 +13,13 @@ import { getHeapStatistics } from 'node:v8';
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { createActor, type AnyActorRef } from 'xstate';
 import { PciDevice, type SharedDevice } from '../pci/device.js';
+import { adoptingPort } from '../pci/kernel-port.js';
+import type { KernelPort } from '../kernel/port.js';
 import { installFdLedger } from '../workers/interrupt-watcher.js';
 import type { BusDma } from '../pci/bus-dma.js';
 import type { InterruptType } from '../pci/intr.js';
 import { AttachedBus, type BusMeter } from './driver-bus.js';
-import { DriverLedger } from './driver-ledger.js';
+import { DriverLedger, oldGenerationBytes } from './driver-ledger.js';
 import { importDriver, type DriverSource } from './driver-source.js';
 import { cleanDetach } from './device-machine.js';
 import type { AnyDriver } from '../drivers/contract.js';
@@ -55,7 +57,7 @@ export type HostMessage = { readonly type: 'stop' };
 
 const message = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
-function run(data: DriverThreadData): void {
+function run(data: DriverThreadData, kernel: KernelPort): void {
   const port = parentPort!;
   const post = (m: ThreadMessage) => port.postMessage(m);
   post({ type: 'ready' });
@@ -73,11 +75,11 @@ function run(data: DriverThreadData): void {
   };
   const beat = () => {
     const heap = getHeapStatistics();
-    ledger.beat(heap.used_heap_size, heap.heap_size_limit, meter.dma?.bytesMapped ?? 0);
+    ledger.beat(heap.used_heap_size, heap.heap_size_limit, meter.dma?.bytesMapped ?? 0, oldGenerationBytes());
   };
   beat();
   const heartbeat = setInterval(beat, data.heartbeatMs);
-  const device = PciDevice.adopt(data.device);
+  const device = PciDevice.adopt(data.device, { port: kernel });
   const bus = new AttachedBus(device, data.incarnation, {
     name: data.name,
     services: new ThreadServices(data.services),
@@ -133,4 +135,6 @@ function run(data: DriverThreadData): void {
   })();
 }
 
-run(workerData as DriverThreadData);
+const data = workerData as DriverThreadData;
+// The port is a module like any other this thread loads before it says it is ready.
+run(data, await adoptingPort(data.device.handles));

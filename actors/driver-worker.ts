@@ -197,10 +197,12 @@ export class DriverThread implements ThreadView {
         this.lastBeat = beat;
         // The beat came somewhere in the last step: the silence since is at most its age.
         silentMs = Math.min(this.ledger.heartbeatAgeMs ?? step, step);
-        const used = this.ledger.heapUsed;
-        if (used > HEAP_WATERMARK * heapLimitMb * MiB) {
+        // By what V8's limit counts (committed old generation), not heapUsed: fragmentation can put the
+        // limit within reach while heapUsed is still below the watermark.
+        const old = this.ledger.heapOld;
+        if (old > HEAP_WATERMARK * heapLimitMb * MiB) {
           clearInterval(this.watchdog);
-          this.spec.onHang(`the driver thread's heap reached ${Math.round(used / MiB)} MiB of its ${heapLimitMb} MiB limit (heapLimitMb): it is leaking`);
+          this.spec.onHang(`the driver thread's heap reached ${Math.round(old / MiB)} MiB of its ${heapLimitMb} MiB limit (heapLimitMb; old generation, committed): it is leaking`);
         }
         return;
       }

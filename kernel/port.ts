@@ -230,6 +230,13 @@ export interface DeviceHandles {
   readonly address: PciAddress;
   readonly fds: Readonly<Record<string, number>>;
   readonly group?: number;
+  /**
+   * The URL of a module whose default export is a KernelPort that adopts
+   * these handles, for a port that is not the OS's own (pci/kernel-port.ts):
+   * a thread imports it to take the device up. Absent: the thread's default
+   * port (VFIO, pciuser(4)), which is every production port today.
+   */
+  readonly portModule?: string;
   /** The only bus addresses the adopting thread may map DMA at (DmaDomain.reserveWindow); set by whoever shares the device. */
   readonly dmaWindow?: readonly BusRange[];
 }

@@ -73,16 +73,26 @@ function writeIrqHardware(config: Buffer, counts: FakeIrqCounts): void {
   });
 }
 
-/** Vectors offered per kind, read from config space with a walk of its own (not pci/config.ts, which the tests check). */
+/**
+ * Where the MSI or MSI-X capability's Message Control register is, found with
+ * a walk of its own (not pci/config.ts, which the tests check); undefined
+ * when config space has none.
+ */
+export function messageControlAt(config: Buffer, kind: 'msi' | 'msix'): number | undefined {
+  if ((config.readUInt16LE(0x06) & 0x10) === 0) return undefined;
+  for (let at = config[0x34]! & 0xfc, steps = 0; at >= 0x40 && steps < 48; at = config[at + 1]! & 0xfc, steps++) {
+    if (config[at] === (kind === 'msi' ? CAP_MSI : CAP_MSIX)) return at + 2;
+  }
+  return undefined;
+}
+
+/** Vectors offered per kind, read from config space. */
 function offeredVectors(config: Buffer, kind: IrqKind): number {
   if (kind === 'intx') return config[0x3d] === 0 ? 0 : 1;
-  if ((config.readUInt16LE(0x06) & 0x10) === 0) return 0;
-  for (let at = config[0x34]! & 0xfc, steps = 0; at >= 0x40 && steps < 48; at = config[at + 1]! & 0xfc, steps++) {
-    const control = config.readUInt16LE(at + 2);
-    if (kind === 'msi' && config[at] === CAP_MSI) return 1 << ((control >> 1) & 7);
-    if (kind === 'msix' && config[at] === CAP_MSIX) return (control & 0x7ff) + 1;
-  }
-  return 0;
+  const at = messageControlAt(config, kind);
+  if (at === undefined) return 0;
+  const control = config.readUInt16LE(at);
+  return kind === 'msi' ? 1 << ((control >> 1) & 7) : (control & 0x7ff) + 1;
 }
 
 const inRanges = (offset: number, ranges: readonly [number, number][]) => ranges.some(([from, to]) => offset >= from && offset < to);

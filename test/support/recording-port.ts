@@ -6,7 +6,7 @@
  * (vfio_pci_core_disable), so a check made after close() passes whatever
  * upci did; these records are taken while the fd is still open.
  */
-import type { DeviceFile, DmaDomain, KernelPort } from '../../kernel/port.js';
+import type { DeviceFile, DmaDomain, DmaWindow, KernelPort } from '../../kernel/port.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
 
 const CONFIG_REGION = 7;
@@ -42,29 +42,52 @@ function announcing<T extends object>(target: T, names: readonly string[], befor
   });
 }
 
+export interface RecordingOptions {
+  /**
+   * Also record "bus master off" when a config write clears PCI_COMMAND's
+   * bus master bit (it was set before), so that the order of the whole
+   * quiesce shows, not only the calls after it. Off by default: the VM
+   * suites compare whole record lists without it.
+   */
+  readonly busMasterWrites?: boolean;
+}
+
 /** `file` with its teardown calls recorded into `sink` before they reach the kernel. */
-export function recordingFile(file: DeviceFile, sink: (record: PortRecord) => void, probe: BusMasterProbe = throughTheFd): DeviceFile {
+export function recordingFile(file: DeviceFile, sink: (record: PortRecord) => void, probe: BusMasterProbe = throughTheFd, options: RecordingOptions = {}): DeviceFile {
   let closed = false;
-  const note = (op: string) => {
-    if (closed) return sink(`${file.address} ${op} (after close)`);
-    let state: string;
+  const state = () => {
     try {
-      state = probe(file) ? 'on' : 'off';
+      return probe(file) ? 'on' : 'off';
     } catch (e) {
-      state = `unreadable: ${(e as Error).message}`;
+      return `unreadable: ${(e as Error).message}`;
     }
-    sink(`${file.address} ${op} (bus master ${state})`);
   };
+  const note = (op: string) => sink(closed ? `${file.address} ${op} (after close)` : `${file.address} ${op} (bus master ${state()})`);
+  // A window's unmap is how the host takes DMA back from a driver thread (DmaDomain.reserveWindow).
+  const recordedWindow = (window: DmaWindow): DmaWindow => announcing(window, ['unmap', 'release'], (op) => note(`dma ${op} window`));
   let dma: DmaDomain | undefined;
+  const extra = (name: string | symbol): unknown => {
+    if (name === 'dma') {
+      return (dma ??= announcing(file.dma, ['unmap'], (op) => note(`dma ${op}`), (n) => (n === 'reserveWindow' ? () => recordedWindow(file.dma.reserveWindow()) : undefined)));
+    }
+    if (name === 'writeRegion' && options.busMasterWrites === true) {
+      return (index: number, offset: number, buf: Buffer) => {
+        const before = closed ? undefined : state();
+        file.writeRegion(index, offset, buf);
+        if (index === CONFIG_REGION && before === 'on' && state() === 'off') sink(`${file.address} bus master off`);
+      };
+    }
+    return undefined;
+  };
   return announcing(file, ['reset', 'disableIrqs', 'close'], (name, args) => {
     note(name === 'disableIrqs' ? `disableIrqs ${String(args[0])}` : name);
     if (name === 'close') closed = true;
-  }, (name) => (name === 'dma' ? (dma ??= announcing(file.dma, ['unmap'], (op) => note(`dma ${op}`))) : undefined));
+  }, extra);
 }
 
 /** A port whose every opened file records into `records`. */
-export function recordingPort(inner: KernelPort, records: PortRecord[], probe?: BusMasterProbe): KernelPort {
-  return { name: `${inner.name} (recorded)`, open: (address) => recordingFile(inner.open(address), (r) => records.push(r), probe) };
+export function recordingPort(inner: KernelPort, records: PortRecord[], probe?: BusMasterProbe, options?: RecordingOptions): KernelPort {
+  return { name: `${inner.name} (recorded)`, open: (address) => recordingFile(inner.open(address), (r) => records.push(r), probe, options) };
 }
 
 /** `address`'s resets and closes among `records`, in order: each says bus master off if upci's quiesce came first. */

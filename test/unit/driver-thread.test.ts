@@ -1,0 +1,156 @@
+/**
+ * The driver-thread path without hardware: a driver (test/fixtures/
+ * thread-driver.ts) attached in a worker thread of its own over a shared
+ * fake (test/support/shared-fake.ts), whose config space and IOMMU table are
+ * the same memory in every thread. What the worker does to the device shows
+ * in the main thread, and what the main thread takes back is gone for the
+ * worker. Covers DriverThread (actors/driver-worker.ts), the worker body
+ * (actors/driver-thread.ts), the ledger between them and the device actor's
+ * thread path (actors/device-machine.ts): attach, heartbeat, the watchdog's
+ * silence accounting, the heap watermark, the take-back's order and its
+ * read-back, and kill (the worker terminated, its fds closed).
+ */
+import test from 'ava';
+import { readlinkSync } from 'node:fs';
+import { threadId as mainThreadId } from 'node:worker_threads';
+import { parseHostConfig } from '../../actors/config.js';
+import { rememberSource } from '../../actors/driver-source.js';
+import { DriverThread } from '../../actors/driver-worker.js';
+import type { HostEvent } from '../../actors/events.js';
+import { DriverHost } from '../../actors/host.js';
+import { ServiceRegistry } from '../../actors/service-registry.js';
+import type { AnyDriver } from '../../drivers/contract.js';
+import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
+import { PciDevice } from '../../pci/device.js';
+import { DEVICE, VENDOR } from '../fixtures/thread-driver.js';
+import { until, within } from '../support/bounded.js';
+import { recordingPort, throughTheFd, type PortRecord } from '../support/recording-port.js';
+import { sharedFakePort, type SharedFakeState } from '../support/shared-fake.js';
+
+const A = '0000:00:07.0';
+const fixtureUrl = new URL('../fixtures/thread-driver.js', import.meta.url).href;
+const fixture = (await import(fixtureUrl) as { default: AnyDriver }).default;
+// As a config naming the module would: the worker imports the driver from its URL.
+rememberSource(fixture, fixtureUrl);
+const registry = new Map([[fixture.name, fixture]]);
+
+/** A fresh shared fake at A (one MSI vector) behind a port that records the teardown, bus mastering's clearing among it. */
+function bench() {
+  const records: PortRecord[] = [];
+  const fake = sharedFakePort({ [A]: { vendor: VENDOR, device: DEVICE, irqs: { msi: 1 } } });
+  const port = recordingPort(fake, records, throughTheFd, { busMasterWrites: true });
+  return { records, port, state: (): SharedFakeState => fake.states.get(A)! };
+}
+
+/** The take-back, as the recording port sees it: bus mastering off, then the vectors, then the thread's DMA window. */
+const TAKE_BACK = [`${A} bus master off`, `${A} disableIrqs msi (bus master off)`, `${A} dma unmap window (bus master off)`];
+
+const busMaster = (state: SharedFakeState) => (state.config.readUInt16LE(PCI_COMMAND) & PCI_COMMAND_MASTER) !== 0;
+
+/** Whether `fd` is still an open eventfd of this process (an fd number reused since would be something else). */
+function openEventfd(fd: number): boolean {
+  try {
+    return readlinkSync(`/proc/self/fd/${fd}`) === 'anon_inode:[eventfd]';
+  } catch {
+    return false;
+  }
+}
+
+test('a driver attaches in its own thread over the shared fake; its heartbeat advances; kill takes the device back in order, terminates the worker and closes its fds', async (t) => {
+  const { records, port, state } = bench();
+  const device = PciDevice.open(A, { port });
+  t.teardown(() => device.close());
+  const services = new ServiceRegistry().link('fixture');
+  const supervision = parseHostConfig({ devices: [{ address: A, driver: fixture.name }] }, registry).devices[0]!.supervision;
+  const hangs: string[] = [];
+  const thread = new DriverThread({
+    device, source: { kind: 'module', url: fixtureUrl }, options: { behave: 'serve', dmaBytes: 2 * 4096, leakMb: 4, leakToMb: 1024 }, incarnation: 0, supervision, name: 'fixture',
+    services, onNote: () => {}, onStall: () => {}, onHang: (m) => void hangs.push(m),
+  });
+  await within(60_000, thread.attached, 'the attach in the driver thread');
+  t.not(thread.threadId, mainThreadId);
+  // What the worker did shows here: its DMA mapping, bus mastering, the MSI enable bit and the ledger's interrupt kind.
+  t.is(state().mappings, 1);
+  t.true(busMaster(state()));
+  t.true(device.msi()?.enabled);
+  t.is(thread.ledger.irqKind, 'msi');
+  const made = state().madeIrqFds();
+  t.is(made.length, 1);
+  t.true(openEventfd(made[0]!), 'the worker made an eventfd for its vector');
+  // The heartbeat is a counter: three more beats, whatever the time each took.
+  const beat = thread.ledger.heartbeat;
+  await until('three heartbeats', () => thread.ledger.heartbeat >= beat + 3, 10_000);
+  t.true(thread.ledger.heapUsed > 0);
+  t.deepEqual(hangs, [], 'a serving driver is not taken for hung');
+
+  const mark = records.length;
+  const report = await thread.kill();
+  t.deepEqual(records.slice(mark), [...TAKE_BACK, `${A} dma release window (bus master off)`]);
+  t.deepEqual(report, { threadRunning: true, busMaster: false, vectorsDisabled: 'msi', msiEnabled: false, msixEnabled: false, dmaMappingsLeft: 0 });
+  t.is(state().mappings, 0, 'the shared IOMMU table is empty');
+  // Node gives an exited worker's threadId as -1.
+  t.is(thread.threadId, -1, 'the worker was terminated');
+  t.false(openEventfd(made[0]!), 'the eventfd the worker held was closed');
+  services.close('test over');
+});
+
+function claim(t: { teardown(fn: () => unknown): void }, options: Record<string, unknown>, extra: Record<string, unknown>) {
+  const { records, port, state } = bench();
+  const config = parseHostConfig({
+    restart: { initialDelayMs: 10, maxDelayMs: 10, maxRestarts: 1 }, statsIntervalMs: 50, ...extra,
+    devices: [{ address: A, driver: fixture.name, options }],
+  }, registry);
+  const host = DriverHost.claim(config, { registry, open: (address) => PciDevice.open(address, { port }) });
+  const events: HostEvent[] = [];
+  host.events.subscribe((e) => events.push(e));
+  t.teardown(() => host.shutdown());
+  host.start();
+  return { host, events, records, state };
+}
+
+const running = (events: HostEvent[], incarnation: number) => events.some((e) => e.type === 'state' && e.state === 'running' && e.incarnation === incarnation);
+
+/** What the host reported of incarnation 0's end: its fault and what taking it back read. */
+async function firstFault(events: HostEvent[]) {
+  await until('incarnation 1 running after the take-back', () => running(events, 1), 60_000).catch((e: Error) => {
+    // Say what did happen: the states, faults and notes seen.
+    const seen = [...events.filter((e) => e.type !== 'stats'), events.findLast((e) => e.type === 'stats')].map((e) => JSON.stringify(e));
+    throw new Error(`${e.message}; events: ${seen.join('\n')}`);
+  });
+  const fault = events.find((e) => e.type === 'fault');
+  const quiesced = events.find((e) => e.type === 'quiesced' && e.incarnation === 0);
+  const threads = events.flatMap((e) => (e.type === 'thread' ? [e.threadId] : []));
+  return { fault: fault?.type === 'fault' ? fault.fault : undefined, report: quiesced?.type === 'quiesced' ? quiesced.report : undefined, threads };
+}
+
+test('a driver that blocks its thread\'s loop is detected by the watchdog and taken back while its thread still runs, in order, then restarted in a new thread', async (t) => {
+  const { host, events, records, state } = claim(t, { behave: 'block' }, { watchdogMs: 300, heartbeatMs: 50 });
+  await until('incarnation 0 running', () => running(events, 0), 60_000);
+  const mark = records.length;
+  const { fault, report, threads } = await firstFault(events);
+  t.is(fault?.kind, 'watchdog', fault?.message);
+  t.regex(fault?.message ?? '', /no heartbeat from the driver thread .*it is hung/);
+  t.deepEqual(records.slice(mark, mark + TAKE_BACK.length), TAKE_BACK);
+  t.deepEqual(report, { threadRunning: true, busMaster: false, vectorsDisabled: 'msi', msiEnabled: false, msixEnabled: false, dmaMappingsLeft: 0 });
+  t.is(threads.length, 2);
+  t.not(threads[0], threads[1]);
+  // The new incarnation maps its own memory: only that one is in the table.
+  t.is(state().mappings, 1);
+  await host.shutdown();
+  t.is(state().mappings, 0);
+});
+
+test('a leaking driver is taken back at the heap watermark, before V8\'s limit ends its thread', async (t) => {
+  // The leak stops at 115 MiB of old generation, past the watermark (80% of 128 MiB: 102.4) and short of the limit
+  // by more than one 4 MiB chunk, and holds it there. Its 64 KiB arrays fragment the heap: when the watermark was held against heapUsed, V8 ended the
+  // thread (out of memory) with heapUsed at 98 MiB, below the watermark, in 3 runs of 11.
+  const { events, records } = claim(t, { behave: 'leak', leakMb: 4, leakToMb: 115 }, { watchdogMs: 2000, heartbeatMs: 20, heapLimitMb: 128 });
+  await until('incarnation 0 running', () => running(events, 0), 60_000);
+  const mark = records.length;
+  const { fault, report } = await firstFault(events);
+  t.is(fault?.kind, 'watchdog', fault?.message);
+  t.regex(fault?.message ?? '', /heap reached \d+ MiB of its 128 MiB limit .*leaking/);
+  t.deepEqual(records.slice(mark, mark + TAKE_BACK.length), TAKE_BACK);
+  t.true(report?.threadRunning, 'the thread was still there when the device was taken back');
+  t.is(report?.dmaMappingsLeft, 0);
+});
