@@ -7,6 +7,8 @@
  *	harness -l		list the cases
  *	harness NAME		run one case in this process
  *	harness -a		run every case, each in a child process
+ *	harness -t		print the kernel's answers to a table of
+ *				DMA sync and allocation requests
  *
  * A case passes when it returns, the stand-in kernel did not panic and
  * nothing is left behind (h_shutdown_check).  Exit status 0 is a pass.
@@ -571,7 +573,7 @@ case_n2_sync_zero_length(void)
 static void
 case_n3_bdf_cfgwrite_claimed(void)
 {
-	struct file *fp = xclaimed();
+	struct file *fp = xclaimed(), *other;
 	struct pciio_bdf_cfgreg b;
 	uint32_t bar = h_cfg_read(H_DEV_VICTIM, 0x10);
 
@@ -589,7 +591,17 @@ case_n3_bdf_cfgwrite_claimed(void)
 	b.device = H_DEV_VICTIM;
 	REQUIRE_EQ(h_ioctl(fp, PCI_IOC_BDF_CFGREAD, &b), 0);
 	REQUIRE_EQ(b.cfgreg.val, bar);
+	/* Nor from another, unclaimed file, to the claimed function. */
+	other = xopen();
+	b.device = H_DEV_NIC;
+	b.cfgreg.val = 0xdead0000;
+	REQUIRE_EQ(h_ioctl(other, PCI_IOC_BDF_CFGWRITE, &b), EBUSY);
+	REQUIRE_EQ(h_cfg_read(H_DEV_NIC, 0x10), (uint32_t)H_BAR0_BASE | 4);
 	REQUIRE_EQ(h_close(fp), 0);
+	/* Once released, pci(4) writes it as before. */
+	b.cfgreg.reg = 0x40;
+	REQUIRE_EQ(h_ioctl(other, PCI_IOC_BDF_CFGWRITE, &b), 0);
+	REQUIRE_EQ(h_close(other), 0);
 }
 
 /* pci(4) ioctls on an unclaimed file are as before. */
@@ -946,6 +958,59 @@ static const struct {
 #undef C
 };
 
+/*
+ * harness -t: the kernel's answer to every DMA sync and DMA memory
+ * request of a table, one line each ("sync OPS LEN ERRNO", "dmamem
+ * PAGES ALIGN BOUNDARY MAXSEGS ERRNO"), for the TypeScript port's
+ * unit test to compare its own refusals with (ERRNO 0: accepted).
+ */
+static int
+table(void)
+{
+	static const uint64_t bounds[] = { 0, 1, 2, 4, 16 };
+	static const uint64_t aligns[] = { 0, 2, 8 };
+	static const uint32_t npages[] = { 1, 2, 3, 4, 5, 8, 16, 17 };
+	struct pciuser_dmamem_alloc a;
+	struct file *fp;
+	uint32_t map, ops, segs;
+	uint64_t len;
+	size_t p, b, al;
+	int error;
+
+	curcase = "table";
+	h_boot();
+	fp = xclaimed();
+	REQUIRE_EQ(dmamem(fp, 2 * PAGE_SIZE, 0, 0, &a), 0);
+	REQUIRE_EQ(dmamap(fp, 2 * PAGE_SIZE, 2, &map), 0);
+	REQUIRE_EQ(load(fp, map, a.pdm_id, 0, 2 * PAGE_SIZE), 0);
+	for (ops = 0; ops < 0x20; ops++)
+		for (len = 0; len < 3; len++)
+			printf("sync %u %ju %d\n", ops, (uintmax_t)len,
+			    sync_ops(fp, map, ops, 0, len));
+	REQUIRE_EQ(h_close(fp), 0);
+	fp = xclaimed();
+	for (p = 0; p < __arraycount(npages); p++)
+	for (al = 0; al < __arraycount(aligns); al++)
+	for (b = 0; b < __arraycount(bounds); b++)
+	for (segs = 1; segs <= 18; segs++) {
+		memset(&a, 0, sizeof(a));
+		a.pdm_size = npages[p] * PAGE_SIZE;
+		a.pdm_align = aligns[al] * PAGE_SIZE;
+		a.pdm_boundary = bounds[b] * PAGE_SIZE;
+		a.pdm_maxsegs = segs;
+		error = h_ioctl(fp, PCIUSER_IOC_DMAMEM_ALLOC, &a);
+		printf("dmamem %u %ju %ju %u %d\n", npages[p],
+		    (uintmax_t)a.pdm_align, (uintmax_t)a.pdm_boundary, segs,
+		    error);
+		if (error == 0)
+			REQUIRE_EQ(id_ioctl(fp, PCIUSER_IOC_DMAMEM_FREE,
+			    a.pdm_id), 0);
+	}
+	REQUIRE_EQ(h_close(fp), 0);
+	REQUIRE_EQ(h_leaked_pages, 0);
+	return 0;
+}
+
 static int
 run_one(size_t i)
 {
@@ -958,6 +1023,9 @@ run_one(size_t i)
 		fprintf(stderr, "FAIL %s: left behind:%s\n", curcase, buf);
 		return 1;
 	}
+	/* Leaks on purpose: not for LeakSanitizer to report at exit. */
+	if (expect_leaks)
+		_exit(0);
 	return 0;
 }
 
@@ -974,6 +1042,8 @@ main(int argc, char **argv)
 			printf("%s\n", cases[i].name);
 		return 0;
 	}
+	if (argc == 2 && strcmp(argv[1], "-t") == 0)
+		return table();
 	if (argc == 2 && strcmp(argv[1], "-a") == 0) {
 		for (i = 0; i < __arraycount(cases); i++) {
 			if ((pid = fork()) == 0)

@@ -1945,7 +1945,10 @@ h_open(int flags, struct file **fpp)
 	int error;
 
 	h_cloned = NULL;
+	/* cdev_open: pci_cdevsw is not D_MPSAFE. */
+	harness_kernel_lock();
 	error = pciuser_open(makedev(30, 0), flags, 0, curlwp);
+	harness_kernel_unlock();
 	*fpp = error ? NULL : h_cloned;
 	return error;
 }
