@@ -794,11 +794,11 @@ h_sysctl(const char *name, uint64_t *oldv, const uint64_t *newv)
  */
 struct hfunc {
 	bool		present;
-	uint8_t		cfg[PCI_EXTCONF_SIZE];
+	uint8_t		cfg[PCI_EXTCONF_SIZE] __attribute__((__aligned__(8)));
 	uint64_t	barsize[6];	/* 0: not implemented */
 	bool		sticky_master;
 };
-static uint8_t hnic_mem[6][H_BAR0_SIZE];	/* the NIC's BAR contents */
+static uint8_t hnic_mem[6][H_BAR0_SIZE] __attribute__((__aligned__(PAGE_SIZE)));	/* the NIC's BAR contents */
 static struct hfunc hfuncs[32];
 static struct pci_softc hsc;
 static struct device { int dummy; } hvictim_dev;
