@@ -14,6 +14,7 @@
  * nothing is left behind (h_shutdown_check).  Exit status 0 is a pass.
  */
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -924,6 +925,179 @@ case_open_races_detach(void)
 	REQUIRE_EQ(h_phys_pages, 0);
 }
 
+/*
+ * Self-tests of the stand-ins: each check the cases rely on must fire.
+ * The offending code runs in a child, which must die of the panic.
+ */
+static void
+expect_panic(void (*fn)(void), const char *what)
+{
+	int status;
+	pid_t pid;
+
+	if ((pid = fork()) == 0) {
+		/* The child's stderr is the panic message; keep it quiet. */
+		freopen("/dev/null", "w", stderr);
+		fn();
+		_exit(0);
+	}
+	REQUIRE(pid > 0);
+	REQUIRE_EQ(waitpid(pid, &status, 0), pid);
+	if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGABRT) {
+		fprintf(stderr, "FAIL %s: %s did not panic\n", curcase, what);
+		exit(1);
+	}
+}
+
+static kmutex_t st_a, st_b, st_spin;
+static kcondvar_t st_cv;
+
+static void
+st_init(void)
+{
+
+	mutex_init(&st_a, MUTEX_DEFAULT, IPL_NONE);
+	mutex_init(&st_b, MUTEX_DEFAULT, IPL_NONE);
+	mutex_init(&st_spin, MUTEX_DEFAULT, IPL_VM);
+	cv_init(&st_cv, "selftest");
+}
+
+static void
+st_order(void)
+{
+
+	mutex_enter(&st_a);
+	mutex_enter(&st_b);
+	mutex_exit(&st_b);
+	mutex_exit(&st_a);
+	mutex_enter(&st_b);
+	mutex_enter(&st_a);	/* reversal */
+}
+
+static void
+st_sleep_spin(void)
+{
+
+	mutex_spin_enter(&st_spin);
+	(void)kmem_alloc(16, KM_SLEEP);
+}
+
+static void
+st_cv_spin(void)
+{
+
+	mutex_spin_enter(&st_spin);
+	mutex_enter(&st_a);	/* adaptive under a spin lock */
+}
+
+static void
+st_recurse(void)
+{
+
+	mutex_enter(&st_a);
+	mutex_enter(&st_a);
+}
+
+static void
+st_kmem_size(void)
+{
+
+	kmem_free(kmem_alloc(16, KM_SLEEP), 32);
+}
+
+static void
+case_selftest_lockdebug(void)
+{
+
+	st_init();
+	expect_panic(st_order, "lock order reversal");
+	expect_panic(st_sleep_spin, "KM_SLEEP with a spin mutex held");
+	expect_panic(st_cv_spin, "adaptive mutex under a spin mutex");
+	expect_panic(st_recurse, "recursive mutex_enter");
+	expect_panic(st_kmem_size, "kmem_free with the wrong size");
+	mutex_destroy(&st_a);
+	mutex_destroy(&st_b);
+	mutex_destroy(&st_spin);
+	cv_destroy(&st_cv);
+}
+
+static struct pci_attach_args st_pa;
+static bus_dmamap_t st_map;
+
+static void
+st_loaded_map(void)
+{
+	bus_dma_segment_t seg;
+	void *kva;
+	int rsegs;
+
+	REQUIRE(pci_probe_device(NULL, pci_make_tag(NULL, 0, H_DEV_NIC, 0),
+	    NULL, &st_pa));
+	REQUIRE_EQ(bus_dmamem_alloc(st_pa.pa_dmat, PAGE_SIZE, PAGE_SIZE, 0,
+	    &seg, 1, &rsegs, BUS_DMA_NOWAIT), 0);
+	REQUIRE_EQ(bus_dmamem_map(st_pa.pa_dmat, &seg, 1, PAGE_SIZE, &kva,
+	    0), 0);
+	REQUIRE_EQ(bus_dmamap_create(st_pa.pa_dmat, PAGE_SIZE, 1, PAGE_SIZE,
+	    0, BUS_DMA_NOWAIT, &st_map), 0);
+	REQUIRE_EQ(bus_dmamap_load(st_pa.pa_dmat, st_map, kva, PAGE_SIZE,
+	    NULL, BUS_DMA_NOWAIT), 0);
+	bus_dmamap_sync(st_pa.pa_dmat, st_map, 0, PAGE_SIZE,
+	    BUS_DMASYNC_PREWRITE);
+}
+
+static void
+st_sync_mix(void)
+{
+
+	st_loaded_map();
+	bus_dmamap_sync(st_pa.pa_dmat, st_map, 0, PAGE_SIZE,
+	    BUS_DMASYNC_PREREAD | BUS_DMASYNC_POSTREAD);
+}
+
+static void
+st_sync_zero(void)
+{
+
+	st_loaded_map();
+	bus_dmamap_sync(st_pa.pa_dmat, st_map, 0, 0, BUS_DMASYNC_POSTREAD);
+}
+
+static void
+st_map_beyond(void)
+{
+	bus_space_handle_t h;
+
+	REQUIRE_EQ(bus_space_map(st_pa.pa_memt, H_BAR0_BASE, PAGE_SIZE, 0,
+	    &h), 0);
+	(void)bus_space_read_4(st_pa.pa_memt, h, PAGE_SIZE);
+}
+
+/* The x86 bus_dma behaviours the N2 and N4 cases rely on. */
+static void
+case_selftest_bus_dma(void)
+{
+	bus_dma_segment_t segs[2];
+	bus_space_handle_t h;
+	int rsegs;
+
+	expect_panic(st_sync_mix, "bus_dmamap_sync PRE|POST");
+	expect_panic(st_sync_zero, "bus_dmamap_sync of zero bytes");
+	REQUIRE(pci_probe_device(NULL, pci_make_tag(NULL, 0, H_DEV_NIC, 0),
+	    NULL, &st_pa));
+	expect_panic(st_map_beyond, "bus_space_read past the mapping");
+	/* 4 pages split at a 1-page boundary into 2 segments: EFBIG, lost. */
+	REQUIRE_EQ(bus_dmamem_alloc(st_pa.pa_dmat, 4 * PAGE_SIZE, PAGE_SIZE,
+	    PAGE_SIZE, segs, 2, &rsegs, BUS_DMA_NOWAIT), EFBIG);
+	REQUIRE_EQ(h_leaked_pages, 4);
+	REQUIRE_EQ(h_phys_pages, 4);
+	/* An extent: a range has one owner. */
+	REQUIRE_EQ(bus_space_map(st_pa.pa_memt, H_BAR0_BASE, PAGE_SIZE, 0,
+	    &h), 0);
+	REQUIRE_EQ(bus_space_map(st_pa.pa_memt, H_BAR0_BASE + PAGE_SIZE - 4,
+	    8, 0, &segs[0].ds_addr), EBUSY);
+	bus_space_unmap(st_pa.pa_memt, h, PAGE_SIZE);
+}
+
 static const struct {
 	const char	*name;
 	void		(*fn)(void);
@@ -955,6 +1129,8 @@ static const struct {
 	C(n2_sync_zero_length),
 	C(n3_bdf_cfgwrite_claimed),
 	C(n4_efbig_leak),
+	C(selftest_lockdebug),
+	C(selftest_bus_dma),
 #undef C
 };
 
