@@ -849,6 +849,23 @@ case_detach_during_use(void)
 	REQUIRE_EQ(h_open(FREAD | FWRITE, &fp), ENXIO);
 }
 
+/* A BAR mapping that outlives its file holds off a non-forced detach. */
+static void
+case_detach_not_forced_with_mapping(void)
+{
+	struct file *fp = xclaimed();
+	struct uvm_object *uo;
+	uint64_t pa;
+
+	REQUIRE_EQ(h_mmap(fp, PCIUSER_MMAP_BAR(0), PAGE_SIZE, VM_PROT_READ,
+	    MAP_SHARED, &uo), 0);
+	REQUIRE_EQ(h_close(fp), 0);
+	REQUIRE_EQ(h_detach(0), EBUSY);
+	REQUIRE_EQ(h_fault(uo, PCIUSER_MMAP_BAR(0), VM_PROT_READ, &pa), 0);
+	h_munmap(uo);
+	REQUIRE_EQ(h_detach(0), 0);
+}
+
 /* Two openers race for one function: exactly one wins each round. */
 static pthread_barrier_t race_barrier;
 static int race_wins[2];
@@ -1122,6 +1139,7 @@ static const struct {
 	C(close_dma_sticky_master),
 	C(dmamem_free_while_master),
 	C(detach_during_use),
+	C(detach_not_forced_with_mapping),
 	C(two_openers_race),
 	C(open_races_detach),
 	C(n1_msix_establish),

@@ -2775,14 +2775,24 @@ pciuser_close(struct file *fp)
 	return 0;
 }
 
+/*
+ * Whether a claim holds the bus: a file's, or one that outlives its file
+ * in BAR mappings (a non-forced detach must not pull those pages away
+ * from a process; issue 24).
+ */
 static bool
 pciuser_bus_claimed(struct pciuser_bus *pb)
 {
+	struct pciuser_claimrec *c;
 	struct pciuser_file *pf;
 
 	KASSERT(mutex_owned(&pciuser_lock));
 	LIST_FOREACH(pf, &pb->pb_files, pf_entry) {
 		if (pf->pf_claim != NULL)
+			return true;
+	}
+	LIST_FOREACH(c, &pciuser_claims, c_entry) {
+		if (c->c_sc == pb->pb_sc)
 			return true;
 	}
 	return false;
