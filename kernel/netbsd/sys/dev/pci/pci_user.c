@@ -200,7 +200,8 @@ struct pciuser_dmamem {
 	bus_dma_segment_t	*m_segs;
 	int			m_maxsegs;
 	int			m_nsegs;
-	bus_size_t		m_size;		/* charged, see pciuser_charge */
+	bus_size_t		m_size;		/* bytes of DMA memory */
+	uint64_t		m_charge;	/* m_size + kernel metadata */
 	void			*m_kva;
 	int			m_mapflags;	/* for bus_dmamem_mmap */
 	u_int			m_loads;	/* dmamaps loaded from it */
@@ -214,7 +215,7 @@ struct pciuser_dmamap {
 	bool			d_subtag;
 	bus_dmamap_t		d_map;
 	uint32_t		d_nsegments;
-	bus_size_t		d_charge;	/* round_page(maxsize) */
+	uint64_t		d_charge;	/* round_page(maxsize) + metadata */
 	struct pciuser_dmamem	*d_mem;		/* loaded from, or NULL */
 };
 
@@ -768,11 +769,11 @@ pciuser_mem_free(struct pciuser_dmamem *m)
 	if (m->m_pf != NULL) {
 		LIST_REMOVE(m, m_entry);	/* pf_orphans */
 		if (!m->m_leaked)
-			m->m_pf->pf_dma_bytes -= m->m_size;
+			m->m_pf->pf_dma_bytes -= m->m_charge;
 		m->m_pf = NULL;
 	}
 	if (!m->m_leaked)
-		pciuser_dma_total -= m->m_size;
+		pciuser_dma_total -= m->m_charge;
 	mutex_exit(&pciuser_lock);
 	if (m->m_leaked) {
 		/* The device may still write it: never reuse the pages. */
@@ -1950,7 +1951,7 @@ pciuser_dmamem_alloc(struct pciuser_file *pf, struct pciuser_dmamem_alloc *a)
 	struct pciuser_claimrec *c = pf->pf_claim;
 	struct pciuser_dmamem *m;
 	bus_size_t size, align;
-	uint64_t pages;
+	uint64_t pages, charge;
 	int error, maxsegs, flags;
 
 	KASSERT(pf->pf_busy);
@@ -1983,7 +1984,9 @@ pciuser_dmamem_alloc(struct pciuser_file *pf, struct pciuser_dmamem_alloc *a)
 		return EINVAL;
 	if (pf->pf_nextmem > PCIUSER_DMAMEM_ID_MAX)
 		return ENOSPC;
-	error = pciuser_charge(pf, size);
+	/* The pages, and the kernel memory that describes them. */
+	charge = size + sizeof(*m) + (uint64_t)maxsegs * sizeof(m->m_segs[0]);
+	error = pciuser_charge(pf, charge);
 	if (error)
 		return error;
 
@@ -1992,6 +1995,7 @@ pciuser_dmamem_alloc(struct pciuser_file *pf, struct pciuser_dmamem_alloc *a)
 	m->m_maxsegs = maxsegs;
 	m->m_segs = kmem_zalloc(maxsegs * sizeof(m->m_segs[0]), KM_SLEEP);
 	m->m_size = size;
+	m->m_charge = charge;
 	error = pciuser_dmatag(c, a->pdm_maxaddr, a->pdm_flags, &m->m_dmat,
 	    &m->m_subtag);
 	if (error)
@@ -2007,8 +2011,8 @@ pciuser_dmamem_alloc(struct pciuser_file *pf, struct pciuser_dmamem_alloc *a)
 		 * file to the global total for good) rather than refunded:
 		 * dma_total_max still bounds what can be lost.
 		 */
-		pciuser_charge_lost(pf, size);
-		size = 0;
+		pciuser_charge_lost(pf, charge);
+		charge = 0;
 	}
 	if (error)
 		goto fail1;
@@ -2040,8 +2044,8 @@ fail1:	if (m->m_subtag)
 		bus_dmatag_destroy(m->m_dmat);
 fail0:	kmem_free(m->m_segs, maxsegs * sizeof(m->m_segs[0]));
 	kmem_free(m, sizeof(*m));
-	if (size != 0)
-		pciuser_uncharge(pf, size);
+	if (charge != 0)
+		pciuser_uncharge(pf, charge);
 	return error;
 }
 
@@ -2074,7 +2078,8 @@ pciuser_dmamap_create(struct pciuser_file *pf,
 {
 	struct pciuser_claimrec *c = pf->pf_claim;
 	struct pciuser_dmamap *d;
-	bus_size_t charge, maxsegsz;
+	bus_size_t maxsegsz;
+	uint64_t charge;
 	int error;
 
 	KASSERT(pf->pf_busy);
@@ -2087,7 +2092,13 @@ pciuser_dmamap_create(struct pciuser_file *pf,
 		return ENOSPC;
 	/* No segment is longer than the map: clamp before bus_size_t. */
 	maxsegsz = (bus_size_t)MIN(a->pdc_maxsegsz, a->pdc_maxsize);
-	charge = round_page((bus_size_t)a->pdc_maxsize);
+	/*
+	 * The bounce buffer bus_dma may give the map, and the kernel memory
+	 * that describes it: our mirror and the map's segment array, which
+	 * can be far larger than a small map's pages.
+	 */
+	charge = round_page((uint64_t)a->pdc_maxsize) + sizeof(*d) +
+	    (uint64_t)a->pdc_nsegments * sizeof(bus_dma_segment_t);
 	error = pciuser_charge(pf, charge);
 	if (error)
 		return error;
