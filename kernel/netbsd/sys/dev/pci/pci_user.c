@@ -200,7 +200,7 @@ struct pciuser_dmamem {
 	bus_dma_segment_t	*m_segs;
 	int			m_maxsegs;
 	int			m_nsegs;
-	bus_size_t		m_size;		/* bytes of DMA memory */
+	bus_size_t		m_size;		/* bytes of memory */
 	uint64_t		m_charge;	/* m_size + kernel metadata */
 	void			*m_kva;
 	int			m_mapflags;	/* for bus_dmamem_mmap */
@@ -215,7 +215,7 @@ struct pciuser_dmamap {
 	bool			d_subtag;
 	bus_dmamap_t		d_map;
 	uint32_t		d_nsegments;
-	uint64_t		d_charge;	/* round_page(maxsize) + metadata */
+	uint64_t		d_charge;	/* maxsize + metadata */
 	struct pciuser_dmamem	*d_mem;		/* loaded from, or NULL */
 };
 
@@ -2356,8 +2356,9 @@ pciuser_pci_ioctl_ok(struct pciuser_file *pf, u_long cmd, void *data)
 	if (cmd != PCI_IOC_BDF_CFGWRITE)
 		return 0;
 	mutex_enter(&pciuser_lock);
+	/* c_sc, c_device, c_function are set before a claim is listed. */
 	LIST_FOREACH(c, &pciuser_claims, c_entry) {
-		if (c->c_pa.pa_bus == bdfr->bus &&
+		if ((u_int)c->c_sc->sc_bus == bdfr->bus &&
 		    (u_int)c->c_device == bdfr->device &&
 		    (u_int)c->c_function == bdfr->function)
 			error = EBUSY;
