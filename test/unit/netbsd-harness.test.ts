@@ -65,10 +65,11 @@ if (missing !== undefined) {
       t.fail(buildError);
     });
   } else {
-    const cases = execFileSync(binary, ['-l'], { encoding: 'utf8' }).trim().split('\n');
+    // "name" or "name xfail": a known gap (DESIGN.md), reported as a known failure.
+    const cases = execFileSync(binary, ['-l'], { encoding: 'utf8' }).trim().split('\n').map((l) => l.split(' ') as [string, string?]);
     const env = { ...process.env, ASAN_OPTIONS: 'abort_on_error=0:detect_leaks=1', UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1' };
-    for (const name of cases) {
-      test(`pci_user.c: ${name}`, async (t) => {
+    for (const [name, xfail] of cases) {
+      (xfail === 'xfail' ? test.failing : test)(`pci_user.c: ${name}${xfail === 'xfail' ? ' (known gap, expected to fail)' : ''}`, async (t) => {
         try {
           await run(binary, [name], { env, timeout: 50_000, maxBuffer: 1 << 24 });
           t.pass();

@@ -1126,11 +1126,40 @@ case_selftest_bus_dma(void)
 	bus_space_unmap(st_pa.pa_memt, h, PAGE_SIZE);
 }
 
+/*
+ * KNOWN TO FAIL (DESIGN.md, Known gaps): an open in the window after
+ * pciuser_detach() while pcidetach() sleeps detaching children.  It
+ * must fail with ENXIO and leave nothing behind; today it makes a new
+ * bus record for the dying bus.
+ */
+static int window_error = -1;
+
+static void
+window_open(void)
+{
+	struct file *fp;
+
+	window_error = h_open(FREAD | FWRITE, &fp);
+	if (window_error == 0)
+		REQUIRE_EQ(h_close(fp), 0);
+}
+
+static void
+case_open_in_detach_window(void)
+{
+
+	h_detach_window = window_open;
+	REQUIRE_EQ(h_detach(DETACH_FORCE), 0);
+	REQUIRE_EQ(window_error, ENXIO);
+}
+
 static const struct {
 	const char	*name;
 	void		(*fn)(void);
+	bool		xfail;		/* a known gap: expected to fail */
 } cases[] = {
-#define	C(n)	{ #n, case_##n }
+#define	C(n)	{ #n, case_##n, false }
+#define	XFAIL(n)	{ #n, case_##n, true }
 	C(open_close),
 	C(ioc_claim),
 	C(ioc_cfgread),
@@ -1160,7 +1189,9 @@ static const struct {
 	C(n4_efbig_leak),
 	C(selftest_lockdebug),
 	C(selftest_bus_dma),
+	XFAIL(open_in_detach_window),
 #undef C
+#undef XFAIL
 };
 
 /*
@@ -1244,7 +1275,8 @@ main(int argc, char **argv)
 	setvbuf(stdout, NULL, _IONBF, 0);
 	if (argc == 2 && strcmp(argv[1], "-l") == 0) {
 		for (i = 0; i < __arraycount(cases); i++)
-			printf("%s\n", cases[i].name);
+			printf("%s%s\n", cases[i].name,
+			    cases[i].xfail ? " xfail" : "");
 		return 0;
 	}
 	if (argc == 2 && strcmp(argv[1], "-t") == 0)
@@ -1254,7 +1286,16 @@ main(int argc, char **argv)
 			if ((pid = fork()) == 0)
 				_exit(run_one(i));
 			waitpid(pid, &status, 0);
-			if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+			if (cases[i].xfail) {
+				if (WIFEXITED(status) &&
+				    WEXITSTATUS(status) == 0) {
+					printf("XPASS %s (known gap fixed? "
+					    "drop its XFAIL)\n", cases[i].name);
+					failed++;
+				} else
+					printf("xfail %s (known gap)\n",
+					    cases[i].name);
+			} else if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
 				printf("ok   %s\n", cases[i].name);
 			else {
 				printf("FAIL %s (%s %d)\n", cases[i].name,

@@ -61,6 +61,8 @@ extern long	h_freed_while_master;	/* dmamem freed, device mastering */
 extern long	h_msix_maps;		/* msipic's MSI-X table mappings */
 extern long	h_softints_run;
 extern int	h_pmap_fail;		/* pmap_enter fails this many times */
+/* Run by h_detach after pciuser_detach, kernel lock released. */
+extern void	(*h_detach_window)(void);
 
 /* For two-thread cases. */
 void	h_thread_begin(void);

@@ -44,6 +44,7 @@ long	h_freed_while_master;
 long	h_msix_maps;
 long	h_softints_run;
 int	h_pmap_fail;
+void	(*h_detach_window)(void);
 
 static pthread_mutex_t hglobal = PTHREAD_MUTEX_INITIALIZER;
 
@@ -2090,6 +2091,16 @@ h_detach(int flags)
 
 	harness_kernel_lock();
 	error = pciuser_detach(&hsc, flags);
+	if (error == 0 && h_detach_window != NULL) {
+		/*
+		 * pcidetach() goes on to detach the bus's children, which
+		 * may sleep and so let the kernel lock go, while the bus's
+		 * softc can still be looked up.
+		 */
+		harness_kernel_unlock();
+		h_detach_window();
+		harness_kernel_lock();
+	}
 	if (error == 0)
 		hsc_attached = false;
 	harness_kernel_unlock();
