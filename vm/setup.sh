@@ -21,7 +21,9 @@ MODULES=(
 )
 
 # nbd-client and fio run in the guest from the shared root (the NBD export test, bench:nvme).
-APT_PACKAGES=(qemu-system-x86 busybox-static cpio gzip xz-utils clang nbd-client fio)
+# libclang-rt-14-dev: clang's ASan/UBSan runtimes, for the NetBSD kernel harness
+# (test/unit/netbsd-harness.test.ts builds kernel/netbsd/harness with them).
+APT_PACKAGES=(qemu-system-x86 busybox-static cpio gzip xz-utils clang libclang-rt-14-dev nbd-client fio)
 
 say() { echo "vm/setup: $*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -45,6 +47,8 @@ ensure_host_tools() {
   command -v xz >/dev/null || missing+=(xz-utils)
   # The unit suite compiles NetBSD's ABI for x86_64-unknown-netbsd.
   command -v clang >/dev/null || missing+=(clang)
+  [[ "$(dpkg-query -W -f='${Status}' libclang-rt-14-dev 2>/dev/null)" == "install ok installed" ]] \
+    || missing+=(libclang-rt-14-dev)
   [[ -x /usr/sbin/nbd-client || -x /sbin/nbd-client ]] || missing+=(nbd-client)
   command -v fio >/dev/null || missing+=(fio)
   [[ ${#missing[@]} -eq 0 ]] && return

@@ -59,16 +59,50 @@ export function dmaRequest(size: number, constraints: DmaConstraints): DmaReques
   if (boundary !== 0n && boundary < BigInt(rounded) && maxSegments === 1) {
     throw new UpciError('OUT_OF_RANGE', `${rounded} bytes in one segment cannot stay within a ${boundary}-byte boundary`, 'allow more segments or allocate less');
   }
+  // x86 bus_dmamem_alloc splits one contiguous run at each boundary and
+  // returns EFBIG (losing the pages) past maxsegs; the kernel refuses every
+  // request that could need more segments than given (issue 24, N4).
+  const pages = rounded / PAGE_SIZE;
+  const segments = Math.min(maxSegments, pages, abi.PCIUSER_DMA_MAXSEGS);
+  if (boundary !== 0n && boundary < BigInt(rounded)) {
+    const align = alignment < BigInt(PAGE_SIZE) ? BigInt(PAGE_SIZE) : alignment;
+    const need = Math.min(pages, Number((BigInt(rounded) + boundary - 1n) / boundary) + (align < boundary ? 1 : 0));
+    if (segments < need) {
+      throw new UpciError('OUT_OF_RANGE', `${rounded} bytes within a ${boundary}-byte boundary may need ${need} segments; ${segments} allowed`, 'allow more segments or allocate less');
+    }
+  }
   if (addressLimit < DMA_ADDRESS_LIMIT_MIN) {
     throw new UpciError('OUT_OF_RANGE', `pciuser(4) needs a device that reaches bus addresses up to at least 0x${DMA_ADDRESS_LIMIT_MIN.toString(16)}; this one reaches 0x${addressLimit.toString(16)}`);
   }
   return {
     size: rounded,
-    maxSegments: Math.min(maxSegments, rounded / PAGE_SIZE, abi.PCIUSER_DMA_MAXSEGS),
+    maxSegments: segments,
     maxaddr: addressLimit >= U64_MAX ? 0n : addressLimit,
     alignment,
     boundary,
   };
+}
+
+const SYNC_PRE = abi.PCIUSER_SYNC_PREREAD | abi.PCIUSER_SYNC_PREWRITE;
+const SYNC_POST = abi.PCIUSER_SYNC_POSTREAD | abi.PCIUSER_SYNC_POSTWRITE;
+
+/**
+ * pciuser_dmamap_sync()'s checks of the values alone (issue 24, N2): some
+ * PRE or some POST operations but not both (x86 bus_dmamap_sync panics on
+ * the mix), nothing else, and a length of at least a byte (a zero length
+ * panics the ports that check). The range against the loaded map is the
+ * kernel's to check.
+ */
+export function syncRequest(ops: number, offset: number, length: number): void {
+  if (!Number.isInteger(ops) || ops <= 0 || (ops & ~(SYNC_PRE | SYNC_POST)) !== 0) {
+    throw new UpciError('OUT_OF_RANGE', `DMA sync operations 0x${ops.toString(16)}: only PREREAD, PREWRITE, POSTREAD and POSTWRITE, at least one`);
+  }
+  if ((ops & SYNC_PRE) !== 0 && (ops & SYNC_POST) !== 0) {
+    throw new UpciError('OUT_OF_RANGE', `DMA sync operations 0x${ops.toString(16)} mix PRE and POST`, 'sync PRE before the device runs and POST after, in two calls');
+  }
+  if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 1) {
+    throw new UpciError('OUT_OF_RANGE', `DMA sync of ${length} bytes at ${offset}: at least one byte at a non-negative offset`);
+  }
 }
 
 /** A range of a BAR that belongs to the kernel (MSI-X table or PBA). */

@@ -22,7 +22,7 @@ import type {
   DeviceFile, DmaAccess, DmaBusSegment, DmaConstraints, DmaDomain, DmaMapping, IrqInfo, IrqKind, IrqSource, KernelPort, MmapSource, RegionInfo, RegionKind,
 } from '../port.js';
 import * as abi from './pciuser-abi.js';
-import { barMmapAreas, dmaRequest, PAGE_SIZE, touchesHole, type BarHole, type DmaRequest } from './pciuser-limits.js';
+import { barMmapAreas, dmaRequest, PAGE_SIZE, syncRequest, touchesHole, type BarHole, type DmaRequest } from './pciuser-limits.js';
 import { RegionDevice, RegionTable } from '../region-table.js';
 import * as nb from './libc.js';
 
@@ -193,6 +193,7 @@ export class NetbsdDma implements DmaDomain {
   /** bus_dmamap_sync; DmaSync's values are BUS_DMASYNC_*'s, which PCIUSER_SYNC_* repeat. */
   sync(allocation: DmaMapping, ops: number, offset: number, length: number): void {
     this.live();
+    syncRequest(ops, offset, length);
     const { map } = allocation as NetbsdAllocation;
     const arg = abi.pciuserDmamapSync.encode({ pds_map: map, pds_ops: ops, pds_offset: BigInt(offset), pds_len: BigInt(length) });
     nb.ioctlBuffer(this.fd, abi.ioctls.PCIUSER_IOC_DMAMAP_SYNC, arg, `PCIUSER_IOC_DMAMAP_SYNC map ${map}`);

@@ -12,7 +12,7 @@ import type { DmaConstraints } from '../../kernel/port.js';
 import { parsePciAddress } from '../../kernel/pci-address.js';
 import * as nb from '../../kernel/netbsd/libc.js';
 import * as abi from '../../kernel/netbsd/pciuser-abi.js';
-import { barMmapAreas, DMA_ADDRESS_LIMIT_MIN, DMA_SIZE_MAX, dmaRequest, PAGE_SIZE, touchesHole } from '../../kernel/netbsd/pciuser-limits.js';
+import { barMmapAreas, DMA_ADDRESS_LIMIT_MIN, DMA_SIZE_MAX, dmaRequest, PAGE_SIZE, syncRequest, touchesHole } from '../../kernel/netbsd/pciuser-limits.js';
 import { dmaError, NetbsdDevice } from '../../kernel/netbsd/pciuser.js';
 
 const U64_MAX = (1n << 64n) - 1n;
@@ -45,7 +45,22 @@ test('DMA in one segment must fit inside its boundary', (t) => {
   const one = { ...anyDevice, maxSegments: 1, boundary: 0x10000n };
   t.is(dmaRequest(0x10000, one).maxSegments, 1);
   refuses(t, () => dmaRequest(0x10001, one), /cannot stay within a 65536-byte boundary/);
-  t.is(dmaRequest(0x10001, { ...one, maxSegments: 2 }).maxSegments, 2);
+  // x86 splits one run at each boundary it crosses: 17 pages, not aligned to
+  // the boundary, may touch three 64 KiB windows (issue 24, N4: EFBIG there
+  // loses the pages, so the kernel refuses up front).
+  refuses(t, () => dmaRequest(0x10001, { ...one, maxSegments: 2 }), /may need 3 segments; 2 allowed/);
+  t.is(dmaRequest(0x10001, { ...one, maxSegments: 3 }).maxSegments, 3);
+  t.is(dmaRequest(0x10001, { ...one, maxSegments: 2, alignment: 0x10000n }).maxSegments, 2);
+});
+
+test('DMA sync: PRE or POST operations, not both, and at least one byte (issue 24, N2)', (t) => {
+  const { PCIUSER_SYNC_PREREAD: PRR, PCIUSER_SYNC_POSTREAD: POR, PCIUSER_SYNC_PREWRITE: PRW, PCIUSER_SYNC_POSTWRITE: POW } = abi;
+  for (const ok of [PRR, PRW, PRR | PRW, POR, POW, POR | POW]) t.notThrows(() => syncRequest(ok, 0, 1));
+  for (const mixed of [PRR | POR, PRW | POW, PRR | POW, PRW | POR, 0xf]) refuses(t, () => syncRequest(mixed, 0, 1), /mix PRE and POST/);
+  refuses(t, () => syncRequest(0, 0, 1), /at least one/);
+  refuses(t, () => syncRequest(0x10, 0, 1), /only PREREAD/);
+  refuses(t, () => syncRequest(PRW, 0, 0), /at least one byte/);
+  refuses(t, () => syncRequest(PRW, -1, 1), /non-negative/);
 });
 
 test('DMA alignment is 0 or a power of two', (t) => {

@@ -135,8 +135,16 @@ struct pciuser_barstate {
 	int			b_mapflags;	/* BUS_SPACE_MAP_* */
 	uint32_t		b_uflags;	/* PCIUSER_BAR_* */
 	bus_space_tag_t		b_tag;
-	bus_space_handle_t	b_handle;	/* mapped (reserved) at claim */
-	bool			b_mapped;
+	/*
+	 * Reserved at claim with bus_space_map(9): [0, b_gap_lo) through
+	 * b_handle[0] and [b_gap_hi, b_size) through b_handle[1].  The gap
+	 * is the MSI-X table, which x86 msipic maps itself when MSI-X
+	 * vectors are allocated (no gap: both are b_size).
+	 */
+	bus_space_handle_t	b_handle[2];
+	bool			b_hmapped[2];
+	bus_size_t		b_gap_lo, b_gap_hi;
+	bool			b_mapped;	/* reserved */
 	/* Kernel-owned ranges (MSI-X table, PBA): [off, off + size). */
 	uint64_t		b_hole_off[2];
 	uint64_t		b_hole_size[2];
@@ -192,7 +200,8 @@ struct pciuser_dmamem {
 	bus_dma_segment_t	*m_segs;
 	int			m_maxsegs;
 	int			m_nsegs;
-	bus_size_t		m_size;		/* charged, see pciuser_charge */
+	bus_size_t		m_size;		/* bytes of memory */
+	uint64_t		m_charge;	/* m_size + kernel metadata */
 	void			*m_kva;
 	int			m_mapflags;	/* for bus_dmamem_mmap */
 	u_int			m_loads;	/* dmamaps loaded from it */
@@ -206,7 +215,7 @@ struct pciuser_dmamap {
 	bool			d_subtag;
 	bus_dmamap_t		d_map;
 	uint32_t		d_nsegments;
-	bus_size_t		d_charge;	/* round_page(maxsize) */
+	uint64_t		d_charge;	/* maxsize + metadata */
 	struct pciuser_dmamem	*d_mem;		/* loaded from, or NULL */
 };
 
@@ -434,6 +443,22 @@ pciuser_uncharge(struct pciuser_file *pf, uint64_t bytes)
 	pf->pf_dma_bytes -= bytes;
 	pciuser_dma_total -= bytes;
 	mutex_exit(&pciuser_lock);
+}
+
+/*
+ * Memory that bus_dma may have lost: no longer the file's, but held in
+ * the global total for good.
+ */
+static void
+pciuser_charge_lost(struct pciuser_file *pf, uint64_t bytes)
+{
+
+	mutex_enter(&pciuser_lock);
+	KASSERT(pf->pf_dma_bytes >= bytes);
+	pf->pf_dma_bytes -= bytes;
+	mutex_exit(&pciuser_lock);
+	printf("pciuser: bus_dmamem_alloc failed with EFBIG; %ju bytes "
+	    "counted as lost\n", (uintmax_t)bytes);
 }
 
 /*
@@ -698,8 +723,12 @@ pciuser_bars_unmap(struct pciuser_claimrec *c)
 
 	for (i = 0; i < PCIUSER_MAXBARS; i++) {
 		b = &c->c_bar[i];
-		if (b->b_mapped)
-			bus_space_unmap(b->b_tag, b->b_handle, b->b_size);
+		if (b->b_hmapped[0])
+			bus_space_unmap(b->b_tag, b->b_handle[0], b->b_gap_lo);
+		if (b->b_hmapped[1])
+			bus_space_unmap(b->b_tag, b->b_handle[1],
+			    b->b_size - b->b_gap_hi);
+		b->b_hmapped[0] = b->b_hmapped[1] = false;
 		b->b_mapped = false;
 	}
 }
@@ -740,11 +769,11 @@ pciuser_mem_free(struct pciuser_dmamem *m)
 	if (m->m_pf != NULL) {
 		LIST_REMOVE(m, m_entry);	/* pf_orphans */
 		if (!m->m_leaked)
-			m->m_pf->pf_dma_bytes -= m->m_size;
+			m->m_pf->pf_dma_bytes -= m->m_charge;
 		m->m_pf = NULL;
 	}
 	if (!m->m_leaked)
-		pciuser_dma_total -= m->m_size;
+		pciuser_dma_total -= m->m_charge;
 	mutex_exit(&pciuser_lock);
 	if (m->m_leaked) {
 		/* The device may still write it: never reuse the pages. */
@@ -976,20 +1005,43 @@ pciuser_probe_bars(struct pciuser_claimrec *c)
 /*
  * Reserve the BARs (bus_space_map(9) takes the range in the bus's
  * extent, so no other driver can map it while the claim lasts) and
- * decide which may be mmapped.
+ * decide which may be mmapped.  The MSI-X table is left out: when the
+ * process establishes MSI-X, x86's msipic maps the table through the
+ * same extent, and would fail on a range we hold (issue 24, N1).  The
+ * table stays the kernel's all the same: pciuser_bar_hole() keeps PIO
+ * and mmap off it.
  */
 static int
 pciuser_reserve_bars(struct pciuser_claimrec *c)
 {
 	struct pciuser_barstate *b;
+	uint64_t lo, hi;
 	int i, error;
 
 	for (i = 0; i < PCIUSER_MAXBARS; i++) {
 		b = &c->c_bar[i];
 		if (b->b_size == 0 || (b->b_uflags & PCIUSER_BAR_UNASSIGNED))
 			continue;
-		error = bus_space_map(b->b_tag, b->b_base, b->b_size,
-		    b->b_mapflags, &b->b_handle);
+		lo = hi = b->b_size;
+		if (b->b_hole_size[0] != 0 && b->b_hole_off[0] < b->b_size) {
+			lo = b->b_hole_off[0];
+			hi = MIN(lo + b->b_hole_size[0], (uint64_t)b->b_size);
+		}
+		/* Both at most b_size, so they fit bus_size_t. */
+		b->b_gap_lo = (bus_size_t)lo;
+		b->b_gap_hi = (bus_size_t)hi;
+		error = 0;
+		if (b->b_gap_lo != 0) {
+			error = bus_space_map(b->b_tag, b->b_base, b->b_gap_lo,
+			    b->b_mapflags, &b->b_handle[0]);
+			b->b_hmapped[0] = error == 0;
+		}
+		if (error == 0 && b->b_gap_hi < b->b_size) {
+			error = bus_space_map(b->b_tag, b->b_base + b->b_gap_hi,
+			    b->b_size - b->b_gap_hi, b->b_mapflags,
+			    &b->b_handle[1]);
+			b->b_hmapped[1] = error == 0;
+		}
 		if (error) {
 			pciuser_bars_unmap(c);
 			return EBUSY;
@@ -1356,21 +1408,38 @@ pciuser_bar_check(struct pciuser_claimrec *c, uint32_t bar, uint32_t width,
 	return 0;
 }
 
+/*
+ * The reservation that holds BAR offset off, and off within it.  The
+ * access was checked by pciuser_bar_check(): it does not meet the
+ * MSI-X table, so it lies wholly on one side of the gap.
+ */
+static bus_space_handle_t
+pciuser_bar_handle(struct pciuser_barstate *b, bus_size_t *offp)
+{
+
+	if (*offp < b->b_gap_lo)
+		return b->b_handle[0];
+	KASSERT(*offp >= b->b_gap_hi && b->b_hmapped[1]);
+	*offp -= b->b_gap_hi;
+	return b->b_handle[1];
+}
+
 /* off was checked against the BAR by pciuser_bar_check(). */
 static uint64_t
 pciuser_bar_read(struct pciuser_barstate *b, uint32_t width, bus_size_t off)
 {
+	bus_space_handle_t h = pciuser_bar_handle(b, &off);
 
 	switch (width) {
 	case 1:
-		return bus_space_read_1(b->b_tag, b->b_handle, off);
+		return bus_space_read_1(b->b_tag, h, off);
 	case 2:
-		return bus_space_read_2(b->b_tag, b->b_handle, off);
+		return bus_space_read_2(b->b_tag, h, off);
 	case 4:
-		return bus_space_read_4(b->b_tag, b->b_handle, off);
+		return bus_space_read_4(b->b_tag, h, off);
 #ifdef _LP64
 	case 8:
-		return bus_space_read_8(b->b_tag, b->b_handle, off);
+		return bus_space_read_8(b->b_tag, h, off);
 #endif
 	}
 	return ~(uint64_t)0;
@@ -1380,20 +1449,21 @@ static void
 pciuser_bar_write(struct pciuser_barstate *b, uint32_t width, bus_size_t off,
     uint64_t val)
 {
+	bus_space_handle_t h = pciuser_bar_handle(b, &off);
 
 	switch (width) {
 	case 1:
-		bus_space_write_1(b->b_tag, b->b_handle, off, (uint8_t)val);
+		bus_space_write_1(b->b_tag, h, off, (uint8_t)val);
 		break;
 	case 2:
-		bus_space_write_2(b->b_tag, b->b_handle, off, (uint16_t)val);
+		bus_space_write_2(b->b_tag, h, off, (uint16_t)val);
 		break;
 	case 4:
-		bus_space_write_4(b->b_tag, b->b_handle, off, (uint32_t)val);
+		bus_space_write_4(b->b_tag, h, off, (uint32_t)val);
 		break;
 #ifdef _LP64
 	case 8:
-		bus_space_write_8(b->b_tag, b->b_handle, off, val);
+		bus_space_write_8(b->b_tag, h, off, val);
 		break;
 #endif
 	}
@@ -1881,7 +1951,7 @@ pciuser_dmamem_alloc(struct pciuser_file *pf, struct pciuser_dmamem_alloc *a)
 	struct pciuser_claimrec *c = pf->pf_claim;
 	struct pciuser_dmamem *m;
 	bus_size_t size, align;
-	uint64_t pages;
+	uint64_t pages, charge;
 	int error, maxsegs, flags;
 
 	KASSERT(pf->pf_busy);
@@ -1897,16 +1967,26 @@ pciuser_dmamem_alloc(struct pciuser_file *pf, struct pciuser_dmamem_alloc *a)
 	size = round_page((bus_size_t)a->pdm_size);
 	/* Checked above: align and boundary fit bus_size_t (ILP32 too). */
 	align = a->pdm_align < PAGE_SIZE ? PAGE_SIZE : (bus_size_t)a->pdm_align;
-	if (a->pdm_boundary != 0 && a->pdm_boundary < size &&
-	    a->pdm_maxsegs == 1)
-		return EINVAL;	/* one segment cannot cross the boundary */
 	pages = size / PAGE_SIZE;
 	maxsegs = a->pdm_maxsegs;	/* <= PCIUSER_DMA_MAXSEGS */
 	if (maxsegs == 0 || (uint64_t)maxsegs > pages)
 		maxsegs = (int)MIN(pages, (uint64_t)PCIUSER_DMA_MAXSEGS);
+	/*
+	 * With a boundary below the size, x86 bus_dmamem_alloc takes one
+	 * contiguous run (aligned to align) and splits it at each
+	 * boundary; if that needs more than maxsegs segments it returns
+	 * EFBIG without freeing the pages (issue 24, N4).  Refuse every
+	 * request that could need more, so that the path is unreachable.
+	 */
+	if (a->pdm_boundary != 0 && a->pdm_boundary < size &&
+	    (uint64_t)maxsegs < MIN(pages, howmany(size, a->pdm_boundary) +
+	    (align < a->pdm_boundary ? 1 : 0)))
+		return EINVAL;
 	if (pf->pf_nextmem > PCIUSER_DMAMEM_ID_MAX)
 		return ENOSPC;
-	error = pciuser_charge(pf, size);
+	/* The pages, and the kernel memory that describes them. */
+	charge = size + sizeof(*m) + (uint64_t)maxsegs * sizeof(m->m_segs[0]);
+	error = pciuser_charge(pf, charge);
 	if (error)
 		return error;
 
@@ -1915,6 +1995,7 @@ pciuser_dmamem_alloc(struct pciuser_file *pf, struct pciuser_dmamem_alloc *a)
 	m->m_maxsegs = maxsegs;
 	m->m_segs = kmem_zalloc(maxsegs * sizeof(m->m_segs[0]), KM_SLEEP);
 	m->m_size = size;
+	m->m_charge = charge;
 	error = pciuser_dmatag(c, a->pdm_maxaddr, a->pdm_flags, &m->m_dmat,
 	    &m->m_subtag);
 	if (error)
@@ -1923,6 +2004,16 @@ pciuser_dmamem_alloc(struct pciuser_file *pf, struct pciuser_dmamem_alloc *a)
 	error = bus_dmamem_alloc(m->m_dmat, size, align,
 	    (bus_size_t)a->pdm_boundary,
 	    m->m_segs, maxsegs, &m->m_nsegs, BUS_DMA_NOWAIT);
+	if (error == EFBIG) {
+		/*
+		 * Not expected after the check above; but x86 may have
+		 * lost the pages, so the charge is kept (moved from the
+		 * file to the global total for good) rather than refunded:
+		 * dma_total_max still bounds what can be lost.
+		 */
+		pciuser_charge_lost(pf, charge);
+		charge = 0;
+	}
 	if (error)
 		goto fail1;
 	flags = BUS_DMA_NOWAIT;
@@ -1953,7 +2044,8 @@ fail1:	if (m->m_subtag)
 		bus_dmatag_destroy(m->m_dmat);
 fail0:	kmem_free(m->m_segs, maxsegs * sizeof(m->m_segs[0]));
 	kmem_free(m, sizeof(*m));
-	pciuser_uncharge(pf, size);
+	if (charge != 0)
+		pciuser_uncharge(pf, charge);
 	return error;
 }
 
@@ -1986,7 +2078,8 @@ pciuser_dmamap_create(struct pciuser_file *pf,
 {
 	struct pciuser_claimrec *c = pf->pf_claim;
 	struct pciuser_dmamap *d;
-	bus_size_t charge, maxsegsz;
+	bus_size_t maxsegsz;
+	uint64_t charge;
 	int error;
 
 	KASSERT(pf->pf_busy);
@@ -1999,7 +2092,13 @@ pciuser_dmamap_create(struct pciuser_file *pf,
 		return ENOSPC;
 	/* No segment is longer than the map: clamp before bus_size_t. */
 	maxsegsz = (bus_size_t)MIN(a->pdc_maxsegsz, a->pdc_maxsize);
-	charge = round_page((bus_size_t)a->pdc_maxsize);
+	/*
+	 * The bounce buffer bus_dma may give the map, and the kernel memory
+	 * that describes it: our mirror and the map's segment array, which
+	 * can be far larger than a small map's pages.
+	 */
+	charge = round_page((uint64_t)a->pdc_maxsize) + sizeof(*d) +
+	    (uint64_t)a->pdc_nsegments * sizeof(bus_dma_segment_t);
 	error = pciuser_charge(pf, charge);
 	if (error)
 		return error;
@@ -2122,22 +2221,46 @@ static int
 pciuser_dmamap_sync(struct pciuser_file *pf, struct pciuser_dmamap_sync *a)
 {
 	struct pciuser_dmamap *d;
-	const uint32_t ops = PCIUSER_SYNC_PREREAD | PCIUSER_SYNC_POSTREAD |
-	    PCIUSER_SYNC_PREWRITE | PCIUSER_SYNC_POSTWRITE;
+	const uint32_t pre = PCIUSER_SYNC_PREREAD | PCIUSER_SYNC_PREWRITE;
+	const uint32_t post = PCIUSER_SYNC_POSTREAD | PCIUSER_SYNC_POSTWRITE;
 
 	KASSERT(pf->pf_busy);
 	if ((d = pciuser_map_lookup(pf, a->pds_map)) == NULL)
 		return ENOENT;
 	if (d->d_mem == NULL)
 		return EINVAL;
-	if (a->pds_ops == 0 || (a->pds_ops & ~ops) != 0 ||
-	    a->pds_offset >= d->d_map->dm_mapsize ||
+	/*
+	 * PRE and POST together panic x86's bus_dmamap_sync (even
+	 * without DIAGNOSTIC), and a zero length panics the ports that
+	 * check the range (issue 24, N2): refuse both.
+	 */
+	if (a->pds_ops == 0 || (a->pds_ops & ~(pre | post)) != 0 ||
+	    ((a->pds_ops & pre) != 0 && (a->pds_ops & post) != 0) ||
+	    a->pds_len == 0 || a->pds_offset >= d->d_map->dm_mapsize ||
 	    d->d_map->dm_mapsize - a->pds_offset < a->pds_len)
 		return EINVAL;
 	/* Both below dm_mapsize, so they fit bus_addr_t and bus_size_t. */
 	bus_dmamap_sync(d->d_dmat, d->d_map, (bus_addr_t)a->pds_offset,
 	    (bus_size_t)a->pds_len, a->pds_ops);
 	return 0;
+}
+
+/*
+ * Whether the function may be mastering the bus.  Nothing confines
+ * its DMA on x86 (no IOMMU is used), so memory is not given back to
+ * the kernel while bus master enable is on: DMAMEM_FREE waits for the
+ * process to turn it off (close and detach turn it off themselves).
+ */
+static bool
+pciuser_mastering(struct pciuser_file *pf)
+{
+	struct pciuser_claimrec *c = pf->pf_claim;
+	pcireg_t csr;
+
+	mutex_spin_enter(&pf->pf_intr_lock);
+	csr = pci_conf_read(c->c_pa.pa_pc, c->c_tag, PCI_COMMAND_STATUS_REG);
+	mutex_spin_exit(&pf->pf_intr_lock);
+	return (csr & PCI_COMMAND_MASTER_ENABLE) != 0;
 }
 
 /*
@@ -2174,6 +2297,8 @@ pciuser_ioctl_claimed(struct pciuser_file *pf, u_long cmd, void *data)
 	case PCIUSER_IOC_DMAMEM_FREE:
 		if ((m = pciuser_mem_lookup(pf, di->pdi_id)) == NULL)
 			return ENOENT;
+		if (pciuser_mastering(pf))
+			return EBUSY;
 		return pciuser_dmamem_free(pf, m);
 	case PCIUSER_IOC_DMAMAP_CREATE:
 		return pciuser_dmamap_create(pf, data);
@@ -2195,6 +2320,53 @@ pciuser_ioctl_claimed(struct pciuser_file *pf, u_long cmd, void *data)
 	}
 }
 
+/*
+ * Which of pci(4)'s own ioctls a file may pass on (issue 24, N3).  A
+ * claimed file may be handed to a less privileged process, and
+ * PCI_IOC_BDF_CFGWRITE writes any register of any function on any bus,
+ * which would undo the config allowlist: a claimed file passes only
+ * the ioctls that read.  An unclaimed file keeps pci(4)'s behaviour
+ * (the node's permissions decide), except that it may not write the
+ * config space of a function a process has claimed.
+ */
+static int
+pciuser_pci_ioctl_ok(struct pciuser_file *pf, u_long cmd, void *data)
+{
+	struct pciio_bdf_cfgreg *bdfr = data;
+	struct pciuser_claimrec *c;
+	int error = 0;
+
+	KASSERT(pf->pf_busy);
+	if (pf->pf_claim != NULL) {
+		switch (cmd) {
+		case PCI_IOC_CFGREAD:
+		case PCI_IOC_BDF_CFGREAD:
+		case PCI_IOC_BUSINFO:
+#ifdef PCI_IOC_DRVNAME
+		case PCI_IOC_DRVNAME:
+#endif
+#ifdef PCI_IOC_DRVNAMEONBUS
+		case PCI_IOC_DRVNAMEONBUS:
+#endif
+			return 0;
+		default:
+			return EPERM;
+		}
+	}
+	if (cmd != PCI_IOC_BDF_CFGWRITE)
+		return 0;
+	mutex_enter(&pciuser_lock);
+	/* c_sc, c_device, c_function are set before a claim is listed. */
+	LIST_FOREACH(c, &pciuser_claims, c_entry) {
+		if ((u_int)c->c_sc->sc_bus == bdfr->bus &&
+		    (u_int)c->c_device == bdfr->device &&
+		    (u_int)c->c_function == bdfr->function)
+			error = EBUSY;
+	}
+	mutex_exit(&pciuser_lock);
+	return error;
+}
+
 static int
 pciuser_ioctl(struct file *fp, u_long cmd, void *data)
 {
@@ -2209,18 +2381,21 @@ pciuser_ioctl(struct file *fp, u_long cmd, void *data)
 	}
 	if ((error = pciuser_enter(pf)) != 0)
 		return error;
+	/* Busy for pci(4)'s ioctls too: pf_claim cannot change under us. */
+	if ((error = pciuser_busy(pf, true)) != 0)
+		goto out;
 	if (IOCGROUP(cmd) != 'P' || (cmd & 0xff) < 64) {
 		/*
 		 * The pci(4) ioctls of pci_usrreq.c, through cdev_ioctl()
 		 * so that they run as pci_cdevsw asks (under the kernel
-		 * lock: it is not D_MPSAFE).
+		 * lock: it is not D_MPSAFE), if pciuser_pci_ioctl_ok()
+		 * lets them.
 		 */
-		error = cdev_ioctl(pf->pf_dev, cmd, data, fp->f_flag, curlwp);
-		goto out;
-	}
-	if ((error = pciuser_busy(pf, true)) != 0)
-		goto out;
-	if (cmd == PCIUSER_IOC_CLAIM)
+		error = pciuser_pci_ioctl_ok(pf, cmd, data);
+		if (error == 0)
+			error = cdev_ioctl(pf->pf_dev, cmd, data, fp->f_flag,
+			    curlwp);
+	} else if (cmd == PCIUSER_IOC_CLAIM)
 		error = pciuser_claim(pf, fp, data);
 	else if (pf->pf_claim == NULL)
 		error = ENXIO;
@@ -2612,14 +2787,24 @@ pciuser_close(struct file *fp)
 	return 0;
 }
 
+/*
+ * Whether a claim holds the bus: a file's, or one that outlives its file
+ * in BAR mappings (a non-forced detach must not pull those pages away
+ * from a process; issue 24).
+ */
 static bool
 pciuser_bus_claimed(struct pciuser_bus *pb)
 {
+	struct pciuser_claimrec *c;
 	struct pciuser_file *pf;
 
 	KASSERT(mutex_owned(&pciuser_lock));
 	LIST_FOREACH(pf, &pb->pb_files, pf_entry) {
 		if (pf->pf_claim != NULL)
+			return true;
+	}
+	LIST_FOREACH(c, &pciuser_claims, c_entry) {
+		if (c->c_sc == pb->pb_sc)
 			return true;
 	}
 	return false;

@@ -1,0 +1,2 @@
+/* Harness stand-in: every kernel header pci_user.c includes is kstub.h. */
+#include "../../kstub.h"
