@@ -50,10 +50,9 @@ export function readMemlock(): MemlockState {
 
 const MiB = 1 << 20;
 
-/** Bytes as people read them, exact below a KiB. */
+/** Bytes as people read them, and exact (limits are set in whole KiB). */
 export function formatBytes(n: number): string {
   if (n >= MiB && n % MiB === 0) return `${n / MiB} MiB`;
-  if (n >= MiB) return `${(n / MiB).toFixed(1)} MiB`;
   if (n >= 1024 && n % 1024 === 0) return `${n / 1024} KiB`;
   return `${n} bytes`;
 }
