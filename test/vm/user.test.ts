@@ -13,10 +13,13 @@ import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, mkdtempSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { until, within } from '../support/bounded.js';
 import { bench } from './devices.js';
 
 const NOBODY = 65534;
+/** The CLI of the tree this file was built into (a copy of dist/ runs its own). */
+const UPCI = fileURLToPath(new URL('../../bin/upci.js', import.meta.url));
 const group = (address: string) => Number(basename(readlinkSync(`/sys/bus/pci/devices/${address}/iommu_group`)));
 const node = (address: string) => `/dev/vfio/${group(address)}`;
 const owner = (path: string) => {
@@ -41,7 +44,7 @@ interface Run {
 
 /** `upci ARGS` as nobody, under `prlimit --memlock=N:N` when memlock is given. */
 function asNobody(args: string[], memlock?: number): Run {
-  const upci = [process.execPath, 'dist/bin/upci.js', ...args];
+  const upci = [process.execPath, UPCI, ...args];
   const [command, ...rest] = memlock === undefined ? upci : ['prlimit', `--memlock=${memlock}:${memlock}`, ...upci];
   const child = spawn(command!, rest, { uid: NOBODY, gid: NOBODY, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
@@ -60,14 +63,14 @@ async function finished(run: Run, ms: number, what: string): Promise<{ code: num
 
 test.serial('root: `upci bind EDU --user nobody` makes exactly its group node nobody\'s (0600); edu2\'s stays root\'s; /dev/vfio/vfio is 0666', (t) => {
   t.deepEqual(owner(node(bench.edu)), { uid: 0, mode: 0o600 }, 'the kernel makes group nodes root-only');
-  const bind = spawnSync(process.execPath, ['dist/bin/upci.js', 'bind', bench.edu, '--user', 'nobody'], { encoding: 'utf8' });
+  const bind = spawnSync(process.execPath, [UPCI, 'bind', bench.edu, '--user', 'nobody'], { encoding: 'utf8' });
   t.log(bind.stdout + bind.stderr);
   t.is(bind.status, 0);
   t.regex(bind.stdout, new RegExp(`^${bench.edu} bound to vfio-pci \\(IOMMU group ${group(bench.edu)}\\); ${node(bench.edu)} now belongs to nobody \\(uid 65534\\), mode 0600`));
   t.deepEqual(owner(node(bench.edu)), { uid: NOBODY, mode: 0o600 });
   t.deepEqual(owner(node(bench.edu2)), { uid: 0, mode: 0o600 });
   t.is(statSync('/dev/vfio/vfio').mode & 0o666, 0o666);
-  const rule = spawnSync(process.execPath, ['dist/bin/upci.js', 'udev-rule', bench.edu, '--user', 'nobody'], { encoding: 'utf8', uid: NOBODY, gid: NOBODY });
+  const rule = spawnSync(process.execPath, [UPCI, 'udev-rule', bench.edu, '--user', 'nobody'], { encoding: 'utf8', uid: NOBODY, gid: NOBODY });
   t.is(rule.status, 0, rule.stderr);
   t.true(rule.stdout.trimEnd().endsWith(`SUBSYSTEM=="vfio", KERNEL=="${group(bench.edu)}", OWNER="nobody", MODE="0600"`), rule.stdout);
 });
