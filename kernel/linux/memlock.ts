@@ -57,11 +57,12 @@ export function formatBytes(n: number): string {
   return `${n} bytes`;
 }
 
-function currentUser(): string {
+/** The name of the user this process runs as; its uid where the user database has none (`--user` takes either). */
+export function currentUser(): string {
   try {
     return userInfo().username;
   } catch {
-    return `uid ${process.getuid?.() ?? '?'}`;
+    return String(process.getuid?.() ?? '?');
   }
 }
 

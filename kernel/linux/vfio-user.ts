@@ -12,10 +12,10 @@
  */
 import { execFileSync } from 'node:child_process';
 import { chmodSync, chownSync, readFileSync, statSync } from 'node:fs';
-import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import { UpciError } from '../errors.js';
 import type { PciAddress } from '../pci-address.js';
+import { currentUser } from './memlock.js';
 import { bindVfio, groupMembers, type PciFunctionInfo, type SysfsRoots } from './sysfs.js';
 
 export interface UserAccount {
@@ -104,15 +104,6 @@ export function udevRule(roots: SysfsRoots, info: PciFunctionInfo, user: UserAcc
   ].join('\n');
 }
 
-function whoAmI(): string {
-  const uid = process.getuid?.();
-  try {
-    return `${userInfo().username} (uid ${uid})`;
-  } catch {
-    return `uid ${uid}`;
-  }
-}
-
 /** Who owns the node and its mode, as `ls -l` would say it. */
 function ownership(node: string): string {
   try {
@@ -126,15 +117,10 @@ function ownership(node: string): string {
 /** EACCES/EPERM opening a group node: names the node, its device and the fix. */
 export function groupAccessError(node: string, group: number, address: PciAddress | undefined): UpciError {
   const device = address ?? 'DEVICE';
-  let user: string;
-  try {
-    user = userInfo().username;
-  } catch {
-    user = String(process.getuid?.());
-  }
+  const user = currentUser();
   return new UpciError(
     'PERMISSION',
-    `no permission to open ${node}, the VFIO group node of IOMMU group ${group}${address === undefined ? '' : ` (${address})`}: it is ${ownership(node)}, and upci runs as ${whoAmI()}`,
+    `no permission to open ${node}, the VFIO group node of IOMMU group ${group}${address === undefined ? '' : ` (${address})`}: it is ${ownership(node)}, and upci runs as ${user} (uid ${process.getuid?.()})`,
     `as root, give the group to this user: \`upci bind ${device} --user ${user}\` (until reboot), or install the rule \`upci udev-rule ${device} --user ${user}\` prints (every boot); or run upci as root`,
   );
 }
