@@ -8,10 +8,12 @@ import { bindVfio, defaultRoots, groupBlockers, listFunctions, unbindVfio, type 
 import { formatId } from '../pci/config.js';
 import { PciDevice } from '../pci/device.js';
 import { RUN_USAGE, runCommand } from './run-command.js';
+import { bindForUser, parseDeviceArgs, udevRuleFor, USER_USAGE } from './user-command.js';
 
 const USAGE = `usage: upci <command>
   list               PCI functions: ids, class, driver, IOMMU group, whether upci can use them
   bind <address>     hand a function to vfio-pci (root)
+${USER_USAGE}
   unbind <address>   give it back to its kernel driver (root)
   info <address>     BARs, capabilities and interrupts of a function bound to vfio-pci
 ${RUN_USAGE}`;
@@ -63,19 +65,30 @@ function printTable(header: string[], rows: string[][]): void {
 }
 
 function main(argv: string[]): number {
-  const [command, arg, ...rest] = argv;
-  const needsAddress = command === 'bind' || command === 'unbind' || command === 'info';
+  const [command, ...args] = argv;
+  const needsAddress = command === 'bind' || command === 'unbind' || command === 'info' || command === 'udev-rule';
   if (command === undefined || command === '-h' || command === '--help') {
     console.log(USAGE);
     return command === undefined ? 2 : 0;
   }
-  if (needsAddress && (arg === undefined || rest.length > 0)) {
-    console.error(`upci ${command}: expects exactly one PCI address\n${USAGE}`);
+  const parsed = needsAddress ? parseDeviceArgs(command, args) : undefined;
+  if (typeof parsed === 'string') {
+    console.error(`${parsed}\n${USAGE}`);
     return 2;
   }
+  const arg = parsed?.address;
   switch (command) {
     case 'list': list(); return 0;
-    case 'bind': { const f = bindVfio(defaultRoots, parsePciAddress(arg!)); console.log(`${f.address} bound to vfio-pci (IOMMU group ${f.iommuGroup})`); return 0; }
+    case 'bind': {
+      if (parsed!.user !== undefined) {
+        console.log(bindForUser(defaultRoots, arg!, parsed!.user));
+        return 0;
+      }
+      const f = bindVfio(defaultRoots, parsePciAddress(arg!));
+      console.log(`${f.address} bound to vfio-pci (IOMMU group ${f.iommuGroup})`);
+      return 0;
+    }
+    case 'udev-rule': console.log(udevRuleFor(defaultRoots, arg!, parsed!.user!)); return 0;
     case 'unbind': { const f = unbindVfio(defaultRoots, parsePciAddress(arg!)); console.log(`${f.address} released to ${f.driver ?? 'no driver'}`); return 0; }
     case 'info': info(arg!); return 0;
     default:

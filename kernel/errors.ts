@@ -18,6 +18,8 @@ export type UpciErrorCode =
   | 'NOT_MAPPABLE'
   | 'NO_SUCH_REGION'
   | 'NO_MEMORY'
+  | 'MEMLOCK'
+  | 'NO_USER'
   | 'KERNEL';
 
 export class UpciError extends Error {

@@ -11,9 +11,15 @@ import type {
 } from '../port.js';
 import { RegionDevice, RegionTable } from '../region-table.js';
 import { ManagedIommuDomain, type IommuDmaDomain } from './iommu-dma.js';
+import { memlockError, readMemlock } from './memlock.js';
+import { groupAccessError } from './vfio-user.js';
 import type { IovaRange } from './iova-allocator.js';
 import * as abi from './vfio-abi.js';
 import { describeBlockers, groupBlockers, requireUsable, type SysfsRoots, defaultRoots } from './sysfs.js';
+
+const EPERM = 1;
+const EACCES = 13;
+const ENOMEM = 12;
 
 const IRQ_INDEX: Record<IrqKind, number> = {
   intx: abi.VFIO_PCI_INTX_IRQ_INDEX,
@@ -110,7 +116,14 @@ class VfioGroup implements IommuDmaDomain {
     t.set(arg, 'vaddr', vaddr);
     t.set(arg, 'iova', iova);
     t.set(arg, 'size', BigInt(size));
-    libc.ioctlBuffer(this.containerFd, abi.ioctls.VFIO_IOMMU_MAP_DMA, arg, () => `VFIO_IOMMU_MAP_DMA iova 0x${iova.toString(16)} size ${size}`);
+    const operation = () => `VFIO_IOMMU_MAP_DMA iova 0x${iova.toString(16)} size ${size}`;
+    try {
+      libc.ioctlBuffer(this.containerFd, abi.ioctls.VFIO_IOMMU_MAP_DMA, arg, operation);
+    } catch (e) {
+      // Over RLIMIT_MEMLOCK type1 answers ENOMEM (EPERM on some kernels); say so when the limit explains it.
+      if (e instanceof SyscallError && (e.errno === ENOMEM || e.errno === EPERM)) throw memlockError(operation(), size, readMemlock()) ?? e;
+      throw e;
+    }
   }
 
   unmap(iova: bigint, size: bigint): bigint {
@@ -316,7 +329,7 @@ export class VfioPort implements KernelPort {
 
   constructor(private readonly roots: SysfsRoots = defaultRoots) {}
 
-  private openGroup(number: number): VfioGroup {
+  private openGroup(number: number, address: PciAddress): VfioGroup {
     const existing = this.groups.get(number);
     if (existing !== undefined) return existing;
     const path = join(this.roots.dev, 'vfio', String(number));
@@ -325,7 +338,7 @@ export class VfioPort implements KernelPort {
       groupFd = libc.open(path, libc.O_RDWR);
     } catch (e) {
       const errno = e instanceof SyscallError ? e.errno : 0;
-      if (errno === 13 || errno === 1) throw new UpciError('PERMISSION', `no permission to open ${path}`, `run as root or give your user access to ${path} (a udev rule, or chown)`);
+      if (errno === EACCES || errno === EPERM) throw groupAccessError(path, number, address);
       if (errno === 16) throw new UpciError('BUSY', `IOMMU group ${number} (${path}) is in use by another process`, 'stop the other user of the device (`fuser` shows it) and try again');
       if (errno === 2) throw new UpciError('NO_VFIO', `${path} is missing`, 'load vfio-pci (`modprobe vfio-pci`) and bind the device with `upci bind`');
       throw e;
@@ -340,7 +353,7 @@ export class VfioPort implements KernelPort {
           'GROUP_NOT_VIABLE',
           `IOMMU group ${number} is not viable: ${blockers.length > 0 ? `it also holds ${describeBlockers(blockers)}` : 'another device in it is bound to a kernel driver'}`,
           blockers.length > 0
-            ? `bind every device of the group to vfio-pci: ${blockers.map((b) => `upci bind ${b.address}`).join('; ')}`
+            ? `bind every device of the group to vfio-pci (as root): ${blockers.map((b) => `upci bind ${b.address}`).join('; ')}`
             : `list the group with \`ls /sys/kernel/iommu_groups/${number}/devices\` and bind each device to vfio-pci`,
         );
       }
@@ -376,7 +389,7 @@ export class VfioPort implements KernelPort {
 
   open(address: PciAddress): DeviceFile {
     const { group: number } = requireUsable(this.roots, address);
-    const group = this.openGroup(number);
+    const group = this.openGroup(number, address);
     group.retain();
     try {
       const fd = libc.ioctlBuffer(group.groupFd, abi.ioctls.VFIO_GROUP_GET_DEVICE_FD, Buffer.from(`${address}\0`), `VFIO_GROUP_GET_DEVICE_FD ${address}`);
