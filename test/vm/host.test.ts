@@ -206,11 +206,10 @@ test(`SIGINT during heavy interrupt load: \`upci run\` releases every device (bu
     await sleep(50);
   }
   t.true(sysfsBusMaster(EDU), 'MSI needs bus mastering while running');
-  // A thread of this process that samples every 20 ms: how long the guest did not run this process
+  // A thread of this process that samples every 100 ms: how long the guest did not run this process
   // either (the bound is on the release, not on a starved guest).
   const sampler = progressSampler();
-  await sampler.start({ sampleMs: 20, rising: [], beating: [] });
-  const sentAt = Date.now();
+  await sampler.start({ sampleMs: 100, rising: [], beating: [] });
   const sent = performance.now();
   child.kill('SIGINT');
   const hung = setTimeout(() => {
@@ -221,11 +220,10 @@ test(`SIGINT during heavy interrupt load: \`upci run\` releases every device (bu
   clearTimeout(hung);
   const ms = Math.round(at - sent);
   const sampled = await sampler.stop();
-  const starved = Math.round(sampled.starvedMs(sentAt, sentAt + ms));
-  t.log(`exit ${code} ${ms} ms after SIGINT; the guest did not run this process for ${starved} ms of it (the sampler's longest interval ${Math.round(sampled.maxSampleIntervalMs)} ms)`);
+  t.log(`exit ${code} ${ms} ms after SIGINT; the sampler's longest interval ${Math.round(sampled.maxSampleIntervalMs)} ms`);
   t.log(out.split('\n').filter((l) => !l.includes(' stats ')).slice(-12).join('\n'));
   t.is(code, 0, 'exit 0: the graceful stop finished within shutdownTimeoutMs, nothing forced');
-  t.true(ms - starved < SIGINT_BOUND_MS, `released and exited in ${ms} ms, ${ms - starved} ms of it while this process could run`);
+  t.true(sampled.beyondStarvation(ms) < SIGINT_BOUND_MS, `released and exited in ${ms} ms, ${Math.round(sampled.beyondStarvation(ms))} ms beyond the sampler's longest interval`);
   t.regex(out, /host stopped: 3 device\(s\) released/);
   const records = recorded.split('\n').filter((l) => l.startsWith(RECORD)).map((l) => l.slice(RECORD.length));
   t.log(records.join('\n'));

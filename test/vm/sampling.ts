@@ -11,8 +11,34 @@ export interface ProgressSampler {
 }
 
 export interface SampledProgress extends SamplerResult {
-  /** How long the sampler thread was starved (late beyond sampleMs) between two Date.now() times: a late interval counts for its part between them. */
-  starvedMs(from: number, to: number): number;
+  /** What of a duration counts against a device or a thread: only what lies beyond the sampler's own longest interval (the guest's starvation). */
+  beyondStarvation(ms: number): number;
+}
+
+/** The part of these late intervals (each ending `at`, `lateMs` long) that fell between two Date.now() times. */
+const lateBetween = (late: readonly { at: number; lateMs: number }[], from: number, to: number) =>
+  late.reduce((sum, { at, lateMs }) => sum + Math.max(0, Math.min(at, to) - Math.max(at - lateMs, from)), 0);
+
+/**
+ * This (the main) thread's own lateness, by the rule the host's watchdog counts silence with
+ * (actors/driver-worker.ts): a timer every `periodMs`, and of each interval only what exceeds
+ * `beyondMs` is taken as this thread not running. A witness of the time the watchdog leaves
+ * uncounted, measured apart from it.
+ */
+export function mainThreadLateness(periodMs: number, beyondMs: number): { stop(): { starvedMs(from: number, to: number): number } } {
+  const late: { at: number; lateMs: number }[] = [];
+  let last = performance.now();
+  const timer = setInterval(() => {
+    const now = performance.now();
+    if (now - last > beyondMs) late.push({ at: Date.now(), lateMs: now - last - beyondMs });
+    last = now;
+  }, periodMs);
+  return {
+    stop: () => {
+      clearInterval(timer);
+      return { starvedMs: (from, to) => lateBetween(late, from, to) };
+    },
+  };
 }
 
 export function progressSampler(): ProgressSampler {
@@ -34,10 +60,7 @@ export function progressSampler(): ProgressSampler {
       worker.postMessage({ type: 'stop' });
       const [r] = (await within(10_000, result, 'the progress sampler did not answer')) as [SamplerResult];
       await worker.terminate();
-      return {
-        ...r,
-        starvedMs: (from, to) => r.late.reduce((sum, { at, lateMs }) => sum + Math.max(0, Math.min(at, to) - Math.max(at - lateMs, from)), 0),
-      };
+      return { ...r, beyondStarvation: (ms) => Math.max(0, ms - r.maxSampleIntervalMs) };
     },
   };
 }
