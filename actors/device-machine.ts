@@ -23,7 +23,7 @@ import type { Supervision } from './config.js';
 import { AttachedBus, stopBusMaster } from './driver-bus.js';
 import { sourceOf } from './driver-source.js';
 import type { ServiceLink, ServiceRegistry } from './service-registry.js';
-import { DriverThread, LOAD_TIMEOUT_MS, type QuiesceReport } from './driver-worker.js';
+import { DriverThread, LOAD_TIMEOUT_MS, type QuiesceReport, type Silence } from './driver-worker.js';
 import type { DeviceMeter } from './meter.js';
 
 export type DeviceStateName = 'claimed' | 'attaching' | 'running' | 'reloading' | 'failed' | 'resetting' | 'detaching' | 'released';
@@ -33,6 +33,8 @@ export interface Fault {
   readonly kind: 'attach' | 'crash' | 'watchdog';
   readonly message: string;
   readonly incarnation: number;
+  /** A watchdog's hang: how long the thread had been silent, and for how much of it this process ran. */
+  readonly silence?: Silence;
   /**
    * When the host saw it (Date.now()). The fault event carries this time:
    * the host reports a fault after the first, synchronous steps of taking
@@ -42,7 +44,8 @@ export interface Fault {
   readonly at: number;
 }
 
-const faultOf = (kind: Fault['kind'], message: string, incarnation: number): Fault => ({ kind, message, incarnation, at: Date.now() });
+const faultOf = (kind: Fault['kind'], message: string, incarnation: number, silence?: Silence): Fault =>
+  ({ kind, message, incarnation, ...(silence === undefined ? {} : { silence }), at: Date.now() });
 
 /** How the device was reset before a restart: FLR-style through the kernel, or close and reopen when the kernel has no reset for it. */
 export type ResetKind = 'kernel-reset' | 'reopen';
@@ -70,7 +73,7 @@ export interface DeviceActorInput {
   /** A driver thread was taken back from: what was read back, while the thread still ran or after it died. */
   readonly onQuiesced: (incarnation: number, report: QuiesceReport) => void;
   /** A driver incarnation started in its own thread. */
-  readonly onThread: (incarnation: number, threadId: number) => void;
+  readonly onThread: (incarnation: number, threadId: number, dmaWindow: readonly string[]) => void;
   /** Inspection of a driver machine run in this thread (one in a worker is not inspectable from here). */
   readonly inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
   /** The config entry's name: the driver's block devices are named after it. */
@@ -107,7 +110,7 @@ export interface DeviceContext extends DeviceActorInput {
 export type DeviceEvent =
   | { type: 'START' }
   | { type: 'STOP' }
-  | { type: 'WATCHDOG'; message: string }
+  | { type: 'WATCHDOG'; message: string; silence?: Silence }
   /** The driver's code changed (`upci run --watch`): restart it with the new code, keeping the device. */
   | { type: 'RELOAD' };
 
@@ -213,7 +216,7 @@ export function deviceMachineFor(driver: AnyDriver) {
       output: {} as DeviceOutput,
     },
     actors: {
-      attach: fromPromise<Attachment, { context: DeviceContext; onWatchdog: (message: string) => void }>(
+      attach: fromPromise<Attachment, { context: DeviceContext; onWatchdog: (message: string, silence?: Silence) => void }>(
         async ({ input: { context, onWatchdog } }) => {
           const { device, driver, supervision, incarnation } = context;
           const source = sourceOf(driver);
@@ -232,7 +235,7 @@ export function deviceMachineFor(driver: AnyDriver) {
               throw e;
             }
             context.meter.follow(thread);
-            context.onThread(incarnation, thread.threadId);
+            context.onThread(incarnation, thread.threadId, thread.dmaWindow);
             const attachment: Attachment = { kind: 'thread', thread, services };
             const input = quiescing({ ...context, attachment });
             try {
@@ -341,7 +344,7 @@ export function deviceMachineFor(driver: AnyDriver) {
           src: 'attach',
           input: ({ context, self }) => ({
             context,
-            onWatchdog: (message: string) => self.send({ type: 'WATCHDOG', message }),
+            onWatchdog: (message: string, silence?: Silence) => self.send({ type: 'WATCHDOG', message, ...(silence === undefined ? {} : { silence }) }),
           }),
           onDone: [
             { guard: 'stopRequested', target: 'detaching', actions: assign({ attachment: ({ event }) => event.output }) },
@@ -371,7 +374,7 @@ export function deviceMachineFor(driver: AnyDriver) {
           WATCHDOG: {
             target: 'failed',
             actions: assign({
-              fault: ({ context, event }) => faultOf('watchdog', event.message, context.incarnation),
+              fault: ({ context, event }) => faultOf('watchdog', event.message, context.incarnation, event.silence),
             }),
           },
         },

@@ -40,8 +40,16 @@ export interface ThreadSpec {
   readonly services: ServiceLink;
   /** An INTx event was not acked within watchdogMs. */
   onStall(vector: number, waitedMs: number): void;
-  /** The heartbeat stopped for longer than watchdogMs: the thread is hung. */
-  onHang(message: string): void;
+  /** The heartbeat stopped for longer than watchdogMs (`silence` says how long, and for how much of it this process ran): the thread is hung. */
+  onHang(message: string, silence?: Silence): void;
+}
+
+/** A watchdog's measure of a hang when it called it. */
+export interface Silence {
+  /** Since the thread's last beat, by the thread's clock (Date.now()). */
+  readonly ageMs: number;
+  /** Of that, what the watchdog counted: its checks' intervals, each at most one heartbeat period (lateness beyond that is this process not running). */
+  readonly whileRunningMs: number;
 }
 
 /** What taking the device back found, read back from the device and the kernel. */
@@ -154,6 +162,11 @@ export class DriverThread implements ThreadView {
     return this.worker.threadId;
   }
 
+  /** The only bus addresses the thread may map DMA at (as hex `start-end`, ends inclusive), or none when its port manages no IOVA space. */
+  get dmaWindow(): readonly string[] {
+    return (this.shared.handles.dmaWindow ?? []).map((r) => `0x${r.start.toString(16)}-0x${r.end.toString(16)}`);
+  }
+
   private onMessage(m: ThreadMessage): void {
     switch (m.type) {
       case 'ready': return this.markReady();
@@ -211,7 +224,7 @@ export class DriverThread implements ThreadView {
         clearInterval(this.watchdog);
         const ageMs = Math.round(this.ledger.heartbeatAgeMs ?? silentMs);
         const counted = ageMs > silentMs + heartbeatMs ? ` (${Math.round(silentMs)} ms of it while this process ran)` : '';
-        this.spec.onHang(`no heartbeat from the driver thread for ${ageMs} ms${counted} (watchdogMs ${watchdogMs}): it is hung`);
+        this.spec.onHang(`no heartbeat from the driver thread for ${ageMs} ms${counted} (watchdogMs ${watchdogMs}): it is hung`, { ageMs, whileRunningMs: Math.round(silentMs) });
       }
     }, period);
     this.watchdog.unref();

@@ -18,8 +18,8 @@ export type HostEvent =
     /** The driver's worker thread: its id, how long since its heartbeat last moved, its heap. */
     readonly thread?: ThreadStats;
   }
-  /** A driver incarnation started in its own worker thread. */
-  | { readonly type: 'thread'; readonly at: number; readonly address: PciAddress; readonly incarnation: number; readonly threadId: number }
+  /** A driver incarnation started in its own worker thread; `dmaWindow`: the only bus addresses it may map DMA at (hex `start-end`, inclusive). */
+  | { readonly type: 'thread'; readonly at: number; readonly address: PciAddress; readonly incarnation: number; readonly threadId: number; readonly dmaWindow: readonly string[] }
   /** The main thread took the device back from a driver thread: what it read back (bus mastering, vectors, DMA mappings). */
   | { readonly type: 'quiesced'; readonly at: number; readonly address: PciAddress; readonly incarnation: number; readonly report: QuiesceReport }
   | { readonly type: 'note'; readonly at: number; readonly address: PciAddress; readonly message: string }

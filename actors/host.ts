@@ -121,7 +121,7 @@ export class DriverHost {
           reopen: open,
           onNote: (message) => this.emit({ type: 'note', at: Date.now(), address, message }),
           onQuiesced: (incarnation, report) => this.emit({ type: 'quiesced', at: Date.now(), address, incarnation, report }),
-          onThread: (incarnation, threadId) => this.emit({ type: 'thread', at: Date.now(), address, incarnation, threadId }),
+          onThread: (incarnation, threadId, dmaWindow) => this.emit({ type: 'thread', at: Date.now(), address, incarnation, threadId, dmaWindow }),
           ...(options.inspect === undefined ? {} : { inspect: options.inspect }),
           name: claim.entry.name,
           services: this.services,

@@ -163,7 +163,8 @@ async function selfTest({ bus, options: opts, resources: r }: DriverInput<EduOpt
     const bad = back.findIndex((b, i) => b !== data[i]);
     if (bad >= 0) throw new Error(`edu: DMA round trip differs at byte ${bad}`);
   }
-  bus.note(`self-test passed (incarnation ${bus.incarnation}): liveness, 10! = ${factorial}${opts.dmaCheck ? `, DMA ${DMA_CHECK_BYTES} B round trip` : ''}`);
+  const iovas = [r.srcMap, r.dstMap].map((m) => `0x${m.segments[0]!.busAddress.toString(16)}`).join(' ');
+  bus.note(`self-test passed (incarnation ${bus.incarnation}): liveness, 10! = ${factorial}${opts.dmaCheck ? `, DMA ${DMA_CHECK_BYTES} B round trip (bus addresses ${iovas})` : ''}`);
 }
 
 interface EduContext extends DriverInput<EduOptions, EduResources> {

@@ -231,6 +231,9 @@ export class NvmeController {
     if (admin ? this.dropAdminSubmission > 0 && ++this.adminSubmissions === this.dropAdminSubmission : ++this.ioSubmissions === this.dropSubmission) {
       q.dropCid = cid;
       q.dropResubmissions = !admin && this.dropResubmissions;
+      // The fault injection's record: which command it dropped (an I/O command's LBA is CDW11:CDW10).
+      const lba = admin ? '' : `, LBA ${(BigInt(cdw11 >>> 0) << 32n) | BigInt(cdw10 >>> 0)}`;
+      this.note(`fault injection: dropping ${commandName(admin, opcode)} (command ${cid} on queue ${q.id})${lba}`);
     }
     q.submit(cid, opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12, cdw13, handler, performance.now() + this.options.commandTimeoutMs);
     if (q.vector < 0 || q === this.admin) this.kickPoller();

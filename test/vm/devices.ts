@@ -1,4 +1,5 @@
 /** The bench's devices by role, with the guest addresses vm/bench.ts gives them. */
+import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { ManagedIommuDomain } from '../../kernel/linux/iommu-dma.js';
 import type { IovaAllocator } from '../../kernel/linux/iova-allocator.js';
@@ -78,4 +79,32 @@ export function eduDma(bar: BusSpace, src: bigint, dst: bigint, count: number, t
     if (Date.now() > deadline) throw new Error('edu DMA never completed');
     sleepSync(2);
   }
+}
+
+/** The guest kernel's log. */
+export function kernelLog(): string {
+  try {
+    return execFileSync('dmesg', { encoding: 'utf8' });
+  } catch {
+    return execFileSync('busybox', ['dmesg'], { encoding: 'utf8' });
+  }
+}
+
+/** One VT-d fault the kernel logged, e.g. `DMAR: [DMA Write NO_PASID] Request device [00:0a.0] fault addr 0xfffff000 [fault reason 0x05] ...`. */
+export interface DmarFault {
+  /** `Read` or `Write`. */
+  readonly access: string;
+  /** bus:device.function, as the line gives it (no domain). */
+  readonly device: string;
+  /** The faulting page, as VT-d reports it. */
+  readonly addr: bigint;
+  readonly line: string;
+}
+
+/** The DMAR fault lines of the guest kernel's log, parsed (in log order). */
+export function dmarFaults(): DmarFault[] {
+  return kernelLog().split('\n').flatMap((line) => {
+    const m = /DMAR: \[DMA (Read|Write)[^\]]*\] Request device \[([0-9a-f]{2}:[0-9a-f]{2}\.[0-7])\](?: PASID \w+)? fault addr 0x([0-9a-f]+)/i.exec(line);
+    return m === null ? [] : [{ access: m[1]!, device: m[2]!, addr: BigInt(`0x${m[3]}`), line }];
+  });
 }

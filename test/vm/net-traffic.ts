@@ -1,10 +1,17 @@
 /** Test traffic through a packet port (e1000e.test, soak.test): numbered frames out with backpressure, and a check of those that come in. */
 import type { PacketPort, RxFrame } from '../../drivers/packet.js';
 import { buildFrame, checkFrame, macBytes, SequenceCheck } from '../../vm/net/frames.js';
+import { within } from '../support/bounded.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Sends frames seq from..from+count-1 (lengths from `length(seq)`), honouring backpressure, at most `pps` per second. */
+/** How long the transmit ring may stay full: writable() must have resolved by then (the driver reclaims its buffers on each transmit interrupt). */
+const FULL_MS = 10_000;
+
+/**
+ * Sends frames seq from..from+count-1 (lengths from `length(seq)`), honouring backpressure, at most `pps` per second.
+ * Waits for room only on writable(), with no poll beside it: a writable() that never resolves fails the send.
+ */
 export async function sendSequence(port: PacketPort, dst: string, count: number, length: (seq: number) => number, pps = 0, from = 0): Promise<void> {
   const src = macBytes(port.attached!.mac);
   const dstBytes = macBytes(dst);
@@ -15,10 +22,8 @@ export async function sendSequence(port: PacketPort, dst: string, count: number,
     const n = Math.min(batchSize, count - base);
     const batch = storage.slice(0, n).map((buf, i) => buildFrame(buf, dstBytes, src, from + base + i, length(from + base + i)));
     let sent = 0;
-    const deadline = Date.now() + 10_000;
     while ((sent += port.send(batch, sent)) < n) {
-      if (Date.now() > deadline) throw new Error(`the transmit ring stayed full for 10 s (frame ${from + base + sent})`);
-      await Promise.race([port.writable(), sleep(5)]);
+      await within(FULL_MS, port.writable(), `the transmit ring was full and writable() did not resolve (frame ${from + base + sent})`);
     }
     if (pps > 0) {
       const due = started + ((base + n) * 1000) / pps;

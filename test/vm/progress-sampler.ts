@@ -35,8 +35,14 @@ export interface SamplerResult {
   readonly rising: readonly RisingResult[];
   /** The oldest heartbeat seen in any of the beating threads' ledgers. */
   readonly maxHeartbeatAgeMs: number;
-  /** The longest time between two of this thread's own samples (over sampleMs: this thread was not scheduled either). */
+  /**
+   * The longest time between two of this thread's own samples: how long the guest left even this
+   * light thread unscheduled (a loaded host stalls the whole VM). A device's gap or a thread's
+   * heartbeat age counts only beyond it (the tests' rule: judged against what the guest could run).
+   */
   readonly maxSampleIntervalMs: number;
+  /** When (Date.now()) sampling stopped. */
+  readonly stoppedAt: number;
 }
 
 const port = parentPort!;
@@ -49,9 +55,10 @@ port.on('message', (m: SamplerStart | { type: 'stop' }) => {
     return;
   }
   const start = performance.now();
+  const startedAt = Date.now();
   const rising = m.rising.map((buffer) => {
     const ledger = DriverLedger.of(buffer);
-    return { ledger, last: ledger.interrupts, lastRise: start, result: { maxGapMs: 0, maxGapEndedAt: Date.now(), rises: 0, heartbeatAgeMs: 0 } };
+    return { ledger, last: ledger.interrupts, lastRise: start, result: { maxGapMs: 0, maxGapEndedAt: startedAt, rises: 0, heartbeatAgeMs: 0 } };
   });
   const beating = m.beating.map((b) => DriverLedger.of(b));
   let lastSample = start;
@@ -73,6 +80,7 @@ port.on('message', (m: SamplerStart | { type: 'stop' }) => {
       r.result.rises++;
     }
   }, m.sampleMs);
+  port.postMessage(startedAt);
   stop = () => {
     clearInterval(timer);
     const now = performance.now();
@@ -80,6 +88,7 @@ port.on('message', (m: SamplerStart | { type: 'stop' }) => {
       rising: rising.map((r) => ({ ...r.result, maxGapMs: Math.max(r.result.maxGapMs, now - r.lastRise) })),
       maxHeartbeatAgeMs,
       maxSampleIntervalMs,
+      stoppedAt: Date.now(),
     };
   };
 });
