@@ -2107,6 +2107,32 @@ h_detach(int flags)
 	return error;
 }
 
+/*
+ * Reset the stand-in kernel's global state between fuzz inputs (fuzz.c):
+ * counters, the lock order seen, the sysctl nodes, the NIC's BARs.
+ * What must be empty after an input (kmem, maps, files, ...) is
+ * h_shutdown_check's job, not reset here.
+ */
+void
+h_reset(void)
+{
+
+	pthread_mutex_lock(&hglobal);
+	memset(horder, 0, sizeof(horder));
+	pthread_mutex_unlock(&hglobal);
+	hnsysctl = 0;
+	memset(hnic_mem, 0, sizeof(hnic_mem));
+	h_kauth_deny = 0;
+	h_pmap_fail = 0;
+	h_phys_pages = 0;
+	h_leaked_pages = 0;
+	h_sizing_with_decode = 0;
+	h_freed_while_master = 0;
+	h_msix_maps = 0;
+	h_softints_run = 0;
+	h_detach_window = NULL;
+}
+
 void
 h_thread_begin(void)
 {
