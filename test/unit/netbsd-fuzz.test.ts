@@ -50,12 +50,20 @@ function runFuzzer(binary: string, args: string[], cwd: string, timeoutMs: numbe
   });
 }
 
-/** The crash report: the reproducer's path and the sanitizer's report, without libFuzzer's progress lines. */
+/**
+ * The crash report: the reproducer's path and the sanitizer's report, without libFuzzer's progress lines.
+ * Reproducers are copied to kernel/netbsd/harness/work/ (gitignored), which outlives this process.
+ */
 function report(run: Run, artifacts: string): string {
-  const found = readdirSync(artifacts).filter((f) => /^(crash|leak|timeout|oom|slow-unit)-/.test(f));
+  const keep = join(harnessDir, 'work');
+  mkdirSync(keep, { recursive: true });
+  const found = readdirSync(artifacts).filter((f) => /^(crash|leak|timeout|oom|slow-unit)-/.test(f)).map((f) => {
+    cpSync(join(artifacts, f), join(keep, f));
+    return join(keep, f);
+  });
   const lines = run.stderr.split('\n').filter((l) => !/^#\d+\s+(NEW|REDUCE|pulse|INITED|RELOAD)/.test(l));
-  return `fuzzer exit ${run.code ?? run.signal}; reproducer(s): ${found.map((f) => join(artifacts, f)).join(', ') || 'none written'}\n` +
-    `replay: kernel/netbsd/harness/build.sh fuzz && kernel/netbsd/harness/obj/fuzz <reproducer>\n${lines.slice(-80).join('\n')}`;
+  return `fuzzer exit ${run.code ?? run.signal}; reproducer(s): ${found.join(', ') || 'none written'}\n` +
+    `replay: kernel/netbsd/harness/build.sh fuzz && kernel/netbsd/harness/obj/fuzz <reproducer>; if pci_user.c was wrong, fix it and add the reproducer to kernel/netbsd/harness/regressions/\n${lines.slice(-80).join('\n')}`;
 }
 
 const missing = fuzzerMissing();
