@@ -1127,10 +1127,10 @@ case_selftest_bus_dma(void)
 }
 
 /*
- * KNOWN TO FAIL (DESIGN.md, Known gaps): an open in the window after
- * pciuser_detach() while pcidetach() sleeps detaching children.  It
- * must fail with ENXIO and leave nothing behind; today it makes a new
- * bus record for the dying bus.
+ * An open in the window after pciuser_detach() while pcidetach() sleeps
+ * detaching children must fail with ENXIO and leave nothing behind
+ * (before pciuser_detach_done(), it made a new bus record for the dying
+ * bus).
  */
 static int window_error = -1;
 
@@ -1189,7 +1189,7 @@ static const struct {
 	C(n4_efbig_leak),
 	C(selftest_lockdebug),
 	C(selftest_bus_dma),
-	XFAIL(open_in_detach_window),
+	C(open_in_detach_window),
 #undef C
 #undef XFAIL
 };

@@ -451,6 +451,17 @@ do_read(struct in *in)
 }
 
 static void
+window_open(void)
+{
+	int f;
+
+	for (f = 0; f < NFD && fds[f] != NULL; f++)
+		;
+	if (f < NFD && h_open(FREAD | FWRITE, &fds[f]) == 0)
+		panic("fuzz: open in pcidetach()'s window got a file");
+}
+
+static void
 reset(void)
 {
 
@@ -547,7 +558,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			}
 			break;
 		case 15:
-			(void)h_detach(u8(&in) % 2 ? DETACH_FORCE : 0);
+			/*
+			 * Sometimes an open in the window pcidetach()
+			 * sleeps in after pciuser_detach(), kept open.
+			 */
+			i = u8(&in);
+			h_detach_window = i & 2 ? window_open : NULL;
+			(void)h_detach(i % 2 ? DETACH_FORCE : 0);
+			h_detach_window = NULL;
 			break;
 		case 16:
 			h_nic_raise(u8(&in) % H_MSIX_NVEC);

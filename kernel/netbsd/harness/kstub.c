@@ -1922,6 +1922,7 @@ cdev_ioctl(dev_t dev, u_long cmd, void *data, int flag, struct lwp *l)
  */
 int	pciuser_open(dev_t, int, int, struct lwp *);
 int	pciuser_detach(struct pci_softc *, int);
+void	pciuser_detach_done(struct pci_softc *);
 void	sysctl_hw_pciuser_setup(struct sysctllog **);
 
 void
@@ -2101,8 +2102,11 @@ h_detach(int flags)
 		h_detach_window();
 		harness_kernel_lock();
 	}
-	if (error == 0)
+	if (error == 0) {
+		/* pcidetach(), its children detached: hook 5. */
+		pciuser_detach_done(&hsc);
 		hsc_attached = false;
+	}
 	harness_kernel_unlock();
 	return error;
 }

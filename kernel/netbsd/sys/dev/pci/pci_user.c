@@ -2839,19 +2839,32 @@ int
 pciuser_detach(struct pci_softc *sc, int flags)
 {
 	struct pciuser_claimrec *c, *nc;
-	struct pciuser_bus *pb;
+	struct pciuser_bus *pb, *npb;
 	struct pciuser_file *pf;
-	bool free;
 
 	RUN_ONCE(&pciuser_once, pciuser_init);
+	npb = kmem_zalloc(sizeof(*npb), KM_SLEEP);
 	mutex_enter(&pciuser_lock);
 	LIST_FOREACH(pb, &pciuser_buses, pb_entry) {
 		if (pb->pb_sc == sc)
 			break;
 	}
 	if (pb == NULL) {
+		/*
+		 * No file yet: a record all the same, so that it can be
+		 * dying until pciuser_detach_done().
+		 */
+		pb = npb;
+		npb = NULL;
+		pb->pb_sc = sc;
+		LIST_INIT(&pb->pb_files);
+		cv_init(&pb->pb_cv, "pciuserb");
+		LIST_INSERT_HEAD(&pciuser_buses, pb, pb_entry);
+	}
+	if (npb != NULL) {
 		mutex_exit(&pciuser_lock);
-		return 0;
+		kmem_free(npb, sizeof(*npb));
+		mutex_enter(&pciuser_lock);
 	}
 	if ((flags & DETACH_FORCE) == 0 && pciuser_bus_claimed(pb)) {
 		mutex_exit(&pciuser_lock);
@@ -2895,6 +2908,42 @@ pciuser_detach(struct pci_softc *sc, int flags)
 		c->c_registered = false;
 		c->c_gone = true;
 	}
+	/*
+	 * The record stays on pciuser_buses, dying, until
+	 * pciuser_detach_done(): pcidetach() goes on to detach the
+	 * children and may sleep, and an open in that window must see
+	 * ENXIO rather than make a new record for a bus that is going
+	 * (ugen.c's sc_dying, which stays set).
+	 */
+	mutex_exit(&pciuser_lock);
+	return 0;
+}
+
+/*
+ * pciuser_detach_done:
+ *
+ *	Hook for pcidetach(), after its children are detached (or
+ *	failed to): forget the record pciuser_detach() left dying.  If
+ *	the bus stays (a child refused), later opens make a new record;
+ *	the files open before stay detached and see ENXIO.  The record
+ *	goes with its last file.
+ */
+void
+pciuser_detach_done(struct pci_softc *sc)
+{
+	struct pciuser_bus *pb;
+	bool free;
+
+	RUN_ONCE(&pciuser_once, pciuser_init);
+	mutex_enter(&pciuser_lock);
+	LIST_FOREACH(pb, &pciuser_buses, pb_entry) {
+		if (pb->pb_sc == sc && pb->pb_dying)
+			break;
+	}
+	if (pb == NULL) {
+		mutex_exit(&pciuser_lock);
+		return;
+	}
 	LIST_REMOVE(pb, pb_entry);
 	pb->pb_sc = NULL;
 	free = pb->pb_nfiles == 0;
@@ -2903,5 +2952,4 @@ pciuser_detach(struct pci_softc *sc, int flags)
 		cv_destroy(&pb->pb_cv);
 		kmem_free(pb, sizeof(*pb));
 	}
-	return 0;
 }
