@@ -35,8 +35,8 @@ grep '^stat::' "$work/fuzz.log" || true
 if [ "$status" -ne 0 ]; then
 	tail -60 "$work/fuzz.log"
 	echo "campaign: FAILED (exit $status) after $((end - start)) s;" \
-	    "reproducer(s):" "$work"/crash-* "$work"/leak-* \
-	    "$work"/timeout-* "$work"/oom-* 2>/dev/null
+	    "reproducer(s):" $(ls -t "$work"/crash-* "$work"/leak-* \
+	    "$work"/timeout-* "$work"/oom-* 2>/dev/null)
 	exit "$status"
 fi
 execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/fuzz.log")
