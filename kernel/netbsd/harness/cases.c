@@ -777,6 +777,75 @@ case_close_dma_live(void)
 	REQUIRE_EQ(dma_total(), 0);
 }
 
+/*
+ * DMA memory mapped past close keeps the function protected (the
+ * fuzzer's freed-while-master-after-bdf-cfgwrite): an unclaimed file
+ * may not turn bus mastering back on with PCI_IOC_BDF_CFGWRITE, nor
+ * may anyone claim the function, until the last munmap.
+ */
+static void
+case_dma_mapped_after_close_protected(void)
+{
+	struct file *fp = xclaimed(), *other;
+	struct pciuser_dmamem_alloc a;
+	struct pciio_bdf_cfgreg b;
+	struct uvm_object *uo;
+
+	REQUIRE_EQ(dmamem(fp, PAGE_SIZE, 0, 0, &a), 0);
+	REQUIRE_EQ(h_mmap(fp, a.pdm_cookie, PAGE_SIZE,
+	    VM_PROT_READ | VM_PROT_WRITE, MAP_SHARED, &uo), 0);
+	REQUIRE_EQ(h_close(fp), 0);
+	REQUIRE_EQ(h_cfg_read(H_DEV_NIC, PCI_COMMAND_STATUS_REG) &
+	    PCI_COMMAND_MASTER_ENABLE, 0);
+	other = xopen();
+	memset(&b, 0, sizeof(b));
+	b.bus = 0;
+	b.device = H_DEV_NIC;
+	b.cfgreg.reg = PCI_COMMAND_STATUS_REG;
+	b.cfgreg.val = h_cfg_read(H_DEV_NIC, PCI_COMMAND_STATUS_REG) |
+	    PCI_COMMAND_MASTER_ENABLE;
+	REQUIRE_EQ(h_ioctl(other, PCI_IOC_BDF_CFGWRITE, &b), EBUSY);
+	REQUIRE_EQ(h_cfg_read(H_DEV_NIC, PCI_COMMAND_STATUS_REG) &
+	    PCI_COMMAND_MASTER_ENABLE, 0);
+	REQUIRE_EQ(claim(other, NULL), EBUSY);
+	REQUIRE_EQ(h_phys_pages, 1);
+	h_munmap(uo);
+	REQUIRE_EQ(h_freed_while_master, 0);
+	REQUIRE_EQ(h_phys_pages, 0);
+	REQUIRE_EQ(dma_total(), 0);
+	/* The last DMA memory gone, the function is free again. */
+	b.cfgreg.reg = 0x40;
+	b.cfgreg.val = 0;
+	REQUIRE_EQ(h_ioctl(other, PCI_IOC_BDF_CFGWRITE, &b), 0);
+	REQUIRE_EQ(claim(other, NULL), 0);
+	REQUIRE_EQ(h_close(other), 0);
+}
+
+/*
+ * Freed, still mapped, and the owner turns mastering on before the
+ * munmap: the pages are leaked (quarantined), not freed.
+ */
+static void
+case_dma_freed_mapped_master_leaks(void)
+{
+	struct file *fp = xclaimed();
+	struct pciuser_dmamem_alloc a;
+	struct uvm_object *uo;
+
+	expect_leaks = 1;
+	REQUIRE_EQ(dmamem(fp, PAGE_SIZE, 0, 0, &a), 0);
+	REQUIRE_EQ(h_mmap(fp, a.pdm_cookie, PAGE_SIZE,
+	    VM_PROT_READ | VM_PROT_WRITE, MAP_SHARED, &uo), 0);
+	REQUIRE_EQ(id_ioctl(fp, PCIUSER_IOC_DMAMEM_FREE, a.pdm_id), 0);
+	REQUIRE_EQ(cfgw(fp, PCI_COMMAND_STATUS_REG, 0x6), 0);
+	h_munmap(uo);
+	REQUIRE_EQ(h_freed_while_master, 0);
+	REQUIRE_EQ(h_phys_pages, 1);
+	REQUIRE_EQ(h_close(fp), 0);
+	REQUIRE_EQ(h_freed_while_master, 0);
+	REQUIRE_EQ(h_phys_pages, 1);
+}
+
 /* A device that keeps mastering: its memory is leaked, never reused. */
 static void
 case_close_dma_sticky_master(void)
@@ -1177,6 +1246,8 @@ static const struct {
 	C(mmap_unclaimed),
 	C(close_dma_live),
 	C(close_dma_sticky_master),
+	C(dma_mapped_after_close_protected),
+	C(dma_freed_mapped_master_leaks),
 	C(dmamem_free_while_master),
 	C(detach_during_use),
 	C(detach_not_forced_with_mapping),

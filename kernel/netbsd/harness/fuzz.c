@@ -8,7 +8,11 @@
  * the bus, and device-side events (the NIC raising a vector, pmap or
  * kauth failing, the DMA caps changed by sysctl).  The fake device
  * never turns bus mastering on by itself (the harness's sticky-master
- * case leaks on purpose, so it is not fuzzed).  Arguments are the
+ * case leaks on purpose, so it is not fuzzed), and DMA memory is not
+ * unmapped while the NIC masters (pci_user.c then leaks the pages of
+ * memory already freed, on purpose, as case
+ * dma_freed_mapped_master_leaks checks; the munmap waits for the end
+ * of the input, after the closes).  Arguments are the
  * input's bytes, with a bias toward values that matter (ids handed
  * out, page multiples, BAR offsets).
  *
@@ -523,7 +527,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		case 9:
 			i = u8(&in) % NOBJ;
-			if (objs[i] != NULL) {
+			if (objs[i] != NULL && (objoff[i] >>
+			    PCIUSER_MMAP_SHIFT < PCIUSER_DMAMEM_ID_MIN ||
+			    (h_cfg_read(H_DEV_NIC, PCI_COMMAND_STATUS_REG) &
+			    PCI_COMMAND_MASTER_ENABLE) == 0)) {
 				h_munmap(objs[i]);
 				objs[i] = NULL;
 			}

@@ -165,8 +165,12 @@ struct pciuser_cfgw {
 /*
  * A claimed function.  The embedded uvm_object is the pager of the
  * memory BAR mappings and carries the reference count: one reference
- * for the open file, one per user mapping.  The claim is released
- * when the last one goes (see DESIGN.md, "lifetime").
+ * for the open file, one per user mapping, one per DMA memory object
+ * allocated through the claim (until its pages are freed or leaked).
+ * The claim is released, and leaves pciuser_claims, when the last one
+ * goes (see DESIGN.md, "lifetime"): while any of its DMA memory lives,
+ * pci(4) may not write the function's config space and nobody may
+ * claim it again, so nobody can turn bus mastering back on.
  */
 struct pciuser_claimrec {
 	struct uvm_object	c_uobj;		/* must be first */
@@ -197,6 +201,7 @@ struct pciuser_dmamem {
 	bool			m_subtag;	/* m_dmat to be destroyed */
 	bool			m_leaked;	/* device may still DMA */
 	struct pciuser_file	*m_pf;		/* on its pf_orphans, or NULL */
+	struct pciuser_claimrec	*m_claim;	/* referenced: may DMA to it */
 	bus_dma_segment_t	*m_segs;
 	int			m_maxsegs;
 	int			m_nsegs;
@@ -763,8 +768,29 @@ pciuser_bar_detach(struct uvm_object *uobj)
 static void
 pciuser_mem_free(struct pciuser_dmamem *m)
 {
+	struct pciuser_claimrec *c = m->m_claim;
+	pcireg_t csr;
 
 	KASSERT(m->m_loads == 0);
+	/*
+	 * Defence in depth: the claim is still listed (this memory holds
+	 * it), so only its own file can have turned bus mastering on,
+	 * e.g. after DMAMEM_FREE and before the last munmap.  The device
+	 * may then hold the pages' addresses: leak them, as
+	 * pciuser_release() does, rather than give them to someone else.
+	 * The command register is only read (no read-modify-write, so
+	 * pf_intr_lock, which the file may no longer have, is not needed).
+	 */
+	if (!m->m_leaked && !c->c_gone) {
+		csr = pci_conf_read(c->c_pa.pa_pc, c->c_tag,
+		    PCI_COMMAND_STATUS_REG);
+		if (csr & PCI_COMMAND_MASTER_ENABLE) {
+			printf("pciuser: %d/%d/%d is bus mastering; its freed "
+			    "DMA memory is leaked\n", c->c_pa.pa_bus,
+			    c->c_device, c->c_function);
+			m->m_leaked = true;
+		}
+	}
 	mutex_enter(&pciuser_lock);
 	if (m->m_pf != NULL) {
 		LIST_REMOVE(m, m_entry);	/* pf_orphans */
@@ -788,6 +814,8 @@ pciuser_mem_free(struct pciuser_dmamem *m)
 	}
 	uvm_obj_destroy(&m->m_uobj, true);
 	kmem_free(m, sizeof(*m));
+	/* The function may be given back once no DMA memory is left. */
+	pciuser_bar_detach(&c->c_uobj);
 }
 
 static void
@@ -2029,6 +2057,9 @@ pciuser_dmamem_alloc(struct pciuser_file *pf, struct pciuser_dmamem_alloc *a)
 	memset(m->m_kva, 0, size);
 	m->m_mapflags = flags & (BUS_DMA_COHERENT | BUS_DMA_PREFETCHABLE);
 	uvm_obj_init(&m->m_uobj, &pciuser_mem_pagerops, true, 1);
+	/* The claim stays listed until this memory is gone. */
+	m->m_claim = c;
+	pciuser_obj_reference(&c->c_uobj);
 	mutex_enter(&pf->pf_lock);
 	m->m_id = pf->pf_nextmem++;
 	LIST_INSERT_HEAD(&pf->pf_mems, m, m_entry);
