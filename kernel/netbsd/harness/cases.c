@@ -143,6 +143,21 @@ load(struct file *fp, uint32_t map, uint32_t mem, uint64_t off, uint64_t len)
 	return h_ioctl(fp, PCIUSER_IOC_DMAMAP_LOAD, &l);
 }
 
+/*
+ * The setup most DMA cases open with: a claimed file, DMA memory of
+ * pages pages, a map of as many segments and the whole memory loaded.
+ */
+static struct file *
+xdmaloaded(uint64_t pages, struct pciuser_dmamem_alloc *a, uint32_t *map)
+{
+	struct file *fp = xclaimed();
+
+	REQUIRE_EQ(dmamem(fp, pages * PAGE_SIZE, 0, 0, a), 0);
+	REQUIRE_EQ(dmamap(fp, pages * PAGE_SIZE, (uint32_t)pages, map), 0);
+	REQUIRE_EQ(load(fp, *map, a->pdm_id, 0, pages * PAGE_SIZE), 0);
+	return fp;
+}
+
 static int
 sync_ops(struct file *fp, uint32_t map, uint32_t ops, uint64_t off,
     uint64_t len)
@@ -540,13 +555,11 @@ case_ioc_dmamap_sync(void)
 static void
 case_n2_sync_pre_post(void)
 {
-	struct file *fp = xclaimed();
+	struct file *fp;
 	struct pciuser_dmamem_alloc a;
 	uint32_t map;
 
-	REQUIRE_EQ(dmamem(fp, PAGE_SIZE, 0, 0, &a), 0);
-	REQUIRE_EQ(dmamap(fp, PAGE_SIZE, 1, &map), 0);
-	REQUIRE_EQ(load(fp, map, a.pdm_id, 0, PAGE_SIZE), 0);
+	fp = xdmaloaded(1, &a, &map);
 	REQUIRE_EQ(sync_ops(fp, map, PCIUSER_SYNC_PREREAD |
 	    PCIUSER_SYNC_POSTREAD, 0, PAGE_SIZE), EINVAL);
 	REQUIRE_EQ(sync_ops(fp, map, PCIUSER_SYNC_PREWRITE |
@@ -559,13 +572,11 @@ case_n2_sync_pre_post(void)
 static void
 case_n2_sync_zero_length(void)
 {
-	struct file *fp = xclaimed();
+	struct file *fp;
 	struct pciuser_dmamem_alloc a;
 	uint32_t map;
 
-	REQUIRE_EQ(dmamem(fp, PAGE_SIZE, 0, 0, &a), 0);
-	REQUIRE_EQ(dmamap(fp, PAGE_SIZE, 1, &map), 0);
-	REQUIRE_EQ(load(fp, map, a.pdm_id, 0, PAGE_SIZE), 0);
+	fp = xdmaloaded(1, &a, &map);
 	REQUIRE_EQ(sync_ops(fp, map, PCIUSER_SYNC_PREWRITE, 0, 0), EINVAL);
 	REQUIRE_EQ(sync_ops(fp, map, PCIUSER_SYNC_POSTREAD, 100, 0), EINVAL);
 	REQUIRE_EQ(h_close(fp), 0);
@@ -758,13 +769,11 @@ case_mmap_unclaimed(void)
 static void
 case_close_dma_live(void)
 {
-	struct file *fp = xclaimed();
+	struct file *fp;
 	struct pciuser_dmamem_alloc a;
 	uint32_t map;
 
-	REQUIRE_EQ(dmamem(fp, 4 * PAGE_SIZE, 0, 0, &a), 0);
-	REQUIRE_EQ(dmamap(fp, 4 * PAGE_SIZE, 4, &map), 0);
-	REQUIRE_EQ(load(fp, map, a.pdm_id, 0, 4 * PAGE_SIZE), 0);
+	fp = xdmaloaded(4, &a, &map);
 	REQUIRE_EQ(intr(fp, PCIUSER_INTR_MSI, 1, NULL), 0);
 	REQUIRE_EQ(cfgw(fp, PCI_COMMAND_STATUS_REG, 0x6), 0);
 	REQUIRE(h_cfg_read(H_DEV_NIC, PCI_COMMAND_STATUS_REG) &
@@ -850,14 +859,12 @@ case_dma_freed_mapped_master_leaks(void)
 static void
 case_close_dma_sticky_master(void)
 {
-	struct file *fp = xclaimed();
+	struct file *fp;
 	struct pciuser_dmamem_alloc a;
 	uint32_t map;
 
 	expect_leaks = 1;
-	REQUIRE_EQ(dmamem(fp, 4 * PAGE_SIZE, 0, 0, &a), 0);
-	REQUIRE_EQ(dmamap(fp, 4 * PAGE_SIZE, 4, &map), 0);
-	REQUIRE_EQ(load(fp, map, a.pdm_id, 0, 4 * PAGE_SIZE), 0);
+	fp = xdmaloaded(4, &a, &map);
 	h_nic_sticky_master(true);
 	REQUIRE_EQ(h_close(fp), 0);
 	REQUIRE_EQ(h_freed_while_master, 0);
@@ -868,13 +875,11 @@ case_close_dma_sticky_master(void)
 static void
 case_dmamem_free_while_master(void)
 {
-	struct file *fp = xclaimed();
+	struct file *fp;
 	struct pciuser_dmamem_alloc a;
 	uint32_t map;
 
-	REQUIRE_EQ(dmamem(fp, 4 * PAGE_SIZE, 0, 0, &a), 0);
-	REQUIRE_EQ(dmamap(fp, 4 * PAGE_SIZE, 4, &map), 0);
-	REQUIRE_EQ(load(fp, map, a.pdm_id, 0, 4 * PAGE_SIZE), 0);
+	fp = xdmaloaded(4, &a, &map);
 	REQUIRE_EQ(cfgw(fp, PCI_COMMAND_STATUS_REG, 0x6), 0);
 	REQUIRE_EQ(id_ioctl(fp, PCIUSER_IOC_DMAMAP_UNLOAD, map), 0);
 	REQUIRE_EQ(id_ioctl(fp, PCIUSER_IOC_DMAMEM_FREE, a.pdm_id), EBUSY);
@@ -1286,10 +1291,7 @@ table(void)
 
 	curcase = "table";
 	h_boot();
-	fp = xclaimed();
-	REQUIRE_EQ(dmamem(fp, 2 * PAGE_SIZE, 0, 0, &a), 0);
-	REQUIRE_EQ(dmamap(fp, 2 * PAGE_SIZE, 2, &map), 0);
-	REQUIRE_EQ(load(fp, map, a.pdm_id, 0, 2 * PAGE_SIZE), 0);
+	fp = xdmaloaded(2, &a, &map);
 	for (ops = 0; ops < 0x20; ops++)
 		for (len = 0; len < 3; len++)
 			printf("sync %u %ju %d\n", ops, (uintmax_t)len,
