@@ -201,7 +201,7 @@ struct pciuser_dmamem {
 	bool			m_subtag;	/* m_dmat to be destroyed */
 	bool			m_leaked;	/* device may still DMA */
 	struct pciuser_file	*m_pf;		/* on its pf_orphans, or NULL */
-	struct pciuser_claimrec	*m_claim;	/* referenced: may DMA to it */
+	struct pciuser_claimrec	*m_claim;	/* its claim, referenced */
 	bus_dma_segment_t	*m_segs;
 	int			m_maxsegs;
 	int			m_nsegs;
