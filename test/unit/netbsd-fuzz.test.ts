@@ -101,7 +101,7 @@ if (missing !== undefined) {
       const corpus = join(work, 'corpus');
       mkdirSync(corpus);
       for (const f of inputs) cpSync(f, join(corpus, `${f.includes('/regressions/') ? 'r' : 's'}-${f.split('/').pop()}`));
-      const run = await runFuzzer(binary, [`-max_total_time=${FUZZ_SECONDS}`, '-timeout=10', '-rss_limit_mb=2048', '-print_final_stats=1', `-artifact_prefix=${work}/`, corpus], work, (FUZZ_SECONDS + 60) * 1000);
+      const run = await runFuzzer(binary, [`-max_total_time=${FUZZ_SECONDS}`, '-timeout=30', '-rss_limit_mb=2048', '-print_final_stats=1', `-artifact_prefix=${work}/`, corpus], work, (FUZZ_SECONDS + 60) * 1000);
       const execs = /stat::number_of_executed_units:\s*(\d+)/.exec(run.stderr)?.[1];
       const rate = /stat::average_exec_per_sec:\s*(\d+)/.exec(run.stderr)?.[1];
       t.log(`${execs ?? '?'} executions, ${rate ?? '?'} exec/s`);

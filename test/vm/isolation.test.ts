@@ -153,7 +153,8 @@ for (const fault of faults) {
     );
     // A gap counts only beyond the sampler thread's own longest interval: a guest starved as a whole starves the sampler too.
     const beyond = (ms: number) => Math.round(sampled.beyondStarvation(ms));
-    t.true(beyond(g2.maxGapMs) <= 3 * RAISE_MS + SAMPLE_MS, `edu2's interrupts never stopped for over 3x its raise interval (+ one sample) beyond the sampler's longest interval (${Math.round(sampled.maxSampleIntervalMs)} ms): ${Math.round(g2.maxGapMs)} ms`);
+    // And only for the time edu2's own thread could run: what it spent in the run queue behind the spinning driver is the guest's CPU, not edu2.
+    t.true(beyond(g2.maxRunnableGapMs) <= 3 * RAISE_MS + SAMPLE_MS, `edu2's interrupts never stopped for over 3x its raise interval (+ one sample) while its thread could run, beyond the sampler's longest interval (${Math.round(sampled.maxSampleIntervalMs)} ms): ${Math.round(g2.maxRunnableGapMs)} ms of a ${Math.round(g2.maxGapMs)} ms gap`);
     t.true(beyond(sampled.maxHeartbeatAgeMs) <= 3 * CHECK_MS, `pci-testdev's thread never stopped for over 3x its check interval beyond the sampler's longest interval: ${Math.round(sampled.maxHeartbeatAgeMs)} ms`);
     // pci-testdev's device kept counting, not just its thread beating: its noted checks over the sampled
     // window, each NOTE_EVERY checks (5 counted writes each) after the last, by its thread's clock.

@@ -26,7 +26,7 @@ cd "$work"
 echo "campaign: $runs runs of $fuzz, corpus $work/corpus" >&2
 start=$(date +%s)
 status=0
-"$fuzz" -runs="$runs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+"$fuzz" -runs="$runs" -timeout=30 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="$work/" "$@" \
     "$work/corpus" "$here/corpus" "$here/regressions" 2>"$work/fuzz.log" ||
     status=$?
