@@ -561,6 +561,29 @@ pciuser_unbusy(struct pciuser_file *pf)
 }
 
 /*
+ * sc's bus record, made from *npbp on first use (then *npbp is set to
+ * NULL: the caller frees what is left).  Called with pciuser_lock held.
+ */
+static struct pciuser_bus *
+pciuser_bus_lookup(struct pci_softc *sc, struct pciuser_bus **npbp)
+{
+	struct pciuser_bus *pb;
+
+	KASSERT(mutex_owned(&pciuser_lock));
+	LIST_FOREACH(pb, &pciuser_buses, pb_entry) {
+		if (pb->pb_sc == sc)
+			return pb;
+	}
+	pb = *npbp;
+	*npbp = NULL;
+	pb->pb_sc = sc;
+	LIST_INIT(&pb->pb_files);
+	cv_init(&pb->pb_cv, "pciuserb");
+	LIST_INSERT_HEAD(&pciuser_buses, pb, pb_entry);
+	return pb;
+}
+
+/*
  * Put pf on the files of sc's bus record, made on first use; ENXIO if
  * the bus is going away.
  */
@@ -572,18 +595,7 @@ pciuser_bus_join(struct pci_softc *sc, struct pciuser_file *pf)
 
 	npb = kmem_zalloc(sizeof(*npb), KM_SLEEP);
 	mutex_enter(&pciuser_lock);
-	LIST_FOREACH(pb, &pciuser_buses, pb_entry) {
-		if (pb->pb_sc == sc)
-			break;
-	}
-	if (pb == NULL) {
-		pb = npb;
-		npb = NULL;
-		pb->pb_sc = sc;
-		LIST_INIT(&pb->pb_files);
-		cv_init(&pb->pb_cv, "pciuserb");
-		LIST_INSERT_HEAD(&pciuser_buses, pb, pb_entry);
-	}
+	pb = pciuser_bus_lookup(sc, &npb);
 	if (pb->pb_dying)
 		error = ENXIO;
 	else {
@@ -2876,22 +2888,11 @@ pciuser_detach(struct pci_softc *sc, int flags)
 	RUN_ONCE(&pciuser_once, pciuser_init);
 	npb = kmem_zalloc(sizeof(*npb), KM_SLEEP);
 	mutex_enter(&pciuser_lock);
-	LIST_FOREACH(pb, &pciuser_buses, pb_entry) {
-		if (pb->pb_sc == sc)
-			break;
-	}
-	if (pb == NULL) {
-		/*
-		 * No file yet: a record all the same, so that it can be
-		 * dying until pciuser_detach_done().
-		 */
-		pb = npb;
-		npb = NULL;
-		pb->pb_sc = sc;
-		LIST_INIT(&pb->pb_files);
-		cv_init(&pb->pb_cv, "pciuserb");
-		LIST_INSERT_HEAD(&pciuser_buses, pb, pb_entry);
-	}
+	/*
+	 * No file yet: a record all the same, so that it can be dying
+	 * until pciuser_detach_done().
+	 */
+	pb = pciuser_bus_lookup(sc, &npb);
 	if (npb != NULL) {
 		mutex_exit(&pciuser_lock);
 		kmem_free(npb, sizeof(*npb));
