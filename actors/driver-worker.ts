@@ -21,6 +21,7 @@ import type { InterruptType } from '../pci/intr.js';
 import { quiesce } from '../pci/teardown.js';
 import { closeFd } from '../kernel/fd-calls.js';
 import { runQueueWaitMs } from '../kernel/thread-wait.js';
+import { SilenceMeter } from './silence-meter.js';
 import type { Supervision } from './config.js';
 import { DriverLedger } from './driver-ledger.js';
 import type { DriverSource } from './driver-source.js';
@@ -204,10 +205,7 @@ export class DriverThread implements ThreadView {
     const { watchdogMs, heartbeatMs, heapLimitMb } = this.spec.supervision;
     const period = Math.max(1, Math.floor(heartbeatMs / 4));
     let lastCheck = performance.now();
-    let silentMs = 0;
-    let waitedMs = 0;
-    // The thread's run-queue wait at the previous silent check; read only while the thread is silent.
-    let lastWait: number | undefined;
+    const silence = new SilenceMeter(heartbeatMs);
     this.watchdog = setInterval(() => {
       const now = performance.now();
       const interval = now - lastCheck;
@@ -215,10 +213,7 @@ export class DriverThread implements ThreadView {
       const beat = this.ledger.heartbeat;
       if (beat !== this.lastBeat) {
         this.lastBeat = beat;
-        lastWait = undefined;
-        waitedMs = 0;
-        // The beat came somewhere in the last step: the silence since is at most its age.
-        silentMs = Math.min(this.ledger.heartbeatAgeMs ?? interval, interval, heartbeatMs);
+        silence.beat(interval, this.ledger.heartbeatAgeMs);
         // By what V8's limit counts (committed old generation), not heapUsed: fragmentation can put the
         // limit within reach while heapUsed is still below the watermark.
         const old = this.ledger.heapOld;
@@ -228,23 +223,15 @@ export class DriverThread implements ThreadView {
         }
         return;
       }
-      // Silence counts only while the thread could have run. Not while the whole process was not
-      // scheduled (a loaded host, a stalled VM: this check itself is late; a check up to one heartbeat
-      // period late counts in full, the resolution the watchdog promises anyway), and not while the
-      // thread sat runnable in the kernel's run queue behind other threads (siblings compiling their
-      // modules). A thread that spins is on a CPU and one that blocks is asleep: both count.
       const tid = this.ledger.tid;
-      const wait = tid === undefined ? undefined : runQueueWaitMs(tid);
-      const waited = wait === undefined || lastWait === undefined ? 0 : Math.min(Math.max(0, wait - lastWait), interval);
-      lastWait = wait;
-      waitedMs += waited;
-      silentMs += Math.max(0, Math.min(interval - waited, heartbeatMs));
+      silence.quiet(interval, tid === undefined ? undefined : runQueueWaitMs(tid));
+      const silentMs = silence.silentMs;
       if (silentMs > watchdogMs) {
         clearInterval(this.watchdog);
         const ageMs = Math.round(this.ledger.heartbeatAgeMs ?? silentMs);
         const counted = ageMs > silentMs + heartbeatMs ? ` (${Math.round(silentMs)} ms of it while it could run)` : '';
         this.spec.onHang(`no heartbeat from the driver thread for ${ageMs} ms${counted} (watchdogMs ${watchdogMs}): it is hung`,
-          { ageMs, whileRunningMs: Math.round(silentMs), threadWaitedMs: Math.round(waitedMs) });
+          { ageMs, whileRunningMs: Math.round(silentMs), threadWaitedMs: Math.round(silence.waitedMs) });
       }
     }, period);
     this.watchdog.unref();
