@@ -24,6 +24,7 @@ import { AttachedBus, stopBusMaster } from './driver-bus.js';
 import { sourceOf } from './driver-source.js';
 import type { ServiceLink, ServiceRegistry } from './service-registry.js';
 import { DriverThread, LOAD_TIMEOUT_MS, type QuiesceReport, type Silence } from './driver-worker.js';
+import { attachOverran, bounded, cleanDetach } from './phase-bounds.js';
 import type { DeviceMeter } from './meter.js';
 
 export type DeviceStateName = 'claimed' | 'attaching' | 'running' | 'reloading' | 'failed' | 'resetting' | 'detaching' | 'released';
@@ -132,7 +133,6 @@ export interface DeviceOutput {
 
 const message = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
-const attachOverran = (driver: string, limit: number) => `${driver}: attach did not finish within ${limit} ms (attachTimeoutMs)`;
 
 const stallMessage = (vector: number, waitedMs: number) =>
   `INTx vector ${vector} not acked within ${waitedMs} ms: the driver is hung (line left masked)`;
@@ -148,20 +148,6 @@ interface Quiescing {
   readonly detachTimeoutMs: number;
 }
 
-/** The driver's own detach (DriverModule.detach), bounded; a failing or hanging one is noted and the quiesce follows anyway. */
-export async function cleanDetach(driver: AnyDriver, timeoutMs: number, detach: () => unknown, onNote: (m: string) => void): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    await Promise.race([
-      Promise.resolve().then(detach),
-      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`detach did not finish within ${timeoutMs} ms`)), timeoutMs))),
-    ]);
-  } catch (e) {
-    onNote(`${driver.name}: detach failed: ${message(e)}; quiescing anyway`);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /**
  * Quiesces whatever is attached, and at least turns bus mastering off. A
@@ -190,22 +176,6 @@ async function quiesce({ device, attachment, incarnation, onQuiesced, meter }: Q
   }
 }
 
-/** Bounds `work` by `limit` ms; on a timeout `onTimeout` runs before the rejection with `what`. */
-async function bounded<T>(work: Promise<T>, limit: number, what: string, onTimeout: () => Promise<unknown>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      work,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => {
-          void onTimeout().finally(() => reject(new Error(what)));
-        }, limit);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 export function deviceMachineFor(driver: AnyDriver) {
   return setup({

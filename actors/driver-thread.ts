@@ -22,7 +22,7 @@ import { AttachedBus, type BusMeter } from './driver-bus.js';
 import { DriverLedger, oldGenerationBytes } from './driver-ledger.js';
 import { currentThreadId } from '../kernel/thread-wait.js';
 import { importDriver, type DriverSource } from './driver-source.js';
-import { cleanDetach } from './device-machine.js';
+import { cleanDetach } from './phase-bounds.js';
 import type { AnyDriver } from '../drivers/contract.js';
 import { ThreadServices } from './service.js';
 

@@ -21,6 +21,7 @@ import type { InterruptType } from '../pci/intr.js';
 import { quiesce } from '../pci/teardown.js';
 import { closeFd } from '../kernel/fd-calls.js';
 import { runQueueWaitMs } from '../kernel/thread-wait.js';
+import { detachOverran } from './phase-bounds.js';
 import { SilenceMeter } from './silence-meter.js';
 import type { Supervision } from './config.js';
 import { DriverLedger } from './driver-ledger.js';
@@ -317,15 +318,18 @@ export class DriverThread implements ThreadView {
     clearInterval(this.watchdog);
     if (!this.hasExited) {
       let timer: NodeJS.Timeout | undefined;
-      await Promise.race([
-        new Promise<void>((resolve) => {
-          this.released = resolve;
+      const { attachTimeoutMs } = this.spec.supervision;
+      const answered = await Promise.race([
+        new Promise<boolean>((resolve) => {
+          this.released = () => resolve(true);
           this.worker.postMessage({ type: 'stop' } satisfies HostMessage);
         }),
-        this.exited,
-        new Promise<void>((resolve) => (timer = setTimeout(resolve, this.spec.supervision.attachTimeoutMs + RELEASE_SLACK_MS))),
+        this.exited.then(() => true),
+        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), attachTimeoutMs + RELEASE_SLACK_MS))),
       ]);
       clearTimeout(timer);
+      // A detach that blocks or spins its thread never reaches its own bound's timer there: it is said here.
+      if (!answered) this.spec.onNote(`${this.spec.name}: ${detachOverran(attachTimeoutMs)}, its thread not answering: taking the device back`);
     }
     return this.kill();
   }

@@ -154,3 +154,36 @@ test('a leaking driver is taken back at the heap watermark, before V8\'s limit e
   t.true(report?.threadRunning, 'the thread was still there when the device was taken back');
   t.is(report?.dmaMappingsLeft, 0);
 });
+
+/** The faults and notes incarnation 0 got, by kind and message. */
+const saidOf = (events: HostEvent[]) => events.flatMap((e) => (e.type === 'fault' ? [`fault ${e.fault.kind}: ${e.fault.message}`] : e.type === 'note' ? [`note: ${e.message}`] : []));
+
+for (const how of ['promise', 'block', 'spin'] as const) {
+  test(`an attach that never ends (${how}) is a fault naming the phase and attachTimeoutMs, once; the device is taken back in order and the driver restarted`, async (t) => {
+    const { host, events, records } = claim(t, { hang: 'attach', hangHow: how }, { attachTimeoutMs: 1500 });
+    const mark = records.length;
+    const { fault, report } = await firstFault(events);
+    t.regex(fault?.message ?? '', /attach did not finish within 1500 ms \(attachTimeoutMs\)/, saidOf(events).join('\n'));
+    t.is(events.filter((e) => e.type === 'fault').length, 1, saidOf(events).join('\n'));
+    t.deepEqual(records.slice(mark).filter((r) => r.startsWith(`${A} bus master off`) || r.includes('disableIrqs') || r.includes('dma unmap window')).slice(0, 3), TAKE_BACK);
+    t.like(report, { threadRunning: true, busMaster: false, dmaMappingsLeft: 0 });
+    await host.shutdown();
+  });
+
+  test(`a detach that never ends (${how}) is bounded: the release names the phase and its timeout, once; the device is taken back in order and shutdown ends`, async (t) => {
+    const { host, events, records, state } = claim(t, { hang: 'detach', hangHow: how }, { attachTimeoutMs: 1500 });
+    await until('incarnation 0 running', () => running(events, 0), 60_000);
+    const mark = records.length;
+    const started = performance.now();
+    const report = await within(1500 + 5000 + 10_000, host.shutdown(), 'the shutdown');
+    const took = performance.now() - started;
+    const said = saidOf(events).filter((m) => /detach/.test(m));
+    t.log(`shutdown in ${Math.round(took)} ms; ${said.join('; ')}`);
+    t.is(said.filter((m) => /detach did not finish within 1500 ms \(attachTimeoutMs\)/.test(m)).length, 1, said.join('\n'));
+    // A thread that answered released the device itself (its own quiesce, unseen by this thread's port); one that did not was taken back from here.
+    if (how !== 'promise') t.deepEqual(records.slice(mark).filter((r) => r.startsWith(`${A} bus master off`) || r.includes('disableIrqs') || r.includes('dma unmap window')).slice(0, 3), TAKE_BACK);
+    t.false(report.forced, 'the bounded detach is part of the graceful release');
+    t.is(state().mappings, 0);
+    t.false(busMaster(state()));
+  });
+}
