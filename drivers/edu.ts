@@ -68,6 +68,10 @@ const options = {
     type: 'integer', min: 1,
     doc: `test/fault injection: at the Nth interrupt of the first incarnation the handler blocks in a synchronous loop for ${BLOCK_MS / 1000} s, then carries on`,
   },
+  hangInDetach: {
+    type: 'enum', values: ['promise', 'block', 'spin'],
+    doc: 'test/fault injection: the first incarnation\'s clean detach never ends: a promise never settled, its thread blocked (Atomics.wait), or spinning',
+  },
   stopAckingAfter: {
     type: 'integer', min: 0,
     doc: 'test/fault injection: after N interrupts of the first incarnation the driver stops acking (neither the device nor the event); with "intx" the line stays masked and the host watchdog must catch it',
@@ -102,6 +106,8 @@ export interface EduResources {
   readonly srcMap: LoadedDmaMap;
   readonly dstMap: LoadedDmaMap;
   readonly tally: EduTally;
+  /** Fault injection for this incarnation's clean detach (hangInDetach). */
+  readonly hangInDetach: EduOptions['hangInDetach'];
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -125,7 +131,18 @@ function attach(bus: DriverBus, opts: EduOptions): EduResources {
   bus.onRelease(() => bus.note(`interrupts: raised ${tally.raised}, serviced ${tally.serviced} (${tally.outsideWindow} outside a raise), ${tally.notOurs} not ours`));
   // Maps loaded, vector established: the device may master the bus (DMA, and MSI, a DMA write).
   dma.enableBusMaster();
-  return { bar, vector, dma, src, dst, srcMap, dstMap, tally };
+  return { bar, vector, dma, src, dst, srcMap, dstMap, tally, hangInDetach: bus.incarnation === 0 ? opts.hangInDetach : undefined };
+}
+
+/** A clean detach has nothing to do for edu, unless told to never end (hangInDetach). */
+function detach(bus: DriverBus, { hangInDetach }: EduResources): Promise<void> | void {
+  if (hangInDetach === undefined) return;
+  bus.note(`fault injection: the detach never ends (${hangInDetach})`);
+  if (hangInDetach === 'promise') return new Promise<void>(() => {});
+  for (;;) {
+    // Asleep for good (block) or on the CPU for good (spin): only the host's bound on the detach ends either.
+    if (hangInDetach === 'block') Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
+  }
 }
 
 async function transfer(bar: BusSpace, from: bigint, to: bigint, toRam: boolean): Promise<void> {
@@ -250,5 +267,6 @@ export const eduDriver = defineDriver({
   match: [{ vendor: 0x1234, device: 0x11e8 }],
   options,
   attach,
+  detach,
   machine,
 });

@@ -174,19 +174,12 @@ const RECORD = 'upci-port-record: ';
 /** Graceful release bound after SIGINT, documented in bin/run-command.ts (measured in this guest: see the test log). */
 const SIGINT_BOUND_MS = 5000;
 
-test(`SIGINT during heavy interrupt load: \`upci run\` releases every device (bus master off, vfio fds closed) and exits 0 within ${SIGINT_BOUND_MS} ms`, async (t) => {
+/** `upci run` on a config in a child, with the port-record hook (see record-port-hook.ts); its output without the records. */
+function upciRun(config: unknown) {
   const dir = mkdtempSync(join(tmpdir(), 'upci-run-'));
-  const file = join(dir, 'load.json');
-  writeFileSync(file, JSON.stringify({
-    statsIntervalMs: 250,
-    shutdownTimeoutMs: 3000,
-    devices: [
-      { address: EDU, driver: 'edu', options: { interrupt: 'msi', raiseIntervalMs: 0 } },
-      { address: EDU2, driver: 'edu', options: { interrupt: 'intx', raiseIntervalMs: 0 } },
-      { address: TESTDEV, driver: 'pci-testdev', options: { checkIntervalMs: 10 } },
-    ],
-  }));
-  // The hook records the command register at each close from inside the child (see record-port-hook.ts).
+  const file = join(dir, 'config.json');
+  writeFileSync(file, JSON.stringify(config));
+  // The hook records the command register at each close from inside the child.
   const hook = new URL('./record-port-hook.js', import.meta.url).href;
   const child = spawn(process.execPath, ['--import', hook, 'dist/bin/upci.js', 'run', file], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
@@ -198,44 +191,113 @@ test(`SIGINT during heavy interrupt load: \`upci run\` releases every device (bu
     out += text.split('\n').filter((l) => !l.startsWith(RECORD)).join('\n');
   });
   const exited = new Promise<{ code: number | null; at: number }>((resolve) => child.on('exit', (code) => resolve({ code, at: performance.now() })));
+  return {
+    child,
+    exited,
+    output: () => out,
+    records: () => recorded.split('\n').filter((l) => l.startsWith(RECORD)).map((l) => l.slice(RECORD.length)),
+  };
+}
+
+test(`SIGINT during heavy interrupt load: \`upci run\` releases every device (bus master off, vfio fds closed) and exits 0 within ${SIGINT_BOUND_MS} ms`, async (t) => {
+  const { child, exited, output, records: recordsOf } = upciRun({
+    statsIntervalMs: 250,
+    shutdownTimeoutMs: 3000,
+    devices: [
+      { address: EDU, driver: 'edu', options: { interrupt: 'msi', raiseIntervalMs: 0 } },
+      { address: EDU2, driver: 'edu', options: { interrupt: 'intx', raiseIntervalMs: 0 } },
+      { address: TESTDEV, driver: 'pci-testdev', options: { checkIntervalMs: 10 } },
+    ],
+  });
   // Loaded guests were seen to take over 60 s to reach 100 interrupts on each edu.
-  const deadline = Date.now() + 180_000;
-  const loaded = () => [EDU, EDU2].every((a) => new RegExp(`${a} stats interrupts=([1-9]\\d{2,})`).test(out));
-  while (!loaded()) {
+  const loaded = () => [EDU, EDU2].every((a) => new RegExp(`${a} stats interrupts=([1-9]\\d{2,})`).test(output()));
+  if (!await reaches(child, loaded, 180_000)) {
+    t.log(output());
+    return t.fail('the host never got both edus under load');
+  }
+  t.true(sysfsBusMaster(EDU), 'MSI needs bus mastering while running');
+  const { code, ms, beyond } = await signalled(t, child, exited, output, 'SIGINT');
+  t.log(output().split('\n').filter((l) => / fault |restart #/.test(l)).join('\n') || 'no fault before the signal');
+  t.log(output().split('\n').filter((l) => !l.includes(' stats ')).slice(-12).join('\n'));
+  t.is(code, 0, 'exit 0: the graceful stop finished within shutdownTimeoutMs, nothing forced');
+  t.true(beyond < SIGINT_BOUND_MS, `released and exited in ${ms} ms, ${Math.round(beyond)} ms beyond the sampler's longest interval`);
+  t.regex(output(), /host stopped: 3 device\(s\) released/);
+  const records = recordsOf();
+  t.log(records.join('\n'));
+  for (const a of [EDU, EDU2, TESTDEV]) {
+    // One close per incarnation: a loaded guest may have restarted a driver before the signal (its fault is in the log).
+    const restarts = output().split('\n').filter((l) => l.includes(`${a} restart #`)).length;
+    closedWithBusMasterOff(t, records, a, 1 + restarts);
+    t.true(openable(a), `${a}: can be opened again`);
+  }
+});
+
+/** Whether `ready()` holds before `ms` pass and while the child lives (else it is killed). */
+async function reaches(child: ReturnType<typeof spawn>, ready: () => boolean, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (!ready()) {
     if (Date.now() > deadline || child.exitCode !== null) {
       child.kill('SIGKILL');
-      t.log(out);
-      return t.fail('the host never got both edus under load');
+      return false;
     }
     await sleep(50);
   }
-  t.true(sysfsBusMaster(EDU), 'MSI needs bus mastering while running');
-  // A thread of this process that samples every 100 ms: how long the guest did not run this process
-  // either (the bound is on the release, not on a starved guest).
+  return true;
+}
+
+/**
+ * Sends `signal` and waits for the exit (SIGKILL after 30 s), while a thread of this process samples every 100 ms:
+ * `beyond` is the exit's delay beyond the sampler's longest interval (the bound is on the release, not on a starved guest).
+ */
+async function signalled(t: { log(...v: unknown[]): void }, child: ReturnType<typeof spawn>, exited: Promise<{ code: number | null; at: number }>, output: () => string, signal: NodeJS.Signals) {
   const sampler = progressSampler();
   await sampler.start({ sampleMs: 100, rising: [], beating: [] });
   const sent = performance.now();
-  child.kill('SIGINT');
+  child.kill(signal);
   const hung = setTimeout(() => {
-    t.log(`no exit 30 s after SIGINT:\n${out}`);
+    t.log(`no exit 30 s after ${signal}:\n${output()}`);
     child.kill('SIGKILL');
   }, 30_000);
   const { code, at } = await within(40_000, exited, '`upci run` did not exit even after SIGKILL');
   clearTimeout(hung);
   const ms = Math.round(at - sent);
   const sampled = await sampler.stop();
-  t.log(`exit ${code} ${ms} ms after SIGINT; the sampler's longest interval ${Math.round(sampled.maxSampleIntervalMs)} ms`);
-  t.log(out.split('\n').filter((l) => / fault |restart #/.test(l)).join('\n') || 'no fault before the signal');
-  t.log(out.split('\n').filter((l) => !l.includes(' stats ')).slice(-12).join('\n'));
-  t.is(code, 0, 'exit 0: the graceful stop finished within shutdownTimeoutMs, nothing forced');
-  t.true(sampled.beyondStarvation(ms) < SIGINT_BOUND_MS, `released and exited in ${ms} ms, ${Math.round(sampled.beyondStarvation(ms))} ms beyond the sampler's longest interval`);
-  t.regex(out, /host stopped: 3 device\(s\) released/);
-  const records = recorded.split('\n').filter((l) => l.startsWith(RECORD)).map((l) => l.slice(RECORD.length));
-  t.log(records.join('\n'));
-  for (const a of [EDU, EDU2, TESTDEV]) {
-    // One close per incarnation: a loaded guest may have restarted a driver before the signal (its fault is in the log).
-    const restarts = out.split('\n').filter((l) => l.includes(`${a} restart #`)).length;
-    closedWithBusMasterOff(t, records, a, 1 + restarts);
-    t.true(openable(a), `${a}: can be opened again`);
-  }
-});
+  t.log(`exit ${code} ${ms} ms after ${signal}; the sampler's longest interval ${Math.round(sampled.maxSampleIntervalMs)} ms`);
+  return { code, ms, beyond: sampled.beyondStarvation(ms) };
+}
+
+/** The detach bound in the next test: edu's attach takes well under a second in this guest. */
+const DETACH_BOUND_MS = 3000;
+/** What a stop may take on top of a detach that overran its bound: DriverThread's RELEASE_SLACK_MS (2 s) and the release. */
+const AFTER_DETACH_MS = 2000 + SIGINT_BOUND_MS;
+
+for (const how of ['spin', 'block', 'promise'] as const) {
+  test(`SIGTERM with a driver whose detach never ends (${how}): the detach is named with attachTimeoutMs once, the device taken back with bus mastering off, every device released, exit 0 within ${DETACH_BOUND_MS + AFTER_DETACH_MS} ms, no second signal`, async (t) => {
+    const { child, exited, output, records: recordsOf } = upciRun({
+      statsIntervalMs: 250,
+      attachTimeoutMs: DETACH_BOUND_MS,
+      shutdownTimeoutMs: DETACH_BOUND_MS + AFTER_DETACH_MS,
+      devices: [
+        { address: EDU, driver: 'edu', options: { interrupt: 'msi', raiseIntervalMs: 5, hangInDetach: how } },
+        { address: EDU2, driver: 'edu', options: { interrupt: 'intx', raiseIntervalMs: 5 } },
+      ],
+    });
+    const interrupting = () => [EDU, EDU2].every((a) => new RegExp(`${a} stats interrupts=([1-9]\\d+)`).test(output()));
+    if (!await reaches(child, interrupting, 180_000)) {
+      t.log(output());
+      return t.fail('the host never got both edus running');
+    }
+    const { code, ms, beyond } = await signalled(t, child, exited, output, 'SIGTERM');
+    const said = output().split('\n').filter((l) => /detach/.test(l));
+    t.log(said.join('\n'));
+    t.is(code, 0, 'exit 0: the bounded detach is part of the graceful stop');
+    t.true(beyond < DETACH_BOUND_MS + AFTER_DETACH_MS, `released and exited in ${ms} ms, ${Math.round(beyond)} ms beyond the sampler's longest interval`);
+    t.is(said.filter((l) => l.includes(`detach did not finish within ${DETACH_BOUND_MS} ms (attachTimeoutMs)`)).length, 1, 'the overrun is said once, naming the phase and its bound');
+    t.regex(output(), /host stopped: 2 device\(s\) released/);
+    const records = recordsOf();
+    for (const a of [EDU, EDU2]) {
+      closedWithBusMasterOff(t, records, a);
+      t.true(openable(a), `${a}: can be opened again`);
+    }
+  });
+}
