@@ -52,6 +52,9 @@ function writeInChild(path: string, text: string, killMs: number): Promise<{ cod
     childExit = new Promise((r) => child.on('close', r));
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
+      // A child stuck in the kernel must not keep this process alive (VM run 2 hung here after the failure).
+      child.unref();
+      child.stderr.destroy();
       resolve({ code: null, signal: 'timeout', ms: Math.round(performance.now() - started), stderr });
     }, killMs);
     child.on('error', reject);
