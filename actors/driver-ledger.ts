@@ -12,6 +12,8 @@ import type { InterruptType } from '../pci/intr.js';
 const HEARTBEAT = 0;
 const INTERRUPTS = 1;
 const IRQ_KIND = 2;
+/** The worker's kernel thread id, 0 while unknown: the watchdog reads how long it waited to run. */
+const TID = 3;
 const WORDS = 4;
 const HEAP_USED = 0;
 const HEAP_LIMIT = 1;
@@ -82,6 +84,15 @@ export class DriverLedger {
   get heartbeatAgeMs(): number | undefined {
     const at = this.numbers[BEAT_AT]!;
     return at === 0 ? undefined : now() - at;
+  }
+
+  set tid(tid: number | undefined) {
+    Atomics.store(this.words, TID, tid ?? 0);
+  }
+
+  /** The worker's kernel thread id, once it has said it. */
+  get tid(): number | undefined {
+    return Atomics.load(this.words, TID) || undefined;
   }
 
   /** Worker: interrupts delivered to the driver. */

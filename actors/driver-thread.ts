@@ -20,6 +20,7 @@ import type { BusDma } from '../pci/bus-dma.js';
 import type { InterruptType } from '../pci/intr.js';
 import { AttachedBus, type BusMeter } from './driver-bus.js';
 import { DriverLedger, oldGenerationBytes } from './driver-ledger.js';
+import { currentThreadId } from '../kernel/thread-wait.js';
 import { importDriver, type DriverSource } from './driver-source.js';
 import { cleanDetach } from './device-machine.js';
 import type { AnyDriver } from '../drivers/contract.js';
@@ -62,6 +63,7 @@ function run(data: DriverThreadData, kernel: KernelPort): void {
   const post = (m: ThreadMessage) => port.postMessage(m);
   post({ type: 'ready' });
   const ledger = DriverLedger.of(data.ledger);
+  ledger.tid = currentThreadId();
   installFdLedger(ledger.fds);
   const meter: BusMeter & { dma: BusDma | undefined } = {
     countInterrupts: (n) => ledger.countInterrupts(n),

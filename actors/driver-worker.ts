@@ -20,6 +20,8 @@ import type { PciDevice, SharedDevice } from '../pci/device.js';
 import type { InterruptType } from '../pci/intr.js';
 import { quiesce } from '../pci/teardown.js';
 import { closeFd } from '../kernel/fd-calls.js';
+import { runQueueWaitMs } from '../kernel/thread-wait.js';
+import { SilenceMeter } from './silence-meter.js';
 import type { Supervision } from './config.js';
 import { DriverLedger } from './driver-ledger.js';
 import type { DriverSource } from './driver-source.js';
@@ -48,8 +50,13 @@ export interface ThreadSpec {
 export interface Silence {
   /** Since the thread's last beat, by the thread's clock (Date.now()). */
   readonly ageMs: number;
-  /** Of that, what the watchdog counted: its checks' intervals, each at most one heartbeat period (lateness beyond that is this process not running). */
+  /**
+   * Of that, what the watchdog counted: its checks' intervals, each at most one heartbeat period (lateness beyond
+   * that is this process not running), less what the thread spent waiting to run (`threadWaitedMs`).
+   */
   readonly whileRunningMs: number;
+  /** Of the silence, what the thread spent runnable but not on a CPU (starved by other threads), by the kernel's count; 0 where there is none. */
+  readonly threadWaitedMs: number;
 }
 
 /** What taking the device back found, read back from the device and the kernel. */
@@ -190,26 +197,23 @@ export class DriverThread implements ThreadView {
     else this.settleAttach.reject(error);
   }
 
-  /** Checked four times per heartbeat period: a hang is seen within watchdogMs + one period; a heap past the watermark at the beat that shows it. */
+  /**
+   * Checked four times per heartbeat period: a hang is seen within watchdogMs + one period of silence the thread
+   * could have used; a heap past the watermark at the beat that shows it.
+   */
   private startWatchdog(): void {
     const { watchdogMs, heartbeatMs, heapLimitMb } = this.spec.supervision;
     const period = Math.max(1, Math.floor(heartbeatMs / 4));
     let lastCheck = performance.now();
-    let silentMs = 0;
+    const silence = new SilenceMeter(heartbeatMs);
     this.watchdog = setInterval(() => {
       const now = performance.now();
-      // Silence counts only as fast as this thread's own checks run: when the whole process was
-      // not scheduled (a loaded host, a stalled VM), no thread could beat, and that is no hang.
-      // A check up to one heartbeat period late counts in full (the resolution the watchdog
-      // promises anyway: watchdogMs + one heartbeat period); only lateness beyond that is
-      // taken as this process not running.
-      const step = Math.min(now - lastCheck, heartbeatMs);
+      const interval = now - lastCheck;
       lastCheck = now;
       const beat = this.ledger.heartbeat;
       if (beat !== this.lastBeat) {
         this.lastBeat = beat;
-        // The beat came somewhere in the last step: the silence since is at most its age.
-        silentMs = Math.min(this.ledger.heartbeatAgeMs ?? step, step);
+        silence.beat(interval, this.ledger.heartbeatAgeMs);
         // By what V8's limit counts (committed old generation), not heapUsed: fragmentation can put the
         // limit within reach while heapUsed is still below the watermark.
         const old = this.ledger.heapOld;
@@ -219,12 +223,15 @@ export class DriverThread implements ThreadView {
         }
         return;
       }
-      silentMs += step;
+      const tid = this.ledger.tid;
+      silence.quiet(interval, tid === undefined ? undefined : runQueueWaitMs(tid));
+      const silentMs = silence.silentMs;
       if (silentMs > watchdogMs) {
         clearInterval(this.watchdog);
         const ageMs = Math.round(this.ledger.heartbeatAgeMs ?? silentMs);
-        const counted = ageMs > silentMs + heartbeatMs ? ` (${Math.round(silentMs)} ms of it while this process ran)` : '';
-        this.spec.onHang(`no heartbeat from the driver thread for ${ageMs} ms${counted} (watchdogMs ${watchdogMs}): it is hung`, { ageMs, whileRunningMs: Math.round(silentMs) });
+        const counted = ageMs > silentMs + heartbeatMs ? ` (${Math.round(silentMs)} ms of it while it could run)` : '';
+        this.spec.onHang(`no heartbeat from the driver thread for ${ageMs} ms${counted} (watchdogMs ${watchdogMs}): it is hung`,
+          { ageMs, whileRunningMs: Math.round(silentMs), threadWaitedMs: Math.round(silence.waitedMs) });
       }
     }, period);
     this.watchdog.unref();

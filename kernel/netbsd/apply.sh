@@ -3,7 +3,7 @@
 # apply.sh <netbsd-src>
 #
 # Copy the pci(4) user driver files into a NetBSD source tree and add
-# the four hooks to existing files (see README.md, "Hooks").  Only
+# the five hooks to existing files (see README.md, "Hooks").  Only
 # edits files; builds nothing.  Refuses to run twice on one tree.
 #
 set -eu
@@ -33,14 +33,17 @@ sed -i.orig \
 
 # 3. pci.c: no kernel driver attaches to a claimed function.
 # 4. pci.c: pcidetach() lets pciuser tear its claims down (or refuse)
-#    before the children go.
+#    before the children go;
+# 5. and tells it when they have gone (or failed to), so that opens in
+#    between see a dying bus.
 sed -i.orig \
     -e 's|^#include <dev/pci/pcivar.h>$|&\n#include <dev/pci/pciuserio.h>|' \
     -e '/a driver already attached?/,/return 0;/{/return 0;/s|$|\n\tif (!match \&\& pciuser_claimed(sc, device, function))\n\t\treturn 0;|}' \
-    -e '/^pcidetach(device_t self, int flags)$/,/^}/s|^\tif ((rc = config_detach_children(self, flags)) != 0)$|\tif ((rc = pciuser_detach(device_private(self), flags)) != 0)\n\t\treturn rc;\n&|' \
+    -e '/^pcidetach(device_t self, int flags)$/,/^}/s|^\tif ((rc = config_detach_children(self, flags)) != 0)$|\tif ((rc = pciuser_detach(device_private(self), flags)) != 0)\n\t\treturn rc;\n\trc = config_detach_children(self, flags);\n\tpciuser_detach_done(device_private(self));\n\tif (rc != 0)|' \
     "$sys/dev/pci/pci.c"
 
 grep -q 'pciuser_open' "$sys/dev/pci/pci_usrreq.c" || die "hook 2 did not apply"
 grep -q 'pciuser_claimed' "$sys/dev/pci/pci.c" || die "hook 3 did not apply"
 grep -q 'pciuser_detach' "$sys/dev/pci/pci.c" || die "hook 4 did not apply"
+grep -q 'pciuser_detach_done' "$sys/dev/pci/pci.c" || die "hook 5 did not apply"
 echo "apply: done; originals kept as *.orig; add pciuser.4 to share/man/man4/Makefile by hand"

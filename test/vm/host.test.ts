@@ -225,6 +225,7 @@ test(`SIGINT during heavy interrupt load: \`upci run\` releases every device (bu
   const ms = Math.round(at - sent);
   const sampled = await sampler.stop();
   t.log(`exit ${code} ${ms} ms after SIGINT; the sampler's longest interval ${Math.round(sampled.maxSampleIntervalMs)} ms`);
+  t.log(out.split('\n').filter((l) => / fault |restart #/.test(l)).join('\n') || 'no fault before the signal');
   t.log(out.split('\n').filter((l) => !l.includes(' stats ')).slice(-12).join('\n'));
   t.is(code, 0, 'exit 0: the graceful stop finished within shutdownTimeoutMs, nothing forced');
   t.true(sampled.beyondStarvation(ms) < SIGINT_BOUND_MS, `released and exited in ${ms} ms, ${Math.round(sampled.beyondStarvation(ms))} ms beyond the sampler's longest interval`);
@@ -232,7 +233,9 @@ test(`SIGINT during heavy interrupt load: \`upci run\` releases every device (bu
   const records = recorded.split('\n').filter((l) => l.startsWith(RECORD)).map((l) => l.slice(RECORD.length));
   t.log(records.join('\n'));
   for (const a of [EDU, EDU2, TESTDEV]) {
-    closedWithBusMasterOff(t, records, a);
+    // One close per incarnation: a loaded guest may have restarted a driver before the signal (its fault is in the log).
+    const restarts = out.split('\n').filter((l) => l.includes(`${a} restart #`)).length;
+    closedWithBusMasterOff(t, records, a, 1 + restarts);
     t.true(openable(a), `${a}: can be opened again`);
   }
 });

@@ -9,6 +9,7 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { DriverLedger } from '../../actors/driver-ledger.js';
+import { runQueueWaitMs } from '../../kernel/thread-wait.js';
 
 export interface SamplerStart {
   readonly type: 'start';
@@ -26,6 +27,11 @@ export interface RisingResult {
   /** When (Date.now()) that gap ended. */
   readonly maxGapEndedAt: number;
   readonly rises: number;
+  /**
+   * The longest gap less what the driver's thread spent runnable but not on a CPU during it (the kernel's
+   * run-queue count for the TID in its ledger): the part of a gap its thread could have run.
+   */
+  readonly maxRunnableGapMs: number;
   /** The oldest heartbeat seen in its ledger (tells its thread's own stalls from late samples). */
   readonly heartbeatAgeMs: number;
 }
@@ -45,6 +51,12 @@ export interface SamplerResult {
   readonly stoppedAt: number;
 }
 
+/** The driver thread's run-queue wait so far; 0 where the kernel does not count it (then a gap counts whole). */
+const waited = (ledger: DriverLedger): number => {
+  const tid = ledger.tid;
+  return (tid === undefined ? undefined : runQueueWaitMs(tid)) ?? 0;
+};
+
 const port = parentPort!;
 let stop: (() => SamplerResult) | undefined;
 
@@ -58,7 +70,7 @@ port.on('message', (m: SamplerStart | { type: 'stop' }) => {
   const startedAt = Date.now();
   const rising = m.rising.map((buffer) => {
     const ledger = DriverLedger.of(buffer);
-    return { ledger, last: ledger.interrupts, lastRise: start, result: { maxGapMs: 0, maxGapEndedAt: startedAt, rises: 0, heartbeatAgeMs: 0 } };
+    return { ledger, last: ledger.interrupts, lastRise: start, waitAtRise: waited(ledger), result: { maxGapMs: 0, maxGapEndedAt: startedAt, rises: 0, maxRunnableGapMs: 0, heartbeatAgeMs: 0 } };
   });
   const beating = m.beating.map((b) => DriverLedger.of(b));
   let lastSample = start;
@@ -75,6 +87,9 @@ port.on('message', (m: SamplerStart | { type: 'stop' }) => {
       const c = r.ledger.interrupts;
       if (c === r.last) continue;
       if (now - r.lastRise > r.result.maxGapMs) r.result = { ...r.result, maxGapMs: now - r.lastRise, maxGapEndedAt: Date.now() };
+      const wait = waited(r.ledger);
+      r.result.maxRunnableGapMs = Math.max(r.result.maxRunnableGapMs, now - r.lastRise - (wait - r.waitAtRise));
+      r.waitAtRise = wait;
       r.lastRise = now;
       r.last = c;
       r.result.rises++;
@@ -85,7 +100,11 @@ port.on('message', (m: SamplerStart | { type: 'stop' }) => {
     clearInterval(timer);
     const now = performance.now();
     return {
-      rising: rising.map((r) => ({ ...r.result, maxGapMs: Math.max(r.result.maxGapMs, now - r.lastRise) })),
+      rising: rising.map((r) => ({
+        ...r.result,
+        maxGapMs: Math.max(r.result.maxGapMs, now - r.lastRise),
+        maxRunnableGapMs: Math.max(r.result.maxRunnableGapMs, now - r.lastRise - (waited(r.ledger) - r.waitAtRise)),
+      })),
       maxHeartbeatAgeMs,
       maxSampleIntervalMs,
       stoppedAt: Date.now(),

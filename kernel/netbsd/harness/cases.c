@@ -143,6 +143,21 @@ load(struct file *fp, uint32_t map, uint32_t mem, uint64_t off, uint64_t len)
 	return h_ioctl(fp, PCIUSER_IOC_DMAMAP_LOAD, &l);
 }
 
+/*
+ * The setup most DMA cases open with: a claimed file, DMA memory of
+ * pages pages, a map of as many segments and the whole memory loaded.
+ */
+static struct file *
+xdmaloaded(uint64_t pages, struct pciuser_dmamem_alloc *a, uint32_t *map)
+{
+	struct file *fp = xclaimed();
+
+	REQUIRE_EQ(dmamem(fp, pages * PAGE_SIZE, 0, 0, a), 0);
+	REQUIRE_EQ(dmamap(fp, pages * PAGE_SIZE, (uint32_t)pages, map), 0);
+	REQUIRE_EQ(load(fp, *map, a->pdm_id, 0, pages * PAGE_SIZE), 0);
+	return fp;
+}
+
 static int
 sync_ops(struct file *fp, uint32_t map, uint32_t ops, uint64_t off,
     uint64_t len)
@@ -540,13 +555,11 @@ case_ioc_dmamap_sync(void)
 static void
 case_n2_sync_pre_post(void)
 {
-	struct file *fp = xclaimed();
+	struct file *fp;
 	struct pciuser_dmamem_alloc a;
 	uint32_t map;
 
-	REQUIRE_EQ(dmamem(fp, PAGE_SIZE, 0, 0, &a), 0);
-	REQUIRE_EQ(dmamap(fp, PAGE_SIZE, 1, &map), 0);
-	REQUIRE_EQ(load(fp, map, a.pdm_id, 0, PAGE_SIZE), 0);
+	fp = xdmaloaded(1, &a, &map);
 	REQUIRE_EQ(sync_ops(fp, map, PCIUSER_SYNC_PREREAD |
 	    PCIUSER_SYNC_POSTREAD, 0, PAGE_SIZE), EINVAL);
 	REQUIRE_EQ(sync_ops(fp, map, PCIUSER_SYNC_PREWRITE |
@@ -559,13 +572,11 @@ case_n2_sync_pre_post(void)
 static void
 case_n2_sync_zero_length(void)
 {
-	struct file *fp = xclaimed();
+	struct file *fp;
 	struct pciuser_dmamem_alloc a;
 	uint32_t map;
 
-	REQUIRE_EQ(dmamem(fp, PAGE_SIZE, 0, 0, &a), 0);
-	REQUIRE_EQ(dmamap(fp, PAGE_SIZE, 1, &map), 0);
-	REQUIRE_EQ(load(fp, map, a.pdm_id, 0, PAGE_SIZE), 0);
+	fp = xdmaloaded(1, &a, &map);
 	REQUIRE_EQ(sync_ops(fp, map, PCIUSER_SYNC_PREWRITE, 0, 0), EINVAL);
 	REQUIRE_EQ(sync_ops(fp, map, PCIUSER_SYNC_POSTREAD, 100, 0), EINVAL);
 	REQUIRE_EQ(h_close(fp), 0);
@@ -758,13 +769,11 @@ case_mmap_unclaimed(void)
 static void
 case_close_dma_live(void)
 {
-	struct file *fp = xclaimed();
+	struct file *fp;
 	struct pciuser_dmamem_alloc a;
 	uint32_t map;
 
-	REQUIRE_EQ(dmamem(fp, 4 * PAGE_SIZE, 0, 0, &a), 0);
-	REQUIRE_EQ(dmamap(fp, 4 * PAGE_SIZE, 4, &map), 0);
-	REQUIRE_EQ(load(fp, map, a.pdm_id, 0, 4 * PAGE_SIZE), 0);
+	fp = xdmaloaded(4, &a, &map);
 	REQUIRE_EQ(intr(fp, PCIUSER_INTR_MSI, 1, NULL), 0);
 	REQUIRE_EQ(cfgw(fp, PCI_COMMAND_STATUS_REG, 0x6), 0);
 	REQUIRE(h_cfg_read(H_DEV_NIC, PCI_COMMAND_STATUS_REG) &
@@ -777,18 +786,85 @@ case_close_dma_live(void)
 	REQUIRE_EQ(dma_total(), 0);
 }
 
+/*
+ * DMA memory mapped past close keeps the function protected (the
+ * fuzzer's freed-while-master-after-bdf-cfgwrite): an unclaimed file
+ * may not turn bus mastering back on with PCI_IOC_BDF_CFGWRITE, nor
+ * may anyone claim the function, until the last munmap.
+ */
+static void
+case_dma_mapped_after_close_protected(void)
+{
+	struct file *fp = xclaimed(), *other;
+	struct pciuser_dmamem_alloc a;
+	struct pciio_bdf_cfgreg b;
+	struct uvm_object *uo;
+
+	REQUIRE_EQ(dmamem(fp, PAGE_SIZE, 0, 0, &a), 0);
+	REQUIRE_EQ(h_mmap(fp, a.pdm_cookie, PAGE_SIZE,
+	    VM_PROT_READ | VM_PROT_WRITE, MAP_SHARED, &uo), 0);
+	REQUIRE_EQ(h_close(fp), 0);
+	REQUIRE_EQ(h_cfg_read(H_DEV_NIC, PCI_COMMAND_STATUS_REG) &
+	    PCI_COMMAND_MASTER_ENABLE, 0);
+	other = xopen();
+	memset(&b, 0, sizeof(b));
+	b.bus = 0;
+	b.device = H_DEV_NIC;
+	b.cfgreg.reg = PCI_COMMAND_STATUS_REG;
+	b.cfgreg.val = h_cfg_read(H_DEV_NIC, PCI_COMMAND_STATUS_REG) |
+	    PCI_COMMAND_MASTER_ENABLE;
+	REQUIRE_EQ(h_ioctl(other, PCI_IOC_BDF_CFGWRITE, &b), EBUSY);
+	REQUIRE_EQ(h_cfg_read(H_DEV_NIC, PCI_COMMAND_STATUS_REG) &
+	    PCI_COMMAND_MASTER_ENABLE, 0);
+	REQUIRE_EQ(claim(other, NULL), EBUSY);
+	REQUIRE_EQ(h_phys_pages, 1);
+	h_munmap(uo);
+	REQUIRE_EQ(h_freed_while_master, 0);
+	REQUIRE_EQ(h_phys_pages, 0);
+	REQUIRE_EQ(dma_total(), 0);
+	/* The last DMA memory gone, the function is free again. */
+	b.cfgreg.reg = 0x40;
+	b.cfgreg.val = 0;
+	REQUIRE_EQ(h_ioctl(other, PCI_IOC_BDF_CFGWRITE, &b), 0);
+	REQUIRE_EQ(claim(other, NULL), 0);
+	REQUIRE_EQ(h_close(other), 0);
+}
+
+/*
+ * Freed, still mapped, and the owner turns mastering on before the
+ * munmap: the pages are leaked (quarantined), not freed.
+ */
+static void
+case_dma_freed_mapped_master_leaks(void)
+{
+	struct file *fp = xclaimed();
+	struct pciuser_dmamem_alloc a;
+	struct uvm_object *uo;
+
+	expect_leaks = 1;
+	REQUIRE_EQ(dmamem(fp, PAGE_SIZE, 0, 0, &a), 0);
+	REQUIRE_EQ(h_mmap(fp, a.pdm_cookie, PAGE_SIZE,
+	    VM_PROT_READ | VM_PROT_WRITE, MAP_SHARED, &uo), 0);
+	REQUIRE_EQ(id_ioctl(fp, PCIUSER_IOC_DMAMEM_FREE, a.pdm_id), 0);
+	REQUIRE_EQ(cfgw(fp, PCI_COMMAND_STATUS_REG, 0x6), 0);
+	h_munmap(uo);
+	REQUIRE_EQ(h_freed_while_master, 0);
+	REQUIRE_EQ(h_phys_pages, 1);
+	REQUIRE_EQ(h_close(fp), 0);
+	REQUIRE_EQ(h_freed_while_master, 0);
+	REQUIRE_EQ(h_phys_pages, 1);
+}
+
 /* A device that keeps mastering: its memory is leaked, never reused. */
 static void
 case_close_dma_sticky_master(void)
 {
-	struct file *fp = xclaimed();
+	struct file *fp;
 	struct pciuser_dmamem_alloc a;
 	uint32_t map;
 
 	expect_leaks = 1;
-	REQUIRE_EQ(dmamem(fp, 4 * PAGE_SIZE, 0, 0, &a), 0);
-	REQUIRE_EQ(dmamap(fp, 4 * PAGE_SIZE, 4, &map), 0);
-	REQUIRE_EQ(load(fp, map, a.pdm_id, 0, 4 * PAGE_SIZE), 0);
+	fp = xdmaloaded(4, &a, &map);
 	h_nic_sticky_master(true);
 	REQUIRE_EQ(h_close(fp), 0);
 	REQUIRE_EQ(h_freed_while_master, 0);
@@ -799,13 +875,11 @@ case_close_dma_sticky_master(void)
 static void
 case_dmamem_free_while_master(void)
 {
-	struct file *fp = xclaimed();
+	struct file *fp;
 	struct pciuser_dmamem_alloc a;
 	uint32_t map;
 
-	REQUIRE_EQ(dmamem(fp, 4 * PAGE_SIZE, 0, 0, &a), 0);
-	REQUIRE_EQ(dmamap(fp, 4 * PAGE_SIZE, 4, &map), 0);
-	REQUIRE_EQ(load(fp, map, a.pdm_id, 0, 4 * PAGE_SIZE), 0);
+	fp = xdmaloaded(4, &a, &map);
 	REQUIRE_EQ(cfgw(fp, PCI_COMMAND_STATUS_REG, 0x6), 0);
 	REQUIRE_EQ(id_ioctl(fp, PCIUSER_IOC_DMAMAP_UNLOAD, map), 0);
 	REQUIRE_EQ(id_ioctl(fp, PCIUSER_IOC_DMAMEM_FREE, a.pdm_id), EBUSY);
@@ -1127,10 +1201,10 @@ case_selftest_bus_dma(void)
 }
 
 /*
- * KNOWN TO FAIL (DESIGN.md, Known gaps): an open in the window after
- * pciuser_detach() while pcidetach() sleeps detaching children.  It
- * must fail with ENXIO and leave nothing behind; today it makes a new
- * bus record for the dying bus.
+ * An open in the window after pciuser_detach() while pcidetach() sleeps
+ * detaching children must fail with ENXIO and leave nothing behind
+ * (before pciuser_detach_done(), it made a new bus record for the dying
+ * bus).
  */
 static int window_error = -1;
 
@@ -1177,6 +1251,8 @@ static const struct {
 	C(mmap_unclaimed),
 	C(close_dma_live),
 	C(close_dma_sticky_master),
+	C(dma_mapped_after_close_protected),
+	C(dma_freed_mapped_master_leaks),
 	C(dmamem_free_while_master),
 	C(detach_during_use),
 	C(detach_not_forced_with_mapping),
@@ -1189,7 +1265,7 @@ static const struct {
 	C(n4_efbig_leak),
 	C(selftest_lockdebug),
 	C(selftest_bus_dma),
-	XFAIL(open_in_detach_window),
+	C(open_in_detach_window),
 #undef C
 #undef XFAIL
 };
@@ -1215,10 +1291,7 @@ table(void)
 
 	curcase = "table";
 	h_boot();
-	fp = xclaimed();
-	REQUIRE_EQ(dmamem(fp, 2 * PAGE_SIZE, 0, 0, &a), 0);
-	REQUIRE_EQ(dmamap(fp, 2 * PAGE_SIZE, 2, &map), 0);
-	REQUIRE_EQ(load(fp, map, a.pdm_id, 0, 2 * PAGE_SIZE), 0);
+	fp = xdmaloaded(2, &a, &map);
 	for (ops = 0; ops < 0x20; ops++)
 		for (len = 0; len < 3; len++)
 			printf("sync %u %ju %d\n", ops, (uintmax_t)len,

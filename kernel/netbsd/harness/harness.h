@@ -27,6 +27,8 @@ struct uvm_object;
 
 /* Boot the stand-in kernel: bus pci0 with its functions. */
 void	h_boot(void);
+/* Reset global state between fuzz inputs (before h_boot). */
+void	h_reset(void);
 /* Whole-case checks: leaks of kmem, tags, locks held; 0 if clean. */
 int	h_shutdown_check(char *, size_t);
 

@@ -1922,6 +1922,7 @@ cdev_ioctl(dev_t dev, u_long cmd, void *data, int flag, struct lwp *l)
  */
 int	pciuser_open(dev_t, int, int, struct lwp *);
 int	pciuser_detach(struct pci_softc *, int);
+void	pciuser_detach_done(struct pci_softc *);
 void	sysctl_hw_pciuser_setup(struct sysctllog **);
 
 void
@@ -2101,10 +2102,39 @@ h_detach(int flags)
 		h_detach_window();
 		harness_kernel_lock();
 	}
-	if (error == 0)
+	if (error == 0) {
+		/* pcidetach(), its children detached: hook 5. */
+		pciuser_detach_done(&hsc);
 		hsc_attached = false;
+	}
 	harness_kernel_unlock();
 	return error;
+}
+
+/*
+ * Reset the stand-in kernel's global state between fuzz inputs (fuzz.c):
+ * counters, the lock order seen, the sysctl nodes, the NIC's BARs.
+ * What must be empty after an input (kmem, maps, files, ...) is
+ * h_shutdown_check's job, not reset here.
+ */
+void
+h_reset(void)
+{
+
+	pthread_mutex_lock(&hglobal);
+	memset(horder, 0, sizeof(horder));
+	pthread_mutex_unlock(&hglobal);
+	hnsysctl = 0;
+	memset(hnic_mem, 0, sizeof(hnic_mem));
+	h_kauth_deny = 0;
+	h_pmap_fail = 0;
+	h_phys_pages = 0;
+	h_leaked_pages = 0;
+	h_sizing_with_decode = 0;
+	h_freed_while_master = 0;
+	h_msix_maps = 0;
+	h_softints_run = 0;
+	h_detach_window = NULL;
 }
 
 void

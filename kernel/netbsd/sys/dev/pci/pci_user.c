@@ -165,8 +165,12 @@ struct pciuser_cfgw {
 /*
  * A claimed function.  The embedded uvm_object is the pager of the
  * memory BAR mappings and carries the reference count: one reference
- * for the open file, one per user mapping.  The claim is released
- * when the last one goes (see DESIGN.md, "lifetime").
+ * for the open file, one per user mapping, one per DMA memory object
+ * allocated through the claim (until its pages are freed or leaked).
+ * The claim is released, and leaves pciuser_claims, when the last one
+ * goes (see DESIGN.md, "lifetime"): while any of its DMA memory lives,
+ * pci(4) may not write the function's config space and nobody may
+ * claim it again, so nobody can turn bus mastering back on.
  */
 struct pciuser_claimrec {
 	struct uvm_object	c_uobj;		/* must be first */
@@ -197,6 +201,7 @@ struct pciuser_dmamem {
 	bool			m_subtag;	/* m_dmat to be destroyed */
 	bool			m_leaked;	/* device may still DMA */
 	struct pciuser_file	*m_pf;		/* on its pf_orphans, or NULL */
+	struct pciuser_claimrec	*m_claim;	/* its claim, referenced */
 	bus_dma_segment_t	*m_segs;
 	int			m_maxsegs;
 	int			m_nsegs;
@@ -556,6 +561,29 @@ pciuser_unbusy(struct pciuser_file *pf)
 }
 
 /*
+ * sc's bus record, made from *npbp on first use (then *npbp is set to
+ * NULL: the caller frees what is left).  Called with pciuser_lock held.
+ */
+static struct pciuser_bus *
+pciuser_bus_lookup(struct pci_softc *sc, struct pciuser_bus **npbp)
+{
+	struct pciuser_bus *pb;
+
+	KASSERT(mutex_owned(&pciuser_lock));
+	LIST_FOREACH(pb, &pciuser_buses, pb_entry) {
+		if (pb->pb_sc == sc)
+			return pb;
+	}
+	pb = *npbp;
+	*npbp = NULL;
+	pb->pb_sc = sc;
+	LIST_INIT(&pb->pb_files);
+	cv_init(&pb->pb_cv, "pciuserb");
+	LIST_INSERT_HEAD(&pciuser_buses, pb, pb_entry);
+	return pb;
+}
+
+/*
  * Put pf on the files of sc's bus record, made on first use; ENXIO if
  * the bus is going away.
  */
@@ -567,18 +595,7 @@ pciuser_bus_join(struct pci_softc *sc, struct pciuser_file *pf)
 
 	npb = kmem_zalloc(sizeof(*npb), KM_SLEEP);
 	mutex_enter(&pciuser_lock);
-	LIST_FOREACH(pb, &pciuser_buses, pb_entry) {
-		if (pb->pb_sc == sc)
-			break;
-	}
-	if (pb == NULL) {
-		pb = npb;
-		npb = NULL;
-		pb->pb_sc = sc;
-		LIST_INIT(&pb->pb_files);
-		cv_init(&pb->pb_cv, "pciuserb");
-		LIST_INSERT_HEAD(&pciuser_buses, pb, pb_entry);
-	}
+	pb = pciuser_bus_lookup(sc, &npb);
 	if (pb->pb_dying)
 		error = ENXIO;
 	else {
@@ -763,8 +780,29 @@ pciuser_bar_detach(struct uvm_object *uobj)
 static void
 pciuser_mem_free(struct pciuser_dmamem *m)
 {
+	struct pciuser_claimrec *c = m->m_claim;
+	pcireg_t csr;
 
 	KASSERT(m->m_loads == 0);
+	/*
+	 * Defence in depth: the claim is still listed (this memory holds
+	 * it), so only its own file can have turned bus mastering on,
+	 * e.g. after DMAMEM_FREE and before the last munmap.  The device
+	 * may then hold the pages' addresses: leak them, as
+	 * pciuser_release() does, rather than give them to someone else.
+	 * The command register is only read (no read-modify-write, so
+	 * pf_intr_lock, which the file may no longer have, is not needed).
+	 */
+	if (!m->m_leaked && !c->c_gone) {
+		csr = pci_conf_read(c->c_pa.pa_pc, c->c_tag,
+		    PCI_COMMAND_STATUS_REG);
+		if (csr & PCI_COMMAND_MASTER_ENABLE) {
+			printf("pciuser: %d/%d/%d is bus mastering; its freed "
+			    "DMA memory is leaked\n", c->c_pa.pa_bus,
+			    c->c_device, c->c_function);
+			m->m_leaked = true;
+		}
+	}
 	mutex_enter(&pciuser_lock);
 	if (m->m_pf != NULL) {
 		LIST_REMOVE(m, m_entry);	/* pf_orphans */
@@ -788,6 +826,8 @@ pciuser_mem_free(struct pciuser_dmamem *m)
 	}
 	uvm_obj_destroy(&m->m_uobj, true);
 	kmem_free(m, sizeof(*m));
+	/* The function may be given back once no DMA memory is left. */
+	pciuser_bar_detach(&c->c_uobj);
 }
 
 static void
@@ -2029,6 +2069,9 @@ pciuser_dmamem_alloc(struct pciuser_file *pf, struct pciuser_dmamem_alloc *a)
 	memset(m->m_kva, 0, size);
 	m->m_mapflags = flags & (BUS_DMA_COHERENT | BUS_DMA_PREFETCHABLE);
 	uvm_obj_init(&m->m_uobj, &pciuser_mem_pagerops, true, 1);
+	/* The claim stays listed until this memory is gone. */
+	m->m_claim = c;
+	pciuser_obj_reference(&c->c_uobj);
 	mutex_enter(&pf->pf_lock);
 	m->m_id = pf->pf_nextmem++;
 	LIST_INSERT_HEAD(&pf->pf_mems, m, m_entry);
@@ -2839,19 +2882,21 @@ int
 pciuser_detach(struct pci_softc *sc, int flags)
 {
 	struct pciuser_claimrec *c, *nc;
-	struct pciuser_bus *pb;
+	struct pciuser_bus *pb, *npb;
 	struct pciuser_file *pf;
-	bool free;
 
 	RUN_ONCE(&pciuser_once, pciuser_init);
+	npb = kmem_zalloc(sizeof(*npb), KM_SLEEP);
 	mutex_enter(&pciuser_lock);
-	LIST_FOREACH(pb, &pciuser_buses, pb_entry) {
-		if (pb->pb_sc == sc)
-			break;
-	}
-	if (pb == NULL) {
+	/*
+	 * No file yet: a record all the same, so that it can be dying
+	 * until pciuser_detach_done().
+	 */
+	pb = pciuser_bus_lookup(sc, &npb);
+	if (npb != NULL) {
 		mutex_exit(&pciuser_lock);
-		return 0;
+		kmem_free(npb, sizeof(*npb));
+		mutex_enter(&pciuser_lock);
 	}
 	if ((flags & DETACH_FORCE) == 0 && pciuser_bus_claimed(pb)) {
 		mutex_exit(&pciuser_lock);
@@ -2895,6 +2940,42 @@ pciuser_detach(struct pci_softc *sc, int flags)
 		c->c_registered = false;
 		c->c_gone = true;
 	}
+	/*
+	 * The record stays on pciuser_buses, dying, until
+	 * pciuser_detach_done(): pcidetach() goes on to detach the
+	 * children and may sleep, and an open in that window must see
+	 * ENXIO rather than make a new record for a bus that is going
+	 * (ugen.c's sc_dying, which stays set).
+	 */
+	mutex_exit(&pciuser_lock);
+	return 0;
+}
+
+/*
+ * pciuser_detach_done:
+ *
+ *	Hook for pcidetach(), after its children are detached (or
+ *	failed to): forget the record pciuser_detach() left dying.  If
+ *	the bus stays (a child refused), later opens make a new record;
+ *	the files open before stay detached and see ENXIO.  The record
+ *	goes with its last file.
+ */
+void
+pciuser_detach_done(struct pci_softc *sc)
+{
+	struct pciuser_bus *pb;
+	bool free;
+
+	RUN_ONCE(&pciuser_once, pciuser_init);
+	mutex_enter(&pciuser_lock);
+	LIST_FOREACH(pb, &pciuser_buses, pb_entry) {
+		if (pb->pb_sc == sc && pb->pb_dying)
+			break;
+	}
+	if (pb == NULL) {
+		mutex_exit(&pciuser_lock);
+		return;
+	}
 	LIST_REMOVE(pb, pb_entry);
 	pb->pb_sc = NULL;
 	free = pb->pb_nfiles == 0;
@@ -2903,5 +2984,4 @@ pciuser_detach(struct pci_softc *sc, int flags)
 		cv_destroy(&pb->pb_cv);
 		kmem_free(pb, sizeof(*pb));
 	}
-	return 0;
 }

@@ -336,6 +336,7 @@ struct pci_softc;
 int	pciuser_open(dev_t, int, int, struct lwp *);
 bool	pciuser_claimed(struct pci_softc *, int, int);
 int	pciuser_detach(struct pci_softc *, int);
+void	pciuser_detach_done(struct pci_softc *);
 #endif
 
 #endif /* !_DEV_PCI_PCIUSERIO_H_ */
