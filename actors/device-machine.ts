@@ -7,10 +7,19 @@
  *                                          │ (no restarts left)
  *                                          └──────→ detaching
  *
+ *   any state but detaching ─REQUEST→ removing ──→ released (outcome removed)
+ *
  * failed quiesces the device (bus master off, interrupts disabled, DMA
  * unmapped, BARs revoked); resetting resets it through the kernel port, or,
  * when the port cannot reset the function (edu under VFIO), closes and
  * reopens it, then waits out the back-off. detaching quiesces and closes.
+ * REQUEST is the kernel asking for the device back (VFIO's device request:
+ * an unbind of vfio-pci, a hot-unplug): removing takes it back from the
+ * driver as failed does (consumers failed, thread killed, bus mastering off,
+ * vectors off, DMA unmapped), closes it without a reset (the kernel's
+ * unbind waits for that close), and ends the actor: no restart. A request
+ * that comes while an attach, a reload, a quiesce or a reset is in flight
+ * is remembered and acted on when it settles.
  * Every state is entered as its own macrostep, so each transition shows in
  * the actor's snapshots and in the inspection stream.
  */
@@ -27,7 +36,7 @@ import { DriverThread, LOAD_TIMEOUT_MS, type QuiesceReport, type Silence } from 
 import { attachOverran, bounded, cleanDetach } from './phase-bounds.js';
 import type { DeviceMeter } from './meter.js';
 
-export type DeviceStateName = 'claimed' | 'attaching' | 'running' | 'reloading' | 'failed' | 'resetting' | 'detaching' | 'released';
+export type DeviceStateName = 'claimed' | 'attaching' | 'running' | 'reloading' | 'failed' | 'resetting' | 'detaching' | 'removing' | 'released';
 
 /** Why a driver incarnation ended badly. */
 export interface Fault {
@@ -59,7 +68,9 @@ export type Outcome =
   /** The reopen after a fault failed: the device is closed and not coming back. */
   | { readonly kind: 'lost'; readonly error: string }
   /** The host closed the device directly, not waiting for the actor (a second signal, an overrun shutdown). */
-  | { readonly kind: 'forced' };
+  | { readonly kind: 'forced' }
+  /** The kernel asked for the device back (device request: unbind, hot-unplug); it was quiesced and closed, not restarted. */
+  | { readonly kind: 'removed' };
 
 export interface DeviceActorInput {
   readonly address: PciAddress;
@@ -104,6 +115,8 @@ export interface DeviceContext extends DeviceActorInput {
   readonly lastReset: ResetKind | undefined;
   /** STOP arrived while an attach or reset was in flight: finish it, then detach. */
   readonly stopRequested: boolean;
+  /** The kernel asked for the device back while something was in flight: finish it, then remove. */
+  readonly removeRequested: boolean;
   readonly outcome: Outcome;
   readonly released: Release | undefined;
 }
@@ -113,7 +126,9 @@ export type DeviceEvent =
   | { type: 'STOP' }
   | { type: 'WATCHDOG'; message: string; silence?: Silence }
   /** The driver's code changed (`upci run --watch`): restart it with the new code, keeping the device. */
-  | { type: 'RELOAD' };
+  | { type: 'RELOAD' }
+  /** The kernel asks for the device back (VFIO device request: an unbind, a hot-unplug): quiesce, close, no restart. */
+  | { type: 'REQUEST' };
 
 /** What the final release did: a kernel reset before closing, or just the close (no reset method). */
 export type ReleaseKind = 'kernel-reset' | 'close' | 'already-closed';
@@ -154,9 +169,11 @@ interface Quiescing {
  * thread is taken back from the main thread and terminated (`graceful`: it
  * is first asked to detach itself).
  */
-async function quiesce({ device, attachment, incarnation, onQuiesced, meter }: Quiescing, graceful: boolean): Promise<void> {
+async function quiesce({ device, attachment, incarnation, onQuiesced, meter }: Quiescing, graceful: boolean, removed = false): Promise<void> {
   if (attachment?.kind === 'thread') {
-    const reason = `the host took ${device.address} back from its driver (stopped, crashed or hung); ask for it again to get the restarted driver's`;
+    const reason = removed
+      ? `the kernel took ${device.address} back (device request: unbind or hot-unplug); it is gone from this host`
+      : `the host took ${device.address} back from its driver (stopped, crashed or hung); ask for it again to get the restarted driver's`;
     // Its consumers fail at once; what it consumes stays usable to its own clean detach, and ends with the thread.
     attachment.services.withdrawProvided(reason);
     try {
@@ -249,6 +266,16 @@ export function deviceMachineFor(driver: AnyDriver) {
         await toPromise(actor);
       }),
       quiesce: fromPromise<void, Quiescing>(async ({ input }) => quiesce(input, false)),
+      // The kernel wants the device back: taken from its driver at once (no clean detach: on a hot-unplug
+      // the device is already gone), then closed, which is what the kernel's unbind waits for.
+      remove: fromPromise<void, Quiescing>(async ({ input }) => {
+        if (!input.device.isOpen) return;
+        try {
+          await quiesce(input, false, true);
+        } finally {
+          input.device.close();
+        }
+      }),
       reload: fromPromise<void, Quiescing>(async ({ input }) => {
         await quiesce(input, true);
         if (input.device.kernel.canReset) input.device.reset();
@@ -284,12 +311,14 @@ export function deviceMachineFor(driver: AnyDriver) {
     guards: {
       restartsLeft: ({ context }) => context.restarts < context.supervision.restart.maxRestarts,
       stopRequested: ({ context }) => context.stopRequested,
+      removeRequested: ({ context }) => context.removeRequested,
     },
     delays: {
       backoff: ({ context }) => restartDelay(context.supervision.restart, context.restarts),
     },
     actions: {
       requestStop: assign({ stopRequested: true }),
+      requestRemove: assign({ removeRequested: true }),
     },
   }).createMachine({
     id: 'device',
@@ -301,13 +330,14 @@ export function deviceMachineFor(driver: AnyDriver) {
       fault: undefined,
       lastReset: undefined,
       stopRequested: false,
+      removeRequested: false,
       outcome: { kind: 'stopped' },
       released: undefined,
     }),
     initial: 'claimed',
     states: {
       claimed: {
-        on: { START: 'attaching', STOP: 'detaching' },
+        on: { START: 'attaching', STOP: 'detaching', REQUEST: 'removing' },
       },
       attaching: {
         invoke: {
@@ -317,6 +347,7 @@ export function deviceMachineFor(driver: AnyDriver) {
             onWatchdog: (message: string, silence?: Silence) => self.send({ type: 'WATCHDOG', message, ...(silence === undefined ? {} : { silence }) }),
           }),
           onDone: [
+            { guard: 'removeRequested', target: 'removing', actions: assign({ attachment: ({ event }) => event.output }) },
             { guard: 'stopRequested', target: 'detaching', actions: assign({ attachment: ({ event }) => event.output }) },
             { target: 'running', actions: assign({ attachment: ({ event }) => event.output }) },
           ],
@@ -325,7 +356,7 @@ export function deviceMachineFor(driver: AnyDriver) {
             actions: assign({ fault: ({ context, event }) => faultOf('attach', message(event.error), context.incarnation) }),
           },
         },
-        on: { STOP: { actions: 'requestStop' } },
+        on: { STOP: { actions: 'requestStop' }, REQUEST: { actions: 'requestRemove' } },
       },
       running: {
         invoke: {
@@ -341,6 +372,7 @@ export function deviceMachineFor(driver: AnyDriver) {
         on: {
           STOP: 'detaching',
           RELOAD: 'reloading',
+          REQUEST: 'removing',
           WATCHDOG: {
             target: 'failed',
             actions: assign({
@@ -356,7 +388,10 @@ export function deviceMachineFor(driver: AnyDriver) {
         invoke: {
           src: 'reload',
           input: ({ context }) => quiescing(context),
-          onDone: { target: 'attaching', actions: assign({ attachment: undefined, incarnation: ({ context }) => context.incarnation + 1 }) },
+          onDone: [
+            { guard: 'removeRequested', target: 'removing', actions: assign({ attachment: undefined }) },
+            { target: 'attaching', actions: assign({ attachment: undefined, incarnation: ({ context }) => context.incarnation + 1 }) },
+          ],
           onError: {
             target: 'failed',
             actions: assign({
@@ -365,23 +400,25 @@ export function deviceMachineFor(driver: AnyDriver) {
             }),
           },
         },
-        on: { STOP: { actions: 'requestStop' } },
+        on: { STOP: { actions: 'requestStop' }, REQUEST: { actions: 'requestRemove' } },
       },
       failed: {
         invoke: {
           src: 'quiesce',
           input: ({ context }) => quiescing(context),
           onDone: [
+            { guard: 'removeRequested', target: 'removing', actions: assign({ attachment: undefined }) },
             { guard: 'restartsLeft', target: 'resetting', actions: assign({ attachment: undefined }) },
             { target: 'detaching', actions: assign({ attachment: undefined, outcome: ({ context }) => ({ kind: 'gave-up', fault: context.fault! }) as Outcome }) },
           ],
           // A quiesce that fails still leaves the reset (or close) to stop the device.
           onError: [
+            { guard: 'removeRequested', target: 'removing', actions: assign({ attachment: undefined }) },
             { guard: 'restartsLeft', target: 'resetting', actions: assign({ attachment: undefined }) },
             { target: 'detaching', actions: assign({ attachment: undefined, outcome: ({ context }) => ({ kind: 'gave-up', fault: context.fault! }) as Outcome }) },
           ],
         },
-        on: { STOP: 'detaching' },
+        on: { STOP: 'detaching', REQUEST: { actions: 'requestRemove' } },
       },
       resetting: {
         initial: 'reset',
@@ -391,6 +428,7 @@ export function deviceMachineFor(driver: AnyDriver) {
               src: 'reset',
               input: ({ context }) => ({ device: context.device, reopen: context.reopen }),
               onDone: [
+                { guard: 'removeRequested', target: '#device.removing', actions: assign({ device: ({ event }) => event.output.device }) },
                 { guard: 'stopRequested', target: '#device.detaching', actions: assign({ device: ({ event }) => event.output.device, lastReset: ({ event }) => event.output.kind }) },
                 {
                   target: 'backoff',
@@ -403,11 +441,11 @@ export function deviceMachineFor(driver: AnyDriver) {
               ],
               onError: { target: '#device.released', actions: assign({ outcome: ({ event }) => ({ kind: 'lost', error: message(event.error) }) as Outcome }) },
             },
-            on: { STOP: { actions: 'requestStop' } },
+            on: { STOP: { actions: 'requestStop' }, REQUEST: { actions: 'requestRemove' } },
           },
           backoff: {
             after: { backoff: { target: '#device.attaching', actions: assign({ incarnation: ({ context }) => context.incarnation + 1 }) } },
-            on: { STOP: '#device.detaching' },
+            on: { STOP: '#device.detaching', REQUEST: '#device.removing' },
           },
         },
       },
@@ -418,6 +456,18 @@ export function deviceMachineFor(driver: AnyDriver) {
           onDone: { target: 'released', actions: assign({ attachment: undefined, released: ({ event }) => ({ how: event.output, error: undefined }) }) },
           // The device is closed even so (release closes in a finally); the error is reported.
           onError: { target: 'released', actions: assign({ attachment: undefined, released: ({ event }) => ({ how: 'close' as ReleaseKind, error: message(event.error) }) }) },
+        },
+      },
+      removing: {
+        invoke: {
+          src: 'remove',
+          input: ({ context }) => quiescing(context),
+          onDone: { target: 'released', actions: assign({ attachment: undefined, outcome: { kind: 'removed' } as Outcome, released: { how: 'close', error: undefined } as Release }) },
+          // Closed even so (remove closes in a finally); the error is reported.
+          onError: {
+            target: 'released',
+            actions: assign({ attachment: undefined, outcome: { kind: 'removed' } as Outcome, released: ({ event }) => ({ how: 'close' as ReleaseKind, error: message(event.error) }) }),
+          },
         },
       },
       released: {

@@ -22,5 +22,11 @@ export type HostEvent =
   | { readonly type: 'thread'; readonly at: number; readonly address: PciAddress; readonly incarnation: number; readonly threadId: number; readonly dmaWindow: readonly string[] }
   /** The main thread took the device back from a driver thread: what it read back (bus mastering, vectors, DMA mappings). */
   | { readonly type: 'quiesced'; readonly at: number; readonly address: PciAddress; readonly incarnation: number; readonly report: QuiesceReport }
+  /**
+   * The kernel asked for the device back (VFIO device request: an unbind of vfio-pci, a hot-unplug) and the host
+   * gave it: driver taken back, bus mastering off, vectors off, DMA unmapped, device closed. It is not restarted;
+   * a 'released' event (outcome 'removed') follows. `requests`: the kernel's asks seen before the close.
+   */
+  | { readonly type: 'removed'; readonly at: number; readonly address: PciAddress; readonly incarnation: number; readonly requests: number; readonly error?: string }
   | { readonly type: 'note'; readonly at: number; readonly address: PciAddress; readonly message: string }
   | { readonly type: 'host'; readonly at: number; readonly phase: 'running' | 'stopping' | 'stopped' | 'forced'; readonly detail?: string };

@@ -105,6 +105,8 @@ export class DriverHost {
     options: HostOptions,
   ) {
     const open = options.open ?? ((address: PciAddress) => PciDevice.open(address));
+    // A device reopened by a restart gets its device-request channel again.
+    const reopen = (address: PciAddress): PciDevice => this.watchRequests(open(address));
     const spawns = claims.map((claim): Spawn => {
       const meter = new DeviceMeter();
       this.meters.set(claim.entry.address, meter);
@@ -118,7 +120,7 @@ export class DriverHost {
           options: claim.options,
           supervision: claim.entry.supervision,
           meter,
-          reopen: open,
+          reopen,
           onNote: (message) => this.emit({ type: 'note', at: Date.now(), address, message }),
           onQuiesced: (incarnation, report) => this.emit({ type: 'quiesced', at: Date.now(), address, incarnation, report }),
           onThread: (incarnation, threadId, dmaWindow) => this.emit({ type: 'thread', at: Date.now(), address, incarnation, threadId, dmaWindow }),
@@ -132,6 +134,7 @@ export class DriverHost {
     this.actor.start();
     const refs = this.actor.getSnapshot().context.devices;
     this.claims = refs.map((ref, i) => ({ ref, claim: spawns[i]!.claim }));
+    for (const { claim } of this.claims) this.watchRequests(claim.device);
     // A forced release stops the actors, which then never finish: it settles the host itself.
     this.settled = Promise.race([
       Promise.all(refs.map((ref, i) => this.outcomeOf(ref, spawns[i]!.claim))),
@@ -143,6 +146,33 @@ export class DriverHost {
   static claim(config: HostConfig, options: HostOptions = {}): DriverHost {
     const open = options.open ?? ((address: PciAddress) => PciDevice.open(address));
     return new DriverHost(config, claimAll(config, options.registry ?? builtinDrivers, open), options);
+  }
+
+  /** The kernel's asks for each device (VFIO device request), counted until its removal is reported. */
+  private readonly requests = new Map<PciAddress, number>();
+
+  /**
+   * Registers the device's request channel (VFIO_PCI_REQ_IRQ_INDEX) and
+   * watches it in this thread, where the host keeps the kernel handles: an
+   * ask from the kernel sends REQUEST to the device's actor, which quiesces,
+   * closes and reports it removed. The kernel asks again (every 10 s on
+   * Linux) until the close; later asks are only counted. A device without
+   * the channel, or whose registration fails, is still driven (noted).
+   */
+  private watchRequests(device: PciDevice): PciDevice {
+    const address = device.address;
+    try {
+      const watched = device.onKernelRequest((count) => {
+        const seen = (this.requests.get(address) ?? 0) + count;
+        this.requests.set(address, seen);
+        if (seen === count) this.emit({ type: 'note', at: Date.now(), address, message: 'the kernel asks for the device back (device request): removing it' });
+        this.actor.system.get(address)?.send({ type: 'REQUEST' });
+      });
+      if (!watched) this.emit({ type: 'note', at: Date.now(), address, message: 'no device-request channel: an unbind or hot-unplug waits for the host to stop' });
+    } catch (e) {
+      this.emit({ type: 'note', at: Date.now(), address, message: `device-request channel not registered (${e instanceof Error ? e.message : String(e)}): an unbind or hot-unplug waits for the host to stop` });
+    }
+    return device;
   }
 
   private emit(event: HostEvent): void {
@@ -211,6 +241,10 @@ export class DriverHost {
           type: 'restart', at, address, attempt: context.restarts,
           delayMs: restartDelay(context.supervision.restart, context.restarts), reset: context.lastReset ?? 'reopen',
         });
+      }
+      if (snapshot.status === 'done' && snapshot.output.outcome.kind === 'removed') {
+        const { error } = snapshot.output.released;
+        this.emit({ type: 'removed', at, address, incarnation: context.incarnation, requests: this.requests.get(address) ?? 0, ...(error === undefined ? {} : { error }) });
       }
       if (snapshot.status === 'done') this.emit({ type: 'released', at, address, outcome: snapshot.output.outcome, release: snapshot.output.released });
     };

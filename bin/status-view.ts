@@ -42,6 +42,7 @@ export function plainLine(e: HostEvent): string {
     case 'stats': return `${time} ${e.address} stats interrupts=${e.interrupts} rate=${e.interruptsPerSecond}/s dma=${e.dmaBytesMapped}${e.thread === undefined ? '' : ` ${threadLine(e.thread)}`}`;
     case 'thread': return `${time} ${e.address} incarnation ${e.incarnation} in thread ${e.threadId}`;
     case 'quiesced': return `${time} ${e.address} quiesced incarnation ${e.incarnation}${e.report.threadRunning ? ' (its thread still running)' : ''}: busMaster=${e.report.busMaster} vectors=${e.report.vectorsDisabled ?? 'none'} off, dmaMappingsLeft=${e.report.dmaMappingsLeft ?? '?'}`;
+    case 'removed': return `${time} ${e.address} removed: the kernel asked for the device back (${e.requests} request(s)); quiesced and closed, not restarted${e.error === undefined ? '' : ` (error: ${e.error})`}`;
     case 'note': return `${time} ${e.address} note ${e.message}`;
   }
 }
@@ -81,6 +82,7 @@ export function showStatus(events: Observable<HostEvent>, out: NodeJS.WriteStrea
       else if (e.type === 'restart') Object.assign(row(e.address), { restarts: e.attempt, last: `restart #${e.attempt} (${e.reset})` });
       else if (e.type === 'fault') row(e.address).last = `${e.fault.kind}: ${e.fault.message}`;
       else if (e.type === 'note') row(e.address).last = e.message;
+      else if (e.type === 'removed') Object.assign(row(e.address), { state: 'removed', last: 'removed: the kernel asked for it back' });
       else row(e.address).last = `released: ${e.outcome.kind}`;
       timer ??= setTimeout(draw, REDRAW_MS);
     },

@@ -211,6 +211,14 @@ export interface DeviceFile {
   enableIrqs(kind: IrqKind, count: number): IrqSource[];
   disableIrqs(kind: IrqKind): void;
   unmaskIntx(): void;
+  /**
+   * Registers the kernel's device-request channel (VFIO: an eventfd on
+   * VFIO_PCI_REQ_IRQ_INDEX): a 'counter' source, owner 'hub', that the
+   * kernel signals when it wants the device back (an unbind of its kernel
+   * driver, a hot-unplug), and signals again until close(). Undefined when
+   * the device or the port has no such channel. Absent on ports without one.
+   */
+  enableRequest?(): IrqSource | undefined;
 
   /** Closes every fd; idempotent. Mappings made through mmapSource must have been revoked first. */
   close(): void;

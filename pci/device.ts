@@ -14,6 +14,7 @@ import {
 } from './config.js';
 import { defaultKernelPort } from './kernel-port.js';
 import { quiesce } from './teardown.js';
+import { watchSource, type SourceWatch } from '../workers/interrupt-watcher.js';
 
 const CONFIG_REGION = 7;
 
@@ -103,6 +104,8 @@ export class PciDevice {
   private readonly spaces = new Set<BusSpace>();
   private releaseHooks: { interrupts: (() => void)[]; dma: (() => void)[] } = { interrupts: [], dma: [] };
   private closed = false;
+  /** The kernel's device-request channel, watched in this thread (onKernelRequest); unwatched at close. */
+  private requestWatch: SourceWatch | undefined;
 
   /** Functions open in this process, per kernel port: two owners of one function in a process is a bug, refused. */
   private static readonly claimed = new WeakMap<KernelPort, Set<PciAddress>>();
@@ -303,6 +306,23 @@ export class PciDevice {
     this.releaseHooks[kind].push(hook);
   }
 
+  /**
+   * Watches the kernel's device-request channel (DeviceFile.enableRequest)
+   * in this thread's event loop (uv_poll, no timer): `listener` runs each
+   * time the kernel asks for the device back (an unbind of vfio-pci, a
+   * hot-unplug), with how many asks were counted; the kernel asks again
+   * until close(). False when the device has no such channel (it is still
+   * usable). The watch ends at close(), before the kernel handle closes.
+   */
+  onKernelRequest(listener: (count: number) => void): boolean {
+    this.live();
+    if (this.requestWatch !== undefined) throw new UpciError('BUSY', `${this.address}: its device-request channel is already watched`);
+    const source = this.file.enableRequest?.();
+    if (source === undefined) return false;
+    this.requestWatch = watchSource(source, (_vector, count) => listener(count));
+    return true;
+  }
+
   get isOpen(): boolean {
     return !this.closed;
   }
@@ -331,7 +351,7 @@ export class PciDevice {
         this.spaces.clear();
         this.revokeShared();
       }],
-    }, { last: [() => this.file.close(), this.unclaim] });
+    }, { last: [() => this.requestWatch?.unwatch(), () => this.file.close(), this.unclaim] });
   }
 }
 

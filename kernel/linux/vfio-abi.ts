@@ -60,6 +60,10 @@ export const VFIO_IRQ_SET_ACTION_TRIGGER = 1 << 5;
 export const VFIO_PCI_INTX_IRQ_INDEX = 0;
 export const VFIO_PCI_MSI_IRQ_INDEX = 1;
 export const VFIO_PCI_MSIX_IRQ_INDEX = 2;
+/** AER: signalled on an uncorrectable error (PCIe functions only). */
+export const VFIO_PCI_ERR_IRQ_INDEX = 3;
+/** Device request: signalled, again and again, while the kernel wants the device back (unbind, hot-unplug) until the user closes it. */
+export const VFIO_PCI_REQ_IRQ_INDEX = 4;
 
 export const VFIO_IOMMU_INFO_PGSIZES = 1 << 0;
 export const VFIO_IOMMU_INFO_CAPS = 1 << 1;

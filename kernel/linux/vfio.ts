@@ -270,11 +270,11 @@ class VfioDevice extends RegionDevice implements DeviceFile {
     libc.ioctlValue(this.fd, abi.ioctls.VFIO_DEVICE_RESET, 0, `VFIO_DEVICE_RESET ${this.address}`);
   }
 
-  private setIrqs(kind: IrqKind, flags: number, start: number, count: number, payload: Buffer): void {
+  private setIrqs(kind: IrqKind | 'req', flags: number, start: number, count: number, payload: Buffer): void {
     const t = abi.vfioIrqSet;
     const buf = t.alloc(payload.length);
     t.set(buf, 'flags', flags);
-    t.set(buf, 'index', IRQ_INDEX[kind]);
+    t.set(buf, 'index', kind === 'req' ? abi.VFIO_PCI_REQ_IRQ_INDEX : IRQ_INDEX[kind]);
     t.set(buf, 'start', start);
     t.set(buf, 'count', count);
     payload.copy(buf, t.size);
@@ -307,6 +307,38 @@ class VfioDevice extends RegionDevice implements DeviceFile {
   disableIrqs(kind: IrqKind): void {
     this.live();
     this.setIrqs(kind, abi.VFIO_IRQ_SET_DATA_NONE | abi.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, Buffer.alloc(0));
+  }
+
+  /**
+   * VFIO_DEVICE_GET_IRQ_INFO on the REQ index first: a device (or a kernel)
+   * that offers no request channel gets none, and is still claimed. Then
+   * one eventfd, DATA_EVENTFD|ACTION_TRIGGER, count 1. vfio-pci signals it
+   * from vfio_pci_core_request (every 10 s while the unbind waits) until the
+   * device fd closes; closing the device drops the kernel's reference.
+   */
+  enableRequest(): IrqSource | undefined {
+    this.live();
+    // An adopting thread never takes the request channel: the opener watches it.
+    if (this.adopted) return undefined;
+    const info = abi.vfioIrqInfo.encode({ index: abi.VFIO_PCI_REQ_IRQ_INDEX });
+    try {
+      libc.ioctlBuffer(this.fd, abi.ioctls.VFIO_DEVICE_GET_IRQ_INFO, info, `VFIO_DEVICE_GET_IRQ_INFO req ${this.address}`);
+    } catch (e) {
+      // An index past num_irqs is EINVAL: no request channel on this kernel.
+      if (e instanceof SyscallError && e.errno === 22) return undefined;
+      throw e;
+    }
+    if (abi.vfioIrqInfo.get(info, 'count') < 1 || !(abi.vfioIrqInfo.get(info, 'flags') & abi.VFIO_IRQ_INFO_EVENTFD)) return undefined;
+    const fd = libc.eventfd(libc.EFD_NONBLOCK);
+    try {
+      const payload = Buffer.alloc(4);
+      payload.writeInt32LE(fd, 0);
+      this.setIrqs('req', abi.VFIO_IRQ_SET_DATA_EVENTFD | abi.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1, payload);
+    } catch (e) {
+      libc.close(fd);
+      throw e;
+    }
+    return { fd, format: 'counter', firstVector: 0, vectors: 1, owner: 'hub' };
   }
 
   unmaskIntx(): void {

@@ -19,7 +19,8 @@
  */
 import { SyscallError } from '../../kernel/errors.js';
 import { ManagedIommuDomain } from '../../kernel/linux/iommu-dma.js';
-import type { DeviceFile, IrqInfo, IrqKind, KernelPort, RegionInfo } from '../../kernel/port.js';
+import * as libc from '../../kernel/libc.js';
+import type { DeviceFile, IrqInfo, IrqKind, IrqSource, KernelPort, RegionInfo } from '../../kernel/port.js';
 import { PciDevice } from '../../pci/device.js';
 
 export interface FakeDevice {
@@ -184,4 +185,41 @@ export function fakePort(files: (address: string) => DeviceFile): KernelPort {
 
 export function openFake(fake: FakeDevice): PciDevice {
   return PciDevice.open(fake.file.address, { port: fakePort(() => fake.file) });
+}
+
+/**
+ * A device-request channel for a fake (DeviceFile.enableRequest): the
+ * eventfd VFIO would signal when the kernel wants the device back (an
+ * unbind of vfio-pci, a hot-unplug). fire() signals it as the kernel does;
+ * the watcher that took it (owner 'hub') closes it at the device's close,
+ * after which fire() refuses, so a closed fd number is never written to.
+ */
+export class FakeRequest {
+  private fd: number | undefined;
+  /** enableRequest calls: one per open of the device. */
+  registrations = 0;
+
+  readonly enableRequest = (): IrqSource => {
+    const fd = libc.eventfd(libc.EFD_NONBLOCK);
+    this.fd = fd;
+    this.registrations++;
+    return { fd, format: 'counter', firstVector: 0, vectors: 1, owner: 'hub' };
+  };
+
+  /** The device file was closed: its channel went with it. */
+  closed(): void {
+    this.fd = undefined;
+  }
+
+  get registered(): boolean {
+    return this.fd !== undefined;
+  }
+
+  /** Signals the channel once, as vfio_pci_core_request does (eventfd_signal). */
+  fire(): void {
+    if (this.fd === undefined) throw new Error('no device-request channel registered (or the device is closed)');
+    const one = Buffer.alloc(8);
+    one.writeBigUInt64LE(1n);
+    libc.writeAll(this.fd, one, 'fake device request');
+  }
 }

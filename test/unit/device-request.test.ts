@@ -1,0 +1,218 @@
+/**
+ * The kernel's device request (VFIO_PCI_REQ_IRQ_INDEX) on the fake kernel
+ * port: a device whose request channel fires (an unbind of vfio-pci, a
+ * hot-unplug) is taken back in the one quiesce order (bus mastering off,
+ * vectors off, DMA mappings gone), closed, reported `removed`, and not
+ * restarted; the other devices keep running.
+ */
+import test from 'ava';
+import { map } from 'rxjs';
+import { fromEventObservable, setup } from 'xstate';
+import { parseHostConfig } from '../../actors/config.js';
+import type { HostEvent } from '../../actors/events.js';
+import { DriverHost } from '../../actors/host.js';
+import { plainLine } from '../../bin/status-view.js';
+import { defineDriver, type DriverInput, type DriverVector } from '../../drivers/contract.js';
+import { ManagedIommuDomain } from '../../kernel/linux/iommu-dma.js';
+import * as libc from '../../kernel/libc.js';
+import type { PciAddress } from '../../kernel/pci-address.js';
+import type { DeviceFile, KernelPort } from '../../kernel/port.js';
+import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
+import { PciDevice } from '../../pci/device.js';
+import type { InterruptEvent } from '../../pci/intr.js';
+import { until as untilWithin } from '../support/bounded.js';
+import { FakeRequest, fakeDevice } from '../support/fake-device.js';
+
+const A = '0000:00:04.0';
+const B = '0000:00:05.0';
+
+/** Fake functions with INTx, DMA that records its mappings, and a device-request channel each (unless `noRequest`). */
+class Bench {
+  readonly opens = new Map<string, number>();
+  readonly configs = new Map<string, Buffer>();
+  readonly intxFds = new Map<string, number>();
+  readonly mapped = new Map<string, number>();
+  readonly requests = new Map<string, FakeRequest>();
+  /** Kernel-port calls on the way out, each with what was still on when it came. */
+  readonly calls: string[] = [];
+
+  constructor(private readonly noRequest: readonly string[] = []) {}
+
+  port(): KernelPort {
+    return { name: 'fake', open: (address) => this.file(address) };
+  }
+
+  open = (address: PciAddress): PciDevice => PciDevice.open(address, { port: this.port() });
+
+  private state(address: string): string {
+    return `bus master ${this.busMaster(address) ? 'on' : 'off'}, vectors ${this.intxFds.has(address) ? 'on' : 'off'}, ${this.mapped.get(address) ?? 0} mapping(s)`;
+  }
+
+  private file(address: PciAddress): DeviceFile {
+    this.opens.set(address, (this.opens.get(address) ?? 0) + 1);
+    const config = this.configs.get(address) ?? Buffer.alloc(256);
+    config.writeUInt16LE(0x1234, 0);
+    config.writeUInt16LE(0x0001, 2);
+    this.configs.set(address, config);
+    const request = this.requests.get(address) ?? new FakeRequest();
+    this.requests.set(address, request);
+    const dma = new ManagedIommuDomain({
+      iovaRanges: [{ start: 0n, end: (1n << 39n) - 1n }], pageSizes: 0x1000n, availableMappings: () => undefined,
+      map: () => void this.mapped.set(address, (this.mapped.get(address) ?? 0) + 1),
+      unmap: (_iova, size) => {
+        this.calls.push(`${address} unmap (${this.state(address)})`);
+        this.mapped.set(address, (this.mapped.get(address) ?? 0) - 1);
+        return size;
+      },
+    });
+    return fakeDevice(address, { intx: 1 }, {
+      dma,
+      ...(this.noRequest.includes(address) ? {} : { enableRequest: request.enableRequest }),
+      enableIrqs: () => {
+        const fd = libc.eventfd(libc.EFD_NONBLOCK);
+        this.intxFds.set(address, fd);
+        return [{ fd, format: 'counter', firstVector: 0, vectors: 1, owner: 'hub' }];
+      },
+      disableIrqs: () => {
+        this.calls.push(`${address} vectors off (${this.state(address)})`);
+        this.intxFds.delete(address);
+      },
+      close: () => {
+        this.calls.push(`${address} close (${this.state(address)})`);
+        request.closed();
+      },
+    }, config).file;
+  }
+
+  fire(address: string): void {
+    const fd = this.intxFds.get(address);
+    if (fd === undefined) throw new Error(`${address} has no INTx established`);
+    const one = Buffer.alloc(8);
+    one.writeBigUInt64LE(1n);
+    libc.writeAll(fd, one, 'fake interrupt');
+  }
+
+  busMaster(address: string): boolean {
+    return (this.configs.get(address)!.readUInt16LE(PCI_COMMAND) & PCI_COMMAND_MASTER) !== 0;
+  }
+}
+
+type In = DriverInput<{ dmaBytes: number; attachDelayMs: number }, { readonly vector: DriverVector }>;
+
+/** At attach: DMA memory, bus mastering on, INTx; then acks every interrupt. */
+const driver = defineDriver({
+  name: 'req-test',
+  description: 'device-request unit-test driver',
+  match: [{ vendor: 0x1234, device: 0x0001 }],
+  options: {
+    dmaBytes: { type: 'integer', min: 1, default: 4096, doc: 'DMA memory to allocate at attach' },
+    attachDelayMs: { type: 'integer', min: 0, default: 0, doc: 'how long the attach takes' },
+  } as const,
+  attach: async (bus, options) => {
+    if (options.attachDelayMs > 0) await new Promise((r) => setTimeout(r, options.attachDelayMs));
+    const dma = bus.dma();
+    dma.createTag({}).allocMemory(options.dmaBytes);
+    dma.enableBusMaster();
+    return { vector: bus.establishInterrupts({ type: 'intx' }).vectors[0]! };
+  },
+  machine: setup({
+    types: { input: {} as In, context: {} as In, events: {} as { type: 'irq'; event: InterruptEvent } },
+    actors: {
+      irqs: fromEventObservable(({ input }: { input: DriverVector }) => input.events.pipe(map((event) => ({ type: 'irq' as const, event })))),
+    },
+  }).createMachine({
+    context: ({ input }) => input,
+    invoke: { src: 'irqs', input: ({ context }) => context.resources.vector },
+    on: { irq: { actions: ({ event }) => event.event.ack() } },
+  }),
+});
+const registry = new Map([[driver.name, driver]]);
+
+const config = (devices: unknown[]) =>
+  parseHostConfig({ restart: { initialDelayMs: 10, maxDelayMs: 40, maxRestarts: 3 }, watchdogMs: 500, statsIntervalMs: 50, devices }, registry);
+
+function record(t: { teardown(fn: () => unknown): void }, host: DriverHost): HostEvent[] {
+  const events: HostEvent[] = [];
+  host.events.subscribe((e) => events.push(e));
+  t.teardown(() => host.shutdown());
+  return events;
+}
+
+const states = (events: HostEvent[], address: string) => events.flatMap((e) => (e.type === 'state' && e.address === address ? [e.state] : []));
+const until = (what: string, predicate: () => boolean, ms = 5000): Promise<void> => untilWithin(what, predicate, ms);
+
+test('a device request removes the device: quiesced in the one order, closed, reported removed, not restarted; the other device keeps running', async (t) => {
+  const bench = new Bench();
+  const host = DriverHost.claim(config([{ address: A, driver: 'req-test' }, { address: B, driver: 'req-test' }]), { registry, open: bench.open });
+  const events = record(t, host);
+  t.true(bench.requests.get(A)!.registered, 'the request channel is registered at claim');
+  host.start();
+  await until('both running', () => states(events, A).includes('running') && states(events, B).includes('running'));
+  bench.fire(A);
+  bench.fire(B);
+  await until('one interrupt each', () => host.interruptCount(A as PciAddress) === 1 && host.interruptCount(B as PciAddress) === 1);
+
+  // The kernel asks, and (as vfio_pci_core_request does until the close) asks again.
+  bench.requests.get(A)!.fire();
+  bench.requests.get(A)!.fire();
+  await until('removed', () => events.some((e) => e.type === 'removed'));
+  const removed = events.find((e) => e.type === 'removed');
+  t.like(removed, { address: A, incarnation: 0 });
+  t.true(removed!.type === 'removed' && removed!.requests >= 1);
+  t.regex(plainLine(removed!), /removed: the kernel asked for the device back/);
+  t.like(events.find((e) => e.type === 'released' && e.address === A), { outcome: { kind: 'removed' }, release: { how: 'close', error: undefined } });
+  t.deepEqual(states(events, A), ['claimed', 'attaching', 'running', 'removing', 'released']);
+
+  // The one quiesce order: bus mastering off, then the vectors, then the DMA mappings, then the close.
+  t.deepEqual(bench.calls.filter((c) => c.startsWith(A)), [
+    `${A} vectors off (bus master off, vectors on, 1 mapping(s))`,
+    `${A} unmap (bus master off, vectors off, 1 mapping(s))`,
+    `${A} close (bus master off, vectors off, 0 mapping(s))`,
+  ]);
+  t.false(bench.requests.get(A)!.registered, 'the device is closed: the kernel\'s unbind can complete');
+
+  // No restart: never reopened, no fault, no restart event, however long we wait.
+  await new Promise((r) => setTimeout(r, 100));
+  t.is(bench.opens.get(A), 1);
+  t.false(events.some((e) => (e.type === 'restart' || e.type === 'fault') && e.address === A));
+
+  // B never stopped: same states, and it still takes interrupts.
+  for (let i = 2; i <= 4; i++) {
+    bench.fire(B);
+    await until(`B interrupt ${i}`, () => host.interruptCount(B as PciAddress) === i);
+  }
+  t.deepEqual(states(events, B), ['claimed', 'attaching', 'running']);
+  t.true(bench.busMaster(B));
+  t.deepEqual(bench.calls.filter((c) => c.startsWith(B)), []);
+
+  const report = await host.shutdown();
+  t.like(report.devices.find((d) => d.address === A), { outcome: { kind: 'removed' } });
+  t.like(report.devices.find((d) => d.address === B), { outcome: { kind: 'stopped' } });
+});
+
+test('a device request that comes during an attach is remembered: the attach settles, then the device is removed, never run', async (t) => {
+  const bench = new Bench();
+  const host = DriverHost.claim(config([{ address: A, driver: 'req-test', options: { attachDelayMs: 300 } }]), { registry, open: bench.open });
+  const events = record(t, host);
+  host.start();
+  await until('attaching', () => states(events, A).includes('attaching'));
+  bench.requests.get(A)!.fire();
+  await until('released', () => states(events, A).includes('released'));
+  t.deepEqual(states(events, A), ['claimed', 'attaching', 'removing', 'released']);
+  t.like(events.find((e) => e.type === 'released'), { outcome: { kind: 'removed' } });
+  t.true(events.some((e) => e.type === 'removed'));
+  t.is(bench.calls.at(-1), `${A} close (bus master off, vectors off, 0 mapping(s))`);
+});
+
+test('a device without a request channel is still claimed and driven', async (t) => {
+  const bench = new Bench([A]);
+  const host = DriverHost.claim(config([{ address: A, driver: 'req-test' }]), { registry, open: bench.open });
+  const events = record(t, host);
+  host.start();
+  await until('running', () => states(events, A).includes('running'));
+  bench.fire(A);
+  await until('interrupt', () => host.interruptCount(A as PciAddress) === 1);
+  t.false(bench.requests.get(A)!.registered);
+  const report = await host.shutdown();
+  t.like(report.devices[0], { outcome: { kind: 'stopped' } });
+});
