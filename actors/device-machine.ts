@@ -226,8 +226,8 @@ export function deviceMachineFor(driver: AnyDriver) {
             const attachment: Attachment = { kind: 'thread', thread, services };
             const input = quiescing({ ...context, attachment });
             try {
-              await bounded(thread.loaded, LOAD_TIMEOUT_MS, `${driver.name}: the driver thread did not load its modules within ${LOAD_TIMEOUT_MS} ms`, () => quiesce(input, false));
-              await bounded(thread.attached, supervision.attachTimeoutMs, attachOverran(driver.name, supervision.attachTimeoutMs), () => quiesce(input, false));
+              await bounded(thread.loaded, LOAD_TIMEOUT_MS, `${driver.name}: the driver thread did not load its modules within ${LOAD_TIMEOUT_MS} ms`);
+              await bounded(thread.attached, supervision.attachTimeoutMs, attachOverran(driver.name, supervision.attachTimeoutMs));
               return attachment;
             } catch (e) {
               await quiesce(input, false).catch(() => {});
@@ -245,7 +245,7 @@ export function deviceMachineFor(driver: AnyDriver) {
           try {
             const resources = await bounded(
               Promise.resolve().then(() => driver.attach(bus, context.options)),
-              supervision.attachTimeoutMs, attachOverran(driver.name, supervision.attachTimeoutMs), async () => {},
+              supervision.attachTimeoutMs, attachOverran(driver.name, supervision.attachTimeoutMs),
             );
             return { kind: 'inline', bus, resources };
           } catch (e) {

@@ -313,6 +313,20 @@ export class DriverThread implements ThreadView {
     return report!;
   }
 
+  /**
+   * The host closed the device directly (a forced release): the worker is ended where it is, with no take-back (there
+   * is no device left to take back), and the fds it held are closed. A stop() waiting on it ends with it.
+   */
+  async abandon(): Promise<void> {
+    clearInterval(this.watchdog);
+    if (!this.hasExited) {
+      await Promise.race([this.ready, sleep(LOAD_TIMEOUT_MS)]);
+      await this.worker.terminate();
+      await this.exited;
+    }
+    for (const fd of this.ledger.fds.take()) closeFd(fd);
+  }
+
   /** A clean stop: the driver detaches in its thread (DriverModule.detach, bounded by attachTimeoutMs), then kill() makes sure. */
   async stop(): Promise<QuiesceReport> {
     clearInterval(this.watchdog);

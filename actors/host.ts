@@ -372,7 +372,7 @@ export class DriverHost {
     this.actor.stop();
     this.settleForced(snapshots.map((snapshot, i): DeviceOutput => {
       if (snapshot.status === 'done') return snapshot.output;
-      const { device, restarts } = snapshot.context;
+      const { device, restarts, attachment } = snapshot.context;
       let error: string | undefined;
       try {
         device.close();
@@ -380,6 +380,9 @@ export class DriverHost {
         // Closing continues with the next device: a forced stop must not leave any open.
         error = e instanceof Error ? e.message : String(e);
       }
+      // Its driver's thread goes too, whatever it is doing (a detach spinning past its bound): nothing of the host may
+      // outlive the release and keep the process.
+      if (attachment?.kind === 'thread') void attachment.thread.abandon();
       return { address: this.claims[i]!.claim.entry.address, outcome: { kind: 'forced' }, restarts, released: { how: 'close', error } };
     }));
   }

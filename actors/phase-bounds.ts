@@ -12,19 +12,19 @@ export const attachOverran = (driver: string, limit: number) => `${driver}: atta
 /** A clean detach's bound is attachTimeoutMs too. */
 export const detachOverran = (limit: number) => `detach did not finish within ${limit} ms (attachTimeoutMs)`;
 
-/** Bounds `work` by `limit` ms; on a timeout `onTimeout` runs before the rejection with `what`. */
-export async function bounded<T>(work: Promise<T>, limit: number, what: string, onTimeout: () => Promise<unknown>): Promise<T> {
+/** Bounds `work` by `limit` ms: past it, the rejection is `what`, and the caller takes the device back. */
+export async function bounded<T>(work: Promise<T>, limit: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   let overran = false;
   const overrun = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
       overran = true;
-      void onTimeout().finally(() => reject(new Error(what)));
+      reject(new Error(what));
     }, limit);
   });
   try {
-    // Once over the limit, how the work ends is the take-back's doing (a thread killed by onTimeout ends its
-    // attach with "exited"): the overrun is what happened, and the only thing said.
+    // Once over the limit, how the work ends is the take-back's doing (a killed thread ends its attach with
+    // "exited"): the overrun is what happened, and the only thing said.
     return await Promise.race([work.then((v) => (overran ? overrun : v), (e: unknown) => (overran ? overrun : Promise.reject(e))), overrun]);
   } finally {
     clearTimeout(timer);

@@ -11,6 +11,8 @@
  * read-back, and kill (the worker terminated, its fds closed).
  */
 import test from 'ava';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { readlinkSync } from 'node:fs';
 import { threadId as mainThreadId } from 'node:worker_threads';
 import { parseHostConfig } from '../../actors/config.js';
@@ -165,6 +167,7 @@ for (const how of ['promise', 'block', 'spin'] as const) {
     const { fault, report } = await firstFault(events);
     t.regex(fault?.message ?? '', /attach did not finish within 1500 ms \(attachTimeoutMs\)/, saidOf(events).join('\n'));
     t.is(events.filter((e) => e.type === 'fault').length, 1, saidOf(events).join('\n'));
+    t.is(events.filter((e) => e.type === 'quiesced' && e.incarnation === 0).length, 1, 'taken back once');
     t.deepEqual(records.slice(mark).filter((r) => r.startsWith(`${A} bus master off`) || r.includes('disableIrqs') || r.includes('dma unmap window')).slice(0, 3), TAKE_BACK);
     t.like(report, { threadRunning: true, busMaster: false, dmaMappingsLeft: 0 });
     await host.shutdown();
@@ -187,3 +190,20 @@ for (const how of ['promise', 'block', 'spin'] as const) {
     t.false(busMaster(state()));
   });
 }
+
+test('a shutdown that overruns shutdownTimeoutMs while a detach spins its thread: the devices are closed directly and the process ends at once, not when the detach bound would have', async (t) => {
+  // attachTimeoutMs (the detach's bound) far beyond shutdownTimeoutMs: the forced release comes first.
+  const child = spawn(process.execPath, [fileURLToPath(new URL('../fixtures/host-until-stopped.js', import.meta.url)),
+    JSON.stringify({ hang: 'detach', hangHow: 'spin' }), JSON.stringify({ attachTimeoutMs: 30_000, shutdownTimeoutMs: 1000 })], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  let stoppedAt: number | undefined;
+  child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    out += d;
+    stoppedAt ??= out.includes('\n') ? performance.now() : undefined;
+  });
+  const exitedAt = await within(60_000, new Promise<number>((resolve) => child.once('exit', () => resolve(performance.now()))), 'the host process to exit').finally(() => child.kill('SIGKILL'));
+  t.like(JSON.parse(out), { forced: true, outcome: 'forced' });
+  const lingered = exitedAt - stoppedAt!;
+  t.log(`the process ended ${Math.round(lingered)} ms after its shutdown returned`);
+  t.true(lingered < 3000, `the process lingered ${Math.round(lingered)} ms after the shutdown`);
+});
