@@ -271,7 +271,8 @@ const DETACH_BOUND_MS = 3000;
 /** What a stop may take on top of a detach that overran its bound: DriverThread's RELEASE_SLACK_MS (2 s) and the release. */
 const AFTER_DETACH_MS = 2000 + SIGINT_BOUND_MS;
 
-for (const how of ['spin', 'block', 'promise'] as const) {
+// Block takes the same path as spin (the thread does not answer); the unit tier has all three on the fake.
+for (const how of ['spin', 'promise'] as const) {
   test(`SIGTERM with a driver whose detach never ends (${how}): the detach is named with attachTimeoutMs once, the device taken back with bus mastering off, every device released, exit 0 within ${DETACH_BOUND_MS + AFTER_DETACH_MS} ms, no second signal`, async (t) => {
     const { child, exited, output, records: recordsOf } = upciRun({
       statsIntervalMs: 250,
