@@ -9,6 +9,10 @@
 # work/corpus/.  A crash stops the run: its reproducer is in work/, and
 # the script exits non-zero.
 #
+# Environment: CAMPAIGN_WORK, the work directory (default work/; a
+# directory outside the repository keeps a big corpus out of the
+# worktree); CAMPAIGN_LOG, libFuzzer's log (default $work/fuzz.log).
+#
 # To keep new seeds (optional), merge a minimized set into corpus/:
 #	obj/fuzz -merge=1 corpus work/corpus
 #
@@ -19,7 +23,8 @@ runs=${1:-10000000}
 [ $# -gt 0 ] && shift
 fuzz=$(sh "$here/build.sh" fuzz "$here/obj")
 cov=$(sh "$here/build.sh" cov "$here/obj")
-work=$here/work
+work=${CAMPAIGN_WORK:-$here/work}
+log=${CAMPAIGN_LOG:-$work/fuzz.log}
 mkdir -p "$work/corpus"
 cd "$work"
 
@@ -28,18 +33,18 @@ start=$(date +%s)
 status=0
 "$fuzz" -runs="$runs" -timeout=30 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="$work/" "$@" \
-    "$work/corpus" "$here/corpus" "$here/regressions" 2>"$work/fuzz.log" ||
+    "$work/corpus" "$here/corpus" "$here/regressions" 2>"$log" ||
     status=$?
 end=$(date +%s)
-grep '^stat::' "$work/fuzz.log" || true
+grep '^stat::' "$log" || true
 if [ "$status" -ne 0 ]; then
-	tail -60 "$work/fuzz.log"
+	tail -60 "$log"
 	echo "campaign: FAILED (exit $status) after $((end - start)) s;" \
 	    "reproducer(s):" $(ls -t "$work"/crash-* "$work"/leak-* \
 	    "$work"/timeout-* "$work"/oom-* 2>/dev/null)
 	exit "$status"
 fi
-execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/fuzz.log")
+execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
 echo "campaign: $execs executions in $((end - start)) s, no crash"
 
 # Line coverage of pci_user.c: replay the corpus on the coverage build.

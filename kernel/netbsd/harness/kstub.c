@@ -1428,6 +1428,12 @@ h_nic_bar_read4(int bar, uint64_t off)
 #define	H_NPHYS		65536			/* 256 MiB */
 #define	H_PHYS_BASE	0x10000000ULL
 static unsigned char hphys[H_NPHYS];
+/*
+ * The pages bus_dma hands out, at most H_NPHYS: fuzz.c lowers it with physmem, so
+ * that an allocation (and pci_user.c's memset of it) is megabytes, not
+ * the hundreds an input's random size reached in the 1 GiB default.
+ */
+long	h_nphys = H_NPHYS;
 
 struct hkva {
 	char		*kva;
@@ -1444,7 +1450,7 @@ hphys_run_free(long first, long n)
 	long i;
 
 	for (i = first; i < first + n; i++)
-		if (i >= H_NPHYS || hphys[i])
+		if (i >= h_nphys || hphys[i])
 			return false;
 	return true;
 }
@@ -1482,10 +1488,10 @@ bus_dmamem_alloc(bus_dma_tag_t t, bus_size_t size, bus_size_t alignment,
 	if (nsegs < pages || alignment > PAGE_SIZE || uboundary != 0) {
 		/* uvm_pglistalloc_contig */
 		step = (long)(alignment / PAGE_SIZE);
-		for (first = 0; first + pages <= H_NPHYS; first += step) {
+		for (first = 0; first + pages <= h_nphys; first += step) {
 			curaddr = H_PHYS_BASE + (bus_addr_t)first * PAGE_SIZE;
 			if (curaddr + size - 1 > t->maxaddr) {
-				first = H_NPHYS;
+				first = h_nphys;
 				break;
 			}
 			if (uboundary != 0 && (curaddr & ~(uboundary - 1)) !=
@@ -1494,7 +1500,7 @@ bus_dmamem_alloc(bus_dma_tag_t t, bus_size_t size, bus_size_t alignment,
 			if (hphys_run_free(first, pages))
 				break;
 		}
-		if (first + pages > H_NPHYS) {
+		if (first + pages > h_nphys) {
 			pthread_mutex_unlock(&hglobal);
 			free(pl);
 			return ENOMEM;
@@ -1504,7 +1510,7 @@ bus_dmamem_alloc(bus_dma_tag_t t, bus_size_t size, bus_size_t alignment,
 	} else {
 		/* uvm_pglistalloc_simple: any pages (here every other). */
 		n = 0;
-		for (i = 0; i < H_NPHYS && n < pages; i += 2)
+		for (i = 0; i < h_nphys && n < pages; i += 2)
 			if (!hphys[i] && H_PHYS_BASE + (bus_addr_t)i *
 			    PAGE_SIZE + PAGE_SIZE - 1 <= t->maxaddr)
 				pl[n++] = i;
@@ -2120,12 +2126,15 @@ h_detach(int flags)
 void
 h_reset(void)
 {
+	int i;
 
 	pthread_mutex_lock(&hglobal);
 	memset(horder, 0, sizeof(horder));
 	pthread_mutex_unlock(&hglobal);
 	hnsysctl = 0;
-	memset(hnic_mem, 0, sizeof(hnic_mem));
+	/* Only what hbar_byte() reaches: 148 KiB, not the array's 768. */
+	for (i = 0; i < 6; i++)
+		memset(hnic_mem[i], 0, hfuncs[H_DEV_NIC].barsize[i]);
 	h_kauth_deny = 0;
 	h_pmap_fail = 0;
 	h_phys_pages = 0;
