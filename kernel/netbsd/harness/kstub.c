@@ -958,9 +958,28 @@ pci_probe_device(struct pci_softc *sc, pcitag_t tag,
     int (*match)(const struct pci_attach_args *), struct pci_attach_args *pa)
 {
 	int dev = (int)(tag >> 8) & 0x1f;
+	bus_addr_t base;
+	bus_size_t size;
+	pcireg_t type;
+	int bar, width;
 
 	if (!hfuncs[dev].present)
 		return 0;
+	/*
+	 * As NetBSD's "Collect memory range info": every BAR is probed
+	 * and every memory BAR sized, writing all-ones to it with
+	 * whatever decoding the function has on (issue 15's #3).
+	 */
+	for (bar = PCI_MAPREG_START; bar < PCI_MAPREG_END; bar += width) {
+		width = 4;
+		if (pci_mapreg_probe(&hpc, tag, bar, &type) == 0 ||
+		    PCI_MAPREG_TYPE(type) != PCI_MAPREG_TYPE_MEM)
+			continue;
+		if (PCI_MAPREG_MEM_TYPE(type) == PCI_MAPREG_MEM_TYPE_64BIT)
+			width = 8;
+		(void)pci_mapreg_info(&hpc, tag, bar, type, &base, &size,
+		    NULL);
+	}
 	memset(pa, 0, sizeof(*pa));
 	pa->pa_iot = &hiot;
 	pa->pa_memt = &hmemt;

@@ -1286,16 +1286,21 @@ pciuser_claim_locked(struct pci_softc *sc, struct pciuser_claimrec *c)
 	if (error)
 		return error;
 
-	if (!pci_probe_device(sc, c->c_tag, pciuser_match_any, &c->c_pa)) {
-		error = ENXIO;
-		goto fail;
-	}
-
+	/*
+	 * Decoding off before pci_probe_device(), which sizes every BAR
+	 * (writes all-ones to it) to collect the memory ranges: with
+	 * decoding on, the BAR would move over someone's registers for
+	 * that moment (issue 15, #3).
+	 */
 	csr = pci_conf_read(pc, c->c_tag, PCI_COMMAND_STATUS_REG);
 	c->c_savedcmd = csr & PCIUSER_CSR_CMDMASK;
 	pci_conf_write(pc, c->c_tag, PCI_COMMAND_STATUS_REG, c->c_savedcmd &
 	    ~(PCI_COMMAND_IO_ENABLE | PCI_COMMAND_MEM_ENABLE |
 	    PCI_COMMAND_MASTER_ENABLE));
+	if (!pci_probe_device(sc, c->c_tag, pciuser_match_any, &c->c_pa)) {
+		error = ENXIO;
+		goto restore;
+	}
 	pciuser_probe_bars(c);
 
 	c->c_cfgsize = pciuser_cfgsize(c);
@@ -1331,7 +1336,6 @@ pciuser_claim_locked(struct pci_softc *sc, struct pciuser_claimrec *c)
 
 restore:
 	pci_conf_write(pc, c->c_tag, PCI_COMMAND_STATUS_REG, c->c_savedcmd);
-fail:
 	pciuser_claim_unregister(c);
 	return error;
 }
