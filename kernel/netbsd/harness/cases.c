@@ -758,10 +758,25 @@ case_mmap_unclaimed(void)
 {
 	struct file *fp = xopen();
 	struct uvm_object *uo;
+	static const int asked[] = { 0, MAP_PRIVATE };
+	off_t off = 0xfe000000;
+	int flags, advice, maxprot;
+	size_t i;
 
 	REQUIRE_EQ(h_mmap(fp, 0xfe000000, PAGE_SIZE, VM_PROT_READ,
 	    MAP_SHARED, &uo), 0);
 	h_munmap(uo);
+	/*
+	 * As vn_mmap() of the device node before pciuser: private (or
+	 * neither flag) is mapped shared, not refused.
+	 */
+	for (i = 0; i < __arraycount(asked); i++) {
+		flags = asked[i];
+		REQUIRE_EQ(fp->f_ops->fo_mmap(fp, &off, PAGE_SIZE,
+		    VM_PROT_READ, &flags, &advice, &uo, &maxprot), 0);
+		REQUIRE_EQ(flags, MAP_SHARED);
+		h_munmap(uo);
+	}
 	REQUIRE_EQ(h_close(fp), 0);
 }
 

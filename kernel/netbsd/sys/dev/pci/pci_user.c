@@ -2651,8 +2651,6 @@ pciuser_mmap(struct file *fp, off_t *offp, size_t size, int prot,
 	uint64_t idx, rel;
 	int maxprot, error;
 
-	if ((*flagsp & MAP_SHARED) == 0)
-		return EINVAL;	/* device memory is never private */
 	maxprot = 0;
 	if (fp->f_flag & FREAD)
 		maxprot |= VM_PROT_READ;
@@ -2668,8 +2666,13 @@ pciuser_mmap(struct file *fp, off_t *offp, size_t size, int prot,
 	mutex_enter(&pf->pf_lock);
 	c = pf->pf_claim;
 	if (c == NULL) {
-		/* Unclaimed: pci_usrreq.c's pcimmap(), as before. */
+		/*
+		 * Unclaimed: pci_usrreq.c's pcimmap(), as before, and
+		 * as vn_mmap() did for the device node: MAP_PRIVATE (or
+		 * neither) becomes MAP_SHARED, which programs rely on.
+		 */
 		mutex_exit(&pf->pf_lock);
+		*flagsp = (*flagsp & ~MAP_PRIVATE) | MAP_SHARED;
 		uobj = udv_attach(pf->pf_dev, maxprot, *offp, size);
 		pciuser_exit(pf);
 		if (uobj == NULL)
@@ -2684,7 +2687,9 @@ pciuser_mmap(struct file *fp, off_t *offp, size_t size, int prot,
 	rel = (uint64_t)*offp & PCIUSER_MMAP_MASK;
 	uobj = NULL;
 	error = EINVAL;
-	if (idx >= 1 && idx <= PCIUSER_MAXBARS) {
+	if ((*flagsp & MAP_SHARED) == 0)
+		;	/* BARs and DMA memory are never private */
+	else if (idx >= 1 && idx <= PCIUSER_MAXBARS) {
 		b = &c->c_bar[idx - 1];
 		if ((b->b_uflags & PCIUSER_BAR_MMAP) == 0 ||
 		    rel >= b->b_size || b->b_size - rel < size)
