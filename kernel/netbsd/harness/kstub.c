@@ -517,26 +517,31 @@ kauth_authorize_machdep(kauth_cred_t c, int action, void *a, void *b,
 /* User addresses below 64 KiB fault. */
 #define	H_BADUADDR(p)	((uintptr_t)(p) < 0x10000)
 
+/* copyin and copyout: the user's side is `uaddr', whichever way it goes. */
+static int
+hcopy(const char *what, const void *uaddr, void *dst, const void *src,
+    size_t len)
+{
+
+	assert_sleepable(what, NULL);
+	if (H_BADUADDR(uaddr))
+		return EFAULT;
+	memcpy(dst, src, len);
+	return 0;
+}
+
 int
 copyin(const void *uaddr, void *kaddr, size_t len)
 {
 
-	assert_sleepable("copyin", NULL);
-	if (H_BADUADDR(uaddr))
-		return EFAULT;
-	memcpy(kaddr, uaddr, len);
-	return 0;
+	return hcopy("copyin", uaddr, kaddr, uaddr, len);
 }
 
 int
 copyout(const void *kaddr, void *uaddr, size_t len)
 {
 
-	assert_sleepable("copyout", NULL);
-	if (H_BADUADDR(uaddr))
-		return EFAULT;
-	memcpy(uaddr, kaddr, len);
-	return 0;
+	return hcopy("copyout", uaddr, uaddr, kaddr, len);
 }
 
 int
