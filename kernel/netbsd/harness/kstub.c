@@ -1064,9 +1064,18 @@ pci_get_capability(pci_chipset_tag_t pc, pcitag_t tag, int cap, int *offp,
 	if ((pci_conf_read(pc, tag, PCI_COMMAND_STATUS_REG) &
 	    PCI_STATUS_CAPLIST_SUPPORT) == 0)
 		return 0;
+	/*
+	 * As NetBSD's: a pointer that is not dword aligned or points
+	 * into the header ends the walk ("Skipping broken PCI header"),
+	 * so callers get only aligned offsets >= 0x40.  NetBSD's walk has
+	 * no bound (a cyclic list hangs it); 48 here, so that an input
+	 * that makes one is not a fuzzer timeout.
+	 */
 	off = PCI_CAPLIST_PTR(pci_conf_read(pc, tag, PCI_CAPLISTPTR_REG));
 	for (n = 0; off != 0 && n < 48; n++) {
-		v = pci_conf_read(pc, tag, off & ~3);
+		if ((off & 3) || off < 0x40)
+			break;
+		v = pci_conf_read(pc, tag, off);
 		if (PCI_CAPLIST_CAP(v) == (pcireg_t)cap) {
 			if (offp)
 				*offp = off;
