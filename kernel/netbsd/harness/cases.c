@@ -310,6 +310,8 @@ case_ioc_pio(void)
 	struct file *fp = xclaimed();
 	struct pciuser_pio p;
 
+	/* Reserved at claim, mapped into kernel VA at the first PIO. */
+	REQUIRE_EQ(h_bar_kva(), 0);
 	memset(&p, 0, sizeof(p));
 	p.pio_bar = 0;
 	p.pio_width = 4;
@@ -317,6 +319,7 @@ case_ioc_pio(void)
 	p.pio_value = 0xdeadbeef;
 	REQUIRE_EQ(h_ioctl(fp, PCIUSER_IOC_PIO_WRITE, &p), 0);
 	REQUIRE_EQ(h_nic_bar_read4(0, 0x100), 0xdeadbeef);
+	REQUIRE_EQ(h_bar_kva(), H_BAR0_SIZE);
 	p.pio_value = 0;
 	REQUIRE_EQ(h_ioctl(fp, PCIUSER_IOC_PIO_READ, &p), 0);
 	REQUIRE_EQ(p.pio_value, 0xdeadbeef);
@@ -355,7 +358,10 @@ case_ioc_pio(void)
 	REQUIRE_EQ(h_ioctl(fp, PCIUSER_IOC_PIO_WRITE, &p), 0);
 	p.pio_offset = H_BAR3_SIZE - 4;
 	REQUIRE_EQ(h_ioctl(fp, PCIUSER_IOC_PIO_READ, &p), 0);
+	/* Both sides of the MSI-X table now; the table is never ours. */
+	REQUIRE_EQ(h_bar_kva(), H_BAR0_SIZE + H_BAR3_SIZE - H_MSIX_NVEC * 16);
 	REQUIRE_EQ(h_close(fp), 0);
+	REQUIRE_EQ(h_bar_kva(), 0);
 }
 
 static void

@@ -1109,10 +1109,15 @@ pci_msix_count(pci_chipset_tag_t pc, pcitag_t tag)
 }
 
 /*
- * bus_space: one extent per space, a range mapped by one owner.
+ * bus_space: one extent per space, a range reserved by one owner, as
+ * x86's: bus_space_map() reserves and maps into kernel VA,
+ * bus_space_reserve() only reserves, bus_space_reservation_map() maps
+ * a reservation.  Only a mapped range has a handle that reads and
+ * writes.
  */
 struct hmap {
-	bool		used;
+	bool		used;		/* reserved */
+	bool		mapped;		/* and mapped: the handle works */
 	struct harness_bus_space *t;
 	bus_addr_t	base;
 	bus_size_t	size;
@@ -1123,19 +1128,19 @@ static struct hmap *
 hmap_of(bus_space_handle_t h)
 {
 
-	if (h == 0 || h > __arraycount(hmaps) || !hmaps[h - 1].used)
+	if (h == 0 || h > __arraycount(hmaps) || !hmaps[h - 1].mapped)
 		panic("bus_space: handle %#lx is not mapped", (u_long)h);
 	return &hmaps[h - 1];
 }
 
-int
-bus_space_map(bus_space_tag_t t, bus_addr_t base, bus_size_t size, int flags,
-    bus_space_handle_t *hp)
+/* The extent: the free slot now reserving [base, base + size), or -1. */
+static int
+hspace_reserve(bus_space_tag_t t, bus_addr_t base, bus_size_t size)
 {
 	size_t i, freei = __arraycount(hmaps);
 
 	if (size == 0)
-		panic("bus_space_map: zero size");
+		panic("bus_space: reserving zero bytes");
 	pthread_mutex_lock(&hglobal);
 	for (i = 0; i < __arraycount(hmaps); i++) {
 		if (!hmaps[i].used) {
@@ -1147,17 +1152,48 @@ bus_space_map(bus_space_tag_t t, bus_addr_t base, bus_size_t size, int flags,
 		    hmaps[i].base < base + size) {
 			pthread_mutex_unlock(&hglobal);
 			/* x86: "bus_space_map: can't allocate region" */
-			return EBUSY;
+			return -1;
 		}
 	}
 	if (freei == __arraycount(hmaps))
-		panic("bus_space_map: harness table full");
+		panic("bus_space: harness table full");
 	hmaps[freei].used = true;
+	hmaps[freei].mapped = false;
 	hmaps[freei].t = t;
 	hmaps[freei].base = base;
 	hmaps[freei].size = size;
 	pthread_mutex_unlock(&hglobal);
-	*hp = freei + 1;
+	return (int)freei;
+}
+
+/* The slot of reservation bsr, unmapped if `mapped' is false; or panic. */
+static struct hmap *
+hspace_find(bus_space_tag_t t, const bus_space_reservation_t *bsr,
+    bool mapped, const char *what)
+{
+	size_t i;
+
+	for (i = 0; i < __arraycount(hmaps); i++)
+		if (hmaps[i].used && hmaps[i].t == t &&
+		    hmaps[i].base == bsr->_bsr_start &&
+		    hmaps[i].size == bsr->_bsr_size &&
+		    hmaps[i].mapped == mapped)
+			return &hmaps[i];
+	panic("%s: no %s reservation at %#lx (%#lx)", what,
+	    mapped ? "mapped" : "unmapped", (u_long)bsr->_bsr_start,
+	    (u_long)bsr->_bsr_size);
+}
+
+int
+bus_space_map(bus_space_tag_t t, bus_addr_t base, bus_size_t size, int flags,
+    bus_space_handle_t *hp)
+{
+	int i;
+
+	if ((i = hspace_reserve(t, base, size)) < 0)
+		return EBUSY;
+	hmaps[i].mapped = true;
+	*hp = (bus_space_handle_t)i + 1;
 	return 0;
 }
 
@@ -1170,8 +1206,74 @@ bus_space_unmap(bus_space_tag_t t, bus_space_handle_t h, bus_size_t size)
 		panic("bus_space_unmap: size %#lx, mapped %#lx", (u_long)size,
 		    (u_long)m->size);
 	pthread_mutex_lock(&hglobal);
+	m->used = m->mapped = false;
+	pthread_mutex_unlock(&hglobal);
+}
+
+int
+bus_space_reserve(bus_space_tag_t t, bus_addr_t base, bus_size_t size,
+    int flags, bus_space_reservation_t *bsrp)
+{
+
+	if (hspace_reserve(t, base, size) < 0)
+		return EBUSY;
+	bsrp->_bsr_start = base;
+	bsrp->_bsr_size = size;
+	return 0;
+}
+
+void
+bus_space_release(bus_space_tag_t t, bus_space_reservation_t *bsrp)
+{
+	struct hmap *m;
+
+	pthread_mutex_lock(&hglobal);
+	m = hspace_find(t, bsrp, false, "bus_space_release");
 	m->used = false;
 	pthread_mutex_unlock(&hglobal);
+}
+
+int
+bus_space_reservation_map(bus_space_tag_t t, bus_space_reservation_t *bsrp,
+    int flags, bus_space_handle_t *hp)
+{
+	struct hmap *m;
+
+	pthread_mutex_lock(&hglobal);
+	m = hspace_find(t, bsrp, false, "bus_space_reservation_map");
+	m->mapped = true;
+	pthread_mutex_unlock(&hglobal);
+	*hp = (bus_space_handle_t)(m - hmaps) + 1;
+	return 0;
+}
+
+void
+bus_space_reservation_unmap(bus_space_tag_t t, bus_space_handle_t h,
+    bus_size_t size)
+{
+	struct hmap *m = hmap_of(h);
+
+	if (m->t != t || m->size != size)
+		panic("bus_space_reservation_unmap: size %#lx, mapped %#lx",
+		    (u_long)size, (u_long)m->size);
+	pthread_mutex_lock(&hglobal);
+	m->mapped = false;	/* still reserved */
+	pthread_mutex_unlock(&hglobal);
+}
+
+/* Bytes of memory space mapped into kernel VA (I/O space takes none). */
+uint64_t
+h_bar_kva(void)
+{
+	uint64_t n = 0;
+	size_t i;
+
+	pthread_mutex_lock(&hglobal);
+	for (i = 0; i < __arraycount(hmaps); i++)
+		if (hmaps[i].mapped && !hmaps[i].t->io)
+			n += hmaps[i].size;
+	pthread_mutex_unlock(&hglobal);
+	return n;
 }
 
 paddr_t

@@ -368,6 +368,19 @@ typedef uintptr_t	bus_space_handle_t;
 int	bus_space_map(bus_space_tag_t, bus_addr_t, bus_size_t, int,
 	    bus_space_handle_t *);
 void	bus_space_unmap(bus_space_tag_t, bus_space_handle_t, bus_size_t);
+/* x86's reservations: the extent without kernel VA (sys/bus.h). */
+#define	__HAVE_NEW_STYLE_BUS_H
+typedef struct bus_space_reservation {
+	bus_addr_t	_bsr_start;
+	bus_size_t	_bsr_size;
+} bus_space_reservation_t;
+int	bus_space_reserve(bus_space_tag_t, bus_addr_t, bus_size_t, int,
+	    bus_space_reservation_t *);
+void	bus_space_release(bus_space_tag_t, bus_space_reservation_t *);
+int	bus_space_reservation_map(bus_space_tag_t, bus_space_reservation_t *,
+	    int, bus_space_handle_t *);
+void	bus_space_reservation_unmap(bus_space_tag_t, bus_space_handle_t,
+	    bus_size_t);
 paddr_t	bus_space_mmap(bus_space_tag_t, bus_addr_t, off_t, int, int);
 uint8_t	bus_space_read_1(bus_space_tag_t, bus_space_handle_t, bus_size_t);
 uint16_t bus_space_read_2(bus_space_tag_t, bus_space_handle_t, bus_size_t);
