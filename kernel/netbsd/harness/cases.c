@@ -937,6 +937,8 @@ case_detach_during_use(void)
 	REQUIRE_EQ(dmamem(fp, PAGE_SIZE, 0, 0, &a), 0);
 	REQUIRE_EQ(h_mmap(fp, PCIUSER_MMAP_BAR(0), PAGE_SIZE, VM_PROT_READ,
 	    MAP_SHARED, &uo), 0);
+	REQUIRE_EQ(h_fault(uo, PCIUSER_MMAP_BAR(0), VM_PROT_READ, &pa), 0);
+	REQUIRE_EQ(h_user_mapped(H_BAR0_BASE), 1);
 	REQUIRE_EQ(intr(fp, PCIUSER_INTR_MSI, 1, NULL), 0);
 	reader_fp = fp;
 	REQUIRE_EQ(pthread_create(&t, NULL, reader, NULL), 0);
@@ -944,6 +946,8 @@ case_detach_during_use(void)
 	/* Not forced: a claim holds the bus. */
 	REQUIRE_EQ(h_detach(0), EBUSY);
 	REQUIRE_EQ(h_detach(DETACH_FORCE), 0);
+	/* The page already faulted in is unmapped from the process. */
+	REQUIRE_EQ(h_user_mapped(H_BAR0_BASE), 0);
 	pthread_join(t, NULL);
 	REQUIRE_EQ(reader_error, ENXIO);
 	REQUIRE_EQ(h_ioctl(fp, PCIUSER_IOC_INTR_DISESTABLISH, NULL), ENXIO);

@@ -1993,10 +1993,47 @@ uvm_wait(const char *wmsg)
 	assert_sleepable("uvm_wait", NULL);
 }
 
+/*
+ * pmap: the user mappings that faults entered, one per page of an
+ * object (h_fault's VA stands for it), and x86's pv tracking of
+ * unmanaged pages.  A mapping entered while its page was tracked
+ * (pmap_pv_track) is recorded and revoked by pmap_pv_protect; one
+ * entered before cannot be found, as on x86.
+ */
+struct hpte {
+	bool		used;
+	bool		tracked;
+	struct uvm_object *uo;
+	uint64_t	off;
+	paddr_t		pa;
+};
+static struct hpte hptes[512];
+static struct {
+	bool		used;
+	paddr_t		pa;
+	psize_t		size;
+} hpvts[16];
+static __thread struct uvm_object *hfault_uo;
+static __thread uint64_t hfault_off;
+
+static bool
+hpv_tracked(paddr_t pa)
+{
+	size_t i;
+
+	for (i = 0; i < __arraycount(hpvts); i++)
+		if (hpvts[i].used && pa >= hpvts[i].pa &&
+		    pa - hpvts[i].pa < hpvts[i].size)
+			return true;
+	return false;
+}
+
 int
 pmap_enter(struct pmap *pm, vaddr_t va, paddr_t pa, vm_prot_t prot,
     u_int flags)
 {
+	struct hpte *e, *fe = NULL;
+	size_t i;
 
 	if (h_pmap_fail > 0) {
 		h_pmap_fail--;
@@ -2005,7 +2042,112 @@ pmap_enter(struct pmap *pm, vaddr_t va, paddr_t pa, vm_prot_t prot,
 		return ENOMEM;
 	}
 	h_last_pa = pa;
+	pthread_mutex_lock(&hglobal);
+	for (i = 0; i < __arraycount(hptes); i++) {
+		e = &hptes[i];
+		if (e->used && e->uo == hfault_uo && e->off == hfault_off)
+			break;		/* the same page again: replaced */
+		if (!e->used && fe == NULL)
+			fe = e;
+	}
+	if (i == __arraycount(hptes) && (e = fe) == NULL)
+		panic("pmap_enter: harness table full");
+	e->used = true;
+	e->uo = hfault_uo;
+	e->off = hfault_off;
+	e->pa = pa;
+	e->tracked = hpv_tracked(pa);
+	pthread_mutex_unlock(&hglobal);
 	return 0;
+}
+
+void
+pmap_pv_track(paddr_t pa, psize_t size)
+{
+	size_t i, fi = __arraycount(hpvts);
+
+	pthread_mutex_lock(&hglobal);
+	for (i = 0; i < __arraycount(hpvts); i++) {
+		if (!hpvts[i].used) {
+			if (fi == __arraycount(hpvts))
+				fi = i;
+		} else if (pa < hpvts[i].pa + hpvts[i].size &&
+		    hpvts[i].pa < pa + size)
+			panic("pmap_pv_track: %#lx tracked twice", pa);
+	}
+	if (fi == __arraycount(hpvts))
+		panic("pmap_pv_track: harness table full");
+	hpvts[fi].used = true;
+	hpvts[fi].pa = pa;
+	hpvts[fi].size = size;
+	pthread_mutex_unlock(&hglobal);
+}
+
+/* The pv heads go with the tracking: no recorded mapping may be left. */
+void
+pmap_pv_untrack(paddr_t pa, psize_t size)
+{
+	size_t i;
+
+	pthread_mutex_lock(&hglobal);
+	for (i = 0; i < __arraycount(hptes); i++)
+		if (hptes[i].used && hptes[i].tracked && hptes[i].pa >= pa &&
+		    hptes[i].pa - pa < size)
+			panic("pmap_pv_untrack: %#lx still mapped",
+			    hptes[i].pa);
+	for (i = 0; i < __arraycount(hpvts); i++)
+		if (hpvts[i].used && hpvts[i].pa == pa &&
+		    hpvts[i].size == size)
+			break;
+	if (i == __arraycount(hpvts))
+		panic("pmap_pv_untrack: %#lx (%#lx) not tracked", pa, size);
+	hpvts[i].used = false;
+	pthread_mutex_unlock(&hglobal);
+}
+
+/* Only revocation (VM_PROT_NONE) is modelled. */
+void
+pmap_pv_protect(paddr_t pa, vm_prot_t prot)
+{
+	size_t i;
+
+	if (prot != VM_PROT_NONE)
+		panic("pmap_pv_protect: prot %d not modelled", prot);
+	pthread_mutex_lock(&hglobal);
+	if (!hpv_tracked(pa))
+		panic("pmap_pv_protect: %#lx not tracked", pa);
+	for (i = 0; i < __arraycount(hptes); i++)
+		if (hptes[i].used && hptes[i].tracked && hptes[i].pa == pa)
+			hptes[i].used = false;
+	pthread_mutex_unlock(&hglobal);
+}
+
+/* The user mappings of physical page pa that are left. */
+int
+h_user_mapped(uint64_t pa)
+{
+	size_t i;
+	int n = 0;
+
+	pthread_mutex_lock(&hglobal);
+	for (i = 0; i < __arraycount(hptes); i++)
+		n += hptes[i].used && hptes[i].pa == pa;
+	pthread_mutex_unlock(&hglobal);
+	return n;
+}
+
+/* munmap: the mappings of the object go (pmap_remove), then the object. */
+void
+h_munmap(struct uvm_object *uobj)
+{
+	size_t i;
+
+	pthread_mutex_lock(&hglobal);
+	for (i = 0; i < __arraycount(hptes); i++)
+		if (hptes[i].used && hptes[i].uo == uobj)
+			hptes[i].used = false;
+	pthread_mutex_unlock(&hglobal);
+	uobj->pgops->pgo_detach(uobj);
 }
 
 void
@@ -2164,12 +2306,6 @@ h_mmap(struct file *fp, uint64_t off, size_t size, int prot, int flags,
 	    &maxprot);
 }
 
-void
-h_munmap(struct uvm_object *uobj)
-{
-
-	uobj->pgops->pgo_detach(uobj);
-}
 
 int
 h_fault(struct uvm_object *uobj, uint64_t off, int prot, uint64_t *pa)
@@ -2191,6 +2327,8 @@ h_fault(struct uvm_object *uobj, uint64_t off, int prot, uint64_t *pa)
 	ufi.entry = &entry;
 	h_unlockall = 0;
 	h_last_pa = ~0UL;
+	hfault_uo = uobj;
+	hfault_off = off;
 	/* uvm_fault calls pgo_fault with the object locked. */
 	rw_enter(uobj->vmobjlock, RW_WRITER);
 	error = uobj->pgops->pgo_fault(&ufi, entry.start, pps, 1, 0, prot, 0);
@@ -2289,7 +2427,7 @@ h_thread_begin(void)
 int
 h_shutdown_check(char *buf, size_t len)
 {
-	size_t i, nmaps = 0;
+	size_t i, n, nmaps = 0;
 	int bad = 0;
 
 	buf[0] = '\0';
@@ -2316,6 +2454,12 @@ h_shutdown_check(char *buf, size_t len)
 	CHECK(nmaps != 0, " %zu bus_space mappings left;", nmaps);
 	CHECK(hkvas != NULL, " dmamem kernel mappings left;");
 	CHECK(h_files != 0, " %ld files open;", h_files);
+	for (i = 0, n = 0; i < __arraycount(hptes); i++)
+		n += hptes[i].used;
+	CHECK(n != 0, " %zu user mappings left;", n);
+	for (i = 0, n = 0; i < __arraycount(hpvts); i++)
+		n += hpvts[i].used;
+	CHECK(n != 0, " %zu pv-tracked ranges left;", n);
 	CHECK(udv_obj.uo_refs != 0, " udv object has %d references;",
 	    udv_obj.uo_refs);
 #undef CHECK

@@ -53,6 +53,7 @@ typedef unsigned int	gid_t;
 typedef unsigned int	mode_t;
 typedef unsigned long	vaddr_t;
 typedef unsigned long	paddr_t;
+typedef unsigned long	psize_t;
 typedef unsigned long	vsize_t;
 typedef long		voff_t;
 typedef int		vm_prot_t;
@@ -491,6 +492,11 @@ void	uvmfault_unlockall(struct uvm_faultinfo *, struct vm_amap *,
 void	uvm_wait(const char *);
 int	pmap_enter(struct pmap *, vaddr_t, paddr_t, vm_prot_t, u_int);
 void	pmap_update(struct pmap *);
+/* x86's pv tracking of unmanaged pages (pmap.h) */
+#define	__HAVE_PMAP_PV_TRACK	1
+void	pmap_pv_track(paddr_t, psize_t);
+void	pmap_pv_untrack(paddr_t, psize_t);
+void	pmap_pv_protect(paddr_t, vm_prot_t);
 #define	pmap_phys_address(c)	((paddr_t)(c) << PAGE_SHIFT)
 #define	pmap_mmap_flags(c)	0
 

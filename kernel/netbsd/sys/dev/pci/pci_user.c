@@ -152,6 +152,7 @@ struct pciuser_barstate {
 	bool			b_hmapped[2];
 	bus_size_t		b_gap_lo, b_gap_hi;
 	bool			b_mapped;	/* reserved */
+	bool			b_tracked;	/* pmap_pv_track()ed */
 	/* Kernel-owned ranges (MSI-X table, PBA): [off, off + size). */
 	uint64_t		b_hole_off[2];
 	uint64_t		b_hole_size[2];
@@ -769,7 +770,7 @@ pciuser_piece_reserve(struct pciuser_barstate *b, int p)
 }
 
 static void
-pciuser_bars_unmap(struct pciuser_claimrec *c)
+pciuser_bars_release(struct pciuser_claimrec *c)
 {
 	struct pciuser_barstate *b;
 	int i, p;
@@ -795,6 +796,56 @@ pciuser_bars_unmap(struct pciuser_claimrec *c)
 }
 
 /*
+ * Stop pv tracking the BARs.  Under the object lock once the claim is
+ * visible to pciuser_revoke(), which reads b_tracked under it.
+ */
+static void
+pciuser_bars_untrack(struct pciuser_claimrec *c)
+{
+	struct pciuser_barstate *b;
+	int i;
+
+	for (i = 0; i < PCIUSER_MAXBARS; i++) {
+		b = &c->c_bar[i];
+#ifdef __HAVE_PMAP_PV_TRACK
+		if (b->b_tracked)
+			pmap_pv_untrack((paddr_t)b->b_base, (psize_t)b->b_size);
+#endif
+		b->b_tracked = false;
+	}
+}
+
+/*
+ * The bus is going: no more faults on the claim's BARs (c_gone, set
+ * under the object lock that a fault holds, so no fault enters a page
+ * after this one), and the pages already faulted in are taken out of
+ * every process that maps them, where pv tracking allows it (x86).
+ */
+static void
+pciuser_revoke(struct pciuser_claimrec *c)
+{
+#ifdef __HAVE_PMAP_PV_TRACK
+	struct pciuser_barstate *b;
+	bus_size_t off;
+	int i;
+#endif
+
+	pciuser_obj_lock(&c->c_uobj);
+	c->c_gone = true;
+#ifdef __HAVE_PMAP_PV_TRACK
+	for (i = 0; i < PCIUSER_MAXBARS; i++) {
+		b = &c->c_bar[i];
+		if (!b->b_tracked)
+			continue;
+		for (off = 0; off < b->b_size; off += PAGE_SIZE)
+			pmap_pv_protect((paddr_t)(b->b_base + off),
+			    VM_PROT_NONE);
+	}
+#endif
+	pciuser_obj_unlock(&c->c_uobj);
+}
+
+/*
  * The last reference to a claim went (the file closed and the last BAR
  * mapping is gone): give the function back to the kernel as it was
  * found, except that bus mastering stays off -- a kernel driver turns
@@ -803,11 +854,20 @@ pciuser_bars_unmap(struct pciuser_claimrec *c)
 static void
 pciuser_claim_free(struct pciuser_claimrec *c)
 {
+	bool gone;
 
-	if (!c->c_gone)
+	/*
+	 * A forced detach may be revoking the pages right now (it finds
+	 * the claim on pciuser_claims until it is unregistered below).
+	 */
+	pciuser_obj_lock(&c->c_uobj);
+	gone = c->c_gone;
+	pciuser_bars_untrack(c);
+	pciuser_obj_unlock(&c->c_uobj);
+	if (!gone)
 		pci_conf_write(c->c_pa.pa_pc, c->c_tag, PCI_COMMAND_STATUS_REG,
 		    c->c_savedcmd & ~PCI_COMMAND_MASTER_ENABLE);
-	pciuser_bars_unmap(c);
+	pciuser_bars_release(c);
 	pciuser_claim_unregister(c);
 	uvm_obj_destroy(&c->c_uobj, true);
 	kmem_free(c, sizeof(*c));
@@ -1120,7 +1180,9 @@ pciuser_reserve_bars(struct pciuser_claimrec *c)
 		if (error == 0 && b->b_gap_hi < b->b_size)
 			error = pciuser_piece_reserve(b, 1);
 		if (error) {
-			pciuser_bars_unmap(c);
+			/* Not visible to a detach: it waits for this ioctl. */
+			pciuser_bars_untrack(c);
+			pciuser_bars_release(c);
 			return EBUSY;
 		}
 		b->b_mapped = true;
@@ -1135,6 +1197,17 @@ pciuser_reserve_bars(struct pciuser_claimrec *c)
 		    (b->b_size & PAGE_MASK) == 0 &&
 		    (uint64_t)b->b_size <= PCIUSER_MMAP_MASK)
 			b->b_uflags |= PCIUSER_BAR_MMAP;
+#ifdef __HAVE_PMAP_PV_TRACK
+		/*
+		 * Unmanaged pages: only pages tracked before they are
+		 * entered can be found in the pmaps again, to be revoked
+		 * at a forced detach (pciuser_revoke()).
+		 */
+		if (b->b_uflags & PCIUSER_BAR_MMAP) {
+			pmap_pv_track((paddr_t)b->b_base, (psize_t)b->b_size);
+			b->b_tracked = true;
+		}
+#endif
 	}
 	return 0;
 }
@@ -3013,14 +3086,16 @@ pciuser_detach(struct pci_softc *sc, int flags)
 	/*
 	 * Claims that outlive their file (BAR mappings) are forgotten
 	 * with the bus: no registry entry keyed by a freed softc, no
-	 * config access, faults fail.
+	 * config access, faults fail, pages faulted in are revoked.
+	 * Under pciuser_lock: a claim whose last munmap runs meanwhile
+	 * is not freed before it is unregistered.
 	 */
 	LIST_FOREACH_SAFE(c, &pciuser_claims, c_entry, nc) {
 		if (c->c_sc != sc)
 			continue;
 		LIST_REMOVE(c, c_entry);
 		c->c_registered = false;
-		c->c_gone = true;
+		pciuser_revoke(c);
 	}
 	/*
 	 * The record stays on pciuser_buses, dying, until
