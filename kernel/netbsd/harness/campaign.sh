@@ -19,6 +19,9 @@
 # directory outside the repository keeps a big corpus out of the
 # worktree); CAMPAIGN_LOG, libFuzzer's log (default $work/fuzz.log).
 #
+# To stop it early, send SIGINT to the fuzz process (not to this
+# script): the executions so far and the coverage are still printed.
+#
 # To keep new seeds (optional), merge a minimized set into corpus/:
 #	obj/fuzz -merge=1 corpus work/corpus
 #
@@ -44,15 +47,20 @@ status=0
     status=$?
 end=$(date +%s)
 grep '^stat::' "$log" || true
-if [ "$status" -ne 0 ]; then
+execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+# libFuzzer's exit on SIGINT (-interrupt_exitcode): stopped, not a crash.
+if [ "$status" -eq 72 ] && grep -q 'run interrupted' "$log"; then
+	echo "campaign: stopped by SIGINT after $execs executions in" \
+	    "$((end - start)) s, no crash"
+elif [ "$status" -ne 0 ]; then
 	tail -60 "$log"
 	echo "campaign: FAILED (exit $status) after $((end - start)) s;" \
 	    "reproducer(s):" $(ls -t "$work"/crash-* "$work"/leak-* \
 	    "$work"/timeout-* "$work"/oom-* 2>/dev/null)
 	exit "$status"
+else
+	echo "campaign: $execs executions in $((end - start)) s, no crash"
 fi
-execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
-echo "campaign: $execs executions in $((end - start)) s, no crash"
 
 # Line coverage of pci_user.c: replay the corpus on the coverage build.
 if command -v llvm-profdata-14 >/dev/null && command -v llvm-cov-14 >/dev/null
