@@ -1371,17 +1371,19 @@ struct hvec {
 	void		*arg;
 	bool		established;
 };
-static struct hvec hvecs[H_MSIX_NVEC];
+/* As many as an MSI-X capability can name (an input may rewrite it). */
+static struct hvec hvecs[2048];
 static pci_intr_type_t hintr_type;
 static int hintr_n;
 static bus_space_handle_t hmsix_h;
+static bus_size_t hmsix_size;
 
 int
 pci_intr_alloc(const struct pci_attach_args *pa, pci_intr_handle_t **ihps,
     int *counts, pci_intr_type_t max_type)
 {
-	int n, i, error, max;
-	pcireg_t v;
+	int n, i, error, max, off;
+	pcireg_t v, bar;
 
 	assert_sleepable("pci_intr_alloc", NULL);
 	if (hintr_n != 0)
@@ -1406,11 +1408,26 @@ pci_intr_alloc(const struct pci_attach_args *pa, pci_intr_handle_t **ihps,
 		if (max == 0)
 			return ENODEV;
 		n = MIN(n, max);
-		/* msipic: map the MSI-X table through the BAR it is in. */
-		v = pci_conf_read(pa->pa_pc, pa->pa_tag, 0xa4);
-		error = bus_space_map(pa->pa_memt,
-		    H_BAR3_BASE + (v & PCI_MSIX_TBLOFFSET_MASK),
-		    (bus_size_t)max * PCI_MSIX_TABLE_ENTRY_SIZE, 0, &hmsix_h);
+		/*
+		 * msipic: map the MSI-X table, as many entries as the
+		 * capability says, through the BAR its BIR names (the
+		 * BAR's address read, not sized), and remember the size
+		 * for the unmap.
+		 */
+		if (!pci_get_capability(pa->pa_pc, pa->pa_tag, PCI_CAP_MSIX,
+		    &off, NULL))
+			return ENODEV;
+		v = pci_conf_read(pa->pa_pc, pa->pa_tag,
+		    off + PCI_MSIX_TBLOFFSET);
+		if ((v & PCI_MSIX_TBLBIR_MASK) > 5)
+			return EINVAL;
+		bar = pci_conf_read(pa->pa_pc, pa->pa_tag, PCI_MAPREG_START +
+		    4 * (int)(v & PCI_MSIX_TBLBIR_MASK));
+		if (bar & 1)
+			return EINVAL;	/* an I/O BAR */
+		hmsix_size = (bus_size_t)max * PCI_MSIX_TABLE_ENTRY_SIZE;
+		error = bus_space_map(pa->pa_memt, (bar & ~0xfU) +
+		    (v & PCI_MSIX_TBLOFFSET_MASK), hmsix_size, 0, &hmsix_h);
 		if (error) {
 			fprintf(stderr, "msipic: cannot map the MSI-X table "
 			    "(error %d)\n", error);
@@ -1437,8 +1454,7 @@ pci_intr_release(pci_chipset_tag_t pc, pci_intr_handle_t *ihps, int n)
 	if (n != hintr_n)
 		panic("pci_intr_release: %d of %d vectors", n, hintr_n);
 	if (hintr_type == PCI_INTR_TYPE_MSIX) {
-		bus_space_unmap(&hmemt, hmsix_h,
-		    (bus_size_t)H_MSIX_NVEC * PCI_MSIX_TABLE_ENTRY_SIZE);
+		bus_space_unmap(&hmemt, hmsix_h, hmsix_size);
 		h_msix_maps--;
 	}
 	hintr_n = 0;
