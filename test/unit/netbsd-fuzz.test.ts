@@ -14,13 +14,12 @@
  * are declared skipped, with a warning naming it.
  */
 import test from 'ava';
-import { execFile, execFileSync, spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { buildHarness, harnessDir } from '../support/netbsd-harness-build.js';
 
-const harnessDir = fileURLToPath(new URL('../../../kernel/netbsd/harness/', import.meta.url));
 const FUZZ_SECONDS = 60;
 
 const outDir = mkdtempSync(join(tmpdir(), 'upci-netbsd-fuzz-'));
@@ -71,18 +70,8 @@ if (missing !== undefined) {
   console.warn(`netbsd-fuzz: SKIPPED, the libFuzzer runtime is missing: ${missing}`);
   test.skip(`pci_user.c fuzzer: skipped, ${missing}`, () => {});
 } else {
-  let binary = '';
-  let buildError = '';
-  try {
-    binary = execFileSync('sh', [join(harnessDir, 'build.sh'), 'fuzz', outDir], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
-  } catch (e) {
-    buildError = String((e as { stderr?: string }).stderr ?? e);
-  }
-  if (buildError !== '') {
-    test('pci_user.c fuzzer builds with -fsanitize=fuzzer,address,undefined', (t) => {
-      t.fail(buildError);
-    });
-  } else {
+  const binary = buildHarness('fuzz', outDir, 'pci_user.c fuzzer builds with -fsanitize=fuzzer,address,undefined');
+  if (binary !== undefined) {
     const inputs = ['regressions', 'corpus'].flatMap((d) =>
       readdirSync(join(harnessDir, d)).filter((f) => !f.startsWith('.') && f !== 'README.md').map((f) => join(harnessDir, d, f)));
 

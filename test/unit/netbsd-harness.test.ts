@@ -19,13 +19,12 @@ import { execFile, execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { UpciError } from '../../kernel/errors.js';
 import { dmaRequest, syncRequest } from '../../kernel/netbsd/pciuser-limits.js';
+import { buildHarness } from '../support/netbsd-harness-build.js';
 
 const run = promisify(execFile);
-const harnessDir = fileURLToPath(new URL('../../../kernel/netbsd/harness/', import.meta.url));
 const SANITIZE = ['-fsanitize=address,undefined', '-pthread'];
 
 /** The first of clang and cc that links a program with the sanitizers, or why none does. */
@@ -52,19 +51,8 @@ if (missing !== undefined) {
   console.warn(`netbsd-harness: SKIPPED, the sanitizer toolchain is missing: ${missing}`);
   test.skip(`pci_user.c harness: skipped, ${missing}`, () => {});
 } else {
-  // A build failure is a failure of the kernel code (or of the harness), not a skip.
-  let binary = '';
-  let buildError = '';
-  try {
-    binary = execFileSync('sh', [join(harnessDir, 'build.sh'), outDir], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CC: cc } }).trim();
-  } catch (e) {
-    buildError = String((e as { stderr?: string }).stderr ?? e);
-  }
-  if (buildError !== '') {
-    test('pci_user.c harness builds with -fsanitize=address,undefined', (t) => {
-      t.fail(buildError);
-    });
-  } else {
+  const binary = buildHarness('harness', outDir, 'pci_user.c harness builds with -fsanitize=address,undefined', { ...process.env, CC: cc });
+  if (binary !== undefined) {
     // "name" or "name xfail": a known gap (DESIGN.md), reported as a known failure.
     const cases = execFileSync(binary, ['-l'], { encoding: 'utf8' }).trim().split('\n').map((l) => l.split(' ') as [string, string?]);
     const env = { ...process.env, ASAN_OPTIONS: 'abort_on_error=0:detect_leaks=1', UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1' };

@@ -310,6 +310,8 @@ case_ioc_pio(void)
 	struct file *fp = xclaimed();
 	struct pciuser_pio p;
 
+	/* Reserved at claim, mapped into kernel VA at the first PIO. */
+	REQUIRE_EQ(h_bar_kva(), 0);
 	memset(&p, 0, sizeof(p));
 	p.pio_bar = 0;
 	p.pio_width = 4;
@@ -317,6 +319,7 @@ case_ioc_pio(void)
 	p.pio_value = 0xdeadbeef;
 	REQUIRE_EQ(h_ioctl(fp, PCIUSER_IOC_PIO_WRITE, &p), 0);
 	REQUIRE_EQ(h_nic_bar_read4(0, 0x100), 0xdeadbeef);
+	REQUIRE_EQ(h_bar_kva(), H_BAR0_SIZE);
 	p.pio_value = 0;
 	REQUIRE_EQ(h_ioctl(fp, PCIUSER_IOC_PIO_READ, &p), 0);
 	REQUIRE_EQ(p.pio_value, 0xdeadbeef);
@@ -355,7 +358,10 @@ case_ioc_pio(void)
 	REQUIRE_EQ(h_ioctl(fp, PCIUSER_IOC_PIO_WRITE, &p), 0);
 	p.pio_offset = H_BAR3_SIZE - 4;
 	REQUIRE_EQ(h_ioctl(fp, PCIUSER_IOC_PIO_READ, &p), 0);
+	/* Both sides of the MSI-X table now; the table is never ours. */
+	REQUIRE_EQ(h_bar_kva(), H_BAR0_SIZE + H_BAR3_SIZE - H_MSIX_NVEC * 16);
 	REQUIRE_EQ(h_close(fp), 0);
+	REQUIRE_EQ(h_bar_kva(), 0);
 }
 
 static void
@@ -758,10 +764,25 @@ case_mmap_unclaimed(void)
 {
 	struct file *fp = xopen();
 	struct uvm_object *uo;
+	static const int asked[] = { 0, MAP_PRIVATE };
+	off_t off = 0xfe000000;
+	int flags, advice, maxprot;
+	size_t i;
 
 	REQUIRE_EQ(h_mmap(fp, 0xfe000000, PAGE_SIZE, VM_PROT_READ,
 	    MAP_SHARED, &uo), 0);
 	h_munmap(uo);
+	/*
+	 * As vn_mmap() of the device node before pciuser: private (or
+	 * neither flag) is mapped shared, not refused.
+	 */
+	for (i = 0; i < __arraycount(asked); i++) {
+		flags = asked[i];
+		REQUIRE_EQ(fp->f_ops->fo_mmap(fp, &off, PAGE_SIZE,
+		    VM_PROT_READ, &flags, &advice, &uo, &maxprot), 0);
+		REQUIRE_EQ(flags, MAP_SHARED);
+		h_munmap(uo);
+	}
 	REQUIRE_EQ(h_close(fp), 0);
 }
 
@@ -916,6 +937,8 @@ case_detach_during_use(void)
 	REQUIRE_EQ(dmamem(fp, PAGE_SIZE, 0, 0, &a), 0);
 	REQUIRE_EQ(h_mmap(fp, PCIUSER_MMAP_BAR(0), PAGE_SIZE, VM_PROT_READ,
 	    MAP_SHARED, &uo), 0);
+	REQUIRE_EQ(h_fault(uo, PCIUSER_MMAP_BAR(0), VM_PROT_READ, &pa), 0);
+	REQUIRE_EQ(h_user_mapped(H_BAR0_BASE), 1);
 	REQUIRE_EQ(intr(fp, PCIUSER_INTR_MSI, 1, NULL), 0);
 	reader_fp = fp;
 	REQUIRE_EQ(pthread_create(&t, NULL, reader, NULL), 0);
@@ -923,6 +946,8 @@ case_detach_during_use(void)
 	/* Not forced: a claim holds the bus. */
 	REQUIRE_EQ(h_detach(0), EBUSY);
 	REQUIRE_EQ(h_detach(DETACH_FORCE), 0);
+	/* The page already faulted in is unmapped from the process. */
+	REQUIRE_EQ(h_user_mapped(H_BAR0_BASE), 0);
 	pthread_join(t, NULL);
 	REQUIRE_EQ(reader_error, ENXIO);
 	REQUIRE_EQ(h_ioctl(fp, PCIUSER_IOC_INTR_DISESTABLISH, NULL), ENXIO);

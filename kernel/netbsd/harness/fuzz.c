@@ -486,6 +486,16 @@ int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 
+	/*
+	 * A 16 MiB machine with 8 MiB that bus_dma can hand out: the
+	 * default caps (2 and 4 MiB) are below the pool, so both EDQUOT
+	 * and, once an input raises them by sysctl, bus_dma's ENOMEM are
+	 * reached, while each allocation pci_user.c zeroes stays small.
+	 * With the default 1 GiB, memset of random sizes up to the
+	 * 128 MiB cap took most of each execution's time.
+	 */
+	physmem = 4096;
+	h_nphys = 2048;
 	h_boot();
 	if (h_sysctl("dma_file_max", &cap_file, NULL) != 0 ||
 	    h_sysctl("dma_total_max", &cap_total, NULL) != 0)

@@ -56,6 +56,9 @@ uint32_t h_nic_bar_read4(int, uint64_t);
 
 /* Counters kept by the stand-ins. */
 extern int	h_kauth_deny;
+uint64_t	h_bar_kva(void);	/* memory space mapped into kernel VA */
+int	h_user_mapped(uint64_t);	/* user mappings of a physical page */
+extern long	h_nphys;		/* physical pages bus_dma can hand out */
 extern long	h_phys_pages;		/* physical pages allocated now */
 extern long	h_leaked_pages;		/* left allocated by bus_dma EFBIG */
 extern long	h_sizing_with_decode;	/* BAR sized while decoding */

@@ -517,26 +517,31 @@ kauth_authorize_machdep(kauth_cred_t c, int action, void *a, void *b,
 /* User addresses below 64 KiB fault. */
 #define	H_BADUADDR(p)	((uintptr_t)(p) < 0x10000)
 
+/* copyin and copyout: the user's side is `uaddr', whichever way it goes. */
+static int
+hcopy(const char *what, const void *uaddr, void *dst, const void *src,
+    size_t len)
+{
+
+	assert_sleepable(what, NULL);
+	if (H_BADUADDR(uaddr))
+		return EFAULT;
+	memcpy(dst, src, len);
+	return 0;
+}
+
 int
 copyin(const void *uaddr, void *kaddr, size_t len)
 {
 
-	assert_sleepable("copyin", NULL);
-	if (H_BADUADDR(uaddr))
-		return EFAULT;
-	memcpy(kaddr, uaddr, len);
-	return 0;
+	return hcopy("copyin", uaddr, kaddr, uaddr, len);
 }
 
 int
 copyout(const void *kaddr, void *uaddr, size_t len)
 {
 
-	assert_sleepable("copyout", NULL);
-	if (H_BADUADDR(uaddr))
-		return EFAULT;
-	memcpy(uaddr, kaddr, len);
-	return 0;
+	return hcopy("copyout", uaddr, uaddr, kaddr, len);
 }
 
 int
@@ -958,9 +963,28 @@ pci_probe_device(struct pci_softc *sc, pcitag_t tag,
     int (*match)(const struct pci_attach_args *), struct pci_attach_args *pa)
 {
 	int dev = (int)(tag >> 8) & 0x1f;
+	bus_addr_t base;
+	bus_size_t size;
+	pcireg_t type;
+	int bar, width;
 
 	if (!hfuncs[dev].present)
 		return 0;
+	/*
+	 * As NetBSD's "Collect memory range info": every BAR is probed
+	 * and every memory BAR sized, writing all-ones to it with
+	 * whatever decoding the function has on (issue 15's #3).
+	 */
+	for (bar = PCI_MAPREG_START; bar < PCI_MAPREG_END; bar += width) {
+		width = 4;
+		if (pci_mapreg_probe(&hpc, tag, bar, &type) == 0 ||
+		    PCI_MAPREG_TYPE(type) != PCI_MAPREG_TYPE_MEM)
+			continue;
+		if (PCI_MAPREG_MEM_TYPE(type) == PCI_MAPREG_MEM_TYPE_64BIT)
+			width = 8;
+		(void)pci_mapreg_info(&hpc, tag, bar, type, &base, &size,
+		    NULL);
+	}
 	memset(pa, 0, sizeof(*pa));
 	pa->pa_iot = &hiot;
 	pa->pa_memt = &hmemt;
@@ -1040,9 +1064,18 @@ pci_get_capability(pci_chipset_tag_t pc, pcitag_t tag, int cap, int *offp,
 	if ((pci_conf_read(pc, tag, PCI_COMMAND_STATUS_REG) &
 	    PCI_STATUS_CAPLIST_SUPPORT) == 0)
 		return 0;
+	/*
+	 * As NetBSD's: a pointer that is not dword aligned or points
+	 * into the header ends the walk ("Skipping broken PCI header"),
+	 * so callers get only aligned offsets >= 0x40.  NetBSD's walk has
+	 * no bound (a cyclic list hangs it); 48 here, so that an input
+	 * that makes one is not a fuzzer timeout.
+	 */
 	off = PCI_CAPLIST_PTR(pci_conf_read(pc, tag, PCI_CAPLISTPTR_REG));
 	for (n = 0; off != 0 && n < 48; n++) {
-		v = pci_conf_read(pc, tag, off & ~3);
+		if ((off & 3) || off < 0x40)
+			break;
+		v = pci_conf_read(pc, tag, off);
 		if (PCI_CAPLIST_CAP(v) == (pcireg_t)cap) {
 			if (offp)
 				*offp = off;
@@ -1076,10 +1109,15 @@ pci_msix_count(pci_chipset_tag_t pc, pcitag_t tag)
 }
 
 /*
- * bus_space: one extent per space, a range mapped by one owner.
+ * bus_space: one extent per space, a range reserved by one owner, as
+ * x86's: bus_space_map() reserves and maps into kernel VA,
+ * bus_space_reserve() only reserves, bus_space_reservation_map() maps
+ * a reservation.  Only a mapped range has a handle that reads and
+ * writes.
  */
 struct hmap {
-	bool		used;
+	bool		used;		/* reserved */
+	bool		mapped;		/* and mapped: the handle works */
 	struct harness_bus_space *t;
 	bus_addr_t	base;
 	bus_size_t	size;
@@ -1090,19 +1128,19 @@ static struct hmap *
 hmap_of(bus_space_handle_t h)
 {
 
-	if (h == 0 || h > __arraycount(hmaps) || !hmaps[h - 1].used)
+	if (h == 0 || h > __arraycount(hmaps) || !hmaps[h - 1].mapped)
 		panic("bus_space: handle %#lx is not mapped", (u_long)h);
 	return &hmaps[h - 1];
 }
 
-int
-bus_space_map(bus_space_tag_t t, bus_addr_t base, bus_size_t size, int flags,
-    bus_space_handle_t *hp)
+/* The extent: the free slot now reserving [base, base + size), or -1. */
+static int
+hspace_reserve(bus_space_tag_t t, bus_addr_t base, bus_size_t size)
 {
 	size_t i, freei = __arraycount(hmaps);
 
 	if (size == 0)
-		panic("bus_space_map: zero size");
+		panic("bus_space: reserving zero bytes");
 	pthread_mutex_lock(&hglobal);
 	for (i = 0; i < __arraycount(hmaps); i++) {
 		if (!hmaps[i].used) {
@@ -1114,17 +1152,48 @@ bus_space_map(bus_space_tag_t t, bus_addr_t base, bus_size_t size, int flags,
 		    hmaps[i].base < base + size) {
 			pthread_mutex_unlock(&hglobal);
 			/* x86: "bus_space_map: can't allocate region" */
-			return EBUSY;
+			return -1;
 		}
 	}
 	if (freei == __arraycount(hmaps))
-		panic("bus_space_map: harness table full");
+		panic("bus_space: harness table full");
 	hmaps[freei].used = true;
+	hmaps[freei].mapped = false;
 	hmaps[freei].t = t;
 	hmaps[freei].base = base;
 	hmaps[freei].size = size;
 	pthread_mutex_unlock(&hglobal);
-	*hp = freei + 1;
+	return (int)freei;
+}
+
+/* The slot of reservation bsr, unmapped if `mapped' is false; or panic. */
+static struct hmap *
+hspace_find(bus_space_tag_t t, const bus_space_reservation_t *bsr,
+    bool mapped, const char *what)
+{
+	size_t i;
+
+	for (i = 0; i < __arraycount(hmaps); i++)
+		if (hmaps[i].used && hmaps[i].t == t &&
+		    hmaps[i].base == bsr->_bsr_start &&
+		    hmaps[i].size == bsr->_bsr_size &&
+		    hmaps[i].mapped == mapped)
+			return &hmaps[i];
+	panic("%s: no %s reservation at %#lx (%#lx)", what,
+	    mapped ? "mapped" : "unmapped", (u_long)bsr->_bsr_start,
+	    (u_long)bsr->_bsr_size);
+}
+
+int
+bus_space_map(bus_space_tag_t t, bus_addr_t base, bus_size_t size, int flags,
+    bus_space_handle_t *hp)
+{
+	int i;
+
+	if ((i = hspace_reserve(t, base, size)) < 0)
+		return EBUSY;
+	hmaps[i].mapped = true;
+	*hp = (bus_space_handle_t)i + 1;
 	return 0;
 }
 
@@ -1137,8 +1206,74 @@ bus_space_unmap(bus_space_tag_t t, bus_space_handle_t h, bus_size_t size)
 		panic("bus_space_unmap: size %#lx, mapped %#lx", (u_long)size,
 		    (u_long)m->size);
 	pthread_mutex_lock(&hglobal);
+	m->used = m->mapped = false;
+	pthread_mutex_unlock(&hglobal);
+}
+
+int
+bus_space_reserve(bus_space_tag_t t, bus_addr_t base, bus_size_t size,
+    int flags, bus_space_reservation_t *bsrp)
+{
+
+	if (hspace_reserve(t, base, size) < 0)
+		return EBUSY;
+	bsrp->_bsr_start = base;
+	bsrp->_bsr_size = size;
+	return 0;
+}
+
+void
+bus_space_release(bus_space_tag_t t, bus_space_reservation_t *bsrp)
+{
+	struct hmap *m;
+
+	pthread_mutex_lock(&hglobal);
+	m = hspace_find(t, bsrp, false, "bus_space_release");
 	m->used = false;
 	pthread_mutex_unlock(&hglobal);
+}
+
+int
+bus_space_reservation_map(bus_space_tag_t t, bus_space_reservation_t *bsrp,
+    int flags, bus_space_handle_t *hp)
+{
+	struct hmap *m;
+
+	pthread_mutex_lock(&hglobal);
+	m = hspace_find(t, bsrp, false, "bus_space_reservation_map");
+	m->mapped = true;
+	pthread_mutex_unlock(&hglobal);
+	*hp = (bus_space_handle_t)(m - hmaps) + 1;
+	return 0;
+}
+
+void
+bus_space_reservation_unmap(bus_space_tag_t t, bus_space_handle_t h,
+    bus_size_t size)
+{
+	struct hmap *m = hmap_of(h);
+
+	if (m->t != t || m->size != size)
+		panic("bus_space_reservation_unmap: size %#lx, mapped %#lx",
+		    (u_long)size, (u_long)m->size);
+	pthread_mutex_lock(&hglobal);
+	m->mapped = false;	/* still reserved */
+	pthread_mutex_unlock(&hglobal);
+}
+
+/* Bytes of memory space mapped into kernel VA (I/O space takes none). */
+uint64_t
+h_bar_kva(void)
+{
+	uint64_t n = 0;
+	size_t i;
+
+	pthread_mutex_lock(&hglobal);
+	for (i = 0; i < __arraycount(hmaps); i++)
+		if (hmaps[i].mapped && !hmaps[i].t->io)
+			n += hmaps[i].size;
+	pthread_mutex_unlock(&hglobal);
+	return n;
 }
 
 paddr_t
@@ -1236,17 +1371,19 @@ struct hvec {
 	void		*arg;
 	bool		established;
 };
-static struct hvec hvecs[H_MSIX_NVEC];
+/* As many as an MSI-X capability can name (an input may rewrite it). */
+static struct hvec hvecs[2048];
 static pci_intr_type_t hintr_type;
 static int hintr_n;
 static bus_space_handle_t hmsix_h;
+static bus_size_t hmsix_size;
 
 int
 pci_intr_alloc(const struct pci_attach_args *pa, pci_intr_handle_t **ihps,
     int *counts, pci_intr_type_t max_type)
 {
-	int n, i, error, max;
-	pcireg_t v;
+	int n, i, error, max, off;
+	pcireg_t v, bar;
 
 	assert_sleepable("pci_intr_alloc", NULL);
 	if (hintr_n != 0)
@@ -1271,11 +1408,26 @@ pci_intr_alloc(const struct pci_attach_args *pa, pci_intr_handle_t **ihps,
 		if (max == 0)
 			return ENODEV;
 		n = MIN(n, max);
-		/* msipic: map the MSI-X table through the BAR it is in. */
-		v = pci_conf_read(pa->pa_pc, pa->pa_tag, 0xa4);
-		error = bus_space_map(pa->pa_memt,
-		    H_BAR3_BASE + (v & PCI_MSIX_TBLOFFSET_MASK),
-		    (bus_size_t)max * PCI_MSIX_TABLE_ENTRY_SIZE, 0, &hmsix_h);
+		/*
+		 * msipic: map the MSI-X table, as many entries as the
+		 * capability says, through the BAR its BIR names (the
+		 * BAR's address read, not sized), and remember the size
+		 * for the unmap.
+		 */
+		if (!pci_get_capability(pa->pa_pc, pa->pa_tag, PCI_CAP_MSIX,
+		    &off, NULL))
+			return ENODEV;
+		v = pci_conf_read(pa->pa_pc, pa->pa_tag,
+		    off + PCI_MSIX_TBLOFFSET);
+		if ((v & PCI_MSIX_TBLBIR_MASK) > 5)
+			return EINVAL;
+		bar = pci_conf_read(pa->pa_pc, pa->pa_tag, PCI_MAPREG_START +
+		    4 * (int)(v & PCI_MSIX_TBLBIR_MASK));
+		if (bar & 1)
+			return EINVAL;	/* an I/O BAR */
+		hmsix_size = (bus_size_t)max * PCI_MSIX_TABLE_ENTRY_SIZE;
+		error = bus_space_map(pa->pa_memt, (bar & ~0xfU) +
+		    (v & PCI_MSIX_TBLOFFSET_MASK), hmsix_size, 0, &hmsix_h);
 		if (error) {
 			fprintf(stderr, "msipic: cannot map the MSI-X table "
 			    "(error %d)\n", error);
@@ -1302,8 +1454,7 @@ pci_intr_release(pci_chipset_tag_t pc, pci_intr_handle_t *ihps, int n)
 	if (n != hintr_n)
 		panic("pci_intr_release: %d of %d vectors", n, hintr_n);
 	if (hintr_type == PCI_INTR_TYPE_MSIX) {
-		bus_space_unmap(&hmemt, hmsix_h,
-		    (bus_size_t)H_MSIX_NVEC * PCI_MSIX_TABLE_ENTRY_SIZE);
+		bus_space_unmap(&hmemt, hmsix_h, hmsix_size);
 		h_msix_maps--;
 	}
 	hintr_n = 0;
@@ -1428,6 +1579,12 @@ h_nic_bar_read4(int bar, uint64_t off)
 #define	H_NPHYS		65536			/* 256 MiB */
 #define	H_PHYS_BASE	0x10000000ULL
 static unsigned char hphys[H_NPHYS];
+/*
+ * The pages bus_dma hands out, at most H_NPHYS: fuzz.c lowers it with physmem, so
+ * that an allocation (and pci_user.c's memset of it) is megabytes, not
+ * the hundreds an input's random size reached in the 1 GiB default.
+ */
+long	h_nphys = H_NPHYS;
 
 struct hkva {
 	char		*kva;
@@ -1444,7 +1601,7 @@ hphys_run_free(long first, long n)
 	long i;
 
 	for (i = first; i < first + n; i++)
-		if (i >= H_NPHYS || hphys[i])
+		if (i >= h_nphys || hphys[i])
 			return false;
 	return true;
 }
@@ -1482,10 +1639,10 @@ bus_dmamem_alloc(bus_dma_tag_t t, bus_size_t size, bus_size_t alignment,
 	if (nsegs < pages || alignment > PAGE_SIZE || uboundary != 0) {
 		/* uvm_pglistalloc_contig */
 		step = (long)(alignment / PAGE_SIZE);
-		for (first = 0; first + pages <= H_NPHYS; first += step) {
+		for (first = 0; first + pages <= h_nphys; first += step) {
 			curaddr = H_PHYS_BASE + (bus_addr_t)first * PAGE_SIZE;
 			if (curaddr + size - 1 > t->maxaddr) {
-				first = H_NPHYS;
+				first = h_nphys;
 				break;
 			}
 			if (uboundary != 0 && (curaddr & ~(uboundary - 1)) !=
@@ -1494,7 +1651,7 @@ bus_dmamem_alloc(bus_dma_tag_t t, bus_size_t size, bus_size_t alignment,
 			if (hphys_run_free(first, pages))
 				break;
 		}
-		if (first + pages > H_NPHYS) {
+		if (first + pages > h_nphys) {
 			pthread_mutex_unlock(&hglobal);
 			free(pl);
 			return ENOMEM;
@@ -1504,7 +1661,7 @@ bus_dmamem_alloc(bus_dma_tag_t t, bus_size_t size, bus_size_t alignment,
 	} else {
 		/* uvm_pglistalloc_simple: any pages (here every other). */
 		n = 0;
-		for (i = 0; i < H_NPHYS && n < pages; i += 2)
+		for (i = 0; i < h_nphys && n < pages; i += 2)
 			if (!hphys[i] && H_PHYS_BASE + (bus_addr_t)i *
 			    PAGE_SIZE + PAGE_SIZE - 1 <= t->maxaddr)
 				pl[n++] = i;
@@ -1852,10 +2009,47 @@ uvm_wait(const char *wmsg)
 	assert_sleepable("uvm_wait", NULL);
 }
 
+/*
+ * pmap: the user mappings that faults entered, one per page of an
+ * object (h_fault's VA stands for it), and x86's pv tracking of
+ * unmanaged pages.  A mapping entered while its page was tracked
+ * (pmap_pv_track) is recorded and revoked by pmap_pv_protect; one
+ * entered before cannot be found, as on x86.
+ */
+struct hpte {
+	bool		used;
+	bool		tracked;
+	struct uvm_object *uo;
+	uint64_t	off;
+	paddr_t		pa;
+};
+static struct hpte hptes[512];
+static struct {
+	bool		used;
+	paddr_t		pa;
+	psize_t		size;
+} hpvts[16];
+static __thread struct uvm_object *hfault_uo;
+static __thread uint64_t hfault_off;
+
+static bool
+hpv_tracked(paddr_t pa)
+{
+	size_t i;
+
+	for (i = 0; i < __arraycount(hpvts); i++)
+		if (hpvts[i].used && pa >= hpvts[i].pa &&
+		    pa - hpvts[i].pa < hpvts[i].size)
+			return true;
+	return false;
+}
+
 int
 pmap_enter(struct pmap *pm, vaddr_t va, paddr_t pa, vm_prot_t prot,
     u_int flags)
 {
+	struct hpte *e, *fe = NULL;
+	size_t i;
 
 	if (h_pmap_fail > 0) {
 		h_pmap_fail--;
@@ -1864,7 +2058,112 @@ pmap_enter(struct pmap *pm, vaddr_t va, paddr_t pa, vm_prot_t prot,
 		return ENOMEM;
 	}
 	h_last_pa = pa;
+	pthread_mutex_lock(&hglobal);
+	for (i = 0; i < __arraycount(hptes); i++) {
+		e = &hptes[i];
+		if (e->used && e->uo == hfault_uo && e->off == hfault_off)
+			break;		/* the same page again: replaced */
+		if (!e->used && fe == NULL)
+			fe = e;
+	}
+	if (i == __arraycount(hptes) && (e = fe) == NULL)
+		panic("pmap_enter: harness table full");
+	e->used = true;
+	e->uo = hfault_uo;
+	e->off = hfault_off;
+	e->pa = pa;
+	e->tracked = hpv_tracked(pa);
+	pthread_mutex_unlock(&hglobal);
 	return 0;
+}
+
+void
+pmap_pv_track(paddr_t pa, psize_t size)
+{
+	size_t i, fi = __arraycount(hpvts);
+
+	pthread_mutex_lock(&hglobal);
+	for (i = 0; i < __arraycount(hpvts); i++) {
+		if (!hpvts[i].used) {
+			if (fi == __arraycount(hpvts))
+				fi = i;
+		} else if (pa < hpvts[i].pa + hpvts[i].size &&
+		    hpvts[i].pa < pa + size)
+			panic("pmap_pv_track: %#lx tracked twice", pa);
+	}
+	if (fi == __arraycount(hpvts))
+		panic("pmap_pv_track: harness table full");
+	hpvts[fi].used = true;
+	hpvts[fi].pa = pa;
+	hpvts[fi].size = size;
+	pthread_mutex_unlock(&hglobal);
+}
+
+/* The pv heads go with the tracking: no recorded mapping may be left. */
+void
+pmap_pv_untrack(paddr_t pa, psize_t size)
+{
+	size_t i;
+
+	pthread_mutex_lock(&hglobal);
+	for (i = 0; i < __arraycount(hptes); i++)
+		if (hptes[i].used && hptes[i].tracked && hptes[i].pa >= pa &&
+		    hptes[i].pa - pa < size)
+			panic("pmap_pv_untrack: %#lx still mapped",
+			    hptes[i].pa);
+	for (i = 0; i < __arraycount(hpvts); i++)
+		if (hpvts[i].used && hpvts[i].pa == pa &&
+		    hpvts[i].size == size)
+			break;
+	if (i == __arraycount(hpvts))
+		panic("pmap_pv_untrack: %#lx (%#lx) not tracked", pa, size);
+	hpvts[i].used = false;
+	pthread_mutex_unlock(&hglobal);
+}
+
+/* Only revocation (VM_PROT_NONE) is modelled. */
+void
+pmap_pv_protect(paddr_t pa, vm_prot_t prot)
+{
+	size_t i;
+
+	if (prot != VM_PROT_NONE)
+		panic("pmap_pv_protect: prot %d not modelled", prot);
+	pthread_mutex_lock(&hglobal);
+	if (!hpv_tracked(pa))
+		panic("pmap_pv_protect: %#lx not tracked", pa);
+	for (i = 0; i < __arraycount(hptes); i++)
+		if (hptes[i].used && hptes[i].tracked && hptes[i].pa == pa)
+			hptes[i].used = false;
+	pthread_mutex_unlock(&hglobal);
+}
+
+/* The user mappings of physical page pa that are left. */
+int
+h_user_mapped(uint64_t pa)
+{
+	size_t i;
+	int n = 0;
+
+	pthread_mutex_lock(&hglobal);
+	for (i = 0; i < __arraycount(hptes); i++)
+		n += hptes[i].used && hptes[i].pa == pa;
+	pthread_mutex_unlock(&hglobal);
+	return n;
+}
+
+/* munmap: the mappings of the object go (pmap_remove), then the object. */
+void
+h_munmap(struct uvm_object *uobj)
+{
+	size_t i;
+
+	pthread_mutex_lock(&hglobal);
+	for (i = 0; i < __arraycount(hptes); i++)
+		if (hptes[i].used && hptes[i].uo == uobj)
+			hptes[i].used = false;
+	pthread_mutex_unlock(&hglobal);
+	uobj->pgops->pgo_detach(uobj);
 }
 
 void
@@ -2023,12 +2322,6 @@ h_mmap(struct file *fp, uint64_t off, size_t size, int prot, int flags,
 	    &maxprot);
 }
 
-void
-h_munmap(struct uvm_object *uobj)
-{
-
-	uobj->pgops->pgo_detach(uobj);
-}
 
 int
 h_fault(struct uvm_object *uobj, uint64_t off, int prot, uint64_t *pa)
@@ -2050,6 +2343,8 @@ h_fault(struct uvm_object *uobj, uint64_t off, int prot, uint64_t *pa)
 	ufi.entry = &entry;
 	h_unlockall = 0;
 	h_last_pa = ~0UL;
+	hfault_uo = uobj;
+	hfault_off = off;
 	/* uvm_fault calls pgo_fault with the object locked. */
 	rw_enter(uobj->vmobjlock, RW_WRITER);
 	error = uobj->pgops->pgo_fault(&ufi, entry.start, pps, 1, 0, prot, 0);
@@ -2120,12 +2415,15 @@ h_detach(int flags)
 void
 h_reset(void)
 {
+	int i;
 
 	pthread_mutex_lock(&hglobal);
 	memset(horder, 0, sizeof(horder));
 	pthread_mutex_unlock(&hglobal);
 	hnsysctl = 0;
-	memset(hnic_mem, 0, sizeof(hnic_mem));
+	/* Only what hbar_byte() reaches: 148 KiB, not the array's 768. */
+	for (i = 0; i < 6; i++)
+		memset(hnic_mem[i], 0, hfuncs[H_DEV_NIC].barsize[i]);
 	h_kauth_deny = 0;
 	h_pmap_fail = 0;
 	h_phys_pages = 0;
@@ -2145,7 +2443,7 @@ h_thread_begin(void)
 int
 h_shutdown_check(char *buf, size_t len)
 {
-	size_t i, nmaps = 0;
+	size_t i, n, nmaps = 0;
 	int bad = 0;
 
 	buf[0] = '\0';
@@ -2172,6 +2470,12 @@ h_shutdown_check(char *buf, size_t len)
 	CHECK(nmaps != 0, " %zu bus_space mappings left;", nmaps);
 	CHECK(hkvas != NULL, " dmamem kernel mappings left;");
 	CHECK(h_files != 0, " %ld files open;", h_files);
+	for (i = 0, n = 0; i < __arraycount(hptes); i++)
+		n += hptes[i].used;
+	CHECK(n != 0, " %zu user mappings left;", n);
+	for (i = 0, n = 0; i < __arraycount(hpvts); i++)
+		n += hpvts[i].used;
+	CHECK(n != 0, " %zu pv-tracked ranges left;", n);
 	CHECK(udv_obj.uo_refs != 0, " udv object has %d references;",
 	    udv_obj.uo_refs);
 #undef CHECK

@@ -53,6 +53,7 @@ typedef unsigned int	gid_t;
 typedef unsigned int	mode_t;
 typedef unsigned long	vaddr_t;
 typedef unsigned long	paddr_t;
+typedef unsigned long	psize_t;
 typedef unsigned long	vsize_t;
 typedef long		voff_t;
 typedef int		vm_prot_t;
@@ -368,6 +369,19 @@ typedef uintptr_t	bus_space_handle_t;
 int	bus_space_map(bus_space_tag_t, bus_addr_t, bus_size_t, int,
 	    bus_space_handle_t *);
 void	bus_space_unmap(bus_space_tag_t, bus_space_handle_t, bus_size_t);
+/* x86's reservations: the extent without kernel VA (sys/bus.h). */
+#define	__HAVE_NEW_STYLE_BUS_H
+typedef struct bus_space_reservation {
+	bus_addr_t	_bsr_start;
+	bus_size_t	_bsr_size;
+} bus_space_reservation_t;
+int	bus_space_reserve(bus_space_tag_t, bus_addr_t, bus_size_t, int,
+	    bus_space_reservation_t *);
+void	bus_space_release(bus_space_tag_t, bus_space_reservation_t *);
+int	bus_space_reservation_map(bus_space_tag_t, bus_space_reservation_t *,
+	    int, bus_space_handle_t *);
+void	bus_space_reservation_unmap(bus_space_tag_t, bus_space_handle_t,
+	    bus_size_t);
 paddr_t	bus_space_mmap(bus_space_tag_t, bus_addr_t, off_t, int, int);
 uint8_t	bus_space_read_1(bus_space_tag_t, bus_space_handle_t, bus_size_t);
 uint16_t bus_space_read_2(bus_space_tag_t, bus_space_handle_t, bus_size_t);
@@ -478,6 +492,11 @@ void	uvmfault_unlockall(struct uvm_faultinfo *, struct vm_amap *,
 void	uvm_wait(const char *);
 int	pmap_enter(struct pmap *, vaddr_t, paddr_t, vm_prot_t, u_int);
 void	pmap_update(struct pmap *);
+/* x86's pv tracking of unmanaged pages (pmap.h) */
+#define	__HAVE_PMAP_PV_TRACK	1
+void	pmap_pv_track(paddr_t, psize_t);
+void	pmap_pv_untrack(paddr_t, psize_t);
+void	pmap_pv_protect(paddr_t, vm_prot_t);
 #define	pmap_phys_address(c)	((paddr_t)(c) << PAGE_SHIFT)
 #define	pmap_mmap_flags(c)	0
 

@@ -136,15 +136,23 @@ struct pciuser_barstate {
 	uint32_t		b_uflags;	/* PCIUSER_BAR_* */
 	bus_space_tag_t		b_tag;
 	/*
-	 * Reserved at claim with bus_space_map(9): [0, b_gap_lo) through
-	 * b_handle[0] and [b_gap_hi, b_size) through b_handle[1].  The gap
-	 * is the MSI-X table, which x86 msipic maps itself when MSI-X
-	 * vectors are allocated (no gap: both are b_size).
+	 * Reserved at claim in two pieces, [0, b_gap_lo) and
+	 * [b_gap_hi, b_size), each with its handle.  The gap is the MSI-X
+	 * table, which x86 msipic maps itself when MSI-X vectors are
+	 * allocated (no gap: both are b_size).  With bus_space_reserve(9)
+	 * (x86) a piece takes kernel VA only from its first PIO on: a
+	 * process that mmaps its BARs costs the kernel no VA for them.
+	 * Elsewhere bus_space_map(9) is the only reservation.
 	 */
+#ifdef __HAVE_NEW_STYLE_BUS_H
+	bus_space_reservation_t	b_bsr[2];
+#endif
+	bool			b_reserved[2];
 	bus_space_handle_t	b_handle[2];
 	bool			b_hmapped[2];
 	bus_size_t		b_gap_lo, b_gap_hi;
 	bool			b_mapped;	/* reserved */
+	bool			b_tracked;	/* pmap_pv_track()ed */
 	/* Kernel-owned ranges (MSI-X table, PBA): [off, off + size). */
 	uint64_t		b_hole_off[2];
 	uint64_t		b_hole_size[2];
@@ -271,6 +279,9 @@ struct pciuser_file {
 	pci_intr_type_t		pf_intrtype;
 	bool			pf_intx_masked;
 	struct pciuser_intr_ack	pf_ack;
+	/* Where pf_ack's registers are, mapped by SETACK: ack, status. */
+	bus_space_handle_t	pf_ack_h[2];
+	bus_size_t		pf_ack_off[2];
 
 	/* DMA. */
 	LIST_HEAD(, pciuser_dmamem) pf_mems;
@@ -732,22 +743,106 @@ pciuser_claim_unregister(struct pciuser_claimrec *c)
 	mutex_exit(&pciuser_lock);
 }
 
+/* Bytes of piece p of a BAR's reservation (see pciuser_barstate). */
+static bus_size_t
+pciuser_piece_size(const struct pciuser_barstate *b, int p)
+{
+
+	return p == 0 ? b->b_gap_lo : b->b_size - b->b_gap_hi;
+}
+
+static int
+pciuser_piece_reserve(struct pciuser_barstate *b, int p)
+{
+	bus_addr_t addr = b->b_base + (p == 0 ? 0 : b->b_gap_hi);
+	int error;
+
+#ifdef __HAVE_NEW_STYLE_BUS_H
+	error = bus_space_reserve(b->b_tag, addr, pciuser_piece_size(b, p),
+	    b->b_mapflags, &b->b_bsr[p]);
+#else
+	error = bus_space_map(b->b_tag, addr, pciuser_piece_size(b, p),
+	    b->b_mapflags, &b->b_handle[p]);
+	b->b_hmapped[p] = error == 0;
+#endif
+	b->b_reserved[p] = error == 0;
+	return error;
+}
+
 static void
-pciuser_bars_unmap(struct pciuser_claimrec *c)
+pciuser_bars_release(struct pciuser_claimrec *c)
+{
+	struct pciuser_barstate *b;
+	int i, p;
+
+	for (i = 0; i < PCIUSER_MAXBARS; i++) {
+		b = &c->c_bar[i];
+		for (p = 0; p < 2; p++) {
+#ifdef __HAVE_NEW_STYLE_BUS_H
+			if (b->b_hmapped[p])
+				bus_space_reservation_unmap(b->b_tag,
+				    b->b_handle[p], pciuser_piece_size(b, p));
+			if (b->b_reserved[p])
+				bus_space_release(b->b_tag, &b->b_bsr[p]);
+#else
+			if (b->b_hmapped[p])
+				bus_space_unmap(b->b_tag, b->b_handle[p],
+				    pciuser_piece_size(b, p));
+#endif
+			b->b_hmapped[p] = b->b_reserved[p] = false;
+		}
+		b->b_mapped = false;
+	}
+}
+
+/*
+ * Stop pv tracking the BARs.  Under the object lock once the claim is
+ * visible to pciuser_revoke(), which reads b_tracked under it.
+ */
+static void
+pciuser_bars_untrack(struct pciuser_claimrec *c)
 {
 	struct pciuser_barstate *b;
 	int i;
 
 	for (i = 0; i < PCIUSER_MAXBARS; i++) {
 		b = &c->c_bar[i];
-		if (b->b_hmapped[0])
-			bus_space_unmap(b->b_tag, b->b_handle[0], b->b_gap_lo);
-		if (b->b_hmapped[1])
-			bus_space_unmap(b->b_tag, b->b_handle[1],
-			    b->b_size - b->b_gap_hi);
-		b->b_hmapped[0] = b->b_hmapped[1] = false;
-		b->b_mapped = false;
+#ifdef __HAVE_PMAP_PV_TRACK
+		if (b->b_tracked)
+			pmap_pv_untrack((paddr_t)b->b_base, (psize_t)b->b_size);
+#endif
+		b->b_tracked = false;
 	}
+}
+
+/*
+ * The bus is going: no more faults on the claim's BARs (c_gone, set
+ * under the object lock that a fault holds, so no fault enters a page
+ * after this one), and the pages already faulted in are taken out of
+ * every process that maps them, where pv tracking allows it (x86).
+ */
+static void
+pciuser_revoke(struct pciuser_claimrec *c)
+{
+#ifdef __HAVE_PMAP_PV_TRACK
+	struct pciuser_barstate *b;
+	bus_size_t off;
+	int i;
+#endif
+
+	pciuser_obj_lock(&c->c_uobj);
+	c->c_gone = true;
+#ifdef __HAVE_PMAP_PV_TRACK
+	for (i = 0; i < PCIUSER_MAXBARS; i++) {
+		b = &c->c_bar[i];
+		if (!b->b_tracked)
+			continue;
+		for (off = 0; off < b->b_size; off += PAGE_SIZE)
+			pmap_pv_protect((paddr_t)(b->b_base + off),
+			    VM_PROT_NONE);
+	}
+#endif
+	pciuser_obj_unlock(&c->c_uobj);
 }
 
 /*
@@ -759,11 +854,20 @@ pciuser_bars_unmap(struct pciuser_claimrec *c)
 static void
 pciuser_claim_free(struct pciuser_claimrec *c)
 {
+	bool gone;
 
-	if (!c->c_gone)
+	/*
+	 * A forced detach may be revoking the pages right now (it finds
+	 * the claim on pciuser_claims until it is unregistered below).
+	 */
+	pciuser_obj_lock(&c->c_uobj);
+	gone = c->c_gone;
+	pciuser_bars_untrack(c);
+	pciuser_obj_unlock(&c->c_uobj);
+	if (!gone)
 		pci_conf_write(c->c_pa.pa_pc, c->c_tag, PCI_COMMAND_STATUS_REG,
 		    c->c_savedcmd & ~PCI_COMMAND_MASTER_ENABLE);
-	pciuser_bars_unmap(c);
+	pciuser_bars_release(c);
 	pciuser_claim_unregister(c);
 	uvm_obj_destroy(&c->c_uobj, true);
 	kmem_free(c, sizeof(*c));
@@ -1071,19 +1175,14 @@ pciuser_reserve_bars(struct pciuser_claimrec *c)
 		b->b_gap_lo = (bus_size_t)lo;
 		b->b_gap_hi = (bus_size_t)hi;
 		error = 0;
-		if (b->b_gap_lo != 0) {
-			error = bus_space_map(b->b_tag, b->b_base, b->b_gap_lo,
-			    b->b_mapflags, &b->b_handle[0]);
-			b->b_hmapped[0] = error == 0;
-		}
-		if (error == 0 && b->b_gap_hi < b->b_size) {
-			error = bus_space_map(b->b_tag, b->b_base + b->b_gap_hi,
-			    b->b_size - b->b_gap_hi, b->b_mapflags,
-			    &b->b_handle[1]);
-			b->b_hmapped[1] = error == 0;
-		}
+		if (b->b_gap_lo != 0)
+			error = pciuser_piece_reserve(b, 0);
+		if (error == 0 && b->b_gap_hi < b->b_size)
+			error = pciuser_piece_reserve(b, 1);
 		if (error) {
-			pciuser_bars_unmap(c);
+			/* Not visible to a detach: it waits for this ioctl. */
+			pciuser_bars_untrack(c);
+			pciuser_bars_release(c);
 			return EBUSY;
 		}
 		b->b_mapped = true;
@@ -1098,6 +1197,17 @@ pciuser_reserve_bars(struct pciuser_claimrec *c)
 		    (b->b_size & PAGE_MASK) == 0 &&
 		    (uint64_t)b->b_size <= PCIUSER_MMAP_MASK)
 			b->b_uflags |= PCIUSER_BAR_MMAP;
+#ifdef __HAVE_PMAP_PV_TRACK
+		/*
+		 * Unmanaged pages: only pages tracked before they are
+		 * entered can be found in the pmaps again, to be revoked
+		 * at a forced detach (pciuser_revoke()).
+		 */
+		if (b->b_uflags & PCIUSER_BAR_MMAP) {
+			pmap_pv_track((paddr_t)b->b_base, (psize_t)b->b_size);
+			b->b_tracked = true;
+		}
+#endif
 	}
 	return 0;
 }
@@ -1286,16 +1396,21 @@ pciuser_claim_locked(struct pci_softc *sc, struct pciuser_claimrec *c)
 	if (error)
 		return error;
 
-	if (!pci_probe_device(sc, c->c_tag, pciuser_match_any, &c->c_pa)) {
-		error = ENXIO;
-		goto fail;
-	}
-
+	/*
+	 * Decoding off before pci_probe_device(), which sizes every BAR
+	 * (writes all-ones to it) to collect the memory ranges: with
+	 * decoding on, the BAR would move over someone's registers for
+	 * that moment (issue 15, #3).
+	 */
 	csr = pci_conf_read(pc, c->c_tag, PCI_COMMAND_STATUS_REG);
 	c->c_savedcmd = csr & PCIUSER_CSR_CMDMASK;
 	pci_conf_write(pc, c->c_tag, PCI_COMMAND_STATUS_REG, c->c_savedcmd &
 	    ~(PCI_COMMAND_IO_ENABLE | PCI_COMMAND_MEM_ENABLE |
 	    PCI_COMMAND_MASTER_ENABLE));
+	if (!pci_probe_device(sc, c->c_tag, pciuser_match_any, &c->c_pa)) {
+		error = ENXIO;
+		goto restore;
+	}
 	pciuser_probe_bars(c);
 
 	c->c_cfgsize = pciuser_cfgsize(c);
@@ -1331,7 +1446,6 @@ pciuser_claim_locked(struct pci_softc *sc, struct pciuser_claimrec *c)
 
 restore:
 	pci_conf_write(pc, c->c_tag, PCI_COMMAND_STATUS_REG, c->c_savedcmd);
-fail:
 	pciuser_claim_unregister(c);
 	return error;
 }
@@ -1449,26 +1563,44 @@ pciuser_bar_check(struct pciuser_claimrec *c, uint32_t bar, uint32_t width,
 }
 
 /*
- * The reservation that holds BAR offset off, and off within it.  The
+ * The handle of the piece that holds BAR offset off, and off within it,
+ * the piece mapped into kernel VA now if it was only reserved.  The
  * access was checked by pciuser_bar_check(): it does not meet the
- * MSI-X table, so it lies wholly on one side of the gap.
+ * MSI-X table, so it lies wholly on one side of the gap.  The file is
+ * busy (pf_busy), so no other PIO maps the same piece meanwhile.
  */
-static bus_space_handle_t
-pciuser_bar_handle(struct pciuser_barstate *b, bus_size_t *offp)
+static int
+pciuser_bar_handle(struct pciuser_barstate *b, bus_size_t *offp,
+    bus_space_handle_t *hp)
 {
+	int p = 0;
 
-	if (*offp < b->b_gap_lo)
-		return b->b_handle[0];
-	KASSERT(*offp >= b->b_gap_hi && b->b_hmapped[1]);
-	*offp -= b->b_gap_hi;
-	return b->b_handle[1];
+	if (*offp >= b->b_gap_lo) {
+		KASSERT(*offp >= b->b_gap_hi);
+		*offp -= b->b_gap_hi;
+		p = 1;
+	}
+	KASSERT(b->b_reserved[p]);
+#ifdef __HAVE_NEW_STYLE_BUS_H
+	if (!b->b_hmapped[p]) {
+		int error;
+
+		error = bus_space_reservation_map(b->b_tag, &b->b_bsr[p],
+		    b->b_mapflags, &b->b_handle[p]);
+		if (error)
+			return error;
+		b->b_hmapped[p] = true;
+	}
+#endif
+	*hp = b->b_handle[p];
+	return 0;
 }
 
 /* off was checked against the BAR by pciuser_bar_check(). */
 static uint64_t
-pciuser_bar_read(struct pciuser_barstate *b, uint32_t width, bus_size_t off)
+pciuser_bar_read(struct pciuser_barstate *b, bus_space_handle_t h,
+    uint32_t width, bus_size_t off)
 {
-	bus_space_handle_t h = pciuser_bar_handle(b, &off);
 
 	switch (width) {
 	case 1:
@@ -1486,10 +1618,9 @@ pciuser_bar_read(struct pciuser_barstate *b, uint32_t width, bus_size_t off)
 }
 
 static void
-pciuser_bar_write(struct pciuser_barstate *b, uint32_t width, bus_size_t off,
-    uint64_t val)
+pciuser_bar_write(struct pciuser_barstate *b, bus_space_handle_t h,
+    uint32_t width, bus_size_t off, uint64_t val)
 {
-	bus_space_handle_t h = pciuser_bar_handle(b, &off);
 
 	switch (width) {
 	case 1:
@@ -1513,6 +1644,8 @@ static int
 pciuser_pio(struct pciuser_claimrec *c, struct pciuser_pio *p, bool write)
 {
 	struct pciuser_barstate *b;
+	bus_space_handle_t h;
+	bus_size_t off;
 	int error;
 
 	error = pciuser_bar_check(c, p->pio_bar, p->pio_width,
@@ -1520,12 +1653,13 @@ pciuser_pio(struct pciuser_claimrec *c, struct pciuser_pio *p, bool write)
 	if (error)
 		return error;
 	/* Below b_size, so it fits bus_size_t (ILP32 too). */
+	off = (bus_size_t)p->pio_offset;
+	if ((error = pciuser_bar_handle(b, &off, &h)) != 0)
+		return error;
 	if (write)
-		pciuser_bar_write(b, p->pio_width, (bus_size_t)p->pio_offset,
-		    p->pio_value);
+		pciuser_bar_write(b, h, p->pio_width, off, p->pio_value);
 	else
-		p->pio_value = pciuser_bar_read(b, p->pio_width,
-		    (bus_size_t)p->pio_offset);
+		p->pio_value = pciuser_bar_read(b, h, p->pio_width, off);
 	return 0;
 }
 
@@ -1615,14 +1749,13 @@ pciuser_intx_intr(void *arg)
 		/* Declarative ack, validated by PCIUSER_IOC_INTR_SETACK. */
 		b = &c->c_bar[ack->pia_bar];
 		if ((ack->pia_flags & PCIUSER_ACK_STATUS) &&
-		    (pciuser_bar_read(b, ack->pia_width,
-		    (bus_size_t)ack->pia_status_offset) &
-		    ack->pia_status_mask) == 0) {
+		    (pciuser_bar_read(b, pf->pf_ack_h[1], ack->pia_width,
+		    pf->pf_ack_off[1]) & ack->pia_status_mask) == 0) {
 			mutex_spin_exit(&pf->pf_intr_lock);
 			return 0;	/* shared line, not ours */
 		}
-		pciuser_bar_write(b, ack->pia_width,
-		    (bus_size_t)ack->pia_offset, ack->pia_value);
+		pciuser_bar_write(b, pf->pf_ack_h[0], ack->pia_width,
+		    pf->pf_ack_off[0], ack->pia_value);
 	} else {
 		csr = pci_conf_read(c->c_pa.pa_pc, c->c_tag,
 		    PCI_COMMAND_STATUS_REG);
@@ -1849,6 +1982,8 @@ pciuser_intr_setack(struct pciuser_file *pf, const struct pciuser_intr_ack *a)
 {
 	struct pciuser_claimrec *c = pf->pf_claim;
 	struct pciuser_barstate *b;
+	bus_space_handle_t h[2];
+	bus_size_t off[2];
 	int error;
 
 	KASSERT(pf->pf_busy);
@@ -1862,17 +1997,32 @@ pciuser_intr_setack(struct pciuser_file *pf, const struct pciuser_intr_ack *a)
 	}
 	if (a->pia_width == 8)
 		return EINVAL;
+	/*
+	 * The handler runs in interrupt context, where nothing can be
+	 * mapped: map the registers' pieces now.  Both offsets are below
+	 * b_size, so they fit bus_size_t.
+	 */
 	error = pciuser_bar_check(c, a->pia_bar, a->pia_width,
 	    a->pia_offset, &b);
+	off[0] = (bus_size_t)a->pia_offset;
+	if (error == 0)
+		error = pciuser_bar_handle(b, &off[0], &h[0]);
 	if (error)
 		return error;
+	off[1] = 0;
+	h[1] = h[0];
 	if (a->pia_flags & PCIUSER_ACK_STATUS) {
 		error = pciuser_bar_check(c, a->pia_bar, a->pia_width,
 		    a->pia_status_offset, &b);
+		off[1] = (bus_size_t)a->pia_status_offset;
+		if (error == 0)
+			error = pciuser_bar_handle(b, &off[1], &h[1]);
 		if (error)
 			return error;
 	}
 	pf->pf_ack = *a;
+	memcpy(pf->pf_ack_h, h, sizeof(h));
+	memcpy(pf->pf_ack_off, off, sizeof(off));
 	return 0;
 }
 
@@ -2647,8 +2797,6 @@ pciuser_mmap(struct file *fp, off_t *offp, size_t size, int prot,
 	uint64_t idx, rel;
 	int maxprot, error;
 
-	if ((*flagsp & MAP_SHARED) == 0)
-		return EINVAL;	/* device memory is never private */
 	maxprot = 0;
 	if (fp->f_flag & FREAD)
 		maxprot |= VM_PROT_READ;
@@ -2664,8 +2812,13 @@ pciuser_mmap(struct file *fp, off_t *offp, size_t size, int prot,
 	mutex_enter(&pf->pf_lock);
 	c = pf->pf_claim;
 	if (c == NULL) {
-		/* Unclaimed: pci_usrreq.c's pcimmap(), as before. */
+		/*
+		 * Unclaimed: pci_usrreq.c's pcimmap(), as before, and
+		 * as vn_mmap() did for the device node: MAP_PRIVATE (or
+		 * neither) becomes MAP_SHARED, which programs rely on.
+		 */
 		mutex_exit(&pf->pf_lock);
+		*flagsp = (*flagsp & ~MAP_PRIVATE) | MAP_SHARED;
 		uobj = udv_attach(pf->pf_dev, maxprot, *offp, size);
 		pciuser_exit(pf);
 		if (uobj == NULL)
@@ -2680,7 +2833,9 @@ pciuser_mmap(struct file *fp, off_t *offp, size_t size, int prot,
 	rel = (uint64_t)*offp & PCIUSER_MMAP_MASK;
 	uobj = NULL;
 	error = EINVAL;
-	if (idx >= 1 && idx <= PCIUSER_MAXBARS) {
+	if ((*flagsp & MAP_SHARED) == 0)
+		;	/* BARs and DMA memory are never private */
+	else if (idx >= 1 && idx <= PCIUSER_MAXBARS) {
 		b = &c->c_bar[idx - 1];
 		if ((b->b_uflags & PCIUSER_BAR_MMAP) == 0 ||
 		    rel >= b->b_size || b->b_size - rel < size)
@@ -2931,14 +3086,16 @@ pciuser_detach(struct pci_softc *sc, int flags)
 	/*
 	 * Claims that outlive their file (BAR mappings) are forgotten
 	 * with the bus: no registry entry keyed by a freed softc, no
-	 * config access, faults fail.
+	 * config access, faults fail, pages faulted in are revoked.
+	 * Under pciuser_lock: a claim whose last munmap runs meanwhile
+	 * is not freed before it is unregistered.
 	 */
 	LIST_FOREACH_SAFE(c, &pciuser_claims, c_entry, nc) {
 		if (c->c_sc != sc)
 			continue;
 		LIST_REMOVE(c, c_entry);
 		c->c_registered = false;
-		c->c_gone = true;
+		pciuser_revoke(c);
 	}
 	/*
 	 * The record stays on pciuser_buses, dying, until
