@@ -13,7 +13,7 @@ import { BehaviorSubject, type Observable } from 'rxjs';
 import { UpciError } from '../kernel/errors.js';
 import { Fanout } from '../pci/fanout.js';
 import {
-  LINK_UNKNOWN, MAX_FRAME,
+  ETHER_HEADER, LINK_UNKNOWN, MAX_FRAME, MIN_FRAME,
   type LinkState, type Mac, type NetCounters, type PacketPort, type PortInfo, type RxFrame,
 } from '../drivers/packet.js';
 import type { PacketSink, PacketSource } from './packet-service.js';
@@ -110,7 +110,9 @@ export class NetPort implements PacketPort {
   send(frames: readonly Uint8Array[], from = 0): number {
     for (let i = from; i < frames.length; i++) {
       const n = frames[i]!.length;
-      if (n === 0) throw new UpciError('OUT_OF_RANGE', `${this.name}: frame ${i} of the batch is empty`, 'send at least an Ethernet header (14 bytes); shorter frames are padded to 60');
+      if (n < ETHER_HEADER) {
+        throw new UpciError('OUT_OF_RANGE', `${this.name}: frame ${i} of the batch ${n === 0 ? 'is empty' : `is ${n} bytes`}, shorter than an Ethernet header (${ETHER_HEADER} bytes)`, `send at least the ${ETHER_HEADER}-byte header (destination, source, EtherType); frames shorter than ${MIN_FRAME} bytes are padded`);
+      }
       if (n > MAX_FRAME) {
         throw new UpciError('OUT_OF_RANGE', `${this.name}: frame ${i} of the batch is ${n} bytes, more than the ${MAX_FRAME} an untagged 1500-byte MTU allows`, `split the payload, or keep frames to ${MAX_FRAME} bytes without the FCS`);
       }

@@ -32,6 +32,8 @@ export function parseMac(text: string): Mac {
 
 /** Largest frame without CRC and without a VLAN tag: 1500 bytes of payload + 14 of header. */
 export const MAX_FRAME = 1514;
+/** Destination, source, EtherType: the shortest frame send() takes. */
+export const ETHER_HEADER = 14;
 /** Shorter frames are padded to this (64 on the wire with the FCS). */
 export const MIN_FRAME = 60;
 
@@ -172,8 +174,10 @@ export interface PacketPort {
    * Queues frames[from..] for transmission and returns how many it took: all
    * of them, or fewer when every transmit buffer is in flight (await
    * writable(), then send the rest). Frames sent while the link is down or
-   * while no incarnation is attached are taken and counted as dropped. An
-   * empty or oversize frame is refused before any frame of the batch is queued.
+   * while no incarnation is attached are taken and counted as dropped. A
+   * frame shorter than an Ethernet header (ETHER_HEADER) or longer than
+   * MAX_FRAME is refused (UpciError OUT_OF_RANGE) before any frame of the
+   * batch is queued.
    */
   send(frames: readonly Uint8Array[], from?: number): number;
   /** Resolves when send() would take a frame: at once while a transmit buffer is free, else when buffers come back (or the link or the incarnation changed). */

@@ -10,6 +10,7 @@ import { Worker } from 'node:worker_threads';
 import { NetPort } from '../../actors/net-port.js';
 import { LocalPacketSource, packetService, type PacketProxy, type PacketServiceSetup, type PacketSource } from '../../actors/packet-service.js';
 import type { PacketBinding, RxFrame } from '../../drivers/packet.js';
+import { UpciError } from '../../kernel/errors.js';
 import { allocShared } from '../../shm/mapping.js';
 import { startAllocationMeter } from '../../vm/benchmarks/allocation.js';
 import { ringWakeUps } from '../../shm/ring.js';
@@ -183,6 +184,23 @@ test('transmit: send() takes what the free transmit buffers hold, writable() res
   // Whole frames: the fake leaves garbage in a buffer after use, so a short frame sent without zeroing its padding shows it.
   t.deepEqual(report.transmitted, frames.map(padded), 'each frame once, in order, whole, short ones padded to 60 with zeros');
   t.is(report.flushes, batches, 'one doorbell per send() batch');
+});
+
+test('transmit: a frame shorter than an Ethernet header is refused with an UpciError naming it; nothing of its batch is queued; a 14-byte frame goes', async (t) => {
+  const { fake, port } = await linkedPort(t, { receiveBuffers: 8, transmitBuffers: 8, incarnation: 0 });
+  for (const short of [0, 1, 13]) {
+    const e = t.throws(() => port.send([frame(1, 60), new Uint8Array(short)]), { instanceOf: UpciError });
+    t.is(e?.code, 'OUT_OF_RANGE');
+    t.regex(e?.message ?? '', new RegExp(`frame 1 of the batch (is empty|is ${short} bytes), shorter than an Ethernet header \\(14 bytes\\)`));
+  }
+  t.is(fake.proxy.transmitFree, 8, 'no transmit buffer taken by a refused batch');
+  t.is(port.send([frame(2, 14)]), 1);
+  const report = await reportWhen(fake, 'the 14-byte frame at the device', (r) => r.flushes >= 1);
+  t.is(report.flushes, 1, 'one doorbell: the refused batches reached nothing');
+  t.deepEqual(report.transmitted, [], 'nothing completed yet');
+  fake.command({ type: 'complete', count: 1 });
+  const done = await reportWhen(fake, 'the 14-byte frame sent', (r) => r.transmitted.length >= 1);
+  t.deepEqual(done.transmitted, [padded(frame(2, 14))], 'only the good frame, padded to 60');
 });
 
 test('transmit: writable() called after the buffers already came back resolves (a send() that fell short, an await, then writable())', async (t) => {
