@@ -8,14 +8,20 @@
  * Per I/O there is a ring slot each way and no message:
  *
  * - Data over a SharedArrayBuffer goes by reference: the first time the
- *   proxy sees a SharedArrayBuffer it posts it once over the port (the
- *   driver side maps the same memory), then names it by id in the slot
- *   (buffer id, offset, length); the driver loads it for DMA as its own
- *   callers' shared memory (no copy). When the caller's buffer is
- *   collected, the driver side forgets it (one more message).
- * - Any other buffer is copied through a shared bounce area (page-aligned
- *   DMA memory the driver loads directly), one bounce slot per request tag;
- *   a request larger than a slot is split.
+ *   proxy sees a SharedArrayBuffer it posts it once over the port, then
+ *   names it by id in the slot (buffer id, offset, length). The driver side
+ *   registers it with the device when it arrives (BlockDevice.register: one
+ *   DMA mapping, kept), so a request on it reaches the device with no map
+ *   and no copy. When the caller's buffer is collected, the driver side
+ *   unregisters it (one more message).
+ * - Any other buffer is copied through a shared bounce area, registered
+ *   with the device once at the export's start, one bounce slot per request
+ *   tag; a request larger than a slot is split.
+ * - BlockProxy.register() gives the consumer a RegisteredBuffer over the
+ *   same ids: its read()/write() take a ring slot and post it, and the
+ *   completion slot ends it on its `ends` (a Fanout), with no promise and
+ *   no allocation on either side; in the driver's thread such a request is
+ *   a request on the device's own registration (RegisteredBuffer.read).
  *
  * Requests are checked in the proxy's thread (checkRequest) as the driver
  * would, so a bad one never reaches the ring. A failure in the driver's
@@ -31,7 +37,10 @@
  * demand and hands its setup over.
  */
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
-import { BlockDeviceBase, BlockGoneError, BlockRequestError, checkRequest, type BlockDevice, type BlockGeometry, type BlockOperation } from '../drivers/block.js';
+import {
+  BlockDeviceBase, BlockGoneError, BlockRequestError, RegisteredMemory, checkRequest,
+  type BlockDevice, type BlockGeometry, type BlockOperation, type RegisteredBuffer,
+} from '../drivers/block.js';
 import { NvmeGoneError, NvmeStatusError, NvmeTimeoutError } from '../drivers/nvme/errors.js';
 import { UpciError, type UpciErrorCode } from '../kernel/errors.js';
 import { allocShared } from '../shm/mapping.js';
@@ -57,6 +66,8 @@ const COMPLETION_WORDS = 2;
 const COMPLETION_SLOTS = 2 * TAGS;
 
 const OPS: readonly BlockOperation[] = ['read', 'write', 'flush', 'discard'];
+const READ = 0;
+const WRITE = 1;
 /** Buffer id of the shared bounce area; 0 is no data. */
 const NO_DATA = 0;
 const BOUNCE = 1;
@@ -159,6 +170,16 @@ function decodeError(bytes: Uint8Array): Error {
   return error;
 }
 
+/** A buffer the consumer named by id, and the device's registration of it (undefined: the device could not register it). */
+interface Named {
+  readonly buffer: SharedArrayBuffer;
+  readonly registration: RegisteredBuffer | undefined;
+  /** Requests on it in flight in the device. */
+  inFlight: number;
+  /** Forgotten by the consumer (or the export stopped): unregistered at its last end. */
+  forgotten: boolean;
+}
+
 /** Serves `device` (in its driver's thread) to one BlockProxy in another thread. */
 export function serveBlockDevice(device: BlockDevice): ServiceExport<BlockServiceSetup> {
   const requestRing = createRing(TAGS, REQUEST_WORDS);
@@ -169,10 +190,17 @@ export function serveBlockDevice(device: BlockDevice): ServiceExport<BlockServic
   const channel = new MessageChannel();
   const requests = RingConsumer.claim(requestRing);
   const completions = RingProducer.claim(completionRing);
-  const buffers = new Map<number, SharedArrayBuffer>();
+  const buffers = new Map<number, Named>();
+  /** Per tag: the buffer its request is on (for the in-flight count), or undefined. */
+  const onBuffer: (Named | undefined)[] = new Array<Named | undefined>(TAGS).fill(undefined);
   let stopped = false;
 
   const complete = (tag: number, error: unknown) => {
+    const named = onBuffer[tag];
+    if (named !== undefined) {
+      onBuffer[tag] = undefined;
+      if (--named.inFlight === 0 && named.forgotten) named.registration?.unregister();
+    }
     if (stopped) return;
     const length = error === undefined ? 0 : encodeError(error, new Uint8Array(errors, tag * ERROR_BYTES, ERROR_BYTES));
     const at = completions.reserve();
@@ -183,30 +211,67 @@ export function serveBlockDevice(device: BlockDevice): ServiceExport<BlockServic
     completions.publish();
   };
 
+  /** The device's registration of `buffer`, its ends completing ring tags; undefined when the device cannot reach the memory (its requests then go through the promise API, which bounces them). */
+  const registered = (buffer: SharedArrayBuffer): Named => {
+    let registration: RegisteredBuffer | undefined;
+    try {
+      registration = device.register(buffer);
+      registration.ends.subscribe((end) => complete(end.tag, end.error));
+    } catch {
+      registration = undefined;
+    }
+    return { buffer, registration, inFlight: 0, forgotten: false };
+  };
+  const forget = (named: Named) => {
+    named.forgotten = true;
+    if (named.inFlight === 0) named.registration?.unregister();
+  };
+  const bounceArea = registered(bounce);
+  buffers.set(BOUNCE, bounceArea);
+
   channel.port1.on('message', (m: PortMessage) => {
     if (m.type === 'buffer') {
-      buffers.set(m.id, m.buffer);
+      buffers.set(m.id, registered(m.buffer));
       requests.resume();
     } else {
+      const named = buffers.get(m.id);
       buffers.delete(m.id);
+      if (named !== undefined) forget(named);
     }
   });
 
   requests.start((w, at) => {
-    const op = OPS[w[at]!]!;
+    const opIndex = w[at]!;
     const tag = w[at + 1]!;
     const lba = (w[at + 2]! >>> 0) + (w[at + 3]! >>> 0) * 2 ** 32;
     const blocks = w[at + 4]!;
     const id = w[at + 5]!;
-    let data: Uint8Array | undefined;
-    if (id === BOUNCE) {
-      data = new Uint8Array(bounce, tag * bounceBytes, w[at + 7]!);
-    } else if (id !== NO_DATA) {
-      const buffer = buffers.get(id);
+    // A bounce part's offset is into the caller's data (the proxy's side); here it is its tag's bounce slot.
+    const offset = id === BOUNCE ? tag * bounceBytes : w[at + 6]!;
+    const length = w[at + 7]!;
+    let named: Named | undefined;
+    if (id !== NO_DATA) {
+      named = buffers.get(id);
       // Its registration is still on its way: wait for it (requests stay in order).
-      if (buffer === undefined) return false;
-      data = new Uint8Array(buffer, w[at + 6]!, w[at + 7]!);
+      if (named === undefined) return false;
+      const registration = named.registration;
+      // One device command on registered memory: no promise, no allocation (its end comes through the registration's ends).
+      if (registration !== undefined && opIndex <= 1 && offset % 4 === 0 && length <= device.maxTransferBytes && length === blocks * device.blockSize) {
+        try {
+          if (opIndex === 0 ? registration.read(lba, blocks, offset, tag) : registration.write(lba, blocks, offset, tag)) {
+            named.inFlight++;
+            onBuffer[tag] = named;
+            return true;
+          }
+          // The device has no room now: the promise API below waits in its queue.
+        } catch (e) {
+          complete(tag, e);
+          return true;
+        }
+      }
     }
+    const op = OPS[opIndex]!;
+    const data = named === undefined ? undefined : new Uint8Array(named.buffer, offset, length);
     let work: Promise<unknown>;
     try {
       work = op === 'read' ? device.read(lba, blocks, data)
@@ -215,6 +280,10 @@ export function serveBlockDevice(device: BlockDevice): ServiceExport<BlockServic
             : device.discard(lba, blocks);
     } catch (e) {
       work = Promise.reject(e);
+    }
+    if (named !== undefined) {
+      named.inFlight++;
+      onBuffer[tag] = named;
     }
     work.then(() => complete(tag, undefined), (e: unknown) => complete(tag, e));
     return true;
@@ -241,6 +310,8 @@ export function serveBlockDevice(device: BlockDevice): ServiceExport<BlockServic
       requests.stop();
       completions.release();
       channel.port1.close();
+      // Requests still in the device keep their memory registered until they end.
+      for (const named of buffers.values()) forget(named);
       buffers.clear();
     },
   };
@@ -273,6 +344,32 @@ interface Part {
 
 let nextBufferId = BOUNCE + 1;
 
+/** A consumer's registration through a proxy: requests on it take a ring slot each, named by the memory's id. */
+class ProxyRegistration extends RegisteredMemory {
+  active = true;
+
+  constructor(
+    private readonly proxy: BlockProxy,
+    readonly id: number,
+    memory: SharedArrayBuffer,
+  ) {
+    super(new Uint8Array(memory));
+  }
+
+  read(lba: number, blocks: number, offset: number, tag: number): boolean {
+    return this.proxy.postRegistered(this, READ, lba, blocks, offset, tag);
+  }
+
+  write(lba: number, blocks: number, offset: number, tag: number): boolean {
+    return this.proxy.postRegistered(this, WRITE, lba, blocks, offset, tag);
+  }
+
+  /** Requests on it are refused from now on; the driver side keeps the memory registered until it is collected here (the id's 'forget'). */
+  unregister(): void {
+    this.active = false;
+  }
+}
+
 /** The block device of a driver in another thread, over its export's rings. */
 export class BlockProxy extends BlockDeviceBase {
   /** Ring slots posted so far. */
@@ -285,6 +382,13 @@ export class BlockProxy extends BlockDeviceBase {
   private readonly port: MessagePort;
   private readonly free: number[] = [];
   private readonly inFlight: (Part | undefined)[] = new Array<Part | undefined>(TAGS).fill(undefined);
+  /** Per ring tag, a request on registered memory: its registration, the caller's tag and what `completions` reports. */
+  private readonly onRegistered: (ProxyRegistration | undefined)[] = new Array<ProxyRegistration | undefined>(TAGS).fill(undefined);
+  private readonly callerTag = new Int32Array(TAGS);
+  private readonly registeredOp = new Uint8Array(TAGS);
+  private readonly registeredLba = new Float64Array(TAGS);
+  private readonly registeredBlocks = new Int32Array(TAGS);
+  private readonly registeredStarted = new Float64Array(TAGS);
   private readonly waiting: Part[] = [];
   private readonly ids = new WeakMap<SharedArrayBuffer, number>();
   /** Tells the driver side to drop a caller's buffer once it is collected here. */
@@ -328,6 +432,55 @@ export class BlockProxy extends BlockDeviceBase {
   }
 
   /**
+   * Registers `memory` with the device in the driver's thread (posted once
+   * per memory, as any SharedArrayBuffer the proxy sees; the driver side
+   * maps it there). A request on it posted before that registration arrived
+   * waits in the ring for it. Memory the device cannot reach is bounced by
+   * the driver's promise path instead; use allocShared() or allocBuffer().
+   */
+  register(memory: SharedArrayBuffer): RegisteredBuffer {
+    if (!(memory instanceof SharedArrayBuffer)) throw new BlockRequestError(`${this.name}: only a SharedArrayBuffer can be registered`, 'allocate the memory with allocShared() or allocBuffer()');
+    if (this.gone !== undefined) throw new BlockGoneError(`${this.name}: ${this.gone}`);
+    return new ProxyRegistration(this, this.idOf(memory), memory);
+  }
+
+  /** @internal ProxyRegistration: one request in one ring slot, with nothing allocated; false when every tag is in flight. */
+  postRegistered(registration: ProxyRegistration, op: number, lba: number, blocks: number, offset: number, tag: number): boolean {
+    if (!checkRequest.registeredOk(this, lba, blocks, offset, registration.bytes.length)) {
+      this.refused++;
+      checkRequest.registered(this, lba, blocks, offset, registration.bytes.length);
+    }
+    if (this.gone !== undefined) throw new BlockGoneError(`${this.name}: ${this.gone}`);
+    if (!registration.active) {
+      this.refused++;
+      throw new BlockRequestError(`${this.name}: the memory is no longer registered`, 'register it again');
+    }
+    const ringTag = this.free.pop();
+    if (ringTag === undefined) return false;
+    const at = this.requests.reserve();
+    // Never: the ring has a slot per tag.
+    if (at < 0) throw new Error(`${this.name}: the request ring is full with a tag free`);
+    this.onRegistered[ringTag] = registration;
+    this.callerTag[ringTag] = tag;
+    this.registeredOp[ringTag] = op;
+    this.registeredLba[ringTag] = lba;
+    this.registeredBlocks[ringTag] = blocks;
+    this.registeredStarted[ringTag] = this.reporting ? performance.now() : 0;
+    const w = this.requests.words;
+    w[at] = op;
+    w[at + 1] = ringTag;
+    w[at + 2] = lba >>> 0;
+    w[at + 3] = Math.floor(lba / 2 ** 32);
+    w[at + 4] = blocks;
+    w[at + 5] = registration.id;
+    w[at + 6] = offset;
+    w[at + 7] = blocks * this.blockSize;
+    this.requests.publish();
+    this.posted++;
+    return true;
+  }
+
+  /**
    * The host took the device back (the driver stopped, crashed or hung):
    * the completions already in the ring are delivered, everything else
    * pending fails with BlockGoneError naming `reason`, and every later
@@ -345,6 +498,7 @@ export class BlockProxy extends BlockDeviceBase {
     this.inFlight.fill(undefined);
     this.waiting.length = 0;
     for (const request of requests) this.finish(request, error);
+    for (let tag = 0; tag < TAGS; tag++) if (this.onRegistered[tag] !== undefined) this.registeredEnded(tag, error);
     this.port.close();
   }
 
@@ -415,7 +569,21 @@ export class BlockProxy extends BlockDeviceBase {
     return true;
   }
 
+  /** A request on registered memory ended: its tag is free again, and the caller hears of it on the registration's ends. */
+  private registeredEnded(tag: number, error: Error | undefined): void {
+    const registration = this.onRegistered[tag]!;
+    this.onRegistered[tag] = undefined;
+    this.free.push(tag);
+    if (this.reporting) this.report(OPS[this.registeredOp[tag]!]!, this.registeredLba[tag]!, this.registeredBlocks[tag]!, error, this.registeredStarted[tag]!);
+    registration.emitEnd(this.callerTag[tag]!, error);
+  }
+
   private completed(tag: number, errorBytes: number): void {
+    if (this.onRegistered[tag] !== undefined) {
+      this.registeredEnded(tag, errorBytes > 0 ? decodeError(this.errors.subarray(tag * ERROR_BYTES, tag * ERROR_BYTES + errorBytes)) : undefined);
+      while (this.gone === undefined && this.waiting.length > 0 && this.post(this.waiting[0]!)) this.waiting.shift();
+      return;
+    }
     const part = this.inFlight[tag];
     if (part === undefined) return;
     this.inFlight[tag] = undefined;

@@ -1,11 +1,25 @@
 /**
  * The block device API a storage driver provides to programs and other
  * actors in the same host (and that the NBD export serves to the kernel).
- * Every request is validated before it reaches a device; each returns a
- * promise, and every completion is also on the `completions` stream.
+ * Every request is validated before it reaches a device. Two ways in:
+ *
+ * - read()/write()/flush()/discard(): a promise per request, any buffer.
+ * - Registered memory: register() a SharedArrayBuffer once (or take one
+ *   from allocBuffer()); the device keeps it reachable for DMA until
+ *   unregister(), so a request on it costs no map and no copy. Its
+ *   read()/write() take no promise and allocate nothing: each request ends
+ *   with an emission on the buffer's `ends` (a Fanout), naming the tag the
+ *   caller gave it. The promise API on a view of registered memory uses
+ *   the registration too; any other buffer goes through the driver's
+ *   pre-mapped bounce buffers (one copy), never a map per request.
+ *
+ * Every completion of either way is also on the `completions` stream
+ * (built only while someone listens).
  */
-import { Subject, type Observable } from 'rxjs';
+import type { Observable } from 'rxjs';
 import { UpciError } from '../kernel/errors.js';
+import { Fanout } from '../pci/fanout.js';
+import { allocShared } from '../shm/mapping.js';
 
 export type BlockOperation = 'read' | 'write' | 'flush' | 'discard';
 
@@ -31,14 +45,60 @@ export interface BlockGeometry {
   readonly maxTransferBytes: number;
 }
 
+/** How one request on registered memory ended. One object per buffer, reused: read it during the emission. */
+export interface BlockEnd {
+  /** The tag the caller gave read() or write(). */
+  readonly tag: number;
+  /** Undefined when it succeeded. */
+  readonly error: Error | undefined;
+}
+
+/**
+ * The brand of a RegisteredBuffer: only the block devices' registrations
+ * (RegisteredMemory) carry it, so an unregistered array does not
+ * type-check where registered memory is asked for.
+ */
+export const REGISTERED: unique symbol = Symbol('upci.registered');
+
+/**
+ * Memory a block device reaches for DMA from register() (or allocBuffer())
+ * until unregister(): requests on it go to the device with no map, no copy
+ * and no allocation.
+ */
+export interface RegisteredBuffer {
+  readonly [REGISTERED]: true;
+  /** The whole registered memory. */
+  readonly bytes: Uint8Array;
+  /**
+   * Starts a read of `blocks` blocks at `lba` into bytes[offset ..]: at most
+   * maxTransferBytes, `offset` a multiple of 4. No promise: it ends with an
+   * emission on `ends` carrying `tag` (any integer the caller picks, e.g. a
+   * lane). False when the device has no room for it now (every command slot
+   * busy): nothing was started; start it again after one of yours ended.
+   * A bad request throws (BlockRequestError), as does one on a device that
+   * is gone (BlockGoneError, NvmeGoneError).
+   */
+  read(lba: number, blocks: number, offset: number, tag: number): boolean;
+  /** As read(), from bytes[offset ..] to the device. */
+  write(lba: number, blocks: number, offset: number, tag: number): boolean;
+  /** Each request's end, in the order the device completed them. */
+  readonly ends: Observable<BlockEnd>;
+  /**
+   * Later requests on this registration are refused; the device lets go of
+   * the memory once no registration of it is left and its last request in
+   * flight has ended.
+   */
+  unregister(): void;
+}
+
 export interface BlockDevice extends BlockGeometry {
   /**
    * Reads `blocks` blocks at `lba` into `into` (exactly blocks × blockSize
-   * bytes) or a new array. An `into` over a page-aligned SharedArrayBuffer
-   * (shm/mapping allocShared) is loaded for DMA directly, with no copy; so
-   * is `data` of write(). Any other buffer is copied through the driver's
-   * bounce buffers (and, from another thread than the driver's, through
-   * the service's shared bounce area: actors/block-service.ts).
+   * bytes) or a new array. An `into` inside registered memory (register(),
+   * allocBuffer()) is DMAed directly, with no copy and no map; so is
+   * `data` of write(). Any other buffer is copied through the driver's
+   * pre-mapped bounce buffers (and, from another thread than the driver's,
+   * through the service's shared bounce area: actors/block-service.ts).
    */
   read(lba: number, blocks: number, into?: Uint8Array): Promise<Uint8Array>;
   /** Writes `data` (a whole number of blocks, at least one) at `lba`; resolves once the device completed it. */
@@ -47,6 +107,17 @@ export interface BlockDevice extends BlockGeometry {
   flush(): Promise<void>;
   /** Tells the device the blocks' contents are no longer needed. */
   discard(lba: number, blocks: number): Promise<void>;
+  /**
+   * Makes `memory` (page-aligned shared memory: shm/mapping allocShared, or
+   * allocBuffer()) reachable by the device until unregister(): one mapping
+   * now, none per request. Each call gives a registration of its own (its
+   * own `ends`, so two users never see each other's tags); registrations
+   * of the same memory share its one mapping. Memory the device cannot
+   * reach is refused (BlockRequestError naming why).
+   */
+  register(memory: SharedArrayBuffer): RegisteredBuffer;
+  /** `bytes` (rounded up to whole pages) of new shared memory, registered. */
+  allocBuffer(bytes: number): RegisteredBuffer;
   readonly completions: Observable<BlockCompletion>;
 }
 
@@ -79,6 +150,25 @@ export const checkRequest = {
     }
   },
 
+  /** Whether a request on registered memory of `length` bytes passes registered(): the hot path's check, with no closure. */
+  registeredOk(device: BlockGeometry, lba: number, blocks: number, offset: number, length: number): boolean {
+    const bytes = blocks * device.blockSize;
+    return Number.isSafeInteger(lba) && lba >= 0 && Number.isSafeInteger(blocks) && blocks >= 1 && lba + blocks <= device.blockCount
+      && bytes <= device.maxTransferBytes && Number.isSafeInteger(offset) && offset >= 0 && offset % 4 === 0 && offset + bytes <= length;
+  },
+
+  /** A request on registered memory of `length` bytes: the range, one device command at most, inside the memory. */
+  registered(device: BlockGeometry, lba: number, blocks: number, offset: number, length: number): void {
+    checkRequest.range(device, lba, blocks);
+    const bytes = blocks * device.blockSize;
+    if (bytes > device.maxTransferBytes) {
+      throw new BlockRequestError(`${device.name}: ${bytes} bytes exceed one request on registered memory (${device.maxTransferBytes})`, 'split it, or use the promise API, which splits');
+    }
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset % 4 !== 0 || offset + bytes > length) {
+      throw new BlockRequestError(`${device.name}: offset ${offset} + ${bytes} bytes is not a 4-byte-aligned range inside the ${length}-byte registered memory`, 'pass an offset that is a multiple of 4 and keeps the request inside the memory');
+    }
+  },
+
   read(device: BlockGeometry, lba: number, blocks: number, into: Uint8Array | undefined): void {
     checkRequest.range(device, lba, blocks);
     if (into !== undefined && (!(into instanceof Uint8Array) || into.length !== blocks * device.blockSize)) {
@@ -104,6 +194,38 @@ export const checkRequest = {
 };
 
 /**
+ * What every RegisteredBuffer implementation shares: the brand, its memory,
+ * and its `ends`: a Fanout (no allocation per emission) of one end record
+ * reused for every request.
+ */
+export abstract class RegisteredMemory implements RegisteredBuffer {
+  readonly [REGISTERED] = true as const;
+  private readonly fanout = new Fanout<BlockEnd>();
+  readonly ends = this.fanout.observable;
+  private readonly end: { tag: number; error: Error | undefined } = { tag: 0, error: undefined };
+
+  constructor(readonly bytes: Uint8Array) {}
+
+  abstract read(lba: number, blocks: number, offset: number, tag: number): boolean;
+  abstract write(lba: number, blocks: number, offset: number, tag: number): boolean;
+  abstract unregister(): void;
+
+  /** Request `tag` ended: tells every subscriber of `ends`. */
+  emitEnd(tag: number, error: Error | undefined): void {
+    this.end.tag = tag;
+    this.end.error = error;
+    this.fanout.emit(this.end);
+    this.end.error = undefined;
+  }
+}
+
+/** Rounds `bytes` up to whole pages of new shared memory, for allocBuffer(). */
+export function sharedPages(bytes: number, pageSize = 4096): SharedArrayBuffer {
+  if (!Number.isSafeInteger(bytes) || bytes <= 0) throw new BlockRequestError(`a buffer of ${bytes} bytes`, 'ask for a positive whole number of bytes');
+  return allocShared(Math.ceil(bytes / pageSize) * pageSize);
+}
+
+/**
  * What every BlockDevice implementation shares: its geometry, the
  * completions stream and the count of requests its checks refused.
  */
@@ -113,8 +235,9 @@ export abstract class BlockDeviceBase implements BlockDevice {
   readonly blockCount: number;
   readonly canDiscard: boolean;
   readonly maxTransferBytes: number;
-  private readonly subject = new Subject<BlockCompletion>();
-  readonly completions = this.subject.asObservable();
+  /** A Fanout, not an RxJS Subject: emitting allocates nothing (pci/fanout.ts). */
+  private readonly ended = new Fanout<BlockCompletion>();
+  readonly completions = this.ended.observable;
   /** Requests refused by their checks, before they went anywhere. */
   refused = 0;
 
@@ -130,6 +253,16 @@ export abstract class BlockDeviceBase implements BlockDevice {
   abstract write(lba: number, data: Uint8Array): Promise<void>;
   abstract flush(): Promise<void>;
   abstract discard(lba: number, blocks: number): Promise<void>;
+  abstract register(memory: SharedArrayBuffer): RegisteredBuffer;
+
+  allocBuffer(bytes: number): RegisteredBuffer {
+    return this.register(sharedPages(bytes));
+  }
+
+  /** Whether anyone listens to `completions`: a request then notes its start time. */
+  protected get reporting(): boolean {
+    return this.ended.observed;
+  }
 
   /** Runs a request's checks (checkRequest), counting what they refuse: the refusal, or undefined. */
   protected refusal(check: () => void): Error | undefined {
@@ -144,6 +277,6 @@ export abstract class BlockDeviceBase implements BlockDevice {
 
   /** A request ended: on the completions stream, when anyone listens. */
   protected report(op: BlockOperation, lba: number, blocks: number, error: Error | undefined, started: number): void {
-    if (this.subject.observed) this.subject.next({ op, lba, blocks, error, latencyUs: Math.round((performance.now() - started) * 1000) });
+    if (this.ended.observed) this.ended.emit({ op, lba, blocks, error, latencyUs: Math.round((performance.now() - started) * 1000) });
   }
 }

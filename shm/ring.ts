@@ -233,6 +233,13 @@ export class RingConsumer extends RingEnd {
     this.release();
   }
 
+  /** A wait ended: made once, not a closure per wait (a wake-up per batch is on the I/O path). */
+  private readonly woken = (how: 'ok' | 'timed-out'): void => {
+    this.waiting = false;
+    Atomics.store(this.words, WAITING, 0);
+    this.run(how);
+  };
+
   /** Drains and waits again; `cause` is how the last wait ended (undefined when it did not wait). */
   private run(cause?: 'ok' | 'timed-out' | 'not-equal'): void {
     const words = this.words;
@@ -259,11 +266,7 @@ export class RingConsumer extends RingEnd {
         continue;
       }
       this.waiting = true;
-      void wait.value.then((how) => {
-        this.waiting = false;
-        Atomics.store(words, WAITING, 0);
-        this.run(how);
-      });
+      void wait.value.then(this.woken);
       return;
     }
   }

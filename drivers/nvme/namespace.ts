@@ -2,25 +2,44 @@
  * The block layer on an NVMe controller: request validation (nothing bad
  * reaches the controller), splitting to the transfer limit, one bounce
  * buffer per command ID (a DMA pool per queue, so a command's buffer is
- * known from its ID) or a per-request map of the caller's own shared
- * memory, loaded at submission and unloaded at completion while the
- * controller keeps working, and a wait list when every command ID is busy.
+ * known from its ID), registered memory (the caller's shared memory, loaded
+ * for DMA once at register() and given to the controller at its bus address
+ * with no map per request), and a wait list when every command ID is busy.
+ *
+ * A request on registered memory through RegisteredBuffer.read()/write()
+ * allocates nothing: its state goes in typed arrays per queue and command
+ * ID, its completion handler is one made per command ID when the queues
+ * were, and its end is the registration's reused end record on a Fanout.
  */
-import type { DmaPool } from '../../pci/dma-pool.js';
 import type { LoadedDmaMap } from '../../pci/bus-dma.js';
-import { BlockDeviceBase, checkRequest, type BlockOperation } from '../block.js';
+import type { DmaPool } from '../../pci/dma-pool.js';
+import { BlockDeviceBase, BlockGoneError, RegisteredMemory, checkRequest, type BlockOperation, type RegisteredBuffer } from '../block.js';
 import { NvmeController, SUBMIT_FULL, commandName, statusError } from './controller.js';
 import { BlockRequestError, NvmeGoneError } from './errors.js';
-import type { QueuePair } from './queue.js';
-import { NVM, PAGE, type NamespaceIdentity } from './registers.js';
+import type { CompletionHandler, QueuePair } from './queue.js';
+import { NVM, type NamespaceIdentity } from './registers.js';
 
 /** A chunk waiting for a free command ID: true once it is submitted or refused, false when the queue was full. */
 type Waiter = (q: QueuePair) => boolean;
+
+/** Per I/O queue, per command ID: the request on registered memory it carries (none: undefined). */
+interface RegisteredSlots {
+  readonly owner: (NvmeRegistration | undefined)[];
+  readonly tag: Int32Array;
+  readonly lba: Float64Array;
+  readonly blocks: Int32Array;
+  readonly opcode: Uint8Array;
+  /** performance.now() at submission, while someone listens to `completions`. */
+  readonly started: Float64Array;
+  /** One handler per command ID, made here once. */
+  readonly handlers: CompletionHandler[];
+}
 
 /** The controller's I/O queues with their bounce pools, shared by its namespaces. */
 export class IoQueues {
   readonly data: DmaPool[];
   readonly views: Uint8Array[][];
+  readonly registered: RegisteredSlots[];
   private readonly waiting: Waiter[] = [];
   private next = 0;
   /** Rejecters of every request in flight, for abandon(). */
@@ -36,6 +55,44 @@ export class IoQueues {
   ) {
     this.data = controller.ioQueues.map((q) => controller.tag.createPool({ entrySize: chunkBytes, entries: q.depth - 1 }));
     this.views = this.data.map((pool) => Array.from({ length: pool.entries }, (_, i) => new Uint8Array(pool.buffer, pool.offsetOf(i), chunkBytes)));
+    this.registered = controller.ioQueues.map((q) => {
+      const cids = q.depth - 1;
+      const slots: RegisteredSlots = {
+        owner: new Array<NvmeRegistration | undefined>(cids).fill(undefined),
+        tag: new Int32Array(cids), lba: new Float64Array(cids), blocks: new Int32Array(cids), opcode: new Uint8Array(cids), started: new Float64Array(cids),
+        handlers: [],
+      };
+      for (let cid = 0; cid < cids; cid++) slots.handlers.push((status, _dw0, done) => this.registeredDone(q, slots, status, done));
+      return slots;
+    });
+  }
+
+  /** A queue with a free command ID, taken in turn; undefined when every one is full. */
+  freeQueue(): QueuePair | undefined {
+    const queues = this.controller.ioQueues;
+    for (let i = 0; i < queues.length; i++) {
+      const at = (this.next + i) % queues.length;
+      const q = queues[at]!;
+      if (q.outstanding < q.depth - 1) {
+        this.next = (at + 1) % queues.length;
+        return q;
+      }
+    }
+    return undefined;
+  }
+
+  /** A command on registered memory completed (or was cancelled): its registration's end. */
+  private registeredDone(q: QueuePair, slots: RegisteredSlots, status: number, cid: number): void {
+    if (NvmeController.wasAborted(status) && q.retries[cid]! < 2) {
+      q.resubmit(cid, slots.handlers[cid]!, performance.now() + this.controller.options.commandTimeoutMs);
+      return;
+    }
+    const registration = slots.owner[cid]!;
+    slots.owner[cid] = undefined;
+    this.drain();
+    const error = status === 0 ? undefined : statusError(commandName(false, slots.opcode[cid]!), status, this.controller.options.commandTimeoutMs);
+    registration.ended(slots.tag[cid]!, error, slots.opcode[cid]!, slots.lba[cid]!, slots.blocks[cid]!, slots.started[cid]!);
+    this.completed();
   }
 
   /** Runs `issue` on a queue with a free command ID now, or once one frees up (a gone controller refuses it at once). */
@@ -82,7 +139,81 @@ export class IoQueues {
   }
 }
 
+/**
+ * One DMA map of registered memory, loaded at the first register() and
+ * unloaded once its last registration is gone and no request on it is in
+ * flight (or with the driver's DMA at detach).
+ */
+class Mapping {
+  registrations = 0;
+  inFlight = 0;
+
+  constructor(
+    readonly memory: SharedArrayBuffer,
+    private readonly map: LoadedDmaMap,
+    /** The bus address of the memory's first byte: it is one segment. */
+    readonly bus: number,
+  ) {}
+
+  get loaded(): boolean {
+    return this.map.isLoaded;
+  }
+
+  /** Unloads when nothing uses it any more; true when it did (or it was gone already). */
+  release(): boolean {
+    if (this.registrations > 0 || this.inFlight > 0) return false;
+    if (this.map.isLoaded) this.map.unload();
+    return true;
+  }
+}
+
+/** A registration of shared memory with a namespace: requests give the controller bus addresses inside its mapping. */
+class NvmeRegistration extends RegisteredMemory {
+  private active = true;
+
+  constructor(
+    private readonly ns: NvmeNamespace,
+    readonly mapping: Mapping,
+  ) {
+    super(new Uint8Array(mapping.memory));
+    mapping.registrations++;
+  }
+
+  get live(): boolean {
+    return this.active && this.mapping.loaded;
+  }
+
+  read(lba: number, blocks: number, offset: number, tag: number): boolean {
+    return this.ns.submitRegistered(this, NVM.READ, lba, blocks, offset, tag);
+  }
+
+  write(lba: number, blocks: number, offset: number, tag: number): boolean {
+    return this.ns.submitRegistered(this, NVM.WRITE, lba, blocks, offset, tag);
+  }
+
+  unregister(): void {
+    if (!this.active) return;
+    this.active = false;
+    this.mapping.registrations--;
+    this.ns.released(this.mapping);
+  }
+
+  /** @internal IoQueues: a request ended. */
+  ended(tag: number, error: Error | undefined, opcode: number, lba: number, blocks: number, started: number): void {
+    this.ns.released(this.mapping, -1);
+    this.ns.reportRegistered(opcode, lba, blocks, error, started);
+    this.emitEnd(tag, error);
+  }
+}
+
 export class NvmeNamespace extends BlockDeviceBase {
+  /** Registered memory's mappings, by memory: the promise API finds its callers' registered buffers here. */
+  private readonly mappings = new Map<SharedArrayBuffer, Mapping>();
+  /** submitTo's onError for registered requests: a gone controller refuses them at once, as a throw. */
+  private readonly refuseGone = (e: Error): never => {
+    throw e;
+  };
+
   constructor(
     private readonly io: IoQueues,
     readonly nsid: number,
@@ -168,18 +299,94 @@ export class NvmeNamespace extends BlockDeviceBase {
     });
   }
 
+  register(memory: SharedArrayBuffer): RegisteredBuffer {
+    if (!(memory instanceof SharedArrayBuffer)) throw new BlockRequestError(`${this.name}: only a SharedArrayBuffer can be registered`, 'allocate the memory with allocShared() or allocBuffer()');
+    const known = this.mappings.get(memory);
+    if (known?.loaded) return new NvmeRegistration(this, known);
+    if (!this.io.controller.usable) throw new BlockGoneError(`${this.name}: the controller is gone; nothing can be registered with it`);
+    let map: LoadedDmaMap;
+    try {
+      map = this.io.controller.tag.createMap(memory.byteLength).load(memory, 0, memory.byteLength, { access: 'both' });
+    } catch (e) {
+      throw new BlockRequestError(`${this.name}: the memory cannot be mapped for DMA: ${e instanceof Error ? e.message : String(e)}`, 'register page-aligned shared memory of whole pages: allocShared() or allocBuffer()');
+    }
+    if (map.segments.length !== 1) {
+      map.unload();
+      throw new BlockRequestError(`${this.name}: the memory was mapped in ${map.segments.length} pieces, not one`, 'register smaller memory');
+    }
+    const mapping = new Mapping(memory, map, map.busAddress(0));
+    this.mappings.set(memory, mapping);
+    return new NvmeRegistration(this, mapping);
+  }
+
+  /** @internal A registration or a request of `mapping` ended: unloads it when it was the last user. */
+  released(mapping: Mapping, inFlight = 0): void {
+    mapping.inFlight += inFlight;
+    if (mapping.release() && this.mappings.get(mapping.memory) === mapping) this.mappings.delete(mapping.memory);
+  }
+
+  /** @internal NvmeRegistration: a request ended, on `completions` when anyone listens. */
+  reportRegistered(opcode: number, lba: number, blocks: number, error: Error | undefined, started: number): void {
+    if (this.reporting) this.report(opcode === NVM.READ ? 'read' : 'write', lba, blocks, error, started);
+  }
+
+  /**
+   * A read or write of registered memory, one command, no allocation: the
+   * checks inline (the full ones only to word a refusal), a queue with a
+   * free command ID, the request's state in that queue's typed arrays, the
+   * handler made for that command ID. False when every queue is full.
+   */
+  submitRegistered(registration: NvmeRegistration, opcode: number, lba: number, blocks: number, offset: number, tag: number): boolean {
+    const io = this.io;
+    if (!checkRequest.registeredOk(this, lba, blocks, offset, registration.bytes.length)) {
+      this.refused++;
+      checkRequest.registered(this, lba, blocks, offset, registration.bytes.length);
+    }
+    if (!registration.live) {
+      this.refused++;
+      this.refuse('the memory is no longer registered', 'register it again');
+    }
+    const q = io.freeQueue();
+    if (q === undefined) return false;
+    const cid = q.allocCid();
+    const bus = registration.mapping.bus + offset;
+    const bytes = blocks * this.blockSize;
+    const prp2 = q.prp2For(cid, bus, bytes);
+    q.freeCid(cid);
+    const slots = io.registered[q.id - 1]!;
+    slots.owner[cid] = registration;
+    slots.tag[cid] = tag;
+    slots.lba[cid] = lba;
+    slots.blocks[cid] = blocks;
+    slots.opcode[cid] = opcode;
+    slots.started[cid] = this.reporting ? performance.now() : 0;
+    try {
+      io.controller.submitTo(q, false, opcode, this.nsid, bus, prp2, lba >>> 0, Math.floor(lba / 2 ** 32), blocks - 1, 0, slots.handlers[cid]!, this.refuseGone);
+    } catch (e) {
+      slots.owner[cid] = undefined;
+      throw e;
+    }
+    registration.mapping.inFlight++;
+    return true;
+  }
+
   /**
    * Reads or writes `blocks` at `lba` in chunks of at most chunkBytes. A
-   * buffer over a page-aligned SharedArrayBuffer is loaded for DMA once for
-   * the whole request (unloaded at its completion); any other goes through
-   * the command IDs' bounce buffers.
+   * buffer inside registered memory is given to the controller where it is;
+   * any other goes through the command IDs' bounce buffers (one copy),
+   * never through a map of its own.
    */
   private transfer(op: 'read' | 'write', lba: number, blocks: number, buffer: Uint8Array): Promise<void> {
     const started = performance.now();
     const io = this.io;
     const bs = this.blockSize;
     const chunkBlocks = Math.floor(io.chunkBytes / bs);
-    const direct = this.loadDirect(buffer, op);
+    // Registered memory, when the first byte is dword-aligned as PRP1 must be.
+    const mapping = buffer.buffer instanceof SharedArrayBuffer && buffer.byteOffset % 4 === 0 ? this.mappings.get(buffer.buffer) : undefined;
+    const direct = mapping?.loaded === true ? mapping.bus + buffer.byteOffset : -1;
+    // The request holds the mapping until it ends: an unregister() meanwhile leaves it loaded for the controller.
+    let holds = direct >= 0;
+    if (holds) mapping!.inFlight++;
     const opcode = op === 'read' ? NVM.READ : NVM.WRITE;
     let remaining = Math.ceil(blocks / chunkBlocks);
     let failure: Error | undefined;
@@ -188,15 +395,20 @@ export class NvmeNamespace extends BlockDeviceBase {
         if (e !== undefined && failure === undefined) failure = e;
         if (--remaining > 0) return;
         io.inFlight.delete(abandon);
-        // The controller has finished with every chunk: unload while it keeps working on others.
-        if (direct?.isLoaded) direct.unload();
+        if (holds) {
+          holds = false;
+          this.released(mapping!, -1);
+        }
         this.report(op, lba, blocks, failure, started);
         if (failure === undefined) resolve();
         else reject(failure);
       };
       const abandon = (e: Error) => {
         io.inFlight.delete(abandon);
-        if (direct?.isLoaded) direct.unload();
+        if (holds) {
+          holds = false;
+          this.released(mapping!, -1);
+        }
         this.report(op, lba, blocks, e, started);
         reject(e);
       };
@@ -210,8 +422,8 @@ export class NvmeNamespace extends BlockDeviceBase {
           const cid = q.allocCid();
           if (cid < 0) return false;
           const bounce = io.views[q.id - 1]![cid]!;
-          const bus = direct !== undefined ? direct.busAddress(offset) : io.data[q.id - 1]!.busAddresses[cid]!;
-          if (direct === undefined && op === 'write') bounce.set(buffer.subarray(offset, offset + bytes));
+          const bus = direct >= 0 ? direct + offset : io.data[q.id - 1]!.busAddresses[cid]!;
+          if (direct < 0 && op === 'write') bounce.set(buffer.subarray(offset, offset + bytes));
           const prp2 = q.prp2For(cid, bus, bytes);
           q.freeCid(cid);
           const handler = (status: number, _dw0: number, doneCid: number) => {
@@ -219,7 +431,7 @@ export class NvmeNamespace extends BlockDeviceBase {
               q.resubmit(doneCid, handler, performance.now() + io.controller.options.commandTimeoutMs);
               return;
             }
-            if (status === 0 && direct === undefined && op === 'read') buffer.set(bounce.subarray(0, bytes), offset);
+            if (status === 0 && direct < 0 && op === 'read') buffer.set(bounce.subarray(0, bytes), offset);
             io.drain();
             finish(status === 0 ? undefined : statusError(commandName(false, opcode), status, io.controller.options.commandTimeoutMs));
             io.completed();
@@ -249,16 +461,5 @@ export class NvmeNamespace extends BlockDeviceBase {
     const prp2 = q.prp2For(cid, bus, blocks * this.blockSize);
     q.freeCid(cid);
     return this.io.controller.submitTo(q, false, NVM.READ, this.nsid, bus, prp2, lba >>> 0, Math.floor(lba / 2 ** 32), blocks - 1, 0, handler, onError);
-  }
-
-  /** A per-request map of the caller's shared memory, when it can be given to the device as is. */
-  private loadDirect(buffer: Uint8Array, op: 'read' | 'write'): LoadedDmaMap | undefined {
-    if (!(buffer.buffer instanceof SharedArrayBuffer) || buffer.byteOffset % PAGE !== 0 || buffer.buffer.byteLength % PAGE !== 0) return undefined;
-    try {
-      return this.io.controller.tag.createMap(buffer.length).load(buffer.buffer, buffer.byteOffset, buffer.length, { access: op === 'read' ? 'write' : 'read' });
-    } catch {
-      // Not memory the IOMMU can map (not from allocShared): bounce it.
-      return undefined;
-    }
   }
 }

@@ -5,9 +5,11 @@
  * (a caller's array shows the stamp only when the driver side had the
  * caller's own memory, not a copy); fails reads at LBA 666 (NVMe status),
  * 667 (a refusal), 668 (a plain TypeError); never completes LBA 777.
+ * Registered memory (register()) is counted; its requests go through the
+ * fake's own read() and write() on a view of it.
  */
 import { Subject } from 'rxjs';
-import { BlockRequestError, type BlockCompletion, type BlockDevice } from '../../drivers/block.js';
+import { BlockRequestError, RegisteredMemory, checkRequest, sharedPages, type BlockCompletion, type BlockDevice } from '../../drivers/block.js';
 import { NvmeStatusError } from '../../drivers/nvme/errors.js';
 
 const FAKE = { blockSize: 512, blockCount: 4096, maxTransferBytes: 128 * 1024 } as const;
@@ -18,12 +20,43 @@ export interface FakeBlockDevice {
   readonly storage: Uint8Array;
   /** Requests whose data was a SharedArrayBuffer (the caller's own memory). */
   readonly sharedSeen: { reads: number; writes: number };
+  /** register() calls, unregister() calls, and requests made through registrations. */
+  readonly registrations: { registered: number; unregistered: number; requests: number };
 }
 
 export function fakeBlockDevice(name = 'fake0n1'): FakeBlockDevice {
   const storage = new Uint8Array(FAKE.blockSize * FAKE.blockCount);
   const sharedSeen = { reads: 0, writes: 0 };
+  const registrations = { registered: 0, unregistered: 0, requests: 0 };
+  const geometry = { name, ...FAKE, canDiscard: true };
+  class FakeRegistration extends RegisteredMemory {
+    private active = true;
+    read(lba: number, blocks: number, offset: number, tag: number): boolean {
+      return this.move(true, lba, blocks, offset, tag);
+    }
+    write(lba: number, blocks: number, offset: number, tag: number): boolean {
+      return this.move(false, lba, blocks, offset, tag);
+    }
+    unregister(): void {
+      if (this.active) registrations.unregistered++;
+      this.active = false;
+    }
+    /** Through the fake's own read()/write() on a view of the registered memory: the same stamps and failures. */
+    private move(read: boolean, lba: number, blocks: number, offset: number, tag: number): boolean {
+      checkRequest.registered(geometry, lba, blocks, offset, this.bytes.length);
+      if (!this.active) throw new BlockRequestError(`${name}: not registered`, 'register it');
+      registrations.requests++;
+      const view = this.bytes.subarray(offset, offset + blocks * FAKE.blockSize);
+      (read ? device.read(lba, blocks, view) : device.write(lba, view)).then(() => this.emitEnd(tag, undefined), (e: Error) => this.emitEnd(tag, e));
+      return true;
+    }
+  }
   const device: BlockDevice = {
+    register(memory) {
+      registrations.registered++;
+      return new FakeRegistration(new Uint8Array(memory));
+    },
+    allocBuffer: (bytes) => device.register(sharedPages(bytes)),
     name,
     ...FAKE,
     canDiscard: true,
@@ -51,5 +84,5 @@ export function fakeBlockDevice(name = 'fake0n1'): FakeBlockDevice {
       return Promise.resolve();
     },
   };
-  return { device, storage, sharedSeen };
+  return { device, storage, sharedSeen, registrations };
 }

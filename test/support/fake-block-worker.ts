@@ -2,7 +2,7 @@
  * A worker thread serving a fake block device (test/support/fake-block-device.ts)
  * through actors/block-service.ts directly, for the proxy's unit tests. It
  * counts the messages it posts; {type:'stats'} gets the count back, with
- * its rings' wake-up counts.
+ * its rings' wake-up counts and the fake's registrations.
  */
 import { MessagePort, parentPort } from 'node:worker_threads';
 import { serveBlockDevice } from '../../actors/block-service.js';
@@ -16,7 +16,7 @@ MessagePort.prototype.postMessage = function (this: MessagePort, ...args: Parame
   return post.apply(this, args);
 };
 
-const { device, sharedSeen } = fakeBlockDevice();
+const { device, sharedSeen, registrations } = fakeBlockDevice();
 const served = serveBlockDevice(device);
 parentPort!.postMessage({ type: 'setup', setup: served.setup }, [...served.transfer]);
 parentPort!.on('message', (m: { type: 'stats' } | { type: 'stop' }) => {
@@ -25,5 +25,5 @@ parentPort!.on('message', (m: { type: 'stats' } | { type: 'stop' }) => {
     parentPort!.close();
     return;
   }
-  parentPort!.postMessage({ type: 'stats', posted: posted + 1, sharedSeen, wakeUps: ringWakeUps() });
+  parentPort!.postMessage({ type: 'stats', posted: posted + 1, sharedSeen, registrations, wakeUps: ringWakeUps() });
 });

@@ -7,7 +7,7 @@ import test from 'ava';
 import { Worker } from 'node:worker_threads';
 import { Subject } from 'rxjs';
 import { BlockProxy, serveBlockDevice, type BlockServiceSetup } from '../../actors/block-service.js';
-import { BlockGoneError, type BlockCompletion, type BlockDevice } from '../../drivers/block.js';
+import { BlockGoneError, type BlockCompletion, type BlockDevice, type BlockEnd, type RegisteredBuffer } from '../../drivers/block.js';
 import { NvmeStatusError } from '../../drivers/nvme/errors.js';
 import { UpciError } from '../../kernel/errors.js';
 import { allocShared } from '../../shm/mapping.js';
@@ -188,7 +188,7 @@ interface Fake {
   readonly worker: Worker;
   readonly proxy: BlockProxy;
   /** Messages the worker has posted so far (the setup among them), and what its device saw. */
-  stats(): Promise<{ posted: number; sharedSeen: { reads: number; writes: number }; wakeUps: WakeUps }>;
+  stats(): Promise<{ posted: number; sharedSeen: { reads: number; writes: number }; registrations: { registered: number; unregistered: number; requests: number }; wakeUps: WakeUps }>;
   /** Messages this thread has received from the worker. */
   received(): number;
 }
@@ -245,6 +245,83 @@ test.serial('block proxy: data in a SharedArrayBuffer goes by reference (the dri
   // One at a time: each request and each completion is a wake-up of a waiting consumer.
   wokenByNotify(t, 'the driver side (requests)', NO_WAKE_UPS, s.wakeUps, 400);
   wokenByNotify(t, 'this thread (completions)', before, ringWakeUps(), 400);
+});
+
+/** Only registered memory type-checks here: anything else is refused at compile time (the @ts-expect-error below fails the build if it were accepted). */
+function registeredOnly(buffer: RegisteredBuffer): Uint8Array {
+  return buffer.bytes;
+}
+
+test.serial('block proxy: registered memory: 10,000 requests through RegisteredBuffer.read/write reach the driver side\'s own registration of it (registered once, with the bounce area), one ring slot each, no message, each ended on `ends` with its tag; the data lands in the caller\'s memory', async (t) => {
+  const { proxy, stats, received } = await fake(t);
+  // Memory in a RegisteredBuffer's shape that no register() made: the brand keeps it out (checked by the build).
+  const lookalike = { bytes: new Uint8Array(8), read: () => true, write: () => true, ends: proxy.completions as never, unregister: () => {} };
+  // @ts-expect-error never registered, whatever its shape
+  t.is(registeredOnly(lookalike).length, 8);
+  const before = await stats();
+  const { result: buffer, posts: registering } = await countingPosts(() => Promise.resolve(proxy.allocBuffer(16 * 4096)));
+  t.is(registering, 1, 'registering posts the memory once');
+  t.is(buffer.bytes.length, 16 * 4096);
+  const words = new Uint32Array(buffer.bytes.buffer);
+  const receivedBefore = received();
+  const posted = proxy.posted;
+  const tags: number[] = [];
+  let failures = 0;
+  let differed = 0;
+  const { posts } = await countingPosts(() => within(60_000, new Promise<void>((resolve) => {
+    let started = 0;
+    let ended = 0;
+    // Request n < 5,000 writes pattern n at block 8n mod 4096 from its lane's slice; the rest read those blocks back, checked.
+    const start = (lane: number) => {
+      const n = started++;
+      const write = n < 5_000;
+      if (write) words.fill(n % 5_000, lane * 1024, lane * 1024 + 1024);
+      else words.fill(0, lane * 1024, lane * 1024 + 1024);
+      const lba = (n % 5_000) * 8 % 4096;
+      const ok = write ? buffer.write(lba, 8, lane * 4096, lane) : buffer.read(lba, 8, lane * 4096, lane);
+      if (!ok) t.fail(`no room for lane ${lane}`);
+    };
+    const expected = new Int32Array(16).fill(-1);
+    buffer.ends.subscribe((end: BlockEnd) => {
+      tags.push(end.tag);
+      if (end.error !== undefined) failures++;
+      const lane = end.tag;
+      // A read of block 8k ends with what the last write of that block left (the fake stamps 0xee into each write's last byte).
+      if (expected[lane] !== -1 && words[lane * 1024] !== expected[lane]) differed++;
+      expected[lane] = -1;
+      if (++ended === 10_000) return resolve();
+      if (started < 10_000) {
+        if (started >= 5_000) expected[lane] = lastWriterOf(((started % 5_000) * 8) % 4096);
+        start(lane);
+      }
+    });
+    // Which write last put its pattern at `lba`: the writes go round 512 slots of 8 blocks, so the last of n ≡ lba/8 (mod 512).
+    const lastWriterOf = (lba: number) => {
+      let n = lba / 8;
+      while (n + 512 < 5_000) n += 512;
+      return n;
+    };
+    for (let lane = 0; lane < 16; lane++) start(lane);
+  }), 'the 10,000 registered requests did not all end'));
+  const receivedDuring = received() - receivedBefore;
+  const after = await stats();
+  t.is(failures, 0);
+  t.is(differed, 0, 'every read ended with what was written there');
+  t.is(tags.length, 10_000);
+  t.true(tags.every((tag) => tag >= 0 && tag < 16), 'each end carries the tag its request was given');
+  t.is(proxy.posted - posted, 10_000, 'one ring slot per request');
+  t.is(posts, 0, 'no message from this thread per request');
+  t.is(receivedDuring, 0, 'no message from the driver side');
+  t.is(after.registrations.registered - before.registrations.registered, 1, 'the driver side registered the memory once');
+  t.is(after.registrations.requests - before.registrations.requests, 10_000, 'and every request went through that registration');
+  t.is(before.registrations.registered, 1, 'before it: the bounce area only, at the export\'s start');
+  // Refused here, before the ring: past the end, over one command, a misaligned offset, an unregistered buffer.
+  t.throws(() => buffer.read(4095, 8, 0, 0), { message: /run past the end/ });
+  t.throws(() => buffer.read(0, 8, 16 * 4096 - 100, 0), { message: /inside the 65536-byte registered memory/ });
+  t.throws(() => buffer.read(0, 1, 2, 0), { message: /4-byte-aligned/ });
+  buffer.unregister();
+  t.throws(() => buffer.read(0, 1, 0, 0), { message: /no longer registered/ });
+  t.is(proxy.posted - posted, 10_000, 'nothing refused reached the ring');
 });
 
 test.serial('block proxy: other buffers are copied through the bounce area, split over bounce slots; read() without a buffer returns a new array; completions are reported', async (t) => {
@@ -342,6 +419,13 @@ test.serial('block export: a request naming a buffer whose registration has not 
     write: () => Promise.resolve(),
     flush: () => Promise.resolve(),
     discard: () => Promise.resolve(),
+    // Nothing registers: every request goes through read(), where this test sees it.
+    register: () => {
+      throw new Error('the probe registers no memory');
+    },
+    allocBuffer: () => {
+      throw new Error('the probe registers no memory');
+    },
   };
   const served = serveBlockDevice(device);
   t.teardown(() => served.stop());

@@ -8,7 +8,8 @@
 // Under TCG the emulated controller and QEMU's block layer do most of the work per I/O;
 // the ratios say how much upci adds or saves around them. upci's 'API' rows run the same
 // BlockDevice load on the driver in the main thread and in its own thread (through the
-// shared-memory rings of actors/block-service.ts).
+// shared-memory rings of actors/block-service.ts): with a promise per read into unregistered
+// shared memory (bounced), and on registered memory (no promise, no map, no copy).
 import { execFile } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -53,15 +54,19 @@ async function upciRows(seconds: number): Promise<Record<string, Row>> {
   const { nvmeDriver } = await import('../../drivers/nvme/index.js');
   const { NvmeNamespace } = await import('../../drivers/nvme/namespace.js');
   const { randomReads } = await import('../../drivers/nvme/perf.js');
-  const { blockReads } = await import('./block-load.js');
+  const { blockReads, registeredReads } = await import('./block-load.js');
   const registry = new Map([...builtinDrivers, ['nvme-main', { ...nvmeDriver, name: 'nvme-main', thread: 'main' as const }]]);
   const rows: Record<string, Row> = {};
+  const alloc = (r: { scavenges: number; heapBytesPerIo: number }) => (r.scavenges === 0 ? `${r.heapBytesPerIo.toFixed(1)} B/I/O allocated here` : `${r.scavenges} scavenges here (>= ${r.heapBytesPerIo.toFixed(0)} B/I/O)`);
   const api = async (label: string, ns: BlockDevice) => {
     // 10 s: a new driver thread's isolate is still compiling (TCG) when its first rows would start.
     await blockReads(ns, { depth: 32, bytes: 4096, seconds: 10, warmupSeconds: 0 });
+    await registeredReads(ns, { depth: 32, bytes: 4096, seconds: 3, warmupSeconds: 0 });
     for (const depth of [1, 32]) {
       const r = await blockReads(ns, { depth, bytes: 4096, seconds, warmupSeconds: 2 });
-      rows[`API QD${depth}, ${label}`] = { ...r, note: `${r.ios} I/Os, ${r.errors} errors, a promise per read into shared memory` };
+      rows[`API QD${depth}, ${label}`] = { ...r, note: `${r.ios} I/Os, ${r.errors} errors, a promise per read into unregistered shared memory (bounced), ${alloc(r)}` };
+      const g = await registeredReads(ns, { depth, bytes: 4096, seconds, warmupSeconds: 2 });
+      rows[`API registered QD${depth}, ${label}`] = { ...g, note: `${g.ios} I/Os, ${g.errors} errors, RegisteredBuffer.read, ${alloc(g)}` };
     }
   };
   for (const mode of ['main', 'polled', 'own thread'] as const) {
@@ -81,8 +86,7 @@ async function upciRows(seconds: number): Promise<Record<string, Row>> {
       await randomReads(ns, { depth: 32, bytes: 4096, seconds: 3, warmupSeconds: 0 });
       for (const depth of polled ? [32] : [1, 32]) {
         const r = await randomReads(ns, { depth, bytes: 4096, seconds, warmupSeconds: 2 });
-        const alloc = r.scavenges === 0 ? `${r.heapBytesPerIo.toFixed(1)} B/I/O allocated` : `${r.scavenges} scavenges (>= ${r.heapBytesPerIo.toFixed(0)} B/I/O)`;
-        rows[`perf ${polled ? 'polled ' : ''}QD${depth}`] = { ...r, note: `${r.ios} I/Os, ${r.errors} errors, ${alloc}` };
+        rows[`perf ${polled ? 'polled ' : ''}QD${depth}`] = { ...r, note: `${r.ios} I/Os, ${r.errors} errors, ${alloc(r)}` };
       }
       if (!polled) await api('driver in the main thread', ns);
     } finally {
