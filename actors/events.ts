@@ -22,5 +22,16 @@ export type HostEvent =
   | { readonly type: 'thread'; readonly at: number; readonly address: PciAddress; readonly incarnation: number; readonly threadId: number; readonly dmaWindow: readonly string[] }
   /** The main thread took the device back from a driver thread: what it read back (bus mastering, vectors, DMA mappings). */
   | { readonly type: 'quiesced'; readonly at: number; readonly address: PciAddress; readonly incarnation: number; readonly report: QuiesceReport }
+  /**
+   * An export of the config (actors/exports.ts) of the service `service`
+   * (e.g. "nvme0n1") that the device at `address` provides, at `target`
+   * (a socket path, an interface): opened once its provider attached,
+   * following the provider's next incarnation, closed at shutdown, or not
+   * opened (`detail` says why).
+   */
+  | {
+    readonly type: 'export'; readonly at: number; readonly address: PciAddress; readonly kind: string; readonly service: string; readonly target: string;
+    readonly phase: 'open' | 'followed' | 'closed' | 'failed'; readonly detail: string;
+  }
   | { readonly type: 'note'; readonly at: number; readonly address: PciAddress; readonly message: string }
   | { readonly type: 'host'; readonly at: number; readonly phase: 'running' | 'stopping' | 'stopped' | 'forced'; readonly detail?: string };
