@@ -15,6 +15,9 @@
  *       { "address": "0000:00:04.0", "driver": "edu", "options": { "interrupt": "intx" } },
  *       { "address": "0000:00:07.0", "name": "nvme0", "driver": "nvme" },  // block devices nvme0n1, nvme0n2...
  *       { "address": "0000:00:06.0" }           // no driver: the first whose match table fits
+ *     ],
+ *     "exports": [                              // to the OS, while the provider runs (actors/export-config.ts)
+ *       { "nbd": "nvme0n1", "socket": "/run/upci/nvme0n1.sock" }
  *     ]
  *   }
  */
@@ -22,6 +25,8 @@ import { readFileSync } from 'node:fs';
 import type { AnyDriver, DriverRegistry, OptionsOf, OptionsSchema } from '../drivers/contract.js';
 import { parsePciAddress, type PciAddress } from '../kernel/pci-address.js';
 import { ConfigError, describe } from './config-error.js';
+import { at, integer, object, onlyKeys, type Json } from './config-schema.js';
+import { parseExports, type ExportEntry } from './export-config.js';
 import { validateOptions } from './options.js';
 
 export interface RestartPolicy {
@@ -61,6 +66,8 @@ export interface DeviceEntry {
 
 export interface HostConfig {
   readonly devices: readonly DeviceEntry[];
+  /** What is exported to the OS (actors/export-config.ts), in the file's order. */
+  readonly exports: readonly ExportEntry[];
   readonly statsIntervalMs: number;
   readonly shutdownTimeoutMs: number;
 }
@@ -72,29 +79,6 @@ export const DEFAULT_SUPERVISION: Supervision = {
   attachTimeoutMs: 30_000,
   restart: { initialDelayMs: 100, maxDelayMs: 5000, maxRestarts: 5 },
 };
-
-type Json = Record<string, unknown>;
-
-function object(value: unknown, path: string): Json {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ConfigError(path, `expected an object, got ${describe(value)}`);
-  return value as Json;
-}
-
-/** The path of `key` inside `path` ('' is the root). */
-const at = (path: string, key: string) => (path === '' ? key : `${path}.${key}`);
-
-function onlyKeys(value: Json, path: string, allowed: readonly string[]): void {
-  for (const key of Object.keys(value)) {
-    if (!allowed.includes(key)) throw new ConfigError(at(path, key), 'unknown key', { fix: `allowed here: ${allowed.join(', ')}` });
-  }
-}
-
-function integer(value: unknown, path: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
-  if (value === undefined) return fallback;
-  if (typeof value !== 'number' || !Number.isSafeInteger(value)) throw new ConfigError(path, `expected integer, got ${describe(value)}`);
-  if (value < min || value > max) throw new ConfigError(path, `${value} is outside ${min}..${max}`);
-  return value;
-}
 
 function restartPolicy(value: unknown, path: string, base: RestartPolicy): RestartPolicy {
   if (value === undefined) return base;
@@ -135,7 +119,7 @@ function driverChoice(entry: Json, path: string, registry: DriverRegistry): Driv
 /** Validates a parsed config file against the drivers in `registry`. */
 export function parseHostConfig(value: unknown, registry: DriverRegistry): HostConfig {
   const root = object(value, '(config)');
-  onlyKeys(root, '', ['devices', 'watchdogMs', 'heartbeatMs', 'heapLimitMb', 'attachTimeoutMs', 'restart', 'statsIntervalMs', 'shutdownTimeoutMs']);
+  onlyKeys(root, '', ['devices', 'exports', 'watchdogMs', 'heartbeatMs', 'heapLimitMb', 'attachTimeoutMs', 'restart', 'statsIntervalMs', 'shutdownTimeoutMs']);
   const defaults = supervision(root, '', DEFAULT_SUPERVISION);
   if (!Array.isArray(root.devices)) throw new ConfigError('devices', `expected an array of devices, got ${describe(root.devices)}`);
   if (root.devices.length === 0) throw new ConfigError('devices', 'is empty', { fix: 'list at least one { "address": ..., "driver": ... }' });
@@ -166,6 +150,7 @@ export function parseHostConfig(value: unknown, registry: DriverRegistry): HostC
   });
   return {
     devices,
+    exports: parseExports(root.exports, devices),
     statsIntervalMs: integer(root.statsIntervalMs, 'statsIntervalMs', 1000, 50, 3_600_000),
     shutdownTimeoutMs: integer(root.shutdownTimeoutMs, 'shutdownTimeoutMs', 5000, 100, 600_000),
   };

@@ -28,5 +28,16 @@ export type HostEvent =
    * a 'released' event (outcome 'removed') follows. `requests`: the kernel's asks seen before the close.
    */
   | { readonly type: 'removed'; readonly at: number; readonly address: PciAddress; readonly incarnation: number; readonly requests: number; readonly error?: string }
+  /**
+   * An export of the config (actors/exports.ts) of the service `service`
+   * (e.g. "nvme0n1") that the device at `address` provides, at `target`
+   * (a socket path, an interface): opened once its provider attached,
+   * following the provider's next incarnation, closed at shutdown, or not
+   * opened (`detail` says why).
+   */
+  | {
+    readonly type: 'export'; readonly at: number; readonly address: PciAddress; readonly kind: string; readonly service: string; readonly target: string;
+    readonly phase: 'open' | 'followed' | 'closed' | 'failed'; readonly detail: string;
+  }
   | { readonly type: 'note'; readonly at: number; readonly address: PciAddress; readonly message: string }
   | { readonly type: 'host'; readonly at: number; readonly phase: 'running' | 'stopping' | 'stopped' | 'forced'; readonly detail?: string };

@@ -30,6 +30,7 @@ import { NetPort, PACKET_WAIT_MS } from './net-port.js';
 import { packetService } from './packet-service.js';
 import { blockService } from './block-service.js';
 import { ServiceRegistry } from './service-registry.js';
+import { HostExports } from './exports.js';
 
 
 export interface HostOptions {
@@ -98,6 +99,8 @@ export class DriverHost {
   private settleForced!: (outputs: DeviceOutput[]) => void;
   /** Resolves when every device actor has ended (released), however it ended. */
   readonly settled: Promise<DeviceOutput[]>;
+  /** The config's exports: opened as their providers attach, removed at shutdown. */
+  private readonly exports: HostExports;
 
   private constructor(
     private readonly config: HostConfig,
@@ -129,6 +132,11 @@ export class DriverHost {
           services: this.services,
         },
       };
+    });
+    this.exports = new HostExports(config.exports, {
+      blockDevice: (name, timeoutMs) => this.blockDevice(name, timeoutMs),
+      packetPort: (name) => this.packetPort(name),
+      emit: (event) => this.emit(event),
     });
     this.actor = createActor(hostMachine, { input: { spawns }, ...(options.inspect === undefined ? {} : { inspect: options.inspect }) });
     this.actor.start();
@@ -246,7 +254,10 @@ export class DriverHost {
         const { error } = snapshot.output.released;
         this.emit({ type: 'removed', at, address, incarnation: context.incarnation, requests: this.requests.get(address) ?? 0, ...(error === undefined ? {} : { error }) });
       }
-      if (snapshot.status === 'done') this.emit({ type: 'released', at, address, outcome: snapshot.output.outcome, release: snapshot.output.released });
+      if (snapshot.status === 'done') {
+        this.emit({ type: 'released', at, address, outcome: snapshot.output.outcome, release: snapshot.output.released });
+        this.exports.providerReleased(address, `its driver's device ${address} was released (${snapshot.output.outcome.kind})`);
+      }
     };
     // An actor's subscribers get its next snapshots, not the current one.
     report(ref.getSnapshot());
@@ -276,6 +287,7 @@ export class DriverHost {
     this.emit({ type: 'host', at: Date.now(), phase: 'running' });
     this.watchAll();
     this.actor.send({ type: 'START' });
+    this.exports.start();
     let previous = new Map([...this.meters].map(([a, m]) => [a, m.interrupts]));
     let then = performance.now();
     this.statsTimer = setInterval(() => {
@@ -343,6 +355,8 @@ export class DriverHost {
       const started = performance.now();
       this.watchAll();
       this.emit({ type: 'host', at: Date.now(), phase: 'stopping' });
+      // The exports' OS side (socket files, interfaces) goes at once; their providers stop beside them.
+      const exportsClosed = this.exports.close();
       for (const port of this.ports.values()) port.stop();
       this.actor.send({ type: 'SHUTDOWN' });
       let timer: NodeJS.Timeout | undefined;
@@ -353,6 +367,7 @@ export class DriverHost {
       clearTimeout(timer);
       if (overran) this.forceRelease(`graceful release took longer than ${this.config.shutdownTimeoutMs} ms`);
       const devices = await this.settled;
+      await exportsClosed;
       return this.finish(started, devices);
     })();
     return this.stopping;
@@ -368,6 +383,8 @@ export class DriverHost {
     if (this.forced) return;
     this.forced = true;
     this.emit({ type: 'host', at: Date.now(), phase: 'forced', detail: reason });
+    // What the OS sees of the exports goes synchronously (the process may die of the signal right after).
+    void this.exports.close();
     const snapshots = this.claims.map(({ ref }) => ref.getSnapshot());
     this.actor.stop();
     this.settleForced(snapshots.map((snapshot, i): DeviceOutput => {

@@ -7,18 +7,24 @@
  * the kernel joined on the TAP (read from /proc/net/dev_mcast), so IPv6
  * neighbour discovery works without promiscuous mode.
  *
- *   const tap = TapExport.open(host.packetPort('nic0'), 'upci0');
- *   // ip link set upci0 up; ping -6 fe80::...%upci0
+ * The kernel's frames are read when the TAP's fd is readable (a uv_poll in
+ * this thread's loop, workers/interrupt-watcher.ts, the interrupts' own
+ * machinery), a batch per wake-up, and sent through the port as one batch:
+ * no timer in the path.
+ *
+ *   const tap = TapExport.open(host.packetPort('nic0'), 'upci0', { up: true });
+ *   // ping -6 fe80::...%upci0
  *   tap.close();
  */
 import { readFileSync, readSync, writeSync } from 'node:fs';
 import type { Subscription } from 'rxjs';
-import { parseMac, type PacketPort } from '../drivers/packet.js';
+import { MAX_FRAME, parseMac, type PacketPort } from '../drivers/packet.js';
 import { openTap, type Tap } from '../kernel/linux/tap.js';
+import { watchReadable, type SourceWatch } from '../workers/interrupt-watcher.js';
 
+/** Frames read from the TAP per wake-up, sent through the port as one batch. */
 const BATCH = 32;
 const MULTICAST_POLL_MS = 200;
-const IDLE_MS = 1;
 
 export interface TapCounters {
   /** Frames from the kernel sent through the port. */
@@ -27,13 +33,21 @@ export interface TapCounters {
   toKernel: number;
   /** Frames the kernel refused to take (its queue was full). */
   toKernelDropped: number;
+  /** Frames from the kernel longer than the port carries (the TAP's MTU raised past 1500): dropped. */
+  oversize: number;
+  /** Times the TAP's fd woke this thread with frames to read. */
+  wakeUps: number;
 }
 
 export class TapExport {
-  readonly counters: TapCounters = { toWire: 0, toKernel: 0, toKernelDropped: 0 };
+  readonly counters: TapCounters = { toWire: 0, toKernel: 0, toKernelDropped: 0, oversize: 0, wakeUps: 0 };
   private readonly subscription: Subscription;
+  private readonly attachment: Subscription;
   private readonly buffers = Array.from({ length: BATCH }, () => Buffer.alloc(2048));
-  private timer: NodeJS.Timeout | NodeJS.Immediate | undefined;
+  private readonly batch: Buffer[] = [];
+  /** Set while the TAP's fd is polled: not while no incarnation is attached, nor while a batch waits for transmit buffers. */
+  private watch: SourceWatch | undefined;
+  private sending = false;
   private readonly multicastTimer: NodeJS.Timeout;
   private multicastSeen = '';
   private closed = false;
@@ -53,29 +67,46 @@ export class TapExport {
     });
     this.multicastTimer = setInterval(() => this.syncMulticast(), MULTICAST_POLL_MS);
     this.syncMulticast();
-    this.schedule(0);
+    // While the driver restarts, what the kernel sends waits in the TAP's own queue (txqueuelen frames; the kernel drops past it).
+    this.attachment = port.info.subscribe((info) => (info === undefined ? this.pause() : this.resume()));
   }
 
-  /** Creates the TAP interface `name` (it comes up with `ip link set NAME up`) over `port`, which must be attached. */
-  static open(port: PacketPort, name = 'upci0'): TapExport {
+  /**
+   * Creates the TAP interface `name` over `port`, which must be attached,
+   * and with `up`, sets it up. The interface lives until close(), whatever
+   * the port's incarnations do meanwhile.
+   */
+  static open(port: PacketPort, name = 'upci0', options: { up?: boolean } = {}): TapExport {
     const info = port.attached;
     if (info === undefined) throw new Error(`TAP export: the NIC ${port.name} has no driver attached (start the host first)`);
-    return new TapExport(port, openTap(name, parseMac(info.mac)));
+    const tap = openTap(name, parseMac(info.mac));
+    try {
+      if (options.up === true) tap.up();
+    } catch (e) {
+      tap.close();
+      throw e;
+    }
+    return new TapExport(port, tap);
   }
 
   get name(): string {
     return this.tap.name;
   }
 
-  private schedule(ms: number): void {
-    if (this.closed) return;
-    this.timer = ms === 0 ? setImmediate(() => this.pump()) : setTimeout(() => this.pump(), ms);
+  private resume(): void {
+    if (this.closed || this.sending || this.watch !== undefined || this.port.attached === undefined) return;
+    this.watch = watchReadable(this.tap.fd, () => this.pump());
   }
 
-  /** Reads what the kernel sent (up to a batch), sends it, and comes back: at once if there was more, else after IDLE_MS. */
+  private pause(): void {
+    this.watch?.unwatch();
+    this.watch = undefined;
+  }
+
+  /** The TAP's fd is readable: reads what the kernel sent, up to a batch, and sends it through the port at once. */
   private pump(): void {
-    if (this.closed) return;
-    const frames: Buffer[] = [];
+    const frames = this.batch;
+    frames.length = 0;
     for (let i = 0; i < BATCH; i++) {
       let n: number;
       try {
@@ -84,19 +115,32 @@ export class TapExport {
         if ((e as NodeJS.ErrnoException).code === 'EAGAIN') break;
         throw e;
       }
-      frames.push(this.buffers[i]!.subarray(0, n));
+      // A frame the port would refuse would refuse the whole batch with it.
+      if (n > MAX_FRAME) this.counters.oversize++;
+      else if (n > 0) frames.push(this.buffers[i]!.subarray(0, n));
     }
-    if (frames.length === 0) return this.schedule(IDLE_MS);
-    void this.sendAll(frames);
+    if (frames.length === 0) return;
+    this.counters.wakeUps++;
+    const sent = this.port.send(frames);
+    if (sent === frames.length) {
+      this.counters.toWire += sent;
+      return;
+    }
+    // Every transmit buffer in flight: no more reads (the buffers hold this batch) until the rest is sent.
+    this.pause();
+    this.sending = true;
+    void this.sendRest(frames, sent);
   }
 
-  private async sendAll(frames: Buffer[]): Promise<void> {
-    let sent = 0;
-    while ((sent += this.port.send(frames, sent)) < frames.length && !this.closed) await this.port.writable();
-    this.counters.toWire += frames.length;
-    this.schedule(0);
+  private async sendRest(frames: Buffer[], sent: number): Promise<void> {
+    while (sent < frames.length && !this.closed) {
+      await this.port.writable();
+      sent += this.port.send(frames, sent);
+    }
+    this.counters.toWire += sent;
+    this.sending = false;
+    this.resume();
   }
-
   private syncMulticast(): void {
     let text: string;
     try {
@@ -118,10 +162,8 @@ export class TapExport {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.multicastTimer);
-    if (this.timer !== undefined) {
-      clearTimeout(this.timer as NodeJS.Timeout);
-      clearImmediate(this.timer as NodeJS.Immediate);
-    }
+    this.attachment.unsubscribe();
+    this.pause();
     this.subscription.unsubscribe();
     this.port.setMulticast([]);
     this.tap.close();

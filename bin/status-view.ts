@@ -44,6 +44,7 @@ export function plainLine(e: HostEvent): string {
     case 'quiesced': return `${time} ${e.address} quiesced incarnation ${e.incarnation}${e.report.threadRunning ? ' (its thread still running)' : ''}: busMaster=${e.report.busMaster} vectors=${e.report.vectorsDisabled ?? 'none'} off, dmaMappingsLeft=${e.report.dmaMappingsLeft ?? '?'}`;
     case 'removed': return `${time} ${e.address} removed: the kernel asked for the device back (${e.requests} request(s)); quiesced and closed, not restarted${e.error === undefined ? '' : ` (error: ${e.error})`}`;
     case 'note': return `${time} ${e.address} note ${e.message}`;
+    case 'export': return `${time} ${e.address} export ${e.kind} ${e.service} at ${e.target} ${e.phase}: ${e.detail}`;
   }
 }
 
@@ -54,6 +55,8 @@ export function showStatus(events: Observable<HostEvent>, out: NodeJS.WriteStrea
     return;
   }
   const rows = new Map<string, Row>();
+  /** Each export's last step, by kind and target. */
+  const exports = new Map<string, string>();
   let host = '';
   let drawn = 0;
   let timer: NodeJS.Timeout | undefined;
@@ -61,7 +64,8 @@ export function showStatus(events: Observable<HostEvent>, out: NodeJS.WriteStrea
     timer = undefined;
     const width = out.columns ?? 120;
     const lines = [`upci host: ${host}`, ...[...rows].map(([address, r]) =>
-      `${address} ${r.driver.padEnd(11)} ${r.state.padEnd(9)} #${r.incarnation} irq ${String(r.interrupts).padStart(8)} ${String(r.rate).padStart(6)}/s dma ${bytes(r.dmaBytes).padStart(9)} restarts ${r.restarts} ${r.thread} ${r.last}`)];
+      `${address} ${r.driver.padEnd(11)} ${r.state.padEnd(9)} #${r.incarnation} irq ${String(r.interrupts).padStart(8)} ${String(r.rate).padStart(6)}/s dma ${bytes(r.dmaBytes).padStart(9)} restarts ${r.restarts} ${r.thread} ${r.last}`),
+    ...[...exports].map(([what, last]) => `export ${what} ${last}`)];
     // Cursor up over the last frame, then each line cleared and rewritten.
     out.write((drawn > 0 ? `\x1b[${drawn}A` : '') + lines.map((l) => `\x1b[2K${l.slice(0, width - 1)}\n`).join(''));
     drawn = lines.length;
@@ -83,6 +87,7 @@ export function showStatus(events: Observable<HostEvent>, out: NodeJS.WriteStrea
       else if (e.type === 'fault') row(e.address).last = `${e.fault.kind}: ${e.fault.message}`;
       else if (e.type === 'note') row(e.address).last = e.message;
       else if (e.type === 'removed') Object.assign(row(e.address), { state: 'removed', last: 'removed: the kernel asked for it back' });
+      else if (e.type === 'export') exports.set(`${e.kind} ${e.service} at ${e.target}`, `${e.phase}: ${e.detail}`);
       else row(e.address).last = `released: ${e.outcome.kind}`;
       timer ??= setTimeout(draw, REDRAW_MS);
     },

@@ -24,6 +24,7 @@ function bind() {
   const lib = sys.library();
   return {
     eventfd: lib.func('int eventfd(unsigned int initval, int flags)'),
+    socket: lib.func('int socket(int domain, int type, int protocol)'),
   };
 }
 
@@ -32,5 +33,16 @@ const c = () => (bound ??= bind());
 export function eventfd(flags: number): number {
   const fd = c().eventfd(0, flags | EFD_CLOEXEC) as number;
   if (fd < 0) throw new SyscallError('eventfd', errno());
+  return fd;
+}
+
+const AF_INET6 = 10;
+const SOCK_DGRAM = 2;
+const SOCK_CLOEXEC = 0o2000000;
+
+/** A datagram socket, for the interface ioctls (SIOCSIFFLAGS...) the kernel takes on any socket; IPv6, as everything upci's networking is. */
+export function datagramSocket(): number {
+  const fd = c().socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0) as number;
+  if (fd < 0) throw new SyscallError('socket(AF_INET6, SOCK_DGRAM)', errno());
   return fd;
 }

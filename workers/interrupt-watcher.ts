@@ -126,6 +126,25 @@ export function watchSource(source: IrqSource, listener: SourceListener): Source
   };
 }
 
+/**
+ * Any fd this thread reads when it is readable (a TAP's), by the same
+ * uv_poll machinery as interrupts: `onReadable` runs in this thread's loop
+ * while the fd has data (level-triggered: whatever it leaves unread wakes it
+ * again on the loop's next turn). The fd stays its owner's: unwatch() only
+ * stops the polling, and must come before the owner closes it.
+ */
+export function watchReadable(fd: number, onReadable: () => void): SourceWatch {
+  const id = addon.watch(fd, false, onReadable);
+  let watching = true;
+  return {
+    unwatch: () => {
+      if (!watching) return;
+      watching = false;
+      addon.unwatch(id);
+    },
+  };
+}
+
 /** Closes a hub-owned source that will not be (or is no longer) watched; a device-owned one is left alone. */
 export function discardSource(source: IrqSource): void {
   if (source.owner !== 'hub') return;

@@ -4,7 +4,8 @@
  * blocks it: stamps the last byte of the write data it is given with 0xEE
  * (a caller's array shows the stamp only when the driver side had the
  * caller's own memory, not a copy); fails reads at LBA 666 (NVMe status),
- * 667 (a refusal), 668 (a plain TypeError); never completes LBA 777.
+ * 667 (a refusal), 668 (a plain TypeError); never completes LBA 777 (unless
+ * made with `hangs: false`: a device that does, as a driver's next incarnation).
  * Registered memory (register()) is counted; its requests go through the
  * fake's own read() and write() on a view of it.
  */
@@ -24,7 +25,7 @@ export interface FakeBlockDevice {
   readonly registrations: { registered: number; unregistered: number; requests: number };
 }
 
-export function fakeBlockDevice(name = 'fake0n1'): FakeBlockDevice {
+export function fakeBlockDevice(name = 'fake0n1', { hangs = true } = {}): FakeBlockDevice {
   const storage = new Uint8Array(FAKE.blockSize * FAKE.blockCount);
   const sharedSeen = { reads: 0, writes: 0 };
   const registrations = { registered: 0, unregistered: 0, requests: 0 };
@@ -65,14 +66,14 @@ export function fakeBlockDevice(name = 'fake0n1'): FakeBlockDevice {
       if (lba === 666) return Promise.reject(new NvmeStatusError('Read', 2, 0x81, true));
       if (lba === 667) return Promise.reject(new BlockRequestError(`${name}: LBA 667 is refused by the fake`, 'read another LBA'));
       if (lba === 668) return Promise.reject(new TypeError('the fake has a bug at LBA 668'));
-      if (lba === 777) return new Promise(() => {});
+      if (lba === 777 && hangs) return new Promise(() => {});
       const out = into ?? new Uint8Array(blocks * FAKE.blockSize);
       if (out.buffer instanceof SharedArrayBuffer) sharedSeen.reads++;
       out.set(storage.subarray(lba * FAKE.blockSize, (lba + blocks) * FAKE.blockSize));
       return Promise.resolve(out);
     },
     write(lba, data) {
-      if (lba === 777) return new Promise(() => {});
+      if (lba === 777 && hangs) return new Promise(() => {});
       storage.set(data, lba * FAKE.blockSize);
       if (data.buffer instanceof SharedArrayBuffer) sharedSeen.writes++;
       data[data.length - 1] = 0xee;

@@ -20,8 +20,8 @@ import { acceptingDma, fakeDevice, openFake } from './fake-device.js';
 import { fakeBlockDevice, type FakeBlockDevice } from './fake-block-device.js';
 
 export type ServiceCommand =
-  /** Provides an in-memory disk `name` whose blocks all hold `fill`. */
-  | { readonly cmd: 'provide'; readonly name: string; readonly fill: number }
+  /** Provides an in-memory disk `name` whose blocks all hold `fill` (with `hangs: false`, one that completes LBA 777 too). */
+  | { readonly cmd: 'provide'; readonly name: string; readonly fill: number; readonly hangs?: boolean }
   /** The driver's side of a take-back: DriverBus.release (what it provides is withdrawn). */
   | { readonly cmd: 'release' }
   /** Writes block `lba` of `name` (bus.blockDevice) full of `byte`, from shared memory or a plain array. */
@@ -126,7 +126,7 @@ const firstByte = async (name: string, lba: number) => {
 async function run(c: ServiceCommand): Promise<unknown> {
   switch (c.cmd) {
     case 'provide':
-      disk = fakeBlockDevice(c.name);
+      disk = fakeBlockDevice(c.name, { hangs: c.hangs ?? true });
       disk.storage.fill(c.fill);
       return bus.provideBlockDevice(disk.device);
     case 'release': return bus.release();

@@ -79,3 +79,52 @@ test('a file that is not JSON or cannot be read names the file', (t) => {
   t.regex(t.throws(() => loadHostConfig(file, builtinDrivers))!.message, new RegExp(`^${file}: is not JSON: `));
   t.regex(t.throws(() => loadHostConfig(join(dir, 'absent.json'), builtinDrivers))!.message, new RegExp(`^${join(dir, 'absent.json')}: cannot be read \\(ENOENT\\)`));
 });
+
+const nvme = { address: '0000:00:07.0', name: 'nvme0', driver: 'nvme' };
+const nic = { address: '0000:00:08.0', name: 'nic0', driver: 'e1000e' };
+
+test('exports: an nbd and a tap export, each with the device that provides it; no exports is none', (t) => {
+  const config = parse({
+    devices: [nvme, nic, { address: '0000:00:0a.0', name: 'nvme', driver: 'nvme' }],
+    exports: [{ nbd: 'nvme0n2', socket: '/run/upci/nvme0n2.sock' }, { nbd: 'nvmen1', socket: '/run/upci/b.sock', mode: '0660' }, { tap: 'nic0', ifname: 'upci0' }],
+  });
+  t.deepEqual(config.exports, [
+    // nvme0n2 starts with both "nvme" and "nvme0": the longer name is its device.
+    { kind: 'nbd', path: 'exports[0]', service: 'nvme0n2', address: '0000:00:07.0', socket: '/run/upci/nvme0n2.sock', mode: 0o600 },
+    { kind: 'nbd', path: 'exports[1]', service: 'nvmen1', address: '0000:00:0a.0', socket: '/run/upci/b.sock', mode: 0o660 },
+    { kind: 'tap', path: 'exports[2]', service: 'nic0', address: '0000:00:08.0', ifname: 'upci0' },
+  ]);
+  t.deepEqual(parse({ devices: [nvme] }).exports, []);
+  // A device without a name is named by its address.
+  t.like(parse({ devices: [{ address: '0000:00:08.0', driver: 'e1000e' }], exports: [{ tap: '0000:00:08.0', ifname: 'upci1' }] }).exports[0], { address: '0000:00:08.0' });
+});
+
+test('exports: each bad entry is one error naming its key', (t) => {
+  const bad = (exports: unknown, message: string) => rejects(t, { devices: [nvme, nic], exports }, message);
+  bad({ nbd: 'nvme0n1' }, 'exports: expected an array of exports, got an object');
+  bad([5], 'exports[0]: expected an object, got 5');
+  bad([{ socket: '/run/a.sock' }], 'exports[0]: names no export kind');
+  bad([{ nbd: 'nvme0n1', tap: 'nic0', socket: '/run/a.sock' }], 'exports[0].tap: a second export kind (this entry\'s kind is nbd)');
+  bad([{ nbd: 'nvme0n1', socket: '/run/a.sock', ifname: 'x' }], 'exports[0].ifname: unknown key');
+  bad([{ nbd: 7, socket: '/run/a.sock' }], 'exports[0].nbd: expected the name of a block device, got 7');
+  bad([{ nbd: 'nvme1n1', socket: '/run/a.sock' }], 'exports[0].nbd: "nvme1n1" is not a block device of this config');
+  bad([{ nbd: 'nvme0', socket: '/run/a.sock' }], 'exports[0].nbd: "nvme0" is not a block device of this config');
+  bad([{ nbd: 'nvme0n1' }], 'exports[0].socket: expected a socket path, got nothing');
+  bad([{ nbd: 'nvme0n1', socket: 'nvme0n1.sock' }], 'exports[0].socket: "nvme0n1.sock" is not an absolute path');
+  bad([{ nbd: 'nvme0n1', socket: `/${'x'.repeat(107)}` }], `exports[0].socket: "/${'x'.repeat(107)}" does not fit a unix socket address (107 bytes at most)`);
+  bad([{ nbd: 'nvme0n1', socket: '/run/a.sock', mode: 600 }], 'exports[0].mode: expected an octal mode string, got 600');
+  bad([{ nbd: 'nvme0n1', socket: '/run/a.sock', mode: '0800' }], 'exports[0].mode: expected an octal mode string, got "0800"');
+  bad([{ nbd: 'nvme0n1', socket: '/run/a.sock' }, { nbd: 'nvme0n2', socket: '/run/a.sock' }], 'exports[1].socket: "/run/a.sock" is already exported by exports[0]');
+  bad([{ tap: 'nic1', ifname: 'upci0' }], 'exports[0].tap: "nic1" is not a NIC of this config');
+  bad([{ tap: 'nic0' }], 'exports[0].ifname: expected an interface name, got nothing');
+  bad([{ tap: 'nic0', ifname: 'a/b' }], 'exports[0].ifname: \'a/b\' is not an interface name');
+  bad([{ tap: 'nic0', ifname: 'x'.repeat(16) }], `exports[0].ifname: '${'x'.repeat(16)}' is not an interface name`);
+  bad([{ tap: 'nic0', ifname: 'upci0' }, { tap: 'nic0', ifname: 'upci1' }], 'exports[1].tap: "nic0" is already exported by exports[0]');
+  bad([{ tap: 'nic0', ifname: 'upci0' }, { nbd: 'nvme0n1', socket: '/run/a.sock' }, { tap: 'nic0', ifname: 'upci0' }], 'exports[2].tap: "nic0" is already exported by exports[0]');
+});
+
+test('exports: the fix names how services are named and the devices there are', (t) => {
+  const err = t.throws(() => parse({ devices: [nvme, nic], exports: [{ nbd: 'sda', socket: '/run/a.sock' }] }), { instanceOf: ConfigError }) as ConfigError;
+  t.is(err.path, 'exports[0].nbd');
+  t.is(err.message.split('\n')[1], '  fix: a block device is named after its device entry\'s "name" (nvme0 provides nvme0n1, nvme0n2...); the devices here are named nvme0 (devices[0]), nic0 (devices[1])');
+});

@@ -10,7 +10,7 @@ import * as libc from '../../kernel/libc.js';
 import type { DeviceFile, IrqSource } from '../../kernel/port.js';
 import { PciDevice } from '../../pci/device.js';
 import { Interrupts, type InterruptEvent, type VectorStats } from '../../pci/intr.js';
-import { FdLedger, installFdLedger, watchSource } from '../../workers/interrupt-watcher.js';
+import { FdLedger, installFdLedger, watchReadable, watchSource } from '../../workers/interrupt-watcher.js';
 import { within } from '../support/bounded.js';
 import { acceptingDma, fakeDevice, openFake } from '../support/fake-device.js';
 
@@ -207,6 +207,42 @@ function recordsDevice(): { device: PciDevice; writeEnd: number; readEnd: number
   });
   return { device: openFake(fake), writeEnd, readEnd, calls };
 }
+
+test.serial('watchReadable (the TAP export\'s wake-up): called while the fd has data, again on the next turn for what was left unread, never after unwatch; the fd stays open', async (t) => {
+  const [readEnd, writeEnd] = libc.pipe(libc.O_NONBLOCK);
+  t.teardown(() => {
+    libc.close(readEnd);
+    libc.close(writeEnd);
+  });
+  const buf = Buffer.alloc(1);
+  let calls = 0;
+  let woken!: () => void;
+  let wake = new Promise<void>((resolve) => (woken = resolve));
+  // Reads one byte per call: the rest must wake it again.
+  const watch = watchReadable(readEnd, () => {
+    calls++;
+    libc.readSome(readEnd, buf, 'pipe read');
+    woken();
+  });
+  t.is(calls, 0, 'nothing to read, no call');
+  libc.writeAll(writeEnd, Buffer.from('abc'), 'pipe write');
+  for (let i = 1; i <= 3; i++) {
+    await within(5000, wake, `wake-up ${i} for the pipe's byte ${i} never came`);
+    wake = new Promise<void>((resolve) => (woken = resolve));
+  }
+  t.is(calls, 3, 'one call per byte left unread: level-triggered');
+  watch.unwatch();
+  libc.writeAll(writeEnd, Buffer.from('d'), 'pipe write');
+  // A second watch of the same fd is called in the poll pass that would have called the first.
+  await within(5000, new Promise<void>((resolve) => {
+    const second = watchReadable(readEnd, () => {
+      second.unwatch();
+      resolve();
+    });
+  }), 'the second watch was never called');
+  t.is(calls, 3, 'no call after unwatch');
+  t.true(isOpen(readEnd), 'the fd is its owner\'s');
+});
 
 test.serial('pci/intr over a records port: one fd feeds every vector\'s stream; release leaves the fd to the device, close closes it', async (t) => {
   const { device, writeEnd, readEnd, calls } = recordsDevice();

@@ -8,53 +8,16 @@
  * link closed.
  */
 import test from 'ava';
-import { Worker } from 'node:worker_threads';
 import { blockService } from '../../actors/block-service.js';
 import { ServiceRegistry } from '../../actors/service-registry.js';
 import { BlockGoneError, type BlockDevice } from '../../drivers/block.js';
-import type { PacketsSeen, ServiceCommand, ServiceThreadStats } from '../support/service-thread.js';
+import type { PacketsSeen } from '../support/service-thread.js';
+import { driverThread, type DriverThreadFake } from '../support/driver-thread-fake.js';
 import { NetPort } from '../../actors/net-port.js';
 import { packetService } from '../../actors/packet-service.js';
 import { fakeBlockDevice } from '../support/fake-block-device.js';
 import { until, untilAnswer, within } from '../support/bounded.js';
 import { wokenByNotify } from '../support/wake-ups.js';
-
-const fixture = new URL('../support/service-thread.js', import.meta.url);
-
-interface DriverThreadFake {
-  call<T = unknown>(command: ServiceCommand): Promise<T>;
-  stats(): Promise<ServiceThreadStats>;
-  /** The host takes its device back: what it provides withdrawn, the thread terminated, its link closed. */
-  takeBack(): Promise<void>;
-}
-
-function driverThread(t: { teardown(fn: () => unknown): void }, registry: ServiceRegistry, label: string): DriverThreadFake {
-  const link = registry.link(label);
-  const worker = new Worker(fixture, { workerData: { services: link.port }, transferList: [link.port] });
-  let next = 0;
-  const pending = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
-  worker.on('message', (m: { id: number; value?: unknown; error?: { name: string; message: string } }) => {
-    const p = pending.get(m.id);
-    pending.delete(m.id);
-    if (m.error === undefined) return p?.resolve(m.value);
-    const error = new Error(m.error.message);
-    error.name = m.error.name;
-    p?.reject(error);
-  });
-  const reason = `the host took ${label} back from its driver`;
-  const takeBack = async () => {
-    link.withdrawProvided(reason);
-    await worker.terminate();
-    link.close(reason);
-  };
-  t.teardown(takeBack);
-  const call = <T>(command: ServiceCommand) => within(20_000, new Promise<T>((resolve, reject) => {
-    const id = next++;
-    pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
-    worker.postMessage({ ...command, id });
-  }), `${label} never answered ${JSON.stringify(command)}`);
-  return { call, stats: () => call<ServiceThreadStats>({ cmd: 'stats' }), takeBack };
-}
 
 /** A registry, a driver thread providing disk0n1 (every block holding `fill`), and a driver thread to consume it. */
 async function providerAndConsumer(t: { teardown(fn: () => unknown): void }, fill: number, providerLabel = 'provider') {

@@ -1,0 +1,199 @@
+/**
+ * Exports declared in `upci run`'s config (actors/exports.ts), run as a user
+ * runs them: `upci run` in a child process, its plain status lines read, the
+ * guest kernel the client. An NBD export of an NVMe namespace through the
+ * kernel's nbd client, across a supervised restart of the nvme driver (the
+ * fault option failAfterCompletions); a TAP export of the e1000e, pinged over
+ * IPv6 link-local from the guest kernel's own e1000e on the same hub (in a
+ * network namespace of its own: vm/net/kernel-peer.ts). No IPv4 anywhere.
+ */
+import test, { type ExecutionContext } from 'ava';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parsePciAddress } from '../../kernel/pci-address.js';
+import { defaultDevices, guestAddress } from '../../vm/bench.js';
+import { KernelPeer } from '../../vm/net/kernel-peer.js';
+import { within } from '../support/bounded.js';
+import { bench } from './devices.js';
+
+const NVME0 = parsePciAddress(bench.nvme);
+const nics = defaultDevices.filter((d) => d.model === 'e1000e');
+const UPCI_NIC = guestAddress(nics.find((d) => d.bind === 'vfio-pci')!);
+const KERNEL_NIC = guestAddress(nics.find((d) => d.bind === 'e1000e')!);
+const OUT = process.env.UPCI_VM_OUT ?? '/tmp/upci-out';
+
+const MiB = 1024 * 1024;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+/** A program's output, or a rejection with it when it exits non-zero (an I/O error from dd is one). */
+function sh(t: ExecutionContext, command: string, args: readonly string[], quiet = false): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(command, args, { timeout: 300_000, killSignal: 'SIGKILL', encoding: 'utf8', maxBuffer: 64 * MiB }, (error, stdout, stderr) => {
+      const out = `${stdout}${stderr}`.trim();
+      if (!quiet || error !== null) t.log(`$ ${command} ${args.join(' ')} -> ${error === null ? 0 : (error.code ?? error.signal)}${out === '' ? '' : `\n${out}`}`);
+      if (error === null) resolve(out);
+      else reject(new Error(`${command} ${args.join(' ')} failed (${error.code ?? error.signal}):\n${out}`));
+    });
+  });
+}
+
+interface UpciRun {
+  /** Its stdout and stderr so far. */
+  output(): string;
+  /** The first match of `pattern` in the output, waited for; throws naming `what` after `ms` or when the host exits first. */
+  waitFor(what: string, pattern: RegExp, ms: number): Promise<RegExpMatchArray>;
+  /** SIGINT, then its exit status. */
+  stop(): Promise<number | null>;
+}
+
+/** `upci run` of `config` (written to `dir`) in a child process; killed at teardown if still running. */
+function upciRun(t: ExecutionContext, dir: string, config: unknown): UpciRun {
+  const file = join(dir, 'config.json');
+  writeFileSync(file, JSON.stringify(config));
+  const child: ChildProcess = spawn(process.execPath, ['dist/bin/upci.js', 'run', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  return {
+    output: () => out,
+    async waitFor(what, pattern, ms) {
+      const deadline = Date.now() + ms;
+      for (;;) {
+        const m = out.match(pattern);
+        if (m !== null) return m;
+        if (child.exitCode !== null || Date.now() > deadline) {
+          t.log(out.split('\n').filter((l) => !l.includes(' stats ')).join('\n'));
+          throw new Error(`${what}: not seen ${child.exitCode !== null ? `(upci run exited ${child.exitCode})` : `within ${ms} ms`}`);
+        }
+        await sleep(50);
+      }
+    },
+    async stop() {
+      child.kill('SIGINT');
+      return within(60_000, exited, '`upci run` did not exit within 60 s of SIGINT');
+    },
+  };
+}
+
+/** xorshift32 bytes: the same for a seed. */
+function pattern(bytes: number, seed: number): Uint8Array {
+  const out = new Uint8Array(bytes);
+  const words = new Uint32Array(out.buffer);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < words.length; i++) {
+    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    words[i] = x;
+  }
+  return out;
+}
+
+const NBD = '/dev/nbd1';
+/** The region written, then read again and again through the restart. */
+const REGION = 4 * MiB;
+/**
+ * The first incarnation's completion handler throws at this I/O completion:
+ * past what the client's connect (partition scan) and the region's write
+ * take (64 writes of 64 KiB, a flush), inside the read passes.
+ */
+const FAULT_AT = 150;
+
+test.serial('an nbd export from the config: /dev/nbdN reads and writes the namespace; the nvme driver fails and is restarted by the host, the client stays connected and every read returns the right data with no I/O error; the socket (mode 0600) is removed at SIGINT', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'upci-exports-'));
+  // A directory that does not exist yet: the host makes it.
+  const socket = join(dir, 'run', 'nvme0n1.sock');
+  const upci = upciRun(t, dir, {
+    watchdogMs: 3000,
+    restart: { initialDelayMs: 50, maxDelayMs: 1000, maxRestarts: 2 },
+    devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 1, queueDepth: 16, failAfterCompletions: FAULT_AT } }],
+    exports: [{ nbd: 'nvme0n1', socket }],
+  });
+  const opened = await upci.waitFor('the export opened', /export nbd nvme0n1 at (\S+) open: (\d+) blocks of (\d+) B, mode 0600/, 240_000);
+  t.is(opened[1], socket, 'the status output names the export\'s socket');
+  t.true(statSync(socket).isSocket());
+  t.is(statSync(socket).mode & 0o777, 0o600, 'the socket is its owner\'s only');
+  const data = pattern(REGION, 2026);
+  const source = join(dir, 'pattern.bin');
+  writeFileSync(source, data);
+
+  // The kernel's log from here on is this test's.
+  const logged = (await sh(t, 'dmesg', [], true)).split('\n').length;
+  await sh(t, 'nbd-client', ['-N', 'nvme0n1', '-b', opened[3]!, '-u', socket, NBD]);
+  let connected = true;
+  const passes: string[] = [];
+  try {
+    await sh(t, 'dd', [`if=${source}`, `of=${NBD}`, 'bs=64k', 'oflag=direct', 'conv=fsync', 'status=none']);
+    t.false(/restart #/.test(upci.output()), `the driver's first incarnation took the write (FAULT_AT ${FAULT_AT} is past it)`);
+    // Until a whole pass ran after the export followed the next incarnation (bounded: the fault comes within the first passes).
+    let after = -1;
+    for (let pass = 0; pass < 12 && (after < 0 || pass <= after); pass++) {
+      const into = join(dir, `read-${pass}.bin`);
+      await sh(t, 'dd', [`if=${NBD}`, `of=${into}`, 'bs=64k', `count=${REGION / (64 * 1024)}`, 'iflag=direct', 'status=none']);
+      passes.push(sha256(readFileSync(into)));
+      if (after < 0 && / export nbd nvme0n1 at \S+ followed/.test(upci.output())) after = pass + 1;
+    }
+    t.log(upci.output().split('\n').filter((l) => / fault | restart #| export /.test(l)).join('\n'));
+    t.regex(upci.output(), new RegExp(`${NVME0} fault .*fault injection: failAfterCompletions`), 'the driver failed');
+    t.regex(upci.output(), new RegExp(`${NVME0} restart #1`), 'the host restarted it');
+    t.regex(upci.output(), / export nbd nvme0n1 at \S+ followed: incarnation 2 of its driver/, 'the export followed the next incarnation');
+    t.true(after > 0 && passes.length > after, `a whole read pass ran after the restart (${passes.length} passes)`);
+    t.deepEqual(passes, passes.map(() => sha256(data)), 'every pass, before, through and after the restart, read what was written');
+    const kernelLog = (await sh(t, 'dmesg', [], true)).split('\n').slice(logged - 1);
+    t.deepEqual(kernelLog.filter((l) => /nbd1|I\/O error/.test(l) && /error|fail|dead/i.test(l)), [], 'the kernel logged no I/O error on the nbd device');
+    // Where the driver put it: QEMU's backing image on the host, not read back through the same driver.
+    const image = await open(join(OUT, 'nvme0n1.img'));
+    try {
+      const { buffer } = await image.read({ buffer: Buffer.alloc(REGION), position: 0 });
+      t.is(sha256(buffer), sha256(data), 'the namespace\'s backing image holds what the client wrote');
+    } finally {
+      await image.close();
+    }
+    await sh(t, 'nbd-client', ['-d', NBD]);
+    connected = false;
+  } finally {
+    if (connected) await sh(t, 'nbd-client', ['-d', NBD]).catch(() => undefined);
+  }
+  t.is(await upci.stop(), 0, 'upci run exits 0 at SIGINT');
+  t.regex(upci.output(), / export nbd nvme0n1 at \S+ closed: removed/);
+  t.false(existsSync(socket), 'the socket file is gone');
+});
+
+test.serial('a tap export from the config: the TAP interface is made and set up, ping -6 to the link partner over IPv6 link-local answers, no IPv4 on it; the interface is deleted at SIGINT', async (t) => {
+  const peer = await KernelPeer.open(KERNEL_NIC);
+  t.teardown(() => peer.close());
+  const dir = mkdtempSync(join(tmpdir(), 'upci-exports-'));
+  const upci = upciRun(t, dir, {
+    // As e1000e.test: a healthy driver thread's first seconds in the loaded guest went 1 s without a beat.
+    watchdogMs: 3000,
+    devices: [{ address: UPCI_NIC, name: 'nic0', driver: 'e1000e' }],
+    exports: [{ tap: 'nic0', ifname: 'upci0' }],
+  });
+  const opened = await upci.waitFor('the export opened', /export tap nic0 at upci0 open: MAC (\S+), up/, 240_000);
+  const deadline = Date.now() + 30_000;
+  let own = '';
+  while (!/inet6 fe80::\S+ scope link(?! tentative)/.test(own) || own.includes('tentative')) {
+    if (Date.now() > deadline) return t.fail(`upci0 has no usable link-local address: ${own}`);
+    own = await sh(t, 'ip', ['-6', '-o', 'addr', 'show', 'dev', 'upci0', 'scope', 'link'], true);
+    await sleep(200);
+  }
+  t.regex(await sh(t, 'ip', ['-o', 'link', 'show', 'dev', 'upci0']), new RegExp(`link/ether ${opened[1]}`), 'the TAP has the NIC\'s station address');
+  const target = await peer.linkLocal();
+  const ping6 = (args: string[]) => new Promise<string>((resolve) => execFile('busybox', ['ping6', ...args, `${target}%upci0`], (_e, out) => resolve(out)));
+  // Neighbour discovery first (the kernel's first solicitation may go before the NIC filters its group in), bounded.
+  t.log('first:', (await ping6(['-c', '1', '-w', '30'])).trim().split('\n').slice(-2).join(' / '));
+  const ping = await ping6(['-c', '3', '-W', '10']);
+  t.log(ping.trim());
+  t.regex(ping, /3 packets transmitted, 3 packets received/);
+  t.is(await sh(t, 'ip', ['-4', '-o', 'addr', 'show', 'dev', 'upci0']), '', 'no IPv4 address on the TAP');
+  t.is(await upci.stop(), 0, 'upci run exits 0 at SIGINT');
+  t.regex(upci.output(), / export tap nic0 at upci0 closed: removed/);
+  await t.throwsAsync(sh(t, 'ip', ['link', 'show', 'dev', 'upci0']), undefined, 'the TAP interface is deleted');
+});
