@@ -208,7 +208,7 @@ export function deviceMachineFor(driver: AnyDriver) {
           const { device, driver, supervision, incarnation } = context;
           const source = sourceOf(driver);
           if (source !== undefined && device.kernel.handles !== undefined && (driver.thread ?? 'own') === 'own') {
-            const services = context.services.link(`${device.address} #${incarnation}`);
+            const services = context.services.link(`${device.address} #${incarnation}`, device.address);
             let thread: DriverThread;
             try {
               thread = new DriverThread({

@@ -52,6 +52,18 @@ interface Spawn {
   readonly input: DeviceActorInput;
 }
 
+/** Why a device will not provide again, for a consumer's refusal. */
+function describeOutcome(outcome: DeviceOutput['outcome'], restarts: number): string {
+  switch (outcome.kind) {
+    case 'gave-up': return `its driver was given up after ${restarts} restart(s), the last ${outcome.fault.kind} fault: ${outcome.fault.message}`;
+    case 'lost': return `it could not be reopened after a fault: ${outcome.error}`;
+    case 'removed': return 'the kernel took it back (device request)';
+    case 'forced': return 'closed by a forced release';
+    case 'stopped': return 'its driver was stopped';
+    case 'finished': return 'its driver finished';
+  }
+}
+
 const hostMachine = setup({
   types: {
     input: {} as { spawns: readonly Spawn[] },
@@ -246,11 +258,26 @@ export class DriverHost {
         const { error } = snapshot.output.released;
         this.emit({ type: 'removed', at, address, incarnation: context.incarnation, requests: this.requests.get(address) ?? 0, ...(error === undefined ? {} : { error }) });
       }
-      if (snapshot.status === 'done') this.emit({ type: 'released', at, address, outcome: snapshot.output.outcome, release: snapshot.output.released });
+      if (snapshot.status === 'done') {
+        this.emit({ type: 'released', at, address, outcome: snapshot.output.outcome, release: snapshot.output.released });
+        this.servicesEnded(address, `the device ${address} that provided it was released: ${describeOutcome(snapshot.output.outcome, context.restarts)}`);
+      }
     };
     // An actor's subscribers get its next snapshots, not the current one.
     report(ref.getSnapshot());
     ref.subscribe(report);
+  }
+
+  private readonly releasedDevices = new Set<PciAddress>();
+
+  /**
+   * What a released device provided will not come back: consumers waiting for it, or asking later, are refused at
+   * once with `reason`; once every device is released, so is any ask at all.
+   */
+  private servicesEnded(address: PciAddress, reason: string): void {
+    this.services.retire(address, reason);
+    this.releasedDevices.add(address);
+    if (this.releasedDevices.size === this.meters.size) this.services.endAll('every device of this host has been released');
   }
 
   /**
