@@ -138,6 +138,7 @@ export class DriverHost {
           onThread: (incarnation, threadId, dmaWindow) => this.emit({ type: 'thread', at: Date.now(), address, incarnation, threadId, dmaWindow }),
           ...(options.inspect === undefined ? {} : { inspect: options.inspect }),
           name: claim.entry.name,
+          configPath: claim.entry.path,
           services: this.services,
         },
       };

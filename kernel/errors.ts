@@ -20,6 +20,8 @@ export type UpciErrorCode =
   | 'NO_MEMORY'
   | 'MEMLOCK'
   | 'NO_USER'
+  /** The device does not offer what was asked of it (an interrupt type, a number of vectors): asking again cannot help. */
+  | 'NOT_OFFERED'
   | 'KERNEL';
 
 export class UpciError extends Error {

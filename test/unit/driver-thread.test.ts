@@ -227,3 +227,13 @@ test('a consumer waiting for a service that nothing can provide any more (every 
   t.true(performance.now() - asked < 30_000, `refused after ${Math.round(performance.now() - asked)} ms, not at the 60 s timeout`);
   t.regex(refusal?.message ?? '', /block device "never0n1": every device of this host has been released/);
 });
+
+test('an option the device cannot honour (an interrupt type it does not offer) is one fault naming the option, and the device is released, not restarted', async (t) => {
+  const { events } = claim(t, { interrupt: 'msix' }, { restart: { initialDelayMs: 10, maxDelayMs: 10, maxRestarts: 5 } });
+  await until('released', () => events.some((e) => e.type === 'released'), 60_000);
+  const faults = events.flatMap((e) => (e.type === 'fault' ? [e.fault.message] : []));
+  t.is(faults.length, 1, faults.join('\n'));
+  t.regex(faults[0] ?? '', /^devices\[0\]\.options\.interrupt \("msix"\) is not what this device offers: 0000:00:07\.0 offers 0 msix vector\(s\); 1 requested/);
+  t.false(events.some((e) => e.type === 'restart'), 'not restarted');
+  t.like(events.find((e) => e.type === 'released'), { outcome: { kind: 'gave-up' } });
+});
