@@ -25,6 +25,7 @@
  */
 import { assign, createActor, fromPromise, setup, toPromise, type ActorRefFrom, type InspectionEvent, type Observer } from 'xstate';
 import type { AnyDriver, OptionsOf, OptionsSchema } from '../drivers/contract.js';
+import { UpciError } from '../kernel/errors.js';
 import type { PciAddress } from '../kernel/pci-address.js';
 import type { PciDevice } from '../pci/device.js';
 import { restartDelay } from './backoff.js';
@@ -52,6 +53,19 @@ export interface Fault {
    * took 200 ms and more in the loaded TCG guest.
    */
   readonly at: number;
+}
+
+/**
+ * A NOT_OFFERED refusal, naming the option that asked for it where one did: an enum option whose value the
+ * refusal names (`interrupt: "msi"` for "offers 0 msi vector(s)").
+ */
+function notOffered({ driver, options, configPath }: DeviceContext, refusal: string): string {
+  const asking = Object.entries(driver.options ?? {}).find(([key, spec]) => {
+    const value = (options as Record<string, unknown>)[key];
+    return spec.type === 'enum' && typeof value === 'string' && new RegExp(`\\b${value}\\b`).test(refusal);
+  });
+  const where = asking === undefined ? `${configPath}: the driver asked for what the device does not offer` : `${configPath}.options.${asking[0]} (${JSON.stringify((options as Record<string, unknown>)[asking[0]])}) is not what this device offers`;
+  return `${where}: ${refusal}; not restarted (no restart changes what the device offers)`;
 }
 
 const faultOf = (kind: Fault['kind'], message: string, incarnation: number, silence?: Silence): Fault =>
@@ -90,6 +104,8 @@ export interface DeviceActorInput {
   readonly inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
   /** The config entry's name: the driver's block devices are named after it. */
   readonly name: string;
+  /** Where the entry is in the config (`devices[1]`), for errors that name an option. */
+  readonly configPath: string;
   /** The host's services (actors/service-registry.ts): a driver thread gets a link of its own, a driver here the main thread's. */
   readonly services: ServiceRegistry;
 }
@@ -117,6 +133,8 @@ export interface DeviceContext extends DeviceActorInput {
   readonly stopRequested: boolean;
   /** The kernel asked for the device back while something was in flight: finish it, then remove. */
   readonly removeRequested: boolean;
+  /** The last fault is one no restart can change (NOT_OFFERED): the device is released, not restarted. */
+  readonly permanent: boolean;
   readonly outcome: Outcome;
   readonly released: Release | undefined;
 }
@@ -208,7 +226,7 @@ export function deviceMachineFor(driver: AnyDriver) {
           const { device, driver, supervision, incarnation } = context;
           const source = sourceOf(driver);
           if (source !== undefined && device.kernel.handles !== undefined && (driver.thread ?? 'own') === 'own') {
-            const services = context.services.link(`${device.address} #${incarnation}`);
+            const services = context.services.link(`${device.address} #${incarnation}`, device.address);
             let thread: DriverThread;
             try {
               thread = new DriverThread({
@@ -309,7 +327,7 @@ export function deviceMachineFor(driver: AnyDriver) {
       }),
     },
     guards: {
-      restartsLeft: ({ context }) => context.restarts < context.supervision.restart.maxRestarts,
+      restartsLeft: ({ context }) => !context.permanent && context.restarts < context.supervision.restart.maxRestarts,
       stopRequested: ({ context }) => context.stopRequested,
       removeRequested: ({ context }) => context.removeRequested,
     },
@@ -331,6 +349,7 @@ export function deviceMachineFor(driver: AnyDriver) {
       lastReset: undefined,
       stopRequested: false,
       removeRequested: false,
+      permanent: false,
       outcome: { kind: 'stopped' },
       released: undefined,
     }),
@@ -351,10 +370,21 @@ export function deviceMachineFor(driver: AnyDriver) {
             { guard: 'stopRequested', target: 'detaching', actions: assign({ attachment: ({ event }) => event.output }) },
             { target: 'running', actions: assign({ attachment: ({ event }) => event.output }) },
           ],
-          onError: {
-            target: 'failed',
-            actions: assign({ fault: ({ context, event }) => faultOf('attach', message(event.error), context.incarnation) }),
-          },
+          onError: [
+            {
+              // What the device does not offer, no restart can change: one fault naming the option, then the release.
+              guard: ({ event }) => event.error instanceof UpciError && event.error.code === 'NOT_OFFERED',
+              target: 'failed',
+              actions: assign({
+                fault: ({ context, event }) => faultOf('attach', notOffered(context, message(event.error)), context.incarnation),
+                permanent: true,
+              }),
+            },
+            {
+              target: 'failed',
+              actions: assign({ fault: ({ context, event }) => faultOf('attach', message(event.error), context.incarnation) }),
+            },
+          ],
         },
         on: { STOP: { actions: 'requestStop' }, REQUEST: { actions: 'requestRemove' } },
       },

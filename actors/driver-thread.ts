@@ -12,6 +12,7 @@
 import { getHeapStatistics } from 'node:v8';
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { createActor, type AnyActorRef } from 'xstate';
+import { UpciError, type UpciErrorCode } from '../kernel/errors.js';
 import { PciDevice, type SharedDevice } from '../pci/device.js';
 import { adoptingPort } from '../pci/kernel-port.js';
 import type { KernelPort } from '../kernel/port.js';
@@ -45,7 +46,8 @@ export type ThreadMessage =
   /** Every module this thread needs is loaded (the native addons among them). */
   | { readonly type: 'ready' }
   | { readonly type: 'attached' }
-  | { readonly type: 'attach-failed'; readonly message: string }
+  /** `code`: an UpciError's, which decides whether a restart can help (NOT_OFFERED cannot). */
+  | { readonly type: 'attach-failed'; readonly message: string; readonly code?: UpciErrorCode }
   | { readonly type: 'note'; readonly message: string }
   | { readonly type: 'stall'; readonly vector: number; readonly waitedMs: number }
   | { readonly type: 'finished' }
@@ -122,7 +124,7 @@ function run(data: DriverThreadData, kernel: KernelPort): void {
       driver = await importDriver(data.source);
       resources = await driver.attach(bus, data.options as never);
     } catch (e) {
-      post({ type: 'attach-failed', message: message(e) });
+      post({ type: 'attach-failed', message: message(e), ...(e instanceof UpciError ? { code: e.code } : {}) });
       return;
     }
     if (stopped) return;

@@ -19,6 +19,7 @@ import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../pci/config.js';
 import type { PciDevice, SharedDevice } from '../pci/device.js';
 import type { InterruptType } from '../pci/intr.js';
 import { quiesce } from '../pci/teardown.js';
+import { UpciError } from '../kernel/errors.js';
 import { closeFd } from '../kernel/fd-calls.js';
 import { runQueueWaitMs } from '../kernel/thread-wait.js';
 import { detachOverran } from './phase-bounds.js';
@@ -183,7 +184,7 @@ export class DriverThread implements ThreadView {
         this.settleAttach.resolve();
         this.startWatchdog();
         return;
-      case 'attach-failed': return this.settleAttach.reject(new Error(m.message));
+      case 'attach-failed': return this.settleAttach.reject(m.code === undefined ? new Error(m.message) : new UpciError(m.code, m.message));
       case 'note': return this.spec.onNote(m.message);
       case 'stall': return this.spec.onStall(m.vector, m.waitedMs);
       case 'finished': return this.settleEnd.resolve();

@@ -53,6 +53,18 @@ interface Spawn {
   readonly input: DeviceActorInput;
 }
 
+/** Why a device will not provide again, for a consumer's refusal. */
+function describeOutcome(outcome: DeviceOutput['outcome'], restarts: number): string {
+  switch (outcome.kind) {
+    case 'gave-up': return `its driver was given up after ${restarts} restart(s), the last ${outcome.fault.kind} fault: ${outcome.fault.message}`;
+    case 'lost': return `it could not be reopened after a fault: ${outcome.error}`;
+    case 'removed': return 'the kernel took it back (device request)';
+    case 'forced': return 'closed by a forced release';
+    case 'stopped': return 'its driver was stopped';
+    case 'finished': return 'its driver finished';
+  }
+}
+
 const hostMachine = setup({
   types: {
     input: {} as { spawns: readonly Spawn[] },
@@ -129,6 +141,7 @@ export class DriverHost {
           onThread: (incarnation, threadId, dmaWindow) => this.emit({ type: 'thread', at: Date.now(), address, incarnation, threadId, dmaWindow }),
           ...(options.inspect === undefined ? {} : { inspect: options.inspect }),
           name: claim.entry.name,
+          configPath: claim.entry.path,
           services: this.services,
         },
       };
@@ -256,12 +269,26 @@ export class DriverHost {
       }
       if (snapshot.status === 'done') {
         this.emit({ type: 'released', at, address, outcome: snapshot.output.outcome, release: snapshot.output.released });
-        this.exports.providerReleased(address, `its driver's device ${address} was released (${snapshot.output.outcome.kind})`);
+        const why = `the device ${address} that provided it was released: ${describeOutcome(snapshot.output.outcome, context.restarts)}`;
+        this.exports.providerReleased(address, why);
+        this.servicesEnded(address, why);
       }
     };
     // An actor's subscribers get its next snapshots, not the current one.
     report(ref.getSnapshot());
     ref.subscribe(report);
+  }
+
+  private readonly releasedDevices = new Set<PciAddress>();
+
+  /**
+   * What a released device provided will not come back: consumers waiting for it, or asking later, are refused at
+   * once with `reason`; once every device is released, so is any ask at all.
+   */
+  private servicesEnded(address: PciAddress, reason: string): void {
+    this.services.retire(address, reason);
+    this.releasedDevices.add(address);
+    if (this.releasedDevices.size === this.meters.size) this.services.endAll('every device of this host has been released');
   }
 
   /**

@@ -57,6 +57,8 @@ class Link {
   constructor(
     readonly label: string,
     readonly port: MessagePort,
+    /** The device whose driver the thread runs (its incarnations share it), if any. */
+    readonly owner?: string,
   ) {}
 
   post(m: ToThread, transfer?: readonly TransferListItem[]): void {
@@ -69,6 +71,12 @@ export class ServiceRegistry {
   private readonly exports = new Map<number, Export>();
   private readonly wants = new Set<Want>();
   private nextExport = 1;
+  /** By service key: the device whose driver provided it last. */
+  private readonly owners = new Map<string, string>();
+  /** By service key: why it will not be provided again (its device was released), until someone provides it. */
+  private readonly retired = new Map<string, string>();
+  /** Why nothing will be provided any more (every device released), once so. */
+  private ended: string | undefined;
   /** The main thread's own services: the host's programs (DriverHost.blockDevice) and the drivers that run in this thread. */
   readonly local: ThreadServices;
 
@@ -79,10 +87,10 @@ export class ServiceRegistry {
     channel.port2.unref();
   }
 
-  /** A link for a thread (`label` names it in messages). */
-  link(label: string): ServiceLink {
+  /** A link for a thread (`label` names it in messages; `owner`, the device whose driver runs in it). */
+  link(label: string, owner?: string): ServiceLink {
     const channel = new MessageChannel();
-    const link = this.attach(label, channel.port1);
+    const link = this.attach(label, channel.port1, owner);
     return {
       port: channel.port2,
       withdrawProvided: (reason) => this.withdraw((p) => p.link === link, reason),
@@ -100,8 +108,32 @@ export class ServiceRegistry {
     return [...this.provisions.values()].filter((p) => p.kind === kind).map((p) => p.name);
   }
 
-  private attach(label: string, port: MessagePort): Link {
-    const link = new Link(label, port);
+  /**
+   * The device `owner` was released: what its driver provided will not come back, so whoever waits for it, or asks
+   * later, is refused at once with `reason` (not left to a timeout), until something else provides it.
+   */
+  retire(owner: string, reason: string): void {
+    for (const [key, by] of this.owners) if (by === owner && !this.provisions.has(key)) this.retired.set(key, reason);
+    for (const want of [...this.wants]) if (want.asked === undefined) this.refuseIfLost(want);
+  }
+
+  /** Nothing will be provided any more (every device released): every wait ends now, and every later ask at once. */
+  endAll(reason: string): void {
+    this.ended = reason;
+    for (const want of [...this.wants]) if (want.asked === undefined) this.refuseIfLost(want);
+  }
+
+  /** Refuses a want whose service will not come (see retire, endAll); whether it did. */
+  private refuseIfLost(want: Want): boolean {
+    const why = this.retired.get(want.key) ?? this.ended;
+    if (why === undefined) return false;
+    this.end(want);
+    want.consumer.post({ type: 'refused', want: want.want, message: `${want.request.noun} ${JSON.stringify(want.request.name)}: ${why}` });
+    return true;
+  }
+
+  private attach(label: string, port: MessagePort, owner?: string): Link {
+    const link = new Link(label, port, owner);
     port.on('message', (m: ToRegistry) => this.onMessage(link, m));
     // A link never keeps the process alive (the thread at its other end does, while it runs); after on('message'), which refs.
     port.unref();
@@ -117,7 +149,10 @@ export class ServiceRegistry {
     switch (m.type) {
       case 'provide': {
         const provision: Provision = { link, kind: m.kind, name: m.name };
-        this.provisions.set(serviceKey(m.kind, m.name), provision);
+        const key = serviceKey(m.kind, m.name);
+        this.provisions.set(key, provision);
+        this.retired.delete(key);
+        if (link.owner !== undefined) this.owners.set(key, link.owner);
         for (const want of this.wants) if (want.key === serviceKey(m.kind, m.name) && want.asked === undefined) this.ask(want, provision);
         return;
       }
@@ -133,6 +168,7 @@ export class ServiceRegistry {
         this.wants.add(want);
         const provision = this.provisions.get(key);
         if (provision !== undefined) this.ask(want, provision);
+        else this.refuseIfLost(want);
         return;
       }
       case 'exported': return this.exported(m.export, m.setup, m.transfer);

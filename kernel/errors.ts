@@ -21,6 +21,8 @@ export type UpciErrorCode =
   | 'MEMLOCK'
   | 'NO_USER'
   | 'UNSUPPORTED'
+  /** The device does not offer what was asked of it (an interrupt type, a number of vectors): asking again cannot help. */
+  | 'NOT_OFFERED'
   | 'KERNEL';
 
 export class UpciError extends Error {

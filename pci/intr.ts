@@ -248,7 +248,7 @@ export class Interrupts {
     const count = type === 'intx' ? 1 : wanted;
     if (offered === 0 || count > offered || !Number.isInteger(count) || count < 1) {
       throw new UpciError(
-        'OUT_OF_RANGE',
+        offered === 0 || count > offered ? 'NOT_OFFERED' : 'OUT_OF_RANGE',
         `${device.address} offers ${offered} ${type} vector(s); ${count} requested`,
         offered > 0 ? `ask for 1 to ${offered}` : `use another type (${PREFERENCE.filter((t) => file.irqs[t].count > 0).join(', ') || 'none available'})`,
       );

@@ -207,3 +207,33 @@ test('a shutdown that overruns shutdownTimeoutMs while a detach spins its thread
   t.log(`the process ended ${Math.round(lingered)} ms after its shutdown returned`);
   t.true(lingered < 3000, `the process lingered ${Math.round(lingered)} ms after the shutdown`);
 });
+
+test('a consumer of a service whose provider was given up is refused at once, with the reason, when it asks after', async (t) => {
+  const { host, events } = claim(t, { behave: 'block', provides: true }, { watchdogMs: 300, heartbeatMs: 50, restart: { initialDelayMs: 10, maxDelayMs: 10, maxRestarts: 0 } });
+  await until('incarnation 0 running', () => running(events, 0), 60_000);
+  await until('released, given up', () => events.some((e) => e.type === 'released' && e.outcome.kind === 'gave-up'), 30_000);
+  const asked = performance.now();
+  const refusal = await t.throwsAsync(host.blockDevice('fix0n1', 60_000));
+  t.true(performance.now() - asked < 2000, 'refused at once, not at the 60 s timeout');
+  t.regex(refusal?.message ?? '', /block device "fix0n1": the device 0000:00:07\.0 that provided it was released: its driver was given up after 0 restart\(s\), the last watchdog fault: no heartbeat/);
+});
+
+test('a consumer waiting for a service that nothing can provide any more (every device released: an attach that cannot succeed) is refused then, not at its timeout', async (t) => {
+  const { host, events } = claim(t, { hang: 'attach' }, { attachTimeoutMs: 500, restart: { initialDelayMs: 10, maxDelayMs: 10, maxRestarts: 0 } });
+  const asked = performance.now();
+  const waiting = host.blockDevice('never0n1', 60_000);
+  const refusal = await t.throwsAsync(waiting);
+  t.true(events.some((e) => e.type === 'released' && e.outcome.kind === 'gave-up'));
+  t.true(performance.now() - asked < 30_000, `refused after ${Math.round(performance.now() - asked)} ms, not at the 60 s timeout`);
+  t.regex(refusal?.message ?? '', /block device "never0n1": every device of this host has been released/);
+});
+
+test('an option the device cannot honour (an interrupt type it does not offer) is one fault naming the option, and the device is released, not restarted', async (t) => {
+  const { events } = claim(t, { interrupt: 'msix' }, { restart: { initialDelayMs: 10, maxDelayMs: 10, maxRestarts: 5 } });
+  await until('released', () => events.some((e) => e.type === 'released'), 60_000);
+  const faults = events.flatMap((e) => (e.type === 'fault' ? [e.fault.message] : []));
+  t.is(faults.length, 1, faults.join('\n'));
+  t.regex(faults[0] ?? '', /^devices\[0\]\.options\.interrupt \("msix"\) is not what this device offers: 0000:00:07\.0 offers 0 msix vector\(s\); 1 requested/);
+  t.false(events.some((e) => e.type === 'restart'), 'not restarted');
+  t.like(events.find((e) => e.type === 'released'), { outcome: { kind: 'gave-up' } });
+});
