@@ -9,51 +9,38 @@ import test from 'ava';
 import { map } from 'rxjs';
 import { fromEventObservable, setup } from 'xstate';
 import { parseHostConfig } from '../../actors/config.js';
-import type { HostEvent } from '../../actors/events.js';
 import { DriverHost } from '../../actors/host.js';
 import { plainLine } from '../../bin/status-view.js';
 import { defineDriver, type DriverInput, type DriverVector } from '../../drivers/contract.js';
 import { ManagedIommuDomain } from '../../kernel/linux/iommu-dma.js';
-import * as libc from '../../kernel/libc.js';
 import type { PciAddress } from '../../kernel/pci-address.js';
-import type { DeviceFile, KernelPort } from '../../kernel/port.js';
-import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
-import { PciDevice } from '../../pci/device.js';
 import type { InterruptEvent } from '../../pci/intr.js';
 import { until as untilWithin } from '../support/bounded.js';
-import { FakeRequest, fakeDevice } from '../support/fake-device.js';
+import { FakeRequest } from '../support/fake-device.js';
+import { FakeIntxBench } from '../support/fake-intx-bench.js';
+import { record, states } from '../support/host-events.js';
 
 const A = '0000:00:04.0';
 const B = '0000:00:05.0';
 
 /** Fake functions with INTx, DMA that records its mappings, and a device-request channel each (unless `noRequest`). */
-class Bench {
-  readonly opens = new Map<string, number>();
-  readonly configs = new Map<string, Buffer>();
-  readonly intxFds = new Map<string, number>();
+class Bench extends FakeIntxBench {
   readonly mapped = new Map<string, number>();
   readonly requests = new Map<string, FakeRequest>();
-  /** Kernel-port calls on the way out, each with what was still on when it came. */
-  readonly calls: string[] = [];
 
-  constructor(private readonly noRequest: readonly string[] = []) {}
-
-  port(): KernelPort {
-    return { name: 'fake', open: (address) => this.file(address) };
+  constructor(private readonly noRequest: readonly string[] = []) {
+    super();
   }
-
-  open = (address: PciAddress): PciDevice => PciDevice.open(address, { port: this.port() });
 
   private state(address: string): string {
     return `bus master ${this.busMaster(address) ? 'on' : 'off'}, vectors ${this.intxFds.has(address) ? 'on' : 'off'}, ${this.mapped.get(address) ?? 0} mapping(s)`;
   }
 
-  private file(address: PciAddress): DeviceFile {
-    this.opens.set(address, (this.opens.get(address) ?? 0) + 1);
-    const config = this.configs.get(address) ?? Buffer.alloc(256);
-    config.writeUInt16LE(0x1234, 0);
-    config.writeUInt16LE(0x0001, 2);
-    this.configs.set(address, config);
+  protected deviceId(): number {
+    return 0x0001;
+  }
+
+  protected parts(address: PciAddress) {
     const request = this.requests.get(address) ?? new FakeRequest();
     this.requests.set(address, request);
     const dma = new ManagedIommuDomain({
@@ -65,35 +52,15 @@ class Bench {
         return size;
       },
     });
-    return fakeDevice(address, { intx: 1 }, {
+    return {
       dma,
       ...(this.noRequest.includes(address) ? {} : { enableRequest: request.enableRequest }),
-      enableIrqs: () => {
-        const fd = libc.eventfd(libc.EFD_NONBLOCK);
-        this.intxFds.set(address, fd);
-        return [{ fd, format: 'counter', firstVector: 0, vectors: 1, owner: 'hub' }];
-      },
-      disableIrqs: () => {
-        this.calls.push(`${address} vectors off (${this.state(address)})`);
-        this.intxFds.delete(address);
-      },
+      vectorsOff: () => this.calls.push(`${address} vectors off (${this.state(address)})`),
       close: () => {
         this.calls.push(`${address} close (${this.state(address)})`);
         request.closed();
       },
-    }, config).file;
-  }
-
-  fire(address: string): void {
-    const fd = this.intxFds.get(address);
-    if (fd === undefined) throw new Error(`${address} has no INTx established`);
-    const one = Buffer.alloc(8);
-    one.writeBigUInt64LE(1n);
-    libc.writeAll(fd, one, 'fake interrupt');
-  }
-
-  busMaster(address: string): boolean {
-    return (this.configs.get(address)!.readUInt16LE(PCI_COMMAND) & PCI_COMMAND_MASTER) !== 0;
+    };
   }
 }
 
@@ -131,14 +98,7 @@ const registry = new Map([[driver.name, driver]]);
 const config = (devices: unknown[]) =>
   parseHostConfig({ restart: { initialDelayMs: 10, maxDelayMs: 40, maxRestarts: 3 }, watchdogMs: 500, statsIntervalMs: 50, devices }, registry);
 
-function record(t: { teardown(fn: () => unknown): void }, host: DriverHost): HostEvent[] {
-  const events: HostEvent[] = [];
-  host.events.subscribe((e) => events.push(e));
-  t.teardown(() => host.shutdown());
-  return events;
-}
 
-const states = (events: HostEvent[], address: string) => events.flatMap((e) => (e.type === 'state' && e.address === address ? [e.state] : []));
 const until = (what: string, predicate: () => boolean, ms = 5000): Promise<void> => untilWithin(what, predicate, ms);
 
 test('a device request removes the device: quiesced in the one order, closed, reported removed, not restarted; the other device keeps running', async (t) => {

@@ -6,84 +6,50 @@
  * stream, inspection and shutdown.
  */
 import test from 'ava';
-import { acceptingDma, fakeDevice } from '../support/fake-device.js';
+import { acceptingDma } from '../support/fake-device.js';
+import { FakeIntxBench } from '../support/fake-intx-bench.js';
+import { record, states } from '../support/host-events.js';
 import { map } from 'rxjs';
 import { assign, fromEventObservable, fromPromise, setup, type InspectionEvent } from 'xstate';
 import { ConfigError } from '../../actors/config-error.js';
 import { parseHostConfig } from '../../actors/config.js';
-import type { HostEvent } from '../../actors/events.js';
 import { DriverHost } from '../../actors/host.js';
 import { defineDriver, type AnyDriver, type DriverInput, type DriverVector } from '../../drivers/contract.js';
-import { UpciError } from '../../kernel/errors.js';
-import * as libc from '../../kernel/libc.js';
 import type { PciAddress } from '../../kernel/pci-address.js';
 import { parsePciAddress } from '../../kernel/pci-address.js';
-import type { DeviceFile, KernelPort } from '../../kernel/port.js';
-import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
-import { PciDevice } from '../../pci/device.js';
 import type { InterruptEvent } from '../../pci/intr.js';
 import { until as untilWithin, within } from '../support/bounded.js';
 
 /** A fake function: vendor 0x1234, device as given; counts opens, closes and resets; INTx fires when the test says. */
-class FakeBench {
-  readonly opens = new Map<string, number>();
+class FakeBench extends FakeIntxBench {
   readonly closes = new Map<string, number>();
   readonly resets = new Map<string, number>();
-  readonly configs = new Map<string, Buffer>();
-  readonly intxFds = new Map<string, number>();
-  /** Kernel-port calls in the order they came, e.g. "0000:00:04.0 reset (bus master off)". */
-  readonly calls: string[] = [];
 
   constructor(
     private readonly devices: Record<string, number>,
     private readonly canReset = false,
-  ) {}
-
-  port(): KernelPort {
-    return { name: 'fake', open: (address) => this.file(address) };
+  ) {
+    super();
   }
 
-  open = (address: PciAddress): PciDevice => PciDevice.open(address, { port: this.port() });
+  protected deviceId(address: PciAddress): number | undefined {
+    return this.devices[address];
+  }
 
-  private file(address: PciAddress): DeviceFile {
-    const deviceId = this.devices[address];
-    if (deviceId === undefined) throw new UpciError('NO_DEVICE', `no PCI device at ${address}`);
-    this.opens.set(address, (this.opens.get(address) ?? 0) + 1);
-    const config = this.configs.get(address) ?? Buffer.alloc(256);
-    config.writeUInt16LE(0x1234, 0);
-    config.writeUInt16LE(deviceId, 2);
-    this.configs.set(address, config);
-    return fakeDevice(address, { intx: 1 }, {
+  protected parts(address: PciAddress) {
+    const busMaster = () => `bus master ${this.busMaster(address) ? 'on' : 'off'}`;
+    return {
       canReset: this.canReset,
       dma: acceptingDma(),
       reset: () => {
-        this.calls.push(`${address} reset (bus master ${this.busMaster(address) ? 'on' : 'off'})`);
+        this.calls.push(`${address} reset (${busMaster()})`);
         this.resets.set(address, (this.resets.get(address) ?? 0) + 1);
       },
-      enableIrqs: () => {
-        const fd = libc.eventfd(libc.EFD_NONBLOCK);
-        this.intxFds.set(address, fd);
-        return [{ fd, format: 'counter', firstVector: 0, vectors: 1, owner: 'hub' }];
-      },
-      disableIrqs: () => void this.intxFds.delete(address),
       close: () => {
-        this.calls.push(`${address} close (bus master ${this.busMaster(address) ? 'on' : 'off'})`);
+        this.calls.push(`${address} close (${busMaster()})`);
         this.closes.set(address, (this.closes.get(address) ?? 0) + 1);
       },
-    }, config).file;
-  }
-
-  /** Signals the device's INTx eventfd, as the kernel would on an interrupt. */
-  fire(address: string): void {
-    const fd = this.intxFds.get(address);
-    if (fd === undefined) throw new Error(`${address} has no INTx established`);
-    const one = Buffer.alloc(8);
-    one.writeBigUInt64LE(1n);
-    libc.writeAll(fd, one, 'fake interrupt');
-  }
-
-  busMaster(address: string): boolean {
-    return (this.configs.get(address)!.readUInt16LE(PCI_COMMAND) & PCI_COMMAND_MASTER) !== 0;
+    };
   }
 }
 
@@ -180,15 +146,7 @@ function config(devices: unknown[], extra: Record<string, unknown> = {}) {
   return parseHostConfig({ restart: { initialDelayMs: 10, maxDelayMs: 40, maxRestarts: 2 }, watchdogMs: 100, statsIntervalMs: 50, ...extra, devices }, registry);
 }
 
-/** Records the host's events; a failing test still shuts the host down, so the process can exit. */
-function record(t: { teardown(fn: () => unknown): void }, host: DriverHost): HostEvent[] {
-  const events: HostEvent[] = [];
-  host.events.subscribe((e) => events.push(e));
-  t.teardown(() => host.shutdown());
-  return events;
-}
 
-const states = (events: HostEvent[], address: string) => events.flatMap((e) => (e.type === 'state' && e.address === address ? [e.state] : []));
 
 const until = (what: string, predicate: () => boolean, ms = 5000): Promise<void> => untilWithin(what, predicate, ms);
 
