@@ -49,8 +49,7 @@
  * Protocol: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md
  */
 import { createServer, type Server, type Socket } from 'node:net';
-import { chmodSync, lstatSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { listenPrivately, removeIfOurs, socketMode, type SocketFile } from './unix-socket.js';
 import type { BlockDevice } from '../drivers/block.js';
 import { UpciError } from '../kernel/errors.js';
 
@@ -343,13 +342,8 @@ function limitsOf(options: NbdServerOptions): Limits {
     if (!Number.isSafeInteger(v) || v <= 0) throw new UpciError('BAD_CONFIG', `nbd: ${key} is ${String(v)}, not a positive integer`, `give ${key} a whole number above 0, or leave it out (default ${DEFAULTS[key]})`);
     return v;
   };
-  const raw = options.mode ?? DEFAULTS.mode;
-  const mode = typeof raw === 'string' && /^[0-7]{1,4}$/.test(raw) ? Number.parseInt(raw, 8) : raw;
-  if (typeof mode !== 'number' || !Number.isInteger(mode) || mode < 0 || mode > 0o777) {
-    throw new UpciError('BAD_CONFIG', `nbd: socket mode ${JSON.stringify(raw)} is not permission bits`, 'give mode as a number up to 0o777 or a string of octal digits like "0660" (default 0600: owner only)');
-  }
   return {
-    mode,
+    mode: socketMode(options.mode ?? DEFAULTS.mode, 'nbd'),
     maxConnections: positive('maxConnections'),
     maxInFlight: positive('maxInFlight'),
     maxConnectionBytes: positive('maxConnectionBytes'),
@@ -362,7 +356,7 @@ export class NbdServer {
   private readonly live = new Set<Connection>();
   private limits: Limits = DEFAULTS;
   /** The socket file this server put at socketPath (close() removes it only if it is still this one). */
-  private inode: { dev: number; ino: number } | undefined;
+  private file: SocketFile | undefined;
   readonly stats: NbdServerStats = { connections: 0, requests: 0, errors: 0, open: 0, refused: 0, dropped: 0, inFlight: 0, throttled: 0, peakConnectionBytes: 0 };
   /** Why the last connection ended, for logs and tests. */
   lastDisconnect: string | undefined;
@@ -382,45 +376,7 @@ export class NbdServer {
   static async listen(socketPath: string, exports: readonly NbdExport[], options: NbdServerOptions = {}): Promise<NbdServer> {
     const s = new NbdServer(socketPath, new Map(exports.map((e) => [e.name, e.device])));
     s.limits = limitsOf(options);
-    let existing;
-    try {
-      existing = lstatSync(socketPath);
-    } catch {
-      existing = undefined;
-    }
-    if (existing !== undefined && !existing.isSocket()) {
-      throw new UpciError('BUSY', `nbd: ${socketPath} exists and is not a socket`, 'remove it, or give the export another socket path');
-    }
-    // bind() creates the socket file with 0777 & ~umask, and Node has no way to
-    // bind under another umask for one call (process.umask() is process-wide,
-    // racy with other threads, and refused in workers). So the socket is bound
-    // in a fresh directory of its own (mkdtemp: 0700, only the owner can reach
-    // what is in it), given its mode there, and then renamed into place:
-    // nobody else can connect before it has its final permissions, and the
-    // rename replaces a stale socket atomically. Short names: a unix socket
-    // path is at most 107 bytes.
-    let dir: string | undefined;
-    try {
-      dir = mkdtempSync(join(dirname(socketPath), '.nbd'));
-      const bound = join(dir, 's');
-      await new Promise<void>((resolve, reject) => {
-        s.server.once('error', reject);
-        s.server.listen(bound, () => {
-          s.server.off('error', reject);
-          resolve();
-        });
-      });
-      chmodSync(bound, s.limits.mode);
-      renameSync(bound, socketPath);
-      const st = lstatSync(socketPath);
-      s.inode = { dev: st.dev, ino: st.ino };
-    } catch (e) {
-      s.server.close();
-      const code = (e as NodeJS.ErrnoException).code;
-      throw new UpciError('PERMISSION', `nbd: cannot listen on ${socketPath} (${code ?? String(e)})`, `check that ${dirname(socketPath)} is writable and that ${basename(socketPath)} plus its directory is under 100 bytes`, { cause: e });
-    } finally {
-      if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
-    }
+    s.file = await listenPrivately(s.server, socketPath, s.limits.mode, 'nbd');
     return s;
   }
 
@@ -434,12 +390,7 @@ export class NbdServer {
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
     // Closed: nothing of it may keep the process alive, whatever its handle's state.
     this.server.unref();
-    try {
-      const st = lstatSync(this.socketPath);
-      if (st.dev === this.inode?.dev && st.ino === this.inode.ino) rmSync(this.socketPath, { force: true });
-    } catch {
-      // Already gone.
-    }
+    removeIfOurs(this.file);
   }
 
   private serve(socket: Socket): void {
