@@ -114,7 +114,7 @@ const nbd: Opener<NbdExportEntry> = {
     }
     const device = new FollowingBlockDevice(
       first, (ms) => context.host.blockDevice(entry.service, ms), { waitMs: FOLLOW_WAIT_MS, maxWaiting: MAX_WAITING },
-      (stats) => context.note('followed', `incarnation ${stats.incarnations} of its driver; ${stats.waiting} request(s) waited for it, ${stats.reissued} re-issued before`),
+      (stats) => context.note('followed', `incarnation ${stats.incarnations} of its driver; ${stats.waiting} request(s) waited for it`),
     );
     const server = await listenNbd(entry, device);
     return {

@@ -9,9 +9,7 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { execFile, execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { connect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { TapExport } from '../../actors/tap-export.js';
 import { parseHostConfig } from '../../actors/config.js';
@@ -27,7 +25,7 @@ import { buildFrame, macBytes } from '../../vm/net/frames.js';
 import { KernelPeer, type ReceiveResult } from '../../vm/net/kernel-peer.js';
 import { findLosslessRate, type ProbeResult, type RateSearch } from '../../vm/net/rate-search.js';
 import { sysfsBusMaster } from './devices.js';
-import { collect, sendSequence } from './net-traffic.js';
+import { collect, sendOverTcp, sendSequence, tcpSinkScript } from './net-traffic.js';
 import { recordingPort, resetsAndCloses, type PortRecord } from '../support/recording-port.js';
 import { until } from '../support/bounded.js';
 
@@ -448,32 +446,14 @@ test.serial('TAP export: ping -6 to the kernel NIC\'s link-local address answers
     lines.on('line', (l) => serverOutput.push(l));
     await until('the TCP sink to listen', () => serverOutput.includes('listening'), 30_000);
     const total = 50 * 1024 * 1024;
-    const expected = createHash('sha256');
     const t0 = performance.now();
-    await new Promise<void>((resolve, reject) => {
-      const socket = connect({ host: `${target}%${tap.name}`, port: TCP_PORT }, () => {
-        const chunk = Buffer.alloc(64 * 1024);
-        let written = 0;
-        const more = () => {
-          while (written < total) {
-            for (let i = 0; i < chunk.length; i += 4) chunk.writeUInt32LE((written + i) >>> 2, i);
-            expected.update(chunk);
-            written += chunk.length;
-            if (!socket.write(chunk)) return socket.once('drain', more);
-          }
-          socket.end();
-        };
-        more();
-      });
-      socket.once('error', reject);
-      socket.once('close', () => resolve());
-    });
+    const expected = await sendOverTcp(`${target}%${tap.name}`, total);
     await until('the sink\'s digest', () => serverOutput.some((l) => l.startsWith('{')), 120_000);
     const seconds = (performance.now() - t0) / 1000;
     const result = JSON.parse(serverOutput.find((l) => l.startsWith('{'))!) as { bytes: number; sha256: string };
     t.log(`${(total / seconds / 1e6).toFixed(1)} MB/s`, JSON.stringify(tap.counters), JSON.stringify(d.port.stats().rx), JSON.stringify(d.port.stats().tx));
     t.is(result.bytes, total);
-    t.is(result.sha256, expected.digest('hex'));
+    t.is(result.sha256, expected);
   } finally {
     t.log('unicast', JSON.stringify(d.port.unicast), 'tap', JSON.stringify(tap.counters), 'port', JSON.stringify(d.port.stats()), 'events', JSON.stringify(d.events.filter((e) => e.type === 'fault')));
     t.log(execFileSync('ip', ['-6', 'neigh', 'show'], { encoding: 'utf8' }), await peer.run('ip', '-6', 'neigh', 'show').catch((e: Error) => e.message));
@@ -483,18 +463,3 @@ test.serial('TAP export: ping -6 to the kernel NIC\'s link-local address answers
     await d.stop();
   }
 });
-
-const TCP_PORT = 5201;
-
-/** A node one-liner for the kernel side: accept one connection on every address, print its byte count and SHA-256. */
-function tcpSinkScript(): string[] {
-  return ['-e', `
-    const net = require('node:net'); const crypto = require('node:crypto');
-    const server = net.createServer((s) => {
-      const h = crypto.createHash('sha256'); let bytes = 0;
-      s.on('data', (c) => { h.update(c); bytes += c.length; });
-      s.on('end', () => { console.log(JSON.stringify({ bytes, sha256: h.digest('hex') })); server.close(); });
-    });
-    server.listen(${TCP_PORT}, '::', () => console.log('listening'));
-  `];
-}

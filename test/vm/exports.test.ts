@@ -5,7 +5,8 @@
  * kernel's nbd client, across a supervised restart of the nvme driver (the
  * fault option failAfterCompletions); a TAP export of the e1000e, pinged over
  * IPv6 link-local from the guest kernel's own e1000e on the same hub (in a
- * network namespace of its own: vm/net/kernel-peer.ts). No IPv4 anywhere.
+ * network namespace of its own: vm/net/kernel-peer.ts) and carrying 50 MB
+ * over TCP to a sink there. No IPv4 anywhere.
  */
 import test, { type ExecutionContext } from 'ava';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
@@ -13,11 +14,13 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { parsePciAddress } from '../../kernel/pci-address.js';
 import { defaultDevices, guestAddress } from '../../vm/bench.js';
 import { KernelPeer } from '../../vm/net/kernel-peer.js';
-import { within } from '../support/bounded.js';
+import { until, within } from '../support/bounded.js';
+import { sendOverTcp, tcpSinkScript } from './net-traffic.js';
 import { bench } from './devices.js';
 
 const NVME0 = parsePciAddress(bench.nvme);
@@ -166,7 +169,7 @@ test.serial('an nbd export from the config: /dev/nbdN reads and writes the names
   t.false(existsSync(socket), 'the socket file is gone');
 });
 
-test.serial('a tap export from the config: the TAP interface is made and set up, ping -6 to the link partner over IPv6 link-local answers, no IPv4 on it; the interface is deleted at SIGINT', async (t) => {
+test.serial('a tap export from the config: the TAP interface is made and set up, ping -6 to the link partner over IPv6 link-local answers, 50 MB over TCP arrive intact, no IPv4 on it; the interface is deleted at SIGINT', async (t) => {
   const peer = await KernelPeer.open(KERNEL_NIC);
   t.teardown(() => peer.close());
   const dir = mkdtempSync(join(tmpdir(), 'upci-exports-'));
@@ -193,6 +196,18 @@ test.serial('a tap export from the config: the TAP interface is made and set up,
   t.log(ping.trim());
   t.regex(ping, /3 packets transmitted, 3 packets received/);
   t.is(await sh(t, 'ip', ['-4', '-o', 'addr', 'show', 'dev', 'upci0']), '', 'no IPv4 address on the TAP');
+
+  // 50 MB over TCP to a sink beside the link partner: batches from the TAP's fd, and backpressure when the port's transmit buffers run out.
+  const sink = peer.spawn(process.execPath, ...tcpSinkScript());
+  t.teardown(() => sink.kill());
+  const lines: string[] = [];
+  createInterface({ input: sink.stdout! }).on('line', (l) => lines.push(l));
+  await until('the TCP sink to listen', () => lines.includes('listening'), 30_000);
+  const total = 50 * 1024 * 1024;
+  const expected = await within(300_000, sendOverTcp(`${target}%upci0`, total), 'the 50 MB never went through the TAP');
+  await until('the sink\'s digest', () => lines.some((l) => l.startsWith('{')), 120_000);
+  t.deepEqual(JSON.parse(lines.find((l) => l.startsWith('{'))!), { bytes: total, sha256: expected }, '50 MB arrived intact');
+
   t.is(await upci.stop(), 0, 'upci run exits 0 at SIGINT');
   t.regex(upci.output(), / export tap nic0 at upci0 closed: removed/);
   await t.throwsAsync(sh(t, 'ip', ['link', 'show', 'dev', 'upci0']), undefined, 'the TAP interface is deleted');
