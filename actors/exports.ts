@@ -107,8 +107,12 @@ const nbd: Opener<NbdExportEntry> = {
   async open(entry, context) {
     let first: BlockDevice | undefined;
     while (first === undefined) {
-      // A refusal (not provided within the wait) is asked again; the host's stop ends the asking.
-      const got = await unlessStopped(context, context.host.blockDevice(entry.service, FIRST_WAIT_MS).then((d) => ({ d }), () => ({ d: undefined })));
+      // A refusal (not provided within the wait) is asked again; the host's stop ends the asking, and so does a
+      // refusal that is final (its provider's device released: it will not be provided), which fails the export.
+      const got = await unlessStopped(context, context.host.blockDevice(entry.service, FIRST_WAIT_MS).then((d) => ({ d }), (e: unknown) => {
+        if (e instanceof UpciError && e.code === 'RELEASED') throw e;
+        return { d: undefined };
+      }));
       if (got === undefined) return undefined;
       first = got.d;
     }

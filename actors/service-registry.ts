@@ -128,7 +128,7 @@ export class ServiceRegistry {
     const why = this.retired.get(want.key) ?? this.ended;
     if (why === undefined) return false;
     this.end(want);
-    want.consumer.post({ type: 'refused', want: want.want, message: `${want.request.noun} ${JSON.stringify(want.request.name)}: ${why}` });
+    want.consumer.post({ type: 'refused', want: want.want, message: `${want.request.noun} ${JSON.stringify(want.request.name)}: ${why}`, final: true });
     return true;
   }
 

@@ -27,6 +27,7 @@
  *   incarnation's. When a consumer's thread is taken back, the provider
  *   stops the exports it served to it.
  */
+import { UpciError } from '../kernel/errors.js';
 import type { MessagePort, TransferListItem } from 'node:worker_threads';
 
 /** One export of a local object to one consumer: what to hand over, and how to stop serving it. */
@@ -91,7 +92,8 @@ export type ToThread =
   /** Its consumer is gone: stop serving it. */
   | { readonly type: 'stop-export'; readonly export: number }
   | { readonly type: 'granted'; readonly want: number; readonly export: number; readonly setup: unknown; readonly transfer: readonly TransferListItem[] }
-  | { readonly type: 'refused'; readonly want: number; readonly message: string }
+  /** `final`: it will not be provided (its device was released), so asking again is pointless. */
+  | { readonly type: 'refused'; readonly want: number; readonly message: string; readonly final?: boolean }
   /** What you asked for is provided in your own thread now: use the object itself. */
   | { readonly type: 'own'; readonly want: number }
   /** The provider of an export you consume was taken back. */
@@ -234,7 +236,7 @@ export class ThreadServices implements ServiceAccess {
       case 'refused': {
         const want = this.wants.get(m.want);
         this.wants.delete(m.want);
-        return want?.reject(new Error(m.message));
+        return want?.reject(m.final === true ? new UpciError('RELEASED', m.message, 'see the host\'s events for why its device was released') : new Error(m.message));
       }
       case 'gone': {
         const consumed = [...this.consumed.values()].find((c) => c.export === m.export);
