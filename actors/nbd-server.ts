@@ -402,6 +402,8 @@ export class NbdServer {
     let dir: string | undefined;
     try {
       dir = mkdtempSync(join(dirname(socketPath), '.nbd'));
+      // 0700 exactly: mkdtemp's is narrowed by the umask, and a caller's umask without the owner's x bit would make it untraversable.
+      chmodSync(dir, 0o700);
       const bound = join(dir, 's');
       await new Promise<void>((resolve, reject) => {
         s.server.once('error', reject);
