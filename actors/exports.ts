@@ -14,7 +14,7 @@
  * A new kind of export is an opener in OPENERS (the compiler asks for one
  * per kind of ExportEntry).
  */
-import { mkdirSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { filter, firstValueFrom, type Subscription } from 'rxjs';
 import type { BlockDevice } from '../drivers/block.js';
@@ -78,28 +78,10 @@ const MAX_WAITING = 1024;
 const unlessStopped = <T>(context: OpenContext, wait: Promise<T>): Promise<T | undefined> =>
   Promise.race([wait, context.stopped.then(() => undefined)]);
 
-/**
- * NbdServer.listen with the socket file made with `mode` bits exactly, not
- * what the umask gives: the socket is bound within listen()'s synchronous
- * first step, under a umask that leaves only `mode`; the file's mode is
- * checked after, and the export refused when it differs.
- */
+/** The export's NBD server: its socket file made with `mode` exactly, in a directory made if missing (NbdServer.listen). */
 async function listenNbd(entry: NbdExportEntry, device: BlockDevice): Promise<NbdServer> {
   mkdirSync(dirname(entry.socket), { recursive: true, mode: 0o755 });
-  const umask = process.umask(~entry.mode & 0o777);
-  let listening: Promise<NbdServer>;
-  try {
-    listening = NbdServer.listen(entry.socket, [{ name: entry.service, device }]);
-  } finally {
-    process.umask(umask);
-  }
-  const server = await listening;
-  const mode = statSync(entry.socket).mode & 0o777;
-  if (mode !== entry.mode) {
-    await server.close();
-    throw new UpciError('PERMISSION', `${entry.path}: the socket ${entry.socket} was made with mode 0${mode.toString(8)}, not 0${entry.mode.toString(8)}`, 'report this as a bug: the socket must not be reachable by more users than its mode allows');
-  }
-  return server;
+  return NbdServer.listen(entry.socket, [{ name: entry.service, device }], { mode: entry.mode });
 }
 
 const nbd: Opener<NbdExportEntry> = {

@@ -42,6 +42,8 @@ export async function listenPrivately(server: Server, path: string, mode: number
   let dir: string | undefined;
   try {
     dir = mkdtempSync(join(dirname(path), `.${who}`));
+    // 0700 exactly: mkdtemp's is narrowed by the umask, and a caller's umask without the owner's x bit would make it untraversable.
+    chmodSync(dir, 0o700);
     const bound = join(dir, 's');
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
