@@ -20,6 +20,7 @@ export type UpciErrorCode =
   | 'NO_MEMORY'
   | 'MEMLOCK'
   | 'NO_USER'
+  | 'NO_UBLK'
   | 'KERNEL';
 
 export class UpciError extends Error {
