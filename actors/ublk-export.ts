@@ -106,6 +106,49 @@ class Control {
   }
 }
 
+/** One request as ublk's descriptor gives it: sectors are 512 bytes whatever the device's block size. */
+export interface UblkRequest {
+  readonly op: number;
+  readonly sector: number;
+  readonly sectors: number;
+}
+
+/**
+ * Serves one request from `device`, with `buffer` the tag's data buffer
+ * (a write's data, where a read's goes): resolves with the bytes moved
+ * (reads, writes), 0, or a negated errno. What the device cannot take (past
+ * its end, off its block boundary, larger than the buffer, an operation it
+ * lacks) is answered here and never reaches it.
+ */
+export async function serveUblkRequest(device: BlockDevice, request: UblkRequest, buffer: Uint8Array): Promise<number> {
+  const { op, sector, sectors } = request;
+  const perBlock = device.blockSize / SECTOR;
+  const bytes = sectors * SECTOR;
+  const lba = sector / perBlock;
+  const blocks = sectors / perBlock;
+  const inRange = Number.isInteger(lba) && Number.isInteger(blocks) && blocks > 0 && lba + blocks <= device.blockCount;
+  switch (op) {
+    case abi.UBLK_IO_OP_READ:
+    case abi.UBLK_IO_OP_WRITE: {
+      if (!inRange || bytes > buffer.length) return -EIO;
+      const data = buffer.subarray(0, bytes);
+      if (op === abi.UBLK_IO_OP_READ) await device.read(lba, blocks, data);
+      else await device.write(lba, data);
+      return bytes;
+    }
+    case abi.UBLK_IO_OP_FLUSH:
+      await device.flush();
+      return 0;
+    case abi.UBLK_IO_OP_DISCARD:
+      if (!device.canDiscard) return -EOPNOTSUPP;
+      if (!inRange) return -EIO;
+      await device.discard(lba, blocks);
+      return 0;
+    default:
+      return -EOPNOTSUPP;
+  }
+}
+
 export class UblkExport {
   readonly stats: UblkExportStats = { requests: 0, errors: 0, reads: 0, writes: 0, flushes: 0, discards: 0 };
   private closing: Promise<void> | undefined;
@@ -237,9 +280,14 @@ export class UblkExport {
     const opFlags = view.getUint32(at, true);
     const sectors = view.getUint32(at + 4, true);
     const sector = Number(view.getBigUint64(at + 8, true));
+    const op = opFlags & 0xff;
     this.stats.requests++;
+    if (op === abi.UBLK_IO_OP_READ) this.stats.reads++;
+    else if (op === abi.UBLK_IO_OP_WRITE) this.stats.writes++;
+    else if (op === abi.UBLK_IO_OP_FLUSH) this.stats.flushes++;
+    else if (op === abi.UBLK_IO_OP_DISCARD) this.stats.discards++;
     this.inFlight++;
-    this.serve(tag, opFlags & 0xff, sector, sectors).then(
+    serveUblkRequest(this.device, { op, sector, sectors }, new Uint8Array(this.buffers, tag * this.maxIoBytes, this.maxIoBytes)).then(
       (result) => this.complete(tag, result),
       () => this.complete(tag, -EIO),
     );
@@ -250,43 +298,6 @@ export class UblkExport {
     this.inFlight--;
     if (this.ioRing !== undefined) this.queueCommand(abi.ops.UBLK_U_IO_COMMIT_AND_FETCH_REQ, tag, result);
     if (this.inFlight === 0) this.drained?.();
-  }
-
-  /** Serves one request: the bytes moved (reads, writes), 0, or a negated errno. */
-  private async serve(tag: number, op: number, sector: number, sectors: number): Promise<number> {
-    const { device } = this;
-    const perBlock = device.blockSize / SECTOR;
-    const bytes = sectors * SECTOR;
-    const lba = sector / perBlock;
-    const blocks = sectors / perBlock;
-    const inRange = Number.isInteger(lba) && Number.isInteger(blocks) && blocks > 0 && lba + blocks <= device.blockCount;
-    switch (op) {
-      case abi.UBLK_IO_OP_READ:
-      case abi.UBLK_IO_OP_WRITE: {
-        if (!inRange || bytes > this.maxIoBytes) return -EIO;
-        const data = new Uint8Array(this.buffers, tag * this.maxIoBytes, bytes);
-        if (op === abi.UBLK_IO_OP_READ) {
-          this.stats.reads++;
-          await device.read(lba, blocks, data);
-        } else {
-          this.stats.writes++;
-          await device.write(lba, data);
-        }
-        return bytes;
-      }
-      case abi.UBLK_IO_OP_FLUSH:
-        this.stats.flushes++;
-        await device.flush();
-        return 0;
-      case abi.UBLK_IO_OP_DISCARD:
-        if (!device.canDiscard) return -EOPNOTSUPP;
-        if (!inRange) return -EIO;
-        this.stats.discards++;
-        await device.discard(lba, blocks);
-        return 0;
-      default:
-        return -EOPNOTSUPP;
-    }
   }
 
   /**
