@@ -20,7 +20,7 @@
  * not on a block boundary, is refused with EIO and never reaches the device.
  */
 import { closeSync, openSync } from 'node:fs';
-import type { BlockDevice } from '../drivers/block.js';
+import { BlockGoneError, type BlockDevice } from '../drivers/block.js';
 import { SyscallError, UpciError } from '../kernel/errors.js';
 import * as abi from '../kernel/linux/ublk-abi.js';
 import { UringCmdRing } from '../kernel/linux/uring-cmd.js';
@@ -34,6 +34,13 @@ export interface UblkExportOptions {
   readonly maxIoBytes?: number;
   /** The N of /dev/ublkbN; default: the kernel picks the lowest free one. */
   readonly id?: number;
+  /**
+   * Where the device comes from again when it is gone (BlockGoneError: its
+   * driver was restarted), e.g. `() => host.blockDevice('nvme0n1')`: the
+   * requests it failed, and those arriving meanwhile, wait for it and are
+   * issued to it, so the OS sees no error. Without it they fail with EIO.
+   */
+  readonly reacquire?: () => Promise<BlockDevice>;
 }
 
 export interface UblkExportStats {
@@ -164,8 +171,14 @@ export class UblkExport {
   private inFlight = 0;
   private drained: (() => void) | undefined;
 
+  /** Requests issued again to a new device after the one they went to was gone. */
+  reissued = 0;
+  /** The device being fetched again, while the one before is gone. */
+  private replacing: Promise<BlockDevice> | undefined;
+
   private constructor(
-    readonly device: BlockDevice,
+    private device: BlockDevice,
+    private readonly reacquire: (() => Promise<BlockDevice>) | undefined,
     private readonly control: Control,
     readonly id: number,
     readonly queueDepth: number,
@@ -208,7 +221,7 @@ export class UblkExport {
       abi.ublksrvCtrlDevInfo.set(infoBuf, 'ublksrv_pid', process.pid);
       await control.send('ADD_DEV', abi.ops.UBLK_U_CMD_ADD_DEV, requested, { addr: addressOf(info), len: abi.ublksrvCtrlDevInfo.size });
       const id = abi.ublksrvCtrlDevInfo.get(infoBuf, 'dev_id');
-      added = new UblkExport(device, control, id, queueDepth, maxIoBytes);
+      added = new UblkExport(device, options.reacquire, control, id, queueDepth, maxIoBytes);
 
       const params = allocShared(PAGE_SIZE);
       const p = Buffer.from(params, 0, abi.ublkParams.size);
@@ -287,10 +300,42 @@ export class UblkExport {
     else if (op === abi.UBLK_IO_OP_FLUSH) this.stats.flushes++;
     else if (op === abi.UBLK_IO_OP_DISCARD) this.stats.discards++;
     this.inFlight++;
-    serveUblkRequest(this.device, { op, sector, sectors }, new Uint8Array(this.buffers, tag * this.maxIoBytes, this.maxIoBytes)).then(
+    this.issue({ op, sector, sectors }, new Uint8Array(this.buffers, tag * this.maxIoBytes, this.maxIoBytes)).then(
       (result) => this.complete(tag, result),
       () => this.complete(tag, -EIO),
     );
+  }
+
+  /**
+   * Serves a request on the current device; when that device is gone and the
+   * export can reacquire one, waits for the new one (one fetch for every
+   * request that found it gone) and issues the request there again. Each
+   * request is idempotent (a write puts the same data in the same place).
+   */
+  private async issue(request: UblkRequest, buffer: Uint8Array): Promise<number> {
+    for (;;) {
+      const device = this.replacing === undefined ? this.device : await this.replacing;
+      try {
+        return await serveUblkRequest(device, request, buffer);
+      } catch (e) {
+        if (!(e instanceof BlockGoneError) || this.reacquire === undefined || this.closing !== undefined) throw e;
+        this.reissued++;
+        if (this.device === device && this.replacing === undefined) this.replacing = this.replace(device);
+      }
+    }
+  }
+
+  private async replace(gone: BlockDevice): Promise<BlockDevice> {
+    try {
+      const next = await this.reacquire!();
+      if (next.blockSize !== gone.blockSize || next.blockCount !== gone.blockCount) {
+        throw new UpciError('KERNEL', `${gone.name} came back as ${next.blockCount} blocks of ${next.blockSize} bytes, not ${gone.blockCount} of ${gone.blockSize}`, 'export the device again: /dev/ublkbN keeps the geometry it was made with');
+      }
+      this.device = next;
+      return next;
+    } finally {
+      this.replacing = undefined;
+    }
   }
 
   private complete(tag: number, result: number): void {
