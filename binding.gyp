@@ -17,6 +17,21 @@
       ]
     },
     {
+      "target_name": "upci_uring",
+      "sources": [
+        "kernel/native/uring_cmd.cc"
+      ],
+      "include_dirs": [
+        "kernel/native"
+      ],
+      "cflags_cc": [
+        "-std=c++20",
+        "-Wall",
+        "-Wextra",
+        "-Werror"
+      ]
+    },
+    {
       "target_name": "upci_irq",
       "sources": [
         "workers/native/interrupt_watcher.cc"

@@ -23,6 +23,7 @@ export type UpciErrorCode =
   | 'UNSUPPORTED'
   /** The device does not offer what was asked of it (an interrupt type, a number of vectors): asking again cannot help. */
   | 'NOT_OFFERED'
+  | 'NO_UBLK'
   | 'KERNEL';
 
 export class UpciError extends Error {

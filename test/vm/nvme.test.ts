@@ -15,10 +15,9 @@
  * there it runs in the main thread ('nvme-main').
  */
 import test, { type ExecutionContext } from 'ava';
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { open, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BlockProxy } from '../../actors/block-service.js';
@@ -41,6 +40,7 @@ import { bench, dmarFaults, type DmarFault, iovaSpace, sysfsBusMaster, sysfsConf
 import { recordingPort, resetsAndCloses, type PortRecord } from '../support/recording-port.js';
 import { until } from '../support/bounded.js';
 import { run, type Run, type RunOptions } from './host-run.js';
+import { misplacedInImage, sh } from './disk-check.js';
 import diskUser, { BLOCKS, DISK, FIRST_LBA, mismatches } from '../fixtures/disk-user-driver.js';
 import { rememberSource } from '../../actors/driver-source.js';
 
@@ -559,30 +559,6 @@ test.serial('command timeout: an admin command the controller never saw (dropAdm
   await stoppedAfter(t, r, 0, testStarted);
 });
 
-/** Runs a program to completion without blocking this process's event loop (it serves the NBD device the program uses). */
-function sh(t: { log(...v: unknown[]): void }, command: string, args: readonly string[], timeoutMs = 120_000, log = true): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`${command} ${args.join(' ')} did not finish within ${timeoutMs} ms:\n${out}`));
-    }, timeoutMs);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      if (log || code !== 0) t.log(`$ ${command} ${args.join(' ')} -> ${code ?? signal}${out.trim() ? `\n${out.trim()}` : ''}`);
-      if (code === 0) resolve(out);
-      else reject(new Error(`${command} ${args.join(' ')} exited with ${code ?? signal}:\n${out}`));
-    });
-  });
-}
-
 test.serial('NBD export: mkfs.ext4, mount, copy 20 MB of files, unmount, fsck -n clean, remount, checksums match; the host keeps running when the client disconnects', async (t) => {
   const r = run(t, { devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 2, queueDepth: 32 } }] });
   const ns = await namespace(r, 'nvme0n2');
@@ -607,27 +583,8 @@ test.serial('NBD export: mkfs.ext4, mount, copy 20 MB of files, unmount, fsck -n
     await sh(t, 'mount', ['-t', 'ext4', '-o', 'ro', nbd, mnt]);
     // Asynchronous reads only: this process serves the NBD device they go to (a sync read would deadlock it).
     for (const f of files) t.is(sha256(await readFile(join(mnt, f.name))), sha256(f.data), `${f.name} after the remount`);
-    // Each file's bytes where the file system put them, in QEMU's backing image on the host (not through
-    // the export): an export that mapped offsets to the wrong blocks, consistently both ways, passes the
-    // checks above and fails here.
-    const image = await open(join(OUT, 'nvme0n2.img'));
-    try {
-      const misplaced: string[] = [];
-      for (const f of files) {
-        const extents = [...(await sh(t, 'filefrag', ['-v', '-b512', join(mnt, f.name)], 120_000, false)).matchAll(/^\s*\d+:\s+(\d+)\.\.\s*\d+:\s+(\d+)\.\.\s*\d+:\s+(\d+):/gm)]
-          .map((m) => ({ logical: Number(m[1]) * 512, physical: Number(m[2]) * 512, bytes: Number(m[3]) * 512 }));
-        const covered = extents.reduce((n, e) => n + e.bytes, 0);
-        if (covered < f.data.length) misplaced.push(`${f.name}: extents cover ${covered} of ${f.data.length} bytes`);
-        for (const e of extents) {
-          const want = f.data.subarray(e.logical, Math.min(e.logical + e.bytes, f.data.length));
-          const { buffer } = await image.read({ buffer: Buffer.alloc(want.length), position: e.physical });
-          if (!buffer.equals(want)) misplaced.push(`${f.name}: bytes ${e.logical}.. differ at image offset ${e.physical}`);
-        }
-      }
-      t.deepEqual(misplaced, [], 'every file\'s bytes are in the host\'s image (nvme0n2.img) where the file system put them');
-    } finally {
-      await image.close();
-    }
+    t.deepEqual(await misplacedInImage(t, join(OUT, 'nvme0n2.img'), mnt, files), [],
+      'every file\'s bytes are in the host\'s image (nvme0n2.img) where the file system put them');
     await sh(t, 'umount', [mnt]);
     await sh(t, 'nbd-client', ['-d', nbd]);
     connected = false;
