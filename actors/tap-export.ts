@@ -18,7 +18,7 @@
  */
 import { readFileSync, readSync, writeSync } from 'node:fs';
 import type { Subscription } from 'rxjs';
-import { MAX_FRAME, parseMac, type PacketPort } from '../drivers/packet.js';
+import { ETHER_HEADER, MAX_FRAME, parseMac, type PacketPort } from '../drivers/packet.js';
 import { openTap, type Tap } from '../kernel/linux/tap.js';
 import { watchReadable, type SourceWatch } from '../workers/interrupt-watcher.js';
 
@@ -35,12 +35,14 @@ export interface TapCounters {
   toKernelDropped: number;
   /** Frames from the kernel longer than the port carries (the TAP's MTU raised past 1500): dropped. */
   oversize: number;
+  /** Frames from the kernel shorter than an Ethernet header, which the port refuses: dropped, not sent with the batch. */
+  runts: number;
   /** Times the TAP's fd woke this thread with frames to read. */
   wakeUps: number;
 }
 
 export class TapExport {
-  readonly counters: TapCounters = { toWire: 0, toKernel: 0, toKernelDropped: 0, oversize: 0, wakeUps: 0 };
+  readonly counters: TapCounters = { toWire: 0, toKernel: 0, toKernelDropped: 0, oversize: 0, runts: 0, wakeUps: 0 };
   private readonly subscription: Subscription;
   private readonly attachment: Subscription;
   private readonly buffers = Array.from({ length: BATCH }, () => Buffer.alloc(2048));
@@ -117,6 +119,7 @@ export class TapExport {
       }
       // A frame the port would refuse would refuse the whole batch with it.
       if (n > MAX_FRAME) this.counters.oversize++;
+      else if (n > 0 && n < ETHER_HEADER) this.counters.runts++;
       else if (n > 0) frames.push(this.buffers[i]!.subarray(0, n));
     }
     if (frames.length === 0) return;
