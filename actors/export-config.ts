@@ -4,6 +4,7 @@
  * provider's restarts (actors/exports.ts).
  *
  *   "exports": [
+ *     { "ublk": "nvme0n1", "id": 0, "queueDepth": 64 },                           // a block device as /dev/ublkbN (Linux >= 6.0, ublk_drv; id and queueDepth optional)
  *     { "nbd": "nvme0n1", "socket": "/run/upci/nvme0n1.sock", "mode": "0600" },  // a block device over NBD (mode: default "0600")
  *     { "tap": "nic0", "ifname": "upci0" }                                        // a NIC's packet port as a TAP interface
  *   ]
@@ -17,6 +18,7 @@
 import { isAbsolute } from 'node:path';
 import type { PciAddress } from '../kernel/pci-address.js';
 import { INTERFACE_NAME_FIX, interfaceNameProblem } from '../kernel/linux/interface-name.js';
+import { UBLK_MAX_QUEUE_DEPTH } from '../kernel/linux/ublk-abi.js';
 import { ConfigError, describe } from './config-error.js';
 import { object, onlyKeys, type Json } from './config-schema.js';
 
@@ -37,13 +39,21 @@ export interface NbdExportEntry extends Exported {
   readonly mode: number;
 }
 
+/** A block device as the kernel's /dev/ublkbN (ublk_drv). */
+export interface UblkExportEntry extends Exported {
+  readonly kind: 'ublk';
+  /** The N of /dev/ublkbN, or undefined: the kernel picks. */
+  readonly id: number | undefined;
+  readonly queueDepth: number;
+}
+
 /** A NIC's packet port as a TAP interface of the kernel's network stack. */
 export interface TapExportEntry extends Exported {
   readonly kind: 'tap';
   readonly ifname: string;
 }
 
-export type ExportEntry = NbdExportEntry | TapExportEntry;
+export type ExportEntry = UblkExportEntry | NbdExportEntry | TapExportEntry;
 export type ExportKindName = ExportEntry['kind'];
 
 /** A device entry, as exports see it. */
@@ -89,16 +99,45 @@ function fileMode(value: unknown, path: string): number {
   return parseInt(value, 8);
 }
 
+/** A whole number in [min, max], or `fallback` when not given. */
+function count(value: unknown, path: string, fallback: number | undefined, min: number, max: number): number | undefined {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw new ConfigError(path, `expected a whole number from ${min} to ${max}, got ${describe(value)}`, { fix: fallback === undefined ? 'leave it out for the default' : `leave it out for ${fallback}` });
+  }
+  return value;
+}
+
+const BLOCK_NAMING = 'a block device is named after its device entry\'s "name" (nvme0 provides nvme0n1, nvme0n2...)';
+
+/** The device that provides a block device: the longest device name it starts with ("nvme0n1" is nvme0's even when another device is named "nvme"). */
+const blockProvider = (name: string, devices: readonly NamedDevice[]) => devices
+  .filter((d) => name.length > d.name.length && name.startsWith(d.name))
+  .sort((a, b) => b.name.length - a.name.length)[0];
+
+/** The highest /dev/ublkbN number (ublk_drv's UBLK_MAX_UBLKS: minors of its char device region). */
+const UBLK_MAX_ID = (1 << 20) - 1;
+
 /** The kinds an export may be, by their kind key. */
 const EXPORT_KINDS: Record<ExportKindName, ExportKind> = {
+  ublk: {
+    keys: ['id', 'queueDepth'],
+    noun: 'a block device',
+    naming: BLOCK_NAMING,
+    provider: blockProvider,
+    parse: (entry, path, exported) => ({
+      kind: 'ublk', ...exported,
+      id: count(entry.id, `${path}.id`, undefined, 0, UBLK_MAX_ID),
+      queueDepth: count(entry.queueDepth, `${path}.queueDepth`, 64, 1, UBLK_MAX_QUEUE_DEPTH)!,
+    }),
+    // The kernel has one /dev/ublkbN per number; an export of a block device is one disk.
+    exclusive: (e) => [['ublk', e.service], ...((e as UblkExportEntry).id === undefined ? [] : [['id', String((e as UblkExportEntry).id)] as const])],
+  },
   nbd: {
     keys: ['socket', 'mode'],
     noun: 'a block device',
-    naming: 'a block device is named after its device entry\'s "name" (nvme0 provides nvme0n1, nvme0n2...)',
-    // The longest device name it starts with: "nvme0n1" is nvme0's even when another device is named "nvme".
-    provider: (name, devices) => devices
-      .filter((d) => name.length > d.name.length && name.startsWith(d.name))
-      .sort((a, b) => b.name.length - a.name.length)[0],
+    naming: BLOCK_NAMING,
+    provider: blockProvider,
     parse: (entry, path, exported) => ({
       kind: 'nbd', ...exported, socket: socketPath(entry.socket, `${path}.socket`), mode: fileMode(entry.mode, `${path}.mode`),
     }),

@@ -22,10 +22,11 @@ import type { PacketPort } from '../drivers/packet.js';
 import { UpciError } from '../kernel/errors.js';
 import type { PciAddress } from '../kernel/pci-address.js';
 import type { HostEvent } from './events.js';
-import type { ExportEntry, ExportKindName, NbdExportEntry, TapExportEntry } from './export-config.js';
+import type { ExportEntry, ExportKindName, NbdExportEntry, TapExportEntry, UblkExportEntry } from './export-config.js';
 import { FollowingBlockDevice } from './following-block-device.js';
 import { NbdServer } from './nbd-server.js';
 import { TapExport } from './tap-export.js';
+import { UblkExport } from './ublk-export.js';
 
 /** What the exports need of the host. */
 export interface ExportHost {
@@ -84,24 +85,57 @@ async function listenNbd(entry: NbdExportEntry, device: BlockDevice): Promise<Nb
   return NbdServer.listen(entry.socket, [{ name: entry.service, device }], { mode: entry.mode });
 }
 
+/**
+ * The block device `entry` exports, once its provider provides it, as one object that follows the provider across
+ * its restarts; undefined when the host stopped first.
+ */
+async function followedBlockDevice(entry: UblkExportEntry | NbdExportEntry, context: OpenContext): Promise<FollowingBlockDevice | undefined> {
+  let first: BlockDevice | undefined;
+  while (first === undefined) {
+    // A refusal (not provided within the wait) is asked again; the host's stop ends the asking, and so does a
+    // refusal that is final (its provider's device released: it will not be provided), which fails the export.
+    const got = await unlessStopped(context, context.host.blockDevice(entry.service, FIRST_WAIT_MS).then((d) => ({ d }), (e: unknown) => {
+      if (e instanceof UpciError && e.code === 'RELEASED') throw e;
+      return { d: undefined };
+    }));
+    if (got === undefined) return undefined;
+    first = got.d;
+  }
+  return new FollowingBlockDevice(
+    first, (ms) => context.host.blockDevice(entry.service, ms), { waitMs: FOLLOW_WAIT_MS, maxWaiting: MAX_WAITING },
+    (stats) => context.note('followed', `incarnation ${stats.incarnations} of its driver; ${stats.waiting} request(s) waited for it`),
+  );
+}
+
+const ublk: Opener<UblkExportEntry> = {
+  target: (entry) => (entry.id === undefined ? '/dev/ublkb (the kernel\'s next number)' : `/dev/ublkb${entry.id}`),
+  async open(entry, context) {
+    const device = await followedBlockDevice(entry, context);
+    if (device === undefined) return undefined;
+    let disk: UblkExport;
+    try {
+      // The following device re-issues what a restart failed: the export itself needs no reacquire.
+      disk = await UblkExport.open(device, { queueDepth: entry.queueDepth, ...(entry.id === undefined ? {} : { id: entry.id }) });
+    } catch (e) {
+      device.close('the export could not be opened');
+      throw e;
+    }
+    return {
+      detail: `${disk.path}: ${device.blockCount} blocks of ${device.blockSize} B, queue depth ${entry.queueDepth}`,
+      providerGone: (reason) => device.close(reason),
+      close: async () => {
+        await disk.close();
+        device.close('the export was closed');
+      },
+    };
+  },
+};
+
 const nbd: Opener<NbdExportEntry> = {
   target: (entry) => entry.socket,
   async open(entry, context) {
-    let first: BlockDevice | undefined;
-    while (first === undefined) {
-      // A refusal (not provided within the wait) is asked again; the host's stop ends the asking, and so does a
-      // refusal that is final (its provider's device released: it will not be provided), which fails the export.
-      const got = await unlessStopped(context, context.host.blockDevice(entry.service, FIRST_WAIT_MS).then((d) => ({ d }), (e: unknown) => {
-        if (e instanceof UpciError && e.code === 'RELEASED') throw e;
-        return { d: undefined };
-      }));
-      if (got === undefined) return undefined;
-      first = got.d;
-    }
-    const device = new FollowingBlockDevice(
-      first, (ms) => context.host.blockDevice(entry.service, ms), { waitMs: FOLLOW_WAIT_MS, maxWaiting: MAX_WAITING },
-      (stats) => context.note('followed', `incarnation ${stats.incarnations} of its driver; ${stats.waiting} request(s) waited for it`),
-    );
+    const device = await followedBlockDevice(entry, context);
+    if (device === undefined) return undefined;
     const server = await listenNbd(entry, device);
     return {
       detail: `${device.blockCount} blocks of ${device.blockSize} B, mode 0${entry.mode.toString(8)}`,
@@ -138,7 +172,7 @@ const tap: Opener<TapExportEntry> = {
   },
 };
 
-const OPENERS: { readonly [K in ExportKindName]: Opener<Extract<ExportEntry, { kind: K }>> } = { nbd, tap };
+const OPENERS: { readonly [K in ExportKindName]: Opener<Extract<ExportEntry, { kind: K }>> } = { ublk, nbd, tap };
 
 const opener = (entry: ExportEntry) => OPENERS[entry.kind] as Opener<ExportEntry>;
 

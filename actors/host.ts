@@ -382,15 +382,15 @@ export class DriverHost {
       const started = performance.now();
       this.watchAll();
       this.emit({ type: 'host', at: Date.now(), phase: 'stopping' });
-      // The exports' OS side (socket files, interfaces) goes at once; their providers stop beside them.
+      let timer: NodeJS.Timeout | undefined;
+      const deadline = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), this.config.shutdownTimeoutMs)));
+      // The exports go first, while their providers still serve: a ublk disk's stop writes back what the kernel
+      // still holds for it, through the driver. Within the same bound as the rest.
       const exportsClosed = this.exports.close();
+      await Promise.race([exportsClosed, deadline]);
       for (const port of this.ports.values()) port.stop();
       this.actor.send({ type: 'SHUTDOWN' });
-      let timer: NodeJS.Timeout | undefined;
-      const overran = await Promise.race([
-        this.settled.then(() => false),
-        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), this.config.shutdownTimeoutMs))),
-      ]);
+      const overran = await Promise.race([this.settled.then(() => false), deadline]);
       clearTimeout(timer);
       if (overran) this.forceRelease(`graceful release took longer than ${this.config.shutdownTimeoutMs} ms`);
       const devices = await this.settled;

@@ -123,6 +123,21 @@ test('exports: each bad entry is one error naming its key', (t) => {
   bad([{ tap: 'nic0', ifname: 'upci0' }, { nbd: 'nvme0n1', socket: '/run/a.sock' }, { tap: 'nic0', ifname: 'upci0' }], 'exports[2].tap: "nic0" is already exported by exports[0]');
 });
 
+test('exports: a ublk export of a block device, its id and queue depth checked; one disk per block device and per id', (t) => {
+  const config = parse({ devices: [nvme, nic], exports: [{ ublk: 'nvme0n1' }, { ublk: 'nvme0n2', id: 3, queueDepth: 128 }] });
+  t.deepEqual(config.exports, [
+    { kind: 'ublk', path: 'exports[0]', service: 'nvme0n1', address: '0000:00:07.0', id: undefined, queueDepth: 64 },
+    { kind: 'ublk', path: 'exports[1]', service: 'nvme0n2', address: '0000:00:07.0', id: 3, queueDepth: 128 },
+  ]);
+  const bad = (exports: unknown, message: string) => rejects(t, { devices: [nvme, nic], exports }, message);
+  bad([{ ublk: 'nic0' }], 'exports[0].ublk: "nic0" is not a block device of this config');
+  bad([{ ublk: 'nvme0n1', queueDepth: 0 }], 'exports[0].queueDepth: expected a whole number from 1 to 4096, got 0');
+  bad([{ ublk: 'nvme0n1', id: -1 }], 'exports[0].id: expected a whole number from 0 to 1048575, got -1');
+  bad([{ ublk: 'nvme0n1', socket: '/run/a.sock' }], 'exports[0].socket: unknown key');
+  bad([{ ublk: 'nvme0n1' }, { ublk: 'nvme0n1' }], 'exports[1].ublk: "nvme0n1" is already exported by exports[0]');
+  bad([{ ublk: 'nvme0n1', id: 2 }, { ublk: 'nvme0n2', id: 2 }], 'exports[1].id: "2" is already exported by exports[0]');
+});
+
 test('exports: the fix names how services are named and the devices there are', (t) => {
   const err = t.throws(() => parse({ devices: [nvme, nic], exports: [{ nbd: 'sda', socket: '/run/a.sock' }] }), { instanceOf: ConfigError }) as ConfigError;
   t.is(err.path, 'exports[0].nbd');

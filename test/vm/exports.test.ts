@@ -15,7 +15,7 @@ import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from '
 import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { createInterface } from 'node:readline';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { parsePciAddress } from '../../kernel/pci-address.js';
 import { defaultDevices, guestAddress } from '../../vm/bench.js';
 import { KernelPeer } from '../../vm/net/kernel-peer.js';
@@ -109,6 +109,43 @@ const REGION = 4 * MiB;
  */
 const FAULT_AT = 150;
 
+/**
+ * Writes `data` (in the file `source`) to the block device `dev` of an export, then reads it back pass after pass
+ * until a whole pass ran after the export followed the driver's next incarnation (the fault comes within the first
+ * passes), and checks: the driver failed and was restarted, the export followed, every pass read what was written,
+ * the kernel logged no I/O error since `logged` lines of its log, and the namespace `image`'s backing file holds it.
+ */
+async function writeThenReadThroughRestart(t: ExecutionContext, upci: UpciRun, dev: string, source: string, data: Uint8Array, exported: string, image: string, logged: number): Promise<void> {
+  await sh(t, 'dd', [`if=${source}`, `of=${dev}`, 'bs=64k', 'oflag=direct', 'conv=fsync', 'status=none']);
+  t.false(/restart #/.test(upci.output()), `the driver's first incarnation took the write (FAULT_AT ${FAULT_AT} is past it)`);
+  const passes: string[] = [];
+  const followed = new RegExp(` export ${exported} at \\S+ followed`);
+  let after = -1;
+  for (let pass = 0; pass < 12 && (after < 0 || pass <= after); pass++) {
+    const into = join(dirname(source), `read-${pass}.bin`);
+    await sh(t, 'dd', [`if=${dev}`, `of=${into}`, 'bs=64k', `count=${REGION / (64 * 1024)}`, 'iflag=direct', 'status=none']);
+    passes.push(sha256(readFileSync(into)));
+    if (after < 0 && followed.test(upci.output())) after = pass + 1;
+  }
+  t.log(upci.output().split('\n').filter((l) => / fault | restart #| export /.test(l)).join('\n'));
+  t.regex(upci.output(), new RegExp(`${NVME0} fault .*fault injection: failAfterCompletions`), 'the driver failed');
+  t.regex(upci.output(), new RegExp(`${NVME0} restart #1`), 'the host restarted it');
+  t.regex(upci.output(), new RegExp(` export ${exported} at \\S+ followed: incarnation 2 of its driver`), 'the export followed the next incarnation');
+  t.true(after > 0 && passes.length > after, `a whole read pass ran after the restart (${passes.length} passes)`);
+  t.deepEqual(passes, passes.map(() => sha256(data)), 'every pass, before, through and after the restart, read what was written');
+  const kernelLog = (await sh(t, 'dmesg', [], true)).split('\n').slice(logged - 1);
+  const name = dev.slice('/dev/'.length);
+  t.deepEqual(kernelLog.filter((l) => (l.includes(name) || /I\/O error/.test(l)) && /error|fail|dead/i.test(l)), [], `the kernel logged no I/O error on ${name}`);
+  // Where the driver put it: QEMU's backing image on the host, not read back through the same driver.
+  const file = await open(join(OUT, `${image}.img`));
+  try {
+    const { buffer } = await file.read({ buffer: Buffer.alloc(REGION), position: 0 });
+    t.is(sha256(buffer), sha256(data), `the namespace's backing image (${image}.img) holds what the client wrote`);
+  } finally {
+    await file.close();
+  }
+}
+
 test.serial('an nbd export from the config: /dev/nbdN reads and writes the namespace; the nvme driver fails and is restarted by the host, the client stays connected and every read returns the right data with no I/O error; the socket (mode 0600) is removed at SIGINT', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'upci-exports-'));
   // A directory that does not exist yet: the host makes it.
@@ -131,34 +168,8 @@ test.serial('an nbd export from the config: /dev/nbdN reads and writes the names
   const logged = (await sh(t, 'dmesg', [], true)).split('\n').length;
   await sh(t, 'nbd-client', ['-N', 'nvme0n1', '-b', opened[3]!, '-u', socket, NBD]);
   let connected = true;
-  const passes: string[] = [];
   try {
-    await sh(t, 'dd', [`if=${source}`, `of=${NBD}`, 'bs=64k', 'oflag=direct', 'conv=fsync', 'status=none']);
-    t.false(/restart #/.test(upci.output()), `the driver's first incarnation took the write (FAULT_AT ${FAULT_AT} is past it)`);
-    // Until a whole pass ran after the export followed the next incarnation (bounded: the fault comes within the first passes).
-    let after = -1;
-    for (let pass = 0; pass < 12 && (after < 0 || pass <= after); pass++) {
-      const into = join(dir, `read-${pass}.bin`);
-      await sh(t, 'dd', [`if=${NBD}`, `of=${into}`, 'bs=64k', `count=${REGION / (64 * 1024)}`, 'iflag=direct', 'status=none']);
-      passes.push(sha256(readFileSync(into)));
-      if (after < 0 && / export nbd nvme0n1 at \S+ followed/.test(upci.output())) after = pass + 1;
-    }
-    t.log(upci.output().split('\n').filter((l) => / fault | restart #| export /.test(l)).join('\n'));
-    t.regex(upci.output(), new RegExp(`${NVME0} fault .*fault injection: failAfterCompletions`), 'the driver failed');
-    t.regex(upci.output(), new RegExp(`${NVME0} restart #1`), 'the host restarted it');
-    t.regex(upci.output(), / export nbd nvme0n1 at \S+ followed: incarnation 2 of its driver/, 'the export followed the next incarnation');
-    t.true(after > 0 && passes.length > after, `a whole read pass ran after the restart (${passes.length} passes)`);
-    t.deepEqual(passes, passes.map(() => sha256(data)), 'every pass, before, through and after the restart, read what was written');
-    const kernelLog = (await sh(t, 'dmesg', [], true)).split('\n').slice(logged - 1);
-    t.deepEqual(kernelLog.filter((l) => /nbd1|I\/O error/.test(l) && /error|fail|dead/i.test(l)), [], 'the kernel logged no I/O error on the nbd device');
-    // Where the driver put it: QEMU's backing image on the host, not read back through the same driver.
-    const image = await open(join(OUT, 'nvme0n1.img'));
-    try {
-      const { buffer } = await image.read({ buffer: Buffer.alloc(REGION), position: 0 });
-      t.is(sha256(buffer), sha256(data), 'the namespace\'s backing image holds what the client wrote');
-    } finally {
-      await image.close();
-    }
+    await writeThenReadThroughRestart(t, upci, NBD, source, data, 'nbd nvme0n1', 'nvme0n1', logged);
     await sh(t, 'nbd-client', ['-d', NBD]);
     connected = false;
   } finally {
@@ -167,6 +178,31 @@ test.serial('an nbd export from the config: /dev/nbdN reads and writes the names
   t.is(await upci.stop(), 0, 'upci run exits 0 at SIGINT');
   t.regex(upci.output(), / export nbd nvme0n1 at \S+ closed: removed/);
   t.false(existsSync(socket), 'the socket file is gone');
+});
+
+const UBLK_ID = 5;
+
+test.serial('a ublk export from the config: /dev/ublkbN reads and writes the namespace; the nvme driver fails and is restarted by the host, every read returns the right data with no I/O error; the disk is removed at SIGINT', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'upci-exports-'));
+  const dev = `/dev/ublkb${UBLK_ID}`;
+  const upci = upciRun(t, dir, {
+    watchdogMs: 3000,
+    restart: { initialDelayMs: 50, maxDelayMs: 1000, maxRestarts: 2 },
+    devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 1, queueDepth: 16, failAfterCompletions: FAULT_AT } }],
+    exports: [{ ublk: 'nvme0n2', id: UBLK_ID }],
+  });
+  const opened = await upci.waitFor('the export opened', /export ublk nvme0n2 at (\S+) open: (\S+): (\d+) blocks of (\d+) B/, 240_000);
+  t.is(opened[1], dev, 'the status output names the disk');
+  t.is(opened[2], dev);
+  t.true(statSync(dev).isBlockDevice());
+  const data = pattern(REGION, 2027);
+  const source = join(dir, 'pattern.bin');
+  writeFileSync(source, data);
+  const logged = (await sh(t, 'dmesg', [], true)).split('\n').length;
+  await writeThenReadThroughRestart(t, upci, dev, source, data, 'ublk nvme0n2', 'nvme0n2', logged);
+  t.is(await upci.stop(), 0, 'upci run exits 0 at SIGINT');
+  t.regex(upci.output(), / export ublk nvme0n2 at \S+ closed: removed/);
+  t.false(existsSync(dev), 'the disk is gone');
 });
 
 test.serial('a tap export from the config: the TAP interface is made and set up, ping -6 to the link partner over IPv6 link-local answers, 50 MB over TCP arrive intact, no IPv4 on it; the interface is deleted at SIGINT', async (t) => {
