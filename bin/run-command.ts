@@ -21,18 +21,37 @@ import { builtinDrivers } from '../drivers/index.js';
 import { loadHostConfig } from '../actors/config.js';
 import { withConfigDrivers } from '../actors/driver-modules.js';
 import { DriverHost } from '../actors/host.js';
+import { EventSocket } from '../actors/event-socket.js';
 import { showStatus } from './status-view.js';
 
-export const RUN_USAGE = '  run <config> [--duration S] [--watch]   run the drivers of a JSON config until SIGINT/SIGTERM or S seconds;\n'
-  + '                                          --watch restarts a driver (in a new thread, device kept) when its module file changes';
+export const RUN_USAGE = '  run <config> [--duration S] [--watch] [--events PATH [--events-mode MODE]]\n'
+  + '                                          run the drivers of a JSON config until SIGINT/SIGTERM or S seconds;\n'
+  + '                                          --watch restarts a driver (in a new thread, device kept) when its module file changes;\n'
+  + '                                          --events serves the host\'s events on a unix socket for `upci status` (mode default 0600)';
 
-function parseArgs(args: readonly string[]): { config: string; durationS: number | undefined; watch: boolean } | string {
+interface RunArgs {
+  readonly config: string;
+  readonly durationS: number | undefined;
+  readonly watch: boolean;
+  readonly events: string | undefined;
+  readonly eventsMode: string | undefined;
+}
+
+function parseArgs(args: readonly string[]): RunArgs | string {
   let config: string | undefined;
   let durationS: number | undefined;
   let watch = false;
+  let events: string | undefined;
+  let eventsMode: string | undefined;
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]!;
     if (arg === '--watch') watch = true;
+    else if (arg === '--events' || arg === '--events-mode') {
+      const value = args[++i];
+      if (value === undefined || value.startsWith('-')) return `${arg} expects ${arg === '--events' ? 'a socket path' : 'an octal mode such as 0660'}`;
+      if (arg === '--events') events = value;
+      else eventsMode = value;
+    }
     else if (arg === '--duration') {
       const value = Number(args[++i]);
       if (!(value > 0)) return `--duration expects a positive number of seconds, got ${JSON.stringify(args[i] ?? '')}`;
@@ -40,7 +59,8 @@ function parseArgs(args: readonly string[]): { config: string; durationS: number
     } else if (config === undefined && !arg.startsWith('-')) config = arg;
     else return `unexpected argument ${JSON.stringify(arg)}`;
   }
-  return config === undefined ? 'expects a config file' : { config, durationS, watch };
+  if (eventsMode !== undefined && events === undefined) return '--events-mode needs --events PATH';
+  return config === undefined ? 'expects a config file' : { config, durationS, watch, events, eventsMode };
 }
 
 /** How long a module file must stay unchanged before its drivers restart (editors write in several steps). */
@@ -70,6 +90,14 @@ export async function runCommand(args: readonly string[]): Promise<number> {
   }
   const host = DriverHost.claim(loadHostConfig(parsed.config, await withConfigDrivers(parsed.config, builtinDrivers)));
   showStatus(host.events, process.stdout);
+  let eventSocket: EventSocket | undefined;
+  try {
+    eventSocket = parsed.events === undefined ? undefined : await EventSocket.listen(host.events, parsed.events, parsed.eventsMode);
+  } catch (e) {
+    // Nothing started yet: the claimed devices go back before the error is said.
+    await host.shutdown();
+    throw e;
+  }
   let stop!: () => void;
   const stopRequested = new Promise<void>((resolve) => (stop = resolve));
   let signalled = false;
@@ -95,5 +123,6 @@ export async function runCommand(args: readonly string[]): Promise<number> {
   clearTimeout(duration);
   for (const w of watchers) w.close();
   const report = await host.shutdown();
+  await eventSocket?.close();
   return !report.forced && report.devices.every((d) => d.released.error === undefined) ? 0 : 1;
 }

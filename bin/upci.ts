@@ -8,6 +8,7 @@ import { bindVfio, defaultRoots, groupBlockers, listFunctions, unbindVfio, type 
 import { formatId } from '../pci/config.js';
 import { PciDevice } from '../pci/device.js';
 import { RUN_USAGE, runCommand } from './run-command.js';
+import { STATUS_USAGE, statusCommand } from './status-command.js';
 import { bindForUser, parseDeviceArgs, udevRuleFor, USER_USAGE } from './user-command.js';
 
 const USAGE = `usage: upci <command>
@@ -16,7 +17,8 @@ const USAGE = `usage: upci <command>
 ${USER_USAGE}
   unbind <address>   give it back to its kernel driver (root)
   info <address>     BARs, capabilities and interrupts of a function bound to vfio-pci
-${RUN_USAGE}`;
+${RUN_USAGE}
+${STATUS_USAGE}`;
 
 function usability(f: PciFunctionInfo): string {
   // vfio-pci refuses bridges, and handing a host or ISA bridge to userland would take the machine with it.
@@ -107,6 +109,8 @@ const argv = process.argv.slice(2);
 if (argv[0] === 'run') {
   // No process.exit(): it would wait on the interrupt worker's thread; once every device is released nothing keeps the process.
   runCommand(argv.slice(1)).then((status) => (process.exitCode = status), fail);
+} else if (argv[0] === 'status') {
+  statusCommand(argv.slice(1)).then((status) => (process.exitCode = status), fail);
 } else {
   try {
     process.exitCode = main(argv);
