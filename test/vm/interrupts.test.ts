@@ -244,11 +244,11 @@ test('closing the device disestablishes its vectors and completes their streams'
   t.like(late, { code: 'RELEASED' });
 });
 
-test('asking for more vectors than the device has is a clear error', (t) => {
+test('asking for more vectors than the device has is a clear error (NOT_OFFERED: no retry can change it)', (t) => {
   const edu = PciDevice.open(bench.edu);
   try {
-    t.throws(() => Interrupts.establish(edu, { type: 'msix' }), { code: 'OUT_OF_RANGE', message: /offers 0 msix/ } as never);
-    t.throws(() => Interrupts.establish(edu, { type: 'msi', vectors: 4 }), { code: 'OUT_OF_RANGE', message: /offers 1 msi/ } as never);
+    t.throws(() => Interrupts.establish(edu, { type: 'msix' }), { code: 'NOT_OFFERED', message: /offers 0 msix/ } as never);
+    t.throws(() => Interrupts.establish(edu, { type: 'msi', vectors: 4 }), { code: 'NOT_OFFERED', message: /offers 1 msi/ } as never);
   } finally {
     edu.close();
   }
