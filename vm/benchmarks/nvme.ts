@@ -10,25 +10,14 @@
 // BlockDevice load on the driver in the main thread and in its own thread (through the
 // shared-memory rings of actors/block-service.ts): with a promise per read into unregistered
 // shared memory (bounced), and on registered memory (no promise, no map, no copy).
-import { execFile } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
-import { promisify } from 'node:util';
 import type { BlockDevice } from '../../drivers/block.js';
 import { defaultDevices, findProjectRoot, guestAddress } from '../bench.js';
 import { benchmarkMain } from './harness.js';
+import { fio, kernelController, kernelNvme } from './kernel-nvme.js';
 
-const run = promisify(execFile);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const upciController = defaultDevices.find((d) => d.model === 'nvme' && d.slot === '0a.0')!;
-const kernelController = defaultDevices.find((d) => d.model === 'nvme' && d.slot === '0b.0')!;
 
-/** busybox insmod does no dependency resolution: nvme.ko's chain, in order. */
-const NVME_MODULES = [
-  'crypto/crct10dif_common', 'crypto/crct10dif_generic', 'lib/crc-t10dif', 'lib/crc64', 'crypto/crc64_rocksoft_generic',
-  'lib/crc64-rocksoft', 'block/t10-pi', 'drivers/nvme/host/nvme-core', 'drivers/nvme/host/nvme',
-];
 
 interface Row {
   readonly iops: number;
@@ -97,37 +86,9 @@ async function upciRows(seconds: number): Promise<Record<string, Row>> {
 }
 
 async function kernelRows(root: string, seconds: number): Promise<Record<string, Row>> {
-  const base = readdirSync(join(root, '.cache', 'vm')).find((d) => d.startsWith('linux-image-'));
-  if (base === undefined) throw new Error('no extracted kernel package under .cache/vm: run vm/setup.sh');
-  const modules = join(root, '.cache', 'vm', base, 'lib', 'modules');
-  const kver = readdirSync(modules)[0]!;
-  for (const m of NVME_MODULES) await run('busybox', ['insmod', join(modules, kver, 'kernel', `${m}.ko`)]);
-  const address = guestAddress(kernelController);
-  let dev: string | undefined;
-  for (let i = 0; i < 200 && dev === undefined; i++) {
-    const dir = `/sys/bus/pci/devices/${address}/nvme`;
-    const name = existsSync(dir) ? readdirSync(dir)[0] : undefined;
-    if (name !== undefined && existsSync(`/dev/${name}n1`)) dev = `/dev/${name}n1`;
-    else await sleep(50);
-  }
-  if (dev === undefined) throw new Error(`the kernel's nvme driver did not bring up ${address} within 10 s`);
+  const dev = await kernelNvme(root);
   const rows: Record<string, Row> = {};
-  for (const depth of [1, 32]) {
-    const { stdout } = await run('fio', [
-      '--name=randread', `--filename=${dev}`, '--rw=randread', '--bs=4k', '--direct=1', '--ioengine=io_uring', `--iodepth=${depth}`,
-      '--ramp_time=1', `--runtime=${seconds}`, '--time_based', '--output-format=json',
-    ], { maxBuffer: 16 * 1024 * 1024 });
-    const job = JSON.parse(stdout.slice(stdout.indexOf('{'))).jobs[0];
-    const read = job.read;
-    const pct = read.clat_ns.percentile as Record<string, number>;
-    const ios = read.total_ios as number;
-    const runtimeS = read.runtime / 1000;
-    rows[`QD${depth}`] = {
-      iops: read.iops, p50Us: pct['50.000000']! / 1000, p99Us: pct['99.000000']! / 1000,
-      cpuUsPerIo: ((job.usr_cpu + job.sys_cpu) / 100) * runtimeS * 1e6 / ios,
-      note: `${ios} I/Os, fio usr ${job.usr_cpu.toFixed(1)} % sys ${job.sys_cpu.toFixed(1)} %`,
-    };
-  }
+  for (const depth of [1, 32]) rows[`QD${depth}`] = await fio(dev, { rw: 'randread', bs: '4k', depth }, seconds);
   return rows;
 }
 
