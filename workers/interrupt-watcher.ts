@@ -115,13 +115,20 @@ export function watchSource(source: IrqSource, listener: SourceListener): Source
     if (owned) discardSource(source);
     throw e;
   }
+  return watchHandle(id, () => {
+    if (owned) discardSource(source);
+  });
+}
+
+/** What stops the polling of watch `id`, once; `after` runs then. */
+function watchHandle(id: number, after?: () => void): SourceWatch {
   let watching = true;
   return {
     unwatch: () => {
       if (!watching) return;
       watching = false;
       addon.unwatch(id);
-      if (owned) discardSource(source);
+      after?.();
     },
   };
 }
@@ -134,15 +141,7 @@ export function watchSource(source: IrqSource, listener: SourceListener): Source
  * stops the polling, and must come before the owner closes it.
  */
 export function watchReadable(fd: number, onReadable: () => void): SourceWatch {
-  const id = addon.watch(fd, false, onReadable);
-  let watching = true;
-  return {
-    unwatch: () => {
-      if (!watching) return;
-      watching = false;
-      addon.unwatch(id);
-    },
-  };
+  return watchHandle(addon.watch(fd, false, onReadable));
 }
 
 /** Closes a hub-owned source that will not be (or is no longer) watched; a device-owned one is left alone. */
