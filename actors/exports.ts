@@ -5,8 +5,12 @@
  * NBD socket file gone, the TAP interface deleted). Each step is an
  * 'export' event.
  *
- * Across a supervised restart the OS keeps what it holds: the NBD export
- * serves a FollowingBlockDevice (requests the old incarnation did not
+ * Across a supervised restart the OS keeps what it holds: the ublk disk's
+ * queue runs beside the provider, in its driver's thread (no thread hop per
+ * request), and each incarnation takes the disk over through ublk's user
+ * recovery, the kernel holding and then re-issuing what the last one did
+ * not answer; so does the next `upci run` after the host died. The NBD
+ * export serves a FollowingBlockDevice (requests the old incarnation did not
  * finish wait for the next and are issued to it again), and the TAP export
  * binds to the packet port, which outlives incarnations (while none is
  * attached the kernel's frames wait in the TAP's queue).
@@ -14,6 +18,7 @@
  * A new kind of export is an opener in OPENERS (the compiler asks for one
  * per kind of ExportEntry).
  */
+import { createHash } from 'node:crypto';
 import { mkdirSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { filter, firstValueFrom, type Subscription } from 'rxjs';
@@ -26,12 +31,16 @@ import type { ExportEntry, ExportKindName, NbdExportEntry, TapExportEntry, UblkE
 import { FollowingBlockDevice } from './following-block-device.js';
 import { NbdServer } from './nbd-server.js';
 import { TapExport } from './tap-export.js';
-import { UblkExport } from './ublk-export.js';
+import type { BesideHandle, BesideTask } from './service.js';
+import { UblkControl, UblkDisk } from './ublk-control.js';
+import type { FromUblkQueue, ToUblkQueue, UblkBesideSetup } from './ublk-queue.js';
 
 /** What the exports need of the host. */
 export interface ExportHost {
   /** The block device `name` of the provider's incarnation now, waiting up to timeoutMs for one (DriverHost.blockDevice). */
   blockDevice(name: string, timeoutMs: number): Promise<BlockDevice>;
+  /** Runs `task` beside the block device `name`'s provider, in its thread, waiting up to timeoutMs for one. */
+  besideBlockDevice<A, R>(name: string, task: BesideTask<A>, timeoutMs: number): Promise<BesideHandle<R>>;
   /** The packet port `name`, one object across incarnations (DriverHost.packetPort). */
   packetPort(name: string): PacketPort;
   emit(event: HostEvent): void;
@@ -86,46 +95,129 @@ async function listenNbd(entry: NbdExportEntry, device: BlockDevice): Promise<Nb
 }
 
 /**
+ * What `ask` gives once the entry's provider provides (each ask waits up to
+ * FIRST_WAIT_MS and is asked again); undefined when the host stopped first.
+ * A refusal that is final (the provider's device released) fails the export.
+ */
+async function firstProvided<T>(context: OpenContext, ask: (timeoutMs: number) => Promise<T>): Promise<T | undefined> {
+  for (;;) {
+    const got = await unlessStopped(context, ask(FIRST_WAIT_MS).then((value): { value: T | undefined } => ({ value }), (e: unknown) => {
+      if (e instanceof UpciError && e.code === 'RELEASED') throw e;
+      return { value: undefined };
+    }));
+    if (got === undefined) return undefined;
+    if (got.value !== undefined) return got.value;
+  }
+}
+
+/**
  * The block device `entry` exports, once its provider provides it, as one object that follows the provider across
  * its restarts; undefined when the host stopped first.
  */
-async function followedBlockDevice(entry: UblkExportEntry | NbdExportEntry, context: OpenContext): Promise<FollowingBlockDevice | undefined> {
-  let first: BlockDevice | undefined;
-  while (first === undefined) {
-    // A refusal (not provided within the wait) is asked again; the host's stop ends the asking, and so does a
-    // refusal that is final (its provider's device released: it will not be provided), which fails the export.
-    const got = await unlessStopped(context, context.host.blockDevice(entry.service, FIRST_WAIT_MS).then((d) => ({ d }), (e: unknown) => {
-      if (e instanceof UpciError && e.code === 'RELEASED') throw e;
-      return { d: undefined };
-    }));
-    if (got === undefined) return undefined;
-    first = got.d;
-  }
+async function followedBlockDevice(entry: NbdExportEntry, context: OpenContext): Promise<FollowingBlockDevice | undefined> {
+  const first = await firstProvided(context, (ms) => context.host.blockDevice(entry.service, ms));
+  if (first === undefined) return undefined;
   return new FollowingBlockDevice(
     first, (ms) => context.host.blockDevice(entry.service, ms), { waitMs: FOLLOW_WAIT_MS, maxWaiting: MAX_WAITING },
     (stats) => context.note('followed', `incarnation ${stats.incarnations} of its driver; ${stats.waiting} request(s) waited for it`),
   );
 }
 
+/** The queue of a ublk disk, served beside its block device (actors/ublk-queue.ts serveBeside). */
+const UBLK_QUEUE: BesideTask<undefined> = { module: new URL('./ublk-queue.js', import.meta.url).href, args: undefined };
+
+/** The tag a config's ublk export puts on its disk, so that the next `upci run` of it takes the disk over. */
+const ublkTag = (entry: UblkExportEntry): bigint =>
+  createHash('sha256').update(`upci ublk ${entry.address} ${entry.service}`).digest().readBigUInt64LE(0) | 1n;
+
+/** Starts the disk's queue beside its device: resolves once it has fetched every tag. */
+async function startQueue(handle: BesideHandle<UblkBesideSetup>, disk: UblkDisk): Promise<boolean> {
+  const { port } = handle.setup;
+  const answer = new Promise<FromUblkQueue>((resolve) => port.once('message', resolve));
+  port.postMessage({ type: 'start', options: { id: disk.id, queueDepth: disk.queueDepth, maxIoBytes: disk.maxIoBytes } } satisfies ToUblkQueue);
+  const reply = await Promise.race([answer, handle.gone.then((reason) => ({ type: 'failed', message: reason }) as const)]);
+  if (reply.type === 'failed') throw new UpciError('KERNEL', `the queue of ${disk.path} could not start: ${reply.message}`, 'see the kernel log (dmesg) for ublk_drv\'s reason');
+  return reply.zeroCopy;
+}
+
 const ublk: Opener<UblkExportEntry> = {
   target: (entry) => (entry.id === undefined ? '/dev/ublkb (the kernel\'s next number)' : `/dev/ublkb${entry.id}`),
   async open(entry, context) {
-    const device = await followedBlockDevice(entry, context);
-    if (device === undefined) return undefined;
-    let disk: UblkExport;
+    const beside = (ms: number) => context.host.besideBlockDevice<undefined, UblkBesideSetup>(entry.service, UBLK_QUEUE, ms);
+    const first = await firstProvided(context, beside);
+    if (first === undefined) return undefined;
+    let handle = first;
+    const { geometry } = handle.setup;
+    const control = new UblkControl();
+    let disk: UblkDisk;
+    let zeroCopy: boolean;
     try {
-      // The following device re-issues what a restart failed: the export itself needs no reacquire.
-      disk = await UblkExport.open(device, { queueDepth: entry.queueDepth, ...(entry.id === undefined ? {} : { id: entry.id }) });
+      const found = await UblkDisk.find(control, ublkTag(entry), geometry, entry.id);
+      if (found !== undefined) {
+        // The disk of this export outlived the host that served it: take it over.
+        context.note('followed', `${found.path} was left by a host that died; taking it over`);
+        await found.startRecovery(() => new Promise((resolve) => setTimeout(resolve, 100)));
+        zeroCopy = await startQueue(handle, found);
+        await found.endRecovery();
+        disk = found;
+      } else {
+        disk = await UblkDisk.add(control, geometry, { ...(entry.id === undefined ? {} : { id: entry.id }), queueDepth: entry.queueDepth, tag: ublkTag(entry) });
+        try {
+          zeroCopy = await startQueue(handle, disk);
+          await disk.start();
+        } catch (e) {
+          handle.stop();
+          await disk.stop().catch(() => undefined);
+          await disk.delete().catch(() => undefined);
+          throw e;
+        }
+      }
     } catch (e) {
-      device.close('the export could not be opened');
+      handle.stop();
+      control.close();
       throw e;
     }
+    let closed = false;
+    let incarnation = 1;
+    const follow = async (gone: BesideHandle<UblkBesideSetup>): Promise<void> => {
+      const reason = await gone.gone;
+      if (closed) return;
+      // The kernel holds the disk's requests from here until the next incarnation's queue takes them.
+      const next = await firstProvided(context, beside).catch(() => undefined);
+      if (next === undefined || closed) {
+        next?.stop();
+        return;
+      }
+      handle = next;
+      try {
+        // The old queue's thread let go of /dev/ublkcN (it stopped, or ended); the kernel may take a moment.
+        await disk.startRecovery(() => new Promise((resolve) => setTimeout(resolve, 20)));
+        await startQueue(next, disk);
+        await disk.endRecovery();
+        incarnation++;
+        context.note('followed', `incarnation ${incarnation} of its driver took ${disk.path} over (the last one: ${reason})`);
+      } catch (e) {
+        context.note('failed', `${disk.path} could not be taken over by the next incarnation: ${e instanceof Error ? e.message : String(e)}`);
+        return;
+      }
+      void follow(next);
+    };
+    void follow(handle);
     return {
-      detail: `${disk.path}: ${device.blockCount} blocks of ${device.blockSize} B, queue depth ${entry.queueDepth}`,
-      providerGone: (reason) => device.close(reason),
+      detail: `${disk.path}: ${geometry.blockCount} blocks of ${geometry.blockSize} B, queue depth ${disk.queueDepth}, served in ${entry.service}'s driver thread${zeroCopy ? ' on registered memory' : ''}`,
+      providerGone: () => {},
       close: async () => {
-        await disk.close();
-        device.close('the export was closed');
+        closed = true;
+        try {
+          await disk.stop();
+        } finally {
+          handle.stop();
+          try {
+            await disk.delete();
+          } finally {
+            control.close();
+          }
+        }
       },
     };
   },

@@ -148,6 +148,7 @@ export class DriverHost {
     });
     this.exports = new HostExports(config.exports, {
       blockDevice: (name, timeoutMs) => this.blockDevice(name, timeoutMs),
+      besideBlockDevice: (name, task, timeoutMs) => this.services.local.serveBeside(blockService, name, task, timeoutMs),
       packetPort: (name) => this.packetPort(name),
       emit: (event) => this.emit(event),
     });

@@ -197,7 +197,8 @@ export class ServiceRegistry {
     const id = this.nextExport++;
     want.asked = id;
     this.exports.set(id, { provision, consumer: want.consumer, want });
-    provision.link.post({ type: 'export', export: id, kind: provision.kind, name: provision.name });
+    const { beside } = want.request;
+    provision.link.post({ type: 'export', export: id, kind: provision.kind, name: provision.name, ...(beside === undefined ? {} : { beside }) });
   }
 
   private exported(id: number, setup: unknown, transfer: readonly TransferListItem[]): void {

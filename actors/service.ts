@@ -20,6 +20,11 @@
  *   the main thread, and no message at all.
  * - A service provided in the consumer's own thread is the local object
  *   itself (no export).
+ * - A consumer may also run code beside the provider (serveBeside()): a
+ *   module it names is imported in the provider's thread and serves the
+ *   local object there (an OS export served where the data is, with no
+ *   thread hop per request); the consumer gets what that code hands back
+ *   (ports, a setup) and is told when the provider is gone.
  * - When the provider's device is taken back (stop, crash, hang, reload),
  *   every export of it ends: each consumer's proxy is closed (pending and
  *   new requests fail, for blocks with BlockGoneError) and leaves the
@@ -56,6 +61,37 @@ export interface ServiceKind<T, S> {
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type AnyKind = ServiceKind<any, any>;
 
+/**
+ * Code a consumer runs beside a provider, in the provider's thread: `module`
+ * (an absolute file URL, loaded there) exports `serveBeside(local, args)`
+ * returning a ServiceExport. Only the host's own code names modules: a
+ * thread never imports a module a peer chose.
+ */
+export interface BesideTask<A> {
+  readonly module: string;
+  readonly args: A;
+}
+
+/** What a module named by a BesideTask exports. */
+export type ServeBeside<T, A, S> = (local: T, args: A) => ServiceExport<S> | Promise<ServiceExport<S>>;
+
+/** The consumer's hold on code running beside a provider. */
+export interface BesideHandle<S> {
+  /** What the code handed back (e.g. a MessagePort to talk to it). */
+  readonly setup: S;
+  /** Resolves with the reason when the provider is gone (the code stopped with it); the handle is then spent. */
+  readonly gone: Promise<string>;
+  /** Stops the code (in the provider's thread). Idempotent. */
+  stop(): void;
+}
+
+/** Runs a BesideTask on `local` in this thread. */
+async function serveBesideHere(task: BesideTask<unknown>, local: unknown): Promise<ServiceExport<unknown>> {
+  const module = await import(task.module) as { serveBeside?: ServeBeside<unknown, unknown, unknown> };
+  if (typeof module.serveBeside !== 'function') throw new Error(`${task.module} exports no serveBeside()`);
+  return module.serveBeside(local, task.args);
+}
+
 /** What a DriverBus (and the host) reaches services through, in whichever thread it runs. */
 export interface ServiceAccess {
   /** Offers `local` as (kind, name) until the returned function withdraws it. */
@@ -79,7 +115,11 @@ export interface ServiceAccess {
 export type ToRegistry =
   | { readonly type: 'provide'; readonly kind: string; readonly name: string }
   | { readonly type: 'withdraw'; readonly kind: string; readonly name: string }
-  | { readonly type: 'want'; readonly want: number; readonly kind: string; readonly noun: string; readonly name: string; readonly timeoutMs: number }
+  | {
+    readonly type: 'want'; readonly want: number; readonly kind: string; readonly noun: string; readonly name: string; readonly timeoutMs: number;
+    /** Not the object across threads: this code run beside it. */
+    readonly beside?: BesideTask<unknown>;
+  }
   | { readonly type: 'exported'; readonly export: number; readonly setup: unknown; readonly transfer: readonly TransferListItem[] }
   | { readonly type: 'export-failed'; readonly export: number; readonly message: string }
   /** The consumer is done with an export it was granted: stop it. */
@@ -88,7 +128,7 @@ export type ToRegistry =
 /** From the registry to a thread's ThreadServices. */
 export type ToThread =
   /** Serve a new export of your (kind, name). */
-  | { readonly type: 'export'; readonly export: number; readonly kind: string; readonly name: string }
+  | { readonly type: 'export'; readonly export: number; readonly kind: string; readonly name: string; readonly beside?: BesideTask<unknown> }
   /** Its consumer is gone: stop serving it. */
   | { readonly type: 'stop-export'; readonly export: number }
   | { readonly type: 'granted'; readonly want: number; readonly export: number; readonly setup: unknown; readonly transfer: readonly TransferListItem[] }
@@ -120,6 +160,11 @@ export class ThreadServices implements ServiceAccess {
     resolve(proxy: unknown): void; reject(e: Error): void;
   }>();
   private readonly consumed = new Map<string, Consumed>();
+  /** serveBeside() asks, by want, and then by the export granted. */
+  private readonly besideWants = new Map<number, { readonly task: BesideTask<unknown>; readonly key: string; resolve(h: BesideHandle<unknown>): void; reject(e: Error): void }>();
+  private readonly besides = new Map<number, (reason: string) => void>();
+  /** Tasks run beside this thread's own provisions, told when one is withdrawn. */
+  private readonly localBesides = new Set<(key: string, reason: string) => void>();
   private nextWant = 1;
 
   constructor(private readonly port: MessagePort) {
@@ -150,6 +195,7 @@ export class ThreadServices implements ServiceAccess {
       this.served.delete(id);
       served.stop();
     }
+    for (const onWithdraw of [...this.localBesides]) onWithdraw(key, `${name} was withdrawn`);
     this.post({ type: 'withdraw', kind: kind.kind, name });
   }
 
@@ -187,6 +233,43 @@ export class ThreadServices implements ServiceAccess {
     this.post({ type: 'release', export: consumed.export });
   }
 
+  /**
+   * Runs `task` beside (kind, name)'s provider, in its thread, once it is
+   * provided (waiting up to `timeoutMs`); each call runs it anew. It stops
+   * when the provider is taken back (`gone`) or stop() is called. The
+   * host's, not a driver's (DriverBus offers ServiceAccess only).
+   */
+  serveBeside<T, S, A, R>(kind: ServiceKind<T, S>, name: string, task: BesideTask<A>, timeoutMs: number): Promise<BesideHandle<R>> {
+    const key = serviceKey(kind.kind, name);
+    const own = this.provided.get(key);
+    if (own !== undefined) return this.besideHere(task, own.local, key) as Promise<BesideHandle<R>>;
+    const want = this.nextWant++;
+    return new Promise<BesideHandle<R>>((resolve, reject) => {
+      this.besideWants.set(want, { task, key, resolve: resolve as (h: BesideHandle<unknown>) => void, reject });
+      this.post({ type: 'want', want, kind: kind.kind, noun: kind.noun, name, timeoutMs, beside: task });
+    });
+  }
+
+  /** The task run here, on this thread's own provider: gone when this thread withdraws it. */
+  private async besideHere(task: BesideTask<unknown>, local: unknown, key: string): Promise<BesideHandle<unknown>> {
+    const served = await serveBesideHere(task, local);
+    let stopped = false;
+    let end!: (reason: string) => void;
+    const gone = new Promise<string>((resolve) => (end = resolve));
+    const stop = (reason: string) => {
+      if (stopped) return;
+      stopped = true;
+      this.localBesides.delete(onWithdraw);
+      served.stop();
+      end(reason);
+    };
+    const onWithdraw = (withdrawn: string, reason: string) => {
+      if (withdrawn === key) stop(reason);
+    };
+    this.localBesides.add(onWithdraw);
+    return { setup: served.setup, gone, stop: () => stop('stopped by its consumer') };
+  }
+
   private forget(consumed: Consumed): void {
     if (this.consumed.get(consumed.key) === consumed) this.consumed.delete(consumed.key);
   }
@@ -198,16 +281,28 @@ export class ThreadServices implements ServiceAccess {
   private onMessage(m: ToThread): void {
     switch (m.type) {
       case 'export': {
-        const provided = this.provided.get(serviceKey(m.kind, m.name));
+        const key = serviceKey(m.kind, m.name);
+        const provided = this.provided.get(key);
         if (provided === undefined) return this.post({ type: 'export-failed', export: m.export, message: `${m.name} is no longer provided here` });
-        let served: ServiceExport<unknown>;
-        try {
-          served = provided.kind.serve(provided.local);
-        } catch (e) {
-          return this.post({ type: 'export-failed', export: m.export, message: message(e) });
+        const exported = (served: ServiceExport<unknown>) => {
+          if (this.provided.get(key) !== provided) {
+            // Withdrawn while a beside task was loading: it never served.
+            served.stop();
+            return this.post({ type: 'export-failed', export: m.export, message: `${m.name} was withdrawn` });
+          }
+          this.served.set(m.export, { key, stop: () => served.stop() });
+          this.post({ type: 'exported', export: m.export, setup: served.setup, transfer: served.transfer }, served.transfer);
+        };
+        const failed = (e: unknown) => this.post({ type: 'export-failed', export: m.export, message: message(e) });
+        if (m.beside !== undefined) {
+          serveBesideHere(m.beside, provided.local).then(exported, failed);
+          return;
         }
-        this.served.set(m.export, { key: serviceKey(m.kind, m.name), stop: () => served.stop() });
-        return this.post({ type: 'exported', export: m.export, setup: served.setup, transfer: served.transfer }, served.transfer);
+        try {
+          return exported(provided.kind.serve(provided.local));
+        } catch (e) {
+          return failed(e);
+        }
       }
       case 'stop-export': {
         const served = this.served.get(m.export);
@@ -215,6 +310,22 @@ export class ThreadServices implements ServiceAccess {
         return served?.stop();
       }
       case 'granted': {
+        const beside = this.besideWants.get(m.want);
+        if (beside !== undefined) {
+          this.besideWants.delete(m.want);
+          let end!: (reason: string) => void;
+          const gone = new Promise<string>((resolve) => (end = resolve));
+          this.besides.set(m.export, end);
+          return beside.resolve({
+            setup: m.setup,
+            gone,
+            stop: () => {
+              if (!this.besides.delete(m.export)) return;
+              this.post({ type: 'release', export: m.export });
+              end('stopped by its consumer');
+            },
+          });
+        }
         const want = this.wants.get(m.want);
         this.wants.delete(m.want);
         // Never: a want is granted once; the registry stops exports whose want ended.
@@ -225,6 +336,13 @@ export class ThreadServices implements ServiceAccess {
         return want.resolve(proxy);
       }
       case 'own': {
+        const beside = this.besideWants.get(m.want);
+        if (beside !== undefined) {
+          this.besideWants.delete(m.want);
+          const own = this.provided.get(beside.key);
+          if (own === undefined) return beside.reject(new Error(`${beside.key} was withdrawn here before its task could run`));
+          return void this.besideHere(beside.task, own.local, beside.key).then(beside.resolve, beside.reject);
+        }
         const want = this.wants.get(m.want);
         this.wants.delete(m.want);
         if (want === undefined) return;
@@ -234,11 +352,20 @@ export class ThreadServices implements ServiceAccess {
         return want.resolve(own !== undefined ? own.local : this.consume(want.kind, want.name, want.timeoutMs));
       }
       case 'refused': {
+        const refusal = m.final === true ? new UpciError('RELEASED', m.message, 'see the host\'s events for why its device was released') : new Error(m.message);
+        const beside = this.besideWants.get(m.want);
+        this.besideWants.delete(m.want);
+        beside?.reject(refusal);
         const want = this.wants.get(m.want);
         this.wants.delete(m.want);
-        return want?.reject(m.final === true ? new UpciError('RELEASED', m.message, 'see the host\'s events for why its device was released') : new Error(m.message));
+        return want?.reject(refusal);
       }
       case 'gone': {
+        const beside = this.besides.get(m.export);
+        if (beside !== undefined) {
+          this.besides.delete(m.export);
+          return beside(m.reason);
+        }
         const consumed = [...this.consumed.values()].find((c) => c.export === m.export);
         if (consumed === undefined) return;
         this.forget(consumed);

@@ -83,6 +83,18 @@ export function installFdLedger(l: FdLedger): void {
   ledger = l;
 }
 
+/**
+ * Lists `fd`, opened by this thread for itself (not a watched source), in
+ * the thread's fd ledger: if the thread is terminated before it closes the
+ * fd, the main thread closes it (a device file the kernel waits for, e.g.
+ * /dev/ublkcN). The returned function unlists it: call it before closing.
+ */
+export function holdFd(fd: number): () => void {
+  const held = ledger;
+  held?.add(fd);
+  return () => held?.remove(fd);
+}
+
 export interface SourceWatch {
   /** Stops polling (synchronously) and closes a hub-owned fd. Idempotent. */
   unwatch(): void;

@@ -52,6 +52,8 @@ interface UpciRun {
   waitFor(what: string, pattern: RegExp, ms: number): Promise<RegExpMatchArray>;
   /** SIGINT, then its exit status. */
   stop(): Promise<number | null>;
+  /** SIGKILL: the host dies with no chance to clean up. */
+  kill(): void;
 }
 
 /** `upci run` of `config` (written to `dir`) in a child process; killed at teardown if still running. */
@@ -79,6 +81,9 @@ function upciRun(t: ExecutionContext, dir: string, config: unknown): UpciRun {
         }
         await sleep(50);
       }
+    },
+    kill() {
+      child.kill('SIGKILL');
     },
     async stop() {
       child.kill('SIGINT');
@@ -203,6 +208,59 @@ test.serial('a ublk export from the config: /dev/ublkbN reads and writes the nam
   t.is(await upci.stop(), 0, 'upci run exits 0 at SIGINT');
   t.regex(upci.output(), / export ublk nvme0n2 at \S+ closed: removed/);
   t.false(existsSync(dev), 'the disk is gone');
+});
+
+test.serial('a ublk export outlives its host: `upci run` killed -9 while dd writes; /dev/ublkbN never disappears, the next `upci run` of the same config takes it over, dd ends without an I/O error and the image holds every byte', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'upci-exports-'));
+  const id = UBLK_ID + 1;
+  const dev = `/dev/ublkb${id}`;
+  const config = {
+    watchdogMs: 3000,
+    devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 1, queueDepth: 16 } }],
+    exports: [{ ublk: 'nvme0n2', id }],
+  };
+  const first = upciRun(t, dir, config);
+  await first.waitFor('the export opened', / export ublk nvme0n2 at \S+ open: /, 240_000);
+  const data = pattern(4 * REGION, 2028);
+  const source = join(dir, 'pattern.bin');
+  writeFileSync(source, data);
+  const logged = (await sh(t, 'dmesg', [], true)).split('\n').length;
+  // One 64 KiB write at a time: the host dies with one of them (or none) in flight.
+  const dd = spawn('dd', [`if=${source}`, `of=${dev}`, 'bs=64k', 'oflag=direct', 'conv=fsync', 'status=none'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let ddErr = '';
+  dd.stderr!.on('data', (d: Buffer) => (ddErr += d.toString()));
+  const ddExit = new Promise<number | null>((resolve) => dd.on('exit', (code) => resolve(code)));
+  t.teardown(() => dd.kill('SIGKILL'));
+  const written = () => Number(readFileSync(`/sys/block/ublkb${id}/stat`, 'utf8').trim().split(/\s+/)[6]) * 512;
+  await until('dd wrote its first 4 MiB through the export', () => written() >= REGION, 120_000, 20);
+  first.kill();
+  // /dev/ublkbN is watched from here until the next host has taken it over.
+  let vanished = 0;
+  let watching = true;
+  const watcher = (async () => {
+    while (watching) {
+      if (!existsSync(dev)) vanished++;
+      await sleep(50);
+    }
+  })();
+  const second = upciRun(t, dir, config);
+  await second.waitFor('the next host took the disk over', / export ublk nvme0n2 at \S+ followed: \/dev\/ublkb\d+ was left by a host that died; taking it over/, 240_000);
+  await second.waitFor('the export opened again', / export ublk nvme0n2 at \S+ open: /, 120_000);
+  t.is(await within(300_000, ddExit, 'dd did not end within 300 s of the takeover'), 0, `dd ended without an error ${ddErr}`);
+  watching = false;
+  await watcher;
+  t.is(vanished, 0, `${dev} never disappeared`);
+  const kernelLog = (await sh(t, 'dmesg', [], true)).split('\n').slice(logged - 1);
+  t.deepEqual(kernelLog.filter((l) => (l.includes(`ublkb${id}`) || /I\/O error/.test(l)) && /error|fail|dead/i.test(l)), [], 'the kernel logged no I/O error');
+  const file = await open(join(OUT, 'nvme0n2.img'));
+  try {
+    const { buffer } = await file.read({ buffer: Buffer.alloc(data.length), position: 0 });
+    t.is(sha256(buffer), sha256(data), 'the namespace\'s backing image (nvme0n2.img) holds all 16 MiB dd wrote, across the host\'s death');
+  } finally {
+    await file.close();
+  }
+  t.is(await second.stop(), 0, 'the second host exits 0 at SIGINT');
+  t.false(existsSync(dev), 'and removes the disk');
 });
 
 test.serial('a tap export from the config: the TAP interface is made and set up, ping -6 to the link partner over IPv6 link-local answers, 50 MB over TCP arrive intact, no IPv4 on it; the interface is deleted at SIGINT', async (t) => {

@@ -3,13 +3,14 @@
  * serves a namespace as /dev/ublkbN through actors/ublk-export.ts, and the
  * kernel's own tools use it as a disk: mkfs.ext4 (which discards the whole
  * device first), mount, copy, unmount, fsck -n, and each file's bytes checked
- * in QEMU's backing image on the host, not only read back through the export;
- * and the export across a supervised restart of the driver under it.
+ * in QEMU's backing image on the host, not only read back through the export.
+ * The config's ublk exports, across a restart of the driver and the death of
+ * the host, are exports.test.ts's.
  */
 import test from 'ava';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { open, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { UblkExport } from '../../actors/ublk-export.js';
@@ -80,33 +81,4 @@ test.serial('ublk export: /dev/ublkbN of an NVMe namespace takes mkfs.ext4, moun
   t.false(r.events.some((e) => e.type === 'fault'), 'no driver fault');
   const report = await r.host.shutdown();
   t.deepEqual(report.devices.map((d) => d.outcome.kind), ['stopped']);
-});
-
-test.serial('ublk export across a supervised restart: the driver crashes mid-write (fault injection), the export issues what failed again to the restarted driver; dd sees no error and the image holds every byte', async (t) => {
-  const r = run(t, {
-    restart: { initialDelayMs: 50, maxDelayMs: 1000, maxRestarts: 2 },
-    devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 1, queueDepth: 16, failAfterCompletions: 40 } }],
-  });
-  const ns = await r.host.blockDevice('nvme0n1', 120_000);
-  const ublk = await UblkExport.open(ns, { queueDepth: 16, reacquire: () => r.host.blockDevice('nvme0n1', 120_000) });
-  t.teardown(() => ublk.close());
-  const data = pattern(8 * 1024 * 1024, 4321);
-  const file = join(mkdtempSync(join(tmpdir(), 'upci-ublk-src-')), 'pattern.bin');
-  writeFileSync(file, data);
-  // 128 direct writes of 64 KiB: the first incarnation fails at its 40th completion, in the middle of them.
-  await sh(t, 'dd', [`if=${file}`, `of=${ublk.path}`, 'bs=64k', 'oflag=direct', 'conv=fsync'], 300_000);
-  t.true(r.events.some((e) => e.type === 'fault' && /fault injection/.test(e.fault.message)), 'the driver crashed during the writes');
-  t.true(r.events.some((e) => e.type === 'state' && e.address === NVME0 && e.state === 'running' && e.incarnation === 1), 'and was restarted');
-  t.log(`export: ${JSON.stringify(ublk.stats)}, issued again: ${ublk.reissued}`);
-  t.true(ublk.reissued > 0, 'requests the old incarnation failed were issued again');
-  t.is(ublk.stats.errors, 0, 'the OS saw no error');
-  const image = await open(join(OUT, 'nvme0n1.img'));
-  try {
-    const { buffer } = await image.read({ buffer: Buffer.alloc(data.length), position: 0 });
-    t.is(sha256(buffer), sha256(data), 'the host\'s image (nvme0n1.img) holds all 8 MiB dd wrote');
-  } finally {
-    await image.close();
-  }
-  await ublk.close();
-  t.false(existsSync(ublk.path), `${ublk.path} is gone after close`);
 });
