@@ -18,6 +18,8 @@ import { packetService } from '../../actors/packet-service.js';
 import { fakeBlockDevice } from '../support/fake-block-device.js';
 import { until, untilAnswer, within } from '../support/bounded.js';
 import { wokenByNotify } from '../support/wake-ups.js';
+import type { BesideProbeSetup } from '../support/beside-probe.js';
+import { threadId } from 'node:worker_threads';
 
 /** A registry, a driver thread providing disk0n1 (every block holding `fill`), and a driver thread to consume it. */
 async function providerAndConsumer(t: { teardown(fn: () => unknown): void }, fill: number, providerLabel = 'provider') {
@@ -149,6 +151,48 @@ test.serial('in the main thread: a thread\'s device is this thread\'s own export
   t.is(missing!.message, 'no block device "nothing0n1" within 300 ms (provided now: disk0n1)');
   await provider.takeBack();
   await t.throwsAsync(within(5_000, (proxy as BlockDevice).read(0, 1), 'a read on the proxy after its provider\'s take-back never settled'), { instanceOf: BlockGoneError });
+});
+
+const BESIDE_PROBE = { module: new URL('../support/beside-probe.js', import.meta.url).href, args: { lba: 7 } };
+
+test.serial('serveBeside runs the named module in the provider\'s thread on its own object (not a proxy); it stops when its provider is taken back (gone, with the reason) or when its consumer stops it; on a provider in the asking thread it runs there', async (t) => {
+  const registry = new ServiceRegistry();
+  const first = driverThread(t, registry, 'provider #0');
+  await first.call({ cmd: 'provide', name: 'disk0n1', fill: 0x31 });
+  const proxyKind = (await registry.local.consume(blockService, 'disk0n1', 10_000)).constructor.name;
+  const handle = await registry.local.serveBeside<BlockDevice, unknown, { lba: number }, BesideProbeSetup>(blockService, 'disk0n1', BESIDE_PROBE, 10_000);
+  t.not(handle.setup.threadId, threadId, 'it ran in another thread');
+  t.is(handle.setup.byte, 0x31, 'on the provider\'s device');
+  t.not(handle.setup.kind, proxyKind, `on the provider's own object (${handle.setup.kind}), not a proxy (${proxyKind})`);
+  const closed = new Promise<void>((resolve) => handle.setup.port.once('close', resolve));
+  handle.setup.port.start();
+  await first.takeBack();
+  t.is(await within(5_000, handle.gone, 'gone never resolved after the take-back'), 'the host took provider #0 back from its driver');
+  await within(5_000, closed, 'the task\'s port stayed open after the take-back');
+
+  // The next incarnation: a new run of the task, stopped by its consumer this time.
+  const second = driverThread(t, registry, 'provider #1');
+  const asked = registry.local.serveBeside<BlockDevice, unknown, { lba: number }, BesideProbeSetup>(blockService, 'disk0n1', BESIDE_PROBE, 10_000);
+  await second.call({ cmd: 'provide', name: 'disk0n1', fill: 0x32 });
+  const again = await within(10_000, asked, 'a task asked before its provider came was never run');
+  t.is(again.setup.byte, 0x32, 'asked before the next incarnation provided: run on it once it did');
+  const stopped = new Promise<void>((resolve) => again.setup.port.once('close', resolve));
+  again.setup.port.start();
+  t.is((await second.stats()).liveExports, 1, 'the task is an export of the provider\'s');
+  again.stop();
+  await within(5_000, stopped, 'stop() did not stop the task in the provider\'s thread');
+  t.is(await again.gone, 'stopped by its consumer');
+  await liveExports(second, 0, 'after stop()');
+
+  // Provided in this very thread: the task runs here, and ends with the withdrawal.
+  const here = fakeBlockDevice('here0n1').device;
+  await here.write(7, new Uint8Array(here.blockSize).fill(0x33));
+  const withdraw = registry.local.provide(blockService, 'here0n1', here);
+  const local = await registry.local.serveBeside<BlockDevice, unknown, { lba: number }, BesideProbeSetup>(blockService, 'here0n1', BESIDE_PROBE, 10_000);
+  t.is(local.setup.threadId, threadId, 'a provider in this thread: run here');
+  t.is(local.setup.byte, 0x33);
+  withdraw();
+  t.regex(await within(5_000, local.gone, 'a local task was not ended by the withdrawal'), /here0n1 was withdrawn/);
 });
 
 /** What `consumer`'s packet port has seen, once `done` holds of it (bounded). */
