@@ -21,16 +21,16 @@
 import { createHash } from 'node:crypto';
 import { mkdirSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { filter, firstValueFrom, type Subscription } from 'rxjs';
 import type { BlockDevice } from '../drivers/block.js';
-import type { PacketPort } from '../drivers/packet.js';
 import { UpciError } from '../kernel/errors.js';
 import type { PciAddress } from '../kernel/pci-address.js';
 import type { HostEvent } from './events.js';
 import type { ExportEntry, ExportKindName, NbdExportEntry, TapExportEntry, UblkExportEntry } from './export-config.js';
 import { FollowingBlockDevice } from './following-block-device.js';
 import { NbdServer } from './nbd-server.js';
-import { TapExport } from './tap-export.js';
+import type { TapBesideSetup, ToTapBeside } from './tap-export.js';
+import { openTap, type Tap } from '../kernel/linux/tap.js';
+import { parseMac } from '../drivers/packet.js';
 import type { BesideHandle, BesideTask } from './service.js';
 import { UblkControl, UblkDisk } from './ublk-control.js';
 import type { FromUblkQueue, ToUblkQueue, UblkBesideSetup } from './ublk-queue.js';
@@ -41,8 +41,8 @@ export interface ExportHost {
   blockDevice(name: string, timeoutMs: number): Promise<BlockDevice>;
   /** Runs `task` beside the block device `name`'s provider, in its thread, waiting up to timeoutMs for one. */
   besideBlockDevice<A, R>(name: string, task: BesideTask<A>, timeoutMs: number): Promise<BesideHandle<R>>;
-  /** The packet port `name`, one object across incarnations (DriverHost.packetPort). */
-  packetPort(name: string): PacketPort;
+  /** Runs `task` beside the packet port `name`'s provider, in its thread, waiting up to timeoutMs for one. */
+  besidePacketPort<A, R>(name: string, task: BesideTask<A>, timeoutMs: number): Promise<BesideHandle<R>>;
   emit(event: HostEvent): void;
 }
 
@@ -140,14 +140,55 @@ async function startQueue(handle: BesideHandle<UblkBesideSetup>, disk: UblkDisk)
   return reply.zeroCopy;
 }
 
+/**
+ * Runs a beside task for each next incarnation of the provider after
+ * `first`'s: when the one serving ends, `ask` waits for the next and
+ * `take(next, n)` hands the export over to it. Ends at stop() or when no
+ * next incarnation will come; `current` is the task serving now.
+ */
+function followIncarnations<S>(
+  context: OpenContext,
+  first: BesideHandle<S>,
+  ask: (timeoutMs: number) => Promise<BesideHandle<S>>,
+  take: (next: BesideHandle<S>, incarnation: number, lastEnd: string) => Promise<void>,
+): { readonly current: BesideHandle<S>; stop(): void } {
+  let current = first;
+  let stopped = false;
+  const follow = async (incarnation: number): Promise<void> => {
+    const lastEnd = await current.gone;
+    if (stopped) return;
+    const next = await firstProvided(context, ask).catch(() => undefined);
+    if (next === undefined || stopped) {
+      next?.stop();
+      return;
+    }
+    current = next;
+    try {
+      await take(next, incarnation, lastEnd);
+    } catch (e) {
+      context.note('failed', `incarnation ${incarnation} of its driver could not take the export over: ${e instanceof Error ? e.message : String(e)}`);
+      return;
+    }
+    void follow(incarnation + 1);
+  };
+  void follow(2);
+  return {
+    get current() {
+      return current;
+    },
+    stop: () => {
+      stopped = true;
+    },
+  };
+}
+
 const ublk: Opener<UblkExportEntry> = {
   target: (entry) => (entry.id === undefined ? '/dev/ublkb (the kernel\'s next number)' : `/dev/ublkb${entry.id}`),
   async open(entry, context) {
     const beside = (ms: number) => context.host.besideBlockDevice<undefined, UblkBesideSetup>(entry.service, UBLK_QUEUE, ms);
     const first = await firstProvided(context, beside);
     if (first === undefined) return undefined;
-    let handle = first;
-    const { geometry } = handle.setup;
+    const { geometry } = first.setup;
     const control = new UblkControl();
     let disk: UblkDisk;
     let zeroCopy: boolean;
@@ -157,61 +198,42 @@ const ublk: Opener<UblkExportEntry> = {
         // The disk of this export outlived the host that served it: take it over.
         context.note('followed', `${found.path} was left by a host that died; taking it over`);
         await found.startRecovery(() => new Promise((resolve) => setTimeout(resolve, 100)));
-        zeroCopy = await startQueue(handle, found);
+        zeroCopy = await startQueue(first, found);
         await found.endRecovery();
         disk = found;
       } else {
         disk = await UblkDisk.add(control, geometry, { ...(entry.id === undefined ? {} : { id: entry.id }), queueDepth: entry.queueDepth, tag: ublkTag(entry) });
         try {
-          zeroCopy = await startQueue(handle, disk);
+          zeroCopy = await startQueue(first, disk);
           await disk.start();
         } catch (e) {
-          handle.stop();
+          first.stop();
           await disk.stop().catch(() => undefined);
           await disk.delete().catch(() => undefined);
           throw e;
         }
       }
     } catch (e) {
-      handle.stop();
+      first.stop();
       control.close();
       throw e;
     }
-    let closed = false;
-    let incarnation = 1;
-    const follow = async (gone: BesideHandle<UblkBesideSetup>): Promise<void> => {
-      const reason = await gone.gone;
-      if (closed) return;
-      // The kernel holds the disk's requests from here until the next incarnation's queue takes them.
-      const next = await firstProvided(context, beside).catch(() => undefined);
-      if (next === undefined || closed) {
-        next?.stop();
-        return;
-      }
-      handle = next;
-      try {
-        // The old queue's thread let go of /dev/ublkcN (it stopped, or ended); the kernel may take a moment.
-        await disk.startRecovery(() => new Promise((resolve) => setTimeout(resolve, 20)));
-        await startQueue(next, disk);
-        await disk.endRecovery();
-        incarnation++;
-        context.note('followed', `incarnation ${incarnation} of its driver took ${disk.path} over (the last one: ${reason})`);
-      } catch (e) {
-        context.note('failed', `${disk.path} could not be taken over by the next incarnation: ${e instanceof Error ? e.message : String(e)}`);
-        return;
-      }
-      void follow(next);
-    };
-    void follow(handle);
+    const following = followIncarnations(context, first, beside, async (next, incarnation, lastEnd) => {
+      // The old queue's thread let go of /dev/ublkcN (it stopped, or ended); the kernel may take a moment.
+      await disk.startRecovery(() => new Promise((resolve) => setTimeout(resolve, 20)));
+      await startQueue(next, disk);
+      await disk.endRecovery();
+      context.note('followed', `incarnation ${incarnation} of its driver took ${disk.path} over (the last one: ${lastEnd})`);
+    });
     return {
       detail: `${disk.path}: ${geometry.blockCount} blocks of ${geometry.blockSize} B, queue depth ${disk.queueDepth}, served in ${entry.service}'s driver thread${zeroCopy ? ' on registered memory' : ''}`,
       providerGone: () => {},
       close: async () => {
-        closed = true;
+        following.stop();
         try {
           await disk.stop();
         } finally {
-          handle.stop();
+          following.current.stop();
           try {
             await disk.delete();
           } finally {
@@ -241,24 +263,37 @@ const nbd: Opener<NbdExportEntry> = {
   },
 };
 
+/** The TAP export, served beside its NIC (actors/tap-export.ts serveBeside). */
+const tapTask = (entry: TapExportEntry): BesideTask<{ portName: string }> => ({ module: new URL('./tap-export.js', import.meta.url).href, args: { portName: entry.service } });
+
 const tap: Opener<TapExportEntry> = {
   target: (entry) => entry.ifname,
   async open(entry, context) {
-    const port = context.host.packetPort(entry.service);
-    const info = await unlessStopped(context, firstValueFrom(port.info.pipe(filter((i) => i !== undefined))));
-    if (info === undefined) return undefined;
-    const exported = TapExport.open(port, entry.ifname, { up: true });
-    let attached = true;
-    const following: Subscription = port.info.subscribe((now) => {
-      if (now !== undefined && !attached) context.note('followed', `the NIC's next incarnation; ${exported.counters.toWire} frame(s) to the wire so far`);
-      attached = now !== undefined;
+    const beside = (ms: number) => context.host.besidePacketPort<{ portName: string }, TapBesideSetup>(entry.service, tapTask(entry), ms);
+    const first = await firstProvided(context, beside);
+    if (first === undefined) return undefined;
+    // The host holds the interface: it stays while the driver restarts (frames wait in its queue), each incarnation serves it.
+    let device: Tap;
+    try {
+      device = openTap(entry.ifname, parseMac(first.setup.mac));
+      device.up();
+    } catch (e) {
+      first.stop();
+      throw e;
+    }
+    const serve = (handle: BesideHandle<TapBesideSetup>) => handle.setup.port.postMessage({ type: 'serve', fd: device.fd, name: device.name } satisfies ToTapBeside);
+    serve(first);
+    const following = followIncarnations(context, first, beside, async (next, incarnation) => {
+      serve(next);
+      context.note('followed', `incarnation ${incarnation} of the NIC's driver serves ${device.name}`);
     });
     return {
-      detail: `MAC ${info.mac}, up`,
+      detail: `MAC ${first.setup.mac}, up, served in ${entry.service}'s driver thread`,
       providerGone: () => {},
       close: async () => {
-        following.unsubscribe();
-        exported.close();
+        following.stop();
+        following.current.stop();
+        device.close();
       },
     };
   },

@@ -149,7 +149,7 @@ export class DriverHost {
     this.exports = new HostExports(config.exports, {
       blockDevice: (name, timeoutMs) => this.blockDevice(name, timeoutMs),
       besideBlockDevice: (name, task, timeoutMs) => this.services.local.serveBeside(blockService, name, task, timeoutMs),
-      packetPort: (name) => this.packetPort(name),
+      besidePacketPort: (name, task, timeoutMs) => this.services.local.serveBeside(packetService, name, task, timeoutMs),
       emit: (event) => this.emit(event),
     });
     this.actor = createActor(hostMachine, { input: { spawns }, ...(options.inspect === undefined ? {} : { inspect: options.inspect }) });

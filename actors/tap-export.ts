@@ -12,15 +12,25 @@
  * machinery), a batch per wake-up, and sent through the port as one batch:
  * no timer in the path.
  *
+ * The host's config exports run it beside the NIC's provider, in the
+ * driver's own thread (serveBeside below, actors/exports.ts): frames go
+ * between the TAP and the NIC with no other thread in between. The host
+ * keeps the TAP's descriptor, so the interface stays while the driver is
+ * restarted; each incarnation's thread serves it in turn.
+ *
  *   const tap = TapExport.open(host.packetPort('nic0'), 'upci0', { up: true });
  *   // ping -6 fe80::...%upci0
  *   tap.close();
  */
 import { readFileSync, readSync, writeSync } from 'node:fs';
+import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import type { Subscription } from 'rxjs';
 import { ETHER_HEADER, MAX_FRAME, parseMac, type PacketPort } from '../drivers/packet.js';
 import { openTap, type Tap } from '../kernel/linux/tap.js';
 import { watchReadable, type SourceWatch } from '../workers/interrupt-watcher.js';
+import { NetPort } from './net-port.js';
+import type { PacketSource } from './packet-service.js';
+import type { ServeBeside } from './service.js';
 
 /** Frames read from the TAP per wake-up, sent through the port as one batch. */
 const BATCH = 32;
@@ -89,6 +99,11 @@ export class TapExport {
       throw e;
     }
     return new TapExport(port, tap);
+  }
+
+  /** Serves a TAP whose descriptor someone else holds (and closes): close() leaves the interface. */
+  static over(port: PacketPort, borrowed: { readonly fd: number; readonly name: string }): TapExport {
+    return new TapExport(port, { ...borrowed, up: () => {}, close: () => {} });
   }
 
   get name(): string {
@@ -172,3 +187,36 @@ export class TapExport {
     this.tap.close();
   }
 }
+
+/** What the host sends a TAP export served beside its NIC: serve the TAP it holds. */
+export type ToTapBeside = { readonly type: 'serve'; readonly fd: number; readonly name: string };
+
+/** What a TAP export served beside its NIC hands the host: the NIC's station address, and a port to start it on. */
+export interface TapBesideSetup {
+  readonly mac: string;
+  readonly port: MessagePort;
+}
+
+/**
+ * The TAP export beside a NIC's provider (a BesideTask's module), on its
+ * own packet source: hands the host the NIC's address at once, serves the
+ * TAP's descriptor when the host says (it made the interface), stops with
+ * the provider and leaves the interface to the host.
+ */
+export const serveBeside: ServeBeside<PacketSource, { readonly portName: string }, TapBesideSetup> = (source, args) => {
+  const { port1: here, port2: there } = new MessageChannel();
+  const port = new NetPort(args.portName, () => Promise.resolve(source));
+  let exported: TapExport | undefined;
+  here.on('message', (m: ToTapBeside) => {
+    if (m.type === 'serve' && exported === undefined) exported = TapExport.over(port, m);
+  });
+  return {
+    setup: { mac: source.info.mac, port: there },
+    transfer: [there],
+    stop: () => {
+      exported?.close();
+      port.close('the TAP export beside it stopped');
+      here.close();
+    },
+  };
+};
