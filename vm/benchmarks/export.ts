@@ -7,17 +7,26 @@
 //
 // CPU per I/O is fio's own (usr + sys) plus, for the exports, the `upci run` process's (all its threads, from
 // /proc/PID/stat) over the same job.
-import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+//
+// Then the TAP export: busybox ping6 -A (the next echo as soon as the reply came) over IPv6 link-local from the
+// TAP of upci's e1000e driver to the guest kernel's e1000e link partner (in a network namespace of its own), against
+// the same ping through the kernel's own e1000e driver on the same NIC (rebound to e1000e.ko after upci let it go).
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { defaultDevices, findProjectRoot, guestAddress } from '../bench.js';
 import { benchmarkMain } from './harness.js';
 import { fio, kernelController, kernelNvme, type FioJob, type FioResult } from './kernel-nvme.js';
+import { KernelPeer } from '../net/kernel-peer.js';
 
 const upciController = defaultDevices.find((d) => d.model === 'nvme' && d.slot === '0a.0')!;
 const UBLK_ID = 7;
 const NBD = '/dev/nbd3';
+const nics = defaultDevices.filter((d) => d.model === 'e1000e');
+const UPCI_NIC = guestAddress(nics.find((d) => d.bind === 'vfio-pci')!);
+const PEER_NIC = guestAddress(nics.find((d) => d.bind === 'e1000e')!);
+const PINGS = 300;
 
 const JOBS: readonly (FioJob & { readonly name: string })[] = [
   { name: '4 KiB randread QD1', rw: 'randread', bs: '4k', depth: 1 },
@@ -32,32 +41,92 @@ function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
-/** `upci run` with both exports of the namespace; resolves once both are open. */
-async function upciRun(dir: string): Promise<{ pid: number; stop: () => Promise<void>; socket: string }> {
-  const socket = join(dir, 'nvme1n1.sock');
-  const config = join(dir, 'config.json');
-  writeFileSync(config, JSON.stringify({
-    devices: [{ address: guestAddress(upciController), name: 'nvme1', driver: 'nvme' }],
-    exports: [{ ublk: 'nvme1n1', id: UBLK_ID }, { nbd: 'nvme1n1', socket }],
-  }));
-  const child = spawn(process.execPath, [join(findProjectRoot(), 'dist', 'bin', 'upci.js'), 'run', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+/** `upci run` of `config`; resolves once every line in `opened` was printed. */
+async function upciRun(dir: string, config: unknown, opened: readonly RegExp[]): Promise<{ pid: number; stop: () => Promise<void> }> {
+  const file = join(dir, 'config.json');
+  writeFileSync(file, JSON.stringify(config));
+  const child = spawn(process.execPath, [join(findProjectRoot(), 'dist', 'bin', 'upci.js'), 'run', file], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
   const deadline = Date.now() + 300_000;
-  while (!(/export ublk nvme1n1 at \S+ open/.test(out) && /export nbd nvme1n1 at \S+ open/.test(out))) {
+  while (!opened.every((line) => line.test(out))) {
     if (child.exitCode !== null || Date.now() > deadline) throw new Error(`the exports did not open:\n${out}`);
     await new Promise((r) => setTimeout(r, 100));
   }
   return {
     pid: child.pid!,
-    socket,
     stop: async () => {
       child.kill('SIGINT');
       await exited;
     },
   };
+}
+
+/** Waits until `ifname` has a link-local address that is no longer tentative. */
+async function linkLocalReady(ifname: string): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const own = execFileSync('ip', ['-6', '-o', 'addr', 'show', 'dev', ifname, 'scope', 'link'], { encoding: 'utf8' });
+    if (/inet6 fe80::/.test(own) && !own.includes('tentative')) return;
+    if (Date.now() > deadline) throw new Error(`${ifname} has no usable link-local address: ${own}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** busybox ping6 -A of `target` through `ifname`: the average and the worst round trip (ms), and the replies. */
+async function pingRtt(target: string, ifname: string): Promise<{ avgMs: number; maxMs: number; received: number }> {
+  const ping = (count: number) => new Promise<string>((resolve) => execFile('busybox', ['ping6', '-A', '-c', String(count), '-W', '30', `${target}%${ifname}`], (_e, out) => resolve(out)));
+  // Neighbour discovery first, unmeasured.
+  await ping(3);
+  const out = await ping(PINGS);
+  const rtt = /min\/avg\/max = ([\d.]+)\/([\d.]+)\/([\d.]+) ms/.exec(out);
+  const received = Number(/(\d+) packets received/.exec(out)?.[1] ?? 0);
+  if (rtt === null) throw new Error(`ping6 through ${ifname} got no reply:\n${out}`);
+  return { avgMs: Number(rtt[2]), maxMs: Number(rtt[3]), received };
+}
+
+/** Binds `address` to the kernel's own driver `driver` (it was vfio-pci's) and returns its network interface. */
+async function bindKernelNic(address: string, driver: string): Promise<string> {
+  const dev = `/sys/bus/pci/devices/${address}`;
+  if (existsSync(`${dev}/driver`)) writeFileSync(`${dev}/driver/unbind`, address);
+  writeFileSync(`${dev}/driver_override`, driver);
+  writeFileSync('/sys/bus/pci/drivers_probe', address);
+  const deadline = Date.now() + 30_000;
+  while (!existsSync(`${dev}/net`) || readdirSync(`${dev}/net`).length === 0) {
+    if (Date.now() > deadline) throw new Error(`${address} has no network interface 30 s after binding ${driver}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return readdirSync(`${dev}/net`)[0]!;
+}
+
+/** The TAP rows: ping through upci's TAP export, then through the kernel's e1000e on the same NIC. */
+async function tapRows(dir: string): Promise<string[]> {
+  const peer = await KernelPeer.open(PEER_NIC);
+  try {
+    const target = await peer.linkLocal();
+    const upci = await upciRun(dir, {
+      devices: [{ address: UPCI_NIC, name: 'nic0', driver: 'e1000e' }],
+      exports: [{ tap: 'nic0', ifname: 'upci0' }],
+    }, [/export tap nic0 at upci0 open/]);
+    let tap;
+    try {
+      await linkLocalReady('upci0');
+      tap = await pingRtt(target, 'upci0');
+    } finally {
+      await upci.stop();
+    }
+    const ifname = await bindKernelNic(UPCI_NIC, 'e1000e');
+    execFileSync('ip', ['link', 'set', 'dev', ifname, 'up']);
+    await linkLocalReady(ifname);
+    const kernel = await pingRtt(target, ifname);
+    return [
+      `| ping -6 RTT, avg (max) over ${PINGS} | ${(kernel.avgMs * 1000).toFixed(0)} µs (${(kernel.maxMs * 1000).toFixed(0)}), ${kernel.received} replies | ${(tap.avgMs * 1000).toFixed(0)} µs (${(tap.maxMs * 1000).toFixed(0)}), ${tap.received} replies | ${(tap.avgMs / kernel.avgMs).toFixed(2)}× |`,
+    ];
+  } finally {
+    peer.close();
+  }
 }
 
 interface Measured extends FioResult {
@@ -78,10 +147,14 @@ async function guest(quick: boolean): Promise<number> {
   const root = findProjectRoot();
   const kernelDev = await kernelNvme(root);
   const dir = mkdtempSync(join(tmpdir(), 'upci-bench-export-'));
-  const upci = await upciRun(dir);
+  const socket = join(dir, 'nvme1n1.sock');
+  const upci = await upciRun(dir, {
+    devices: [{ address: guestAddress(upciController), name: 'nvme1', driver: 'nvme' }],
+    exports: [{ ublk: 'nvme1n1', id: UBLK_ID }, { nbd: 'nvme1n1', socket }],
+  }, [/export ublk nvme1n1 at \S+ open/, /export nbd nvme1n1 at \S+ open/]);
   const rows: string[] = [];
   try {
-    execFileSync('nbd-client', ['-N', 'nvme1n1', '-b', '4096', '-u', upci.socket, NBD]);
+    execFileSync('nbd-client', ['-N', 'nvme1n1', '-b', '4096', '-u', socket, NBD]);
     try {
       const ublk = `/dev/ublkb${UBLK_ID}`;
       for (const job of JOBS) {
@@ -97,12 +170,19 @@ async function guest(quick: boolean): Promise<number> {
   } finally {
     await upci.stop();
   }
+  const tap = await tapRows(dir);
   process.stdout.write([
     `Exports: fio (io_uring, direct=1), ${seconds} s per row after a 1 s ramp; upci's nvme driver (own thread) on ${guestAddress(upciController)} exported from the config as /dev/ublkb${UBLK_ID} and ${NBD}, the kernel's nvme on the identical ${guestAddress(kernelController)} (TCG guest)`,
     '',
     '| job | kernel nvme | ublk (× kernel) | NBD (× kernel) |',
     '|---|---|---|---|',
     ...rows,
+    '',
+    `TAP export: busybox ping6 -A from the TAP of upci's e1000e driver on ${UPCI_NIC} (from the config) to the guest kernel's e1000e on ${PEER_NIC} (its own network namespace), IPv6 link-local; then the same through the kernel's e1000e driver on ${UPCI_NIC}`,
+    '',
+    '| path | kernel e1000e | upci TAP export | TAP / kernel |',
+    '|---|---|---|---|',
+    ...tap,
     '',
   ].join('\n'));
   return 0;
