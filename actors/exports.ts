@@ -197,7 +197,8 @@ const ublk: Opener<UblkExportEntry> = {
       if (found !== undefined) {
         // The disk of this export outlived the host that served it: take it over.
         context.note('followed', `${found.path} was left by a host that died; taking it over`);
-        await found.startRecovery(() => new Promise((resolve) => setTimeout(resolve, 100)));
+        // A host that died with every tag in flight is noticed only at the kernel's request timeout (30 s by default).
+        await found.startRecovery(() => new Promise((resolve) => setTimeout(resolve, 100)), 400);
         zeroCopy = await startQueue(first, found);
         await found.endRecovery();
         disk = found;
@@ -220,13 +221,13 @@ const ublk: Opener<UblkExportEntry> = {
     }
     const following = followIncarnations(context, first, beside, async (next, incarnation, lastEnd) => {
       // The old queue's thread let go of /dev/ublkcN (it stopped, or ended); the kernel may take a moment.
-      await disk.startRecovery(() => new Promise((resolve) => setTimeout(resolve, 20)));
+      await disk.startRecovery(() => new Promise((resolve) => setTimeout(resolve, 20)), 250);
       await startQueue(next, disk);
       await disk.endRecovery();
       context.note('followed', `incarnation ${incarnation} of its driver took ${disk.path} over (the last one: ${lastEnd})`);
     });
     return {
-      detail: `${disk.path}: ${geometry.blockCount} blocks of ${geometry.blockSize} B, queue depth ${disk.queueDepth}, served in ${entry.service}'s driver thread${zeroCopy ? ' on registered memory' : ''}`,
+      detail: `${disk.path}: ${geometry.blockCount} blocks of ${geometry.blockSize} B, queue depth ${disk.queueDepth}, served in its driver's thread${zeroCopy ? ' on registered memory' : ''}`,
       providerGone: () => {},
       close: async () => {
         following.stop();
@@ -288,7 +289,7 @@ const tap: Opener<TapExportEntry> = {
       context.note('followed', `incarnation ${incarnation} of the NIC's driver serves ${device.name}`);
     });
     return {
-      detail: `MAC ${first.setup.mac}, up, served in ${entry.service}'s driver thread`,
+      detail: `MAC ${first.setup.mac}, up, served in its driver's thread`,
       providerGone: () => {},
       close: async () => {
         following.stop();

@@ -223,7 +223,7 @@ export class UblkDisk {
    * /dev/ublkcN closed, the disk quiesced): `ready()` resolves when that may
    * have changed (the old server's thread ended), and is asked again.
    */
-  async startRecovery(ready: () => Promise<void>, attempts = 50): Promise<void> {
+  async startRecovery(ready: () => Promise<void>, attempts: number): Promise<void> {
     for (let attempt = 1; ; attempt++) {
       try {
         await this.control.send('START_USER_RECOVERY', abi.ops.UBLK_U_CMD_START_USER_RECOVERY, this.id);
