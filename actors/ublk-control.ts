@@ -159,6 +159,12 @@ export class UblkDisk {
     await control.send('ADD_DEV', abi.ops.UBLK_U_CMD_ADD_DEV, requested, { addr: addressOf(info), len: abi.ublksrvCtrlDevInfo.size });
     const id = Number(abi.ublksrvCtrlDevInfo.get(infoBuf, 'dev_id'));
     const disk = new UblkDisk(control, id, queueDepth, maxIoBytes, false);
+    // The kernel drops the flags it does not know: without recovery a driver restart would stop the disk.
+    const granted = Number(BigInt(abi.ublksrvCtrlDevInfo.get(infoBuf, 'flags')) & BigInt(abi.UBLK_F_USER_RECOVERY | abi.UBLK_F_USER_RECOVERY_REISSUE));
+    if (granted !== (abi.UBLK_F_USER_RECOVERY | abi.UBLK_F_USER_RECOVERY_REISSUE)) {
+      await disk.delete().catch(() => undefined);
+      throw new UpciError('NO_UBLK', `this kernel's ublk_drv does not offer user recovery with re-issue (flags granted: 0x${granted.toString(16)})`, 'use Linux 6.0 or later, or export through NBD');
+    }
     try {
       await disk.setParams(geometry, shift);
     } catch (e) {
