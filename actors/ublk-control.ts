@@ -123,8 +123,6 @@ export class UblkDisk {
     readonly id: number,
     readonly queueDepth: number,
     readonly maxIoBytes: number,
-    /** The disk was found waiting for recovery (its server died), not made. */
-    readonly recovering: boolean,
   ) {}
 
   get path(): string {
@@ -158,7 +156,7 @@ export class UblkDisk {
     abi.ublksrvCtrlDevInfo.set(infoBuf, 'ublksrv_flags', options.tag);
     await control.send('ADD_DEV', abi.ops.UBLK_U_CMD_ADD_DEV, requested, { addr: addressOf(info), len: abi.ublksrvCtrlDevInfo.size });
     const id = Number(abi.ublksrvCtrlDevInfo.get(infoBuf, 'dev_id'));
-    const disk = new UblkDisk(control, id, queueDepth, maxIoBytes, false);
+    const disk = new UblkDisk(control, id, queueDepth, maxIoBytes);
     // The kernel drops the flags it does not know: without recovery a driver restart would stop the disk.
     const granted = Number(BigInt(abi.ublksrvCtrlDevInfo.get(infoBuf, 'flags')) & BigInt(abi.UBLK_F_USER_RECOVERY | abi.UBLK_F_USER_RECOVERY_REISSUE));
     if (granted !== (abi.UBLK_F_USER_RECOVERY | abi.UBLK_F_USER_RECOVERY_REISSUE)) {
@@ -185,13 +183,18 @@ export class UblkDisk {
     for (const candidate of ids) {
       const info = await control.info(candidate);
       if (info === undefined || info.tag !== tag) continue;
+      if (info.state === abi.UBLK_S_DEV_DEAD) {
+        // Added and never started, or stopped and never deleted, by a host that died: nothing to take over.
+        await new UblkDisk(control, candidate, info.queueDepth, info.maxIoBytes).delete();
+        continue;
+      }
       if (info.state === abi.UBLK_S_DEV_LIVE && processAlive(info.ublksrvPid)) {
         throw new UpciError('BUSY', `/dev/ublkb${candidate} is this export's disk, and process ${info.ublksrvPid} still serves it`, 'stop the other upci run serving this config first');
       }
       if (info.maxIoBytes !== geometry.maxIoBytes) {
         throw new UpciError('KERNEL', `/dev/ublkb${candidate} was made for ${info.maxIoBytes}-byte requests, ${geometry.name} now takes ${geometry.maxIoBytes}`, `delete it (ublk del -n ${candidate}, or stop the export cleanly) and export again`);
       }
-      return new UblkDisk(control, candidate, info.queueDepth, info.maxIoBytes, true);
+      return new UblkDisk(control, candidate, info.queueDepth, info.maxIoBytes);
     }
     return undefined;
   }
