@@ -15,6 +15,7 @@
  * same export among the others (find()).
  */
 import { closeSync, openSync, readdirSync } from 'node:fs';
+import type { BlockGeometry } from '../drivers/block.js';
 import { SyscallError, UpciError } from '../kernel/errors.js';
 import * as abi from '../kernel/linux/ublk-abi.js';
 import { UringCmdRing } from '../kernel/linux/uring-cmd.js';
@@ -25,11 +26,7 @@ const SECTOR = 512;
 const EBUSY = 16;
 
 /** What a ublk disk is made from: its device's geometry. */
-export interface UblkGeometry {
-  readonly name: string;
-  readonly blockSize: number;
-  readonly blockCount: number;
-  readonly canDiscard: boolean;
+export interface UblkGeometry extends Pick<BlockGeometry, 'name' | 'blockSize' | 'blockCount' | 'canDiscard'> {
   /** Bytes one request may move (the kernel splits larger ones). */
   readonly maxIoBytes: number;
 }
