@@ -148,21 +148,21 @@ async function guest(quick: boolean): Promise<number> {
   const kernelDev = await kernelNvme(root);
   const dir = mkdtempSync(join(tmpdir(), 'upci-bench-export-'));
   const socket = join(dir, 'nvme1n1.sock');
-  const upci = await upciRun(dir, {
-    devices: [{ address: guestAddress(upciController), name: 'nvme1', driver: 'nvme' }],
-    exports: [{ ublk: 'nvme1n1', id: UBLK_ID }, { nbd: 'nvme1n1', socket }],
-  }, [/export ublk nvme1n1 at \S+ open/, /export nbd nvme1n1 at \S+ open/]);
-  const rows: string[] = [];
+  const nvme = (options: Record<string, unknown>) => ({ address: guestAddress(upciController), name: 'nvme1', driver: 'nvme', options });
+  const cell = (m: Measured, k: Measured) => `${m.iops.toFixed(0)} (${(m.iops / k.iops).toFixed(2)}×) p50 ${m.p50Us.toFixed(0)} µs, ${m.totalCpuUsPerIo.toFixed(0)} µs CPU/I/O`;
+  const cells = new Map<string, string[]>();
+  // First the driver on interrupts, both exports; then polled (its `polled` option), ublk only. Each export's row
+  // is measured right after the kernel's, so that the ratio compares one moment's guest.
+  const upci = await upciRun(dir, { devices: [nvme({})], exports: [{ ublk: 'nvme1n1', id: UBLK_ID }, { nbd: 'nvme1n1', socket }] },
+    [/export ublk nvme1n1 at \S+ open/, /export nbd nvme1n1 at \S+ open/]);
   try {
     execFileSync('nbd-client', ['-N', 'nvme1n1', '-b', '4096', '-u', socket, NBD]);
     try {
-      const ublk = `/dev/ublkb${UBLK_ID}`;
       for (const job of JOBS) {
         const k = await measure(kernelDev, job, seconds);
-        const u = await measure(ublk, job, seconds, upci.pid);
+        const u = await measure(`/dev/ublkb${UBLK_ID}`, job, seconds, upci.pid);
         const n = await measure(NBD, job, seconds, upci.pid);
-        const cell = (m: Measured) => `${m.iops.toFixed(0)} (${(m.iops / k.iops).toFixed(2)}×) p50 ${m.p50Us.toFixed(0)} µs, ${m.totalCpuUsPerIo.toFixed(0)} µs CPU/I/O`;
-        rows.push(`| ${job.name} | ${k.iops.toFixed(0)} p50 ${k.p50Us.toFixed(0)} µs, ${k.cpuUsPerIo.toFixed(0)} µs CPU/I/O | ${cell(u)} | ${cell(n)} |`);
+        cells.set(job.name, [`${k.iops.toFixed(0)} p50 ${k.p50Us.toFixed(0)} µs, ${k.cpuUsPerIo.toFixed(0)} µs CPU/I/O`, cell(u, k), cell(n, k)]);
       }
     } finally {
       execFileSync('nbd-client', ['-d', NBD]);
@@ -170,12 +170,23 @@ async function guest(quick: boolean): Promise<number> {
   } finally {
     await upci.stop();
   }
+  const polled = await upciRun(dir, { devices: [nvme({ polled: true })], exports: [{ ublk: 'nvme1n1', id: UBLK_ID }] }, [/export ublk nvme1n1 at \S+ open/]);
+  try {
+    for (const job of JOBS) {
+      const k = await measure(kernelDev, job, seconds);
+      const u = await measure(`/dev/ublkb${UBLK_ID}`, job, seconds, polled.pid);
+      cells.get(job.name)!.push(cell(u, k));
+    }
+  } finally {
+    await polled.stop();
+  }
+  const rows = JOBS.map((job) => `| ${job.name} | ${cells.get(job.name)!.join(' | ')} |`);
   const tap = await tapRows(dir);
   process.stdout.write([
-    `Exports: fio (io_uring, direct=1), ${seconds} s per row after a 1 s ramp; upci's nvme driver (own thread) on ${guestAddress(upciController)} exported from the config as /dev/ublkb${UBLK_ID} and ${NBD}, the kernel's nvme on the identical ${guestAddress(kernelController)} (TCG guest)`,
+    `Exports: fio (io_uring, direct=1), ${seconds} s per row after a 1 s ramp; upci's nvme driver (own thread) on ${guestAddress(upciController)} exported from the config as /dev/ublkb${UBLK_ID} (served in the driver's thread) and ${NBD}, the kernel's nvme on the identical ${guestAddress(kernelController)} (TCG guest)`,
     '',
-    '| job | kernel nvme | ublk (× kernel) | NBD (× kernel) |',
-    '|---|---|---|---|',
+    '| job | kernel nvme | ublk (× kernel) | NBD (× kernel) | ublk, driver polled (× kernel, measured again) |',
+    '|---|---|---|---|---|',
     ...rows,
     '',
     `TAP export: busybox ping6 -A from the TAP of upci's e1000e driver on ${UPCI_NIC} (from the config) to the guest kernel's e1000e on ${PEER_NIC} (its own network namespace), IPv6 link-local; then the same through the kernel's e1000e driver on ${UPCI_NIC}`,
