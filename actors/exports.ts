@@ -228,7 +228,11 @@ const ublk: Opener<UblkExportEntry> = {
     });
     return {
       detail: `${disk.path}: ${geometry.blockCount} blocks of ${geometry.blockSize} B, queue depth ${disk.queueDepth}, served in its driver's thread${zeroCopy ? ' on registered memory' : ''}`,
-      providerGone: () => {},
+      // No incarnation will take the disk over: stopping it fails what the kernel holds for it (EIO) now, not never.
+      providerGone: () => {
+        following.stop();
+        void disk.stop().catch(() => undefined);
+      },
       close: async () => {
         following.stop();
         try {
