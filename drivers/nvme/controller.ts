@@ -84,6 +84,8 @@ export class NvmeController {
    * submitted while the event loop was held up longer a full timeout).
    */
   private readonly checkedAt = new Float64Array(1);
+  /** performance.now() at the last timeout check: a longer gap than two periods means the event loop was held up. */
+  private lastCheck = 0;
   /** When the running reset started (performance.now() ms). */
   private resetStarted = 0;
   /** Controller resets the timeout path did, Aborts it sent, commands it failed with NvmeTimeoutError. */
@@ -114,6 +116,7 @@ export class NvmeController {
     // Queues and PRP lists are page-aligned, physically contiguous to the device.
     this.tag = dma.createTag({ alignment: PAGE, addressLimit: 2n ** 53n - 1n });
     this.checkedAt[0] = performance.now();
+    this.lastCheck = this.checkedAt[0];
   }
 
   /** How often the driver calls checkTimeouts(): a quarter of the command timeout, at least 10 ms. */
@@ -331,7 +334,8 @@ export class NvmeController {
   checkTimeouts(now: number): void {
     if (this.gone !== undefined) return;
     const timeout = this.options.commandTimeoutMs;
-    const heldUp = now - this.checkedAt[0]! > 2 * this.timeoutCheckMs;
+    const heldUp = now - this.lastCheck > 2 * this.timeoutCheckMs;
+    this.lastCheck = now;
     this.checkedAt[0] = now;
     if (heldUp) {
       // The event loop was held up: commands submitted meanwhile counted from an old checkedAt; none is judged before a full timeout from now.
