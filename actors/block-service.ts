@@ -23,6 +23,12 @@
  *   no allocation on either side; in the driver's thread such a request is
  *   a request on the device's own registration (RegisteredBuffer.read).
  *
+ * - A wake-up per batch, not per request: each side stages what it posts
+ *   while draining the other ring (a completion the device made inside
+ *   the call, a request started from `ends`) and publishes it at the
+ *   drain's end. A wake-up costs heap (Atomics.waitAsync's promise, about
+ *   560 B); a slot costs none (test/unit/registered-heap.test.ts).
+ *
  * Requests are checked in the proxy's thread (checkRequest) as the driver
  * would, so a bad one never reaches the ring. A failure in the driver's
  * thread arrives as the same error class with the same fields (the error's
