@@ -22,7 +22,6 @@
  *   completion slot ends it on its `ends` (a Fanout), with no promise and
  *   no allocation on either side; in the driver's thread such a request is
  *   a request on the device's own registration (RegisteredBuffer.read).
- *
  * - A wake-up per batch, not per request: each side stages what it posts
  *   while draining the other ring (a completion the device made inside
  *   the call, a request started from `ends`) and publishes it at the
