@@ -22,6 +22,11 @@
  *   completion slot ends it on its `ends` (a Fanout), with no promise and
  *   no allocation on either side; in the driver's thread such a request is
  *   a request on the device's own registration (RegisteredBuffer.read).
+ * - A wake-up per batch, not per request: each side stages what it posts
+ *   while draining the other ring (a completion the device made inside
+ *   the call, a request started from `ends`) and publishes it at the
+ *   drain's end. A wake-up costs heap (Atomics.waitAsync's promise, about
+ *   560 B); a slot costs none (test/unit/registered-heap.test.ts).
  *
  * Requests are checked in the proxy's thread (checkRequest) as the driver
  * would, so a bad one never reaches the ring. A failure in the driver's
@@ -194,6 +199,12 @@ export function serveBlockDevice(device: BlockDevice): ServiceExport<BlockServic
   /** Per tag: the buffer its request is on (for the in-flight count), or undefined. */
   const onBuffer: (Named | undefined)[] = new Array<Named | undefined>(TAGS).fill(undefined);
   let stopped = false;
+  /**
+   * While the request ring is being drained: completions made meanwhile (a
+   * device that ends a request inside the call) are staged and published
+   * together at the drain's end, one wake-up of the proxy per batch.
+   */
+  let batching = false;
 
   const complete = (tag: number, error: unknown) => {
     const named = onBuffer[tag];
@@ -208,7 +219,12 @@ export function serveBlockDevice(device: BlockDevice): ServiceExport<BlockServic
     if (at < 0) throw new Error(`${device.name}: the completion ring is full`);
     completions.words[at] = tag;
     completions.words[at + 1] = length;
-    completions.publish();
+    if (batching) completions.stage();
+    else completions.publish();
+  };
+  const endBatch = () => {
+    batching = false;
+    completions.flush();
   };
 
   /** The device's registration of `buffer`, its ends completing ring tags; undefined when the device cannot reach the memory (its requests then go through the promise API, which bounces them). */
@@ -241,6 +257,7 @@ export function serveBlockDevice(device: BlockDevice): ServiceExport<BlockServic
   });
 
   requests.start((w, at) => {
+    batching = true;
     const opIndex = w[at]!;
     const tag = w[at + 1]!;
     const lba = (w[at + 2]! >>> 0) + (w[at + 3]! >>> 0) * 2 ** 32;
@@ -253,17 +270,21 @@ export function serveBlockDevice(device: BlockDevice): ServiceExport<BlockServic
     if (id !== NO_DATA) {
       named = buffers.get(id);
       // Its registration is still on its way: wait for it (requests stay in order).
-      if (named === undefined) return false;
+      if (named === undefined) {
+        endBatch();
+        return false;
+      }
       const registration = named.registration;
       // One device command on registered memory: no promise, no allocation (its end comes through the registration's ends).
       if (registration !== undefined && opIndex <= 1 && offset % 4 === 0 && length <= device.maxTransferBytes && length === blocks * device.blockSize) {
+        // Counted before the call: a device may end the request inside it.
+        named.inFlight++;
+        onBuffer[tag] = named;
         try {
-          if (opIndex === 0 ? registration.read(lba, blocks, offset, tag) : registration.write(lba, blocks, offset, tag)) {
-            named.inFlight++;
-            onBuffer[tag] = named;
-            return true;
-          }
+          if (opIndex === 0 ? registration.read(lba, blocks, offset, tag) : registration.write(lba, blocks, offset, tag)) return true;
           // The device has no room now: the promise API below waits in its queue.
+          named.inFlight--;
+          onBuffer[tag] = undefined;
         } catch (e) {
           complete(tag, e);
           return true;
@@ -287,7 +308,7 @@ export function serveBlockDevice(device: BlockDevice): ServiceExport<BlockServic
     }
     work.then(() => complete(tag, undefined), (e: unknown) => complete(tag, e));
     return true;
-  });
+  }, endBatch);
 
   return {
     setup: {
@@ -396,6 +417,17 @@ export class BlockProxy extends BlockDeviceBase {
     if (this.gone === undefined) this.port.postMessage({ type: 'forget', id } satisfies PortMessage);
   });
   private gone: string | undefined;
+  /**
+   * While the completion ring is being drained: requests posted meanwhile
+   * (a caller starting its next request from `ends`) are staged and
+   * published together at the drain's end, one wake-up of the driver side
+   * per batch instead of one per request.
+   */
+  private batching = false;
+  private readonly endBatch = (): void => {
+    this.batching = false;
+    this.requests.flush();
+  };
 
   constructor(setup: BlockServiceSetup) {
     super(setup);
@@ -406,7 +438,10 @@ export class BlockProxy extends BlockDeviceBase {
     this.errors = new Uint8Array(setup.errors);
     this.port = setup.port;
     for (let tag = TAGS - 1; tag >= 0; tag--) this.free.push(tag);
-    this.replies.start((w, at) => this.completed(w[at]!, w[at + 1]!));
+    this.replies.start((w, at) => {
+      this.batching = true;
+      this.completed(w[at]!, w[at + 1]!);
+    }, this.endBatch);
   }
 
   /** Completions in the ring not yet handled (this thread has not looked since the driver side wrote them). */
@@ -475,7 +510,8 @@ export class BlockProxy extends BlockDeviceBase {
     w[at + 5] = registration.id;
     w[at + 6] = offset;
     w[at + 7] = blocks * this.blockSize;
-    this.requests.publish();
+    if (this.batching) this.requests.stage();
+    else this.requests.publish();
     this.posted++;
     return true;
   }
@@ -564,7 +600,8 @@ export class BlockProxy extends BlockDeviceBase {
     w[at + 5] = part.buffer;
     w[at + 6] = part.offset;
     w[at + 7] = part.length;
-    this.requests.publish();
+    if (this.batching) this.requests.stage();
+    else this.requests.publish();
     this.posted++;
     return true;
   }

@@ -75,6 +75,17 @@ export class NvmeController {
   private resetting: Promise<void> | undefined;
   /** The last Identify, which the next one waits for. */
   private identifying: Promise<unknown> = Promise.resolve();
+  /**
+   * performance.now() at the last timeout check (or admin command, or
+   * reset): what an I/O command's deadline counts from. Reading the clock
+   * per command makes a heap number per I/O (16 bytes: performance.now()
+   * and Date.now() alike); this is read from a typed array instead, and is
+   * at most a check period old (checkTimeouts() gives the commands
+   * submitted while the event loop was held up longer a full timeout).
+   */
+  private readonly checkedAt = new Float64Array(1);
+  /** performance.now() at the last timeout check: a longer gap than two periods means the event loop was held up. */
+  private lastCheck = 0;
   /** When the running reset started (performance.now() ms). */
   private resetStarted = 0;
   /** Controller resets the timeout path did, Aborts it sent, commands it failed with NvmeTimeoutError. */
@@ -104,6 +115,13 @@ export class NvmeController {
     if (this.cap.minPageSize > PAGE) throw new Error(`nvme: the controller's smallest memory page is ${this.cap.minPageSize} bytes; the driver uses 4 KiB`);
     // Queues and PRP lists are page-aligned, physically contiguous to the device.
     this.tag = dma.createTag({ alignment: PAGE, addressLimit: 2n ** 53n - 1n });
+    this.checkedAt[0] = performance.now();
+    this.lastCheck = this.checkedAt[0];
+  }
+
+  /** How often the driver calls checkTimeouts(): a quarter of the command timeout, at least 10 ms. */
+  get timeoutCheckMs(): number {
+    return Math.max(10, Math.floor(this.options.commandTimeoutMs / 4));
   }
 
   /** CC.EN = 0, then wait for CSTS.RDY = 0 (bounded by CAP.TO). */
@@ -196,7 +214,11 @@ export class NvmeController {
   /** An admin command; polled while the driver is attaching (no interrupt subscriber yet), by interrupt after. */
   adminCommand(opcode: number, nsid: number, prp1: number, prp2: number, cdw10: number, cdw11: number, cdw12: number): Promise<Completion> {
     return new Promise<Completion>((resolve, reject) => {
-      this.submitTo(this.admin, true, opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12, 0, (status, dw0) => {
+      // Not the I/O path: the deadline counts from now.
+      this.checkedAt[0] = performance.now();
+      this.admin.prps[0] = prp1;
+      this.admin.prps[1] = prp2;
+      this.submitTo(this.admin, true, opcode, nsid, cdw10, cdw11, cdw12, 0, (status, dw0) => {
         if (status === 0) resolve({ dw0 });
         else reject(statusError(commandName(true, opcode), status, this.options.commandTimeoutMs));
       }, reject);
@@ -214,13 +236,12 @@ export class NvmeController {
   }
 
   /**
-   * Submits on `q`: returns the command ID, SUBMIT_FULL when the queue has
+   * Submits on `q` (its PRPs set in q.prps): returns the command ID, SUBMIT_FULL when the queue has
    * no free command ID (nothing happened: the caller retries later), or
    * SUBMIT_REFUSED when the controller is gone (`onError` was called).
    */
   submitTo(
-    q: QueuePair, admin: boolean, opcode: number, nsid: number, prp1: number, prp2: number,
-    cdw10: number, cdw11: number, cdw12: number, cdw13: number, handler: CompletionHandler, onError: (e: Error) => void,
+    q: QueuePair, admin: boolean, opcode: number, nsid: number, cdw10: number, cdw11: number, cdw12: number, cdw13: number, handler: CompletionHandler, onError: (e: Error) => void,
   ): number {
     if (this.gone !== undefined) {
       onError(new NvmeGoneError(commandName(admin, opcode), this.gone));
@@ -235,7 +256,9 @@ export class NvmeController {
       const lba = admin ? '' : `, LBA ${(BigInt(cdw11 >>> 0) << 32n) | BigInt(cdw10 >>> 0)}`;
       this.note(`fault injection: dropping ${commandName(admin, opcode)} (command ${cid} on queue ${q.id})${lba}`);
     }
-    q.submit(cid, opcode, nsid, prp1, prp2, cdw10, cdw11, cdw12, cdw13, handler, performance.now() + this.options.commandTimeoutMs);
+    q.submit(cid, opcode, nsid, cdw10, cdw11, cdw12, cdw13, handler);
+    // A check period late at most (checkedAt is up to a period old), never early.
+    q.deadlines[cid] = this.checkedAt[0]! + this.options.commandTimeoutMs + this.timeoutCheckMs;
     if (q.vector < 0 || q === this.admin) this.kickPoller();
     return cid;
   }
@@ -261,10 +284,10 @@ export class NvmeController {
     this.interruptsLive = true;
   }
 
-  /** Reaps every queue on `vector` (an interrupt arrived). */
+  /** Reaps every queue on `vector` (an interrupt arrived); indexed, as a for-of makes an iterator per interrupt. */
   onInterrupt(vector: number): void {
     const queues = this.byVector[vector];
-    if (queues !== undefined) for (const q of queues) q.reap();
+    if (queues !== undefined) for (let i = 0; i < queues.length; i++) queues[i]!.reap();
   }
 
   /** Polls queues without interrupts (and all of them while attaching) until nothing is outstanding. */
@@ -311,6 +334,16 @@ export class NvmeController {
   checkTimeouts(now: number): void {
     if (this.gone !== undefined) return;
     const timeout = this.options.commandTimeoutMs;
+    const heldUp = now - this.lastCheck > 2 * this.timeoutCheckMs;
+    this.lastCheck = now;
+    this.checkedAt[0] = now;
+    if (heldUp) {
+      // The event loop was held up: commands submitted meanwhile counted from an old checkedAt; none is judged before a full timeout from now.
+      for (const q of [this.admin, ...this.io]) {
+        for (let cid = 0; cid < q.depth - 1; cid++) if (q.deadlines[cid] !== 0) q.deadlines[cid] = Math.max(q.deadlines[cid]!, now + timeout);
+      }
+      return;
+    }
     const stuck = this.admin.firstExpired(now);
     const stuckName = stuck < 0 ? '' : `${commandName(true, this.admin.opcodeOf(stuck))} (admin command ${stuck})`;
     if (this.resetting !== undefined) {

@@ -125,7 +125,6 @@ const service = fromCallback<NvmeEvent, NvmeResources>(({ input: r, sendBack }) 
     error: fault,
   }));
   r.controller.interruptsStarted();
-  const period = Math.max(10, Math.floor(r.controller.options.commandTimeoutMs / 4));
   const stop = () => {
     clearInterval(timer);
     for (const s of subscriptions) s.unsubscribe();
@@ -138,7 +137,7 @@ const service = fromCallback<NvmeEvent, NvmeResources>(({ input: r, sendBack }) 
     } catch (e) {
       fault(e);
     }
-  }, period);
+  }, r.controller.timeoutCheckMs);
   return stop;
 });
 

@@ -285,6 +285,8 @@ export class NvmeNamespace extends BlockDeviceBase {
           prp1 = pool.busAddresses[cid]!;
         }
         q.freeCid(cid);
+        q.prps[0] = prp1;
+        q.prps[1] = 0;
         const handler = (status: number) => {
           io.inFlight.delete(fail);
           io.drain();
@@ -294,7 +296,7 @@ export class NvmeNamespace extends BlockDeviceBase {
           if (error === undefined) resolve();
           else reject(error);
         };
-        return io.controller.submitTo(q, false, opcode, this.nsid, prp1, 0, cdw10, cdw11, cdw12, 0, handler, fail) !== SUBMIT_FULL;
+        return io.controller.submitTo(q, false, opcode, this.nsid, cdw10, cdw11, cdw12, 0, handler, fail) !== SUBMIT_FULL;
       });
     });
   }
@@ -349,9 +351,8 @@ export class NvmeNamespace extends BlockDeviceBase {
     const q = io.freeQueue();
     if (q === undefined) return false;
     const cid = q.allocCid();
-    const bus = registration.mapping.bus + offset;
-    const bytes = blocks * this.blockSize;
-    const prp2 = q.prp2For(cid, bus, bytes);
+    q.prps[0] = registration.mapping.bus + offset;
+    q.prp2For(cid, blocks * this.blockSize);
     q.freeCid(cid);
     const slots = io.registered[q.id - 1]!;
     slots.owner[cid] = registration;
@@ -361,7 +362,7 @@ export class NvmeNamespace extends BlockDeviceBase {
     slots.opcode[cid] = opcode;
     slots.started[cid] = this.reporting ? performance.now() : 0;
     try {
-      io.controller.submitTo(q, false, opcode, this.nsid, bus, prp2, lba >>> 0, Math.floor(lba / 2 ** 32), blocks - 1, 0, slots.handlers[cid]!, this.refuseGone);
+      io.controller.submitTo(q, false, opcode, this.nsid, lba | 0, Math.floor(lba / 2 ** 32), blocks - 1, 0, slots.handlers[cid]!, this.refuseGone);
     } catch (e) {
       slots.owner[cid] = undefined;
       throw e;
@@ -422,9 +423,9 @@ export class NvmeNamespace extends BlockDeviceBase {
           const cid = q.allocCid();
           if (cid < 0) return false;
           const bounce = io.views[q.id - 1]![cid]!;
-          const bus = direct >= 0 ? direct + offset : io.data[q.id - 1]!.busAddresses[cid]!;
+          q.prps[0] = direct >= 0 ? direct + offset : io.data[q.id - 1]!.busAddresses[cid]!;
           if (direct < 0 && op === 'write') bounce.set(buffer.subarray(offset, offset + bytes));
-          const prp2 = q.prp2For(cid, bus, bytes);
+          q.prp2For(cid, bytes);
           q.freeCid(cid);
           const handler = (status: number, _dw0: number, doneCid: number) => {
             if (NvmeController.wasAborted(status) && q.retries[doneCid]! < 2) {
@@ -436,7 +437,7 @@ export class NvmeNamespace extends BlockDeviceBase {
             finish(status === 0 ? undefined : statusError(commandName(false, opcode), status, io.controller.options.commandTimeoutMs));
             io.completed();
           };
-          return io.controller.submitTo(q, false, opcode, this.nsid, bus, prp2, slba >>> 0, Math.floor(slba / 2 ** 32), n - 1, 0, handler, (e) => finish(e)) !== SUBMIT_FULL;
+          return io.controller.submitTo(q, false, opcode, this.nsid, slba | 0, Math.floor(slba / 2 ** 32), n - 1, 0, handler, (e) => finish(e)) !== SUBMIT_FULL;
         });
       }
     });
@@ -457,9 +458,9 @@ export class NvmeNamespace extends BlockDeviceBase {
     const q = this.io.controller.ioQueues[queue]!;
     const cid = q.allocCid();
     if (cid < 0) return -1;
-    const bus = this.io.data[q.id - 1]!.busAddresses[cid]!;
-    const prp2 = q.prp2For(cid, bus, blocks * this.blockSize);
+    q.prps[0] = this.io.data[q.id - 1]!.busAddresses[cid]!;
+    q.prp2For(cid, blocks * this.blockSize);
     q.freeCid(cid);
-    return this.io.controller.submitTo(q, false, NVM.READ, this.nsid, bus, prp2, lba >>> 0, Math.floor(lba / 2 ** 32), blocks - 1, 0, handler, onError);
+    return this.io.controller.submitTo(q, false, NVM.READ, this.nsid, lba | 0, Math.floor(lba / 2 ** 32), blocks - 1, 0, handler, onError);
   }
 }

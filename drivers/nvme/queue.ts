@@ -36,6 +36,14 @@ export class QueuePair {
   private readonly handlers: (CompletionHandler | undefined)[];
   /** When each outstanding command times out (performance.now() ms), 0 when free. */
   readonly deadlines: Float64Array;
+  /**
+   * PRP1 and PRP2 of the command about to be submitted: the caller sets
+   * PRP1 (prps[0]), prp2For() sets PRP2, submit() takes both. Bus
+   * addresses pass through this array, not as arguments, because a number
+   * argument that is no small integer (an IOVA above 2^31) is a new heap
+   * number per call, 16 bytes per I/O; a typed array's slot is not.
+   */
+  readonly prps = new Float64Array(2);
   /** Per command ID: aborts and resets it went through. */
   readonly retries: Uint8Array;
   /** Per command ID: 1 when it was submitted while the queue was held (not yet in the ring). */
@@ -113,18 +121,23 @@ export class QueuePair {
   }
 
   /**
-   * PRP entries for bus range [bus, bus + length), contiguous in bus
-   * addresses, as nvme_pcie_prp_list_append builds them: PRP1 is the first
-   * byte (dword aligned), then one entry per further page, in PRP2 directly
-   * when there is one, else in this command ID's PRP list page. Returns
-   * PRP2; PRP1 is `bus`.
+   * PRP entries for bus range [prps[0], prps[0] + length), contiguous in
+   * bus addresses, as nvme_pcie_prp_list_append builds them: PRP1 is the
+   * first byte (dword aligned), then one entry per further page, in PRP2
+   * directly when there is one, else in this command ID's PRP list page.
+   * Sets prps[1] to PRP2.
    */
-  prp2For(cid: number, bus: number, length: number): number {
+  prp2For(cid: number, length: number): void {
+    const bus = this.prps[0]!;
     const first = PAGE - (bus % PAGE);
-    if (length <= first) return 0;
+    this.prps[1] = 0;
+    if (length <= first) return;
     const rest = length - first;
     const next = bus + first;
-    if (rest <= PAGE) return next;
+    if (rest <= PAGE) {
+      this.prps[1] = next;
+      return;
+    }
     const pages = Math.ceil(rest / PAGE);
     if (pages > PRPS_PER_PAGE) throw new RangeError(`nvme: ${length} bytes need ${pages} PRP entries; one list page holds ${PRPS_PER_PAGE}`);
     let w = cid * (PAGE / 4);
@@ -133,17 +146,17 @@ export class QueuePair {
       this.prpWords[w++] = a >>> 0;
       this.prpWords[w++] = Math.floor(a / TWO_32);
     }
-    return this.prpLists.busAddresses[cid]!;
+    this.prps[1] = this.prpLists.busAddresses[cid]!;
   }
 
   /**
-   * Writes the command at the SQ tail and rings the doorbell. `prp1`,
-   * `prp2` and the 64-bit `slba` are numbers (below 2^53).
+   * Writes the command at the SQ tail, with `prps` as its PRP1 and PRP2,
+   * and rings the doorbell; it times out at `deadlines[cid]`, which the
+   * caller sets.
    */
-  submit(
-    cid: number, opcode: number, nsid: number, prp1: number, prp2: number,
-    cdw10: number, cdw11: number, cdw12: number, cdw13: number, handler: CompletionHandler, deadline: number,
-  ): void {
+  submit(cid: number, opcode: number, nsid: number, cdw10: number, cdw11: number, cdw12: number, cdw13: number, handler: CompletionHandler): void {
+    const prp1 = this.prps[0]!;
+    const prp2 = this.prps[1]!;
     const s = cid * WORDS_PER_SQE;
     const w = this.shadow;
     w[s] = opcode | (cid << 16);
@@ -163,7 +176,6 @@ export class QueuePair {
     w[s + 14] = 0;
     w[s + 15] = 0;
     this.handlers[cid] = handler;
-    this.deadlines[cid] = deadline;
     this.retries[cid] = 0;
     this.post(cid);
   }

@@ -6,8 +6,9 @@
  * caller's own memory, not a copy); fails reads at LBA 666 (NVMe status),
  * 667 (a refusal), 668 (a plain TypeError); never completes LBA 777 (unless
  * made with `hangs: false`: a device that does, as a driver's next incarnation).
- * Registered memory (register()) is counted; its requests go through the
- * fake's own read() and write() on a view of it.
+ * Registered memory (register()) is counted; its requests move the data
+ * in place and end at once, allocating nothing (the failing and hanging
+ * LBAs above go through the fake's own read() and write() on a view).
  */
 import { Subject } from 'rxjs';
 import { BlockRequestError, RegisteredMemory, checkRequest, sharedPages, type BlockCompletion, type BlockDevice } from '../../drivers/block.js';
@@ -42,13 +43,33 @@ export function fakeBlockDevice(name = 'fake0n1', { hangs = true } = {}): FakeBl
       if (this.active) registrations.unregistered++;
       this.active = false;
     }
-    /** Through the fake's own read()/write() on a view of the registered memory: the same stamps and failures. */
+    /**
+     * In place, and ended at once (inside the call, as a device may end a
+     * request), with nothing allocated: what an allocation meter sees on
+     * the serving side is then the service's own. The LBAs that fail or
+     * hang go through the fake's own read()/write() on a view instead.
+     */
     private move(read: boolean, lba: number, blocks: number, offset: number, tag: number): boolean {
-      checkRequest.registered(geometry, lba, blocks, offset, this.bytes.length);
+      if (!checkRequest.registeredOk(geometry, lba, blocks, offset, this.bytes.length)) checkRequest.registered(geometry, lba, blocks, offset, this.bytes.length);
       if (!this.active) throw new BlockRequestError(`${name}: not registered`, 'register it');
       registrations.requests++;
-      const view = this.bytes.subarray(offset, offset + blocks * FAKE.blockSize);
-      (read ? device.read(lba, blocks, view) : device.write(lba, view)).then(() => this.emitEnd(tag, undefined), (e: Error) => this.emitEnd(tag, e));
+      if (lba === 666 || lba === 667 || lba === 668 || lba === 777) {
+        const view = this.bytes.subarray(offset, offset + blocks * FAKE.blockSize);
+        (read ? device.read(lba, blocks, view) : device.write(lba, view)).then(() => this.emitEnd(tag, undefined), (e: Error) => this.emitEnd(tag, e));
+        return true;
+      }
+      const bytes = this.bytes;
+      const at = lba * FAKE.blockSize;
+      const n = blocks * FAKE.blockSize;
+      if (read) {
+        sharedSeen.reads++;
+        for (let i = 0; i < n; i++) bytes[offset + i] = storage[at + i]!;
+      } else {
+        sharedSeen.writes++;
+        for (let i = 0; i < n; i++) storage[at + i] = bytes[offset + i]!;
+        bytes[offset + n - 1] = 0xee;
+      }
+      this.emitEnd(tag, undefined);
       return true;
     }
   }

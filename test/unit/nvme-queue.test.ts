@@ -37,7 +37,10 @@ const noop = () => undefined;
 /** Submits a Read with `tag` in CDW10; returns its command ID. */
 function submit(q: QueuePair, tag: number): number {
   const cid = q.allocCid();
-  q.submit(cid, 0x02, 1, 0x1000, 0, tag, 0, 0, 0, noop, 1000);
+  q.prps[0] = 0x1000;
+  q.prps[1] = 0;
+  q.submit(cid, 0x02, 1, tag, 0, 0, 0, noop);
+  q.deadlines[cid] = 1000;
   return cid;
 }
 /** CDW10 of the SQ ring's entries [0, n): which commands reached the ring, in order. */
