@@ -8,6 +8,7 @@
  *                                          └──────→ detaching
  *
  *   any state but detaching ─REQUEST→ removing ──→ released (outcome removed)
+ *   running ─PCIE_ERROR→ failed (claimed, attaching, reloading: when the next attach settles)
  *
  * failed quiesces the device (bus master off, interrupts disabled, DMA
  * unmapped, BARs revoked); resetting resets it through the kernel port, or,
@@ -20,6 +21,13 @@
  * unbind waits for that close), and ends the actor: no restart. A request
  * that comes while an attach, a reload, a quiesce or a reset is in flight
  * is remembered and acted on when it settles.
+ * PCIE_ERROR is the kernel reporting an uncorrectable PCIe error of the
+ * function (VFIO's ERR eventfd, AER): a driver fault like a crash, so the
+ * device is quiesced in the same order, reset, and the driver restarted
+ * under the restart policy. One before or during an attach (claimed,
+ * attaching, reloading) is the next attach's fault once it settles; in the
+ * other states the device is already on its way to a reset or a release,
+ * so it is only noted.
  * Every state is entered as its own macrostep, so each transition shows in
  * the actor's snapshots and in the inspection stream.
  */
@@ -41,7 +49,8 @@ export type DeviceStateName = 'claimed' | 'attaching' | 'running' | 'reloading' 
 
 /** Why a driver incarnation ended badly. */
 export interface Fault {
-  readonly kind: 'attach' | 'crash' | 'watchdog';
+  /** pcie-error: the kernel reported an uncorrectable PCIe error of the function (AER). */
+  readonly kind: 'attach' | 'crash' | 'watchdog' | 'pcie-error';
   readonly message: string;
   readonly incarnation: number;
   /** A watchdog's hang: how long the thread had been silent, and for how much of it this process ran. */
@@ -133,6 +142,8 @@ export interface DeviceContext extends DeviceActorInput {
   readonly stopRequested: boolean;
   /** The kernel asked for the device back while something was in flight: finish it, then remove. */
   readonly removeRequested: boolean;
+  /** An uncorrectable PCIe error reported before or during an attach: the attach's fault, once it settles. */
+  readonly pcieError: string | undefined;
   /** The last fault is one no restart can change (NOT_OFFERED): the device is released, not restarted. */
   readonly permanent: boolean;
   readonly outcome: Outcome;
@@ -146,7 +157,9 @@ export type DeviceEvent =
   /** The driver's code changed (`upci run --watch`): restart it with the new code, keeping the device. */
   | { type: 'RELOAD' }
   /** The kernel asks for the device back (VFIO device request: an unbind, a hot-unplug): quiesce, close, no restart. */
-  | { type: 'REQUEST' };
+  | { type: 'REQUEST' }
+  /** The kernel reported an uncorrectable PCIe error of the function (VFIO's ERR eventfd): a driver fault, `message` its cause. */
+  | { type: 'PCIE_ERROR'; message: string };
 
 /** What the final release did: a kernel reset before closing, or just the close (no reset method). */
 export type ReleaseKind = 'kernel-reset' | 'close' | 'already-closed';
@@ -330,6 +343,7 @@ export function deviceMachineFor(driver: AnyDriver) {
       restartsLeft: ({ context }) => !context.permanent && context.restarts < context.supervision.restart.maxRestarts,
       stopRequested: ({ context }) => context.stopRequested,
       removeRequested: ({ context }) => context.removeRequested,
+      pcieErrorPending: ({ context }) => context.pcieError !== undefined,
     },
     delays: {
       backoff: ({ context }) => restartDelay(context.supervision.restart, context.restarts),
@@ -337,6 +351,10 @@ export function deviceMachineFor(driver: AnyDriver) {
     actions: {
       requestStop: assign({ stopRequested: true }),
       requestRemove: assign({ removeRequested: true }),
+      notePcieError: ({ context, event }) => {
+        if (event.type === 'PCIE_ERROR') context.onNote(`${event.message}; not a fault of its own: the device is already being taken back (reset or released)`);
+      },
+      rememberPcieError: assign({ pcieError: ({ event }) => (event.type === 'PCIE_ERROR' ? event.message : undefined) }),
     },
   }).createMachine({
     id: 'device',
@@ -349,14 +367,17 @@ export function deviceMachineFor(driver: AnyDriver) {
       lastReset: undefined,
       stopRequested: false,
       removeRequested: false,
+      pcieError: undefined,
       permanent: false,
       outcome: { kind: 'stopped' },
       released: undefined,
     }),
     initial: 'claimed',
+    // Where no state takes it (failed, resetting, detaching, removing).
+    on: { PCIE_ERROR: { actions: 'notePcieError' } },
     states: {
       claimed: {
-        on: { START: 'attaching', STOP: 'detaching', REQUEST: 'removing' },
+        on: { START: 'attaching', STOP: 'detaching', REQUEST: 'removing', PCIE_ERROR: { actions: 'rememberPcieError' } },
       },
       attaching: {
         invoke: {
@@ -368,9 +389,27 @@ export function deviceMachineFor(driver: AnyDriver) {
           onDone: [
             { guard: 'removeRequested', target: 'removing', actions: assign({ attachment: ({ event }) => event.output }) },
             { guard: 'stopRequested', target: 'detaching', actions: assign({ attachment: ({ event }) => event.output }) },
+            {
+              guard: 'pcieErrorPending',
+              target: 'failed',
+              actions: assign({
+                attachment: ({ event }) => event.output,
+                fault: ({ context }) => faultOf('pcie-error', context.pcieError!, context.incarnation),
+                pcieError: undefined,
+              }),
+            },
             { target: 'running', actions: assign({ attachment: ({ event }) => event.output }) },
           ],
           onError: [
+            {
+              // The attach failed after the error was reported: the error is the cause to report.
+              guard: 'pcieErrorPending',
+              target: 'failed',
+              actions: assign({
+                fault: ({ context, event }) => faultOf('pcie-error', `${context.pcieError!} (the attach then failed: ${message(event.error)})`, context.incarnation),
+                pcieError: undefined,
+              }),
+            },
             {
               // What the device does not offer, no restart can change: one fault naming the option, then the release.
               guard: ({ event }) => event.error instanceof UpciError && event.error.code === 'NOT_OFFERED',
@@ -386,7 +425,11 @@ export function deviceMachineFor(driver: AnyDriver) {
             },
           ],
         },
-        on: { STOP: { actions: 'requestStop' }, REQUEST: { actions: 'requestRemove' } },
+        on: {
+          STOP: { actions: 'requestStop' },
+          REQUEST: { actions: 'requestRemove' },
+          PCIE_ERROR: { actions: 'rememberPcieError' },
+        },
       },
       running: {
         invoke: {
@@ -409,6 +452,10 @@ export function deviceMachineFor(driver: AnyDriver) {
               fault: ({ context, event }) => faultOf('watchdog', event.message, context.incarnation, event.silence),
             }),
           },
+          PCIE_ERROR: {
+            target: 'failed',
+            actions: assign({ fault: ({ context, event }) => faultOf('pcie-error', event.message, context.incarnation) }),
+          },
         },
       },
       // `upci run --watch`: the driver's module changed. The old incarnation detaches (in its thread) and the
@@ -430,7 +477,7 @@ export function deviceMachineFor(driver: AnyDriver) {
             }),
           },
         },
-        on: { STOP: { actions: 'requestStop' }, REQUEST: { actions: 'requestRemove' } },
+        on: { STOP: { actions: 'requestStop' }, REQUEST: { actions: 'requestRemove' }, PCIE_ERROR: { actions: 'rememberPcieError' } },
       },
       failed: {
         invoke: {

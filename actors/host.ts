@@ -17,6 +17,7 @@ import type { BlockDevice } from '../drivers/block.js';
 import type { DriverRegistry } from '../drivers/contract.js';
 import { builtinDrivers } from '../drivers/index.js';
 import type { PciAddress } from '../kernel/pci-address.js';
+import type { KernelChannel, PcieErrorCount } from '../kernel/port.js';
 import { PciDevice } from '../pci/device.js';
 import { restartDelay } from './backoff.js';
 import { claimAll, type Claim } from './claim.js';
@@ -30,8 +31,12 @@ import { NetPort, PACKET_WAIT_MS } from './net-port.js';
 import { packetService } from './packet-service.js';
 import { blockService } from './block-service.js';
 import { ServiceRegistry } from './service-registry.js';
+import { pcieErrorCause } from './pcie-error.js';
 import { HostExports } from './exports.js';
 
+
+/** The kernel's channels about a device that the host watches, each registered at claim and at every reopen. */
+const KERNEL_CHANNELS: readonly KernelChannel[] = ['request', 'error'];
 
 export interface HostOptions {
   readonly registry?: DriverRegistry;
@@ -120,8 +125,8 @@ export class DriverHost {
     options: HostOptions,
   ) {
     const open = options.open ?? ((address: PciAddress) => PciDevice.open(address));
-    // A device reopened by a restart gets its device-request channel again.
-    const reopen = (address: PciAddress): PciDevice => this.watchRequests(open(address));
+    // A device reopened by a restart gets its kernel channels again.
+    const reopen = (address: PciAddress): PciDevice => this.watchKernel(open(address));
     const spawns = claims.map((claim): Spawn => {
       const meter = new DeviceMeter();
       this.meters.set(claim.entry.address, meter);
@@ -156,7 +161,7 @@ export class DriverHost {
     this.actor.start();
     const refs = this.actor.getSnapshot().context.devices;
     this.claims = refs.map((ref, i) => ({ ref, claim: spawns[i]!.claim }));
-    for (const { claim } of this.claims) this.watchRequests(claim.device);
+    for (const { claim } of this.claims) this.watchKernel(claim.device);
     // A forced release stops the actors, which then never finish: it settles the host itself.
     this.settled = Promise.race([
       Promise.all(refs.map((ref, i) => this.outcomeOf(ref, spawns[i]!.claim))),
@@ -172,27 +177,50 @@ export class DriverHost {
 
   /** The kernel's asks for each device (VFIO device request), counted until its removal is reported. */
   private readonly requests = new Map<PciAddress, number>();
+  /** Each device's uncorrectable PCIe error counts as the kernel last gave them: an error's cause is what grew since. */
+  private readonly pcieErrors = new Map<PciAddress, readonly PcieErrorCount[] | undefined>();
 
   /**
-   * Registers the device's request channel (VFIO_PCI_REQ_IRQ_INDEX) and
-   * watches it in this thread, where the host keeps the kernel handles: an
-   * ask from the kernel sends REQUEST to the device's actor, which quiesces,
-   * closes and reports it removed. The kernel asks again (every 10 s on
-   * Linux) until the close; later asks are only counted. A device without
-   * the channel, or whose registration fails, is still driven (noted).
+   * Registers the device's kernel channels (VFIO_PCI_REQ_IRQ_INDEX,
+   * VFIO_PCI_ERR_IRQ_INDEX) and watches them in this thread, where the host
+   * keeps the kernel handles. An ask from the kernel sends REQUEST to the
+   * device's actor, which quiesces, closes and reports it removed; the
+   * kernel asks again (every 10 s on Linux) until the close, and later asks
+   * are only counted. An uncorrectable PCIe error sends PCIE_ERROR, a driver
+   * fault naming the errors the kernel counted since the last one. A device
+   * without a channel, or whose registration fails, is still driven (noted;
+   * a function with no ERR channel is conventional PCI, which has no AER,
+   * and is not).
    */
-  private watchRequests(device: PciDevice): PciDevice {
+  private watchKernel(device: PciDevice): PciDevice {
     const address = device.address;
-    try {
-      const watched = device.onKernelRequest((count) => {
+    const note = (message: string) => this.emit({ type: 'note', at: Date.now(), address, message });
+    const listeners: Record<KernelChannel, (count: number) => void> = {
+      request: (count) => {
         const seen = (this.requests.get(address) ?? 0) + count;
         this.requests.set(address, seen);
-        if (seen === count) this.emit({ type: 'note', at: Date.now(), address, message: 'the kernel asks for the device back (device request): removing it' });
+        if (seen === count) note('the kernel asks for the device back (device request): removing it');
         this.actor.system.get(address)?.send({ type: 'REQUEST' });
-      });
-      if (!watched) this.emit({ type: 'note', at: Date.now(), address, message: 'no device-request channel: an unbind or hot-unplug waits for the host to stop' });
-    } catch (e) {
-      this.emit({ type: 'note', at: Date.now(), address, message: `device-request channel not registered (${e instanceof Error ? e.message : String(e)}): an unbind or hot-unplug waits for the host to stop` });
+      },
+      error: () => {
+        const now = device.isOpen ? device.uncorrectableErrors() : undefined;
+        const cause = pcieErrorCause(this.pcieErrors.get(address), now);
+        this.pcieErrors.set(address, now);
+        this.actor.system.get(address)?.send({ type: 'PCIE_ERROR', message: `uncorrectable PCIe error reported by the kernel (AER): ${cause}` });
+      },
+    };
+    const missing: Record<KernelChannel, string> = {
+      request: 'an unbind or hot-unplug waits for the host to stop',
+      error: 'an uncorrectable PCIe error of the device goes unseen',
+    };
+    for (const channel of KERNEL_CHANNELS) {
+      try {
+        if (channel === 'error') this.pcieErrors.set(address, device.uncorrectableErrors());
+        const watched = device.onKernelChannel(channel, listeners[channel]);
+        if (!watched && channel === 'request') note(`no device-request channel: ${missing.request}`);
+      } catch (e) {
+        note(`${channel === 'request' ? 'device-request' : 'PCIe error (AER)'} channel not registered (${e instanceof Error ? e.message : String(e)}): ${missing[channel]}`);
+      }
     }
     return device;
   }

@@ -59,7 +59,12 @@ export async function listenPrivately(server: Server, path: string, mode: number
   } catch (e) {
     server.close();
     const code = (e as NodeJS.ErrnoException).code;
-    throw new UpciError('PERMISSION', `${who}: cannot listen on ${path} (${code ?? String(e)})`, `check that ${dirname(path)} is writable and that ${basename(path)} plus its directory is under 100 bytes`, { cause: e });
+    const dir = dirname(path);
+    const fix = code === 'ENOENT' ? `${dir} does not exist: create it first (mkdir -p ${dir}), or give a path in an existing directory`
+      : code === 'ENOTDIR' ? `${dir} is not a directory: give a path in a directory`
+      : code === 'EACCES' || code === 'EPERM' || code === 'EROFS' ? `this user cannot create files in ${dir}: give a directory it can write to, or run as a user who can`
+      : `check that ${dir} is writable and that ${basename(path)} plus its directory is under 100 bytes`;
+    throw new UpciError('PERMISSION', `${who}: cannot listen on ${path} (${code ?? String(e)})`, fix, { cause: e });
   } finally {
     if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
   }

@@ -22,6 +22,8 @@ import { loadHostConfig } from '../actors/config.js';
 import { withConfigDrivers } from '../actors/driver-modules.js';
 import { DriverHost } from '../actors/host.js';
 import { EventSocket } from '../actors/event-socket.js';
+import type { HostEvent } from '../actors/events.js';
+import { Subject } from 'rxjs';
 import { showStatus } from './status-view.js';
 
 export const RUN_USAGE = '  run <config> [--duration S] [--watch] [--events PATH [--events-mode MODE]]\n'
@@ -81,6 +83,27 @@ function watchDrivers(host: DriverHost): FSWatcher[] {
   });
 }
 
+/**
+ * The event socket (`--events PATH`) is listened on before any device is claimed: a path it cannot listen on (a
+ * directory that does not exist or cannot be written, a file there that is not a socket) is one error naming the
+ * path and the fix, and no device was ever opened, so none is left claimed or with bus mastering on.
+ */
+export async function claimWithEvents(
+  claim: () => DriverHost, events: string | undefined, mode: string | undefined,
+): Promise<{ host: DriverHost; eventSocket: EventSocket | undefined }> {
+  const stream = new Subject<HostEvent>();
+  const eventSocket = events === undefined ? undefined : await EventSocket.listen(stream, events, mode);
+  let host: DriverHost;
+  try {
+    host = claim();
+  } catch (e) {
+    await eventSocket?.close();
+    throw e;
+  }
+  host.events.subscribe(stream);
+  return { host, eventSocket };
+}
+
 /** Runs the host; resolves with the exit status. Config errors are thrown (UpciError). */
 export async function runCommand(args: readonly string[]): Promise<number> {
   const parsed = parseArgs(args);
@@ -88,16 +111,9 @@ export async function runCommand(args: readonly string[]): Promise<number> {
     console.error(`upci run: ${parsed}\nusage:\n${RUN_USAGE}`);
     return 2;
   }
-  const host = DriverHost.claim(loadHostConfig(parsed.config, await withConfigDrivers(parsed.config, builtinDrivers)));
+  const config = loadHostConfig(parsed.config, await withConfigDrivers(parsed.config, builtinDrivers));
+  const { host, eventSocket } = await claimWithEvents(() => DriverHost.claim(config), parsed.events, parsed.eventsMode);
   showStatus(host.events, process.stdout);
-  let eventSocket: EventSocket | undefined;
-  try {
-    eventSocket = parsed.events === undefined ? undefined : await EventSocket.listen(host.events, parsed.events, parsed.eventsMode);
-  } catch (e) {
-    // Nothing started yet: the claimed devices go back before the error is said.
-    await host.shutdown();
-    throw e;
-  }
   let stop!: () => void;
   const stopRequested = new Promise<void>((resolve) => (stop = resolve));
   let signalled = false;

@@ -212,19 +212,38 @@ export interface DeviceFile {
   disableIrqs(kind: IrqKind): void;
   unmaskIntx(): void;
   /**
-   * Registers the kernel's device-request channel (VFIO: an eventfd on
-   * VFIO_PCI_REQ_IRQ_INDEX): a 'counter' source, owner 'hub', that the
-   * kernel signals when it wants the device back (an unbind of its kernel
-   * driver, a hot-unplug), and signals again until close(). Undefined when
-   * the device or the port has no such channel. Absent on ports without one.
+   * Registers one of the kernel's channels about the device (VFIO: an
+   * eventfd on VFIO_PCI_REQ_IRQ_INDEX or VFIO_PCI_ERR_IRQ_INDEX): a
+   * 'counter' source, owner 'hub', that the kernel signals for 'request'
+   * when it wants the device back (an unbind of its kernel driver, a
+   * hot-unplug; signalled again until close()), and for 'error' when the
+   * PCIe link reports an uncorrectable error of the function (AER).
+   * Undefined when the device or the port has no such channel. Absent on
+   * ports without any.
    */
-  enableRequest?(): IrqSource | undefined;
+  enableChannel?(channel: KernelChannel): IrqSource | undefined;
+  /**
+   * The uncorrectable PCIe errors the kernel has counted for the function
+   * since it appeared, by name and severity (Linux: sysfs aer_dev_fatal and
+   * aer_dev_nonfatal); undefined when the kernel keeps no such count.
+   */
+  uncorrectableErrors?(): readonly PcieErrorCount[] | undefined;
 
   /** Closes every fd; idempotent. Mappings made through mmapSource must have been revoked first. */
   close(): void;
 
   /** The handles for KernelPort.adopt in another thread; absent when the port cannot share them. */
   readonly handles?: DeviceHandles;
+}
+
+/** A channel on which the kernel tells the holder of a device something: it wants it back, or it reported an uncorrectable PCIe error. */
+export type KernelChannel = 'request' | 'error';
+
+/** How often the kernel has seen one kind of uncorrectable PCIe error on a function (e.g. UnsupReq, nonfatal). */
+export interface PcieErrorCount {
+  readonly name: string;
+  readonly severity: 'fatal' | 'nonfatal';
+  readonly count: number;
 }
 
 /**

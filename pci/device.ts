@@ -5,7 +5,7 @@
  */
 import { UpciError } from '../kernel/errors.js';
 import { parsePciAddress, type PciAddress } from '../kernel/pci-address.js';
-import type { DeviceFile, DeviceHandles, DmaWindow, KernelPort, RegionInfo } from '../kernel/port.js';
+import type { DeviceFile, DeviceHandles, DmaWindow, KernelChannel, KernelPort, PcieErrorCount, RegionInfo } from '../kernel/port.js';
 import { mapShared, revoke } from '../shm/mapping.js';
 import { MappedSpace, TrappedSpace, type BusSpace } from './bus-space.js';
 import {
@@ -104,8 +104,8 @@ export class PciDevice {
   private readonly spaces = new Set<BusSpace>();
   private releaseHooks: { interrupts: (() => void)[]; dma: (() => void)[] } = { interrupts: [], dma: [] };
   private closed = false;
-  /** The kernel's device-request channel, watched in this thread (onKernelRequest); unwatched at close. */
-  private requestWatch: SourceWatch | undefined;
+  /** The kernel's channels about the device, watched in this thread (onKernelChannel); unwatched at close. */
+  private readonly channelWatches = new Map<KernelChannel, SourceWatch>();
 
   /** Functions open in this process, per kernel port: two owners of one function in a process is a bug, refused. */
   private static readonly claimed = new WeakMap<KernelPort, Set<PciAddress>>();
@@ -307,24 +307,36 @@ export class PciDevice {
   }
 
   /**
-   * Watches the kernel's device-request channel (DeviceFile.enableRequest)
-   * in this thread's event loop (uv_poll, no timer): `listener` runs each
-   * time the kernel asks for the device back (an unbind of vfio-pci, a
-   * hot-unplug), with how many asks were counted; the kernel asks again
-   * until close(). False when the device has no such channel (it is still
-   * usable). The watch ends at close(), before the kernel handle closes.
+   * Watches one of the kernel's channels about the device
+   * (DeviceFile.enableChannel) in this thread's event loop (uv_poll, no
+   * timer): `listener` runs each time the kernel signals it, with how many
+   * signals were counted: 'request' when it asks for the device back (an
+   * unbind of vfio-pci, a hot-unplug; asked again until close()), 'error'
+   * when it reports an uncorrectable PCIe error of the function (AER).
+   * False when the device has no such channel (it is still usable). The
+   * watch ends at close(), before the kernel handle closes.
    */
-  onKernelRequest(listener: (count: number) => void): boolean {
+  onKernelChannel(channel: KernelChannel, listener: (count: number) => void): boolean {
     this.live();
-    if (this.requestWatch !== undefined) throw new UpciError('BUSY', `${this.address}: its device-request channel is already watched`);
-    const source = this.file.enableRequest?.();
+    if (this.channelWatches.has(channel)) throw new UpciError('BUSY', `${this.address}: its ${channel} channel is already watched`);
+    const source = this.file.enableChannel?.(channel);
     if (source === undefined) return false;
-    this.requestWatch = watchSource(source, (_vector, count) => listener(count));
+    this.channelWatches.set(channel, watchSource(source, (_vector, count) => listener(count)));
     return true;
+  }
+
+  /** The uncorrectable PCIe errors the kernel counted for the function (DeviceFile.uncorrectableErrors); undefined when it keeps no count. */
+  uncorrectableErrors(): readonly PcieErrorCount[] | undefined {
+    return this.file.uncorrectableErrors?.();
   }
 
   get isOpen(): boolean {
     return !this.closed;
+  }
+
+  private unwatchChannels(): void {
+    for (const watch of this.channelWatches.values()) watch.unwatch();
+    this.channelWatches.clear();
   }
 
   private live(): void {
@@ -351,7 +363,7 @@ export class PciDevice {
         this.spaces.clear();
         this.revokeShared();
       }],
-    }, { last: [() => this.requestWatch?.unwatch(), () => this.file.close(), this.unclaim] });
+    }, { last: [() => this.unwatchChannels(), () => this.file.close(), this.unclaim] });
   }
 }
 

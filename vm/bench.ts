@@ -40,9 +40,9 @@ export interface VmNamespace {
 
 export interface VmOptions {
   devices: VmDevice[];
-  /** Conventional PCI-PCI bridges on the root bus, slot as in VmDevice. Defaults to the
-   *  entries of defaultBridges that the devices refer to. */
-  bridges?: { id: string; slot: string }[];
+  /** Bridges on the root bus, slot as in VmDevice. Defaults to the entries of
+   *  defaultBridges that the devices refer to. */
+  bridges?: VmBridge[];
   command: string[];
   env?: Record<string, string>;
   timeoutMs: number;
@@ -78,12 +78,26 @@ export interface VmResult {
   qemuStderr: string;
 }
 
+/** A bridge on the root bus: a conventional PCI-PCI bridge, or a PCIe root port (one device behind it, at 00.0). */
+export interface VmBridge {
+  id: string;
+  slot: string;
+  /** Default 'pci-bridge'. */
+  kind?: 'pci-bridge' | 'pcie-root-port';
+}
+
 /**
  * Guest PCI addresses: 0000:00:SS.F on the root bus; behind the Nth bridge (in slot
  * order) 0000:0N:SS.F, because SeaBIOS numbers secondary buses depth-first in slot
  * order and Linux keeps the firmware's numbering.
  */
-export const defaultBridges: { id: string; slot: string }[] = [{ id: 'br0', slot: '10.0' }, { id: 'br1', slot: '11.0' }];
+export const defaultBridges: VmBridge[] = [
+  { id: 'br0', slot: '10.0' },
+  { id: 'br1', slot: '11.0' },
+  // After the bridges' slots, so that their buses keep their numbers. A PCIe port: its device can have AER
+  // (uncorrectable errors reach the guest's AER driver through the port; on the root bus they would reach no one).
+  { id: 'rp0', slot: '12.0', kind: 'pcie-root-port' },
+];
 
 export const defaultDevices: VmDevice[] = [
   { model: 'edu', slot: '04.0', bind: 'vfio-pci' },
@@ -112,6 +126,11 @@ export const defaultDevices: VmDevice[] = [
   // bridge of their own (isolation.test: driver threads sharing the container's IOVA space).
   { model: 'edu', slot: '01.0', bus: 'br1', bind: 'vfio-pci' },
   { model: 'edu', slot: '02.0', bus: 'br1', bind: 'vfio-pci' },
+  // A device with AER behind a PCIe root port, for aer.test (QEMU's pcie_aer_inject_error names it by its id).
+  // virtio (modern only on a PCIe port), not e1000e: QEMU 7.2's e1000e has the AER capability but leaves its
+  // Device Control error-reporting enables read-only zero (no pcie_cap_deverr_init), so QEMU drops every
+  // error message it would send; nvme has no AER capability.
+  { model: 'virtio-rng-pci', slot: '00.0', bus: 'rp0', bind: 'vfio-pci', props: ',aer=on,id=aer-dev' },
 ];
 
 const QEMU = 'qemu-system-x86_64';
@@ -149,7 +168,7 @@ export function hubPort(device: VmDevice): string {
 }
 
 /** The device's PCI address as the guest sees it, e.g. '0000:01:01.0'. */
-export function guestAddress(device: VmDevice, bridges: { id: string; slot: string }[] = defaultBridges): string {
+export function guestAddress(device: VmDevice, bridges: VmBridge[] = defaultBridges): string {
   const { dev, fn } = parseSlot(device.slot);
   let bus = 0;
   if (device.bus !== undefined) {
@@ -170,7 +189,7 @@ const RESERVED_ROOT_SLOTS = new Map<number, string>([
   [0x1f, 'the ICH9 LPC/SATA/SMBus functions'],
 ]);
 
-function checkSlots(devices: VmDevice[], bridges: { id: string; slot: string }[]): void {
+function checkSlots(devices: VmDevice[], bridges: VmBridge[]): void {
   const used = new Map<string, string>();
   const claim = (bus: string, slot: string, what: string) => {
     const { dev, fn } = parseSlot(slot);
@@ -253,7 +272,7 @@ export async function runInVm(opts: VmOptions): Promise<VmResult> {
 
 interface BootContext {
   root: string;
-  bridges: { id: string; slot: string }[];
+  bridges: VmBridge[];
   outDir: string;
   kernel: string;
   initrd: string;
@@ -312,7 +331,8 @@ async function bootWith(opts: VmOptions, { root, bridges, outDir, kernel, initrd
   ];
   bridges.forEach((b, i) => {
     // shpc=off: the guest's shpchp would otherwise fail on it and log errors.
-    args.push('-device', `pci-bridge,id=${b.id},chassis_nr=${i + 1},addr=${b.slot},shpc=off`);
+    if ((b.kind ?? 'pci-bridge') === 'pci-bridge') args.push('-device', `pci-bridge,id=${b.id},chassis_nr=${i + 1},addr=${b.slot},shpc=off`);
+    else args.push('-device', `pcie-root-port,id=${b.id},chassis=${i + 1},slot=${i + 1},addr=${b.slot}`);
   });
   for (const d of opts.devices) {
     let netdev = '';

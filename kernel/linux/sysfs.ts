@@ -7,6 +7,7 @@ import { existsSync, readFileSync, readdirSync, readlinkSync, writeFileSync } fr
 import { basename, join } from 'node:path';
 import { UpciError } from '../errors.js';
 import { parsePciAddress, type PciAddress } from '../pci-address.js';
+import type { PcieErrorCount } from '../port.js';
 
 export interface SysfsRoots {
   readonly sys: string;
@@ -161,4 +162,29 @@ export function unbindVfio(roots: SysfsRoots, address: PciAddress): PciFunctionI
   writeAttr(join(dir, 'driver_override'), '\n', `clearing the driver override of ${address}`);
   writeAttr(join(roots.sys, 'bus/pci/drivers_probe'), address, `probing ${address}`);
   return functionInfo(roots, address);
+}
+
+/**
+ * The uncorrectable PCIe errors the kernel's AER driver has counted for the
+ * function (drivers/pci/pcie/aer.c: aer_dev_fatal and aer_dev_nonfatal, one
+ * `NAME COUNT` line per status bit, then a TOTAL line): the named ones only.
+ * Undefined when the kernel keeps no AER statistics for it (no AER
+ * capability, no CONFIG_PCIEAER, or the firmware kept AER to itself).
+ */
+export function aerErrorCounts(roots: SysfsRoots, address: PciAddress): PcieErrorCount[] | undefined {
+  const counts: PcieErrorCount[] = [];
+  for (const severity of ['fatal', 'nonfatal'] as const) {
+    let text: string;
+    try {
+      text = readFileSync(join(deviceDir(roots, address), `aer_dev_${severity}`), 'utf8');
+    } catch {
+      return undefined;
+    }
+    for (const line of text.split('\n')) {
+      const m = /^(\S+) (\d+)$/.exec(line.trim());
+      if (m === null || m[1] === 'Undefined' || m[1]!.startsWith('TOTAL_')) continue;
+      counts.push({ name: m[1]!, severity, count: Number(m[2]) });
+    }
+  }
+  return counts;
 }

@@ -7,7 +7,8 @@ import { SyscallError, UpciError } from '../errors.js';
 import * as libc from '../libc.js';
 import type { PciAddress } from '../pci-address.js';
 import type {
-  DeviceFile, DeviceHandles, DmaAccess, DmaDomain, IrqInfo, IrqKind, IrqSource, KernelPort, MmapArea, RegionInfo, RegionKind,
+  DeviceFile, DeviceHandles, DmaAccess, DmaDomain, IrqInfo, IrqKind, IrqSource, KernelChannel, KernelPort, MmapArea, PcieErrorCount,
+  RegionInfo, RegionKind,
 } from '../port.js';
 import { RegionDevice, RegionTable } from '../region-table.js';
 import { ManagedIommuDomain, type IommuDmaDomain } from './iommu-dma.js';
@@ -15,7 +16,7 @@ import { memlockError, readMemlock } from './memlock.js';
 import { groupAccessError } from './vfio-user.js';
 import type { IovaRange } from './iova-allocator.js';
 import * as abi from './vfio-abi.js';
-import { describeBlockers, groupBlockers, requireUsable, type SysfsRoots, defaultRoots } from './sysfs.js';
+import { aerErrorCounts, describeBlockers, groupBlockers, requireUsable, type SysfsRoots, defaultRoots } from './sysfs.js';
 
 const EPERM = 1;
 const EACCES = 13;
@@ -26,6 +27,13 @@ const IRQ_INDEX: Record<IrqKind, number> = {
   msi: abi.VFIO_PCI_MSI_IRQ_INDEX,
   msix: abi.VFIO_PCI_MSIX_IRQ_INDEX,
 };
+
+/** The IRQ index on which VFIO signals each kernel channel. */
+const CHANNEL_INDEX: Record<KernelChannel, number> = {
+  request: abi.VFIO_PCI_REQ_IRQ_INDEX,
+  error: abi.VFIO_PCI_ERR_IRQ_INDEX,
+};
+
 
 function regionKind(index: number): RegionKind {
   if (index < abi.VFIO_PCI_ROM_REGION_INDEX) return 'bar';
@@ -160,6 +168,8 @@ class VfioDevice extends RegionDevice implements DeviceFile {
     private readonly group: VfioGroup,
     /** Adopted from another thread (VfioPort.adopt): close() closes nothing. */
     private readonly adopted = false,
+    /** Where the kernel counts the function's uncorrectable PCIe errors. */
+    private readonly roots: SysfsRoots = defaultRoots,
   ) {
     super(address, fd);
     const info = abi.vfioDeviceInfo.alloc();
@@ -270,11 +280,11 @@ class VfioDevice extends RegionDevice implements DeviceFile {
     libc.ioctlValue(this.fd, abi.ioctls.VFIO_DEVICE_RESET, 0, `VFIO_DEVICE_RESET ${this.address}`);
   }
 
-  private setIrqs(kind: IrqKind | 'req', flags: number, start: number, count: number, payload: Buffer): void {
+  private setIrqs(kind: IrqKind | KernelChannel, flags: number, start: number, count: number, payload: Buffer): void {
     const t = abi.vfioIrqSet;
     const buf = t.alloc(payload.length);
     t.set(buf, 'flags', flags);
-    t.set(buf, 'index', kind === 'req' ? abi.VFIO_PCI_REQ_IRQ_INDEX : IRQ_INDEX[kind]);
+    t.set(buf, 'index', kind === 'request' || kind === 'error' ? CHANNEL_INDEX[kind] : IRQ_INDEX[kind]);
     t.set(buf, 'start', start);
     t.set(buf, 'count', count);
     payload.copy(buf, t.size);
@@ -310,21 +320,24 @@ class VfioDevice extends RegionDevice implements DeviceFile {
   }
 
   /**
-   * VFIO_DEVICE_GET_IRQ_INFO on the REQ index first: a device (or a kernel)
-   * that offers no request channel gets none, and is still claimed. Then
-   * one eventfd, DATA_EVENTFD|ACTION_TRIGGER, count 1. vfio-pci signals it
-   * from vfio_pci_core_request (every 10 s while the unbind waits) until the
-   * device fd closes; closing the device drops the kernel's reference.
+   * VFIO_DEVICE_GET_IRQ_INFO on the channel's index (REQ, ERR) first: a
+   * device (or a kernel) that offers no such channel gets none, and is still
+   * claimed; vfio-pci offers ERR only on PCIe functions, count 1. Then one
+   * eventfd, DATA_EVENTFD|ACTION_TRIGGER, count 1. vfio-pci signals REQ from
+   * vfio_pci_core_request (every 10 s while the unbind waits) until the
+   * device fd closes, and ERR from vfio_pci_core_aer_err_detected, when
+   * the kernel's AER driver (pcieport) routes an uncorrectable error of the
+   * function to it; closing the device drops both.
    */
-  enableRequest(): IrqSource | undefined {
+  enableChannel(channel: KernelChannel): IrqSource | undefined {
     this.live();
-    // An adopting thread never takes the request channel: the opener watches it.
+    // An adopting thread never takes a channel: the opener watches it.
     if (this.adopted) return undefined;
-    const info = abi.vfioIrqInfo.encode({ index: abi.VFIO_PCI_REQ_IRQ_INDEX });
+    const info = abi.vfioIrqInfo.encode({ index: CHANNEL_INDEX[channel] });
     try {
-      libc.ioctlBuffer(this.fd, abi.ioctls.VFIO_DEVICE_GET_IRQ_INFO, info, `VFIO_DEVICE_GET_IRQ_INFO req ${this.address}`);
+      libc.ioctlBuffer(this.fd, abi.ioctls.VFIO_DEVICE_GET_IRQ_INFO, info, `VFIO_DEVICE_GET_IRQ_INFO ${channel} ${this.address}`);
     } catch (e) {
-      // An index past num_irqs is EINVAL: no request channel on this kernel.
+      // An index past num_irqs is EINVAL: no such channel on this kernel.
       if (e instanceof SyscallError && e.errno === 22) return undefined;
       throw e;
     }
@@ -333,12 +346,16 @@ class VfioDevice extends RegionDevice implements DeviceFile {
     try {
       const payload = Buffer.alloc(4);
       payload.writeInt32LE(fd, 0);
-      this.setIrqs('req', abi.VFIO_IRQ_SET_DATA_EVENTFD | abi.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1, payload);
+      this.setIrqs(channel, abi.VFIO_IRQ_SET_DATA_EVENTFD | abi.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1, payload);
     } catch (e) {
       libc.close(fd);
       throw e;
     }
     return { fd, format: 'counter', firstVector: 0, vectors: 1, owner: 'hub' };
+  }
+
+  uncorrectableErrors(): PcieErrorCount[] | undefined {
+    return aerErrorCounts(this.roots, this.address);
   }
 
   unmaskIntx(): void {
@@ -426,7 +443,7 @@ export class VfioPort implements KernelPort {
     try {
       const fd = libc.ioctlBuffer(group.groupFd, abi.ioctls.VFIO_GROUP_GET_DEVICE_FD, Buffer.from(`${address}\0`), `VFIO_GROUP_GET_DEVICE_FD ${address}`);
       try {
-        return new VfioDevice(address, fd, group);
+        return new VfioDevice(address, fd, group, false, this.roots);
       } catch (e) {
         libc.close(fd);
         throw e;

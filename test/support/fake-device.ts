@@ -20,7 +20,7 @@
 import { SyscallError } from '../../kernel/errors.js';
 import { ManagedIommuDomain } from '../../kernel/linux/iommu-dma.js';
 import * as libc from '../../kernel/libc.js';
-import type { DeviceFile, IrqInfo, IrqKind, IrqSource, KernelPort, RegionInfo } from '../../kernel/port.js';
+import type { DeviceFile, IrqInfo, IrqKind, IrqSource, KernelChannel, KernelPort, RegionInfo } from '../../kernel/port.js';
 import { PciDevice } from '../../pci/device.js';
 
 export interface FakeDevice {
@@ -188,18 +188,21 @@ export function openFake(fake: FakeDevice): PciDevice {
 }
 
 /**
- * A device-request channel for a fake (DeviceFile.enableRequest): the
- * eventfd VFIO would signal when the kernel wants the device back (an
- * unbind of vfio-pci, a hot-unplug). fire() signals it as the kernel does;
- * the watcher that took it (owner 'hub') closes it at the device's close,
- * after which fire() refuses, so a closed fd number is never written to.
+ * One of a fake's kernel channels (DeviceFile.enableChannel): the eventfd
+ * VFIO would signal when the kernel wants the device back (an unbind of
+ * vfio-pci, a hot-unplug: 'request') or reports an uncorrectable PCIe error
+ * of it ('error'). fire() signals it as the kernel does; the watcher that
+ * took it (owner 'hub') closes it at the device's close, after which fire()
+ * refuses, so a closed fd number is never written to.
  */
-export class FakeRequest {
+export class FakeChannel {
   private fd: number | undefined;
-  /** enableRequest calls: one per open of the device. */
+  /** enable calls: one per open of the device. */
   registrations = 0;
 
-  readonly enableRequest = (): IrqSource => {
+  constructor(readonly channel: KernelChannel) {}
+
+  readonly enable = (): IrqSource => {
     const fd = libc.eventfd(libc.EFD_NONBLOCK);
     this.fd = fd;
     this.registrations++;
@@ -215,11 +218,11 @@ export class FakeRequest {
     return this.fd !== undefined;
   }
 
-  /** Signals the channel once, as vfio_pci_core_request does (eventfd_signal). */
+  /** Signals the channel once, as vfio_pci_core_request and vfio_pci_core_aer_err_detected do (eventfd_signal). */
   fire(): void {
-    if (this.fd === undefined) throw new Error('no device-request channel registered (or the device is closed)');
+    if (this.fd === undefined) throw new Error(`no ${this.channel} channel registered (or the device is closed)`);
     const one = Buffer.alloc(8);
     one.writeBigUInt64LE(1n);
-    libc.writeAll(this.fd, one, 'fake device request');
+    libc.writeAll(this.fd, one, `fake ${this.channel} signal`);
   }
 }

@@ -5,7 +5,7 @@
  * errors for a missing socket and for a socket that is not upci's.
  */
 import test from 'ava';
-import { mkdtempSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,7 +13,9 @@ import { createInterface } from 'node:readline';
 import { Subject } from 'rxjs';
 import { EventSocket } from '../../actors/event-socket.js';
 import type { HostEvent } from '../../actors/events.js';
+import { claimWithEvents } from '../../bin/run-command.js';
 import { statusCommand } from '../../bin/status-command.js';
+import { UpciError } from '../../kernel/errors.js';
 import { parsePciAddress, type PciAddress } from '../../kernel/pci-address.js';
 import { until, within } from '../support/bounded.js';
 
@@ -115,4 +117,26 @@ test('upci status names what is wrong: no socket there, or a socket that is not 
   t.teardown(() => server.close());
   const wrong = await t.throwsAsync(statusCommand([other], () => {}));
   t.regex(wrong?.message ?? '', /sent a line that is not JSON: not a upci event socket/);
+});
+
+test('upci run --events PATH that cannot be listened on: one UpciError naming the path and the fix, and no device claimed', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'upci-events-'));
+  const notSocket = join(dir, 'events.sock');
+  writeFileSync(notSocket, 'someone else\'s file\n');
+  const cases = [
+    { path: join(dir, 'missing', 'events.sock'), message: /cannot listen on .*missing\/events\.sock \(ENOENT\)/, fix: /does not exist: create it first \(mkdir -p .*missing\)/ },
+    { path: join(notSocket, 'events.sock'), message: /cannot listen on .*events\.sock\/events\.sock \(ENOTDIR\)/, fix: /is not a directory/ },
+    { path: notSocket, message: /events\.sock exists and is not a socket/, fix: /remove it, or give another socket path/ },
+  ];
+  for (const { path, message, fix } of cases) {
+    let claims = 0;
+    const error = await t.throwsAsync(claimWithEvents(() => {
+      claims++;
+      throw new Error('claimed a device');
+    }, path, undefined), { instanceOf: UpciError });
+    t.regex(error!.message, message);
+    t.regex((error as UpciError).fix ?? '', fix);
+    t.is(claims, 0, `${path}: no device is claimed before the socket listens`);
+  }
+  t.is(readFileSync(notSocket, 'utf8'), 'someone else\'s file\n', 'the file that is not ours is left as it was');
 });

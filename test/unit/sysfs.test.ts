@@ -1,6 +1,8 @@
 import test from 'ava';
 import { parsePciAddress } from '../../kernel/pci-address.js';
-import { groupBlockers, listFunctions, requireUsable } from '../../kernel/linux/sysfs.js';
+import { aerErrorCounts, groupBlockers, listFunctions, requireUsable } from '../../kernel/linux/sysfs.js';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fakeRoots } from '../support/fake-sysfs.js';
 import { VfioPort } from '../../kernel/linux/vfio.js';
 
@@ -50,4 +52,21 @@ test('the VFIO port reports these checks before any ioctl', (t) => {
   const missing = new VfioPort(fakeRoots([{ address: edu, driver: 'vfio-pci', group: 2 }]));
   // /dev/vfio/vfio exists in the fake tree, /dev/vfio/2 does not.
   t.throws(() => missing.open(edu), { code: 'NO_VFIO', message: /\/vfio\/2 is missing/ } as never);
+});
+
+test('the AER counts of a function: the named lines of aer_dev_fatal and aer_dev_nonfatal, as the kernel prints them; none without the files', (t) => {
+  const roots = fakeRoots([{ address: edu, driver: 'vfio-pci', group: 3 }]);
+  t.is(aerErrorCounts(roots, edu), undefined, 'no AER statistics: no count');
+  const dir = join(roots.sys, 'bus/pci/devices', edu);
+  // drivers/pci/pcie/aer.c's layout: one `NAME COUNT` line per status bit (unnamed bits "Undefined"), then the total.
+  writeFileSync(join(dir, 'aer_dev_fatal'), 'Undefined 0\nDLP 0\nSDES 0\nUndefined 0\nMalfTLP 2\nTOTAL_ERR_FATAL 2\n');
+  writeFileSync(join(dir, 'aer_dev_nonfatal'), 'Undefined 0\nDLP 0\nCmpltTO 0\nUnsupReq 1\nTOTAL_ERR_NONFATAL 1\n');
+  t.deepEqual(aerErrorCounts(roots, edu), [
+    { name: 'DLP', severity: 'fatal', count: 0 },
+    { name: 'SDES', severity: 'fatal', count: 0 },
+    { name: 'MalfTLP', severity: 'fatal', count: 2 },
+    { name: 'DLP', severity: 'nonfatal', count: 0 },
+    { name: 'CmpltTO', severity: 'nonfatal', count: 0 },
+    { name: 'UnsupReq', severity: 'nonfatal', count: 1 },
+  ]);
 });

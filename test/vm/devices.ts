@@ -6,7 +6,7 @@ import type { IovaAllocator } from '../../kernel/linux/iova-allocator.js';
 import { EDU } from '../../drivers/edu-registers.js';
 import type { BusSpace } from '../../pci/bus-space.js';
 import type { PciDevice } from '../../pci/device.js';
-import { defaultDevices, guestAddress, type VmDevice } from '../../vm/bench.js';
+import { defaultBridges, defaultDevices, guestAddress, type VmDevice } from '../../vm/bench.js';
 
 function find(model: string, nth = 0, where: (d: VmDevice) => boolean = (d) => d.bus === undefined): string {
   const device = defaultDevices.filter((d) => d.model === model && where(d))[nth];
@@ -25,6 +25,10 @@ export const bench = {
   eduInSharedGroup: find('edu', 0, (d) => d.bus === 'br0'),
   /** Two edus behind a bridge of their own: one viable IOMMU group, one VFIO container. */
   eduPairInOneGroup: [find('edu', 0, (d) => d.bus === 'br1'), find('edu', 1, (d) => d.bus === 'br1')] as const,
+  /** A virtio device with AER behind a PCIe root port (rp0): aer.test injects errors into it (QEMU id aer-dev). */
+  aerDevice: find('virtio-rng-pci', 0, (d) => d.bus === 'rp0'),
+  /** Its root port, bound to the guest's pcieport (whose AER service routes the device's errors to vfio-pci). */
+  aerPort: `0000:00:${defaultBridges.find((b) => b.id === 'rp0')!.slot}`,
 };
 
 /** The IOVA space of a device's VFIO DMA domain (its allocations and quarantine). */

@@ -1,9 +1,12 @@
 /**
- * The kernel's device request (VFIO_PCI_REQ_IRQ_INDEX) on the fake kernel
- * port: a device whose request channel fires (an unbind of vfio-pci, a
- * hot-unplug) is taken back in the one quiesce order (bus mastering off,
- * vectors off, DMA mappings gone), closed, reported `removed`, and not
- * restarted; the other devices keep running.
+ * The kernel's channels about a device on the fake kernel port. The device
+ * request (VFIO_PCI_REQ_IRQ_INDEX): a device whose request channel fires
+ * (an unbind of vfio-pci, a hot-unplug) is taken back in the one quiesce
+ * order (bus mastering off, vectors off, DMA mappings gone), closed,
+ * reported `removed`, and not restarted. The error channel
+ * (VFIO_PCI_ERR_IRQ_INDEX, AER): an uncorrectable PCIe error is a driver
+ * fault naming the errors the kernel counted, quiesced in the same order,
+ * reset, and restarted. Either way the other devices keep running.
  */
 import test from 'ava';
 import { map } from 'rxjs';
@@ -16,20 +19,34 @@ import { ManagedIommuDomain } from '../../kernel/linux/iommu-dma.js';
 import type { PciAddress } from '../../kernel/pci-address.js';
 import type { InterruptEvent } from '../../pci/intr.js';
 import { until as untilWithin } from '../support/bounded.js';
-import { FakeRequest } from '../support/fake-device.js';
+import { FakeChannel } from '../support/fake-device.js';
+import type { PcieErrorCount } from '../../kernel/port.js';
 import { FakeIntxBench } from '../support/fake-intx-bench.js';
 import { record, states } from '../support/host-events.js';
 
 const A = '0000:00:04.0';
 const B = '0000:00:05.0';
 
-/** Fake functions with INTx, DMA that records its mappings, and a device-request channel each (unless `noRequest`). */
+/**
+ * Fake functions with INTx, DMA that records its mappings, a device-request channel each (unless `noRequest`), an
+ * error channel each with the kernel's AER counts in `aer`, and a reset method (unless `noReset`).
+ */
 class Bench extends FakeIntxBench {
   readonly mapped = new Map<string, number>();
-  readonly requests = new Map<string, FakeRequest>();
+  readonly requests = new Map<string, FakeChannel>();
+  readonly errors = new Map<string, FakeChannel>();
+  readonly aer = new Map<string, PcieErrorCount[]>();
 
-  constructor(private readonly noRequest: readonly string[] = []) {
+  constructor(private readonly noRequest: readonly string[] = [], private readonly noReset: readonly string[] = []) {
     super();
+  }
+
+  /** The kernel counts one more `name` error of `severity` for the device, then signals its error channel, as AER and vfio-pci do. */
+  pcieError(address: string, name: string, severity: PcieErrorCount['severity']): void {
+    const counts = this.aer.get(address) ?? [];
+    const entry = counts.find((c) => c.name === name && c.severity === severity);
+    this.aer.set(address, [...counts.filter((c) => c !== entry), { name, severity, count: (entry?.count ?? 0) + 1 }]);
+    this.errors.get(address)!.fire();
   }
 
   private state(address: string): string {
@@ -41,8 +58,10 @@ class Bench extends FakeIntxBench {
   }
 
   protected parts(address: PciAddress) {
-    const request = this.requests.get(address) ?? new FakeRequest();
+    const request = this.requests.get(address) ?? new FakeChannel('request');
     this.requests.set(address, request);
+    const error = this.errors.get(address) ?? new FakeChannel('error');
+    this.errors.set(address, error);
     const dma = new ManagedIommuDomain({
       iovaRanges: [{ start: 0n, end: (1n << 39n) - 1n }], pageSizes: 0x1000n, availableMappings: () => undefined,
       map: () => void this.mapped.set(address, (this.mapped.get(address) ?? 0) + 1),
@@ -54,11 +73,15 @@ class Bench extends FakeIntxBench {
     });
     return {
       dma,
-      ...(this.noRequest.includes(address) ? {} : { enableRequest: request.enableRequest }),
+      enableChannel: (channel: 'request' | 'error') => (channel === 'error' ? error.enable() : this.noRequest.includes(address) ? undefined : request.enable()),
+      uncorrectableErrors: () => this.aer.get(address) ?? [],
+      canReset: !this.noReset.includes(address),
+      reset: () => void this.calls.push(`${address} reset (${this.state(address)})`),
       vectorsOff: () => this.calls.push(`${address} vectors off (${this.state(address)})`),
       close: () => {
         this.calls.push(`${address} close (${this.state(address)})`);
         request.closed();
+        error.closed();
       },
     };
   }
@@ -175,4 +198,70 @@ test('a device without a request channel is still claimed and driven', async (t)
   t.false(bench.requests.get(A)!.registered);
   const report = await host.shutdown();
   t.like(report.devices[0], { outcome: { kind: 'stopped' } });
+});
+
+test('an uncorrectable PCIe error is a driver fault naming the error: quiesced in the one order, reset through the kernel, restarted; the other device keeps running', async (t) => {
+  const bench = new Bench();
+  const host = DriverHost.claim(config([{ address: A, driver: 'req-test' }, { address: B, driver: 'req-test' }]), { registry, open: bench.open });
+  const events = record(t, host);
+  t.true(bench.errors.get(A)!.registered, 'the error channel is registered at claim');
+  host.start();
+  await until('both running', () => states(events, A).includes('running') && states(events, B).includes('running'));
+
+  bench.pcieError(A, 'UnsupReq', 'nonfatal');
+  await until('A running again', () => states(events, A).filter((s) => s === 'running').length === 2);
+  const fault = events.find((e) => e.type === 'fault');
+  t.like(fault, { address: A, fault: { kind: 'pcie-error', incarnation: 0, message: 'uncorrectable PCIe error reported by the kernel (AER): UnsupReq (nonfatal)' } });
+  t.regex(plainLine(fault!), /fault pcie-error: uncorrectable PCIe error reported by the kernel \(AER\): UnsupReq \(nonfatal\)/);
+  t.like(events.find((e) => e.type === 'restart'), { address: A, attempt: 1, reset: 'kernel-reset' });
+  t.deepEqual(states(events, A), ['claimed', 'attaching', 'running', 'failed', 'resetting', 'attaching', 'running']);
+  // The one quiesce order, then the reset, with the device never closed.
+  t.deepEqual(bench.calls.filter((c) => c.startsWith(A)), [
+    `${A} vectors off (bus master off, vectors on, 1 mapping(s))`,
+    `${A} unmap (bus master off, vectors off, 1 mapping(s))`,
+    `${A} reset (bus master off, vectors off, 0 mapping(s))`,
+  ]);
+  t.is(bench.opens.get(A), 1);
+
+  // The restarted driver takes interrupts; B never stopped.
+  bench.fire(A);
+  await until('an interrupt on the restarted driver', () => host.interruptCount(A as PciAddress) === 1);
+  bench.fire(B);
+  await until('B interrupt', () => host.interruptCount(B as PciAddress) === 1);
+  t.deepEqual(states(events, B), ['claimed', 'attaching', 'running']);
+  t.deepEqual(bench.calls.filter((c) => c.startsWith(B)), []);
+  t.false(events.some((e) => e.type === 'fault' && e.address === B));
+});
+
+test('a device the kernel cannot reset is reopened after a PCIe error, with its error channel again; the next error names only what is new', async (t) => {
+  const bench = new Bench([], [A]);
+  const host = DriverHost.claim(config([{ address: A, driver: 'req-test' }]), { registry, open: bench.open });
+  const events = record(t, host);
+  host.start();
+  await until('running', () => states(events, A).includes('running'));
+  bench.pcieError(A, 'CmpltTO', 'nonfatal');
+  await until('running again', () => states(events, A).filter((s) => s === 'running').length === 2);
+  t.like(events.find((e) => e.type === 'restart'), { reset: 'reopen' });
+  t.is(bench.opens.get(A), 2);
+  t.is(bench.errors.get(A)!.registrations, 2, 'the reopened device registered its error channel again');
+
+  bench.pcieError(A, 'MalfTLP', 'fatal');
+  await until('a second fault', () => events.filter((e) => e.type === 'fault').length === 2);
+  t.deepEqual(events.flatMap((e) => (e.type === 'fault' ? [`${e.fault.kind}: ${e.fault.message}`] : [])), [
+    'pcie-error: uncorrectable PCIe error reported by the kernel (AER): CmpltTO (nonfatal)',
+    'pcie-error: uncorrectable PCIe error reported by the kernel (AER): MalfTLP (fatal)',
+  ]);
+});
+
+test('a PCIe error during an attach is the attach\'s fault once it settles: the driver never runs on the errored device before a reset', async (t) => {
+  const bench = new Bench();
+  const host = DriverHost.claim(config([{ address: A, driver: 'req-test', options: { attachDelayMs: 300 } }]), { registry, open: bench.open });
+  const events = record(t, host);
+  host.start();
+  await until('attaching', () => states(events, A).includes('attaching'));
+  bench.pcieError(A, 'UnsupReq', 'nonfatal');
+  await until('running', () => states(events, A).includes('running'), 10_000);
+  t.deepEqual(states(events, A), ['claimed', 'attaching', 'failed', 'resetting', 'attaching', 'running']);
+  t.like(events.find((e) => e.type === 'fault'), { fault: { kind: 'pcie-error', incarnation: 0 } });
+  t.true(bench.calls.includes(`${A} reset (bus master off, vectors off, 0 mapping(s))`));
 });
