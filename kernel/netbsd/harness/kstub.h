@@ -323,6 +323,28 @@ struct cfdriver { const char *cd_name; };
 extern struct cfdriver pci_cd;
 void	*device_lookup_private(struct cfdriver *, int);
 #define	DETACH_FORCE	0x01
+/* autoconf(9): config_found's match/attach and config_detach (kstub.c) */
+typedef struct cfdata *cfdata_t;
+struct cfattach {
+	const char	*ca_name;
+	size_t		ca_devsize;
+	int		(*ca_match)(device_t, cfdata_t, void *);
+	void		(*ca_attach)(device_t, device_t, void *);
+	int		(*ca_detach)(device_t, int);
+	int		(*ca_activate)(device_t, int);
+};
+#define	CFATTACH_DECL_NEW(name, ddsize, matfn, attfn, detfn, actfn)	\
+	struct cfattach name##_ca = { #name, ddsize, matfn, attfn, detfn, actfn }
+void	*device_private(device_t);
+device_t device_parent(device_t);
+int	device_locator(device_t, u_int);
+typedef struct { int di_next; } deviter_t;
+device_t deviter_first(deviter_t *, int);
+device_t deviter_next(deviter_t *);
+void	deviter_release(deviter_t *);
+int	config_detach(device_t, int);
+#define	aprint_naive(...)	((void)0)
+#define	aprint_normal(...)	((void)0)
 
 /* sys/intr.h */
 #define	SOFTINT_SERIAL	3
