@@ -829,7 +829,7 @@ case_close_dma_live(void)
  * may anyone claim the function, until the last munmap.
  */
 static void
-case_dma_mapped_after_close_protected(void)
+dma_mapped_protected(bool child_detached)
 {
 	struct file *fp = xclaimed(), *other;
 	struct pciuser_dmamem_alloc a;
@@ -839,6 +839,8 @@ case_dma_mapped_after_close_protected(void)
 	REQUIRE_EQ(dmamem(fp, PAGE_SIZE, 0, 0, &a), 0);
 	REQUIRE_EQ(h_mmap(fp, a.pdm_cookie, PAGE_SIZE,
 	    VM_PROT_READ | VM_PROT_WRITE, MAP_SHARED, &uo), 0);
+	if (child_detached)
+		REQUIRE_EQ(h_driver_detach(H_DEV_NIC, DETACH_FORCE), 0);
 	REQUIRE_EQ(h_close(fp), 0);
 	REQUIRE_EQ(h_cfg_read(H_DEV_NIC, PCI_COMMAND_STATUS_REG) &
 	    PCI_COMMAND_MASTER_ENABLE, 0);
@@ -864,6 +866,25 @@ case_dma_mapped_after_close_protected(void)
 	REQUIRE_EQ(h_ioctl(other, PCI_IOC_BDF_CFGWRITE, &b), 0);
 	REQUIRE_EQ(claim(other, NULL), 0);
 	REQUIRE_EQ(h_close(other), 0);
+}
+
+static void
+case_dma_mapped_after_close_protected(void)
+{
+
+	dma_mapped_protected(false);
+}
+
+/*
+ * The same after a forced detach of the claim's pciuser child with the
+ * bus staying (found by the fuzzer: the claim was forgotten, pci(4) let
+ * another file turn mastering back on, and the munmap freed the pages).
+ */
+static void
+case_dma_mapped_after_child_detach_protected(void)
+{
+
+	dma_mapped_protected(true);
 }
 
 /*
@@ -1465,6 +1486,7 @@ static const struct {
 	C(close_dma_live),
 	C(close_dma_sticky_master),
 	C(dma_mapped_after_close_protected),
+	C(dma_mapped_after_child_detach_protected),
 	C(dma_freed_mapped_master_leaks),
 	C(dmamem_free_while_master),
 	C(detach_during_use),

@@ -198,6 +198,7 @@ struct pciuser_claimrec {
 	LIST_ENTRY(pciuser_claimrec) c_entry;	/* pciuser_claims */
 	bool			c_registered;	/* on pciuser_claims */
 	bool			c_attaching;	/* pciuser_match() takes it */
+	bool			c_revoked;	/* no more faults */
 	bool			c_gone;		/* bus detached: no access */
 	device_t		c_dev;		/* its pciuser child, or NULL */
 	struct pciuser_file	*c_pf;		/* the file holding it */
@@ -822,13 +823,14 @@ pciuser_bars_untrack(struct pciuser_claimrec *c)
 }
 
 /*
- * The bus is going: no more faults on the claim's BARs (c_gone, set
- * under the object lock that a fault holds, so no fault enters a page
- * after this one), and the pages already faulted in are taken out of
- * every process that maps them, where pv tracking allows it (x86).
+ * The claim's child or its bus is going: no more faults on the claim's
+ * BARs (c_revoked, set under the object lock that a fault holds, so no
+ * fault enters a page after this one), and the pages already faulted in
+ * are taken out of every process that maps them, where pv tracking
+ * allows it (x86).  If the bus is going (gone), no config access either.
  */
 static void
-pciuser_revoke(struct pciuser_claimrec *c)
+pciuser_revoke(struct pciuser_claimrec *c, bool gone)
 {
 #ifdef __HAVE_PMAP_PV_TRACK
 	struct pciuser_barstate *b;
@@ -837,7 +839,9 @@ pciuser_revoke(struct pciuser_claimrec *c)
 #endif
 
 	pciuser_obj_lock(&c->c_uobj);
-	c->c_gone = true;
+	c->c_revoked = true;
+	if (gone)
+		c->c_gone = true;
 #ifdef __HAVE_PMAP_PV_TRACK
 	for (i = 0; i < PCIUSER_MAXBARS; i++) {
 		b = &c->c_bar[i];
@@ -1013,7 +1017,7 @@ pciuser_bar_cookie(struct uvm_object *uobj, voff_t off, vm_prot_t prot)
 
 	idx = (uint64_t)off >> PCIUSER_MMAP_SHIFT;
 	rel = (uint64_t)off & PCIUSER_MMAP_MASK;
-	if (c->c_gone || idx < 1 || idx > PCIUSER_MAXBARS)
+	if (c->c_revoked || idx < 1 || idx > PCIUSER_MAXBARS)
 		return (paddr_t)-1;
 	b = &c->c_bar[idx - 1];
 	if ((b->b_uflags & PCIUSER_BAR_MMAP) == 0 || rel >= b->b_size ||
@@ -3241,13 +3245,17 @@ pciuser_claim_forget(struct pciuser_claimrec *c)
 		LIST_REMOVE(c, c_entry);
 		c->c_registered = false;
 	}
-	pciuser_revoke(c);
+	pciuser_revoke(c, true);
 }
 
 /*
  * A forced detach of a claim's pciuser child: the same path as a forced
  * detach of the bus, for this claim only.  A file that a close or a
- * detach of the bus is already tearing down is left to them.
+ * detach of the bus is already tearing down is left to them.  The bus
+ * stays, so the claim stays listed until its last reference: while its
+ * DMA memory lives, nobody may claim the function or turn its bus
+ * mastering back on through pci(4) (found by the fuzzer,
+ * regressions/child-detach-then-bdf-cfgwrite).
  */
 static void
 pciuser_claim_revoke(struct pciuser_claimrec *c)
@@ -3259,7 +3267,7 @@ pciuser_claim_revoke(struct pciuser_claimrec *c)
 		LIST_REMOVE(pf, pf_entry);
 		pciuser_file_detach(pf);
 	}
-	pciuser_claim_forget(c);
+	pciuser_revoke(c, false);
 }
 
 /*
