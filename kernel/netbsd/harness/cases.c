@@ -1394,7 +1394,9 @@ case_claim_races_sleeping_attach(void)
  * records it as the function's driver, so a rescan attaches no kernel
  * driver there; a non-forced detach of it fails while the claim lives
  * (here a BAR mapping outliving the file); it goes with the claim's last
- * reference, and a rescan then attaches the kernel driver.
+ * reference, leaving the command register as found (pci(4) writes back
+ * what it captured when the child attached), and a rescan then attaches
+ * the kernel driver.
  */
 static void
 case_claim_owned_by_child(void)
@@ -1402,8 +1404,11 @@ case_claim_owned_by_child(void)
 	struct pciuser_claim uc;
 	struct uvm_object *uo;
 	struct file *fp;
+	uint32_t cmd;
 
 	fp = xopen();
+	cmd = h_cfg_read(H_DEV_SLOW, PCI_COMMAND_STATUS_REG) & 0xffff;
+	REQUIRE_EQ(cmd, PCI_COMMAND_MEM_ENABLE);
 	REQUIRE_EQ(claim_dev(fp, H_DEV_SLOW, &uc), 0);
 	REQUIRE(driver_is(H_DEV_SLOW, "pciuser"));
 	REQUIRE_EQ(h_rescan(H_DEV_SLOW), 0);
@@ -1416,6 +1421,9 @@ case_claim_owned_by_child(void)
 	REQUIRE_EQ(h_driver_detach(H_DEV_SLOW, 0), EBUSY);
 	h_munmap(uo);
 	REQUIRE(driver_is(H_DEV_SLOW, NULL));
+	/* Given back decoding as found, after pci(4)'s restore too. */
+	REQUIRE_EQ(h_cfg_read(H_DEV_SLOW, PCI_COMMAND_STATUS_REG) & 0xffff,
+	    cmd);
 	REQUIRE_EQ(h_rescan(H_DEV_SLOW), 1);
 	REQUIRE(driver_is(H_DEV_SLOW, "hslow"));
 }

@@ -1133,7 +1133,32 @@ hconfig_found(struct pci_softc *sc, struct pci_attach_args *pa)
 	return dv;
 }
 
-/* As config_detach(), and pci(4)'s pcidevdetached() clearing c_dev. */
+/* As pci(4)'s: the header as captured, command register included. */
+void
+pci_conf_capture(pci_chipset_tag_t pc, pcitag_t tag,
+    struct pci_conf_state *pcs)
+{
+	int i;
+
+	for (i = 0; i < 16; i++)
+		pcs->reg[i] = pci_conf_read(pc, tag, i * 4);
+}
+
+void
+pci_conf_restore(pci_chipset_tag_t pc, pcitag_t tag,
+    struct pci_conf_state *pcs)
+{
+	int i;
+
+	for (i = 15; i >= 0; i--)
+		pci_conf_write(pc, tag, i * 4, pcs->reg[i]);
+}
+
+/*
+ * As config_detach(), and pci(4)'s pcidevdetached(): the function's
+ * header is written back as pci_probe_device() captured it, c_dev
+ * cleared.
+ */
 int
 config_detach(device_t dv, int flags)
 {
@@ -1153,8 +1178,12 @@ config_detach(device_t dv, int flags)
 	halldevs[i] = NULL;
 	c = &hsc.PCI_SC_DEVICESC(dv->dv_locators[PCICF_DEV],
 	    dv->dv_locators[PCICF_FUNCTION]);
-	if (c->c_dev == dv)
-		c->c_dev = NULL;
+	if (c->c_dev != dv)
+		panic("pcidevdetached: c_dev is not the child");
+	pci_conf_restore(&hpc, pci_make_tag(&hpc, 0,
+	    dv->dv_locators[PCICF_DEV], dv->dv_locators[PCICF_FUNCTION]),
+	    &c->c_conf);
+	c->c_dev = NULL;
 	free(dv->dv_private);
 	free(dv);
 	return 0;
@@ -1261,6 +1290,7 @@ pci_probe_device(struct pci_softc *sc, pcitag_t tag,
 	pa->pa_intrpin = (CFG32(dev, PCI_INTERRUPT_REG) >> 8) & 0xff;
 	if (match != NULL)
 		return match(pa);
+	pci_conf_capture(&hpc, tag, &sc->PCI_SC_DEVICESC(dev, 0).c_conf);
 	sc->PCI_SC_DEVICESC(dev, 0).c_dev = hconfig_found(sc, pa);
 	return sc->PCI_SC_DEVICESC(dev, 0).c_dev != NULL;
 }

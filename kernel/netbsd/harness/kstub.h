@@ -603,9 +603,15 @@ struct pci_attach_args {
 	pcireg_t	pa_id, pa_class;
 	u_int		pa_intrpin;
 };
+struct pci_conf_state {
+	pcireg_t	reg[16];	/* the type 0 header */
+};
 struct pci_child {
 	device_t	c_dev;
+	struct pci_conf_state c_conf;	/* restored when c_dev detaches */
 };
+void	pci_conf_capture(pci_chipset_tag_t, pcitag_t, struct pci_conf_state *);
+void	pci_conf_restore(pci_chipset_tag_t, pcitag_t, struct pci_conf_state *);
 struct pci_softc {
 	device_t	sc_dev;
 	pci_chipset_tag_t sc_pc;

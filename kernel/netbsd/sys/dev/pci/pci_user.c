@@ -1598,11 +1598,21 @@ pciuser_claim_locked(struct pci_softc *sc, struct pciuser_claimrec *c)
 		goto detach;
 
 	/*
+	 * pci(4) writes back the header it captured when it attached the
+	 * child, with decoding off, when the child detaches: capture it
+	 * again as the function is to be given back (decoding as found,
+	 * bus mastering off; pciuser_claim_free() writes the same).
+	 */
+	csr = c->c_savedcmd & ~PCI_COMMAND_MASTER_ENABLE;
+	pci_conf_write(pc, c->c_tag, PCI_COMMAND_STATUS_REG, csr);
+	pci_conf_capture(pc, c->c_tag,
+	    &sc->PCI_SC_DEVICESC(c->c_device, c->c_function).c_conf);
+
+	/*
 	 * Does the INTx disable bit (PCI 2.3) stick?  Leave INTx masked
 	 * until the process establishes it; decoding back as it was,
 	 * bus mastering off until the process turns it on.
 	 */
-	csr = c->c_savedcmd & ~PCI_COMMAND_MASTER_ENABLE;
 	pci_conf_write(pc, c->c_tag, PCI_COMMAND_STATUS_REG,
 	    csr | PCI_COMMAND_INTERRUPT_DISABLE);
 	c->c_intxdis = (pci_conf_read(pc, c->c_tag, PCI_COMMAND_STATUS_REG) &
