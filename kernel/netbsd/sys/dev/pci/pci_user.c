@@ -46,7 +46,8 @@
  * make long; the sleeps of an ioctl happen under pf_busy, a flag that
  * others wait for interruptibly):
  *	pciuser_lock		(adaptive) buses and their files, the claim
- *				registry, DMA accounting, bus references
+ *				registry and each claim's c_dev and c_pf,
+ *				DMA accounting, bus and file references
  *	pf_lock			(adaptive) pf_busy, pf_claim (which
  *				pciuser_lock guards too) and the lists
  *				mmap looks things up in
