@@ -2,7 +2,9 @@
  * cases.c: ATF-style test cases of sys/dev/pci/pci_user.c, run on the
  * stand-in kernel of kstub.c.  One case per ioctl and per mmap path,
  * the lifetime cases (close with DMA live, detach during use, two
- * openers racing) and one per defect of issue 24 (N1-N4).
+ * openers racing, an open or a claim racing a driver's sleeping detach
+ * or attach, the claim's pciuser autoconf child) and one per defect of
+ * issue 24 (N1-N4).
  *
  *	harness -l		list the cases
  *	harness NAME		run one case in this process
