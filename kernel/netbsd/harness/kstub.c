@@ -829,12 +829,17 @@ static device_t halldevs[8];
 struct harness_pci_chipset { int dummy; } hpc;
 struct harness_bus_space { bool io; } hmemt = { false }, hiot = { true };
 
+/*
+ * A DMA tag per function (its slot in dev), so that DMA memory freed
+ * while the function it was allocated for masters is counted (memory of
+ * another function is not).
+ */
 struct harness_dma_tag {
 	bus_addr_t	maxaddr;
 	bool		sub;
+	int		dev;
 };
-static struct harness_dma_tag hdmat = { 0xffffffffULL, false };
-static struct harness_dma_tag hdmat64 = { ~0ULL, false };
+static struct harness_dma_tag hdmat[32], hdmat64[32];
 static long h_subtags;
 
 #define	CFG32(f, r)	(*(uint32_t *)&hfuncs[f].cfg[(r)])
@@ -1277,8 +1282,8 @@ pci_probe_device(struct pci_softc *sc, pcitag_t tag,
 	memset(pa, 0, sizeof(*pa));
 	pa->pa_iot = &hiot;
 	pa->pa_memt = &hmemt;
-	pa->pa_dmat = &hdmat;
-	pa->pa_dmat64 = &hdmat64;
+	pa->pa_dmat = &hdmat[dev];
+	pa->pa_dmat64 = &hdmat64[dev];
 	pa->pa_pc = &hpc;
 	pa->pa_flags = PCI_FLAGS_IO_OKAY | PCI_FLAGS_MEM_OKAY;
 	pa->pa_bus = 0;
@@ -2007,7 +2012,7 @@ bus_dmamem_free(bus_dma_tag_t t, bus_dma_segment_t *segs, int nsegs)
 	int i;
 
 	pthread_mutex_lock(&hglobal);
-	if (CFG32(H_DEV_NIC, PCI_COMMAND_STATUS_REG) &
+	if (CFG32(t->dev, PCI_COMMAND_STATUS_REG) &
 	    PCI_COMMAND_MASTER_ENABLE)
 		h_freed_while_master++;
 	for (i = 0; i < nsegs; i++) {
@@ -2216,6 +2221,7 @@ bus_dmatag_subregion(bus_dma_tag_t t, bus_addr_t min, bus_addr_t max,
 	n = calloc(1, sizeof(*n));
 	n->maxaddr = max;
 	n->sub = true;
+	n->dev = t->dev;
 	__atomic_add_fetch(&h_subtags, 1, __ATOMIC_SEQ_CST);
 	*newp = n;
 	return 0;
@@ -2520,6 +2526,7 @@ void	sysctl_hw_pciuser_setup(struct sysctllog **);
 void
 h_boot(void)
 {
+	int i;
 
 	memset(hfuncs, 0, sizeof(hfuncs));
 	hfunc_init_nic();
@@ -2527,6 +2534,10 @@ h_boot(void)
 	hfunc_init_slow();
 	memset(&hsc, 0, sizeof(hsc));
 	memset(halldevs, 0, sizeof(halldevs));
+	for (i = 0; i < 32; i++) {
+		hdmat[i] = (struct harness_dma_tag){ 0xffffffffULL, false, i };
+		hdmat64[i] = (struct harness_dma_tag){ ~0ULL, false, i };
+	}
 	hpci_dev.dv_private = &hsc;
 	hsc.sc_dev = &hpci_dev;
 	hsc.sc_pc = &hpc;
