@@ -85,7 +85,7 @@ ln -s "$sys/arch/i386/include" "$tmp/inc32/i386"
 cp "$tmp/inc"/opt_*.h "$tmp/inc32/"
 
 # locators.h, as config(1) generates it, for the pci attribute only
-# (needed by the hooked pci.c).
+# (pci_user.c's child locators and the hooked pci.c).
 cat > "$tmp/inc/locators.h" <<'LOC'
 #define	PCICF_DEV		0
 #define	PCICF_DEV_DEFAULT	-1
@@ -96,6 +96,7 @@ cat > "$tmp/inc/locators.h" <<'LOC'
 #define	PCIBUSCF_BUS_DEFAULT	-1
 #define	PCIBUSCF_NLOCS		1
 LOC
+cp "$tmp/inc/locators.h" "$tmp/inc32/"
 
 cflags="--target=x86_64-unknown-netbsd -std=gnu99 -ffreestanding -nostdinc
     -D_KERNEL -D_KERNEL_OPT -mcmodel=kernel -mno-red-zone -mno-sse -mno-mmx

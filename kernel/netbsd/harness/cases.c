@@ -2,7 +2,9 @@
  * cases.c: ATF-style test cases of sys/dev/pci/pci_user.c, run on the
  * stand-in kernel of kstub.c.  One case per ioctl and per mmap path,
  * the lifetime cases (close with DMA live, detach during use, two
- * openers racing) and one per defect of issue 24 (N1-N4).
+ * openers racing, an open or a claim racing a driver's sleeping detach
+ * or attach, the claim's pciuser autoconf child) and one per defect of
+ * issue 24 (N1-N4).
  *
  *	harness -l		list the cases
  *	harness NAME		run one case in this process
@@ -55,7 +57,7 @@ xopen(void)
 }
 
 static int
-claim(struct file *fp, struct pciuser_claim *uc)
+claim_dev(struct file *fp, int dev, struct pciuser_claim *uc)
 {
 	struct pciuser_claim c;
 
@@ -63,9 +65,24 @@ claim(struct file *fp, struct pciuser_claim *uc)
 		uc = &c;
 	memset(uc, 0, sizeof(*uc));
 	uc->puc_bus = 0;
-	uc->puc_device = H_DEV_NIC;
+	uc->puc_device = (uint32_t)dev;
 	uc->puc_function = 0;
 	return h_ioctl(fp, PCIUSER_IOC_CLAIM, uc);
+}
+
+static int
+claim(struct file *fp, struct pciuser_claim *uc)
+{
+
+	return claim_dev(fp, H_DEV_NIC, uc);
+}
+
+static bool
+driver_is(int dev, const char *name)
+{
+	const char *d = h_driver_of(dev);
+
+	return d == NULL ? name == NULL : name != NULL && strcmp(d, name) == 0;
 }
 
 static struct file *
@@ -814,7 +831,7 @@ case_close_dma_live(void)
  * may anyone claim the function, until the last munmap.
  */
 static void
-case_dma_mapped_after_close_protected(void)
+dma_mapped_protected(bool child_detached)
 {
 	struct file *fp = xclaimed(), *other;
 	struct pciuser_dmamem_alloc a;
@@ -824,6 +841,8 @@ case_dma_mapped_after_close_protected(void)
 	REQUIRE_EQ(dmamem(fp, PAGE_SIZE, 0, 0, &a), 0);
 	REQUIRE_EQ(h_mmap(fp, a.pdm_cookie, PAGE_SIZE,
 	    VM_PROT_READ | VM_PROT_WRITE, MAP_SHARED, &uo), 0);
+	if (child_detached)
+		REQUIRE_EQ(h_driver_detach(H_DEV_NIC, DETACH_FORCE), 0);
 	REQUIRE_EQ(h_close(fp), 0);
 	REQUIRE_EQ(h_cfg_read(H_DEV_NIC, PCI_COMMAND_STATUS_REG) &
 	    PCI_COMMAND_MASTER_ENABLE, 0);
@@ -849,6 +868,25 @@ case_dma_mapped_after_close_protected(void)
 	REQUIRE_EQ(h_ioctl(other, PCI_IOC_BDF_CFGWRITE, &b), 0);
 	REQUIRE_EQ(claim(other, NULL), 0);
 	REQUIRE_EQ(h_close(other), 0);
+}
+
+static void
+case_dma_mapped_after_close_protected(void)
+{
+
+	dma_mapped_protected(false);
+}
+
+/*
+ * The same after a forced detach of the claim's pciuser child with the
+ * bus staying (found by the fuzzer: the claim was forgotten, pci(4) let
+ * another file turn mastering back on, and the munmap freed the pages).
+ */
+static void
+case_dma_mapped_after_child_detach_protected(void)
+{
+
+	dma_mapped_protected(true);
 }
 
 /*
@@ -1015,6 +1053,9 @@ case_two_openers_race(void)
 
 /* Opens, claims and closes racing a forced detach of the bus. */
 static volatile int opener_stop;
+static pthread_mutex_t opener_mtx = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t opener_cv = PTHREAD_COND_INITIALIZER;
+static int opener_rounds;
 
 static void *
 opener(void *arg)
@@ -1023,6 +1064,10 @@ opener(void *arg)
 	int error;
 
 	while (!opener_stop) {
+		pthread_mutex_lock(&opener_mtx);
+		opener_rounds++;
+		pthread_cond_broadcast(&opener_cv);
+		pthread_mutex_unlock(&opener_mtx);
 		error = h_open(FREAD | FWRITE, &fp);
 		if (error) {
 			REQUIRE_EQ(error, ENXIO);
@@ -1044,7 +1089,11 @@ case_open_races_detach(void)
 
 	for (i = 0; i < 2; i++)
 		REQUIRE_EQ(pthread_create(&t[i], NULL, opener, NULL), 0);
-	usleep(20000);
+	/* Both openers under way (a few rounds each on average). */
+	pthread_mutex_lock(&opener_mtx);
+	while (opener_rounds < 8)
+		pthread_cond_wait(&opener_cv, &opener_mtx);
+	pthread_mutex_unlock(&opener_mtx);
 	REQUIRE_EQ(h_detach(DETACH_FORCE), 0);
 	opener_stop = 1;
 	for (i = 0; i < 2; i++)
@@ -1151,6 +1200,13 @@ case_selftest_lockdebug(void)
 static struct pci_attach_args st_pa;
 static bus_dmamap_t st_map;
 
+static int
+st_any(const struct pci_attach_args *pa)
+{
+
+	return 1;
+}
+
 static void
 st_loaded_map(void)
 {
@@ -1159,7 +1215,7 @@ st_loaded_map(void)
 	int rsegs;
 
 	REQUIRE(pci_probe_device(NULL, pci_make_tag(NULL, 0, H_DEV_NIC, 0),
-	    NULL, &st_pa));
+	    st_any, &st_pa));
 	REQUIRE_EQ(bus_dmamem_alloc(st_pa.pa_dmat, PAGE_SIZE, PAGE_SIZE, 0,
 	    &seg, 1, &rsegs, BUS_DMA_NOWAIT), 0);
 	REQUIRE_EQ(bus_dmamem_map(st_pa.pa_dmat, &seg, 1, PAGE_SIZE, &kva,
@@ -1210,7 +1266,7 @@ case_selftest_bus_dma(void)
 	expect_panic(st_sync_mix, "bus_dmamap_sync PRE|POST");
 	expect_panic(st_sync_zero, "bus_dmamap_sync of zero bytes");
 	REQUIRE(pci_probe_device(NULL, pci_make_tag(NULL, 0, H_DEV_NIC, 0),
-	    NULL, &st_pa));
+	    st_any, &st_pa));
 	expect_panic(st_map_beyond, "bus_space_read past the mapping");
 	/* 4 pages split at a 1-page boundary into 2 segments: EFBIG, lost. */
 	REQUIRE_EQ(bus_dmamem_alloc(st_pa.pa_dmat, 4 * PAGE_SIZE, PAGE_SIZE,
@@ -1226,30 +1282,193 @@ case_selftest_bus_dma(void)
 }
 
 /*
- * An open in the window after pciuser_detach() while pcidetach() sleeps
- * detaching children must fail with ENXIO and leave nothing behind
- * (before pciuser_detach_done(), it made a new bus record for the dying
- * bus).
+ * A gate where the slow driver's attach or detach sleeps (h_gate_hook):
+ * that thread blocks there, kernel lock released, until the case lets it
+ * go, and the case waits until it has arrived: the interleaving is the
+ * case's, with no sleeps.
  */
-static int window_error = -1;
+static pthread_mutex_t gate_mtx = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+static int gate_at, gate_open;
 
 static void
-window_open(void)
+gate_block(int what)
 {
-	struct file *fp;
 
-	window_error = h_open(FREAD | FWRITE, &fp);
-	if (window_error == 0)
-		REQUIRE_EQ(h_close(fp), 0);
+	pthread_mutex_lock(&gate_mtx);
+	gate_at = what;
+	pthread_cond_broadcast(&gate_cv);
+	while (!gate_open)
+		pthread_cond_wait(&gate_cv, &gate_mtx);
+	pthread_mutex_unlock(&gate_mtx);
 }
 
 static void
-case_open_in_detach_window(void)
+gate_wait(int what)
 {
 
-	h_detach_window = window_open;
+	pthread_mutex_lock(&gate_mtx);
+	while (gate_at != what)
+		pthread_cond_wait(&gate_cv, &gate_mtx);
+	pthread_mutex_unlock(&gate_mtx);
+}
+
+static void
+gate_release(void)
+{
+
+	pthread_mutex_lock(&gate_mtx);
+	gate_open = 1;
+	pthread_cond_broadcast(&gate_cv);
+	pthread_mutex_unlock(&gate_mtx);
+}
+
+static void *
+rescan_slow(void *arg)
+{
+
+	REQUIRE_EQ(h_rescan(H_DEV_SLOW), 1);
+	return NULL;
+}
+
+static void *
+detach_bus(void *arg)
+{
+
 	REQUIRE_EQ(h_detach(DETACH_FORCE), 0);
-	REQUIRE_EQ(window_error, ENXIO);
+	return NULL;
+}
+
+/*
+ * An open, and a claim on a file opened before, while pcidetach() sleeps
+ * detaching a child after pciuser_busdetach() must fail with ENXIO and
+ * leave nothing behind (before pciuser_busdetach_done(), the open made a
+ * new bus record for the dying bus and got a file).
+ */
+static void
+case_open_in_detach_window(void)
+{
+	struct file *fp, *late;
+	pthread_t t;
+
+	fp = xopen();
+	REQUIRE_EQ(h_rescan(H_DEV_SLOW), 1);
+	h_gate_hook = gate_block;
+	REQUIRE_EQ(pthread_create(&t, NULL, detach_bus, NULL), 0);
+	gate_wait(H_GATE_DETACH);
+	REQUIRE_EQ(h_open(FREAD | FWRITE, &late), ENXIO);
+	REQUIRE_EQ(claim(fp, NULL), ENXIO);
+	gate_release();
+	REQUIRE_EQ(pthread_join(t, NULL), 0);
+	h_gate_hook = NULL;
+	REQUIRE_EQ(h_slow_attached, 0);
+	REQUIRE_EQ(h_close(fp), 0);
+}
+
+/*
+ * A claim while a kernel driver's attach sleeps (issue 24): the driver
+ * is already a child of the bus at the function's locators, but not yet
+ * pci(4)'s c_dev.  The claim must fail with EBUSY rather than take the
+ * function from under the driver.
+ */
+static void
+case_claim_races_sleeping_attach(void)
+{
+	struct file *fp;
+	pthread_t t;
+
+	fp = xopen();
+	h_gate_hook = gate_block;
+	REQUIRE_EQ(pthread_create(&t, NULL, rescan_slow, NULL), 0);
+	gate_wait(H_GATE_ATTACH);
+	REQUIRE_EQ(claim_dev(fp, H_DEV_SLOW, NULL), EBUSY);
+	gate_release();
+	REQUIRE_EQ(pthread_join(t, NULL), 0);
+	h_gate_hook = NULL;
+	REQUIRE_EQ(h_slow_attached, 1);
+	REQUIRE(driver_is(H_DEV_SLOW, "hslow"));
+	REQUIRE_EQ(claim_dev(fp, H_DEV_SLOW, NULL), EBUSY);
+	REQUIRE_EQ(h_close(fp), 0);
+}
+
+/*
+ * A claimed function is owned by a pciuser child of the bus: pci(4)
+ * records it as the function's driver, so a rescan attaches no kernel
+ * driver there; a non-forced detach of it fails while the claim lives
+ * (here a BAR mapping outliving the file); it goes with the claim's last
+ * reference, leaving the command register as found (pci(4) writes back
+ * what it captured when the child attached), and a rescan then attaches
+ * the kernel driver.
+ */
+static void
+case_claim_owned_by_child(void)
+{
+	struct pciuser_claim uc;
+	struct uvm_object *uo;
+	struct file *fp;
+	uint32_t cmd;
+
+	fp = xopen();
+	cmd = h_cfg_read(H_DEV_SLOW, PCI_COMMAND_STATUS_REG) & 0xffff;
+	REQUIRE_EQ(cmd, PCI_COMMAND_MEM_ENABLE);
+	REQUIRE_EQ(claim_dev(fp, H_DEV_SLOW, &uc), 0);
+	REQUIRE(driver_is(H_DEV_SLOW, "pciuser"));
+	REQUIRE_EQ(h_rescan(H_DEV_SLOW), 0);
+	REQUIRE_EQ(h_slow_attached, 0);
+	REQUIRE_EQ(h_driver_detach(H_DEV_SLOW, 0), EBUSY);
+	REQUIRE_EQ(h_mmap(fp, uc.puc_bars[0].pub_cookie, PAGE_SIZE,
+	    VM_PROT_READ, MAP_SHARED, &uo), 0);
+	REQUIRE_EQ(h_close(fp), 0);
+	REQUIRE(driver_is(H_DEV_SLOW, "pciuser"));
+	REQUIRE_EQ(h_driver_detach(H_DEV_SLOW, 0), EBUSY);
+	h_munmap(uo);
+	REQUIRE(driver_is(H_DEV_SLOW, NULL));
+	/* Given back decoding as found, after pci(4)'s restore too. */
+	REQUIRE_EQ(h_cfg_read(H_DEV_SLOW, PCI_COMMAND_STATUS_REG) & 0xffff,
+	    cmd);
+	REQUIRE_EQ(h_rescan(H_DEV_SLOW), 1);
+	REQUIRE(driver_is(H_DEV_SLOW, "hslow"));
+}
+
+/*
+ * A forced detach of a claim's pciuser child (what its bus does when it
+ * goes) revokes the claim as a forced detach of the bus does: the file
+ * sees ENXIO, BAR pages faulted in are unmapped and fault no more, DMA
+ * memory is kept until munmap; the bus stays, and the function can be
+ * claimed again once the old claim's last reference has gone.
+ */
+static void
+case_child_forced_detach(void)
+{
+	struct file *fp = xclaimed(), *fp2;
+	struct pciuser_dmamem_alloc a;
+	struct pciuser_cfgreg r;
+	struct uvm_object *uo;
+	uint64_t pa;
+
+	REQUIRE_EQ(dmamem(fp, PAGE_SIZE, 0, 0, &a), 0);
+	REQUIRE_EQ(h_mmap(fp, PCIUSER_MMAP_BAR(0), PAGE_SIZE, VM_PROT_READ,
+	    MAP_SHARED, &uo), 0);
+	REQUIRE_EQ(h_fault(uo, PCIUSER_MMAP_BAR(0), VM_PROT_READ, &pa), 0);
+	REQUIRE_EQ(intr(fp, PCIUSER_INTR_MSI, 1, NULL), 0);
+	REQUIRE(driver_is(H_DEV_NIC, "pciuser"));
+	REQUIRE_EQ(h_driver_detach(H_DEV_NIC, 0), EBUSY);
+	REQUIRE_EQ(h_driver_detach(H_DEV_NIC, DETACH_FORCE), 0);
+	REQUIRE(driver_is(H_DEV_NIC, NULL));
+	REQUIRE_EQ(h_user_mapped(H_BAR0_BASE), 0);
+	REQUIRE_EQ(h_fault(uo, PCIUSER_MMAP_BAR(0), VM_PROT_READ, &pa), EIO);
+	memset(&r, 0, sizeof(r));
+	REQUIRE_EQ(h_ioctl(fp, PCIUSER_IOC_CFGREAD, &r), ENXIO);
+	REQUIRE_EQ(h_poll(fp, POLLIN), POLLIN | POLLHUP | POLLERR);
+	/* The BARs stay reserved until the claim's last reference goes. */
+	fp2 = xopen();
+	REQUIRE_EQ(claim(fp2, NULL), EBUSY);
+	REQUIRE_EQ(h_close(fp), 0);
+	h_munmap(uo);
+	REQUIRE_EQ(claim(fp2, NULL), 0);
+	REQUIRE(driver_is(H_DEV_NIC, "pciuser"));
+	REQUIRE_EQ(h_close(fp2), 0);
+	REQUIRE(driver_is(H_DEV_NIC, NULL));
 }
 
 static const struct {
@@ -1277,6 +1496,7 @@ static const struct {
 	C(close_dma_live),
 	C(close_dma_sticky_master),
 	C(dma_mapped_after_close_protected),
+	C(dma_mapped_after_child_detach_protected),
 	C(dma_freed_mapped_master_leaks),
 	C(dmamem_free_while_master),
 	C(detach_during_use),
@@ -1291,6 +1511,9 @@ static const struct {
 	C(selftest_lockdebug),
 	C(selftest_bus_dma),
 	C(open_in_detach_window),
+	C(claim_races_sleeping_attach),
+	C(claim_owned_by_child),
+	C(child_forced_detach),
 #undef C
 #undef XFAIL
 };

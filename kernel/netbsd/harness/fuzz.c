@@ -455,10 +455,12 @@ do_read(struct in *in)
 }
 
 static void
-window_open(void)
+window_open(int what)
 {
 	int f;
 
+	if (what != H_GATE_DETACH)
+		return;
 	for (f = 0; f < NFD && fds[f] != NULL; f++)
 		;
 	if (f < NFD && h_open(FREAD | FWRITE, &fds[f]) == 0)
@@ -576,13 +578,24 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		case 15:
 			/*
-			 * Sometimes an open in the window pcidetach()
-			 * sleeps in after pciuser_detach(), kept open.
+			 * A detach of the bus, sometimes with an open in
+			 * the window pcidetach() sleeps in after
+			 * pciuser_busdetach() (the slow driver's detach),
+			 * kept open; or of one function's driver (a
+			 * claim's pciuser child, or the slow driver).
 			 */
 			i = u8(&in);
-			h_detach_window = i & 2 ? window_open : NULL;
+			if (i & 0x80) {
+				(void)h_driver_detach(i & 8 ? H_DEV_SLOW :
+				    H_DEV_NIC, i % 2 ? DETACH_FORCE : 0);
+				break;
+			}
+			if (i & 2) {
+				(void)h_rescan(H_DEV_SLOW);
+				h_gate_hook = window_open;
+			}
 			(void)h_detach(i % 2 ? DETACH_FORCE : 0);
-			h_detach_window = NULL;
+			h_gate_hook = NULL;
 			break;
 		case 16:
 			h_nic_raise(u8(&in) % H_MSIX_NVEC);

@@ -9,6 +9,7 @@
 /* Slots on the fake bus 0. */
 #define	H_DEV_NIC	3	/* no kernel driver: claimable */
 #define	H_DEV_VICTIM	4	/* a kernel driver owns it */
+#define	H_DEV_SLOW	5	/* the slow driver attaches at a rescan */
 
 /* The fake NIC's BARs (all assigned, page aligned). */
 #define	H_BAR0_BASE	0xfeb00000ULL	/* 128 KiB memory, 64-bit */
@@ -45,6 +46,10 @@ int	h_fault(struct uvm_object *, uint64_t, int, uint64_t *);
 int	h_kqueue(struct file *, struct knote **);
 void	h_kqueue_drop(struct knote *);
 int	h_detach(int);
+/* autoconf: rescan one slot; the driver owning one; detach it. */
+int	h_rescan(int);
+const char *h_driver_of(int);
+int	h_driver_detach(int, int);
 int	h_sysctl(const char *, uint64_t *, const uint64_t *);
 
 /* The fake NIC. */
@@ -66,8 +71,14 @@ extern long	h_freed_while_master;	/* dmamem freed, device mastering */
 extern long	h_msix_maps;		/* msipic's MSI-X table mappings */
 extern long	h_softints_run;
 extern int	h_pmap_fail;		/* pmap_enter fails this many times */
-/* Run by h_detach after pciuser_detach, kernel lock released. */
-extern void	(*h_detach_window)(void);
+/*
+ * Run where the slow driver's attach or detach sleeps, with the kernel
+ * lock released: a case makes it block until it lets it go.
+ */
+#define	H_GATE_ATTACH	1
+#define	H_GATE_DETACH	2
+extern void	(*h_gate_hook)(int);
+extern long	h_slow_attached;	/* slow driver instances attached */
 
 /* For two-thread cases. */
 void	h_thread_begin(void);

@@ -30,6 +30,7 @@
 
 #include "kstub.h"
 #include "harness.h"
+#include "include/locators.h"
 
 long physmem = 262144;		/* 1 GiB */
 struct cfdriver pci_cd = { "pci" };
@@ -44,7 +45,8 @@ long	h_freed_while_master;
 long	h_msix_maps;
 long	h_softints_run;
 int	h_pmap_fail;
-void	(*h_detach_window)(void);
+void	(*h_gate_hook)(int);
+long	h_slow_attached;
 
 static pthread_mutex_t hglobal = PTHREAD_MUTEX_INITIALIZER;
 
@@ -795,8 +797,9 @@ h_sysctl(const char *name, uint64_t *oldv, const uint64_t *newv)
 }
 
 /*
- * The fake PCI bus: bus 0, a NIC with no driver at 3.0 and a device
- * owned by a kernel driver at 4.0.
+ * The fake PCI bus: bus 0, a NIC with no driver at 3.0, a device owned
+ * by a kernel driver at 4.0, and at 5.0 a device that the "slow" kernel
+ * driver attaches to when the bus is rescanned (h_rescan).
  */
 struct hfunc {
 	bool		present;
@@ -807,18 +810,36 @@ struct hfunc {
 static uint8_t hnic_mem[6][H_BAR0_SIZE] __attribute__((__aligned__(PAGE_SIZE)));	/* the NIC's BAR contents */
 static struct hfunc hfuncs[32];
 static struct pci_softc hsc;
-static struct device { int dummy; } hvictim_dev;
 static bool hsc_attached;
+
+/*
+ * autoconf(9): pci0 and its children.  The victim's driver is attached
+ * for good (not on halldevs); config_found() (in pci_probe_device) and
+ * config_detach() manage the others on halldevs, under the kernel lock.
+ */
+struct device {
+	device_t	dv_parent;
+	const struct cfattach *dv_ca;
+	int		dv_locators[PCICF_NLOCS];
+	void		*dv_private;
+};
+static struct device hpci_dev, hvictim_dev;
+static device_t halldevs[8];
 
 struct harness_pci_chipset { int dummy; } hpc;
 struct harness_bus_space { bool io; } hmemt = { false }, hiot = { true };
 
+/*
+ * A DMA tag per function (its slot in dev), so that DMA memory freed
+ * while the function it was allocated for masters is counted (memory of
+ * another function is not).
+ */
 struct harness_dma_tag {
 	bus_addr_t	maxaddr;
 	bool		sub;
+	int		dev;
 };
-static struct harness_dma_tag hdmat = { 0xffffffffULL, false };
-static struct harness_dma_tag hdmat64 = { ~0ULL, false };
+static struct harness_dma_tag hdmat[32], hdmat64[32];
 static long h_subtags;
 
 #define	CFG32(f, r)	(*(uint32_t *)&hfuncs[f].cfg[(r)])
@@ -861,6 +882,22 @@ hfunc_init_nic(void)
 	cfg_put(f, 0xb0, 0x00100009);	/* vendor-specific, 16 bytes */
 	/* Extended: AER at 0x100. */
 	cfg_put(f, 0x100, 0x00010001);
+}
+
+#define	H_SLOW_ID	0x5a5a1af4U
+
+static void
+hfunc_init_slow(void)
+{
+	int f = H_DEV_SLOW;
+
+	memset(&hfuncs[f], 0, sizeof(hfuncs[f]));
+	hfuncs[f].present = true;
+	cfg_put(f, PCI_ID_REG, H_SLOW_ID);
+	cfg_put(f, PCI_COMMAND_STATUS_REG, 0x00000002);
+	cfg_put(f, PCI_CLASS_REG, 0x02800000);
+	cfg_put(f, 0x10, 0xfe100000);
+	hfuncs[f].barsize[0] = 0x1000;
 }
 
 static void
@@ -958,17 +995,272 @@ pci_make_tag(pci_chipset_tag_t pc, int bus, int dev, int func)
 	return ((pcitag_t)bus << 16) | ((pcitag_t)dev << 8) | (pcitag_t)func;
 }
 
+/*
+ * The stand-in kernel's slow driver of function 5: its attach and its
+ * detach sleep, which lets the kernel lock go (h_gate).
+ */
+static int
+hslow_match(device_t parent, cfdata_t cf, void *aux)
+{
+	const struct pci_attach_args *pa = aux;
+
+	return pa->pa_id == H_SLOW_ID;
+}
+
+/*
+ * Where a driver's attach or detach would sleep: the kernel lock is let
+ * go (as mi_switch does) and h_gate_hook runs, which a case makes block
+ * until it lets it go, so that the interleaving is its own.
+ */
+static void
+h_gate(int what)
+{
+	int i, biglocks = kernel_lock_count;
+
+	if (h_gate_hook == NULL)
+		return;
+	if (nspin)
+		panic("h_gate: sleeping with a spin mutex held");
+	for (i = 0; i < biglocks; i++)
+		harness_kernel_unlock();
+	h_gate_hook(what);
+	for (i = 0; i < biglocks; i++)
+		harness_kernel_lock();
+}
+
+static void
+hslow_attach(device_t parent, device_t self, void *aux)
+{
+
+	h_gate(H_GATE_ATTACH);
+	h_slow_attached++;
+}
+
+static int
+hslow_detach(device_t self, int flags)
+{
+
+	h_gate(H_GATE_DETACH);
+	h_slow_attached--;
+	return 0;
+}
+
+static struct cfattach hslow_ca = {
+	"hslow", 0, hslow_match, hslow_attach, hslow_detach, NULL
+};
+extern struct cfattach pciuser_ca;
+
+void *
+device_private(device_t dv)
+{
+
+	return dv->dv_private;
+}
+
+device_t
+device_parent(device_t dv)
+{
+
+	return dv->dv_parent;
+}
+
+int
+device_locator(device_t dv, u_int locnum)
+{
+
+	if (locnum >= PCICF_NLOCS)
+		panic("device_locator: %u", locnum);
+	return dv->dv_locators[locnum];
+}
+
+device_t
+deviter_first(deviter_t *di, int flags)
+{
+
+	if (!harness_kernel_locked())
+		panic("deviter_first: kernel lock not held");
+	di->di_next = 0;
+	return deviter_next(di);
+}
+
+device_t
+deviter_next(deviter_t *di)
+{
+
+	while (di->di_next < (int)__arraycount(halldevs)) {
+		if (halldevs[di->di_next++] != NULL)
+			return halldevs[di->di_next - 1];
+	}
+	return NULL;
+}
+
+void
+deviter_release(deviter_t *di)
+{
+}
+
+/*
+ * config_found(): the best match among the stand-in kernel's drivers
+ * (pciuser's and the slow driver), linked on halldevs before its attach
+ * runs, as config_attach_loc() does.
+ */
+static device_t
+hconfig_found(struct pci_softc *sc, struct pci_attach_args *pa)
+{
+	struct cfattach *drivers[] = { &pciuser_ca, &hslow_ca }, *best = NULL;
+	device_t dv;
+	size_t i;
+	int pri, bestpri = 0;
+
+	if (!harness_kernel_locked())
+		panic("config_found: kernel lock not held");
+	for (i = 0; i < __arraycount(drivers); i++) {
+		pri = drivers[i]->ca_match(sc->sc_dev, NULL, pa);
+		if (pri > bestpri) {
+			bestpri = pri;
+			best = drivers[i];
+		}
+	}
+	if (best == NULL)
+		return NULL;
+	dv = calloc(1, sizeof(*dv));
+	dv->dv_parent = sc->sc_dev;
+	dv->dv_ca = best;
+	dv->dv_locators[PCICF_DEV] = (int)pa->pa_device;
+	dv->dv_locators[PCICF_FUNCTION] = (int)pa->pa_function;
+	dv->dv_private = best->ca_devsize ? calloc(1, best->ca_devsize) : NULL;
+	for (i = 0; i < __arraycount(halldevs) && halldevs[i] != NULL; i++)
+		;
+	if (i == __arraycount(halldevs))
+		panic("config_found: too many devices");
+	halldevs[i] = dv;
+	best->ca_attach(sc->sc_dev, dv, pa);
+	return dv;
+}
+
+/* As pci(4)'s: the header as captured, command register included. */
+void
+pci_conf_capture(pci_chipset_tag_t pc, pcitag_t tag,
+    struct pci_conf_state *pcs)
+{
+	int i;
+
+	for (i = 0; i < 16; i++)
+		pcs->reg[i] = pci_conf_read(pc, tag, i * 4);
+}
+
+void
+pci_conf_restore(pci_chipset_tag_t pc, pcitag_t tag,
+    struct pci_conf_state *pcs)
+{
+	int i;
+
+	for (i = 15; i >= 0; i--)
+		pci_conf_write(pc, tag, i * 4, pcs->reg[i]);
+}
+
+/*
+ * As config_detach(), and pci(4)'s pcidevdetached(): the function's
+ * header is written back as pci_probe_device() captured it, c_dev
+ * cleared.
+ */
+int
+config_detach(device_t dv, int flags)
+{
+	struct pci_child *c;
+	size_t i;
+	int error;
+
+	if (!harness_kernel_locked())
+		panic("config_detach: kernel lock not held");
+	for (i = 0; i < __arraycount(halldevs) && halldevs[i] != dv; i++)
+		;
+	if (i == __arraycount(halldevs))
+		panic("config_detach: %p is not attached", dv);
+	error = dv->dv_ca->ca_detach(dv, flags);
+	if (error)
+		return error;
+	halldevs[i] = NULL;
+	c = &hsc.PCI_SC_DEVICESC(dv->dv_locators[PCICF_DEV],
+	    dv->dv_locators[PCICF_FUNCTION]);
+	if (c->c_dev != dv)
+		panic("pcidevdetached: c_dev is not the child");
+	pci_conf_restore(&hpc, pci_make_tag(&hpc, 0,
+	    dv->dv_locators[PCICF_DEV], dv->dv_locators[PCICF_FUNCTION]),
+	    &c->c_conf);
+	c->c_dev = NULL;
+	free(dv->dv_private);
+	free(dv);
+	return 0;
+}
+
+/* config_detach_children() of pci0. */
+static int
+hdetach_children(int flags)
+{
+	size_t i;
+	int error;
+
+	for (i = 0; i < __arraycount(halldevs); i++) {
+		if (halldevs[i] == NULL)
+			continue;
+		if ((error = config_detach(halldevs[i], flags)) != 0)
+			return error;
+		i = (size_t)-1;		/* the list changed: again */
+	}
+	return 0;
+}
+
+int
+h_rescan(int dev)
+{
+	int attached;
+
+	harness_kernel_lock();
+	attached = pci_probe_device(&hsc, pci_make_tag(&hpc, 0, dev, 0),
+	    NULL, NULL);
+	harness_kernel_unlock();
+	return attached;
+}
+
+const char *
+h_driver_of(int dev)
+{
+	device_t dv = hsc.PCI_SC_DEVICESC(dev, 0).c_dev;
+
+	if (dv == NULL)
+		return NULL;
+	return dv == &hvictim_dev ? "victim" : dv->dv_ca->ca_name;
+}
+
+int
+h_driver_detach(int dev, int flags)
+{
+	device_t dv;
+	int error;
+
+	harness_kernel_lock();
+	dv = hsc.PCI_SC_DEVICESC(dev, 0).c_dev;
+	error = dv == NULL ? ENXIO : config_detach(dv, flags);
+	harness_kernel_unlock();
+	return error;
+}
+
 int
 pci_probe_device(struct pci_softc *sc, pcitag_t tag,
     int (*match)(const struct pci_attach_args *), struct pci_attach_args *pa)
 {
 	int dev = (int)(tag >> 8) & 0x1f;
+	struct pci_attach_args apa;
 	bus_addr_t base;
 	bus_size_t size;
 	pcireg_t type;
 	int bar, width;
 
 	if (!hfuncs[dev].present)
+		return 0;
+	/* a driver already attached? */
+	if (match == NULL && sc->PCI_SC_DEVICESC(dev, 0).c_dev != NULL)
 		return 0;
 	/*
 	 * As NetBSD's "Collect memory range info": every BAR is probed
@@ -985,11 +1277,13 @@ pci_probe_device(struct pci_softc *sc, pcitag_t tag,
 		(void)pci_mapreg_info(&hpc, tag, bar, type, &base, &size,
 		    NULL);
 	}
+	if (pa == NULL)
+		pa = &apa;
 	memset(pa, 0, sizeof(*pa));
 	pa->pa_iot = &hiot;
 	pa->pa_memt = &hmemt;
-	pa->pa_dmat = &hdmat;
-	pa->pa_dmat64 = &hdmat64;
+	pa->pa_dmat = &hdmat[dev];
+	pa->pa_dmat64 = &hdmat64[dev];
 	pa->pa_pc = &hpc;
 	pa->pa_flags = PCI_FLAGS_IO_OKAY | PCI_FLAGS_MEM_OKAY;
 	pa->pa_bus = 0;
@@ -999,7 +1293,11 @@ pci_probe_device(struct pci_softc *sc, pcitag_t tag,
 	pa->pa_id = CFG32(dev, PCI_ID_REG);
 	pa->pa_class = CFG32(dev, PCI_CLASS_REG);
 	pa->pa_intrpin = (CFG32(dev, PCI_INTERRUPT_REG) >> 8) & 0xff;
-	return match == NULL || match(pa);
+	if (match != NULL)
+		return match(pa);
+	pci_conf_capture(&hpc, tag, &sc->PCI_SC_DEVICESC(dev, 0).c_conf);
+	sc->PCI_SC_DEVICESC(dev, 0).c_dev = hconfig_found(sc, pa);
+	return sc->PCI_SC_DEVICESC(dev, 0).c_dev != NULL;
 }
 
 int
@@ -1714,7 +2012,7 @@ bus_dmamem_free(bus_dma_tag_t t, bus_dma_segment_t *segs, int nsegs)
 	int i;
 
 	pthread_mutex_lock(&hglobal);
-	if (CFG32(H_DEV_NIC, PCI_COMMAND_STATUS_REG) &
+	if (CFG32(t->dev, PCI_COMMAND_STATUS_REG) &
 	    PCI_COMMAND_MASTER_ENABLE)
 		h_freed_while_master++;
 	for (i = 0; i < nsegs; i++) {
@@ -1923,6 +2221,7 @@ bus_dmatag_subregion(bus_dma_tag_t t, bus_addr_t min, bus_addr_t max,
 	n = calloc(1, sizeof(*n));
 	n->maxaddr = max;
 	n->sub = true;
+	n->dev = t->dev;
 	__atomic_add_fetch(&h_subtags, 1, __ATOMIC_SEQ_CST);
 	*newp = n;
 	return 0;
@@ -2220,18 +2519,27 @@ cdev_ioctl(dev_t dev, u_long cmd, void *data, int flag, struct lwp *l)
  * The "system calls" and the boot of the stand-in kernel.
  */
 int	pciuser_open(dev_t, int, int, struct lwp *);
-int	pciuser_detach(struct pci_softc *, int);
-void	pciuser_detach_done(struct pci_softc *);
+int	pciuser_busdetach(struct pci_softc *, int);
+void	pciuser_busdetach_done(struct pci_softc *);
 void	sysctl_hw_pciuser_setup(struct sysctllog **);
 
 void
 h_boot(void)
 {
+	int i;
 
 	memset(hfuncs, 0, sizeof(hfuncs));
 	hfunc_init_nic();
 	hfunc_init_victim();
+	hfunc_init_slow();
 	memset(&hsc, 0, sizeof(hsc));
+	memset(halldevs, 0, sizeof(halldevs));
+	for (i = 0; i < 32; i++) {
+		hdmat[i] = (struct harness_dma_tag){ 0xffffffffULL, false, i };
+		hdmat64[i] = (struct harness_dma_tag){ ~0ULL, false, i };
+	}
+	hpci_dev.dv_private = &hsc;
+	hsc.sc_dev = &hpci_dev;
 	hsc.sc_pc = &hpc;
 	hsc.sc_bus = 0;
 	hsc.sc_maxndevs = 32;
@@ -2380,27 +2688,20 @@ h_kqueue_drop(struct knote *kn)
 	free(kn);
 }
 
+/* pcidetach() of pci0 with the hooks apply.sh adds. */
 int
 h_detach(int flags)
 {
 	int error;
 
 	harness_kernel_lock();
-	error = pciuser_detach(&hsc, flags);
-	if (error == 0 && h_detach_window != NULL) {
-		/*
-		 * pcidetach() goes on to detach the bus's children, which
-		 * may sleep and so let the kernel lock go, while the bus's
-		 * softc can still be looked up.
-		 */
-		harness_kernel_unlock();
-		h_detach_window();
-		harness_kernel_lock();
-	}
+	error = pciuser_busdetach(&hsc, flags);
 	if (error == 0) {
-		/* pcidetach(), its children detached: hook 5. */
-		pciuser_detach_done(&hsc);
-		hsc_attached = false;
+		/* Children may sleep: the kernel lock goes (h_gate). */
+		error = hdetach_children(flags);
+		pciuser_busdetach_done(&hsc);
+		if (error == 0)
+			hsc_attached = false;
 	}
 	harness_kernel_unlock();
 	return error;
@@ -2432,7 +2733,8 @@ h_reset(void)
 	h_freed_while_master = 0;
 	h_msix_maps = 0;
 	h_softints_run = 0;
-	h_detach_window = NULL;
+	h_gate_hook = NULL;
+	h_slow_attached = 0;
 }
 
 void
@@ -2470,6 +2772,9 @@ h_shutdown_check(char *buf, size_t len)
 	CHECK(nmaps != 0, " %zu bus_space mappings left;", nmaps);
 	CHECK(hkvas != NULL, " dmamem kernel mappings left;");
 	CHECK(h_files != 0, " %ld files open;", h_files);
+	for (i = 0, n = 0; i < __arraycount(halldevs); i++)
+		n += halldevs[i] != NULL;
+	CHECK(n != 0, " %zu devices attached;", n);
 	for (i = 0, n = 0; i < __arraycount(hptes); i++)
 		n += hptes[i].used;
 	CHECK(n != 0, " %zu user mappings left;", n);

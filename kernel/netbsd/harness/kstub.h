@@ -323,6 +323,28 @@ struct cfdriver { const char *cd_name; };
 extern struct cfdriver pci_cd;
 void	*device_lookup_private(struct cfdriver *, int);
 #define	DETACH_FORCE	0x01
+/* autoconf(9): config_found's match/attach and config_detach (kstub.c) */
+typedef struct cfdata *cfdata_t;
+struct cfattach {
+	const char	*ca_name;
+	size_t		ca_devsize;
+	int		(*ca_match)(device_t, cfdata_t, void *);
+	void		(*ca_attach)(device_t, device_t, void *);
+	int		(*ca_detach)(device_t, int);
+	int		(*ca_activate)(device_t, int);
+};
+#define	CFATTACH_DECL_NEW(name, ddsize, matfn, attfn, detfn, actfn)	\
+	struct cfattach name##_ca = { #name, ddsize, matfn, attfn, detfn, actfn }
+void	*device_private(device_t);
+device_t device_parent(device_t);
+int	device_locator(device_t, u_int);
+typedef struct { int di_next; } deviter_t;
+device_t deviter_first(deviter_t *, int);
+device_t deviter_next(deviter_t *);
+void	deviter_release(deviter_t *);
+int	config_detach(device_t, int);
+#define	aprint_naive(...)	((void)0)
+#define	aprint_normal(...)	((void)0)
 
 /* sys/intr.h */
 #define	SOFTINT_SERIAL	3
@@ -581,9 +603,15 @@ struct pci_attach_args {
 	pcireg_t	pa_id, pa_class;
 	u_int		pa_intrpin;
 };
+struct pci_conf_state {
+	pcireg_t	reg[16];	/* the type 0 header */
+};
 struct pci_child {
 	device_t	c_dev;
+	struct pci_conf_state c_conf;	/* restored when c_dev detaches */
 };
+void	pci_conf_capture(pci_chipset_tag_t, pcitag_t, struct pci_conf_state *);
+void	pci_conf_restore(pci_chipset_tag_t, pcitag_t, struct pci_conf_state *);
 struct pci_softc {
 	device_t	sc_dev;
 	pci_chipset_tag_t sc_pc;

@@ -46,7 +46,8 @@
  * make long; the sleeps of an ioctl happen under pf_busy, a flag that
  * others wait for interruptibly):
  *	pciuser_lock		(adaptive) buses and their files, the claim
- *				registry, DMA accounting, bus references
+ *				registry and each claim's c_dev and c_pf,
+ *				DMA accounting, bus and file references
  *	pf_lock			(adaptive) pf_busy, pf_claim (which
  *				pciuser_lock guards too) and the lists
  *				mmap looks things up in
@@ -57,10 +58,21 @@
  * Lock order: pciuser_lock -> pf_lock -> pf_intr_lock.
  *
  * Lifetime of the pci bus (as sys/dev/usb/ugen.c 1.177 does it): every
- * file operation but close takes a reference on its pciuser_bus, which
- * fails once the bus is dying; pciuser_detach() marks the bus dying,
- * wakes sleepers, waits for the references to drain and then tears
- * down the claims of the files still open, which later only see ENXIO.
+ * file operation but close takes a reference on its pciuser_bus and its
+ * file, which fails once the bus or the file is dying;
+ * pciuser_busdetach() marks the bus dying, wakes sleepers, waits for
+ * the references to drain and then tears down the claims of the files
+ * still open, which later only see ENXIO.
+ *
+ * A claimed function is owned by an autoconf child of the pci bus, a
+ * pciuser device attached at the function's locators for as long as the
+ * claim lives (as ugen(4) owns a USB device no driver wanted): the
+ * claim attaches it through pci_probe_device(), so pci(4) records it as
+ * the function's driver and a rescan attaches nothing there.  The child
+ * holds a reference on the claim; when the last other one goes the
+ * child is detached.  A forced detach of the child (its bus going)
+ * revokes the claim exactly as a forced detach of the bus does; a
+ * non-forced one fails with EBUSY while the claim lives.
  */
 
 #include <sys/cdefs.h>
@@ -100,6 +112,8 @@ __KERNEL_RCSID(0, "$NetBSD$");
 #include <dev/pci/pcivar.h>
 #include <dev/pci/pciio.h>
 #include <dev/pci/pciuserio.h>
+
+#include "locators.h"
 
 /*
  * NetBSD 10 changed interfaces this file uses (read from NetBSD 10's
@@ -184,7 +198,11 @@ struct pciuser_claimrec {
 	struct uvm_object	c_uobj;		/* must be first */
 	LIST_ENTRY(pciuser_claimrec) c_entry;	/* pciuser_claims */
 	bool			c_registered;	/* on pciuser_claims */
+	bool			c_attaching;	/* pciuser_match() takes it */
+	bool			c_revoked;	/* no more faults */
 	bool			c_gone;		/* bus detached: no access */
+	device_t		c_dev;		/* its pciuser child, or NULL */
+	struct pciuser_file	*c_pf;		/* the file holding it */
 	struct pci_softc	*c_sc;
 	pcitag_t		c_tag;
 	int			c_device;
@@ -198,6 +216,15 @@ struct pciuser_claimrec {
 	bool			c_intxdis;	/* INTx disable works */
 	int			c_ncfgw;
 	struct pciuser_cfgw	c_cfgw[PCIUSER_CFGW_MAX];
+};
+
+/*
+ * The pciuser autoconf child that owns a claimed function.  It holds a
+ * reference on its claim from attach to detach.
+ */
+struct pciuser_softc {
+	device_t		sc_dev;
+	struct pciuser_claimrec	*sc_claim;
 };
 
 /* DMA memory: pager object + bus_dmamem(9) allocation. */
@@ -258,8 +285,9 @@ struct pciuser_file {
 	dev_t			pf_dev;
 	struct pciuser_bus	*pf_bus;
 	LIST_ENTRY(pciuser_file) pf_entry;	/* pb_files */
-	bool			pf_detaching;	/* pciuser_detach owns it */
+	bool			pf_detaching;	/* a detach tears it down */
 	bool			pf_detached;	/* its claim is gone */
+	int			pf_refcnt;	/* operations in progress */
 
 	kmutex_t		pf_lock;
 	kcondvar_t		pf_busycv;
@@ -302,6 +330,7 @@ static int	pciuser_kqfilter(struct file *, struct knote *);
 static int	pciuser_mmap(struct file *, off_t *, size_t, int, int *,
 		    int *, struct uvm_object **, int *);
 static void	pciuser_softintr(void *);
+static void	pciuser_claim_revoke(struct pciuser_claimrec *);
 
 static const struct fileops pciuser_fileops = {
 #ifdef PCIUSER_NETBSD10
@@ -478,36 +507,12 @@ pciuser_charge_lost(struct pciuser_file *pf, uint64_t bytes)
 }
 
 /*
- * pciuser_claimed:
- *
- *	Hook for pci_probe_device(): true if a process has claimed the
- *	function, so that no kernel driver is attached to it by a
- *	rescan while the claim lasts.
- */
-bool
-pciuser_claimed(struct pci_softc *sc, int device, int function)
-{
-	struct pciuser_claimrec *c;
-	bool found = false;
-
-	RUN_ONCE(&pciuser_once, pciuser_init);
-	mutex_enter(&pciuser_lock);
-	LIST_FOREACH(c, &pciuser_claims, c_entry) {
-		if (c->c_sc == sc && c->c_device == device &&
-		    c->c_function == function) {
-			found = true;
-			break;
-		}
-	}
-	mutex_exit(&pciuser_lock);
-	return found;
-}
-
-/*
- * Bus references (ugen.c 1.177's sc_refcnt and sc_dying).
+ * Bus and file references (ugen.c 1.177's sc_refcnt and sc_dying): a
+ * detach of the bus waits for the bus's, a detach of one claim's
+ * pciuser child for its file's.
  */
 
-/* Take a reference for one file operation; ENXIO once the bus is going. */
+/* Take a reference for one file operation; ENXIO once it is going. */
 static int
 pciuser_enter(struct pciuser_file *pf)
 {
@@ -515,11 +520,12 @@ pciuser_enter(struct pciuser_file *pf)
 	int error = 0;
 
 	mutex_enter(&pciuser_lock);
-	if (pb->pb_dying || pf->pf_detached)
+	if (pb->pb_dying || pf->pf_detaching || pf->pf_detached)
 		error = ENXIO;
 	else {
 		KASSERT(pb->pb_refcnt < INT_MAX);
 		pb->pb_refcnt++;
+		pf->pf_refcnt++;
 	}
 	mutex_exit(&pciuser_lock);
 	return error;
@@ -531,8 +537,10 @@ pciuser_exit(struct pciuser_file *pf)
 	struct pciuser_bus *pb = pf->pf_bus;
 
 	mutex_enter(&pciuser_lock);
-	KASSERT(pb->pb_refcnt > 0);
-	if (--pb->pb_refcnt == 0 && pb->pb_dying)
+	KASSERT(pb->pb_refcnt > 0 && pf->pf_refcnt > 0);
+	pf->pf_refcnt--;
+	if ((--pb->pb_refcnt == 0 && pb->pb_dying) ||
+	    (pf->pf_refcnt == 0 && pf->pf_detaching))
 		cv_broadcast(&pb->pb_cv);
 	mutex_exit(&pciuser_lock);
 }
@@ -688,7 +696,7 @@ pciuser_open(dev_t dev, int flags, int mode, struct lwp *l)
 	/*
 	 * d_open runs under the kernel lock, as autoconf does: sc
 	 * cannot be freed before pciuser_bus_join() has it, and from
-	 * then on pciuser_detach() knows about this file.
+	 * then on pciuser_busdetach() knows about this file.
 	 */
 	sc = device_lookup_private(&pci_cd, minor(dev));
 	error = sc == NULL ? ENXIO : pciuser_bus_join(sc, pf);
@@ -816,13 +824,14 @@ pciuser_bars_untrack(struct pciuser_claimrec *c)
 }
 
 /*
- * The bus is going: no more faults on the claim's BARs (c_gone, set
- * under the object lock that a fault holds, so no fault enters a page
- * after this one), and the pages already faulted in are taken out of
- * every process that maps them, where pv tracking allows it (x86).
+ * The claim's child or its bus is going: no more faults on the claim's
+ * BARs (c_revoked, set under the object lock that a fault holds, so no
+ * fault enters a page after this one), and the pages already faulted in
+ * are taken out of every process that maps them, where pv tracking
+ * allows it (x86).  If the bus is going (gone), no config access either.
  */
 static void
-pciuser_revoke(struct pciuser_claimrec *c)
+pciuser_revoke(struct pciuser_claimrec *c, bool gone)
 {
 #ifdef __HAVE_PMAP_PV_TRACK
 	struct pciuser_barstate *b;
@@ -831,7 +840,9 @@ pciuser_revoke(struct pciuser_claimrec *c)
 #endif
 
 	pciuser_obj_lock(&c->c_uobj);
-	c->c_gone = true;
+	c->c_revoked = true;
+	if (gone)
+		c->c_gone = true;
 #ifdef __HAVE_PMAP_PV_TRACK
 	for (i = 0; i < PCIUSER_MAXBARS; i++) {
 		b = &c->c_bar[i];
@@ -873,12 +884,44 @@ pciuser_claim_free(struct pciuser_claimrec *c)
 	kmem_free(c, sizeof(*c));
 }
 
+/*
+ * Drop one reference to a claim.  When only its pciuser child's is left
+ * the claim is over: detach the child, whose own release frees the
+ * claim.  A forced detach of the child by its bus takes c_dev too, under
+ * pciuser_lock, so exactly one of them ends it; the kernel lock is held
+ * from taking c_dev to config_detach(), as autoconf holds it across a
+ * detach, so the device cannot go in between.
+ */
+static void
+pciuser_claim_rele(struct pciuser_claimrec *c)
+{
+	device_t dev;
+	int refs;
+
+	pciuser_obj_lock(&c->c_uobj);
+	refs = --c->c_uobj.uo_refs;
+	pciuser_obj_unlock(&c->c_uobj);
+	if (refs == 0) {
+		pciuser_claim_free(c);
+		return;
+	}
+	if (refs != 1)
+		return;
+	KERNEL_LOCK(1, NULL);
+	mutex_enter(&pciuser_lock);
+	dev = c->c_dev;
+	c->c_dev = NULL;
+	mutex_exit(&pciuser_lock);
+	if (dev != NULL)
+		(void)config_detach(dev, DETACH_FORCE);
+	KERNEL_UNLOCK_ONE(NULL);
+}
+
 static void
 pciuser_bar_detach(struct uvm_object *uobj)
 {
 
-	if (pciuser_obj_unref(uobj))
-		pciuser_claim_free((struct pciuser_claimrec *)uobj);
+	pciuser_claim_rele((struct pciuser_claimrec *)uobj);
 }
 
 static void
@@ -931,7 +974,7 @@ pciuser_mem_free(struct pciuser_dmamem *m)
 	uvm_obj_destroy(&m->m_uobj, true);
 	kmem_free(m, sizeof(*m));
 	/* The function may be given back once no DMA memory is left. */
-	pciuser_bar_detach(&c->c_uobj);
+	pciuser_claim_rele(c);
 }
 
 static void
@@ -975,7 +1018,7 @@ pciuser_bar_cookie(struct uvm_object *uobj, voff_t off, vm_prot_t prot)
 
 	idx = (uint64_t)off >> PCIUSER_MMAP_SHIFT;
 	rel = (uint64_t)off & PCIUSER_MMAP_MASK;
-	if (c->c_gone || idx < 1 || idx > PCIUSER_MAXBARS)
+	if (c->c_revoked || idx < 1 || idx > PCIUSER_MAXBARS)
 		return (paddr_t)-1;
 	b = &c->c_bar[idx - 1];
 	if ((b->b_uflags & PCIUSER_BAR_MMAP) == 0 || rel >= b->b_size ||
@@ -1075,11 +1118,122 @@ pciuser_mem_fault(struct uvm_faultinfo *ufi, vaddr_t vaddr,
  * Claiming.
  */
 
-static int
-pciuser_match_any(const struct pci_attach_args *pa)
-{
+/*
+ * The pciuser autoconf child.  Its match wins only for the function a
+ * claim is attaching (pciuser_claim_locked()), and then over any kernel
+ * driver: the function has none (else the claim fails), and the process
+ * asked for it.  Whatever attached it, a claim's own pci_probe_device()
+ * or a rescan racing it, the child finds its claim the same way.
+ */
+#define	PCIUSER_MATCH_CLAIM	1000
 
-	return 1;
+static int	pciuser_match(device_t, cfdata_t, void *);
+static void	pciuser_attach(device_t, device_t, void *);
+static int	pciuser_detach(device_t, int);
+
+CFATTACH_DECL_NEW(pciuser, sizeof(struct pciuser_softc),
+    pciuser_match, pciuser_attach, pciuser_detach, NULL);
+
+static struct pciuser_claimrec *
+pciuser_attaching(device_t parent, const struct pci_attach_args *pa)
+{
+	struct pci_softc *psc = device_private(parent);
+	struct pciuser_claimrec *c;
+
+	KASSERT(mutex_owned(&pciuser_lock));
+	LIST_FOREACH(c, &pciuser_claims, c_entry) {
+		if (c->c_attaching && c->c_sc == psc &&
+		    (u_int)c->c_device == pa->pa_device &&
+		    (u_int)c->c_function == pa->pa_function)
+			return c;
+	}
+	return NULL;
+}
+
+static int
+pciuser_match(device_t parent, cfdata_t cf, void *aux)
+{
+	struct pciuser_claimrec *c;
+
+	RUN_ONCE(&pciuser_once, pciuser_init);
+	mutex_enter(&pciuser_lock);
+	c = pciuser_attaching(parent, aux);
+	mutex_exit(&pciuser_lock);
+	return c != NULL ? PCIUSER_MATCH_CLAIM : 0;
+}
+
+static void
+pciuser_attach(device_t parent, device_t self, void *aux)
+{
+	struct pciuser_softc *sc = device_private(self);
+	const struct pci_attach_args *pa = aux;
+	struct pciuser_claimrec *c;
+
+	mutex_enter(&pciuser_lock);
+	c = pciuser_attaching(parent, pa);
+	KASSERT(c != NULL);
+	c->c_attaching = false;
+	c->c_dev = self;
+	c->c_pa = *pa;
+	mutex_exit(&pciuser_lock);
+	pciuser_obj_reference(&c->c_uobj);
+	sc->sc_dev = self;
+	sc->sc_claim = c;
+	aprint_naive("\n");
+	aprint_normal(": claimed by a process\n");
+}
+
+/*
+ * Detach of the child: the end of the claim (pciuser_claim_rele() took
+ * c_dev), or its bus detaching it.  Not forced, that fails while the
+ * claim lives; forced (the bus is going), the claim is revoked as a
+ * forced detach of the bus revokes it: the file holding it is torn down
+ * once its operations have drained, and the claim is forgotten.
+ */
+static int
+pciuser_detach(device_t self, int flags)
+{
+	struct pciuser_softc *sc = device_private(self);
+	struct pciuser_claimrec *c = sc->sc_claim;
+	bool revoke;
+
+	mutex_enter(&pciuser_lock);
+	revoke = c->c_dev == self;
+	if (revoke && (flags & DETACH_FORCE) == 0) {
+		mutex_exit(&pciuser_lock);
+		return EBUSY;
+	}
+	c->c_dev = NULL;
+	if (revoke)
+		pciuser_claim_revoke(c);
+	mutex_exit(&pciuser_lock);
+	pciuser_claim_rele(c);
+	return 0;
+}
+
+/*
+ * Whether a driver owns the function: attached (c_dev), or attaching.
+ * config_attach() links a device before it calls its attach, which may
+ * sleep and let the kernel lock go before pci(4) sets c_dev: the device
+ * is already a child of the bus at the function's locators then.
+ */
+static bool
+pciuser_function_owned(struct pci_softc *sc, int device, int function)
+{
+	deviter_t di;
+	device_t dv;
+
+	KASSERT(KERNEL_LOCKED_P());
+	if (sc->PCI_SC_DEVICESC(device, function).c_dev != NULL)
+		return true;
+	for (dv = deviter_first(&di, 0); dv != NULL; dv = deviter_next(&di)) {
+		if (device_parent(dv) == sc->sc_dev &&
+		    device_locator(dv, PCICF_DEV) == device &&
+		    device_locator(dv, PCICF_FUNCTION) == function)
+			break;
+	}
+	deviter_release(&di);
+	return dv != NULL;
 }
 
 /* Record the MSI-X table or PBA (cap register `reg') as a hole in its BAR. */
@@ -1375,14 +1529,15 @@ pciuser_claim_locked(struct pci_softc *sc, struct pciuser_claimrec *c)
 {
 	pci_chipset_tag_t pc = sc->sc_pc;
 	struct pciuser_claimrec *oc;
+	device_t dev;
 	pcireg_t csr;
 	int error;
 
 	KASSERT(KERNEL_LOCKED_P());
-	mutex_enter(&pciuser_lock);
 	error = 0;
-	if (sc->PCI_SC_DEVICESC(c->c_device, c->c_function).c_dev != NULL)
-		error = EBUSY;		/* a kernel driver owns it */
+	if (pciuser_function_owned(sc, c->c_device, c->c_function))
+		error = EBUSY;		/* a driver owns it */
+	mutex_enter(&pciuser_lock);
 	LIST_FOREACH(oc, &pciuser_claims, c_entry) {
 		if (oc->c_sc == sc && oc->c_device == c->c_device &&
 		    oc->c_function == c->c_function)
@@ -1391,6 +1546,7 @@ pciuser_claim_locked(struct pci_softc *sc, struct pciuser_claimrec *c)
 	if (error == 0) {
 		LIST_INSERT_HEAD(&pciuser_claims, c, c_entry);
 		c->c_registered = true;
+		c->c_attaching = true;
 	}
 	mutex_exit(&pciuser_lock);
 	if (error)
@@ -1407,7 +1563,17 @@ pciuser_claim_locked(struct pci_softc *sc, struct pciuser_claimrec *c)
 	pci_conf_write(pc, c->c_tag, PCI_COMMAND_STATUS_REG, c->c_savedcmd &
 	    ~(PCI_COMMAND_IO_ENABLE | PCI_COMMAND_MEM_ENABLE |
 	    PCI_COMMAND_MASTER_ENABLE));
-	if (!pci_probe_device(sc, c->c_tag, pciuser_match_any, &c->c_pa)) {
+	/*
+	 * pci(4) attaches the pciuser child, whose match wins for this
+	 * claim, and records it as the function's driver (c_dev).  No
+	 * child: pciuser is not in the kernel's configuration.
+	 */
+	(void)pci_probe_device(sc, c->c_tag, NULL, NULL);
+	mutex_enter(&pciuser_lock);
+	c->c_attaching = false;
+	dev = c->c_dev;
+	mutex_exit(&pciuser_lock);
+	if (dev == NULL) {
 		error = ENXIO;
 		goto restore;
 	}
@@ -1430,20 +1596,35 @@ pciuser_claim_locked(struct pci_softc *sc, struct pciuser_claimrec *c)
 
 	error = pciuser_reserve_bars(c);
 	if (error)
-		goto restore;
+		goto detach;
+
+	/*
+	 * pci(4) writes back the header it captured when it attached the
+	 * child, with decoding off, when the child detaches: capture it
+	 * again as the function is to be given back (decoding as found,
+	 * bus mastering off; pciuser_claim_free() writes the same).
+	 */
+	csr = c->c_savedcmd & ~PCI_COMMAND_MASTER_ENABLE;
+	pci_conf_write(pc, c->c_tag, PCI_COMMAND_STATUS_REG, csr);
+	pci_conf_capture(pc, c->c_tag,
+	    &sc->PCI_SC_DEVICESC(c->c_device, c->c_function).c_conf);
 
 	/*
 	 * Does the INTx disable bit (PCI 2.3) stick?  Leave INTx masked
 	 * until the process establishes it; decoding back as it was,
 	 * bus mastering off until the process turns it on.
 	 */
-	csr = c->c_savedcmd & ~PCI_COMMAND_MASTER_ENABLE;
 	pci_conf_write(pc, c->c_tag, PCI_COMMAND_STATUS_REG,
 	    csr | PCI_COMMAND_INTERRUPT_DISABLE);
 	c->c_intxdis = (pci_conf_read(pc, c->c_tag, PCI_COMMAND_STATUS_REG) &
 	    PCI_COMMAND_INTERRUPT_DISABLE) != 0;
 	return 0;
 
+detach:
+	mutex_enter(&pciuser_lock);
+	c->c_dev = NULL;
+	mutex_exit(&pciuser_lock);
+	(void)config_detach(dev, DETACH_FORCE);
 restore:
 	pci_conf_write(pc, c->c_tag, PCI_COMMAND_STATUS_REG, c->c_savedcmd);
 	pciuser_claim_unregister(c);
@@ -1503,22 +1684,27 @@ pciuser_claim(struct pciuser_file *pf, struct file *fp,
 	c->c_tag = tag;
 	c->c_device = uc->puc_device;
 	c->c_function = uc->puc_function;
+	/* One reference for this open file; the child takes its own. */
+	uvm_obj_init(&c->c_uobj, &pciuser_bar_pagerops, true, 1);
 	KERNEL_LOCK(1, NULL);
 	error = pciuser_claim_locked(sc, c);
 	KERNEL_UNLOCK_ONE(NULL);
 	if (error) {
+		/* The file's reference is the last: the child has gone. */
+		if (!pciuser_obj_unref(&c->c_uobj))
+			panic("pciuser: claim failed with references left");
+		uvm_obj_destroy(&c->c_uobj, true);
 		kmem_free(c, sizeof(*c));
 		return error;
 	}
 
-	/* One reference, for this open file. */
-	uvm_obj_init(&c->c_uobj, &pciuser_bar_pagerops, true, 1);
 	pciuser_claim_report(c, uc);
 	/* pciuser_lock too: pciuser_bus_claimed() looks at it. */
 	mutex_enter(&pciuser_lock);
 	mutex_enter(&pf->pf_lock);
 	pf->pf_claim = c;
 	mutex_exit(&pf->pf_lock);
+	c->c_pf = pf;
 	mutex_exit(&pciuser_lock);
 	return 0;
 }
@@ -2933,8 +3119,9 @@ pciuser_release(struct pciuser_file *pf)
 	mutex_enter(&pf->pf_lock);
 	pf->pf_claim = NULL;
 	mutex_exit(&pf->pf_lock);
+	c->c_pf = NULL;
 	mutex_exit(&pciuser_lock);
-	pciuser_bar_detach(&c->c_uobj);
+	pciuser_claim_rele(c);
 }
 
 static int
@@ -3025,16 +3212,88 @@ pciuser_bus_dying(struct pciuser_bus *pb, bool dying)
 }
 
 /*
- * pciuser_detach:
+ * Tear down a file taken off its bus's list, as its close would, once
+ * its operations have drained; it stays open and sees ENXIO.  Called
+ * with pciuser_lock held, which is let go meanwhile.  Close waits for
+ * this (pf_detaching) rather than racing it.
+ */
+static void
+pciuser_file_detach(struct pciuser_file *pf)
+{
+	struct pciuser_bus *pb = pf->pf_bus;
+
+	KASSERT(mutex_owned(&pciuser_lock));
+	pf->pf_detaching = true;
+	mutex_spin_enter(&pf->pf_intr_lock);
+	pf->pf_dying = true;
+	pciuser_wakeup(pf);
+	mutex_spin_exit(&pf->pf_intr_lock);
+	while (pf->pf_refcnt > 0)
+		cv_wait(&pb->pb_cv, &pciuser_lock);
+	mutex_exit(&pciuser_lock);
+	(void)pciuser_busy(pf, false);
+	pciuser_release(pf);
+	pciuser_unbusy(pf);
+	mutex_enter(&pciuser_lock);
+	pf->pf_detaching = false;
+	pf->pf_detached = true;
+	cv_broadcast(&pb->pb_cv);
+}
+
+/*
+ * Forget a claim whose bus is going: no registry entry keyed by a softc
+ * about to be freed, no config access at its final release, faults
+ * fail, pages faulted in are revoked.  Under pciuser_lock: a claim
+ * whose last munmap runs meanwhile is not freed before it is
+ * unregistered.
+ */
+static void
+pciuser_claim_forget(struct pciuser_claimrec *c)
+{
+
+	KASSERT(mutex_owned(&pciuser_lock));
+	if (c->c_registered) {
+		LIST_REMOVE(c, c_entry);
+		c->c_registered = false;
+	}
+	pciuser_revoke(c, true);
+}
+
+/*
+ * A forced detach of a claim's pciuser child: the same path as a forced
+ * detach of the bus, for this claim only.  A file that a close or a
+ * detach of the bus is already tearing down is left to them.  The bus
+ * stays, so the claim stays listed until its last reference: while its
+ * DMA memory lives, nobody may claim the function or turn its bus
+ * mastering back on through pci(4) (found by the fuzzer,
+ * regressions/child-detach-then-bdf-cfgwrite).
+ */
+static void
+pciuser_claim_revoke(struct pciuser_claimrec *c)
+{
+	struct pciuser_file *pf = c->c_pf;
+
+	KASSERT(mutex_owned(&pciuser_lock));
+	if (pf != NULL && !pf->pf_detaching && !pf->pf_detached) {
+		LIST_REMOVE(pf, pf_entry);
+		pciuser_file_detach(pf);
+	}
+	pciuser_revoke(c, false);
+}
+
+/*
+ * pciuser_busdetach:
  *
- *	Hook for pcidetach(): the pci bus sc is going away.  Without
- *	DETACH_FORCE, refuse while a file holds a claim.  Otherwise, as
- *	ugen_detach() does: no new operations, wake the sleeping ones,
- *	wait until none is left, then tear down every claim; the files
- *	stay open and see ENXIO until they are closed.
+ *	Hook for pcidetach(), before its children: the pci bus sc is
+ *	going away.  Without DETACH_FORCE, refuse while a claim lives,
+ *	before any child is detached.  Otherwise, as ugen_detach() does:
+ *	no new operations, wake the sleeping ones, wait until none is
+ *	left, then tear down every file; the files stay open and see
+ *	ENXIO until they are closed.  The claims' pciuser children are
+ *	detached by pcidetach() afterwards, like its other children.
  */
 int
-pciuser_detach(struct pci_softc *sc, int flags)
+pciuser_busdetach(struct pci_softc *sc, int flags)
 {
 	struct pciuser_claimrec *c, *nc;
 	struct pciuser_bus *pb, *npb;
@@ -3045,7 +3304,7 @@ pciuser_detach(struct pci_softc *sc, int flags)
 	mutex_enter(&pciuser_lock);
 	/*
 	 * No file yet: a record all the same, so that it can be dying
-	 * until pciuser_detach_done().
+	 * until pciuser_busdetach_done().
 	 */
 	pb = pciuser_bus_lookup(sc, &npb);
 	if (npb != NULL) {
@@ -3070,36 +3329,19 @@ pciuser_detach(struct pci_softc *sc, int flags)
 	/* Only closes can run now; they stay off files taken here. */
 	while ((pf = LIST_FIRST(&pb->pb_files)) != NULL) {
 		LIST_REMOVE(pf, pf_entry);
-		pf->pf_detaching = true;
-		mutex_exit(&pciuser_lock);
-		(void)pciuser_busy(pf, false);
-		pciuser_release(pf);
-		pciuser_unbusy(pf);
-		mutex_enter(&pciuser_lock);
-		pf->pf_detaching = false;
-		pf->pf_detached = true;
-		cv_broadcast(&pb->pb_cv);
+		pciuser_file_detach(pf);
 	}
 	while (pb->pb_closing > 0)
 		cv_wait(&pb->pb_cv, &pciuser_lock);
 
-	/*
-	 * Claims that outlive their file (BAR mappings) are forgotten
-	 * with the bus: no registry entry keyed by a freed softc, no
-	 * config access, faults fail, pages faulted in are revoked.
-	 * Under pciuser_lock: a claim whose last munmap runs meanwhile
-	 * is not freed before it is unregistered.
-	 */
+	/* Claims that outlive their file (mappings, DMA memory). */
 	LIST_FOREACH_SAFE(c, &pciuser_claims, c_entry, nc) {
-		if (c->c_sc != sc)
-			continue;
-		LIST_REMOVE(c, c_entry);
-		c->c_registered = false;
-		pciuser_revoke(c);
+		if (c->c_sc == sc)
+			pciuser_claim_forget(c);
 	}
 	/*
 	 * The record stays on pciuser_buses, dying, until
-	 * pciuser_detach_done(): pcidetach() goes on to detach the
+	 * pciuser_busdetach_done(): pcidetach() goes on to detach the
 	 * children and may sleep, and an open in that window must see
 	 * ENXIO rather than make a new record for a bus that is going
 	 * (ugen.c's sc_dying, which stays set).
@@ -3109,16 +3351,16 @@ pciuser_detach(struct pci_softc *sc, int flags)
 }
 
 /*
- * pciuser_detach_done:
+ * pciuser_busdetach_done:
  *
  *	Hook for pcidetach(), after its children are detached (or
- *	failed to): forget the record pciuser_detach() left dying.  If
+ *	failed to): forget the record pciuser_busdetach() left dying.  If
  *	the bus stays (a child refused), later opens make a new record;
  *	the files open before stay detached and see ENXIO.  The record
  *	goes with its last file.
  */
 void
-pciuser_detach_done(struct pci_softc *sc)
+pciuser_busdetach_done(struct pci_softc *sc)
 {
 	struct pciuser_bus *pb;
 	bool free;

@@ -334,9 +334,8 @@ struct pciuser_dmamap_sync {
 #ifdef _KERNEL
 struct pci_softc;
 int	pciuser_open(dev_t, int, int, struct lwp *);
-bool	pciuser_claimed(struct pci_softc *, int, int);
-int	pciuser_detach(struct pci_softc *, int);
-void	pciuser_detach_done(struct pci_softc *);
+int	pciuser_busdetach(struct pci_softc *, int);
+void	pciuser_busdetach_done(struct pci_softc *);
 #endif
 
 #endif /* !_DEV_PCI_PCIUSERIO_H_ */
