@@ -25,6 +25,9 @@ export const bench = {
   eduInSharedGroup: find('edu', 0, (d) => d.bus === 'br0'),
   /** Two edus behind a bridge of their own: one viable IOMMU group, one VFIO container. */
   eduPairInOneGroup: [find('edu', 0, (d) => d.bus === 'br1'), find('edu', 1, (d) => d.bus === 'br1')] as const,
+  /** Each alone behind a hot-plug capable pcie-root-port (physical slots 21 and 22): hotplug.test unplugs and plugs them. */
+  hotplugEdu: find('edu', 0, (d) => d.hotplugId !== undefined),
+  hotplugNvme: find('nvme', 0, (d) => d.hotplugId !== undefined),
 };
 
 /** The IOVA space of a device's VFIO DMA domain (its allocations and quarantine). */
