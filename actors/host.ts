@@ -354,10 +354,12 @@ export class DriverHost {
    * Replaces the config of a running host (what `upci run` does on SIGHUP): devices of new entries are claimed,
    * those no entry wants are released, those whose entry changed are restarted (released, then claimed for the new
    * entry); the others are not touched. New address entries are claimed first, all or nothing, as at start: if one
-   * cannot be, the ConfigError is thrown and nothing has changed. So is a change of the exports (not reloaded).
+   * cannot be, the ConfigError is thrown and nothing has changed. So is a change of the exports (not reloaded),
+   * and so is what `load` throws (a file that does not parse or validate). Each refusal is a 'reload-refused' event.
    */
-  reconfigure(next: HostConfig): ReconfigureReport {
+  async reconfigure(load: () => HostConfig | Promise<HostConfig>): Promise<ReconfigureReport> {
     try {
+      const next = await load();
       if (this.stopping !== undefined) throw new ConfigError('(config)', 'not reloaded: the host is stopping');
       if (JSON.stringify(next.exports) !== JSON.stringify(this.config.exports)) {
         throw new ConfigError('exports', 'cannot change while the host runs', { fix: 'restart `upci run` to change its exports' });

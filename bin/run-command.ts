@@ -148,7 +148,7 @@ export async function runCommand(args: readonly string[]): Promise<number> {
   process.on('SIGHUP', () => {
     reloading = reloading.then(async () => {
       try {
-        host.reconfigure(await load());
+        await host.reconfigure(load);
       } catch (e) {
         if (!(e instanceof UpciError)) throw e;
         console.error(`upci run: reload refused, nothing changed: ${e.message.split('\n')[0]}`);

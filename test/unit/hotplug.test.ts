@@ -111,7 +111,7 @@ test('a reload claims the added entry, releases the removed one, restarts the ch
   host.start();
   await until('A, B, C running', () => [A, B, C].every((a) => states(events, a).includes('running')));
 
-  const report = host.reconfigure(config([
+  const report = await host.reconfigure(() => config([
     { address: C, driver: 'req-test', options: { dmaBytes: 8192 } },
     { address: D, driver: 'req-test' },
     { address: A, driver: 'req-test' },
@@ -139,7 +139,7 @@ test('a reload that cannot claim a new entry\'s device is refused and changes no
   const events = record(t, host);
   host.start();
   await until('A, B running', () => [A, B].every((a) => states(events, a).includes('running')));
-  const error = t.throws(() => host.reconfigure(config([{ address: A, driver: 'req-test', options: { dmaBytes: 8192 } }, { address: D, driver: 'req-test' }])));
+  const error = await t.throwsAsync(host.reconfigure(() => config([{ address: A, driver: 'req-test', options: { dmaBytes: 8192 } }, { address: D, driver: 'req-test' }])));
   t.is(error?.message.split('\n')[0], `devices[1].address: cannot claim ${D}: no PCI device at ${D}`);
   t.like(events.find((e) => e.type === 'host' && e.phase === 'reload-refused'), { detail: `devices[1].address: cannot claim ${D}: no PCI device at ${D}` });
   // Nothing released, restarted or claimed, then or later.
@@ -147,6 +147,9 @@ test('a reload that cannot claim a new entry\'s device is refused and changes no
   t.deepEqual(states(events, A), ['claimed', 'attaching', 'running']);
   t.deepEqual(states(events, B), ['claimed', 'attaching', 'running']);
   t.false(events.some((e) => e.type === 'host' && e.phase === 'reloaded'));
+  // A config that does not validate is refused the same way.
+  await t.throwsAsync(host.reconfigure(() => config([{ address: A, driver: 'no-such-driver' }])), { message: /devices\[0\]\.driver: unknown driver "no-such-driver"/ });
+  t.is(events.filter((e) => e.type === 'host' && e.phase === 'reload-refused').length, 2);
   // The old config still rules: a later change reconciles against it (B stays).
   watcher.add(C);
   t.deepEqual(states(events, B), ['claimed', 'attaching', 'running']);
