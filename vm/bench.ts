@@ -41,8 +41,6 @@ export interface VmBridge {
   slot: string;
   /** default 'pci-bridge' */
   kind?: 'pci-bridge' | 'pcie-root-port';
-  /** pcie-root-port: the physical slot number; the guest names the slot after it (/sys/bus/pci/slots/N). */
-  physicalSlot?: number;
 }
 
 export interface VmNamespace {
@@ -101,9 +99,9 @@ export interface VmResult {
 export const defaultBridges: VmBridge[] = [
   { id: 'br0', slot: '10.0' },
   { id: 'br1', slot: '11.0' },
-  // Hot-plug capable PCIe slots (physical slots 21 and 22), after every other bridge so that no earlier bus number moves.
-  { id: 'rp0', slot: '18.0', kind: 'pcie-root-port', physicalSlot: 21 },
-  { id: 'rp1', slot: '19.0', kind: 'pcie-root-port', physicalSlot: 22 },
+  // Hot-plug capable PCIe slots, after every other bridge so that no earlier bus number moves.
+  { id: 'rp0', slot: '18.0', kind: 'pcie-root-port' },
+  { id: 'rp1', slot: '19.0', kind: 'pcie-root-port' },
 ];
 
 export const defaultDevices: VmDevice[] = [
@@ -349,8 +347,10 @@ async function bootWith(opts: VmOptions, { root, bridges, outDir, kernel, initrd
   ];
   bridges.forEach((b, i) => {
     if (b.kind === 'pcie-root-port') {
-      // Hot-plug capable by default: device_del behind it is a PCIe hot-unplug the guest's pciehp carries out.
-      args.push('-device', `pcie-root-port,id=${b.id},bus=pcie.0,addr=${b.slot},chassis=${i + 1},slot=${b.physicalSlot ?? i + 1}`);
+      // Hot-plug capable by default. QEMU 7.2's q35 signals its hot-plug through ACPI (the guest's acpiphp), not
+      // the port's native hot-plug (pciehp): the guest names its slot by ACPI (seen: "0-3" for bus 3), not by a
+      // physical slot number.
+      args.push('-device', `pcie-root-port,id=${b.id},bus=pcie.0,addr=${b.slot},chassis=${i + 1}`);
     } else {
       // shpc=off: the guest's shpchp would otherwise fail on it and log errors.
       args.push('-device', `pci-bridge,id=${b.id},chassis_nr=${i + 1},addr=${b.slot},shpc=off`);

@@ -1,8 +1,8 @@
 /**
  * The device set changing while the host runs (issue 23), in the guest.
  *
- * Hot-plug: the bench's edu and nvme behind hot-plug capable pcie-root-ports (physical slots 21, 22) are claimed by
- * match entries ("slot"), unplugged with QEMU's `device_del` while the nvme is read by a BlockDevice consumer and the
+ * Hot-plug: the bench's edu and nvme behind hot-plug capable pcie-root-ports are claimed by match entries ("slot",
+ * as the guest names the ports' slots), unplugged with QEMU's `device_del` while the nvme is read by a BlockDevice consumer and the
  * edu raises MSIs, and plugged again with `device_add`: the guest kernel completes each removal within
  * REMOVAL_BOUND_MS, the consumer's pending reads fail with BlockGoneError, edu2 (an address entry) raises INTx in
  * every 2 s window throughout, and each device that comes back is bound to vfio-pci by the host (its entry has
@@ -33,8 +33,9 @@ const HP_NVME = parsePciAddress(bench.hotplugNvme);
 const PAIR_EDU = parsePciAddress(bench.eduPairInOneGroup[0]);
 
 /**
- * From device_del to the function gone from the guest's sysfs: pciehp waits 5 s after the attention button
- * (the kernel's, not upci's), then removes the function, which waits for vfio-pci's device request to be answered.
+ * From device_del to the function gone from the guest's sysfs: the guest's hot-plug driver (acpiphp on this q35;
+ * pciehp, with a native port, waits 5 s after the attention button) removes the function, which waits for
+ * vfio-pci's device request to be answered.
  */
 const REMOVAL_BOUND_MS = 15_000;
 /** edu2 raises one INTx every 20 ms: no window this long may go without one. */
@@ -80,14 +81,12 @@ test.serial(`device_del of a held nvme under reads and of an edu raising MSIs: r
   if (!monitorAvailable()) return t.fail('this guest has no monitor relay');
   t.is(driverOf(HP_EDU), 'vfio-pci');
   t.is(driverOf(HP_NVME), 'vfio-pci');
-  // The slot names are the kernel's (pciehp names a slot after its physical slot number, 21 and 22 in the bench).
-  t.log(`slots: ${slots().map((s) => `${s.name}=${s.address}`).join(' ')}`);
+  // The slot names are the guest kernel's (by ACPI here: "0-3" and "0-4" were seen), read where it lists them.
   const slotOf = (address: string) => slots().find((s) => s.address === address.slice(0, -2))?.name;
   const eduSlot = slotOf(HP_EDU);
   const nvmeSlot = slotOf(HP_NVME);
-  t.is(eduSlot, '21');
-  t.is(nvmeSlot, '22');
-  if (eduSlot === undefined || nvmeSlot === undefined) return;
+  t.log(`slots: edu ${eduSlot}, nvme ${nvmeSlot}`);
+  if (eduSlot === undefined || nvmeSlot === undefined) return t.fail(`no hot-plug slot for the bench's pcie-root-ports: ${slots().map((x) => `${x.name}=${x.address}`).join(' ')}`);
   const watcher = LinuxDeviceWatcher.open();
   const r = run(t, {
     statsIntervalMs: 500,
