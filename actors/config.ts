@@ -14,7 +14,8 @@
  *     "devices": [
  *       { "address": "0000:00:04.0", "driver": "edu", "options": { "interrupt": "intx" } },
  *       { "address": "0000:00:07.0", "name": "nvme0", "driver": "nvme" },  // block devices nvme0n1, nvme0n2...
- *       { "address": "0000:00:06.0" }           // no driver: the first whose match table fits
+ *       { "address": "0000:00:06.0" },          // no driver: the first whose match table fits
+ *       { "match": { "vendor": "1b36", "device": "0010" }, "driver": "nvme", "bind": true }  // every such device, as it appears
  *     ],
  *     "exports": [                              // to the OS, while the provider runs (actors/export-config.ts)
  *       { "nbd": "nvme0n1", "socket": "/run/upci/nvme0n1.sock" }
@@ -54,15 +55,51 @@ export type DriverChoice =
   | { readonly kind: 'named'; readonly driver: AnyDriver; readonly options: OptionsOf<OptionsSchema> }
   | { readonly kind: 'match'; readonly options: unknown };
 
-export interface DeviceEntry {
+/**
+ * Which devices a match entry claims: every field given must equal the
+ * device's (`classPrefix`: the leading hex digits of its class code, e.g.
+ * "0108" for NVMe; `slot`: the name of the physical slot it sits in, as
+ * /sys/bus/pci/slots names it).
+ */
+export interface EntryMatch {
+  readonly vendor?: number;
+  readonly device?: number;
+  readonly classPrefix?: string;
+  readonly subsystemVendor?: number;
+  readonly subsystemDevice?: number;
+  readonly slot?: string;
+}
+
+interface EntryCommon {
   /** Where the entry is in the file, e.g. `devices[1]`, for later errors. */
   readonly path: string;
-  readonly address: PciAddress;
-  /** What the driver's block devices are named after ("name"; default: the address). */
-  readonly name: string;
   readonly choice: DriverChoice;
   readonly supervision: Supervision;
+  /** The host may hand a device of this entry that is not bound to vfio-pci to vfio-pci itself ("bind"; root only). */
+  readonly bind: boolean;
 }
+
+/** A device named by its address ("address"): it must be there when the host starts or the entry is added. */
+export interface AddressEntry extends EntryCommon {
+  readonly address: PciAddress;
+  readonly match?: undefined;
+  /** What the driver's block devices are named after ("name"; default: the address). */
+  readonly name: string;
+}
+
+/**
+ * Devices named by a match ("match"): each present one is claimed as it
+ * appears, unless an address entry names it. With a "name", at most one
+ * device at a time (it gets the name); without, every match, each named
+ * after its address.
+ */
+export interface MatchEntry extends EntryCommon {
+  readonly address?: undefined;
+  readonly match: EntryMatch;
+  readonly name: string | undefined;
+}
+
+export type DeviceEntry = AddressEntry | MatchEntry;
 
 export interface HostConfig {
   readonly devices: readonly DeviceEntry[];
@@ -116,6 +153,48 @@ function driverChoice(entry: Json, path: string, registry: DriverRegistry): Driv
   return { kind: 'named', driver, options: validateOptions(driver.options, entry.options, `${path}.options`) };
 }
 
+function entryAddress(value: unknown, path: string): PciAddress {
+  if (typeof value !== 'string') {
+    throw new ConfigError(`${path}.address`, `expected a PCI address string, got ${describe(value)}`, { fix: 'name the device by "address", or by "match" (vendor, device, class...)' });
+  }
+  try {
+    return parsePciAddress(value);
+  } catch (e) {
+    throw new ConfigError(`${path}.address`, `${JSON.stringify(value)} is not a PCI address`, { fix: 'write it as DDDD:BB:SS.F, e.g. 0000:00:04.0', cause: e });
+  }
+}
+
+/** A 16-bit id written as lspci prints it ("1b36"), with or without 0x. */
+function hexId(value: unknown, path: string): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || !/^(0x)?[0-9a-f]{4}$/i.test(value)) throw new ConfigError(path, `expected 4 hex digits such as "1b36", got ${describe(value)}`);
+  return parseInt(value.replace(/^0x/i, ''), 16);
+}
+
+function parseMatch(value: unknown, path: string): EntryMatch {
+  const m = object(value, path);
+  onlyKeys(m, path, ['vendor', 'device', 'class', 'subsystemVendor', 'subsystemDevice', 'slot']);
+  if (m.class !== undefined && (typeof m.class !== 'string' || !/^(0x)?([0-9a-f]{2}){1,3}$/i.test(m.class))) {
+    throw new ConfigError(`${path}.class`, `expected 2, 4 or 6 hex digits (class, subclass, programming interface) such as "0108", got ${describe(m.class)}`);
+  }
+  if (m.slot !== undefined && (typeof m.slot !== 'string' || !/^[A-Za-z0-9_.-]{1,32}$/.test(m.slot))) {
+    throw new ConfigError(`${path}.slot`, `expected a slot name as /sys/bus/pci/slots lists it, got ${describe(m.slot)}`);
+  }
+  const match: EntryMatch = {
+    ...(m.vendor === undefined ? {} : { vendor: hexId(m.vendor, `${path}.vendor`) }),
+    ...(m.device === undefined ? {} : { device: hexId(m.device, `${path}.device`) }),
+    ...(m.class === undefined ? {} : { classPrefix: (m.class as string).replace(/^0x/i, '').toLowerCase() }),
+    ...(m.subsystemVendor === undefined ? {} : { subsystemVendor: hexId(m.subsystemVendor, `${path}.subsystemVendor`) }),
+    ...(m.subsystemDevice === undefined ? {} : { subsystemDevice: hexId(m.subsystemDevice, `${path}.subsystemDevice`) }),
+    ...(m.slot === undefined ? {} : { slot: m.slot as string }),
+  };
+  // A match of nothing would claim every device bound to vfio-pci, someone else's included.
+  if (match.vendor === undefined && match.classPrefix === undefined && match.slot === undefined) {
+    throw new ConfigError(path, 'matches every device', { fix: 'give at least "vendor", "class" or "slot"' });
+  }
+  return match;
+}
+
 /** Validates a parsed config file against the drivers in `registry`. */
 export function parseHostConfig(value: unknown, registry: DriverRegistry): HostConfig {
   const root = object(value, '(config)');
@@ -128,29 +207,34 @@ export function parseHostConfig(value: unknown, registry: DriverRegistry): HostC
   const devices = root.devices.map((raw, i): DeviceEntry => {
     const path = `devices[${i}]`;
     const entry = object(raw, path);
-    onlyKeys(entry, path, ['address', 'name', 'driver', 'options', 'watchdogMs', 'heartbeatMs', 'heapLimitMb', 'attachTimeoutMs', 'restart']);
-    if (typeof entry.address !== 'string') throw new ConfigError(`${path}.address`, `expected a PCI address string, got ${describe(entry.address)}`);
-    let address: PciAddress;
-    try {
-      address = parsePciAddress(entry.address);
-    } catch (e) {
-      throw new ConfigError(`${path}.address`, `${JSON.stringify(entry.address)} is not a PCI address`, { fix: 'write it as DDDD:BB:SS.F, e.g. 0000:00:04.0', cause: e });
-    }
-    const earlier = seen.get(address);
-    if (earlier !== undefined) throw new ConfigError(`${path}.address`, `${address} is already bound by ${earlier}`, { fix: 'list each device once' });
-    seen.set(address, path);
+    onlyKeys(entry, path, ['address', 'match', 'bind', 'name', 'driver', 'options', 'watchdogMs', 'heartbeatMs', 'heapLimitMb', 'attachTimeoutMs', 'restart']);
     if (entry.name !== undefined && (typeof entry.name !== 'string' || !/^[A-Za-z][A-Za-z0-9_-]{0,31}$/.test(entry.name))) {
       throw new ConfigError(`${path}.name`, `expected a name of letters, digits, '-' and '_' starting with a letter, got ${describe(entry.name)}`, { fix: 'e.g. "nvme0"' });
     }
-    const name = (entry.name as string | undefined) ?? address;
-    const clash = [...names].find(([n]) => n === name);
-    if (clash !== undefined) throw new ConfigError(`${path}.name`, `${JSON.stringify(name)} is already the name of ${clash[1]}`, { fix: 'give each device its own name' });
-    names.set(name, path);
-    return { path, address, name, choice: driverChoice(entry, path, registry), supervision: supervision(entry, path, defaults) };
+    if (entry.bind !== undefined && typeof entry.bind !== 'boolean') throw new ConfigError(`${path}.bind`, `expected true or false, got ${describe(entry.bind)}`);
+    const common = { path, choice: driverChoice(entry, path, registry), supervision: supervision(entry, path, defaults), bind: entry.bind === true };
+    let parsed: DeviceEntry;
+    if (entry.match !== undefined) {
+      if (entry.address !== undefined) throw new ConfigError(`${path}.match`, 'an entry names its device by "address" or by "match", not both', { fix: 'remove one of the two' });
+      parsed = { ...common, match: parseMatch(entry.match, `${path}.match`), name: entry.name as string | undefined };
+    } else {
+      const address = entryAddress(entry.address, path);
+      const earlier = seen.get(address);
+      if (earlier !== undefined) throw new ConfigError(`${path}.address`, `${address} is already bound by ${earlier}`, { fix: 'list each device once' });
+      seen.set(address, path);
+      parsed = { ...common, address, name: (entry.name as string | undefined) ?? address };
+    }
+    if (parsed.name !== undefined) {
+      const clash = names.get(parsed.name);
+      if (clash !== undefined) throw new ConfigError(`${path}.name`, `${JSON.stringify(parsed.name)} is already the name of ${clash}`, { fix: 'give each device its own name' });
+      names.set(parsed.name, path);
+    }
+    return parsed;
   });
   return {
     devices,
-    exports: parseExports(root.exports, devices),
+    // Exports name their provider before the host runs: only entries that name a device by address can provide one.
+    exports: parseExports(root.exports, devices.filter((d): d is AddressEntry => d.address !== undefined)),
     statsIntervalMs: integer(root.statsIntervalMs, 'statsIntervalMs', 1000, 50, 3_600_000),
     shutdownTimeoutMs: integer(root.shutdownTimeoutMs, 'shutdownTimeoutMs', 5000, 100, 600_000),
   };

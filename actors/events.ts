@@ -40,4 +40,5 @@ export type HostEvent =
     readonly phase: 'open' | 'followed' | 'closed' | 'failed'; readonly detail: string;
   }
   | { readonly type: 'note'; readonly at: number; readonly address: PciAddress; readonly message: string }
-  | { readonly type: 'host'; readonly at: number; readonly phase: 'running' | 'stopping' | 'stopped' | 'forced'; readonly detail?: string };
+  /** The host as a whole; 'reloaded': a new config took effect (detail: what was claimed, released, restarted); 'reload-refused': it did not, nothing changed (detail: why). */
+  | { readonly type: 'host'; readonly at: number; readonly phase: 'running' | 'stopping' | 'stopped' | 'forced' | 'reloaded' | 'reload-refused'; readonly detail?: string };

@@ -1,9 +1,15 @@
 /**
- * The driver host: claims the configured devices (all or nothing), spawns
- * one device actor per device under a root host actor, and reports
- * everything as one RxJS stream. Each device actor supervises its own
- * driver (see device-machine.ts), so a crash or hang on one device is
- * handled there while the others keep running.
+ * The driver host: claims the configured devices (those named by address
+ * all or nothing, at claim()), spawns one device actor per device under a
+ * root host actor, and reports everything as one RxJS stream. Each device
+ * actor supervises its own driver (see device-machine.ts), so a crash or
+ * hang on one device is handled there while the others keep running.
+ *
+ * The set of devices changes while the host runs: one reconciler
+ * (actors/reconcile.ts) compares the config's entries with the devices a
+ * DeviceWatcher sees (pci/device-watcher.ts) and the ones held, whenever a
+ * device appears, is bound or goes, a device actor ends, or the config is
+ * replaced (reconfigure(), SIGHUP in `upci run`).
  *
  *   const host = DriverHost.claim(loadHostConfig(file, builtinDrivers));
  *   host.events.subscribe(console.log);
@@ -12,7 +18,7 @@
  *   await host.shutdown();     // graceful, bounded by shutdownTimeoutMs
  */
 import { Subject, type Observable } from 'rxjs';
-import { createActor, enqueueActions, setup, toPromise, type Actor, type InspectionEvent, type Observer } from 'xstate';
+import { assign, createActor, enqueueActions, setup, toPromise, type Actor, type InspectionEvent, type Observer } from 'xstate';
 import type { BlockDevice } from '../drivers/block.js';
 import type { DriverRegistry } from '../drivers/contract.js';
 import { builtinDrivers } from '../drivers/index.js';
@@ -20,8 +26,11 @@ import type { PciAddress } from '../kernel/pci-address.js';
 import type { KernelChannel, PcieErrorCount } from '../kernel/port.js';
 import { PciDevice } from '../pci/device.js';
 import { restartDelay } from './backoff.js';
-import { claimAll, type Claim } from './claim.js';
-import type { HostConfig } from './config.js';
+import { claimAll, claimOne, type Claim } from './claim.js';
+import type { DeviceEntry, HostConfig } from './config.js';
+import { ConfigError } from './config-error.js';
+import { entryIdentity, plan, type HeldDevice, type Step } from './reconcile.js';
+import type { DeviceChange, DeviceWatcher, PresentDevice } from '../pci/device-watcher.js';
 import { deviceMachineFor, stateName, type DeviceActorInput, type DeviceStateName, type DeviceActorRef, type DeviceOutput } from './device-machine.js';
 import type { HostEvent } from './events.js';
 import { DeviceMeter, type ThreadStats } from './meter.js';
@@ -44,6 +53,19 @@ export interface HostOptions {
   readonly open?: (address: PciAddress) => PciDevice;
   /** An XState inspection observer: it sees the host, every device actor and every driver machine run in the main thread (not those in their own worker threads). */
   readonly inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
+  /**
+   * The PCI functions present and their changes (LinuxDeviceWatcher in `upci run`): with one, match entries claim
+   * devices as they appear and a device that comes back is claimed again; the host owns it and closes it at the end.
+   * Without, the host knows only the devices its address entries name.
+   */
+  readonly watcher?: DeviceWatcher;
+}
+
+/** What a reconfigure() did: devices claimed, released, restarted (released and claimed again for a changed entry). */
+export interface ReconfigureReport {
+  readonly claimed: PciAddress[];
+  readonly released: PciAddress[];
+  readonly restarted: PciAddress[];
 }
 
 export interface ShutdownReport {
@@ -56,6 +78,16 @@ export interface ShutdownReport {
 interface Spawn {
   readonly claim: Claim;
   readonly input: DeviceActorInput;
+  readonly systemId: string;
+}
+
+/** A device actor of this host, from its claim to its end. */
+interface Holding {
+  readonly ref: DeviceActorRef;
+  readonly claim: Claim;
+  /** entryIdentity() of its entry at claim: a reload that changes the entry restarts it. */
+  readonly identity: string;
+  output: DeviceOutput | undefined;
 }
 
 /** Why a device will not provide again, for a consumer's refusal. */
@@ -72,30 +104,32 @@ function describeOutcome(outcome: DeviceOutput['outcome'], restarts: number): st
 
 const hostMachine = setup({
   types: {
-    input: {} as { spawns: readonly Spawn[] },
     context: {} as { devices: readonly DeviceActorRef[] },
-    events: {} as { type: 'START' } | { type: 'SHUTDOWN' },
+    events: {} as { type: 'START' } | { type: 'SHUTDOWN' } | { type: 'CLAIM'; spawn: Spawn },
   },
   actions: {
     broadcast: enqueueActions(({ context, enqueue }, params: { type: 'START' | 'STOP' }) => {
       for (const device of context.devices) enqueue.sendTo(device, { type: params.type });
     }),
+    spawnDevice: assign({
+      devices: ({ context, event, spawn }) => (event.type !== 'CLAIM' ? context.devices
+        : [...context.devices, spawn(deviceMachineFor(event.spawn.claim.driver), { systemId: event.spawn.systemId, input: event.spawn.input }) as DeviceActorRef]),
+    }),
   },
 }).createMachine({
   id: 'host',
-  context: ({ input, spawn }) => ({
-    devices: input.spawns.map(({ claim, input: deviceInput }) =>
-      spawn(deviceMachineFor(claim.driver), { systemId: claim.entry.address, input: deviceInput })),
-  }),
+  context: { devices: [] },
   initial: 'claimed',
   states: {
     claimed: {
       on: {
         START: { target: 'running', actions: { type: 'broadcast', params: { type: 'START' } } },
         SHUTDOWN: 'stopping',
+        CLAIM: { actions: 'spawnDevice' },
       },
     },
-    running: { on: { SHUTDOWN: 'stopping' } },
+    // A device claimed while the host runs is started by the host once its transitions are watched (its 'claimed' seen).
+    running: { on: { SHUTDOWN: 'stopping', CLAIM: { actions: 'spawnDevice' } } },
     stopping: { entry: { type: 'broadcast', params: { type: 'STOP' } } },
   },
 });
@@ -107,72 +141,120 @@ export class DriverHost {
   /** Everything the host reports; subscribe before start() to see every transition. */
   readonly events: Observable<HostEvent> = this.subject.asObservable();
   private readonly actor: Actor<typeof hostMachine>;
+  /** By address, kept across the claims of one address, so a device's counts go on after it is claimed again. */
   private readonly meters = new Map<PciAddress, DeviceMeter>();
   private statsTimer: NodeJS.Timeout | undefined;
   private stopping: Promise<ShutdownReport> | undefined;
   private forced = false;
-  private readonly claims: readonly { ref: DeviceActorRef; claim: Claim }[];
+  private started = false;
+  /** Every device actor of this host, in the order claimed (one address may recur: claimed again after it came back). */
+  private readonly holdings: Holding[] = [];
+  /** The device actors not yet ended, by address. */
+  private readonly held = new Map<PciAddress, Holding>();
+  /** Devices whose release the reconciler asked for (a removed or changed entry): their end is no failure. */
+  private readonly releasing = new Set<PciAddress>();
+  /**
+   * Devices the kernel asked back (device request): left alone until gone from the bus, or unbound and then bound
+   * to vfio-pci again by someone, so that the host never takes back what the kernel or an administrator just took.
+   */
+  private readonly withdrawn = new Map<PciAddress, 'until-unbound' | 'until-rebound'>();
+  /**
+   * Devices whose claim or bind failed, or whose driver ended (given up, finished), by the identity of the entry that
+   * wanted them: not tried again until the device changes (appears, goes, is bound) or the entry does (a reload).
+   */
+  private readonly failed = new Map<PciAddress, string>();
   private watching = false;
-  private settleForced!: (outputs: DeviceOutput[]) => void;
-  /** Resolves when every device actor has ended (released), however it ended. */
-  readonly settled: Promise<DeviceOutput[]>;
+  private settle!: (outputs: DeviceOutput[]) => void;
+  /**
+   * Resolves when every device actor has ended (released), however it ended, and no more will come: at once when
+   * they all have, for a host without a watcher; only once it is stopping, for one with (a device may yet appear).
+   */
+  readonly settled: Promise<DeviceOutput[]> = new Promise((resolve) => (this.settle = resolve));
   /** The config's exports: opened as their providers attach, removed at shutdown. */
   private readonly exports: HostExports;
+  private readonly registry: DriverRegistry;
+  private readonly open: (address: PciAddress) => PciDevice;
+  private readonly watcher: DeviceWatcher | undefined;
+  private spawned = 0;
 
   private constructor(
-    private readonly config: HostConfig,
+    private config: HostConfig,
     claims: readonly Claim[],
-    options: HostOptions,
+    private readonly options: HostOptions,
   ) {
-    const open = options.open ?? ((address: PciAddress) => PciDevice.open(address));
-    // A device reopened by a restart gets its kernel channels again.
-    const reopen = (address: PciAddress): PciDevice => this.watchKernel(open(address));
-    const spawns = claims.map((claim): Spawn => {
-      const meter = new DeviceMeter();
-      this.meters.set(claim.entry.address, meter);
-      const address = claim.entry.address;
-      return {
-        claim,
-        input: {
-          address,
-          device: claim.device,
-          driver: claim.driver,
-          options: claim.options,
-          supervision: claim.entry.supervision,
-          meter,
-          reopen,
-          onNote: (message) => this.emit({ type: 'note', at: Date.now(), address, message }),
-          onQuiesced: (incarnation, report) => this.emit({ type: 'quiesced', at: Date.now(), address, incarnation, report }),
-          onThread: (incarnation, threadId, dmaWindow) => this.emit({ type: 'thread', at: Date.now(), address, incarnation, threadId, dmaWindow }),
-          ...(options.inspect === undefined ? {} : { inspect: options.inspect }),
-          name: claim.entry.name,
-          configPath: claim.entry.path,
-          services: this.services,
-        },
-      };
-    });
+    this.registry = options.registry ?? builtinDrivers;
+    this.open = options.open ?? ((address: PciAddress) => PciDevice.open(address));
+    this.watcher = options.watcher;
     this.exports = new HostExports(config.exports, {
       blockDevice: (name, timeoutMs) => this.blockDevice(name, timeoutMs),
       besideBlockDevice: (name, task, timeoutMs) => this.services.local.serveBeside(blockService, name, task, timeoutMs),
       besidePacketPort: (name, task, timeoutMs) => this.services.local.serveBeside(packetService, name, task, timeoutMs),
       emit: (event) => this.emit(event),
     });
-    this.actor = createActor(hostMachine, { input: { spawns }, ...(options.inspect === undefined ? {} : { inspect: options.inspect }) });
+    this.actor = createActor(hostMachine, options.inspect === undefined ? {} : { inspect: options.inspect });
     this.actor.start();
-    const refs = this.actor.getSnapshot().context.devices;
-    this.claims = refs.map((ref, i) => ({ ref, claim: spawns[i]!.claim }));
-    for (const { claim } of this.claims) this.watchKernel(claim.device);
-    // A forced release stops the actors, which then never finish: it settles the host itself.
-    this.settled = Promise.race([
-      Promise.all(refs.map((ref, i) => this.outcomeOf(ref, spawns[i]!.claim))),
-      new Promise<DeviceOutput[]>((resolve) => (this.settleForced = resolve)),
-    ]);
+    for (const claim of claims) this.spawn(claim);
+    this.watcher?.onChange((change) => this.deviceChanged(change));
   }
 
-  /** Claims every device of the config (all or nothing: a ConfigError leaves none open); start() runs them. */
+  /**
+   * Claims every device the config names by address (all or nothing: a ConfigError leaves none open, and an entry
+   * that may "bind" has its device handed to vfio-pci first); start() runs them and claims what match entries find.
+   */
   static claim(config: HostConfig, options: HostOptions = {}): DriverHost {
     const open = options.open ?? ((address: PciAddress) => PciDevice.open(address));
-    return new DriverHost(config, claimAll(config, options.registry ?? builtinDrivers, open), options);
+    const claims = claimAll(config, options.registry ?? builtinDrivers, open, (entry) => {
+      if (entry.bind && options.watcher?.present().find((d) => d.address === entry.address)?.driver !== 'vfio-pci') options.watcher?.bind(entry.address);
+    });
+    return new DriverHost(config, claims, options);
+  }
+
+  /** A claimed device becomes a device actor (started at once when the host runs). */
+  private spawn(claim: Claim): void {
+    const { address } = claim;
+    let meter = this.meters.get(address);
+    if (meter === undefined) this.meters.set(address, (meter = new DeviceMeter()));
+    this.requests.delete(address);
+    this.failed.delete(address);
+    // A device reopened by a restart gets its kernel channels again.
+    const reopen = (a: PciAddress): PciDevice => this.watchKernel(this.open(a));
+    const input: DeviceActorInput = {
+      address,
+      device: claim.device,
+      driver: claim.driver,
+      options: claim.options,
+      supervision: claim.entry.supervision,
+      meter,
+      reopen,
+      onNote: (message) => this.emit({ type: 'note', at: Date.now(), address, message }),
+      onQuiesced: (incarnation, report) => this.emit({ type: 'quiesced', at: Date.now(), address, incarnation, report }),
+      onThread: (incarnation, threadId, dmaWindow) => this.emit({ type: 'thread', at: Date.now(), address, incarnation, threadId, dmaWindow }),
+      ...(this.options.inspect === undefined ? {} : { inspect: this.options.inspect }),
+      name: claim.name,
+      configPath: claim.entry.path,
+      services: this.services,
+    };
+    // The first actor of an address is known to the system by it; a later one (claimed again) by it and its number.
+    const systemId = this.holdings.some((h) => h.claim.address === address) ? `${address}#${this.spawned}` : address;
+    this.spawned++;
+    this.actor.send({ type: 'CLAIM', spawn: { claim, input, systemId } });
+    const ref = this.actor.getSnapshot().context.devices.at(-1)!;
+    const holding: Holding = { ref, claim, identity: entryIdentity(claim.entry), output: undefined };
+    this.holdings.push(holding);
+    this.held.set(address, holding);
+    this.watchKernel(claim.device);
+    if (this.watching) this.watch(holding);
+    if (this.started) ref.send({ type: 'START' });
+    void this.outcomeOf(ref, claim).then((output) => {
+      holding.output = output;
+      this.checkSettled();
+    });
+  }
+
+  private checkSettled(): void {
+    if (this.holdings.every((h) => h.output !== undefined) && (this.watcher === undefined || this.stopping !== undefined)) {
+      this.settle(this.holdings.map((h) => h.output!));
+    }
   }
 
   /** The kernel's asks for each device (VFIO device request), counted until its removal is reported. */
@@ -200,13 +282,14 @@ export class DriverHost {
         const seen = (this.requests.get(address) ?? 0) + count;
         this.requests.set(address, seen);
         if (seen === count) note('the kernel asks for the device back (device request): removing it');
-        this.actor.system.get(address)?.send({ type: 'REQUEST' });
+        this.withdrawn.set(address, 'until-unbound');
+        this.held.get(address)?.ref.send({ type: 'REQUEST' });
       },
       error: () => {
         const now = device.isOpen ? device.uncorrectableErrors() : undefined;
         const cause = pcieErrorCause(this.pcieErrors.get(address), now);
         this.pcieErrors.set(address, now);
-        this.actor.system.get(address)?.send({ type: 'PCIE_ERROR', message: `uncorrectable PCIe error reported by the kernel (AER): ${cause}` });
+        this.held.get(address)?.ref.send({ type: 'PCIE_ERROR', message: `uncorrectable PCIe error reported by the kernel (AER): ${cause}` });
       },
     };
     const missing: Record<KernelChannel, string> = {
@@ -223,6 +306,123 @@ export class DriverHost {
       }
     }
     return device;
+  }
+
+  /** The watcher saw a change: what it means for the devices the kernel took back, then a reconcile. */
+  private deviceChanged(change: DeviceChange): void {
+    if (!('address' in change)) {
+      this.failed.clear();
+    } else {
+      const { action, address } = change;
+      const withdrawn = this.withdrawn.get(address);
+      if (action === 'remove' || action === 'add') this.withdrawn.delete(address);
+      else if (action === 'unbind' && withdrawn === 'until-unbound') this.withdrawn.set(address, 'until-rebound');
+      else if (action === 'bind' && withdrawn === 'until-rebound' && this.watcher?.present().find((d) => d.address === address)?.driver === 'vfio-pci') this.withdrawn.delete(address);
+      if (action === 'add' || action === 'remove' || action === 'bind') this.failed.delete(address);
+    }
+    this.reconcile();
+  }
+
+  /**
+   * The devices present: the watcher's; without one, those the address entries name, taken to be there and bound
+   * (opening one says otherwise).
+   */
+  private present(entries: readonly DeviceEntry[]): PresentDevice[] {
+    if (this.watcher !== undefined) return this.watcher.present();
+    return entries.flatMap((e) => (e.address === undefined ? [] : [{
+      address: e.address, vendor: -1, device: -1, classCode: -1, subsystemVendor: -1, subsystemDevice: -1, driver: 'vfio-pci', slot: undefined,
+    }]));
+  }
+
+  private heldDevices(): Map<PciAddress, HeldDevice> {
+    return new Map([...this.held].map(([address, h]) => [address, { address, identity: h.identity }]));
+  }
+
+  /** Brings the held set to what the config wants of the devices present (actors/reconcile.ts). */
+  private reconcile(): void {
+    if (!this.started || this.stopping !== undefined) return;
+    for (const step of plan(this.config.devices, this.present(this.config.devices), this.heldDevices(), new Set(this.withdrawn.keys()), this.failed)) this.apply(step);
+  }
+
+  private apply(step: Step): void {
+    const { address } = step;
+    const note = (message: string) => this.emit({ type: 'note', at: Date.now(), address, message });
+    switch (step.kind) {
+      case 'release':
+      case 'restart': {
+        const holding = this.held.get(address);
+        if (holding === undefined || this.releasing.has(address)) return;
+        this.releasing.add(address);
+        note(step.kind === 'release' ? 'no entry of the config wants it any more: releasing it' : `its entry ${step.entry.path} changed: restarting it (released, then claimed again)`);
+        holding.ref.send({ type: 'STOP' });
+        return;
+      }
+      case 'unbound':
+        this.failed.set(address, entryIdentity(step.entry));
+        note(`${step.entry.path} wants it, but it is ${step.driver === undefined ? 'bound to no driver' : `bound to ${step.driver}`}, not to vfio-pci: `
+          + `left alone (fix: "bind": true in ${step.entry.path} lets the host bind it, as root; or \`upci bind ${address}\`)`);
+        return;
+      case 'bind':
+      case 'claim':
+        try {
+          if (step.kind === 'bind') {
+            note(`${step.entry.path} wants it: binding it to vfio-pci`);
+            this.watcher?.bind(address);
+          }
+          this.spawn(claimOne(step.entry, address, this.registry, this.open));
+        } catch (e) {
+          if (!(e instanceof Error)) throw e;
+          this.failed.set(address, entryIdentity(step.entry));
+          note(`not claimed for ${step.entry.path}: ${e.message.split('\n').join('; ')}`);
+        }
+        return;
+    }
+  }
+
+  /**
+   * Replaces the config of a running host (what `upci run` does on SIGHUP): devices of new entries are claimed,
+   * those no entry wants are released, those whose entry changed are restarted (released, then claimed for the new
+   * entry); the others are not touched. New address entries are claimed first, all or nothing, as at start: if one
+   * cannot be, the ConfigError is thrown and nothing has changed. So is a change of the exports (not reloaded),
+   * and so is what `load` throws (a file that does not parse or validate). Each refusal is a 'reload-refused' event.
+   */
+  async reconfigure(load: () => HostConfig | Promise<HostConfig>): Promise<ReconfigureReport> {
+    try {
+      const next = await load();
+      if (this.stopping !== undefined) throw new ConfigError('(config)', 'not reloaded: the host is stopping');
+      if (JSON.stringify(next.exports) !== JSON.stringify(this.config.exports)) {
+        throw new ConfigError('exports', 'cannot change while the host runs', { fix: 'restart `upci run` to change its exports' });
+      }
+      const known = new Set(this.config.devices.map(entryIdentity));
+      const opened: Claim[] = [];
+      try {
+        for (const entry of next.devices) {
+          if (entry.address === undefined || known.has(entryIdentity(entry)) || this.held.has(entry.address) || this.withdrawn.has(entry.address)) continue;
+          if (entry.bind && this.watcher?.present().find((d) => d.address === entry.address)?.driver !== 'vfio-pci') this.watcher?.bind(entry.address);
+          opened.push(claimOne(entry, entry.address, this.registry, this.open));
+        }
+      } catch (e) {
+        for (const c of opened) c.device.close();
+        throw e;
+      }
+      const before = new Set(this.held.keys());
+      this.config = next;
+      for (const claim of opened) this.spawn(claim);
+      const steps = plan(next.devices, this.present(next.devices), this.heldDevices(), new Set(this.withdrawn.keys()), this.failed);
+      for (const step of steps) this.apply(step);
+      if (this.started && this.statsTimer !== undefined) this.startStats();
+      const report: ReconfigureReport = {
+        claimed: [...this.held.keys()].filter((a) => !before.has(a)),
+        released: steps.flatMap((s) => (s.kind === 'release' ? [s.address] : [])),
+        restarted: steps.flatMap((s) => (s.kind === 'restart' ? [s.address] : [])),
+      };
+      const list = (what: string, addresses: PciAddress[]) => `${what} ${addresses.length === 0 ? 'none' : addresses.join(' ')}`;
+      this.emit({ type: 'host', at: Date.now(), phase: 'reloaded', detail: `${list('claimed', report.claimed)}; ${list('released', report.released)}; ${list('restarted', report.restarted)}` });
+      return report;
+    } catch (e) {
+      if (e instanceof Error) this.emit({ type: 'host', at: Date.now(), phase: 'reload-refused', detail: e.message.split('\n')[0]! });
+      throw e;
+    }
   }
 
   private emit(event: HostEvent): void {
@@ -269,12 +469,13 @@ export class DriverHost {
   private watchAll(): void {
     if (this.watching) return;
     this.watching = true;
-    for (const { ref, claim } of this.claims) this.watch(ref, claim);
+    for (const holding of this.holdings) this.watch(holding);
   }
 
   /** Reports every transition of a device actor, and the fault, restart and release details that go with them. */
-  private watch(ref: DeviceActorRef, claim: Claim): void {
-    const address = claim.entry.address;
+  private watch(holding: Holding): void {
+    const { ref, claim } = holding;
+    const { address } = claim;
     let last: { state: DeviceStateName; backoff: boolean } | undefined;
     const report = (snapshot: ReturnType<DeviceActorRef['getSnapshot']>) => {
       const state = stateName(snapshot.value);
@@ -300,6 +501,7 @@ export class DriverHost {
         this.emit({ type: 'released', at, address, outcome: snapshot.output.outcome, release: snapshot.output.released });
         const why = `the device ${address} that provided it was released: ${describeOutcome(snapshot.output.outcome, context.restarts)}`;
         this.exports.providerReleased(address, why);
+        this.ended(holding, snapshot.output.outcome);
         this.servicesEnded(address, why);
       }
     };
@@ -308,16 +510,28 @@ export class DriverHost {
     ref.subscribe(report);
   }
 
-  private readonly releasedDevices = new Set<PciAddress>();
+  /**
+   * A device actor ended: the address is free for the reconciler. A driver that ended by itself (given up, lost,
+   * finished) is not claimed again for the same entry until the device changes; one the kernel took back waits in
+   * `withdrawn`; one the reconciler released (a removed or changed entry) may be claimed again at once.
+   */
+  private ended(holding: Holding, outcome: DeviceOutput['outcome']): void {
+    const { address } = holding.claim;
+    if (this.held.get(address) !== holding) return;
+    this.held.delete(address);
+    const asked = this.releasing.delete(address);
+    if (!asked && outcome.kind !== 'removed') this.failed.set(address, holding.identity);
+    // After the subscribers of this snapshot: a claim from here would spawn inside the ended actor's notification.
+    queueMicrotask(() => this.reconcile());
+  }
 
   /**
-   * What a released device provided will not come back: consumers waiting for it, or asking later, are refused at
-   * once with `reason`; once every device is released, so is any ask at all.
+   * What a released device provided will not come back (unless it is claimed again): consumers waiting for it, or
+   * asking later, are refused at once with `reason`; once every device is released and none can come, so is any ask.
    */
   private servicesEnded(address: PciAddress, reason: string): void {
     this.services.retire(address, reason);
-    this.releasedDevices.add(address);
-    if (this.releasedDevices.size === this.meters.size) this.services.endAll('every device of this host has been released');
+    if (this.held.size === 0 && (this.watcher === undefined || this.stopping !== undefined)) this.services.endAll('every device of this host has been released');
   }
 
   /**
@@ -335,7 +549,7 @@ export class DriverHost {
       } catch (closeError) {
         error += `; close: ${String(closeError)}`;
       }
-      return { address: claim.entry.address, outcome: { kind: 'lost', error }, restarts: ref.getSnapshot().context.restarts, released: { how: 'close', error } };
+      return { address: claim.address, outcome: { kind: 'lost', error }, restarts: ref.getSnapshot().context.restarts, released: { how: 'close', error } };
     }
   }
 
@@ -344,6 +558,14 @@ export class DriverHost {
     this.watchAll();
     this.actor.send({ type: 'START' });
     this.exports.start();
+    this.started = true;
+    this.reconcile();
+    this.startStats();
+  }
+
+  /** The stats events, every statsIntervalMs (started again when a reload changes it). */
+  private startStats(): void {
+    clearInterval(this.statsTimer);
     let previous = new Map([...this.meters].map(([a, m]) => [a, m.interrupts]));
     let then = performance.now();
     this.statsTimer = setInterval(() => {
@@ -368,15 +590,15 @@ export class DriverHost {
    * the driver is running.
    */
   reload(address: PciAddress): void {
-    this.claims.find(({ claim }) => claim.entry.address === address)?.ref.send({ type: 'RELOAD' });
+    this.held.get(address)?.ref.send({ type: 'RELOAD' });
   }
 
   /** The modules of the drivers this host runs in worker threads, with the devices each drives (what `--watch` watches). */
   driverModules(): Map<string, PciAddress[]> {
     const files = new Map<string, PciAddress[]>();
-    for (const { claim } of this.claims) {
+    for (const { claim } of this.held.values()) {
       const file = moduleFileOf(claim.driver);
-      if (file !== undefined) files.set(file, [...(files.get(file) ?? []), claim.entry.address]);
+      if (file !== undefined) files.set(file, [...(files.get(file) ?? []), claim.address]);
     }
     return files;
   }
@@ -418,7 +640,11 @@ export class DriverHost {
       const exportsClosed = this.exports.close();
       await Promise.race([exportsClosed, deadline]);
       for (const port of this.ports.values()) port.stop();
+      this.watcher?.close();
       this.actor.send({ type: 'SHUTDOWN' });
+      // Every device may have ended already (taken back by the kernel): then nothing more will come.
+      this.checkSettled();
+      if (this.held.size === 0) this.services.endAll('every device of this host has been released');
       const overran = await Promise.race([this.settled.then(() => false), deadline]);
       clearTimeout(timer);
       if (overran) this.forceRelease(`graceful release took longer than ${this.config.shutdownTimeoutMs} ms`);
@@ -441,9 +667,10 @@ export class DriverHost {
     this.emit({ type: 'host', at: Date.now(), phase: 'forced', detail: reason });
     // What the OS sees of the exports goes synchronously (the process may die of the signal right after).
     void this.exports.close();
-    const snapshots = this.claims.map(({ ref }) => ref.getSnapshot());
+    this.watcher?.close();
+    const snapshots = this.holdings.map(({ ref }) => ref.getSnapshot());
     this.actor.stop();
-    this.settleForced(snapshots.map((snapshot, i): DeviceOutput => {
+    this.settle(snapshots.map((snapshot, i): DeviceOutput => {
       if (snapshot.status === 'done') return snapshot.output;
       const { device, restarts, attachment } = snapshot.context;
       let error: string | undefined;
@@ -456,7 +683,7 @@ export class DriverHost {
       // Its driver's thread goes too, whatever it is doing (a detach spinning past its bound): nothing of the host may
       // outlive the release and keep the process.
       if (attachment?.kind === 'thread') void attachment.thread.abandon();
-      return { address: this.claims[i]!.claim.entry.address, outcome: { kind: 'forced' }, restarts, released: { how: 'close', error } };
+      return { address: this.holdings[i]!.claim.address, outcome: { kind: 'forced' }, restarts, released: { how: 'close', error } };
     }));
   }
 

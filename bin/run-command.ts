@@ -9,6 +9,11 @@
  * 2 for a usage error; after a second SIGINT/SIGTERM the process dies of
  * that signal (shells show 130/143) once every device is closed.
  *
+ * While it runs, the host watches the PCI devices appear and go (Linux: the
+ * kernel's uevents) and claims those its config's entries want; SIGHUP
+ * reads the config file again and applies it (DriverHost.reconfigure):
+ * refused, it prints one line and the running set stays as it was.
+ *
  * Bound: the graceful part is bounded by the config's shutdownTimeoutMs
  * (default 5 s), after which every device is closed directly. Measured in
  * the TCG guest under full interrupt load (test/vm/host.test.ts, which
@@ -24,6 +29,9 @@ import { DriverHost } from '../actors/host.js';
 import { EventSocket } from '../actors/event-socket.js';
 import type { HostEvent } from '../actors/events.js';
 import { Subject } from 'rxjs';
+import { UpciError } from '../kernel/errors.js';
+import { hostPlatform } from '../kernel/platform.js';
+import { LinuxDeviceWatcher, type DeviceWatcher } from '../pci/device-watcher.js';
 import { showStatus } from './status-view.js';
 
 export const RUN_USAGE = '  run <config> [--duration S] [--watch] [--events PATH [--events-mode MODE]]\n'
@@ -104,6 +112,20 @@ export async function claimWithEvents(
   return { host, eventSocket };
 }
 
+/**
+ * The PCI devices' watcher (Linux: sysfs and the kernel's uevents). Without one (another OS, or no uevent socket),
+ * the host runs the devices its address entries name, and a reload still applies to those.
+ */
+function openWatcher(): DeviceWatcher | undefined {
+  if (hostPlatform() !== 'linux') return undefined;
+  try {
+    return LinuxDeviceWatcher.open();
+  } catch (e) {
+    console.error(`upci run: not watching for PCI devices (match entries claim nothing; address entries run as given): ${e instanceof Error ? e.message.split('\n')[0] : String(e)}`);
+    return undefined;
+  }
+}
+
 /** Runs the host; resolves with the exit status. Config errors are thrown (UpciError). */
 export async function runCommand(args: readonly string[]): Promise<number> {
   const parsed = parseArgs(args);
@@ -111,8 +133,17 @@ export async function runCommand(args: readonly string[]): Promise<number> {
     console.error(`upci run: ${parsed}\nusage:\n${RUN_USAGE}`);
     return 2;
   }
-  const config = loadHostConfig(parsed.config, await withConfigDrivers(parsed.config, builtinDrivers));
-  const { host, eventSocket } = await claimWithEvents(() => DriverHost.claim(config), parsed.events, parsed.eventsMode);
+  const load = async () => loadHostConfig(parsed.config, await withConfigDrivers(parsed.config, builtinDrivers));
+  const config = await load();
+  const watcher = openWatcher();
+  let claimed: { host: DriverHost; eventSocket: EventSocket | undefined };
+  try {
+    claimed = await claimWithEvents(() => DriverHost.claim(config, watcher === undefined ? {} : { watcher }), parsed.events, parsed.eventsMode);
+  } catch (e) {
+    watcher?.close();
+    throw e;
+  }
+  const { host, eventSocket } = claimed;
   showStatus(host.events, process.stdout);
   let stop!: () => void;
   const stopRequested = new Promise<void>((resolve) => (stop = resolve));
@@ -128,6 +159,18 @@ export async function runCommand(args: readonly string[]): Promise<number> {
     process.removeAllListeners(signal);
     process.kill(process.pid, signal);
   };
+  // SIGHUP: the config file again. A refusal is one line; the host's event stream says it too ('reload-refused').
+  let reloading = Promise.resolve();
+  process.on('SIGHUP', () => {
+    reloading = reloading.then(async () => {
+      try {
+        await host.reconfigure(load);
+      } catch (e) {
+        if (!(e instanceof UpciError)) throw e;
+        console.error(`upci run: reload refused, nothing changed: ${e.message.split('\n')[0]}`);
+      }
+    });
+  });
   process.on('SIGINT', () => onSignal('SIGINT'));
   process.on('SIGTERM', () => onSignal('SIGTERM'));
   const duration = parsed.durationS === undefined ? undefined : setTimeout(stop, parsed.durationS * 1000);

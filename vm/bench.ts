@@ -28,6 +28,19 @@ export interface VmDevice {
   /** NVMe namespaces (model 'nvme'): each a sparse raw image `<id>.img` the bench creates in
    *  the run's out dir (the guest sees it as $UPCI_VM_OUT/<id>.img), attached as nvme-ns nsid 1, 2... */
   namespaces?: VmNamespace[];
+  /** A QEMU device id, for devices a test unplugs and plugs again (`device_del ID`, then
+   *  `device_add` of the device's `qdev` line from devices.json; vm/monitor.ts). Behind a
+   *  pcie-root-port. Its namespace (one at most) is a -blockdev node on the controller itself
+   *  (drive=), which QEMU keeps across the unplug, where a -drive would go with the device. */
+  hotplugId?: string;
+}
+
+/** A bridge on the root bus: a conventional PCI-PCI bridge, or a PCIe root port whose slot is hot-plug capable. */
+export interface VmBridge {
+  id: string;
+  slot: string;
+  /** default 'pci-bridge' */
+  kind?: 'pci-bridge' | 'pcie-root-port';
 }
 
 export interface VmNamespace {
@@ -40,8 +53,8 @@ export interface VmNamespace {
 
 export interface VmOptions {
   devices: VmDevice[];
-  /** Bridges on the root bus, slot as in VmDevice. Defaults to the entries of
-   *  defaultBridges that the devices refer to. */
+  /** Bridges on the root bus, slot as in VmDevice. Defaults to the
+   *  entries of defaultBridges that the devices refer to. */
   bridges?: VmBridge[];
   command: string[];
   env?: Record<string, string>;
@@ -97,6 +110,9 @@ export const defaultBridges: VmBridge[] = [
   // After the bridges' slots, so that their buses keep their numbers. A PCIe port: its device can have AER
   // (uncorrectable errors reach the guest's AER driver through the port; on the root bus they would reach no one).
   { id: 'rp0', slot: '12.0', kind: 'pcie-root-port' },
+  // Hot-plug capable PCIe slots, after every other bridge so that no earlier bus number moves.
+  { id: 'rp1', slot: '18.0', kind: 'pcie-root-port' },
+  { id: 'rp2', slot: '19.0', kind: 'pcie-root-port' },
 ];
 
 export const defaultDevices: VmDevice[] = [
@@ -131,6 +147,9 @@ export const defaultDevices: VmDevice[] = [
   // Device Control error-reporting enables read-only zero (no pcie_cap_deverr_init), so QEMU drops every
   // error message it would send; nvme has no AER capability.
   { model: 'virtio-rng-pci', slot: '00.0', bus: 'rp0', bind: 'vfio-pci', props: ',aer=on,id=aer-dev' },
+  // Devices a test unplugs and plugs again (hotplug.test), each alone behind a pcie-root-port.
+  { model: 'edu', slot: '00.0', bus: 'rp1', bind: 'vfio-pci', hotplugId: 'hp-edu' },
+  { model: 'nvme', slot: '00.0', bus: 'rp2', bind: 'vfio-pci', hotplugId: 'hp-nvme', props: ',serial=upci-nvme-hp', namespaces: [{ id: 'nvmehp1', sizeMiB: 16 }] },
 ];
 
 const QEMU = 'qemu-system-x86_64';
@@ -251,6 +270,19 @@ function bootFiles(root: string): { kernel: string; initrd: string } {
   return { kernel, initrd };
 }
 
+/** The QEMU id of a device: its hotplugId, or for an nvme with namespaces the bus name its nvme-ns devices go on. */
+function qdevId(d: VmDevice): string | undefined {
+  return d.hotplugId ?? (d.namespaces?.length ? `${d.model}-${d.slot.replace('.', '-')}` : undefined);
+}
+
+/** The device's -device argument (without its netdev): what `device_add` takes to plug it again. */
+function qdevLine(d: VmDevice): string {
+  const id = qdevId(d);
+  if (d.hotplugId !== undefined && (d.namespaces?.length ?? 0) > 1) throw new Error(`vm/bench: hot-pluggable ${d.model}@${d.slot} may have one namespace (on the controller), not ${d.namespaces!.length}`);
+  const drive = d.hotplugId !== undefined && d.namespaces?.length ? `,drive=${d.namespaces[0]!.id}` : '';
+  return `${d.model}${d.bus ? `,bus=${d.bus}` : ''},addr=${d.slot}${id === undefined ? '' : `,id=${id}`}${d.props ?? ''}${drive}`;
+}
+
 // The guest tty turns \n into \r\n.
 const cleanConsole = (s: string) => s.replace(/\r/g, '');
 
@@ -306,7 +338,7 @@ async function bootWith(opts: VmOptions, { root, bridges, outDir, kernel, initrd
   // Lets guest code find its devices without repeating the address rules.
   await writeFile(
     join(outDir, 'devices.json'),
-    JSON.stringify(opts.devices.map((d) => ({ ...d, address: guestAddress(d, bridges) })), null, 2),
+    JSON.stringify(opts.devices.map((d) => ({ ...d, address: guestAddress(d, bridges), ...(d.hotplugId === undefined ? {} : { qdev: qdevLine(d) }) })), null, 2),
   );
 
   const args = [
@@ -330,9 +362,15 @@ async function bootWith(opts: VmOptions, { root, bridges, outDir, kernel, initrd
     '-device', `virtio-9p-pci,fsdev=project,mount_tag=project,addr=${PROJECT_SLOT}`,
   ];
   bridges.forEach((b, i) => {
-    // shpc=off: the guest's shpchp would otherwise fail on it and log errors.
-    if ((b.kind ?? 'pci-bridge') === 'pci-bridge') args.push('-device', `pci-bridge,id=${b.id},chassis_nr=${i + 1},addr=${b.slot},shpc=off`);
-    else args.push('-device', `pcie-root-port,id=${b.id},chassis=${i + 1},slot=${i + 1},addr=${b.slot}`);
+    if (b.kind === 'pcie-root-port') {
+      // Hot-plug capable by default. QEMU 7.2's q35 signals its hot-plug through ACPI (the guest's acpiphp), not
+      // the port's native hot-plug (pciehp): the guest names its slot by ACPI (seen: "0-3" for bus 3), not by a
+      // physical slot number.
+      args.push('-device', `pcie-root-port,id=${b.id},bus=pcie.0,addr=${b.slot},chassis=${i + 1}`);
+    } else {
+      // shpc=off: the guest's shpchp would otherwise fail on it and log errors.
+      args.push('-device', `pci-bridge,id=${b.id},chassis_nr=${i + 1},addr=${b.slot},shpc=off`);
+    }
   });
   for (const d of opts.devices) {
     let netdev = '';
@@ -340,15 +378,17 @@ async function bootWith(opts: VmOptions, { root, bridges, outDir, kernel, initrd
       args.push('-netdev', `hubport,id=${hubPort(d)},hubid=${d.hub}`);
       netdev = `,netdev=${hubPort(d)}`;
     }
-    const id = d.namespaces?.length ? `,id=${d.model}-${d.slot.replace('.', '-')}` : '';
-    args.push('-device', `${d.model}${d.bus ? `,bus=${d.bus}` : ''},addr=${d.slot}${id}${d.props ?? ''}${netdev}`);
-    for (const [i, ns] of (d.namespaces ?? []).entries()) {
+    for (const ns of d.namespaces ?? []) {
       if (!/^[A-Za-z][A-Za-z0-9_-]*$/.test(ns.id)) throw new Error(`vm/bench: bad namespace id '${ns.id}'`);
       const image = join(outDir, `${ns.id}.img`);
       await writeFile(image, '');
       await truncate(image, ns.sizeMiB * 1024 * 1024);
-      args.push('-drive', `file=${image},if=none,id=${ns.id},format=raw`);
-      args.push('-device', `nvme-ns,drive=${ns.id},bus=${id.slice(4)},nsid=${i + 1}${ns.props ?? ''}`);
+      if (d.hotplugId === undefined) args.push('-drive', `file=${image},if=none,id=${ns.id},format=raw`);
+      else args.push('-blockdev', `driver=raw,node-name=${ns.id},file.driver=file,file.filename=${image}`);
+    }
+    args.push('-device', `${qdevLine(d)}${netdev}`);
+    if (d.hotplugId === undefined) {
+      for (const [i, ns] of (d.namespaces ?? []).entries()) args.push('-device', `nvme-ns,drive=${ns.id},bus=${qdevId(d)},nsid=${i + 1}${ns.props ?? ''}`);
     }
   }
   if (monitor) args.push('-monitor', `unix:${monitor.socketPath},server=on,wait=off`);

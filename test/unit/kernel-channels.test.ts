@@ -9,114 +9,17 @@
  * reset, and restarted. Either way the other devices keep running.
  */
 import test from 'ava';
-import { map } from 'rxjs';
-import { fromEventObservable, setup } from 'xstate';
 import { parseHostConfig } from '../../actors/config.js';
 import { DriverHost } from '../../actors/host.js';
 import { plainLine } from '../../bin/status-view.js';
-import { defineDriver, type DriverInput, type DriverVector } from '../../drivers/contract.js';
-import { ManagedIommuDomain } from '../../kernel/linux/iommu-dma.js';
 import type { PciAddress } from '../../kernel/pci-address.js';
-import type { InterruptEvent } from '../../pci/intr.js';
 import { until as untilWithin } from '../support/bounded.js';
-import { FakeChannel } from '../support/fake-device.js';
-import type { PcieErrorCount } from '../../kernel/port.js';
-import { FakeIntxBench } from '../support/fake-intx-bench.js';
+import { RequestBench as Bench, requestRegistry as registry } from '../support/request-bench.js';
 import { record, states } from '../support/host-events.js';
 
 const A = '0000:00:04.0';
 const B = '0000:00:05.0';
 
-/**
- * Fake functions with INTx, DMA that records its mappings, a device-request channel each (unless `noRequest`), an
- * error channel each with the kernel's AER counts in `aer`, and a reset method (unless `noReset`).
- */
-class Bench extends FakeIntxBench {
-  readonly mapped = new Map<string, number>();
-  readonly requests = new Map<string, FakeChannel>();
-  readonly errors = new Map<string, FakeChannel>();
-  readonly aer = new Map<string, PcieErrorCount[]>();
-
-  constructor(private readonly noRequest: readonly string[] = [], private readonly noReset: readonly string[] = []) {
-    super();
-  }
-
-  /** The kernel counts one more `name` error of `severity` for the device, then signals its error channel, as AER and vfio-pci do. */
-  pcieError(address: string, name: string, severity: PcieErrorCount['severity']): void {
-    const counts = this.aer.get(address) ?? [];
-    const entry = counts.find((c) => c.name === name && c.severity === severity);
-    this.aer.set(address, [...counts.filter((c) => c !== entry), { name, severity, count: (entry?.count ?? 0) + 1 }]);
-    this.errors.get(address)!.fire();
-  }
-
-  private state(address: string): string {
-    return `bus master ${this.busMaster(address) ? 'on' : 'off'}, vectors ${this.intxFds.has(address) ? 'on' : 'off'}, ${this.mapped.get(address) ?? 0} mapping(s)`;
-  }
-
-  protected deviceId(): number {
-    return 0x0001;
-  }
-
-  protected parts(address: PciAddress) {
-    const request = this.requests.get(address) ?? new FakeChannel('request');
-    this.requests.set(address, request);
-    const error = this.errors.get(address) ?? new FakeChannel('error');
-    this.errors.set(address, error);
-    const dma = new ManagedIommuDomain({
-      iovaRanges: [{ start: 0n, end: (1n << 39n) - 1n }], pageSizes: 0x1000n, availableMappings: () => undefined,
-      map: () => void this.mapped.set(address, (this.mapped.get(address) ?? 0) + 1),
-      unmap: (_iova, size) => {
-        this.calls.push(`${address} unmap (${this.state(address)})`);
-        this.mapped.set(address, (this.mapped.get(address) ?? 0) - 1);
-        return size;
-      },
-    });
-    return {
-      dma,
-      enableChannel: (channel: 'request' | 'error') => (channel === 'error' ? error.enable() : this.noRequest.includes(address) ? undefined : request.enable()),
-      uncorrectableErrors: () => this.aer.get(address) ?? [],
-      canReset: !this.noReset.includes(address),
-      reset: () => void this.calls.push(`${address} reset (${this.state(address)})`),
-      vectorsOff: () => this.calls.push(`${address} vectors off (${this.state(address)})`),
-      close: () => {
-        this.calls.push(`${address} close (${this.state(address)})`);
-        request.closed();
-        error.closed();
-      },
-    };
-  }
-}
-
-type In = DriverInput<{ dmaBytes: number; attachDelayMs: number }, { readonly vector: DriverVector }>;
-
-/** At attach: DMA memory, bus mastering on, INTx; then acks every interrupt. */
-const driver = defineDriver({
-  name: 'req-test',
-  description: 'device-request unit-test driver',
-  match: [{ vendor: 0x1234, device: 0x0001 }],
-  options: {
-    dmaBytes: { type: 'integer', min: 1, default: 4096, doc: 'DMA memory to allocate at attach' },
-    attachDelayMs: { type: 'integer', min: 0, default: 0, doc: 'how long the attach takes' },
-  } as const,
-  attach: async (bus, options) => {
-    if (options.attachDelayMs > 0) await new Promise((r) => setTimeout(r, options.attachDelayMs));
-    const dma = bus.dma();
-    dma.createTag({}).allocMemory(options.dmaBytes);
-    dma.enableBusMaster();
-    return { vector: bus.establishInterrupts({ type: 'intx' }).vectors[0]! };
-  },
-  machine: setup({
-    types: { input: {} as In, context: {} as In, events: {} as { type: 'irq'; event: InterruptEvent } },
-    actors: {
-      irqs: fromEventObservable(({ input }: { input: DriverVector }) => input.events.pipe(map((event) => ({ type: 'irq' as const, event })))),
-    },
-  }).createMachine({
-    context: ({ input }) => input,
-    invoke: { src: 'irqs', input: ({ context }) => context.resources.vector },
-    on: { irq: { actions: ({ event }) => event.event.ack() } },
-  }),
-});
-const registry = new Map([[driver.name, driver]]);
 
 const config = (devices: unknown[]) =>
   parseHostConfig({ restart: { initialDelayMs: 10, maxDelayMs: 40, maxRestarts: 3 }, watchdogMs: 500, statsIntervalMs: 50, devices }, registry);

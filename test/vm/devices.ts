@@ -29,6 +29,9 @@ export const bench = {
   aerDevice: find('virtio-rng-pci', 0, (d) => d.bus === 'rp0'),
   /** Its root port, bound to the guest's pcieport (whose AER service routes the device's errors to vfio-pci). */
   aerPort: `0000:00:${defaultBridges.find((b) => b.id === 'rp0')!.slot}`,
+  /** Each alone behind a hot-plug capable pcie-root-port: hotplug.test unplugs and plugs them. */
+  hotplugEdu: find('edu', 0, (d) => d.hotplugId !== undefined),
+  hotplugNvme: find('nvme', 0, (d) => d.hotplugId !== undefined),
 };
 
 /** The IOVA space of a device's VFIO DMA domain (its allocations and quarantine). */
