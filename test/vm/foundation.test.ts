@@ -198,7 +198,8 @@ test('error: a bad PCI address', (t) => {
 });
 
 test('error: no device at a well-formed address', (t) => {
-  t.throws(() => PciDevice.open('0000:05:00.0'), { code: 'NO_DEVICE' } as never);
+  // A bus no bridge of the bench makes (the bench's buses end at 5).
+  t.throws(() => PciDevice.open('0000:7e:00.0'), { code: 'NO_DEVICE' } as never);
 });
 
 test('error: a device not bound to vfio-pci, then usable after `upci bind`', (t) => {
