@@ -13,15 +13,7 @@ import { UeventSocket } from '../kernel/linux/uevents.js';
 import { watchReadable, type SourceWatch } from '../workers/interrupt-watcher.js';
 
 /** A PCI function as the watcher sees it. */
-export interface PresentDevice {
-  readonly address: PciAddress;
-  readonly vendor: number;
-  readonly device: number;
-  readonly classCode: number;
-  readonly subsystemVendor: number;
-  readonly subsystemDevice: number;
-  /** The kernel driver bound to it, if any. */
-  readonly driver: string | undefined;
+export interface PresentDevice extends Pick<PciFunctionInfo, 'address' | 'vendor' | 'device' | 'classCode' | 'subsystemVendor' | 'subsystemDevice' | 'driver'> {
   /** The physical slot it sits in (its name under /sys/bus/pci/slots), if the platform names one. */
   readonly slot: string | undefined;
 }
