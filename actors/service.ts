@@ -85,6 +85,24 @@ export interface BesideHandle<S> {
   stop(): void;
 }
 
+/**
+ * The consumer's handle over a beside task's `setup`, and `end(reason)`:
+ * whichever comes first, end() (its provider gone) or the handle's stop(),
+ * runs `release` once and settles `gone`.
+ */
+function besideHandle<S>(setup: S, release: () => void): { readonly handle: BesideHandle<S>; end(reason: string): void } {
+  let ended = false;
+  let settle!: (reason: string) => void;
+  const gone = new Promise<string>((resolve) => (settle = resolve));
+  const end = (reason: string) => {
+    if (ended) return;
+    ended = true;
+    release();
+    settle(reason);
+  };
+  return { handle: { setup, gone, stop: () => end('stopped by its consumer') }, end };
+}
+
 /** Runs a BesideTask on `local` in this thread. */
 async function serveBesideHere(task: BesideTask<unknown>, local: unknown): Promise<ServiceExport<unknown>> {
   const module = await import(task.module) as { serveBeside?: ServeBeside<unknown, unknown, unknown> };
@@ -253,21 +271,15 @@ export class ThreadServices implements ServiceAccess {
   /** The task run here, on this thread's own provider: gone when this thread withdraws it. */
   private async besideHere(task: BesideTask<unknown>, local: unknown, key: string): Promise<BesideHandle<unknown>> {
     const served = await serveBesideHere(task, local);
-    let stopped = false;
-    let end!: (reason: string) => void;
-    const gone = new Promise<string>((resolve) => (end = resolve));
-    const stop = (reason: string) => {
-      if (stopped) return;
-      stopped = true;
+    const onWithdraw = (withdrawn: string, reason: string) => {
+      if (withdrawn === key) end(reason);
+    };
+    const { handle, end } = besideHandle(served.setup, () => {
       this.localBesides.delete(onWithdraw);
       served.stop();
-      end(reason);
-    };
-    const onWithdraw = (withdrawn: string, reason: string) => {
-      if (withdrawn === key) stop(reason);
-    };
+    });
     this.localBesides.add(onWithdraw);
-    return { setup: served.setup, gone, stop: () => stop('stopped by its consumer') };
+    return handle;
   }
 
   private forget(consumed: Consumed): void {
@@ -313,18 +325,12 @@ export class ThreadServices implements ServiceAccess {
         const beside = this.besideWants.get(m.want);
         if (beside !== undefined) {
           this.besideWants.delete(m.want);
-          let end!: (reason: string) => void;
-          const gone = new Promise<string>((resolve) => (end = resolve));
-          this.besides.set(m.export, end);
-          return beside.resolve({
-            setup: m.setup,
-            gone,
-            stop: () => {
-              if (!this.besides.delete(m.export)) return;
-              this.post({ type: 'release', export: m.export });
-              end('stopped by its consumer');
-            },
+          // Stopped by its consumer, the export is released; ended by 'gone', it is already.
+          const { handle, end } = besideHandle(m.setup, () => {
+            if (this.besides.delete(m.export)) this.post({ type: 'release', export: m.export });
           });
+          this.besides.set(m.export, end);
+          return beside.resolve(handle);
         }
         const want = this.wants.get(m.want);
         this.wants.delete(m.want);

@@ -137,7 +137,8 @@ export class UblkQueue {
   /** Each tag's command (q_id, tag, result, addr), encoded once; only the result changes. */
   private readonly commands: Uint8Array[] = [];
   private readonly commandViews: DataView[] = [];
-  /** By tag: the bytes of its read or write on registered memory, and whether it is a read. */
+  /** By tag: the LBA and bytes of its read or write on registered memory, and whether it is a read. */
+  private readonly lbas: Float64Array;
   private readonly bytes: Int32Array;
   private readonly isRead: Uint8Array;
   /** Tags the device had no room for, first in first out. */
@@ -164,6 +165,7 @@ export class UblkQueue {
   private constructor(private readonly device: BlockDevice, readonly options: UblkQueueOptions) {
     const { id, queueDepth, maxIoBytes } = options;
     this.allAborted = new Promise((resolve) => (this.abortedAll = resolve));
+    this.lbas = new Float64Array(queueDepth);
     this.bytes = new Int32Array(queueDepth);
     this.isRead = new Uint8Array(queueDepth);
     this.waiting = new Int32Array(queueDepth);
@@ -244,16 +246,14 @@ export class UblkQueue {
       this.stats.held++;
       return;
     }
-    if (this.registered !== undefined && (op === abi.UBLK_IO_OP_READ || op === abi.UBLK_IO_OP_WRITE)) {
-      if (op === abi.UBLK_IO_OP_READ) this.stats.reads++;
-      else this.stats.writes++;
-      this.startRegistered(tag, op, sector, sectors);
-      return;
-    }
     if (op === abi.UBLK_IO_OP_READ) this.stats.reads++;
     else if (op === abi.UBLK_IO_OP_WRITE) this.stats.writes++;
     else if (op === abi.UBLK_IO_OP_FLUSH) this.stats.flushes++;
     else if (op === abi.UBLK_IO_OP_DISCARD) this.stats.discards++;
+    if (this.registered !== undefined && (op === abi.UBLK_IO_OP_READ || op === abi.UBLK_IO_OP_WRITE)) {
+      this.startRegistered(tag, op, sector, sectors);
+      return;
+    }
     const { maxIoBytes } = this.options;
     serveUblkRequest(this.device, { op, sector, sectors }, new Uint8Array(this.buffers, tag * maxIoBytes, maxIoBytes)).then(
       (result) => this.commit(tag, result),
@@ -273,6 +273,7 @@ export class UblkQueue {
       this.commit(tag, -EIO);
       return;
     }
+    this.lbas[tag] = lba;
     this.bytes[tag] = sectors * SECTOR;
     this.isRead[tag] = op === abi.UBLK_IO_OP_READ ? 1 : 0;
     if (!this.issue(tag)) {
@@ -283,8 +284,7 @@ export class UblkQueue {
 
   /** Starts the tag's request on the device; false when it had no room. */
   private issue(tag: number): boolean {
-    const perBlock = this.device.blockSize / SECTOR;
-    const lba = Number(this.descView.getBigUint64(tag * abi.ublksrvIoDesc.size + 8, true)) / perBlock;
+    const lba = this.lbas[tag]!;
     const blocks = this.bytes[tag]! / this.device.blockSize;
     const offset = tag * this.options.maxIoBytes;
     try {
