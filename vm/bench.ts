@@ -311,12 +311,27 @@ interface BootContext {
 }
 
 /**
+ * The guest kernel's panic, if its console shows one and the guest ended without reporting a status (QEMU exits on
+ * panic with -no-reboot): the panic's first line and where it was (the faulting RIP and the first frames of its
+ * call trace), to be said where the suite's counts are; undefined when there was none.
+ */
+export function guestPanic(result: Pick<VmResult, 'exitCode' | 'timedOut' | 'console'>): string | undefined {
+  if (result.exitCode !== null || result.timedOut) return undefined;
+  const panic = /Kernel panic - not syncing: ([^\r\n]*)/.exec(result.console);
+  if (panic === null) return undefined;
+  const oops = /(?:Oops|PANIC|BUG): ([^\r\n]*)/.exec(result.console)?.[1];
+  const rip = /RIP: 0010:(\S+)/.exec(result.console)?.[1];
+  const frames = [...result.console.matchAll(/^\[[ \d.]+\]  ([a-z_][\w.]*\+0x[\da-f]+\/0x[\da-f]+)/gm)].slice(0, 4).map((m) => m[1]);
+  return [panic[1], oops, rip && `at ${rip}`, frames.length > 0 && `via ${frames.join(' < ')}`].filter(Boolean).join('; ');
+}
+
+/**
  * Whether the guest kernel panicked while booting, before init reported ready: the job never ran. Seen once in
  * about forty boots of Debian's 6.12 under TCG with two vCPUs (an int3 Oops in sched_clock_cpu during early
  * text patching, CI run 7): QEMU's, not the job's.
  */
 export const panickedBeforeReady = (result: Pick<VmResult, 'exitCode' | 'timedOut' | 'console'>): boolean =>
-  result.exitCode === null && !result.timedOut && /Kernel panic - not syncing/.test(result.console) && !/upci-vm: ready at/.test(result.console);
+  guestPanic(result) !== undefined && !/upci-vm: ready at/.test(result.console);
 
 async function boot(opts: VmOptions, context: BootContext): Promise<VmResult> {
   for (let attempt = 1; ; attempt++) {
