@@ -10,8 +10,9 @@
  * request), and each incarnation takes the disk over through ublk's user
  * recovery, the kernel holding and then re-issuing what the last one did
  * not answer; so does the next `upci run` after the host died. The NBD
- * export serves a FollowingBlockDevice (requests the old incarnation did not
- * finish wait for the next and are issued to it again), and the TAP export
+ * export runs in a thread of its own, on rings straight to the provider's
+ * thread, and serves a FollowingBlockDevice (requests the old incarnation
+ * did not finish wait for the next and are issued to it again); the TAP export
  * binds to the packet port, which outlives incarnations (while none is
  * attached the kernel's frames wait in the TAP's queue).
  *
@@ -19,15 +20,15 @@
  * per kind of ExportEntry).
  */
 import { createHash } from 'node:crypto';
-import { mkdirSync, rmSync } from 'node:fs';
-import { dirname } from 'node:path';
-import type { BlockDevice } from '../drivers/block.js';
+import { rmSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
 import { UpciError } from '../kernel/errors.js';
 import type { PciAddress } from '../kernel/pci-address.js';
 import type { HostEvent } from './events.js';
 import type { ExportEntry, ExportKindName, NbdExportEntry, TapExportEntry, UblkExportEntry } from './export-config.js';
-import { FollowingBlockDevice } from './following-block-device.js';
-import { NbdServer } from './nbd-server.js';
+import { firstProvided as firstProvidedUntil } from './first-provided.js';
+import type { FromNbdThread, NbdThreadData, ToNbdThread } from './nbd-export-thread.js';
+import type { ServiceLink } from './service-registry.js';
 import type { TapBesideSetup, ToTapBeside } from './tap-export.js';
 import { openTap, type Tap } from '../kernel/linux/tap.js';
 import { parseMac } from '../drivers/packet.js';
@@ -37,8 +38,8 @@ import type { FromUblkQueue, ToUblkQueue, UblkBesideSetup } from './ublk-queue.j
 
 /** What the exports need of the host. */
 export interface ExportHost {
-  /** The block device `name` of the provider's incarnation now, waiting up to timeoutMs for one (DriverHost.blockDevice). */
-  blockDevice(name: string, timeoutMs: number): Promise<BlockDevice>;
+  /** A link to the host's services for a thread of an export's own (ServiceRegistry.link). */
+  serviceLink(label: string): ServiceLink;
   /** Runs `task` beside the block device `name`'s provider, in its thread, waiting up to timeoutMs for one. */
   besideBlockDevice<A, R>(name: string, task: BesideTask<A>, timeoutMs: number): Promise<BesideHandle<R>>;
   /** Runs `task` beside the packet port `name`'s provider, in its thread, waiting up to timeoutMs for one. */
@@ -73,8 +74,6 @@ interface Opener<E extends ExportEntry> {
   open(entry: E, context: OpenContext): Promise<Opened | undefined>;
 }
 
-/** One wait for the provider's first incarnation, asked again while the host runs (a driver's first attach may take long). */
-const FIRST_WAIT_MS = 30_000;
 /**
  * How long a request waits for the provider's next incarnation: longer than
  * a restart takes (a driver thread's load, 5-18 s in the TCG guest, plus the
@@ -83,45 +82,12 @@ const FIRST_WAIT_MS = 30_000;
 const FOLLOW_WAIT_MS = 120_000;
 /** Requests that wait for a next incarnation at once, per export (the kernel's nbd client sends at most 128 per connection by default). */
 const MAX_WAITING = 1024;
+/** How long an NBD export's thread may take to close its connections before it is ended. */
+const NBD_CLOSE_MS = 5_000;
 
-/** `wait`, or undefined once the host stopped. */
-const unlessStopped = <T>(context: OpenContext, wait: Promise<T>): Promise<T | undefined> =>
-  Promise.race([wait, context.stopped.then(() => undefined)]);
-
-/** The export's NBD server: its socket file made with `mode` exactly, in a directory made if missing (NbdServer.listen). */
-async function listenNbd(entry: NbdExportEntry, device: BlockDevice): Promise<NbdServer> {
-  mkdirSync(dirname(entry.socket), { recursive: true, mode: 0o755 });
-  return NbdServer.listen(entry.socket, [{ name: entry.service, device }], { mode: entry.mode });
-}
-
-/**
- * What `ask` gives once the entry's provider provides (each ask waits up to
- * FIRST_WAIT_MS and is asked again); undefined when the host stopped first.
- * A refusal that is final (the provider's device released) fails the export.
- */
-async function firstProvided<T>(context: OpenContext, ask: (timeoutMs: number) => Promise<T>): Promise<T | undefined> {
-  for (;;) {
-    const got = await unlessStopped(context, ask(FIRST_WAIT_MS).then((value): { value: T | undefined } => ({ value }), (e: unknown) => {
-      if (e instanceof UpciError && e.code === 'RELEASED') throw e;
-      return { value: undefined };
-    }));
-    if (got === undefined) return undefined;
-    if (got.value !== undefined) return got.value;
-  }
-}
-
-/**
- * The block device `entry` exports, once its provider provides it, as one object that follows the provider across
- * its restarts; undefined when the host stopped first.
- */
-async function followedBlockDevice(entry: NbdExportEntry, context: OpenContext): Promise<FollowingBlockDevice | undefined> {
-  const first = await firstProvided(context, (ms) => context.host.blockDevice(entry.service, ms));
-  if (first === undefined) return undefined;
-  return new FollowingBlockDevice(
-    first, (ms) => context.host.blockDevice(entry.service, ms), { waitMs: FOLLOW_WAIT_MS, maxWaiting: MAX_WAITING },
-    (stats) => context.note('followed', `incarnation ${stats.incarnations} of its driver; ${stats.waiting} request(s) waited for it`),
-  );
-}
+/** What `ask` gives once the entry's provider provides; undefined when the host stopped first (first-provided.ts). */
+const firstProvided = <T>(context: OpenContext, ask: (timeoutMs: number) => Promise<T>): Promise<T | undefined> =>
+  firstProvidedUntil(context.stopped, ask);
 
 /** The queue of a ublk disk, served beside its block device (actors/ublk-queue.ts serveBeside). */
 const UBLK_QUEUE: BesideTask<undefined> = { module: new URL('./ublk-queue.js', import.meta.url).href, args: undefined };
@@ -250,19 +216,66 @@ const ublk: Opener<UblkExportEntry> = {
   },
 };
 
+const NBD_THREAD = new URL('./nbd-export-thread.js', import.meta.url);
+
+/** The NBD export's thread's next message of one of `types`, or why it ended first. */
+function fromNbdThread<T extends FromNbdThread['type']>(worker: Worker, types: readonly T[]): Promise<Extract<FromNbdThread, { type: T }> | { type: 'ended'; message: string }> {
+  return new Promise((resolve) => {
+    const onMessage = (m: FromNbdThread) => {
+      if (!(types as readonly string[]).includes(m.type)) return;
+      off();
+      resolve(m as Extract<FromNbdThread, { type: T }>);
+    };
+    const onError = (e: Error) => {
+      off();
+      resolve({ type: 'ended', message: e.message });
+    };
+    const onExit = (code: number) => {
+      off();
+      resolve({ type: 'ended', message: `its thread exited (code ${code})` });
+    };
+    const off = () => worker.off('message', onMessage).off('error', onError).off('exit', onExit);
+    worker.on('message', onMessage).once('error', onError).once('exit', onExit);
+  });
+}
+
+/**
+ * The NBD export runs in a thread of its own (actors/nbd-export-thread.ts), its block device straight from the
+ * provider's thread: it waits there for the provider, follows its incarnations and reports each.
+ */
 const nbd: Opener<NbdExportEntry> = {
   target: (entry) => entry.socket,
   async open(entry, context) {
-    const device = await followedBlockDevice(entry, context);
-    if (device === undefined) return undefined;
-    const server = await listenNbd(entry, device);
+    const link = context.host.serviceLink(`the NBD export of ${entry.service}`);
+    const data: NbdThreadData = { link: link.port, service: entry.service, socket: entry.socket, mode: entry.mode, waitMs: FOLLOW_WAIT_MS, maxWaiting: MAX_WAITING };
+    const worker = new Worker(NBD_THREAD, { workerData: data, transferList: [link.port] });
+    const end = async (reason: string) => {
+      await worker.terminate();
+      link.close(reason);
+    };
+    worker.on('message', (m: FromNbdThread) => {
+      if (m.type === 'followed') context.note('followed', m.detail);
+    });
+    const first = await Promise.race([fromNbdThread(worker, ['open', 'failed']), context.stopped.then(() => undefined)]);
+    if (first === undefined) {
+      await end('the host stopped');
+      return undefined;
+    }
+    if (first.type !== 'open') {
+      await end('the export failed');
+      // The thread's message is the whole error, its fix included.
+      throw new Error(first.message);
+    }
+    const tell = (m: ToNbdThread) => worker.postMessage(m);
     return {
-      detail: `${device.blockCount} blocks of ${device.blockSize} B, mode 0${entry.mode.toString(8)}`,
-      providerGone: (reason) => device.close(reason),
+      detail: first.detail,
+      providerGone: (reason) => tell({ type: 'gone', reason }),
       close: async () => {
         rmSync(entry.socket, { force: true });
-        await server.close();
-        device.close('the export was closed');
+        const closed = fromNbdThread(worker, ['closed']);
+        tell({ type: 'close' });
+        await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, NBD_CLOSE_MS).unref())]);
+        await end('the export was closed');
       },
     };
   },

@@ -186,7 +186,7 @@ export class DriverHost {
     this.open = options.open ?? ((address: PciAddress) => PciDevice.open(address));
     this.watcher = options.watcher;
     this.exports = new HostExports(config.exports, {
-      blockDevice: (name, timeoutMs) => this.blockDevice(name, timeoutMs),
+      serviceLink: (label) => this.services.link(label),
       besideBlockDevice: (name, task, timeoutMs) => this.services.local.serveBeside(blockService, name, task, timeoutMs),
       besidePacketPort: (name, task, timeoutMs) => this.services.local.serveBeside(packetService, name, task, timeoutMs),
       emit: (event) => this.emit(event),
