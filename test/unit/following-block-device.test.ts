@@ -96,3 +96,39 @@ test('a bad request is refused in this thread with the provider\'s own checks, w
   t.is(error!.code, 'OUT_OF_RANGE');
   t.is(device.stats.waiting, 0);
 });
+
+test('registered memory follows: registered with each incarnation, a tagged read in flight at the take-back and requests made while none serves end without error on the next one; the promise API\'s views of it serve too', async (t) => {
+  const { registry, first, device } = await followed(t, { waitMs: 20_000, maxWaiting: 16 });
+  const memory = device.allocBuffer(4 * 512);
+  const ends: [number, Error | undefined][] = [];
+  memory.ends.subscribe((end) => ends.push([end.tag, end.error]));
+  t.true(memory.read(9, 1, 0, 1));
+  await until('the first read to end', () => ends.length === 1, 5_000);
+  t.deepEqual(ends, [[1, undefined]]);
+  t.is(memory.bytes[0], 0xa0, 'the first incarnation read into the registered memory');
+
+  // LBA 777 never completes on the first incarnation: in flight at the take-back.
+  t.true(memory.read(777, 1, 512, 2));
+  await first.takeBack();
+  memory.bytes.fill(0x42, 1024, 1536);
+  t.true(memory.write(5, 1, 1024, 3), 'accepted while no incarnation serves: it waits');
+  t.true(memory.read(9, 1, 1536, 4));
+  await until('the requests to wait', () => device.stats.waiting === 1, 5_000);
+  t.is(ends.length, 1, 'nothing ended while no incarnation was provided');
+
+  const second = driverThread(t, registry, 'provider #1');
+  await second.call({ cmd: 'provide', name: NAME, fill: 0xb0, hangs: false });
+  await within(10_000, until('the waiting requests to end', () => ends.length === 4, 10_000), 'the waiting requests never went to the next incarnation');
+  // Issued again in the order they came; they end as the device completes them (the fake ends LBA 777 later).
+  t.deepEqual(ends.slice(1).sort(([a], [b]) => a - b), [[2, undefined], [3, undefined], [4, undefined]], 'none failed');
+  t.is(memory.bytes[512], 0xb0, 'the read in flight was issued again, into the same memory');
+  t.is(memory.bytes[1536], 0xb0);
+  t.is(await second.call({ cmd: 'peek', lba: 5 }), 0x42, 'the write made during the restart reached the next incarnation from the registered memory');
+  t.true(device.stats.reissued >= 1);
+
+  const view = memory.bytes.subarray(2048, 2560);
+  await device.read(9, 1, view);
+  t.is(view[0], 0xb0, 'a view of the memory through the promise API');
+  memory.unregister();
+  t.throws(() => memory.read(9, 1, 0, 5), { message: /not registered/ });
+});
