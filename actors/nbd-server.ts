@@ -36,7 +36,8 @@
  *     + READ_AHEAD + 144 KiB of read buffers
  * which is about 32.4 MiB with the defaults (32 MiB + 130 KiB + 208 KiB),
  * and the server at most `maxConnections` times that (8 × 32.4 MiB, about
- * 260 MiB). A WRITE's payload is read into memory of its own, so a small one
+ * 260 MiB), plus each export's 8 MiB of registered slots (Slots), made once
+ * and shared by its connections. A WRITE's payload is read into memory of its own, so a small one
  * held at the device does not pin the 64 KiB socket read it came in.
  * A connection counts against `maxConnections` until its socket closed AND
  * its last request settled (a hung device keeps a closed connection's
@@ -50,7 +51,7 @@
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import { listenPrivately, removeIfOurs, socketMode, type SocketFile } from './unix-socket.js';
-import type { BlockDevice } from '../drivers/block.js';
+import type { BlockDevice, RegisteredBuffer } from '../drivers/block.js';
 import { UpciError } from '../kernel/errors.js';
 
 const NBDMAGIC = 0x4e42444d41474943n;
@@ -85,6 +86,10 @@ const MAX_REQUEST = 32 * 1024 * 1024;
 const MAX_OPTION = 65536;
 /** Bytes the reader takes ahead of what was asked for before it pauses the socket. */
 const READ_AHEAD = 64 * 1024;
+/** One slot of an export's registered memory (Slots): the kernel's nbd client sends at most 128 KiB per request by default. */
+const SLOT_BYTES = 128 * 1024;
+/** Slots per export: 8 MiB registered with its device, shared by its connections. */
+const SLOTS = 64;
 
 export interface NbdExport {
   readonly name: string;
@@ -151,7 +156,7 @@ class Reader {
   /** Bytes of chunks[0] already taken. */
   private head = 0;
   buffered = 0;
-  private want: { n: number; own: boolean; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
+  private want: { n: number; own: boolean; into: Uint8Array | undefined; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
   private ended: Error | undefined;
 
   constructor(private readonly socket: Socket, onData: () => void) {
@@ -178,8 +183,17 @@ class Reader {
    * whole socket read it arrived in).
    */
   read(n: number, own = false): Promise<Buffer> {
+    return this.readInto(n, own, undefined);
+  }
+
+  /** The next `into.length` bytes, copied into `into` (a WRITE's payload gathered where the device reaches it). */
+  fill(into: Uint8Array): Promise<Buffer> {
+    return this.readInto(into.length, true, into);
+  }
+
+  private readInto(n: number, own: boolean, into: Uint8Array | undefined): Promise<Buffer> {
     return new Promise((resolve, reject) => {
-      this.want = { n, own, resolve, reject };
+      this.want = { n, own, into, resolve, reject };
       this.pump();
       if (this.want !== undefined) this.socket.resume();
     });
@@ -190,24 +204,24 @@ class Reader {
     if (want === undefined) return;
     if (this.buffered >= want.n) {
       this.want = undefined;
-      want.resolve(this.take(want.n, want.own));
+      want.resolve(this.take(want.n, want.own, want.into));
     } else if (this.ended !== undefined) {
       this.want = undefined;
       want.reject(this.ended);
     }
   }
 
-  private take(n: number, own: boolean): Buffer {
+  private take(n: number, own: boolean, into: Uint8Array | undefined): Buffer {
     const first = this.chunks[0];
-    if (first !== undefined && first.length - this.head >= n) {
+    if (into === undefined && first !== undefined && first.length - this.head >= n) {
       const view = first.subarray(this.head, this.head + n);
       if (!own || view.byteLength === view.buffer.byteLength) {
         this.skip(n);
         return view;
       }
     }
-    // One copy, into memory of its own (not Buffer's shared pool, whose slab it would pin).
-    const out = Buffer.allocUnsafeSlow(n);
+    // One copy, into memory of its own (not Buffer's shared pool, whose slab it would pin), or the caller's.
+    const out = into === undefined ? Buffer.allocUnsafeSlow(n) : Buffer.from(into.buffer, into.byteOffset, n);
     let at = 0;
     while (at < n) {
       const chunk = this.chunks[0]!;
@@ -227,6 +241,48 @@ class Reader {
       this.chunks.shift();
       this.head = 0;
     }
+  }
+}
+
+/**
+ * An export's slots of memory registered with its device (allocBuffer): a
+ * READ's data lands in one and a WRITE's payload is gathered into one, so
+ * the device DMAs them directly, with no bounce copy and nothing allocated
+ * for the data. Shared by the export's connections; a request larger than a
+ * slot, or finding none free (a client that does not read its replies holds
+ * its own), takes the plain path.
+ */
+class Slots {
+  private readonly free: number[] = [];
+
+  private constructor(private readonly memory: RegisteredBuffer) {
+    for (let slot = SLOTS - 1; slot >= 0; slot--) this.free.push(slot);
+  }
+
+  /** The device's slots; undefined for a device that registers no memory (its requests all take the plain path). */
+  static of(device: BlockDevice): Slots | undefined {
+    try {
+      return new Slots(device.allocBuffer(SLOT_BYTES * SLOTS));
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** A free slot for `length` bytes, or -1. */
+  take(length: number): number {
+    return length <= SLOT_BYTES ? this.free.pop() ?? -1 : -1;
+  }
+
+  view(slot: number, length: number): Uint8Array {
+    return this.memory.bytes.subarray(slot * SLOT_BYTES, slot * SLOT_BYTES + length);
+  }
+
+  give(slot: number): void {
+    this.free.push(slot);
+  }
+
+  close(): void {
+    this.memory.unregister();
   }
 }
 
@@ -293,15 +349,23 @@ class Connection {
   }
 
   /** Writes a reply (header, then data if any) unless the socket is gone. */
-  send(head: Buffer, data?: Uint8Array): void {
-    if (!this.socket.writable) return;
+  /** Sends a reply; `sent` runs once the kernel took its data (or the socket is gone): then `data` may be used again. */
+  send(head: Buffer, data?: Uint8Array, sent?: () => void): void {
+    if (!this.socket.writable) {
+      sent?.();
+      return;
+    }
     if (data === undefined) {
       this.socket.write(head, this.flushed);
+      sent?.();
     } else {
       // One writev, no copy of the data.
       this.socket.cork();
       this.socket.write(head);
-      this.socket.write(data, this.flushed);
+      this.socket.write(data, sent === undefined ? this.flushed : () => {
+        sent();
+        this.flushed();
+      });
       this.socket.uncork();
     }
     this.note();
@@ -354,6 +418,8 @@ function limitsOf(options: NbdServerOptions): Limits {
 export class NbdServer {
   private readonly server: Server;
   private readonly live = new Set<Connection>();
+  /** Each export's registered slots, made at its first transmission. */
+  private readonly slots = new Map<BlockDevice, Slots | undefined>();
   private limits: Limits = DEFAULTS;
   /** The socket file this server put at socketPath (close() removes it only if it is still this one). */
   private file: SocketFile | undefined;
@@ -388,6 +454,8 @@ export class NbdServer {
     this.closed = true;
     for (const c of this.live) c.socket.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    // The device lets go of the memory once its last request on it ended.
+    for (const slots of this.slots.values()) slots?.close();
     // Closed: nothing of it may keep the process alive, whatever its handle's state.
     this.server.unref();
     removeIfOurs(this.file);
@@ -526,13 +594,15 @@ export class NbdServer {
   private async transmit(conn: Connection, device: BlockDevice): Promise<string> {
     const bs = device.blockSize;
     const size = device.blockCount * bs;
-    const answer = (handle: Buffer, error: number, data?: Uint8Array) => {
+    if (!this.slots.has(device)) this.slots.set(device, Slots.of(device));
+    const slots = this.slots.get(device);
+    const answer = (handle: Buffer, error: number, data?: Uint8Array, sent?: () => void) => {
       const head = Buffer.allocUnsafe(16);
       head.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
       head.writeUInt32BE(error, 4);
       handle.copy(head, 8);
       if (error !== 0) this.stats.errors++;
-      conn.send(head, error === 0 ? data : undefined);
+      conn.send(head, error === 0 ? data : undefined, sent);
     };
     for (;;) {
       const req = await conn.reader.read(28);
@@ -556,11 +626,15 @@ export class NbdServer {
       // at once: its reply is memory too, and a client that never reads its replies must stop being read.
       const cost = type === CMD.READ || type === CMD.WRITE ? Math.min(length, MAX_REQUEST) : 0;
       await conn.admit(cost);
+      // The request's slot of registered memory (-1: none, the plain path), given back once its data is done with.
+      const slot = slots !== undefined && (type === CMD.READ || type === CMD.WRITE) && length > 0 ? slots.take(length) : -1;
+      const giveBack = slot < 0 ? undefined : () => slots!.give(slot);
       // A WRITE's payload is read whatever its flags or range: the next request starts after it.
       let payload: Buffer | undefined;
       try {
-        payload = type === CMD.WRITE ? await conn.reader.read(length, true) : undefined;
+        payload = type !== CMD.WRITE ? undefined : slot < 0 ? await conn.reader.read(length, true) : await conn.reader.fill(slots!.view(slot, length));
       } catch (e) {
+        giveBack?.();
         conn.settle(cost);
         throw e;
       }
@@ -568,11 +642,12 @@ export class NbdServer {
       let work: Promise<void>;
       try {
         if (refusal !== 0) {
-          work = Promise.resolve(answer(handle, refusal));
+          work = Promise.resolve(answer(handle, refusal, undefined, giveBack));
         } else if (type === CMD.READ) {
-          work = length === 0 ? Promise.resolve(answer(handle, 0)) : device.read(offset / bs, length / bs).then((data) => answer(handle, 0, data));
+          const into = slot < 0 ? undefined : slots!.view(slot, length);
+          work = length === 0 ? Promise.resolve(answer(handle, 0)) : device.read(offset / bs, length / bs, into).then((data) => answer(handle, 0, data, giveBack));
         } else if (type === CMD.WRITE) {
-          work = length === 0 ? Promise.resolve(answer(handle, 0)) : device.write(offset / bs, payload!).then(() => answer(handle, 0));
+          work = length === 0 ? Promise.resolve(answer(handle, 0)) : device.write(offset / bs, payload!).then(() => answer(handle, 0, undefined, giveBack));
         } else if (type === CMD.FLUSH) {
           work = device.flush().then(() => answer(handle, 0));
         } else {
@@ -582,7 +657,7 @@ export class NbdServer {
         // A device that throws instead of rejecting fails this request, not the connection.
         work = Promise.reject(e);
       }
-      void work.catch(() => answer(handle, ERRNO.EIO)).finally(() => conn.settle(cost));
+      void work.catch(() => answer(handle, ERRNO.EIO, undefined, giveBack)).finally(() => conn.settle(cost));
     }
   }
 

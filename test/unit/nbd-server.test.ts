@@ -362,3 +362,44 @@ test.serial('the socket file gets its mode (0600 by default, whatever the umask)
   await newer.close();
   t.throws(() => statSync(path), { code: 'ENOENT' });
 });
+
+test('READ data and WRITE payloads of up to a slot go through the export\'s registered memory (views of what allocBuffer gave), larger ones the plain path; with more in flight than slots, and slots reused, every byte is right', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'upci-nbd-slots-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const disk = fakeBlockDevice('disk-s');
+  let registered: ArrayBufferLike | undefined;
+  const seen = { registered: 0, plain: 0 };
+  const count = (buffer: Uint8Array | undefined) => (buffer !== undefined && buffer.buffer === registered ? seen.registered++ : seen.plain++);
+  const device = Object.assign(Object.create(disk.device) as typeof disk.device, {
+    allocBuffer: (bytes: number) => {
+      const memory = disk.device.allocBuffer(bytes);
+      registered = memory.bytes.buffer;
+      return memory;
+    },
+    read: (lba: number, blocks: number, into?: Uint8Array) => {
+      count(into);
+      return disk.device.read(lba, blocks, into);
+    },
+    write: (lba: number, data: Uint8Array) => {
+      count(data);
+      return disk.device.write(lba, data);
+    },
+  });
+  const server = await NbdServer.listen(join(dir, 's.sock'), [{ name: 's', device }]);
+  t.teardown(() => server.close());
+  const client = await NbdClient.open(server.socketPath, 's');
+  const pattern = (n: number, bytes: number) => Buffer.from(Array.from({ length: bytes }, (_, i) => (i * 31 + n * 7) & 0xff));
+  // 96 writes of 8 KiB at once (more than the 64 slots), then 96 reads of them at once.
+  const blocks = Array.from({ length: 96 }, (_, n) => ({ offset: (1000 + 16 * n) * 512, data: pattern(n, 8 * KiB) }));
+  await within(20_000, Promise.all(blocks.map((b) => client.write(b.offset, b.data))), 'the writes');
+  const back = await within(20_000, Promise.all(blocks.map((b) => client.read(b.offset, b.data.length))), 'the reads');
+  back.forEach((data, n) => t.deepEqual(data, blocks[n]!.data, `block ${n} reads back what was written`));
+  t.true(seen.registered >= 128, `requests on registered memory: ${seen.registered}`);
+  // One of 256 KiB, more than a slot: the plain path, and still right.
+  const big = pattern(99, 256 * KiB);
+  const plainBefore = seen.plain;
+  await client.write(2048 * 512, big);
+  t.deepEqual(await client.read(2048 * 512, big.length), big);
+  t.is(seen.plain - plainBefore, 2, 'the 256 KiB write and read took the plain path');
+  await client.disconnect();
+});
