@@ -324,6 +324,52 @@ test.serial('`upci run --watch` reloads the nvme driver with edited code under a
   t.false(existsSync(dev), 'the disk is removed at SIGINT');
 });
 
+/** mkfs.ext4 on `dev`, `files` copied in, fsck -n clean after the unmount, and each file where ext4 put it in the namespace's backing image. */
+async function fileSystemOn(t: ExecutionContext, dev: string, image: string, files: readonly { name: string; data: Uint8Array }[]): Promise<void> {
+  const mnt = mkdtempSync(join(tmpdir(), 'upci-fs-mnt-'));
+  await sh(t, 'mkfs.ext4', ['-q', '-F', '-E', 'lazy_itable_init=1,lazy_journal_init=1', dev]);
+  await sh(t, 'mount', ['-t', 'ext4', dev, mnt]);
+  let mounted = true;
+  try {
+    for (const f of files) writeFileSync(join(mnt, f.name), f.data);
+    await sh(t, 'umount', [mnt]);
+    mounted = false;
+    await sh(t, 'fsck.ext4', ['-n', '-f', dev]);
+    await sh(t, 'mount', ['-t', 'ext4', '-o', 'ro', dev, mnt]);
+    mounted = true;
+    for (const f of files) t.is(sha256(readFileSync(join(mnt, f.name))), sha256(f.data), `${dev}: ${f.name} after the remount`);
+    t.deepEqual(await misplacedInImage(t, join(OUT, `${image}.img`), mnt, files), [], `${dev}: every file's bytes are in ${image}.img where ext4 put them`);
+  } finally {
+    if (mounted) await sh(t, 'umount', [mnt]);
+  }
+}
+
+test.serial('a config with a ublk export of one namespace and an nbd export of the other: on each, mkfs.ext4, mount, copy files, unmount, fsck -n clean, and every file in the host\'s backing image where ext4 put it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'upci-exports-'));
+  const id = UBLK_ID + 3;
+  const ublk = `/dev/ublkb${id}`;
+  const socket = join(dir, 'nvme0n2.sock');
+  const nbd = '/dev/nbd2';
+  const upci = upciRun(t, dir, {
+    watchdogMs: 3000,
+    devices: [{ address: NVME0, name: 'nvme0', driver: 'nvme', options: { ioQueues: 1, queueDepth: 32 } }],
+    exports: [{ ublk: 'nvme0n1', id }, { nbd: 'nvme0n2', socket }],
+  });
+  await upci.waitFor('the ublk export opened', / export ublk nvme0n1 at \S+ open: /, 240_000);
+  const opened = await upci.waitFor('the nbd export opened', / export nbd nvme0n2 at \S+ open: \d+ blocks of (\d+) B/, 240_000);
+  const files = (seed: number) => Array.from({ length: 10 }, (_, i) => ({ name: `f${i}`, data: pattern(MiB + 4096 * i, seed + i) }));
+  await fileSystemOn(t, ublk, 'nvme0n1', files(3000));
+  await sh(t, 'nbd-client', ['-N', 'nvme0n2', '-b', opened[1]!, '-u', socket, nbd]);
+  try {
+    await fileSystemOn(t, nbd, 'nvme0n2', files(4000));
+  } finally {
+    await sh(t, 'nbd-client', ['-d', nbd]);
+  }
+  t.is(await upci.stop(), 0);
+  t.false(existsSync(ublk), 'the ublk disk is removed at SIGINT');
+  t.false(existsSync(socket), 'the socket file is gone');
+});
+
 test.serial('a tap export from the config: the TAP interface is made and set up, ping -6 to the link partner over IPv6 link-local answers, 50 MB over TCP arrive intact, no IPv4 on it; the interface is deleted at SIGINT', async (t) => {
   const peer = await KernelPeer.open(KERNEL_NIC);
   t.teardown(() => peer.close());

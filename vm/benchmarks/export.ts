@@ -183,7 +183,7 @@ async function guest(quick: boolean): Promise<number> {
   const rows = JOBS.map((job) => `| ${job.name} | ${cells.get(job.name)!.join(' | ')} |`);
   const tap = await tapRows(dir);
   process.stdout.write([
-    `Exports: fio (io_uring, direct=1), ${seconds} s per row after a 1 s ramp; upci's nvme driver (own thread) on ${guestAddress(upciController)} exported from the config as /dev/ublkb${UBLK_ID} (served in the driver's thread) and ${NBD}, the kernel's nvme on the identical ${guestAddress(kernelController)} (TCG guest)`,
+    `Exports: fio (io_uring, direct=1), ${seconds} s per row after a 1 s ramp; upci's nvme driver (own thread) on ${guestAddress(upciController)} exported from the config as /dev/ublkb${UBLK_ID} (served in the driver's thread) and ${NBD} (its server in a thread of its own, on registered slots), the kernel's nvme on the identical ${guestAddress(kernelController)} (TCG guest)`,
     '',
     '| job | kernel nvme | ublk (× kernel) | NBD (× kernel) | ublk, driver polled (× kernel, measured again) |',
     '|---|---|---|---|---|',
