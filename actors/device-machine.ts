@@ -40,7 +40,7 @@ import { restartDelay } from './backoff.js';
 import type { Supervision } from './config.js';
 import { AttachedBus, stopBusMaster } from './driver-bus.js';
 import { sourceOf } from './driver-source.js';
-import type { ServiceLink, ServiceRegistry } from './service-registry.js';
+import type { ServiceLink, ServiceRegistry } from '../services/service-registry.js';
 import { DriverThread, LOAD_TIMEOUT_MS, type QuiesceReport, type Silence } from './driver-worker.js';
 import { attachOverran, bounded, cleanDetach } from './phase-bounds.js';
 import type { DeviceMeter } from './meter.js';
@@ -115,7 +115,7 @@ export interface DeviceActorInput {
   readonly name: string;
   /** Where the entry is in the config (`devices[1]`), for errors that name an option. */
   readonly configPath: string;
-  /** The host's services (actors/service-registry.ts): a driver thread gets a link of its own, a driver here the main thread's. */
+  /** The host's services (services/service-registry.ts): a driver thread gets a link of its own, a driver here the main thread's. */
   readonly services: ServiceRegistry;
 }
 

@@ -12,12 +12,12 @@ import type { ConfigHeader } from '../pci/config.js';
 import type { Bar, PciDevice } from '../pci/device.js';
 import { Interrupts, type InterruptEvent, type InterruptOptions, type InterruptType, type InterruptVector } from '../pci/intr.js';
 import type { PacketBinding, PacketEndpoint, PacketPort } from '../drivers/packet.js';
-import { NetPort, PACKET_WAIT_MS } from './net-port.js';
-import { LocalPacketSource, packetService } from './packet-service.js';
+import { NetPort, PACKET_WAIT_MS } from '../services/net-port.js';
+import { LocalPacketSource, packetService } from '../services/packet-service.js';
 import type { BlockDevice } from '../drivers/block.js';
 import { quiesce } from '../pci/teardown.js';
-import { blockService } from './block-service.js';
-import type { ServiceAccess } from './service.js';
+import { blockService } from '../services/block-service.js';
+import type { ServiceAccess } from '../services/service.js';
 
 /** What a DriverBus reports as the driver uses it: DeviceMeter in the driver's thread, or the shared ledger of its worker. */
 export interface BusMeter {
@@ -31,7 +31,7 @@ export interface BusMeter {
 export interface BusHooks {
   readonly name: string;
   readonly watchdogMs: number;
-  /** The services of the thread the driver runs in (actors/service.ts). */
+  /** The services of the thread the driver runs in (services/service.ts). */
   readonly services: ServiceAccess;
   readonly meter: BusMeter;
   /** An INTx event was not acked within watchdogMs: the driver is hung with the line masked. */

@@ -7,7 +7,7 @@
  * that loop advances, and the ledger of what the driver holds, are in shared
  * memory: the main thread supervises through them, not through this thread.
  * The services the driver provides and consumes go through this thread's
- * own link to the main thread's registry (actors/service.ts).
+ * own link to the main thread's registry (services/service.ts).
  */
 import { getHeapStatistics } from 'node:v8';
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
@@ -25,7 +25,7 @@ import { currentThreadId } from '../kernel/thread-wait.js';
 import { importDriver, type DriverSource } from './driver-source.js';
 import { cleanDetach } from './phase-bounds.js';
 import type { AnyDriver } from '../drivers/contract.js';
-import { ThreadServices } from './service.js';
+import { ThreadServices } from '../services/service.js';
 
 export interface DriverThreadData {
   readonly device: SharedDevice;

@@ -27,7 +27,7 @@ import { SilenceMeter } from './silence-meter.js';
 import type { Supervision } from './config.js';
 import { DriverLedger } from './driver-ledger.js';
 import type { DriverSource } from './driver-source.js';
-import type { ServiceLink } from './service-registry.js';
+import type { ServiceLink } from '../services/service-registry.js';
 import type { DriverThreadData, HostMessage, ThreadMessage } from './driver-thread.js';
 import type { ThreadStats, ThreadView } from './meter.js';
 

@@ -7,12 +7,12 @@
  * The peer is untrusted. Nothing it sends is parsed: more than MAX_INPUT bytes of it close the connection. A peer
  * that does not read is dropped once MAX_BEHIND bytes wait for it, so it costs at most that, and never slows the
  * host or the other peers; at most MAX_PEERS are served at once. The socket file is its owner's only unless `mode`
- * says otherwise (actors/unix-socket.ts: no window with wider permissions).
+ * says otherwise (exports/unix-socket.ts: no window with wider permissions).
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Observable, Subscription } from 'rxjs';
 import type { HostEvent } from './events.js';
-import { listenPrivately, removeIfOurs, socketMode, type SocketFile } from './unix-socket.js';
+import { listenPrivately, removeIfOurs, socketMode, type SocketFile } from '../exports/unix-socket.js';
 
 const MAX_INPUT = 4096;
 /** Bytes queued for one peer before it is dropped: a few seconds of events of a busy host. */

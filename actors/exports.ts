@@ -26,15 +26,15 @@ import { UpciError } from '../kernel/errors.js';
 import type { PciAddress } from '../kernel/pci-address.js';
 import type { HostEvent } from './events.js';
 import type { ExportEntry, ExportKindName, NbdExportEntry, TapExportEntry, UblkExportEntry } from './export-config.js';
-import { firstProvided as firstProvidedUntil } from './first-provided.js';
-import type { FromNbdThread, NbdThreadData, ToNbdThread } from './nbd-export-thread.js';
-import type { ServiceLink } from './service-registry.js';
-import type { TapBesideSetup, ToTapBeside } from './tap-export.js';
+import { firstProvided as firstProvidedUntil } from '../exports/first-provided.js';
+import type { FromNbdThread, NbdThreadData, ToNbdThread } from '../exports/nbd-export-thread.js';
+import type { ServiceLink } from '../services/service-registry.js';
+import type { TapBesideSetup, ToTapBeside } from '../exports/tap-export.js';
 import { openTap, type Tap } from '../kernel/linux/tap.js';
 import { parseMac } from '../drivers/packet.js';
-import type { BesideHandle, BesideTask } from './service.js';
-import { UblkControl, UblkDisk } from './ublk-control.js';
-import type { FromUblkQueue, ToUblkQueue, UblkBesideSetup } from './ublk-queue.js';
+import type { BesideHandle, BesideTask } from '../services/service.js';
+import { UblkControl, UblkDisk } from '../exports/ublk-control.js';
+import type { FromUblkQueue, ToUblkQueue, UblkBesideSetup } from '../exports/ublk-queue.js';
 
 /** What the exports need of the host. */
 export interface ExportHost {
@@ -89,8 +89,8 @@ const NBD_CLOSE_MS = 5_000;
 const firstProvided = <T>(context: OpenContext, ask: (timeoutMs: number) => Promise<T>): Promise<T | undefined> =>
   firstProvidedUntil(context.stopped, ask);
 
-/** The queue of a ublk disk, served beside its block device (actors/ublk-queue.ts serveBeside). */
-const UBLK_QUEUE: BesideTask<undefined> = { module: new URL('./ublk-queue.js', import.meta.url).href, args: undefined };
+/** The queue of a ublk disk, served beside its block device (exports/ublk-queue.ts serveBeside). */
+const UBLK_QUEUE: BesideTask<undefined> = { module: new URL('../exports/ublk-queue.js', import.meta.url).href, args: undefined };
 
 /** The tag a config's ublk export puts on its disk, so that the next `upci run` of it takes the disk over. */
 const ublkTag = (entry: UblkExportEntry): bigint =>
@@ -216,7 +216,7 @@ const ublk: Opener<UblkExportEntry> = {
   },
 };
 
-const NBD_THREAD = new URL('./nbd-export-thread.js', import.meta.url);
+const NBD_THREAD = new URL('../exports/nbd-export-thread.js', import.meta.url);
 
 /** The NBD export's thread's next message of one of `types`, or why it ended first. */
 function fromNbdThread<T extends FromNbdThread['type']>(worker: Worker, types: readonly T[]): Promise<Extract<FromNbdThread, { type: T }> | { type: 'ended'; message: string }> {
@@ -240,7 +240,7 @@ function fromNbdThread<T extends FromNbdThread['type']>(worker: Worker, types: r
 }
 
 /**
- * The NBD export runs in a thread of its own (actors/nbd-export-thread.ts), its block device straight from the
+ * The NBD export runs in a thread of its own (exports/nbd-export-thread.ts), its block device straight from the
  * provider's thread: it waits there for the provider, follows its incarnations and reports each.
  */
 const nbd: Opener<NbdExportEntry> = {
@@ -281,8 +281,8 @@ const nbd: Opener<NbdExportEntry> = {
   },
 };
 
-/** The TAP export, served beside its NIC (actors/tap-export.ts serveBeside). */
-const tapTask = (entry: TapExportEntry): BesideTask<{ portName: string }> => ({ module: new URL('./tap-export.js', import.meta.url).href, args: { portName: entry.service } });
+/** The TAP export, served beside its NIC (exports/tap-export.ts serveBeside). */
+const tapTask = (entry: TapExportEntry): BesideTask<{ portName: string }> => ({ module: new URL('../exports/tap-export.js', import.meta.url).href, args: { portName: entry.service } });
 
 const tap: Opener<TapExportEntry> = {
   target: (entry) => entry.ifname,

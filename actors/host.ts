@@ -36,10 +36,10 @@ import type { HostEvent } from './events.js';
 import { DeviceMeter, type ThreadStats } from './meter.js';
 import { moduleFileOf } from './driver-source.js';
 import type { PacketPort } from '../drivers/packet.js';
-import { NetPort, PACKET_WAIT_MS } from './net-port.js';
-import { packetService } from './packet-service.js';
-import { blockService } from './block-service.js';
-import { ServiceRegistry } from './service-registry.js';
+import { NetPort, PACKET_WAIT_MS } from '../services/net-port.js';
+import { packetService } from '../services/packet-service.js';
+import { blockService } from '../services/block-service.js';
+import { ServiceRegistry } from '../services/service-registry.js';
 import { pcieErrorCause } from './pcie-error.js';
 import { HostExports } from './exports.js';
 

@@ -98,7 +98,7 @@ export interface BlockDevice extends BlockGeometry {
    * allocBuffer()) is DMAed directly, with no copy and no map; so is
    * `data` of write(). Any other buffer is copied through the driver's
    * pre-mapped bounce buffers (and, from another thread than the driver's,
-   * through the service's shared bounce area: actors/block-service.ts).
+   * through the service's shared bounce area: services/block-service.ts).
    */
   read(lba: number, blocks: number, into?: Uint8Array): Promise<Uint8Array>;
   /** Writes `data` (a whole number of blocks, at least one) at `lba`; resolves once the device completed it. */
@@ -133,6 +133,31 @@ export class BlockRequestError extends UpciError {
 export class BlockGoneError extends Error {
   override readonly name: string = 'BlockGoneError';
 }
+
+/**
+ * How a driver's error class crosses to another thread as itself (the
+ * block service's error areas, services/block-service.ts): the fields it
+ * carries, and the error made again from them (its message is then set to
+ * the original's). The service layer knows no driver: a driver registers
+ * its classes with crossesThreads() where it defines them. In a thread
+ * that has not loaded the driver's module the error arrives as an Error
+ * with the same name and message.
+ */
+export interface ErrorCodec<E extends Error = Error> {
+  readonly is: (e: Error) => e is E;
+  readonly fields: (e: E) => readonly unknown[];
+  readonly make: (fields: readonly unknown[]) => E;
+}
+
+const crossing = new Map<string, ErrorCodec>();
+
+/** Registers how the class named `name` crosses threads; register a subclass before its parent (the first match is used). */
+export function crossesThreads<E extends Error>(name: string, codec: ErrorCodec<E>): void {
+  crossing.set(name, codec as unknown as ErrorCodec);
+}
+
+/** The driver error classes registered in this thread, by name, in the order registered. */
+export const crossingErrors: ReadonlyMap<string, ErrorCodec> = crossing;
 
 /**
  * The checks every block device makes before a request goes anywhere (the

@@ -97,7 +97,7 @@ export interface DriverBus {
    * Offers a block device, under its name, to the host's programs
    * (DriverHost.blockDevice) and to other drivers (blockDevice below), in
    * any thread, until the host takes this device back. Each consumer thread
-   * gets an export of its own (shared-memory rings, actors/block-service.ts)
+   * gets an export of its own (shared-memory rings, services/block-service.ts)
    * when it first asks; the device itself stays in this driver's thread.
    */
   provideBlockDevice(device: BlockDevice): void;
@@ -118,7 +118,7 @@ export interface DriverBus {
    * name until the host takes the device back; returns what the driver
    * reports its frames, link and counters to. Programs reach it with
    * DriverHost.packetPort(name); from another thread, frames cross by
-   * reference over shared-memory rings (actors/packet-service.ts).
+   * reference over shared-memory rings (services/packet-service.ts).
    */
   providePacketPort(binding: PacketBinding): PacketEndpoint;
   /**
@@ -164,7 +164,7 @@ export interface DriverModule<S extends OptionsSchema = OptionsSchema, R = unkno
    * host's main thread, for a driver that hands the host objects no ring
    * carries (block devices and packet ports do cross: provideBlockDevice and
    * providePacketPort in a driver thread are served to every other thread
-   * through shared-memory rings, actors/service.ts). A hang in a 'main'
+   * through shared-memory rings, services/service.ts). A hang in a 'main'
    * driver stops the whole host.
    */
   readonly thread?: 'own' | 'main';

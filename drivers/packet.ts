@@ -12,7 +12,7 @@
  *   copies each frame once, into a transmit buffer the driver posts by its
  *   bus address.
  *
- * Between the two, actors/packet-service.ts: shared-memory rings, one slot
+ * Between the two, services/packet-service.ts: shared-memory rings, one slot
  * per frame each way, and a message only for what is rare (link changes,
  * filters).
  */

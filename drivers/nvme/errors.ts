@@ -4,7 +4,7 @@
  * in time, a request refused before it reached the controller, and requests
  * cut off by a reset or the driver's detach.
  */
-import { BlockGoneError } from '../block.js';
+import { BlockGoneError, crossesThreads } from '../block.js';
 
 export { BlockRequestError } from '../block.js';
 
@@ -79,3 +79,20 @@ export class NvmeGoneError extends BlockGoneError {
     super(`nvme: ${command} did not complete: ${reason}`);
   }
 }
+
+// Across threads these arrive as themselves (services/block-service.ts), subclasses first.
+crossesThreads('NvmeStatusError', {
+  is: (e): e is NvmeStatusError => e instanceof NvmeStatusError,
+  fields: (e) => [e.command, e.sct, e.sc, e.dnr],
+  make: ([command, sct, sc, dnr]) => new NvmeStatusError(command as string, sct as number, sc as number, dnr as boolean),
+});
+crossesThreads('NvmeTimeoutError', {
+  is: (e): e is NvmeTimeoutError => e instanceof NvmeTimeoutError,
+  fields: (e) => [e.command, e.timeoutMs],
+  make: ([command, timeoutMs]) => new NvmeTimeoutError(command as string, timeoutMs as number, ''),
+});
+crossesThreads('NvmeGoneError', {
+  is: (e): e is NvmeGoneError => e instanceof NvmeGoneError,
+  fields: (e) => [e.command],
+  make: ([command]) => new NvmeGoneError(command as string, ''),
+});

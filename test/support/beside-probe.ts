@@ -6,7 +6,7 @@
  */
 import { MessageChannel, threadId, type MessagePort } from 'node:worker_threads';
 import type { BlockDevice } from '../../drivers/block.js';
-import type { ServeBeside } from '../../actors/service.js';
+import type { ServeBeside } from '../../services/service.js';
 
 export interface BesideProbeSetup {
   readonly threadId: number;

@@ -6,7 +6,7 @@
  * worker terminated, the link closed.
  */
 import { Worker } from 'node:worker_threads';
-import type { ServiceRegistry } from '../../actors/service-registry.js';
+import type { ServiceRegistry } from '../../services/service-registry.js';
 import type { ServiceCommand, ServiceThreadStats } from './service-thread.js';
 import { within } from './bounded.js';
 

@@ -1,13 +1,13 @@
 /**
  * A worker thread serving a fake block device (test/support/fake-block-device.ts)
- * through actors/block-service.ts directly, for the proxy's unit tests. It
+ * through services/block-service.ts directly, for the proxy's unit tests. It
  * counts the messages it posts; {type:'stats'} gets the count back, with
  * its rings' wake-up counts and the fake's registrations; {type:'meter'}
  * opens an allocation meter (vm/benchmarks/allocation.ts) on this thread
  * and the next one closes it and answers what this thread allocated.
  */
 import { MessagePort, parentPort } from 'node:worker_threads';
-import { serveBlockDevice } from '../../actors/block-service.js';
+import { serveBlockDevice } from '../../services/block-service.js';
 import { ringWakeUps } from '../../shm/ring.js';
 import { startAllocationMeter, type Allocation } from '../../vm/benchmarks/allocation.js';
 import { fakeBlockDevice } from './fake-block-device.js';

@@ -1,6 +1,6 @@
 /**
  * A worker thread serving a fake NIC (memory, no hardware) through
- * actors/packet-service.ts, for the proxy's unit tests. Its "wire" is the
+ * services/packet-service.ts, for the proxy's unit tests. Its "wire" is the
  * test's commands:
  * - {type:'receive', count, from, drop}: delivers frames numbered
  *   from..from+count-1 (the number in bytes 0..3, the length 60 + n % 64),
@@ -18,7 +18,7 @@
  * It counts the messages this thread posts.
  */
 import { MessagePort, parentPort, workerData } from 'node:worker_threads';
-import { LocalPacketSource, packetService } from '../../actors/packet-service.js';
+import { LocalPacketSource, packetService } from '../../services/packet-service.js';
 import type { LinkState, Mac, PacketBinding, RxFrame } from '../../drivers/packet.js';
 import { allocShared } from '../../shm/mapping.js';
 import { ringWakeUps } from '../../shm/ring.js';

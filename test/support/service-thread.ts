@@ -10,7 +10,7 @@
 import { MessagePort, parentPort, workerData } from 'node:worker_threads';
 import { AttachedBus } from '../../actors/driver-bus.js';
 import { DeviceMeter } from '../../actors/meter.js';
-import { ThreadServices } from '../../actors/service.js';
+import { ThreadServices } from '../../services/service.js';
 import type { BlockDevice } from '../../drivers/block.js';
 import type { PacketBinding, PacketPort, RxFrame } from '../../drivers/packet.js';
 import { allocShared } from '../../shm/mapping.js';

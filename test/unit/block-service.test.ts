@@ -1,12 +1,12 @@
 /**
  * The shared-memory ring (shm/ring.ts) and the block service over it
- * (actors/block-service.ts): a BlockProxy in this thread against a fake
+ * (services/block-service.ts): a BlockProxy in this thread against a fake
  * block device served from a real worker thread.
  */
 import test from 'ava';
 import { Worker } from 'node:worker_threads';
 import { Subject } from 'rxjs';
-import { BlockProxy, serveBlockDevice, type BlockServiceSetup } from '../../actors/block-service.js';
+import { BlockProxy, serveBlockDevice, type BlockServiceSetup } from '../../services/block-service.js';
 import { BlockGoneError, type BlockCompletion, type BlockDevice, type BlockEnd, type RegisteredBuffer } from '../../drivers/block.js';
 import { NvmeStatusError } from '../../drivers/nvme/errors.js';
 import { UpciError } from '../../kernel/errors.js';

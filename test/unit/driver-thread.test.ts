@@ -20,7 +20,7 @@ import { rememberSource } from '../../actors/driver-source.js';
 import { DriverThread } from '../../actors/driver-worker.js';
 import type { HostEvent } from '../../actors/events.js';
 import { DriverHost } from '../../actors/host.js';
-import { ServiceRegistry } from '../../actors/service-registry.js';
+import { ServiceRegistry } from '../../services/service-registry.js';
 import type { AnyDriver } from '../../drivers/contract.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
 import { PciDevice } from '../../pci/device.js';

@@ -6,9 +6,9 @@
  * services for each incarnation, as the host's exports do.
  */
 import test from 'ava';
-import { blockService } from '../../actors/block-service.js';
-import { FollowingBlockDevice, type FollowOptions } from '../../actors/following-block-device.js';
-import { ServiceRegistry } from '../../actors/service-registry.js';
+import { blockService } from '../../services/block-service.js';
+import { FollowingBlockDevice, type FollowOptions } from '../../exports/following-block-device.js';
+import { ServiceRegistry } from '../../services/service-registry.js';
 import { BlockGoneError } from '../../drivers/block.js';
 import { UpciError } from '../../kernel/errors.js';
 import { until, within } from '../support/bounded.js';

@@ -1,5 +1,5 @@
 /**
- * The NBD server (actors/nbd-server.ts) against hostile clients, over a real
+ * The NBD server (exports/nbd-server.ts) against hostile clients, over a real
  * unix socket, serving two in-memory block devices (exports "a" and "b").
  * In each case the hostile connection costs only itself: the server's
  * memory stays within the bound the module states (its own count,
@@ -11,7 +11,7 @@ import { mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, w
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { NbdServer, type NbdServerOptions } from '../../actors/nbd-server.js';
+import { NbdServer, type NbdServerOptions } from '../../exports/nbd-server.js';
 import { UpciError } from '../../kernel/errors.js';
 import { fakeBlockDevice, type FakeBlockDevice } from '../support/fake-block-device.js';
 import { until, within } from '../support/bounded.js';
@@ -19,7 +19,7 @@ import { ByteStream, NBD, NbdClient, connectTo, go, greet, option, request } fro
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-/** The server's own constants (actors/nbd-server.ts), for the bounds it states. */
+/** The server's own constants (exports/nbd-server.ts), for the bounds it states. */
 const MAX_REQUEST = 32 * MiB;
 const READ_AHEAD = 64 * KiB;
 /** What Node's stream hands the reader at once beyond READ_AHEAD: one socket read. */

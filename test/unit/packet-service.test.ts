@@ -1,14 +1,14 @@
 /**
- * The packet service (actors/packet-service.ts: packetService's serve and
- * proxy) and the consumer's port over it (actors/net-port.ts): a NetPort in
+ * The packet service (services/packet-service.ts: packetService's serve and
+ * proxy) and the consumer's port over it (services/net-port.ts): a NetPort in
  * this thread over proxies of a fake NIC served from a real worker thread
  * (test/support/fake-packet-worker.ts). The services' own part (who asks
  * whom for an export) is test/unit/services.test.ts's.
  */
 import test from 'ava';
 import { Worker } from 'node:worker_threads';
-import { NetPort } from '../../actors/net-port.js';
-import { LocalPacketSource, packetService, type PacketProxy, type PacketServiceSetup, type PacketSource } from '../../actors/packet-service.js';
+import { NetPort } from '../../services/net-port.js';
+import { LocalPacketSource, packetService, type PacketProxy, type PacketServiceSetup, type PacketSource } from '../../services/packet-service.js';
 import type { PacketBinding, RxFrame } from '../../drivers/packet.js';
 import { UpciError } from '../../kernel/errors.js';
 import { allocShared } from '../../shm/mapping.js';

@@ -17,7 +17,7 @@
  */
 import test from 'ava';
 import { Worker } from 'node:worker_threads';
-import { BlockProxy, type BlockServiceSetup } from '../../actors/block-service.js';
+import { BlockProxy, type BlockServiceSetup } from '../../services/block-service.js';
 import { ringWakeUps } from '../../shm/ring.js';
 import { startAllocationMeter, type Allocation } from '../../vm/benchmarks/allocation.js';
 import { within } from '../support/bounded.js';

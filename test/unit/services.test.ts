@@ -1,5 +1,5 @@
 /**
- * The service layer (actors/service.ts, actors/service-registry.ts) across
+ * The service layer (services/service.ts, services/service-registry.ts) across
  * real worker threads: "driver threads" on fake devices
  * (test/support/service-thread.ts, a DriverBus whose services go through
  * the thread's own link to this thread's ServiceRegistry), providing and
@@ -8,13 +8,13 @@
  * link closed.
  */
 import test from 'ava';
-import { blockService } from '../../actors/block-service.js';
-import { ServiceRegistry } from '../../actors/service-registry.js';
+import { blockService } from '../../services/block-service.js';
+import { ServiceRegistry } from '../../services/service-registry.js';
 import { BlockGoneError, type BlockDevice } from '../../drivers/block.js';
 import type { PacketsSeen } from '../support/service-thread.js';
 import { driverThread, type DriverThreadFake } from '../support/driver-thread-fake.js';
-import { NetPort } from '../../actors/net-port.js';
-import { packetService } from '../../actors/packet-service.js';
+import { NetPort } from '../../services/net-port.js';
+import { packetService } from '../../services/packet-service.js';
 import { fakeBlockDevice } from '../support/fake-block-device.js';
 import { until, untilAnswer, within } from '../support/bounded.js';
 import { wokenByNotify } from '../support/wake-ups.js';

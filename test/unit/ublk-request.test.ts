@@ -7,7 +7,7 @@
 import test from 'ava';
 import { Subject } from 'rxjs';
 import type { BlockCompletion, BlockDevice } from '../../drivers/block.js';
-import { serveUblkRequest } from '../../actors/ublk-queue.js';
+import { serveUblkRequest } from '../../exports/ublk-queue.js';
 import * as abi from '../../kernel/linux/ublk-abi.js';
 
 const EIO = 5;

@@ -11,7 +11,7 @@ import test, { type ExecutionContext } from 'ava';
 import { execFile, execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { TapExport } from '../../actors/tap-export.js';
+import { TapExport } from '../../exports/tap-export.js';
 import { parseHostConfig } from '../../actors/config.js';
 import type { HostEvent } from '../../actors/events.js';
 import { DriverHost } from '../../actors/host.js';

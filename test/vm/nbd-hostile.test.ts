@@ -12,14 +12,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { NbdServer } from '../../actors/nbd-server.js';
+import { NbdServer } from '../../exports/nbd-server.js';
 import { fakeBlockDevice } from '../support/fake-block-device.js';
 import { until, within } from '../support/bounded.js';
 
 const MiB = 1024 * 1024;
 const exec = promisify(execFile);
 const hostileScript = fileURLToPath(new URL('./nbd-hostile-client.js', import.meta.url));
-/** The module's stated bound per connection with the default limits (actors/nbd-server.ts), and the server's (8 connections). */
+/** The module's stated bound per connection with the default limits (exports/nbd-server.ts), and the server's (8 connections). */
 const CONNECTION_BOUND = 32.4 * MiB;
 const SERVER_BOUND = 8 * CONNECTION_BOUND;
 

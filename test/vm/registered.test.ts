@@ -12,7 +12,7 @@
  * is the host's check of the cross-thread path).
  */
 import test, { type ExecutionContext } from 'ava';
-import { BlockProxy } from '../../actors/block-service.js';
+import { BlockProxy } from '../../services/block-service.js';
 import type { BlockDevice, RegisteredBuffer } from '../../drivers/block.js';
 import type { DriverRegistry } from '../../drivers/contract.js';
 import { builtinDrivers } from '../../drivers/index.js';

@@ -1,6 +1,6 @@
 /**
  * The ublk export in the 6.12 guest: upci's NVMe driver (in its own thread)
- * serves a namespace as /dev/ublkbN through actors/ublk-export.ts, and the
+ * serves a namespace as /dev/ublkbN through exports/ublk-export.ts, and the
  * kernel's own tools use it as a disk: mkfs.ext4 (which discards the whole
  * device first), mount, copy, unmount, fsck -n, and each file's bytes checked
  * in QEMU's backing image on the host, not only read back through the export.
@@ -13,7 +13,7 @@ import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { UblkExport } from '../../actors/ublk-export.js';
+import { UblkExport } from '../../exports/ublk-export.js';
 import { parsePciAddress } from '../../kernel/pci-address.js';
 import { bench } from './devices.js';
 import { run } from './host-run.js';

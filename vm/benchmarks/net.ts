@@ -8,7 +8,7 @@
 // filtered by the other NIC's address filter), so they measure the sender alone. Receive
 // rows have the other NIC send as fast as it can; they count what the receiver got.
 // The driver runs in its own thread; this script is its consumer in the main thread,
-// through the packet port's shared-memory rings (actors/packet-service.ts).
+// through the packet port's shared-memory rings (services/packet-service.ts).
 // CPU per packet: for upci the node process (all its threads: the driver's and this one,
 // user + system); for the kernel the peer process plus the guest's irq and softirq time,
 // where its driver runs (/proc/stat). Guest clock, TCG: ratios mean something, absolute

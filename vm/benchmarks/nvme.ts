@@ -8,7 +8,7 @@
 // Under TCG the emulated controller and QEMU's block layer do most of the work per I/O;
 // the ratios say how much upci adds or saves around them. upci's 'API' rows run the same
 // BlockDevice load on the driver in the main thread and in its own thread (through the
-// shared-memory rings of actors/block-service.ts): with a promise per read into unregistered
+// shared-memory rings of services/block-service.ts): with a promise per read into unregistered
 // shared memory (bounced), and on registered memory (no promise, no map, no copy).
 import type { BlockDevice } from '../../drivers/block.js';
 import { defaultDevices, findProjectRoot, guestAddress } from '../bench.js';
@@ -32,13 +32,13 @@ interface Row {
  * the namespace object, so the driver runs in the main thread for those
  * ('perf' rows); the BlockDevice API's own load (block-load.ts) runs on a
  * driver in the main thread and on one in its own thread, reached through
- * the host's BlockProxy (actors/block-service.ts): their difference is what
+ * the host's BlockProxy (services/block-service.ts): their difference is what
  * crossing threads costs.
  */
 async function upciRows(seconds: number): Promise<Record<string, Row>> {
   const { parseHostConfig } = await import('../../actors/config.js');
   const { DriverHost } = await import('../../actors/host.js');
-  const { BlockProxy } = await import('../../actors/block-service.js');
+  const { BlockProxy } = await import('../../services/block-service.js');
   const { builtinDrivers } = await import('../../drivers/index.js');
   const { nvmeDriver } = await import('../../drivers/nvme/index.js');
   const { NvmeNamespace } = await import('../../drivers/nvme/namespace.js');

@@ -1,5 +1,5 @@
 /**
- * A NIC driver's packet port as a service (actors/service.ts, kind
+ * A NIC driver's packet port as a service (services/service.ts, kind
  * 'packet'). In the driver's thread a LocalPacketSource wraps the driver's
  * PacketBinding (DriverBus.providePacketPort) and is what a consumer in that
  * same thread binds; a consumer in another thread gets a PacketProxy over
@@ -29,7 +29,7 @@
  * driver's thread is bound, is refused. When the incarnation ends, what the
  * rings still hold is lost (PacketSource.lost(): frames received and never
  * delivered, frames sent that the driver never took); the host's port
- * (actors/net-port.ts) adds it up with the incarnation's counters.
+ * (services/net-port.ts) adds it up with the incarnation's counters.
  */
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import {

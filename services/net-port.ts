@@ -1,7 +1,7 @@
 /**
  * A consumer's packet port of one NIC (DriverHost.packetPort(name)): the
  * PacketPort programs use, which outlives the driver's incarnations. It
- * asks the services for the port (kind 'packet', actors/packet-service.ts)
+ * asks the services for the port (kind 'packet', services/packet-service.ts)
  * and binds what it gets, the driver's own object in the same thread or a
  * proxy over rings in another; when that incarnation's device is taken
  * back it asks again, for the next one. The counters of the incarnations

@@ -1,5 +1,5 @@
 /**
- * The queue of a ublk disk (actors/ublk-control.ts makes the disk): the
+ * The queue of a ublk disk (exports/ublk-control.ts makes the disk): the
  * kernel puts each request of /dev/ublkbN in a descriptor area mapped from
  * /dev/ublkcN and completes one of our FETCH commands on an io_uring; we
  * serve it from a BlockDevice and answer with COMMIT_AND_FETCH, which also
@@ -7,7 +7,7 @@
  * thread's own event loop (workers/interrupt-watcher.ts): nothing polls.
  *
  * It runs where the data is: the host starts it beside the block device's
- * provider, in the driver's own thread (serveBeside(), actors/service.ts),
+ * provider, in the driver's own thread (serveBeside(), services/service.ts),
  * so a request goes from the kernel to the device and back with no other
  * thread in between. Each tag's data buffer is registered memory of the
  * device (BlockDevice.allocBuffer): the kernel copies a write's data into
@@ -33,7 +33,7 @@ import * as abi from '../kernel/linux/ublk-abi.js';
 import { UringCmdRing } from '../kernel/linux/uring-cmd.js';
 import { addressOf, allocShared, mapShared, PAGE_SIZE, revoke } from '../shm/mapping.js';
 import { holdFd, watchSource, type SourceWatch } from '../workers/interrupt-watcher.js';
-import type { ServeBeside } from './service.js';
+import type { ServeBeside } from '../services/service.js';
 import type { UblkGeometry } from './ublk-control.js';
 
 const EIO = 5;

@@ -1,5 +1,5 @@
 /**
- * The main thread's registry of services (actors/service.ts): who provides
+ * The main thread's registry of services (services/service.ts): who provides
  * (kind, name) now, and every export made of it, by consumer. Each thread
  * with services is linked to it by a MessagePort (link(): one per driver
  * incarnation in its own thread, plus the main thread's own `local`). When

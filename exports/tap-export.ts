@@ -28,9 +28,9 @@ import type { Subscription } from 'rxjs';
 import { ETHER_HEADER, MAX_FRAME, parseMac, type PacketPort } from '../drivers/packet.js';
 import { openTap, type Tap } from '../kernel/linux/tap.js';
 import { watchReadable, type SourceWatch } from '../workers/interrupt-watcher.js';
-import { NetPort } from './net-port.js';
-import type { PacketSource } from './packet-service.js';
-import type { ServeBeside } from './service.js';
+import { NetPort } from '../services/net-port.js';
+import type { PacketSource } from '../services/packet-service.js';
+import type { ServeBeside } from '../services/service.js';
 
 /** Frames read from the TAP per wake-up, sent through the port as one batch. */
 const BATCH = 32;

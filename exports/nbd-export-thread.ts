@@ -11,11 +11,11 @@
 import { mkdirSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
-import { blockService } from './block-service.js';
+import { blockService } from '../services/block-service.js';
 import { firstProvided } from './first-provided.js';
 import { FollowingBlockDevice } from './following-block-device.js';
 import { NbdServer } from './nbd-server.js';
-import { ThreadServices } from './service.js';
+import { ThreadServices } from '../services/service.js';
 
 export interface NbdThreadData {
   /** The thread's end of its service-registry link (ServiceRegistry.link). */

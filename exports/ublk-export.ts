@@ -1,7 +1,7 @@
 /**
  * A BlockDevice as /dev/ublkbN, for a program that holds the device in its
- * own thread: the disk (actors/ublk-control.ts) and its queue
- * (actors/ublk-queue.ts) together, here. The host's config exports do the
+ * own thread: the disk (exports/ublk-control.ts) and its queue
+ * (exports/ublk-queue.ts) together, here. The host's config exports do the
  * same with the queue beside the device's provider (actors/exports.ts).
  */
 import type { BlockDevice } from '../drivers/block.js';

@@ -31,22 +31,22 @@
  * Requests are checked in the proxy's thread (checkRequest) as the driver
  * would, so a bad one never reaches the ring. A failure in the driver's
  * thread arrives as the same error class with the same fields (the error's
- * name and fields as JSON in the tag's error area; the classes are listed
- * in ERRORS). When the host takes the device back, close() fails whatever
- * is pending with BlockGoneError and refuses anything new; the next
- * incarnation provides a new proxy.
+ * name and fields as JSON in the tag's error area: the service's own
+ * classes, and those the drivers registered with crossesThreads). When the
+ * host takes the device back, close() fails whatever is pending with
+ * BlockGoneError and refuses anything new; the next incarnation provides a
+ * new proxy.
  *
  * One proxy per export (a ring has one producer): another thread that wants
  * the device needs its own export. blockService is this pair as a service
- * kind (actors/service.ts), which makes one export per consumer thread on
+ * kind (services/service.ts), which makes one export per consumer thread on
  * demand and hands its setup over.
  */
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import {
-  BlockDeviceBase, BlockGoneError, BlockRequestError, RegisteredMemory, checkRequest,
-  type BlockDevice, type BlockGeometry, type BlockOperation, type RegisteredBuffer,
+  BlockDeviceBase, BlockGoneError, BlockRequestError, RegisteredMemory, checkRequest, crossingErrors,
+  type BlockDevice, type ErrorCodec, type BlockGeometry, type BlockOperation, type RegisteredBuffer,
 } from '../drivers/block.js';
-import { NvmeGoneError, NvmeStatusError, NvmeTimeoutError } from '../drivers/nvme/errors.js';
 import { UpciError, type UpciErrorCode } from '../kernel/errors.js';
 import { allocShared } from '../shm/mapping.js';
 import { createRing, RingConsumer, RingProducer } from '../shm/ring.js';
@@ -92,49 +92,31 @@ type PortMessage =
   | { readonly type: 'buffer'; readonly id: number; readonly buffer: SharedArrayBuffer }
   | { readonly type: 'forget'; readonly id: number };
 
-/** An error's fields as they crossed (JSON): each codec reads back what its `fields` wrote. */
-type Fields = readonly [never, never, never, never];
-
-interface ErrorCodec {
-  readonly is: (e: Error) => boolean;
-  readonly fields: (e: never) => readonly unknown[];
-  /** The error again from its fields; its message is then set to the original's. */
-  readonly make: (fields: Fields) => Error;
-}
-
 const fix = (e: UpciError) => e.fix ?? '';
 /** An UpciError's message without the fix line its constructor appends. */
 const bare = (e: UpciError) => (e.fix === undefined ? e.message : e.message.slice(0, e.message.length - `\n  fix: ${e.fix}`.length));
 
-/** The error classes that cross as themselves (by name; first match wins, so subclasses come first). */
-const ERRORS: Readonly<Record<string, ErrorCodec>> = {
-  NvmeStatusError: {
-    is: (e) => e instanceof NvmeStatusError,
-    fields: (e: NvmeStatusError) => [e.command, e.sct, e.sc, e.dnr],
-    make: ([command, sct, sc, dnr]: Fields) => new NvmeStatusError(command, sct, sc, dnr),
-  },
-  NvmeTimeoutError: {
-    is: (e) => e instanceof NvmeTimeoutError,
-    fields: (e: NvmeTimeoutError) => [e.command, e.timeoutMs],
-    make: ([command, timeoutMs]: Fields) => new NvmeTimeoutError(command, timeoutMs, ''),
-  },
-  NvmeGoneError: {
-    is: (e) => e instanceof NvmeGoneError,
-    fields: (e: NvmeGoneError) => [e.command],
-    make: ([command]: Fields) => new NvmeGoneError(command, ''),
-  },
-  BlockGoneError: { is: (e) => e instanceof BlockGoneError, fields: () => [], make: () => new BlockGoneError() },
-  BlockRequestError: {
-    is: (e) => e instanceof BlockRequestError,
-    fields: (e: BlockRequestError) => [bare(e), fix(e)],
-    make: ([message, fixLine]: Fields) => new BlockRequestError(message, fixLine),
-  },
-  UpciError: {
-    is: (e) => e instanceof UpciError,
-    fields: (e: UpciError) => [e.code, bare(e), e.fix],
-    make: ([code, message, fixLine]: Fields) => new UpciError(code as UpciErrorCode, message, fixLine),
-  },
-};
+/** The service's own error classes that cross as themselves (first match wins, so subclasses come first). */
+const OWN: ReadonlyMap<string, ErrorCodec> = new Map<string, ErrorCodec>([
+  ['BlockGoneError', { is: (e): e is BlockGoneError => e instanceof BlockGoneError, fields: () => [], make: () => new BlockGoneError() }],
+  ['BlockRequestError', {
+    is: (e): e is BlockRequestError => e instanceof BlockRequestError,
+    fields: (e) => [bare(e as BlockRequestError), fix(e as BlockRequestError)],
+    make: ([message, fixLine]) => new BlockRequestError(message as string, fixLine as string),
+  }],
+  ['UpciError', {
+    is: (e): e is UpciError => e instanceof UpciError,
+    fields: (e) => [(e as UpciError).code, bare(e as UpciError), (e as UpciError).fix],
+    make: ([code, message, fixLine]) => new UpciError(code as UpciErrorCode, message as string, fixLine as string | undefined),
+  }],
+]);
+
+/** The codec of `error`: the drivers' registered classes (subclasses of the service's own) first. */
+function codecOf(error: Error): [string, ErrorCodec] | undefined {
+  for (const entry of crossingErrors) if (entry[1].is(error)) return entry;
+  for (const entry of OWN) if (entry[1].is(error)) return entry;
+  return undefined;
+}
 
 interface EncodedError {
   readonly codec: string | undefined;
@@ -150,12 +132,12 @@ const decoder = new TextDecoder();
 /** Writes `e` into the error area at `offset`; returns the bytes written (at least 1). */
 function encodeError(e: unknown, area: Uint8Array): number {
   const error = e instanceof Error ? e : new Error(String(e));
-  const codec = Object.keys(ERRORS).find((name) => ERRORS[name]!.is(error));
+  const codec = codecOf(error);
   const encoded: EncodedError = {
-    codec,
+    codec: codec?.[0],
     name: error.name,
     message: error.message,
-    fields: codec === undefined ? [] : ERRORS[codec]!.fields(error as never),
+    fields: codec === undefined ? [] : codec[1].fields(error),
     stack: error.stack ?? '',
   };
   let json = JSON.stringify(encoded);
@@ -167,8 +149,8 @@ function encodeError(e: unknown, area: Uint8Array): number {
 
 function decodeError(bytes: Uint8Array): Error {
   const encoded = JSON.parse(decoder.decode(bytes)) as EncodedError;
-  const codec = encoded.codec === undefined ? undefined : ERRORS[encoded.codec];
-  const error = codec === undefined ? new Error() : codec.make(encoded.fields as unknown as Fields);
+  const codec = encoded.codec === undefined ? undefined : crossingErrors.get(encoded.codec) ?? OWN.get(encoded.codec);
+  const error = codec === undefined ? new Error() : codec.make(encoded.fields);
   error.message = encoded.message;
   if (codec === undefined && error.name !== encoded.name) Object.defineProperty(error, 'name', { value: encoded.name });
   error.stack = `${encoded.stack}\n    (in the driver's thread; reported through its block service)`;

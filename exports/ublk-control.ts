@@ -3,7 +3,7 @@
  * Linux 6.0+): commands on /dev/ublk-control that add /dev/ublkbN, give it
  * its geometry, start it, stop and delete it, and take it over again after
  * the process serving its queue died (user recovery). The queue itself, the
- * requests, are actors/ublk-queue.ts's, and may run in another thread.
+ * requests, are exports/ublk-queue.ts's, and may run in another thread.
  *
  * Every disk upci adds asks for user recovery with re-issue: when the task
  * serving its queue goes away (a driver thread restarted, the whole host

@@ -12,7 +12,7 @@
  *   (this module): a driver thread one of its own, the main thread one for
  *   the host's programs and the drivers that run there. Each is linked by a
  *   MessagePort to the main thread's ServiceRegistry
- *   (actors/service-registry.ts), which knows who provides what.
+ *   (services/service-registry.ts), which knows who provides what.
  * - A consumer asks for (kind, name); the registry asks the provider's
  *   thread for a NEW export (rings are single-producer, single-consumer: one
  *   export per consumer thread), relays its setup, and from then on the two
