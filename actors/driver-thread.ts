@@ -22,7 +22,7 @@ import type { InterruptType } from '../pci/intr.js';
 import { AttachedBus, type BusMeter } from './driver-bus.js';
 import { DriverLedger, oldGenerationBytes } from './driver-ledger.js';
 import { currentThreadId } from '../kernel/thread-wait.js';
-import { importDriver, type DriverSource } from './driver-source.js';
+import { importDriver, type DriverSource } from './driver-import.js';
 import { cleanDetach } from './phase-bounds.js';
 import type { AnyDriver } from '../drivers/contract.js';
 import { ThreadServices } from '../services/service.js';
