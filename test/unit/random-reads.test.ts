@@ -1,10 +1,10 @@
 /**
- * The one random-read load generator (drivers/random-reads.ts), on a fake
+ * The one random-read load generator (vm/benchmarks/random-reads.ts), on a fake
  * block device that ends each read a turn later: how many reads it keeps in
  * flight, where it reads, what it counts, and that it stops.
  */
 import test from 'ava';
-import { RandomReads } from '../../drivers/random-reads.js';
+import { RandomReads } from '../../vm/benchmarks/random-reads.js';
 
 /** 1000 blocks of 512 bytes; every 7th read fails; `refuseAfter` reads, it refuses to start any more. */
 function fakeDevice(refuseAfter = Infinity) {

@@ -1,5 +1,5 @@
 /**
- * The random-read load (drivers/random-reads.ts) on the BlockDevice API
+ * The random-read load (vm/benchmarks/random-reads.ts) on the BlockDevice API
  * itself (what NBD and programs use), two ways:
  *  - blockReads: each read a promise, each lane reading into a buffer of
  *    its own over shared memory (allocShared), not registered: the driver
@@ -11,7 +11,7 @@
  * thread is what crossing threads costs.
  */
 import type { BlockDevice } from '../../drivers/block.js';
-import { RandomReads, type RandomReadOptions, type RandomReadResult } from '../../drivers/random-reads.js';
+import { RandomReads, type RandomReadOptions, type RandomReadResult } from './random-reads.js';
 import { allocShared } from '../../shm/mapping.js';
 
 export function blockReads(device: BlockDevice, options: RandomReadOptions): Promise<RandomReadResult> {

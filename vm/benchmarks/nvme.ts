@@ -1,5 +1,5 @@
 // NVMe benchmark: 4 KiB random reads at queue depth 1 and 32 on two identical emulated
-// controllers in one VM run: upci's driver with its own load generator (drivers/nvme/perf.ts,
+// controllers in one VM run: upci's driver with its own load generator (vm/benchmarks/nvme-perf.ts,
 // like SPDK's perf) on one, the guest kernel's nvme driver under fio (io_uring, direct=1) on
 // the other.
 //
@@ -28,7 +28,7 @@ interface Row {
 }
 
 /**
- * upci's rows: its SPDK-style load generator (drivers/nvme/perf.ts) needs
+ * upci's rows: its SPDK-style load generator (vm/benchmarks/nvme-perf.ts) needs
  * the namespace object, so the driver runs in the main thread for those
  * ('perf' rows); the BlockDevice API's own load (block-load.ts) runs on a
  * driver in the main thread and on one in its own thread, reached through
@@ -42,7 +42,7 @@ async function upciRows(seconds: number): Promise<Record<string, Row>> {
   const { builtinDrivers } = await import('../../drivers/index.js');
   const { nvmeDriver } = await import('../../drivers/nvme/index.js');
   const { NvmeNamespace } = await import('../../drivers/nvme/namespace.js');
-  const { randomReads } = await import('../../drivers/nvme/perf.js');
+  const { randomReads } = await import('./nvme-perf.js');
   const { blockReads, registeredReads } = await import('./block-load.js');
   const registry = new Map([...builtinDrivers, ['nvme-main', { ...nvmeDriver, name: 'nvme-main', thread: 'main' as const }]]);
   const rows: Record<string, Row> = {};

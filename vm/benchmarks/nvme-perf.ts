@@ -1,12 +1,12 @@
 /**
  * upci's NVMe load generator (SPDK's `perf`): the random-read load
- * (drivers/random-reads.ts) on one I/O queue of a namespace, each read
+ * (vm/benchmarks/random-reads.ts) on one I/O queue of a namespace, each read
  * submitted straight to the queue with the same two callbacks, so that
  * nothing is allocated per I/O. A command id maps back to its lane through
  * a typed array.
  */
-import type { NvmeNamespace } from './namespace.js';
-import { RandomReads, type RandomReadOptions, type RandomReadResult } from '../random-reads.js';
+import type { NvmeNamespace } from '../../drivers/nvme/namespace.js';
+import { RandomReads, type RandomReadOptions, type RandomReadResult } from './random-reads.js';
 
 export interface LoadOptions extends RandomReadOptions {
   readonly queue?: number;

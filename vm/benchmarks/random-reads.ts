@@ -4,7 +4,7 @@
  * one in a lane as soon as its last ends, and measures a window after a
  * warm-up: IOPS, latency percentiles, process CPU time per I/O, and heap
  * bytes allocated per I/O. How a read is started is the caller's: the NVMe
- * driver's queue with its callbacks (drivers/nvme/perf.ts), or any
+ * driver's queue with its callbacks (vm/benchmarks/nvme-perf.ts), or any
  * BlockDevice's promise API (vm/benchmarks/block-load.ts). The generator's
  * own loop allocates nothing: the start times and the histogram are typed
  * arrays, the LBAs come from an xorshift state, done() is one bound method.
