@@ -31,18 +31,17 @@
  * Every state is entered as its own macrostep, so each transition shows in
  * the actor's snapshots and in the inspection stream.
  */
-import { assign, createActor, fromPromise, setup, toPromise, type ActorRefFrom, type InspectionEvent, type Observer } from 'xstate';
+import { assign, fromPromise, setup, type ActorRefFrom, type InspectionEvent, type Observer } from 'xstate';
 import type { AnyDriver, OptionsOf, OptionsSchema } from '../drivers/contract.js';
 import { UpciError } from '../kernel/errors.js';
 import type { PciAddress } from '../kernel/pci-address.js';
 import type { PciDevice } from '../pci/device.js';
 import { restartDelay } from './backoff.js';
 import type { Supervision } from './config.js';
-import { AttachedBus, stopBusMaster } from './driver-bus.js';
-import { sourceOf } from './driver-source.js';
-import type { ServiceLink, ServiceRegistry } from '../services/service-registry.js';
-import { DriverThread, LOAD_TIMEOUT_MS, type QuiesceReport, type Silence } from './driver-worker.js';
-import { attachOverran, bounded, cleanDetach } from './phase-bounds.js';
+import { stopBusMaster } from './driver-bus.js';
+import type { ServiceRegistry } from '../services/service-registry.js';
+import type { QuiesceReport, Silence } from './driver-worker.js';
+import { attachIncarnation, type Incarnation } from './incarnation.js';
 import type { DeviceMeter } from './meter.js';
 
 export type DeviceStateName = 'claimed' | 'attaching' | 'running' | 'reloading' | 'failed' | 'resetting' | 'detaching' | 'removing' | 'released';
@@ -119,20 +118,11 @@ export interface DeviceActorInput {
   readonly services: ServiceRegistry;
 }
 
-/**
- * A driver incarnation, attached. 'thread': in its own worker thread
- * (whenever the kernel port can share the device and the driver can be
- * imported by a worker: built-in, or loaded from a module); 'inline': in
- * this thread (drivers made in this thread, ports that cannot share).
- */
-type Attachment =
-  | { readonly kind: 'thread'; readonly thread: DriverThread; readonly services: ServiceLink }
-  | { readonly kind: 'inline'; readonly bus: AttachedBus; readonly resources: unknown };
-
 export interface DeviceContext extends DeviceActorInput {
   /** The device as now open; after a reopen, the new handle. */
   readonly device: PciDevice;
-  readonly attachment: Attachment | undefined;
+  /** The driver incarnation attached now (in its thread or here: actors/incarnation.ts). */
+  readonly attachment: Incarnation | undefined;
   readonly incarnation: number;
   /** Restarts so far; the back-off and the give-up rule count them. */
   readonly restarts: number;
@@ -180,392 +170,296 @@ export interface DeviceOutput {
 const message = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
 
-const stallMessage = (vector: number, waitedMs: number) =>
-  `INTx vector ${vector} not acked within ${waitedMs} ms: the driver is hung (line left masked)`;
-
 interface Quiescing {
   readonly device: PciDevice;
-  readonly attachment: Attachment | undefined;
-  readonly incarnation: number;
-  readonly onQuiesced: DeviceActorInput['onQuiesced'];
-  readonly onNote: DeviceActorInput['onNote'];
-  readonly meter: DeviceMeter;
-  /** Bound of a driver's clean detach (attachTimeoutMs). */
-  readonly detachTimeoutMs: number;
+  readonly attachment: Incarnation | undefined;
+}
+
+/** Takes the device back from whatever is attached (actors/incarnation.ts), and at least turns bus mastering off. */
+async function quiesce({ device, attachment }: Quiescing, graceful: boolean, removed = false): Promise<void> {
+  if (attachment === undefined) stopBusMaster(device);
+  else await attachment.quiesce(graceful, removed);
 }
 
 
-/**
- * Quiesces whatever is attached, and at least turns bus mastering off. A
- * thread is taken back from the main thread and terminated (`graceful`: it
- * is first asked to detach itself).
- */
-async function quiesce({ device, attachment, incarnation, onQuiesced, meter }: Quiescing, graceful: boolean, removed = false): Promise<void> {
-  if (attachment?.kind === 'thread') {
-    const reason = removed
-      ? `the kernel took ${device.address} back (device request: unbind or hot-unplug); it is gone from this host`
-      : `the host took ${device.address} back from its driver (stopped, crashed or hung); ask for it again to get the restarted driver's`;
-    // Its consumers fail at once; what it consumes stays usable to its own clean detach, and ends with the thread.
-    attachment.services.withdrawProvided(reason);
-    try {
-      const report = await (graceful ? attachment.thread.stop() : attachment.thread.kill());
-      onQuiesced(incarnation, report);
-    } finally {
-      attachment.services.close(reason);
-      meter.follow(undefined);
-      stopBusMaster(device);
-    }
-    return;
-  }
-  try {
-    stopBusMaster(device);
-  } finally {
-    attachment?.bus.release();
-  }
-}
-
-
-export function deviceMachineFor(driver: AnyDriver) {
-  return setup({
-    types: {
-      input: {} as DeviceActorInput,
-      context: {} as DeviceContext,
-      events: {} as DeviceEvent,
-      output: {} as DeviceOutput,
-    },
-    actors: {
-      attach: fromPromise<Attachment, { context: DeviceContext; onWatchdog: (message: string, silence?: Silence) => void }>(
-        async ({ input: { context, onWatchdog } }) => {
-          const { device, driver, supervision, incarnation } = context;
-          const source = sourceOf(driver);
-          if (source !== undefined && device.kernel.handles !== undefined && (driver.thread ?? 'own') === 'own') {
-            const services = context.services.link(`${device.address} #${incarnation}`, device.address);
-            let thread: DriverThread;
-            try {
-              thread = new DriverThread({
-                device, source, options: context.options, incarnation, supervision, name: context.name, services,
-                onNote: context.onNote,
-                onStall: (vector, waitedMs) => onWatchdog(stallMessage(vector, waitedMs)),
-                onHang: onWatchdog,
-              });
-            } catch (e) {
-              services.close(`${device.address}: its driver thread did not start`);
-              throw e;
-            }
-            context.meter.follow(thread);
-            context.onThread(incarnation, thread.threadId, thread.dmaWindow);
-            const attachment: Attachment = { kind: 'thread', thread, services };
-            const input = quiescing({ ...context, attachment });
-            try {
-              await bounded(thread.loaded, LOAD_TIMEOUT_MS, `${driver.name}: the driver thread did not load its modules within ${LOAD_TIMEOUT_MS} ms`);
-              await bounded(thread.attached, supervision.attachTimeoutMs, attachOverran(driver.name, supervision.attachTimeoutMs));
-              return attachment;
-            } catch (e) {
-              await quiesce(input, false).catch(() => {});
-              throw e;
-            }
-          }
-          const bus = new AttachedBus(device, incarnation, {
-            name: context.name,
-            services: context.services.local,
-            watchdogMs: supervision.watchdogMs,
-            meter: context.meter,
-            onStall: (vector, waitedMs) => onWatchdog(stallMessage(vector, waitedMs)),
-            onNote: context.onNote,
-          });
-          try {
-            const resources = await bounded(
-              Promise.resolve().then(() => driver.attach(bus, context.options)),
-              supervision.attachTimeoutMs, attachOverran(driver.name, supervision.attachTimeoutMs),
-            );
-            return { kind: 'inline', bus, resources };
-          } catch (e) {
-            // A late attach finds its bus reclaimed: every call on it throws.
-            bus.release();
-            throw e;
-          }
-        },
-      ),
-      driver: fromPromise<void, { attachment: Attachment; options: unknown; inspect: DeviceContext['inspect'] }>(async ({ input: { attachment, options, inspect }, signal }) => {
-        if (attachment.kind === 'thread') return attachment.thread.ended;
-        const actor = createActor(driver.machine, {
-          input: { bus: attachment.bus, options, resources: attachment.resources },
-          ...(inspect === undefined ? {} : { inspect }),
-        });
-        signal.addEventListener('abort', () => actor.stop());
-        actor.start();
-        await toPromise(actor);
-      }),
-      quiesce: fromPromise<void, Quiescing>(async ({ input }) => quiesce(input, false)),
-      // The kernel wants the device back: taken from its driver at once (no clean detach: on a hot-unplug
-      // the device is already gone), then closed, which is what the kernel's unbind waits for.
-      remove: fromPromise<void, Quiescing>(async ({ input }) => {
-        if (!input.device.isOpen) return;
-        try {
-          await quiesce(input, false, true);
-        } finally {
-          input.device.close();
-        }
-      }),
-      reload: fromPromise<void, Quiescing>(async ({ input }) => {
-        await quiesce(input, true);
-        if (input.device.kernel.canReset) input.device.reset();
-      }),
-      reset: fromPromise<{ device: PciDevice; kind: ResetKind }, { device: PciDevice; reopen: (a: PciAddress) => PciDevice }>(async ({ input: { device, reopen } }) => {
-        if (device.kernel.canReset) {
-          device.reset();
-          return { device, kind: 'kernel-reset' };
-        }
-        const address = device.address;
+/** One claimed device's actor; its driver comes with its input. */
+export const deviceMachine = setup({
+  types: {
+    input: {} as DeviceActorInput,
+    context: {} as DeviceContext,
+    events: {} as DeviceEvent,
+    output: {} as DeviceOutput,
+  },
+  actors: {
+    attach: fromPromise<Incarnation, { context: DeviceContext; onWatchdog: (message: string, silence?: Silence) => void }>(
+      ({ input: { context, onWatchdog } }) => attachIncarnation({ ...context, onWatchdog }),
+    ),
+    driver: fromPromise<void, Incarnation>(({ input, signal }) => input.run(signal)),
+    quiesce: fromPromise<void, Quiescing>(async ({ input }) => quiesce(input, false)),
+    // The kernel wants the device back: taken from its driver at once (no clean detach: on a hot-unplug
+    // the device is already gone), then closed, which is what the kernel's unbind waits for.
+    remove: fromPromise<void, Quiescing>(async ({ input }) => {
+      if (!input.device.isOpen) return;
+      try {
+        await quiesce(input, false, true);
+      } finally {
+        input.device.close();
+      }
+    }),
+    reload: fromPromise<void, Quiescing>(async ({ input }) => {
+      await quiesce(input, true);
+      if (input.device.kernel.canReset) input.device.reset();
+    }),
+    reset: fromPromise<{ device: PciDevice; kind: ResetKind }, { device: PciDevice; reopen: (a: PciAddress) => PciDevice }>(async ({ input: { device, reopen } }) => {
+      if (device.kernel.canReset) {
+        device.reset();
+        return { device, kind: 'kernel-reset' };
+      }
+      const address = device.address;
+      device.close();
+      return { device: reopen(address), kind: 'reopen' };
+    }),
+    // Detach: quiesce, reset through the kernel when it can, close. A device the kernel cannot
+    // reset is only closed: a reopen would be the same reset as the close itself.
+    release: fromPromise<ReleaseKind, Quiescing>(async ({ input }) => {
+      const { device, attachment } = input;
+      if (!device.isOpen) return 'already-closed';
+      try {
+        if (attachment === undefined) stopBusMaster(device);
+        else await attachment.release();
+        if (!device.kernel.canReset) return 'close';
+        device.reset();
+        return 'kernel-reset';
+      } finally {
         device.close();
-        return { device: reopen(address), kind: 'reopen' };
-      }),
-      // Detach: quiesce, reset through the kernel when it can, close. A device the kernel cannot
-      // reset is only closed: a reopen would be the same reset as the close itself.
-      release: fromPromise<ReleaseKind, Quiescing>(async ({ input }) => {
-        const { device, attachment } = input;
-        if (!device.isOpen) return 'already-closed';
-        try {
-          // A driver in its own thread detaches there (DriverThread.stop); one here first detaches cleanly (an NVMe shutdown).
-          if (attachment?.kind === 'inline' && driver.detach !== undefined) {
-            await cleanDetach(driver, input.detachTimeoutMs, () => driver.detach!(attachment.bus, attachment.resources), input.onNote);
-          }
-          await quiesce(input, true);
-          if (!device.kernel.canReset) return 'close';
-          device.reset();
-          return 'kernel-reset';
-        } finally {
-          device.close();
-        }
-      }),
-    },
-    guards: {
-      restartsLeft: ({ context }) => !context.permanent && context.restarts < context.supervision.restart.maxRestarts,
-      stopRequested: ({ context }) => context.stopRequested,
-      removeRequested: ({ context }) => context.removeRequested,
-      pcieErrorPending: ({ context }) => context.pcieError !== undefined,
-    },
-    delays: {
-      backoff: ({ context }) => restartDelay(context.supervision.restart, context.restarts),
-    },
-    actions: {
-      requestStop: assign({ stopRequested: true }),
-      requestRemove: assign({ removeRequested: true }),
-      notePcieError: ({ context, event }) => {
-        if (event.type === 'PCIE_ERROR') context.onNote(`${event.message}; not a fault of its own: the device is already being taken back (reset or released)`);
-      },
-      rememberPcieError: assign({ pcieError: ({ event }) => (event.type === 'PCIE_ERROR' ? event.message : undefined) }),
-    },
-  }).createMachine({
-    id: 'device',
-    context: ({ input }) => ({
-      ...input,
-      attachment: undefined,
-      incarnation: 0,
-      restarts: 0,
-      fault: undefined,
-      lastReset: undefined,
-      stopRequested: false,
-      removeRequested: false,
-      pcieError: undefined,
-      permanent: false,
-      outcome: { kind: 'stopped' },
-      released: undefined,
+      }
     }),
-    initial: 'claimed',
-    // Where no state takes it (failed, resetting, detaching, removing).
-    on: { PCIE_ERROR: { actions: 'notePcieError' } },
-    states: {
-      claimed: {
-        on: { START: 'attaching', STOP: 'detaching', REQUEST: 'removing', PCIE_ERROR: { actions: 'rememberPcieError' } },
+  },
+  guards: {
+    restartsLeft: ({ context }) => !context.permanent && context.restarts < context.supervision.restart.maxRestarts,
+    stopRequested: ({ context }) => context.stopRequested,
+    removeRequested: ({ context }) => context.removeRequested,
+    pcieErrorPending: ({ context }) => context.pcieError !== undefined,
+  },
+  delays: {
+    backoff: ({ context }) => restartDelay(context.supervision.restart, context.restarts),
+  },
+  actions: {
+    requestStop: assign({ stopRequested: true }),
+    requestRemove: assign({ removeRequested: true }),
+    notePcieError: ({ context, event }) => {
+      if (event.type === 'PCIE_ERROR') context.onNote(`${event.message}; not a fault of its own: the device is already being taken back (reset or released)`);
+    },
+    rememberPcieError: assign({ pcieError: ({ event }) => (event.type === 'PCIE_ERROR' ? event.message : undefined) }),
+  },
+}).createMachine({
+  id: 'device',
+  context: ({ input }) => ({
+    ...input,
+    attachment: undefined,
+    incarnation: 0,
+    restarts: 0,
+    fault: undefined,
+    lastReset: undefined,
+    stopRequested: false,
+    removeRequested: false,
+    pcieError: undefined,
+    permanent: false,
+    outcome: { kind: 'stopped' },
+    released: undefined,
+  }),
+  initial: 'claimed',
+  // Where no state takes it (failed, resetting, detaching, removing).
+  on: { PCIE_ERROR: { actions: 'notePcieError' } },
+  states: {
+    claimed: {
+      on: { START: 'attaching', STOP: 'detaching', REQUEST: 'removing', PCIE_ERROR: { actions: 'rememberPcieError' } },
+    },
+    attaching: {
+      invoke: {
+        src: 'attach',
+        input: ({ context, self }) => ({
+          context,
+          onWatchdog: (message: string, silence?: Silence) => self.send({ type: 'WATCHDOG', message, ...(silence === undefined ? {} : { silence }) }),
+        }),
+        onDone: [
+          { guard: 'removeRequested', target: 'removing', actions: assign({ attachment: ({ event }) => event.output }) },
+          { guard: 'stopRequested', target: 'detaching', actions: assign({ attachment: ({ event }) => event.output }) },
+          {
+            guard: 'pcieErrorPending',
+            target: 'failed',
+            actions: assign({
+              attachment: ({ event }) => event.output,
+              fault: ({ context }) => faultOf('pcie-error', context.pcieError!, context.incarnation),
+              pcieError: undefined,
+            }),
+          },
+          { target: 'running', actions: assign({ attachment: ({ event }) => event.output }) },
+        ],
+        onError: [
+          {
+            // The attach failed after the error was reported: the error is the cause to report.
+            guard: 'pcieErrorPending',
+            target: 'failed',
+            actions: assign({
+              fault: ({ context, event }) => faultOf('pcie-error', `${context.pcieError!} (the attach then failed: ${message(event.error)})`, context.incarnation),
+              pcieError: undefined,
+            }),
+          },
+          {
+            // What the device does not offer, no restart can change: one fault naming the option, then the release.
+            guard: ({ event }) => event.error instanceof UpciError && event.error.code === 'NOT_OFFERED',
+            target: 'failed',
+            actions: assign({
+              fault: ({ context, event }) => faultOf('attach', notOffered(context, message(event.error)), context.incarnation),
+              permanent: true,
+            }),
+          },
+          {
+            target: 'failed',
+            actions: assign({ fault: ({ context, event }) => faultOf('attach', message(event.error), context.incarnation) }),
+          },
+        ],
       },
-      attaching: {
-        invoke: {
-          src: 'attach',
-          input: ({ context, self }) => ({
-            context,
-            onWatchdog: (message: string, silence?: Silence) => self.send({ type: 'WATCHDOG', message, ...(silence === undefined ? {} : { silence }) }),
+      on: {
+        STOP: { actions: 'requestStop' },
+        REQUEST: { actions: 'requestRemove' },
+        PCIE_ERROR: { actions: 'rememberPcieError' },
+      },
+    },
+    running: {
+      invoke: {
+        src: 'driver',
+        // running is only entered with an attachment (attaching's onDone assigns it).
+        input: ({ context }) => context.attachment!,
+        onDone: { target: 'detaching', actions: assign({ outcome: { kind: 'finished' } }) },
+        onError: {
+          target: 'failed',
+          actions: assign({ fault: ({ context, event }) => faultOf('crash', message(event.error), context.incarnation) }),
+        },
+      },
+      on: {
+        STOP: 'detaching',
+        RELOAD: 'reloading',
+        REQUEST: 'removing',
+        WATCHDOG: {
+          target: 'failed',
+          actions: assign({
+            fault: ({ context, event }) => faultOf('watchdog', event.message, context.incarnation, event.silence),
           }),
-          onDone: [
-            { guard: 'removeRequested', target: 'removing', actions: assign({ attachment: ({ event }) => event.output }) },
-            { guard: 'stopRequested', target: 'detaching', actions: assign({ attachment: ({ event }) => event.output }) },
-            {
-              guard: 'pcieErrorPending',
-              target: 'failed',
-              actions: assign({
-                attachment: ({ event }) => event.output,
-                fault: ({ context }) => faultOf('pcie-error', context.pcieError!, context.incarnation),
-                pcieError: undefined,
-              }),
-            },
-            { target: 'running', actions: assign({ attachment: ({ event }) => event.output }) },
-          ],
-          onError: [
-            {
-              // The attach failed after the error was reported: the error is the cause to report.
-              guard: 'pcieErrorPending',
-              target: 'failed',
-              actions: assign({
-                fault: ({ context, event }) => faultOf('pcie-error', `${context.pcieError!} (the attach then failed: ${message(event.error)})`, context.incarnation),
-                pcieError: undefined,
-              }),
-            },
-            {
-              // What the device does not offer, no restart can change: one fault naming the option, then the release.
-              guard: ({ event }) => event.error instanceof UpciError && event.error.code === 'NOT_OFFERED',
-              target: 'failed',
-              actions: assign({
-                fault: ({ context, event }) => faultOf('attach', notOffered(context, message(event.error)), context.incarnation),
-                permanent: true,
-              }),
-            },
-            {
-              target: 'failed',
-              actions: assign({ fault: ({ context, event }) => faultOf('attach', message(event.error), context.incarnation) }),
-            },
-          ],
         },
-        on: {
-          STOP: { actions: 'requestStop' },
-          REQUEST: { actions: 'requestRemove' },
-          PCIE_ERROR: { actions: 'rememberPcieError' },
+        PCIE_ERROR: {
+          target: 'failed',
+          actions: assign({ fault: ({ context, event }) => faultOf('pcie-error', event.message, context.incarnation) }),
         },
-      },
-      running: {
-        invoke: {
-          src: 'driver',
-          // running is only entered with an attachment (attaching's onDone assigns it).
-          input: ({ context }) => ({ attachment: context.attachment!, options: context.options, inspect: context.inspect }),
-          onDone: { target: 'detaching', actions: assign({ outcome: { kind: 'finished' } }) },
-          onError: {
-            target: 'failed',
-            actions: assign({ fault: ({ context, event }) => faultOf('crash', message(event.error), context.incarnation) }),
-          },
-        },
-        on: {
-          STOP: 'detaching',
-          RELOAD: 'reloading',
-          REQUEST: 'removing',
-          WATCHDOG: {
-            target: 'failed',
-            actions: assign({
-              fault: ({ context, event }) => faultOf('watchdog', event.message, context.incarnation, event.silence),
-            }),
-          },
-          PCIE_ERROR: {
-            target: 'failed',
-            actions: assign({ fault: ({ context, event }) => faultOf('pcie-error', event.message, context.incarnation) }),
-          },
-        },
-      },
-      // `upci run --watch`: the driver's module changed. The old incarnation detaches (in its thread) and the
-      // device is taken back, reset through the kernel when it can be, and attached again with the new code
-      // in a new thread; the device stays claimed throughout (no reopen), and no restart is counted.
-      reloading: {
-        invoke: {
-          src: 'reload',
-          input: ({ context }) => quiescing(context),
-          onDone: [
-            { guard: 'removeRequested', target: 'removing', actions: assign({ attachment: undefined }) },
-            { target: 'attaching', actions: assign({ attachment: undefined, incarnation: ({ context }) => context.incarnation + 1 }) },
-          ],
-          onError: {
-            target: 'failed',
-            actions: assign({
-              attachment: undefined,
-              fault: ({ context, event }) => faultOf('crash', `reload: ${message(event.error)}`, context.incarnation),
-            }),
-          },
-        },
-        on: { STOP: { actions: 'requestStop' }, REQUEST: { actions: 'requestRemove' }, PCIE_ERROR: { actions: 'rememberPcieError' } },
-      },
-      failed: {
-        invoke: {
-          src: 'quiesce',
-          input: ({ context }) => quiescing(context),
-          onDone: [
-            { guard: 'removeRequested', target: 'removing', actions: assign({ attachment: undefined }) },
-            { guard: 'restartsLeft', target: 'resetting', actions: assign({ attachment: undefined }) },
-            { target: 'detaching', actions: assign({ attachment: undefined, outcome: ({ context }) => ({ kind: 'gave-up', fault: context.fault! }) as Outcome }) },
-          ],
-          // A quiesce that fails still leaves the reset (or close) to stop the device.
-          onError: [
-            { guard: 'removeRequested', target: 'removing', actions: assign({ attachment: undefined }) },
-            { guard: 'restartsLeft', target: 'resetting', actions: assign({ attachment: undefined }) },
-            { target: 'detaching', actions: assign({ attachment: undefined, outcome: ({ context }) => ({ kind: 'gave-up', fault: context.fault! }) as Outcome }) },
-          ],
-        },
-        on: { STOP: 'detaching', REQUEST: { actions: 'requestRemove' } },
-      },
-      resetting: {
-        initial: 'reset',
-        states: {
-          reset: {
-            invoke: {
-              src: 'reset',
-              input: ({ context }) => ({ device: context.device, reopen: context.reopen }),
-              onDone: [
-                { guard: 'removeRequested', target: '#device.removing', actions: assign({ device: ({ event }) => event.output.device }) },
-                { guard: 'stopRequested', target: '#device.detaching', actions: assign({ device: ({ event }) => event.output.device, lastReset: ({ event }) => event.output.kind }) },
-                {
-                  target: 'backoff',
-                  actions: assign({
-                    device: ({ event }) => event.output.device,
-                    lastReset: ({ event }) => event.output.kind,
-                    restarts: ({ context }) => context.restarts + 1,
-                  }),
-                },
-              ],
-              onError: { target: '#device.released', actions: assign({ outcome: ({ event }) => ({ kind: 'lost', error: message(event.error) }) as Outcome }) },
-            },
-            on: { STOP: { actions: 'requestStop' }, REQUEST: { actions: 'requestRemove' } },
-          },
-          backoff: {
-            after: { backoff: { target: '#device.attaching', actions: assign({ incarnation: ({ context }) => context.incarnation + 1 }) } },
-            on: { STOP: '#device.detaching', REQUEST: '#device.removing' },
-          },
-        },
-      },
-      detaching: {
-        invoke: {
-          src: 'release',
-          input: ({ context }) => quiescing(context),
-          onDone: { target: 'released', actions: assign({ attachment: undefined, released: ({ event }) => ({ how: event.output, error: undefined }) }) },
-          // The device is closed even so (release closes in a finally); the error is reported.
-          onError: { target: 'released', actions: assign({ attachment: undefined, released: ({ event }) => ({ how: 'close' as ReleaseKind, error: message(event.error) }) }) },
-        },
-      },
-      removing: {
-        invoke: {
-          src: 'remove',
-          input: ({ context }) => quiescing(context),
-          onDone: { target: 'released', actions: assign({ attachment: undefined, outcome: { kind: 'removed' } as Outcome, released: { how: 'close', error: undefined } as Release }) },
-          // Closed even so (remove closes in a finally); the error is reported.
-          onError: {
-            target: 'released',
-            actions: assign({ attachment: undefined, outcome: { kind: 'removed' } as Outcome, released: ({ event }) => ({ how: 'close' as ReleaseKind, error: message(event.error) }) }),
-          },
-        },
-      },
-      released: {
-        type: 'final',
       },
     },
-    output: ({ context }) => ({
-      address: context.address,
-      outcome: context.outcome,
-      restarts: context.restarts,
-      released: context.released ?? { how: 'already-closed', error: undefined },
-    }),
-  });
+    // `upci run --watch`: the driver's module changed. The old incarnation detaches (in its thread) and the
+    // device is taken back, reset through the kernel when it can be, and attached again with the new code
+    // in a new thread; the device stays claimed throughout (no reopen), and no restart is counted.
+    reloading: {
+      invoke: {
+        src: 'reload',
+        input: ({ context }) => quiescing(context),
+        onDone: [
+          { guard: 'removeRequested', target: 'removing', actions: assign({ attachment: undefined }) },
+          { target: 'attaching', actions: assign({ attachment: undefined, incarnation: ({ context }) => context.incarnation + 1 }) },
+        ],
+        onError: {
+          target: 'failed',
+          actions: assign({
+            attachment: undefined,
+            fault: ({ context, event }) => faultOf('crash', `reload: ${message(event.error)}`, context.incarnation),
+          }),
+        },
+      },
+      on: { STOP: { actions: 'requestStop' }, REQUEST: { actions: 'requestRemove' }, PCIE_ERROR: { actions: 'rememberPcieError' } },
+    },
+    failed: {
+      invoke: {
+        src: 'quiesce',
+        input: ({ context }) => quiescing(context),
+        onDone: [
+          { guard: 'removeRequested', target: 'removing', actions: assign({ attachment: undefined }) },
+          { guard: 'restartsLeft', target: 'resetting', actions: assign({ attachment: undefined }) },
+          { target: 'detaching', actions: assign({ attachment: undefined, outcome: ({ context }) => ({ kind: 'gave-up', fault: context.fault! }) as Outcome }) },
+        ],
+        // A quiesce that fails still leaves the reset (or close) to stop the device.
+        onError: [
+          { guard: 'removeRequested', target: 'removing', actions: assign({ attachment: undefined }) },
+          { guard: 'restartsLeft', target: 'resetting', actions: assign({ attachment: undefined }) },
+          { target: 'detaching', actions: assign({ attachment: undefined, outcome: ({ context }) => ({ kind: 'gave-up', fault: context.fault! }) as Outcome }) },
+        ],
+      },
+      on: { STOP: 'detaching', REQUEST: { actions: 'requestRemove' } },
+    },
+    resetting: {
+      initial: 'reset',
+      states: {
+        reset: {
+          invoke: {
+            src: 'reset',
+            input: ({ context }) => ({ device: context.device, reopen: context.reopen }),
+            onDone: [
+              { guard: 'removeRequested', target: '#device.removing', actions: assign({ device: ({ event }) => event.output.device }) },
+              { guard: 'stopRequested', target: '#device.detaching', actions: assign({ device: ({ event }) => event.output.device, lastReset: ({ event }) => event.output.kind }) },
+              {
+                target: 'backoff',
+                actions: assign({
+                  device: ({ event }) => event.output.device,
+                  lastReset: ({ event }) => event.output.kind,
+                  restarts: ({ context }) => context.restarts + 1,
+                }),
+              },
+            ],
+            onError: { target: '#device.released', actions: assign({ outcome: ({ event }) => ({ kind: 'lost', error: message(event.error) }) as Outcome }) },
+          },
+          on: { STOP: { actions: 'requestStop' }, REQUEST: { actions: 'requestRemove' } },
+        },
+        backoff: {
+          after: { backoff: { target: '#device.attaching', actions: assign({ incarnation: ({ context }) => context.incarnation + 1 }) } },
+          on: { STOP: '#device.detaching', REQUEST: '#device.removing' },
+        },
+      },
+    },
+    detaching: {
+      invoke: {
+        src: 'release',
+        input: ({ context }) => quiescing(context),
+        onDone: { target: 'released', actions: assign({ attachment: undefined, released: ({ event }) => ({ how: event.output, error: undefined }) }) },
+        // The device is closed even so (release closes in a finally); the error is reported.
+        onError: { target: 'released', actions: assign({ attachment: undefined, released: ({ event }) => ({ how: 'close' as ReleaseKind, error: message(event.error) }) }) },
+      },
+    },
+    removing: {
+      invoke: {
+        src: 'remove',
+        input: ({ context }) => quiescing(context),
+        onDone: { target: 'released', actions: assign({ attachment: undefined, outcome: { kind: 'removed' } as Outcome, released: { how: 'close', error: undefined } as Release }) },
+        // Closed even so (remove closes in a finally); the error is reported.
+        onError: {
+          target: 'released',
+          actions: assign({ attachment: undefined, outcome: { kind: 'removed' } as Outcome, released: ({ event }) => ({ how: 'close' as ReleaseKind, error: message(event.error) }) }),
+        },
+      },
+    },
+    released: {
+      type: 'final',
+    },
+  },
+  output: ({ context }) => ({
+    address: context.address,
+    outcome: context.outcome,
+    restarts: context.restarts,
+    released: context.released ?? { how: 'already-closed', error: undefined },
+  }),
+});
+
+function quiescing({ device, attachment }: DeviceContext): Quiescing {
+  return { device, attachment };
 }
 
-function quiescing(context: DeviceContext): Quiescing {
-  const { device, attachment, incarnation, onQuiesced, onNote, meter } = context;
-  return { device, attachment, incarnation, onQuiesced, onNote, meter, detachTimeoutMs: context.supervision.attachTimeoutMs };
-}
-
-export type DeviceActorRef = ActorRefFrom<ReturnType<typeof deviceMachineFor>>;
+export type DeviceActorRef = ActorRefFrom<typeof deviceMachine>;
 
 /** The top-level state of a device actor's snapshot. */
 export function stateName(value: unknown): DeviceStateName {

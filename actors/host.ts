@@ -31,7 +31,7 @@ import type { DeviceEntry, HostConfig } from './config.js';
 import { ConfigError } from './config-error.js';
 import { entryIdentity, plan, type HeldDevice, type Step } from './reconcile.js';
 import type { DeviceChange, DeviceWatcher, PresentDevice } from '../pci/device-watcher.js';
-import { deviceMachineFor, stateName, type DeviceActorInput, type DeviceStateName, type DeviceActorRef, type DeviceOutput } from './device-machine.js';
+import { deviceMachine, stateName, type DeviceActorInput, type DeviceStateName, type DeviceActorRef, type DeviceOutput } from './device-machine.js';
 import type { HostEvent } from './events.js';
 import { DeviceMeter, type ThreadStats } from './meter.js';
 import { moduleFileOf } from './driver-source.js';
@@ -113,7 +113,7 @@ const hostMachine = setup({
     }),
     spawnDevice: assign({
       devices: ({ context, event, spawn }) => (event.type !== 'CLAIM' ? context.devices
-        : [...context.devices, spawn(deviceMachineFor(event.spawn.claim.driver), { systemId: event.spawn.systemId, input: event.spawn.input }) as DeviceActorRef]),
+        : [...context.devices, spawn(deviceMachine, { systemId: event.spawn.systemId, input: event.spawn.input }) as DeviceActorRef]),
     }),
   },
 }).createMachine({
@@ -680,9 +680,7 @@ export class DriverHost {
         // Closing continues with the next device: a forced stop must not leave any open.
         error = e instanceof Error ? e.message : String(e);
       }
-      // Its driver's thread goes too, whatever it is doing (a detach spinning past its bound): nothing of the host may
-      // outlive the release and keep the process.
-      if (attachment?.kind === 'thread') void attachment.thread.abandon();
+      attachment?.abandon();
       return { address: this.holdings[i]!.claim.address, outcome: { kind: 'forced' }, restarts, released: { how: 'close', error } };
     }));
   }
