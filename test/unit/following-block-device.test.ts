@@ -66,7 +66,8 @@ test('a request in flight when the provider is taken back, and requests made whi
 });
 
 test('bounded: past maxWaiting a request is refused at once (BUSY); with no incarnation within waitMs the waiting ones fail with BlockGoneError; close() fails the waiting at once', async (t) => {
-  const { first, proxy, device, consume } = await followed(t, { waitMs: 300, maxWaiting: 2 });
+  // waitMs bounds how long the two requests are seen waiting: long enough for a loaded host to look, short enough for the test.
+  const { first, proxy, device, consume } = await followed(t, { waitMs: 2_000, maxWaiting: 2 });
   await first.takeBack();
   const waiting = [watched(device.read(1, 1)), watched(device.read(2, 1))];
   await until('two requests to wait', () => device.stats.waiting === 2, 5_000);
@@ -76,7 +77,7 @@ test('bounded: past maxWaiting a request is refused at once (BUSY); with no inca
   await within(5_000, Promise.all(waiting.map((w) => w.done)), 'the waiting requests never timed out');
   for (const w of waiting) {
     t.true(w.state.error instanceof BlockGoneError);
-    t.regex((w.state.error as Error).message, /disk0n1: its driver did not come back within 300 ms/);
+    t.regex((w.state.error as Error).message, /disk0n1: its driver did not come back within 2000 ms/);
   }
 
   const patient = new FollowingBlockDevice(proxy, consume, { waitMs: 60_000, maxWaiting: 2 });
