@@ -170,7 +170,7 @@ test.serial('the whole disk in mixed-size writes and reads (4 KiB-1 MiB) matches
   t.deepEqual(resetsAndCloses(records, VBLK).at(-1), `${VBLK} close (bus master off)`);
 });
 
-test.serial('fault injection: the driver (in its own thread) throws mid-I/O; the device is quiesced (bus mastering off before its reset), restarted, and every acknowledged write reads back', async (t) => {
+test.serial('fault injection: the driver (in its own thread) throws mid-I/O; the device is quiesced (bus mastering off before it is reset), restarted, and every acknowledged write reads back', async (t) => {
   const records: PortRecord[] = [];
   const kernel = recordingPort(defaultKernelPort(), records, (f) => sysfsBusMaster(f.address));
   const r = run(t, {
@@ -196,7 +196,8 @@ test.serial('fault injection: the driver (in its own thread) throws mid-I/O; the
   t.true(failures.length > 0, 'writes after the fault failed rather than hanging');
   await r.until('the restart', (e) => e.some((x) => x.type === 'state' && x.address === VBLK && x.state === 'running' && x.incarnation === 1));
   t.true(r.events.some((e) => e.type === 'fault' && /fault injection/.test(e.fault.message)));
-  t.is(resetsAndCloses(records, VBLK)[0], `${VBLK} reset (bus master off)`, 'the faulted incarnation was quiesced (bus mastering off, read from sysfs) before the device reset');
+  // The device has no reset method VFIO can use here: the host closes and reopens it, which resets it.
+  t.regex(resetsAndCloses(records, VBLK)[0] ?? 'nothing', / \(bus master off\)$/, 'the faulted incarnation was quiesced (bus mastering off, read from sysfs) before the device was reset');
   const again = await r.host.blockDevice('vblk0n1', 120_000);
   await t.throwsAsync(first.read(0, 1), { instanceOf: BlockGoneError }, 'the old disk refuses');
   for (const { lba, data } of acknowledged) {
