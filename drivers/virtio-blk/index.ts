@@ -47,6 +47,10 @@ async function attach(bus: DriverBus, opts: VirtioBlkOptions): Promise<VirtioBlk
     disk?.abandon('the driver was detached or failed; the host reclaimed the device');
   });
   const features = await transport.negotiate(F_SIZE_MAX | F_BLK_SIZE | F_FLUSH);
+  if (transport.device.length < CONFIG_BLK_SIZE + 4) {
+    transport.fail();
+    throw new Error(`${bus.address}: the virtio-blk device configuration is ${transport.device.length} bytes, short of blk_size's end at ${CONFIG_BLK_SIZE + 4}`);
+  }
   const geometry = transport.readConfig((space, base) => ({
     sectors: Number(space.read8(base + CONFIG_CAPACITY)),
     sizeMax: features & F_SIZE_MAX ? space.read4(base + CONFIG_SIZE_MAX) >>> 0 : Infinity,
