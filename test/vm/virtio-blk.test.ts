@@ -14,7 +14,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { firstValueFrom, filter } from 'rxjs';
-import { BlockProxy } from '../../actors/block-service.js';
+import { BlockProxy } from '../../services/block-service.js';
 import { BlockGoneError } from '../../drivers/block.js';
 import type { DriverRegistry } from '../../drivers/contract.js';
 import { builtinDrivers } from '../../drivers/index.js';
