@@ -10,6 +10,7 @@ import { BusDma, type DriverDma } from '../pci/bus-dma.js';
 import type { BusSpace } from '../pci/bus-space.js';
 import type { ConfigHeader } from '../pci/config.js';
 import type { Bar, PciDevice } from '../pci/device.js';
+import { DriverConfigSpace, type DriverConfig } from '../pci/driver-config.js';
 import { Interrupts, type InterruptEvent, type InterruptOptions, type InterruptType, type InterruptVector } from '../pci/intr.js';
 import type { PacketBinding, PacketEndpoint, PacketPort } from '../drivers/packet.js';
 import { NetPort, PACKET_WAIT_MS } from '../services/net-port.js';
@@ -81,6 +82,7 @@ export class AttachedBus implements DriverBus {
   private readonly interrupts: Interrupts[] = [];
   private readonly releaseHooks: (() => void)[] = [];
   private busDma: BusDma | undefined;
+  private driverConfig: DriverConfig | undefined;
   private released = false;
   /** release() has begun (its hooks may still note; `released` is set after them). */
   private reclaiming = false;
@@ -138,6 +140,23 @@ export class AttachedBus implements DriverBus {
 
   bars(): Bar[] {
     return this.device.bars();
+  }
+
+  config(): DriverConfig {
+    this.live();
+    const space = this.device.config;
+    // Each access checks the bus is still the driver's: after release config space is the host's again.
+    return (this.driverConfig ??= new DriverConfigSpace({
+      size: space.size,
+      read: (width, offset) => {
+        this.live();
+        return space.read(width, offset);
+      },
+      write: (width, offset, value) => {
+        this.live();
+        space.write(width, offset, value);
+      },
+    }));
   }
 
   mapBar(index: number): BusSpace {

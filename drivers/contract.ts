@@ -13,6 +13,7 @@ import type { DriverDma } from '../pci/bus-dma.js';
 import type { BusSpace } from '../pci/bus-space.js';
 import type { ConfigHeader } from '../pci/config.js';
 import type { Bar } from '../pci/device.js';
+import type { DriverConfig } from '../pci/driver-config.js';
 import type { InterruptEvent, InterruptOptions, InterruptType } from '../pci/intr.js';
 import type { BlockDevice } from './block.js';
 import type { PacketBinding, PacketEndpoint, PacketPort } from './packet.js';
@@ -83,6 +84,13 @@ export interface DriverBus {
   readonly incarnation: number;
   header(): ConfigHeader;
   bars(): Bar[];
+  /**
+   * The function's config space: any register and any capability read
+   * (standard, extended, vendor-specific), written only where the register
+   * is the driver's: the bus-master bit, the BARs and the MSI/MSI-X
+   * capabilities are refused (HOST_OWNED), pci/driver-config.ts says which.
+   */
+  config(): DriverConfig;
   /** pci_mapreg_map. */
   mapBar(index: number): BusSpace;
   /** pci_intr_alloc + pci_intr_establish. */

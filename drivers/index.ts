@@ -4,5 +4,6 @@ import { e1000eDriver } from './e1000e/index.js';
 import { eduDriver } from './edu.js';
 import { nvmeDriver } from './nvme/index.js';
 import { pciTestdevDriver } from './pci-testdev.js';
+import { virtioBlkDriver } from './virtio-blk/index.js';
 
-export const builtinDrivers: DriverRegistry = new Map([eduDriver, pciTestdevDriver, nvmeDriver, e1000eDriver].map((d) => [d.name, d]));
+export const builtinDrivers: DriverRegistry = new Map([eduDriver, pciTestdevDriver, nvmeDriver, e1000eDriver, virtioBlkDriver].map((d) => [d.name, d]));

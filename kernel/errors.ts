@@ -23,6 +23,8 @@ export type UpciErrorCode =
   | 'UNSUPPORTED'
   /** The device does not offer what was asked of it (an interrupt type, a number of vectors): asking again cannot help. */
   | 'NOT_OFFERED'
+  /** A config-space register the host or the kernel keeps (bus mastering, BARs, MSI/MSI-X): a driver's write is refused. */
+  | 'HOST_OWNED'
   | 'NO_UBLK'
   | 'KERNEL';
 

@@ -28,6 +28,9 @@ export interface VmDevice {
   /** NVMe namespaces (model 'nvme'): each a sparse raw image `<id>.img` the bench creates in
    *  the run's out dir (the guest sees it as $UPCI_VM_OUT/<id>.img), attached as nvme-ns nsid 1, 2... */
   namespaces?: VmNamespace[];
+  /** A disk's backing image (model 'virtio-blk-pci'): a sparse raw image `<id>.img` in the run's
+   *  out dir like a namespace's, the device's `drive=` (its `props` are unused). */
+  drive?: VmNamespace;
   /** A QEMU device id, for devices a test unplugs and plugs again (`device_del ID`, then
    *  `device_add` of the device's `qdev` line from devices.json; vm/monitor.ts). Behind a
    *  pcie-root-port. Its namespace (one at most) is a -blockdev node on the controller itself
@@ -150,6 +153,11 @@ export const defaultDevices: VmDevice[] = [
   // Devices a test unplugs and plugs again (hotplug.test), each alone behind a pcie-root-port.
   { model: 'edu', slot: '00.0', bus: 'rp1', bind: 'vfio-pci', hotplugId: 'hp-edu' },
   { model: 'nvme', slot: '00.0', bus: 'rp2', bind: 'vfio-pci', hotplugId: 'hp-nvme', props: ',serial=upci-nvme-hp', namespaces: [{ id: 'nvmehp1', sizeMiB: 16 }] },
+  // virtio 1.x disks, modern only and behind the IOMMU (iommu_platform: VIRTIO_F_ACCESS_PLATFORM, which
+  // upci's virtio-blk requires): upci's, and an identical one the guest kernel's virtio_blk takes once
+  // loaded (virtio_pci, in the initramfs, claims it at boot; virtio_blk is loaded from the kernel package).
+  { model: 'virtio-blk-pci', slot: '0c.0', bind: 'vfio-pci', props: ',disable-legacy=on,iommu_platform=on', drive: { id: 'vblk0', sizeMiB: 16 } },
+  { model: 'virtio-blk-pci', slot: '0d.0', props: ',disable-legacy=on,iommu_platform=on', drive: { id: 'vblk1', sizeMiB: 16 } },
 ];
 
 const QEMU = 'qemu-system-x86_64';
@@ -279,7 +287,7 @@ function qdevId(d: VmDevice): string | undefined {
 function qdevLine(d: VmDevice): string {
   const id = qdevId(d);
   if (d.hotplugId !== undefined && (d.namespaces?.length ?? 0) > 1) throw new Error(`vm/bench: hot-pluggable ${d.model}@${d.slot} may have one namespace (on the controller), not ${d.namespaces!.length}`);
-  const drive = d.hotplugId !== undefined && d.namespaces?.length ? `,drive=${d.namespaces[0]!.id}` : '';
+  const drive = d.drive !== undefined ? `,drive=${d.drive.id}` : d.hotplugId !== undefined && d.namespaces?.length ? `,drive=${d.namespaces[0]!.id}` : '';
   return `${d.model}${d.bus ? `,bus=${d.bus}` : ''},addr=${d.slot}${id === undefined ? '' : `,id=${id}`}${d.props ?? ''}${drive}`;
 }
 
@@ -407,7 +415,7 @@ async function bootWith(opts: VmOptions, { root, bridges, outDir, kernel, initrd
       args.push('-netdev', `hubport,id=${hubPort(d)},hubid=${d.hub}`);
       netdev = `,netdev=${hubPort(d)}`;
     }
-    for (const ns of d.namespaces ?? []) {
+    for (const ns of [...d.namespaces ?? [], ...d.drive === undefined ? [] : [d.drive]]) {
       if (!/^[A-Za-z][A-Za-z0-9_-]*$/.test(ns.id)) throw new Error(`vm/bench: bad namespace id '${ns.id}'`);
       const image = join(outDir, `${ns.id}.img`);
       await writeFile(image, '');

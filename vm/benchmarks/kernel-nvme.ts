@@ -47,13 +47,18 @@ async function load(name: string, files: Map<string, string>): Promise<void> {
   await run('busybox', ['insmod', unpacked]);
 }
 
-/** Loads the kernel's nvme driver (the bench binds nothing to the kernel controller) and gives its namespace's node. */
-export async function kernelNvme(root: string): Promise<string> {
+/** Loads the guest kernel's module `name` (and what it depends on) from the kernel package vm/setup.sh extracted. */
+export async function loadKernelModule(root: string, name: string): Promise<void> {
   const base = readdirSync(join(root, '.cache', 'vm')).find((d) => d.startsWith('linux-image-'));
   if (base === undefined) throw new Error('no extracted kernel package under .cache/vm: run vm/setup.sh');
   const modules = join(root, '.cache', 'vm', base, 'lib', 'modules');
   const kver = readdirSync(modules)[0]!;
-  await load('nvme', moduleFiles(join(modules, kver, 'kernel')));
+  await load(name, moduleFiles(join(modules, kver, 'kernel')));
+}
+
+/** Loads the kernel's nvme driver (the bench binds nothing to the kernel controller) and gives its namespace's node. */
+export async function kernelNvme(root: string): Promise<string> {
+  await loadKernelModule(root, 'nvme');
   const address = guestAddress(kernelController);
   for (let i = 0; i < 200; i++) {
     const dir = `/sys/bus/pci/devices/${address}/nvme`;

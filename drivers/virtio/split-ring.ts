@@ -1,0 +1,159 @@
+/**
+ * A virtio split virtqueue (virtio 1.x §2.7): the descriptor table, the
+ * driver's (avail) ring and the device's (used) ring in one piece of DMA
+ * memory, with the free-descriptor list, the 16-bit indices that wrap, and
+ * the doorbell. Kept to head/tail/wrap/doorbell so it can become the kit's
+ * descriptor-ring helper.
+ *
+ * The device is not trusted: which descriptors form a chain, and how long
+ * it is, live here in the driver's memory, not read back from the table;
+ * a used element naming a descriptor that heads no chain in flight is a
+ * device fault (thrown), never freed twice.
+ *
+ * Ordering: descriptors and the avail slot are plain stores; the avail
+ * index is an Atomics.store (a full fence on x86, and a store the JIT may
+ * not move), so the device sees the chain before the index that publishes
+ * it; the used index is an Atomics.load before its elements are read.
+ */
+
+const DESC_BYTES = 16;
+const F_NEXT = 1;
+const F_WRITE = 2;
+/** The device asks not to be notified (used ring flags). */
+const USED_F_NO_NOTIFY = 1;
+
+export class SplitRing {
+  /** Bytes of DMA memory for a ring of `size`, laid out desc | avail | used (the used ring 4-aligned). */
+  static bytes(size: number): number {
+    return SplitRing.usedOffset(size) + 6 + 8 * size;
+  }
+
+  private static usedOffset(size: number): number {
+    return Math.ceil((DESC_BYTES * size + 6 + 2 * size) / 4) * 4;
+  }
+
+  readonly descBus: number;
+  readonly availBus: number;
+  readonly usedBus: number;
+  private readonly desc: DataView;
+  private readonly availIdx: Uint16Array;
+  private readonly availRing: Uint16Array;
+  private readonly usedFlags: Uint16Array;
+  private readonly usedIdx: Uint16Array;
+  private readonly usedRing: Uint32Array;
+  /** Free descriptors as a stack: freeStack[0..freeCount). */
+  private readonly freeStack: Uint16Array;
+  private freeCount: number;
+  /** Per head: descriptors in its chain while in flight, else 0. */
+  private readonly chainLength: Uint16Array;
+  /** Per descriptor: the next of its chain, as this driver linked it. */
+  private readonly nextOf: Uint16Array;
+  /** The avail index this driver has published, and the used index it has consumed, both mod 2^16. */
+  private availHead = 0;
+  private usedTail = 0;
+
+  constructor(
+    readonly size: number,
+    memory: SharedArrayBuffer,
+    offset: number,
+    busAddress: number,
+    /** The doorbell: tells the device this queue has new chains. */
+    private readonly notify: () => void,
+  ) {
+    if (!(Number.isInteger(size) && size >= 1 && size <= 32768 && (size & (size - 1)) === 0)) {
+      throw new RangeError(`a split ring has a power-of-two size up to 32768, not ${size}`);
+    }
+    if (offset % 16 !== 0 || busAddress % 16 !== 0) throw new RangeError('a split ring\'s descriptor table is 16-byte aligned');
+    const used = offset + SplitRing.usedOffset(size);
+    this.descBus = busAddress;
+    this.availBus = busAddress + DESC_BYTES * size;
+    this.usedBus = busAddress + SplitRing.usedOffset(size);
+    this.desc = new DataView(memory, offset, DESC_BYTES * size);
+    const avail = offset + DESC_BYTES * size;
+    new Uint16Array(memory, avail, 1)[0] = 0; // flags: interrupts wanted
+    this.availIdx = new Uint16Array(memory, avail + 2, 1);
+    this.availRing = new Uint16Array(memory, avail + 4, size);
+    this.usedFlags = new Uint16Array(memory, used, 1);
+    this.usedIdx = new Uint16Array(memory, used + 2, 1);
+    this.usedRing = new Uint32Array(memory, used + 4, 2 * size);
+    this.freeStack = Uint16Array.from({ length: size }, (_, i) => size - 1 - i);
+    this.freeCount = size;
+    this.chainLength = new Uint16Array(size);
+    this.nextOf = new Uint16Array(size);
+  }
+
+  /** Descriptors free now. */
+  get free(): number {
+    return this.freeCount;
+  }
+
+  /** Chains published and not yet returned by the device. */
+  get inFlight(): number {
+    return (this.availHead - this.usedTail) & 0xffff;
+  }
+
+  /**
+   * Publishes one chain of `count` buffers: addresses[i], lengths[i], the
+   * device writing those from `writableFrom` on (virtio puts every buffer
+   * the device reads before those it writes). Returns the chain's head,
+   * the id its completion comes back with, or -1 when too few descriptors
+   * are free (nothing was taken). No doorbell: kick() after a batch.
+   */
+  add(count: number, addresses: ArrayLike<number>, lengths: ArrayLike<number>, writableFrom: number): number {
+    if (count < 1 || count > this.freeCount) return -1;
+    let head = -1;
+    let prev = -1;
+    for (let i = 0; i < count; i++) {
+      const id = this.freeStack[--this.freeCount]!;
+      const at = id * DESC_BYTES;
+      const address = addresses[i]!;
+      this.desc.setUint32(at, address >>> 0, true);
+      this.desc.setUint32(at + 4, Math.floor(address / 2 ** 32), true);
+      this.desc.setUint32(at + 8, lengths[i]!, true);
+      this.desc.setUint16(at + 12, i >= writableFrom ? F_WRITE : 0, true);
+      if (prev < 0) head = id;
+      else {
+        this.desc.setUint16(prev * DESC_BYTES + 12, this.desc.getUint16(prev * DESC_BYTES + 12, true) | F_NEXT, true);
+        this.desc.setUint16(prev * DESC_BYTES + 14, id, true);
+        this.nextOf[prev] = id;
+      }
+      prev = id;
+    }
+    this.chainLength[head] = count;
+    this.availRing[this.availHead & (this.size - 1)] = head;
+    this.availHead = (this.availHead + 1) & 0xffff;
+    Atomics.store(this.availIdx, 0, this.availHead);
+    return head;
+  }
+
+  /** Rings the doorbell unless the device said it needs none. */
+  kick(): void {
+    if ((Atomics.load(this.usedFlags, 0) & USED_F_NO_NOTIFY) === 0) this.notify();
+  }
+
+  /**
+   * Takes every chain the device has returned, in its order: frees its
+   * descriptors and calls `done(head, written)` (the bytes it wrote).
+   * Returns how many. Throws when the device returns what is not in flight.
+   */
+  reap(done: (head: number, written: number) => void): number {
+    const end = Atomics.load(this.usedIdx, 0);
+    let n = 0;
+    if (((end - this.usedTail) & 0xffff) > this.inFlight) {
+      throw new Error(`virtqueue: the device's used index ${end} is ahead of the ${this.inFlight} chain(s) in flight since ${this.usedTail}`);
+    }
+    while (this.usedTail !== end) {
+      const slot = (this.usedTail & (this.size - 1)) * 2;
+      const head = this.usedRing[slot]!;
+      const written = this.usedRing[slot + 1]!;
+      const length = head < this.size ? this.chainLength[head]! : 0;
+      if (length === 0) throw new Error(`virtqueue: the device returned descriptor ${head}, which heads no chain in flight`);
+      this.chainLength[head] = 0;
+      for (let id = head, i = 0; i < length; i++, id = this.nextOf[id]!) this.freeStack[this.freeCount++] = id;
+      this.usedTail = (this.usedTail + 1) & 0xffff;
+      n++;
+      done(head, written);
+    }
+    return n;
+  }
+}
