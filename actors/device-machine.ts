@@ -40,7 +40,7 @@ import { restartDelay } from './backoff.js';
 import type { Supervision } from './config.js';
 import { stopBusMaster } from './driver-bus.js';
 import type { ServiceRegistry } from '../services/service-registry.js';
-import type { QuiesceReport, Silence } from './driver-worker.js';
+import type { QuiesceReport, Silence } from './driver-thread.js';
 import { attachIncarnation, type Incarnation } from './incarnation.js';
 import type { DeviceMeter } from './meter.js';
 

@@ -1,144 +1,351 @@
 /**
- * The worker thread of one driver incarnation (started by DriverThread in
- * actors/driver-worker.ts): takes up the device the main thread holds
- * (PciDevice.adopt: the same kernel handles, the BARs the main thread
- * mapped), imports the driver, runs its attach and its XState machine here,
- * with its interrupts polled by this thread's own event loop. The heartbeat
- * that loop advances, and the ledger of what the driver holds, are in shared
- * memory: the main thread supervises through them, not through this thread.
- * The services the driver provides and consumes go through this thread's
- * own link to the main thread's registry (services/service.ts).
+ * The main-thread side of a driver incarnation in its own worker thread
+ * (actors/driver-thread-body.ts). The main thread keeps the kernel handles and
+ * the BAR mappings; the worker gets them as shared data. This side watches
+ * the worker's heartbeat (a counter its event loop advances in shared
+ * memory), and can take the device back at any time, whatever the worker is
+ * doing: bus mastering off, the enabled vectors off, every DMA mapping in
+ * its DMA window removed, the BAR mappings revoked, and only then the worker
+ * terminated and the interrupt fds it held closed.
+ *
+ * A plain node:worker_threads Worker, not a piscina pool: each incarnation
+ * is one long-lived thread with its own resourceLimits, terminated on a
+ * fault and never reused (a fresh isolate is the point of a restart);
+ * piscina's queue, reuse and respawn-on-exit serve tasks, and its destroy()
+ * ends a pool, not one thread.
  */
-import { getHeapStatistics } from 'node:v8';
-import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
-import { createActor, type AnyActorRef } from 'xstate';
-import { UpciError, type UpciErrorCode } from '../kernel/errors.js';
-import { PciDevice, type SharedDevice } from '../pci/device.js';
-import { adoptingPort } from '../pci/kernel-port.js';
-import type { KernelPort } from '../kernel/port.js';
-import { installFdLedger } from '../workers/interrupt-watcher.js';
-import type { BusDma } from '../pci/bus-dma.js';
+import { Worker } from 'node:worker_threads';
+import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../pci/config.js';
+import type { PciDevice, SharedDevice } from '../pci/device.js';
 import type { InterruptType } from '../pci/intr.js';
-import { AttachedBus, type BusMeter } from './driver-bus.js';
-import { DriverLedger, oldGenerationBytes } from './driver-ledger.js';
-import { currentThreadId } from '../kernel/thread-wait.js';
-import { importDriver, type DriverSource } from './driver-import.js';
-import { cleanDetach } from './phase-bounds.js';
-import type { AnyDriver } from '../drivers/contract.js';
-import { ThreadServices } from '../services/service.js';
+import { quiesce } from '../pci/teardown.js';
+import { UpciError } from '../kernel/errors.js';
+import { closeFd } from '../kernel/fd-calls.js';
+import { runQueueWaitMs } from '../kernel/thread-wait.js';
+import { detachOverran } from './phase-bounds.js';
+import { SilenceMeter } from './silence-meter.js';
+import type { Supervision } from './config.js';
+import { DriverLedger } from './driver-ledger.js';
+import type { DriverSource } from './driver-source.js';
+import type { ServiceLink } from '../services/service-registry.js';
+import type { DriverThreadData, HostMessage, ThreadMessage } from './driver-thread-body.js';
+import type { ThreadStats, ThreadView } from './meter.js';
 
-export interface DriverThreadData {
-  readonly device: SharedDevice;
+export interface ThreadSpec {
+  readonly device: PciDevice;
   readonly source: DriverSource;
   readonly options: unknown;
   readonly incarnation: number;
-  readonly watchdogMs: number;
-  readonly heartbeatMs: number;
-  readonly detachTimeoutMs: number;
+  readonly supervision: Supervision;
+  /** The config entry's name (DriverBus.name). */
   readonly name: string;
-  readonly ledger: SharedArrayBuffer;
-  /** This thread's link to the main thread's service registry (transferred). */
-  readonly services: MessagePort;
+  onNote(message: string): void;
+  /** The thread's link to the host's service registry (its port goes to the thread). */
+  readonly services: ServiceLink;
+  /** An INTx event was not acked within watchdogMs. */
+  onStall(vector: number, waitedMs: number): void;
+  /** The heartbeat stopped for longer than watchdogMs (`silence` says how long, and for how much of it this process ran): the thread is hung. */
+  onHang(message: string, silence?: Silence): void;
 }
 
-/** What the worker tells the main thread. */
-export type ThreadMessage =
-  /** Every module this thread needs is loaded (the native addons among them). */
-  | { readonly type: 'ready' }
-  | { readonly type: 'attached' }
-  /** `code`: an UpciError's, which decides whether a restart can help (NOT_OFFERED cannot). */
-  | { readonly type: 'attach-failed'; readonly message: string; readonly code?: UpciErrorCode }
-  | { readonly type: 'note'; readonly message: string }
-  | { readonly type: 'stall'; readonly vector: number; readonly waitedMs: number }
-  | { readonly type: 'finished' }
-  | { readonly type: 'crashed'; readonly message: string }
-  /** After a 'stop': the driver detached and released what it held, here (error: a step that failed). */
-  | { readonly type: 'released'; readonly error?: string };
+/** A watchdog's measure of a hang when it called it. */
+export interface Silence {
+  /** Since the thread's last beat, by the thread's clock (Date.now()). */
+  readonly ageMs: number;
+  /**
+   * Of that, what the watchdog counted: its checks' intervals, each at most one heartbeat period (lateness beyond
+   * that is this process not running), less what the thread spent waiting to run (`threadWaitedMs`).
+   */
+  readonly whileRunningMs: number;
+  /** Of the silence, what the thread spent runnable but not on a CPU (starved by other threads), by the kernel's count; 0 where there is none. */
+  readonly threadWaitedMs: number;
+}
 
-/** What the main thread tells the worker. */
-export type HostMessage = { readonly type: 'stop' };
+/** What taking the device back found, read back from the device and the kernel. */
+export interface QuiesceReport {
+  /** The worker was still running when the device was taken back (a hang), not already gone (a crash, a clean stop). */
+  readonly threadRunning: boolean;
+  /** PCI_COMMAND's bus master bit, read from config space after it was cleared. */
+  readonly busMaster: boolean;
+  /** The interrupt type that was enabled and was disabled, if any. */
+  readonly vectorsDisabled: InterruptType | undefined;
+  /** MSI and MSI-X enable bits read back from config space. */
+  readonly msiEnabled: boolean;
+  readonly msixEnabled: boolean;
+  /** DMA mappings the kernel still counts in the domain beyond those before the incarnation (undefined: the kernel does not say). */
+  readonly dmaMappingsLeft: number | undefined;
+}
+
+/**
+ * Heap use, as a share of heapLimitMb, at which the host stops a driver
+ * thread itself: before V8 would (out of memory, the thread gone), so the
+ * device is taken back from a thread that is still there.
+ */
+const HEAP_WATERMARK = 0.8;
+const MiB = 1 << 20;
+
+/** How long a graceful stop waits for the thread beyond the driver's own detach bound (attachTimeoutMs). */
+const RELEASE_SLACK_MS = 2000;
+
+/**
+ * How long a new worker may take to load its modules (a fresh isolate
+ * compiles xstate, rxjs and upci again: about 18 s in the TCG guest, where
+ * code runs ~10x slower and every file comes over 9p); attachTimeoutMs
+ * counts from then. kill() also waits for it (see there).
+ */
+export const LOAD_TIMEOUT_MS = 120_000;
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());
 
 const message = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
-function run(data: DriverThreadData, kernel: KernelPort): void {
-  const port = parentPort!;
-  const post = (m: ThreadMessage) => port.postMessage(m);
-  post({ type: 'ready' });
-  const ledger = DriverLedger.of(data.ledger);
-  ledger.tid = currentThreadId();
-  installFdLedger(ledger.fds);
-  const meter: BusMeter & { dma: BusDma | undefined } = {
-    countInterrupts: (n) => ledger.countInterrupts(n),
-    dma: undefined,
-    get irqKind(): InterruptType | undefined {
-      return ledger.irqKind;
-    },
-    set irqKind(kind: InterruptType | undefined) {
-      ledger.irqKind = kind;
-    },
-  };
-  const beat = () => {
-    const heap = getHeapStatistics();
-    ledger.beat(heap.used_heap_size, heap.heap_size_limit, meter.dma?.bytesMapped ?? 0, oldGenerationBytes());
-  };
-  beat();
-  const heartbeat = setInterval(beat, data.heartbeatMs);
-  const device = PciDevice.adopt(data.device, { port: kernel });
-  const bus = new AttachedBus(device, data.incarnation, {
-    name: data.name,
-    services: new ThreadServices(data.services),
-    watchdogMs: data.watchdogMs,
-    meter,
-    onStall: (vector, waitedMs) => post({ type: 'stall', vector, waitedMs }),
-    onNote: (note) => post({ type: 'note', message: note }),
-  });
-  let actor: AnyActorRef | undefined;
-  let attached: { driver: AnyDriver; resources: unknown } | undefined;
-  let stopped = false;
+export class DriverThread implements ThreadView {
+  readonly ledger = DriverLedger.create();
+  private readonly worker: Worker;
+  /** Resolves when the driver's attach returned; rejects when it threw, or the thread died first. */
+  readonly attached: Promise<void>;
+  /** Resolves once the worker has loaded its modules (or exited), when the attach proper begins. */
+  readonly loaded: Promise<void>;
+  /** After attach: resolves when the driver machine finished, rejects when it crashed or the thread died. */
+  readonly ended: Promise<void>;
+  private settleAttach!: { resolve: () => void; reject: (e: Error) => void };
+  private settleEnd!: { resolve: () => void; reject: (e: Error) => void };
+  private released: (() => void) | undefined;
+  private readonly exited: Promise<void>;
+  /** Resolves once the worker has loaded its modules (or exited): see kill(). */
+  private readonly ready: Promise<void>;
+  private markReady!: () => void;
+  private hasExited = false;
+  private isAttached = false;
+  private watchdog: NodeJS.Timeout | undefined;
+  private lastBeat = -1;
+  private readonly mappingsBefore: number | undefined;
+  private report: QuiesceReport | undefined;
+  /** The device as the worker took it up, its DMA window among it. */
+  private readonly shared: SharedDevice;
 
-  port.on('message', async (m: HostMessage) => {
-    if (m.type !== 'stop' || stopped) return;
-    stopped = true;
-    actor?.stop();
-    if (attached?.driver.detach !== undefined) {
-      const { driver, resources } = attached;
-      await cleanDetach(driver, data.detachTimeoutMs, () => driver.detach!(bus, resources), (note) => post({ type: 'note', message: note }));
-    }
-    let error: string | undefined;
-    try {
-      bus.release();
-    } catch (e) {
-      error = message(e);
-    } finally {
-      device.close();
-      clearInterval(heartbeat);
-    }
-    post(error === undefined ? { type: 'released' } : { type: 'released', error });
-    port.close();
-  });
-
-  void (async () => {
-    let resources: unknown;
-    let driver;
-    try {
-      driver = await importDriver(data.source);
-      resources = await driver.attach(bus, data.options as never);
-    } catch (e) {
-      post({ type: 'attach-failed', message: message(e), ...(e instanceof UpciError ? { code: e.code } : {}) });
-      return;
-    }
-    if (stopped) return;
-    attached = { driver, resources };
-    post({ type: 'attached' });
-    actor = createActor(driver.machine, { input: { bus, options: data.options, resources } });
-    actor.subscribe({
-      complete: () => post({ type: 'finished' }),
-      error: (e: unknown) => post({ type: 'crashed', message: message(e) }),
+  constructor(private readonly spec: ThreadSpec) {
+    const { device, supervision } = spec;
+    const dma = device.kernel.dma;
+    this.mappingsBefore = dma.availableMappings();
+    this.ready = new Promise((resolve) => (this.markReady = resolve));
+    this.loaded = this.ready;
+    this.attached = new Promise((resolve, reject) => (this.settleAttach = { resolve, reject }));
+    this.ended = new Promise((resolve, reject) => (this.settleEnd = { resolve, reject }));
+    // Nobody awaits `ended` before attach succeeds, nor `attached` after it fails.
+    this.ended.catch(() => {});
+    this.attached.catch(() => {});
+    const shared = device.share();
+    if (shared === undefined) throw new Error(`${device.address}: its kernel port cannot share the device with a driver thread`);
+    this.shared = shared;
+    const data: DriverThreadData = {
+      device: shared,
+      source: spec.source,
+      options: spec.options,
+      incarnation: spec.incarnation,
+      watchdogMs: supervision.watchdogMs,
+      heartbeatMs: supervision.heartbeatMs,
+      detachTimeoutMs: supervision.attachTimeoutMs,
+      name: spec.name,
+      ledger: this.ledger.buffer,
+      services: spec.services.port,
+    };
+    this.worker = new Worker(new URL('./driver-thread-body.js', import.meta.url), {
+      workerData: data,
+      transferList: [spec.services.port],
+      name: `upci ${device.address} #${spec.incarnation}`,
+      resourceLimits: { maxOldGenerationSizeMb: supervision.heapLimitMb },
     });
-    actor.start();
-  })();
-}
+    this.worker.on('message', (m: ThreadMessage) => this.onMessage(m));
+    this.worker.on('error', (e: Error) => this.fail(`the driver thread died: ${message(e)}`));
+    this.exited = new Promise((resolve) => this.worker.once('exit', (code) => {
+      this.hasExited = true;
+      this.markReady();
+      clearInterval(this.watchdog);
+      this.fail(`the driver thread exited (code ${code})`);
+      resolve();
+    }));
+  }
 
-const data = workerData as DriverThreadData;
-// The port is a module like any other this thread loads before it says it is ready.
-run(data, await adoptingPort(data.device.handles));
+  get threadId(): number {
+    return this.worker.threadId;
+  }
+
+  /** The only bus addresses the thread may map DMA at (as hex `start-end`, ends inclusive), or none when its port manages no IOVA space. */
+  get dmaWindow(): readonly string[] {
+    return (this.shared.handles.dmaWindow ?? []).map((r) => `0x${r.start.toString(16)}-0x${r.end.toString(16)}`);
+  }
+
+  private onMessage(m: ThreadMessage): void {
+    switch (m.type) {
+      case 'ready': return this.markReady();
+      case 'attached':
+        this.isAttached = true;
+        this.settleAttach.resolve();
+        this.startWatchdog();
+        return;
+      case 'attach-failed': return this.settleAttach.reject(m.code === undefined ? new Error(m.message) : new UpciError(m.code, m.message));
+      case 'note': return this.spec.onNote(m.message);
+      case 'stall': return this.spec.onStall(m.vector, m.waitedMs);
+      case 'finished': return this.settleEnd.resolve();
+      case 'crashed': return this.settleEnd.reject(new Error(m.message));
+      case 'released': return this.released?.();
+    }
+  }
+
+  private fail(why: string): void {
+    const error = new Error(why);
+    if (this.isAttached) this.settleEnd.reject(error);
+    else this.settleAttach.reject(error);
+  }
+
+  /**
+   * Checked four times per heartbeat period: a hang is seen within watchdogMs + one period of silence the thread
+   * could have used; a heap past the watermark at the beat that shows it.
+   */
+  private startWatchdog(): void {
+    const { watchdogMs, heartbeatMs, heapLimitMb } = this.spec.supervision;
+    const period = Math.max(1, Math.floor(heartbeatMs / 4));
+    let lastCheck = performance.now();
+    const silence = new SilenceMeter(heartbeatMs);
+    this.watchdog = setInterval(() => {
+      const now = performance.now();
+      const interval = now - lastCheck;
+      lastCheck = now;
+      const beat = this.ledger.heartbeat;
+      if (beat !== this.lastBeat) {
+        this.lastBeat = beat;
+        silence.beat(interval, this.ledger.heartbeatAgeMs);
+        // By what V8's limit counts (committed old generation), not heapUsed: fragmentation can put the
+        // limit within reach while heapUsed is still below the watermark.
+        const old = this.ledger.heapOld;
+        if (old > HEAP_WATERMARK * heapLimitMb * MiB) {
+          clearInterval(this.watchdog);
+          this.spec.onHang(`the driver thread's heap reached ${Math.round(old / MiB)} MiB of its ${heapLimitMb} MiB limit (heapLimitMb; old generation, committed): it is leaking`);
+        }
+        return;
+      }
+      const tid = this.ledger.tid;
+      silence.quiet(interval, tid === undefined ? undefined : runQueueWaitMs(tid));
+      const silentMs = silence.silentMs;
+      if (silentMs > watchdogMs) {
+        clearInterval(this.watchdog);
+        const ageMs = Math.round(this.ledger.heartbeatAgeMs ?? silentMs);
+        const counted = ageMs > silentMs + heartbeatMs ? ` (${Math.round(silentMs)} ms of it while it could run)` : '';
+        this.spec.onHang(`no heartbeat from the driver thread for ${ageMs} ms${counted} (watchdogMs ${watchdogMs}): it is hung`,
+          { ageMs, whileRunningMs: Math.round(silentMs), threadWaitedMs: Math.round(silence.waitedMs) });
+      }
+    }, period);
+    this.watchdog.unref();
+  }
+
+  stats(): ThreadStats {
+    const age = this.ledger.heartbeatAgeMs;
+    return {
+      threadId: this.worker.threadId,
+      heartbeatAgeMs: age === undefined ? undefined : Math.round(age),
+      heapUsed: this.ledger.heapUsed,
+      heapLimit: this.ledger.heapLimit,
+    };
+  }
+
+  /**
+   * Takes the device back from the thread, in this thread and whatever the
+   * worker does meanwhile; synchronous, so the worker cannot run a step of
+   * the driver's own in between the steps here from this thread's view.
+   */
+  private takeBack(): QuiesceReport {
+    if (this.report !== undefined) return this.report;
+    const { device } = this.spec;
+    const threadRunning = !this.hasExited;
+    const kind = this.ledger.irqKind;
+    let failure: unknown;
+    try {
+      quiesce(`taking ${device.address} back from its driver thread`, {
+        busMaster: () => device.disableBusMaster(),
+        interrupts: kind === undefined ? [] : [() => {
+          device.kernel.disableIrqs(kind);
+          this.ledger.irqKind = undefined;
+        }],
+        dma: [() => device.unmapSharedDma(this.shared)],
+        bars: [() => device.revokeShared()],
+      });
+    } catch (e) {
+      failure = e;
+    }
+    const available = device.kernel.dma.availableMappings();
+    this.report = {
+      threadRunning,
+      busMaster: (device.config.read(2, PCI_COMMAND) & PCI_COMMAND_MASTER) !== 0,
+      vectorsDisabled: kind,
+      msiEnabled: device.msi()?.enabled ?? false,
+      msixEnabled: device.msix()?.enabled ?? false,
+      dmaMappingsLeft: available === undefined || this.mappingsBefore === undefined ? undefined : this.mappingsBefore - available,
+    };
+    if (failure !== undefined) throw failure;
+    return this.report;
+  }
+
+  /**
+   * A hung or failed incarnation: the device is taken back first (the
+   * worker may still be running), then the worker is terminated and the
+   * interrupt fds it held are closed.
+   */
+  async kill(): Promise<QuiesceReport> {
+    clearInterval(this.watchdog);
+    let report: QuiesceReport | undefined;
+    let failure: unknown;
+    try {
+      report = this.takeBack();
+    } catch (e) {
+      failure = e;
+    }
+    // A worker terminated while a native addon initialises (koffi) aborts the whole process: let it finish loading first.
+    await Promise.race([this.ready, sleep(LOAD_TIMEOUT_MS)]);
+    await this.worker.terminate();
+    await this.exited;
+    try {
+      this.spec.device.endShare(this.shared);
+    } catch (e) {
+      failure ??= e;
+    }
+    for (const fd of this.ledger.fds.take()) closeFd(fd);
+    if (failure !== undefined) throw failure;
+    return report!;
+  }
+
+  /**
+   * The host closed the device directly (a forced release): the worker is ended where it is, with no take-back (there
+   * is no device left to take back), and the fds it held are closed. A stop() waiting on it ends with it.
+   */
+  async abandon(): Promise<void> {
+    clearInterval(this.watchdog);
+    if (!this.hasExited) {
+      await Promise.race([this.ready, sleep(LOAD_TIMEOUT_MS)]);
+      await this.worker.terminate();
+      await this.exited;
+    }
+    for (const fd of this.ledger.fds.take()) closeFd(fd);
+  }
+
+  /** A clean stop: the driver detaches in its thread (DriverModule.detach, bounded by attachTimeoutMs), then kill() makes sure. */
+  async stop(): Promise<QuiesceReport> {
+    clearInterval(this.watchdog);
+    if (!this.hasExited) {
+      let timer: NodeJS.Timeout | undefined;
+      const { attachTimeoutMs } = this.spec.supervision;
+      const answered = await Promise.race([
+        new Promise<boolean>((resolve) => {
+          this.released = () => resolve(true);
+          this.worker.postMessage({ type: 'stop' } satisfies HostMessage);
+        }),
+        this.exited.then(() => true),
+        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), attachTimeoutMs + RELEASE_SLACK_MS))),
+      ]);
+      clearTimeout(timer);
+      // A detach that blocks or spins its thread never reaches its own bound's timer there: it is said here.
+      if (!answered) this.spec.onNote(`${this.spec.name}: ${detachOverran(attachTimeoutMs)}, its thread not answering: taking the device back`);
+    }
+    return this.kill();
+  }
+}

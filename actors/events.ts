@@ -1,6 +1,6 @@
 import type { PciAddress } from '../kernel/pci-address.js';
 import type { DeviceStateName, Fault, Outcome, Release, ResetKind } from './device-machine.js';
-import type { QuiesceReport } from './driver-worker.js';
+import type { QuiesceReport } from './driver-thread.js';
 import type { ThreadStats } from './meter.js';
 
 /** What the host reports, as one RxJS stream; `at` is Date.now(). */

@@ -13,7 +13,7 @@ import type { ServiceLink, ServiceRegistry } from '../services/service-registry.
 import type { Supervision } from './config.js';
 import { AttachedBus, stopBusMaster } from './driver-bus.js';
 import { sourceOf } from './driver-source.js';
-import { DriverThread, LOAD_TIMEOUT_MS, type QuiesceReport, type Silence } from './driver-worker.js';
+import { DriverThread, LOAD_TIMEOUT_MS, type QuiesceReport, type Silence } from './driver-thread.js';
 import type { DeviceMeter } from './meter.js';
 import { attachOverran, bounded, cleanDetach } from './phase-bounds.js';
 

@@ -3,7 +3,7 @@
  * (test/unit/services.test.ts): a worker with a DriverBus (AttachedBus over
  * test/support/fake-device.ts) whose services go through its own link to
  * the test's ServiceRegistry (workerData.services), as in
- * actors/driver-thread.ts. The test drives it with commands; each gets one
+ * actors/driver-thread-body.ts. The test drives it with commands; each gets one
  * reply, {id, value} or {id, error: {name, message}}. It counts the
  * messages it posts on any port other than those replies.
  */

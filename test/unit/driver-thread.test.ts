@@ -4,8 +4,8 @@
  * fake (test/support/shared-fake.ts), whose config space and IOMMU table are
  * the same memory in every thread. What the worker does to the device shows
  * in the main thread, and what the main thread takes back is gone for the
- * worker. Covers DriverThread (actors/driver-worker.ts), the worker body
- * (actors/driver-thread.ts), the ledger between them and the device actor's
+ * worker. Covers DriverThread (actors/driver-thread.ts), the worker body
+ * (actors/driver-thread-body.ts), the ledger between them and the device actor's
  * thread path (actors/device-machine.ts): attach, heartbeat, the watchdog's
  * silence accounting, the heap watermark, the take-back's order and its
  * read-back, and kill (the worker terminated, its fds closed).
@@ -17,7 +17,7 @@ import { readlinkSync } from 'node:fs';
 import { threadId as mainThreadId } from 'node:worker_threads';
 import { parseHostConfig } from '../../actors/config.js';
 import { rememberSource } from '../../actors/driver-source.js';
-import { DriverThread } from '../../actors/driver-worker.js';
+import { DriverThread } from '../../actors/driver-thread.js';
 import type { HostEvent } from '../../actors/events.js';
 import { DriverHost } from '../../actors/host.js';
 import { ServiceRegistry } from '../../services/service-registry.js';

@@ -21,7 +21,7 @@ const lateBetween = (late: readonly { at: number; lateMs: number }[], from: numb
 
 /**
  * This (the main) thread's own lateness, by the rule the host's watchdog counts silence with
- * (actors/driver-worker.ts): a timer every `periodMs`, and of each interval only what exceeds
+ * (actors/driver-thread.ts): a timer every `periodMs`, and of each interval only what exceeds
  * `beyondMs` is taken as this thread not running. A witness of the time the watchdog leaves
  * uncounted, measured apart from it.
  */
