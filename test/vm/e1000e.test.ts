@@ -25,7 +25,8 @@ import { buildFrame, macBytes } from '../../vm/net/frames.js';
 import { KernelPeer, type ReceiveResult } from '../../vm/net/kernel-peer.js';
 import { findLosslessRate, type ProbeResult, type RateSearch } from '../../vm/net/rate-search.js';
 import { sysfsBusMaster } from './devices.js';
-import { collect, sendOverTcp, sendSequence, tcpSinkScript } from './net-traffic.js';
+import { collect, sendSequence } from './net-traffic.js';
+import { sendOverTcp, tcpSinkScript } from '../../vm/net/tcp-transfer.js';
 import { recordingPort, resetsAndCloses, type PortRecord } from '../support/recording-port.js';
 import { until } from '../support/bounded.js';
 

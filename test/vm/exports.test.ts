@@ -20,7 +20,7 @@ import { parsePciAddress } from '../../kernel/pci-address.js';
 import { defaultDevices, guestAddress } from '../../vm/bench.js';
 import { KernelPeer } from '../../vm/net/kernel-peer.js';
 import { until, within } from '../support/bounded.js';
-import { sendOverTcp, tcpSinkScript } from './net-traffic.js';
+import { sendOverTcp, tcpSinkScript } from '../../vm/net/tcp-transfer.js';
 import { misplacedInImage } from './disk-check.js';
 import { bench } from './devices.js';
 

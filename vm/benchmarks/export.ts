@@ -10,8 +10,10 @@
 //
 // Then the TAP export: busybox ping6 -A (the next echo as soon as the reply came) over IPv6 link-local from the
 // TAP of upci's e1000e driver to the guest kernel's e1000e link partner (in a network namespace of its own), against
-// the same ping through the kernel's own e1000e driver on the same NIC (rebound to e1000e.ko after upci let it go).
+// the same ping through the kernel's own e1000e driver on the same NIC (rebound to e1000e.ko after upci let it go);
+// and the rate of 32 MiB over TCP to a sink beside the partner, checked intact, through each.
 import { execFile, execFileSync, spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,6 +21,7 @@ import { defaultDevices, findProjectRoot, guestAddress } from '../bench.js';
 import { benchmarkMain } from './harness.js';
 import { fio, kernelController, kernelNvme, type FioJob, type FioResult } from './kernel-nvme.js';
 import { KernelPeer } from '../net/kernel-peer.js';
+import { sendOverTcp, tcpSinkScript } from '../net/tcp-transfer.js';
 
 const upciController = defaultDevices.find((d) => d.model === 'nvme' && d.slot === '0a.0')!;
 const UBLK_ID = 7;
@@ -101,7 +104,36 @@ async function bindKernelNic(address: string, driver: string): Promise<string> {
   return readdirSync(`${dev}/net`)[0]!;
 }
 
-/** The TAP rows: ping through upci's TAP export, then through the kernel's e1000e on the same NIC. */
+/** Bytes sent over TCP through each path for its throughput row. */
+const TCP_BYTES = 32 * 1024 * 1024;
+
+/** TCP_BYTES to a sink in the link partner's namespace through `ifname`: MB/s, checked intact. */
+async function tcpRate(peer: KernelPeer, target: string, ifname: string): Promise<number> {
+  const sink = peer.spawn(process.execPath, ...tcpSinkScript());
+  try {
+    const lines: string[] = [];
+    createInterface({ input: sink.stdout! }).on('line', (l) => lines.push(l));
+    const waitFor = async (what: string, seen: () => boolean) => {
+      const deadline = Date.now() + 60_000;
+      while (!seen()) {
+        if (Date.now() > deadline) throw new Error(`the TCP sink: ${what} not seen within 60 s`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    await waitFor('listening', () => lines.includes('listening'));
+    const started = performance.now();
+    const sha256 = await sendOverTcp(`${target}%${ifname}`, TCP_BYTES);
+    await waitFor('its digest', () => lines.some((l) => l.startsWith('{')));
+    const seconds = (performance.now() - started) / 1000;
+    const got = JSON.parse(lines.find((l) => l.startsWith('{'))!) as { bytes: number; sha256: string };
+    if (got.bytes !== TCP_BYTES || got.sha256 !== sha256) throw new Error(`TCP through ${ifname}: ${got.bytes} bytes arrived, not the ${TCP_BYTES} sent intact`);
+    return TCP_BYTES / 1e6 / seconds;
+  } finally {
+    sink.kill();
+  }
+}
+
+/** The TAP rows: ping and TCP through upci's TAP export, then through the kernel's e1000e on the same NIC. */
 async function tapRows(dir: string): Promise<string[]> {
   const peer = await KernelPeer.open(PEER_NIC);
   try {
@@ -111,9 +143,11 @@ async function tapRows(dir: string): Promise<string[]> {
       exports: [{ tap: 'nic0', ifname: 'upci0' }],
     }, [/export tap nic0 at upci0 open/]);
     let tap;
+    let tapRate: number;
     try {
       await linkLocalReady('upci0');
       tap = await pingRtt(target, 'upci0');
+      tapRate = await tcpRate(peer, target, 'upci0');
     } finally {
       await upci.stop();
     }
@@ -121,8 +155,10 @@ async function tapRows(dir: string): Promise<string[]> {
     execFileSync('ip', ['link', 'set', 'dev', ifname, 'up']);
     await linkLocalReady(ifname);
     const kernel = await pingRtt(target, ifname);
+    const kernelRate = await tcpRate(peer, target, ifname);
     return [
       `| ping -6 RTT, avg (max) over ${PINGS} | ${(kernel.avgMs * 1000).toFixed(0)} µs (${(kernel.maxMs * 1000).toFixed(0)}), ${kernel.received} replies | ${(tap.avgMs * 1000).toFixed(0)} µs (${(tap.maxMs * 1000).toFixed(0)}), ${tap.received} replies | ${(tap.avgMs / kernel.avgMs).toFixed(2)}× |`,
+      `| TCP, ${TCP_BYTES / 1024 / 1024} MiB to the partner, checked | ${kernelRate.toFixed(2)} MB/s | ${tapRate.toFixed(2)} MB/s | ${(tapRate / kernelRate).toFixed(2)}× |`,
     ];
   } finally {
     peer.close();
@@ -189,7 +225,7 @@ async function guest(quick: boolean): Promise<number> {
     '|---|---|---|---|---|',
     ...rows,
     '',
-    `TAP export: busybox ping6 -A from the TAP of upci's e1000e driver on ${UPCI_NIC} (from the config) to the guest kernel's e1000e on ${PEER_NIC} (its own network namespace), IPv6 link-local; then the same through the kernel's e1000e driver on ${UPCI_NIC}`,
+    `TAP export: busybox ping6 -A, then TCP (a node sender here, a sink in the partner's namespace), from the TAP of upci's e1000e driver on ${UPCI_NIC} (from the config) to the guest kernel's e1000e on ${PEER_NIC} (its own network namespace), IPv6 link-local; then the same through the kernel's e1000e driver on ${UPCI_NIC}`,
     '',
     '| path | kernel e1000e | upci TAP export | TAP / kernel |',
     '|---|---|---|---|',
