@@ -7,6 +7,7 @@
  */
 import { fromCallback, fromPromise, setup } from 'xstate';
 import { defineDriver, type DriverInput } from '../contract.js';
+import type { DriverFault } from '../serving-machine.js';
 import { E1000e, type E1000eOptions } from './nic.js';
 import { e1000eOptions } from './options.js';
 
@@ -16,11 +17,11 @@ const machine = setup({
   types: {
     input: {} as Input,
     context: {} as Input,
-    events: {} as { type: 'fault'; error: unknown },
+    events: {} as DriverFault,
   },
   actors: {
     bringUp: fromPromise<void, E1000e>(({ input }) => input.start()),
-    service: fromCallback<{ type: 'fault'; error: unknown }, E1000e>(({ input: nic, sendBack }) => {
+    service: fromCallback<DriverFault, E1000e>(({ input: nic, sendBack }) => {
       const fail = (error: unknown) => {
         nic.stop();
         sendBack({ type: 'fault', error });

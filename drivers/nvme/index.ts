@@ -7,9 +7,10 @@
  * turns a throw while reaping into a driver crash the host supervises.
  * Detach shuts the controller down (CC.SHN) before the host quiesces it.
  */
-import { fromCallback, setup } from 'xstate';
+import { fromCallback } from 'xstate';
 import type { BusSpace } from '../../pci/bus-space.js';
-import { defineDriver, type DriverBus, type DriverInput, type DriverInterrupts, type OptionsOf } from '../contract.js';
+import { defineDriver, type DriverBus, type DriverInterrupts, type OptionsOf } from '../contract.js';
+import { servingMachine, type DriverFault } from '../serving-machine.js';
 import { NvmeController } from './controller.js';
 import { IoQueues, NvmeNamespace } from './namespace.js';
 import { PAGE, PRPS_PER_PAGE } from './registers.js';
@@ -106,10 +107,8 @@ async function detach(_bus: DriverBus, r: NvmeResources): Promise<void> {
   await r.controller.shutdown();
 }
 
-type NvmeEvent = { type: 'fault'; error: unknown };
-
 /** Reaps completions from interrupts (or polling) and checks timeouts; a throw becomes a fault event. */
-const service = fromCallback<NvmeEvent, NvmeResources>(({ input: r, sendBack }) => {
+const service = fromCallback<DriverFault, NvmeResources>(({ input: r, sendBack }) => {
   const fault = (error: unknown) => sendBack({ type: 'fault', error });
   r.controller.setFaultSink(fault);
   const subscriptions = (r.interrupts?.vectors ?? []).map((v) => v.events.subscribe({
@@ -141,26 +140,7 @@ const service = fromCallback<NvmeEvent, NvmeResources>(({ input: r, sendBack }) 
   return stop;
 });
 
-const machine = setup({
-  types: {
-    input: {} as DriverInput<NvmeOptions, NvmeResources>,
-    context: {} as DriverInput<NvmeOptions, NvmeResources>,
-    events: {} as NvmeEvent,
-  },
-  actors: { service },
-}).createMachine({
-  id: 'nvme',
-  context: ({ input }) => input,
-  initial: 'serving',
-  states: {
-    serving: {
-      invoke: { src: 'service', input: ({ context }) => context.resources },
-      on: {
-        fault: { actions: ({ event }) => { throw event.error; } },
-      },
-    },
-  },
-});
+const machine = servingMachine<NvmeOptions, NvmeResources>('nvme', service);
 
 export const nvmeDriver = defineDriver({
   name: 'nvme',

@@ -8,8 +8,9 @@
  * driver crash the host supervises. The device is reset before the host
  * takes it back, whether the driver stopped or failed.
  */
-import { fromCallback, setup } from 'xstate';
-import { defineDriver, type DriverBus, type DriverInput, type DriverInterrupts, type OptionsOf } from '../contract.js';
+import { fromCallback } from 'xstate';
+import { defineDriver, type DriverBus, type DriverInterrupts, type OptionsOf } from '../contract.js';
+import { servingMachine, type DriverFault } from '../serving-machine.js';
 import { VIRTIO_VENDOR, VirtioPci, modernDeviceId } from '../virtio/pci-transport.js';
 import { VirtioDisk } from './disk.js';
 
@@ -96,10 +97,8 @@ async function detach(_bus: DriverBus, r: VirtioBlkResources): Promise<void> {
   await r.transport.reset();
 }
 
-type VirtioBlkEvent = { type: 'fault'; error: unknown };
-
 /** Reaps on the queue's vector; a config change is checked for a device asking to be reset. A throw becomes a fault event. */
-const service = fromCallback<VirtioBlkEvent, VirtioBlkResources>(({ input: r, sendBack }) => {
+const service = fromCallback<DriverFault, VirtioBlkResources>(({ input: r, sendBack }) => {
   const fault = (error: unknown) => sendBack({ type: 'fault', error });
   const subscriptions = r.interrupts.vectors.map((v) => v.events.subscribe({
     next: (event) => {
@@ -119,26 +118,7 @@ const service = fromCallback<VirtioBlkEvent, VirtioBlkResources>(({ input: r, se
   };
 });
 
-const machine = setup({
-  types: {
-    input: {} as DriverInput<VirtioBlkOptions, VirtioBlkResources>,
-    context: {} as DriverInput<VirtioBlkOptions, VirtioBlkResources>,
-    events: {} as VirtioBlkEvent,
-  },
-  actors: { service },
-}).createMachine({
-  id: 'virtio-blk',
-  context: ({ input }) => input,
-  initial: 'serving',
-  states: {
-    serving: {
-      invoke: { src: 'service', input: ({ context }) => context.resources },
-      on: {
-        fault: { actions: ({ event }) => { throw event.error; } },
-      },
-    },
-  },
-});
+const machine = servingMachine<VirtioBlkOptions, VirtioBlkResources>('virtio-blk', service);
 
 export const virtioBlkDriver = defineDriver({
   name: 'virtio-blk',

@@ -1,0 +1,36 @@
+/**
+ * The machine of a driver whose running life is one service loop: a
+ * callback actor that reaps the device's interrupts (NVMe, virtio-blk). It
+ * serves until the host takes the device back; a `fault` the loop sends
+ * back fails the machine with its error, which the host's supervision
+ * turns into a take-back and a restart.
+ */
+import { setup, type CallbackActorLogic } from 'xstate';
+import type { DriverInput } from './contract.js';
+
+/** What a service loop sends back when the driver fails (a throw in its handler, a device asking to be reset). */
+export type DriverFault = { type: 'fault'; error: unknown };
+
+export function servingMachine<O, R>(id: string, service: CallbackActorLogic<DriverFault, R>) {
+  return setup({
+    types: {
+      input: {} as DriverInput<O, R>,
+      context: {} as DriverInput<O, R>,
+      events: {} as DriverFault,
+    },
+    // Its input is R by this function's signature; XState's invoke typing cannot see through a generic R.
+    actors: { service: service as unknown as CallbackActorLogic<DriverFault, unknown> },
+  }).createMachine({
+    id,
+    context: ({ input }) => input,
+    initial: 'serving',
+    states: {
+      serving: {
+        invoke: { src: 'service', input: ({ context }: { context: DriverInput<O, R> }) => context.resources },
+        on: {
+          fault: { actions: ({ event }) => { throw event.error; } },
+        },
+      },
+    },
+  });
+}
