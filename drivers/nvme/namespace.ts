@@ -13,6 +13,7 @@
  */
 import type { LoadedDmaMap } from '../../pci/bus-dma.js';
 import type { DmaPool } from '../../pci/dma-pool.js';
+import { mapWhole } from '../registered-mapping.js';
 import { BlockDeviceBase, BlockGoneError, RegisteredMemory, checkRequest, type BlockOperation, type RegisteredBuffer } from '../block.js';
 import { NvmeController, SUBMIT_FULL, commandName, statusError } from './controller.js';
 import { BlockRequestError, NvmeGoneError } from './errors.js';
@@ -306,16 +307,7 @@ export class NvmeNamespace extends BlockDeviceBase {
     const known = this.mappings.get(memory);
     if (known?.loaded) return new NvmeRegistration(this, known);
     if (!this.io.controller.usable) throw new BlockGoneError(`${this.name}: the controller is gone; nothing can be registered with it`);
-    let map: LoadedDmaMap;
-    try {
-      map = this.io.controller.tag.createMap(memory.byteLength).load(memory, 0, memory.byteLength, { access: 'both' });
-    } catch (e) {
-      throw new BlockRequestError(`${this.name}: the memory cannot be mapped for DMA: ${e instanceof Error ? e.message : String(e)}`, 'register page-aligned shared memory of whole pages: allocShared() or allocBuffer()');
-    }
-    if (map.segments.length !== 1) {
-      map.unload();
-      throw new BlockRequestError(`${this.name}: the memory was mapped in ${map.segments.length} pieces, not one`, 'register smaller memory');
-    }
+    const map = mapWhole(this.name, this.io.controller.tag, memory);
     const mapping = new Mapping(memory, map, map.busAddress(0));
     this.mappings.set(memory, mapping);
     return new NvmeRegistration(this, mapping);

@@ -9,6 +9,7 @@
  */
 import type { DmaTag, LoadedDmaMap } from '../../pci/bus-dma.js';
 import type { DmaPool } from '../../pci/dma-pool.js';
+import { mapWhole } from '../registered-mapping.js';
 import type { SplitRing } from '../virtio/split-ring.js';
 import { BlockDeviceBase, BlockGoneError, BlockRequestError, RegisteredMemory, checkRequest, type BlockGeometry, type BlockOperation, type RegisteredBuffer } from '../block.js';
 
@@ -282,16 +283,7 @@ export class VirtioDisk extends BlockDeviceBase {
     if (this.gone !== undefined) throw this.goneError();
     const known = this.mappings.get(memory);
     if (known?.map.isLoaded) return new VirtioRegistration(this, known);
-    let map: LoadedDmaMap;
-    try {
-      map = this.tag.createMap(memory.byteLength).load(memory, 0, memory.byteLength, { access: 'both' });
-    } catch (e) {
-      throw new BlockRequestError(`${this.name}: the memory cannot be mapped for DMA: ${e instanceof Error ? e.message : String(e)}`, 'register page-aligned shared memory of whole pages: allocShared() or allocBuffer()');
-    }
-    if (map.segments.length !== 1) {
-      map.unload();
-      throw new BlockRequestError(`${this.name}: the memory was mapped in ${map.segments.length} pieces, not one`, 'register smaller memory');
-    }
+    const map = mapWhole(this.name, this.tag, memory);
     const mapping = new Mapping(memory, map, map.busAddress(0));
     this.mappings.set(memory, mapping);
     return new VirtioRegistration(this, mapping);
