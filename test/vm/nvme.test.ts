@@ -41,6 +41,7 @@ import { recordingPort, resetsAndCloses, type PortRecord } from '../support/reco
 import { until } from '../support/bounded.js';
 import { run, type Run, type RunOptions } from './host-run.js';
 import { misplacedInImage, sh } from './disk-check.js';
+import { fill, parallel, pieces } from './disk-io.js';
 import diskUser, { BLOCKS, DISK, FIRST_LBA, mismatches } from '../fixtures/disk-user-driver.js';
 import { rememberSource } from '../../actors/driver-source.js';
 
@@ -52,49 +53,6 @@ const MiB = 1024 * 1024;
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 const busMaster = (address: string) => (sysfsConfig(address).readUInt16LE(PCI_COMMAND) & PCI_COMMAND_MASTER) !== 0;
 
-
-/** xorshift32: the same pseudo-random bytes for a seed, without Math.random. */
-function prng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
-}
-
-function fill(bytes: Uint8Array, seed: number): Uint8Array {
-  const next = prng(seed);
-  const words = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length >>> 2);
-  for (let i = 0; i < words.length; i++) words[i] = next();
-  return bytes;
-}
-
-/** Cuts [0, total) into pieces of 4 KiB to 1 MiB (multiples of 4 KiB), pseudo-randomly. */
-function pieces(total: number, seed: number): { offset: number; length: number }[] {
-  const next = prng(seed);
-  const out: { offset: number; length: number }[] = [];
-  for (let at = 0; at < total;) {
-    const length = Math.min(total - at, 4096 * (1 + (next() % 256)));
-    out.push({ offset: at, length });
-    at += length;
-  }
-  return out;
-}
-
-/** Runs `jobs` with at most `width` in flight. */
-async function parallel<T>(items: readonly T[], width: number, job: (item: T, index: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(Array.from({ length: width }, async () => {
-    while (next < items.length) {
-      const i = next++;
-      await job(items[i]!, i);
-    }
-  }));
-}
 
 const benchNvme = (slot: string) => defaultDevices.find((d) => d.model === 'nvme' && d.slot === slot)!;
 

@@ -30,6 +30,7 @@ import { recordingPort, resetsAndCloses, type PortRecord } from '../support/reco
 import { until } from '../support/bounded.js';
 import { sysfsBusMaster } from './devices.js';
 import { run, type Run } from './host-run.js';
+import { fill, parallel, pieces } from './disk-io.js';
 
 const disks = defaultDevices.filter((d) => d.model === 'virtio-blk-pci');
 const upciDisk = disks.find((d) => d.bind === 'vfio-pci')!;
@@ -38,40 +39,6 @@ const VBLK = parsePciAddress(guestAddress(upciDisk));
 const OUT = process.env.UPCI_VM_OUT ?? '/tmp/upci-out';
 const MiB = 1024 * 1024;
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
-
-/** xorshift32: the same pseudo-random bytes for a seed. */
-function fill(bytes: Uint8Array, seed: number): Uint8Array {
-  let x = seed >>> 0 || 1;
-  const words = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length >>> 2);
-  for (let i = 0; i < words.length; i++) {
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
-    words[i] = x;
-  }
-  return bytes;
-}
-
-/** Cuts [0, total) into pieces of 4 KiB to 1 MiB (multiples of 4 KiB), pseudo-randomly. */
-function pieces(total: number, seed: number): { offset: number; length: number }[] {
-  const out: { offset: number; length: number }[] = [];
-  let x = seed;
-  for (let at = 0; at < total;) {
-    x = (x * 1103515245 + 12345) & 0x7fffffff;
-    const length = Math.min(total - at, 4096 * (1 + (x % 256)));
-    out.push({ offset: at, length });
-    at += length;
-  }
-  return out;
-}
-
-async function parallel<T>(items: readonly T[], width: number, job: (item: T, index: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(Array.from({ length: width }, async () => {
-    while (next < items.length) {
-      const i = next++;
-      await job(items[i]!, i);
-    }
-  }));
-}
 
 /** The built-in drivers and 'virtio-blk-main': the driver in the host's main thread, its disk the VirtioDisk itself. */
 const withMainThread: DriverRegistry = new Map([...builtinDrivers, ['virtio-blk-main', { ...virtioBlkDriver, name: 'virtio-blk-main', thread: 'main' as const }]]);
