@@ -8,9 +8,6 @@ import type { AnyDriver } from '../drivers/contract.js';
 import { builtinDrivers } from '../drivers/index.js';
 import { builtinModuleFile, type DriverSource } from './driver-import.js';
 
-export type { DriverSource } from './driver-import.js';
-export { driverExport } from './driver-import.js';
-
 const loaded = new WeakMap<AnyDriver, DriverSource>();
 
 /** Records that `driver` was imported from `url` (config files naming a module path or a package). */

@@ -26,7 +26,7 @@ import { detachOverran } from './phase-bounds.js';
 import { SilenceMeter } from './silence-meter.js';
 import type { Supervision } from './config.js';
 import { DriverLedger } from './driver-ledger.js';
-import type { DriverSource } from './driver-source.js';
+import type { DriverSource } from './driver-import.js';
 import type { ServiceLink } from '../services/service-registry.js';
 import type { DriverThreadData, HostMessage, ThreadMessage } from './driver-thread-body.js';
 import type { ThreadStats, ThreadView } from './meter.js';

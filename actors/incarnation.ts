@@ -12,6 +12,7 @@ import type { PciDevice } from '../pci/device.js';
 import type { ServiceLink, ServiceRegistry } from '../services/service-registry.js';
 import type { Supervision } from './config.js';
 import { AttachedBus, stopBusMaster } from './driver-bus.js';
+import type { DriverSource } from './driver-import.js';
 import { sourceOf } from './driver-source.js';
 import { DriverThread, LOAD_TIMEOUT_MS, type QuiesceReport, type Silence } from './driver-thread.js';
 import type { DeviceMeter } from './meter.js';
@@ -76,7 +77,7 @@ class ThreadIncarnation implements Incarnation {
     private readonly link: ServiceLink,
   ) {}
 
-  static async attach(input: IncarnationInput, source: NonNullable<ReturnType<typeof sourceOf>>): Promise<Incarnation> {
+  static async attach(input: IncarnationInput, source: DriverSource): Promise<Incarnation> {
     const { device, driver, supervision, incarnation } = input;
     const link = input.services.link(`${device.address} #${incarnation}`, device.address);
     let thread: DriverThread;
