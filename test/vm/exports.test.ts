@@ -3,7 +3,8 @@
  * runs them: `upci run` in a child process, its plain status lines read, the
  * guest kernel the client. An NBD export of an NVMe namespace through the
  * kernel's nbd client, across a supervised restart of the nvme driver (the
- * fault option failAfterCompletions); a TAP export of the e1000e, pinged over
+ * fault option failAfterCompletions); file systems on exports of NVMe
+ * namespaces and of a virtio-blk disk; a TAP export of the e1000e, pinged over
  * IPv6 link-local from the guest kernel's own e1000e on the same hub (in a
  * network namespace of its own: vm/net/kernel-peer.ts) and carrying 50 MB
  * over TCP to a sink there. No IPv4 anywhere.
@@ -25,6 +26,7 @@ import { misplacedInImage } from './disk-check.js';
 import { bench } from './devices.js';
 
 const NVME0 = parsePciAddress(bench.nvme);
+const VBLK0 = guestAddress(defaultDevices.find((d) => d.model === 'virtio-blk-pci' && d.bind === 'vfio-pci')!);
 const nics = defaultDevices.filter((d) => d.model === 'e1000e');
 const UPCI_NIC = guestAddress(nics.find((d) => d.bind === 'vfio-pci')!);
 const KERNEL_NIC = guestAddress(nics.find((d) => d.bind === 'e1000e')!);
@@ -368,6 +370,22 @@ test.serial('a config with a ublk export of one namespace and an nbd export of t
   t.is(await upci.stop(), 0);
   t.false(existsSync(ublk), 'the ublk disk is removed at SIGINT');
   t.false(existsSync(socket), 'the socket file is gone');
+});
+
+test.serial('a ublk export of a virtio-blk disk from the config: mkfs.ext4, mount, copy files, unmount, fsck -n clean, and every file in the host\'s backing image where ext4 put it; the disk is removed at SIGINT', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'upci-exports-'));
+  const id = UBLK_ID + 4;
+  const ublk = `/dev/ublkb${id}`;
+  const upci = upciRun(t, dir, {
+    watchdogMs: 3000,
+    devices: [{ address: VBLK0, name: 'vblk0', driver: 'virtio-blk' }],
+    exports: [{ ublk: 'vblk0n1', id }],
+  });
+  await upci.waitFor('the ublk export opened', / export ublk vblk0n1 at \S+ open: /, 240_000);
+  // The disk is 16 MiB: files that fit beside ext4's journal and tables.
+  await fileSystemOn(t, ublk, 'vblk0', Array.from({ length: 6 }, (_, i) => ({ name: `v${i}`, data: pattern(MiB + 4096 * i, 5000 + i) })));
+  t.is(await upci.stop(), 0);
+  t.false(existsSync(ublk), 'the ublk disk is removed at SIGINT');
 });
 
 test.serial('a tap export from the config: the TAP interface is made and set up, ping -6 to the link partner over IPv6 link-local answers, 50 MB over TCP arrive intact, no IPv4 on it; the interface is deleted at SIGINT', async (t) => {

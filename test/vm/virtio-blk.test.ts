@@ -11,7 +11,7 @@
  */
 import test from 'ava';
 import { createHash } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { firstValueFrom, filter } from 'rxjs';
 import { BlockProxy } from '../../services/block-service.js';
@@ -25,9 +25,8 @@ import { PciDevice } from '../../pci/device.js';
 import { defaultKernelPort } from '../../pci/kernel-port.js';
 import { allocShared } from '../../shm/mapping.js';
 import { defaultDevices, findProjectRoot, guestAddress } from '../../vm/bench.js';
-import { loadKernelModule } from '../../vm/benchmarks/kernel-nvme.js';
+import { kernelVirtioBlk } from '../../vm/benchmarks/kernel-nvme.js';
 import { recordingPort, resetsAndCloses, type PortRecord } from '../support/recording-port.js';
-import { until } from '../support/bounded.js';
 import { sysfsBusMaster } from './devices.js';
 import { run, type Run } from './host-run.js';
 import { fill, parallel, pieces } from './disk-io.js';
@@ -180,16 +179,7 @@ test.serial('fault injection: the driver (in its own thread) throws mid-I/O; the
 });
 
 test.serial('the reference disk: the guest kernel\'s virtio_blk takes the identical device and sees the same capacity', async (t) => {
-  await loadKernelModule(findProjectRoot(), 'virtio_blk');
-  const address = guestAddress(kernelDisk);
-  let node: string | undefined;
-  await until('virtio_blk\'s disk', () => {
-    const pci = `/sys/bus/pci/devices/${address}`;
-    const virtio = existsSync(pci) ? readdirSync(pci).find((d) => /^virtio\d+$/.test(d)) : undefined;
-    const block = virtio !== undefined && existsSync(`${pci}/${virtio}/block`) ? readdirSync(`${pci}/${virtio}/block`)[0] : undefined;
-    node = block;
-    return block !== undefined;
-  }, 10_000);
+  const node = (await kernelVirtioBlk(findProjectRoot(), kernelDisk)).slice('/dev/'.length);
   const sectors = Number(readFileSync(`/sys/block/${node}/size`, 'utf8').trim());
   t.is(sectors * 512, kernelDisk.drive!.sizeMiB * MiB, `${node}: the capacity QEMU was given`);
 });

@@ -1,6 +1,6 @@
 /**
- * The guest kernel's own nvme driver on the bench's kernel controller (the C side of bench:nvme and bench:export),
- * and fio on a block device.
+ * The guest kernel's own block drivers on the bench's reference devices (the C side of bench:nvme, bench:export
+ * and bench:virtio): nvme on the kernel controller, virtio_blk on the reference virtio disk; and fio on a block device.
  *
  * busybox insmod resolves no dependencies and Debian ships no modules.dep: each module's own .modinfo
  * (`depends=a,b`) says what goes first, as vm/setup.sh reads it for the initramfs; a compressed module
@@ -10,7 +10,7 @@ import { execFile } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { defaultDevices, guestAddress } from '../bench.js';
+import { defaultDevices, guestAddress, type VmDevice } from '../bench.js';
 
 const run = promisify(execFile);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -67,6 +67,19 @@ export async function kernelNvme(root: string): Promise<string> {
     await sleep(50);
   }
   throw new Error(`the kernel's nvme driver did not bring up ${address} within 10 s`);
+}
+
+/** Loads the kernel's virtio_blk (virtio_pci holds the bench's reference disk from boot) and gives that disk's node. */
+export async function kernelVirtioBlk(root: string, device: VmDevice): Promise<string> {
+  await loadKernelModule(root, 'virtio_blk');
+  const pci = `/sys/bus/pci/devices/${guestAddress(device)}`;
+  for (let i = 0; i < 200; i++) {
+    const virtio = existsSync(pci) ? readdirSync(pci).find((d) => /^virtio\d+$/.test(d)) : undefined;
+    const block = virtio !== undefined && existsSync(`${pci}/${virtio}/block`) ? readdirSync(`${pci}/${virtio}/block`)[0] : undefined;
+    if (block !== undefined && existsSync(`/dev/${block}`)) return `/dev/${block}`;
+    await sleep(50);
+  }
+  throw new Error(`the kernel's virtio_blk did not bring up a disk on ${guestAddress(device)} within 10 s`);
 }
 
 export interface FioJob {
