@@ -94,3 +94,14 @@ export function recordingPort(inner: KernelPort, records: PortRecord[], probe?: 
 export function resetsAndCloses(records: readonly PortRecord[], address: string): PortRecord[] {
   return records.filter((r) => r.startsWith(`${address} reset `) || r.startsWith(`${address} close `));
 }
+
+/**
+ * What `address`'s first take-back did to its DMA before the fd closed: the
+ * driver thread's window unmapped (every mapping in it, whichever thread
+ * made it) and released, each with bus mastering's state at the time.
+ */
+export function firstTakeBackDma(records: readonly PortRecord[], address: string): PortRecord[] {
+  const mine = records.filter((r) => r.startsWith(`${address} `));
+  const close = mine.findIndex((r) => r.startsWith(`${address} close `));
+  return mine.slice(0, close < 0 ? mine.length : close).filter((r) => r.startsWith(`${address} dma `));
+}

@@ -5,9 +5,10 @@
  * and reads (4 KiB to 1 MiB) checked against the host's backing file, from
  * bounced memory, registered memory through the promise API and
  * RegisteredBuffer; bad requests refused with nothing submitted; a driver
- * crash mid-I/O quiesced (bus mastering off before the reset) and
- * restarted with every acknowledged write intact; and the identical
- * reference disk at 0d.0 taken by the guest kernel's virtio_blk.
+ * crash mid-I/O quiesced (bus mastering off before its DMA window is
+ * unmapped and the device reset) and restarted with every acknowledged
+ * write intact; and the identical reference disk at 0d.0 taken by the
+ * guest kernel's virtio_blk.
  */
 import test from 'ava';
 import { createHash } from 'node:crypto';
@@ -26,7 +27,7 @@ import { defaultKernelPort } from '../../pci/kernel-port.js';
 import { allocShared } from '../../shm/mapping.js';
 import { defaultDevices, findProjectRoot, guestAddress } from '../../vm/bench.js';
 import { kernelVirtioBlk } from '../../vm/benchmarks/kernel-nvme.js';
-import { recordingPort, resetsAndCloses, type PortRecord } from '../support/recording-port.js';
+import { firstTakeBackDma, recordingPort, resetsAndCloses, type PortRecord } from '../support/recording-port.js';
 import { sysfsBusMaster } from './devices.js';
 import { run, type Run } from './host-run.js';
 import { fill, parallel, pieces } from './disk-io.js';
@@ -164,6 +165,7 @@ test.serial('fault injection: the driver (in its own thread) throws mid-I/O; the
   t.true(r.events.some((e) => e.type === 'fault' && /fault injection/.test(e.fault.message)));
   // The device has no reset method VFIO can use here: the host closes and reopens it, which resets it.
   t.regex(resetsAndCloses(records, VBLK)[0] ?? 'nothing', / \(bus master off\)$/, 'the faulted incarnation was quiesced (bus mastering off, read from sysfs) before the device was reset');
+  t.deepEqual(firstTakeBackDma(records, VBLK), [`${VBLK} dma unmap window (bus master off)`, `${VBLK} dma release window (bus master off)`], 'the faulted thread\'s DMA window was unmapped and released with bus mastering off: no mapping of it left');
   const again = await r.host.blockDevice('vblk0n1', 120_000);
   await t.throwsAsync(first.read(0, 1), { instanceOf: BlockGoneError }, 'the old disk refuses');
   for (const { lba, data } of acknowledged) {
