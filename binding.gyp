@@ -34,7 +34,7 @@
     {
       "target_name": "upci_irq",
       "sources": [
-        "workers/native/interrupt_watcher.cc"
+        "kernel/native/interrupt_watcher.cc"
       ],
       "include_dirs": [
         "kernel/native"

@@ -38,7 +38,7 @@ import type { PciAddress } from '../kernel/pci-address.js';
 import type { PciDevice } from '../pci/device.js';
 import { restartDelay } from './backoff.js';
 import type { Supervision } from './config.js';
-import { stopBusMaster } from './driver-bus.js';
+import { stopBusMaster } from '../workers/driver-bus.js';
 import type { ServiceRegistry } from '../services/service-registry.js';
 import type { QuiesceReport, Silence } from './driver-thread.js';
 import { attachIncarnation, type Incarnation } from './incarnation.js';

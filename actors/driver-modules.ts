@@ -13,7 +13,7 @@ import { pathToFileURL } from 'node:url';
 import type { AnyDriver, DriverRegistry } from '../drivers/contract.js';
 import { parseJsonWithComments } from './config.js';
 import { ConfigError } from './config-error.js';
-import { driverExport } from './driver-import.js';
+import { driverExport } from '../workers/driver-import.js';
 import { rememberSource } from './driver-source.js';
 
 const isPath = (specifier: string) => specifier.startsWith('./') || specifier.startsWith('../') || isAbsolute(specifier);

@@ -6,7 +6,7 @@
 import { fileURLToPath } from 'node:url';
 import type { AnyDriver } from '../drivers/contract.js';
 import { builtinDrivers } from '../drivers/index.js';
-import { builtinModuleFile, type DriverSource } from './driver-import.js';
+import { builtinModuleFile, type DriverSource } from '../workers/driver-import.js';
 
 const loaded = new WeakMap<AnyDriver, DriverSource>();
 

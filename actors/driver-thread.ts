@@ -1,6 +1,6 @@
 /**
  * The main-thread side of a driver incarnation in its own worker thread
- * (actors/driver-thread-body.ts). The main thread keeps the kernel handles and
+ * (workers/driver-thread-body.ts). The main thread keeps the kernel handles and
  * the BAR mappings; the worker gets them as shared data. This side watches
  * the worker's heartbeat (a counter its event loop advances in shared
  * memory), and can take the device back at any time, whatever the worker is
@@ -22,13 +22,13 @@ import { quiesce } from '../pci/teardown.js';
 import { UpciError } from '../kernel/errors.js';
 import { closeFd } from '../kernel/fd-calls.js';
 import { runQueueWaitMs } from '../kernel/thread-wait.js';
-import { detachOverran } from './phase-bounds.js';
+import { detachOverran } from '../workers/phase-bounds.js';
 import { SilenceMeter } from './silence-meter.js';
 import type { Supervision } from './config.js';
-import { DriverLedger } from './driver-ledger.js';
-import type { DriverSource } from './driver-import.js';
+import { DriverLedger } from '../workers/driver-ledger.js';
+import type { DriverSource } from '../workers/driver-import.js';
 import type { ServiceLink } from '../services/service-registry.js';
-import type { DriverThreadData, HostMessage, ThreadMessage } from './driver-thread-body.js';
+import type { DriverThreadData, HostMessage, ThreadMessage } from '../workers/driver-thread-body.js';
 import type { ThreadStats, ThreadView } from './meter.js';
 
 export interface ThreadSpec {
@@ -150,7 +150,7 @@ export class DriverThread implements ThreadView {
       ledger: this.ledger.buffer,
       services: spec.services.port,
     };
-    this.worker = new Worker(new URL('./driver-thread-body.js', import.meta.url), {
+    this.worker = new Worker(new URL('../workers/driver-thread-body.js', import.meta.url), {
       workerData: data,
       transferList: [spec.services.port],
       name: `upci ${device.address} #${spec.incarnation}`,

@@ -11,12 +11,12 @@ import type { AnyDriver } from '../drivers/contract.js';
 import type { PciDevice } from '../pci/device.js';
 import type { ServiceLink, ServiceRegistry } from '../services/service-registry.js';
 import type { Supervision } from './config.js';
-import { AttachedBus, stopBusMaster } from './driver-bus.js';
-import type { DriverSource } from './driver-import.js';
+import { AttachedBus, stopBusMaster } from '../workers/driver-bus.js';
+import type { DriverSource } from '../workers/driver-import.js';
 import { sourceOf } from './driver-source.js';
 import { DriverThread, LOAD_TIMEOUT_MS, type QuiesceReport, type Silence } from './driver-thread.js';
 import type { DeviceMeter } from './meter.js';
-import { attachOverran, bounded, cleanDetach } from './phase-bounds.js';
+import { attachOverran, bounded, cleanDetach } from '../workers/phase-bounds.js';
 
 export interface Incarnation {
   /** Runs the driver's machine until it ends; a rejection is the driver's fault. Aborting `signal` stops a machine run here. */

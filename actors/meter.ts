@@ -1,7 +1,7 @@
 import type { BusDma } from '../pci/bus-dma.js';
 import type { InterruptType } from '../pci/intr.js';
-import type { BusMeter } from './driver-bus.js';
-import type { DriverLedger } from './driver-ledger.js';
+import type { BusMeter } from '../workers/driver-bus.js';
+import type { DriverLedger } from '../workers/driver-ledger.js';
 
 /** The driver thread of an incarnation as the status view shows it. */
 export interface ThreadStats {

@@ -8,7 +8,7 @@
  * neighbour discovery works without promiscuous mode.
  *
  * The kernel's frames are read when the TAP's fd is readable (a uv_poll in
- * this thread's loop, workers/interrupt-watcher.ts, the interrupts' own
+ * this thread's loop, kernel/interrupt-watcher.ts, the interrupts' own
  * machinery), a batch per wake-up, and sent through the port as one batch:
  * no timer in the path.
  *
@@ -27,7 +27,7 @@ import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import type { Subscription } from 'rxjs';
 import { ETHER_HEADER, MAX_FRAME, parseMac, type PacketPort } from '../drivers/packet.js';
 import { openTap, type Tap } from '../kernel/linux/tap.js';
-import { watchReadable, type SourceWatch } from '../workers/interrupt-watcher.js';
+import { watchReadable, type SourceWatch } from '../kernel/interrupt-watcher.js';
 import { NetPort } from '../services/net-port.js';
 import type { PacketSource } from '../services/packet-service.js';
 import type { ServeBeside } from '../services/service.js';

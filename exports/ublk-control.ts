@@ -20,7 +20,7 @@ import { SyscallError, UpciError } from '../kernel/errors.js';
 import * as abi from '../kernel/linux/ublk-abi.js';
 import { UringCmdRing } from '../kernel/linux/uring-cmd.js';
 import { addressOf, allocShared, PAGE_SIZE } from '../shm/mapping.js';
-import { watchSource, type SourceWatch } from '../workers/interrupt-watcher.js';
+import { watchSource, type SourceWatch } from '../kernel/interrupt-watcher.js';
 
 const SECTOR = 512;
 const EBUSY = 16;

@@ -4,7 +4,7 @@
  * /dev/ublkcN and completes one of our FETCH commands on an io_uring; we
  * serve it from a BlockDevice and answer with COMMIT_AND_FETCH, which also
  * fetches the tag's next request. The ring's eventfd is watched by this
- * thread's own event loop (workers/interrupt-watcher.ts): nothing polls.
+ * thread's own event loop (kernel/interrupt-watcher.ts): nothing polls.
  *
  * It runs where the data is: the host starts it beside the block device's
  * provider, in the driver's own thread (serveBeside(), services/service.ts),
@@ -32,7 +32,7 @@ import { BlockGoneError, checkRequest, type BlockDevice, type BlockEnd, type Reg
 import * as abi from '../kernel/linux/ublk-abi.js';
 import { UringCmdRing } from '../kernel/linux/uring-cmd.js';
 import { addressOf, allocShared, mapShared, PAGE_SIZE, revoke } from '../shm/mapping.js';
-import { holdFd, watchSource, type SourceWatch } from '../workers/interrupt-watcher.js';
+import { holdFd, watchSource, type SourceWatch } from '../kernel/interrupt-watcher.js';
 import type { ServeBeside } from '../services/service.js';
 import type { UblkGeometry } from './ublk-control.js';
 

@@ -1,6 +1,6 @@
 /**
  * Linux's system calls: the POSIX ones every port shares, and eventfd.
- * Only kernel/ and workers/ import this module; drivers never do.
+ * Only kernel/ imports this module; drivers never do.
  */
 import { SyscallError } from './errors.js';
 import { posix } from './posix.js';

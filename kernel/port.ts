@@ -179,7 +179,7 @@ export interface IrqSource {
   readonly vectors: number;
   /**
    * Who closes `fd`. 'hub': handed over with the source: the receiver
-   * (workers/interrupt-watcher.ts) closes it once it stops polling it.
+   * (kernel/interrupt-watcher.ts) closes it once it stops polling it.
    * 'device': the DeviceFile's own fd, closed by DeviceFile.close() only;
    * the watcher must have let go of it first.
    */

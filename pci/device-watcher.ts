@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import type { PciAddress } from '../kernel/pci-address.js';
 import { bindVfio, defaultRoots, functionInfo, listFunctions, type PciFunctionInfo, type SysfsRoots } from '../kernel/linux/sysfs.js';
 import { UeventSocket } from '../kernel/linux/uevents.js';
-import { watchReadable, type SourceWatch } from '../workers/interrupt-watcher.js';
+import { watchReadable, type SourceWatch } from '../kernel/interrupt-watcher.js';
 
 /** A PCI function as the watcher sees it. */
 export interface PresentDevice extends Pick<PciFunctionInfo, 'address' | 'vendor' | 'device' | 'classCode' | 'subsystemVendor' | 'subsystemDevice' | 'driver'> {

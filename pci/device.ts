@@ -14,7 +14,7 @@ import {
 } from './config.js';
 import { defaultKernelPort } from './kernel-port.js';
 import { quiesce } from './teardown.js';
-import { watchSource, type SourceWatch } from '../workers/interrupt-watcher.js';
+import { watchSource, type SourceWatch } from '../kernel/interrupt-watcher.js';
 
 const CONFIG_REGION = 7;
 

@@ -2,7 +2,7 @@
  * pci_intr(9) for userland: allocate interrupts of a type (INTx, MSI, MSI-X,
  * or the best the device offers, like pci_intr_alloc), and get one RxJS
  * stream per vector, fed by the event loop of the thread that established
- * them (workers/interrupt-watcher.ts): a driver in its own worker thread is
+ * them (kernel/interrupt-watcher.ts): a driver in its own worker thread is
  * woken by that thread's loop.
  *
  * INTx is level-triggered: the kernel masks the line when it fires (when the
@@ -22,7 +22,7 @@ import { defer, map, Observable, startWith, Subject } from 'rxjs';
 import { Fanout } from './fanout.js';
 import { UpciError } from '../kernel/errors.js';
 import type { DeviceFile, IrqKind, IrqSource } from '../kernel/port.js';
-import { discardSource, watchSource, type SourceWatch } from '../workers/interrupt-watcher.js';
+import { discardSource, watchSource, type SourceWatch } from '../kernel/interrupt-watcher.js';
 import type { PciDevice } from './device.js';
 
 export type InterruptType = IrqKind;

@@ -3,12 +3,12 @@
  * (test/unit/services.test.ts): a worker with a DriverBus (AttachedBus over
  * test/support/fake-device.ts) whose services go through its own link to
  * the test's ServiceRegistry (workerData.services), as in
- * actors/driver-thread-body.ts. The test drives it with commands; each gets one
+ * workers/driver-thread-body.ts. The test drives it with commands; each gets one
  * reply, {id, value} or {id, error: {name, message}}. It counts the
  * messages it posts on any port other than those replies.
  */
 import { MessagePort, parentPort, workerData } from 'node:worker_threads';
-import { AttachedBus } from '../../actors/driver-bus.js';
+import { AttachedBus } from '../../workers/driver-bus.js';
 import { DeviceMeter } from '../../actors/meter.js';
 import { ThreadServices } from '../../services/service.js';
 import type { BlockDevice } from '../../drivers/block.js';

@@ -9,7 +9,7 @@ import test from 'ava';
 import { setup } from 'xstate';
 import { parseHostConfig } from '../../actors/config.js';
 import type { HostEvent } from '../../actors/events.js';
-import { AttachedBus } from '../../actors/driver-bus.js';
+import { AttachedBus } from '../../workers/driver-bus.js';
 import { DriverHost } from '../../actors/host.js';
 import { DeviceMeter } from '../../actors/meter.js';
 import { defineDriver } from '../../drivers/contract.js';

@@ -6,7 +6,7 @@
  * as it was.
  */
 import test from 'ava';
-import { AttachedBus } from '../../actors/driver-bus.js';
+import { AttachedBus } from '../../workers/driver-bus.js';
 import { DeviceMeter } from '../../actors/meter.js';
 import { UpciError } from '../../kernel/errors.js';
 import { acceptingDma, fakeDevice, openFake } from '../support/fake-device.js';

@@ -8,7 +8,7 @@ import test from 'ava';
 import { readFileSync } from 'node:fs';
 import { dirname, join, normalize, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { builtinModuleFile, importDriver } from '../../actors/driver-import.js';
+import { builtinModuleFile, importDriver } from '../../workers/driver-import.js';
 import { builtinDrivers } from '../../drivers/index.js';
 
 const DIST = join(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -24,7 +24,7 @@ function reached(file: string, seen = new Set<string>()): Set<string> {
 }
 
 test('the driver thread\'s body statically reaches the block and packet contracts of drivers/, no driver', (t) => {
-  const drivers = [...reached('actors/driver-thread-body.js')].filter((f) => f.startsWith('drivers/')).sort();
+  const drivers = [...reached('workers/driver-thread-body.js')].filter((f) => f.startsWith('drivers/')).sort();
   t.deepEqual(drivers, ['drivers/block.js', 'drivers/packet.js']);
 });
 

@@ -1,7 +1,7 @@
 /** `upci run` output: a redrawn table on a TTY, plain lines otherwise. */
 import test from 'ava';
 import { Subject } from 'rxjs';
-import { DriverLedger } from '../../actors/driver-ledger.js';
+import { DriverLedger } from '../../workers/driver-ledger.js';
 import type { HostEvent } from '../../actors/events.js';
 import { plainLine, showStatus } from '../../bin/status-view.js';
 import type { PciAddress } from '../../kernel/pci-address.js';

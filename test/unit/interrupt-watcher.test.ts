@@ -1,5 +1,5 @@
 /**
- * The interrupt watcher (workers/interrupt-watcher.ts): interrupt fds polled
+ * The interrupt watcher (kernel/interrupt-watcher.ts): interrupt fds polled
  * by the event loop of the thread that handles them, and pci/intr over it.
  */
 import test from 'ava';
@@ -10,7 +10,7 @@ import * as libc from '../../kernel/libc.js';
 import type { DeviceFile, IrqSource } from '../../kernel/port.js';
 import { PciDevice } from '../../pci/device.js';
 import { Interrupts, type InterruptEvent, type VectorStats } from '../../pci/intr.js';
-import { FdLedger, installFdLedger, watchReadable, watchSource } from '../../workers/interrupt-watcher.js';
+import { FdLedger, installFdLedger, watchReadable, watchSource } from '../../kernel/interrupt-watcher.js';
 import { within } from '../support/bounded.js';
 import { acceptingDma, fakeDevice, openFake } from '../support/fake-device.js';
 
@@ -172,7 +172,7 @@ test.serial('a worker thread is woken by its own loop; terminated while watching
         for (;;) {} // and now it hangs, still watching
       });
       parentPort.postMessage('watching');
-    });`, { eval: true, workerData: { module: new URL('../../workers/interrupt-watcher.js', import.meta.url).href, buffer, fd } });
+    });`, { eval: true, workerData: { module: new URL('../../kernel/interrupt-watcher.js', import.meta.url).href, buffer, fd } });
   const messages: unknown[] = [];
   const got = (n: number) => new Promise<void>((resolve) => {
     const check = () => (messages.length >= n ? resolve() : worker.once('message', (m) => { messages.push(m); check(); }));
@@ -304,7 +304,7 @@ test.serial('pci/intr refuses sources that do not cover the vectors, and disable
 test.serial('process.exit() returns promptly with sources watched', (t) => {
   const script = `
     import * as libc from '${new URL('../../kernel/libc.js', import.meta.url).pathname}';
-    import { watchSource } from '${new URL('../../workers/interrupt-watcher.js', import.meta.url).pathname}';
+    import { watchSource } from '${new URL('../../kernel/interrupt-watcher.js', import.meta.url).pathname}';
     const fd = libc.eventfd(libc.EFD_NONBLOCK);
     watchSource({ fd, format: 'counter', firstVector: 0, vectors: 1, owner: 'hub' }, () => {});
     setTimeout(() => process.exit(7), 300);`;

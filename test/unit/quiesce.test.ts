@@ -1,5 +1,5 @@
 import test from 'ava';
-import { AttachedBus } from '../../actors/driver-bus.js';
+import { AttachedBus } from '../../workers/driver-bus.js';
 import { DeviceMeter } from '../../actors/meter.js';
 import { BusDma } from '../../pci/bus-dma.js';
 import { PciDevice } from '../../pci/device.js';

@@ -8,7 +8,7 @@
 import test from 'ava';
 import { closeSync, openSync } from 'node:fs';
 import { UringCmdRing } from '../../kernel/linux/uring-cmd.js';
-import { watchSource } from '../../workers/interrupt-watcher.js';
+import { watchSource } from '../../kernel/interrupt-watcher.js';
 
 const EOPNOTSUPP = 95;
 

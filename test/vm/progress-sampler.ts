@@ -8,7 +8,7 @@
  * main thread through test/vm/sampling.ts.
  */
 import { parentPort } from 'node:worker_threads';
-import { DriverLedger } from '../../actors/driver-ledger.js';
+import { DriverLedger } from '../../workers/driver-ledger.js';
 import { runQueueWaitMs } from '../../kernel/thread-wait.js';
 
 export interface SamplerStart {

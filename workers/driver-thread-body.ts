@@ -16,7 +16,7 @@ import { UpciError, type UpciErrorCode } from '../kernel/errors.js';
 import { PciDevice, type SharedDevice } from '../pci/device.js';
 import { adoptingPort } from '../pci/kernel-port.js';
 import type { KernelPort } from '../kernel/port.js';
-import { installFdLedger } from '../workers/interrupt-watcher.js';
+import { installFdLedger } from '../kernel/interrupt-watcher.js';
 import type { BusDma } from '../pci/bus-dma.js';
 import type { InterruptType } from '../pci/intr.js';
 import { AttachedBus, type BusMeter } from './driver-bus.js';

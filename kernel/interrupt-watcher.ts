@@ -2,7 +2,7 @@
  * Interrupt sources (kernel/port.ts IrqSource) watched by the event loop of
  * the thread that calls watchSource(): libuv polls the fd (epoll on Linux,
  * kqueue on the BSDs) through a uv_poll_t in a small addon
- * (workers/native/interrupt_watcher.cc), and the listener runs in this
+ * (kernel/native/interrupt_watcher.cc), and the listener runs in this
  * thread's loop, so a driver in a worker thread is woken by its own loop
  * with no other thread in between. A watched source keeps the thread's loop
  * alive (like an open socket) until it is unwatched.
@@ -13,9 +13,9 @@
  * thread's fd ledger when one is installed (installFdLedger), so that the
  * main thread can close the fds of a worker it had to terminate.
  */
-import { loadNativeAddon } from '../kernel/native-addon.js';
-import type { IrqSource } from '../kernel/port.js';
-import { closeFd, fdCalls } from '../kernel/fd-calls.js';
+import { loadNativeAddon } from './native-addon.js';
+import type { IrqSource } from './port.js';
+import { closeFd, fdCalls } from './fd-calls.js';
 
 interface WatcherAddon {
   /** `counter`: an eventfd, read by the addon, callback(count); else callback(0) when readable. */

@@ -6,7 +6,7 @@
  * the worker anything.
  */
 import { getHeapSpaceStatistics } from 'node:v8';
-import { FdLedger } from '../workers/interrupt-watcher.js';
+import { FdLedger } from '../kernel/interrupt-watcher.js';
 import type { InterruptType } from '../pci/intr.js';
 
 const HEARTBEAT = 0;
