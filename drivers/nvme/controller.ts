@@ -409,7 +409,7 @@ export class NvmeController {
       for (const q of [this.admin, ...this.io]) q.reap();
       for (const q of [this.admin, ...this.io]) q.restart();
       // Admin commands outstanding across the reset are lost with the old admin queue.
-      for (const cid of this.admin.outstandingCids()) this.admin.cancel(cid, STATUS_GONE);
+      for (const cid of this.admin.cids.takenIds()) this.admin.cancel(cid, STATUS_GONE);
       await this.enable();
       await this.adminCommand(ADMIN.SET_FEATURES, 0, 0, 0, FEATURE.NUMBER_OF_QUEUES, ((this.io.length - 1) << 16) | (this.io.length - 1), 0);
       const deadline = performance.now() + this.options.commandTimeoutMs;
@@ -418,7 +418,7 @@ export class NvmeController {
       let failed = 0;
       for (const q of this.io) {
         await this.createIoQueue(q);
-        for (const cid of q.outstandingCids()) {
+        for (const cid of q.cids.takenIds()) {
           if (q.retries[cid]! < 2 || q.deadlines[cid]! > started) continue;
           q.cancel(cid, STATUS_TIMED_OUT);
           failed++;
@@ -442,7 +442,7 @@ export class NvmeController {
     if (this.pollTimer !== undefined) clearImmediate(this.pollTimer);
     for (const q of [this.admin, ...this.io]) {
       if (q === undefined) continue;
-      for (const cid of q.outstandingCids()) q.cancel(cid, STATUS_GONE);
+      for (const cid of q.cids.takenIds()) q.cancel(cid, STATUS_GONE);
     }
   }
 

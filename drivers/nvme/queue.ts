@@ -220,13 +220,6 @@ export class QueuePair {
     return -1;
   }
 
-  /** Command IDs outstanding now. */
-  outstandingCids(): number[] {
-    const ids: number[] = [];
-    for (let cid = 0; cid < this.depth - 1; cid++) if (this.handlers[cid] !== undefined) ids.push(cid);
-    return ids;
-  }
-
   /** From a controller reset's start: submissions are recorded, not posted, until resubmitOutstanding. */
   hold(): void {
     this.held = true;
@@ -248,7 +241,7 @@ export class QueuePair {
     this.held = false;
     let again = 0;
     let held = 0;
-    for (const cid of this.outstandingCids()) {
+    for (const cid of this.cids.takenIds()) {
       if (this.unposted[cid] === 1) {
         this.unposted[cid] = 0;
         held++;
