@@ -21,6 +21,8 @@ import { BlockRequestError, NvmeGoneError } from './errors.js';
 import type { CompletionHandler, QueuePair } from './queue.js';
 import { NVM, type NamespaceIdentity } from './registers.js';
 
+const OPCODES: Readonly<Record<BlockOperation, number>> = { read: NVM.READ, write: NVM.WRITE, flush: NVM.FLUSH, discard: NVM.DSM };
+
 /** A chunk waiting for a free command ID: run with the queue and the command ID taken for it. */
 type Waiter = (q: QueuePair, cid: number) => void;
 
@@ -146,17 +148,17 @@ export class NvmeNamespace extends RegisteredBlockDevice {
     const refused = this.refusal(() => checkRequest.read(this, lba, blocks, into));
     if (refused !== undefined) return Promise.reject(refused);
     const buffer = into ?? new Uint8Array(blocks * this.blockSize);
-    return this.transfer('read', lba, blocks, buffer).then(() => buffer);
+    return this.request('read', lba, blocks, buffer).then(() => buffer);
   }
 
   write(lba: number, data: Uint8Array): Promise<void> {
     const refused = this.refusal(() => checkRequest.write(this, lba, data));
     if (refused !== undefined) return Promise.reject(refused);
-    return this.transfer('write', lba, data.length / this.blockSize, data);
+    return this.request('write', lba, data.length / this.blockSize, data);
   }
 
   flush(): Promise<void> {
-    return this.simple('flush', 0, 0, NVM.FLUSH, 0, 0, 0, -1);
+    return this.request('flush', 0, 0);
   }
 
   discard(lba: number, blocks: number): Promise<void> {
@@ -166,44 +168,7 @@ export class NvmeNamespace extends RegisteredBlockDevice {
       if (blocks > 0xffffffff) this.refuse(`${blocks} blocks exceed one range's 2^32 - 1`, 'discard in smaller pieces');
     });
     if (refused !== undefined) return Promise.reject(refused);
-    // One range (16 bytes) in the command's bounce buffer: context attributes, NLB, SLBA.
-    return this.simple('discard', lba, blocks, NVM.DSM, 0, 1 << 2, 0, 0);
-  }
-
-  /** A command with no data of the caller's: Flush, or DSM with its range list in the bounce buffer (range >= 0). */
-  private simple(op: BlockOperation, lba: number, blocks: number, opcode: number, cdw10: number, cdw11: number, cdw12: number, range: number): Promise<void> {
-    const started = performance.now();
-    const io = this.io;
-    return new Promise<void>((resolve, reject) => {
-      const fail = (e: Error) => {
-        io.inFlight.delete(fail);
-        this.report(op, lba, blocks, e, started);
-        reject(e);
-      };
-      io.inFlight.add(fail);
-      io.schedule((q, cid) => {
-        const pool = io.data[q.id - 1]!;
-        q.prps[0] = 0;
-        q.prps[1] = 0;
-        if (range >= 0) {
-          const v = new DataView(pool.buffer, pool.offsetOf(cid), 16);
-          v.setUint32(0, 0, true);
-          v.setUint32(4, blocks, true);
-          v.setUint32(8, lba >>> 0, true);
-          v.setUint32(12, high32(lba), true);
-          q.prps[0] = pool.busAddresses[cid]!;
-        }
-        io.controller.submitTo(q, cid, false, opcode, this.nsid, cdw10, cdw11, cdw12, 0, (status: number) => {
-          io.inFlight.delete(fail);
-          io.drain();
-          io.completed();
-          const error = status === 0 ? undefined : statusError(commandName(false, opcode), status, io.controller.options.commandTimeoutMs);
-          this.report(op, lba, blocks, error, started);
-          if (error === undefined) resolve();
-          else reject(error);
-        }, fail);
-      });
-    });
+    return this.request('discard', lba, blocks);
   }
 
   /** A read or write of registered memory (checked): one command, on a queue with a free command ID, no allocation. */
@@ -220,26 +185,31 @@ export class NvmeNamespace extends RegisteredBlockDevice {
   }
 
   /**
-   * Reads or writes `blocks` at `lba` in chunks of at most chunkBytes. A
-   * buffer inside registered memory is given to the controller where it is
-   * (held until the request ends: an unregister() meanwhile leaves it
-   * loaded); any other goes through the command IDs' bounce buffers (one
-   * copy), never through a map of its own.
+   * One request of the promise API, as commands on queues with a free
+   * command ID (now, or once one frees up), settled when the last ended
+   * (the first error wins). Reads and writes go in chunks of at most
+   * chunkBytes: a buffer inside registered memory is given to the
+   * controller where it is (held until the request ends: an unregister()
+   * meanwhile leaves it loaded); any other goes through the command IDs'
+   * bounce buffers (one copy), never through a map of its own. A discard
+   * is one DSM with its one range in the command's bounce buffer; a flush,
+   * one Flush. A command the timeout path aborted is submitted again.
    */
-  private transfer(op: 'read' | 'write', lba: number, blocks: number, buffer: Uint8Array): Promise<void> {
+  private request(op: BlockOperation, lba: number, blocks: number, buffer?: Uint8Array): Promise<void> {
     const started = performance.now();
     const io = this.io;
     const bs = this.blockSize;
+    const data = buffer !== undefined;
     const chunkBlocks = Math.floor(io.chunkBytes / bs);
     // PRP1 must be dword-aligned.
-    let mapping = this.holdMapping(buffer, 4);
-    const direct = mapping === undefined ? -1 : mapping.bus + buffer.byteOffset;
-    const opcode = op === 'read' ? NVM.READ : NVM.WRITE;
-    let remaining = Math.ceil(blocks / chunkBlocks);
+    let mapping = data ? this.holdMapping(buffer, 4) : undefined;
+    const direct = mapping === undefined ? -1 : mapping.bus + buffer!.byteOffset;
+    const opcode = OPCODES[op];
+    let remaining = data ? Math.ceil(blocks / chunkBlocks) : 1;
     let failure: Error | undefined;
     return new Promise<void>((resolve, reject) => {
       const end = (e: Error | undefined) => {
-        io.inFlight.delete(abandon);
+        io.inFlight.delete(end);
         if (mapping !== undefined) this.release(mapping, -1);
         mapping = undefined;
         this.report(op, lba, blocks, e, started);
@@ -250,29 +220,38 @@ export class NvmeNamespace extends RegisteredBlockDevice {
         if (e !== undefined && failure === undefined) failure = e;
         if (--remaining === 0) end(failure);
       };
-      const abandon = (e: Error) => end(e);
-      io.inFlight.add(abandon);
-      for (let first = 0; first < blocks; first += chunkBlocks) {
-        const n = Math.min(chunkBlocks, blocks - first);
+      io.inFlight.add(end);
+      for (let first = 0, chunks = remaining; chunks > 0; chunks--, first += chunkBlocks) {
+        const n = data ? Math.min(chunkBlocks, blocks - first) : 0;
         const offset = first * bs;
         const bytes = n * bs;
         const slba = lba + first;
         io.schedule((q, cid) => {
           const bounce = io.views[q.id - 1]![cid]!;
-          q.prps[0] = direct >= 0 ? direct + offset : io.data[q.id - 1]!.busAddresses[cid]!;
-          if (direct < 0 && op === 'write') bounce.set(buffer.subarray(offset, offset + bytes));
+          q.prps[0] = direct >= 0 ? direct + offset : op === 'flush' ? 0 : io.data[q.id - 1]!.busAddresses[cid]!;
+          if (direct < 0 && op === 'write') bounce.set(buffer!.subarray(offset, offset + bytes));
+          if (op === 'discard') {
+            // Context attributes, NLB, SLBA.
+            const v = new DataView(bounce.buffer, bounce.byteOffset, 16);
+            v.setUint32(0, 0, true);
+            v.setUint32(4, blocks, true);
+            v.setUint32(8, lba >>> 0, true);
+            v.setUint32(12, high32(lba), true);
+          }
           q.prp2For(cid, bytes);
           const handler = (status: number, _dw0: number, doneCid: number) => {
             if (NvmeController.wasAborted(status) && q.retries[doneCid]! < 2) {
               q.resubmit(doneCid, handler, performance.now() + io.controller.options.commandTimeoutMs);
               return;
             }
-            if (status === 0 && direct < 0 && op === 'read') buffer.set(bounce.subarray(0, bytes), offset);
+            if (status === 0 && direct < 0 && op === 'read') buffer!.set(bounce.subarray(0, bytes), offset);
             io.drain();
             finish(status === 0 ? undefined : statusError(commandName(false, opcode), status, io.controller.options.commandTimeoutMs));
             io.completed();
           };
-          io.controller.submitTo(q, cid, false, opcode, this.nsid, slba | 0, high32(slba), n - 1, 0, handler, finish);
+          // Read/Write: SLBA, NLB - 1; DSM: one range (NR 0), deallocate (AD, CDW11 bit 2); Flush: none.
+          if (data) io.controller.submitTo(q, cid, false, opcode, this.nsid, slba | 0, high32(slba), n - 1, 0, handler, finish);
+          else io.controller.submitTo(q, cid, false, opcode, this.nsid, 0, op === 'discard' ? 1 << 2 : 0, 0, 0, handler, finish);
         });
       }
     });
