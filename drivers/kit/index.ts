@@ -2,4 +2,4 @@
 export { storeBus64, writeRegister64, high32 } from './bus-address.js';
 export { Ring, DescriptorRing, type Doorbell } from './ring.js';
 export { Trackers, entryViews } from './tracker.js';
-export { RegisteredBlockDevice, RegisteredRequests, Mapping, mapWhole, type Registration } from './registered.js';
+export { RegisteredBlockDevice, RegisteredRequests, Mapping, type Registration } from './registered.js';

@@ -12,7 +12,7 @@ import type { DmaTag, LoadedDmaMap } from '../../pci/bus-dma.js';
 import { BlockDeviceBase, BlockGoneError, BlockRequestError, RegisteredMemory, checkRequest, type BlockGeometry, type RegisteredBuffer } from '../block.js';
 
 /** `memory` mapped for DMA through `tag` as one segment, or a BlockRequestError naming why not (`name`: the device's). */
-export function mapWhole(name: string, tag: DmaTag, memory: SharedArrayBuffer): LoadedDmaMap {
+function mapWhole(name: string, tag: DmaTag, memory: SharedArrayBuffer): LoadedDmaMap {
   let map: LoadedDmaMap;
   try {
     map = tag.createMap(memory.byteLength).load(memory, 0, memory.byteLength, { access: 'both' });

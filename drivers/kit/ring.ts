@@ -53,10 +53,6 @@ export class Ring {
     return d < 0 ? d + this.wrap : d;
   }
 
-  get tailSlot(): number {
-    return this.tail % this.size;
-  }
-
   get headSlot(): number {
     return this.head % this.size;
   }

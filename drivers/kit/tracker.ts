@@ -65,10 +65,6 @@ export class Trackers {
     this.stack[this.free++] = id;
   }
 
-  isTaken(id: number): boolean {
-    return this.where[id] === -1;
-  }
-
   /** The IDs taken now, in ID order (not a hot path: resets, cancellation). */
   takenIds(): number[] {
     const ids: number[] = [];
