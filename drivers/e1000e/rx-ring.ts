@@ -9,9 +9,11 @@
 import { DmaSync, type DmaTag } from '../../pci/bus-dma.js';
 import type { BusSpace } from '../../pci/bus-space.js';
 import type { DmaPool } from '../../pci/dma-pool.js';
+import { storeBus64 } from '../kit/bus-address.js';
+import type { DescriptorRing } from '../kit/ring.js';
 import type { DriverCounters, RxFrame } from '../packet.js';
-import { programRing, ringPool, writeAddress } from './buffers.js';
-import { DESC_BYTES, REG, RX_BUFFER_BYTES, RXD } from './registers.js';
+import { descriptorRing, programRing } from './buffers.js';
+import { REG, RX_BUFFER_BYTES, RXD } from './registers.js';
 
 class PooledFrame implements RxFrame {
   length = 0;
@@ -25,23 +27,17 @@ class PooledFrame implements RxFrame {
 }
 
 export class RxRing {
-  private readonly desc: Uint32Array;
-  private readonly ring: DmaPool;
+  /** Head: the next descriptor the device will complete; tail (RDT): the next the driver fills; between them, the filled ones. */
+  private readonly ring: DescriptorRing;
   private readonly pool: DmaPool;
   private readonly frames: PooledFrame[] = [];
   private readonly slotBuffer: Int32Array;
-  /** Next descriptor the device will complete. */
-  private next = 0;
-  /** RDT: the next descriptor the driver fills. */
-  private tail = 0;
-  private filled = 0;
   private live = true;
   private counters!: DriverCounters['rx'];
 
   constructor(private readonly regs: BusSpace, tag: DmaTag, readonly size: number, poolSize: number) {
-    this.ring = ringPool(tag, size, DESC_BYTES);
+    this.ring = descriptorRing(regs, tag, size, REG.RDBAL);
     this.pool = tag.createPool({ entrySize: RX_BUFFER_BYTES, entries: poolSize });
-    this.desc = new Uint32Array(this.ring.buffer, 0, size * 4);
     this.slotBuffer = new Int32Array(size).fill(-1);
     for (let i = 0; i < poolSize; i++) {
       this.frames.push(new PooledFrame(new Uint8Array(this.pool.buffer, this.pool.offsetOf(i), RX_BUFFER_BYTES), this, i));
@@ -51,19 +47,19 @@ export class RxRing {
   /** Programs the ring registers and fills it (RCTL.EN is set by the caller afterwards), counting into `counters` from now on. */
   start(counters: DriverCounters['rx']): void {
     this.counters = counters;
-    programRing(this.regs, REG.RDBAL, this.ring, this.size * DESC_BYTES);
+    programRing(this.regs, REG.RDBAL, this.ring);
     this.refill();
   }
 
   /** Buffers the consumer holds. */
   get held(): number {
-    return this.pool.entries - this.pool.available - this.filled;
+    return this.pool.entries - this.pool.available - this.ring.count;
   }
 
   /** Frames the device wrote that nobody will see (at a stop or crash: counted as lost by the caller). */
   pendingCompleted(): number {
     let n = 0;
-    for (let i = this.next, k = 0; k < this.filled && (this.desc[i * 4 + 3]! & RXD.STAT_DD) !== 0; i = (i + 1) % this.size, k++) n++;
+    while (n < this.ring.count && (this.ring.words[((this.ring.headSlot + n) % this.size) * 4 + 3]! & RXD.STAT_DD) !== 0) n++;
     return n;
   }
 
@@ -72,20 +68,19 @@ export class RxRing {
    * the ring. Returns the number delivered.
    */
   poll(deliver: (frame: RxFrame) => void, budget: number): number {
-    const d = this.desc;
-    this.ring.sync(DmaSync.POSTREAD, 0);
+    const d = this.ring.words;
+    this.ring.pool.sync(DmaSync.POSTREAD, 0);
     let n = 0;
-    while (n < budget && this.filled > 0) {
-      const w = this.next * 4;
+    while (n < budget && this.ring.count > 0) {
+      const w = this.ring.headSlot * 4;
       const status = d[w + 3]!;
       if ((status & RXD.STAT_DD) === 0) break;
-      const id = this.slotBuffer[this.next]!;
+      const slot = this.ring.shift();
+      const id = this.slotBuffer[slot]!;
       const length = d[w + 2]! & 0xffff;
       const errors = (status >>> 8) & 0xff;
       d[w + 3] = 0;
-      this.slotBuffer[this.next] = -1;
-      this.next = (this.next + 1) % this.size;
-      this.filled--;
+      this.slotBuffer[slot] = -1;
       if (errors !== 0 || (status & RXD.STAT_EOP) === 0) {
         this.counters.errors++;
         this.pool.release(id);
@@ -109,33 +104,31 @@ export class RxRing {
     if (!this.live) return;
     this.pool.release(id);
     // Refill at once only when the ring ran low; otherwise the next poll does it, in one RDT write.
-    if (this.filled < this.size >> 1) this.refill();
+    if (this.ring.count < this.size >> 1) this.refill();
   }
 
   private refill(): void {
     if (!this.live) return;
-    const d = this.desc;
+    const d = this.ring.words;
     let added = 0;
-    while (this.filled < this.size - 1) {
+    while (this.ring.count < this.size - 1) {
       const id = this.pool.alloc();
       if (id < 0) {
         // Every buffer is out with the consumer: the ring runs dry and the device drops (an overrun).
         this.counters.noBuffer++;
         break;
       }
-      const w = this.tail * 4;
+      const slot = this.ring.push();
       this.pool.sync(DmaSync.PREREAD, id);
-      writeAddress(d, w, this.pool.busAddresses[id]!);
-      d[w + 2] = 0;
-      d[w + 3] = 0;
-      this.slotBuffer[this.tail] = id;
-      this.tail = (this.tail + 1) % this.size;
-      this.filled++;
+      storeBus64(d, slot * 4, this.pool.busAddresses, id);
+      d[slot * 4 + 2] = 0;
+      d[slot * 4 + 3] = 0;
+      this.slotBuffer[slot] = id;
       added++;
     }
     if (added === 0) return;
-    this.ring.sync(DmaSync.PREWRITE | DmaSync.PREREAD, 0);
-    this.regs.write4(REG.RDT, this.tail);
+    this.ring.pool.sync(DmaSync.PREWRITE | DmaSync.PREREAD, 0);
+    this.ring.ringTail();
   }
 
   /** The incarnation ends: frames still held become stale (their release does nothing; the host frees the memory). */

@@ -9,30 +9,28 @@
 import { DmaSync, type DmaTag } from '../../pci/bus-dma.js';
 import type { BusSpace } from '../../pci/bus-space.js';
 import type { DmaPool } from '../../pci/dma-pool.js';
+import { storeBus64 } from '../kit/bus-address.js';
+import type { DescriptorRing } from '../kit/ring.js';
 import type { DriverCounters, TransmitBuffers } from '../packet.js';
-import { programRing, ringPool, writeAddress } from './buffers.js';
-import { DESC_BYTES, REG, RX_BUFFER_BYTES, TXD } from './registers.js';
+import { descriptorRing, programRing } from './buffers.js';
+import { REG, RX_BUFFER_BYTES, TXD } from './registers.js';
 
 const COMMAND = TXD.CMD_EOP | TXD.CMD_IFCS | TXD.CMD_RS;
 
 export class TxRing {
-  private readonly desc: Uint32Array;
-  private readonly ring: DmaPool;
+  /** Tail (TDT): the next descriptor posted; head: the next to reclaim; between them, those in flight. */
+  private readonly ring: DescriptorRing;
   private readonly buffers: DmaPool;
   /** The buffer each descriptor in flight carries. */
   private readonly slotBuffer: Int32Array;
-  private tail = 0;
-  private clean = 0;
-  private inFlight = 0;
   private unflushed = false;
   private counters!: DriverCounters['tx'];
   readonly transmitBuffers: TransmitBuffers;
 
   constructor(private readonly regs: BusSpace, tag: DmaTag, readonly size: number) {
-    this.ring = ringPool(tag, size, DESC_BYTES);
+    this.ring = descriptorRing(regs, tag, size, REG.TDBAL);
     // One slot always stays empty (TDT == TDH means empty): a buffer for each of the others.
     this.buffers = tag.createPool({ entrySize: RX_BUFFER_BYTES, entries: size - 1, access: 'read' });
-    this.desc = new Uint32Array(this.ring.buffer, 0, size * 4);
     this.slotBuffer = new Int32Array(size);
     this.transmitBuffers = { buffer: this.buffers.buffer, stride: this.buffers.stride, entries: this.buffers.entries };
   }
@@ -40,21 +38,19 @@ export class TxRing {
   /** Programs the ring registers, counting into `counters` from now on. */
   start(counters: DriverCounters['tx']): void {
     this.counters = counters;
-    programRing(this.regs, REG.TDBAL, this.ring, this.size * DESC_BYTES);
+    programRing(this.regs, REG.TDBAL, this.ring);
   }
 
   /** Reclaims completed descriptors, handing each one's buffer to `done`; returns how many. */
   reclaim(done: (buffer: number) => void): number {
-    const d = this.desc;
-    this.ring.sync(DmaSync.POSTREAD | DmaSync.POSTWRITE, 0);
+    const d = this.ring.words;
+    this.ring.pool.sync(DmaSync.POSTREAD | DmaSync.POSTWRITE, 0);
     let n = 0;
-    while (this.inFlight > 0 && (d[this.clean * 4 + 3]! & TXD.STAT_DD) !== 0) {
-      d[this.clean * 4 + 3] = 0;
-      const buffer = this.slotBuffer[this.clean]!;
-      this.clean = (this.clean + 1) % this.size;
-      this.inFlight--;
+    while (this.ring.count > 0 && (d[this.ring.headSlot * 4 + 3]! & TXD.STAT_DD) !== 0) {
+      const slot = this.ring.shift();
+      d[slot * 4 + 3] = 0;
       n++;
-      done(buffer);
+      done(this.slotBuffer[slot]!);
     }
     return n;
   }
@@ -65,15 +61,13 @@ export class TxRing {
       throw new Error(`e1000e: transmit of buffer ${index}, ${length} bytes: no such buffer or length (${this.buffers.entries} buffers of ${RX_BUFFER_BYTES})`);
     }
     // Never: there is one buffer fewer than descriptors, and a buffer is in one descriptor at most.
-    if (this.inFlight === this.size - 1) throw new Error('e1000e: the transmit ring is full');
+    if (this.ring.count === this.size - 1) throw new Error('e1000e: the transmit ring is full');
     this.buffers.sync(DmaSync.PREWRITE, index, 0, length);
-    const w = this.tail * 4;
-    writeAddress(this.desc, w, this.buffers.busAddresses[index]!);
-    this.desc[w + 2] = length | COMMAND;
-    this.desc[w + 3] = 0;
-    this.slotBuffer[this.tail] = index;
-    this.tail = (this.tail + 1) % this.size;
-    this.inFlight++;
+    const slot = this.ring.push();
+    storeBus64(this.ring.words, slot * 4, this.buffers.busAddresses, index);
+    this.ring.words[slot * 4 + 2] = length | COMMAND;
+    this.ring.words[slot * 4 + 3] = 0;
+    this.slotBuffer[slot] = index;
     this.counters.frames++;
     this.counters.bytes += length;
     this.unflushed = true;
@@ -83,8 +77,8 @@ export class TxRing {
   flush(): void {
     if (!this.unflushed) return;
     this.unflushed = false;
-    this.ring.sync(DmaSync.PREWRITE, 0);
-    this.regs.write4(REG.TDT, this.tail);
+    this.ring.pool.sync(DmaSync.PREWRITE, 0);
+    this.ring.ringTail();
   }
 
   /**
@@ -92,7 +86,6 @@ export class TxRing {
    * TDT when the incarnation ends. Read before bus mastering goes off.
    */
   unsent(): number {
-    const head = this.regs.read4(REG.TDH);
-    return (this.tail - head + this.size) % this.size;
+    return (this.ring.tail - this.regs.read4(REG.TDH) + this.size) % this.size;
   }
 }

@@ -10,6 +10,7 @@
 import type { DriverDma, DmaTag } from '../../pci/bus-dma.js';
 import type { BusSpace } from '../../pci/bus-space.js';
 import { NvmeGoneError, NvmeStatusError, NvmeTimeoutError, SC_ABORT_REQUESTED } from './errors.js';
+import { writeRegister64 } from '../kit/bus-address.js';
 import { QueuePair, type CompletionHandler } from './queue.js';
 import {
   ADMIN, CC, CNS, CSTS, FEATURE, PAGE, REG, decodeCap, decodeIdentifyController, decodeIdentifyNamespace, decodeNamespaceList,
@@ -44,9 +45,6 @@ export interface Completion {
 
 const OPCODE_NAMES: Record<string, string> = { a0: 'Delete I/O SQ', a1: 'Create I/O SQ', a4: 'Delete I/O CQ', a5: 'Create I/O CQ', a6: 'Identify', a8: 'Abort', a9: 'Set Features', i0: 'Flush', i1: 'Write', i2: 'Read', i9: 'Dataset Management' };
 export const commandName = (admin: boolean, opcode: number) => OPCODE_NAMES[`${admin ? 'a' : 'i'}${opcode.toString(16)}`] ?? `${admin ? 'admin' : 'I/O'} opcode 0x${opcode.toString(16)}`;
-
-export const SUBMIT_FULL = -1;
-export const SUBMIT_REFUSED = -2;
 
 /** Synthetic statuses for commands the driver completes itself. */
 export const STATUS_GONE = 0x7fff;
@@ -175,8 +173,8 @@ export class NvmeController {
   private async enable(): Promise<void> {
     const depth = this.admin.depth;
     this.bar.write4(REG.AQA, ((depth - 1) << 16) | (depth - 1));
-    this.writeAddress(REG.ASQ, this.admin.sqBusAddress);
-    this.writeAddress(REG.ACQ, this.admin.cqBusAddress);
+    writeRegister64(this.bar, REG.ASQ, this.admin.sq.bus);
+    writeRegister64(this.bar, REG.ACQ, this.admin.cq.bus);
     this.bar.write4(REG.CC, CC.EN | CC.CSS_NVM | CC.MPS_4K | CC.AMS_RR | CC.IOSQES | CC.IOCQES);
     await this.waitReady(true, 'enable');
     // Polled: mask every vector in the controller. Without MSI-X the admin CQ would otherwise
@@ -184,15 +182,10 @@ export class NvmeController {
     if (this.options.polled || this.options.vectors === 0) this.bar.write4(REG.INTMS, 0xffffffff);
   }
 
-  private writeAddress(offset: number, address: number): void {
-    this.bar.write4(offset, address >>> 0);
-    this.bar.write4(offset + 4, Math.floor(address / 2 ** 32));
-  }
-
   private async createIoQueue(q: QueuePair): Promise<void> {
     const ien = q.vector >= 0 ? 1 << 1 : 0;
-    await this.adminCommand(ADMIN.CREATE_CQ, 0, q.cqBusAddress, 0, ((q.depth - 1) << 16) | q.id, (Math.max(q.vector, 0) << 16) | ien | 1, 0);
-    await this.adminCommand(ADMIN.CREATE_SQ, 0, q.sqBusAddress, 0, ((q.depth - 1) << 16) | q.id, (q.id << 16) | 1, 0);
+    await this.adminCommand(ADMIN.CREATE_CQ, 0, q.cq.bus, 0, ((q.depth - 1) << 16) | q.id, (Math.max(q.vector, 0) << 16) | ien | 1, 0);
+    await this.adminCommand(ADMIN.CREATE_SQ, 0, q.sq.bus, 0, ((q.depth - 1) << 16) | q.id, (q.id << 16) | 1, 0);
   }
 
   /** Identify data (a copy). One at a time: they share one DMA page (a caller's Identify during attach once garbled a namespace's). */
@@ -216,9 +209,14 @@ export class NvmeController {
     return new Promise<Completion>((resolve, reject) => {
       // Not the I/O path: the deadline counts from now.
       this.checkedAt[0] = performance.now();
+      const cid = this.admin.cids.take();
+      if (cid < 0) {
+        reject(new Error(`nvme: ${commandName(true, opcode)}: all ${this.admin.cids.count} admin command IDs are outstanding`));
+        return;
+      }
       this.admin.prps[0] = prp1;
       this.admin.prps[1] = prp2;
-      this.submitTo(this.admin, true, opcode, nsid, cdw10, cdw11, cdw12, 0, (status, dw0) => {
+      this.submitTo(this.admin, cid, true, opcode, nsid, cdw10, cdw11, cdw12, 0, (status, dw0) => {
         if (status === 0) resolve({ dw0 });
         else reject(statusError(commandName(true, opcode), status, this.options.commandTimeoutMs));
       }, reject);
@@ -236,19 +234,18 @@ export class NvmeController {
   }
 
   /**
-   * Submits on `q` (its PRPs set in q.prps): returns the command ID, SUBMIT_FULL when the queue has
-   * no free command ID (nothing happened: the caller retries later), or
-   * SUBMIT_REFUSED when the controller is gone (`onError` was called).
+   * Submits on `q` as command `cid` (taken from q.cids by the caller, its
+   * PRPs set in q.prps): true, or false when the controller is gone (the
+   * command ID is given back and `onError` called).
    */
   submitTo(
-    q: QueuePair, admin: boolean, opcode: number, nsid: number, cdw10: number, cdw11: number, cdw12: number, cdw13: number, handler: CompletionHandler, onError: (e: Error) => void,
-  ): number {
+    q: QueuePair, cid: number, admin: boolean, opcode: number, nsid: number, cdw10: number, cdw11: number, cdw12: number, cdw13: number, handler: CompletionHandler, onError: (e: Error) => void,
+  ): boolean {
     if (this.gone !== undefined) {
+      q.cids.give(cid);
       onError(new NvmeGoneError(commandName(admin, opcode), this.gone));
-      return SUBMIT_REFUSED;
+      return false;
     }
-    const cid = q.allocCid();
-    if (cid < 0) return SUBMIT_FULL;
     if (admin ? this.dropAdminSubmission > 0 && ++this.adminSubmissions === this.dropAdminSubmission : ++this.ioSubmissions === this.dropSubmission) {
       q.dropCid = cid;
       q.dropResubmissions = !admin && this.dropResubmissions;
@@ -260,7 +257,7 @@ export class NvmeController {
     // A check period late at most (checkedAt is up to a period old), never early.
     q.deadlines[cid] = this.checkedAt[0]! + this.options.commandTimeoutMs + this.timeoutCheckMs;
     if (q.vector < 0 || q === this.admin) this.kickPoller();
-    return cid;
+    return true;
   }
 
   // --- completions -------------------------------------------------------
@@ -412,7 +409,7 @@ export class NvmeController {
       for (const q of [this.admin, ...this.io]) q.reap();
       for (const q of [this.admin, ...this.io]) q.restart();
       // Admin commands outstanding across the reset are lost with the old admin queue.
-      for (const cid of this.admin.outstandingCids()) this.admin.cancel(cid, STATUS_GONE);
+      for (const cid of this.admin.cids.takenIds()) this.admin.cancel(cid, STATUS_GONE);
       await this.enable();
       await this.adminCommand(ADMIN.SET_FEATURES, 0, 0, 0, FEATURE.NUMBER_OF_QUEUES, ((this.io.length - 1) << 16) | (this.io.length - 1), 0);
       const deadline = performance.now() + this.options.commandTimeoutMs;
@@ -421,7 +418,7 @@ export class NvmeController {
       let failed = 0;
       for (const q of this.io) {
         await this.createIoQueue(q);
-        for (const cid of q.outstandingCids()) {
+        for (const cid of q.cids.takenIds()) {
           if (q.retries[cid]! < 2 || q.deadlines[cid]! > started) continue;
           q.cancel(cid, STATUS_TIMED_OUT);
           failed++;
@@ -445,7 +442,7 @@ export class NvmeController {
     if (this.pollTimer !== undefined) clearImmediate(this.pollTimer);
     for (const q of [this.admin, ...this.io]) {
       if (q === undefined) continue;
-      for (const cid of q.outstandingCids()) q.cancel(cid, STATUS_GONE);
+      for (const cid of q.cids.takenIds()) q.cancel(cid, STATUS_GONE);
     }
   }
 

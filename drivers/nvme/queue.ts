@@ -1,7 +1,8 @@
 /**
- * One NVMe submission/completion queue pair: both rings in DMA pools (one
- * allocation each, bus address precomputed), a command ID per free SQ slot,
- * one PRP list page per command ID, doorbells, and the completion phase.
+ * One NVMe submission/completion queue pair on the driver kit: the SQ and
+ * CQ are DescriptorRings (the CQ wrapping at twice its size for the phase
+ * tag), command IDs are Trackers (taken and given back in any order), and
+ * each command ID has its PRP list page, bus address computed once.
  *
  * The hot path allocates nothing: a command is written straight into the SQ
  * ring's Uint32Array, its completion handler is a function the caller keeps
@@ -14,6 +15,9 @@
 import type { BusSpace } from '../../pci/bus-space.js';
 import type { DmaPool } from '../../pci/dma-pool.js';
 import type { DmaTag } from '../../pci/bus-dma.js';
+import { high32, storeBus64 } from '../kit/bus-address.js';
+import { DescriptorRing } from '../kit/ring.js';
+import { Trackers } from '../kit/tracker.js';
 import { CQE_BYTES, PAGE, PRPS_PER_PAGE, REG, SQE_BYTES } from './registers.js';
 
 /** Completion of one command: `status` is CQE DW3 bits 31:17 (SC 7:0, SCT 10:8, DNR 14); 0 is success. */
@@ -21,15 +25,15 @@ export type CompletionHandler = (status: number, dw0: number, cid: number) => vo
 
 const WORDS_PER_SQE = SQE_BYTES / 4;
 const WORDS_PER_CQE = CQE_BYTES / 4;
-const TWO_32 = 2 ** 32;
 
 export class QueuePair {
-  readonly sq: DmaPool;
-  readonly cq: DmaPool;
+  readonly sq: DescriptorRing;
+  /** Wraps at twice its size: the head's pass is the phase tag. */
+  readonly cq: DescriptorRing;
+  /** The command IDs: depth - 1 of them, as depth - 1 commands can be outstanding. */
+  readonly cids: Trackers;
   /** One PRP list page per command ID. */
   readonly prpLists: DmaPool;
-  private readonly sqWords: Uint32Array;
-  private readonly cqWords: Uint32Array;
   private readonly prpWords: Uint32Array;
   /** The outstanding commands as submitted, by command ID. */
   private readonly shadow: Uint32Array;
@@ -39,9 +43,7 @@ export class QueuePair {
   /**
    * PRP1 and PRP2 of the command about to be submitted: the caller sets
    * PRP1 (prps[0]), prp2For() sets PRP2, submit() takes both. Bus
-   * addresses pass through this array, not as arguments, because a number
-   * argument that is no small integer (an IOVA above 2^31) is a new heap
-   * number per call, 16 bytes per I/O; a typed array's slot is not.
+   * addresses pass through this array, not as arguments (kit/bus-address.ts).
    */
   readonly prps = new Float64Array(2);
   /** Per command ID: aborts and resets it went through. */
@@ -49,13 +51,6 @@ export class QueuePair {
   /** Per command ID: 1 when it was submitted while the queue was held (not yet in the ring). */
   private readonly unposted: Uint8Array;
   private held = false;
-  private readonly freeCids: Int32Array;
-  private freeCount: number;
-  private sqTail = 0;
-  private cqHead = 0;
-  private phase = 1;
-  private readonly sqDoorbell: number;
-  private readonly cqDoorbell: number;
   /** Commands submitted and completed over the queue's life. */
   submitted = 0;
   completed = 0;
@@ -69,7 +64,7 @@ export class QueuePair {
   dropResubmissions = false;
 
   constructor(
-    private readonly bar: BusSpace,
+    bar: BusSpace,
     tag: DmaTag,
     /** 0 for the admin queue. */
     readonly id: number,
@@ -79,45 +74,21 @@ export class QueuePair {
     /** The interrupt vector its CQ signals, or -1 (polled). */
     readonly vector: number,
   ) {
-    this.sq = tag.createPool({ entrySize: depth * SQE_BYTES, entries: 1, access: 'read' });
-    this.cq = tag.createPool({ entrySize: depth * CQE_BYTES, entries: 1, access: 'write' });
+    this.sq = new DescriptorRing(tag, depth, SQE_BYTES, 'read', depth, { space: bar, offset: REG.DOORBELLS + 2 * id * doorbellStride });
+    this.cq = new DescriptorRing(tag, depth, CQE_BYTES, 'write', 2 * depth, { space: bar, offset: REG.DOORBELLS + (2 * id + 1) * doorbellStride });
+    this.cids = new Trackers(depth - 1);
     this.prpLists = tag.createPool({ entrySize: PAGE, entries: depth - 1, access: 'read' });
-    this.sqWords = new Uint32Array(this.sq.buffer, 0, depth * WORDS_PER_SQE);
-    this.cqWords = new Uint32Array(this.cq.buffer, 0, depth * WORDS_PER_CQE);
     this.prpWords = new Uint32Array(this.prpLists.buffer);
     this.shadow = new Uint32Array(depth * WORDS_PER_SQE);
     this.handlers = new Array<CompletionHandler | undefined>(depth - 1).fill(undefined);
     this.deadlines = new Float64Array(depth - 1);
     this.retries = new Uint8Array(depth - 1);
     this.unposted = new Uint8Array(depth - 1);
-    this.freeCids = new Int32Array(depth - 1);
-    for (let i = 0; i < depth - 1; i++) this.freeCids[i] = depth - 2 - i;
-    this.freeCount = depth - 1;
-    this.sqDoorbell = REG.DOORBELLS + 2 * id * doorbellStride;
-    this.cqDoorbell = REG.DOORBELLS + (2 * id + 1) * doorbellStride;
-  }
-
-  get sqBusAddress(): number {
-    return this.sq.busAddresses[0]!;
-  }
-
-  get cqBusAddress(): number {
-    return this.cq.busAddresses[0]!;
   }
 
   /** Commands submitted and not completed. */
   get outstanding(): number {
-    return this.depth - 1 - this.freeCount;
-  }
-
-  /** A free command ID, or -1 when the queue is full. */
-  allocCid(): number {
-    return this.freeCount === 0 ? -1 : this.freeCids[--this.freeCount]!;
-  }
-
-  /** Gives back a command ID that was allocated and never submitted. */
-  freeCid(cid: number): void {
-    this.freeCids[this.freeCount++] = cid;
+    return this.cids.outstanding;
   }
 
   /**
@@ -144,7 +115,7 @@ export class QueuePair {
     for (let i = 0; i < pages; i++) {
       const a = next + i * PAGE;
       this.prpWords[w++] = a >>> 0;
-      this.prpWords[w++] = Math.floor(a / TWO_32);
+      this.prpWords[w++] = high32(a);
     }
     this.prps[1] = this.prpLists.busAddresses[cid]!;
   }
@@ -155,8 +126,6 @@ export class QueuePair {
    * caller sets.
    */
   submit(cid: number, opcode: number, nsid: number, cdw10: number, cdw11: number, cdw12: number, cdw13: number, handler: CompletionHandler): void {
-    const prp1 = this.prps[0]!;
-    const prp2 = this.prps[1]!;
     const s = cid * WORDS_PER_SQE;
     const w = this.shadow;
     w[s] = opcode | (cid << 16);
@@ -165,10 +134,8 @@ export class QueuePair {
     w[s + 3] = 0;
     w[s + 4] = 0;
     w[s + 5] = 0;
-    w[s + 6] = prp1 >>> 0;
-    w[s + 7] = Math.floor(prp1 / TWO_32);
-    w[s + 8] = prp2 >>> 0;
-    w[s + 9] = Math.floor(prp2 / TWO_32);
+    storeBus64(w, s + 6, this.prps, 0);
+    storeBus64(w, s + 8, this.prps, 1);
     w[s + 10] = cdw10;
     w[s + 11] = cdw11;
     w[s + 12] = cdw12;
@@ -191,11 +158,10 @@ export class QueuePair {
       return;
     }
     const from = cid * WORDS_PER_SQE;
-    const to = this.sqTail * WORDS_PER_SQE;
-    for (let i = 0; i < WORDS_PER_SQE; i++) this.sqWords[to + i] = this.shadow[from + i]!;
-    this.sqTail = this.sqTail + 1 === this.depth ? 0 : this.sqTail + 1;
+    const to = this.sq.push() * WORDS_PER_SQE;
+    for (let i = 0; i < WORDS_PER_SQE; i++) this.sq.words[to + i] = this.shadow[from + i]!;
     this.submitted++;
-    this.bar.write4(this.sqDoorbell, this.sqTail);
+    this.sq.ringTail();
   }
 
   /** Opcode of an outstanding command, for messages. */
@@ -212,27 +178,23 @@ export class QueuePair {
     let n = 0;
     try {
       for (;;) {
-        const at = this.cqHead * WORDS_PER_CQE;
-        const dw3 = Atomics.load(this.cqWords, at + 3);
-        if (((dw3 >>> 16) & 1) !== this.phase) break;
-        const dw0 = this.cqWords[at]!;
-        this.cqHead++;
-        if (this.cqHead === this.depth) {
-          this.cqHead = 0;
-          this.phase ^= 1;
-        }
+        const at = this.cq.headSlot * WORDS_PER_CQE;
+        const dw3 = Atomics.load(this.cq.words, at + 3);
+        if (((dw3 >>> 16) & 1) !== this.cq.phase) break;
+        const dw0 = this.cq.words[at]!;
+        this.cq.shift();
         n++;
         const cid = dw3 & 0xffff;
         const handler = this.handlers[cid];
         if (handler === undefined) continue; // a completion for nothing outstanding (after a reset): ignored
         this.handlers[cid] = undefined;
         this.deadlines[cid] = 0;
-        this.freeCids[this.freeCount++] = cid;
+        this.cids.give(cid);
         this.completed++;
         handler(dw3 >>> 17, dw0, cid);
       }
     } finally {
-      if (n > 0) this.bar.write4(this.cqDoorbell, this.cqHead);
+      if (n > 0) this.cq.ringHead();
     }
     return n;
   }
@@ -245,7 +207,7 @@ export class QueuePair {
     this.deadlines[cid] = 0;
     this.unposted[cid] = 0;
     if (cid === this.dropCid) this.dropCid = -1;
-    this.freeCids[this.freeCount++] = cid;
+    this.cids.give(cid);
     handler(status, 0, cid);
   }
 
@@ -258,13 +220,6 @@ export class QueuePair {
     return -1;
   }
 
-  /** Command IDs outstanding now. */
-  outstandingCids(): number[] {
-    const ids: number[] = [];
-    for (let cid = 0; cid < this.depth - 1; cid++) if (this.handlers[cid] !== undefined) ids.push(cid);
-    return ids;
-  }
-
   /** From a controller reset's start: submissions are recorded, not posted, until resubmitOutstanding. */
   hold(): void {
     this.held = true;
@@ -272,10 +227,9 @@ export class QueuePair {
 
   /** After a controller reset: empty rings (the outstanding commands stay, for resubmitOutstanding). */
   restart(): void {
-    this.sqTail = 0;
-    this.cqHead = 0;
-    this.phase = 1;
-    this.cqWords.fill(0);
+    this.sq.reset();
+    this.cq.reset();
+    this.cq.words.fill(0);
   }
 
   /**
@@ -287,7 +241,7 @@ export class QueuePair {
     this.held = false;
     let again = 0;
     let held = 0;
-    for (const cid of this.outstandingCids()) {
+    for (const cid of this.cids.takenIds()) {
       if (this.unposted[cid] === 1) {
         this.unposted[cid] = 0;
         held++;
@@ -303,13 +257,8 @@ export class QueuePair {
 
   /** Submits one outstanding command again (its abort completed it). */
   resubmit(cid: number, handler: CompletionHandler, deadline: number): void {
-    // Its ID was released when it completed: take it again.
-    for (let i = 0; i < this.freeCount; i++) {
-      if (this.freeCids[i] === cid) {
-        this.freeCids[i] = this.freeCids[--this.freeCount]!;
-        break;
-      }
-    }
+    // Its ID was given back when it completed: take it again.
+    this.cids.takeId(cid);
     const retries = this.retries[cid]!;
     this.handlers[cid] = handler;
     this.deadlines[cid] = deadline;

@@ -13,6 +13,7 @@ import { UpciError } from '../../kernel/errors.js';
 import type { DmaTag } from '../../pci/bus-dma.js';
 import type { BusSpace } from '../../pci/bus-space.js';
 import type { DriverBus } from '../contract.js';
+import { writeRegister64 } from '../kit/bus-address.js';
 import { SplitRing } from './split-ring.js';
 
 export const VIRTIO_VENDOR = 0x1af4;
@@ -106,8 +107,7 @@ export class VirtioPci {
   private write4(at: number, v: number) { this.common.space.write4(this.common.offset + at, v >>> 0); }
   /** 64-bit fields as two 32-bit writes, low first (§4.1.3.1 allows it; not every device takes a 64-bit access). */
   private write64(at: number, v: number) {
-    this.write4(at, v >>> 0);
-    this.write4(at + 4, Math.floor(v / 2 ** 32));
+    writeRegister64(this.common.space, this.common.offset + at, v);
   }
 
   get status(): number {

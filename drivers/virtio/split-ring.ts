@@ -2,8 +2,8 @@
  * A virtio split virtqueue (virtio 1.x §2.7): the descriptor table, the
  * driver's (avail) ring and the device's (used) ring in one piece of DMA
  * memory, with the free-descriptor list, the 16-bit indices that wrap, and
- * the doorbell. Kept to head/tail/wrap/doorbell so it can become the kit's
- * descriptor-ring helper.
+ * the doorbell. Its indices are the kit's Ring wrapping at 2^16
+ * (kit/ring.ts), its descriptors' addresses written by storeBus64.
  *
  * The device is not trusted: which descriptors form a chain, and how long
  * it is, live here in the driver's memory, not read back from the table;
@@ -15,6 +15,8 @@
  * not move), so the device sees the chain before the index that publishes
  * it; the used index is an Atomics.load before its elements are read.
  */
+import { storeBus64 } from '../kit/bus-address.js';
+import { Ring } from '../kit/ring.js';
 
 const DESC_BYTES = 16;
 const F_NEXT = 1;
@@ -35,7 +37,9 @@ export class SplitRing {
   readonly descBus: number;
   readonly availBus: number;
   readonly usedBus: number;
-  private readonly desc: DataView;
+  /** The descriptor table as words (address, length) and as halves (flags, next: halves 6 and 7 of each). */
+  private readonly descWords: Uint32Array;
+  private readonly descHalves: Uint16Array;
   private readonly availIdx: Uint16Array;
   private readonly availRing: Uint16Array;
   private readonly usedFlags: Uint16Array;
@@ -48,9 +52,8 @@ export class SplitRing {
   private readonly chainLength: Uint16Array;
   /** Per descriptor: the next of its chain, as this driver linked it. */
   private readonly nextOf: Uint16Array;
-  /** The avail index this driver has published, and the used index it has consumed, both mod 2^16. */
-  private availHead = 0;
-  private usedTail = 0;
+  /** Tail: the avail index this driver has published; head: the used index it has consumed. */
+  private readonly indices: Ring;
 
   constructor(
     readonly size: number,
@@ -68,7 +71,9 @@ export class SplitRing {
     this.descBus = busAddress;
     this.availBus = busAddress + DESC_BYTES * size;
     this.usedBus = busAddress + SplitRing.usedOffset(size);
-    this.desc = new DataView(memory, offset, DESC_BYTES * size);
+    this.descWords = new Uint32Array(memory, offset, (DESC_BYTES / 4) * size);
+    this.descHalves = new Uint16Array(memory, offset, (DESC_BYTES / 2) * size);
+    this.indices = new Ring(size, 0x10000);
     const avail = offset + DESC_BYTES * size;
     new Uint16Array(memory, avail, 1)[0] = 0; // flags: interrupts wanted
     this.availIdx = new Uint16Array(memory, avail + 2, 1);
@@ -89,7 +94,7 @@ export class SplitRing {
 
   /** Chains published and not yet returned by the device. */
   get inFlight(): number {
-    return (this.availHead - this.usedTail) & 0xffff;
+    return this.indices.count;
   }
 
   /**
@@ -105,24 +110,21 @@ export class SplitRing {
     let prev = -1;
     for (let i = 0; i < count; i++) {
       const id = this.freeStack[--this.freeCount]!;
-      const at = id * DESC_BYTES;
-      const address = addresses[i]!;
-      this.desc.setUint32(at, address >>> 0, true);
-      this.desc.setUint32(at + 4, Math.floor(address / 2 ** 32), true);
-      this.desc.setUint32(at + 8, lengths[i]!, true);
-      this.desc.setUint16(at + 12, i >= writableFrom ? F_WRITE : 0, true);
+      const w = id * (DESC_BYTES / 4);
+      storeBus64(this.descWords, w, addresses, i);
+      this.descWords[w + 2] = lengths[i]!;
+      this.descHalves[2 * w + 6] = i >= writableFrom ? F_WRITE : 0;
       if (prev < 0) head = id;
       else {
-        this.desc.setUint16(prev * DESC_BYTES + 12, this.desc.getUint16(prev * DESC_BYTES + 12, true) | F_NEXT, true);
-        this.desc.setUint16(prev * DESC_BYTES + 14, id, true);
+        this.descHalves[8 * prev + 6]! |= F_NEXT;
+        this.descHalves[8 * prev + 7] = id;
         this.nextOf[prev] = id;
       }
       prev = id;
     }
     this.chainLength[head] = count;
-    this.availRing[this.availHead & (this.size - 1)] = head;
-    this.availHead = (this.availHead + 1) & 0xffff;
-    Atomics.store(this.availIdx, 0, this.availHead);
+    this.availRing[this.indices.push()] = head;
+    Atomics.store(this.availIdx, 0, this.indices.tail);
     return head;
   }
 
@@ -139,18 +141,17 @@ export class SplitRing {
   reap(done: (head: number, written: number) => void): number {
     const end = Atomics.load(this.usedIdx, 0);
     let n = 0;
-    if (((end - this.usedTail) & 0xffff) > this.inFlight) {
-      throw new Error(`virtqueue: the device's used index ${end} is ahead of the ${this.inFlight} chain(s) in flight since ${this.usedTail}`);
+    if (this.indices.ahead(end) > this.inFlight) {
+      throw new Error(`virtqueue: the device's used index ${end} is ahead of the ${this.inFlight} chain(s) in flight since ${this.indices.head}`);
     }
-    while (this.usedTail !== end) {
-      const slot = (this.usedTail & (this.size - 1)) * 2;
+    while (this.indices.head !== end) {
+      const slot = this.indices.shift() * 2;
       const head = this.usedRing[slot]!;
       const written = this.usedRing[slot + 1]!;
       const length = head < this.size ? this.chainLength[head]! : 0;
       if (length === 0) throw new Error(`virtqueue: the device returned descriptor ${head}, which heads no chain in flight`);
       this.chainLength[head] = 0;
       for (let id = head, i = 0; i < length; i++, id = this.nextOf[id]!) this.freeStack[this.freeCount++] = id;
-      this.usedTail = (this.usedTail + 1) & 0xffff;
       n++;
       done(head, written);
     }

@@ -36,7 +36,7 @@ function queue(): { q: QueuePair; doorbells: number[]; sqWords: () => Uint32Arra
 const noop = () => undefined;
 /** Submits a Read with `tag` in CDW10; returns its command ID. */
 function submit(q: QueuePair, tag: number): number {
-  const cid = q.allocCid();
+  const cid = q.cids.take();
   q.prps[0] = 0x1000;
   q.prps[1] = 0;
   q.submit(cid, 0x02, 1, tag, 0, 0, 0, noop);

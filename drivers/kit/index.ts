@@ -1,0 +1,5 @@
+/** The driver kit: what a driver's data path is built from (rings, trackers, bus addresses, registered memory). */
+export { storeBus64, writeRegister64, high32 } from './bus-address.js';
+export { Ring, DescriptorRing, type Doorbell } from './ring.js';
+export { Trackers, entryViews } from './tracker.js';
+export { RegisteredBlockDevice, RegisteredRequests, Mapping, type Registration } from './registered.js';
