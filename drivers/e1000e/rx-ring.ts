@@ -9,20 +9,9 @@
 import { DmaSync, type DmaTag } from '../../pci/bus-dma.js';
 import type { BusSpace } from '../../pci/bus-space.js';
 import type { DmaPool } from '../../pci/dma-pool.js';
-import type { DriverCounters, RxFrame } from '../packet.js';
+import { PooledFrame, type DriverCounters, type RxFrame } from '../packet.js';
 import { programRing, ringPool, writeAddress } from './buffers.js';
 import { DESC_BYTES, REG, RX_BUFFER_BYTES, RXD } from './registers.js';
-
-class PooledFrame implements RxFrame {
-  length = 0;
-  held = false;
-  constructor(readonly bytes: Uint8Array, private readonly ring: RxRing, readonly id: number) {}
-  release(): void {
-    if (!this.held) return;
-    this.held = false;
-    this.ring.recycle(this.id);
-  }
-}
 
 export class RxRing {
   private readonly desc: Uint32Array;
