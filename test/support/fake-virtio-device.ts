@@ -16,7 +16,8 @@ export class FakeVirtioDevice {
   }
 
   private get availAt() { return 16 * this.size; }
-  private get usedAt() { return Math.ceil((16 * this.size + 6 + 2 * this.size) / 4) * 4; }
+  /** Where the used ring starts in the memory: the device is told its address (set it from the ring's usedBus - descBus). */
+  usedAt = 0;
 
   /** New chains since the last take: [head, its buffers]. */
   take(): [number, Buffer3[]][] {

@@ -63,6 +63,7 @@ function queue(size: number) {
   const memory = new SharedArrayBuffer(SplitRing.bytes(size));
   const device = new FakeVirtioDevice(memory, size);
   const ring = new SplitRing(size, memory, 0, 0x10_0000, () => device.kicks++);
+  device.usedAt = ring.usedBus - ring.descBus;
   return { tag, device, ring, counters: counters() };
 }
 
