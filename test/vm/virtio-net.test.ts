@@ -66,9 +66,13 @@ test.serial('link down and up from QEMU\'s monitor reach the port (config change
   const other = port.stats().vectors.other;
   const states: LinkState[] = [];
   const sub = port.link.subscribe((s) => states.push(s));
-  await monitorCommand(`set_link ${hubPort(UPCI)} off`);
-  await until('a link-down event', () => states.some((s) => !s.up), 10_000);
-  await monitorCommand(`set_link ${hubPort(UPCI)} on`);
+  try {
+    await monitorCommand(`set_link ${hubPort(UPCI)} off`);
+    await until('a link-down event', () => states.some((s) => !s.up), 10_000);
+  } finally {
+    // Whatever happened, the link comes back for the tests after this one.
+    await monitorCommand(`set_link ${hubPort(UPCI)} on`);
+  }
   await until('a link-up event', () => states.at(-1)?.up === true && states.some((s) => !s.up), 20_000);
   sub.unsubscribe();
   t.log('link', JSON.stringify(states));
