@@ -52,10 +52,16 @@ export async function startNetDriver(driver: string, address: string, options: R
   host.events.subscribe((e) => events.push(e));
   const port = host.packetPort(address);
   host.start();
-  await until(`the ${driver} driver to attach`, () => port.attached !== undefined || events.some((e) => e.type === 'fault'), 60_000);
-  const fault = events.find((e) => e.type === 'fault');
-  if (fault) throw new Error(`the driver failed to start: ${JSON.stringify(fault)}`);
-  await until('link up', () => port.linkState.up, 20_000);
+  try {
+    await until(`the ${driver} driver to attach`, () => port.attached !== undefined || events.some((e) => e.type === 'fault'), 60_000);
+    const fault = events.find((e) => e.type === 'fault');
+    if (fault) throw new Error(`the driver failed to start: ${JSON.stringify(fault)}`);
+    await until('link up', () => port.linkState.up, 20_000);
+  } catch (e) {
+    // A host left running would keep the suite's process alive after its last test.
+    await host.shutdown();
+    throw e;
+  }
   return { host, port, events, records, stop: async () => { await host.shutdown(); } };
 }
 
