@@ -37,7 +37,7 @@ export class SplitRing {
    * DMAR write fault at IOVA 0x0 or 0x1000 (the element's offset in the
    * ring, without the ring's base).
    */
-  static usedOffset(size: number): number {
+  private static usedOffset(size: number): number {
     const at = Math.ceil((DESC_BYTES * size + 6 + 2 * size) / 4) * 4;
     return at % 8 === 4 ? at : at + 4;
   }
