@@ -45,6 +45,22 @@ export interface RxFrame {
   release(): void;
 }
 
+/**
+ * A receive buffer's own RxFrame, made once per buffer (no allocation per
+ * frame): `held` while the consumer has it; release() gives the buffer
+ * back to its driver's receive side once.
+ */
+export class PooledFrame implements RxFrame {
+  length = 0;
+  held = false;
+  constructor(readonly bytes: Uint8Array, private readonly owner: { recycle(id: number): void }, readonly id: number) {}
+  release(): void {
+    if (!this.held) return;
+    this.held = false;
+    this.owner.recycle(this.id);
+  }
+}
+
 export interface LinkState {
   readonly up: boolean;
   readonly speedMbps: 10 | 100 | 1000 | undefined;

@@ -11,20 +11,9 @@ import type { BusSpace } from '../../pci/bus-space.js';
 import type { DmaPool } from '../../pci/dma-pool.js';
 import { storeBus64 } from '../kit/bus-address.js';
 import type { DescriptorRing } from '../kit/ring.js';
-import type { DriverCounters, RxFrame } from '../packet.js';
+import { PooledFrame, type DriverCounters, type RxFrame } from '../packet.js';
 import { descriptorRing, programRing } from './buffers.js';
 import { REG, RX_BUFFER_BYTES, RXD } from './registers.js';
-
-class PooledFrame implements RxFrame {
-  length = 0;
-  held = false;
-  constructor(readonly bytes: Uint8Array, private readonly ring: RxRing, readonly id: number) {}
-  release(): void {
-    if (!this.held) return;
-    this.held = false;
-    this.ring.recycle(this.id);
-  }
-}
 
 export class RxRing {
   /** Head: the next descriptor the device will complete; tail (RDT): the next the driver fills; between them, the filled ones. */

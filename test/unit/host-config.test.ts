@@ -44,7 +44,7 @@ test('wrong option type names the option', (t) => {
 
 test('unknown driver', (t) => {
   const err = t.throws(() => parse({ devices: [{ ...edu, driver: 'e1000' }] }), { instanceOf: ConfigError }) as ConfigError;
-  t.is(err.message, 'devices[0].driver: unknown driver "e1000"\n  fix: known drivers: edu, pci-testdev, nvme, e1000e, virtio-blk');
+  t.is(err.message, 'devices[0].driver: unknown driver "e1000"\n  fix: known drivers: edu, pci-testdev, nvme, e1000e, virtio-blk, virtio-net');
   t.is(err.path, 'devices[0].driver');
   t.is(err.code as string, 'BAD_CONFIG');
 });

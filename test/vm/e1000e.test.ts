@@ -8,26 +8,19 @@
  * across the threads, frames by reference).
  */
 import test, { type ExecutionContext } from 'ava';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { TapExport } from '../../exports/tap-export.js';
-import { parseHostConfig } from '../../actors/config.js';
-import type { HostEvent } from '../../actors/events.js';
-import { DriverHost } from '../../actors/host.js';
-import type { LinkState, PacketPort } from '../../drivers/packet.js';
-import { builtinDrivers } from '../../drivers/index.js';
-import { PciDevice } from '../../pci/device.js';
-import { defaultKernelPort } from '../../pci/kernel-port.js';
+import type { LinkState } from '../../drivers/packet.js';
 import { defaultDevices, guestAddress, hubPort } from '../../vm/bench.js';
 import { monitorAvailable, monitorCommand } from '../../vm/monitor.js';
 import { buildFrame, macBytes } from '../../vm/net/frames.js';
-import { KernelPeer, type ReceiveResult } from '../../vm/net/kernel-peer.js';
-import { findLosslessRate, type ProbeResult, type RateSearch } from '../../vm/net/rate-search.js';
-import { sysfsBusMaster } from './devices.js';
+import { KernelPeer } from '../../vm/net/kernel-peer.js';
 import { collect, sendSequence } from './net-traffic.js';
+import { frameLengthTests, highRateTests, PACE, ping6, startNetDriver, tapReady, type NetDriver, type NetPair } from './net-suite.js';
 import { sendOverTcp, tcpSinkScript } from '../../vm/net/tcp-transfer.js';
-import { recordingPort, resetsAndCloses, type PortRecord } from '../support/recording-port.js';
+import { resetsAndCloses } from '../support/recording-port.js';
 import { until } from '../support/bounded.js';
 
 const nics = defaultDevices.filter((d) => d.model === 'e1000e');
@@ -35,72 +28,18 @@ const UPCI = nics.find((d) => d.bind === 'vfio-pci')!;
 const KERNEL = nics.find((d) => d.bind === 'e1000e')!;
 const UPCI_ADDRESS = guestAddress(UPCI);
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Frames per second of the kernel's sender where a test needs traffic, not a rate (about what the old per-frame sleep gave). */
-const PACE = 1000;
-
 let peer: KernelPeer;
 test.before(async () => {
   peer = await KernelPeer.open(guestAddress(KERNEL));
 });
 test.after.always(() => peer?.close());
 
-interface Driver {
-  host: DriverHost;
-  port: PacketPort;
-  events: HostEvent[];
-  /** What the host asked of the kernel to stop and give back the NIC, each with bus mastering as sysfs had it then. */
-  records: PortRecord[];
-  stop(): Promise<void>;
-}
+/** The e1000e driver under a DriverHost with these options, until its port is attached with the link up. */
+const startDriver = (options: Record<string, unknown> = {}) => startNetDriver('e1000e', UPCI_ADDRESS, options);
 
-/** Runs the e1000e driver under a DriverHost with these options, until its port is attached with the link up. */
-async function startDriver(options: Record<string, unknown> = {}): Promise<Driver> {
-  const records: PortRecord[] = [];
-  const kernel = recordingPort(defaultKernelPort(), records, (f) => sysfsBusMaster(f.address));
-  const host = DriverHost.claim(parseHostConfig({
-    // 3 s, not the default 1 s (as isolation.test): a healthy driver thread's first seconds in the
-    // loaded TCG guest (V8 compiling its paths on first use) went 1,003 ms without a beat, and the
-    // watchdog is not what this suite tests.
-    watchdogMs: 3000,
-    restart: { initialDelayMs: 50, maxDelayMs: 500, maxRestarts: 3 },
-    devices: [{ address: UPCI_ADDRESS, driver: 'e1000e', options }],
-  }, builtinDrivers), { open: (address) => PciDevice.open(address, { port: kernel }) });
-  const events: HostEvent[] = [];
-  host.events.subscribe((e) => events.push(e));
-  const port = host.packetPort(UPCI_ADDRESS);
-  host.start();
-  await until('the e1000e driver to attach', () => port.attached !== undefined || events.some((e) => e.type === 'fault'), 60_000);
-  const fault = events.find((e) => e.type === 'fault');
-  if (fault) throw new Error(`the driver failed to start: ${JSON.stringify(fault)}`);
-  await until('link up', () => port.linkState.up, 20_000);
-  return {
-    host, port, events, records,
-    stop: async () => {
-      await host.shutdown();
-    },
-  };
-}
+let driver: NetDriver;
+const pair: NetPair = { peer: () => peer, port: () => driver.port };
 
-/** Until `count` frames came, or none for `idleMs` (frames were lost): bounded either way. */
-async function settled(c: ReturnType<typeof collect>, count: number, idleMs: number): Promise<void> {
-  let seen = -1;
-  let progressAt = performance.now();
-  while (c.check.received < count) {
-    if (c.check.frames !== seen) {
-      seen = c.check.frames;
-      progressAt = performance.now();
-    } else if (performance.now() - progressAt > idleMs) {
-      return;
-    }
-    await sleep(5);
-  }
-}
-
-const LENGTHS = 1514 - 60 + 1;
-
-let driver: Driver;
 test.serial('attach: station address from RAL/RAH, PHY, link up, MSI-X with three vectors', async (t) => {
   driver = await startDriver({ rxRing: 4096, rxBuffers: 8192 });
   const info = driver.port.attached!;
@@ -114,111 +53,9 @@ test.serial('attach: station address from RAL/RAH, PHY, link up, MSI-X with thre
   t.true(driver.events.some((e) => e.type === 'thread' && e.address === UPCI_ADDRESS), 'the driver runs in a worker thread of its own; the port is reached across threads');
 });
 
-test.serial(`every frame length 60..1514 upci → kernel: each once, intact, in order`, async (t) => {
-  const rx = peer.receive(LENGTHS, 5000);
-  await rx.ready;
-  await sendSequence(driver.port, peer.mac, LENGTHS, (seq) => 60 + seq);
-  const r = await rx.result;
-  t.log(JSON.stringify(r));
-  t.like(r, { received: LENGTHS, bad: 0, duplicates: 0, reordered: 0 });
-});
+frameLengthTests(pair);
 
-test.serial(`every frame length 60..1514 kernel → upci: each once, intact, in order`, async (t) => {
-  const c = collect(driver.port, LENGTHS);
-  try {
-    const sent = await peer.send(driver.port.attached!.mac, LENGTHS, 60, 1514, PACE);
-    await until('all frames', () => c.check.received >= LENGTHS, 30_000).catch(() => undefined);
-    t.log(JSON.stringify(sent), JSON.stringify(c.check));
-    t.like(c.check, { received: LENGTHS, bad: 0, duplicates: 0, reordered: 0 });
-  } finally {
-    c.stop();
-  }
-});
-
-const HIGH_COUNT = 100_000;
-/**
- * A probe of the rate search: a second of frames, at least 5,000. A probe
- * that fits in the 4096-entry receive ring proves nothing about a rate the
- * receiver cannot sustain (the first run of this test found 52,000/s with
- * 5,000-frame probes and its long run, at 80 % of that, reordered a third
- * of its frames: QEMU queues them when the ring is full and flushes its
- * queues out of order); a second of frames at 25 % over what the receiver
- * takes outgrows the ring.
- */
-const probeCount = (perSecond: number) => Math.max(5000, Math.min(64_000, Math.round(perSecond)));
-/**
- * The 100,000-frame run goes at 80 % of the highest rate a probe passed at:
- * a probe lasts about a second, the long run several on a shared host whose
- * vCPUs stall. When the host slows down meanwhile and the long run is not
- * lossless, it is the search's last step: the rate halves and the run
- * repeats, at most twice more, each attempt in the log.
- */
-const BACK_OFF = 0.8;
-const LONG_RUNS = 3;
-
-interface Counted { received: number; bad: number; duplicates: number; reordered: number }
-interface PathRun { result: Counted; sent: number; received: number }
-type Path = (count: number, perSecond: number, idleMs: number) => Promise<PathRun>;
-
-/** upci → kernel: `count` frames at `perSecond`, counted by the kernel's AF_PACKET receiver. */
-const upciToKernel: Path = async (count, perSecond, idleMs) => {
-  const rx = peer.receive(count, idleMs);
-  await rx.ready;
-  const t0 = performance.now();
-  await sendSequence(driver.port, peer.mac, count, (seq) => 60 + (seq % 64), perSecond);
-  const seconds = (performance.now() - t0) / 1000;
-  const result: ReceiveResult = await rx.result;
-  return { result, sent: count / seconds, received: (result.received - 1) / result.seconds };
-};
-
-/** kernel → upci: `count` frames at `perSecond` from the kernel's AF_PACKET sender, counted by the port's consumer. */
-const kernelToUpci: Path = async (count, perSecond, idleMs) => {
-  const c = collect(driver.port, count);
-  try {
-    const sent = await peer.send(driver.port.attached!.mac, count, 60, 123, perSecond);
-    await settled(c, count, idleMs);
-    return { result: c.check, sent: count / sent.seconds, received: (c.check.received - 1) / ((c.last - c.first) / 1000) };
-  } finally {
-    c.stop();
-  }
-};
-
-const isLossless = ({ received, bad, duplicates, reordered }: Counted, count: number) => received === count && bad === 0 && duplicates === 0 && reordered === 0;
-
-async function probe(path: Path, perSecond: number): Promise<ProbeResult> {
-  const count = probeCount(perSecond);
-  const run = await path(count, perSecond, 1000);
-  const { received, bad, duplicates, reordered } = run.result;
-  return { lossless: isLossless(run.result, count), sent: run.sent, received: run.received, detail: JSON.stringify({ count, received, bad, duplicates, reordered }) };
-}
-
-const fps = (n: number) => `${Math.round(n).toLocaleString('en')}/s`;
-
-function logSearch(t: ExecutionContext, s: RateSearch): void {
-  for (const p of s.probes) t.log(`probe ${fps(p.asked)}: ${p.passed ? 'pass' : 'FAIL'}, sent ${fps(p.result.sent)}, received ${fps(p.result.received)}, ${p.result.detail}`);
-  t.log(`highest lossless probe rate ${fps(s.rate)} (asked ${fps(s.best.asked)}; limit: ${s.limit})`);
-}
-
-for (const [direction, path] of [['upci → kernel', upciToKernel], ['kernel → upci', kernelToUpci]] as const) {
-  test.serial(`${HIGH_COUNT.toLocaleString('en')} frames ${direction} at ${BACK_OFF * 100} % of the highest rate a probe passed at (halved if the host slowed): each once, intact, in order`, async (t) => {
-    const search = await findLosslessRate((perSecond) => probe(path, perSecond));
-    logSearch(t, search);
-    let asked = BACK_OFF * search.rate;
-    for (let attempt = 1; ; attempt++) {
-      const run = await path(HIGH_COUNT, asked, 5000);
-      const s = driver.port.stats();
-      const lossless = isLossless(run.result, HIGH_COUNT);
-      t.log(`${HIGH_COUNT.toLocaleString('en')} frames asked ${fps(asked)}: sent ${fps(run.sent)}, received ${fps(run.received)}, ${lossless ? 'lossless' : 'NOT lossless'}`,
-        JSON.stringify(run.result), JSON.stringify(s.tx), JSON.stringify(s.rx), JSON.stringify(s.hardware));
-      if (lossless || attempt === LONG_RUNS) {
-        // The rate it carried is what the sender achieved (logged), which a stalled host may keep below the rate asked.
-        t.like(run.result, { received: HIGH_COUNT, bad: 0, duplicates: 0, reordered: 0 });
-        return;
-      }
-      asked /= 2;
-    }
-  });
-}
+highRateTests(pair);
 
 /** Interrupts per MSI-X vector of the upci NIC, as the kernel counts them in /proc/interrupts. */
 function procInterrupts(): number[] {
@@ -422,17 +259,9 @@ test.serial('TAP export: ping -6 to the kernel NIC\'s link-local address answers
   const tap = TapExport.open(d.port, 'upci0');
   const server = peer.spawn(process.execPath, ...tcpSinkScript());
   try {
-    execFileSync('ip', ['link', 'set', 'dev', tap.name, 'up']);
-    const target = await peer.linkLocal();
-    await until('the TAP\'s link-local address', () => {
-      const out = execFileSync('ip', ['-6', '-o', 'addr', 'show', 'dev', tap.name, 'scope', 'link'], { encoding: 'utf8' });
-      return out.includes('inet6 fe80::') && !out.includes('tentative');
-    }, 20_000);
-    const ping6 = (args: string[]) => new Promise<string>((resolve) => execFile('busybox', ['ping6', ...args, `${target}%${tap.name}`], (_e, out) => resolve(out)));
-    // Neighbour discovery first (its first solicitation can go before the kernel side listens), bounded.
-    const resolved = await ping6(['-c', '1', '-w', '20']);
-    t.log('first answer:', resolved.trim().split('\n').slice(-2).join(' / '));
-    const ping = await ping6(['-c', '3', '-W', '10']);
+    const { target, first } = await tapReady(tap, peer);
+    t.log('first answer:', first);
+    const ping = await ping6(tap, target, ['-c', '3', '-W', '10']);
     if (!/3 packets received/.test(ping)) {
       // Which way fails: the kernel pings the TAP; then plain frames kernel -> upci.
       const back = await peer.run('busybox', 'ping6', '-c', '2', '-W', '5', `${execFileSync('ip', ['-6', '-o', 'addr', 'show', 'dev', tap.name, 'scope', 'link'], { encoding: 'utf8' }).match(/fe80::[0-9a-f:]+/)![0]}%${peer.ifname}`).catch((e: Error) => e.message);

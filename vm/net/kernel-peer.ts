@@ -40,8 +40,10 @@ export class KernelPeer {
 
   /** Takes the kernel-driven NIC at `address` into a namespace of its own and sets its link up. */
   static async open(address: string, peerBinary = compiledPeer()): Promise<KernelPeer> {
-    const dir = `/sys/bus/pci/devices/${address}/net`;
-    if (!existsSync(dir)) throw new Error(`kernel-peer: ${address} has no network interface (is it bound to e1000e.ko?)`);
+    // A PCI NIC's interface is under the function; a virtio one's under its virtio device.
+    const pci = `/sys/bus/pci/devices/${address}`;
+    const dir = [`${pci}/net`, ...(existsSync(pci) ? readdirSync(pci).filter((d) => /^virtio\d+$/.test(d)).map((d) => `${pci}/${d}/net`) : [])].find((d) => existsSync(d));
+    if (dir === undefined) throw new Error(`kernel-peer: ${address} has no network interface (is it bound to its kernel driver, e1000e or virtio_net?)`);
     const ifname = readdirSync(dir)[0]!;
     const mac = readFileSync(join(dir, ifname, 'address'), 'utf8').trim();
     const holder = spawn('unshare', ['--net', 'sleep', '100000'], { stdio: 'ignore' });
@@ -54,7 +56,7 @@ export class KernelPeer {
       await new Promise((r) => setTimeout(r, 10));
     }
     execFileSync('ip', ['link', 'set', 'dev', ifname, 'netns', String(holder.pid)]);
-    // The largest rings the NIC has (4096 on the 82574): a stalled vCPU then overflows nothing.
+    // The largest rings the NIC has (4096 on the 82574; virtio's are the device's size already): a stalled vCPU then overflows nothing.
     await peer.run(peerBinary, 'ring', ifname);
     await peer.run('ip', 'link', 'set', 'dev', ifname, 'up');
     // Frames sent before the kernel driver reports carrier are dropped, silently: wait for it.

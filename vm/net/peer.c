@@ -262,6 +262,12 @@ do_ring(const char *ifname)
 	ifr.ifr_data = (void *)&ring;
 	if (ioctl(fd, SIOCETHTOOL, &ifr) < 0)
 		die("ETHTOOL_GRINGPARAM");
+	/* Already the largest (virtio_net: the queues are the device's size): nothing to set, and virtio_net
+	 * refuses a resize without VIRTIO_F_RING_RESET. */
+	if (ring.rx_pending == ring.rx_max_pending && ring.tx_pending == ring.tx_max_pending) {
+		printf("{\"rx\":%u,\"tx\":%u}\n", ring.rx_pending, ring.tx_pending);
+		return 0;
+	}
 	ring.cmd = ETHTOOL_SRINGPARAM;
 	ring.rx_pending = ring.rx_max_pending;
 	ring.tx_pending = ring.tx_max_pending;

@@ -1,0 +1,164 @@
+/**
+ * One incarnation of the virtio-net driver as a packet port
+ * (drivers/packet.ts): one receive and one transmit queue, the station
+ * address and the link state from the device configuration, MSI-X with
+ * config changes, receive and transmit on three vectors. Received frames
+ * go out by reference; transmit buffers are the consumer's to fill.
+ */
+import type { Subscription } from 'rxjs';
+import type { InterruptEvent } from '../../pci/intr.js';
+import type { DriverBus, DriverInterrupts } from '../contract.js';
+import { type DriverCounters, type LinkState, type Mac, type PacketBinding, type PacketEndpoint, type PortInfo, type RxFrame } from '../packet.js';
+import type { VirtioPci } from '../virtio/pci-transport.js';
+import type { RxQueue } from './rx-queue.js';
+import type { TxQueue } from './tx-queue.js';
+
+/** MSI-X vectors: config changes on their own, then one per queue. */
+export const CONFIG_VECTOR = 0;
+export const RX_VECTOR = 1;
+export const TX_VECTOR = 2;
+
+/** struct virtio_net_config: mac[6], then status (VIRTIO_NET_S_LINK_UP), when their features are negotiated. */
+const CONFIG_MAC = 0;
+const CONFIG_STATUS = 6;
+const S_LINK_UP = 1;
+
+export class VirtioNet implements PacketBinding {
+  private readonly subscriptions: Subscription[] = [];
+  private endpoint: PacketEndpoint | undefined;
+  private counters!: DriverCounters;
+  private stopped = false;
+  readonly receiveBuffers: number;
+  readonly hardwareCounters: readonly string[] = [];
+  /** Where a handler's throw goes (serve() sets it: it becomes a driver crash). */
+  private fault: (e: unknown) => void = () => {};
+
+  constructor(
+    private readonly bus: DriverBus,
+    private readonly transport: VirtioPci,
+    private readonly rx: RxQueue,
+    private readonly tx: TxQueue,
+    private readonly interrupts: DriverInterrupts,
+    readonly info: PortInfo,
+    /** Whether the device reports its link (VIRTIO_NET_F_STATUS); without it the link is always up (§5.1.4). */
+    private readonly hasStatus: boolean,
+    /** Fault injection: the receive handler throws once this many frames came (first incarnation only). */
+    private readonly failAt: number | undefined,
+  ) {
+    this.receiveBuffers = rx.buffers;
+  }
+
+  get transmitBuffers() {
+    return this.tx.transmitBuffers;
+  }
+
+  /** The station address the device configuration holds (VIRTIO_NET_F_MAC). */
+  static readMac(transport: VirtioPci): Mac {
+    return transport.readConfig((space, base) => Array.from({ length: 6 }, (_, i) => space.read1(base + CONFIG_MAC + i))) as unknown as Mac;
+  }
+
+  private readLink(): LinkState {
+    const up = !this.hasStatus || (this.transport.readConfig((space, base) => space.read2(base + CONFIG_STATUS)) & S_LINK_UP) !== 0;
+    // virtio reports no speed without VIRTIO_NET_F_SPEED_DUPLEX, and has no PHY or autonegotiation.
+    return { up, speedMbps: undefined, fullDuplex: true, phyLink: up, autonegComplete: false };
+  }
+
+  /**
+   * Provides the port, fills the receive queue and reports the link, all in
+   * one turn of the event loop after the device is live, so no request of
+   * the consumer's comes before the queues are ready.
+   */
+  start(): void {
+    const endpoint = this.bus.providePacketPort(this);
+    this.endpoint = endpoint;
+    this.counters = endpoint.counters;
+    this.rx.start(endpoint.counters.rx, this.deliver);
+    this.tx.start(endpoint.counters.tx, (buffer) => endpoint.transmitted(buffer));
+    const link = this.readLink();
+    endpoint.setLink(link);
+    this.bus.note(`up: ${this.info.mac}, link ${link.up ? 'up' : 'down'}, queues ${this.info.rxRing}/${this.info.txRing}, ${this.receiveBuffers} receive buffers`);
+  }
+
+  /** Handles the vectors (what came before is delivered now) until stop(); a handler's throw goes to `fault`. */
+  serve(fault: (e: unknown) => void): void {
+    this.fault = fault;
+    const handlers = [this.onConfig, this.onRx, this.onTx];
+    for (const v of this.interrupts.vectors) this.subscriptions.push(v.events.subscribe({ next: (e) => this.guard(handlers[v.index]!, e), error: fault }));
+  }
+
+  /** Resets the device and waits until it reads back 0 (a clean detach). */
+  reset(): Promise<void> {
+    return this.transport.reset();
+  }
+
+  /** Runs an interrupt handler (a method, called on this: no closure per interrupt); a throw is a fault. */
+  private guard(handler: (this: VirtioNet, e: InterruptEvent) => void, e: InterruptEvent): void {
+    if (this.stopped) return;
+    try {
+      handler.call(this, e);
+    } catch (error) {
+      this.fault(error);
+    } finally {
+      e.ack();
+    }
+  }
+
+  private readonly deliver = (frame: RxFrame): void => {
+    if (this.failAt !== undefined && this.counters.rx.frames > this.failAt) {
+      frame.release();
+      throw new Error(`fault injection: failAfterRxFrames=${this.failAt} reached`);
+    }
+    this.endpoint!.deliver(frame);
+  };
+
+  private onRx(): void {
+    this.counters.vectors.rx++;
+    this.rx.receive();
+  }
+
+  private onTx(): void {
+    this.counters.vectors.tx++;
+    this.tx.reclaim();
+  }
+
+  private onConfig(): void {
+    this.counters.vectors.other++;
+    if (this.transport.needsReset) throw new Error('the virtio-net device set DEVICE_NEEDS_RESET');
+    this.endpoint!.setLink(this.readLink());
+  }
+
+  transmit(index: number, length: number): void {
+    if (!this.stopped) this.tx.post(index, length);
+  }
+
+  flushTransmit(): void {
+    if (this.stopped) return;
+    this.tx.flush();
+    // Buffers the device finished with since the last interrupt go back now, not at the next one.
+    this.tx.reclaim();
+  }
+
+  applyFilters(): void {
+    // No control queue is negotiated (VIRTIO_NET_F_CTRL_RX): the device takes every frame, as QEMU's does after reset.
+  }
+
+  readStats(): void {
+    // virtio-net has no statistics registers: the driver's own counters are all there is.
+  }
+
+  /**
+   * Stop, at a crash as at a clean stop, synchronously, before the host
+   * quiesces the device: the device is reset (it stops using the queues),
+   * what the queues still held is counted as lost, and the port unbound.
+   */
+  stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    for (const s of this.subscriptions) s.unsubscribe();
+    this.transport.resetNow();
+    if (this.endpoint === undefined) return;
+    this.counters.rx.lostInRestart += this.rx.close();
+    this.counters.tx.lostInRestart += this.tx.close();
+    this.endpoint.unbind();
+  }
+}
