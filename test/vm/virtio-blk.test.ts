@@ -26,7 +26,7 @@ import { PciDevice } from '../../pci/device.js';
 import { defaultKernelPort } from '../../pci/kernel-port.js';
 import { allocShared } from '../../shm/mapping.js';
 import { defaultDevices, findProjectRoot, guestAddress } from '../../vm/bench.js';
-import { kernelVirtioBlk } from '../../vm/benchmarks/kernel-nvme.js';
+import { kernelVirtioBlk } from '../../vm/benchmarks/kernel-drivers.js';
 import { firstTakeBackDma, recordingPort, resetsAndCloses, type PortRecord } from '../support/recording-port.js';
 import { sysfsBusMaster } from './devices.js';
 import { run, type Run } from './host-run.js';

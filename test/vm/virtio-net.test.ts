@@ -9,11 +9,10 @@
  * Raw Ethernet frames and IPv6 link-local only.
  */
 import test from 'ava';
-import { existsSync, readdirSync } from 'node:fs';
 import type { LinkState } from '../../drivers/packet.js';
 import { TapExport } from '../../exports/tap-export.js';
 import { defaultDevices, findProjectRoot, guestAddress, hubPort } from '../../vm/bench.js';
-import { loadKernelModule } from '../../vm/benchmarks/kernel-nvme.js';
+import { kernelVirtioNet } from '../../vm/benchmarks/kernel-drivers.js';
 import { monitorAvailable, monitorCommand } from '../../vm/monitor.js';
 import { KernelPeer } from '../../vm/net/kernel-peer.js';
 import { resetsAndCloses } from '../support/recording-port.js';
@@ -34,9 +33,7 @@ const startDriver = (options: Record<string, unknown> = {}) => startNetDriver('v
 let peer: KernelPeer;
 test.before(async () => {
   // virtio_pci holds the partner since boot; virtio_net, from the kernel package, gives it an interface.
-  await loadKernelModule(findProjectRoot(), 'virtio_net');
-  const pci = `/sys/bus/pci/devices/${guestAddress(KERNEL)}`;
-  await until('virtio_net\'s interface', () => readdirSync(pci).some((d) => /^virtio\d+$/.test(d) && existsSync(`${pci}/${d}/net`)), 20_000);
+  await kernelVirtioNet(findProjectRoot(), KERNEL);
   peer = await KernelPeer.open(guestAddress(KERNEL));
 });
 test.after.always(() => peer?.close());

@@ -19,7 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { defaultDevices, findProjectRoot, guestAddress } from '../bench.js';
 import { benchmarkMain } from './harness.js';
-import { fio, kernelController, kernelNvme, type FioJob, type FioResult } from './kernel-nvme.js';
+import { fio, kernelController, kernelNvme, type FioJob, type FioResult } from './kernel-drivers.js';
 import { KernelPeer } from '../net/kernel-peer.js';
 import { sendOverTcp, tcpSinkScript } from '../net/tcp-transfer.js';
 

@@ -13,7 +13,7 @@
 import type { BlockDevice } from '../../drivers/block.js';
 import { defaultDevices, findProjectRoot, guestAddress } from '../bench.js';
 import { benchmarkMain } from './harness.js';
-import { fio, kernelController, kernelNvme } from './kernel-nvme.js';
+import { fio, kernelController, kernelNvme } from './kernel-drivers.js';
 
 
 const upciController = defaultDevices.find((d) => d.model === 'nvme' && d.slot === '0a.0')!;

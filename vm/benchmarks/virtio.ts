@@ -1,8 +1,10 @@
-// virtio benchmark: upci's virtio-blk on the bench's vblk0 (0c.0) against the guest kernel's
-// virtio_blk under fio (io_uring, direct=1) on the identical vblk1 (0d.0), 4 KiB random reads
-// at queue depth 1 and 32, in one VM run.
+// virtio benchmark, in one VM run: upci's virtio-blk on the bench's vblk0 (0c.0) against the
+// guest kernel's virtio_blk under fio (io_uring, direct=1) on the identical vblk1 (0d.0), 4 KiB
+// random reads at queue depth 1 and 32; and upci's virtio-net (0e.0) against the kernel's
+// virtio_net on the identical NIC (0f.0) on the same hub, 60 B and 1514 B transmit and receive
+// packet rates (packet-rates.ts says how; the kernel side with AF_PACKET, vm/net/peer.c).
 //
-//   npm run bench:virtio [-- --quick]
+//   npm run bench:virtio [-- --quick] [-- --allocations]
 //
 // upci's rows run the one random-read load generator (random-reads.ts): on registered memory
 // (RegisteredBuffer.read: no promise, no map, no copy; the driver's own submit path when the
@@ -12,11 +14,14 @@
 import type { BlockDevice } from '../../drivers/block.js';
 import { defaultDevices, findProjectRoot, guestAddress } from '../bench.js';
 import { benchmarkMain } from './harness.js';
-import { fio, kernelVirtioBlk, type FioResult } from './kernel-nvme.js';
+import { fio, kernelVirtioBlk, kernelVirtioNet, type FioResult } from './kernel-drivers.js';
+import { packetRates } from './packet-rates.js';
 
 const disks = defaultDevices.filter((d) => d.model === 'virtio-blk-pci');
 const upciDisk = disks.find((d) => d.bind === 'vfio-pci')!;
 const kernelDisk = disks.find((d) => d.bind === undefined)!;
+const nics = defaultDevices.filter((d) => d.model === 'virtio-net-pci');
+const kernelNic = nics.find((d) => d.bind === undefined)!;
 
 interface Row {
   readonly load: string;
@@ -61,10 +66,11 @@ async function upciRows(seconds: number): Promise<Row[]> {
   return rows;
 }
 
-async function guest(quick: boolean): Promise<number> {
+async function guest(peerBinary: string, quick: boolean): Promise<number> {
   const seconds = quick ? 3 : 10;
   const upci = await upciRows(seconds);
-  const dev = await kernelVirtioBlk(findProjectRoot(), kernelDisk);
+  const root = findProjectRoot();
+  const dev = await kernelVirtioBlk(root, kernelDisk);
   const kernel = new Map<number, FioResult>();
   for (const depth of [1, 32]) kernel.set(depth, await fio(dev, { rw: 'randread', bs: '4k', depth }, seconds));
   const lines = [
@@ -77,8 +83,19 @@ async function guest(quick: boolean): Promise<number> {
     const k = kernel.get(u.depth)!;
     lines.push(`| ${u.load} | ${u.depth} | ${k.iops.toFixed(0)} | ${u.iops.toFixed(0)} | ${(u.iops / k.iops).toFixed(2)} | ${k.p50Us.toFixed(0)} / ${k.p99Us.toFixed(0)} | ${u.p50Us} / ${u.p99Us} | ${k.cpuUsPerIo.toFixed(0)} | ${u.cpuUsPerIo.toFixed(0)} | ${u.note} | ${k.note} |`);
   }
+  await kernelVirtioNet(root, kernelNic);
+  lines.push('', await packetRates({
+    driver: 'virtio-net',
+    // Receive buffers well beyond QEMU's 256-entry queue, so the consumer's holding never runs it dry.
+    options: { rxBuffers: 8192 },
+    address: guestAddress(nics.find((d) => d.bind === 'vfio-pci')!),
+    kernelAddress: guestAddress(kernelNic),
+    peerBinary,
+    count: quick ? 20_000 : 100_000,
+    sites: process.argv.includes('--allocations'),
+  }));
   process.stdout.write(`${lines.join('\n')}\n`);
   return 0;
 }
 
-await benchmarkMain({ name: 'virtio', reference: undefined, script: 'virtio.js', cpus: 2 }, (_reference, quick) => guest(quick));
+await benchmarkMain({ name: 'virtio', reference: '../net/peer.c', script: 'virtio.js', cpus: 2 }, guest);

@@ -1,6 +1,6 @@
 /**
  * The guest kernel's own block drivers on the bench's reference devices (the C side of bench:nvme, bench:export
- * and bench:virtio): nvme on the kernel controller, virtio_blk on the reference virtio disk; and fio on a block device.
+ * and bench:virtio): nvme on the kernel controller, virtio_blk on the reference virtio disk, virtio_net on the reference virtio NIC; and fio on a block device.
  *
  * busybox insmod resolves no dependencies and Debian ships no modules.dep: each module's own .modinfo
  * (`depends=a,b`) says what goes first, as vm/setup.sh reads it for the initramfs; a compressed module
@@ -80,6 +80,17 @@ export async function kernelVirtioBlk(root: string, device: VmDevice): Promise<s
     await sleep(50);
   }
   throw new Error(`the kernel's virtio_blk did not bring up a disk on ${guestAddress(device)} within 10 s`);
+}
+
+/** Loads the kernel's virtio_net (virtio_pci holds the bench's reference NIC from boot) and waits for that NIC's interface. */
+export async function kernelVirtioNet(root: string, device: VmDevice): Promise<void> {
+  await loadKernelModule(root, 'virtio_net');
+  const pci = `/sys/bus/pci/devices/${guestAddress(device)}`;
+  for (let i = 0; i < 400; i++) {
+    if (readdirSync(pci).some((d) => /^virtio\d+$/.test(d) && existsSync(`${pci}/${d}/net`))) return;
+    await sleep(50);
+  }
+  throw new Error(`the kernel's virtio_net did not bring up an interface on ${guestAddress(device)} within 20 s`);
 }
 
 export interface FioJob {
