@@ -50,11 +50,12 @@ export abstract class E1000eRing<Counters> {
 
   /** Puts buffer `id` of `pool` in the descriptor at the tail, with word 2 (a transmit's length and command, 0 to receive). */
   protected push(pool: DmaPool, id: number, word2: number): void {
-    const w = this.ring.push() * DESC_WORDS;
+    const slot = this.ring.push();
+    const w = slot * DESC_WORDS;
     storeBus64(this.ring.words, w, pool.busAddresses, id);
     this.ring.words[w + 2] = word2;
     this.ring.words[w + 3] = 0;
-    this.slotBuffer[w / DESC_WORDS] = id;
+    this.slotBuffer[slot] = id;
   }
 
   /** Takes the descriptor at the head (one done()): its status cleared, the buffer it carried returned. */
