@@ -5,7 +5,7 @@
  */
 import type { BusSpace } from '../../pci/bus-space.js';
 import type { LinkState, Mac } from '../packet.js';
-import { CTRL, EERD, INT, MDIC, PHY, RAH, RCTL, REG, STATS, STATUS, TCTL } from './registers.js';
+import { CTRL, EERD, INT, MDIC, PHY, RAH, RCTL, REG, STATS, STATS_64, STATUS, TCTL } from './registers.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -38,13 +38,18 @@ export async function globalReset(regs: BusSpace): Promise<void> {
   regs.write4(REG.CTRL, (regs.read4(REG.CTRL) | CTRL.SLU) & ~(CTRL.FRCSPD | CTRL.FRCDPX));
 }
 
+/** Reads `reg` until `ready(value)` (EERD and MDIC finish within a few reads); throws naming `what` if it never does. */
+function pollRegister(regs: BusSpace, reg: number, ready: (value: number) => boolean, what: string): number {
+  for (let i = 0; i < 10_000; i++) {
+    const v = regs.read4(reg);
+    if (ready(v)) return v;
+  }
+  throw new Error(`e1000e: ${what} never completed`);
+}
+
 function eepromWord(regs: BusSpace, word: number): number {
   regs.write4(REG.EERD, (word << EERD.ADDR_SHIFT) | EERD.START);
-  for (let i = 0; i < 10_000; i++) {
-    const v = regs.read4(REG.EERD);
-    if (v & EERD.DONE) return v >>> EERD.DATA_SHIFT;
-  }
-  throw new Error(`e1000e: EEPROM read of word ${word} never completed (EERD.DONE stayed clear)`);
+  return pollRegister(regs, REG.EERD, (v) => (v & EERD.DONE) !== 0, `EEPROM read of word ${word} (EERD.DONE stayed clear)`) >>> EERD.DATA_SHIFT;
 }
 
 /** The station address: RAL0/RAH0 when valid (loaded from the NVM at reset), else NVM words 0..2. */
@@ -89,12 +94,9 @@ export function receiveControl(f: FilterOptions): number {
 
 export function readPhy(regs: BusSpace, reg: number): number {
   regs.write4(REG.MDIC, (reg << MDIC.REG_SHIFT) | (MDIC.PHY_ADDRESS << MDIC.PHY_SHIFT) | MDIC.OP_READ);
-  for (let i = 0; i < 10_000; i++) {
-    const v = regs.read4(REG.MDIC);
-    if (v & MDIC.ERROR) throw new Error(`e1000e: PHY register ${reg} read failed (MDIC.E set)`);
-    if (v & MDIC.READY) return v & 0xffff;
-  }
-  throw new Error(`e1000e: PHY register ${reg} read never completed (MDIC.R stayed clear)`);
+  const v = pollRegister(regs, REG.MDIC, (value) => (value & (MDIC.READY | MDIC.ERROR)) !== 0, `PHY register ${reg} read (MDIC.R stayed clear)`);
+  if (v & MDIC.ERROR) throw new Error(`e1000e: PHY register ${reg} read failed (MDIC.E set)`);
+  return v & 0xffff;
 }
 
 export function readLink(regs: BusSpace): LinkState {
@@ -115,45 +117,14 @@ export function phyId(regs: BusSpace): string {
   return `${readPhy(regs, PHY.ID1).toString(16).padStart(4, '0')}:${readPhy(regs, PHY.ID2).toString(16).padStart(4, '0')}`;
 }
 
-/** Hardware counters, accumulated from the clear-on-read registers. */
-export interface HardwareCounters {
-  goodPacketsReceived: number;
-  goodPacketsTransmitted: number;
-  goodOctetsReceived: number;
-  goodOctetsTransmitted: number;
-  totalPacketsReceived: number;
-  totalPacketsTransmitted: number;
-  broadcastReceived: number;
-  multicastReceived: number;
-  broadcastTransmitted: number;
-  multicastTransmitted: number;
-  /** Frames shorter than 64 bytes with the FCS (padded by the device). */
-  undersizeReceived: number;
-  /** Frames longer than the maximum (dropped). */
-  oversizeReceived: number;
-}
+/** The statistics counters' names, for the port's shared counters (PacketBinding.hardwareCounters). */
+export const HARDWARE_COUNTERS = Object.keys(STATS) as readonly (keyof typeof STATS)[];
 
-/** Their names, for the port's shared counters (PacketBinding.hardwareCounters). */
-export const HARDWARE_COUNTERS: readonly (keyof HardwareCounters)[] = [
-  'goodPacketsReceived', 'goodPacketsTransmitted', 'goodOctetsReceived', 'goodOctetsTransmitted',
-  'totalPacketsReceived', 'totalPacketsTransmitted', 'broadcastReceived', 'multicastReceived',
-  'broadcastTransmitted', 'multicastTransmitted', 'undersizeReceived', 'oversizeReceived',
-];
-
-/** Adds what the device counted since the last read (the read clears the registers). */
-export function accumulateStats(regs: BusSpace, c: HardwareCounters): void {
-  // Low half first: reading the high half clears both.
-  const pair = (low: number) => regs.read4(low) + regs.read4(low + 4) * 2 ** 32;
-  c.goodPacketsReceived += regs.read4(STATS.GPRC);
-  c.goodPacketsTransmitted += regs.read4(STATS.GPTC);
-  c.goodOctetsReceived += pair(STATS.GORCL);
-  c.goodOctetsTransmitted += pair(STATS.GOTCL);
-  c.totalPacketsReceived += regs.read4(STATS.TPR);
-  c.totalPacketsTransmitted += regs.read4(STATS.TPT);
-  c.broadcastReceived += regs.read4(STATS.BPRC);
-  c.multicastReceived += regs.read4(STATS.MPRC);
-  c.broadcastTransmitted += regs.read4(STATS.BPTC);
-  c.multicastTransmitted += regs.read4(STATS.MPTC);
-  c.undersizeReceived += regs.read4(STATS.RUC);
-  c.oversizeReceived += regs.read4(STATS.ROC);
+/** Adds what the device counted since the last read (the read clears the registers) to the counters of those names. */
+export function accumulateStats(regs: BusSpace, c: Record<string, number>): void {
+  for (const name of HARDWARE_COUNTERS) {
+    const reg = STATS[name];
+    // Low half first (operands go left to right): reading the high half clears both.
+    c[name] = c[name]! + regs.read4(reg) + (STATS_64.includes(reg) ? regs.read4(reg + 4) * 2 ** 32 : 0);
+  }
 }

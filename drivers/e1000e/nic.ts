@@ -10,11 +10,8 @@ import type { BusSpace } from '../../pci/bus-space.js';
 import type { InterruptEvent } from '../../pci/intr.js';
 import type { DriverBus, DriverInterrupts, OptionsOf } from '../contract.js';
 import { formatMac, type DriverCounters, type Mac, type PacketBinding, type PacketEndpoint, type PortInfo, type RxFrame } from '../packet.js';
-import { e1000eTag } from './buffers.js';
-import {
-  accumulateStats, globalReset, HARDWARE_COUNTERS, phyId, readLink, readMac, receiveControl, setMulticast, setReceiveAddress,
-  type HardwareCounters,
-} from './mac.js';
+import { e1000eTag } from './ring.js';
+import { accumulateStats, globalReset, HARDWARE_COUNTERS, phyId, readLink, readMac, receiveControl, setMulticast, setReceiveAddress } from './mac.js';
 import { CTRL_EXT, INT, IVAR, REG, RFCTL, TCTL } from './registers.js';
 import { RxRing } from './rx-ring.js';
 import { TxRing } from './tx-ring.js';
@@ -255,7 +252,7 @@ export class E1000e implements PacketBinding {
   }
 
   readStats(into: Record<string, number>): void {
-    if (!this.stopped) accumulateStats(this.regs, into as unknown as HardwareCounters);
+    if (!this.stopped) accumulateStats(this.regs, into);
   }
 
   applyFilters(unicast: readonly Mac[], multicast: readonly Mac[]): void {
@@ -276,7 +273,15 @@ export class E1000e implements PacketBinding {
     this.finish();
     // QEMU sends at the TDT write; real hardware needs a few microseconds per frame.
     for (let i = 0; i < 10_000 && this.tx.unsent() > 0; i++);
-    this.lose();
+    // Stopped during bring-up, before the port was provided: nothing was sent or received.
+    if (this.endpoint === undefined) return;
+    const { rx, tx, hardware } = this.counters;
+    tx.lostInRestart += this.tx.unsent();
+    this.regs.write4(REG.TCTL, TCTL.PSP);
+    rx.lostInRestart += this.rx.pendingCompleted();
+    accumulateStats(this.regs, hardware);
+    this.rx.close();
+    this.endpoint.unbind();
   }
 
   private finish(): void {
@@ -286,19 +291,5 @@ export class E1000e implements PacketBinding {
     const r = this.regs;
     r.write4(REG.IMC, INT.ALL);
     r.write4(REG.RCTL, 0);
-  }
-
-  private lose(): void {
-    const r = this.regs;
-    const endpoint = this.endpoint;
-    // Stopped during bring-up, before the port was provided: nothing was sent or received.
-    if (endpoint === undefined) return;
-    const { rx, tx, hardware } = this.counters;
-    tx.lostInRestart += this.tx.unsent();
-    r.write4(REG.TCTL, TCTL.PSP);
-    rx.lostInRestart += this.rx.pendingCompleted();
-    accumulateStats(r, hardware as unknown as HardwareCounters);
-    this.rx.close();
-    endpoint.unbind();
   }
 }

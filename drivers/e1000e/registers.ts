@@ -15,22 +15,18 @@ export const REG = {
   IMS: 0x00d0,
   IMC: 0x00d8,
   EIAC: 0x00dc,
-  IAM: 0x00e0,
   IVAR: 0x00e4,
   /** EITR_82574(n): one throttle register per MSI-X vector. */
   EITR0: 0x00e8,
   RCTL: 0x0100,
   TCTL: 0x0400,
   RDBAL: 0x2800,
-  RDT: 0x2818,
   RDTR: 0x2820,
   RADV: 0x282c,
   TDBAL: 0x3800,
   TDH: 0x3810,
-  TDT: 0x3818,
   TIDV: 0x3820,
   TADV: 0x382c,
-  RXCSUM: 0x5000,
   RFCTL: 0x5008,
   MTA: 0x5200,
   RAL0: 0x5400,
@@ -66,11 +62,11 @@ export const INT = {
   ALL: 0xffffffff,
 } as const;
 
-/** IVAR: a 4-bit entry (3-bit vector, valid bit) per cause; bit 31 asks for a TX interrupt at every write-back. */
-export const IVAR = { VALID: 0x8, RXQ0_SHIFT: 0, RXQ1_SHIFT: 4, TXQ0_SHIFT: 8, OTHER_SHIFT: 16, TX_EVERY_WB: 1 << 31 } as const;
+/** IVAR: a 4-bit entry (3-bit vector, valid bit) per cause. */
+export const IVAR = { VALID: 0x8, RXQ0_SHIFT: 0, RXQ1_SHIFT: 4, TXQ0_SHIFT: 8, OTHER_SHIFT: 16 } as const;
 
 export const RCTL = {
-  EN: 1 << 1, SBP: 1 << 2, UPE: 1 << 3, MPE: 1 << 4, LPE: 1 << 5, BAM: 1 << 15,
+  EN: 1 << 1, UPE: 1 << 3, MPE: 1 << 4, BAM: 1 << 15,
   /** BSIZE 00 with BSEX 0: 2048-byte buffers. */
   BSIZE_2048: 0,
   SECRC: 1 << 26,
@@ -84,33 +80,38 @@ export const RFCTL = { ACK_DIS: 1 << 12 } as const;
 export const RAH = { AV: 1 << 31 } as const;
 
 /** Legacy descriptors (16 bytes), as 32-bit words: [address lo, address hi, word 2, word 3]. */
-export const RXD = { STAT_DD: 1 << 0, STAT_EOP: 1 << 1 } as const;
-export const TXD = {
-  /** Word 2 command byte (bits 24..31): end of packet, insert FCS, report status. */
-  CMD_EOP: 1 << 24, CMD_IFCS: 1 << 25, CMD_RS: 1 << 27,
-  /** Word 3 status nibble. */
-  STAT_DD: 1 << 0,
-} as const;
+export const DESC_WORDS = 4;
+/** Word 3's DD bit (descriptor done): the same in receive and transmit descriptors. */
+export const STAT_DD = 1 << 0;
+export const RXD = { STAT_EOP: 1 << 1 } as const;
+/** Word 2's command byte (bits 24..31): end of packet, insert FCS, report status. */
+export const TXD = { CMD_EOP: 1 << 24, CMD_IFCS: 1 << 25, CMD_RS: 1 << 27 } as const;
 
-/** Statistics (clear on read; QEMU clears a 64-bit pair when its high half is read). */
+/**
+ * The statistics registers this driver reads, by the port counter each
+ * adds to (PacketBinding.hardwareCounters, in this order). They clear on
+ * read; the octet counts are 64-bit pairs (QEMU clears a pair when its
+ * high half is read).
+ */
 export const STATS = {
-  CRCERRS: 0x4000,
-  RUC: 0x40a4,
-  ROC: 0x40ac,
-  GPRC: 0x4074,
-  BPRC: 0x4078,
-  MPRC: 0x407c,
-  GPTC: 0x4080,
-  GORCL: 0x4088,
-  GOTCL: 0x4090,
-  TPR: 0x40d0,
-  TPT: 0x40d4,
-  MPTC: 0x40f0,
-  BPTC: 0x40f4,
+  goodPacketsReceived: 0x4074, // GPRC
+  goodPacketsTransmitted: 0x4080, // GPTC
+  goodOctetsReceived: 0x4088, // GORCL, GORCH
+  goodOctetsTransmitted: 0x4090, // GOTCL, GOTCH
+  totalPacketsReceived: 0x40d0, // TPR
+  totalPacketsTransmitted: 0x40d4, // TPT
+  broadcastReceived: 0x4078, // BPRC
+  multicastReceived: 0x407c, // MPRC
+  broadcastTransmitted: 0x40f4, // BPTC
+  multicastTransmitted: 0x40f0, // MPTC
+  /** RUC: frames shorter than 64 bytes with the FCS (padded by the device). */
+  undersizeReceived: 0x40a4,
+  /** ROC: frames longer than the maximum (dropped). */
+  oversizeReceived: 0x40ac,
 } as const;
+export const STATS_64 = [STATS.goodOctetsReceived, STATS.goodOctetsTransmitted] as readonly number[];
 
 /** Descriptor ring length: RDLEN/TDLEN must be a multiple of 128 bytes (8 descriptors). */
-export const DESC_BYTES = 16;
 export const RING_ALIGN = 128;
 /** The receive buffer size RCTL.BSIZE_2048 selects. */
 export const RX_BUFFER_BYTES = 2048;

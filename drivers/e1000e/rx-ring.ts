@@ -9,34 +9,26 @@
 import { DmaSync, type DmaTag } from '../../pci/bus-dma.js';
 import type { BusSpace } from '../../pci/bus-space.js';
 import type { DmaPool } from '../../pci/dma-pool.js';
-import { storeBus64 } from '../kit/bus-address.js';
-import type { DescriptorRing } from '../kit/ring.js';
 import { PooledFrame, type DriverCounters, type RxFrame } from '../packet.js';
-import { descriptorRing, programRing } from './buffers.js';
-import { REG, RX_BUFFER_BYTES, RXD } from './registers.js';
+import { DESC_WORDS, REG, RX_BUFFER_BYTES, RXD } from './registers.js';
+import { E1000eRing } from './ring.js';
 
-export class RxRing {
-  /** Head: the next descriptor the device will complete; tail (RDT): the next the driver fills; between them, the filled ones. */
-  private readonly ring: DescriptorRing;
+export class RxRing extends E1000eRing<DriverCounters['rx']> {
   private readonly pool: DmaPool;
   private readonly frames: PooledFrame[] = [];
-  private readonly slotBuffer: Int32Array;
   private live = true;
-  private counters!: DriverCounters['rx'];
 
-  constructor(private readonly regs: BusSpace, tag: DmaTag, readonly size: number, poolSize: number) {
-    this.ring = descriptorRing(regs, tag, size, REG.RDBAL);
+  constructor(regs: BusSpace, tag: DmaTag, size: number, poolSize: number) {
+    super(regs, tag, size, REG.RDBAL);
     this.pool = tag.createPool({ entrySize: RX_BUFFER_BYTES, entries: poolSize });
-    this.slotBuffer = new Int32Array(size).fill(-1);
     for (let i = 0; i < poolSize; i++) {
       this.frames.push(new PooledFrame(new Uint8Array(this.pool.buffer, this.pool.offsetOf(i), RX_BUFFER_BYTES), this, i));
     }
   }
 
   /** Programs the ring registers and fills it (RCTL.EN is set by the caller afterwards), counting into `counters` from now on. */
-  start(counters: DriverCounters['rx']): void {
-    this.counters = counters;
-    programRing(this.regs, REG.RDBAL, this.ring);
+  override start(counters: DriverCounters['rx']): void {
+    super.start(counters);
     this.refill();
   }
 
@@ -48,7 +40,7 @@ export class RxRing {
   /** Frames the device wrote that nobody will see (at a stop or crash: counted as lost by the caller). */
   pendingCompleted(): number {
     let n = 0;
-    while (n < this.ring.count && (this.ring.words[((this.ring.headSlot + n) % this.size) * 4 + 3]! & RXD.STAT_DD) !== 0) n++;
+    while (this.done(n)) n++;
     return n;
   }
 
@@ -57,20 +49,15 @@ export class RxRing {
    * the ring. Returns the number delivered.
    */
   poll(deliver: (frame: RxFrame) => void, budget: number): number {
-    const d = this.ring.words;
     this.ring.pool.sync(DmaSync.POSTREAD, 0);
     let n = 0;
-    while (n < budget && this.ring.count > 0) {
-      const w = this.ring.headSlot * 4;
-      const status = d[w + 3]!;
-      if ((status & RXD.STAT_DD) === 0) break;
-      const slot = this.ring.shift();
-      const id = this.slotBuffer[slot]!;
-      const length = d[w + 2]! & 0xffff;
-      const errors = (status >>> 8) & 0xff;
-      d[w + 3] = 0;
-      this.slotBuffer[slot] = -1;
-      if (errors !== 0 || (status & RXD.STAT_EOP) === 0) {
+    while (n < budget && this.done()) {
+      const w = this.ring.headSlot * DESC_WORDS;
+      const status = this.ring.words[w + 3]!;
+      const length = this.ring.words[w + 2]! & 0xffff;
+      const id = this.shift();
+      if ((status & 0xff00) !== 0 || (status & RXD.STAT_EOP) === 0) {
+        // An error byte (bits 8..15), or a frame spread over several buffers.
         this.counters.errors++;
         this.pool.release(id);
         continue;
@@ -98,7 +85,6 @@ export class RxRing {
 
   private refill(): void {
     if (!this.live) return;
-    const d = this.ring.words;
     let added = 0;
     while (this.ring.count < this.size - 1) {
       const id = this.pool.alloc();
@@ -107,12 +93,8 @@ export class RxRing {
         this.counters.noBuffer++;
         break;
       }
-      const slot = this.ring.push();
       this.pool.sync(DmaSync.PREREAD, id);
-      storeBus64(d, slot * 4, this.pool.busAddresses, id);
-      d[slot * 4 + 2] = 0;
-      d[slot * 4 + 3] = 0;
-      this.slotBuffer[slot] = id;
+      this.push(this.pool, id, 0);
       added++;
     }
     if (added === 0) return;
