@@ -21,12 +21,31 @@ export interface DriverTimers {
   sleep(ms: number): Promise<void>;
 }
 
-type Handle = { kind: 'timeout' | 'interval'; id: NodeJS.Timeout } | { kind: 'immediate'; id: NodeJS.Immediate };
+/** One pending timer: what cancel() and release() clear. A class, so a polling pass costs one object besides Node's own. */
+class Handle implements DriverTimer {
+  id: NodeJS.Timeout | NodeJS.Immediate | undefined;
 
-function clear(h: Handle): void {
-  if (h.kind === 'immediate') clearImmediate(h.id);
-  else if (h.kind === 'interval') clearInterval(h.id);
-  else clearTimeout(h.id);
+  constructor(
+    private readonly live: Set<Handle>,
+    private readonly kind: 'timeout' | 'interval' | 'immediate',
+    readonly fn: () => void,
+  ) {}
+
+  cancel(): void {
+    if (this.live.delete(this)) this.clear();
+  }
+
+  clear(): void {
+    if (this.kind === 'immediate') clearImmediate(this.id as NodeJS.Immediate);
+    else if (this.kind === 'interval') clearInterval(this.id as NodeJS.Timeout);
+    else clearTimeout(this.id as NodeJS.Timeout);
+  }
+
+  /** A one-shot timer fired: no longer pending, then its callback. Static, with the handle as Node's argument: no closure per timer. */
+  static fire(this: void, h: Handle): void {
+    h.live.delete(h);
+    h.fn();
+  }
 }
 
 /**
@@ -43,62 +62,52 @@ export class BusTimers implements DriverTimers {
 
   /** How many timers are pending (a host's or a test's check that release left none). */
   get pending(): number {
-    return this.live.size + this.sleepers.size;
+    return this.live.size;
   }
 
   timeout(ms: number, fn: () => void): DriverTimer {
-    this.refuseIfReleased();
-    const h: Handle = { kind: 'timeout', id: setTimeout(() => { this.live.delete(h); fn(); }, ms) };
-    return this.track(h);
+    const h = this.handle('timeout', fn);
+    h.id = setTimeout(Handle.fire, ms, h);
+    return h;
   }
 
   interval(ms: number, fn: () => void): DriverTimer {
-    this.refuseIfReleased();
-    return this.track({ kind: 'interval', id: setInterval(fn, ms) });
+    const h = this.handle('interval', fn);
+    h.id = setInterval(fn, ms);
+    return h;
   }
 
   immediate(fn: () => void): DriverTimer {
-    this.refuseIfReleased();
-    const h: Handle = { kind: 'immediate', id: setImmediate(() => { this.live.delete(h); fn(); }) };
-    return this.track(h);
+    const h = this.handle('immediate', fn);
+    h.id = setImmediate(Handle.fire, h);
+    return h;
   }
 
   sleep(ms: number): Promise<void> {
     if (this.released) return Promise.reject(this.reclaimed());
     return new Promise<void>((resolve, reject) => {
-      const h: Handle = {
-        kind: 'timeout',
-        id: setTimeout(() => {
-          this.live.delete(h);
-          this.sleepers.delete(reject);
-          resolve();
-        }, ms),
-      };
-      this.live.add(h);
       this.sleepers.add(reject);
+      this.timeout(ms, () => {
+        this.sleepers.delete(reject);
+        resolve();
+      });
     });
   }
 
   /** The host took the device back: nothing set by this incarnation fires again. Idempotent. */
   release(): void {
     this.released = true;
-    for (const h of this.live) clear(h);
+    for (const h of this.live) h.clear();
     this.live.clear();
     const error = this.reclaimed();
     for (const reject of this.sleepers) reject(error);
     this.sleepers.clear();
   }
 
-  private track(h: Handle): DriverTimer {
-    this.live.add(h);
-    return {
-      cancel: () => {
-        if (this.live.delete(h)) clear(h);
-      },
-    };
-  }
-
-  private refuseIfReleased(): void {
+  private handle(kind: 'timeout' | 'interval' | 'immediate', fn: () => void): Handle {
     if (this.released) throw this.reclaimed();
+    const h = new Handle(this.live, kind, fn);
+    this.live.add(h);
+    return h;
   }
 }
