@@ -6,13 +6,14 @@
  * cannot share a device). The device machine (device-machine.ts) calls only
  * this interface; attachIncarnation() picks where it runs.
  */
-import { createActor, toPromise, type InspectionEvent, type Observer } from 'xstate';
+import type { InspectionEvent, Observer } from 'xstate';
 import type { AnyDriver } from '../drivers/contract.js';
 import type { PciDevice } from '../pci/device.js';
 import type { ServiceLink, ServiceRegistry } from '../services/service-registry.js';
 import type { Supervision } from './config.js';
 import { AttachedBus, stopBusMaster } from '../workers/driver-bus.js';
 import type { DriverSource } from '../workers/driver-import.js';
+import { runDriverMachine } from '../workers/driver-run.js';
 import { sourceOf } from './driver-source.js';
 import { DriverThread, LOAD_TIMEOUT_MS, type QuiesceReport, type Silence } from './driver-thread.js';
 import type { DeviceMeter } from './meter.js';
@@ -156,7 +157,7 @@ class InlineIncarnation implements Incarnation {
     });
     try {
       const resources = await bounded(
-        Promise.resolve().then(() => driver.attach(bus, input.options as never)),
+        bus.attaching(() => driver.attach(bus, input.options as never)),
         supervision.attachTimeoutMs, attachOverran(driver.name, supervision.attachTimeoutMs),
       );
       return new InlineIncarnation(input, bus, resources);
@@ -167,15 +168,11 @@ class InlineIncarnation implements Incarnation {
     }
   }
 
-  async run(signal: AbortSignal): Promise<void> {
+  run(signal: AbortSignal): Promise<void> {
     const { driver, options, inspect } = this.input;
-    const actor = createActor(driver.machine, {
-      input: { bus: this.bus, options, resources: this.resources },
-      ...(inspect === undefined ? {} : { inspect }),
-    });
-    signal.addEventListener('abort', () => actor.stop());
-    actor.start();
-    await toPromise(actor);
+    const machine = runDriverMachine(driver, this.bus, options, this.resources, inspect);
+    signal.addEventListener('abort', () => machine.stop());
+    return machine.ended;
   }
 
   async quiesce(): Promise<void> {

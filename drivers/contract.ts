@@ -7,7 +7,7 @@
  * a driver holds when it fails or is stopped.
  */
 import type { Observable } from 'rxjs';
-import type { AnyActorLogic } from 'xstate';
+import type { ActorLogic, AnyActorLogic } from 'xstate';
 import type { PciAddress } from '../kernel/pci-address.js';
 import type { DriverDma } from '../pci/bus-dma.js';
 import type { BusSpace } from '../pci/bus-space.js';
@@ -16,6 +16,7 @@ import type { Bar } from '../pci/device.js';
 import type { DriverConfig } from '../pci/driver-config.js';
 import type { InterruptEvent, InterruptOptions, InterruptType } from '../pci/intr.js';
 import type { BlockDevice } from './block.js';
+import type { DriverTimers } from './kit/timers.js';
 import type { PacketBinding, PacketEndpoint, PacketPort } from './packet.js';
 
 /** One line of a driver's match table; every field given must equal the device's. */
@@ -102,6 +103,22 @@ export interface DriverBus {
   /** Runs when the host takes the device back (detach, failure), before bus mastering goes off: fail what is in flight. */
   onRelease(hook: () => void): void;
   /**
+   * This incarnation's timers (drivers/kit/timers.ts): timeouts, intervals,
+   * polling passes and sleeps, all cancelled when the host takes the device
+   * back (pending sleeps reject), so none outlives the incarnation.
+   */
+  timers(): DriverTimers;
+  /**
+   * The one way a driver reports its own failure (a throw while reaping, a
+   * device asking to be reset, a failed self-test): the host takes it as a
+   * driver crash, as if the machine had failed: quiesce, reset, restart by
+   * the restart policy. The driver's machine is stopped; the first fault
+   * counts, and one reported after the host took the device back is
+   * ignored. A fault during attach is the crash of the machine it starts.
+   * An XState action should call this rather than throw.
+   */
+  fault(error: unknown): void;
+  /**
    * Offers a block device, under its name, to the host's programs
    * (DriverHost.blockDevice) and to other drivers (blockDevice below), in
    * any thread, until the host takes this device back. Each consumer thread
@@ -151,10 +168,20 @@ export interface DriverInput<O, R> {
 }
 
 /**
+ * The driver's behaviour while running: actor logic (an XState machine)
+ * started with the DriverInput of its driver's options O and of what its
+ * attach returned, R. Input is contravariant: a machine that expects other
+ * resources or options than attach gives it does not compile.
+ */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type DriverMachine<O, R> = ActorLogic<any, any, DriverInput<O, R>, any, any>;
+
+/**
  * A driver module. `attach` maps what the driver needs (it runs in the
  * device actor's attaching state and may throw); `machine` is the driver's
- * behaviour while running, started with a DriverInput. The machine failing
- * (an action that throws, an invoked promise that rejects) is a driver
+ * behaviour while running, started with a DriverInput. A fault the driver
+ * reports (DriverBus.fault), and the machine failing (an invoked promise
+ * that rejects, an action that throws: outside drivers may), is a driver
  * crash; reaching a final state means the driver is done with the device.
  */
 export interface DriverModule<S extends OptionsSchema = OptionsSchema, R = unknown> {
@@ -176,17 +203,23 @@ export interface DriverModule<S extends OptionsSchema = OptionsSchema, R = unkno
    * driver stops the whole host.
    */
   readonly thread?: 'own' | 'main';
-  readonly machine: AnyActorLogic;
+  readonly machine: DriverMachine<OptionsOf<S>, R>;
 }
 
-/** Declares a driver with its types checked against each other. */
-export function defineDriver<S extends OptionsSchema, R>(module: DriverModule<S, R>): DriverModule<S, R> {
+/**
+ * Declares a driver with its types checked against each other: R is what
+ * attach returns, and the machine must accept a DriverInput of the options
+ * and that R (test/unit/driver-types.test.ts shows what does not compile).
+ */
+export function defineDriver<S extends OptionsSchema, R>(
+  module: DriverModule<S, R> & { readonly machine: DriverMachine<OptionsOf<NoInfer<S>>, NoInfer<R>> },
+): DriverModule<S, R> {
   return module;
 }
 
-/** A driver of any options and resources, as registries hold them. */
+/** A driver of any options and resources, as registries hold them (its machine's input checked by defineDriver, not here). */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export type AnyDriver = DriverModule<OptionsSchema, any>;
+export type AnyDriver = Omit<DriverModule<OptionsSchema, any>, 'machine'> & { readonly machine: AnyActorLogic };
 
 /** Drivers by name. */
 export type DriverRegistry = ReadonlyMap<string, AnyDriver>;

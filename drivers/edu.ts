@@ -44,7 +44,7 @@ function injectFaults(ctx: EduContext): void {
   }
   if (reached(ctx, leakAfterInterrupts) && ctx.resources.tally.serviced === leakAfterInterrupts) {
     ctx.bus.note(`fault injection: leaking memory from interrupt ${ctx.resources.tally.serviced}`);
-    setInterval(() => leaked.push(new Array<number>(1 << 17).fill(leaked.length)), 10);
+    ctx.bus.timers().interval(10, () => leaked.push(new Array<number>(1 << 17).fill(leaked.length)));
   }
 }
 
@@ -110,8 +110,6 @@ export interface EduResources {
   readonly hangInDetach: EduOptions['hangInDetach'];
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
 function attach(bus: DriverBus, opts: EduOptions): EduResources {
   const bar = bus.mapBar(0);
   const id = bar.read4(EDU.ID);
@@ -145,7 +143,7 @@ function detach(bus: DriverBus, { hangInDetach }: EduResources): Promise<void> |
   }
 }
 
-async function transfer(bar: BusSpace, from: bigint, to: bigint, toRam: boolean): Promise<void> {
+async function transfer(bus: DriverBus, bar: BusSpace, from: bigint, to: bigint, toRam: boolean): Promise<void> {
   bar.write8(EDU.DMA_SRC, from);
   bar.write8(EDU.DMA_DST, to);
   bar.write4(EDU.DMA_COUNT, DMA_CHECK_BYTES);
@@ -153,7 +151,7 @@ async function transfer(bar: BusSpace, from: bigint, to: bigint, toRam: boolean)
   const deadline = Date.now() + DMA_TIMEOUT_MS;
   while (bar.read4(EDU.DMA_CMD) & EDU.DMA_RUN) {
     if (Date.now() > deadline) throw new Error(`edu: DMA ${toRam ? 'to' : 'from'} RAM did not complete within ${DMA_TIMEOUT_MS} ms`);
-    await sleep(2);
+    await bus.timers().sleep(2);
   }
 }
 
@@ -164,17 +162,17 @@ async function selfTest({ bus, options: opts, resources: r }: DriverInput<EduOpt
     if (back !== (~value >>> 0)) throw new Error(`edu: liveness wrote 0x${value.toString(16)}, read 0x${back.toString(16)}`);
   }
   r.bar.write4(EDU.FACTORIAL, 10);
-  while (r.bar.read4(EDU.STATUS) & EDU.STATUS_COMPUTING) await sleep(1);
+  while (r.bar.read4(EDU.STATUS) & EDU.STATUS_COMPUTING) await bus.timers().sleep(1);
   const factorial = r.bar.read4(EDU.FACTORIAL);
   if (factorial !== 3628800) throw new Error(`edu: 10! computed as ${factorial}`);
   if (opts.dmaCheck) {
     const data = randomFillSync(new Uint8Array(DMA_CHECK_BYTES));
     new Uint8Array(r.src.buffer).set(data);
     r.srcMap.sync(DmaSync.PREWRITE, 0, DMA_CHECK_BYTES);
-    await transfer(r.bar, r.srcMap.segments[0]!.busAddress, EDU.BUFFER, false);
+    await transfer(bus, r.bar, r.srcMap.segments[0]!.busAddress, EDU.BUFFER, false);
     r.srcMap.sync(DmaSync.POSTWRITE, 0, DMA_CHECK_BYTES);
     r.dstMap.sync(DmaSync.PREREAD, 0, DMA_CHECK_BYTES);
-    await transfer(r.bar, EDU.BUFFER, r.dstMap.segments[0]!.busAddress, true);
+    await transfer(bus, r.bar, EDU.BUFFER, r.dstMap.segments[0]!.busAddress, true);
     r.dstMap.sync(DmaSync.POSTREAD, 0, DMA_CHECK_BYTES);
     const back = new Uint8Array(r.dst.buffer, 0, DMA_CHECK_BYTES);
     const bad = back.findIndex((b, i) => b !== data[i]);
@@ -227,8 +225,8 @@ const machine = setup({
       if (stopAckingAfter !== undefined && reached(context, stopAckingAfter + 1)) return;
       context.resources.bar.write4(EDU.IRQ_ACK, event.status);
       event.event.ack();
-      if (reached(context, failAfterInterrupts)) throw new Error(`fault injection: failAfterInterrupts=${failAfterInterrupts} reached`);
-      injectFaults(context);
+      if (reached(context, failAfterInterrupts)) context.bus.fault(new Error(`fault injection: failAfterInterrupts=${failAfterInterrupts} reached`));
+      else injectFaults(context);
     },
   },
 }).createMachine({
@@ -242,7 +240,7 @@ const machine = setup({
         input: ({ context }) => context,
         onDone: 'serving',
         // A failed self-test is a driver failure: the host restarts it.
-        onError: { actions: ({ event }) => { throw event.error; } },
+        onError: { actions: ({ context, event }) => context.bus.fault(event.error) },
       },
     },
     serving: {

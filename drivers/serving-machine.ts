@@ -2,14 +2,19 @@
  * The machine of a driver whose running life is one service loop: a
  * callback actor that reaps the device's interrupts (NVMe, virtio-blk). It
  * serves until the host takes the device back; a `fault` the loop sends
- * back fails the machine with its error, which the host's supervision
- * turns into a take-back and a restart.
+ * back goes to the bus's fault funnel (DriverBus.fault), which the host's
+ * supervision turns into a take-back and a restart. (A loop holding the
+ * bus may call bus.fault itself; the event is for loops that hold only
+ * their resources.)
  */
 import { setup, type CallbackActorLogic } from 'xstate';
-import type { DriverInput } from './contract.js';
+import type { DriverBus, DriverInput } from './contract.js';
 
 /** What a service loop sends back when the driver fails (a throw in its handler, a device asking to be reset). */
 export type DriverFault = { type: 'fault'; error: unknown };
+
+/** The action that hands a DriverFault event to the bus: a driver machine's one way to fail (no action throws). */
+export const reportFault = ({ context, event }: { context: { readonly bus: DriverBus }; event: DriverFault }) => context.bus.fault(event.error);
 
 export function servingMachine<O, R>(id: string, service: CallbackActorLogic<DriverFault, R>) {
   return setup({
@@ -20,6 +25,7 @@ export function servingMachine<O, R>(id: string, service: CallbackActorLogic<Dri
     },
     // Its input is R by this function's signature; XState's invoke typing cannot see through a generic R.
     actors: { service: service as unknown as CallbackActorLogic<DriverFault, unknown> },
+    actions: { fault: reportFault },
   }).createMachine({
     id,
     context: ({ input }) => input,
@@ -28,7 +34,7 @@ export function servingMachine<O, R>(id: string, service: CallbackActorLogic<Dri
       serving: {
         invoke: { src: 'service', input: ({ context }: { context: DriverInput<O, R> }) => context.resources },
         on: {
-          fault: { actions: ({ event }) => { throw event.error; } },
+          fault: { actions: 'fault' },
         },
       },
     },

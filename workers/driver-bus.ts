@@ -19,6 +19,7 @@ import type { BlockDevice } from '../drivers/block.js';
 import { quiesce } from '../pci/teardown.js';
 import { blockService } from '../services/block-service.js';
 import type { ServiceAccess } from '../services/service.js';
+import { BusTimers, type DriverTimers } from '../drivers/kit/timers.js';
 
 /** What a DriverBus reports as the driver uses it: DeviceMeter in the driver's thread, or the shared ledger of its worker. */
 export interface BusMeter {
@@ -86,6 +87,10 @@ export class AttachedBus implements DriverBus {
   private released = false;
   /** release() has begun (its hooks may still note; `released` is set after them). */
   private reclaiming = false;
+  private readonly busTimers = new BusTimers(() => this.reclaimed());
+  /** The driver's first fault (DriverBus.fault), and who is told of it (its attach's runner, then its machine's: runDriverMachine). */
+  private faulted: { error: unknown } | undefined;
+  private readonly faultListeners: ((error: unknown) => void)[] = [];
 
   constructor(
     private readonly device: PciDevice,
@@ -199,8 +204,36 @@ export class AttachedBus implements DriverBus {
     if (!this.released) this.hooks.onNote(message);
   }
 
+  timers(): DriverTimers {
+    this.live();
+    return this.busTimers;
+  }
+
+  /** Refused silently once the host takes the device back: the crash it would report is already being handled. */
+  fault(error: unknown): void {
+    if (this.reclaiming || this.faulted !== undefined) return;
+    this.faulted = { error };
+    for (const listener of this.faultListeners) listener(error);
+  }
+
+  /** Tells `listener` of the driver's fault: now if it already reported one, else when it does. */
+  onFault(listener: (error: unknown) => void): void {
+    this.faultListeners.push(listener);
+    if (this.faulted !== undefined) listener(this.faulted.error);
+  }
+
+  /** `attach` (the driver's), failed by a fault the driver reports while it runs (a throw while polling its admin queue). */
+  attaching<R>(attach: () => R | Promise<R>): Promise<R> {
+    const faulted = new Promise<never>((_, reject) => this.onFault(reject));
+    return Promise.race([Promise.resolve().then(attach), faulted]);
+  }
+
+  private reclaimed(): Error {
+    return new Error(`${this.address}: this DriverBus was reclaimed by the host (the driver was stopped)`);
+  }
+
   private live(): void {
-    if (this.released) throw new Error(`${this.address}: this DriverBus was reclaimed by the host (the driver was stopped)`);
+    if (this.released) throw this.reclaimed();
   }
 
   /**
@@ -227,7 +260,8 @@ export class AttachedBus implements DriverBus {
     }, {
       // The driver's own hooks first (fail in-flight requests, withdraw block devices), newest first;
       // until they have run the driver may still note (e.g. its final counts), then the bus is the host's.
-      first: [...this.releaseHooks.reverse(), () => void (this.released = true)],
+      // The timers go after the hooks (a hook may still cancel its own) and before anything else is reclaimed.
+      first: [...this.releaseHooks.reverse(), () => this.busTimers.release(), () => void (this.released = true)],
     });
   }
 }

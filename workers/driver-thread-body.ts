@@ -11,7 +11,6 @@
  */
 import { getHeapStatistics } from 'node:v8';
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
-import { createActor, type AnyActorRef } from 'xstate';
 import { UpciError, type UpciErrorCode } from '../kernel/errors.js';
 import { PciDevice, type SharedDevice } from '../pci/device.js';
 import { adoptingPort } from '../pci/kernel-port.js';
@@ -24,6 +23,7 @@ import { DriverLedger, oldGenerationBytes } from './driver-ledger.js';
 import { currentThreadId } from '../kernel/thread-wait.js';
 import { importDriver, type DriverSource } from './driver-import.js';
 import { cleanDetach } from './phase-bounds.js';
+import { runDriverMachine, type RunningMachine } from './driver-run.js';
 import type { AnyDriver } from '../drivers/contract.js';
 import { ThreadServices } from '../services/service.js';
 
@@ -92,14 +92,14 @@ function run(data: DriverThreadData, kernel: KernelPort): void {
     onStall: (vector, waitedMs) => post({ type: 'stall', vector, waitedMs }),
     onNote: (note) => post({ type: 'note', message: note }),
   });
-  let actor: AnyActorRef | undefined;
+  let machine: RunningMachine | undefined;
   let attached: { driver: AnyDriver; resources: unknown } | undefined;
   let stopped = false;
 
   port.on('message', async (m: HostMessage) => {
     if (m.type !== 'stop' || stopped) return;
     stopped = true;
-    actor?.stop();
+    machine?.stop();
     if (attached?.driver.detach !== undefined) {
       const { driver, resources } = attached;
       await cleanDetach(driver, data.detachTimeoutMs, () => driver.detach!(bus, resources), (note) => post({ type: 'note', message: note }));
@@ -119,10 +119,10 @@ function run(data: DriverThreadData, kernel: KernelPort): void {
 
   void (async () => {
     let resources: unknown;
-    let driver;
+    let driver: AnyDriver;
     try {
       driver = await importDriver(data.source);
-      resources = await driver.attach(bus, data.options as never);
+      resources = await bus.attaching(() => driver.attach(bus, data.options as never));
     } catch (e) {
       post({ type: 'attach-failed', message: message(e), ...(e instanceof UpciError ? { code: e.code } : {}) });
       return;
@@ -130,12 +130,8 @@ function run(data: DriverThreadData, kernel: KernelPort): void {
     if (stopped) return;
     attached = { driver, resources };
     post({ type: 'attached' });
-    actor = createActor(driver.machine, { input: { bus, options: data.options, resources } });
-    actor.subscribe({
-      complete: () => post({ type: 'finished' }),
-      error: (e: unknown) => post({ type: 'crashed', message: message(e) }),
-    });
-    actor.start();
+    machine = runDriverMachine(driver, bus, data.options, resources);
+    machine.ended.then(() => post({ type: 'finished' }), (e: unknown) => post({ type: 'crashed', message: message(e) }));
   })();
 }
 

@@ -2,12 +2,12 @@
  * The e1000e driver module (Intel 82574L, QEMU's `e1000e`): attach maps
  * BAR 0 and allocates the rings; the machine brings the device up, then
  * services it until stopped. An exception in an interrupt handler or in
- * the polling loop is a driver crash: the host quiesces, resets and
+ * a polling pass, or a failed bring-up, goes to the bus's fault funnel
+ * (DriverBus.fault), a driver crash: the host quiesces, resets and
  * restarts it, and the host's packet port carries on with the next incarnation.
  */
 import { fromCallback, fromPromise, setup } from 'xstate';
 import { defineDriver, type DriverInput } from '../contract.js';
-import type { DriverFault } from '../serving-machine.js';
 import { E1000e, type E1000eOptions } from './nic.js';
 import { e1000eOptions } from './options.js';
 
@@ -17,24 +17,14 @@ const machine = setup({
   types: {
     input: {} as Input,
     context: {} as Input,
-    events: {} as DriverFault,
   },
   actors: {
     bringUp: fromPromise<void, E1000e>(({ input }) => input.start()),
-    service: fromCallback<DriverFault, E1000e>(({ input: nic, sendBack }) => {
-      const fail = (error: unknown) => {
-        nic.stop();
-        sendBack({ type: 'fault', error });
-      };
-      nic.onFault = fail;
-      if (nic.polled) nic.runPolling(fail);
+    // The NIC reports its own faults to the bus (E1000e.fail); stopping this actor stops the device.
+    service: fromCallback<{ type: never }, E1000e>(({ input: nic }) => {
+      if (nic.polled) nic.runPolling();
       return () => nic.stop();
     }),
-  },
-  actions: {
-    crash: ({ event }) => {
-      throw event.error;
-    },
   },
 }).createMachine({
   id: 'e1000e',
@@ -46,12 +36,11 @@ const machine = setup({
         src: 'bringUp',
         input: ({ context }) => context.resources,
         onDone: 'running',
-        onError: { actions: ({ event }) => { throw event.error; } },
+        onError: { actions: ({ context, event }) => context.bus.fault(event.error) },
       },
     },
     running: {
       invoke: { src: 'service', input: ({ context }) => context.resources },
-      on: { fault: { actions: 'crash' } },
     },
   },
 });

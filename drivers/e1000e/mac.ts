@@ -4,17 +4,16 @@
  * statistics registers.
  */
 import type { BusSpace } from '../../pci/bus-space.js';
+import type { DriverTimers } from '../kit/timers.js';
 import type { LinkState, Mac } from '../packet.js';
 import { CTRL, EERD, INT, MDIC, PHY, RAH, RCTL, REG, STATS, STATS_64, STATUS, TCTL } from './registers.js';
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Polls `done` up to `ms`, then throws naming what did not happen. */
-export async function waitFor(done: () => boolean, ms: number, what: string): Promise<void> {
+/** Polls `done` up to `ms` (sleeping on the bus's timers), then throws naming what did not happen. */
+async function waitFor(timers: DriverTimers, done: () => boolean, ms: number, what: string): Promise<void> {
   const deadline = Date.now() + ms;
   while (!done()) {
     if (Date.now() > deadline) throw new Error(`e1000e: ${what} did not happen within ${ms} ms`);
-    await sleep(1);
+    await timers.sleep(1);
   }
 }
 
@@ -24,14 +23,14 @@ export async function waitFor(done: () => boolean, ms: number, what: string): Pr
  * station address, so every register the driver relies on is written
  * again by its setup, never assumed to be at its reset value.
  */
-export async function globalReset(regs: BusSpace): Promise<void> {
+export async function globalReset(regs: BusSpace, timers: DriverTimers): Promise<void> {
   regs.write4(REG.IMC, INT.ALL);
   regs.write4(REG.RCTL, 0);
   regs.write4(REG.TCTL, TCTL.PSP);
   regs.read4(REG.STATUS);
-  await sleep(10);
+  await timers.sleep(10);
   regs.write4(REG.CTRL, regs.read4(REG.CTRL) | CTRL.RST);
-  await waitFor(() => (regs.read4(REG.CTRL) & CTRL.RST) === 0, 100, 'the reset bit clearing');
+  await waitFor(timers, () => (regs.read4(REG.CTRL) & CTRL.RST) === 0, 100, 'the reset bit clearing');
   regs.write4(REG.IMC, INT.ALL);
   regs.read4(REG.ICR);
   // Set link up; speed and duplex come from autonegotiation.

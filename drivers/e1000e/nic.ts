@@ -10,6 +10,7 @@ import type { BusSpace } from '../../pci/bus-space.js';
 import type { InterruptEvent } from '../../pci/intr.js';
 import type { DriverBus, DriverInterrupts, OptionsOf } from '../contract.js';
 import { formatMac, type DriverCounters, type Mac, type PacketBinding, type PacketEndpoint, type PortInfo, type RxFrame } from '../packet.js';
+import { Poller } from '../kit/poller.js';
 import { e1000eTag } from './ring.js';
 import { accumulateStats, globalReset, HARDWARE_COUNTERS, phyId, readLink, readMac, receiveControl, setMulticast, setReceiveAddress } from './mac.js';
 import { CTRL_EXT, INT, IVAR, REG, RFCTL, TCTL } from './registers.js';
@@ -41,7 +42,8 @@ export class E1000e implements PacketBinding {
   private readonly tx: TxRing;
   private interrupts: DriverInterrupts | undefined;
   private readonly subscriptions: Subscription[] = [];
-  private pollTimer: NodeJS.Immediate | undefined;
+  /** interrupt "poll": the poller that runs the polled mode (kit/poller.ts). */
+  private poller: Poller | undefined;
   private stopped = false;
   /** Fault injection: throw once this many frames were received (first incarnation only). */
   private readonly failAt: number | undefined;
@@ -89,7 +91,7 @@ export class E1000e implements PacketBinding {
    */
   async start(): Promise<void> {
     const r = this.regs;
-    await globalReset(r);
+    await globalReset(r, this.bus.timers());
     const { mac, source } = readMac(r);
     setReceiveAddress(r, 0, mac);
     const phy = phyId(r);
@@ -142,12 +144,13 @@ export class E1000e implements PacketBinding {
     r.write4(REG.IMS, SINGLE_CAUSES);
   }
 
-  /** Runs the polled-mode loop; a crash goes to `fail`. */
-  runPolling(fail: (e: unknown) => void): void {
+  /** Runs the polled mode: one pass per turn of the event loop, receive, transmit reclaim and (every POLL_LINK_MS) the link; a throw is the driver's fault. */
+  runPolling(): void {
     let lastLink = Date.now();
-    const tick = () => {
-      if (this.stopped) return;
-      try {
+    this.poller = new Poller({
+      timers: this.bus.timers(),
+      fault: (e) => this.fail(e),
+      pass: () => {
         this.receive();
         this.tx.reclaim(this.transmitted);
         const now = Date.now();
@@ -155,19 +158,18 @@ export class E1000e implements PacketBinding {
           lastLink = now;
           this.endpoint!.setLink(readLink(this.regs));
         }
-      } catch (e) {
-        fail(e);
-        return;
-      }
-      this.pollTimer = setImmediate(tick);
-    };
-    this.pollTimer = setImmediate(tick);
+        // Never idle: frames arrive without a kick.
+        return !this.stopped;
+      },
+    });
+    this.poller.kick();
   }
 
-  /** Where an interrupt handler's exception goes (set by the driver machine: it becomes a driver crash). */
-  onFault: (e: unknown) => void = (e) => {
-    throw e;
-  };
+  /** The driver's fault (an interrupt handler's or a polling pass's throw): the device stopped, then the bus's fault funnel. */
+  private fail(e: unknown): void {
+    this.stop();
+    this.bus.fault(e);
+  }
 
   /** Runs an interrupt handler (a method, called on this: no closure per interrupt). */
   private guard(handler: (this: E1000e, e: InterruptEvent) => void, e: InterruptEvent): void {
@@ -175,7 +177,7 @@ export class E1000e implements PacketBinding {
     try {
       handler.call(this, e);
     } catch (error) {
-      this.onFault(error);
+      this.fail(error);
     }
   }
 
@@ -286,7 +288,7 @@ export class E1000e implements PacketBinding {
 
   private finish(): void {
     this.stopped = true;
-    if (this.pollTimer !== undefined) clearImmediate(this.pollTimer);
+    this.poller?.stop();
     for (const s of this.subscriptions) s.unsubscribe();
     const r = this.regs;
     r.write4(REG.IMC, INT.ALL);

@@ -9,6 +9,9 @@
  */
 import type { DriverDma, DmaTag } from '../../pci/bus-dma.js';
 import type { BusSpace } from '../../pci/bus-space.js';
+import type { DriverBus, DriverVector } from '../contract.js';
+import { Poller } from '../kit/poller.js';
+import type { DriverTimers } from '../kit/timers.js';
 import { NvmeGoneError, NvmeStatusError, NvmeTimeoutError, SC_ABORT_REQUESTED } from './errors.js';
 import { writeRegister64 } from '../kit/bus-address.js';
 import { QueuePair, type CompletionHandler } from './queue.js';
@@ -16,6 +19,12 @@ import {
   ADMIN, CC, CNS, CSTS, FEATURE, PAGE, REG, decodeCap, decodeIdentifyController, decodeIdentifyNamespace, decodeNamespaceList,
   type Capabilities, type ControllerIdentity, type NamespaceIdentity,
 } from './registers.js';
+
+/** What the controller gets of its bus: where it notes and faults, its timers, and the vectors it established (none: polled). */
+export interface ControllerBus extends Pick<DriverBus, 'note' | 'fault'> {
+  readonly timers: DriverTimers;
+  readonly vectors: readonly DriverVector[];
+}
 
 export interface ControllerOptions {
   readonly ioQueues: number;
@@ -50,8 +59,6 @@ export const commandName = (admin: boolean, opcode: number) => OPCODE_NAMES[`${a
 export const STATUS_GONE = 0x7fff;
 const STATUS_TIMED_OUT = 0x7ffe;
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 /** The typed error for a completion status; `timeoutMs` is the controller's command timeout (for a timed-out command's message). */
 export function statusError(command: string, status: number, timeoutMs: number): Error {
   if (status === STATUS_GONE) return new NvmeGoneError(command, 'the controller was reset or the driver detached before it completed');
@@ -66,8 +73,10 @@ export class NvmeController {
   readonly tag: DmaTag;
   private admin!: QueuePair;
   private readonly io: QueuePair[] = [];
-  /** Queues per interrupt vector. */
-  private readonly byVector: QueuePair[][] = [];
+  /** Queues per interrupt vector (-1: none), with the poller that switches them between polling and interrupts. */
+  private readonly byVector = new Map<number, { readonly queues: QueuePair[]; readonly poller: Poller }>();
+  /** Each queue's poller, by queue id (looked up per submission: an array, not a map). */
+  private readonly pollers: Poller[] = [];
   private identifyPage!: { pool: import('../../pci/dma-pool.js').DmaPool; view: Uint8Array };
   private gone: string | undefined;
   private resetting: Promise<void> | undefined;
@@ -105,8 +114,8 @@ export class NvmeController {
     private readonly bar: BusSpace,
     private readonly dma: DriverDma,
     readonly options: ControllerOptions,
-    /** Where timeouts, Aborts and resets are told (the host's note events). */
-    private readonly note: (message: string) => void,
+    /** Timeouts, Aborts and resets are noted there; a throw while reaping or a reset that cannot finish is its fault. */
+    private readonly bus: ControllerBus,
   ) {
     this.cap = decodeCap(bar.read4(REG.CAP), bar.read4(REG.CAP + 4));
     if (!this.cap.nvmCommandSet) throw new Error('nvme: the controller does not support the NVM command set (CAP.CSS)');
@@ -138,7 +147,7 @@ export class NvmeController {
       if (ready && (csts & CSTS.CFS) !== 0) throw new Error(`nvme: controller fatal status (CSTS.CFS) during ${what}`);
       if (((csts & CSTS.RDY) !== 0) === ready) return;
       if (performance.now() > deadline) throw new Error(`nvme: CSTS.RDY did not become ${ready ? 1 : 0} within ${limit} ms (CAP.TO) during ${what}`);
-      await sleep(1);
+      await this.bus.timers.sleep(1);
     }
   }
 
@@ -147,6 +156,7 @@ export class NvmeController {
     await this.disable();
     const adminDepth = Math.min(this.options.adminDepth, this.cap.maxQueueEntries);
     this.admin = new QueuePair(this.bar, this.tag, 0, adminDepth, this.cap.doorbellStride, this.options.polled || this.options.vectors === 0 ? -1 : 0);
+    this.watch(this.admin);
     this.identifyPage = (() => {
       const pool = this.tag.createPool({ entrySize: PAGE, entries: 1, access: 'write' });
       return { pool, view: new Uint8Array(pool.buffer, 0, PAGE) };
@@ -162,12 +172,38 @@ export class NvmeController {
     const depth = Math.min(this.options.queueDepth, this.cap.maxQueueEntries);
     for (let q = 1; q <= count; q++) {
       const vector = this.options.polled || this.options.vectors === 0 ? -1 : this.options.vectors > q ? q : 0;
-      this.io.push(new QueuePair(this.bar, this.tag, q, depth, this.cap.doorbellStride, vector));
+      const pair = new QueuePair(this.bar, this.tag, q, depth, this.cap.doorbellStride, vector);
+      this.io.push(pair);
+      this.watch(pair);
     }
     for (const q of this.io) await this.createIoQueue(q);
-    for (const q of [this.admin, ...this.io]) {
-      if (q.vector >= 0) (this.byVector[q.vector] ??= []).push(q);
+  }
+
+  /**
+   * Puts `q` under its vector's poller (one per vector, and one for the
+   * queues without: kit/poller.ts). Every poller polls while the driver
+   * attaches, with its vector masked (no interrupt subscriber yet);
+   * interruptsStarted() switches those with a vector to interrupts.
+   */
+  private watch(q: QueuePair): void {
+    let group = this.byVector.get(q.vector);
+    if (group === undefined) {
+      const queues: QueuePair[] = [];
+      const pass = (): boolean => {
+        let busy = false;
+        for (let i = 0; i < queues.length; i++) {
+          queues[i]!.reap();
+          if (queues[i]!.outstanding > 0) busy = true;
+        }
+        return busy && this.gone === undefined;
+      };
+      const vector = q.vector < 0 ? undefined : this.bus.vectors[q.vector];
+      const poller = new Poller({ timers: this.bus.timers, pass, fault: (e) => this.fault(e), mode: 'polling', ...(vector === undefined ? {} : { vector }) });
+      group = { queues, poller };
+      this.byVector.set(q.vector, group);
     }
+    group.queues.push(q);
+    this.pollers[q.id] = group.poller;
   }
 
   private async enable(): Promise<void> {
@@ -251,69 +287,32 @@ export class NvmeController {
       q.dropResubmissions = !admin && this.dropResubmissions;
       // The fault injection's record: which command it dropped (an I/O command's LBA is CDW11:CDW10).
       const lba = admin ? '' : `, LBA ${(BigInt(cdw11 >>> 0) << 32n) | BigInt(cdw10 >>> 0)}`;
-      this.note(`fault injection: dropping ${commandName(admin, opcode)} (command ${cid} on queue ${q.id})${lba}`);
+      this.bus.note(`fault injection: dropping ${commandName(admin, opcode)} (command ${cid} on queue ${q.id})${lba}`);
     }
     q.submit(cid, opcode, nsid, cdw10, cdw11, cdw12, cdw13, handler);
     // A check period late at most (checkedAt is up to a period old), never early.
     q.deadlines[cid] = this.checkedAt[0]! + this.options.commandTimeoutMs + this.timeoutCheckMs;
-    if (q.vector < 0 || q === this.admin) this.kickPoller();
+    this.pollers[q.id]!.kick();
     return true;
   }
 
   // --- completions -------------------------------------------------------
 
-  private pollTimer: NodeJS.Immediate | undefined;
-  private faultSink: ((e: unknown) => void) | undefined;
-  private interruptsLive = false;
-
-  /** Where a throw while reaping goes (the driver machine turns it into a crash). */
-  setFaultSink(sink: (e: unknown) => void): void {
-    this.faultSink = sink;
-  }
-
+  /** A throw while reaping or checking timeouts, a reset that cannot finish: the driver's fault (the host resets and restarts it). */
   private fault(e: unknown): void {
-    if (this.faultSink === undefined) throw e;
-    this.faultSink(e);
+    this.bus.fault(e);
   }
 
-  /** From now on interrupt-driven queues are reaped by interrupts only. */
+  /** The driver's interrupt handlers are subscribed: the queues with a vector are reaped by interrupts from now on. */
   interruptsStarted(): void {
-    this.interruptsLive = true;
+    for (const [vector, { poller }] of this.byVector) if (vector >= 0) poller.interrupts();
   }
 
   /** Reaps every queue on `vector` (an interrupt arrived); indexed, as a for-of makes an iterator per interrupt. */
   onInterrupt(vector: number): void {
-    const queues = this.byVector[vector];
+    const queues = this.byVector.get(vector)?.queues;
     if (queues !== undefined) for (let i = 0; i < queues.length; i++) queues[i]!.reap();
   }
-
-  /** Polls queues without interrupts (and all of them while attaching) until nothing is outstanding. */
-  private kickPoller(): void {
-    if (this.pollTimer === undefined) this.pollTimer = setImmediate(this.poll);
-  }
-
-  /** One pass over the polled queues; made once, so a steady poll allocates no closure. */
-  private readonly poll = (): void => {
-    this.pollTimer = undefined;
-    let busy = false;
-    const queues = this.io;
-    try {
-      if (this.admin.vector < 0 || !this.interruptsLive) {
-        this.admin.reap();
-        busy = this.admin.outstanding > 0;
-      }
-      for (let i = 0; i < queues.length; i++) {
-        const q = queues[i]!;
-        if (q.vector >= 0 && this.interruptsLive) continue;
-        q.reap();
-        if (q.outstanding > 0) busy = true;
-      }
-    } catch (e) {
-      this.fault(e);
-      return;
-    }
-    if (busy && this.gone === undefined) this.pollTimer = setImmediate(this.poll);
-  };
 
   // --- timeouts ----------------------------------------------------------
 
@@ -364,10 +363,10 @@ export class NvmeController {
           q.retries[cid] = 1;
           q.deadlines[cid] = now + timeout;
           this.aborts++;
-          this.note(`${what} not completed within ${timeout} ms: Abort sent`);
+          this.bus.note(`${what} not completed within ${timeout} ms: Abort sent`);
           this.adminCommand(ADMIN.ABORT, 0, 0, 0, (cid << 16) | q.id, 0, 0).then(
             // Abort's DW0 bit 0: 1 when the controller did not abort the command.
-            ({ dw0 }) => this.note(`Abort of ${what}: ${(dw0 & 1) === 0 ? 'aborted' : 'not aborted by the controller'}`),
+            ({ dw0 }) => this.bus.note(`Abort of ${what}: ${(dw0 & 1) === 0 ? 'aborted' : 'not aborted by the controller'}`),
             (e: unknown) => this.recover(`the Abort of ${what} failed: ${e instanceof Error ? e.message : String(e)}`),
           );
           continue;
@@ -403,7 +402,7 @@ export class NvmeController {
       const started = performance.now();
       this.resetStarted = started;
       this.resets++;
-      this.note(`controller reset: ${reason}`);
+      this.bus.note(`controller reset: ${reason}`);
       for (const q of this.io) q.hold();
       await this.disable();
       for (const q of [this.admin, ...this.io]) q.reap();
@@ -428,7 +427,7 @@ export class NvmeController {
         held += posted.held;
       }
       this.timedOut += failed;
-      this.note(`controller reset done in ${Math.round(performance.now() - started)} ms: ${again} command(s) submitted again, ${held} submitted during the reset posted${failed > 0 ? `, ${failed} failed (timed out after their re-issue)` : ''}`);
+      this.bus.note(`controller reset done in ${Math.round(performance.now() - started)} ms: ${again} command(s) submitted again, ${held} submitted during the reset posted${failed > 0 ? `, ${failed} failed (timed out after their re-issue)` : ''}`);
     })().finally(() => (this.resetting = undefined));
     return this.resetting;
   }
@@ -439,7 +438,7 @@ export class NvmeController {
   abandon(reason: string): void {
     if (this.gone !== undefined) return;
     this.gone = reason;
-    if (this.pollTimer !== undefined) clearImmediate(this.pollTimer);
+    for (const { poller } of this.byVector.values()) poller.stop();
     for (const q of [this.admin, ...this.io]) {
       if (q === undefined) continue;
       for (const cid of q.cids.takenIds()) q.cancel(cid, STATUS_GONE);
@@ -454,7 +453,7 @@ export class NvmeController {
     const deadline = performance.now() + limit;
     while ((this.bar.read4(REG.CSTS) & CSTS.SHST_MASK) !== CSTS.SHST_COMPLETE) {
       if (performance.now() > deadline) throw new Error(`nvme: shutdown (CC.SHN) not complete within ${limit} ms`);
-      await sleep(1);
+      await this.bus.timers.sleep(1);
     }
   }
 }

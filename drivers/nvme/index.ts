@@ -3,13 +3,15 @@
  * block devices. attach resets and enables the controller, runs Identify,
  * creates the I/O queue pairs and publishes one block device per active
  * namespace (named after the config entry: "<name>n<nsid>"); the machine
- * reaps completions (interrupts, or polling), watches command timeouts, and
- * turns a throw while reaping into a driver crash the host supervises.
+ * reaps completions (interrupts, or polling: kit/poller.ts), watches command
+ * timeouts on the bus's timers, and reports a throw while reaping to the
+ * bus's fault funnel: a driver crash the host supervises.
  * Detach shuts the controller down (CC.SHN) before the host quiesces it.
  */
 import { fromCallback } from 'xstate';
 import type { BusSpace } from '../../pci/bus-space.js';
 import { defineDriver, type DriverBus, type DriverInterrupts, type OptionsOf } from '../contract.js';
+import type { DriverTimers } from '../kit/timers.js';
 import { servingMachine, type DriverFault } from '../serving-machine.js';
 import { NvmeController } from './controller.js';
 import { IoQueues, NvmeNamespace } from './namespace.js';
@@ -42,6 +44,8 @@ export interface NvmeResources {
   readonly io: IoQueues;
   readonly namespaces: readonly NvmeNamespace[];
   readonly interrupts: DriverInterrupts | undefined;
+  /** The bus's timers: the timeout check's interval is this incarnation's. */
+  readonly timers: DriverTimers;
 }
 
 async function attach(bus: DriverBus, opts: NvmeOptions): Promise<NvmeResources> {
@@ -66,7 +70,7 @@ async function attach(bus: DriverBus, opts: NvmeOptions): Promise<NvmeResources>
     commandTimeoutMs: opts.commandTimeoutMs,
     vectors: interrupts?.vectors.length ?? 0,
     polled: opts.polled,
-  }, (message) => bus.note(message));
+  }, { note: (message) => bus.note(message), fault: (e) => bus.fault(e), timers: bus.timers(), vectors: interrupts?.vectors ?? [] });
   let io: IoQueues | undefined;
   // Whatever is in flight when the host takes the device back fails at once, and nothing new is submitted.
   bus.onRelease(() => {
@@ -98,7 +102,7 @@ async function attach(bus: DriverBus, opts: NvmeOptions): Promise<NvmeResources>
   if (bus.incarnation === 0) controller.dropAdminSubmission = opts.dropAdminSubmission ?? 0;
   const { model, serial, firmware } = controller.identity;
   bus.note(`${model} (serial ${serial}, firmware ${firmware}): ${controller.ioQueues.length} I/O queue(s) of ${controller.ioQueues[0]?.depth}, ${interrupts === undefined ? 'polled' : `${interrupts.vectors.length} ${interrupts.type} vector(s)`}, namespaces ${namespaces.map((n) => `${n.nsid} (${n.blockCount} × ${n.blockSize} B)`).join(', ') || 'none'}`);
-  return { bar, controller, io, namespaces, interrupts };
+  return { bar, controller, io, namespaces, interrupts, timers: bus.timers() };
 }
 
 /** Clean detach: fail what is outstanding, then CC.SHN so the controller flushes and stops. */
@@ -107,10 +111,9 @@ async function detach(_bus: DriverBus, r: NvmeResources): Promise<void> {
   await r.controller.shutdown();
 }
 
-/** Reaps completions from interrupts (or polling) and checks timeouts; a throw becomes a fault event. */
+/** Reaps completions on interrupts (the polled queues reap themselves: controller.ts) and checks timeouts; a throw becomes a fault event. */
 const service = fromCallback<DriverFault, NvmeResources>(({ input: r, sendBack }) => {
   const fault = (error: unknown) => sendBack({ type: 'fault', error });
-  r.controller.setFaultSink(fault);
   const subscriptions = (r.interrupts?.vectors ?? []).map((v) => v.events.subscribe({
     next: (event) => {
       try {
@@ -124,20 +127,17 @@ const service = fromCallback<DriverFault, NvmeResources>(({ input: r, sendBack }
     error: fault,
   }));
   r.controller.interruptsStarted();
-  const stop = () => {
-    clearInterval(timer);
-    for (const s of subscriptions) s.unsubscribe();
-  };
-  const timer = setInterval(() => {
-    // After a crash XState does not call this actor's cleanup: the host's reclaim (abandon) ends it.
-    if (!r.controller.usable) return stop();
+  const timer = r.timers.interval(r.controller.timeoutCheckMs, () => {
     try {
       r.controller.checkTimeouts(performance.now());
     } catch (e) {
       fault(e);
     }
-  }, r.controller.timeoutCheckMs);
-  return stop;
+  });
+  return () => {
+    timer.cancel();
+    for (const s of subscriptions) s.unsubscribe();
+  };
 });
 
 const machine = servingMachine<NvmeOptions, NvmeResources>('nvme', service);

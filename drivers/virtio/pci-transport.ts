@@ -130,7 +130,7 @@ export class VirtioPci {
     const until = performance.now() + RESET_WAIT_MS;
     while (this.status !== 0) {
       if (performance.now() > until) throw new Error(`${this.bus.address}: the virtio device did not finish its reset within ${RESET_WAIT_MS} ms (status 0x${this.status.toString(16)})`);
-      await new Promise((r) => setTimeout(r, 1));
+      await this.bus.timers().sleep(1);
     }
   }
 

@@ -1,8 +1,8 @@
 /**
  * A driver thread compiles only its own driver: the worker body's static
  * imports reach no driver module (drivers/index.ts, the main thread's
- * registry of every built-in, least of all), and a built-in driver is
- * imported from its own file.
+ * registry of every built-in, least of all; the kit's timers, which the bus
+ * owns, are no driver), and a built-in driver is imported from its own file.
  */
 import test from 'ava';
 import { readFileSync } from 'node:fs';
@@ -23,9 +23,9 @@ function reached(file: string, seen = new Set<string>()): Set<string> {
   return seen;
 }
 
-test('the driver thread\'s body statically reaches the block and packet contracts of drivers/, no driver', (t) => {
+test('the driver thread\'s body statically reaches the block and packet contracts of drivers/ and the kit\'s timers (the bus owns them), no driver', (t) => {
   const drivers = [...reached('workers/driver-thread-body.js')].filter((f) => f.startsWith('drivers/')).sort();
-  t.deepEqual(drivers, ['drivers/block.js', 'drivers/packet.js']);
+  t.deepEqual(drivers, ['drivers/block.js', 'drivers/kit/timers.js', 'drivers/packet.js']);
 });
 
 test('each built-in driver is imported from its own module, by name', async (t) => {

@@ -24,7 +24,7 @@ import { ServiceRegistry } from '../../services/service-registry.js';
 import type { AnyDriver } from '../../drivers/contract.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
 import { PciDevice } from '../../pci/device.js';
-import { DEVICE, VENDOR } from '../fixtures/thread-driver.js';
+import { DEVICE, FAULT_MESSAGE, VENDOR } from '../fixtures/thread-driver.js';
 import { until, within } from '../support/bounded.js';
 import { recordingPort, throughTheFd, type PortRecord } from '../support/recording-port.js';
 import { sharedFakePort, type SharedFakeState } from '../support/shared-fake.js';
@@ -137,6 +137,21 @@ test('a driver that blocks its thread\'s loop is detected by the watchdog and ta
   t.is(threads.length, 2);
   t.not(threads[0], threads[1]);
   // The new incarnation maps its own memory: only that one is in the table.
+  t.is(state().mappings, 1);
+  await host.shutdown();
+  t.is(state().mappings, 0);
+});
+
+test('a fault the driver reports through its bus (DriverBus.fault, from a bus timer) is a crash: taken back in order, its thread ended, restarted in a new thread', async (t) => {
+  const { host, events, records, state } = claim(t, { behave: 'fault' }, { watchdogMs: 5000, heartbeatMs: 50 });
+  const { fault, report, threads } = await firstFault(events);
+  t.is(fault?.kind, 'crash', fault?.message);
+  t.is(fault?.message, FAULT_MESSAGE);
+  const takeBack = records.indexOf(TAKE_BACK[0]!);
+  t.deepEqual(records.slice(takeBack, takeBack + TAKE_BACK.length), TAKE_BACK);
+  t.like(report, { busMaster: false, vectorsDisabled: 'msi', dmaMappingsLeft: 0 });
+  t.is(threads.length, 2);
+  t.not(threads[0], threads[1], 'the restart runs in a new thread');
   t.is(state().mappings, 1);
   await host.shutdown();
   t.is(state().mappings, 0);

@@ -56,12 +56,14 @@ class FakeBench extends FakeIntxBench {
 /**
  * The test driver: at attach turns bus mastering on and establishes INTx;
  * while running acks every interrupt, except as told: `crashAt` (throw on
- * the Nth interrupt), `hangAt` (stop acking from the Nth), `rejectAt`
+ * the Nth interrupt: the host still takes an outside driver's throw as a
+ * crash), `faultAt` (report a fault through DriverBus.fault at the Nth), `hangAt` (stop acking from the Nth), `rejectAt`
  * (an invoked promise rejects on the Nth); only in incarnations below
  * `faultyIncarnations`.
  */
 const options = {
   crashAt: { type: 'integer', min: 1, doc: 'throw at the Nth interrupt' },
+  faultAt: { type: 'integer', min: 1, doc: 'report a fault to the bus at the Nth interrupt' },
   hangAt: { type: 'integer', min: 1, doc: 'stop acking at the Nth interrupt' },
   rejectAt: { type: 'integer', min: 1, doc: 'reject a promise at the Nth interrupt' },
   faultyIncarnations: { type: 'integer', min: 0, default: 1, doc: 'incarnations that misbehave' },
@@ -70,7 +72,7 @@ const options = {
 } as const;
 
 interface TestResources { readonly vector: DriverVector }
-type In = DriverInput<{ crashAt?: number; hangAt?: number; rejectAt?: number; faultyIncarnations: number; finishAt?: number; dmaBytes?: number }, TestResources>;
+type In = DriverInput<{ crashAt?: number; faultAt?: number; hangAt?: number; rejectAt?: number; faultyIncarnations: number; finishAt?: number; dmaBytes?: number }, TestResources>;
 
 const testMachine = setup({
   types: { input: {} as In, context: {} as In & { n: number }, events: {} as { type: 'irq'; event: InterruptEvent } },
@@ -103,6 +105,7 @@ const testMachine = setup({
                 if (faulty && context.options.hangAt !== undefined && n >= context.options.hangAt) return;
                 event.event.ack();
                 if (faulty && n === context.options.crashAt) throw new Error(`crash at interrupt ${n}`);
+                if (faulty && n === context.options.faultAt) context.bus.fault(new Error(`fault reported at interrupt ${n}`));
               },
               assign({ n: ({ context }) => context.n + 1 }),
               ({ context }) => context.bus.note(`interrupt ${context.n}`),
@@ -220,6 +223,26 @@ test('with a kernel reset available, the restart resets instead of reopening; de
   t.like(report.devices[0], { released: { how: 'kernel-reset' } });
   // The detach's own calls, in order: quiesced (bus master off) before the reset, the reset before the close.
   t.deepEqual(bench.calls.slice(-2), [`${A} reset (bus master off)`, `${A} close (bus master off)`]);
+});
+
+test('a fault reported through the bus (DriverBus.fault, no throw) is a crash: the machine stops, the device is quiesced, reset and restarted', async (t) => {
+  const bench = new FakeBench({ [A]: 1 });
+  const host = DriverHost.claim(config([{ address: A, driver: 'test', options: { faultAt: 2 } }]), { registry, open: bench.open });
+  const events = record(t, host);
+  host.start();
+  await until('running', () => states(events, A).includes('running'));
+  bench.fire(A);
+  await until('1', () => host.interruptCount(A as PciAddress) === 1);
+  bench.fire(A);
+  await until('running again', () => states(events, A).filter((s) => s === 'running').length === 2);
+  t.like(events.find((e) => e.type === 'fault'), { address: A, fault: { kind: 'crash', message: 'fault reported at interrupt 2', incarnation: 0 } });
+  t.deepEqual(states(events, A), ['claimed', 'attaching', 'running', 'failed', 'resetting', 'attaching', 'running']);
+  t.true(events.some((e) => e.type === 'note' && e.address === A && e.message === 'interrupt 2'), 'the machine carried on to the end of the transition that reported it');
+  t.is(bench.opens.get(A), 2, 'the reset was a close and reopen');
+  bench.fire(A);
+  await until('after restart', () => host.interruptCount(A as PciAddress) === 3);
+  t.is(events.filter((e) => e.type === 'fault').length, 1, 'one fault');
+  await host.shutdown();
 });
 
 test('a rejected promise inside the driver is a crash too', async (t) => {
