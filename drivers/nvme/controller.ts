@@ -12,7 +12,7 @@ import type { BusSpace } from '../../pci/bus-space.js';
 import type { DriverBus, DriverVector } from '../contract.js';
 import { Poller } from '../kit/poller.js';
 import type { DriverTimers } from '../kit/timers.js';
-import { NvmeGoneError, NvmeStatusError, NvmeTimeoutError, SC_ABORT_REQUESTED } from './errors.js';
+import { NvmeGoneError, NvmeStatusError, NvmeTimeoutError } from './errors.js';
 import { writeRegister64 } from '../kit/bus-address.js';
 import { QueuePair, type CompletionHandler } from './queue.js';
 import {
@@ -33,19 +33,6 @@ export interface ControllerOptions {
   readonly commandTimeoutMs: number;
   /** Interrupt vectors established (0: polled only). */
   readonly vectors: number;
-  readonly polled: boolean;
-}
-
-/** A raw command for passthrough (NVMe's own layout of CDW10-13), as Linux's NVME_IOCTL_IO_CMD takes it. */
-export interface RawCommand {
-  readonly opcode: number;
-  readonly nsid: number;
-  readonly prp1: number;
-  readonly prp2?: number;
-  readonly cdw10?: number;
-  readonly cdw11?: number;
-  readonly cdw12?: number;
-  readonly cdw13?: number;
 }
 
 export interface Completion {
@@ -114,7 +101,7 @@ export class NvmeController {
     private readonly bar: BusSpace,
     private readonly dma: DriverDma,
     readonly options: ControllerOptions,
-    /** Timeouts, Aborts and resets are noted there; a throw while reaping or a reset that cannot finish is its fault. */
+    /** Timeouts, Aborts and resets are noted there; a throw while reaping or a reset that cannot finish is its fault (the host resets and restarts the driver). */
     private readonly bus: ControllerBus,
   ) {
     this.cap = decodeCap(bar.read4(REG.CAP), bar.read4(REG.CAP + 4));
@@ -154,13 +141,9 @@ export class NvmeController {
   /** Reset, admin queue, enable, Identify, number of queues, I/O queue pairs. */
   async start(): Promise<void> {
     await this.disable();
-    const adminDepth = Math.min(this.options.adminDepth, this.cap.maxQueueEntries);
-    this.admin = new QueuePair(this.bar, this.tag, 0, adminDepth, this.cap.doorbellStride, this.options.polled || this.options.vectors === 0 ? -1 : 0);
-    this.watch(this.admin);
-    this.identifyPage = (() => {
-      const pool = this.tag.createPool({ entrySize: PAGE, entries: 1, access: 'write' });
-      return { pool, view: new Uint8Array(pool.buffer, 0, PAGE) };
-    })();
+    this.admin = this.queuePair(0, Math.min(this.options.adminDepth, this.cap.maxQueueEntries));
+    const pool = this.tag.createPool({ entrySize: PAGE, entries: 1, access: 'write' });
+    this.identifyPage = { pool, view: new Uint8Array(pool.buffer, 0, PAGE) };
     // The device may now reach its rings: they are loaded.
     this.dma.enableBusMaster();
     await this.enable();
@@ -170,22 +153,20 @@ export class NvmeController {
     const granted = await this.adminCommand(ADMIN.SET_FEATURES, 0, 0, 0, FEATURE.NUMBER_OF_QUEUES, ((wanted - 1) << 16) | (wanted - 1), 0);
     const count = Math.min(wanted, (granted.dw0 & 0xffff) + 1, (granted.dw0 >>> 16) + 1);
     const depth = Math.min(this.options.queueDepth, this.cap.maxQueueEntries);
-    for (let q = 1; q <= count; q++) {
-      const vector = this.options.polled || this.options.vectors === 0 ? -1 : this.options.vectors > q ? q : 0;
-      const pair = new QueuePair(this.bar, this.tag, q, depth, this.cap.doorbellStride, vector);
-      this.io.push(pair);
-      this.watch(pair);
-    }
+    for (let q = 1; q <= count; q++) this.io.push(this.queuePair(q, depth));
     for (const q of this.io) await this.createIoQueue(q);
   }
 
   /**
-   * Puts `q` under its vector's poller (one per vector, and one for the
-   * queues without: kit/poller.ts). Every poller polls while the driver
+   * Queue pair `id` on its own vector when there are enough (else vector 0;
+   * none: polled), under its vector's poller (one per vector, and one for
+   * the queues without: kit/poller.ts). Every poller polls while the driver
    * attaches, with its vector masked (no interrupt subscriber yet);
    * interruptsStarted() switches those with a vector to interrupts.
    */
-  private watch(q: QueuePair): void {
+  private queuePair(id: number, depth: number): QueuePair {
+    const vectors = this.options.vectors;
+    const q = new QueuePair(this.bar, this.tag, id, depth, this.cap.doorbellStride, vectors === 0 ? -1 : vectors > id ? id : 0);
     let group = this.byVector.get(q.vector);
     if (group === undefined) {
       const queues: QueuePair[] = [];
@@ -198,12 +179,13 @@ export class NvmeController {
         return busy && this.gone === undefined;
       };
       const vector = q.vector < 0 ? undefined : this.bus.vectors[q.vector];
-      const poller = new Poller({ timers: this.bus.timers, pass, fault: (e) => this.fault(e), mode: 'polling', ...(vector === undefined ? {} : { vector }) });
+      const poller = new Poller({ timers: this.bus.timers, pass, fault: (e) => this.bus.fault(e), mode: 'polling', ...(vector === undefined ? {} : { vector }) });
       group = { queues, poller };
       this.byVector.set(q.vector, group);
     }
     group.queues.push(q);
     this.pollers[q.id] = group.poller;
+    return q;
   }
 
   private async enable(): Promise<void> {
@@ -215,7 +197,7 @@ export class NvmeController {
     await this.waitReady(true, 'enable');
     // Polled: mask every vector in the controller. Without MSI-X the admin CQ would otherwise
     // assert INTx with no handler, and the kernel disables the (shared) line: "nobody cared".
-    if (this.options.polled || this.options.vectors === 0) this.bar.write4(REG.INTMS, 0xffffffff);
+    if (this.options.vectors === 0) this.bar.write4(REG.INTMS, 0xffffffff);
   }
 
   private async createIoQueue(q: QueuePair): Promise<void> {
@@ -298,11 +280,6 @@ export class NvmeController {
 
   // --- completions -------------------------------------------------------
 
-  /** A throw while reaping or checking timeouts, a reset that cannot finish: the driver's fault (the host resets and restarts it). */
-  private fault(e: unknown): void {
-    this.bus.fault(e);
-  }
-
   /** The driver's interrupt handlers are subscribed: the queues with a vector are reaped by interrupts from now on. */
   interruptsStarted(): void {
     for (const [vector, { poller }] of this.byVector) if (vector >= 0) poller.interrupts();
@@ -346,7 +323,7 @@ export class NvmeController {
       // Only the reset's own commands (submitted after it started): the older ones go with the old admin queue.
       if (stuck >= 0 && this.admin.deadlines[stuck]! > this.resetStarted + timeout) {
         this.admin.deadlines[stuck] = 0; // one fault
-        this.fault(new NvmeTimeoutError(stuckName, timeout, 'the controller reset waiting for it cannot finish'));
+        this.bus.fault(new NvmeTimeoutError(stuckName, timeout, 'the controller reset waiting for it cannot finish'));
       }
       return;
     }
@@ -377,15 +354,10 @@ export class NvmeController {
     }
   }
 
-  /** Whether an I/O completion status is an Abort the driver asked for (the command is then submitted again). */
-  static wasAborted(status: number): boolean {
-    return (status & 0x7ff) === SC_ABORT_REQUESTED;
-  }
-
   /** A reset from the timeout path; a reset that fails is a driver fault (the host restarts the driver, which resets the device). */
   private recover(reason: string): void {
     this.reset(reason).catch((e: unknown) => {
-      if (this.gone === undefined) this.fault(e);
+      if (this.gone === undefined) this.bus.fault(e);
     });
   }
 

@@ -39,9 +39,7 @@ const MEDIA: Record<number, string> = {
   0x86: 'Access Denied',
 };
 
-export const SCT_GENERIC = 0;
 export const SC_ABORT_REQUESTED = 0x07;
-export const SC_DATA_TRANSFER_ERROR = 0x04;
 
 function statusName(sct: number, sc: number): string {
   const table = sct === 0 ? GENERIC : sct === 1 ? COMMAND_SPECIFIC : sct === 2 ? MEDIA : undefined;

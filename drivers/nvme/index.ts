@@ -11,6 +11,7 @@
 import { fromCallback } from 'xstate';
 import type { BusSpace } from '../../pci/bus-space.js';
 import { defineDriver, type DriverBus, type DriverInterrupts, type OptionsOf } from '../contract.js';
+import { serveInterrupts } from '../kit/interrupts.js';
 import type { DriverTimers } from '../kit/timers.js';
 import { servingMachine, type DriverFault } from '../serving-machine.js';
 import { NvmeController } from './controller.js';
@@ -63,14 +64,7 @@ async function attach(bus: DriverBus, opts: NvmeOptions): Promise<NvmeResources>
       interrupts = bus.establishInterrupts({ type: 'best', vectors: 1 });
     }
   }
-  const controller = new NvmeController(bar, dma, {
-    ioQueues: opts.ioQueues,
-    queueDepth: opts.queueDepth,
-    adminDepth: 32,
-    commandTimeoutMs: opts.commandTimeoutMs,
-    vectors: interrupts?.vectors.length ?? 0,
-    polled: opts.polled,
-  }, { note: (message) => bus.note(message), fault: (e) => bus.fault(e), timers: bus.timers(), vectors: interrupts?.vectors ?? [] });
+  const controller = new NvmeController(bar, dma, { ...opts, adminDepth: 32, vectors: interrupts?.vectors.length ?? 0 }, { note: (message) => bus.note(message), fault: (e) => bus.fault(e), timers: bus.timers(), vectors: interrupts?.vectors ?? [] });
   let io: IoQueues | undefined;
   // Whatever is in flight when the host takes the device back fails at once, and nothing new is submitted.
   bus.onRelease(() => {
@@ -114,18 +108,7 @@ async function detach(_bus: DriverBus, r: NvmeResources): Promise<void> {
 /** Reaps completions on interrupts (the polled queues reap themselves: controller.ts) and checks timeouts; a throw becomes a fault event. */
 const service = fromCallback<DriverFault, NvmeResources>(({ input: r, sendBack }) => {
   const fault = (error: unknown) => sendBack({ type: 'fault', error });
-  const subscriptions = (r.interrupts?.vectors ?? []).map((v) => v.events.subscribe({
-    next: (event) => {
-      try {
-        r.controller.onInterrupt(v.index);
-      } catch (e) {
-        fault(e);
-      } finally {
-        event.ack();
-      }
-    },
-    error: fault,
-  }));
+  const unsubscribe = serveInterrupts(r.interrupts?.vectors ?? [], (vector) => r.controller.onInterrupt(vector), fault);
   r.controller.interruptsStarted();
   const timer = r.timers.interval(r.controller.timeoutCheckMs, () => {
     try {
@@ -136,7 +119,7 @@ const service = fromCallback<DriverFault, NvmeResources>(({ input: r, sendBack }
   });
   return () => {
     timer.cancel();
-    for (const s of subscriptions) s.unsubscribe();
+    unsubscribe();
   };
 });
 

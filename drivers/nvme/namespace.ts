@@ -16,7 +16,7 @@ import { checkRequest, type BlockOperation } from '../block.js';
 import { high32 } from '../kit/bus-address.js';
 import { RegisteredBlockDevice, RegisteredRequests, type Registration } from '../kit/registered.js';
 import { entryViews } from '../kit/tracker.js';
-import { NvmeController, commandName, statusError } from './controller.js';
+import { type NvmeController, commandName, statusError } from './controller.js';
 import { BlockRequestError, NvmeGoneError } from './errors.js';
 import type { CompletionHandler, QueuePair } from './queue.js';
 import { NVM, type NamespaceIdentity } from './registers.js';
@@ -68,10 +68,7 @@ export class IoQueues {
 
   /** A command on registered memory completed (or was cancelled): its registration's end. */
   private registeredDone(q: QueuePair, requests: RegisteredRequests, status: number, cid: number): void {
-    if (NvmeController.wasAborted(status) && q.retries[cid]! < 2) {
-      q.resubmit(cid, this.registeredHandlers[q.id - 1]![cid]!, performance.now() + this.controller.options.commandTimeoutMs);
-      return;
-    }
+    if (q.resubmitAborted(cid, status, this.registeredHandlers[q.id - 1]![cid]!, this.controller.options.commandTimeoutMs)) return;
     this.drain();
     requests.end(cid, status === 0 ? undefined : statusError(commandName(false, requests.write[cid] === 1 ? NVM.WRITE : NVM.READ), status, this.controller.options.commandTimeoutMs));
     this.completed();
@@ -217,7 +214,7 @@ export class NvmeNamespace extends RegisteredBlockDevice {
         else reject(e);
       };
       const finish = (e: Error | undefined) => {
-        if (e !== undefined && failure === undefined) failure = e;
+        failure ??= e;
         if (--remaining === 0) end(failure);
       };
       io.inFlight.add(end);
@@ -240,10 +237,7 @@ export class NvmeNamespace extends RegisteredBlockDevice {
           }
           q.prp2For(cid, bytes);
           const handler = (status: number, _dw0: number, doneCid: number) => {
-            if (NvmeController.wasAborted(status) && q.retries[doneCid]! < 2) {
-              q.resubmit(doneCid, handler, performance.now() + io.controller.options.commandTimeoutMs);
-              return;
-            }
+            if (q.resubmitAborted(doneCid, status, handler, io.controller.options.commandTimeoutMs)) return;
             if (status === 0 && direct < 0 && op === 'read') buffer!.set(bounce.subarray(0, bytes), offset);
             io.drain();
             finish(status === 0 ? undefined : statusError(commandName(false, opcode), status, io.controller.options.commandTimeoutMs));

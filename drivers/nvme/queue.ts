@@ -18,6 +18,7 @@ import type { DmaTag } from '../../pci/bus-dma.js';
 import { high32, storeBus64 } from '../kit/bus-address.js';
 import { DescriptorRing } from '../kit/ring.js';
 import { Trackers } from '../kit/tracker.js';
+import { SC_ABORT_REQUESTED } from './errors.js';
 import { CQE_BYTES, PAGE, PRPS_PER_PAGE, REG, SQE_BYTES } from './registers.js';
 
 /** Completion of one command: `status` is CQE DW3 bits 31:17 (SC 7:0, SCT 10:8, DNR 14); 0 is success. */
@@ -130,18 +131,14 @@ export class QueuePair {
     const w = this.shadow;
     w[s] = opcode | (cid << 16);
     w[s + 1] = nsid;
-    w[s + 2] = 0;
-    w[s + 3] = 0;
-    w[s + 4] = 0;
-    w[s + 5] = 0;
+    w.fill(0, s + 2, s + 6); // CDW2-3 reserved, MPTR: no metadata
     storeBus64(w, s + 6, this.prps, 0);
     storeBus64(w, s + 8, this.prps, 1);
     w[s + 10] = cdw10;
     w[s + 11] = cdw11;
     w[s + 12] = cdw12;
     w[s + 13] = cdw13;
-    w[s + 14] = 0;
-    w[s + 15] = 0;
+    w.fill(0, s + 14, s + 16);
     this.handlers[cid] = handler;
     this.retries[cid] = 0;
     this.post(cid);
@@ -185,11 +182,8 @@ export class QueuePair {
         this.cq.shift();
         n++;
         const cid = dw3 & 0xffff;
-        const handler = this.handlers[cid];
+        const handler = this.release(cid);
         if (handler === undefined) continue; // a completion for nothing outstanding (after a reset): ignored
-        this.handlers[cid] = undefined;
-        this.deadlines[cid] = 0;
-        this.cids.give(cid);
         this.completed++;
         handler(dw3 >>> 17, dw0, cid);
       }
@@ -201,14 +195,21 @@ export class QueuePair {
 
   /** Completes command `cid` without the controller (a timeout or a reset gave up on it). */
   cancel(cid: number, status: number): void {
-    const handler = this.handlers[cid];
+    const handler = this.release(cid);
     if (handler === undefined) return;
-    this.handlers[cid] = undefined;
-    this.deadlines[cid] = 0;
     this.unposted[cid] = 0;
     if (cid === this.dropCid) this.dropCid = -1;
-    this.cids.give(cid);
     handler(status, 0, cid);
+  }
+
+  /** Ends outstanding command `cid` (its ID given back): its handler, or undefined when nothing is outstanding under it. */
+  private release(cid: number): CompletionHandler | undefined {
+    const handler = this.handlers[cid];
+    if (handler === undefined) return undefined;
+    this.handlers[cid] = undefined;
+    this.deadlines[cid] = 0;
+    this.cids.give(cid);
+    return handler;
   }
 
   /** The first command ID whose deadline has passed at `now`, or -1. */
@@ -255,15 +256,20 @@ export class QueuePair {
     return { again, held };
   }
 
-  /** Submits one outstanding command again (its abort completed it). */
-  resubmit(cid: number, handler: CompletionHandler, deadline: number): void {
+  /**
+   * Submits command `cid` again when `status` is an Abort the timeout path
+   * asked for and it was not re-issued yet, timing out `timeoutMs` from
+   * now; false when its completion stands (the caller handles it).
+   */
+  resubmitAborted(cid: number, status: number, handler: CompletionHandler, timeoutMs: number): boolean {
+    if ((status & 0x7ff) !== SC_ABORT_REQUESTED || this.retries[cid]! >= 2) return false;
     // Its ID was given back when it completed: take it again.
     this.cids.takeId(cid);
-    const retries = this.retries[cid]!;
     this.handlers[cid] = handler;
-    this.deadlines[cid] = deadline;
-    this.retries[cid] = retries + 1;
+    this.deadlines[cid] = performance.now() + timeoutMs;
+    this.retries[cid]!++;
     this.post(cid);
+    return true;
   }
 
   free(): void {

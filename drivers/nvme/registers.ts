@@ -6,9 +6,7 @@
 /** Controller registers (BAR0). */
 export const REG = {
   CAP: 0x00, // 8 bytes
-  VS: 0x08,
   INTMS: 0x0c,
-  INTMC: 0x10,
   CC: 0x14,
   CSTS: 0x1c,
   AQA: 0x24,
@@ -41,14 +39,11 @@ export const CSTS = {
 } as const;
 
 export const ADMIN = {
-  DELETE_SQ: 0x00,
   CREATE_SQ: 0x01,
-  DELETE_CQ: 0x04,
   CREATE_CQ: 0x05,
   IDENTIFY: 0x06,
   ABORT: 0x08,
   SET_FEATURES: 0x09,
-  GET_FEATURES: 0x0a,
 } as const;
 
 export const NVM = {
@@ -70,8 +65,6 @@ export const FEATURE = {
 
 /** Identify Controller ONCS bit: Dataset Management supported. */
 export const ONCS_DSM = 1 << 2;
-/** Identify Controller VWC bit 0: a volatile write cache is present (Flush matters). */
-export const VWC_PRESENT = 1 << 0;
 
 export const SQE_BYTES = 64;
 export const CQE_BYTES = 16;
@@ -83,7 +76,6 @@ export const PRPS_PER_PAGE = PAGE / 8;
 export interface Capabilities {
   /** Maximum queue entries supported (MQES + 1). */
   readonly maxQueueEntries: number;
-  readonly contiguousQueuesRequired: boolean;
   /** Worst-case time for CSTS.RDY to change after CC.EN, in ms (CAP.TO × 500 ms). */
   readonly readyTimeoutMs: number;
   /** Doorbell stride in bytes (4 << DSTRD). */
@@ -91,18 +83,15 @@ export interface Capabilities {
   readonly nvmCommandSet: boolean;
   /** Minimum memory page size in bytes. */
   readonly minPageSize: number;
-  readonly maxPageSize: number;
 }
 
 export function decodeCap(lo: number, hi: number): Capabilities {
   return {
     maxQueueEntries: (lo & 0xffff) + 1,
-    contiguousQueuesRequired: (lo & (1 << 16)) !== 0,
     readyTimeoutMs: ((lo >>> 24) & 0xff) * 500,
     doorbellStride: 4 << (hi & 0xf),
     nvmCommandSet: ((hi >>> 5) & 1) !== 0,
     minPageSize: 1 << (12 + ((hi >>> 16) & 0xf)),
-    maxPageSize: 1 << (12 + ((hi >>> 20) & 0xf)),
   };
 }
 
@@ -113,31 +102,22 @@ const u64 = (b: Uint8Array, at: number) => u32(b, at) + u32(b, at + 4) * 2 ** 32
 
 /** Identify Controller data (CNS 01h), the fields the driver uses. */
 export interface ControllerIdentity {
-  readonly vendor: number;
   readonly serial: string;
   readonly model: string;
   readonly firmware: string;
   /** Maximum data transfer size in bytes (0: no limit). */
   readonly maxTransferBytes: number;
-  readonly controllerId: number;
-  /** Number of namespaces (NN): NSIDs 1..namespaceCount. */
-  readonly namespaceCount: number;
   readonly datasetManagement: boolean;
-  readonly volatileWriteCache: boolean;
 }
 
 export function decodeIdentifyController(data: Uint8Array, minPageSize: number): ControllerIdentity {
   const mdts = data[77]!;
   return {
-    vendor: u16(data, 0),
     serial: ascii(data, 4, 24),
     model: ascii(data, 24, 64),
     firmware: ascii(data, 64, 72),
     maxTransferBytes: mdts === 0 ? 0 : minPageSize * 2 ** mdts,
-    controllerId: u16(data, 78),
-    namespaceCount: u32(data, 516),
     datasetManagement: (u16(data, 520) & ONCS_DSM) !== 0,
-    volatileWriteCache: (data[525]! & VWC_PRESENT) !== 0,
   };
 }
 
@@ -145,7 +125,6 @@ export function decodeIdentifyController(data: Uint8Array, minPageSize: number):
 export interface NamespaceIdentity {
   /** Size in logical blocks (NSZE). */
   readonly blocks: number;
-  readonly capacity: number;
   /** Bytes per logical block of the formatted LBA format. */
   readonly blockSize: number;
   /** Metadata bytes per block of the formatted format (the driver serves only 0). */
@@ -157,7 +136,6 @@ export function decodeIdentifyNamespace(data: Uint8Array): NamespaceIdentity {
   const lbaf = 128 + 4 * format;
   return {
     blocks: u64(data, 0),
-    capacity: u64(data, 8),
     blockSize: 2 ** data[lbaf + 2]!,
     metadataSize: u16(data, lbaf),
   };

@@ -10,6 +10,7 @@
  */
 import { fromCallback } from 'xstate';
 import { defineDriver, type DriverBus, type DriverInterrupts, type OptionsOf } from '../contract.js';
+import { serveInterrupts } from '../kit/interrupts.js';
 import { servingMachine, type DriverFault } from '../serving-machine.js';
 import { VIRTIO_VENDOR, VirtioPci, modernDeviceId } from '../virtio/pci-transport.js';
 import { VirtioDisk } from './disk.js';
@@ -100,22 +101,10 @@ async function detach(_bus: DriverBus, r: VirtioBlkResources): Promise<void> {
 /** Reaps on the queue's vector; a config change is checked for a device asking to be reset. A throw becomes a fault event. */
 const service = fromCallback<DriverFault, VirtioBlkResources>(({ input: r, sendBack }) => {
   const fault = (error: unknown) => sendBack({ type: 'fault', error });
-  const subscriptions = r.interrupts.vectors.map((v) => v.events.subscribe({
-    next: (event) => {
-      try {
-        if (v.index === QUEUE_VECTOR) r.disk.reap();
-        else if (r.transport.needsReset) throw new Error('the virtio-blk device set DEVICE_NEEDS_RESET');
-      } catch (e) {
-        fault(e);
-      } finally {
-        event.ack();
-      }
-    },
-    error: fault,
-  }));
-  return () => {
-    for (const s of subscriptions) s.unsubscribe();
-  };
+  return serveInterrupts(r.interrupts.vectors, (vector) => {
+    if (vector === QUEUE_VECTOR) r.disk.reap();
+    else if (r.transport.needsReset) throw new Error('the virtio-blk device set DEVICE_NEEDS_RESET');
+  }, fault);
 });
 
 const machine = servingMachine<VirtioBlkOptions, VirtioBlkResources>('virtio-blk', service);

@@ -62,7 +62,7 @@ function fixture() {
     abandon: () => undefined,
   } as unknown as NvmeController;
   const io = new IoQueues(controller, CHUNK);
-  const ns = new NvmeNamespace(io, 1, { blocks: BLOCKS, capacity: BLOCKS, blockSize: BLOCK, metadataSize: 0 }, 'fake0n1');
+  const ns = new NvmeNamespace(io, 1, { blocks: BLOCKS, blockSize: BLOCK, metadataSize: 0 }, 'fake0n1');
   const disk = new Uint8Array(BLOCKS * BLOCK);
   const seen: { opcode: number; cid: number; cdw10: number; cdw11: number; cdw12: number; range?: number[] }[] = [];
   let sqHead = 0;
