@@ -9,7 +9,7 @@
  * registration's reused end record.
  */
 import type { DmaTag, LoadedDmaMap } from '../../pci/bus-dma.js';
-import { BlockDeviceBase, BlockGoneError, BlockRequestError, RegisteredMemory, checkRequest, type BlockGeometry, type RegisteredBuffer } from '../block.js';
+import { BlockDeviceBase, BlockGoneError, BlockRequestError, RegisteredMemory, checkRequest, type BlockGeometry, type BlockOperation, type RegisteredBuffer } from '../block.js';
 
 /** `memory` mapped for DMA through `tag` as one segment, or a BlockRequestError naming why not (`name`: the device's). */
 function mapWhole(name: string, tag: DmaTag, memory: SharedArrayBuffer): LoadedDmaMap {
@@ -108,6 +108,8 @@ export class RegisteredRequests {
 /** A BlockDevice whose register() is registered memory as above; the driver issues the requests (issueRegistered). */
 export abstract class RegisteredBlockDevice extends BlockDeviceBase {
   private readonly mappings = new Map<SharedArrayBuffer, Mapping>();
+  /** Settlers of every promise request not yet ended, for failPending(). */
+  private readonly pending = new Set<(e: Error) => void>();
 
   constructor(geometry: BlockGeometry, private readonly dmaTag: DmaTag) {
     super(geometry);
@@ -151,6 +153,42 @@ export abstract class RegisteredBlockDevice extends BlockDeviceBase {
     if (mapping?.loaded !== true) return undefined;
     mapping.inFlight++;
     return mapping;
+  }
+
+  /**
+   * One request of the promise API as `commands` commands, which
+   * `issue(done, direct)` starts (now, or from the driver's wait list),
+   * each calling `done` once when it ends: settled once the last ended (the
+   * first error wins), or by failPending(). A `buffer` in registered memory
+   * (its first byte a multiple of `align`) is given to the device where it
+   * is, `direct` its bus address, held until the request ends (an
+   * unregister() meanwhile leaves it loaded); -1: the driver bounces it.
+   */
+  protected settled(op: BlockOperation, lba: number, blocks: number, buffer: Uint8Array | undefined, align: number, commands: number, issue: (done: (e: Error | undefined) => void, direct: number) => void): Promise<void> {
+    const started = performance.now();
+    let mapping = buffer === undefined ? undefined : this.holdMapping(buffer, align);
+    let left = commands;
+    let failure: Error | undefined;
+    return new Promise<void>((resolve, reject) => {
+      const settle = (e: Error | undefined) => {
+        this.pending.delete(settle);
+        if (mapping !== undefined) this.release(mapping, -1);
+        mapping = undefined;
+        this.report(op, lba, blocks, e, started);
+        if (e === undefined) resolve();
+        else reject(e);
+      };
+      this.pending.add(settle);
+      issue((e) => {
+        failure ??= e;
+        if (--left === 0) settle(failure);
+      }, mapping === undefined ? -1 : mapping.bus + buffer!.byteOffset);
+    });
+  }
+
+  /** @internal Every promise request not yet ended fails with `error()`: the device is gone (the driver abandons it). */
+  failPending(error: () => Error): void {
+    for (const settle of [...this.pending]) settle(error());
   }
 
   /** @internal A registration (inFlight 0) or a request (-1) of `mapping` is done: unloaded when it was the last user. */

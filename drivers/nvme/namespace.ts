@@ -35,8 +35,8 @@ export class IoQueues {
   readonly registeredHandlers: CompletionHandler[][];
   private readonly waiting: Waiter[] = [];
   private next = 0;
-  /** Rejecters of every request in flight, for abandon(). */
-  readonly inFlight = new Set<(e: Error) => void>();
+  /** Its namespaces, whose promise requests abandon() fails. */
+  readonly namespaces: NvmeNamespace[] = [];
   /** Fault injection: throw at this many I/O completions (undefined: never). */
   failAt: number | undefined;
   completions = 0;
@@ -104,8 +104,7 @@ export class IoQueues {
   abandon(reason: string): void {
     this.controller.abandon(reason);
     this.waiting.length = 0;
-    for (const reject of [...this.inFlight]) reject(new NvmeGoneError('I/O', reason));
-    this.inFlight.clear();
+    for (const ns of this.namespaces) ns.failPending(() => new NvmeGoneError('I/O', reason));
   }
 
   free(): void {
@@ -126,6 +125,7 @@ export class NvmeNamespace extends RegisteredBlockDevice {
     name: string,
   ) {
     super({ name, blockSize: identity.blockSize, blockCount: identity.blocks, canDiscard: io.controller.identity.datasetManagement, maxTransferBytes: io.chunkBytes }, io.controller.tag);
+    io.namespaces.push(this);
   }
 
   /** The controller (Identify data, counters, passthrough). */
@@ -182,43 +182,25 @@ export class NvmeNamespace extends RegisteredBlockDevice {
   }
 
   /**
-   * One request of the promise API, as commands on queues with a free
-   * command ID (now, or once one frees up), settled when the last ended
-   * (the first error wins). Reads and writes go in chunks of at most
-   * chunkBytes: a buffer inside registered memory is given to the
-   * controller where it is (held until the request ends: an unregister()
-   * meanwhile leaves it loaded); any other goes through the command IDs'
-   * bounce buffers (one copy), never through a map of its own. A discard
-   * is one DSM with its one range in the command's bounce buffer; a flush,
-   * one Flush. A command the timeout path aborted is submitted again.
+   * One request of the promise API (kit/registered.ts: settled()), as
+   * commands on queues with a free command ID, now or once one frees up.
+   * Reads and writes go in chunks of at most chunkBytes, given to the
+   * controller where they are when in registered memory, else through the
+   * command IDs' bounce buffers (one copy), never through a map of their
+   * own. A discard is one DSM with its one range in the command's bounce
+   * buffer; a flush, one Flush. A command the timeout path aborted is
+   * submitted again.
    */
   private request(op: BlockOperation, lba: number, blocks: number, buffer?: Uint8Array): Promise<void> {
-    const started = performance.now();
     const io = this.io;
     const bs = this.blockSize;
     const data = buffer !== undefined;
     const chunkBlocks = Math.floor(io.chunkBytes / bs);
-    // PRP1 must be dword-aligned.
-    let mapping = data ? this.holdMapping(buffer, 4) : undefined;
-    const direct = mapping === undefined ? -1 : mapping.bus + buffer!.byteOffset;
     const opcode = OPCODES[op];
-    let remaining = data ? Math.ceil(blocks / chunkBlocks) : 1;
-    let failure: Error | undefined;
-    return new Promise<void>((resolve, reject) => {
-      const end = (e: Error | undefined) => {
-        io.inFlight.delete(end);
-        if (mapping !== undefined) this.release(mapping, -1);
-        mapping = undefined;
-        this.report(op, lba, blocks, e, started);
-        if (e === undefined) resolve();
-        else reject(e);
-      };
-      const finish = (e: Error | undefined) => {
-        failure ??= e;
-        if (--remaining === 0) end(failure);
-      };
-      io.inFlight.add(end);
-      for (let first = 0, chunks = remaining; chunks > 0; chunks--, first += chunkBlocks) {
+    const commands = data ? Math.ceil(blocks / chunkBlocks) : 1;
+    // PRP1 must be dword-aligned.
+    return this.settled(op, lba, blocks, buffer, 4, commands, (finish, direct) => {
+      for (let first = 0, chunks = commands; chunks > 0; chunks--, first += chunkBlocks) {
         const n = data ? Math.min(chunkBlocks, blocks - first) : 0;
         const offset = first * bs;
         const bytes = n * bs;

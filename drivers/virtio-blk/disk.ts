@@ -41,8 +41,6 @@ export class VirtioDisk extends RegisteredBlockDevice {
   private readonly types: Uint8Array;
   private readonly registered: RegisteredRequests;
   private readonly waiting: (() => boolean)[] = [];
-  /** Settlers of every promise request not yet ended, for abandon(). */
-  private readonly pending = new Set<(e: Error) => void>();
   /** The chain's buffers: the caller of submit() sets addresses[1] for data where it is. */
   private readonly addresses = new Float64Array(3);
   private readonly lengths = new Int32Array(3);
@@ -143,7 +141,7 @@ export class VirtioDisk extends RegisteredBlockDevice {
   abandon(reason: string): void {
     this.gone = reason;
     this.waiting.length = 0;
-    for (const settle of [...this.pending]) settle(this.goneError());
+    this.failPending(() => this.goneError());
     for (let t = 0; t < this.trackers.count; t++) if (this.registered.owner[t] !== undefined) this.registered.end(t, this.goneError());
   }
 
@@ -161,38 +159,17 @@ export class VirtioDisk extends RegisteredBlockDevice {
     };
   }
 
-  /**
-   * One promise over the chains `issue` makes: settled once each ended (the
-   * first error wins), or the device is gone. A `buffer` in registered
-   * memory is given to the device where it is (`direct`: its bus address),
-   * held until the request ends; -1: bounced.
-   */
-  private request(op: BlockOperation, lba: number, blocks: number, issue: (done: Ending, direct: number) => (() => boolean)[], buffer?: Uint8Array): Promise<void> {
+  /** One promise over the `count` chains `issue` makes (kit/registered.ts: settled()), each run now or once a tracker frees up. */
+  private request(op: BlockOperation, lba: number, blocks: number, count: number, issue: (done: Ending, direct: number) => (() => boolean)[], buffer?: Uint8Array): Promise<void> {
     if (this.gone !== undefined) return Promise.reject(this.goneError());
-    const started = performance.now();
-    const mapping = buffer === undefined ? undefined : this.holdMapping(buffer, 1);
-    return new Promise<void>((resolve, reject) => {
-      let failure: Error | undefined;
-      const settle = (e: Error | undefined) => {
-        this.pending.delete(settle);
-        if (mapping !== undefined) this.release(mapping, -1);
-        this.report(op, lba, blocks, e, started);
-        if (e === undefined) resolve();
-        else reject(e);
-      };
-      const chunks = issue((e) => {
-        failure ??= e;
-        if (--left === 0) settle(failure);
-      }, mapping === undefined ? -1 : mapping.bus + buffer!.byteOffset);
-      let left = chunks.length;
-      this.pending.add(settle);
-      for (const run of chunks) if (this.waiting.length > 0 || !run()) this.waiting.push(run);
+    return this.settled(op, lba, blocks, buffer, 1, count, (done, direct) => {
+      for (const run of issue(done, direct)) if (this.waiting.length > 0 || !run()) this.waiting.push(run);
     });
   }
 
   private transfer(type: number, lba: number, blocks: number, buffer: Uint8Array): Promise<void> {
     const chunkBlocks = this.maxTransferBytes / this.blockSize;
-    return this.request(type === T_IN ? 'read' : 'write', lba, blocks, (done, direct) => {
+    return this.request(type === T_IN ? 'read' : 'write', lba, blocks, Math.ceil(blocks / chunkBlocks), (done, direct) => {
       const chunks: (() => boolean)[] = [];
       for (let first = 0; first < blocks; first += chunkBlocks) {
         const at = first * this.blockSize;
@@ -219,7 +196,7 @@ export class VirtioDisk extends RegisteredBlockDevice {
   flush(): Promise<void> {
     // Without VIRTIO_BLK_F_FLUSH the device has no volatile cache: a completed write is durable already.
     if (!this.canFlush) return this.gone === undefined ? Promise.resolve() : Promise.reject(this.goneError());
-    return this.request('flush', 0, 0, (done) => [this.chunk(T_FLUSH, 0, 0, -1, undefined, done)]);
+    return this.request('flush', 0, 0, 1, (done) => [this.chunk(T_FLUSH, 0, 0, -1, undefined, done)]);
   }
 
   discard(lba: number, blocks: number): Promise<void> {

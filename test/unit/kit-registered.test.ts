@@ -4,7 +4,10 @@
  * memory share one map, unloaded only once the last registration is gone
  * and no request uses it; a request's end reaches its registration's
  * `ends` with its tag and error; bad or stale requests are refused,
- * counted, with nothing submitted.
+ * counted, with nothing submitted. A promise request over several commands
+ * settles once the last ended, with the first error; its buffer in
+ * registered memory is given where it is and held until then; failPending()
+ * fails what has not ended.
  */
 import test from 'ava';
 import type { DmaTag } from '../../pci/bus-dma.js';
@@ -49,6 +52,16 @@ class FakeDisk extends RegisteredBlockDevice {
   complete(id: number, error?: Error): void {
     this.trackers.give(id);
     this.requests.end(id, error);
+  }
+  /** A promise request of `commands` commands (settled()), with the `done` and `direct` its issue got. */
+  promise(commands: number, buffer?: Uint8Array) {
+    let done!: (e: Error | undefined) => void;
+    let direct = 0;
+    const settled = this.settled('read', 0, 1, buffer, 4, commands, (d, at) => {
+      done = d;
+      direct = at;
+    });
+    return { settled, done, direct };
   }
   read(): Promise<Uint8Array> { throw new Error('not used'); }
   write(): Promise<void> { throw new Error('not used'); }
@@ -95,4 +108,36 @@ test('requests out of range, on an unregistered buffer or with every tracker tak
   t.is(disk.submitted.length, 2);
   disk.gone = 'the device was reset';
   t.throws(() => disk.register(new SharedArrayBuffer(4096)), { message: 'fake0: the device was reset' });
+});
+
+test('a promise request settles once its last command ended, with the first error; registered memory is given where it is, held until the end; failPending() fails the rest', async (t) => {
+  const { tag, maps } = fakeTag();
+  const disk = new FakeDisk(tag);
+  const memory = new SharedArrayBuffer(8192);
+  const registration = disk.register(memory);
+  let settledYet = false;
+  const first = new Error('first');
+  const held = disk.promise(3, new Uint8Array(memory, 512, 1024));
+  void held.settled.catch(() => undefined).finally(() => (settledYet = true));
+  t.is(held.direct, 0x1_0000_0000 + 512, 'the bus address of the buffer inside registered memory');
+  registration.unregister();
+  held.done(undefined);
+  held.done(first);
+  held.done(new Error('second'));
+  await t.throwsAsync(held.settled, { is: first });
+  t.true(settledYet);
+  t.is(maps[0]!.unloads, 1, 'unloaded once the request ended');
+  const bounced = disk.promise(2, new Uint8Array(1024));
+  t.is(bounced.direct, -1, 'not registered memory: bounced');
+  bounced.done(undefined);
+  let early = false;
+  void bounced.settled.then(() => (early = true), () => (early = true));
+  await Promise.resolve();
+  t.false(early, 'one command of two ended: not settled');
+  const gone = new Error('gone');
+  disk.failPending(() => gone);
+  await t.throwsAsync(bounced.settled, { is: gone });
+  const ok = disk.promise(1);
+  ok.done(undefined);
+  await t.notThrowsAsync(ok.settled);
 });
