@@ -35,10 +35,6 @@ export interface ControllerOptions {
   readonly vectors: number;
 }
 
-export interface Completion {
-  readonly dw0: number;
-}
-
 const OPCODE_NAMES: Record<string, string> = { a0: 'Delete I/O SQ', a1: 'Create I/O SQ', a4: 'Delete I/O CQ', a5: 'Create I/O CQ', a6: 'Identify', a8: 'Abort', a9: 'Set Features', i0: 'Flush', i1: 'Write', i2: 'Read', i9: 'Dataset Management' };
 export const commandName = (admin: boolean, opcode: number) => OPCODE_NAMES[`${admin ? 'a' : 'i'}${opcode.toString(16)}`] ?? `${admin ? 'admin' : 'I/O'} opcode 0x${opcode.toString(16)}`;
 
@@ -59,7 +55,8 @@ export class NvmeController {
   namespaceIds: number[] = [];
   readonly tag: DmaTag;
   private admin!: QueuePair;
-  private readonly io: QueuePair[] = [];
+  /** The I/O queue pairs (the block layer picks one per request). */
+  readonly ioQueues: QueuePair[] = [];
   /** Queues per interrupt vector (-1: none), with the poller that switches them between polling and interrupts. */
   private readonly byVector = new Map<number, { readonly queues: QueuePair[]; readonly poller: Poller }>();
   /** Each queue's poller, by queue id (looked up per submission: an array, not a map). */
@@ -151,10 +148,10 @@ export class NvmeController {
     this.namespaceIds = decodeNamespaceList(await this.identify(CNS.ACTIVE_NAMESPACES, 0));
     const wanted = this.options.ioQueues;
     const granted = await this.adminCommand(ADMIN.SET_FEATURES, 0, 0, 0, FEATURE.NUMBER_OF_QUEUES, ((wanted - 1) << 16) | (wanted - 1), 0);
-    const count = Math.min(wanted, (granted.dw0 & 0xffff) + 1, (granted.dw0 >>> 16) + 1);
+    const count = Math.min(wanted, (granted & 0xffff) + 1, (granted >>> 16) + 1);
     const depth = Math.min(this.options.queueDepth, this.cap.maxQueueEntries);
-    for (let q = 1; q <= count; q++) this.io.push(this.queuePair(q, depth));
-    for (const q of this.io) await this.createIoQueue(q);
+    for (let q = 1; q <= count; q++) this.ioQueues.push(this.queuePair(q, depth));
+    for (const q of this.ioQueues) await this.createIoQueue(q);
   }
 
   /**
@@ -222,9 +219,9 @@ export class NvmeController {
     return decodeIdentifyNamespace(await this.identify(CNS.NAMESPACE, nsid));
   }
 
-  /** An admin command; polled while the driver is attaching (no interrupt subscriber yet), by interrupt after. */
-  adminCommand(opcode: number, nsid: number, prp1: number, prp2: number, cdw10: number, cdw11: number, cdw12: number): Promise<Completion> {
-    return new Promise<Completion>((resolve, reject) => {
+  /** An admin command, resolved with its completion's DW0; polled while the driver is attaching (no interrupt subscriber yet), by interrupt after. */
+  adminCommand(opcode: number, nsid: number, prp1: number, prp2: number, cdw10: number, cdw11: number, cdw12: number): Promise<number> {
+    return new Promise<number>((resolve, reject) => {
       // Not the I/O path: the deadline counts from now.
       this.checkedAt[0] = performance.now();
       const cid = this.admin.cids.take();
@@ -235,15 +232,10 @@ export class NvmeController {
       this.admin.prps[0] = prp1;
       this.admin.prps[1] = prp2;
       this.submitTo(this.admin, cid, true, opcode, nsid, cdw10, cdw11, cdw12, 0, (status, dw0) => {
-        if (status === 0) resolve({ dw0 });
+        if (status === 0) resolve(dw0);
         else reject(statusError(commandName(true, opcode), status, this.options.commandTimeoutMs));
       }, reject);
     });
-  }
-
-  /** The I/O queue pairs (the block layer picks one per request). */
-  get ioQueues(): readonly QueuePair[] {
-    return this.io;
   }
 
   /** Whether the controller takes commands (not detached, not failed). */
@@ -312,7 +304,7 @@ export class NvmeController {
     this.checkedAt[0] = now;
     if (heldUp) {
       // The event loop was held up: commands submitted meanwhile counted from an old checkedAt; none is judged before a full timeout from now.
-      for (const q of [this.admin, ...this.io]) {
+      for (const q of [this.admin, ...this.ioQueues]) {
         for (let cid = 0; cid < q.depth - 1; cid++) if (q.deadlines[cid] !== 0) q.deadlines[cid] = Math.max(q.deadlines[cid]!, now + timeout);
       }
       return;
@@ -331,7 +323,7 @@ export class NvmeController {
       this.recover(`${stuckName} not completed within ${timeout} ms`);
       return;
     }
-    for (const q of this.io) {
+    for (const q of this.ioQueues) {
       for (let cid = 0; cid < q.depth - 1; cid++) {
         const deadline = q.deadlines[cid]!;
         if (deadline === 0 || deadline > now) continue;
@@ -343,7 +335,7 @@ export class NvmeController {
           this.bus.note(`${what} not completed within ${timeout} ms: Abort sent`);
           this.adminCommand(ADMIN.ABORT, 0, 0, 0, (cid << 16) | q.id, 0, 0).then(
             // Abort's DW0 bit 0: 1 when the controller did not abort the command.
-            ({ dw0 }) => this.bus.note(`Abort of ${what}: ${(dw0 & 1) === 0 ? 'aborted' : 'not aborted by the controller'}`),
+            (dw0) => this.bus.note(`Abort of ${what}: ${(dw0 & 1) === 0 ? 'aborted' : 'not aborted by the controller'}`),
             (e: unknown) => this.recover(`the Abort of ${what} failed: ${e instanceof Error ? e.message : String(e)}`),
           );
           continue;
@@ -375,19 +367,19 @@ export class NvmeController {
       this.resetStarted = started;
       this.resets++;
       this.bus.note(`controller reset: ${reason}`);
-      for (const q of this.io) q.hold();
+      for (const q of this.ioQueues) q.hold();
       await this.disable();
-      for (const q of [this.admin, ...this.io]) q.reap();
-      for (const q of [this.admin, ...this.io]) q.restart();
+      for (const q of [this.admin, ...this.ioQueues]) q.reap();
+      for (const q of [this.admin, ...this.ioQueues]) q.restart();
       // Admin commands outstanding across the reset are lost with the old admin queue.
       for (const cid of this.admin.cids.takenIds()) this.admin.cancel(cid, STATUS_GONE);
       await this.enable();
-      await this.adminCommand(ADMIN.SET_FEATURES, 0, 0, 0, FEATURE.NUMBER_OF_QUEUES, ((this.io.length - 1) << 16) | (this.io.length - 1), 0);
+      await this.adminCommand(ADMIN.SET_FEATURES, 0, 0, 0, FEATURE.NUMBER_OF_QUEUES, ((this.ioQueues.length - 1) << 16) | (this.ioQueues.length - 1), 0);
       const deadline = performance.now() + this.options.commandTimeoutMs;
       let again = 0;
       let held = 0;
       let failed = 0;
-      for (const q of this.io) {
+      for (const q of this.ioQueues) {
         await this.createIoQueue(q);
         for (const cid of q.cids.takenIds()) {
           if (q.retries[cid]! < 2 || q.deadlines[cid]! > started) continue;
@@ -411,7 +403,7 @@ export class NvmeController {
     if (this.gone !== undefined) return;
     this.gone = reason;
     for (const { poller } of this.byVector.values()) poller.stop();
-    for (const q of [this.admin, ...this.io]) {
+    for (const q of [this.admin, ...this.ioQueues]) {
       if (q === undefined) continue;
       for (const cid of q.cids.takenIds()) q.cancel(cid, STATUS_GONE);
     }

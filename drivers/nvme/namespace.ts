@@ -106,10 +106,6 @@ export class IoQueues {
     this.waiting.length = 0;
     for (const ns of this.namespaces) ns.failPending(() => new NvmeGoneError('I/O', reason));
   }
-
-  free(): void {
-    for (const pool of this.data) pool.free();
-  }
 }
 
 export class NvmeNamespace extends RegisteredBlockDevice {

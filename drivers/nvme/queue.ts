@@ -271,10 +271,4 @@ export class QueuePair {
     this.post(cid);
     return true;
   }
-
-  free(): void {
-    this.sq.free();
-    this.cq.free();
-    this.prpLists.free();
-  }
 }
