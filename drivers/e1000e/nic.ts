@@ -5,12 +5,13 @@
  * packet port through DriverBus.providePacketPort (drivers/packet.ts):
  * received frames by reference, transmit buffers the consumer fills.
  */
-import type { Subscription } from 'rxjs';
 import type { BusSpace } from '../../pci/bus-space.js';
 import type { InterruptEvent } from '../../pci/intr.js';
 import type { DriverBus, DriverInterrupts, OptionsOf } from '../contract.js';
 import { formatMac, type DriverCounters, type Mac, type PacketBinding, type PacketEndpoint, type PortInfo, type RxFrame } from '../packet.js';
 import { Poller } from '../kit/poller.js';
+import { deliverTo } from '../kit/rx-buffers.js';
+import { VectorService } from '../kit/vectors.js';
 import { e1000eTag } from './ring.js';
 import { accumulateStats, globalReset, HARDWARE_COUNTERS, phyId, readLink, readMac, receiveControl, setMulticast, setReceiveAddress } from './mac.js';
 import { CTRL_EXT, INT, IVAR, REG, RFCTL, TCTL } from './registers.js';
@@ -41,12 +42,11 @@ export class E1000e implements PacketBinding {
   private readonly rx: RxRing;
   private readonly tx: TxRing;
   private interrupts: DriverInterrupts | undefined;
-  private readonly subscriptions: Subscription[] = [];
+  /** The vectors' handlers; a throw is the driver's fault (fail). */
+  private readonly vectors = new VectorService<E1000e>(this, (e) => this.fail(e));
   /** interrupt "poll": the poller that runs the polled mode (kit/poller.ts). */
   private poller: Poller | undefined;
   private stopped = false;
-  /** Fault injection: throw once this many frames were received (first incarnation only). */
-  private readonly failAt: number | undefined;
   /** Set at start, when the port is provided (nothing is received, sent or interrupted before). */
   private endpoint: PacketEndpoint | undefined;
   private counters!: DriverCounters;
@@ -63,7 +63,6 @@ export class E1000e implements PacketBinding {
     this.rx = new RxRing(regs, tag, options.rxRing, options.rxBuffers);
     this.tx = new TxRing(regs, tag, options.txRing);
     this.receiveBuffers = options.rxBuffers;
-    this.failAt = bus.incarnation === 0 ? options.failAfterRxFrames : undefined;
   }
 
   get transmitBuffers() {
@@ -109,6 +108,7 @@ export class E1000e implements PacketBinding {
     const endpoint = this.bus.providePacketPort(this);
     this.endpoint = endpoint;
     this.counters = endpoint.counters;
+    this.deliver = deliverTo(endpoint, this.bus.incarnation === 0 ? this.options.failAfterRxFrames : undefined);
     this.rx.start(endpoint.counters.rx);
     this.tx.start(endpoint.counters.tx);
     r.write4(REG.TCTL, TCTL.EN | TCTL.PSP | (0x0f << TCTL.CT_SHIFT) | (0x3f << TCTL.COLD_SHIFT));
@@ -132,15 +132,14 @@ export class E1000e implements PacketBinding {
       r.write4(REG.EIAC, INT.RXQ0 | INT.TXQ0 | INT.OTHER);
       r.write4(REG.CTRL_EXT, (r.read4(REG.CTRL_EXT) & ~CTRL_EXT.IAME) | CTRL_EXT.PBA_CLR);
       for (let v = 0; v < 3; v++) r.write4(REG.EITR0 + 4 * v, interval);
-      const handlers = [this.onRx, this.onTx, this.onOther];
-      this.interrupts.vectors.forEach((v, i) => this.subscriptions.push(v.events.subscribe((e) => this.guard(handlers[i]!, e))));
+      this.vectors.serve(this.interrupts.vectors, [this.onRx, this.onTx, this.onOther]);
       r.write4(REG.IMS, INT.RXQ0 | INT.TXQ0 | INT.OTHER | OTHER_CAUSES);
       return;
     }
     this.interrupts = this.bus.establishInterrupts({ type: mode });
     r.write4(REG.IVAR, 0);
     r.write4(REG.ITR, interval);
-    this.subscriptions.push(this.interrupts.vectors[0]!.events.subscribe((e) => this.guard(this.onShared, e)));
+    this.vectors.serve(this.interrupts.vectors, [this.onShared]);
     r.write4(REG.IMS, SINGLE_CAUSES);
   }
 
@@ -171,24 +170,8 @@ export class E1000e implements PacketBinding {
     this.bus.fault(e);
   }
 
-  /** Runs an interrupt handler (a method, called on this: no closure per interrupt). */
-  private guard(handler: (this: E1000e, e: InterruptEvent) => void, e: InterruptEvent): void {
-    if (this.stopped) return;
-    try {
-      handler.call(this, e);
-    } catch (error) {
-      this.fail(error);
-    }
-  }
-
-  /** Hands a frame to the port (bound once: the receive path allocates nothing per interrupt or packet). */
-  private readonly deliver = (frame: RxFrame): void => {
-    if (this.failAt !== undefined && this.counters.rx.frames > this.failAt) {
-      frame.release();
-      throw new Error(`fault injection: failAfterRxFrames=${this.failAt} reached`);
-    }
-    this.endpoint!.deliver(frame);
-  };
+  /** Hands a frame to the port, or fails it on purpose (kit/rx-buffers.ts deliverTo; bound once at start). */
+  private deliver!: (frame: RxFrame) => void;
 
   /** Gives a transmit buffer back to the port's consumer (bound once, like deliver). */
   private readonly transmitted = (buffer: number): void => this.endpoint!.transmitted(buffer);
@@ -289,7 +272,7 @@ export class E1000e implements PacketBinding {
   private finish(): void {
     this.stopped = true;
     this.poller?.stop();
-    for (const s of this.subscriptions) s.unsubscribe();
+    this.vectors.stop();
     const r = this.regs;
     r.write4(REG.IMC, INT.ALL);
     r.write4(REG.RCTL, 0);
