@@ -8,9 +8,9 @@
 import type { BusSpace } from '../../pci/bus-space.js';
 import type { InterruptEvent } from '../../pci/intr.js';
 import type { DriverBus, DriverInterrupts, OptionsOf } from '../contract.js';
-import { formatMac, type DriverCounters, type Mac, type PacketBinding, type PacketEndpoint, type PortInfo, type RxFrame } from '../packet.js';
+import { formatMac, type Mac, type PortInfo } from '../packet.js';
+import { NicPort } from '../kit/nic-port.js';
 import { Poller } from '../kit/poller.js';
-import { deliverTo } from '../kit/rx-buffers.js';
 import { VectorService } from '../kit/vectors.js';
 import { e1000eTag } from './ring.js';
 import { accumulateStats, globalReset, HARDWARE_COUNTERS, phyId, readLink, readMac, receiveControl, setMulticast, setReceiveAddress } from './mac.js';
@@ -38,35 +38,25 @@ function throttleInterval(perSecond: number): number {
   return perSecond === 0 ? 0 : Math.min(0xffff, Math.max(1, Math.round(1e9 / (perSecond * 256))));
 }
 
-export class E1000e implements PacketBinding {
+export class E1000e extends NicPort<TxRing> {
   private readonly rx: RxRing;
-  private readonly tx: TxRing;
   private interrupts: DriverInterrupts | undefined;
   /** The vectors' handlers; a throw is the driver's fault (fail). */
   private readonly vectors = new VectorService<E1000e>(this, (e) => this.fail(e));
   /** interrupt "poll": the poller that runs the polled mode (kit/poller.ts). */
   private poller: Poller | undefined;
-  private stopped = false;
-  /** Set at start, when the port is provided (nothing is received, sent or interrupted before). */
-  private endpoint: PacketEndpoint | undefined;
-  private counters!: DriverCounters;
   info!: PortInfo;
-  readonly receiveBuffers: number;
   readonly hardwareCounters = HARDWARE_COUNTERS;
 
   constructor(
-    private readonly bus: DriverBus,
+    bus: DriverBus,
     private readonly regs: BusSpace,
     private readonly options: E1000eOptions,
   ) {
     const tag = e1000eTag(bus.dma());
-    this.rx = new RxRing(regs, tag, options.rxRing, options.rxBuffers);
-    this.tx = new TxRing(regs, tag, options.txRing);
-    this.receiveBuffers = options.rxBuffers;
-  }
-
-  get transmitBuffers() {
-    return this.tx.transmitBuffers;
+    const rx = new RxRing(regs, tag, options.rxRing, options.rxBuffers);
+    super(bus, new TxRing(regs, tag, options.txRing), options.rxBuffers);
+    this.rx = rx;
   }
 
   /** No interrupts: the machine runs the polling loop. */
@@ -105,12 +95,9 @@ export class E1000e implements PacketBinding {
       incarnation: this.bus.incarnation,
       rxRing: this.options.rxRing, txRing: this.options.txRing,
     };
-    const endpoint = this.bus.providePacketPort(this);
-    this.endpoint = endpoint;
-    this.counters = endpoint.counters;
-    this.deliver = deliverTo(endpoint, this.bus.incarnation === 0 ? this.options.failAfterRxFrames : undefined);
+    const endpoint = this.provide(this.options.failAfterRxFrames);
     this.rx.start(endpoint.counters.rx);
-    this.tx.start(endpoint.counters.tx);
+    this.tx.start(endpoint.counters.tx, (buffer) => endpoint.transmitted(buffer));
     r.write4(REG.TCTL, TCTL.EN | TCTL.PSP | (0x0f << TCTL.CT_SHIFT) | (0x3f << TCTL.COLD_SHIFT));
     this.bus.dma().enableBusMaster();
     this.setUpInterrupts();
@@ -151,7 +138,7 @@ export class E1000e implements PacketBinding {
       fault: (e) => this.fail(e),
       pass: () => {
         this.receive();
-        this.tx.reclaim(this.transmitted);
+        this.tx.reclaim();
         const now = Date.now();
         if (now - lastLink >= POLL_LINK_MS) {
           lastLink = now;
@@ -170,12 +157,6 @@ export class E1000e implements PacketBinding {
     this.bus.fault(e);
   }
 
-  /** Hands a frame to the port, or fails it on purpose (kit/rx-buffers.ts deliverTo; bound once at start). */
-  private deliver!: (frame: RxFrame) => void;
-
-  /** Gives a transmit buffer back to the port's consumer (bound once, like deliver). */
-  private readonly transmitted = (buffer: number): void => this.endpoint!.transmitted(buffer);
-
   private receive(): void {
     while (this.rx.poll(this.deliver, RX_BUDGET) === RX_BUDGET);
   }
@@ -189,7 +170,7 @@ export class E1000e implements PacketBinding {
 
   private onTx(e: InterruptEvent): void {
     this.counters.vectors.tx++;
-    this.tx.reclaim(this.transmitted);
+    this.tx.reclaim();
     e.ack();
     this.regs.write4(REG.IMS, INT.TXQ0);
   }
@@ -220,20 +201,8 @@ export class E1000e implements PacketBinding {
     this.regs.write4(REG.ICR, icr);
     this.otherCauses(icr);
     this.receive();
-    this.tx.reclaim(this.transmitted);
+    this.tx.reclaim();
     e.ack();
-  }
-
-  transmit(index: number, length: number): void {
-    if (!this.stopped) this.tx.post(index, length);
-  }
-
-  flushTransmit(): void {
-    if (this.stopped) return;
-    this.tx.flush();
-    // QEMU transmits at the tail write; real hardware has done earlier batches by now: either way
-    // the buffers go back to the consumer without waiting for the transmit interrupt.
-    this.tx.reclaim(this.transmitted);
   }
 
   readStats(into: Record<string, number>): void {
@@ -255,7 +224,11 @@ export class E1000e implements PacketBinding {
    */
   stop(): void {
     if (this.stopped) return;
-    this.finish();
+    this.stopped = true;
+    this.poller?.stop();
+    this.vectors.stop();
+    this.regs.write4(REG.IMC, INT.ALL);
+    this.regs.write4(REG.RCTL, 0);
     // QEMU sends at the TDT write; real hardware needs a few microseconds per frame.
     for (let i = 0; i < 10_000 && this.tx.unsent() > 0; i++);
     // Stopped during bring-up, before the port was provided: nothing was sent or received.
@@ -267,14 +240,5 @@ export class E1000e implements PacketBinding {
     accumulateStats(this.regs, hardware);
     this.rx.close();
     this.endpoint.unbind();
-  }
-
-  private finish(): void {
-    this.stopped = true;
-    this.poller?.stop();
-    this.vectors.stop();
-    const r = this.regs;
-    r.write4(REG.IMC, INT.ALL);
-    r.write4(REG.RCTL, 0);
   }
 }

@@ -17,6 +17,7 @@ const COMMAND = TXD.CMD_EOP | TXD.CMD_IFCS | TXD.CMD_RS;
 
 export class TxRing extends E1000eRing {
   private readonly buffers: TxBuffers;
+  private giveBack: (buffer: number) => void = () => {};
 
   constructor(regs: BusSpace, tag: DmaTag, size: number) {
     super(regs, tag, size, REG.TDBAL);
@@ -28,17 +29,18 @@ export class TxRing extends E1000eRing {
     return this.buffers.transmitBuffers;
   }
 
-  /** Programs the ring's registers, empty, counting into `counters` from now on. */
-  start(counters: DriverCounters['tx']): void {
+  /** Programs the ring's registers, empty, counting into `counters` and handing each buffer the device is done with to `done` from now on. */
+  start(counters: DriverCounters['tx'], done: (buffer: number) => void): void {
     this.program();
     this.buffers.start(counters);
+    this.giveBack = done;
   }
 
-  /** Reclaims completed descriptors, handing each one's buffer to `done`; returns how many. */
-  reclaim(done: (buffer: number) => void): number {
+  /** Reclaims completed descriptors, each one's buffer given back; returns how many. */
+  reclaim(): number {
     this.ring.pool.sync(DmaSync.POSTREAD | DmaSync.POSTWRITE, 0);
     let n = 0;
-    for (; this.done(); n++) done(this.shift());
+    for (; this.done(); n++) this.giveBack(this.shift());
     return n;
   }
 

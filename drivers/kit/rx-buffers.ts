@@ -10,7 +10,7 @@
  */
 import { DmaSync, type DmaTag } from '../../pci/bus-dma.js';
 import type { DmaPool } from '../../pci/dma-pool.js';
-import { PooledFrame, type DriverCounters, type PacketEndpoint, type RxFrame } from '../packet.js';
+import { PooledFrame, type DriverCounters, type RxFrame } from '../packet.js';
 
 export class RxBuffers {
   readonly pool: DmaPool;
@@ -82,20 +82,4 @@ export class RxBuffers {
     this.live = false;
     for (const f of this.frames) f.held = false;
   }
-}
-
-/**
- * The port's deliver, bound once. With fault injection (a driver's
- * failAfterRxFrames, given on its first incarnation only) it throws once
- * more than `failAt` frames were received: the test of a driver crash.
- */
-export function deliverTo(endpoint: PacketEndpoint, failAt: number | undefined): (frame: RxFrame) => void {
-  if (failAt === undefined) return (frame) => endpoint.deliver(frame);
-  return (frame) => {
-    if (endpoint.counters.rx.frames > failAt) {
-      frame.release();
-      throw new Error(`fault injection: failAfterRxFrames=${failAt} reached`);
-    }
-    endpoint.deliver(frame);
-  };
 }

@@ -6,9 +6,9 @@
  * go out by reference; transmit buffers are the consumer's to fill.
  */
 import type { DriverBus, DriverInterrupts } from '../contract.js';
-import { deliverTo } from '../kit/rx-buffers.js';
+import { NicPort } from '../kit/nic-port.js';
 import { VectorService } from '../kit/vectors.js';
-import { type DriverCounters, type LinkState, type Mac, type PacketBinding, type PacketEndpoint, type PortInfo } from '../packet.js';
+import type { LinkState, Mac, PortInfo } from '../packet.js';
 import type { VirtioPci } from '../virtio/pci-transport.js';
 import type { RxQueue } from './rx-queue.js';
 import type { TxQueue } from './tx-queue.js';
@@ -23,32 +23,24 @@ const CONFIG_MAC = 0;
 const CONFIG_STATUS = 6;
 const S_LINK_UP = 1;
 
-export class VirtioNet implements PacketBinding {
+export class VirtioNet extends NicPort<TxQueue> {
   /** The vectors' handlers (serve() starts them): a throw, or a vector's error, becomes a driver crash. */
   private vectors: VectorService<VirtioNet> | undefined;
-  private endpoint: PacketEndpoint | undefined;
-  private counters!: DriverCounters;
-  private stopped = false;
-  readonly receiveBuffers: number;
   readonly hardwareCounters: readonly string[] = [];
 
   constructor(
-    private readonly bus: DriverBus,
+    bus: DriverBus,
     private readonly transport: VirtioPci,
     private readonly rx: RxQueue,
-    private readonly tx: TxQueue,
+    tx: TxQueue,
     private readonly interrupts: DriverInterrupts,
     readonly info: PortInfo,
     /** Whether the device reports its link (VIRTIO_NET_F_STATUS); without it the link is always up (§5.1.4). */
     private readonly hasStatus: boolean,
     /** Fault injection: the receive handler throws once this many frames came (first incarnation only). */
-    private readonly failAt: number | undefined,
+    private readonly failAfterRxFrames: number | undefined,
   ) {
-    this.receiveBuffers = rx.buffers;
-  }
-
-  get transmitBuffers() {
-    return this.tx.transmitBuffers;
+    super(bus, tx, rx.buffers);
   }
 
   /** The station address the device configuration holds (VIRTIO_NET_F_MAC). */
@@ -68,10 +60,8 @@ export class VirtioNet implements PacketBinding {
    * the consumer's comes before the queues are ready.
    */
   start(): void {
-    const endpoint = this.bus.providePacketPort(this);
-    this.endpoint = endpoint;
-    this.counters = endpoint.counters;
-    this.rx.start(endpoint.counters.rx, deliverTo(endpoint, this.failAt));
+    const endpoint = this.provide(this.failAfterRxFrames);
+    this.rx.start(endpoint.counters.rx, this.deliver);
     this.tx.start(endpoint.counters.tx, (buffer) => endpoint.transmitted(buffer));
     const link = this.readLink();
     endpoint.setLink(link);
@@ -104,17 +94,6 @@ export class VirtioNet implements PacketBinding {
     this.counters.vectors.other++;
     if (this.transport.needsReset) throw new Error('the virtio-net device set DEVICE_NEEDS_RESET');
     this.endpoint!.setLink(this.readLink());
-  }
-
-  transmit(index: number, length: number): void {
-    if (!this.stopped) this.tx.post(index, length);
-  }
-
-  flushTransmit(): void {
-    if (this.stopped) return;
-    this.tx.flush();
-    // Buffers the device finished with since the last interrupt go back now, not at the next one.
-    this.tx.reclaim();
   }
 
   applyFilters(): void {
