@@ -6,44 +6,19 @@
  * (DriverBus.fault), a driver crash: the host quiesces, resets and
  * restarts it, and the host's packet port carries on with the next incarnation.
  */
-import { fromCallback, fromPromise, setup } from 'xstate';
-import { defineDriver, type DriverInput } from '../contract.js';
+import { fromCallback } from 'xstate';
+import { defineDriver } from '../contract.js';
+import { servingMachine, type DriverFault } from '../serving-machine.js';
 import { E1000e, type E1000eOptions } from './nic.js';
 import { e1000eOptions } from './options.js';
 
-type Input = DriverInput<E1000eOptions, E1000e>;
-
-const machine = setup({
-  types: {
-    input: {} as Input,
-    context: {} as Input,
-  },
-  actors: {
-    bringUp: fromPromise<void, E1000e>(({ input }) => input.start()),
-    // The NIC reports its own faults to the bus (E1000e.fail); stopping this actor stops the device.
-    service: fromCallback<{ type: never }, E1000e>(({ input: nic }) => {
-      if (nic.polled) nic.runPolling();
-      return () => nic.stop();
-    }),
-  },
-}).createMachine({
-  id: 'e1000e',
-  context: ({ input }) => input,
-  initial: 'starting',
-  states: {
-    starting: {
-      invoke: {
-        src: 'bringUp',
-        input: ({ context }) => context.resources,
-        onDone: 'running',
-        onError: { actions: ({ context, event }) => context.bus.fault(event.error) },
-      },
-    },
-    running: {
-      invoke: { src: 'service', input: ({ context }) => context.resources },
-    },
-  },
+// The NIC reports its own faults to the bus (E1000e.fail); stopping this actor stops the device.
+const service = fromCallback<DriverFault, E1000e>(({ input: nic }) => {
+  if (nic.polled) nic.runPolling();
+  return () => nic.stop();
 });
+
+const machine = servingMachine<E1000eOptions, E1000e>('e1000e', service, (nic) => nic.start());
 
 export const e1000eDriver = defineDriver({
   name: 'e1000e',

@@ -8,15 +8,6 @@ import type { DriverTimers } from '../kit/timers.js';
 import type { LinkState, Mac } from '../packet.js';
 import { CTRL, EERD, INT, MDIC, PHY, RAH, RCTL, REG, STATS, STATS_64, STATUS, TCTL } from './registers.js';
 
-/** Polls `done` up to `ms` (sleeping on the bus's timers), then throws naming what did not happen. */
-async function waitFor(timers: DriverTimers, done: () => boolean, ms: number, what: string): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!done()) {
-    if (Date.now() > deadline) throw new Error(`e1000e: ${what} did not happen within ${ms} ms`);
-    await timers.sleep(1);
-  }
-}
-
 /**
  * Global reset (Linux e1000_reset_hw_82571): interrupts masked, receive
  * and transmit stopped, CTRL.RST. QEMU 7.2's CTRL.RST only reloads the
@@ -30,7 +21,11 @@ export async function globalReset(regs: BusSpace, timers: DriverTimers): Promise
   regs.read4(REG.STATUS);
   await timers.sleep(10);
   regs.write4(REG.CTRL, regs.read4(REG.CTRL) | CTRL.RST);
-  await waitFor(timers, () => (regs.read4(REG.CTRL) & CTRL.RST) === 0, 100, 'the reset bit clearing');
+  const deadline = Date.now() + 100;
+  while ((regs.read4(REG.CTRL) & CTRL.RST) !== 0) {
+    if (Date.now() > deadline) throw new Error('e1000e: the reset bit clearing did not happen within 100 ms');
+    await timers.sleep(1);
+  }
   regs.write4(REG.IMC, INT.ALL);
   regs.read4(REG.ICR);
   // Set link up; speed and duplex come from autonegotiation.

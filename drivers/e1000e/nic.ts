@@ -5,12 +5,13 @@
  * packet port through DriverBus.providePacketPort (drivers/packet.ts):
  * received frames by reference, transmit buffers the consumer fills.
  */
-import type { Subscription } from 'rxjs';
 import type { BusSpace } from '../../pci/bus-space.js';
 import type { InterruptEvent } from '../../pci/intr.js';
 import type { DriverBus, DriverInterrupts, OptionsOf } from '../contract.js';
-import { formatMac, type DriverCounters, type Mac, type PacketBinding, type PacketEndpoint, type PortInfo, type RxFrame } from '../packet.js';
+import { formatMac, type Mac, type PortInfo } from '../packet.js';
+import { NicPort } from '../kit/nic-port.js';
 import { Poller } from '../kit/poller.js';
+import { VectorService } from '../kit/vectors.js';
 import { e1000eTag } from './ring.js';
 import { accumulateStats, globalReset, HARDWARE_COUNTERS, phyId, readLink, readMac, receiveControl, setMulticast, setReceiveAddress } from './mac.js';
 import { CTRL_EXT, INT, IVAR, REG, RFCTL, TCTL } from './registers.js';
@@ -37,37 +38,25 @@ function throttleInterval(perSecond: number): number {
   return perSecond === 0 ? 0 : Math.min(0xffff, Math.max(1, Math.round(1e9 / (perSecond * 256))));
 }
 
-export class E1000e implements PacketBinding {
+export class E1000e extends NicPort<TxRing> {
   private readonly rx: RxRing;
-  private readonly tx: TxRing;
   private interrupts: DriverInterrupts | undefined;
-  private readonly subscriptions: Subscription[] = [];
+  /** The vectors' handlers; a throw is the driver's fault (fail). */
+  private readonly vectors = new VectorService<E1000e>(this, (e) => this.fail(e));
   /** interrupt "poll": the poller that runs the polled mode (kit/poller.ts). */
   private poller: Poller | undefined;
-  private stopped = false;
-  /** Fault injection: throw once this many frames were received (first incarnation only). */
-  private readonly failAt: number | undefined;
-  /** Set at start, when the port is provided (nothing is received, sent or interrupted before). */
-  private endpoint: PacketEndpoint | undefined;
-  private counters!: DriverCounters;
   info!: PortInfo;
-  readonly receiveBuffers: number;
   readonly hardwareCounters = HARDWARE_COUNTERS;
 
   constructor(
-    private readonly bus: DriverBus,
+    bus: DriverBus,
     private readonly regs: BusSpace,
     private readonly options: E1000eOptions,
   ) {
     const tag = e1000eTag(bus.dma());
-    this.rx = new RxRing(regs, tag, options.rxRing, options.rxBuffers);
-    this.tx = new TxRing(regs, tag, options.txRing);
-    this.receiveBuffers = options.rxBuffers;
-    this.failAt = bus.incarnation === 0 ? options.failAfterRxFrames : undefined;
-  }
-
-  get transmitBuffers() {
-    return this.tx.transmitBuffers;
+    const rx = new RxRing(regs, tag, options.rxRing, options.rxBuffers);
+    super(bus, new TxRing(regs, tag, options.txRing), options.rxBuffers);
+    this.rx = rx;
   }
 
   /** No interrupts: the machine runs the polling loop. */
@@ -106,11 +95,9 @@ export class E1000e implements PacketBinding {
       incarnation: this.bus.incarnation,
       rxRing: this.options.rxRing, txRing: this.options.txRing,
     };
-    const endpoint = this.bus.providePacketPort(this);
-    this.endpoint = endpoint;
-    this.counters = endpoint.counters;
+    const endpoint = this.provide(this.options.failAfterRxFrames);
     this.rx.start(endpoint.counters.rx);
-    this.tx.start(endpoint.counters.tx);
+    this.tx.start(endpoint.counters.tx, (buffer) => endpoint.transmitted(buffer));
     r.write4(REG.TCTL, TCTL.EN | TCTL.PSP | (0x0f << TCTL.CT_SHIFT) | (0x3f << TCTL.COLD_SHIFT));
     this.bus.dma().enableBusMaster();
     this.setUpInterrupts();
@@ -132,15 +119,14 @@ export class E1000e implements PacketBinding {
       r.write4(REG.EIAC, INT.RXQ0 | INT.TXQ0 | INT.OTHER);
       r.write4(REG.CTRL_EXT, (r.read4(REG.CTRL_EXT) & ~CTRL_EXT.IAME) | CTRL_EXT.PBA_CLR);
       for (let v = 0; v < 3; v++) r.write4(REG.EITR0 + 4 * v, interval);
-      const handlers = [this.onRx, this.onTx, this.onOther];
-      this.interrupts.vectors.forEach((v, i) => this.subscriptions.push(v.events.subscribe((e) => this.guard(handlers[i]!, e))));
+      this.vectors.serve(this.interrupts.vectors, [this.onRx, this.onTx, this.onOther]);
       r.write4(REG.IMS, INT.RXQ0 | INT.TXQ0 | INT.OTHER | OTHER_CAUSES);
       return;
     }
     this.interrupts = this.bus.establishInterrupts({ type: mode });
     r.write4(REG.IVAR, 0);
     r.write4(REG.ITR, interval);
-    this.subscriptions.push(this.interrupts.vectors[0]!.events.subscribe((e) => this.guard(this.onShared, e)));
+    this.vectors.serve(this.interrupts.vectors, [this.onShared]);
     r.write4(REG.IMS, SINGLE_CAUSES);
   }
 
@@ -152,7 +138,7 @@ export class E1000e implements PacketBinding {
       fault: (e) => this.fail(e),
       pass: () => {
         this.receive();
-        this.tx.reclaim(this.transmitted);
+        this.tx.reclaim();
         const now = Date.now();
         if (now - lastLink >= POLL_LINK_MS) {
           lastLink = now;
@@ -171,28 +157,6 @@ export class E1000e implements PacketBinding {
     this.bus.fault(e);
   }
 
-  /** Runs an interrupt handler (a method, called on this: no closure per interrupt). */
-  private guard(handler: (this: E1000e, e: InterruptEvent) => void, e: InterruptEvent): void {
-    if (this.stopped) return;
-    try {
-      handler.call(this, e);
-    } catch (error) {
-      this.fail(error);
-    }
-  }
-
-  /** Hands a frame to the port (bound once: the receive path allocates nothing per interrupt or packet). */
-  private readonly deliver = (frame: RxFrame): void => {
-    if (this.failAt !== undefined && this.counters.rx.frames > this.failAt) {
-      frame.release();
-      throw new Error(`fault injection: failAfterRxFrames=${this.failAt} reached`);
-    }
-    this.endpoint!.deliver(frame);
-  };
-
-  /** Gives a transmit buffer back to the port's consumer (bound once, like deliver). */
-  private readonly transmitted = (buffer: number): void => this.endpoint!.transmitted(buffer);
-
   private receive(): void {
     while (this.rx.poll(this.deliver, RX_BUDGET) === RX_BUDGET);
   }
@@ -206,7 +170,7 @@ export class E1000e implements PacketBinding {
 
   private onTx(e: InterruptEvent): void {
     this.counters.vectors.tx++;
-    this.tx.reclaim(this.transmitted);
+    this.tx.reclaim();
     e.ack();
     this.regs.write4(REG.IMS, INT.TXQ0);
   }
@@ -237,20 +201,8 @@ export class E1000e implements PacketBinding {
     this.regs.write4(REG.ICR, icr);
     this.otherCauses(icr);
     this.receive();
-    this.tx.reclaim(this.transmitted);
+    this.tx.reclaim();
     e.ack();
-  }
-
-  transmit(index: number, length: number): void {
-    if (!this.stopped) this.tx.post(index, length);
-  }
-
-  flushTransmit(): void {
-    if (this.stopped) return;
-    this.tx.flush();
-    // QEMU transmits at the tail write; real hardware has done earlier batches by now: either way
-    // the buffers go back to the consumer without waiting for the transmit interrupt.
-    this.tx.reclaim(this.transmitted);
   }
 
   readStats(into: Record<string, number>): void {
@@ -272,7 +224,11 @@ export class E1000e implements PacketBinding {
    */
   stop(): void {
     if (this.stopped) return;
-    this.finish();
+    this.stopped = true;
+    this.poller?.stop();
+    this.vectors.stop();
+    this.regs.write4(REG.IMC, INT.ALL);
+    this.regs.write4(REG.RCTL, 0);
     // QEMU sends at the TDT write; real hardware needs a few microseconds per frame.
     for (let i = 0; i < 10_000 && this.tx.unsent() > 0; i++);
     // Stopped during bring-up, before the port was provided: nothing was sent or received.
@@ -284,14 +240,5 @@ export class E1000e implements PacketBinding {
     accumulateStats(this.regs, hardware);
     this.rx.close();
     this.endpoint.unbind();
-  }
-
-  private finish(): void {
-    this.stopped = true;
-    this.poller?.stop();
-    for (const s of this.subscriptions) s.unsubscribe();
-    const r = this.regs;
-    r.write4(REG.IMC, INT.ALL);
-    r.write4(REG.RCTL, 0);
   }
 }

@@ -23,20 +23,18 @@ export function e1000eTag(dma: DriverDma): DmaTag {
  * head is the next descriptor the device completes, its tail the next
  * the driver fills.
  */
-export abstract class E1000eRing<Counters> {
+export abstract class E1000eRing {
   protected readonly ring: DescriptorRing;
   /** The buffer each descriptor between head and tail carries. */
   private readonly slotBuffer: Int32Array;
-  protected counters!: Counters;
 
   constructor(protected readonly regs: BusSpace, tag: DmaTag, readonly size: number, private readonly bal: number) {
     this.ring = new DescriptorRing(tag, size, DESC_WORDS * 4, undefined, size, { space: regs, offset: bal + 0x18 });
     this.slotBuffer = new Int32Array(size).fill(-1);
   }
 
-  /** Programs the ring's registers, empty (head = tail = 0), counting into `counters` from now on. */
-  start(counters: Counters): void {
-    this.counters = counters;
+  /** Programs the ring's registers, empty (head = tail = 0). */
+  protected program(): void {
     writeRegister64(this.regs, this.bal, this.ring.bus);
     this.regs.write4(this.bal + 0x08, this.ring.bytes);
     this.regs.write4(this.bal + 0x10, 0);

@@ -11,7 +11,7 @@
 import { fromCallback } from 'xstate';
 import type { BusSpace } from '../../pci/bus-space.js';
 import { defineDriver, type DriverBus, type DriverInterrupts, type OptionsOf } from '../contract.js';
-import { serveInterrupts } from '../kit/interrupts.js';
+import { serveInterrupts } from '../kit/vectors.js';
 import type { DriverTimers } from '../kit/timers.js';
 import { servingMachine, type DriverFault } from '../serving-machine.js';
 import { NvmeController } from './controller.js';

@@ -10,7 +10,7 @@
  */
 import { fromCallback } from 'xstate';
 import { defineDriver, type DriverBus, type DriverInterrupts, type OptionsOf } from '../contract.js';
-import { serveInterrupts } from '../kit/interrupts.js';
+import { serveInterrupts } from '../kit/vectors.js';
 import { servingMachine, type DriverFault } from '../serving-machine.js';
 import { VIRTIO_VENDOR, VirtioPci, modernDeviceId } from '../virtio/pci-transport.js';
 import { VirtioDisk } from './disk.js';

@@ -58,7 +58,7 @@ async function attach(bus: DriverBus, opts: VirtioNetOptions): Promise<VirtioNet
     const mac = formatMac(VirtioNet.readMac(transport));
     const info = { mac, macSource: 'device configuration', phyId: 'virtio', interrupt: 'msix', incarnation: bus.incarnation, rxRing: rxRing.size, txRing: txRing.size };
     const nic = new VirtioNet(bus, transport, new RxQueue(rxRing, tag, opts.rxBuffers), new TxQueue(txRing, tag), interrupts, info,
-      (features & F_STATUS) !== 0n, bus.incarnation === 0 ? opts.failAfterRxFrames : undefined);
+      (features & F_STATUS) !== 0n, opts.failAfterRxFrames);
     dma.enableBusMaster();
     transport.driverOk();
     nic.start();

@@ -5,10 +5,10 @@
  * config changes, receive and transmit on three vectors. Received frames
  * go out by reference; transmit buffers are the consumer's to fill.
  */
-import type { Subscription } from 'rxjs';
-import type { InterruptEvent } from '../../pci/intr.js';
 import type { DriverBus, DriverInterrupts } from '../contract.js';
-import { type DriverCounters, type LinkState, type Mac, type PacketBinding, type PacketEndpoint, type PortInfo, type RxFrame } from '../packet.js';
+import { NicPort } from '../kit/nic-port.js';
+import { VectorService } from '../kit/vectors.js';
+import type { LinkState, Mac, PortInfo } from '../packet.js';
 import type { VirtioPci } from '../virtio/pci-transport.js';
 import type { RxQueue } from './rx-queue.js';
 import type { TxQueue } from './tx-queue.js';
@@ -23,33 +23,24 @@ const CONFIG_MAC = 0;
 const CONFIG_STATUS = 6;
 const S_LINK_UP = 1;
 
-export class VirtioNet implements PacketBinding {
-  private readonly subscriptions: Subscription[] = [];
-  private endpoint: PacketEndpoint | undefined;
-  private counters!: DriverCounters;
-  private stopped = false;
-  readonly receiveBuffers: number;
+export class VirtioNet extends NicPort<TxQueue> {
+  /** The vectors' handlers (serve() starts them): a throw, or a vector's error, becomes a driver crash. */
+  private vectors: VectorService<VirtioNet> | undefined;
   readonly hardwareCounters: readonly string[] = [];
-  /** Where a handler's throw goes (serve() sets it: it becomes a driver crash). */
-  private fault: (e: unknown) => void = () => {};
 
   constructor(
-    private readonly bus: DriverBus,
+    bus: DriverBus,
     private readonly transport: VirtioPci,
     private readonly rx: RxQueue,
-    private readonly tx: TxQueue,
+    tx: TxQueue,
     private readonly interrupts: DriverInterrupts,
     readonly info: PortInfo,
     /** Whether the device reports its link (VIRTIO_NET_F_STATUS); without it the link is always up (§5.1.4). */
     private readonly hasStatus: boolean,
     /** Fault injection: the receive handler throws once this many frames came (first incarnation only). */
-    private readonly failAt: number | undefined,
+    private readonly failAfterRxFrames: number | undefined,
   ) {
-    this.receiveBuffers = rx.buffers;
-  }
-
-  get transmitBuffers() {
-    return this.tx.transmitBuffers;
+    super(bus, tx, rx.buffers);
   }
 
   /** The station address the device configuration holds (VIRTIO_NET_F_MAC). */
@@ -69,9 +60,7 @@ export class VirtioNet implements PacketBinding {
    * the consumer's comes before the queues are ready.
    */
   start(): void {
-    const endpoint = this.bus.providePacketPort(this);
-    this.endpoint = endpoint;
-    this.counters = endpoint.counters;
+    const endpoint = this.provide(this.failAfterRxFrames);
     this.rx.start(endpoint.counters.rx, this.deliver);
     this.tx.start(endpoint.counters.tx, (buffer) => endpoint.transmitted(buffer));
     const link = this.readLink();
@@ -81,35 +70,15 @@ export class VirtioNet implements PacketBinding {
 
   /** Handles the vectors (what came before is delivered now) until stop(); a handler's throw goes to `fault`. */
   serve(fault: (e: unknown) => void): void {
-    this.fault = fault;
-    const handlers = [this.onConfig, this.onRx, this.onTx];
-    for (const v of this.interrupts.vectors) this.subscriptions.push(v.events.subscribe({ next: (e) => this.guard(handlers[v.index]!, e), error: fault }));
+    // Each event is acknowledged once its handler returned or threw.
+    this.vectors = new VectorService<VirtioNet>(this, fault, true);
+    this.vectors.serve(this.interrupts.vectors, [this.onConfig, this.onRx, this.onTx]);
   }
 
   /** Resets the device and waits until it reads back 0 (a clean detach). */
   reset(): Promise<void> {
     return this.transport.reset();
   }
-
-  /** Runs an interrupt handler (a method, called on this: no closure per interrupt); a throw is a fault. */
-  private guard(handler: (this: VirtioNet, e: InterruptEvent) => void, e: InterruptEvent): void {
-    if (this.stopped) return;
-    try {
-      handler.call(this, e);
-    } catch (error) {
-      this.fault(error);
-    } finally {
-      e.ack();
-    }
-  }
-
-  private readonly deliver = (frame: RxFrame): void => {
-    if (this.failAt !== undefined && this.counters.rx.frames > this.failAt) {
-      frame.release();
-      throw new Error(`fault injection: failAfterRxFrames=${this.failAt} reached`);
-    }
-    this.endpoint!.deliver(frame);
-  };
 
   private onRx(): void {
     this.counters.vectors.rx++;
@@ -125,17 +94,6 @@ export class VirtioNet implements PacketBinding {
     this.counters.vectors.other++;
     if (this.transport.needsReset) throw new Error('the virtio-net device set DEVICE_NEEDS_RESET');
     this.endpoint!.setLink(this.readLink());
-  }
-
-  transmit(index: number, length: number): void {
-    if (!this.stopped) this.tx.post(index, length);
-  }
-
-  flushTransmit(): void {
-    if (this.stopped) return;
-    this.tx.flush();
-    // Buffers the device finished with since the last interrupt go back now, not at the next one.
-    this.tx.reclaim();
   }
 
   applyFilters(): void {
@@ -154,7 +112,7 @@ export class VirtioNet implements PacketBinding {
   stop(): void {
     if (this.stopped) return;
     this.stopped = true;
-    for (const s of this.subscriptions) s.unsubscribe();
+    this.vectors?.stop();
     this.transport.resetNow();
     if (this.endpoint === undefined) return;
     this.counters.rx.lostInRestart += this.rx.close();

@@ -1,14 +1,15 @@
 /**
  * virtio-net's receive queue (virtio 1.x §5.1.6.3): each receive buffer is
  * one device-writable descriptor holding the virtio_net_hdr and a whole
- * frame, from a DMA pool larger than the queue so a consumer can hold
- * frames while the queue stays full. A frame goes out as its buffer's own
- * RxFrame, a view past the header (no copy, no allocation per frame); the
- * queue is refilled in batches, one doorbell per batch.
+ * frame, from the kit's RxBuffers (a pool larger than the queue so a
+ * consumer can hold frames while the queue stays full). A frame goes out
+ * as its buffer's own RxFrame, a view past the header (no copy, no
+ * allocation per frame); the queue is refilled in batches, one doorbell
+ * per batch.
  */
-import { DmaSync, type DmaTag } from '../../pci/bus-dma.js';
-import type { DmaPool } from '../../pci/dma-pool.js';
-import { ETHER_HEADER, MAX_FRAME, PooledFrame, type DriverCounters, type RxFrame } from '../packet.js';
+import type { DmaTag } from '../../pci/bus-dma.js';
+import { RxBuffers } from '../kit/rx-buffers.js';
+import { ETHER_HEADER, MAX_FRAME, type DriverCounters, type RxFrame } from '../packet.js';
 import type { SplitRing } from '../virtio/split-ring.js';
 
 /** struct virtio_net_hdr with num_buffers: 12 bytes in front of every frame under VERSION_1 (§5.1.6). */
@@ -17,34 +18,28 @@ export const NET_HDR = 12;
 export const RX_BUFFER = NET_HDR + MAX_FRAME;
 
 export class RxQueue {
-  private readonly pool: DmaPool;
-  private readonly frames: PooledFrame[] = [];
+  private readonly rxBuffers: RxBuffers;
   /** Per descriptor head in flight: the buffer it carries. */
   private readonly bufferOf: Int32Array;
   private readonly address = new Float64Array(1);
   private readonly length = Int32Array.of(RX_BUFFER);
-  private live = true;
-  private counters!: DriverCounters['rx'];
   private sink: (frame: RxFrame) => void = () => {};
 
   constructor(private readonly ring: SplitRing, tag: DmaTag, readonly buffers: number) {
-    this.pool = tag.createPool({ entrySize: RX_BUFFER, entries: buffers });
+    this.rxBuffers = new RxBuffers(tag, buffers, RX_BUFFER, NET_HDR, this);
     this.bufferOf = new Int32Array(ring.size).fill(-1);
-    for (let i = 0; i < buffers; i++) {
-      this.frames.push(new PooledFrame(new Uint8Array(this.pool.buffer, this.pool.offsetOf(i) + NET_HDR, MAX_FRAME), this, i));
-    }
   }
 
   /** Fills the queue, counting into `counters` and delivering to `sink` from now on. */
   start(counters: DriverCounters['rx'], sink: (frame: RxFrame) => void): void {
-    this.counters = counters;
+    this.rxBuffers.start(counters);
     this.sink = sink;
     this.refill();
   }
 
   /** Buffers the consumer holds. */
   get held(): number {
-    return this.pool.entries - this.pool.available - this.ring.inFlight;
+    return this.rxBuffers.held(this.ring.inFlight);
   }
 
   /** Delivers every frame the device returned, then refills. Throws on a device fault or where the sink throws. */
@@ -61,44 +56,27 @@ export class RxQueue {
     const length = written - NET_HDR;
     if (!(length >= ETHER_HEADER && length <= MAX_FRAME)) {
       // No offloads were negotiated, so the header carries nothing to act on; only the length can be wrong.
-      this.counters.errors++;
-      this.pool.release(id);
+      this.rxBuffers.reject(id);
       return;
     }
-    this.pool.sync(DmaSync.POSTREAD, id, NET_HDR, length);
-    const frame = this.frames[id]!;
-    frame.length = length;
-    frame.held = true;
-    this.counters.frames++;
-    this.counters.bytes += length;
-    this.sink(frame);
+    this.sink(this.rxBuffers.frame(id, length));
   };
 
   /** @internal PooledFrame.release */
   recycle(id: number): void {
-    if (!this.live) return;
-    this.pool.release(id);
     // At once only when the queue ran low; otherwise the next receive refills, with one doorbell.
-    if (this.ring.inFlight < this.ring.size >> 1) this.refill();
+    if (this.rxBuffers.recycle(id) && this.ring.inFlight < this.ring.size >> 1) this.refill();
   }
 
   private refill(): void {
-    if (!this.live) return;
-    let added = 0;
-    while (this.ring.free > 0) {
-      const id = this.pool.alloc();
-      if (id < 0) {
-        // Every buffer is out with the consumer: the queue runs dry and the device drops.
-        this.counters.noBuffer++;
-        break;
-      }
-      this.pool.sync(DmaSync.PREREAD, id);
-      this.address[0] = this.pool.busAddresses[id]!;
-      this.bufferOf[this.ring.add(1, this.address, this.length, 0)] = id;
-      added++;
-    }
-    if (added > 0) this.ring.kick();
+    if (this.rxBuffers.fill(this.ring.free, this.post) > 0) this.ring.kick();
   }
+
+  /** Puts a free buffer in the queue as one descriptor (bound once: a refill allocates nothing). */
+  private readonly post = (id: number): void => {
+    this.address[0] = this.rxBuffers.pool.busAddresses[id]!;
+    this.bufferOf[this.ring.add(1, this.address, this.length, 0)] = id;
+  };
 
   /**
    * The incarnation ends (the device reset already): frames the device had
@@ -106,14 +84,13 @@ export class RxQueue {
    * (their release does nothing; the host frees the memory). Returns the count.
    */
   close(): number {
-    this.live = false;
+    this.rxBuffers.close();
     let lost = 0;
     try {
       lost = this.ring.reap(() => {});
     } catch {
       // A device that returned what was not in flight: nothing it returned is trusted, so none is counted.
     }
-    for (const f of this.frames) f.held = false;
     return lost;
   }
 }

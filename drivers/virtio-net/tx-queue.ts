@@ -2,27 +2,24 @@
  * virtio-net's transmit queue: each frame is a chain of two device-readable
  * descriptors, the virtio_net_hdr and the frame (VERSION_1 lets them be
  * separate, §5.1.6.2), so the consumer fills its transmit buffers from
- * their first byte (PacketBinding.transmitBuffers). No offload is asked,
+ * their first byte (the kit's TxBuffers). No offload is asked,
  * so every chain points at one zeroed header. Completed chains give their
  * buffers back.
  */
 import { DmaSync, type DmaTag } from '../../pci/bus-dma.js';
-import type { DmaPool } from '../../pci/dma-pool.js';
-import type { DriverCounters, TransmitBuffers } from '../packet.js';
+import { TxBuffers } from '../kit/tx-buffers.js';
+import type { DriverCounters } from '../packet.js';
 import type { SplitRing } from '../virtio/split-ring.js';
 import { NET_HDR } from './rx-queue.js';
 
 const TX_BUFFER = 2048;
 
 export class TxQueue {
-  readonly transmitBuffers: TransmitBuffers;
-  private readonly buffers: DmaPool;
+  private readonly buffers: TxBuffers;
   /** Per descriptor head in flight: the buffer it carries. */
   private readonly bufferOf: Int32Array;
   private readonly addresses = new Float64Array(2);
   private readonly lengths = new Int32Array(2);
-  private unkicked = false;
-  private counters!: DriverCounters['tx'];
   private done: (buffer: number) => void = () => {};
 
   constructor(private readonly ring: SplitRing, tag: DmaTag) {
@@ -33,14 +30,17 @@ export class TxQueue {
     this.addresses[0] = header.busAddresses[0]!;
     this.lengths[0] = NET_HDR;
     // Two descriptors a frame: a buffer for each chain the queue can hold, so posting one never finds it full.
-    this.buffers = tag.createPool({ entrySize: TX_BUFFER, entries: ring.size >> 1, access: 'read' });
+    this.buffers = new TxBuffers(tag, ring.size >> 1, TX_BUFFER, 'virtio-net');
     this.bufferOf = new Int32Array(ring.size).fill(-1);
-    this.transmitBuffers = { buffer: this.buffers.buffer, stride: this.buffers.stride, entries: this.buffers.entries };
+  }
+
+  get transmitBuffers() {
+    return this.buffers.transmitBuffers;
   }
 
   /** Counts into `counters`, and hands each buffer the device is done with to `done`, from now on. */
   start(counters: DriverCounters['tx'], done: (buffer: number) => void): void {
-    this.counters = counters;
+    this.buffers.start(counters);
     this.done = done;
   }
 
@@ -51,26 +51,18 @@ export class TxQueue {
 
   /** Puts buffer `index` (a frame of `length` bytes, padded by the consumer) in the queue; the device is told at flush(). */
   post(index: number, length: number): void {
-    if (!(index >= 0 && index < this.buffers.entries && length > 0 && length <= TX_BUFFER)) {
-      throw new Error(`virtio-net: transmit of buffer ${index}, ${length} bytes: no such buffer or length (${this.buffers.entries} buffers of ${TX_BUFFER})`);
-    }
-    this.buffers.sync(DmaSync.PREWRITE, index, 0, length);
-    this.addresses[1] = this.buffers.busAddresses[index]!;
+    this.addresses[1] = this.buffers.prepare(index, length);
     this.lengths[1] = length;
     const head = this.ring.add(2, this.addresses, this.lengths, 2);
     // Never: there are half as many buffers as descriptors, and a buffer is in one chain at most.
     if (head < 0) throw new Error('virtio-net: the transmit queue is full');
     this.bufferOf[head] = index;
-    this.counters.frames++;
-    this.counters.bytes += length;
-    this.unkicked = true;
+    this.buffers.posted(length);
   }
 
   /** One doorbell for everything posted since the last. */
   flush(): void {
-    if (!this.unkicked) return;
-    this.unkicked = false;
-    this.ring.kick();
+    if (this.buffers.flush()) this.ring.kick();
   }
 
   /** Gives back the buffer of every chain the device returned; how many. Throws on a device fault. */

@@ -8,50 +8,13 @@
  * completes, and what a stop counts as lost.
  */
 import test from 'ava';
-import { DmaPool, type DmaPoolOptions } from '../../pci/dma-pool.js';
 import type { DmaTag } from '../../pci/bus-dma.js';
 import { DRIVER_COUNTERS, type DriverCounters, type RxFrame } from '../../drivers/packet.js';
 import { SplitRing } from '../../drivers/virtio/split-ring.js';
 import { NET_HDR, RX_BUFFER, RxQueue } from '../../drivers/virtio-net/rx-queue.js';
 import { TxQueue } from '../../drivers/virtio-net/tx-queue.js';
 import { FakeVirtioDevice } from '../support/fake-virtio-device.js';
-
-/** A DmaTag over plain shared memory, each allocation at a bus address of its own; bytes() is what the device reaches at a bus address. */
-class MemoryTag {
-  readonly alignment = 16n;
-  readonly boundary = 0n;
-  private next = 0x1_0000_0000;
-  private readonly spaces: { bus: number; buffer: SharedArrayBuffer }[] = [];
-
-  allocMemory(size: number) {
-    return { buffer: new SharedArrayBuffer(size), size, freed: false, free() {} };
-  }
-
-  createMap() {
-    return {
-      load: (memory: { buffer: SharedArrayBuffer; size: number }) => {
-        const bus = this.next;
-        this.next += Math.ceil(memory.size / 2 ** 20 + 1) * 2 ** 20;
-        this.spaces.push({ bus, buffer: memory.buffer });
-        return { busAddress: (offset: number) => bus + offset, isLoaded: true, unload() {}, sync() {} };
-      },
-    };
-  }
-
-  segments(bus: bigint, length: number) {
-    return [{ busAddress: bus, length }];
-  }
-
-  createPool(options: DmaPoolOptions): DmaPool {
-    return new DmaPool(this as unknown as DmaTag, options);
-  }
-
-  bytes(bus: number, length: number): Uint8Array {
-    const space = this.spaces.find((s) => bus >= s.bus && bus + length <= s.bus + s.buffer.byteLength);
-    if (space === undefined) throw new Error(`no DMA memory at 0x${bus.toString(16)}+${length}`);
-    return new Uint8Array(space.buffer, bus - space.bus, length);
-  }
-}
+import { MemoryTag } from '../support/memory-tag.js';
 
 function counters(): DriverCounters {
   const zero = (names: readonly string[]) => Object.fromEntries(names.map((n) => [n, 0]));

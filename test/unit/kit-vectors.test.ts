@@ -1,5 +1,5 @@
 /**
- * serveInterrupts (drivers/kit/interrupts.ts) on fake vectors: each event
+ * serveInterrupts (drivers/kit/vectors.ts) on fake vectors: each event
  * reaches the handler with its vector's index and is acknowledged, a
  * handler's throw and a vector's error go to the fault funnel (the event
  * still acknowledged, the next one still handled), and nothing is handled
@@ -8,7 +8,7 @@
 import test from 'ava';
 import { Subject } from 'rxjs';
 import type { DriverVector } from '../../drivers/contract.js';
-import { serveInterrupts } from '../../drivers/kit/interrupts.js';
+import { serveInterrupts } from '../../drivers/kit/vectors.js';
 import type { InterruptEvent } from '../../pci/intr.js';
 
 function fakeVector(index: number) {
