@@ -23,7 +23,6 @@ import { join } from 'node:path';
 import { BlockProxy } from '../../services/block-service.js';
 import { NbdServer } from '../../exports/nbd-server.js';
 import { BlockGoneError, type BlockDevice } from '../../drivers/block.js';
-import type { DriverRegistry } from '../../drivers/contract.js';
 import { builtinDrivers } from '../../drivers/index.js';
 import { nvmeDriver } from '../../drivers/nvme/index.js';
 import { NvmeNamespace } from '../../drivers/nvme/namespace.js';
@@ -35,6 +34,7 @@ import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../pci/config.js';
 import { PciDevice } from '../../pci/device.js';
 import { defaultKernelPort } from '../../pci/kernel-port.js';
 import { allocShared } from '../../shm/mapping.js';
+import { withMainThread } from '../../vm/main-thread-drivers.js';
 import { defaultDevices } from '../../vm/bench.js';
 import { bench, dmarFaults, type DmarFault, iovaSpace, sysfsBusMaster, sysfsConfig } from './devices.js';
 import { recordingPort, resetsAndCloses, type PortRecord } from '../support/recording-port.js';
@@ -57,7 +57,7 @@ const busMaster = (address: string) => (sysfsConfig(address).readUInt16LE(PCI_CO
 const benchNvme = (slot: string) => defaultDevices.find((d) => d.model === 'nvme' && d.slot === slot)!;
 
 /** The built-in drivers and 'nvme-main': the NVMe driver in the host's main thread, its namespaces the driver's own objects. */
-const withMainThreadNvme: DriverRegistry = new Map([...builtinDrivers, ['nvme-main', { ...nvmeDriver, name: 'nvme-main', thread: 'main' as const }]]);
+const withMainThreadNvme = withMainThread(nvmeDriver);
 
 /** A namespace of a driver in its own thread: the host's proxy. */
 async function namespace(r: Run, name: string): Promise<BlockProxy> {

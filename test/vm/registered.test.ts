@@ -14,8 +14,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { BlockProxy } from '../../services/block-service.js';
 import type { BlockDevice, RegisteredBuffer } from '../../drivers/block.js';
-import type { DriverRegistry } from '../../drivers/contract.js';
-import { builtinDrivers } from '../../drivers/index.js';
+import { withMainThread } from '../../vm/main-thread-drivers.js';
 import { nvmeDriver } from '../../drivers/nvme/index.js';
 import { NvmeNamespace } from '../../drivers/nvme/namespace.js';
 import { parsePciAddress } from '../../kernel/pci-address.js';
@@ -31,7 +30,7 @@ const NVME1 = parsePciAddress(bench.nvme1);
 const REQUEST = 4096;
 const DEPTH = 32;
 
-const withMainThreadNvme: DriverRegistry = new Map([...builtinDrivers, ['nvme-main', { ...nvmeDriver, name: 'nvme-main', thread: 'main' as const }]]);
+const withMainThreadNvme = withMainThread(nvmeDriver);
 
 /** The words of the 4 KiB at `lba`, as the writes put them: a function of the LBA only. */
 const word = (lba: number, i: number) => ((lba * 1024 + i) ^ 0x5a5a5a5a) >>> 0;

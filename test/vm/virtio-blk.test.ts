@@ -17,14 +17,13 @@ import { join } from 'node:path';
 import { firstValueFrom, filter } from 'rxjs';
 import { BlockProxy } from '../../services/block-service.js';
 import { BlockGoneError } from '../../drivers/block.js';
-import type { DriverRegistry } from '../../drivers/contract.js';
-import { builtinDrivers } from '../../drivers/index.js';
 import { VirtioDisk } from '../../drivers/virtio-blk/disk.js';
 import { virtioBlkDriver } from '../../drivers/virtio-blk/index.js';
 import { parsePciAddress } from '../../kernel/pci-address.js';
 import { PciDevice } from '../../pci/device.js';
 import { defaultKernelPort } from '../../pci/kernel-port.js';
 import { allocShared } from '../../shm/mapping.js';
+import { withMainThread } from '../../vm/main-thread-drivers.js';
 import { defaultDevices, findProjectRoot, guestAddress } from '../../vm/bench.js';
 import { kernelVirtioBlk } from '../../vm/benchmarks/kernel-drivers.js';
 import { firstTakeBackDma, recordingPort, resetsAndCloses, type PortRecord } from '../support/recording-port.js';
@@ -41,7 +40,7 @@ const MiB = 1024 * 1024;
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 /** The built-in drivers and 'virtio-blk-main': the driver in the host's main thread, its disk the VirtioDisk itself. */
-const withMainThread: DriverRegistry = new Map([...builtinDrivers, ['virtio-blk-main', { ...virtioBlkDriver, name: 'virtio-blk-main', thread: 'main' as const }]]);
+const withMainThreadBlk = withMainThread(virtioBlkDriver);
 
 async function ownDisk(r: Run, name: string): Promise<VirtioDisk> {
   const device = await r.host.blockDevice(name, 120_000);
@@ -52,7 +51,7 @@ async function ownDisk(r: Run, name: string): Promise<VirtioDisk> {
 test.serial('the whole disk in mixed-size writes and reads (4 KiB-1 MiB) matches the host\'s backing file; registered memory both ways; bad requests refused with nothing submitted; bus mastering off after the stop', async (t) => {
   const records: PortRecord[] = [];
   const kernel = recordingPort(defaultKernelPort(), records, (f) => sysfsBusMaster(f.address));
-  const r = run(t, { devices: [{ address: VBLK, name: 'vblk0', driver: 'virtio-blk-main' }] }, { registry: withMainThread, open: (address) => PciDevice.open(address, { port: kernel }) });
+  const r = run(t, { devices: [{ address: VBLK, name: 'vblk0', driver: 'virtio-blk-main' }] }, { registry: withMainThreadBlk, open: (address) => PciDevice.open(address, { port: kernel }) });
   const disk = await ownDisk(r, 'vblk0n1');
   t.is(disk.blockSize, 512);
   t.is(disk.blockCount * disk.blockSize, upciDisk.drive!.sizeMiB * MiB, 'the capacity QEMU was given');

@@ -39,12 +39,12 @@ async function upciRows(seconds: number): Promise<Record<string, Row>> {
   const { parseHostConfig } = await import('../../actors/config.js');
   const { DriverHost } = await import('../../actors/host.js');
   const { BlockProxy } = await import('../../services/block-service.js');
-  const { builtinDrivers } = await import('../../drivers/index.js');
+  const { withMainThread } = await import('../main-thread-drivers.js');
   const { nvmeDriver } = await import('../../drivers/nvme/index.js');
   const { NvmeNamespace } = await import('../../drivers/nvme/namespace.js');
   const { randomReads } = await import('./nvme-perf.js');
   const { blockReads, registeredReads } = await import('./block-load.js');
-  const registry = new Map([...builtinDrivers, ['nvme-main', { ...nvmeDriver, name: 'nvme-main', thread: 'main' as const }]]);
+  const registry = withMainThread(nvmeDriver);
   const rows: Record<string, Row> = {};
   const alloc = (r: { scavenges: number; heapBytesPerIo: number }) => (r.scavenges === 0 ? `${r.heapBytesPerIo.toFixed(1)} B/I/O allocated here` : `${r.scavenges} scavenges here (>= ${r.heapBytesPerIo.toFixed(0)} B/I/O)`);
   const api = async (label: string, ns: BlockDevice) => {

@@ -37,11 +37,11 @@ async function upciRows(seconds: number): Promise<Row[]> {
   const { parseHostConfig } = await import('../../actors/config.js');
   const { DriverHost } = await import('../../actors/host.js');
   const { BlockProxy } = await import('../../services/block-service.js');
-  const { builtinDrivers } = await import('../../drivers/index.js');
+  const { withMainThread } = await import('../main-thread-drivers.js');
   const { virtioBlkDriver } = await import('../../drivers/virtio-blk/index.js');
   const { VirtioDisk } = await import('../../drivers/virtio-blk/disk.js');
   const { blockReads, registeredReads } = await import('./block-load.js');
-  const registry = new Map([...builtinDrivers, ['virtio-blk-main', { ...virtioBlkDriver, name: 'virtio-blk-main', thread: 'main' as const }]]);
+  const registry = withMainThread(virtioBlkDriver);
   const rows: Row[] = [];
   const loads = [['registered', registeredReads], ['API promises', blockReads]] as const;
   for (const [where, driver] of [['driver in this thread', 'virtio-blk-main'], ['driver in its own thread', 'virtio-blk']] as const) {
